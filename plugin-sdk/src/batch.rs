@@ -1,0 +1,512 @@
+//! The packed micro-batch: one buffer per column instead of one allocation per event.
+//!
+//! This is the in-memory form of the WIT `event-batch` record. The host builds it
+//! as records arrive, lowers it into a plugin with five copies whatever the batch
+//! length, and the plugin reads each event as a borrowed [`Event`] view.
+
+use serde::{Deserialize, Serialize};
+
+/// A micro-batch of events: keys, values, event times and headers, packed.
+///
+/// Event `i`'s value is `values[value_ends[i-1]..value_ends[i]]` (0 for `i = 0`),
+/// its key likewise. An empty key means "no key". Offsets are `u32`, so one batch
+/// holds at most 4 GiB of values and 4 GiB of keys ([`Batch::push`] panics past
+/// that; the host's batcher closes batches long before).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    values: Vec<u8>,
+    value_ends: Vec<u32>,
+    keys: Vec<u8>,
+    key_ends: Vec<u32>,
+    timestamps: Vec<i64>,
+    headers: Vec<Header>,
+}
+
+/// One header of one event (see the WIT `header` record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Index of the event in its batch.
+    pub index: u32,
+    /// Header name.
+    pub name: String,
+    /// Header value.
+    pub value: Vec<u8>,
+}
+
+/// The columns of a [`Batch`], by value: how the host moves a batch into and out
+/// of the generated WIT types without copying.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchParts {
+    /// All values, concatenated.
+    pub values: Vec<u8>,
+    /// End offset of each value in `values` (bytes, exclusive).
+    pub value_ends: Vec<u32>,
+    /// All keys, concatenated.
+    pub keys: Vec<u8>,
+    /// End offset of each key in `keys` (bytes, exclusive).
+    pub key_ends: Vec<u32>,
+    /// Event time of each event, ms since the Unix epoch.
+    pub timestamps: Vec<i64>,
+    /// Headers as (event index, name, value), sorted by event index.
+    pub headers: Vec<(u32, String, Vec<u8>)>,
+}
+
+fn end(len: usize) -> u32 {
+    u32::try_from(len).expect("a batch column grew past 4 GiB")
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty batch with room for `events` events and `bytes` bytes of values.
+    pub fn with_capacity(events: usize, bytes: usize) -> Self {
+        Batch {
+            values: Vec::with_capacity(bytes),
+            value_ends: Vec::with_capacity(events),
+            keys: Vec::new(),
+            key_ends: Vec::with_capacity(events),
+            timestamps: Vec::with_capacity(events),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A batch of one keyless event per non-empty line of `text`, event time 0.
+    /// Handy for unit tests: `Batch::from_lines("{\"a\":1}\n{\"a\":2}")`.
+    pub fn from_lines(text: &str) -> Self {
+        let mut batch = Batch::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            batch.push(None, line.as_bytes(), 0);
+        }
+        batch
+    }
+
+    /// Appends an event. A `None` or empty key both mean "no key".
+    pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) {
+        self.values.extend_from_slice(value);
+        self.value_ends.push(end(self.values.len()));
+        if let Some(key) = key {
+            self.keys.extend_from_slice(key);
+        }
+        self.key_ends.push(end(self.keys.len()));
+        self.timestamps.push(timestamp_ms);
+    }
+
+    /// Adds a header to the event most recently pushed.
+    ///
+    /// # Panics
+    /// When the batch is empty.
+    pub fn push_header(&mut self, name: &str, value: &[u8]) {
+        let index = self.len().checked_sub(1).expect("push_header on an empty batch");
+        self.headers.push(Header {
+            index: end(index),
+            name: name.to_string(),
+            value: value.to_vec(),
+        });
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.value_ends.len()
+    }
+
+    /// Whether the batch has no event.
+    pub fn is_empty(&self) -> bool {
+        self.value_ends.is_empty()
+    }
+
+    /// Total bytes of all values.
+    pub fn values_len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Total bytes of all keys and values: what a `max_bytes` limit counts.
+    pub fn byte_size(&self) -> usize {
+        self.values.len() + self.keys.len()
+    }
+
+    /// Event `index`, if there is one.
+    pub fn get(&self, index: usize) -> Option<Event<'_>> {
+        (index < self.len()).then_some(Event { batch: self, index })
+    }
+
+    /// The events, in order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            batch: self,
+            next: 0,
+        }
+    }
+
+    /// Empties the batch, keeping its buffers' capacity.
+    pub fn clear(&mut self) {
+        self.values.clear();
+        self.value_ends.clear();
+        self.keys.clear();
+        self.key_ends.clear();
+        self.timestamps.clear();
+        self.headers.clear();
+    }
+
+    /// Appends a copy of `event` (key, value, event time and headers).
+    pub fn push_event(&mut self, event: &Event<'_>) {
+        self.push(event.key(), event.value(), event.timestamp_ms());
+        for (name, value) in event.headers() {
+            self.push_header(name, value);
+        }
+    }
+
+    /// Splits the batch into its columns, without copying.
+    pub fn into_parts(self) -> BatchParts {
+        BatchParts {
+            values: self.values,
+            value_ends: self.value_ends,
+            keys: self.keys,
+            key_ends: self.key_ends,
+            timestamps: self.timestamps,
+            headers: self
+                .headers
+                .into_iter()
+                .map(|h| (h.index, h.name, h.value))
+                .collect(),
+        }
+    }
+
+    /// Builds a batch from its columns, without copying.
+    ///
+    /// # Errors
+    /// When the columns disagree: lengths differ, offsets decrease or run past
+    /// their buffer, or a header names an event that does not exist. The host checks
+    /// every batch a plugin returns this way.
+    pub fn from_parts(parts: BatchParts) -> Result<Self, String> {
+        let n = parts.value_ends.len();
+        if parts.key_ends.len() != n || parts.timestamps.len() != n {
+            return Err(format!(
+                "malformed batch: {n} value offsets, {} key offsets, {} timestamps",
+                parts.key_ends.len(),
+                parts.timestamps.len()
+            ));
+        }
+        check_ends("value", &parts.value_ends, parts.values.len())?;
+        check_ends("key", &parts.key_ends, parts.keys.len())?;
+        let mut last = 0;
+        for (index, _, _) in &parts.headers {
+            if (*index as usize) >= n || *index < last {
+                return Err(format!(
+                    "malformed batch: header for event {index} (of {n}) out of order or range"
+                ));
+            }
+            last = *index;
+        }
+        Ok(Batch {
+            values: parts.values,
+            value_ends: parts.value_ends,
+            keys: parts.keys,
+            key_ends: parts.key_ends,
+            timestamps: parts.timestamps,
+            headers: parts
+                .headers
+                .into_iter()
+                .map(|(index, name, value)| Header { index, name, value })
+                .collect(),
+        })
+    }
+}
+
+fn check_ends(what: &str, ends: &[u32], len: usize) -> Result<(), String> {
+    let mut prev = 0;
+    for &e in ends {
+        if e < prev {
+            return Err(format!("malformed batch: {what} offsets decrease"));
+        }
+        prev = e;
+    }
+    if prev as usize != len {
+        return Err(format!(
+            "malformed batch: {what} offsets end at {prev} but the buffer holds {len} bytes"
+        ));
+    }
+    Ok(())
+}
+
+impl<'a> IntoIterator for &'a Batch {
+    type Item = Event<'a>;
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+/// Iterator over the events of a [`Batch`].
+#[derive(Debug, Clone)]
+pub struct Iter<'a> {
+    batch: &'a Batch,
+    next: usize,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = Event<'a>;
+    fn next(&mut self) -> Option<Event<'a>> {
+        let event = self.batch.get(self.next)?;
+        self.next += 1;
+        Some(event)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.batch.len() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+/// A borrowed view of one event of a [`Batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    batch: &'a Batch,
+    index: usize,
+}
+
+fn slice<'a>(buf: &'a [u8], ends: &[u32], index: usize) -> &'a [u8] {
+    let start = if index == 0 {
+        0
+    } else {
+        ends[index - 1] as usize
+    };
+    &buf[start..ends[index] as usize]
+}
+
+impl<'a> Event<'a> {
+    /// Position of the event in its batch (0-based): what [`Output::reject`] names.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The payload bytes (usually UTF-8 JSON).
+    pub fn value(&self) -> &'a [u8] {
+        slice(&self.batch.values, &self.batch.value_ends, self.index)
+    }
+
+    /// The key, or `None` when the event has none (or an empty one).
+    pub fn key(&self) -> Option<&'a [u8]> {
+        let key = slice(&self.batch.keys, &self.batch.key_ends, self.index);
+        (!key.is_empty()).then_some(key)
+    }
+
+    /// Event time, in milliseconds since the Unix epoch (UTC).
+    pub fn timestamp_ms(&self) -> i64 {
+        self.batch.timestamps[self.index]
+    }
+
+    /// The headers of this event, as (name, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        let headers = &self.batch.headers;
+        let index = self.index as u32;
+        let start = headers.partition_point(|h| h.index < index);
+        headers[start..]
+            .iter()
+            .take_while(move |h| h.index == index)
+            .map(|h| (h.name.as_str(), h.value.as_slice()))
+    }
+
+    /// The payload parsed as JSON into `T` (which may borrow from the batch).
+    ///
+    /// # Errors
+    /// serde_json's message, e.g. `"expected value at line 1 column 1"`: pass it
+    /// to [`Output::reject`] to dead-letter the event with that reason.
+    pub fn json<T: Deserialize<'a>>(&self) -> Result<T, String> {
+        serde_json::from_slice(self.value()).map_err(|e| format!("invalid JSON: {e}"))
+    }
+}
+
+/// A plugin's result for one batch: the events passed on, and the events refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Events to pass to the next stage or the sinks, in order.
+    pub events: Batch,
+    /// Events of the input batch refused, with the reason.
+    pub rejected: Vec<Rejection>,
+}
+
+/// An input event the plugin refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Index of the event in the input batch.
+    pub index: u32,
+    /// Why, for a human reading the dead-letter sink.
+    pub reason: String,
+}
+
+impl Output {
+    /// An empty output.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty output with room for `events` events and `bytes` bytes of values.
+    pub fn with_capacity(events: usize, bytes: usize) -> Self {
+        Output {
+            events: Batch::with_capacity(events, bytes),
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Passes `event` on unchanged (key, value, event time, headers).
+    pub fn forward(&mut self, event: &Event<'_>) {
+        self.events.push_event(event);
+    }
+
+    /// Emits a new event.
+    pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) {
+        self.events.push(key, value, timestamp_ms);
+    }
+
+    /// Emits a new event whose payload is `value` serialized as JSON.
+    ///
+    /// # Errors
+    /// serde_json's message when `value` cannot be serialized (a map with
+    /// non-string keys, say).
+    pub fn push_json<T: Serialize + ?Sized>(
+        &mut self,
+        key: Option<&[u8]>,
+        value: &T,
+        timestamp_ms: i64,
+    ) -> Result<(), String> {
+        let start = self.events.values.len();
+        match serde_json::to_writer(&mut self.events.values, value) {
+            Ok(()) => {
+                self.events.value_ends.push(end(self.events.values.len()));
+                if let Some(key) = key {
+                    self.events.keys.extend_from_slice(key);
+                }
+                self.events.key_ends.push(end(self.events.keys.len()));
+                self.events.timestamps.push(timestamp_ms);
+                Ok(())
+            }
+            Err(e) => {
+                self.events.values.truncate(start);
+                Err(format!("cannot serialize output: {e}"))
+            }
+        }
+    }
+
+    /// Refuses `event`: the host sends its original bytes to the dead-letter sink
+    /// with `reason`.
+    pub fn reject(&mut self, event: &Event<'_>, reason: impl Into<String>) {
+        self.rejected.push(Rejection {
+            index: end(event.index()),
+            reason: reason.into(),
+        });
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn into_wit(self) -> crate::__private::Output {
+        use crate::__private::bindings::sluice::plugin::types as wit;
+        let parts = self.events.into_parts();
+        wit::Output {
+            events: wit::EventBatch {
+                values: parts.values,
+                value_ends: parts.value_ends,
+                keys: parts.keys,
+                key_ends: parts.key_ends,
+                timestamps: parts.timestamps,
+                headers: parts
+                    .headers
+                    .into_iter()
+                    .map(|(index, name, value)| wit::Header { index, name, value })
+                    .collect(),
+            },
+            rejected: self
+                .rejected
+                .into_iter()
+                .map(|r| wit::Rejection {
+                    index: r.index,
+                    reason: r.reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Batch {
+    pub(crate) fn from_wit(batch: crate::__private::EventBatch) -> Self {
+        // The host builds well-formed batches; a malformed one is a host bug, and
+        // every accessor is bounds-checked anyway.
+        Batch {
+            values: batch.values,
+            value_ends: batch.value_ends,
+            keys: batch.keys,
+            key_ends: batch.key_ends,
+            timestamps: batch.timestamps,
+            headers: batch
+                .headers
+                .into_iter()
+                .map(|h| Header {
+                    index: h.index,
+                    name: h.name,
+                    value: h.value,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_back_as_pushed() {
+        let mut batch = Batch::new();
+        batch.push(Some(b"UA"), br#"{"a":1}"#, 10);
+        batch.push(None, b"", 20);
+        batch.push_header("trace", b"x");
+        batch.push(Some(b"AA"), b"plain", -5);
+        let got: Vec<_> = batch
+            .iter()
+            .map(|e| (e.key(), e.value(), e.timestamp_ms(), e.headers().count()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(&b"UA"[..]), &br#"{"a":1}"#[..], 10, 0),
+                (None, &b""[..], 20, 1),
+                (Some(&b"AA"[..]), &b"plain"[..], -5, 0),
+            ]
+        );
+        assert_eq!(batch.byte_size(), 7 + 5 + 4);
+    }
+
+    #[test]
+    fn parts_round_trip_and_malformed_parts_are_refused() {
+        let mut batch = Batch::from_lines("{\"x\":1}\n\n{\"x\":22}\n");
+        batch.push_header("h", b"v");
+        assert_eq!(batch.len(), 2);
+        let parts = batch.clone().into_parts();
+        assert_eq!(parts.value_ends, vec![7, 15]);
+        assert_eq!(Batch::from_parts(parts.clone()).unwrap(), batch);
+
+        let mut bad = parts.clone();
+        bad.value_ends = vec![9, 7];
+        assert!(Batch::from_parts(bad).unwrap_err().contains("decrease"));
+        let mut bad = parts.clone();
+        bad.timestamps.pop();
+        assert!(Batch::from_parts(bad).is_err());
+        let mut bad = parts;
+        bad.headers[0].0 = 2;
+        assert!(Batch::from_parts(bad).is_err());
+    }
+
+    #[test]
+    fn push_json_rolls_back_on_error() {
+        let mut out = Output::new();
+        out.push_json(None, &serde_json::json!({"k": 1}), 3).unwrap();
+        let mut bad = std::collections::BTreeMap::new();
+        bad.insert(vec![1u8], 1);
+        assert!(out.push_json(None, &bad, 4).is_err());
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.events.get(0).unwrap().value(), br#"{"k":1}"#);
+    }
+}

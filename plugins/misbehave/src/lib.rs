@@ -1,0 +1,80 @@
+//! A deliberately misbehaving plugin, the sandbox's test fixture.
+//!
+//! `config.mode` picks the misbehaviour, applied to every batch that holds an
+//! event whose payload contains `config.trigger` (default: every batch):
+//! - `loop`: spins forever (the host's per-call deadline must cut it off);
+//! - `alloc`: allocates `config.bytes` (default 1 GiB) and touches it (the memory
+//!   limit must stop it);
+//! - `panic`: panics (a trap);
+//! - `fail`: returns an error for the batch;
+//! - `reject`: rejects the matching events, forwards the others;
+//! - `none`: forwards everything (the control).
+//!
+//! `config.configure = "fail"` makes `configure` itself fail.
+
+use sluice_plugin_sdk::{Batch, Config, Output, Processor, export_processor, log};
+
+/// The misbehaving processor.
+pub struct Misbehave {
+    mode: String,
+    trigger: String,
+    bytes: usize,
+}
+
+impl Processor for Misbehave {
+    fn configure(config: &Config) -> Result<Self, String> {
+        if config.get("configure") == Some("fail") {
+            return Err("configure refused on purpose".into());
+        }
+        let mode = config.get("mode").unwrap_or("none").to_string();
+        if !["loop", "alloc", "panic", "fail", "reject", "none"].contains(&mode.as_str()) {
+            return Err(format!("unknown mode `{mode}`"));
+        }
+        log::info(&format!("misbehave configured: mode={mode}"));
+        Ok(Misbehave {
+            mode,
+            trigger: config.get("trigger").unwrap_or("").to_string(),
+            bytes: config.parse("bytes")?.unwrap_or(1 << 30),
+        })
+    }
+
+    fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), String> {
+        let hits = |value: &[u8]| {
+            self.trigger.is_empty()
+                || value
+                    .windows(self.trigger.len())
+                    .any(|w| w == self.trigger.as_bytes())
+        };
+        let triggered = batch.iter().any(|e| hits(e.value()));
+        if triggered {
+            match self.mode.as_str() {
+                "loop" => {
+                    let mut n: u64 = 0;
+                    loop {
+                        n = std::hint::black_box(n.wrapping_add(1));
+                    }
+                }
+                "alloc" => {
+                    let mut v = vec![0u8; self.bytes];
+                    for i in (0..v.len()).step_by(4096) {
+                        v[i] = 1;
+                    }
+                    log::info(&format!("allocated {} bytes", std::hint::black_box(v).len()));
+                }
+                "panic" => panic!("misbehave: panic on purpose"),
+                "fail" => return Err("misbehave: batch failed on purpose".into()),
+                _ => {}
+            }
+        }
+        for event in batch {
+            if self.mode == "reject" && hits(event.value()) {
+                out.reject(&event, "misbehave: rejected on purpose");
+            } else {
+                out.forward(&event);
+            }
+        }
+        Ok(())
+    }
+}
+
+export_processor!(Misbehave);
