@@ -1,1 +1,32 @@
+//! sluice: a stream-processing daemon that runs its processing functions as
+//! sandboxed WebAssembly components.
+//!
+//! The data flow, one module per stage:
+//!
+//! ```text
+//! source ──► router ──► bounded channel ──► worker (one per partition)
+//!                                            batcher → processor chain (Wasm) → sinks
+//!                                                             └─► dead_letter
+//! ```
+//!
+//! - [`config`]: the TOML file; [`topology`]: config → checked, built specs;
+//! - [`source`] reads lines, [`decode`] extracts key and event time, [`router`]
+//!   picks the partition;
+//! - [`worker`] runs a partition: [`batcher`] cuts micro-batches, [`processor`]
+//!   runs the chain of [`plugin`] instances;
+//! - [`sink`] writes output, [`dead_letter`] what failed;
+//! - [`pipeline`] wires one pipeline's threads; [`daemon`] runs them all.
 
+pub mod batcher;
+pub mod config;
+pub mod daemon;
+pub mod dead_letter;
+pub mod decode;
+pub mod pipeline;
+pub mod plugin;
+pub mod processor;
+pub mod router;
+pub mod sink;
+pub mod source;
+pub mod topology;
+pub mod worker;

@@ -1,1 +1,127 @@
-fn main(){}
+//! The `sluice` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::config::Config;
+use sluice::plugin::PluginHost;
+use sluice::topology::Topology;
+use tracing_subscriber::EnvFilter;
+
+/// sluice: stream processing with WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipelines of a config file until their sources end, or until
+    /// SIGINT/SIGTERM (then drain in-flight batches, flush sinks, exit 0).
+    Run {
+        /// The config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Check a config file: parse it, resolve every name, compile every plugin and
+    /// configure one instance of each stage. Starts nothing.
+    Validate {
+        /// The config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+/// Exit code of a config error (as sysexits' EX_USAGE is 64, but `2` is what
+/// clap and most daemons use for bad usage).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Validate { config } => match load(&config) {
+            Ok((topology, _)) => {
+                eprintln!(
+                    "{}: ok ({} pipeline(s), {} sink(s))",
+                    config.display(),
+                    topology.pipelines.len(),
+                    topology.sinks.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let (topology, _host) = match load(&config) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let outcome = runtime.block_on(sluice::daemon::run(
+                topology,
+                sluice::daemon::shutdown_signal(),
+            ));
+            match outcome {
+                Ok(outcome) => {
+                    for summary in &outcome.summaries {
+                        eprintln!("sluice: {summary}");
+                    }
+                    for e in &outcome.errors {
+                        eprintln!("error: {e:#}");
+                    }
+                    if outcome.errors.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Parses and builds the config; on error prints it and gives the exit code.
+fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
+    let (config, source) = Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let host = PluginHost::new().map_err(|e| {
+        eprintln!("error: cannot start the WebAssembly engine: {e:#}");
+        ExitCode::FAILURE
+    })?;
+    let topology = Topology::build(&config, &source, &host).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    Ok((topology, host))
+}
+
+/// Logs to stderr, one line per event (journald-friendly), no colours unless
+/// stderr is a terminal; level from `RUST_LOG` (default `info`).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,499 @@
+//! The daemon's configuration file: TOML, unknown fields refused, durations and
+//! sizes in human units (`"200ms"`, `"4MiB"`).
+//!
+//! Every error names the file, the line and column, and the field, e.g.
+//! `examples/bad.toml:7:12: field `interval`: invalid duration "5 parsecs": …`.
+//! Relative paths in the file are relative to the file's own folder, so a config
+//! works from whatever directory the daemon is started in.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A whole configuration file, as parsed (before [`Config::validate`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Daemon-wide settings (`[daemon]`).
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Named sources (`[sources.NAME]`).
+    #[serde(default)]
+    pub sources: BTreeMap<String, Spanned<SourceConfig>>,
+    /// Named sinks (`[sinks.NAME]`).
+    #[serde(default)]
+    pub sinks: BTreeMap<String, Spanned<SinkConfig>>,
+    /// Named pipelines (`[pipelines.NAME]`).
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, Spanned<PipelineConfig>>,
+}
+
+/// `[daemon]`: settings shared by every pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Folder the `plugin = "NAME.wasm"` entries are looked up in. Default
+    /// `plugins`, relative to the config file.
+    #[serde(default = "default_plugins_dir")]
+    pub plugins_dir: Spanned<PathBuf>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            plugins_dir: Spanned::new(0..0, default_plugins_dir_path()),
+        }
+    }
+}
+
+fn default_plugins_dir_path() -> PathBuf {
+    PathBuf::from("plugins")
+}
+
+fn default_plugins_dir() -> Spanned<PathBuf> {
+    Spanned::new(0..0, default_plugins_dir_path())
+}
+
+/// Kinds of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A file of newline-delimited records, plain or gzip (detected from its first
+    /// bytes), read to its end or followed like `tail -F`.
+    File,
+    /// The daemon's standard input, read to its end.
+    Stdin,
+}
+
+/// How a source's lines are decoded into events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One JSON value per line (NDJSON). A line that is not valid JSON goes to
+    /// the dead-letter sink.
+    #[default]
+    Json,
+    /// Each line is an opaque payload; `key` and `timestamp` cannot be used.
+    Text,
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `file` or `stdin`.
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    /// File to read (`file` only), relative to the config file.
+    pub path: Option<Spanned<PathBuf>>,
+    /// Keep reading at the end of the file, as `tail -F` does: new lines are
+    /// picked up, and a file replaced or truncated is reopened from its start
+    /// (`file` only, plain files only). Default false: stop at the end.
+    #[serde(default)]
+    pub follow: bool,
+    /// How lines are decoded. Default `json`.
+    #[serde(default)]
+    pub format: Format,
+    /// JSON pointer (RFC 6901) to the event key, e.g. `/carrier`. A string is used
+    /// as its UTF-8 bytes, another value as its JSON text; absent or null means no
+    /// key.
+    pub key: Option<Spanned<String>>,
+    /// JSON pointer (RFC 6901) to the event time: an RFC 3339 string or a number of
+    /// milliseconds since the Unix epoch. Absent or null means the time the line
+    /// was read (processing time).
+    pub timestamp: Option<Spanned<String>>,
+}
+
+/// Kinds of sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// The daemon's standard output, one record per line.
+    Stdout,
+    /// A file, one record per line, appended to (created if missing).
+    File,
+    /// Accepts and discards everything (benchmarks).
+    Blackhole,
+}
+
+/// `[sinks.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `stdout`, `file` or `blackhole`.
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    /// Output file (`file` only), relative to the config file.
+    pub path: Option<Spanned<PathBuf>>,
+    /// Truncate the file at start instead of appending (`file` only). Default false.
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+/// What a stage does with a batch that failed: a trap, a timeout, an
+/// out-of-memory, or an error returned by the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Send every record of the batch to the dead-letter sink with the reason.
+    DeadLetter,
+    /// Drop the batch, log it and count it (`skipped` in the summary).
+    Skip,
+    /// Stop the pipeline; the daemon drains the other pipelines and exits 1.
+    Stop,
+}
+
+/// `batch = { … }`: when a micro-batch closes. Whichever limit is reached first
+/// closes it (Spark's trigger interval, Vector's batch settings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records in one batch. Default 4096.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Most bytes (keys + values) in one batch; a single larger record makes a
+    /// batch of its own. Default `"4MiB"`.
+    #[serde(default = "default_max_bytes", deserialize_with = "de_size")]
+    pub max_bytes: u64,
+    /// Longest time a batch stays open after its first record. Default `"200ms"`.
+    #[serde(default = "default_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+fn default_max_records() -> usize {
+    4096
+}
+fn default_max_bytes() -> u64 {
+    4 << 20
+}
+fn default_interval() -> Duration {
+    Duration::from_millis(200)
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+            interval: default_interval(),
+        }
+    }
+}
+
+/// One entry of `processors = [ … ]`: a Wasm plugin and its settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// The component file, looked up in `daemon.plugins_dir` (or a path).
+    pub plugin: Spanned<String>,
+    /// Passed to the plugin's `configure` as (name, value) string pairs; numbers and
+    /// booleans are passed in their TOML text form.
+    #[serde(default)]
+    pub config: BTreeMap<String, Spanned<toml::Value>>,
+    /// Most linear memory one instance may grow to. Default `"64MiB"`.
+    #[serde(default = "default_memory_limit", deserialize_with = "de_size")]
+    pub memory_limit: u64,
+    /// Longest one call (`configure` or `process`) may run before it is cut off.
+    /// Default `"1s"`.
+    #[serde(default = "default_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// This stage's error policy; default: the pipeline's `on_error`.
+    pub on_error: Option<OnError>,
+}
+
+fn default_memory_limit() -> u64 {
+    64 << 20
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `[pipelines.NAME]`: source → partitions → micro-batches → processors → sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name of the source to read.
+    pub source: Spanned<String>,
+    /// Number of partition workers; records go to `murmur2(key) % partitions`.
+    /// Default 1.
+    #[serde(default = "default_partitions")]
+    pub partitions: Spanned<usize>,
+    /// Micro-batch limits.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// The processor chain, run in order on every batch.
+    #[serde(default)]
+    pub processors: Vec<ProcessorConfig>,
+    /// Names of the sinks every output record is written to.
+    pub sinks: Spanned<Vec<Spanned<String>>>,
+    /// Name of the sink that receives dead-lettered records (with the reason, the
+    /// stage and the original bytes). Without one, such records are logged,
+    /// counted and dropped.
+    pub dead_letter: Option<Spanned<String>>,
+    /// Default error policy of the stages. Default `dead-letter` when
+    /// `dead_letter` is set, else `skip`.
+    pub on_error: Option<OnError>,
+    /// Capacity, in records, of each bounded channel between the source and a
+    /// partition worker. Default 8192.
+    #[serde(default = "default_queue")]
+    pub queue_records: usize,
+}
+
+fn default_partitions() -> Spanned<usize> {
+    Spanned::new(0..0, 1)
+}
+fn default_queue() -> usize {
+    8192
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| serde::de::Error::custom(format!("invalid size {text:?}: {e}"))),
+    }
+}
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line (0 when the error has no place in the file).
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What is wrong, naming the field.
+    pub message: String,
+    /// The offending line of the file, for display.
+    pub source_line: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.file.display(), self.message);
+        }
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )?;
+        if let Some(src) = &self.source_line {
+            let pad = " ".repeat(self.line.to_string().len());
+            write!(
+                f,
+                "\n{pad} |\n{} | {src}\n{pad} | {}^",
+                self.line,
+                " ".repeat(self.column.saturating_sub(1))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The text of a config file, for turning byte spans into located errors.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// Where it was read from.
+    pub file: PathBuf,
+    /// Its contents.
+    pub text: String,
+}
+
+impl ConfigSource {
+    /// A located error for the byte range `span`; the message is prefixed with
+    /// the field name found at that place (`field `interval`: …`).
+    pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = self.text[line_start..start].chars().count() + 1;
+        let source_line = self.text[line_start..]
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let message = match field_before(&self.text[line_start..start]) {
+            Some(field) if !message.contains(&format!("`{field}`")) => {
+                format!("field `{field}`: {message}")
+            }
+            _ => message,
+        };
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            message,
+            source_line: Some(source_line),
+        }
+    }
+
+    /// An error with no place in the file (it cannot be read, say).
+    pub fn unplaced(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: 0,
+            column: 0,
+            message: message.into(),
+            source_line: None,
+        }
+    }
+}
+
+/// The key whose value starts right after `prefix` (`… interval = ` → `interval`).
+fn field_before(prefix: &str) -> Option<&str> {
+    let prefix = prefix.trim_end().strip_suffix('=')?.trim_end();
+    let start = prefix
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '"'))
+        .map_or(0, |i| i + 1);
+    let key = prefix[start..].trim_matches('"');
+    (!key.is_empty()).then_some(key)
+}
+
+impl Config {
+    /// Reads and parses `path` (no cross-reference checks: see [`Config::validate`]).
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, or has an unknown field or a value of
+    /// the wrong type: a [`ConfigError`] with its place.
+    pub fn load(path: &Path) -> Result<(Config, ConfigSource), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config file: {e}"),
+            source_line: None,
+        })?;
+        let source = ConfigSource {
+            file: path.to_path_buf(),
+            text,
+        };
+        let config = Self::parse(&source)?;
+        Ok((config, source))
+    }
+
+    /// Parses the text of `source`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(source: &ConfigSource) -> Result<Config, ConfigError> {
+        toml::from_str(&source.text).map_err(|e| {
+            let message = e.message().trim_end().to_string();
+            match e.span() {
+                Some(span) => source.error(span, message),
+                None => source.unplaced(message),
+            }
+        })
+    }
+
+    /// The folder relative paths in the file are resolved against.
+    pub fn base_dir(source: &ConfigSource) -> PathBuf {
+        source
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// `path` made absolute against the config file's folder.
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+/// The `config` table of a processor as (name, value) pairs sorted by name:
+/// strings as they are, other values in their TOML text form.
+pub fn plugin_config_pairs(table: &BTreeMap<String, Spanned<toml::Value>>) -> Vec<(String, String)> {
+    table
+        .iter()
+        .map(|(k, v)| {
+            let text = match v.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(&ConfigSource {
+            file: PathBuf::from("t.toml"),
+            text: text.to_string(),
+        })
+    }
+
+    #[test]
+    fn human_units_parse() {
+        let c = parse(
+            r#"
+[sources.s]
+type = "stdin"
+[pipelines.p]
+source = "s"
+sinks = ["out"]
+batch = { max_records = 10, max_bytes = "1KiB", interval = "1s 500ms" }
+processors = [ { plugin = "x.wasm", memory_limit = 1048576, timeout = "20ms", config = { a = 1, b = "two" } } ]
+"#,
+        )
+        .unwrap();
+        let p = c.pipelines["p"].get_ref();
+        assert_eq!(p.batch.max_bytes, 1024);
+        assert_eq!(p.batch.interval, Duration::from_millis(1500));
+        assert_eq!(p.processors[0].memory_limit, 1 << 20);
+        assert_eq!(p.processors[0].timeout, Duration::from_millis(20));
+        assert_eq!(
+            plugin_config_pairs(&p.processors[0].config),
+            vec![("a".into(), "1".into()), ("b".into(), "two".into())]
+        );
+    }
+
+    #[test]
+    fn errors_are_located_and_name_the_field() {
+        let text = "[sources.s]\ntype = \"stdin\"\n\n[pipelines.p]\nsource = \"s\"\nsinks = []\nbatch = { interval = \"5 parsecs\" }\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!((e.line, e.column), (7, 21), "{e}");
+        assert!(e.message.starts_with("field `interval`: "), "{e}");
+        assert!(e.message.contains("5 parsecs"), "{e}");
+
+        let e = parse("[daemon]\nplugin_dir = \"x\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 1), "{e}");
+        assert!(e.message.contains("unknown field `plugin_dir`"), "{e}");
+    }
+}

@@ -1,0 +1,110 @@
+//! The dead-letter queue: records that could not be processed, with why.
+//!
+//! Each dead-lettered record becomes one JSON line on the pipeline's
+//! `dead_letter` sink:
+//!
+//! ```json
+//! {"pipeline":"delays","stage":"source","reason":"invalid JSON: …","partition":null,
+//!  "plugin":null,"plugin_version":null,"key":null,"timestamp_ms":null,"original":"{not json"}
+//! ```
+//!
+//! `stage` is `source` (the line could not be decoded) or `INDEX:PLUGIN` of the
+//! processor that refused or failed it. `original` holds the bytes the stage
+//! received, as a string when they are UTF-8, else base64 in `original_base64`.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::sink::SinkHandle;
+
+/// One dead-lettered record.
+#[derive(Debug, Clone)]
+pub struct DeadRecord<'a> {
+    /// `source` or `INDEX:PLUGIN`.
+    pub stage: &'a str,
+    /// Plugin name and version, for a processor stage.
+    pub plugin: Option<(&'a str, &'a str)>,
+    /// Partition worker, when known.
+    pub partition: Option<usize>,
+    /// Why.
+    pub reason: &'a str,
+    /// Key bytes (empty: none).
+    pub key: &'a [u8],
+    /// Event time, when known.
+    pub timestamp_ms: Option<i64>,
+    /// The bytes the stage received.
+    pub original: &'a [u8],
+}
+
+/// Where a pipeline's dead letters go.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pipeline: String,
+    sink: Option<SinkHandle>,
+}
+
+fn bytes_field(obj: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => obj.insert(name.into(), Value::String(s.into())),
+        Err(_) => obj.insert(
+            format!("{name}_base64"),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+}
+
+impl DeadLetter {
+    /// Dead letters of `pipeline`, written to `sink` (or, without one, logged and
+    /// dropped).
+    pub fn new(pipeline: &str, sink: Option<SinkHandle>) -> Self {
+        DeadLetter {
+            pipeline: pipeline.to_string(),
+            sink,
+        }
+    }
+
+    /// Writes `records` to the dead-letter sink as one batch.
+    ///
+    /// # Errors
+    /// The dead-letter sink has stopped.
+    pub fn send(&self, records: &[DeadRecord<'_>]) -> anyhow::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let Some(sink) = &self.sink else {
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                stage = records[0].stage,
+                count = records.len(),
+                "dropped {} record(s) with no dead-letter sink configured: {}",
+                records.len(),
+                records[0].reason
+            );
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(records.len() * 256);
+        for r in records {
+            let mut obj = json!({
+                "pipeline": self.pipeline,
+                "stage": r.stage,
+                "reason": r.reason,
+                "partition": r.partition,
+                "plugin": r.plugin.map(|p| p.0),
+                "plugin_version": r.plugin.map(|p| p.1),
+                "timestamp_ms": r.timestamp_ms,
+            });
+            let map = obj.as_object_mut().expect("an object");
+            if r.key.is_empty() {
+                map.insert("key".into(), Value::Null);
+            } else {
+                bytes_field(map, "key", r.key);
+            }
+            bytes_field(map, "original", r.original);
+            serde_json::to_writer(&mut buf, &obj)?;
+            buf.push(b'\n');
+        }
+        sink.send(Arc::new(buf))
+    }
+}

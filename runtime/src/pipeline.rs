@@ -1,0 +1,237 @@
+//! A running pipeline: one source thread, a bounded channel per partition, one
+//! worker thread per partition, all feeding the shared sinks.
+//!
+//! ```text
+//! source ──► router ──► channel[p] ──► worker p: batcher → processors → sinks
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::batcher::BatchLimits;
+use crate::dead_letter::DeadLetter;
+use crate::processor::{Stage, StageSpec};
+use crate::router::Router;
+use crate::sink::SinkHandle;
+use crate::source::{self, SourceSpec};
+use crate::worker::Worker;
+
+/// A pipeline's counters, shared by its threads.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Lines read from the source (empty lines not counted).
+    pub records_in: AtomicU64,
+    /// Records written to the sinks (once per record, whatever the fan-out).
+    pub records_out: AtomicU64,
+    /// Records sent to the dead-letter sink (or dropped for want of one): lines
+    /// that could not be decoded, records a plugin refused, records of batches
+    /// that failed under `on_error = "dead-letter"`.
+    pub rejected: AtomicU64,
+    /// Records of batches dropped under `on_error = "skip"`.
+    pub skipped: AtomicU64,
+    /// Micro-batches processed.
+    pub batches: AtomicU64,
+}
+
+/// Everything needed to start a pipeline.
+#[derive(Debug)]
+pub struct PipelineSpec {
+    /// Name in the config.
+    pub name: String,
+    /// Its source.
+    pub source: SourceSpec,
+    /// Number of partition workers.
+    pub partitions: usize,
+    /// When a micro-batch closes.
+    pub limits: BatchLimits,
+    /// The processor chain.
+    pub stages: Vec<Arc<StageSpec>>,
+    /// Names of the output sinks.
+    pub sinks: Vec<String>,
+    /// Name of the dead-letter sink.
+    pub dead_letter: Option<String>,
+    /// Capacity of each partition channel, in records.
+    pub queue_records: usize,
+}
+
+/// A pipeline whose threads are running.
+#[derive(Debug)]
+pub struct RunningPipeline {
+    /// Name in the config.
+    pub name: String,
+    /// Live counters.
+    pub stats: Arc<Stats>,
+    started: Instant,
+    source: JoinHandle<anyhow::Result<()>>,
+    workers: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl PipelineSpec {
+    /// Makes every partition's plugin instances, then starts the worker threads and
+    /// the source thread. Setting `cancel` makes the source stop reading; the
+    /// workers then drain what was read and stop.
+    ///
+    /// # Errors
+    /// A plugin instance cannot be made or configured, a sink is missing, or a
+    /// thread cannot be spawned.
+    pub fn start(
+        &self,
+        sinks: &BTreeMap<String, SinkHandle>,
+        cancel: Arc<AtomicBool>,
+    ) -> anyhow::Result<RunningPipeline> {
+        let stats = Arc::new(Stats::default());
+        let sink = |name: &String| {
+            sinks
+                .get(name)
+                .cloned()
+                .with_context(|| format!("sink `{name}` is not running"))
+        };
+        let outputs = self.sinks.iter().map(sink).collect::<anyhow::Result<Vec<_>>>()?;
+        let dead_letter = DeadLetter::new(
+            &self.name,
+            self.dead_letter.as_ref().map(sink).transpose()?,
+        );
+        // Set when a worker stops on an error, so the source stops too.
+        let failed = Arc::new(AtomicBool::new(false));
+
+        let mut senders = Vec::with_capacity(self.partitions);
+        let mut workers = Vec::with_capacity(self.partitions);
+        for partition in 0..self.partitions {
+            let stages = self
+                .stages
+                .iter()
+                .map(|spec| {
+                    Stage::new(&self.name, partition, spec.clone())
+                        .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.label))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let worker = Worker {
+                pipeline: self.name.clone(),
+                partition,
+                limits: self.limits,
+                stages,
+                sinks: outputs.clone(),
+                dead_letter: dead_letter.clone(),
+                stats: stats.clone(),
+            };
+            let (tx, rx) = flume::bounded(self.queue_records.max(1));
+            senders.push(tx);
+            let failed = failed.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("{}-p{partition}", self.name))
+                    .spawn(move || {
+                        let result = worker.run(rx);
+                        if result.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        result
+                    })?,
+            );
+        }
+
+        let spec = self.source.clone();
+        let router = Router::new(self.partitions);
+        let source_stats = stats.clone();
+        let source = std::thread::Builder::new()
+            .name(format!("{}-source", self.name))
+            .spawn(move || {
+                let stop = || cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
+                source::run(&spec, router, senders, &dead_letter, &source_stats, &stop)
+            })?;
+        Ok(RunningPipeline {
+            name: self.name.clone(),
+            stats,
+            started: Instant::now(),
+            source,
+            workers,
+        })
+    }
+}
+
+impl RunningPipeline {
+    /// Waits for the source to end and the workers to drain.
+    ///
+    /// # Errors
+    /// The first error of the source or a worker; the summary is returned either
+    /// way.
+    pub fn wait(self) -> (Summary, anyhow::Result<()>) {
+        let mut result = join(self.source);
+        for worker in self.workers {
+            let r = join(worker);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        let summary = Summary::of(&self.name, &self.stats, self.started.elapsed());
+        (summary, result)
+    }
+}
+
+fn join(handle: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    handle
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("a pipeline thread panicked")))
+}
+
+/// The figures of one pipeline run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// See [`Stats::records_in`].
+    pub records_in: u64,
+    /// See [`Stats::records_out`].
+    pub records_out: u64,
+    /// See [`Stats::rejected`].
+    pub rejected: u64,
+    /// See [`Stats::skipped`].
+    pub skipped: u64,
+    /// See [`Stats::batches`].
+    pub batches: u64,
+    /// Wall time since the pipeline started.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    fn of(name: &str, stats: &Stats, elapsed: Duration) -> Self {
+        Summary {
+            pipeline: name.to_string(),
+            records_in: stats.records_in.load(Ordering::Relaxed),
+            records_out: stats.records_out.load(Ordering::Relaxed),
+            rejected: stats.rejected.load(Ordering::Relaxed),
+            skipped: stats.skipped.load(Ordering::Relaxed),
+            batches: stats.batches.load(Ordering::Relaxed),
+            elapsed,
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.records_in as f64 / secs
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "pipeline={} in={} out={} rejected={} skipped={} batches={} elapsed={:.3}s rate={:.0} records/s",
+            self.pipeline,
+            self.records_in,
+            self.records_out,
+            self.rejected,
+            self.skipped,
+            self.batches,
+            secs,
+            rate
+        )
+    }
+}

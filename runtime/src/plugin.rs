@@ -1,0 +1,432 @@
+//! The plugin host: loads WebAssembly components of the `sluice:plugin/processor`
+//! world and runs them sandboxed.
+//!
+//! - One [`PluginHost`] per daemon: one wasmtime `Engine` (epoch interruption on)
+//!   and one `Linker` with the `host` interface and a deny-by-default WASI.
+//! - One [`Plugin`] per loaded file: the compiled component and its `InstancePre`
+//!   (imports resolved once), named by file stem and versioned by content hash.
+//! - One [`Instance`] per (partition worker, stage): its own `Store`, memory limit
+//!   and per-call deadline. Instances are cheap to make (tens of µs from the
+//!   `InstancePre`), so a trapped one is simply dropped and replaced.
+//!
+//! No ambient capability: the WASI context has no preopened directory, no
+//! environment, no arguments, no sockets, and stdin is closed; stdout is
+//! discarded and stderr is kept (bounded) only to report a panic's message.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use sha2::{Digest, Sha256};
+use sluice_plugin_sdk::{Batch, BatchParts};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The one `bindgen!` of the host, from `wit/plugin.wit`.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "processor",
+    });
+}
+
+use bindings::sluice::plugin::{host, types};
+pub use bindings::{Processor as ProcessorBindings, ProcessorPre};
+
+/// How often the epoch ticks: the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
+const STDERR_CAPACITY: usize = 16 * 1024;
+
+/// The daemon-wide Wasm engine and linker.
+#[derive(Clone)]
+pub struct PluginHost {
+    engine: Engine,
+    linker: Arc<Linker<StoreState>>,
+    _ticker: Arc<Ticker>,
+}
+
+/// Stops the epoch thread when the last [`PluginHost`] clone is dropped.
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost").finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// Builds the engine (Cranelift, component model, epoch interruption), the
+    /// linker, and starts the epoch thread (one tick per [`EPOCH_TICK`]).
+    ///
+    /// # Errors
+    /// wasmtime refuses the configuration (should not happen on x86_64/aarch64).
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::<StoreState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        host::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+        Ok(PluginHost {
+            engine,
+            linker: Arc::new(linker),
+            _ticker: Arc::new(Ticker(stop)),
+        })
+    }
+
+    /// Reads, compiles and links the component at `path`.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not a component, or does not have the
+    /// `processor` world's exports and only imports the host provides; the message
+    /// names the file and the reason.
+    pub fn load(&self, path: &Path) -> anyhow::Result<Plugin> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        let version = content_version(&bytes);
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{} cannot be linked: it imports what sluice does not provide", path.display()))?;
+        let pre = ProcessorPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
+            format!(
+                "{} is not a sluice:plugin/processor component (exports `configure` and `process`)",
+                path.display()
+            )
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        Ok(Plugin {
+            name,
+            version,
+            path: path.to_path_buf(),
+            pre,
+            engine: self.engine.clone(),
+        })
+    }
+}
+
+/// The version of a plugin: the first 12 hex digits of the SHA-256 of its bytes.
+pub fn content_version(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A compiled, linked component, ready to instantiate.
+#[derive(Clone)]
+pub struct Plugin {
+    /// File stem, e.g. `flights_delay`.
+    pub name: String,
+    /// Content hash, see [`content_version`].
+    pub version: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    pre: ProcessorPre<StoreState>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-instance limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of linear memory (all memories together) the instance may use.
+    pub memory_bytes: u64,
+    /// Longest one call may run.
+    pub timeout: Duration,
+}
+
+/// Where a guest's log lines are attributed.
+#[derive(Debug, Clone, Default)]
+pub struct LogTags {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage, e.g. `0:flights_delay`.
+    pub stage: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version.
+    pub version: String,
+    /// Partition of the worker.
+    pub partition: usize,
+}
+
+/// The host state of one store.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    tags: LogTags,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for StoreState {
+    fn log(&mut self, level: host::Level, message: String) {
+        let t = &self.tags;
+        match level {
+            host::Level::Trace => tracing::trace!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
+            host::Level::Debug => tracing::debug!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
+            host::Level::Info => tracing::info!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
+            host::Level::Warn => tracing::warn!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
+            host::Level::Error => tracing::error!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
+        }
+    }
+}
+
+impl types::Host for StoreState {}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The plugin returned an error; the instance is still usable.
+    #[error("plugin error: {0}")]
+    Plugin(String),
+    /// The call ran past its deadline and was interrupted.
+    #[error("timeout: the call ran past its {0:?} deadline")]
+    Timeout(Duration),
+    /// The instance tried to grow its memory past the limit.
+    #[error("out of memory: the instance hit its {0}-byte memory limit")]
+    OutOfMemory(u64),
+    /// The instance trapped (a panic, an out-of-bounds access, …).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The plugin returned a batch whose columns disagree.
+    #[error("plugin returned a malformed batch: {0}")]
+    Malformed(String),
+}
+
+impl CallError {
+    /// Whether the instance must be thrown away (anything but a returned error).
+    pub fn poisons_instance(&self) -> bool {
+        !matches!(self, CallError::Plugin(_) | CallError::Malformed(_))
+    }
+}
+
+/// What a plugin returned for one batch.
+#[derive(Debug, Default)]
+pub struct Processed {
+    /// Events passed on.
+    pub events: Batch,
+    /// (input index, reason) of the refused events.
+    pub rejected: Vec<(u32, String)>,
+}
+
+/// One live, configured instance of a plugin.
+pub struct Instance {
+    store: Store<StoreState>,
+    bindings: ProcessorBindings,
+    limits: Limits,
+    stderr: MemoryOutputPipe,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1) + 1
+}
+
+impl Plugin {
+    /// Makes a new instance with its own store and calls `configure(config)` on it,
+    /// under the memory limit and the deadline.
+    ///
+    /// # Errors
+    /// Instantiation fails, `configure` returns an error, traps or times out.
+    pub fn instantiate(
+        &self,
+        config: &[(String, String)],
+        limits: Limits,
+        tags: LogTags,
+    ) -> Result<Instance, CallError> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            StoreState {
+                wasi,
+                table: ResourceTable::new(),
+                limits: store_limits,
+                tags,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        // The deadline must be set before instantiating: the default (0) would
+        // interrupt the component's start function.
+        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        store.epoch_deadline_trap();
+        let mut instance = match self.pre.instantiate(&mut store) {
+            Ok(bindings) => Instance {
+                store,
+                bindings,
+                limits,
+                stderr,
+            },
+            Err(e) => return Err(classify(e, limits, &stderr)),
+        };
+        instance.store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        match instance
+            .bindings
+            .call_configure(&mut instance.store, config)
+        {
+            Ok(Ok(())) => Ok(instance),
+            Ok(Err(reason)) => Err(CallError::Plugin(format!("configure failed: {reason}"))),
+            Err(e) => Err(classify(e, limits, &instance.stderr)),
+        }
+    }
+}
+
+impl Instance {
+    /// Calls `process(batch)`.
+    ///
+    /// The batch is lowered into the guest as its packed columns (five copies,
+    /// whatever its length) and the output is lifted the same way, then checked.
+    ///
+    /// # Errors
+    /// See [`CallError`]; after an error with [`CallError::poisons_instance`] the
+    /// instance must be dropped.
+    pub fn process(&mut self, batch: &mut Batch) -> Result<Processed, CallError> {
+        let input = to_wit(std::mem::take(batch));
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        let result = self.bindings.call_process(&mut self.store, &input);
+        let n = input.value_ends.len() as u32;
+        // Give the caller its batch back (moves, no copy), e.g. to dead-letter it.
+        *batch = from_wit(input).expect("the host's own batch is well-formed");
+        let output = match result {
+            Ok(Ok(output)) => output,
+            Ok(Err(reason)) => return Err(CallError::Plugin(reason)),
+            Err(e) => return Err(classify(e, self.limits, &self.stderr)),
+        };
+        let events = from_wit(output.events).map_err(CallError::Malformed)?;
+        let mut rejected = Vec::with_capacity(output.rejected.len());
+        for r in output.rejected {
+            if r.index >= n {
+                return Err(CallError::Malformed(format!(
+                    "rejection of event {} in a batch of {n}",
+                    r.index
+                )));
+            }
+            rejected.push((r.index, r.reason));
+        }
+        Ok(Processed { events, rejected })
+    }
+}
+
+/// A batch as the WIT record, by moving its columns.
+fn to_wit(batch: Batch) -> types::EventBatch {
+    let parts = batch.into_parts();
+    types::EventBatch {
+        values: parts.values,
+        value_ends: parts.value_ends,
+        keys: parts.keys,
+        key_ends: parts.key_ends,
+        timestamps: parts.timestamps,
+        headers: parts
+            .headers
+            .into_iter()
+            .map(|(index, name, value)| types::Header { index, name, value })
+            .collect(),
+    }
+}
+
+/// A WIT batch back as a [`Batch`], by moving its columns, checking they agree.
+fn from_wit(batch: types::EventBatch) -> Result<Batch, String> {
+    Batch::from_parts(BatchParts {
+        values: batch.values,
+        value_ends: batch.value_ends,
+        keys: batch.keys,
+        key_ends: batch.key_ends,
+        timestamps: batch.timestamps,
+        headers: batch
+            .headers
+            .into_iter()
+            .map(|h| (h.index, h.name, h.value))
+            .collect(),
+    })
+}
+
+/// Turns a wasmtime error into a [`CallError`], with the guest's last stderr
+/// line (a Rust panic message) when there is one.
+fn classify(error: wasmtime::Error, limits: Limits, stderr: &MemoryOutputPipe) -> CallError {
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        if *trap == Trap::Interrupt {
+            return CallError::Timeout(limits.timeout);
+        }
+    }
+    let text = format!("{error:#}");
+    if text.contains("memory growth failure") || text.contains("memory.grow") {
+        return CallError::OutOfMemory(limits.memory_bytes);
+    }
+    let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+    let said = said.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+    if said.is_empty() {
+        CallError::Trap(root_cause(&error))
+    } else {
+        CallError::Trap(format!("{} ({said})", root_cause(&error)))
+    }
+}
+
+fn root_cause(error: &wasmtime::Error) -> String {
+    error
+        .downcast_ref::<Trap>()
+        .map(|t| format!("wasm trap: {t}"))
+        .unwrap_or_else(|| anyhow!("{error}").to_string())
+}

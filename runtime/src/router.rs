@@ -1,0 +1,118 @@
+//! The router: which partition worker a record goes to.
+//!
+//! A keyed record goes to `toPositive(murmur2(key)) % partitions`, the rule of
+//! Kafka's default partitioner (`org.apache.kafka.clients.producer.internals.
+//! BuiltInPartitioner.partitionForKey`), so a key lands on the partition a Kafka
+//! producer would pick for a topic with as many partitions. A record without a
+//! key goes round-robin. Partitioning happens before batching: all records of a
+//! key go to one worker, in order, and per-key state there needs no lock.
+
+/// Kafka's 32-bit murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`),
+/// seed `0x9747b28c`.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        if tail.len() >= 3 {
+            h ^= u32::from(tail[2]) << 16;
+        }
+        if tail.len() >= 2 {
+            h ^= u32::from(tail[1]) << 8;
+        }
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// Routes records to `partitions` workers.
+#[derive(Debug, Clone)]
+pub struct Router {
+    partitions: usize,
+    next_keyless: usize,
+}
+
+impl Router {
+    /// A router over `partitions` workers (at least 1).
+    pub fn new(partitions: usize) -> Self {
+        Router {
+            partitions: partitions.max(1),
+            next_keyless: 0,
+        }
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// The partition of a record with this key (empty = no key: round-robin).
+    pub fn route(&mut self, key: &[u8]) -> usize {
+        if key.is_empty() {
+            let p = self.next_keyless;
+            self.next_keyless = (p + 1) % self.partitions;
+            p
+        } else {
+            ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Kafka's own vectors, from `UtilsTest.testMurmur2` in the Java client.
+    #[test]
+    fn murmur2_matches_kafka() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (input, want) in cases {
+            assert_eq!(murmur2(input) as i32, want, "{:?}", std::str::from_utf8(input));
+        }
+    }
+
+    #[test]
+    fn keyless_records_go_round_robin() {
+        let mut r = Router::new(3);
+        let got: Vec<usize> = (0..7).map(|_| r.route(b"")).collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Same key, same partition, always within range.
+        #[test]
+        fn a_key_always_goes_to_one_partition(keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..12), 1..50), n in 1usize..16) {
+            let mut a = Router::new(n);
+            let mut b = Router::new(n);
+            for k in keys.iter().chain(keys.iter().rev()) {
+                let p = a.route(k);
+                prop_assert!(p < n);
+                prop_assert_eq!(p, b.route(k));
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Sinks: where output records go. Each sink runs on its own thread behind a
+//! bounded channel of encoded batches, so a slow sink fills its channel and
+//! blocks the workers that feed it (backpressure), and nothing is dropped.
+//!
+//! A batch arrives as one buffer of newline-terminated records and is written
+//! with a single `write_all`, so the output only ever holds whole batches of whole
+//! lines: a sink stopped between batches leaves nothing half-written.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context as _;
+
+use crate::config::SinkKind;
+
+/// Encoded batches waiting for one sink. Small: each entry is a whole batch.
+const SINK_QUEUE_BATCHES: usize = 16;
+
+/// What a sink does with its batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// Standard output.
+    Stdout,
+    /// A file, created if missing; appended to, or truncated first.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Truncate at start.
+        truncate: bool,
+    },
+    /// Discards everything.
+    Blackhole,
+}
+
+impl SinkSpec {
+    /// The spec for a config entry (`path` already resolved).
+    pub fn new(kind: SinkKind, path: Option<PathBuf>, truncate: bool) -> Option<Self> {
+        Some(match kind {
+            SinkKind::Stdout => SinkSpec::Stdout,
+            SinkKind::Blackhole => SinkSpec::Blackhole,
+            SinkKind::File => SinkSpec::File {
+                path: path?,
+                truncate,
+            },
+        })
+    }
+}
+
+/// A handle to a running sink; clone it to feed the sink from several workers.
+#[derive(Debug, Clone)]
+pub struct SinkHandle {
+    /// The sink's name in the config.
+    pub name: String,
+    tx: flume::Sender<Arc<Vec<u8>>>,
+}
+
+impl SinkHandle {
+    /// Hands an encoded batch (newline-terminated records) to the sink; blocks
+    /// while its queue is full.
+    ///
+    /// # Errors
+    /// The sink has stopped (after a write error, which it logged).
+    pub fn send(&self, lines: Arc<Vec<u8>>) -> anyhow::Result<()> {
+        self.tx
+            .send(lines)
+            .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))
+    }
+}
+
+/// A running sink thread.
+#[derive(Debug)]
+pub struct RunningSink {
+    /// The handle the pipelines clone.
+    pub handle: SinkHandle,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningSink {
+    /// Opens the sink's output and starts its thread.
+    ///
+    /// # Errors
+    /// The output file cannot be opened.
+    pub fn start(name: &str, spec: &SinkSpec) -> anyhow::Result<Self> {
+        let mut out: Box<dyn Output> = match spec {
+            SinkSpec::Stdout => Box::new(StdoutOutput),
+            SinkSpec::Blackhole => Box::new(Blackhole),
+            SinkSpec::File { path, truncate } => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("sink `{name}`: cannot create {}", dir.display()))?;
+                }
+                let file = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(!*truncate)
+                    .truncate(*truncate)
+                    .open(path)
+                    .with_context(|| format!("sink `{name}`: cannot open {}", path.display()))?;
+                Box::new(FileOutput(file))
+            }
+        };
+        let (tx, rx) = flume::bounded::<Arc<Vec<u8>>>(SINK_QUEUE_BATCHES);
+        let sink_name = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || {
+                let result = (|| {
+                    for lines in rx.iter() {
+                        out.write_batch(&lines)?;
+                    }
+                    out.finish()
+                })();
+                if let Err(e) = &result {
+                    tracing::error!(sink = %sink_name, "sink failed: {e:#}");
+                }
+                result
+            })?;
+        Ok(RunningSink {
+            handle: SinkHandle {
+                name: name.to_string(),
+                tx,
+            },
+            thread,
+        })
+    }
+
+    /// Waits for the sink to write out everything it was sent (once every handle
+    /// is dropped) and flushes it to stable storage.
+    ///
+    /// # Errors
+    /// A write or flush failed.
+    pub fn finish(self) -> anyhow::Result<()> {
+        let RunningSink { handle, thread } = self;
+        drop(handle);
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("sink thread panicked"))?
+    }
+}
+
+trait Output: Send {
+    fn write_batch(&mut self, lines: &[u8]) -> anyhow::Result<()>;
+    fn finish(&mut self) -> anyhow::Result<()>;
+}
+
+struct StdoutOutput;
+
+impl Output for StdoutOutput {
+    fn write_batch(&mut self, lines: &[u8]) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(lines)?;
+        out.flush()?;
+        Ok(())
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        std::io::stdout().flush()?;
+        Ok(())
+    }
+}
+
+struct FileOutput(File);
+
+impl Output for FileOutput {
+    fn write_batch(&mut self, lines: &[u8]) -> anyhow::Result<()> {
+        self.0.write_all(lines)?;
+        Ok(())
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.0.sync_data()?;
+        Ok(())
+    }
+}
+
+struct Blackhole;
+
+impl Output for Blackhole {
+    fn write_batch(&mut self, _lines: &[u8]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

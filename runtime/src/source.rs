@@ -1,0 +1,317 @@
+//! Sources: read lines, decode them into records, route each record to its
+//! partition worker.
+//!
+//! - `file`: plain or gzip (recognised by its magic bytes, not its name), read to
+//!   its end, or followed like `tail -F`: appended lines are picked up, and a file
+//!   that is replaced (new inode) or truncated is reopened from its start.
+//! - `stdin`: read to its end.
+//!
+//! Every send into a partition channel blocks while that channel is full, so a
+//! slow worker or sink slows the source down (backpressure). A line that cannot
+//! be decoded goes to the dead-letter sink; empty lines are skipped.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use flate2::read::MultiGzDecoder;
+
+use crate::config::Format;
+use crate::dead_letter::{DeadLetter, DeadRecord};
+use crate::decode::Decoder;
+use crate::pipeline::Stats;
+use crate::router::Router;
+
+/// How often a waiting source (end of a followed file, quiet stdin) checks for
+/// shutdown and new data.
+const POLL: Duration = Duration::from_millis(100);
+
+/// One decoded record on its way to a partition worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Key bytes; empty when the record has none.
+    pub key: Vec<u8>,
+    /// The line, without its line terminator.
+    pub value: Vec<u8>,
+    /// Event time, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+/// Where a source reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Keep reading at its end (`tail -F`).
+        follow: bool,
+    },
+    /// Standard input.
+    Stdin,
+}
+
+/// A source, ready to run.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// Name in the config.
+    pub name: String,
+    /// What to read.
+    pub input: Input,
+    /// How to decode a line.
+    pub format: Format,
+    /// Key and event-time extraction.
+    pub decoder: Decoder,
+}
+
+/// What one read produced.
+enum Read1 {
+    Line,
+    /// Nothing more now; try again (follow mode, quiet stdin).
+    Idle,
+    Eof,
+}
+
+/// A reader of lines that can wait without blocking shutdown.
+trait Lines {
+    /// Reads the next line (terminator stripped) into `buf`.
+    fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1>;
+}
+
+/// A file read to its end, or followed.
+struct FileLines {
+    path: PathBuf,
+    follow: bool,
+    reader: BufReader<Box<dyn Read + Send>>,
+    /// Bytes of a followed file consumed so far, and its inode, to spot truncation
+    /// and replacement.
+    position: u64,
+    inode: u64,
+    /// A partial last line of a followed file, kept until its newline arrives.
+    pending: Vec<u8>,
+}
+
+fn inode_of(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.ino()
+}
+
+impl FileLines {
+    fn open(path: PathBuf, follow: bool) -> anyhow::Result<Self> {
+        let mut file =
+            File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let inode = inode_of(&file.metadata()?);
+        let mut magic = [0u8; 2];
+        let n = read_up_to(&mut file, &mut magic)?;
+        let head = io::Cursor::new(magic[..n].to_vec());
+        let gzip = n == 2 && magic == [0x1f, 0x8b];
+        if gzip && follow {
+            anyhow::bail!(
+                "{} is gzip-compressed: `follow` works on plain files only",
+                path.display()
+            );
+        }
+        let raw: Box<dyn Read + Send> = Box::new(head.chain(file));
+        let reader: Box<dyn Read + Send> = if gzip {
+            Box::new(MultiGzDecoder::new(BufReader::with_capacity(256 << 10, raw)))
+        } else {
+            raw
+        };
+        Ok(FileLines {
+            path,
+            follow,
+            reader: BufReader::with_capacity(256 << 10, reader),
+            position: 0,
+            inode,
+            pending: Vec::new(),
+        })
+    }
+
+    /// In follow mode at end of file: reopen when the file was replaced or
+    /// truncated.
+    fn check_rotation(&mut self) -> anyhow::Result<()> {
+        let Ok(meta) = std::fs::metadata(&self.path) else {
+            return Ok(()); // gone for now (mid-rotation): keep waiting
+        };
+        if inode_of(&meta) != self.inode || meta.len() < self.position {
+            tracing::info!(path = %self.path.display(), "file replaced or truncated: reading it from the start");
+            *self = FileLines::open(self.path.clone(), true)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn strip_eol(buf: &mut Vec<u8>) {
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+}
+
+impl Lines for FileLines {
+    fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
+        buf.clear();
+        buf.append(&mut self.pending);
+        let n = self.reader.read_until(b'\n', buf)?;
+        self.position += n as u64;
+        if buf.last() == Some(&b'\n') {
+            strip_eol(buf);
+            return Ok(Read1::Line);
+        }
+        if !self.follow {
+            return Ok(if buf.is_empty() { Read1::Eof } else { Read1::Line });
+        }
+        // Following: a partial line waits for the rest.
+        std::mem::swap(&mut self.pending, buf);
+        self.check_rotation().map_err(io::Error::other)?;
+        Ok(Read1::Idle)
+    }
+}
+
+/// Standard input, read on a thread of its own so that waiting for input never
+/// blocks shutdown.
+struct StdinLines {
+    rx: flume::Receiver<io::Result<Vec<u8>>>,
+}
+
+impl StdinLines {
+    fn start() -> Self {
+        let (tx, rx) = flume::bounded(1024);
+        std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                let stdin = io::stdin();
+                let mut lock = stdin.lock();
+                loop {
+                    let mut line = Vec::new();
+                    match lock.read_until(b'\n', &mut line) {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            strip_eol(&mut line);
+                            if tx.send(Ok(line)).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            break;
+                        }
+                    }
+                }
+            })
+            .expect("spawn the stdin reader");
+        StdinLines { rx }
+    }
+}
+
+impl Lines for StdinLines {
+    fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
+        match self.rx.recv_timeout(POLL) {
+            Ok(Ok(line)) => {
+                *buf = line;
+                Ok(Read1::Line)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(flume::RecvTimeoutError::Timeout) => Ok(Read1::Idle),
+            Err(flume::RecvTimeoutError::Disconnected) => Ok(Read1::Eof),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs a source until its input ends, `stop()` turns true, or a worker is gone.
+///
+/// Each line is decoded, routed with `router`, and sent to `partitions[p]`.
+///
+/// # Errors
+/// The input cannot be opened or read, or the dead-letter sink stopped.
+pub fn run(
+    spec: &SourceSpec,
+    mut router: Router,
+    partitions: Vec<flume::Sender<Record>>,
+    dead_letter: &DeadLetter,
+    stats: &Stats,
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<()> {
+    let mut lines: Box<dyn Lines> = match &spec.input {
+        Input::File { path, follow } => Box::new(FileLines::open(path.clone(), *follow)?),
+        Input::Stdin => Box::new(StdinLines::start()),
+    };
+    let mut buf = Vec::with_capacity(1024);
+    while !stop() {
+        match lines
+            .next_line(&mut buf)
+            .with_context(|| format!("source `{}`: read failed", spec.name))?
+        {
+            Read1::Eof => break,
+            Read1::Idle => {
+                if matches!(spec.input, Input::File { .. }) {
+                    std::thread::sleep(POLL);
+                }
+                continue;
+            }
+            Read1::Line => {}
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        stats.records_in.fetch_add(1, Ordering::Relaxed);
+        let (key, timestamp_ms) = match spec.format {
+            Format::Text => (Vec::new(), now_ms()),
+            Format::Json => match spec.decoder.decode(&buf) {
+                Ok(d) => (d.key, d.timestamp_ms.unwrap_or_else(now_ms)),
+                Err(reason) => {
+                    stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    dead_letter.send(&[DeadRecord {
+                        stage: "source",
+                        plugin: None,
+                        partition: None,
+                        reason: &reason,
+                        key: &[],
+                        timestamp_ms: None,
+                        original: &buf,
+                    }])?;
+                    continue;
+                }
+            },
+        };
+        let partition = router.route(&key);
+        let record = Record {
+            key,
+            value: buf.clone(), // exact-size copy; `buf` keeps its capacity
+            timestamp_ms,
+        };
+        if partitions[partition].send(record).is_err() {
+            // The worker is gone (its pipeline stopped on an error): stop reading.
+            stats.records_in.fetch_sub(1, Ordering::Relaxed);
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Shared between a pipeline's threads: set to stop the source.
+pub type Cancel = Arc<AtomicBool>;

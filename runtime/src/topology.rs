@@ -1,0 +1,264 @@
+//! From a parsed config to what runs: check every cross-reference, resolve paths,
+//! compile every plugin and configure one instance of each stage — and spawn
+//! nothing. `sluice validate` stops here; `sluice run` goes on to start it.
+//!
+//! Every error points at the place in the file that causes it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batcher::BatchLimits;
+use crate::config::{
+    self, Config, ConfigError, ConfigSource, Format, OnError, SinkKind, SourceKind,
+};
+use crate::decode::{Decoder, Pointer};
+use crate::pipeline::PipelineSpec;
+use crate::plugin::{Limits, LogTags, Plugin, PluginHost};
+use crate::processor::StageSpec;
+use crate::sink::SinkSpec;
+use crate::source::{Input, SourceSpec};
+
+/// Everything a config asks for, built and checked.
+#[derive(Debug)]
+pub struct Topology {
+    /// Sinks used by at least one pipeline, by name.
+    pub sinks: BTreeMap<String, SinkSpec>,
+    /// The pipelines.
+    pub pipelines: Vec<PipelineSpec>,
+}
+
+/// Most partitions one pipeline may have.
+pub const MAX_PARTITIONS: usize = 4096;
+
+impl Topology {
+    /// Builds the topology of `config`, read from `source`.
+    ///
+    /// # Errors
+    /// A located [`ConfigError`]: an unknown source or sink name, a missing
+    /// required field, a bad JSON pointer, a plugin file that is missing, is not a
+    /// processor component, or whose `configure` refuses its config.
+    pub fn build(
+        config: &Config,
+        source: &ConfigSource,
+        host: &PluginHost,
+    ) -> Result<Topology, ConfigError> {
+        let base = Config::base_dir(source);
+        if config.pipelines.is_empty() {
+            return Err(source.unplaced("no pipeline is defined: add a [pipelines.NAME] table"));
+        }
+        let plugins_dir = config::resolve(&base, config.daemon.plugins_dir.get_ref());
+        let mut loaded: BTreeMap<PathBuf, Plugin> = BTreeMap::new();
+        let mut sinks = BTreeMap::new();
+        let mut pipelines = Vec::new();
+        let mut stdin_user: Option<&str> = None;
+
+        for (name, spanned) in &config.pipelines {
+            let p = spanned.get_ref();
+            let src_name = p.source.get_ref();
+            let src = config.sources.get(src_name).ok_or_else(|| {
+                source.error(
+                    p.source.span(),
+                    format!("no source named `{src_name}` (known: {})", known(&config.sources)),
+                )
+            })?;
+            let src_spec = build_source(src_name, src, source, &base)?;
+            if src_spec.input == Input::Stdin {
+                if let Some(other) = stdin_user {
+                    return Err(source.error(
+                        p.source.span(),
+                        format!("stdin is already read by pipeline `{other}`; it can feed only one"),
+                    ));
+                }
+                stdin_user = Some(name);
+            }
+
+            let partitions = *p.partitions.get_ref();
+            if partitions == 0 || partitions > MAX_PARTITIONS {
+                return Err(source.error(
+                    p.partitions.span(),
+                    format!("partitions must be between 1 and {MAX_PARTITIONS}"),
+                ));
+            }
+            if p.batch.max_records == 0 || p.batch.max_bytes == 0 || p.batch.interval.is_zero() {
+                return Err(source.error(
+                    spanned.span(),
+                    "batch limits must be positive (max_records ≥ 1, max_bytes ≥ 1, interval > 0)",
+                ));
+            }
+
+            let mut sink_names = Vec::new();
+            let mut use_sink = |n: &toml::Spanned<String>| -> Result<String, ConfigError> {
+                let sink_name = n.get_ref();
+                let s = config.sinks.get(sink_name).ok_or_else(|| {
+                    source.error(
+                        n.span(),
+                        format!("no sink named `{sink_name}` (known: {})", known(&config.sinks)),
+                    )
+                })?;
+                sinks.insert(sink_name.clone(), build_sink(sink_name, s, source, &base)?);
+                Ok(sink_name.clone())
+            };
+            if p.sinks.get_ref().is_empty() {
+                return Err(source.error(p.sinks.span(), "a pipeline needs at least one sink"));
+            }
+            for n in p.sinks.get_ref() {
+                sink_names.push(use_sink(n)?);
+            }
+            let dead_letter = p.dead_letter.as_ref().map(&mut use_sink).transpose()?;
+
+            let default_policy = p.on_error.unwrap_or(if dead_letter.is_some() {
+                OnError::DeadLetter
+            } else {
+                OnError::Skip
+            });
+            let mut stages = Vec::new();
+            for (index, proc_cfg) in p.processors.iter().enumerate() {
+                let on_error = proc_cfg.on_error.unwrap_or(default_policy);
+                if on_error == OnError::DeadLetter && dead_letter.is_none() {
+                    return Err(source.error(
+                        proc_cfg.plugin.span(),
+                        "on_error = \"dead-letter\" needs the pipeline's `dead_letter` sink",
+                    ));
+                }
+                let path = config::resolve(&plugins_dir, Path::new(proc_cfg.plugin.get_ref()));
+                if !path.is_file() {
+                    return Err(source.error(
+                        proc_cfg.plugin.span(),
+                        format!("plugin file not found: {}", path.display()),
+                    ));
+                }
+                let plugin = match loaded.get(&path) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let plugin = host
+                            .load(&path)
+                            .map_err(|e| source.error(proc_cfg.plugin.span(), format!("{e:#}")))?;
+                        loaded.insert(path.clone(), plugin.clone());
+                        plugin
+                    }
+                };
+                let pairs = config::plugin_config_pairs(&proc_cfg.config);
+                let limits = Limits {
+                    memory_bytes: proc_cfg.memory_limit,
+                    timeout: proc_cfg.timeout,
+                };
+                let label = format!("{index}:{}", plugin.name);
+                // Configure one instance now, so a config the plugin refuses is a
+                // config error, reported before anything starts.
+                plugin
+                    .instantiate(
+                        &pairs,
+                        limits,
+                        LogTags {
+                            pipeline: name.clone(),
+                            stage: label.clone(),
+                            plugin: plugin.name.clone(),
+                            version: plugin.version.clone(),
+                            partition: 0,
+                        },
+                    )
+                    .map_err(|e| {
+                        source.error(
+                            proc_cfg.plugin.span(),
+                            format!("plugin {} ({}) fails to start: {e}", plugin.name, plugin.version),
+                        )
+                    })?;
+                stages.push(Arc::new(StageSpec {
+                    label,
+                    plugin,
+                    config: pairs,
+                    limits,
+                    on_error,
+                }));
+            }
+
+            pipelines.push(PipelineSpec {
+                name: name.clone(),
+                source: src_spec,
+                partitions,
+                limits: BatchLimits {
+                    max_records: p.batch.max_records,
+                    max_bytes: usize::try_from(p.batch.max_bytes).unwrap_or(usize::MAX),
+                    interval: p.batch.interval,
+                },
+                stages,
+                sinks: sink_names,
+                dead_letter,
+                queue_records: p.queue_records,
+            });
+        }
+        Ok(Topology { sinks, pipelines })
+    }
+}
+
+fn known<T>(map: &BTreeMap<String, T>) -> String {
+    if map.is_empty() {
+        "none".into()
+    } else {
+        map.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn build_source(
+    name: &str,
+    spanned: &toml::Spanned<config::SourceConfig>,
+    source: &ConfigSource,
+    base: &Path,
+) -> Result<SourceSpec, ConfigError> {
+    let s = spanned.get_ref();
+    let input = match s.kind {
+        SourceKind::File => {
+            let path = s.path.as_ref().ok_or_else(|| {
+                source.error(spanned.span(), format!("source `{name}`: a file source needs `path`"))
+            })?;
+            Input::File {
+                path: config::resolve(base, path.get_ref()),
+                follow: s.follow,
+            }
+        }
+        SourceKind::Stdin => {
+            if let Some(path) = &s.path {
+                return Err(source.error(path.span(), "a stdin source takes no `path`"));
+            }
+            if s.follow {
+                return Err(source.error(spanned.span(), "`follow` is for file sources"));
+            }
+            Input::Stdin
+        }
+    };
+    let pointer = |p: &Option<toml::Spanned<String>>| -> Result<Option<Pointer>, ConfigError> {
+        p.as_ref()
+            .map(|p| {
+                if s.format == Format::Text {
+                    return Err(source.error(p.span(), "`key` and `timestamp` need format = \"json\""));
+                }
+                Pointer::parse(p.get_ref()).map_err(|e| source.error(p.span(), e))
+            })
+            .transpose()
+    };
+    Ok(SourceSpec {
+        name: name.to_string(),
+        input,
+        format: s.format,
+        decoder: Decoder::new(pointer(&s.key)?, pointer(&s.timestamp)?),
+    })
+}
+
+fn build_sink(
+    name: &str,
+    spanned: &toml::Spanned<config::SinkConfig>,
+    source: &ConfigSource,
+    base: &Path,
+) -> Result<SinkSpec, ConfigError> {
+    let s = spanned.get_ref();
+    if s.kind != SinkKind::File {
+        if let Some(path) = &s.path {
+            return Err(source.error(path.span(), "only a file sink takes `path`"));
+        }
+    }
+    let path = s.path.as_ref().map(|p| config::resolve(base, p.get_ref()));
+    SinkSpec::new(s.kind, path, s.truncate).ok_or_else(|| {
+        source.error(spanned.span(), format!("sink `{name}`: a file sink needs `path`"))
+    })
+}
