@@ -488,7 +488,7 @@ processors = [ { plugin = "x.wasm", memory_limit = 1048576, timeout = "20ms", co
     fn errors_are_located_and_name_the_field() {
         let text = "[sources.s]\ntype = \"stdin\"\n\n[pipelines.p]\nsource = \"s\"\nsinks = []\nbatch = { interval = \"5 parsecs\" }\n";
         let e = parse(text).unwrap_err();
-        assert_eq!((e.line, e.column), (7, 21), "{e}");
+        assert_eq!((e.line, e.column), (7, 22), "{e}");
         assert!(e.message.starts_with("field `interval`: "), "{e}");
         assert!(e.message.contains("5 parsecs"), "{e}");
 

@@ -22,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod dead_letter;
 pub mod decode;
+pub mod guest_output;
 pub mod pipeline;
 pub mod plugin;
 pub mod processor;

@@ -11,20 +11,21 @@
 //!
 //! No ambient capability: the WASI context has no preopened directory, no
 //! environment, no arguments, no sockets, and stdin is closed; stdout is
-//! discarded and stderr is kept (bounded) only to report a panic's message.
+//! and stderr go to the daemon's log (see [`crate::guest_output`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use sluice_plugin_sdk::{Batch, BatchParts};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::guest_output::{GuestOutput, Stream};
 
 /// The one `bindgen!` of the host, from `wit/plugin.wit`.
 mod bindings {
@@ -39,9 +40,6 @@ pub use bindings::{Processor as ProcessorBindings, ProcessorPre};
 
 /// How often the epoch ticks: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Bytes of a guest's stderr kept to explain a trap (a Rust panic message).
-const STDERR_CAPACITY: usize = 16 * 1024;
 
 /// The daemon-wide Wasm engine and linker.
 #[derive(Clone)]
@@ -198,7 +196,7 @@ pub struct LogTags {
 pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    memory: MemoryLimiter,
     tags: LogTags,
 }
 
@@ -239,7 +237,7 @@ pub enum CallError {
     #[error("out of memory: the instance hit its {0}-byte memory limit")]
     OutOfMemory(u64),
     /// The instance trapped (a panic, an out-of-bounds access, …).
-    #[error("trap: {0}")]
+    #[error("{0}")]
     Trap(String),
     /// The plugin returned a batch whose columns disagree.
     #[error("plugin returned a malformed batch: {0}")]
@@ -267,7 +265,7 @@ pub struct Instance {
     store: Store<StoreState>,
     bindings: ProcessorBindings,
     limits: Limits,
-    stderr: MemoryOutputPipe,
+    stderr: GuestOutput,
 }
 
 impl std::fmt::Debug for Instance {
@@ -292,22 +290,25 @@ impl Plugin {
         limits: Limits,
         tags: LogTags,
     ) -> Result<Instance, CallError> {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
-            .trap_on_grow_failure(true)
+        let shared_tags = Arc::new(tags.clone());
+        let stderr = GuestOutput::new(Stream::Stderr, shared_tags.clone());
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(Stream::Stdout, shared_tags))
+            .stderr(stderr.clone())
             .build();
         let mut store = Store::new(
             &self.engine,
             StoreState {
                 wasi,
                 table: ResourceTable::new(),
-                limits: store_limits,
+                memory: MemoryLimiter {
+                    limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                    hit: false,
+                },
                 tags,
             },
         );
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.memory);
         // The deadline must be set before instantiating: the default (0) would
         // interrupt the component's start function.
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
@@ -319,7 +320,7 @@ impl Plugin {
                 limits,
                 stderr,
             },
-            Err(e) => return Err(classify(e, limits, &stderr)),
+            Err(e) => return Err(classify(e, limits, &store.data().memory, &stderr)),
         };
         instance.store.set_epoch_deadline(deadline_ticks(limits.timeout));
         match instance
@@ -328,7 +329,7 @@ impl Plugin {
         {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(reason)) => Err(CallError::Plugin(format!("configure failed: {reason}"))),
-            Err(e) => Err(classify(e, limits, &instance.stderr)),
+            Err(e) => Err(classify(e, limits, &instance.store.data().memory, &instance.stderr)),
         }
     }
 }
@@ -344,6 +345,8 @@ impl Instance {
     /// instance must be dropped.
     pub fn process(&mut self, batch: &mut Batch) -> Result<Processed, CallError> {
         let input = to_wit(std::mem::take(batch));
+        self.stderr.clear();
+        self.store.data_mut().memory.hit = false;
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));
         let result = self.bindings.call_process(&mut self.store, &input);
@@ -353,7 +356,7 @@ impl Instance {
         let output = match result {
             Ok(Ok(output)) => output,
             Ok(Err(reason)) => return Err(CallError::Plugin(reason)),
-            Err(e) => return Err(classify(e, self.limits, &self.stderr)),
+            Err(e) => return Err(classify(e, self.limits, &self.store.data().memory, &self.stderr)),
         };
         let events = from_wit(output.events).map_err(CallError::Malformed)?;
         let mut rejected = Vec::with_capacity(output.rejected.len());
@@ -403,30 +406,70 @@ fn from_wit(batch: types::EventBatch) -> Result<Batch, String> {
     })
 }
 
-/// Turns a wasmtime error into a [`CallError`], with the guest's last stderr
-/// line (a Rust panic message) when there is one.
-fn classify(error: wasmtime::Error, limits: Limits, stderr: &MemoryOutputPipe) -> CallError {
-    if let Some(trap) = error.downcast_ref::<Trap>() {
-        if *trap == Trap::Interrupt {
-            return CallError::Timeout(limits.timeout);
-        }
+/// Turns a wasmtime error into a [`CallError`], with what the guest wrote to
+/// stderr (a Rust panic message) when it wrote anything.
+fn classify(
+    error: wasmtime::Error,
+    limits: Limits,
+    memory: &MemoryLimiter,
+    stderr: &GuestOutput,
+) -> CallError {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return CallError::Timeout(limits.timeout);
     }
-    let text = format!("{error:#}");
-    if text.contains("memory growth failure") || text.contains("memory.grow") {
+    if memory.hit {
         return CallError::OutOfMemory(limits.memory_bytes);
     }
-    let said = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
-    let said = said.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+    let cause = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    let said = stderr.recent();
+    let said: Vec<&str> = said
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
     if said.is_empty() {
-        CallError::Trap(root_cause(&error))
+        CallError::Trap(cause)
     } else {
-        CallError::Trap(format!("{} ({said})", root_cause(&error)))
+        CallError::Trap(format!("{cause}: {}", said.join(" ")))
     }
 }
 
-fn root_cause(error: &wasmtime::Error) -> String {
-    error
-        .downcast_ref::<Trap>()
-        .map(|t| format!("wasm trap: {t}"))
-        .unwrap_or_else(|| anyhow!("{error}").to_string())
+/// Caps the linear memory of one instance, and remembers when a growth was
+/// refused, so an out-of-memory is reported as such and not as the trap the guest
+/// turns it into (a Rust guest aborts with `unreachable`).
+#[derive(Debug)]
+struct MemoryLimiter {
+    /// Most bytes of linear memory.
+    limit: usize,
+    /// Set when a growth past `limit` was refused.
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far beyond any
+        // real plugin and bounds a runaway one.
+        Ok(desired <= 1 << 20)
+    }
 }

@@ -1,1 +1,11 @@
+//! sluice's integration tests: one binary (as wasmtime's `tests/all`), real
+//! `sluice` daemon processes, real plugin components built by `runtime/build.rs`,
+//! real files.
 
+mod support;
+
+mod config_errors;
+mod dead_letter;
+mod flights;
+mod sandbox;
+mod shutdown;

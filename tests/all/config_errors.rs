@@ -1,0 +1,108 @@
+//! Bad configs: file:line:col, the field, and exit code 2 — and every example
+//! config validates.
+
+use crate::support::*;
+
+const GOOD_TAIL: &str = r#"
+[sources.in]
+type = "stdin"
+
+[sinks.out]
+type = "stdout"
+"#;
+
+/// Runs `sluice validate` on `config`; returns the error text.
+fn validate_error(config: &str) -> String {
+    let scratch = Scratch::new(config);
+    let output = scratch.command("validate").output().unwrap();
+    assert_exit(&output, 2);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.starts_with("error: sluice.toml:"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn unknown_field_is_located() {
+    let err = validate_error(&format!(
+        "[daemon]\nplugins_dir = \"plugins\"\n{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\npartitons = 2\n"
+    ));
+    insta::assert_snapshot!(err, @r#"
+    error: sluice.toml:13:1: unknown field `partitons`, expected one of `source`, `partitions`, `batch`, `processors`, `sinks`, `dead_letter`, `on_error`, `queue_records`
+       |
+    13 | partitons = 2
+       | ^
+    "#);
+}
+
+#[test]
+fn bad_duration_names_the_field() {
+    let err = validate_error(&format!(
+        "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nbatch = {{ max_records = 10, interval = \"2 fortnights\" }}\n"
+    ));
+    insta::assert_snapshot!(err, @r#"
+    error: sluice.toml:11:40: field `interval`: invalid duration "2 fortnights": unknown time unit "fortnights", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)
+       |
+    11 | batch = { max_records = 10, interval = "2 fortnights" }
+       |                                        ^
+    "#);
+}
+
+#[test]
+fn missing_plugin_file_is_located() {
+    let err = validate_error(&format!(
+        "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nprocessors = [\n  {{ plugin = \"nope.wasm\" }},\n]\n"
+    ));
+    insta::assert_snapshot!(err, @r#"
+    error: sluice.toml:12:14: field `plugin`: plugin file not found: ./plugins/nope.wasm
+       |
+    12 |   { plugin = "nope.wasm" },
+       |              ^
+    "#);
+}
+
+#[test]
+fn unknown_sink_and_bad_plugin_config_are_located() {
+    let err = validate_error(&format!(
+        "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\", \"nowhere\"]\n"
+    ));
+    assert!(err.contains("sluice.toml:10:17: no sink named `nowhere` (known: `out`)"), "{err}");
+
+    let err = validate_error(&format!(
+        "[daemon]\nplugins_dir = \"@PLUGINS@\"\n{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nprocessors = [{{ plugin = \"flights_delay.wasm\", config = {{ min_delay = \"soon\" }} }}]\n"
+    ));
+    assert!(err.contains("sluice.toml:13:26: field `plugin`: plugin flights_delay ("), "{err}");
+    assert!(err.contains("configure failed: config `min_delay`: cannot parse `soon`"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused() {
+    let scratch = Scratch::new(&format!(
+        "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nprocessors = [{{ plugin = \"broken.wasm\" }}]\n"
+    ));
+    std::fs::create_dir(scratch.path("plugins")).unwrap();
+    std::fs::write(scratch.path("plugins/broken.wasm"), b"\0asm not really").unwrap();
+    let output = scratch.command("validate").output().unwrap();
+    assert_exit(&output, 2);
+    let err = String::from_utf8(output.stderr).unwrap();
+    assert!(err.contains("sluice.toml:11:26: field `plugin`: ./plugins/broken.wasm is not a valid WebAssembly component"), "{err}");
+}
+
+#[test]
+fn every_example_config_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for dir in std::fs::read_dir(&root).unwrap() {
+        let config = dir.unwrap().path().join("sluice.toml");
+        if !config.is_file() {
+            continue;
+        }
+        let output = std::process::Command::new(sluice_bin())
+            .args(["validate", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_exit(&output, 0);
+        checked += 1;
+    }
+    assert!(checked >= 1);
+}

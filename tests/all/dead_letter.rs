@@ -1,0 +1,159 @@
+//! Malformed lines and refused records go to the dead-letter sink with the reason,
+//! and in = out + rejected.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+#[test]
+fn malformed_lines_go_to_the_dead_letter_sink() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+key = "/carrier"
+timestamp = "/event_time"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+
+[pipelines.p]
+source = "in"
+partitions = 3
+batch = { max_records = 7, interval = "50ms" }
+processors = [{ plugin = "identity.wasm" }]
+sinks = ["out"]
+dead_letter = "dlq"
+"#,
+    );
+    // 1,000 real flights with 40 broken lines mixed in: truncated objects, bare
+    // words, a bad event time.
+    let flights = flights_lines(1000);
+    let mut input = String::new();
+    let mut broken = Vec::new();
+    for (i, line) in flights.iter().enumerate() {
+        input.push_str(line);
+        input.push('\n');
+        if i % 25 == 0 {
+            let bad = match (i / 25) % 3 {
+                0 => line[..line.len() / 2].to_string(),
+                1 => format!("garbage line {i}"),
+                _ => line.replace("\"event_time\":\"2013", "\"event_time\":\"yesterday"),
+            };
+            input.push_str(&bad);
+            input.push('\n');
+            broken.push(bad);
+        }
+    }
+    scratch.write("in.ndjson", &input);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+
+    assert_eq!(count(&output, "p", "in"), 1040);
+    assert_eq!(count(&output, "p", "rejected"), 40);
+    assert_eq!(count(&output, "p", "out"), 1000);
+
+    let mut out = scratch.read_lines("out.ndjson");
+    let mut want = flights.clone();
+    out.sort();
+    want.sort();
+    assert_eq!(out, want, "every good line passes the identity plugin unchanged");
+
+    let dlq: Vec<Value> = scratch
+        .read_lines("dlq.ndjson")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dlq.len(), 40);
+    let originals: Vec<&str> = dlq.iter().map(|d| d["original"].as_str().unwrap()).collect();
+    assert_eq!(originals, broken.iter().map(String::as_str).collect::<Vec<_>>());
+    for d in &dlq {
+        assert_eq!(d["stage"], "source");
+        assert_eq!(d["pipeline"], "p");
+        let reason = d["reason"].as_str().unwrap();
+        let original = d["original"].as_str().unwrap();
+        if original.contains("yesterday") {
+            assert!(reason.contains("not RFC 3339"), "{reason}");
+        } else {
+            assert!(reason.starts_with("invalid JSON"), "{reason}");
+        }
+    }
+}
+
+#[test]
+fn records_a_plugin_rejects_carry_stage_plugin_and_version() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+key = "/k"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+
+[pipelines.p]
+source = "in"
+partitions = 2
+processors = [
+  { plugin = "uppercase.wasm" },
+  { plugin = "misbehave.wasm", config = { mode = "reject", trigger = "BAD" } },
+]
+sinks = ["out"]
+dead_letter = "dlq"
+"#,
+    );
+    let input: String = (0..500)
+        .map(|i| {
+            let tag = if i % 10 == 3 { "bad" } else { "ok" };
+            format!("{{\"k\":\"key{}\",\"n\":{i},\"tag\":\"{tag}\"}}\n", i % 7)
+        })
+        .collect();
+    scratch.write("in.ndjson", &input);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "in"), 500);
+    assert_eq!(count(&output, "p", "rejected"), 50);
+    assert_eq!(count(&output, "p", "out"), 450);
+
+    let version = {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(plugins_dir().join("misbehave.wasm"))
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        sluice::plugin::content_version(&bytes)
+    };
+    let mut numbers = Vec::new();
+    for line in scratch.read_lines("dlq.ndjson") {
+        let d: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(d["stage"], "1:misbehave");
+        assert_eq!(d["plugin"], "misbehave");
+        assert_eq!(d["plugin_version"], version.as_str());
+        assert_eq!(d["reason"], "misbehave: rejected on purpose");
+        // The original is what the stage received: upper-cased by stage 0.
+        let original: Value = serde_json::from_str(d["original"].as_str().unwrap()).unwrap();
+        assert_eq!(original["TAG"], "BAD");
+        numbers.push(original["N"].as_u64().unwrap());
+    }
+    numbers.sort();
+    assert_eq!(numbers, (0..500).filter(|i| i % 10 == 3).collect::<Vec<u64>>());
+}

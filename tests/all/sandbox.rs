@@ -1,0 +1,132 @@
+//! Misbehaving plugins: an endless loop is cut off at its deadline, an
+//! over-allocation hits the memory limit, a panic traps — and the daemon carries
+//! on as `on_error` says.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// 300 numbered records; every 100th (n = 50, 150, 250) carries `POISON`.
+fn numbered_input() -> String {
+    (0..300)
+        .map(|n| {
+            let poison = if n % 100 == 50 { "POISON" } else { "fine" };
+            format!("{{\"n\":{n},\"p\":\"{poison}\"}}\n")
+        })
+        .collect()
+}
+
+/// A config running `misbehave` with `extra` settings, batches of 10, one partition
+/// (so which records share a batch with a poisoned one is known).
+fn config(extra: &str, on_error: &str) -> String {
+    format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+
+[pipelines.p]
+source = "in"
+batch = {{ max_records = 10, interval = "1s" }}
+processors = [{{ plugin = "misbehave.wasm", timeout = "200ms", memory_limit = "32MiB", {extra} }}]
+sinks = ["out"]
+dead_letter = "dlq"
+on_error = "{on_error}"
+"#
+    )
+}
+
+fn numbers(lines: &[String], field: Option<&str>) -> Vec<u64> {
+    let mut n: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let v = match field {
+                Some(f) => serde_json::from_str(v[f].as_str().unwrap()).unwrap(),
+                None => v,
+            };
+            v["n"].as_u64().unwrap()
+        })
+        .collect();
+    n.sort();
+    n
+}
+
+/// The records of the batches (of 10) that hold a poisoned record.
+fn poisoned_batches() -> Vec<u64> {
+    (0..300).filter(|n| (n / 10) % 10 == 5).collect()
+}
+
+/// Runs `mode` under dead-letter; the poisoned batches land in the dead-letter
+/// sink with a reason containing `reason`, all the others pass.
+fn dead_letters_poisoned_batches(mode: &str, reason: &str) {
+    let scratch = Scratch::new(&config(
+        &format!("config = {{ mode = \"{mode}\", trigger = \"POISON\", bytes = 268435456 }}"),
+        "dead-letter",
+    ));
+    scratch.write("in.ndjson", &numbered_input());
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let bad = poisoned_batches();
+    let good: Vec<u64> = (0..300).filter(|n| !bad.contains(n)).collect();
+    assert_eq!(numbers(&scratch.read_lines("out.ndjson"), None), good);
+    let dlq = scratch.read_lines("dlq.ndjson");
+    assert_eq!(numbers(&dlq, Some("original")), bad);
+    for line in &dlq {
+        let d: Value = serde_json::from_str(line).unwrap();
+        let r = d["reason"].as_str().unwrap();
+        assert!(r.contains(reason), "reason {r:?} lacks {reason:?}");
+        assert_eq!(d["stage"], "0:misbehave");
+    }
+    assert_eq!(count(&output, "p", "rejected"), 30);
+    assert_eq!(count(&output, "p", "out"), 270);
+}
+
+#[test]
+fn endless_loop_is_cut_off_at_its_deadline() {
+    dead_letters_poisoned_batches("loop", "timeout: the call ran past its 200ms deadline");
+}
+
+#[test]
+fn over_allocation_hits_the_memory_limit() {
+    dead_letters_poisoned_batches("alloc", "out of memory: the instance hit its 33554432-byte memory limit");
+}
+
+#[test]
+fn panic_is_a_trap_with_its_message() {
+    dead_letters_poisoned_batches("panic", "misbehave: panic on purpose");
+}
+
+#[test]
+fn skip_drops_and_counts_the_failed_batches() {
+    let scratch = Scratch::new(&config("config = { mode = \"fail\", trigger = \"POISON\" }", "skip"));
+    scratch.write("in.ndjson", &numbered_input());
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "skipped"), 30);
+    assert_eq!(count(&output, "p", "out"), 270);
+    assert!(scratch.read_lines("dlq.ndjson").is_empty());
+}
+
+#[test]
+fn stop_ends_the_pipeline_with_exit_1() {
+    let scratch = Scratch::new(&config("config = { mode = \"loop\", trigger = \"POISON\" }", "stop"));
+    scratch.write("in.ndjson", &numbered_input());
+    let output = scratch.run();
+    assert_exit(&output, 1);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stopped (on_error = \"stop\")"), "{stderr}");
+    // The batches before the poisoned one were written, nothing after it.
+    assert_eq!(numbers(&scratch.read_lines("out.ndjson"), None), (0..50).collect::<Vec<_>>());
+}

@@ -1,0 +1,125 @@
+//! Helpers: a scratch folder with a config, the `sluice` binary, summaries.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `sluice` binary under test.
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// Where runtime/build.rs put the example plugins.
+pub fn plugins_dir() -> PathBuf {
+    PathBuf::from(env!("SLUICE_PLUGINS_DIR"))
+}
+
+/// The bundled flights (gzip NDJSON).
+pub fn flights_gz() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/flights-2013.ndjson.gz")
+}
+
+/// The first `n` lines of the flights, decompressed.
+pub fn flights_lines(n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(flights_gz()).unwrap();
+    std::io::BufReader::new(flates(file))
+        .lines()
+        .take(n)
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn flates(file: std::fs::File) -> flate2::read::MultiGzDecoder<std::fs::File> {
+    flate2::read::MultiGzDecoder::new(file)
+}
+
+/// A scratch folder holding `sluice.toml`; the daemon runs with it as cwd.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A folder with `sluice.toml` = `config`, where `@PLUGINS@` is replaced by the
+    /// plugins folder.
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config.replace("@PLUGINS@", plugins_dir().to_str().unwrap());
+        std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
+        Scratch { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: &str) {
+        std::fs::write(self.path(name), contents).unwrap();
+    }
+
+    pub fn read_lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.path(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A `sluice SUBCOMMAND --config sluice.toml` command, run in the folder.
+    pub fn command(&self, subcommand: &str) -> Command {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.current_dir(self.dir.path())
+            .args([subcommand, "--config", "sluice.toml"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `sluice run` to completion.
+    pub fn run(&self) -> Output {
+        self.command("run").output().unwrap()
+    }
+}
+
+/// The summary lines (`sluice: pipeline=P in=… out=…`) of a run, by pipeline.
+pub fn summaries(stderr: &[u8]) -> HashMap<String, HashMap<String, String>> {
+    let text = String::from_utf8_lossy(stderr);
+    let mut all = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("sluice: ") else {
+            continue;
+        };
+        let fields: HashMap<String, String> = rest
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if let Some(p) = fields.get("pipeline") {
+            all.insert(p.clone(), fields);
+        }
+    }
+    all
+}
+
+/// A counter of the summary of `pipeline`.
+pub fn count(output: &Output, pipeline: &str, field: &str) -> u64 {
+    let all = summaries(&output.stderr);
+    let Some(s) = all.get(pipeline) else {
+        panic!(
+            "no summary for pipeline {pipeline}; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    s[field].parse().unwrap()
+}
+
+/// Panics with the daemon's stderr unless it exited with `code`.
+pub fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "exit status {:?}; stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
