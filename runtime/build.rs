@@ -31,7 +31,9 @@ fn main() {
     ensure_target();
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.arg("build")
+    // Run from plugins/ so that plugins/.cargo/config.toml applies.
+    cmd.current_dir(root.join("plugins"))
+        .arg("build")
         .arg("--release")
         .arg("--target")
         .arg(TARGET)
