@@ -63,7 +63,10 @@ fn main() {
     assert!(status.success(), "building the plugins in plugins/ failed");
 
     std::fs::create_dir_all(&out_dir).unwrap();
-    let built = target_dir.join("plugins-build").join(TARGET).join("release");
+    let built = target_dir
+        .join("plugins-build")
+        .join(TARGET)
+        .join("release");
     for entry in std::fs::read_dir(&built).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "wasm") {
@@ -90,12 +93,17 @@ fn ensure_target() {
         .map(|s| Path::new(&s).join("lib/rustlib").join(TARGET).exists())
         .unwrap_or(false);
     if !installed {
-        println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
+        println!(
+            "cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)"
+        );
         let ok = Command::new("rustup")
             .args(["target", "add", TARGET])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "`rustup target add {TARGET}` failed: install the target, then build again");
+        assert!(
+            ok,
+            "`rustup target add {TARGET}` failed: install the target, then build again"
+        );
     }
 }
 

@@ -99,7 +99,10 @@ impl Batch {
     /// # Panics
     /// When the batch is empty.
     pub fn push_header(&mut self, name: &str, value: &[u8]) {
-        let index = self.len().checked_sub(1).expect("push_header on an empty batch");
+        let index = self
+            .len()
+            .checked_sub(1)
+            .expect("push_header on an empty batch");
         self.headers.push(Header {
             index: end(index),
             name: name.to_string(),
@@ -502,7 +505,8 @@ mod tests {
     #[test]
     fn push_json_rolls_back_on_error() {
         let mut out = Output::new();
-        out.push_json(None, &serde_json::json!({"k": 1}), 3).unwrap();
+        out.push_json(None, &serde_json::json!({"k": 1}), 3)
+            .unwrap();
         let mut bad = std::collections::BTreeMap::new();
         bad.insert(vec![1u8], 1);
         assert!(out.push_json(None, &bad, 4).is_err());

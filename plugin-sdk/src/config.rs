@@ -71,6 +71,9 @@ mod tests {
         assert_eq!(config.parse::<i64>("limit"), Ok(Some(3)));
         assert_eq!(config.parse::<i64>("missing"), Ok(None));
         let err = config.parse::<i64>("min_delay").unwrap_err();
-        assert!(err.contains("min_delay") && err.contains("fifteen"), "{err}");
+        assert!(
+            err.contains("min_delay") && err.contains("fifteen"),
+            "{err}"
+        );
     }
 }

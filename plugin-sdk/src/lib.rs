@@ -90,12 +90,13 @@ macro_rules! export_processor {
 
                 fn process(
                     batch: $crate::__private::EventBatch,
-                ) -> ::std::result::Result<$crate::__private::Output, ::std::string::String> {
+                ) -> ::std::result::Result<$crate::__private::Output, ::std::string::String>
+                {
                     $crate::__private::process::<$processor>(&__SLUICE_INSTANCE, batch)
                 }
             }
 
-            $crate::__private::export!(__SluiceGuest with_types_in $crate::__private::bindings);
+    $crate::__private::export!(__SluiceGuest with_types_in $crate::__private::bindings);
         };
     };
 }
@@ -114,8 +115,8 @@ pub mod __private {
         });
     }
 
-    pub use bindings::export;
     pub use bindings::Guest;
+    pub use bindings::export;
     pub use bindings::sluice::plugin::types::{EventBatch, Output};
 
     use crate::{Batch, Config, Processor};

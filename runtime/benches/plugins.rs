@@ -16,7 +16,8 @@ use sluice_plugin_sdk::{Batch, Config, Output, Processor};
 const SIZES: [usize; 4] = [1, 64, 1024, 16384];
 
 fn flights(n: usize) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/flights-2013.ndjson.gz");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/flights-2013.ndjson.gz");
     let file = std::fs::File::open(path).unwrap();
     std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))
         .lines()
@@ -29,17 +30,37 @@ fn batch_of(lines: &[String]) -> Batch {
     let mut batch = Batch::new();
     for (i, line) in lines.iter().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        batch.push(Some(v["carrier"].as_str().unwrap().as_bytes()), line.as_bytes(), i as i64);
+        batch.push(
+            Some(v["carrier"].as_str().unwrap().as_bytes()),
+            line.as_bytes(),
+            i as i64,
+        );
     }
     batch
 }
 
-fn bench_plugin<P: Processor>(c: &mut Criterion, host: &PluginHost, file: &str, config: &[(&str, &str)], lines: &[String]) {
+fn bench_plugin<P: Processor>(
+    c: &mut Criterion,
+    host: &PluginHost,
+    file: &str,
+    config: &[(&str, &str)],
+    lines: &[String],
+) {
     let name = file.trim_end_matches(".wasm");
-    let pairs: Vec<(String, String)> = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let plugin = host.load(&PathBuf::from(env!("SLUICE_PLUGINS_DIR")).join(file)).unwrap();
-    let limits = Limits { memory_bytes: 1 << 30, timeout: Duration::from_secs(60) };
-    let mut instance = plugin.instantiate(&pairs, limits, LogTags::default()).unwrap();
+    let pairs: Vec<(String, String)> = config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let plugin = host
+        .load(&PathBuf::from(env!("SLUICE_PLUGINS_DIR")).join(file))
+        .unwrap();
+    let limits = Limits {
+        memory_bytes: 1 << 30,
+        timeout: Duration::from_secs(60),
+    };
+    let mut instance = plugin
+        .instantiate(&pairs, limits, LogTags::default())
+        .unwrap();
     let mut native = P::configure(&Config::from_pairs(pairs.clone())).unwrap();
 
     let mut group = c.benchmark_group(name);
@@ -68,7 +89,13 @@ fn plugins(c: &mut Criterion) {
     let lines = flights(*SIZES.iter().max().unwrap());
     bench_plugin::<identity::Identity>(c, &host, "identity.wasm", &[], &lines);
     bench_plugin::<uppercase::Uppercase>(c, &host, "uppercase.wasm", &[], &lines);
-    bench_plugin::<flights_delay::FlightsDelay>(c, &host, "flights_delay.wasm", &[("min_delay", "15")], &lines);
+    bench_plugin::<flights_delay::FlightsDelay>(
+        c,
+        &host,
+        "flights_delay.wasm",
+        &[("min_delay", "15")],
+        &lines,
+    );
 }
 
 criterion_group!(benches, plugins);

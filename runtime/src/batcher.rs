@@ -115,7 +115,9 @@ mod tests {
         let mut b = Batcher::new(limits(10, 1000));
         assert_eq!(b.deadline(), None);
         b.push(b"k", b"v", 0, t0, |_| panic!("not full"));
-        b.push(b"k", b"v", 0, t0 + Duration::from_millis(50), |_| panic!("not full"));
+        b.push(b"k", b"v", 0, t0 + Duration::from_millis(50), |_| {
+            panic!("not full")
+        });
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
         assert_eq!(b.take().len(), 2);
         assert_eq!(b.deadline(), None);

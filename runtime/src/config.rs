@@ -435,7 +435,9 @@ pub fn resolve(base: &Path, path: &Path) -> PathBuf {
 
 /// The `config` table of a processor as (name, value) pairs sorted by name:
 /// strings as they are, other values in their TOML text form.
-pub fn plugin_config_pairs(table: &BTreeMap<String, Spanned<toml::Value>>) -> Vec<(String, String)> {
+pub fn plugin_config_pairs(
+    table: &BTreeMap<String, Spanned<toml::Value>>,
+) -> Vec<(String, String)> {
     table
         .iter()
         .map(|(k, v)| {

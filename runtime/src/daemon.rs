@@ -30,7 +30,10 @@ pub struct Outcome {
 /// # Errors
 /// A sink or pipeline cannot start (a file cannot be opened, a plugin instance
 /// cannot be made); nothing is left running then.
-pub async fn run(topology: Topology, shutdown: impl Future<Output = ()>) -> anyhow::Result<Outcome> {
+pub async fn run(
+    topology: Topology,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
     let mut sinks = BTreeMap::new();
     for (name, spec) in &topology.sinks {
         sinks.insert(name.clone(), RunningSink::start(name, spec)?);

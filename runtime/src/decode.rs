@@ -120,9 +120,7 @@ pub fn parse_event_time(value: &Value) -> Result<i64, String> {
                 .map(|t| t.timestamp_millis())
                 .map_err(|e| format!("event time {s:?} is not RFC 3339 nor epoch ms: {e}"))
         }
-        other => Err(format!(
-            "event time {other} is not RFC 3339 nor epoch ms"
-        )),
+        other => Err(format!("event time {other} is not RFC 3339 nor epoch ms")),
     }
 }
 
@@ -158,9 +156,10 @@ impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         // A pointer with no tokens is the whole document.
-        let whole = self.active & self.paths.iter().enumerate().fold(0, |m, (i, p)| {
-            if p.len() == self.depth { m | 1 << i } else { m }
-        });
+        let whole = self.active
+            & self.paths.iter().enumerate().fold(0, |m, (i, p)| {
+                if p.len() == self.depth { m | 1 << i } else { m }
+            });
         if whole != 0 {
             let value = Value::deserialize(d)?;
             store(self.found, whole, value);
@@ -213,7 +212,8 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
         loop {
             let (ends, deeper) = self.step(&index.to_string());
             let more = if ends != 0 {
-                seq.next_element::<Value>()?.map(|v| store(self.found, ends, v))
+                seq.next_element::<Value>()?
+                    .map(|v| store(self.found, ends, v))
             } else if deeper != 0 {
                 seq.next_element_seed(Walk {
                     paths: self.paths,
@@ -262,7 +262,10 @@ mod tests {
     use super::*;
 
     fn dec(key: &str, ts: &str) -> Decoder {
-        Decoder::new(Some(Pointer::parse(key).unwrap()), Some(Pointer::parse(ts).unwrap()))
+        Decoder::new(
+            Some(Pointer::parse(key).unwrap()),
+            Some(Pointer::parse(ts).unwrap()),
+        )
     }
 
     #[test]
@@ -280,15 +283,25 @@ mod tests {
         let d = dec("/k", "/t");
         assert_eq!(
             d.decode(br#"{"k":15,"t":1357035420000}"#).unwrap(),
-            Decoded { key: b"15".to_vec(), timestamp_ms: Some(1_357_035_420_000) }
+            Decoded {
+                key: b"15".to_vec(),
+                timestamp_ms: Some(1_357_035_420_000)
+            }
         );
         assert_eq!(
-            d.decode(br#"{"k":{"b":1},"t":"2013-01-01T05:17:00-05:00"}"#).unwrap(),
-            Decoded { key: br#"{"b":1}"#.to_vec(), timestamp_ms: Some(1_357_035_420_000) }
+            d.decode(br#"{"k":{"b":1},"t":"2013-01-01T05:17:00-05:00"}"#)
+                .unwrap(),
+            Decoded {
+                key: br#"{"b":1}"#.to_vec(),
+                timestamp_ms: Some(1_357_035_420_000)
+            }
         );
         assert_eq!(
             d.decode(br#"{"k":null}"#).unwrap(),
-            Decoded { key: vec![], timestamp_ms: None }
+            Decoded {
+                key: vec![],
+                timestamp_ms: None
+            }
         );
         // Same pointer for both.
         let same = dec("/t", "/t");
@@ -302,13 +315,27 @@ mod tests {
     #[test]
     fn invalid_json_and_bad_times_are_errors() {
         let d = dec("/k", "/t");
-        assert!(d.decode(br#"{"k":"a","t":1"#).unwrap_err().starts_with("invalid JSON"));
+        assert!(
+            d.decode(br#"{"k":"a","t":1"#)
+                .unwrap_err()
+                .starts_with("invalid JSON")
+        );
         assert!(d.decode(br#"{"k":"a"} trailing"#).is_err());
-        assert!(d.decode(br#"{"skip":[1,2,}"#).is_err(), "skipped members are validated too");
-        assert!(d.decode(br#"{"t":"yesterday"}"#).unwrap_err().contains("RFC 3339"));
+        assert!(
+            d.decode(br#"{"skip":[1,2,}"#).is_err(),
+            "skipped members are validated too"
+        );
+        assert!(
+            d.decode(br#"{"t":"yesterday"}"#)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
         assert!(d.decode(br#"{"t":true}"#).is_err());
         assert!(Pointer::parse("carrier").is_err());
         let time_only = Decoder::new(None, Some(Pointer::parse("/t").unwrap()));
-        assert_eq!(time_only.decode(br#"{"t":9}"#).unwrap().timestamp_ms, Some(9));
+        assert_eq!(
+            time_only.decode(br#"{"t":9}"#).unwrap().timestamp_ms,
+            Some(9)
+        );
     }
 }

@@ -68,8 +68,12 @@ impl GuestOutput {
     fn emit(&self, state: &mut State, line: String) {
         let t = &self.tags;
         match self.stream {
-            Stream::Stdout => tracing::info!(target: "sluice::plugin::stdout", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{line}"),
-            Stream::Stderr => tracing::warn!(target: "sluice::plugin::stderr", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{line}"),
+            Stream::Stdout => {
+                tracing::info!(target: "sluice::plugin::stdout", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{line}")
+            }
+            Stream::Stderr => {
+                tracing::warn!(target: "sluice::plugin::stderr", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{line}")
+            }
         }
         if self.stream == Stream::Stderr {
             state.recent_bytes += line.len();
@@ -136,7 +140,11 @@ impl Pollable for GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -56,7 +56,8 @@ pub struct PipelineSpec {
     pub sinks: Vec<String>,
     /// Name of the dead-letter sink.
     pub dead_letter: Option<String>,
-    /// Capacity of each partition channel, in records.
+    /// Capacity of each partition channel, in records (rounded down to whole
+    /// chunks of [`source::CHUNK_RECORDS`], at least one).
     pub queue_records: usize,
 }
 
@@ -92,11 +93,13 @@ impl PipelineSpec {
                 .cloned()
                 .with_context(|| format!("sink `{name}` is not running"))
         };
-        let outputs = self.sinks.iter().map(sink).collect::<anyhow::Result<Vec<_>>>()?;
-        let dead_letter = DeadLetter::new(
-            &self.name,
-            self.dead_letter.as_ref().map(sink).transpose()?,
-        );
+        let outputs = self
+            .sinks
+            .iter()
+            .map(sink)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let dead_letter =
+            DeadLetter::new(&self.name, self.dead_letter.as_ref().map(sink).transpose()?);
         // Set when a worker stops on an error, so the source stops too.
         let failed = Arc::new(AtomicBool::new(false));
 
@@ -120,7 +123,7 @@ impl PipelineSpec {
                 dead_letter: dead_letter.clone(),
                 stats: stats.clone(),
             };
-            let (tx, rx) = flume::bounded(self.queue_records.max(1));
+            let (tx, rx) = flume::bounded((self.queue_records / source::CHUNK_RECORDS).max(1));
             senders.push(tx);
             let failed = failed.clone();
             workers.push(

@@ -108,8 +108,8 @@ impl PluginHost {
     /// `processor` world's exports and only imports the host provides; the message
     /// names the file and the reason.
     pub fn load(&self, path: &Path) -> anyhow::Result<Plugin> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read plugin {}", path.display()))?;
         let version = content_version(&bytes);
         let component = Component::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
@@ -118,7 +118,12 @@ impl PluginHost {
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("{} cannot be linked: it imports what sluice does not provide", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{} cannot be linked: it imports what sluice does not provide",
+                    path.display()
+                )
+            })?;
         let pre = ProcessorPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
             format!(
                 "{} is not a sluice:plugin/processor component (exports `configure` and `process`)",
@@ -213,11 +218,21 @@ impl host::Host for StoreState {
     fn log(&mut self, level: host::Level, message: String) {
         let t = &self.tags;
         match level {
-            host::Level::Trace => tracing::trace!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
-            host::Level::Debug => tracing::debug!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
-            host::Level::Info => tracing::info!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
-            host::Level::Warn => tracing::warn!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
-            host::Level::Error => tracing::error!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}"),
+            host::Level::Trace => {
+                tracing::trace!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
+            }
+            host::Level::Debug => {
+                tracing::debug!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
+            }
+            host::Level::Info => {
+                tracing::info!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
+            }
+            host::Level::Warn => {
+                tracing::warn!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
+            }
+            host::Level::Error => {
+                tracing::error!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
+            }
         }
     }
 }
@@ -270,7 +285,9 @@ pub struct Instance {
 
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Instance").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("Instance")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -322,14 +339,21 @@ impl Plugin {
             },
             Err(e) => return Err(classify(e, limits, &store.data().memory, &stderr)),
         };
-        instance.store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(limits.timeout));
         match instance
             .bindings
             .call_configure(&mut instance.store, config)
         {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(reason)) => Err(CallError::Plugin(format!("configure failed: {reason}"))),
-            Err(e) => Err(classify(e, limits, &instance.store.data().memory, &instance.stderr)),
+            Err(e) => Err(classify(
+                e,
+                limits,
+                &instance.store.data().memory,
+                &instance.stderr,
+            )),
         }
     }
 }
@@ -356,7 +380,14 @@ impl Instance {
         let output = match result {
             Ok(Ok(output)) => output,
             Ok(Err(reason)) => return Err(CallError::Plugin(reason)),
-            Err(e) => return Err(classify(e, self.limits, &self.store.data().memory, &self.stderr)),
+            Err(e) => {
+                return Err(classify(
+                    e,
+                    self.limits,
+                    &self.store.data().memory,
+                    &self.stderr,
+                ));
+            }
         };
         let events = from_wit(output.events).map_err(CallError::Malformed)?;
         let mut rejected = Vec::with_capacity(output.rejected.len());

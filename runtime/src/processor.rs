@@ -58,7 +58,9 @@ impl Stage {
             version: spec.plugin.version.clone(),
             partition,
         };
-        let instance = spec.plugin.instantiate(&spec.config, spec.limits, tags.clone())?;
+        let instance = spec
+            .plugin
+            .instantiate(&spec.config, spec.limits, tags.clone())?;
         Ok(Stage {
             spec,
             tags,
@@ -87,11 +89,11 @@ impl Stage {
             )?),
         };
         let result = instance.process(batch);
-        if let Err(e) = &result {
-            if e.poisons_instance() {
-                self.instance = None;
-                self.recycled += 1;
-            }
+        if let Err(e) = &result
+            && e.poisons_instance()
+        {
+            self.instance = None;
+            self.recycled += 1;
         }
         result
     }

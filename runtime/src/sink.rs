@@ -89,8 +89,9 @@ impl RunningSink {
             SinkSpec::Blackhole => Box::new(Blackhole),
             SinkSpec::File { path, truncate } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("sink `{name}`: cannot create {}", dir.display()))?;
+                    std::fs::create_dir_all(dir).with_context(|| {
+                        format!("sink `{name}`: cannot create {}", dir.display())
+                    })?;
                 }
                 let file = OpenOptions::new()
                     .create(true)

@@ -59,7 +59,10 @@ impl Topology {
             let src = config.sources.get(src_name).ok_or_else(|| {
                 source.error(
                     p.source.span(),
-                    format!("no source named `{src_name}` (known: {})", known(&config.sources)),
+                    format!(
+                        "no source named `{src_name}` (known: {})",
+                        known(&config.sources)
+                    ),
                 )
             })?;
             let src_spec = build_source(src_name, src, source, &base)?;
@@ -67,7 +70,9 @@ impl Topology {
                 if let Some(other) = stdin_user {
                     return Err(source.error(
                         p.source.span(),
-                        format!("stdin is already read by pipeline `{other}`; it can feed only one"),
+                        format!(
+                            "stdin is already read by pipeline `{other}`; it can feed only one"
+                        ),
                     ));
                 }
                 stdin_user = Some(name);
@@ -93,7 +98,10 @@ impl Topology {
                 let s = config.sinks.get(sink_name).ok_or_else(|| {
                     source.error(
                         n.span(),
-                        format!("no sink named `{sink_name}` (known: {})", known(&config.sinks)),
+                        format!(
+                            "no sink named `{sink_name}` (known: {})",
+                            known(&config.sinks)
+                        ),
                     )
                 })?;
                 sinks.insert(sink_name.clone(), build_sink(sink_name, s, source, &base)?);
@@ -161,7 +169,10 @@ impl Topology {
                     .map_err(|e| {
                         source.error(
                             proc_cfg.plugin.span(),
-                            format!("plugin {} ({}) fails to start: {e}", plugin.name, plugin.version),
+                            format!(
+                                "plugin {} ({}) fails to start: {e}",
+                                plugin.name, plugin.version
+                            ),
                         )
                     })?;
                 stages.push(Arc::new(StageSpec {
@@ -196,7 +207,10 @@ fn known<T>(map: &BTreeMap<String, T>) -> String {
     if map.is_empty() {
         "none".into()
     } else {
-        map.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        map.keys()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -210,7 +224,10 @@ fn build_source(
     let input = match s.kind {
         SourceKind::File => {
             let path = s.path.as_ref().ok_or_else(|| {
-                source.error(spanned.span(), format!("source `{name}`: a file source needs `path`"))
+                source.error(
+                    spanned.span(),
+                    format!("source `{name}`: a file source needs `path`"),
+                )
             })?;
             Input::File {
                 path: config::resolve(base, path.get_ref()),
@@ -231,7 +248,9 @@ fn build_source(
         p.as_ref()
             .map(|p| {
                 if s.format == Format::Text {
-                    return Err(source.error(p.span(), "`key` and `timestamp` need format = \"json\""));
+                    return Err(
+                        source.error(p.span(), "`key` and `timestamp` need format = \"json\"")
+                    );
                 }
                 Pointer::parse(p.get_ref()).map_err(|e| source.error(p.span(), e))
             })
@@ -252,13 +271,16 @@ fn build_sink(
     base: &Path,
 ) -> Result<SinkSpec, ConfigError> {
     let s = spanned.get_ref();
-    if s.kind != SinkKind::File {
-        if let Some(path) = &s.path {
-            return Err(source.error(path.span(), "only a file sink takes `path`"));
-        }
+    if s.kind != SinkKind::File
+        && let Some(path) = &s.path
+    {
+        return Err(source.error(path.span(), "only a file sink takes `path`"));
     }
     let path = s.path.as_ref().map(|p| config::resolve(base, p.get_ref()));
     SinkSpec::new(s.kind, path, s.truncate).ok_or_else(|| {
-        source.error(spanned.span(), format!("sink `{name}`: a file sink needs `path`"))
+        source.error(
+            spanned.span(),
+            format!("sink `{name}`: a file sink needs `path`"),
+        )
     })
 }

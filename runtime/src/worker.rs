@@ -44,7 +44,7 @@ impl Worker {
     ///
     /// # Errors
     /// A stage with `on_error = "stop"` failed, or a sink stopped.
-    pub fn run(mut self, records: flume::Receiver<Record>) -> anyhow::Result<()> {
+    pub fn run(mut self, records: flume::Receiver<Vec<Record>>) -> anyhow::Result<()> {
         let mut batcher = Batcher::new(self.limits);
         let mut closed: Vec<Batch> = Vec::with_capacity(2);
         loop {
@@ -55,16 +55,15 @@ impl Worker {
                     .map_err(|_| flume::RecvTimeoutError::Disconnected),
             };
             match received {
-                Ok(record) => {
-                    batcher.push(
-                        &record.key,
-                        &record.value,
-                        record.timestamp_ms,
-                        Instant::now(),
-                        |b| closed.push(b),
-                    );
-                    for batch in closed.drain(..) {
-                        self.process(batch)?;
+                Ok(chunk) => {
+                    let now = Instant::now();
+                    for record in chunk {
+                        batcher.push(&record.key, &record.value, record.timestamp_ms, now, |b| {
+                            closed.push(b)
+                        });
+                        for batch in closed.drain(..) {
+                            self.process(batch)?;
+                        }
                     }
                 }
                 Err(flume::RecvTimeoutError::Timeout) => self.process(batcher.take())?,

@@ -65,13 +65,22 @@ fn unknown_sink_and_bad_plugin_config_are_located() {
     let err = validate_error(&format!(
         "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\", \"nowhere\"]\n"
     ));
-    assert!(err.contains("sluice.toml:10:17: no sink named `nowhere` (known: `out`)"), "{err}");
+    assert!(
+        err.contains("sluice.toml:10:17: no sink named `nowhere` (known: `out`)"),
+        "{err}"
+    );
 
     let err = validate_error(&format!(
         "[daemon]\nplugins_dir = \"@PLUGINS@\"\n{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nprocessors = [{{ plugin = \"flights_delay.wasm\", config = {{ min_delay = \"soon\" }} }}]\n"
     ));
-    assert!(err.contains("sluice.toml:13:26: field `plugin`: plugin flights_delay ("), "{err}");
-    assert!(err.contains("configure failed: config `min_delay`: cannot parse `soon`"), "{err}");
+    assert!(
+        err.contains("sluice.toml:13:26: field `plugin`: plugin flights_delay ("),
+        "{err}"
+    );
+    assert!(
+        err.contains("configure failed: config `min_delay`: cannot parse `soon`"),
+        "{err}"
+    );
 }
 
 #[test]

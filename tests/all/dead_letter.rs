@@ -66,7 +66,10 @@ dead_letter = "dlq"
     let mut want = flights.clone();
     out.sort();
     want.sort();
-    assert_eq!(out, want, "every good line passes the identity plugin unchanged");
+    assert_eq!(
+        out, want,
+        "every good line passes the identity plugin unchanged"
+    );
 
     let dlq: Vec<Value> = scratch
         .read_lines("dlq.ndjson")
@@ -74,8 +77,14 @@ dead_letter = "dlq"
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(dlq.len(), 40);
-    let originals: Vec<&str> = dlq.iter().map(|d| d["original"].as_str().unwrap()).collect();
-    assert_eq!(originals, broken.iter().map(String::as_str).collect::<Vec<_>>());
+    let originals: Vec<&str> = dlq
+        .iter()
+        .map(|d| d["original"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        originals,
+        broken.iter().map(String::as_str).collect::<Vec<_>>()
+    );
     for d in &dlq {
         assert_eq!(d["stage"], "source");
         assert_eq!(d["pipeline"], "p");
@@ -155,5 +164,8 @@ dead_letter = "dlq"
         numbers.push(original["N"].as_u64().unwrap());
     }
     numbers.sort();
-    assert_eq!(numbers, (0..500).filter(|i| i % 10 == 3).collect::<Vec<u64>>());
+    assert_eq!(
+        numbers,
+        (0..500).filter(|i| i % 10 == 3).collect::<Vec<u64>>()
+    );
 }

@@ -19,7 +19,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The identity of a flight: carrier (the key), flight number, departure time.
 fn identity(v: &Value) -> String {
-    format!("{}|{}|{}", v["carrier"].as_str().unwrap(), v["flight"], v["event_time"].as_str().unwrap())
+    format!(
+        "{}|{}|{}",
+        v["carrier"].as_str().unwrap(),
+        v["flight"],
+        v["event_time"].as_str().unwrap()
+    )
 }
 
 #[test]
@@ -50,10 +55,22 @@ fn flights_job_matches_ground_truth() {
     .unwrap();
     let config = example
         .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
-        .replace("\"../data/flights-2013.ndjson.gz\"", &format!("{:?}", flights_gz()))
-        .replace("\"../../target/flights-out/delayed.ndjson\"", "\"out/delayed.ndjson\"")
-        .replace("\"../../target/flights-out/dead-letter.ndjson\"", "\"out/dlq.ndjson\"");
-    assert!(config.contains("@PLUGINS@") && config.contains("out/dlq.ndjson"), "example config changed shape");
+        .replace(
+            "\"../data/flights-2013.ndjson.gz\"",
+            &format!("{:?}", flights_gz()),
+        )
+        .replace(
+            "\"../../target/flights-out/delayed.ndjson\"",
+            "\"out/delayed.ndjson\"",
+        )
+        .replace(
+            "\"../../target/flights-out/dead-letter.ndjson\"",
+            "\"out/dlq.ndjson\"",
+        );
+    assert!(
+        config.contains("@PLUGINS@") && config.contains("out/dlq.ndjson"),
+        "example config changed shape"
+    );
     let scratch = Scratch::new(&config);
     let output = scratch.run();
     assert_exit(&output, 0);
@@ -71,7 +88,10 @@ fn flights_job_matches_ground_truth() {
         assert!(v["dep_delay"].as_f64().unwrap() >= MIN_DELAY, "{line}");
         let id = identity(&v);
         sum = sum.wrapping_add(fnv1a(id.as_bytes()));
-        by_key.entry(v["carrier"].as_str().unwrap().to_string()).or_default().push(id);
+        by_key
+            .entry(v["carrier"].as_str().unwrap().to_string())
+            .or_default()
+            .push(id);
     }
     assert_eq!(sum, expected_sum, "checksum of the output keys");
     // Partitioning keeps each key's records in input order.

@@ -100,7 +100,10 @@ fn endless_loop_is_cut_off_at_its_deadline() {
 
 #[test]
 fn over_allocation_hits_the_memory_limit() {
-    dead_letters_poisoned_batches("alloc", "out of memory: the instance hit its 33554432-byte memory limit");
+    dead_letters_poisoned_batches(
+        "alloc",
+        "out of memory: the instance hit its 33554432-byte memory limit",
+    );
 }
 
 #[test]
@@ -110,7 +113,10 @@ fn panic_is_a_trap_with_its_message() {
 
 #[test]
 fn skip_drops_and_counts_the_failed_batches() {
-    let scratch = Scratch::new(&config("config = { mode = \"fail\", trigger = \"POISON\" }", "skip"));
+    let scratch = Scratch::new(&config(
+        "config = { mode = \"fail\", trigger = \"POISON\" }",
+        "skip",
+    ));
     scratch.write("in.ndjson", &numbered_input());
     let output = scratch.run();
     assert_exit(&output, 0);
@@ -121,12 +127,18 @@ fn skip_drops_and_counts_the_failed_batches() {
 
 #[test]
 fn stop_ends_the_pipeline_with_exit_1() {
-    let scratch = Scratch::new(&config("config = { mode = \"loop\", trigger = \"POISON\" }", "stop"));
+    let scratch = Scratch::new(&config(
+        "config = { mode = \"loop\", trigger = \"POISON\" }",
+        "stop",
+    ));
     scratch.write("in.ndjson", &numbered_input());
     let output = scratch.run();
     assert_exit(&output, 1);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("stopped (on_error = \"stop\")"), "{stderr}");
     // The batches before the poisoned one were written, nothing after it.
-    assert_eq!(numbers(&scratch.read_lines("out.ndjson"), None), (0..50).collect::<Vec<_>>());
+    assert_eq!(
+        numbers(&scratch.read_lines("out.ndjson"), None),
+        (0..50).collect::<Vec<_>>()
+    );
 }

@@ -35,7 +35,7 @@ sinks = ["out"]
     );
     let lines = flights_lines(20_000);
     scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
-    let mut child = scratch
+    let child = scratch
         .command("run")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -51,7 +51,10 @@ sinks = ["out"]
     // Append a partial line: it must not be processed (no newline yet).
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(scratch.path("in.ndjson")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(scratch.path("in.ndjson"))
+            .unwrap();
         f.write_all(br#"{"carrier":"XX","half":"#).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -60,8 +63,15 @@ sinks = ["out"]
     assert_exit(&output, 0);
 
     let read = count(&output, "p", "in");
-    assert_eq!(read, 20_000, "every complete line was read before the signal");
-    assert_eq!(count(&output, "p", "out"), read, "everything read was written");
+    assert_eq!(
+        read, 20_000,
+        "every complete line was read before the signal"
+    );
+    assert_eq!(
+        count(&output, "p", "out"),
+        read,
+        "everything read was written"
+    );
     let raw = std::fs::read_to_string(scratch.path("out.ndjson")).unwrap();
     assert!(raw.ends_with('\n'), "the output ends with a whole line");
     let mut out: Vec<&str> = raw.lines().collect();
@@ -110,7 +120,7 @@ sinks = ["out"]
 "#,
         flights_gz()
     ));
-    let mut child = scratch
+    let child = scratch
         .command("run")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -124,13 +134,19 @@ sinks = ["out"]
     let output = child.wait_with_output().unwrap();
     assert_exit(&output, 0);
     let read = count(&output, "p", "in");
-    assert!(read < 336_776, "the signal stopped the reading early (read {read})");
+    assert!(
+        read < 336_776,
+        "the signal stopped the reading early (read {read})"
+    );
     assert_eq!(count(&output, "p", "out"), read);
     let raw = std::fs::read_to_string(scratch.path("out.ndjson")).unwrap();
     assert!(raw.ends_with('\n'));
     // Every line whole, and exactly the first `read` flights, upper-cased.
     let mut out: Vec<String> = raw.lines().map(str::to_string).collect();
-    let mut want: Vec<String> = flights_lines(read as usize).iter().map(|l| l.to_ascii_uppercase()).collect();
+    let mut want: Vec<String> = flights_lines(read as usize)
+        .iter()
+        .map(|l| l.to_ascii_uppercase())
+        .collect();
     out.sort();
     want.sort();
     assert_eq!(out, want);

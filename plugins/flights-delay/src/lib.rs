@@ -95,7 +95,8 @@ mod tests {
     const CANCELLED: &str = r#"{"carrier":"B6","flight":2,"origin":"JFK","dest":"BOS","dep_delay":null,"arr_delay":null,"event_time":"2013-01-01T10:19:00.000Z"}"#;
 
     fn run(min_delay: &str, lines: &[&str]) -> Output {
-        let mut p = FlightsDelay::configure(&Config::from_pairs([("min_delay", min_delay)])).unwrap();
+        let mut p =
+            FlightsDelay::configure(&Config::from_pairs([("min_delay", min_delay)])).unwrap();
         let batch = Batch::from_lines(&lines.join("\n"));
         let mut out = Output::new();
         p.process(&batch, &mut out).unwrap();
@@ -119,7 +120,11 @@ mod tests {
         assert_eq!(out.events.len(), 1);
         let idx: Vec<u32> = out.rejected.iter().map(|r| r.index).collect();
         assert_eq!(idx, vec![0, 1]);
-        assert!(out.rejected[1].reason.contains("missing field"), "{}", out.rejected[1].reason);
+        assert!(
+            out.rejected[1].reason.contains("missing field"),
+            "{}",
+            out.rejected[1].reason
+        );
     }
 
     #[test]

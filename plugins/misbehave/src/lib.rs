@@ -59,7 +59,10 @@ impl Processor for Misbehave {
                     for i in (0..v.len()).step_by(4096) {
                         v[i] = 1;
                     }
-                    log::info(&format!("allocated {} bytes", std::hint::black_box(v).len()));
+                    log::info(&format!(
+                        "allocated {} bytes",
+                        std::hint::black_box(v).len()
+                    ));
                 }
                 "panic" => panic!("misbehave: panic on purpose"),
                 "fail" => return Err("misbehave: batch failed on purpose".into()),
