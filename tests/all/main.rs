@@ -9,3 +9,4 @@ mod dead_letter;
 mod flights;
 mod sandbox;
 mod shutdown;
+mod sources;

@@ -123,6 +123,21 @@ fn skip_drops_and_counts_the_failed_batches() {
     assert_eq!(count(&output, "p", "skipped"), 30);
     assert_eq!(count(&output, "p", "out"), 270);
     assert!(scratch.read_lines("dlq.ndjson").is_empty());
+    // The guest's `log` calls reach the daemon's log, tagged.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("misbehave configured: mode=fail"))
+        .unwrap_or_else(|| panic!("no guest log line in:\n{stderr}"));
+    for tag in [
+        "pipeline=p",
+        "stage=0:misbehave",
+        "plugin=misbehave",
+        "version=",
+        "partition=0",
+    ] {
+        assert!(line.contains(tag), "{tag} missing from {line}");
+    }
 }
 
 #[test]

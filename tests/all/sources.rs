@@ -1,0 +1,142 @@
+//! Sources: stdin, and a followed file that grows, is replaced and is truncated.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[test]
+fn stdin_to_stdout() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "stdin"
+key = "/carrier"
+timestamp = "/event_time_ms"
+
+[sinks.out]
+type = "stdout"
+
+[pipelines.p]
+source = "in"
+partitions = 3
+processors = [{ plugin = "identity.wasm" }]
+sinks = ["out"]
+"#,
+    );
+    let lines = flights_lines(5000);
+    let mut child = scratch
+        .command("run")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = lines.join("\r\n") + "\r\n"; // CRLF is a line end too
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "in"), 5000);
+    let mut out: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    let mut want: Vec<&str> = lines.iter().map(String::as_str).collect();
+    out.sort();
+    want.sort();
+    assert_eq!(out, want);
+}
+
+fn wait_for_lines(scratch: &Scratch, name: &str, n: usize) {
+    let start = Instant::now();
+    while scratch.read_lines(name).len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waited for {n} lines in {name}, have {}",
+            scratch.read_lines(name).len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn numbered(from: usize, to: usize) -> String {
+    (from..to).map(|n| format!("{{\"n\":{n}}}\n")).collect()
+}
+
+#[test]
+fn followed_file_survives_growth_rotation_and_truncation() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+follow = true
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+batch = { max_records = 1000, interval = "20ms" }
+processors = [{ plugin = "identity.wasm" }]
+sinks = ["out"]
+"#,
+    );
+    scratch.write("in.ndjson", &numbered(0, 100));
+    let child = scratch
+        .command("run")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_lines(&scratch, "out.ndjson", 100);
+
+    // Appended lines, one written in two parts.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(scratch.path("in.ndjson"))
+        .unwrap();
+    f.write_all(numbered(100, 150).as_bytes()).unwrap();
+    f.write_all(b"{\"n\":").unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    f.write_all(b"150}\n").unwrap();
+    drop(f);
+    wait_for_lines(&scratch, "out.ndjson", 151);
+
+    // Rotated: renamed away, a new file in its place.
+    std::fs::rename(scratch.path("in.ndjson"), scratch.path("in.ndjson.1")).unwrap();
+    scratch.write("in.ndjson", &numbered(151, 200));
+    wait_for_lines(&scratch, "out.ndjson", 200);
+
+    // Truncated in place (copytruncate), then shorter content written.
+    std::fs::write(scratch.path("in.ndjson"), numbered(200, 210)).unwrap();
+    wait_for_lines(&scratch, "out.ndjson", 210);
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_exit(&output, 0);
+    let mut got: Vec<u64> = scratch
+        .read_lines("out.ndjson")
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..210).collect::<Vec<u64>>());
+}
