@@ -269,7 +269,11 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Size::Text(text) => text
             .parse::<bytesize::ByteSize>()
             .map(|b| b.as_u64())
-            .map_err(|e| serde::de::Error::custom(format!("invalid size {text:?}: {e}"))),
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid size {text:?}: use a number of bytes or a size such as \"512KiB\", \"4MiB\", \"1GB\""
+                ))
+            }),
     }
 }
 

@@ -74,14 +74,16 @@ impl DeadLetter {
             return Ok(());
         }
         let Some(sink) = &self.sink else {
-            tracing::warn!(
-                pipeline = %self.pipeline,
-                stage = records[0].stage,
-                count = records.len(),
-                "dropped {} record(s) with no dead-letter sink configured: {}",
-                records.len(),
-                records[0].reason
-            );
+            // No dead-letter sink: the log is the record of what was not processed.
+            for r in records {
+                tracing::warn!(
+                    pipeline = %self.pipeline,
+                    stage = r.stage,
+                    reason = r.reason,
+                    "record not processed (no dead_letter sink configured): {}",
+                    String::from_utf8_lossy(&r.original[..r.original.len().min(1024)])
+                );
+            }
             return Ok(());
         };
         let mut buf = Vec::with_capacity(records.len() * 256);

@@ -27,6 +27,9 @@ use crate::decode::Decoder;
 use crate::pipeline::Stats;
 use crate::router::Router;
 
+/// The first two bytes of a gzip member (RFC 1952 §2.3.1).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
 /// Records handed to a partition worker at once. Sending chunks instead of single
 /// records cuts channel operations and thread wake-ups by this factor; a chunk is
 /// also sent as soon as the input has nothing more buffered, so a slow input adds
@@ -90,6 +93,10 @@ trait Lines {
     /// Whether the next line would need a read from the input (a system call,
     /// perhaps a wait): the moment to hand pending records to the workers.
     fn drained(&self) -> bool;
+    /// A partial line still waiting for its newline (a followed file).
+    fn unterminated(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// A file read to its end, or followed.
@@ -118,7 +125,7 @@ impl FileLines {
         let mut magic = [0u8; 2];
         let n = read_up_to(&mut file, &mut magic)?;
         let head = io::Cursor::new(magic[..n].to_vec());
-        let gzip = n == 2 && magic == [0x1f, 0x8b];
+        let gzip = n == 2 && magic == GZIP_MAGIC;
         if gzip && follow {
             anyhow::bail!(
                 "{} is gzip-compressed: `follow` works on plain files only",
@@ -156,6 +163,16 @@ impl FileLines {
         }
         Ok(())
     }
+}
+
+/// Whether the file at `path` starts with the gzip magic bytes (RFC 1952 §2.3.1).
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn is_gzip(path: &std::path::Path) -> io::Result<bool> {
+    let mut magic = [0u8; 2];
+    let n = read_up_to(&mut File::open(path)?, &mut magic)?;
+    Ok(n == 2 && magic == GZIP_MAGIC)
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -203,6 +220,10 @@ impl Lines for FileLines {
 
     fn drained(&self) -> bool {
         self.reader.buffer().is_empty()
+    }
+
+    fn unterminated(&self) -> Option<&[u8]> {
+        (!self.pending.is_empty()).then_some(self.pending.as_slice())
     }
 }
 
@@ -379,6 +400,14 @@ pub fn run(
         if outbox.push(partition, record).is_err() {
             break; // the pipeline stopped on an error: stop reading
         }
+    }
+    if let Some(partial) = lines.unterminated() {
+        tracing::warn!(
+            source = %spec.name,
+            bytes = partial.len(),
+            "stopping with an unterminated last line, not processed: {}",
+            String::from_utf8_lossy(&partial[..partial.len().min(256)])
+        );
     }
     // Whatever was read is processed, also on shutdown. (A worker that is gone
     // stopped on an error, which the pipeline reports.)

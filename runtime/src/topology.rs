@@ -111,7 +111,14 @@ impl Topology {
                 return Err(source.error(p.sinks.span(), "a pipeline needs at least one sink"));
             }
             for n in p.sinks.get_ref() {
-                sink_names.push(use_sink(n)?);
+                let sink_name = use_sink(n)?;
+                if sink_names.contains(&sink_name) {
+                    return Err(source.error(
+                        n.span(),
+                        format!("sink `{sink_name}` is listed twice: every record would be written twice"),
+                    ));
+                }
+                sink_names.push(sink_name);
             }
             let dead_letter = p.dead_letter.as_ref().map(&mut use_sink).transpose()?;
 
@@ -229,8 +236,24 @@ fn build_source(
                     format!("source `{name}`: a file source needs `path`"),
                 )
             })?;
+            let resolved = config::resolve(base, path.get_ref());
+            let gzip = crate::source::is_gzip(&resolved).map_err(|e| {
+                source.error(
+                    path.span(),
+                    format!("cannot open {}: {e}", resolved.display()),
+                )
+            })?;
+            if gzip && s.follow {
+                return Err(source.error(
+                    path.span(),
+                    format!(
+                        "{} is gzip-compressed: `follow` works on plain files only",
+                        resolved.display()
+                    ),
+                ));
+            }
             Input::File {
-                path: config::resolve(base, path.get_ref()),
+                path: resolved,
                 follow: s.follow,
             }
         }

@@ -115,3 +115,35 @@ fn every_example_config_validates() {
     }
     assert!(checked >= 1);
 }
+
+#[test]
+fn missing_input_file_is_located() {
+    let err = validate_error(
+        "[sources.in]\ntype = \"file\"\npath = \"nope.ndjson\"\n\n[sinks.out]\ntype = \"stdout\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\n",
+    );
+    assert!(
+        err.starts_with("error: sluice.toml:3:8: field `path`: cannot open ./nope.ndjson: No such file or directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn follow_on_gzip_and_a_sink_listed_twice_are_refused() {
+    let err = validate_error(&format!(
+        "[sources.in]\ntype = \"file\"\npath = {:?}\nfollow = true\n\n[sinks.out]\ntype = \"stdout\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\n",
+        flights_gz()
+    ));
+    assert!(err.contains("sluice.toml:3:8: field `path`: "), "{err}");
+    assert!(
+        err.contains("is gzip-compressed: `follow` works on plain files only"),
+        "{err}"
+    );
+
+    let err = validate_error(&format!(
+        "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\", \"out\"]\n"
+    ));
+    assert!(
+        err.contains("sluice.toml:10:17: sink `out` is listed twice"),
+        "{err}"
+    );
+}
