@@ -154,11 +154,11 @@ pub enum OnError {
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most records in one batch. Default 4096.
-    #[serde(default = "default_max_records")]
+    #[serde(default = "default_max_records", deserialize_with = "de_positive")]
     pub max_records: usize,
     /// Most bytes (keys + values) in one batch; a single larger record makes a
-    /// batch of its own. Default `"4MiB"`.
-    #[serde(default = "default_max_bytes", deserialize_with = "de_size")]
+    /// batch of its own. Default `"4MiB"`, at most `"64MiB"`.
+    #[serde(default = "default_max_bytes", deserialize_with = "de_batch_bytes")]
     pub max_bytes: u64,
     /// Longest time a batch stays open after its first record. Default `"200ms"`.
     #[serde(default = "default_interval", deserialize_with = "de_duration")]
@@ -198,9 +198,9 @@ pub struct ProcessorConfig {
     /// Most linear memory one instance may grow to. Default `"64MiB"`.
     #[serde(default = "default_memory_limit", deserialize_with = "de_size")]
     pub memory_limit: u64,
-    /// Longest one call (`configure` or `process`) may run before it is cut off.
-    /// Default `"1s"`.
-    #[serde(default = "default_timeout", deserialize_with = "de_duration")]
+    /// Longest one call (`configure` or `process`) may run before it is cut off,
+    /// between `"10ms"` and `"1h"`. Default `"1s"`.
+    #[serde(default = "default_timeout", deserialize_with = "de_timeout")]
     pub timeout: Duration,
     /// This stage's error policy; default: the pipeline's `on_error`.
     pub on_error: Option<OnError>,
@@ -240,7 +240,7 @@ pub struct PipelineConfig {
     pub on_error: Option<OnError>,
     /// Capacity, in records, of each bounded channel between the source and a
     /// partition worker. Default 8192.
-    #[serde(default = "default_queue")]
+    #[serde(default = "default_queue", deserialize_with = "de_positive")]
     pub queue_records: usize,
 }
 
@@ -251,30 +251,69 @@ fn default_queue() -> usize {
     8192
 }
 
+fn parse_duration<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
+    humantime::parse_duration(text)
+        .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    let d = parse_duration(&String::deserialize(d)?)?;
+    if d.is_zero() {
+        return Err(serde::de::Error::custom("must be longer than 0s"));
+    }
+    Ok(d)
+}
+
+/// A plugin call deadline: between 10ms (the epoch tick) and 1h.
+fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let d = parse_duration(&String::deserialize(d)?)?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err(serde::de::Error::custom(format!(
+            "{} is out of range: a plugin timeout is between 10ms and 1h",
+            humantime::format_duration(d)
+        )));
+    }
+    Ok(d)
+}
+
+fn de_positive<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// A size: a number of bytes, or a string with a unit (`"4MiB"`, `"512KB"`).
+fn parse_size<E: serde::de::Error>(value: toml::Value) -> Result<u64, E> {
+    let n = match &value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(text) => text.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
+        _ => None,
+    };
+    match n {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(E::custom(format!(
+            "invalid size {value}: use a positive number of bytes or a size such as \"512KiB\", \"4MiB\", \"1GB\""
+        ))),
+    }
 }
 
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
+    parse_size(toml::Value::deserialize(d)?)
+}
+
+/// Most bytes in one batch: wasmtime caps what one call may copy between host
+/// and guest (past ~128 MiB a call fails), so batches stay well below.
+pub const MAX_BATCH_BYTES: u64 = 64 << 20;
+
+fn de_batch_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = de_size(d)?;
+    if n > MAX_BATCH_BYTES {
+        return Err(serde::de::Error::custom(format!(
+            "{n} bytes is more than a batch may hold (at most 64MiB)"
+        )));
     }
-    match Size::deserialize(d)? {
-        Size::Bytes(n) => Ok(n),
-        Size::Text(text) => text
-            .parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "invalid size {text:?}: use a number of bytes or a size such as \"512KiB\", \"4MiB\", \"1GB\""
-                ))
-            }),
-    }
+    Ok(n)
 }
 
 /// A configuration error, located in its file.
@@ -430,7 +469,7 @@ impl Config {
 
 /// `path` made absolute against the config file's folder.
 pub fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
+    if path.is_absolute() || base == Path::new(".") {
         path.to_path_buf()
     } else {
         base.join(path)

@@ -46,8 +46,9 @@ pub struct Decoder {
 /// A decoded line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
-    /// Key bytes; empty when the record has no key.
-    pub key: Vec<u8>,
+    /// Key bytes, or `None` when the pointer finds nothing or `null`. An empty
+    /// string is a key (it is hashed like any other), as in Kafka.
+    pub key: Option<Vec<u8>>,
     /// Event time (ms since the Unix epoch), or `None` when the record has none.
     pub timestamp_ms: Option<i64>,
 }
@@ -72,7 +73,11 @@ impl Decoder {
             paths.push(&t.0);
         }
         let mut found: [Option<Value>; 2] = [None, None];
-        let mut de = serde_json::Deserializer::from_slice(line);
+        // JSON text is UTF-8 (RFC 8259 §8.1). Checked up front: serde_json checks
+        // the strings it decodes, not the ones it skips.
+        let text =
+            std::str::from_utf8(line).map_err(|e| format!("invalid JSON: not UTF-8: {e}"))?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let seed = Walk {
             paths: &paths,
             active: (1 << paths.len()) - 1,
@@ -88,9 +93,9 @@ impl Decoder {
             (None, _) => (None, first),
         };
         let key = match key_value {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::String(s)) => s.into_bytes(),
-            Some(other) => other.to_string().into_bytes(),
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.into_bytes()),
+            Some(other) => Some(other.to_string().into_bytes()),
         };
         let timestamp_ms = match time_value {
             None | Some(Value::Null) => None,
@@ -110,8 +115,14 @@ pub fn parse_event_time(value: &Value) -> Result<i64, String> {
     match value {
         Value::Number(n) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-            .ok_or_else(|| format!("event time {n} is out of range")),
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && f.abs() < 9.2e18)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| {
+                format!("event time {n} is out of range (epoch ms as a 64-bit integer)")
+            }),
         Value::String(s) => {
             if let Ok(ms) = s.parse::<i64>() {
                 return Ok(ms);
@@ -274,7 +285,7 @@ mod tests {
         let got = d
             .decode(br#"{"x":[1,{"y":2}],"a":{"z":null,"b":"UA"},"t":["no","2013-01-01T10:17:00.000Z"]}"#)
             .unwrap();
-        assert_eq!(got.key, b"UA");
+        assert_eq!(got.key.as_deref(), Some(&b"UA"[..]));
         assert_eq!(got.timestamp_ms, Some(1_357_035_420_000));
     }
 
@@ -284,7 +295,7 @@ mod tests {
         assert_eq!(
             d.decode(br#"{"k":15,"t":1357035420000}"#).unwrap(),
             Decoded {
-                key: b"15".to_vec(),
+                key: Some(b"15".to_vec()),
                 timestamp_ms: Some(1_357_035_420_000)
             }
         );
@@ -292,24 +303,33 @@ mod tests {
             d.decode(br#"{"k":{"b":1},"t":"2013-01-01T05:17:00-05:00"}"#)
                 .unwrap(),
             Decoded {
-                key: br#"{"b":1}"#.to_vec(),
+                key: Some(br#"{"b":1}"#.to_vec()),
                 timestamp_ms: Some(1_357_035_420_000)
             }
         );
         assert_eq!(
             d.decode(br#"{"k":null}"#).unwrap(),
             Decoded {
-                key: vec![],
+                key: None,
                 timestamp_ms: None
             }
         );
         // Same pointer for both.
         let same = dec("/t", "/t");
         assert_eq!(same.decode(br#"{"t":"5"}"#).unwrap().timestamp_ms, Some(5));
-        assert_eq!(same.decode(br#"{"t":"5"}"#).unwrap().key, b"5");
+        assert_eq!(same.decode(br#"{"t":"5"}"#).unwrap().key.unwrap(), b"5");
+        let key_only = Decoder::new(Some(Pointer::parse("/k").unwrap()), None);
+        assert_eq!(
+            key_only.decode(br#"{"k":""}"#).unwrap().key.unwrap(),
+            b"",
+            "an empty key is a key"
+        );
         // Escaped tokens.
         let esc = dec("/a~1b", "/m~0n");
-        assert_eq!(esc.decode(br#"{"a/b":"K","m~n":7}"#).unwrap().key, b"K");
+        assert_eq!(
+            esc.decode(br#"{"a/b":"K","m~n":7}"#).unwrap().key.unwrap(),
+            b"K"
+        );
     }
 
     #[test]
@@ -332,6 +352,21 @@ mod tests {
         );
         assert!(d.decode(br#"{"t":true}"#).is_err());
         assert!(Pointer::parse("carrier").is_err());
+        assert!(
+            d.decode(b"{\"k\":\"a\",\"skipped\":\"\xff\xfe\"}")
+                .unwrap_err()
+                .contains("UTF-8")
+        );
+        assert!(
+            d.decode(br#"{"t":1e300}"#)
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            d.decode(br#"{"t":18446744073709551615}"#)
+                .unwrap_err()
+                .contains("out of range")
+        );
         let time_only = Decoder::new(None, Some(Pointer::parse("/t").unwrap()));
         assert_eq!(
             time_only.decode(br#"{"t":9}"#).unwrap().timestamp_ms,

@@ -61,14 +61,16 @@ impl Router {
         self.partitions
     }
 
-    /// The partition of a record with this key (empty = no key: round-robin).
-    pub fn route(&mut self, key: &[u8]) -> usize {
-        if key.is_empty() {
-            let p = self.next_keyless;
-            self.next_keyless = (p + 1) % self.partitions;
-            p
-        } else {
-            ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions
+    /// The partition of a record with this key; `None` (no key) goes round-robin.
+    /// An empty key is a key, hashed like any other.
+    pub fn route(&mut self, key: Option<&[u8]>) -> usize {
+        match key {
+            None => {
+                let p = self.next_keyless;
+                self.next_keyless = (p + 1) % self.partitions;
+                p
+            }
+            Some(key) => ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions,
         }
     }
 }
@@ -105,21 +107,26 @@ mod tests {
     #[test]
     fn keyless_records_go_round_robin() {
         let mut r = Router::new(3);
-        let got: Vec<usize> = (0..7).map(|_| r.route(b"")).collect();
+        let got: Vec<usize> = (0..7).map(|_| r.route(None)).collect();
         assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 0]);
+        let empty = r.route(Some(b""));
+        assert!(
+            (0..5).all(|_| r.route(Some(b"")) == empty),
+            "an empty key is a key"
+        );
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Same key, same partition, always within range.
         #[test]
-        fn a_key_always_goes_to_one_partition(keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..12), 1..50), n in 1usize..16) {
+        fn a_key_always_goes_to_one_partition(keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12), 1..50), n in 1usize..16) {
             let mut a = Router::new(n);
             let mut b = Router::new(n);
             for k in keys.iter().chain(keys.iter().rev()) {
-                let p = a.route(k);
+                let p = a.route(Some(k));
                 prop_assert!(p < n);
-                prop_assert_eq!(p, b.route(k));
+                prop_assert_eq!(p, b.route(Some(k)));
             }
         }
     }

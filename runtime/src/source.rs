@@ -373,7 +373,7 @@ pub fn run(
         }
         stats.records_in.fetch_add(1, Ordering::Relaxed);
         let (key, timestamp_ms) = match spec.format {
-            Format::Text => (Vec::new(), now_ms()),
+            Format::Text => (None, now_ms()),
             Format::Json => match spec.decoder.decode(&buf) {
                 Ok(d) => (d.key, d.timestamp_ms.unwrap_or_else(now_ms)),
                 Err(reason) => {
@@ -391,9 +391,9 @@ pub fn run(
                 }
             },
         };
-        let partition = router.route(&key);
+        let partition = router.route(key.as_deref());
         let record = Record {
-            key,
+            key: key.unwrap_or_default(),
             value: buf.clone(), // exact-size copy; `buf` keeps its capacity
             timestamp_ms,
         };

@@ -29,7 +29,12 @@ pub struct Topology {
 }
 
 /// Most partitions one pipeline may have.
-pub const MAX_PARTITIONS: usize = 4096;
+pub const MAX_PARTITIONS: usize = 1024;
+
+/// Most Wasm instances (partitions × processors, over all pipelines) one daemon
+/// runs: each reserves its linear memory's address space (4 GiB + guard), and
+/// each partition is a thread.
+pub const MAX_INSTANCES: usize = 2048;
 
 impl Topology {
     /// Builds the topology of `config`, read from `source`.
@@ -52,6 +57,29 @@ impl Topology {
         let mut sinks = BTreeMap::new();
         let mut pipelines = Vec::new();
         let mut stdin_user: Option<&str> = None;
+        let mut instances = 0usize;
+        // Every file the daemon reads or writes, to refuse two sinks (or a source
+        // and a sink) on one file: their writes would interleave or loop.
+        let mut files: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for (kind, name, spanned) in config
+            .sources
+            .iter()
+            .map(|(n, s)| ("source", n, s.span()))
+            .chain(config.sinks.iter().map(|(n, s)| ("sink", n, s.span())))
+            .chain(
+                config
+                    .pipelines
+                    .iter()
+                    .map(|(n, s)| ("pipeline", n, s.span())),
+            )
+        {
+            if name.is_empty() || name.chars().any(char::is_control) {
+                return Err(source.error(
+                    spanned,
+                    format!("{kind} name {name:?} must be non-empty, without control characters"),
+                ));
+            }
+        }
 
         for (name, spanned) in &config.pipelines {
             let p = spanned.get_ref();
@@ -66,6 +94,15 @@ impl Topology {
                 )
             })?;
             let src_spec = build_source(src_name, src, source, &base)?;
+            if let Input::File { path, .. } = &src_spec.input {
+                claim_file(
+                    &mut files,
+                    path,
+                    &format!("source `{src_name}`"),
+                    source,
+                    src.get_ref().path.as_ref().map_or(src.span(), |p| p.span()),
+                )?;
+            }
             if src_spec.input == Input::Stdin {
                 if let Some(other) = stdin_user {
                     return Err(source.error(
@@ -85,10 +122,13 @@ impl Topology {
                     format!("partitions must be between 1 and {MAX_PARTITIONS}"),
                 ));
             }
-            if p.batch.max_records == 0 || p.batch.max_bytes == 0 || p.batch.interval.is_zero() {
+            instances += partitions * p.processors.len().max(1);
+            if instances > MAX_INSTANCES {
                 return Err(source.error(
-                    spanned.span(),
-                    "batch limits must be positive (max_records ≥ 1, max_bytes ≥ 1, interval > 0)",
+                    p.partitions.span(),
+                    format!(
+                        "too many plugin instances: partitions × processors over all pipelines comes to {instances}, more than {MAX_INSTANCES}"
+                    ),
                 ));
             }
 
@@ -104,7 +144,20 @@ impl Topology {
                         ),
                     )
                 })?;
-                sinks.insert(sink_name.clone(), build_sink(sink_name, s, source, &base)?);
+                if !sinks.contains_key(sink_name) {
+                    let spec = build_sink(sink_name, s, source, &base)?;
+                    if let SinkSpec::File { path, .. } = &spec {
+                        let span = s.get_ref().path.as_ref().map_or(s.span(), |p| p.span());
+                        claim_file(
+                            &mut files,
+                            path,
+                            &format!("sink `{sink_name}`"),
+                            source,
+                            span,
+                        )?;
+                    }
+                    sinks.insert(sink_name.clone(), spec);
+                }
                 Ok(sink_name.clone())
             };
             if p.sinks.get_ref().is_empty() {
@@ -121,6 +174,14 @@ impl Topology {
                 sink_names.push(sink_name);
             }
             let dead_letter = p.dead_letter.as_ref().map(&mut use_sink).transpose()?;
+            if let (Some(dl), Some(span)) = (&dead_letter, p.dead_letter.as_ref().map(|d| d.span()))
+                && sink_names.contains(dl)
+            {
+                return Err(source.error(
+                    span,
+                    format!("sink `{dl}` is both an output and the dead-letter sink: use a sink of its own"),
+                ));
+            }
 
             let default_policy = p.on_error.unwrap_or(if dead_letter.is_some() {
                 OnError::DeadLetter
@@ -208,6 +269,36 @@ impl Topology {
         }
         Ok(Topology { sinks, pipelines })
     }
+}
+
+/// Records that `who` uses the file at `path`; refuses a second user.
+fn claim_file(
+    files: &mut BTreeMap<PathBuf, String>,
+    path: &Path,
+    who: &str,
+    source: &ConfigSource,
+    span: std::ops::Range<usize>,
+) -> Result<(), ConfigError> {
+    // The same file by another name: compare with the folder resolved.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let key = match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    };
+    if key.is_dir() {
+        return Err(source.error(span, format!("{} is a directory", path.display())));
+    }
+    if let Some(other) = files.get(&key).filter(|other| *other != who) {
+        return Err(source.error(
+            span,
+            format!("{who} uses {}, which {other} uses too", path.display()),
+        ));
+    }
+    files.insert(key, who.to_string());
+    Ok(())
 }
 
 fn known<T>(map: &BTreeMap<String, T>) -> String {

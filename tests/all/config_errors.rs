@@ -53,7 +53,7 @@ fn missing_plugin_file_is_located() {
         "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nprocessors = [\n  {{ plugin = \"nope.wasm\" }},\n]\n"
     ));
     insta::assert_snapshot!(err, @r#"
-    error: sluice.toml:12:14: field `plugin`: plugin file not found: ./plugins/nope.wasm
+    error: sluice.toml:12:14: field `plugin`: plugin file not found: plugins/nope.wasm
        |
     12 |   { plugin = "nope.wasm" },
        |              ^
@@ -93,7 +93,7 @@ fn a_file_that_is_not_a_component_is_refused() {
     let output = scratch.command("validate").output().unwrap();
     assert_exit(&output, 2);
     let err = String::from_utf8(output.stderr).unwrap();
-    assert!(err.contains("sluice.toml:11:26: field `plugin`: ./plugins/broken.wasm is not a valid WebAssembly component"), "{err}");
+    assert!(err.contains("sluice.toml:11:26: field `plugin`: plugins/broken.wasm is not a valid WebAssembly component"), "{err}");
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn missing_input_file_is_located() {
         "[sources.in]\ntype = \"file\"\npath = \"nope.ndjson\"\n\n[sinks.out]\ntype = \"stdout\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\n",
     );
     assert!(
-        err.starts_with("error: sluice.toml:3:8: field `path`: cannot open ./nope.ndjson: No such file or directory"),
+        err.starts_with("error: sluice.toml:3:8: field `path`: cannot open nope.ndjson: No such file or directory"),
         "{err}"
     );
 }
@@ -144,6 +144,67 @@ fn follow_on_gzip_and_a_sink_listed_twice_are_refused() {
     ));
     assert!(
         err.contains("sluice.toml:10:17: sink `out` is listed twice"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shared_files_and_out_of_range_limits_are_refused() {
+    // Two sinks on one file (by two spellings).
+    let err = validate_error(
+        "[sources.in]\ntype = \"stdin\"\n\n[sinks.a]\ntype = \"file\"\npath = \"o.ndjson\"\n\n[sinks.b]\ntype = \"file\"\npath = \"./o.ndjson\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"a\"]\ndead_letter = \"b\"\n",
+    );
+    assert!(
+        err.contains("sink `b` uses ./o.ndjson, which sink `a` uses too"),
+        "{err}"
+    );
+    // A sink writing the file its pipeline reads.
+    let err = validate_error(
+        "[sources.in]\ntype = \"file\"\npath = \"sluice.toml\"\n\n[sinks.a]\ntype = \"file\"\npath = \"sluice.toml\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"a\"]\n",
+    );
+    assert!(err.contains("which source `in` uses too"), "{err}");
+    // The dead-letter sink as an output too.
+    let err = validate_error(&format!(
+        "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\ndead_letter = \"out\"\n"
+    ));
+    assert!(
+        err.contains("sluice.toml:11:15: field `dead_letter`: sink `out` is both an output"),
+        "{err}"
+    );
+    // Limits name their field.
+    for (line, want) in [
+        (
+            "batch = { max_records = 0 }",
+            "field `max_records`: must be at least 1",
+        ),
+        (
+            "batch = { max_bytes = -5 }",
+            "field `max_bytes`: invalid size -5",
+        ),
+        (
+            "batch = { max_bytes = \"1GiB\" }",
+            "more than a batch may hold (at most 64MiB)",
+        ),
+        (
+            "batch = { interval = \"0s\" }",
+            "field `interval`: must be longer than 0s",
+        ),
+        (
+            "processors = [{ plugin = \"x.wasm\", timeout = \"1ns\" }]",
+            "field `timeout`: 1ns is out of range",
+        ),
+        ("partitions = 5000", "partitions must be between 1 and 1024"),
+    ] {
+        let err = validate_error(&format!(
+            "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\n{line}\n"
+        ));
+        assert!(err.contains(want), "{line}: {err}");
+    }
+    let err = validate_error(&format!(
+        "{GOOD_TAIL}\n[pipelines.\"a\\u0000b\"]\nsource = \"in\"\nsinks = [\"out\"]\n"
+    ));
+    assert!(
+        err.contains("must be non-empty, without control characters"),
         "{err}"
     );
 }
