@@ -37,6 +37,10 @@ pub struct Stats {
     pub skipped: AtomicU64,
     /// Micro-batches processed.
     pub batches: AtomicU64,
+    /// Records read but not processed because the pipeline stopped on an error
+    /// (`on_error = "stop"`, a sink that failed): the failed batch and everything
+    /// queued behind it.
+    pub failed: AtomicU64,
 }
 
 /// Everything needed to start a pipeline.
@@ -122,20 +126,14 @@ impl PipelineSpec {
                 sinks: outputs.clone(),
                 dead_letter: dead_letter.clone(),
                 stats: stats.clone(),
+                stop: failed.clone(),
             };
             let (tx, rx) = flume::bounded((self.queue_records / source::CHUNK_RECORDS).max(1));
             senders.push(tx);
-            let failed = failed.clone();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("{}-p{partition}", self.name))
-                    .spawn(move || {
-                        let result = worker.run(rx);
-                        if result.is_err() {
-                            failed.store(true, Ordering::Relaxed);
-                        }
-                        result
-                    })?,
+                    .spawn(move || worker.run(rx))?,
             );
         }
 
@@ -198,6 +196,8 @@ pub struct Summary {
     pub skipped: u64,
     /// See [`Stats::batches`].
     pub batches: u64,
+    /// See [`Stats::failed`].
+    pub failed: u64,
     /// Wall time since the pipeline started.
     pub elapsed: Duration,
 }
@@ -211,6 +211,7 @@ impl Summary {
             rejected: stats.rejected.load(Ordering::Relaxed),
             skipped: stats.skipped.load(Ordering::Relaxed),
             batches: stats.batches.load(Ordering::Relaxed),
+            failed: stats.failed.load(Ordering::Relaxed),
             elapsed,
         }
     }
@@ -226,12 +227,13 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "pipeline={} in={} out={} rejected={} skipped={} batches={} elapsed={:.3}s rate={:.0} records/s",
+            "pipeline={} in={} out={} rejected={} skipped={} failed={} batches={} elapsed={:.3}s rate={:.0} records/s",
             self.pipeline,
             self.records_in,
             self.records_out,
             self.rejected,
             self.skipped,
+            self.failed,
             self.batches,
             secs,
             rate

@@ -282,15 +282,16 @@ impl Lines for StdinLines {
 }
 
 /// Records waiting to be sent, per partition.
-struct Outbox {
+struct Outbox<'a> {
     pending: Vec<Vec<Record>>,
     senders: Vec<flume::Sender<Vec<Record>>>,
+    stats: &'a Stats,
 }
 
 /// A partition worker is gone (its pipeline stopped on an error).
 struct WorkerGone;
 
-impl Outbox {
+impl Outbox<'_> {
     fn push(&mut self, partition: usize, record: Record) -> Result<(), WorkerGone> {
         self.pending[partition].push(record);
         if self.pending[partition].len() >= CHUNK_RECORDS {
@@ -308,11 +309,23 @@ impl Outbox {
             Vec::with_capacity(CHUNK_RECORDS),
         );
         // Blocks while the worker's channel is full: backpressure.
-        self.senders[partition].send(chunk).map_err(|_| WorkerGone)
+        self.senders[partition].send(chunk).map_err(|e| {
+            self.stats
+                .failed
+                .fetch_add(e.0.len() as u64, Ordering::Relaxed);
+            WorkerGone
+        })
     }
 
+    /// Sends every partition's pending records (to each worker still running).
     fn flush_all(&mut self) -> Result<(), WorkerGone> {
-        (0..self.pending.len()).try_for_each(|p| self.flush(p))
+        let mut result = Ok(());
+        for p in 0..self.pending.len() {
+            if self.flush(p).is_err() {
+                result = Err(WorkerGone);
+            }
+        }
+        result
     }
 }
 
@@ -346,7 +359,32 @@ pub fn run(
             .map(|_| Vec::with_capacity(CHUNK_RECORDS))
             .collect(),
         senders: partitions,
+        stats,
     };
+    let result = read_loop(
+        spec,
+        lines.as_mut(),
+        &mut router,
+        &mut outbox,
+        dead_letter,
+        stats,
+        stop,
+    );
+    // Whatever was read is processed, also on shutdown and after a read error. (A
+    // worker that is gone stopped on an error, which the pipeline reports.)
+    let _ = outbox.flush_all();
+    result
+}
+
+fn read_loop(
+    spec: &SourceSpec,
+    lines: &mut dyn Lines,
+    router: &mut Router,
+    outbox: &mut Outbox<'_>,
+    dead_letter: &DeadLetter,
+    stats: &Stats,
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     while !stop() {
         if lines.drained() && outbox.flush_all().is_err() {
@@ -409,9 +447,6 @@ pub fn run(
             String::from_utf8_lossy(&partial[..partial.len().min(256)])
         );
     }
-    // Whatever was read is processed, also on shutdown. (A worker that is gone
-    // stopped on an error, which the pipeline reports.)
-    let _ = outbox.flush_all();
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! records all come to one worker, in order, and leave it in order.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::anyhow;
@@ -37,6 +37,8 @@ pub struct Worker {
     pub dead_letter: DeadLetter,
     /// The pipeline's counters.
     pub stats: Arc<Stats>,
+    /// Set when this worker stops on an error, so the source stops reading.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -46,6 +48,28 @@ impl Worker {
     /// A stage with `on_error = "stop"` failed, or a sink stopped.
     pub fn run(mut self, records: flume::Receiver<Vec<Record>>) -> anyhow::Result<()> {
         let mut batcher = Batcher::new(self.limits);
+        let result = self.batch_loop(&records, &mut batcher);
+        if result.is_err() {
+            // The pipeline stops: tell the source, and count what will not be
+            // processed — the open batch and everything still queued, until the
+            // source has let go of the channel.
+            self.stop.store(true, Ordering::Relaxed);
+            let mut unprocessed = batcher.take().len();
+            for chunk in records.iter() {
+                unprocessed += chunk.len();
+            }
+            self.stats
+                .failed
+                .fetch_add(unprocessed as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn batch_loop(
+        &mut self,
+        records: &flume::Receiver<Vec<Record>>,
+        batcher: &mut Batcher,
+    ) -> anyhow::Result<()> {
         let mut closed: Vec<Batch> = Vec::with_capacity(2);
         loop {
             let received = match batcher.deadline() {
@@ -57,24 +81,44 @@ impl Worker {
             match received {
                 Ok(chunk) => {
                     let now = Instant::now();
-                    for record in chunk {
+                    let mut chunk = chunk.into_iter();
+                    while let Some(record) = chunk.next() {
                         batcher.push(&record.key, &record.value, record.timestamp_ms, now, |b| {
                             closed.push(b)
                         });
-                        for batch in closed.drain(..) {
-                            self.process(batch)?;
+                        while !closed.is_empty() {
+                            let batch = closed.remove(0);
+                            let len = batch.len();
+                            if let Err(e) = self.process(batch) {
+                                // This batch, any other closed one, and the rest of
+                                // the chunk are not processed.
+                                let rest =
+                                    closed.iter().map(Batch::len).sum::<usize>() + chunk.len();
+                                self.stats
+                                    .failed
+                                    .fetch_add((len + rest) as u64, Ordering::Relaxed);
+                                return Err(e);
+                            }
                         }
                     }
                 }
-                Err(flume::RecvTimeoutError::Timeout) => self.process(batcher.take())?,
+                Err(flume::RecvTimeoutError::Timeout) => self.process_or_count(batcher.take())?,
                 Err(flume::RecvTimeoutError::Disconnected) => {
                     if !batcher.is_empty() {
-                        self.process(batcher.take())?;
+                        self.process_or_count(batcher.take())?;
                     }
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// [`Worker::process`], counting the batch as failed when it fails.
+    fn process_or_count(&mut self, batch: Batch) -> anyhow::Result<()> {
+        let len = batch.len();
+        self.process(batch).inspect_err(|_| {
+            self.stats.failed.fetch_add(len as u64, Ordering::Relaxed);
+        })
     }
 
     /// Runs one batch through the chain and writes what comes out.
@@ -105,10 +149,10 @@ impl Worker {
                                 })
                             })
                             .collect();
+                        self.dead_letter.send(&records)?;
                         self.stats
                             .rejected
                             .fetch_add(records.len() as u64, Ordering::Relaxed);
-                        self.dead_letter.send(&records)?;
                     }
                     current = processed.events;
                 }
@@ -139,10 +183,10 @@ impl Worker {
                                     original: event.value(),
                                 })
                                 .collect();
+                            self.dead_letter.send(&records)?;
                             self.stats
                                 .rejected
                                 .fetch_add(records.len() as u64, Ordering::Relaxed);
-                            self.dead_letter.send(&records)?;
                         }
                         OnError::Skip => {
                             self.stats
@@ -166,23 +210,44 @@ impl Worker {
     }
 
     /// Encodes the output as newline-terminated records and sends it to every
-    /// sink.
+    /// sink. An output record holding a line break would split into two lines: it
+    /// goes to the dead-letter sink instead.
     fn write(&self, output: &Batch) -> anyhow::Result<()> {
         if output.is_empty() {
             return Ok(());
         }
         let mut lines = Vec::with_capacity(output.values_len() + output.len());
+        let mut broken = Vec::new();
         for event in output {
+            if event.value().contains(&b'\n') {
+                broken.push(DeadRecord {
+                    stage: "output",
+                    plugin: None,
+                    partition: Some(self.partition),
+                    reason: "output record contains a line break; sinks write one record per line",
+                    key: event.key().unwrap_or_default(),
+                    timestamp_ms: Some(event.timestamp_ms()),
+                    original: event.value(),
+                });
+                continue;
+            }
             lines.extend_from_slice(event.value());
             lines.push(b'\n');
         }
-        let lines = Arc::new(lines);
-        for sink in &self.sinks {
-            sink.send(lines.clone())?;
+        self.dead_letter.send(&broken)?;
+        self.stats
+            .rejected
+            .fetch_add(broken.len() as u64, Ordering::Relaxed);
+        let written = output.len() - broken.len();
+        if written > 0 {
+            let lines = Arc::new(lines);
+            for sink in &self.sinks {
+                sink.send(lines.clone())?;
+            }
         }
         self.stats
             .records_out
-            .fetch_add(output.len() as u64, Ordering::Relaxed);
+            .fetch_add(written as u64, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -151,6 +151,12 @@ fn stop_ends_the_pipeline_with_exit_1() {
     assert_exit(&output, 1);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("stopped (on_error = \"stop\")"), "{stderr}");
+    // Every record read is accounted for: written, or counted as failed.
+    assert_eq!(
+        count(&output, "p", "in"),
+        count(&output, "p", "out") + count(&output, "p", "failed")
+    );
+    assert!(count(&output, "p", "failed") >= 10);
     // The batches before the poisoned one were written, nothing after it.
     assert_eq!(
         numbers(&scratch.read_lines("out.ndjson"), None),
