@@ -44,12 +44,15 @@ pub async fn run(
         .collect();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut running = Vec::new();
+    let mut errors = Vec::new();
     for spec in &topology.pipelines {
         match spec.start(&handles, cancel.clone()) {
             Ok(p) => running.push(p),
             Err(e) => {
+                // Stop the pipelines already running, and drain them below.
                 cancel.store(true, Ordering::Relaxed);
-                return Err(e.context(format!("pipeline `{}` cannot start", spec.name)));
+                errors.push(e.context(format!("pipeline `{}` cannot start", spec.name)));
+                break;
             }
         }
         tracing::info!(
@@ -69,14 +72,12 @@ pub async fn run(
     let results = tokio::select! {
         r = &mut join => r,
         () = &mut shutdown => {
-            tracing::info!("shutting down: draining in-flight batches");
             cancel.store(true, Ordering::Relaxed);
             join.await
         }
     }?;
 
     let mut summaries = Vec::new();
-    let mut errors = Vec::new();
     for (summary, result) in results {
         summaries.push(summary);
         if let Err(e) = result {
@@ -91,16 +92,44 @@ pub async fn run(
     Ok(Outcome { summaries, errors })
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-///
-/// # Panics
-/// When the signal handlers cannot be installed (not on a Unix system).
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGINT and SIGTERM, caught from the moment [`Signals::install`] is called —
+/// before anything starts reading, so that no signal kills the daemon mid-start.
+#[derive(Debug)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers. Call it inside the tokio runtime's context.
+    ///
+    /// # Errors
+    /// The handlers cannot be installed.
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for the next signal; returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+
+    /// Completes on the first signal (the daemon then drains); a second signal
+    /// during the drain ends the process at once with exit code 130.
+    pub async fn shutdown(mut self) {
+        let first = self.recv().await;
+        tracing::info!("{first} received: draining (send another signal to exit at once)");
+        tokio::spawn(async move {
+            let second = self.recv().await;
+            tracing::warn!("{second} received while draining: exiting without draining");
+            std::process::exit(130);
+        });
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sluice::config::Config;
+use sluice::daemon::Signals;
 use sluice::plugin::PluginHost;
 use sluice::topology::Topology;
 use tracing_subscriber::EnvFilter;
@@ -70,10 +71,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let outcome = runtime.block_on(sluice::daemon::run(
-                topology,
-                sluice::daemon::shutdown_signal(),
-            ));
+            let signals = match runtime.block_on(async { Signals::install() }) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot install the signal handlers: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let outcome = runtime.block_on(sluice::daemon::run(topology, signals.shutdown()));
             match outcome {
                 Ok(outcome) => {
                     for summary in &outcome.summaries {

@@ -97,6 +97,9 @@ trait Lines {
     fn unterminated(&self) -> Option<&[u8]> {
         None
     }
+    /// Called once reading stops: give back what was read but not used, where
+    /// the input allows it.
+    fn release(&mut self) {}
 }
 
 /// A file read to its end, or followed.
@@ -227,57 +230,106 @@ impl Lines for FileLines {
     }
 }
 
-/// Standard input, read on a thread of its own so that waiting for input never
-/// blocks shutdown.
+/// Standard input. It is polled before each read, so waiting for input never
+/// blocks shutdown, and read into a buffer of our own, so that on shutdown every
+/// complete line taken from the pipe is still processed.
 struct StdinLines {
-    rx: flume::Receiver<io::Result<Vec<u8>>>,
+    stdin: io::Stdin,
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    start: usize,
+    eof: bool,
 }
 
 impl StdinLines {
-    fn start() -> Self {
-        let (tx, rx) = flume::bounded(1024);
-        std::thread::Builder::new()
-            .name("stdin".into())
-            .spawn(move || {
-                let stdin = io::stdin();
-                let mut lock = stdin.lock();
-                loop {
-                    let mut line = Vec::new();
-                    match lock.read_until(b'\n', &mut line) {
-                        Ok(0) => break,
-                        Ok(_) => {
-                            strip_eol(&mut line);
-                            if tx.send(Ok(line)).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            break;
-                        }
-                    }
-                }
-            })
-            .expect("spawn the stdin reader");
-        StdinLines { rx }
+    fn new() -> Self {
+        StdinLines {
+            stdin: io::stdin(),
+            buf: Vec::with_capacity(STDIN_READ),
+            start: 0,
+            eof: false,
+        }
+    }
+
+    /// Waits up to [`POLL`] for input; true when a read will not block.
+    fn readable(&self) -> io::Result<bool> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.stdin, PollFlags::IN)];
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: POLL.as_nanos() as _,
+        };
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
+/// Bytes asked of one `read` on stdin: more than `Stdin`'s own 8 KiB buffer, so
+/// reads go straight to the file descriptor and nothing is held back there.
+const STDIN_READ: usize = 64 * 1024;
+
 impl Lines for StdinLines {
-    fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
-        match self.rx.recv_timeout(POLL) {
-            Ok(Ok(line)) => {
-                *buf = line;
-                Ok(Read1::Line)
+    fn next_line(&mut self, line: &mut Vec<u8>) -> io::Result<Read1> {
+        loop {
+            let rest = &self.buf[self.start..];
+            if let Some(i) = rest.iter().position(|&b| b == b'\n') {
+                line.clear();
+                line.extend_from_slice(&rest[..=i]);
+                self.start += i + 1;
+                strip_eol(line);
+                return Ok(Read1::Line);
             }
-            Ok(Err(e)) => Err(e),
-            Err(flume::RecvTimeoutError::Timeout) => Ok(Read1::Idle),
-            Err(flume::RecvTimeoutError::Disconnected) => Ok(Read1::Eof),
+            if self.eof {
+                if rest.is_empty() {
+                    return Ok(Read1::Eof);
+                }
+                // A last line without a newline: a line all the same.
+                line.clear();
+                line.extend_from_slice(rest);
+                self.start = self.buf.len();
+                return Ok(Read1::Line);
+            }
+            if !self.readable()? {
+                return Ok(Read1::Idle);
+            }
+            self.buf.drain(..self.start);
+            self.start = 0;
+            let len = self.buf.len();
+            self.buf.resize(len + STDIN_READ, 0);
+            let n = loop {
+                match self.stdin.read(&mut self.buf[len..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
+            if n? == 0 {
+                self.eof = true;
+            }
         }
     }
 
     fn drained(&self) -> bool {
-        self.rx.is_empty()
+        !self.buf[self.start..].contains(&b'\n')
+    }
+
+    fn unterminated(&self) -> Option<&[u8]> {
+        let rest = &self.buf[self.start..];
+        (!rest.is_empty()).then_some(rest)
+    }
+
+    /// When stdin is a file, seeks back over the bytes read but not processed,
+    /// so whoever reads it next (`sluice run …; cat`) starts where sluice stopped.
+    fn release(&mut self) {
+        let unread = (self.buf.len() - self.start) as i64;
+        if unread > 0
+            && rustix::fs::seek(&self.stdin, rustix::fs::SeekFrom::Current(-unread)).is_ok()
+        {
+            self.start = self.buf.len();
+        }
     }
 }
 
@@ -352,7 +404,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let mut lines: Box<dyn Lines> = match &spec.input {
         Input::File { path, follow } => Box::new(FileLines::open(path.clone(), *follow)?),
-        Input::Stdin => Box::new(StdinLines::start()),
+        Input::Stdin => Box::new(StdinLines::new()),
     };
     let mut outbox = Outbox {
         pending: (0..partitions.len())
@@ -386,7 +438,8 @@ fn read_loop(
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(1024);
-    while !stop() {
+    // On stop, lines already taken from the input are still processed.
+    while !(stop() && lines.drained()) {
         if lines.drained() && outbox.flush_all().is_err() {
             break;
         }
@@ -439,6 +492,7 @@ fn read_loop(
             break; // the pipeline stopped on an error: stop reading
         }
     }
+    lines.release();
     if let Some(partial) = lines.unterminated() {
         tracing::warn!(
             source = %spec.name,

@@ -151,3 +151,47 @@ sinks = ["out"]
     want.sort();
     assert_eq!(out, want);
 }
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    // Every batch loops until its 1 s deadline: draining would take minutes.
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+
+[sinks.out]
+type = "blackhole"
+
+[pipelines.p]
+source = "in"
+batch = { max_records = 1 }
+processors = [{ plugin = "misbehave.wasm", timeout = "1s", config = { mode = "loop" } }]
+sinks = ["out"]
+on_error = "skip"
+"#,
+    );
+    scratch.write("in.ndjson", &"{}\n".repeat(1000));
+    let child = scratch
+        .command("run")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let start = Instant::now();
+    unsafe_kill(child.id(), libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe_kill(child.id(), libc::SIGINT);
+    let output = child.wait_with_output().unwrap();
+    assert_exit(&output, 130);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SIGINT received while draining: exiting without draining"),
+        "{stderr}"
+    );
+}

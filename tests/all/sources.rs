@@ -140,3 +140,72 @@ sinks = ["out"]
     got.sort();
     assert_eq!(got, (0..210).collect::<Vec<u64>>());
 }
+
+#[test]
+fn sigterm_on_stdin_loses_nothing_taken_from_it() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "stdin"
+key = "/k"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+partitions = 2
+batch = { max_records = 100 }
+queue_records = 256
+processors = [{ plugin = "identity.wasm" }]
+sinks = ["out"]
+"#,
+    );
+    let total = 300_000;
+    let input: String = (0..total)
+        .map(|n| format!("{{\"k\":\"key{}\",\"n\":{n}}}\n", n % 97))
+        .collect();
+    scratch.write("in.ndjson", &input);
+    // The daemon and this test share one open file description: after the daemon
+    // stops, reading on here continues where it left off.
+    let mut ours = std::fs::File::open(scratch.path("in.ndjson")).unwrap();
+    let theirs = ours.try_clone().unwrap();
+    let child = scratch
+        .command("run")
+        .stdin(Stdio::from(theirs))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_lines(&scratch, "out.ndjson", 1000);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_exit(&output, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut ours, &mut rest).unwrap();
+    let out = scratch.read_lines("out.ndjson");
+    assert!(
+        out.len() < total,
+        "the signal came before the end of the input"
+    );
+    assert_eq!(count(&output, "p", "in") as usize, out.len());
+    // What the daemon wrote and what it left on stdin make up the input exactly.
+    let mut seen: Vec<u64> = out
+        .iter()
+        .map(String::as_str)
+        .chain(rest.lines())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, (0..total as u64).collect::<Vec<_>>());
+}
