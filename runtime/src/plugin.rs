@@ -10,8 +10,9 @@
 //!   `InstancePre`), so a trapped one is simply dropped and replaced.
 //!
 //! No ambient capability: the WASI context has no preopened directory, no
-//! environment, no arguments, no sockets, and stdin is closed; stdout is
-//! and stderr go to the daemon's log (see [`crate::guest_output`]).
+//! environment, no arguments, no sockets, and stdin is closed; the clocks are
+//! frozen at the Unix epoch and blocking (sleep, poll) traps; stdout and stderr
+//! go to the daemon's log (see [`crate::guest_output`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,10 @@ mod bindings {
 
 use bindings::sluice::plugin::{host, types};
 pub use bindings::{Processor as ProcessorBindings, ProcessorPre};
+
+/// The WASI poll interface the host links (wasmtime-wasi 48); guests built
+/// against any 0.2.x version resolve to it.
+const WASI_POLL: &str = "wasi:io/poll@0.2.12";
 
 /// How often the epoch ticks: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -78,6 +83,19 @@ impl PluginHost {
 
         let mut linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // A guest may not block: a blocking host call (a sleep, a wait on a
+        // pollable) is not interrupted by the epoch deadline, so it would let a
+        // plugin hold its partition past its timeout. Those two functions trap.
+        linker.allow_shadowing(true);
+        let mut poll = linker.instance(WASI_POLL)?;
+        for func in ["poll", "[method]pollable.block"] {
+            poll.func_new(func, move |_, _, _, _| {
+                Err(wasmtime::Error::msg(format!(
+                    "plugins may not block or sleep ({WASI_POLL}#{func} is not granted)"
+                )))
+            })?;
+        }
+        linker.allow_shadowing(false);
         host::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -312,6 +330,8 @@ impl Plugin {
         let wasi = WasiCtx::builder()
             .stdout(GuestOutput::new(Stream::Stdout, shared_tags))
             .stderr(stderr.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
             .build();
         let mut store = Store::new(
             &self.engine,
@@ -465,6 +485,28 @@ fn classify(
         CallError::Trap(cause)
     } else {
         CallError::Trap(format!("{cause}: {}", said.join(" ")))
+    }
+}
+
+/// The only clock a plugin sees: always at the Unix epoch (0 ns). A plugin's
+/// output must not depend on when it runs; event time comes with the events.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
     }
 }
 

@@ -163,3 +163,27 @@ fn stop_ends_the_pipeline_with_exit_1() {
         (0..50).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn sleeping_is_refused_at_once() {
+    dead_letters_poisoned_batches("sleep", "plugins may not block or sleep");
+}
+
+#[test]
+fn no_files_no_environment_no_clock() {
+    let scratch = Scratch::new(&config("config = { mode = \"sandbox\" }", "dead-letter"));
+    scratch.write("in.ndjson", "{\"n\":1}\n");
+    let output = scratch
+        .command("run")
+        .env("SLUICE_SECRET", "hunter2")
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let out = scratch.read_lines("out.ndjson");
+    assert_eq!(out.len(), 1);
+    let probe: Value = serde_json::from_str(&out[0]).unwrap();
+    assert_eq!(
+        probe,
+        serde_json::json!({"read_file": false, "list_dir": false, "env_vars": 0, "args": 0, "wall_clock_ms": 0})
+    );
+}

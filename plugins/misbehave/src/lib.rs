@@ -8,6 +8,10 @@
 //! - `panic`: panics (a trap);
 //! - `fail`: returns an error for the batch;
 //! - `reject`: rejects the matching events, forwards the others;
+//! - `sleep`: sleeps 30 s (blocking in a host call, out of the deadline's reach
+//!   unless the host refuses to block);
+//! - `sandbox`: tries the file system, the environment and the clocks, and
+//!   emits what it found as one JSON event per input event;
 //! - `none`: forwards everything (the control).
 //!
 //! `config.configure = "fail"` makes `configure` itself fail.
@@ -27,7 +31,11 @@ impl Processor for Misbehave {
             return Err("configure refused on purpose".into());
         }
         let mode = config.get("mode").unwrap_or("none").to_string();
-        if !["loop", "alloc", "panic", "fail", "reject", "none"].contains(&mode.as_str()) {
+        if ![
+            "loop", "alloc", "panic", "fail", "reject", "sleep", "sandbox", "none",
+        ]
+        .contains(&mode.as_str())
+        {
             return Err(format!("unknown mode `{mode}`"));
         }
         log::info(&format!("misbehave configured: mode={mode}"));
@@ -66,6 +74,23 @@ impl Processor for Misbehave {
                 }
                 "panic" => panic!("misbehave: panic on purpose"),
                 "fail" => return Err("misbehave: batch failed on purpose".into()),
+                "sleep" => std::thread::sleep(std::time::Duration::from_secs(30)),
+                "sandbox" => {
+                    let probe = serde_json::json!({
+                        "read_file": std::fs::read_to_string("/etc/hostname").is_ok(),
+                        "list_dir": std::fs::read_dir("/").is_ok(),
+                        "env_vars": std::env::vars().count(),
+                        "args": std::env::args().count(),
+                        "wall_clock_ms": std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(u64::MAX),
+                    });
+                    for event in batch {
+                        out.push_json(event.key(), &probe, event.timestamp_ms())?;
+                    }
+                    return Ok(());
+                }
                 _ => {}
             }
         }
