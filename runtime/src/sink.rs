@@ -95,12 +95,13 @@ impl RunningSink {
                 }
                 let file = OpenOptions::new()
                     .create(true)
+                    .read(true)
                     .write(true)
                     .append(!*truncate)
                     .truncate(*truncate)
                     .open(path)
                     .with_context(|| format!("sink `{name}`: cannot open {}", path.display()))?;
-                Box::new(FileOutput(file))
+                Box::new(FileOutput::new(file, name, path)?)
             }
         };
         let (tx, rx) = flume::bounded::<Arc<Vec<u8>>>(SINK_QUEUE_BATCHES);
@@ -162,15 +163,47 @@ impl Output for StdoutOutput {
     }
 }
 
-struct FileOutput(File);
+/// A file written batch by batch. A batch that cannot be written whole (a full
+/// disk) is cut off again, so the file never ends in half a line.
+struct FileOutput {
+    file: File,
+    /// Length of the file after the last whole batch.
+    len: u64,
+}
+
+impl FileOutput {
+    /// Takes an opened file; when appending to a file whose last line was cut
+    /// short (a previous process killed mid-write), ends that line first so new
+    /// records do not glue onto it.
+    fn new(mut file: File, name: &str, path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut len = file.metadata()?.len();
+        if len > 0 {
+            let mut last = [0u8];
+            file.seek(SeekFrom::Start(len - 1))?;
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                tracing::warn!(sink = name, path = %path.display(), "the file ends in an unterminated line: ending it before appending");
+                file.write_all(b"\n")?;
+                len += 1;
+            }
+        }
+        Ok(FileOutput { file, len })
+    }
+}
 
 impl Output for FileOutput {
     fn write_batch(&mut self, lines: &[u8]) -> anyhow::Result<()> {
-        self.0.write_all(lines)?;
+        if let Err(e) = self.file.write_all(lines) {
+            // Take back the part that was written, then report.
+            let _ = self.file.set_len(self.len);
+            return Err(e.into());
+        }
+        self.len += lines.len() as u64;
         Ok(())
     }
     fn finish(&mut self) -> anyhow::Result<()> {
-        self.0.sync_data()?;
+        self.file.sync_data()?;
         Ok(())
     }
 }

@@ -195,3 +195,35 @@ on_error = "skip"
         "{stderr}"
     );
 }
+
+#[test]
+fn appending_after_a_torn_line_does_not_glue_onto_it() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+processors = [{ plugin = "identity.wasm" }]
+sinks = ["out"]
+"#,
+    );
+    // What a process killed in the middle of a write leaves behind.
+    scratch.write("out.ndjson", "{\"n\":0}\n{\"n\":1,\"tor");
+    scratch.write("in.ndjson", "{\"n\":2}\n{\"n\":3}\n");
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(
+        scratch.read_lines("out.ndjson"),
+        vec!["{\"n\":0}", "{\"n\":1,\"tor", "{\"n\":2}", "{\"n\":3}"]
+    );
+}
