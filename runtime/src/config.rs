@@ -99,6 +99,10 @@ pub struct SourceConfig {
     /// How lines are decoded. Default `json`.
     #[serde(default)]
     pub format: Format,
+    /// Longest line accepted; a longer one goes to the dead-letter sink with its
+    /// first KiB, and reading goes on after it. Default `"1MiB"`, at most `"64MiB"`.
+    #[serde(default = "default_max_line", deserialize_with = "de_batch_bytes")]
+    pub max_line_bytes: u64,
     /// JSON pointer (RFC 6901) to the event key, e.g. `/carrier`. A string is used
     /// as its UTF-8 bytes, another value as its JSON text; absent or null means no
     /// key.
@@ -163,6 +167,10 @@ pub struct BatchConfig {
     /// Longest time a batch stays open after its first record. Default `"200ms"`.
     #[serde(default = "default_interval", deserialize_with = "de_duration")]
     pub interval: Duration,
+}
+
+fn default_max_line() -> u64 {
+    1 << 20
 }
 
 fn default_max_records() -> usize {
@@ -310,7 +318,7 @@ fn de_batch_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = de_size(d)?;
     if n > MAX_BATCH_BYTES {
         return Err(serde::de::Error::custom(format!(
-            "{n} bytes is more than a batch may hold (at most 64MiB)"
+            "{n} bytes is more than a batch (or a line) may hold: at most 64MiB"
         )));
     }
     Ok(n)

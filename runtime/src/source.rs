@@ -27,6 +27,9 @@ use crate::decode::Decoder;
 use crate::pipeline::Stats;
 use crate::router::Router;
 
+/// Bytes of an overlong line kept for the dead-letter record.
+const TOO_LONG_PREFIX: usize = 1024;
+
 /// The first two bytes of a gzip member (RFC 1952 §2.3.1).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -76,11 +79,16 @@ pub struct SourceSpec {
     pub format: Format,
     /// Key and event-time extraction.
     pub decoder: Decoder,
+    /// Longest line accepted, in bytes; a longer one goes to the dead-letter sink.
+    pub max_line_bytes: usize,
 }
 
 /// What one read produced.
 enum Read1 {
     Line,
+    /// A line longer than the limit, of this many bytes; the buffer holds its
+    /// first [`TOO_LONG_PREFIX`] bytes, the rest was skipped.
+    TooLong(u64),
     /// Nothing more now; try again (follow mode, quiet stdin).
     Idle,
     Eof,
@@ -113,6 +121,10 @@ struct FileLines {
     inode: u64,
     /// A partial last line of a followed file, kept until its newline arrives.
     pending: Vec<u8>,
+    /// Longest line accepted, in bytes.
+    max_line: usize,
+    /// Skipping the rest of an overlong line: its first bytes, and its length so far.
+    skipping: Option<(Vec<u8>, u64)>,
 }
 
 fn inode_of(meta: &std::fs::Metadata) -> u64 {
@@ -121,7 +133,7 @@ fn inode_of(meta: &std::fs::Metadata) -> u64 {
 }
 
 impl FileLines {
-    fn open(path: PathBuf, follow: bool) -> anyhow::Result<Self> {
+    fn open(path: PathBuf, follow: bool, max_line: usize) -> anyhow::Result<Self> {
         let mut file =
             File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let inode = inode_of(&file.metadata()?);
@@ -151,6 +163,8 @@ impl FileLines {
             position: 0,
             inode,
             pending: Vec::new(),
+            max_line,
+            skipping: None,
         })
     }
 
@@ -162,7 +176,7 @@ impl FileLines {
         };
         if inode_of(&meta) != self.inode || meta.len() < self.position {
             tracing::info!(path = %self.path.display(), "file replaced or truncated: reading it from the start");
-            *self = FileLines::open(self.path.clone(), true)?;
+            *self = FileLines::open(self.path.clone(), true, self.max_line)?;
         }
         Ok(())
     }
@@ -202,23 +216,62 @@ impl Lines for FileLines {
     fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
         buf.clear();
         buf.append(&mut self.pending);
-        let n = self.reader.read_until(b'\n', buf)?;
-        self.position += n as u64;
-        if buf.last() == Some(&b'\n') {
-            strip_eol(buf);
-            return Ok(Read1::Line);
+        loop {
+            if let Some((_, seen)) = &mut self.skipping {
+                let available = self.reader.fill_buf()?;
+                if available.is_empty() {
+                    if self.follow {
+                        self.check_rotation().map_err(io::Error::other)?;
+                        return Ok(Read1::Idle);
+                    }
+                } else if let Some(i) = available.iter().position(|&b| b == b'\n') {
+                    self.reader.consume(i + 1);
+                    self.position += i as u64 + 1;
+                    *seen += i as u64;
+                } else {
+                    let n = available.len();
+                    self.reader.consume(n);
+                    self.position += n as u64;
+                    *seen += n as u64;
+                    continue;
+                }
+                let (prefix, seen) = self.skipping.take().expect("skipping");
+                *buf = prefix;
+                return Ok(Read1::TooLong(seen));
+            }
+            // Read at most one byte past the limit: enough to know a line is too long.
+            let room = (self.max_line + 2).saturating_sub(buf.len());
+            let n = (&mut self.reader)
+                .take(room as u64)
+                .read_until(b'\n', buf)?;
+            self.position += n as u64;
+            let len = buf.len() - usize::from(buf.last() == Some(&b'\n'));
+            if len > self.max_line {
+                let prefix = buf[..TOO_LONG_PREFIX.min(buf.len())].to_vec();
+                if buf.last() == Some(&b'\n') {
+                    *buf = prefix;
+                    return Ok(Read1::TooLong(len as u64));
+                }
+                self.skipping = Some((prefix, buf.len() as u64));
+                buf.clear();
+                continue;
+            }
+            if buf.last() == Some(&b'\n') {
+                strip_eol(buf);
+                return Ok(Read1::Line);
+            }
+            if !self.follow {
+                return Ok(if buf.is_empty() {
+                    Read1::Eof
+                } else {
+                    Read1::Line
+                });
+            }
+            // Following: a partial line waits for the rest.
+            std::mem::swap(&mut self.pending, buf);
+            self.check_rotation().map_err(io::Error::other)?;
+            return Ok(Read1::Idle);
         }
-        if !self.follow {
-            return Ok(if buf.is_empty() {
-                Read1::Eof
-            } else {
-                Read1::Line
-            });
-        }
-        // Following: a partial line waits for the rest.
-        std::mem::swap(&mut self.pending, buf);
-        self.check_rotation().map_err(io::Error::other)?;
-        Ok(Read1::Idle)
     }
 
     fn drained(&self) -> bool {
@@ -239,15 +292,21 @@ struct StdinLines {
     /// Start of the unconsumed bytes in `buf`.
     start: usize,
     eof: bool,
+    /// Longest line accepted, in bytes.
+    max_line: usize,
+    /// Skipping the rest of an overlong line: its first bytes, and its length so far.
+    skipping: Option<(Vec<u8>, u64)>,
 }
 
 impl StdinLines {
-    fn new() -> Self {
+    fn new(max_line: usize) -> Self {
         StdinLines {
             stdin: io::stdin(),
             buf: Vec::with_capacity(STDIN_READ),
             start: 0,
             eof: false,
+            max_line,
+            skipping: None,
         }
     }
 
@@ -275,13 +334,32 @@ impl Lines for StdinLines {
     fn next_line(&mut self, line: &mut Vec<u8>) -> io::Result<Read1> {
         loop {
             let rest = &self.buf[self.start..];
-            if let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            let newline = rest.iter().position(|&b| b == b'\n');
+            if let Some((prefix, seen)) = &mut self.skipping {
+                // Skipping the rest of an overlong line.
+                let taken = newline.map_or(rest.len(), |i| i + 1);
+                *seen += newline.unwrap_or(rest.len()) as u64;
+                self.start += taken;
+                if newline.is_some() || self.eof {
+                    *line = std::mem::take(prefix);
+                    let seen = *seen;
+                    self.skipping = None;
+                    return Ok(Read1::TooLong(seen));
+                }
+            } else if newline.is_some_and(|i| i > self.max_line)
+                || (newline.is_none() && rest.len() > self.max_line)
+            {
+                let prefix = rest[..TOO_LONG_PREFIX.min(rest.len())].to_vec();
+                self.skipping = Some((prefix, 0));
+                continue;
+            } else if let Some(i) = newline {
                 line.clear();
                 line.extend_from_slice(&rest[..=i]);
                 self.start += i + 1;
                 strip_eol(line);
                 return Ok(Read1::Line);
             }
+            let rest = &self.buf[self.start..];
             if self.eof {
                 if rest.is_empty() {
                     return Ok(Read1::Eof);
@@ -403,8 +481,10 @@ pub fn run(
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
     let mut lines: Box<dyn Lines> = match &spec.input {
-        Input::File { path, follow } => Box::new(FileLines::open(path.clone(), *follow)?),
-        Input::Stdin => Box::new(StdinLines::new()),
+        Input::File { path, follow } => {
+            Box::new(FileLines::open(path.clone(), *follow, spec.max_line_bytes)?)
+        }
+        Input::Stdin => Box::new(StdinLines::new(spec.max_line_bytes)),
     };
     let mut outbox = Outbox {
         pending: (0..partitions.len())
@@ -458,6 +538,25 @@ fn read_loop(
                 continue;
             }
             Read1::Line => {}
+            Read1::TooLong(len) => {
+                stats.records_in.fetch_add(1, Ordering::Relaxed);
+                let reason = format!(
+                    "line of {len} bytes is longer than max_line_bytes ({}); `original` holds its first {} bytes",
+                    spec.max_line_bytes,
+                    buf.len()
+                );
+                dead_letter.send(&[DeadRecord {
+                    stage: "source",
+                    plugin: None,
+                    partition: None,
+                    reason: &reason,
+                    key: &[],
+                    timestamp_ms: None,
+                    original: &buf,
+                }])?;
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
         }
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;

@@ -375,6 +375,7 @@ fn build_source(
         input,
         format: s.format,
         decoder: Decoder::new(pointer(&s.key)?, pointer(&s.timestamp)?),
+        max_line_bytes: usize::try_from(s.max_line_bytes).unwrap_or(usize::MAX),
     })
 }
 

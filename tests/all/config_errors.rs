@@ -183,7 +183,7 @@ fn shared_files_and_out_of_range_limits_are_refused() {
         ),
         (
             "batch = { max_bytes = \"1GiB\" }",
-            "more than a batch may hold (at most 64MiB)",
+            "more than a batch (or a line) may hold: at most 64MiB",
         ),
         (
             "batch = { interval = \"0s\" }",

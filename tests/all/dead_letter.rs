@@ -169,3 +169,63 @@ dead_letter = "dlq"
         (0..500).filter(|i| i % 10 == 3).collect::<Vec<u64>>()
     );
 }
+
+/// A 3 MiB line among short ones, from a file and from stdin: it goes to the
+/// dead-letter sink (with its first KiB) and the lines around it go on.
+#[test]
+fn overlong_lines_are_dead_lettered_and_skipped() {
+    let long = format!("{{\"n\":1,\"pad\":\"{}\"}}", "x".repeat(3 << 20));
+    let input = format!("{{\"n\":0}}\n{long}\n{{\"n\":2}}\n{long}");
+    for source in ["type = \"file\"\npath = \"in.ndjson\"", "type = \"stdin\""] {
+        let scratch = Scratch::new(&format!(
+            r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+{source}
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+
+[pipelines.p]
+source = "in"
+processors = [{{ plugin = "identity.wasm" }}]
+sinks = ["out"]
+dead_letter = "dlq"
+"#
+        ));
+        scratch.write("in.ndjson", &input);
+        let output = scratch
+            .command("run")
+            .stdin(std::fs::File::open(scratch.path("in.ndjson")).unwrap())
+            .output()
+            .unwrap();
+        assert_exit(&output, 0);
+        assert_eq!(
+            scratch.read_lines("out.ndjson"),
+            vec!["{\"n\":0}", "{\"n\":2}"],
+            "{source}"
+        );
+        let dlq = scratch.read_lines("dlq.ndjson");
+        assert_eq!(dlq.len(), 2, "{source}");
+        for line in dlq {
+            let d: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(
+                d["reason"],
+                format!(
+                    "line of {} bytes is longer than max_line_bytes (1048576); `original` holds its first 1024 bytes",
+                    long.len()
+                )
+            );
+            assert_eq!(d["original"].as_str().unwrap(), &long[..1024]);
+        }
+        assert_eq!(count(&output, "p", "in"), 4);
+        assert_eq!(count(&output, "p", "rejected"), 2);
+    }
+}
