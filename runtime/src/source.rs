@@ -558,7 +558,11 @@ fn read_loop(
                 continue;
             }
         }
-        if buf.iter().all(u8::is_ascii_whitespace) {
+        // Blank lines are not records: empty ones always, whitespace-only ones in
+        // JSON (where they hold no value). Neither is counted.
+        if buf.is_empty()
+            || (spec.format == Format::Json && buf.iter().all(u8::is_ascii_whitespace))
+        {
             continue;
         }
         stats.records_in.fetch_add(1, Ordering::Relaxed);
