@@ -545,16 +545,7 @@ fn read_loop(
                     spec.max_line_bytes,
                     buf.len()
                 );
-                dead_letter.send(&[DeadRecord {
-                    stage: "source",
-                    plugin: None,
-                    partition: None,
-                    reason: &reason,
-                    key: &[],
-                    timestamp_ms: None,
-                    original: &buf,
-                }])?;
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                reject_line(dead_letter, stats, &reason, &buf)?;
                 continue;
             }
         }
@@ -571,16 +562,7 @@ fn read_loop(
             Format::Json => match spec.decoder.decode(&buf) {
                 Ok(d) => (d.key, d.timestamp_ms.unwrap_or_else(now_ms)),
                 Err(reason) => {
-                    stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    dead_letter.send(&[DeadRecord {
-                        stage: "source",
-                        plugin: None,
-                        partition: None,
-                        reason: &reason,
-                        key: &[],
-                        timestamp_ms: None,
-                        original: &buf,
-                    }])?;
+                    reject_line(dead_letter, stats, &reason, &buf)?;
                     continue;
                 }
             },
@@ -604,6 +586,26 @@ fn read_loop(
             String::from_utf8_lossy(&partial[..partial.len().min(256)])
         );
     }
+    Ok(())
+}
+
+/// Sends a line the source could not turn into a record to the dead-letter sink.
+fn reject_line(
+    dead_letter: &DeadLetter,
+    stats: &Stats,
+    reason: &str,
+    line: &[u8],
+) -> anyhow::Result<()> {
+    dead_letter.send(&[DeadRecord {
+        stage: "source",
+        plugin: None,
+        partition: None,
+        reason,
+        key: &[],
+        timestamp_ms: None,
+        original: line,
+    }])?;
+    stats.rejected.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::anyhow;
-use sluice_plugin_sdk::Batch;
+use sluice_plugin_sdk::{Batch, Event};
 
 use crate::batcher::{BatchLimits, Batcher};
 use crate::config::OnError;
 use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::pipeline::Stats;
-use crate::processor::Stage;
+use crate::processor::{Stage, StageSpec};
 use crate::sink::SinkHandle;
 use crate::source::Record;
 
@@ -133,26 +133,16 @@ impl Worker {
                 Ok(processed) => {
                     if !processed.rejected.is_empty() {
                         let spec = stage.spec();
-                        let records: Vec<DeadRecord<'_>> = processed
-                            .rejected
-                            .iter()
-                            .filter_map(|(index, reason)| {
-                                let event = current.get(*index as usize)?;
-                                Some(DeadRecord {
-                                    stage: &spec.label,
-                                    plugin: Some((&spec.plugin.name, &spec.plugin.version)),
-                                    partition: Some(self.partition),
-                                    reason,
-                                    key: event.key().unwrap_or_default(),
-                                    timestamp_ms: Some(event.timestamp_ms()),
-                                    original: event.value(),
-                                })
-                            })
-                            .collect();
-                        self.dead_letter.send(&records)?;
-                        self.stats
-                            .rejected
-                            .fetch_add(records.len() as u64, Ordering::Relaxed);
+                        let refused = processed.rejected.iter().filter_map(|(index, reason)| {
+                            Some((current.get(*index as usize)?, reason.as_str()))
+                        });
+                        dead_letter_events(
+                            &self.dead_letter,
+                            &self.stats,
+                            self.partition,
+                            spec,
+                            refused,
+                        )?;
                     }
                     current = processed.events;
                 }
@@ -171,22 +161,14 @@ impl Worker {
                     );
                     match spec.on_error {
                         OnError::DeadLetter => {
-                            let records: Vec<DeadRecord<'_>> = current
-                                .iter()
-                                .map(|event| DeadRecord {
-                                    stage: &spec.label,
-                                    plugin: Some((&spec.plugin.name, &spec.plugin.version)),
-                                    partition: Some(self.partition),
-                                    reason: &reason,
-                                    key: event.key().unwrap_or_default(),
-                                    timestamp_ms: Some(event.timestamp_ms()),
-                                    original: event.value(),
-                                })
-                                .collect();
-                            self.dead_letter.send(&records)?;
-                            self.stats
-                                .rejected
-                                .fetch_add(records.len() as u64, Ordering::Relaxed);
+                            let failed = current.iter().map(|e| (e, reason.as_str()));
+                            dead_letter_events(
+                                &self.dead_letter,
+                                &self.stats,
+                                self.partition,
+                                spec,
+                                failed,
+                            )?;
                         }
                         OnError::Skip => {
                             self.stats
@@ -250,4 +232,31 @@ impl Worker {
             .fetch_add(written as u64, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Sends events of a stage's input batch, each with its reason, to the
+/// dead-letter sink, and counts them.
+fn dead_letter_events<'a>(
+    dead_letter: &DeadLetter,
+    stats: &Stats,
+    partition: usize,
+    spec: &StageSpec,
+    events: impl Iterator<Item = (Event<'a>, &'a str)>,
+) -> anyhow::Result<()> {
+    let records: Vec<DeadRecord<'_>> = events
+        .map(|(event, reason)| DeadRecord {
+            stage: &spec.label,
+            plugin: Some((&spec.plugin.name, &spec.plugin.version)),
+            partition: Some(partition),
+            reason,
+            key: event.key().unwrap_or_default(),
+            timestamp_ms: Some(event.timestamp_ms()),
+            original: event.value(),
+        })
+        .collect();
+    dead_letter.send(&records)?;
+    stats
+        .rejected
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
