@@ -176,24 +176,39 @@ on_error = "skip"
 "#,
     );
     scratch.write("in.ndjson", &"{}\n".repeat(1000));
-    let child = scratch
+    let mut child = scratch
         .command("run")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Read the log as it comes, to signal only once the pipeline runs.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let mut log: Vec<String> = Vec::new();
+    let mut wait_for = |log: &mut Vec<String>, what: &str| {
+        while !log.iter().any(|l| l.contains(what)) {
+            let line = rx.recv_timeout(Duration::from_secs(60));
+            log.push(line.unwrap_or_else(|_| panic!("no `{what}` in {log:#?}")));
+        }
+    };
+    wait_for(&mut log, "pipeline started");
     let start = Instant::now();
     unsafe_kill(child.id(), libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(&mut log, "SIGTERM received: draining");
     unsafe_kill(child.id(), libc::SIGINT);
-    let output = child.wait_with_output().unwrap();
-    assert_exit(&output, 130);
-    assert!(start.elapsed() < Duration::from_secs(10));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("SIGINT received while draining: exiting without draining"),
-        "{stderr}"
+    wait_for(
+        &mut log,
+        "SIGINT received while draining: exiting without draining",
     );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{log:#?}");
+    assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
