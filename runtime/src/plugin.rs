@@ -411,6 +411,7 @@ impl Instance {
         };
         let events = from_wit(output.events).map_err(CallError::Malformed)?;
         let mut rejected = Vec::with_capacity(output.rejected.len());
+        let mut seen = vec![false; if output.rejected.is_empty() { 0 } else { n as usize }];
         for r in output.rejected {
             if r.index >= n {
                 return Err(CallError::Malformed(format!(
@@ -418,7 +419,10 @@ impl Instance {
                     r.index
                 )));
             }
-            rejected.push((r.index, r.reason));
+            // An event refused twice is dead-lettered once, with the first reason.
+            if !std::mem::replace(&mut seen[r.index as usize], true) {
+                rejected.push((r.index, r.reason));
+            }
         }
         Ok(Processed { events, rejected })
     }
