@@ -7,7 +7,7 @@
 //!   limit must stop it);
 //! - `panic`: panics (a trap);
 //! - `fail`: returns an error for the batch;
-//! - `reject`: rejects the matching events, forwards the others;
+//! - `reject`: rejects the matching events (each twice), forwards the others;
 //! - `sleep`: sleeps 30 s (blocking in a host call, out of the deadline's reach
 //!   unless the host refuses to block);
 //! - `sandbox`: tries the file system, the environment and the clocks, and
@@ -97,6 +97,8 @@ impl Processor for Misbehave {
         for event in batch {
             if self.mode == "reject" && hits(event.value()) {
                 out.reject(&event, "misbehave: rejected on purpose");
+                // Twice: the host must dead-letter it once, with the first reason.
+                out.reject(&event, "misbehave: rejected again");
             } else {
                 out.forward(&event);
             }
