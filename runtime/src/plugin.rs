@@ -411,7 +411,14 @@ impl Instance {
         };
         let events = from_wit(output.events).map_err(CallError::Malformed)?;
         let mut rejected = Vec::with_capacity(output.rejected.len());
-        let mut seen = vec![false; if output.rejected.is_empty() { 0 } else { n as usize }];
+        let mut seen = vec![
+            false;
+            if output.rejected.is_empty() {
+                0
+            } else {
+                n as usize
+            }
+        ];
         for r in output.rejected {
             if r.index >= n {
                 return Err(CallError::Malformed(format!(

