@@ -191,7 +191,7 @@ on_error = "skip"
         }
     });
     let mut log: Vec<String> = Vec::new();
-    let mut wait_for = |log: &mut Vec<String>, what: &str| {
+    let wait_for = |log: &mut Vec<String>, what: &str| {
         while !log.iter().any(|l| l.contains(what)) {
             let line = rx.recv_timeout(Duration::from_secs(60));
             log.push(line.unwrap_or_else(|_| panic!("no `{what}` in {log:#?}")));
