@@ -79,7 +79,8 @@ impl Batcher {
     /// When the open batch must close (its first record's arrival + `interval`),
     /// or `None` when no batch is open.
     pub fn deadline(&self) -> Option<Instant> {
-        self.opened.map(|t| t + self.limits.interval)
+        self.opened
+            .and_then(|t| t.checked_add(self.limits.interval))
     }
 
     /// Whether no record is waiting.

@@ -164,7 +164,8 @@ pub struct BatchConfig {
     /// batch of its own. Default `"4MiB"`, at most `"64MiB"`.
     #[serde(default = "default_max_bytes", deserialize_with = "de_batch_bytes")]
     pub max_bytes: u64,
-    /// Longest time a batch stays open after its first record. Default `"200ms"`.
+    /// Longest time a batch stays open after its first record, at most a day.
+    /// Default `"200ms"`.
     #[serde(default = "default_interval", deserialize_with = "de_duration")]
     pub interval: Duration,
 }
@@ -264,10 +265,14 @@ fn parse_duration<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
         .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
 }
 
+/// A batch interval: longer than 0s, at most a day.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let d = parse_duration(&String::deserialize(d)?)?;
     if d.is_zero() {
         return Err(serde::de::Error::custom("must be longer than 0s"));
+    }
+    if d > Duration::from_secs(86_400) {
+        return Err(serde::de::Error::custom("must be at most 1day"));
     }
     Ok(d)
 }

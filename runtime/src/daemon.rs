@@ -64,18 +64,34 @@ pub async fn run(
     }
     drop(handles);
 
-    let join = tokio::task::spawn_blocking(move || {
-        running.into_iter().map(|p| p.wait()).collect::<Vec<_>>()
-    });
-    tokio::pin!(join);
+    // Wait for every pipeline; the first that ends with an error stops the others
+    // (they drain), as a signal would.
+    let mut waiting = tokio::task::JoinSet::new();
+    for pipeline in running {
+        waiting.spawn_blocking(move || pipeline.wait());
+    }
     tokio::pin!(shutdown);
-    let results = tokio::select! {
-        r = &mut join => r,
-        () = &mut shutdown => {
-            cancel.store(true, Ordering::Relaxed);
-            join.await
+    let mut shutdown_done = false;
+    let mut results = Vec::new();
+    loop {
+        tokio::select! {
+            joined = waiting.join_next() => match joined {
+                None => break,
+                Some(joined) => {
+                    let (summary, result) = joined?;
+                    if result.is_err() {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    results.push((summary, result));
+                }
+            },
+            () = &mut shutdown, if !shutdown_done => {
+                shutdown_done = true;
+                cancel.store(true, Ordering::Relaxed);
+            }
         }
-    }?;
+    }
+    results.sort_by(|a, b| a.0.pipeline.cmp(&b.0.pipeline));
 
     let mut summaries = Vec::new();
     for (summary, result) in results {

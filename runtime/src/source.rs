@@ -91,6 +91,8 @@ enum Read1 {
     TooLong(u64),
     /// Nothing more now; try again (follow mode, quiet stdin).
     Idle,
+    /// Busy skipping an overlong line: call again (after checking for stop).
+    Pending,
     Eof,
 }
 
@@ -108,6 +110,12 @@ trait Lines {
     /// Called once reading stops: give back what was read but not used, where
     /// the input allows it.
     fn release(&mut self) {}
+    /// Whether complete lines were taken from the input that cannot be read again
+    /// (a pipe): they are processed before stopping. A file can be read again, so
+    /// a file source stops at once.
+    fn holds_taken_lines(&self) -> bool {
+        false
+    }
 }
 
 /// A file read to its end, or followed.
@@ -125,6 +133,8 @@ struct FileLines {
     max_line: usize,
     /// Skipping the rest of an overlong line: its first bytes, and its length so far.
     skipping: Option<(Vec<u8>, u64)>,
+    /// The unterminated last line of a file that was replaced: the next line.
+    carry: Option<Vec<u8>>,
 }
 
 fn inode_of(meta: &std::fs::Metadata) -> u64 {
@@ -162,6 +172,7 @@ impl FileLines {
             pending: Vec::new(),
             max_line,
             skipping: None,
+            carry: None,
         })
     }
 
@@ -173,7 +184,13 @@ impl FileLines {
         };
         if inode_of(&meta) != self.inode || meta.len() < self.position {
             tracing::info!(path = %self.path.display(), "file replaced or truncated: reading it from the start");
+            let partial = std::mem::take(&mut self.pending);
             *self = FileLines::open(self.path.clone(), true, self.max_line)?;
+            if !partial.is_empty() {
+                // The old file ended without a newline: its last line is done.
+                tracing::warn!(path = %self.path.display(), bytes = partial.len(), "the replaced file's last line had no newline: taking it as a line");
+                self.carry = Some(partial);
+            }
         }
         Ok(())
     }
@@ -184,6 +201,11 @@ impl FileLines {
 /// # Errors
 /// The file cannot be opened or read.
 pub fn is_gzip(path: &std::path::Path) -> io::Result<bool> {
+    // Never read from a FIFO or a device to look: the bytes would be gone.
+    if !std::fs::metadata(path)?.is_file() {
+        File::open(path)?;
+        return Ok(false);
+    }
     let mut magic = [0u8; 2];
     let n = read_up_to(&mut File::open(path)?, &mut magic)?;
     Ok(n == 2 && magic == GZIP_MAGIC)
@@ -214,13 +236,31 @@ impl Gunzip {
                 let mut decoder = MultiGzDecoder::new(BufReader::with_capacity(GUNZIP_BLOCK, raw));
                 loop {
                     let mut block = vec![0u8; GUNZIP_BLOCK];
-                    let result = read_up_to(&mut decoder, &mut block).map(|n| {
-                        block.truncate(n);
-                        block
-                    });
-                    let end = !matches!(&result, Ok(b) if !b.is_empty());
-                    // The reader is gone (the source stopped): stop too.
-                    if tx.send(result).is_err() || end {
+                    let mut n = 0;
+                    let mut error = None;
+                    while n < block.len() {
+                        match decoder.read(&mut block[n..]) {
+                            Ok(0) => break,
+                            Ok(k) => n += k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    block.truncate(n);
+                    let end = n == 0 || error.is_some();
+                    // Whatever decompressed before an error (a truncated file) is
+                    // still read; the error comes after it. A send fails when the
+                    // reader is gone (the source stopped): stop too.
+                    if n > 0 && tx.send(Ok(block)).is_err() {
+                        break;
+                    }
+                    if let Some(e) = error {
+                        let _ = tx.send(Err(e));
+                    }
+                    if end {
                         break;
                     }
                 }
@@ -263,6 +303,18 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Length of a line without its terminator (`\n` or `\r\n`).
+fn line_len(line: &[u8]) -> usize {
+    let mut len = line.len();
+    if line[..len].ends_with(b"\n") {
+        len -= 1;
+        if line[..len].ends_with(b"\r") {
+            len -= 1;
+        }
+    }
+    len
+}
+
 fn strip_eol(buf: &mut Vec<u8>) {
     if buf.last() == Some(&b'\n') {
         buf.pop();
@@ -274,6 +326,10 @@ fn strip_eol(buf: &mut Vec<u8>) {
 
 impl Lines for FileLines {
     fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
+        if let Some(line) = self.carry.take() {
+            *buf = line;
+            return Ok(Read1::Line);
+        }
         buf.clear();
         buf.append(&mut self.pending);
         loop {
@@ -293,7 +349,7 @@ impl Lines for FileLines {
                     self.reader.consume(n);
                     self.position += n as u64;
                     *seen += n as u64;
-                    continue;
+                    return Ok(Read1::Pending);
                 }
                 let (prefix, seen) = self.skipping.take().expect("skipping");
                 *buf = prefix;
@@ -305,9 +361,10 @@ impl Lines for FileLines {
                 .take(room as u64)
                 .read_until(b'\n', buf)?;
             self.position += n as u64;
-            let len = buf.len() - usize::from(buf.last() == Some(&b'\n'));
+            let len = line_len(buf);
             if len > self.max_line {
-                let prefix = buf[..TOO_LONG_PREFIX.min(buf.len())].to_vec();
+                let mut prefix = buf[..TOO_LONG_PREFIX.min(buf.len())].to_vec();
+                strip_eol(&mut prefix);
                 if buf.last() == Some(&b'\n') {
                     *buf = prefix;
                     return Ok(Read1::TooLong(len as u64));
@@ -406,10 +463,15 @@ impl Lines for StdinLines {
                     self.skipping = None;
                     return Ok(Read1::TooLong(seen));
                 }
-            } else if newline.is_some_and(|i| i > self.max_line)
-                || (newline.is_none() && rest.len() > self.max_line)
+                if taken > 0 {
+                    return Ok(Read1::Pending);
+                }
+            } else if newline.is_some_and(|i| line_len(&rest[..i]) > self.max_line)
+                || (newline.is_none() && rest.len() > self.max_line + 1)
             {
-                let prefix = rest[..TOO_LONG_PREFIX.min(rest.len())].to_vec();
+                let end = newline.unwrap_or(rest.len());
+                let mut prefix = rest[..TOO_LONG_PREFIX.min(end)].to_vec();
+                strip_eol(&mut prefix);
                 self.skipping = Some((prefix, 0));
                 continue;
             } else if let Some(i) = newline {
@@ -457,6 +519,10 @@ impl Lines for StdinLines {
     fn unterminated(&self) -> Option<&[u8]> {
         let rest = &self.buf[self.start..];
         (!rest.is_empty()).then_some(rest)
+    }
+
+    fn holds_taken_lines(&self) -> bool {
+        !self.drained()
     }
 
     /// When stdin is a file, seeks back over the bytes read but not processed,
@@ -578,8 +644,9 @@ fn read_loop(
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(1024);
-    // On stop, lines already taken from the input are still processed.
-    while !(stop() && lines.drained()) {
+    // On stop, lines already taken from an input that cannot give them back are
+    // still processed.
+    while !stop() || lines.holds_taken_lines() {
         if lines.drained() && outbox.flush_all().is_err() {
             break;
         }
@@ -597,6 +664,7 @@ fn read_loop(
                 }
                 continue;
             }
+            Read1::Pending => continue,
             Read1::Line => {}
             Read1::TooLong(len) => {
                 stats.records_in.fetch_add(1, Ordering::Relaxed);
@@ -656,15 +724,19 @@ fn reject_line(
     reason: &str,
     line: &[u8],
 ) -> anyhow::Result<()> {
-    dead_letter.send(&[DeadRecord {
-        stage: "source",
-        plugin: None,
-        partition: None,
-        reason,
-        key: &[],
-        timestamp_ms: None,
-        original: line,
-    }])?;
+    dead_letter
+        .send(&[DeadRecord {
+            stage: "source",
+            plugin: None,
+            partition: None,
+            reason,
+            key: &[],
+            timestamp_ms: None,
+            original: line,
+        }])
+        .inspect_err(|_| {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        })?;
     stats.rejected.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

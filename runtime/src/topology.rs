@@ -58,6 +58,7 @@ impl Topology {
         let mut pipelines = Vec::new();
         let mut stdin_user: Option<&str> = None;
         let mut instances = 0usize;
+        let mut stdout_sink: Option<String> = None;
         // Every file the daemon reads or writes, to refuse two sinks (or a source
         // and a sink) on one file: their writes would interleave or loop.
         let mut files: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -122,7 +123,7 @@ impl Topology {
                     format!("partitions must be between 1 and {MAX_PARTITIONS}"),
                 ));
             }
-            instances += partitions * p.processors.len().max(1);
+            instances += partitions * p.processors.len();
             if instances > MAX_INSTANCES {
                 return Err(source.error(
                     p.partitions.span(),
@@ -146,6 +147,16 @@ impl Topology {
                 })?;
                 if !sinks.contains_key(sink_name) {
                     let spec = build_sink(sink_name, s, source, &base)?;
+                    if spec == SinkSpec::Stdout
+                        && let Some(other) = stdout_sink.replace(sink_name.clone())
+                    {
+                        return Err(source.error(
+                            s.span(),
+                            format!(
+                                "sinks `{other}` and `{sink_name}` both write to stdout: use one"
+                            ),
+                        ));
+                    }
                     if let SinkSpec::File { path, .. } = &spec {
                         let span = s.get_ref().path.as_ref().map_or(s.span(), |p| p.span());
                         claim_file(
@@ -279,17 +290,26 @@ fn claim_file(
     source: &ConfigSource,
     span: std::ops::Range<usize>,
 ) -> Result<(), ConfigError> {
-    // The same file by another name: compare with the folder resolved.
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let key = match (std::fs::canonicalize(dir), path.file_name()) {
-        (Ok(dir), Some(name)) => dir.join(name),
-        _ => path.to_path_buf(),
-    };
+    // The same file by another name (`./x`, `d/../x`, a symlink) is the same key.
+    let key = file_identity(path);
     if key.is_dir() {
         return Err(source.error(span, format!("{} is a directory", path.display())));
+    }
+    // The nearest folder that exists must be a folder (sinks create the rest).
+    if let Some(blocker) = key
+        .ancestors()
+        .skip(1)
+        .find(|a| a.exists())
+        .filter(|a| !a.is_dir())
+    {
+        return Err(source.error(
+            span,
+            format!(
+                "cannot create {}: {} is not a directory",
+                path.display(),
+                blocker.display()
+            ),
+        ));
     }
     if let Some(other) = files.get(&key).filter(|other| *other != who) {
         return Err(source.error(
@@ -299,6 +319,36 @@ fn claim_file(
     }
     files.insert(key, who.to_string());
     Ok(())
+}
+
+/// What a path names, for telling whether two paths are one file: the path with
+/// symlinks, `.` and `..` resolved as far as it exists, the rest appended.
+fn file_identity(path: &Path) -> PathBuf {
+    let mut base = path.to_path_buf();
+    let mut tail: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        let probe = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base.as_path()
+        };
+        if let Ok(mut real) = std::fs::canonicalize(probe) {
+            for part in tail.iter().rev() {
+                if part == ".." {
+                    real.pop();
+                } else if part != "." {
+                    real.push(part);
+                }
+            }
+            return real;
+        }
+        match base.file_name() {
+            Some(name) => tail.push(name.to_owned()),
+            None if base.ends_with("..") => tail.push("..".into()),
+            None => return path.to_path_buf(),
+        }
+        base.pop();
+    }
 }
 
 fn known<T>(map: &BTreeMap<String, T>) -> String {

@@ -16,7 +16,7 @@ use crate::batcher::{BatchLimits, Batcher};
 use crate::config::OnError;
 use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::pipeline::Stats;
-use crate::processor::{Stage, StageSpec};
+use crate::processor::Stage;
 use crate::sink::SinkHandle;
 use crate::source::Record;
 
@@ -88,16 +88,16 @@ impl Worker {
                         });
                         while !closed.is_empty() {
                             let batch = closed.remove(0);
-                            let len = batch.len();
-                            if let Err(e) = self.process(batch) {
+                            if let Err(failed) = self.process(batch) {
                                 // This batch, any other closed one, and the rest of
                                 // the chunk are not processed.
                                 let rest =
                                     closed.iter().map(Batch::len).sum::<usize>() + chunk.len();
-                                self.stats
-                                    .failed
-                                    .fetch_add((len + rest) as u64, Ordering::Relaxed);
-                                return Err(e);
+                                self.stats.failed.fetch_add(
+                                    (failed.unaccounted + rest) as u64,
+                                    Ordering::Relaxed,
+                                );
+                                return Err(failed.error);
                             }
                         }
                     }
@@ -115,34 +115,34 @@ impl Worker {
 
     /// [`Worker::process`], counting the batch as failed when it fails.
     fn process_or_count(&mut self, batch: Batch) -> anyhow::Result<()> {
-        let len = batch.len();
-        self.process(batch).inspect_err(|_| {
-            self.stats.failed.fetch_add(len as u64, Ordering::Relaxed);
+        self.process(batch).map_err(|failed| {
+            self.stats
+                .failed
+                .fetch_add(failed.unaccounted as u64, Ordering::Relaxed);
+            failed.error
         })
     }
 
-    /// Runs one batch through the chain and writes what comes out.
-    fn process(&mut self, batch: Batch) -> anyhow::Result<()> {
+    /// Runs one batch through the chain, then sends what the stages refused to
+    /// the dead-letter sink and what came out to the sinks. Nothing is sent
+    /// before the whole chain has run, so a batch that stops the pipeline is
+    /// counted once, as failed.
+    fn process(&mut self, batch: Batch) -> Result<(), BatchFailed> {
         if batch.is_empty() {
             return Ok(());
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let input_len = batch.len();
+        let mut refused: Vec<Refused> = Vec::new();
+        let mut skipped = 0;
         let mut current = batch;
-        for stage in &mut self.stages {
+        for (index, stage) in self.stages.iter_mut().enumerate() {
             match stage.run(&mut current) {
                 Ok(processed) => {
-                    if !processed.rejected.is_empty() {
-                        let spec = stage.spec();
-                        let refused = processed.rejected.iter().filter_map(|(index, reason)| {
-                            Some((current.get(*index as usize)?, reason.as_str()))
-                        });
-                        dead_letter_events(
-                            &self.dead_letter,
-                            &self.stats,
-                            self.partition,
-                            spec,
-                            refused,
-                        )?;
+                    for (i, reason) in processed.rejected {
+                        if let Some(event) = current.get(i as usize) {
+                            refused.push(Refused::of(index, &event, reason));
+                        }
                     }
                     current = processed.events;
                 }
@@ -161,34 +161,65 @@ impl Worker {
                     );
                     match spec.on_error {
                         OnError::DeadLetter => {
-                            let failed = current.iter().map(|e| (e, reason.as_str()));
-                            dead_letter_events(
-                                &self.dead_letter,
-                                &self.stats,
-                                self.partition,
-                                spec,
-                                failed,
-                            )?;
+                            for event in &current {
+                                refused.push(Refused::of(index, &event, reason.clone()));
+                            }
                         }
-                        OnError::Skip => {
-                            self.stats
-                                .skipped
-                                .fetch_add(current.len() as u64, Ordering::Relaxed);
-                        }
+                        OnError::Skip => skipped = current.len(),
                         OnError::Stop => {
-                            return Err(anyhow!(
-                                "pipeline `{}` stopped (on_error = \"stop\"): stage {} failed on a batch of {} record(s): {reason}",
-                                self.pipeline,
-                                spec.label,
-                                current.len()
-                            ));
+                            return Err(BatchFailed {
+                                error: anyhow!(
+                                    "pipeline `{}` stopped (on_error = \"stop\"): stage {} failed on a batch of {} record(s): {reason}",
+                                    self.pipeline,
+                                    spec.label,
+                                    current.len()
+                                ),
+                                unaccounted: input_len,
+                            });
                         }
                     }
-                    return Ok(());
+                    current = Batch::new();
+                    break;
                 }
             }
         }
-        self.write(&current)
+        self.dead_letter_refused(&refused)
+            .map_err(|error| BatchFailed {
+                error,
+                unaccounted: input_len,
+            })?;
+        self.stats
+            .skipped
+            .fetch_add(skipped as u64, Ordering::Relaxed);
+        self.write(&current).map_err(|error| BatchFailed {
+            error,
+            unaccounted: input_len.saturating_sub(refused.len() + skipped),
+        })
+    }
+
+    /// Sends the records the stages refused to the dead-letter sink, and counts
+    /// them.
+    fn dead_letter_refused(&self, refused: &[Refused]) -> anyhow::Result<()> {
+        let records: Vec<DeadRecord<'_>> = refused
+            .iter()
+            .map(|r| {
+                let spec = self.stages[r.stage].spec();
+                DeadRecord {
+                    stage: &spec.label,
+                    plugin: Some((&spec.plugin.name, &spec.plugin.version)),
+                    partition: Some(self.partition),
+                    reason: &r.reason,
+                    key: &r.key,
+                    timestamp_ms: Some(r.timestamp_ms),
+                    original: &r.original,
+                }
+            })
+            .collect();
+        self.dead_letter.send(&records)?;
+        self.stats
+            .rejected
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Encodes the output as newline-terminated records and sends it to every
@@ -234,29 +265,35 @@ impl Worker {
     }
 }
 
-/// Sends events of a stage's input batch, each with its reason, to the
-/// dead-letter sink, and counts them.
-fn dead_letter_events<'a>(
-    dead_letter: &DeadLetter,
-    stats: &Stats,
-    partition: usize,
-    spec: &StageSpec,
-    events: impl Iterator<Item = (Event<'a>, &'a str)>,
-) -> anyhow::Result<()> {
-    let records: Vec<DeadRecord<'_>> = events
-        .map(|(event, reason)| DeadRecord {
-            stage: &spec.label,
-            plugin: Some((&spec.plugin.name, &spec.plugin.version)),
-            partition: Some(partition),
+/// A batch that did not go through: why, and how many of its input records are
+/// in no other counter.
+#[derive(Debug)]
+struct BatchFailed {
+    error: anyhow::Error,
+    unaccounted: usize,
+}
+
+/// A record a stage refused (or whose batch failed under `dead-letter`), kept
+/// until the chain has run.
+#[derive(Debug)]
+struct Refused {
+    /// Index of the stage in the chain.
+    stage: usize,
+    reason: String,
+    key: Vec<u8>,
+    timestamp_ms: i64,
+    /// The bytes the stage received.
+    original: Vec<u8>,
+}
+
+impl Refused {
+    fn of(stage: usize, event: &Event<'_>, reason: String) -> Self {
+        Refused {
+            stage,
             reason,
-            key: event.key().unwrap_or_default(),
-            timestamp_ms: Some(event.timestamp_ms()),
-            original: event.value(),
-        })
-        .collect();
-    dead_letter.send(&records)?;
-    stats
-        .rejected
-        .fetch_add(records.len() as u64, Ordering::Relaxed);
-    Ok(())
+            key: event.key().unwrap_or_default().to_vec(),
+            timestamp_ms: event.timestamp_ms(),
+            original: event.value().to_vec(),
+        }
+    }
 }
