@@ -201,9 +201,9 @@ impl FileLines {
 /// # Errors
 /// The file cannot be opened or read.
 pub fn is_gzip(path: &std::path::Path) -> io::Result<bool> {
-    // Never read from a FIFO or a device to look: the bytes would be gone.
+    // Never open a FIFO or a device to look: opening waits for a writer, and
+    // bytes read would be gone.
     if !std::fs::metadata(path)?.is_file() {
-        File::open(path)?;
         return Ok(false);
     }
     let mut magic = [0u8; 2];

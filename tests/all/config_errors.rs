@@ -208,3 +208,40 @@ fn shared_files_and_out_of_range_limits_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn one_file_by_a_symlink_or_through_a_missing_folder_is_one_file() {
+    let scratch = Scratch::new(
+        "[sources.in]\ntype = \"file\"\npath = \"link.ndjson\"\n\n[sinks.a]\ntype = \"file\"\npath = \"x.ndjson\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"a\"]\n",
+    );
+    scratch.write("x.ndjson", "{}\n");
+    std::os::unix::fs::symlink("x.ndjson", scratch.path("link.ndjson")).unwrap();
+    let output = scratch.command("validate").output().unwrap();
+    assert_exit(&output, 2);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("sink `a` uses x.ndjson, which source `in` uses too"),
+        "{err}"
+    );
+
+    let err = validate_error(
+        "[sources.in]\ntype = \"stdin\"\n\n[sinks.a]\ntype = \"file\"\npath = \"new/y.ndjson\"\n\n[sinks.b]\ntype = \"file\"\npath = \"new/../new/y.ndjson\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"a\"]\ndead_letter = \"b\"\n",
+    );
+    assert!(
+        err.contains("sink `b` uses new/../new/y.ndjson, which sink `a` uses too"),
+        "{err}"
+    );
+
+    let err = validate_error(
+        "[sources.in]\ntype = \"stdin\"\n\n[sinks.a]\ntype = \"stdout\"\n\n[sinks.b]\ntype = \"stdout\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"a\"]\ndead_letter = \"b\"\n",
+    );
+    assert!(
+        err.contains("sinks `a` and `b` both write to stdout"),
+        "{err}"
+    );
+
+    let err = validate_error(
+        "[sources.in]\ntype = \"stdin\"\n\n[sinks.a]\ntype = \"file\"\npath = \"sluice.toml/out.ndjson\"\n\n[pipelines.p]\nsource = \"in\"\nsinks = [\"a\"]\n",
+    );
+    assert!(err.contains("is not a directory"), "{err}");
+}

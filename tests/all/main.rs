@@ -6,6 +6,7 @@ mod support;
 
 mod config_errors;
 mod dead_letter;
+mod failures;
 mod flights;
 mod sandbox;
 mod shutdown;

@@ -176,38 +176,15 @@ on_error = "skip"
 "#,
     );
     scratch.write("in.ndjson", &"{}\n".repeat(1000));
-    let mut child = scratch
-        .command("run")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read the log as it comes, to signal only once the pipeline runs.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
-            let _ = tx.send(line.unwrap_or_default());
-        }
-    });
-    let mut log: Vec<String> = Vec::new();
-    let wait_for = |log: &mut Vec<String>, what: &str| {
-        while !log.iter().any(|l| l.contains(what)) {
-            let line = rx.recv_timeout(Duration::from_secs(60));
-            log.push(line.unwrap_or_else(|_| panic!("no `{what}` in {log:#?}")));
-        }
-    };
-    wait_for(&mut log, "pipeline started");
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("pipeline started");
     let start = Instant::now();
-    unsafe_kill(child.id(), libc::SIGTERM);
-    wait_for(&mut log, "SIGTERM received: draining");
-    unsafe_kill(child.id(), libc::SIGINT);
-    wait_for(
-        &mut log,
-        "SIGINT received while draining: exiting without draining",
-    );
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{log:#?}");
+    daemon.signal("TERM");
+    daemon.wait_for("SIGTERM received: draining");
+    daemon.signal("INT");
+    daemon.wait_for("SIGINT received while draining: exiting without draining");
+    let (code, log) = daemon.finish();
+    assert_eq!(code, Some(130), "{log}");
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 

@@ -123,3 +123,58 @@ pub fn assert_exit(output: &Output, code: i32) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A running daemon whose stderr is read as it comes.
+pub struct Running {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The stderr lines seen so far.
+    pub log: Vec<String>,
+}
+
+impl Running {
+    /// Starts `command` with stderr piped.
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let _ = tx.send(line.unwrap_or_default());
+            }
+        });
+        Running {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 60 s) for a stderr line containing `what`.
+    pub fn wait_for(&mut self, what: &str) {
+        while !self.log.iter().any(|l| l.contains(what)) {
+            match self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!("no `{what}` in the log:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit; returns the exit code and the whole log.
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        self.log.extend(self.lines.iter());
+        (status.code(), self.log.join("\n"))
+    }
+}

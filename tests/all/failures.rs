@@ -1,0 +1,203 @@
+//! When a pipeline stops on an error: every record read is in exactly one
+//! counter, the source stops reading, and the other pipelines stop too.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// `in = out + rejected + skipped + failed` for plugins that neither filter nor
+/// multiply.
+fn assert_balanced(output: &std::process::Output, pipeline: &str) {
+    let field = |f| count(output, pipeline, f);
+    assert_eq!(
+        field("in"),
+        field("out") + field("rejected") + field("skipped") + field("failed"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn stop_on_one_partition_stops_the_source_and_counts_everything() {
+    let scratch = Scratch::new(&format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = {:?}
+key = "/carrier"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+
+[pipelines.p]
+source = "in"
+partitions = 4
+batch = {{ max_records = 100 }}
+queue_records = 512
+processors = [
+  {{ plugin = "misbehave.wasm", config = {{ mode = "reject", trigger = "\"UA\"" }} }},
+  {{ plugin = "misbehave.wasm", config = {{ mode = "fail", trigger = "\"HA\"" }}, on_error = "stop" }},
+]
+sinks = ["out"]
+dead_letter = "dlq"
+"#,
+        flights_gz()
+    ));
+    let output = scratch.run();
+    assert_exit(&output, 1);
+    assert_balanced(&output, "p");
+    // The first HA flight is line 163: the source stops long before the end.
+    assert!(
+        count(&output, "p", "in") < 200_000,
+        "{}",
+        count(&output, "p", "in")
+    );
+    assert_eq!(
+        scratch.read_lines("out.ndjson").len() as u64,
+        count(&output, "p", "out")
+    );
+    assert_eq!(
+        scratch.read_lines("dlq.ndjson").len() as u64,
+        count(&output, "p", "rejected")
+    );
+}
+
+#[test]
+fn a_signal_stops_a_file_source_at_once() {
+    // Each batch of 100 loops to its 10 ms deadline: reading all 40,000 lines
+    // would take 4 s or more.
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+
+[sinks.out]
+type = "blackhole"
+
+[pipelines.p]
+source = "in"
+batch = { max_records = 100 }
+queue_records = 256
+processors = [{ plugin = "misbehave.wasm", timeout = "10ms", config = { mode = "loop" } }]
+sinks = ["out"]
+on_error = "skip"
+"#,
+    );
+    let pad = "x".repeat(980);
+    let input: String = (0..40_000)
+        .map(|i| format!("{{\"i\":{i:05},\"pad\":\"{pad}\"}}\n"))
+        .collect();
+    scratch.write("in.ndjson", &input);
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("pipeline started");
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    daemon.signal("TERM");
+    let (code, log) = daemon.finish();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let output = std::process::Output {
+        status: std::process::ExitStatus::default(),
+        stdout: Vec::new(),
+        stderr: log.into_bytes(),
+    };
+    assert_balanced(&output, "p");
+    assert!(
+        count(&output, "p", "in") < 40_000,
+        "stopped reading: in = {}",
+        count(&output, "p", "in")
+    );
+}
+
+#[test]
+fn a_stopped_pipeline_stops_the_daemon() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.bad]
+type = "file"
+path = "bad.ndjson"
+
+[sources.tail]
+type = "file"
+path = "tail.ndjson"
+follow = true
+
+[sinks.a]
+type = "blackhole"
+
+[sinks.b]
+type = "file"
+path = "b.ndjson"
+
+[pipelines.failing]
+source = "bad"
+processors = [{ plugin = "misbehave.wasm", config = { mode = "fail" } }]
+sinks = ["a"]
+on_error = "stop"
+
+[pipelines.following]
+source = "tail"
+sinks = ["b"]
+"#,
+    );
+    scratch.write("bad.ndjson", "{\"n\":1}\n");
+    scratch.write("tail.ndjson", "{\"n\":2}\n");
+    let start = Instant::now();
+    let output = scratch.run();
+    assert_exit(&output, 1);
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_balanced(&output, "failing");
+    assert_eq!(count(&output, "following", "out"), 1);
+    assert_eq!(scratch.read_lines("b.ndjson"), vec!["{\"n\":2}"]);
+}
+
+#[test]
+fn a_fifo_source_loses_nothing() {
+    let scratch = Scratch::new(
+        r#"
+[sources.in]
+type = "file"
+path = "in.fifo"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+sinks = ["out"]
+"#,
+    );
+    let fifo = scratch.path("in.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let writer = std::thread::spawn(move || {
+        let lines: String = (1..=8).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+        std::fs::write(fifo, lines).unwrap();
+    });
+    let output = scratch.run();
+    writer.join().unwrap();
+    assert_exit(&output, 0);
+    let want: Vec<String> = (1..=8).map(|n| format!("{{\"n\":{n}}}")).collect();
+    assert_eq!(scratch.read_lines("out.ndjson"), want);
+}
