@@ -1,0 +1,264 @@
+//! The `file` source: a file read to its end, or followed like `tail -F`; plain
+//! or gzip (decompressed on a thread of its own).
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use flate2::read::MultiGzDecoder;
+
+use super::{Lines, Read1, TOO_LONG_PREFIX, line_len, read_up_to, strip_eol};
+
+/// The first two bytes of a gzip member (RFC 1952 §2.3.1).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// A file read to its end, or followed.
+pub(super) struct FileLines {
+    path: PathBuf,
+    follow: bool,
+    reader: BufReader<Box<dyn Read + Send>>,
+    /// Bytes of a followed file consumed so far, and its inode, to spot truncation
+    /// and replacement.
+    position: u64,
+    inode: u64,
+    /// A partial last line of a followed file, kept until its newline arrives.
+    pending: Vec<u8>,
+    /// Longest line accepted, in bytes.
+    max_line: usize,
+    /// Skipping the rest of an overlong line: its first bytes, and its length so far.
+    skipping: Option<(Vec<u8>, u64)>,
+    /// The unterminated last line of a file that was replaced: the next line.
+    carry: Option<Vec<u8>>,
+}
+
+fn inode_of(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.ino()
+}
+
+impl FileLines {
+    pub(super) fn open(path: PathBuf, follow: bool, max_line: usize) -> anyhow::Result<Self> {
+        let mut file =
+            File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let inode = inode_of(&file.metadata()?);
+        let mut magic = [0u8; 2];
+        let n = read_up_to(&mut file, &mut magic)?;
+        let head = io::Cursor::new(magic[..n].to_vec());
+        let gzip = n == 2 && magic == GZIP_MAGIC;
+        if gzip && follow {
+            anyhow::bail!(
+                "{} is gzip-compressed: `follow` works on plain files only",
+                path.display()
+            );
+        }
+        let raw: Box<dyn Read + Send> = Box::new(head.chain(file));
+        let reader: Box<dyn Read + Send> = if gzip {
+            Box::new(Gunzip::start(raw, &path)?)
+        } else {
+            raw
+        };
+        Ok(FileLines {
+            path,
+            follow,
+            reader: BufReader::with_capacity(256 << 10, reader),
+            position: 0,
+            inode,
+            pending: Vec::new(),
+            max_line,
+            skipping: None,
+            carry: None,
+        })
+    }
+
+    /// In follow mode at end of file: reopen when the file was replaced or
+    /// truncated.
+    fn check_rotation(&mut self) -> anyhow::Result<()> {
+        let Ok(meta) = std::fs::metadata(&self.path) else {
+            return Ok(()); // gone for now (mid-rotation): keep waiting
+        };
+        if inode_of(&meta) != self.inode || meta.len() < self.position {
+            tracing::info!(path = %self.path.display(), "file replaced or truncated: reading it from the start");
+            let partial = std::mem::take(&mut self.pending);
+            *self = FileLines::open(self.path.clone(), true, self.max_line)?;
+            if !partial.is_empty() {
+                // The old file ended without a newline: its last line is done.
+                tracing::warn!(path = %self.path.display(), bytes = partial.len(), "the replaced file's last line had no newline: taking it as a line");
+                self.carry = Some(partial);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the file at `path` starts with the gzip magic bytes (RFC 1952 §2.3.1).
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn is_gzip(path: &std::path::Path) -> io::Result<bool> {
+    // Never open a FIFO or a device to look: opening waits for a writer, and
+    // bytes read would be gone.
+    if !std::fs::metadata(path)?.is_file() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 2];
+    let n = read_up_to(&mut File::open(path)?, &mut magic)?;
+    Ok(n == 2 && magic == GZIP_MAGIC)
+}
+
+/// Decompresses a gzip file on a thread of its own, a block ahead of the
+/// reader: decompression and line decoding then run side by side instead of
+/// taking turns on the source thread (the bundled flights read ~1.4× faster).
+struct Gunzip {
+    blocks: flume::Receiver<io::Result<Vec<u8>>>,
+    block: Vec<u8>,
+    at: usize,
+}
+
+/// Bytes of decompressed data per block, and blocks decompressed ahead.
+const GUNZIP_BLOCK: usize = 256 << 10;
+const GUNZIP_AHEAD: usize = 4;
+
+impl Gunzip {
+    fn start(raw: Box<dyn Read + Send>, path: &std::path::Path) -> io::Result<Self> {
+        let (tx, blocks) = flume::bounded(GUNZIP_AHEAD);
+        std::thread::Builder::new()
+            .name(format!(
+                "gunzip-{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ))
+            .spawn(move || {
+                let mut decoder = MultiGzDecoder::new(BufReader::with_capacity(GUNZIP_BLOCK, raw));
+                loop {
+                    let mut block = vec![0u8; GUNZIP_BLOCK];
+                    let mut n = 0;
+                    let mut error = None;
+                    while n < block.len() {
+                        match decoder.read(&mut block[n..]) {
+                            Ok(0) => break,
+                            Ok(k) => n += k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    block.truncate(n);
+                    let end = n == 0 || error.is_some();
+                    // Whatever decompressed before an error (a truncated file) is
+                    // still read; the error comes after it. A send fails when the
+                    // reader is gone (the source stopped): stop too.
+                    if n > 0 && tx.send(Ok(block)).is_err() {
+                        break;
+                    }
+                    if let Some(e) = error {
+                        let _ = tx.send(Err(e));
+                    }
+                    if end {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Gunzip {
+            blocks,
+            block: Vec::new(),
+            at: 0,
+        })
+    }
+}
+
+impl Read for Gunzip {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.block.len() {
+            match self.blocks.recv() {
+                Ok(Ok(block)) => {
+                    self.block = block;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // end of the stream
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Lines for FileLines {
+    fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
+        if let Some(line) = self.carry.take() {
+            *buf = line;
+            return Ok(Read1::Line);
+        }
+        buf.clear();
+        buf.append(&mut self.pending);
+        loop {
+            if let Some((_, seen)) = &mut self.skipping {
+                let available = self.reader.fill_buf()?;
+                if available.is_empty() {
+                    if self.follow {
+                        self.check_rotation().map_err(io::Error::other)?;
+                        return Ok(Read1::Idle);
+                    }
+                } else if let Some(i) = available.iter().position(|&b| b == b'\n') {
+                    self.reader.consume(i + 1);
+                    self.position += i as u64 + 1;
+                    *seen += i as u64;
+                } else {
+                    let n = available.len();
+                    self.reader.consume(n);
+                    self.position += n as u64;
+                    *seen += n as u64;
+                    return Ok(Read1::Pending);
+                }
+                let (prefix, seen) = self.skipping.take().expect("skipping");
+                *buf = prefix;
+                return Ok(Read1::TooLong(seen));
+            }
+            // Read at most one byte past the limit: enough to know a line is too long.
+            let room = (self.max_line + 2).saturating_sub(buf.len());
+            let n = (&mut self.reader)
+                .take(room as u64)
+                .read_until(b'\n', buf)?;
+            self.position += n as u64;
+            let len = line_len(buf);
+            if len > self.max_line {
+                let mut prefix = buf[..TOO_LONG_PREFIX.min(buf.len())].to_vec();
+                strip_eol(&mut prefix);
+                if buf.last() == Some(&b'\n') {
+                    *buf = prefix;
+                    return Ok(Read1::TooLong(len as u64));
+                }
+                self.skipping = Some((prefix, buf.len() as u64));
+                buf.clear();
+                continue;
+            }
+            if buf.last() == Some(&b'\n') {
+                strip_eol(buf);
+                return Ok(Read1::Line);
+            }
+            if !self.follow {
+                return Ok(if buf.is_empty() {
+                    Read1::Eof
+                } else {
+                    Read1::Line
+                });
+            }
+            // Following: a partial line waits for the rest.
+            std::mem::swap(&mut self.pending, buf);
+            self.check_rotation().map_err(io::Error::other)?;
+            return Ok(Read1::Idle);
+        }
+    }
+
+    fn drained(&self) -> bool {
+        self.reader.buffer().is_empty()
+    }
+
+    fn unterminated(&self) -> Option<&[u8]> {
+        (!self.pending.is_empty()).then_some(self.pending.as_slice())
+    }
+}
