@@ -245,3 +245,29 @@ fn one_file_by_a_symlink_or_through_a_missing_folder_is_one_file() {
     );
     assert!(err.contains("is not a directory"), "{err}");
 }
+
+/// The annotated config in README.md parses: the documentation shows real fields.
+#[test]
+fn the_readme_config_parses() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let after = readme
+        .split("Every field, with its default:")
+        .nth(1)
+        .expect("the README's config section");
+    let block = after
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let source = sluice::config::ConfigSource {
+        file: "README.md".into(),
+        text: block.to_string(),
+    };
+    let config = sluice::config::Config::parse(&source).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.pipelines.len(), 1);
+    assert_eq!(config.sources.len(), 1);
+    assert_eq!(config.sinks.len(), 2);
+}
