@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p sluice --bench plugins` (the components come from
 //! runtime/build.rs). Throughput is in records (elements) per second; the ratio
-//! wasm/native per batch size is what the Wasm stage costs.
+//! wasm/native per batch size is what the Wasm stage costs, and
+//! wasm/wasm-no-epoch what the per-call deadline (epoch checks) costs.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -41,7 +42,7 @@ fn batch_of(lines: &[String]) -> Batch {
 
 fn bench_plugin<P: Processor>(
     c: &mut Criterion,
-    host: &PluginHost,
+    hosts: &Hosts,
     file: &str,
     config: &[(&str, &str)],
     lines: &[String],
@@ -51,16 +52,19 @@ fn bench_plugin<P: Processor>(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let plugin = host
-        .load(&PathBuf::from(env!("SLUICE_PLUGINS_DIR")).join(file))
-        .unwrap();
+    let path = PathBuf::from(env!("SLUICE_PLUGINS_DIR")).join(file);
     let limits = Limits {
         memory_bytes: 1 << 30,
         timeout: Duration::from_secs(60),
     };
-    let mut instance = plugin
-        .instantiate(&pairs, limits, LogTags::default())
-        .unwrap();
+    let instantiate = |host: &PluginHost| {
+        host.load(&path)
+            .unwrap()
+            .instantiate(&pairs, limits, LogTags::default())
+            .unwrap()
+    };
+    let mut instance = instantiate(&hosts.daemon);
+    let mut bare = instantiate(&hosts.without_deadlines);
     let mut native = P::configure(&Config::from_pairs(pairs.clone())).unwrap();
 
     let mut group = c.benchmark_group(name);
@@ -80,12 +84,25 @@ fn bench_plugin<P: Processor>(
         group.bench_with_input(BenchmarkId::new("wasm", size), &size, |b, _| {
             b.iter(|| instance.process(&mut batch).unwrap())
         });
+        // The same without epoch checks (no deadline): what the deadline costs.
+        group.bench_with_input(BenchmarkId::new("wasm-no-epoch", size), &size, |b, _| {
+            b.iter(|| bare.process(&mut batch).unwrap())
+        });
     }
     group.finish();
 }
 
+/// The daemon's host, and one compiled without epoch interruption.
+struct Hosts {
+    daemon: PluginHost,
+    without_deadlines: PluginHost,
+}
+
 fn plugins(c: &mut Criterion) {
-    let host = PluginHost::new().unwrap();
+    let host = Hosts {
+        daemon: PluginHost::new().unwrap(),
+        without_deadlines: PluginHost::without_deadlines_for_benchmarks().unwrap(),
+    };
     let lines = flights(*SIZES.iter().max().unwrap());
     bench_plugin::<identity::Identity>(c, &host, "identity.wasm", &[], &lines);
     bench_plugin::<uppercase::Uppercase>(c, &host, "uppercase.wasm", &[], &lines);

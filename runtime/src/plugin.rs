@@ -76,9 +76,24 @@ impl PluginHost {
     /// # Errors
     /// wasmtime refuses the configuration (should not happen on x86_64/aarch64).
     pub fn new() -> anyhow::Result<Self> {
+        Self::build(true)
+    }
+
+    /// A host whose compiled code has no epoch checks: **no call deadline at all**
+    /// (a looping plugin never returns). Only for measuring what the deadline
+    /// costs (`benches/plugins.rs`); the daemon never uses it.
+    ///
+    /// # Errors
+    /// As [`PluginHost::new`].
+    #[doc(hidden)]
+    pub fn without_deadlines_for_benchmarks() -> anyhow::Result<Self> {
+        Self::build(false)
+    }
+
+    fn build(epochs: bool) -> anyhow::Result<Self> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
-        config.epoch_interruption(true);
+        config.epoch_interruption(epochs);
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::<StoreState>::new(&engine);
