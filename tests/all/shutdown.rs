@@ -43,11 +43,7 @@ sinks = ["out"]
     // Wait until every full batch of 500 went through (each partition then holds
     // fewer than 500 records in its open batch), then signal while those batches
     // are still open: their 5 s interval has not elapsed.
-    let start = Instant::now();
-    while scratch.read_lines("out.ndjson").len() < 19_000 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no output");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    scratch.wait_for_lines("out.ndjson", 19_000);
     // Append a partial line: it must not be processed (no newline yet).
     {
         use std::io::Write;
@@ -125,11 +121,7 @@ sinks = ["out"]
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while scratch.read_lines("out.ndjson").len() < 2000 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no output");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    scratch.wait_for_lines("out.ndjson", 2000);
     unsafe_kill(child.id(), libc::SIGTERM);
     let output = child.wait_with_output().unwrap();
     assert_exit(&output, 0);

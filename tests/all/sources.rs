@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -53,18 +53,6 @@ sinks = ["out"]
     assert_eq!(out, want);
 }
 
-fn wait_for_lines(scratch: &Scratch, name: &str, n: usize) {
-    let start = Instant::now();
-    while scratch.read_lines(name).len() < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "waited for {n} lines in {name}, have {}",
-            scratch.read_lines(name).len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn numbered(from: usize, to: usize) -> String {
     (from..to).map(|n| format!("{{\"n\":{n}}}\n")).collect()
 }
@@ -98,7 +86,7 @@ sinks = ["out"]
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_lines(&scratch, "out.ndjson", 100);
+    scratch.wait_for_lines("out.ndjson", 100);
 
     // Appended lines, one written in two parts.
     let mut f = std::fs::OpenOptions::new()
@@ -111,16 +99,16 @@ sinks = ["out"]
     std::thread::sleep(Duration::from_millis(300));
     f.write_all(b"150}\n").unwrap();
     drop(f);
-    wait_for_lines(&scratch, "out.ndjson", 151);
+    scratch.wait_for_lines("out.ndjson", 151);
 
     // Rotated: renamed away, a new file in its place.
     std::fs::rename(scratch.path("in.ndjson"), scratch.path("in.ndjson.1")).unwrap();
     scratch.write("in.ndjson", &numbered(151, 200));
-    wait_for_lines(&scratch, "out.ndjson", 200);
+    scratch.wait_for_lines("out.ndjson", 200);
 
     // Truncated in place (copytruncate), then shorter content written.
     std::fs::write(scratch.path("in.ndjson"), numbered(200, 210)).unwrap();
-    wait_for_lines(&scratch, "out.ndjson", 210);
+    scratch.wait_for_lines("out.ndjson", 210);
 
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -180,7 +168,7 @@ sinks = ["out"]
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_lines(&scratch, "out.ndjson", 1000);
+    scratch.wait_for_lines("out.ndjson", 1000);
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

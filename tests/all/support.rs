@@ -75,6 +75,19 @@ impl Scratch {
         cmd
     }
 
+    /// Waits (up to 60 s) until the file `name` has at least `n` lines.
+    pub fn wait_for_lines(&self, name: &str, n: usize) {
+        let start = std::time::Instant::now();
+        while self.read_lines(name).len() < n {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "waited for {n} lines in {name}, have {}",
+                self.read_lines(name).len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Runs `sluice run` to completion.
     pub fn run(&self) -> Output {
         self.command("run").output().unwrap()
