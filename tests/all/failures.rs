@@ -105,14 +105,9 @@ on_error = "skip"
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     daemon.signal("TERM");
-    let (code, log) = daemon.finish();
-    assert_eq!(code, Some(0), "{log}");
+    let output = daemon.finish();
+    assert_exit(&output, 0);
     assert!(start.elapsed() < Duration::from_secs(30));
-    let output = std::process::Output {
-        status: std::process::ExitStatus::default(),
-        stdout: Vec::new(),
-        stderr: log.into_bytes(),
-    };
     assert_balanced(&output, "p");
     assert!(
         count(&output, "p", "in") < 40_000,
@@ -162,8 +157,13 @@ sinks = ["b"]
     assert_exit(&output, 1);
     assert!(start.elapsed() < Duration::from_secs(30));
     assert_balanced(&output, "failing");
-    assert_eq!(count(&output, "following", "out"), 1);
-    assert_eq!(scratch.read_lines("b.ndjson"), vec!["{\"n\":2}"]);
+    // The following pipeline may or may not have read its line before it was
+    // stopped; whatever it read, it wrote.
+    assert_balanced(&output, "following");
+    assert_eq!(
+        scratch.read_lines("b.ndjson").len() as u64,
+        count(&output, "following", "out")
+    );
 }
 
 #[test]

@@ -35,11 +35,7 @@ sinks = ["out"]
     );
     let lines = flights_lines(20_000);
     scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
-    let child = scratch
-        .command("run")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let daemon = Running::start(scratch.command("run"));
     // Wait until every full batch of 500 went through (each partition then holds
     // fewer than 500 records in its open batch), then signal while those batches
     // are still open: their 5 s interval has not elapsed.
@@ -54,8 +50,8 @@ sinks = ["out"]
         f.write_all(br#"{"carrier":"XX","half":"#).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
-    unsafe_kill(child.id(), libc::SIGTERM);
-    let output = child.wait_with_output().unwrap();
+    daemon.signal("TERM");
+    let output = daemon.finish();
     assert_exit(&output, 0);
 
     let read = count(&output, "p", "in");
@@ -78,16 +74,6 @@ sinks = ["out"]
     out.sort();
     want.sort();
     assert_eq!(out, want);
-}
-
-/// Sends `signal` to `pid`.
-fn unsafe_kill(pid: u32, signal: i32) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]
@@ -116,14 +102,10 @@ sinks = ["out"]
 "#,
         flights_gz()
     ));
-    let child = scratch
-        .command("run")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let daemon = Running::start(scratch.command("run"));
     scratch.wait_for_lines("out.ndjson", 2000);
-    unsafe_kill(child.id(), libc::SIGTERM);
-    let output = child.wait_with_output().unwrap();
+    daemon.signal("TERM");
+    let output = daemon.finish();
     assert_exit(&output, 0);
     let read = count(&output, "p", "in");
     assert!(
@@ -175,8 +157,8 @@ on_error = "skip"
     daemon.wait_for("SIGTERM received: draining");
     daemon.signal("INT");
     daemon.wait_for("SIGINT received while draining: exiting without draining");
-    let (code, log) = daemon.finish();
-    assert_eq!(code, Some(130), "{log}");
+    let output = daemon.finish();
+    assert_exit(&output, 130);
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 

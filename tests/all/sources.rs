@@ -81,11 +81,7 @@ sinks = ["out"]
 "#,
     );
     scratch.write("in.ndjson", &numbered(0, 100));
-    let child = scratch
-        .command("run")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let daemon = Running::start(scratch.command("run"));
     scratch.wait_for_lines("out.ndjson", 100);
 
     // Appended lines, one written in two parts.
@@ -110,11 +106,8 @@ sinks = ["out"]
     std::fs::write(scratch.path("in.ndjson"), numbered(200, 210)).unwrap();
     scratch.wait_for_lines("out.ndjson", 210);
 
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    daemon.signal("TERM");
+    let output = daemon.finish();
     assert_exit(&output, 0);
     let mut got: Vec<u64> = scratch
         .read_lines("out.ndjson")
@@ -162,18 +155,12 @@ sinks = ["out"]
     // stops, reading on here continues where it left off.
     let mut ours = std::fs::File::open(scratch.path("in.ndjson")).unwrap();
     let theirs = ours.try_clone().unwrap();
-    let child = scratch
-        .command("run")
-        .stdin(Stdio::from(theirs))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = scratch.command("run");
+    command.stdin(Stdio::from(theirs));
+    let daemon = Running::start(command);
     scratch.wait_for_lines("out.ndjson", 1000);
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    daemon.signal("TERM");
+    let output = daemon.finish();
     assert_exit(&output, 0);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut ours, &mut rest).unwrap();

@@ -184,10 +184,14 @@ impl Running {
         assert!(status.success());
     }
 
-    /// Waits for the exit; returns the exit code and the whole log.
-    pub fn finish(mut self) -> (Option<i32>, String) {
+    /// Waits for the exit; returns the status and the whole log as stderr.
+    pub fn finish(mut self) -> std::process::Output {
         let status = self.child.wait().unwrap();
         self.log.extend(self.lines.iter());
-        (status.code(), self.log.join("\n"))
+        std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr: (self.log.join("\n") + "\n").into_bytes(),
+        }
     }
 }
