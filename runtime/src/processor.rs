@@ -40,8 +40,6 @@ pub struct Stage {
     spec: Arc<StageSpec>,
     tags: LogTags,
     instance: Option<Instance>,
-    /// Instances thrown away after a trap, timeout or out-of-memory.
-    pub recycled: u64,
 }
 
 impl Stage {
@@ -65,7 +63,6 @@ impl Stage {
             spec,
             tags,
             instance: Some(instance),
-            recycled: 0,
         })
     }
 
@@ -93,7 +90,6 @@ impl Stage {
             && e.poisons_instance()
         {
             self.instance = None;
-            self.recycled += 1;
         }
         result
     }
