@@ -41,14 +41,28 @@ pub struct DaemonConfig {
     /// `plugins`, relative to the config file.
     #[serde(default = "default_plugins_dir")]
     pub plugins_dir: Spanned<PathBuf>,
+    /// Folder for what the daemon keeps between runs: compiled plugins
+    /// (`compiled/`) and the status (`status.json`). Default: `$STATE_DIRECTORY`
+    /// when systemd sets it, else `state`, relative to the config file.
+    pub state_dir: Option<Spanned<PathBuf>>,
+    /// Watch the plugin files and swap a changed one in at the next batch
+    /// boundary. Default `true`.
+    #[serde(default = "default_true")]
+    pub hot_reload: bool,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             plugins_dir: Spanned::new(0..0, default_plugins_dir_path()),
+            state_dir: None,
+            hot_reload: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_plugins_dir_path() -> PathBuf {
@@ -213,6 +227,45 @@ pub struct ProcessorConfig {
     pub timeout: Duration,
     /// This stage's error policy; default: the pipeline's `on_error`.
     pub on_error: Option<OnError>,
+    /// When to stop calling a plugin that keeps failing.
+    #[serde(default)]
+    pub circuit_breaker: BreakerConfig,
+}
+
+/// `circuit_breaker = { … }` of a processor. A failed batch is bisected until
+/// the records that make the plugin fail alone are found (poison records); after
+/// `failures` poison records in a row, with no successful call between, the
+/// breaker opens and, for
+/// `cooldown`, batches go to the error policy without calling the plugin; then
+/// one batch is tried again (half-open): a success closes the breaker, a failure
+/// opens it again. A new version of the plugin closes it. (The pattern of
+/// Nygard's *Release It!*, as resilience4j names its states.)
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Poison records in a row (no successful call between) that open the
+    /// breaker, at least 1. Default 5.
+    #[serde(default = "default_breaker_failures", deserialize_with = "de_positive")]
+    pub failures: usize,
+    /// How long it stays open, at most a day. Default `"30s"`.
+    #[serde(default = "default_breaker_cooldown", deserialize_with = "de_duration")]
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: default_breaker_failures(),
+            cooldown: default_breaker_cooldown(),
+        }
+    }
+}
+
+fn default_breaker_failures() -> usize {
+    5
+}
+fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_memory_limit() -> u64 {
@@ -478,6 +531,27 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."))
     }
+}
+
+/// The state folder of `config`: `daemon.state_dir` (relative to the config
+/// file), else `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`; the first
+/// of a colon-separated list), else `state` beside the config file.
+pub fn state_dir(config: &Config, source: &ConfigSource) -> PathBuf {
+    let base = Config::base_dir(source);
+    if let Some(dir) = &config.daemon.state_dir {
+        return resolve(&base, dir.get_ref());
+    }
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        return dir;
+    }
+    resolve(&base, Path::new("state"))
 }
 
 /// `path` made absolute against the config file's folder.

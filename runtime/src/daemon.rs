@@ -12,8 +12,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::pipeline::Summary;
+use crate::plugin::PluginHost;
+use crate::reload::Reloader;
 use crate::sink::RunningSink;
 use crate::topology::Topology;
+
+/// The status file in the state folder: the running version of every plugin,
+/// since when, its reload history and last error (see
+/// [`crate::reload::Status`]).
+pub const STATUS_FILE: &str = "status.json";
 
 /// What a run ended with.
 #[derive(Debug)]
@@ -32,8 +39,20 @@ pub struct Outcome {
 /// cannot be made); nothing is left running then.
 pub async fn run(
     topology: Topology,
+    host: PluginHost,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Outcome> {
+    // Watch the plugin files from before the first batch, so no change is missed.
+    let _reloader = if topology.hot_reload && !topology.plugins.is_empty() {
+        Some(Reloader::start(
+            host,
+            topology.plugins.clone(),
+            Some(topology.state_dir.join(STATUS_FILE)),
+        )?)
+    } else {
+        drop(host);
+        None
+    };
     let mut sinks = BTreeMap::new();
     for (name, spec) in &topology.sinks {
         sinks.insert(name.clone(), RunningSink::start(name, spec)?);

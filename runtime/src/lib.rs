@@ -13,11 +13,14 @@
 //! - [`source`] reads lines, [`decode`] extracts key and event time, [`router`]
 //!   picks the partition;
 //! - [`worker`] runs a partition: [`batcher`] cuts micro-batches, [`processor`]
-//!   runs the chain of [`plugin`] instances;
+//!   runs the chain of [`plugin`] instances (bisecting failed batches);
+//! - [`reload`] swaps a changed plugin file in at batch boundaries;
+//!   [`compile_cache`] keeps compiled plugins on disk;
 //! - [`sink`] writes output, [`dead_letter`] what failed;
 //! - [`pipeline`] wires one pipeline's threads; [`daemon`] runs them all.
 
 pub mod batcher;
+pub mod compile_cache;
 pub mod config;
 pub mod daemon;
 pub mod dead_letter;
@@ -26,6 +29,7 @@ pub mod guest_output;
 pub mod pipeline;
 pub mod plugin;
 pub mod processor;
+pub mod reload;
 pub mod router;
 pub mod sink;
 pub mod source;

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => {
-            let (topology, _host) = match load(&config) {
+            let (topology, host) = match load(&config) {
                 Ok(t) => t,
                 Err(code) => return code,
             };
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let outcome = runtime.block_on(sluice::daemon::run(topology, signals.shutdown()));
+            let outcome = runtime.block_on(sluice::daemon::run(topology, host, signals.shutdown()));
             match outcome {
                 Ok(outcome) => {
                     for summary in &outcome.summaries {
@@ -108,10 +108,12 @@ fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
-    let host = PluginHost::new().map_err(|e| {
-        eprintln!("error: cannot start the WebAssembly engine: {e:#}");
-        ExitCode::FAILURE
-    })?;
+    let host = PluginHost::new()
+        .map_err(|e| {
+            eprintln!("error: cannot start the WebAssembly engine: {e:#}");
+            ExitCode::FAILURE
+        })?
+        .with_compile_cache(&sluice::config::state_dir(&config, &source));
     let topology = Topology::build(&config, &source, &host).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)

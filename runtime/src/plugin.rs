@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -26,6 +26,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::compile_cache::{CompileCache, Origin, hex};
 use crate::guest_output::{GuestOutput, Stream};
 
 /// The one `bindgen!` of the host, from `wit/plugin.wit`.
@@ -51,6 +52,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct PluginHost {
     engine: Engine,
     linker: Arc<Linker<StoreState>>,
+    cache: Option<CompileCache>,
     _ticker: Arc<Ticker>,
 }
 
@@ -130,11 +132,20 @@ impl PluginHost {
         Ok(PluginHost {
             engine,
             linker: Arc::new(linker),
+            cache: None,
             _ticker: Arc::new(Ticker(stop)),
         })
     }
 
-    /// Reads, compiles and links the component at `path`.
+    /// Uses a compile cache in `state_dir` from now on (see
+    /// [`crate::compile_cache`]).
+    pub fn with_compile_cache(mut self, state_dir: &Path) -> Self {
+        self.cache = Some(CompileCache::new(state_dir, &self.engine));
+        self
+    }
+
+    /// Reads, compiles (or takes from the compile cache) and links the component
+    /// at `path`.
     ///
     /// # Errors
     /// The file cannot be read, is not a component, or does not have the
@@ -143,8 +154,21 @@ impl PluginHost {
     pub fn load(&self, path: &Path) -> anyhow::Result<Plugin> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read plugin {}", path.display()))?;
-        let version = content_version(&bytes);
-        let component = Component::new(&self.engine, &bytes)
+        self.load_bytes(path, &bytes)
+    }
+
+    /// As [`PluginHost::load`], for bytes already read from `path`.
+    ///
+    /// # Errors
+    /// As [`PluginHost::load`].
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<Plugin> {
+        let started = Instant::now();
+        let content: [u8; 32] = Sha256::digest(bytes).into();
+        let compiled = match &self.cache {
+            Some(cache) => cache.get_or_compile(&self.engine, bytes, &content),
+            None => Component::new(&self.engine, bytes).map(|c| (c, Origin::Compiled)),
+        };
+        let (component, origin) = compiled
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
         let pre = self
@@ -169,18 +193,28 @@ impl PluginHost {
             .unwrap_or_else(|| "plugin".into());
         Ok(Plugin {
             name,
-            version,
+            version: hex(&content[..VERSION_BYTES]),
+            content,
             path: path.to_path_buf(),
+            origin,
+            load_time: started.elapsed(),
             pre,
             engine: self.engine.clone(),
         })
     }
+
+    /// The engine, e.g. to inspect a component.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
 }
+
+/// Bytes of the content hash shown as a plugin's version (12 hex digits).
+const VERSION_BYTES: usize = 6;
 
 /// The version of a plugin: the first 12 hex digits of the SHA-256 of its bytes.
 pub fn content_version(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes)[..VERSION_BYTES])
 }
 
 /// A compiled, linked component, ready to instantiate.
@@ -190,6 +224,12 @@ pub struct Plugin {
     pub name: String,
     /// Content hash, see [`content_version`].
     pub version: String,
+    /// The whole SHA-256 of the file's bytes.
+    pub content: [u8; 32],
+    /// Whether it came from the compile cache.
+    pub origin: Origin,
+    /// Time to read, compile (or load compiled) and link it.
+    pub load_time: Duration,
     /// Where it was loaded from.
     pub path: PathBuf,
     pre: ProcessorPre<StoreState>,
@@ -202,6 +242,7 @@ impl std::fmt::Debug for Plugin {
             .field("name", &self.name)
             .field("version", &self.version)
             .field("path", &self.path)
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
 }

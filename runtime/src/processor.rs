@@ -2,68 +2,98 @@
 //! happens when one fails.
 //!
 //! Each partition worker owns one [`Stage`] per configured processor, each with
-//! its own instance (store, memory, deadline). A failure is handled by the
+//! its own instance (store, memory, deadline). At every batch boundary a stage
+//! checks its [`PluginSlot`]: when a new version was swapped in, the stage makes
+//! a fresh instance of it and the batch runs there. The batch in flight always
+//! finishes on the version it started with.
+//!
+//! A failed call (trap, timeout, out-of-memory, error result) is handled by the
 //! stage's `on_error` policy:
-//! - `dead-letter`: every record of the batch goes to the dead-letter sink with
-//!   the reason; the pipeline goes on;
-//! - `skip`: the batch is dropped, logged and counted;
+//! - `dead-letter` and `skip`: the batch is **bisected** — each half is run
+//!   again, and a failing half split again — until the records that make it fail
+//!   (the poison records) are isolated one by one. Only those are dead-lettered
+//!   (or dropped and counted); everything else goes on, in order. One poison
+//!   record in a batch of n costs about 2·log₂(n) extra calls.
 //! - `stop`: the pipeline stops; the daemon exits 1 once the others drained.
 //!
 //! A trap, a timeout or an out-of-memory also throws the instance away; the next
-//! batch gets a fresh one, configured again, from the plugin's `InstancePre`.
+//! call gets a fresh one, configured again, from the plugin's `InstancePre`.
+//! A **circuit breaker** ([`BreakerConfig`]) stops a plugin that fails call after
+//! call from spinning: once open, batches go to the error policy without a call.
 
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use sluice_plugin_sdk::Batch;
 
-use crate::config::OnError;
+use crate::config::{BreakerConfig, OnError};
 use crate::plugin::{CallError, Instance, Limits, LogTags, Plugin, Processed};
+use crate::reload::PluginSlot;
 
 /// A configured stage, shared by the partition workers of a pipeline.
 #[derive(Debug)]
 pub struct StageSpec {
     /// `INDEX:PLUGIN`, e.g. `0:flights_delay`: how logs and dead letters name it.
     pub label: String,
-    /// The compiled plugin.
-    pub plugin: Plugin,
+    /// The running version of the plugin, swapped on reload.
+    pub slot: Arc<PluginSlot>,
     /// Pairs passed to `configure`.
     pub config: Vec<(String, String)>,
     /// Memory limit and deadline of each instance.
     pub limits: Limits,
     /// What a failed batch does.
     pub on_error: OnError,
+    /// When to stop calling a failing plugin.
+    pub breaker: BreakerConfig,
+}
+
+/// What one stage made of a batch, bisecting it when it failed.
+#[derive(Debug, Default)]
+pub struct StageOutput {
+    /// Events passed on, in input order.
+    pub events: Batch,
+    /// (input index, reason) of events the plugin refused.
+    pub rejected: Vec<(u32, String)>,
+    /// (input index, reason) of events isolated as making the plugin fail, or not
+    /// tried because the circuit breaker is open.
+    pub failed: Vec<(u32, String)>,
 }
 
 /// One stage of one partition worker.
 #[derive(Debug)]
 pub struct Stage {
     spec: Arc<StageSpec>,
-    tags: LogTags,
+    pipeline: String,
+    partition: usize,
+    /// The version this stage runs.
+    plugin: Arc<Plugin>,
+    /// A newer version whose instance could not be made here (kept to not retry
+    /// it on every batch).
+    refused: Option<Arc<Plugin>>,
     instance: Option<Instance>,
+    breaker: Breaker,
 }
 
 impl Stage {
-    /// A stage for partition `partition` of `pipeline`, with its instance made and
-    /// configured now.
+    /// A stage for partition `partition` of `pipeline`, with its instance of the
+    /// running version made and configured now.
     ///
     /// # Errors
     /// The instance cannot be made or `configure` fails.
     pub fn new(pipeline: &str, partition: usize, spec: Arc<StageSpec>) -> Result<Self, CallError> {
-        let tags = LogTags {
-            pipeline: pipeline.to_string(),
-            stage: spec.label.clone(),
-            plugin: spec.plugin.name.clone(),
-            version: spec.plugin.version.clone(),
-            partition,
-        };
-        let instance = spec
-            .plugin
-            .instantiate(&spec.config, spec.limits, tags.clone())?;
-        Ok(Stage {
+        let plugin = spec.slot.current();
+        let mut stage = Stage {
+            breaker: Breaker::new(spec.breaker),
             spec,
-            tags,
-            instance: Some(instance),
-        })
+            pipeline: pipeline.to_string(),
+            partition,
+            plugin,
+            refused: None,
+            instance: None,
+        };
+        stage.instance = Some(stage.instantiate(&stage.plugin.clone())?);
+        Ok(stage)
     }
 
     /// The shared spec.
@@ -71,19 +101,79 @@ impl Stage {
         &self.spec
     }
 
-    /// Runs `batch` through the plugin. `batch` is left as it was, so a failed
-    /// batch can still be dead-lettered.
+    /// The version this stage runs now (the one that ran the last batch).
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    fn instantiate(&self, plugin: &Plugin) -> Result<Instance, CallError> {
+        plugin.instantiate(
+            &self.spec.config,
+            self.spec.limits,
+            LogTags {
+                pipeline: self.pipeline.clone(),
+                stage: self.spec.label.clone(),
+                plugin: plugin.name.clone(),
+                version: plugin.version.clone(),
+                partition: self.partition,
+            },
+        )
+    }
+
+    /// At a batch boundary: moves to the version in the slot if it changed.
+    fn follow_slot(&mut self) {
+        if self.spec.slot.is_current(&self.plugin) {
+            return;
+        }
+        let latest = self.spec.slot.current();
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, &latest))
+        {
+            return;
+        }
+        match self.instantiate(&latest) {
+            Ok(instance) => {
+                tracing::debug!(
+                    pipeline = %self.pipeline,
+                    stage = %self.spec.label,
+                    partition = self.partition,
+                    from = %self.plugin.version,
+                    to = %latest.version,
+                    "partition switched plugin version"
+                );
+                self.instance = Some(instance);
+                self.plugin = latest;
+                self.refused = None;
+                self.breaker.reset();
+            }
+            Err(e) => {
+                tracing::error!(
+                    pipeline = %self.pipeline,
+                    stage = %self.spec.label,
+                    partition = self.partition,
+                    running = %self.plugin.version,
+                    refused = %latest.version,
+                    "new plugin version cannot start on this partition, the running one keeps serving: {e}"
+                );
+                self.refused = Some(latest);
+            }
+        }
+    }
+
+    /// Runs `batch` through the plugin once. `batch` is left as it was, so a
+    /// failed batch can still be dead-lettered.
     ///
     /// # Errors
     /// The call failed; see [`CallError`].
     pub fn run(&mut self, batch: &mut Batch) -> Result<Processed, CallError> {
         let instance = match &mut self.instance {
             Some(i) => i,
-            None => self.instance.insert(self.spec.plugin.instantiate(
-                &self.spec.config,
-                self.spec.limits,
-                self.tags.clone(),
-            )?),
+            None => {
+                let plugin = self.plugin.clone();
+                self.instance.insert(self.instantiate(&plugin)?)
+            }
         };
         let result = instance.process(batch);
         if let Err(e) = &result
@@ -92,5 +182,185 @@ impl Stage {
             self.instance = None;
         }
         result
+    }
+
+    /// Runs a batch at a batch boundary: picks up a swapped-in version, then runs
+    /// the batch under the stage's policy. With `stop`, a failure is returned as
+    /// is; otherwise a failed batch is bisected and the poison records come back
+    /// in [`StageOutput::failed`].
+    ///
+    /// # Errors
+    /// Only under `on_error = "stop"`: the failed call.
+    pub fn process(&mut self, batch: &mut Batch) -> Result<StageOutput, CallError> {
+        self.follow_slot();
+        if self.spec.on_error == OnError::Stop {
+            let processed = self.run(batch)?;
+            return Ok(StageOutput {
+                events: processed.events,
+                rejected: processed.rejected,
+                failed: Vec::new(),
+            });
+        }
+        let mut out = StageOutput::default();
+        let all = 0..batch.len();
+        if let Some(reason) = self.breaker.refuses() {
+            out.failed.extend(all.map(|i| (i as u32, reason.clone())));
+            return Ok(out);
+        }
+        match self.run(batch) {
+            Ok(processed) => {
+                self.breaker.success();
+                return Ok(StageOutput {
+                    events: processed.events,
+                    rejected: processed.rejected,
+                    failed: Vec::new(),
+                });
+            }
+            Err(error) => {
+                self.log_failure(all.len(), &error);
+                self.isolate(batch, all, error, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `range` of `batch` failed with `error`: splits it and runs each half,
+    /// until single failing records are left.
+    fn isolate(
+        &mut self,
+        batch: &Batch,
+        range: Range<usize>,
+        error: CallError,
+        out: &mut StageOutput,
+    ) {
+        if range.len() == 1 {
+            // A record that fails alone: a poison record. Only these count
+            // toward the breaker — a batch of one poison record among n fails
+            // about log₂(n) times in a row while it is being bisected.
+            self.note_failure(&error);
+            out.failed.push((range.start as u32, error.to_string()));
+            return;
+        }
+        let mid = range.start + range.len() / 2;
+        for half in [range.start..mid, mid..range.end] {
+            if let Some(reason) = self.breaker.refuses() {
+                out.failed.extend(half.map(|i| (i as u32, reason.clone())));
+                continue;
+            }
+            let mut part = slice(batch, half.clone());
+            match self.run(&mut part) {
+                Ok(processed) => {
+                    self.breaker.success();
+                    for event in &processed.events {
+                        out.events.push_event(&event);
+                    }
+                    let base = half.start as u32;
+                    out.rejected.extend(
+                        processed
+                            .rejected
+                            .into_iter()
+                            .map(|(i, reason)| (base + i, reason)),
+                    );
+                }
+                Err(e) => self.isolate(batch, half, e, out),
+            }
+        }
+    }
+
+    fn note_failure(&mut self, error: &CallError) {
+        if self.breaker.failure(error) {
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                stage = %self.spec.label,
+                plugin = %self.plugin.name,
+                version = %self.plugin.version,
+                partition = self.partition,
+                failures = self.spec.breaker.failures,
+                cooldown = ?self.spec.breaker.cooldown,
+                "circuit breaker opened: batches go to the error policy without calling the plugin until the cooldown ends"
+            );
+        }
+    }
+
+    fn log_failure(&self, records: usize, error: &CallError) {
+        tracing::error!(
+            pipeline = %self.pipeline,
+            stage = %self.spec.label,
+            plugin = %self.plugin.name,
+            version = %self.plugin.version,
+            partition = self.partition,
+            records,
+            on_error = ?self.spec.on_error,
+            "batch failed, isolating the records that cause it: {error}"
+        );
+    }
+}
+
+/// A copy of `range` of `batch`.
+fn slice(batch: &Batch, range: Range<usize>) -> Batch {
+    let mut part = Batch::with_capacity(range.len(), 0);
+    for i in range {
+        if let Some(event) = batch.get(i) {
+            part.push_event(&event);
+        }
+    }
+    part
+}
+
+/// A circuit breaker over the calls of one stage instance (see
+/// [`BreakerConfig`]): closed → open after `failures` poison records in a row
+/// (records whose call fails alone, with no successful call between) →
+/// half-open after `cooldown` → closed on a success, open again on a failure.
+#[derive(Debug)]
+struct Breaker {
+    config: BreakerConfig,
+    failures_in_a_row: usize,
+    open_until: Option<Instant>,
+    last_error: String,
+}
+
+impl Breaker {
+    fn new(config: BreakerConfig) -> Self {
+        Breaker {
+            config,
+            failures_in_a_row: 0,
+            open_until: None,
+            last_error: String::new(),
+        }
+    }
+
+    /// `Some(reason)` while open: the call must not be made.
+    fn refuses(&mut self) -> Option<String> {
+        let until = self.open_until?;
+        if Instant::now() >= until {
+            // Half-open: let one call through; its outcome decides.
+            self.open_until = None;
+            self.failures_in_a_row = self.config.failures.saturating_sub(1);
+            return None;
+        }
+        Some(format!(
+            "circuit breaker open: the plugin failed {} calls in a row (last: {}); not called until the cooldown ends",
+            self.config.failures, self.last_error
+        ))
+    }
+
+    fn success(&mut self) {
+        self.failures_in_a_row = 0;
+    }
+
+    /// Counts a failed call; returns whether the breaker opened now.
+    fn failure(&mut self, error: &CallError) -> bool {
+        self.failures_in_a_row += 1;
+        if self.failures_in_a_row < self.config.failures {
+            return false;
+        }
+        self.last_error = error.to_string();
+        self.open_until = Some(Instant::now() + self.config.cooldown);
+        true
+    }
+
+    fn reset(&mut self) {
+        self.failures_in_a_row = 0;
+        self.open_until = None;
     }
 }

@@ -14,8 +14,9 @@ use crate::config::{
 };
 use crate::decode::{Decoder, Pointer};
 use crate::pipeline::PipelineSpec;
-use crate::plugin::{Limits, LogTags, Plugin, PluginHost};
+use crate::plugin::{Limits, LogTags, PluginHost};
 use crate::processor::StageSpec;
+use crate::reload::{PluginSlot, StageUse};
 use crate::sink::SinkSpec;
 use crate::source::{Input, SourceSpec};
 
@@ -26,6 +27,12 @@ pub struct Topology {
     pub sinks: BTreeMap<String, SinkSpec>,
     /// The pipelines.
     pub pipelines: Vec<PipelineSpec>,
+    /// One slot per plugin file, shared by every stage that runs it.
+    pub plugins: Vec<Arc<PluginSlot>>,
+    /// Where the daemon keeps its state (see [`config::state_dir`]).
+    pub state_dir: PathBuf,
+    /// Whether plugin files are watched and swapped in when they change.
+    pub hot_reload: bool,
 }
 
 /// Most partitions one pipeline may have.
@@ -53,7 +60,7 @@ impl Topology {
             return Err(source.unplaced("no pipeline is defined: add a [pipelines.NAME] table"));
         }
         let plugins_dir = config::resolve(&base, config.daemon.plugins_dir.get_ref());
-        let mut loaded: BTreeMap<PathBuf, Plugin> = BTreeMap::new();
+        let mut loaded: BTreeMap<PathBuf, Arc<PluginSlot>> = BTreeMap::new();
         let mut sinks = BTreeMap::new();
         let mut pipelines = Vec::new();
         let mut stdin_user: Option<&str> = None;
@@ -215,16 +222,18 @@ impl Topology {
                         format!("plugin file not found: {}", path.display()),
                     ));
                 }
-                let plugin = match loaded.get(&path) {
-                    Some(p) => p.clone(),
+                let slot = match loaded.get(&path) {
+                    Some(slot) => slot.clone(),
                     None => {
                         let plugin = host
                             .load(&path)
                             .map_err(|e| source.error(proc_cfg.plugin.span(), format!("{e:#}")))?;
-                        loaded.insert(path.clone(), plugin.clone());
-                        plugin
+                        let slot = PluginSlot::new(plugin);
+                        loaded.insert(path.clone(), slot.clone());
+                        slot
                     }
                 };
+                let plugin = slot.current();
                 let pairs = config::plugin_config_pairs(&proc_cfg.config);
                 let limits = Limits {
                     memory_bytes: proc_cfg.memory_limit,
@@ -254,12 +263,19 @@ impl Topology {
                             ),
                         )
                     })?;
+                slot.add_use(StageUse {
+                    pipeline: name.clone(),
+                    stage: label.clone(),
+                    config: pairs.clone(),
+                    limits,
+                });
                 stages.push(Arc::new(StageSpec {
                     label,
-                    plugin,
+                    slot,
                     config: pairs,
                     limits,
                     on_error,
+                    breaker: proc_cfg.circuit_breaker,
                 }));
             }
 
@@ -278,7 +294,13 @@ impl Topology {
                 queue_records: p.queue_records,
             });
         }
-        Ok(Topology { sinks, pipelines })
+        Ok(Topology {
+            sinks,
+            pipelines,
+            plugins: loaded.into_values().collect(),
+            state_dir: config::state_dir(config, source),
+            hot_reload: config.daemon.hot_reload,
+        })
     }
 }
 

@@ -16,6 +16,7 @@ use crate::batcher::{BatchLimits, Batcher};
 use crate::config::OnError;
 use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::pipeline::Stats;
+use crate::plugin::Plugin;
 use crate::processor::Stage;
 use crate::sink::SinkHandle;
 use crate::source::Record;
@@ -137,51 +138,61 @@ impl Worker {
         let mut skipped = 0;
         let mut current = batch;
         for (index, stage) in self.stages.iter_mut().enumerate() {
-            match stage.run(&mut current) {
-                Ok(processed) => {
-                    for (i, reason) in processed.rejected {
-                        if let Some(event) = current.get(i as usize) {
-                            refused.push(Refused::of(index, &event, reason));
-                        }
-                    }
-                    current = processed.events;
-                }
+            let output = match stage.process(&mut current) {
+                Ok(output) => output,
                 Err(error) => {
                     let spec = stage.spec();
-                    let reason = error.to_string();
+                    let plugin = stage.plugin();
                     tracing::error!(
                         pipeline = %self.pipeline,
                         stage = %spec.label,
-                        plugin = %spec.plugin.name,
-                        version = %spec.plugin.version,
+                        plugin = %plugin.name,
+                        version = %plugin.version,
                         partition = self.partition,
                         records = current.len(),
-                        on_error = ?spec.on_error,
-                        "batch failed: {reason}"
+                        "batch failed, stopping the pipeline (on_error = \"stop\"): {error}"
                     );
-                    match spec.on_error {
-                        OnError::DeadLetter => {
-                            for event in &current {
-                                refused.push(Refused::of(index, &event, reason.clone()));
-                            }
-                        }
-                        OnError::Skip => skipped = current.len(),
-                        OnError::Stop => {
-                            return Err(BatchFailed {
-                                error: anyhow!(
-                                    "pipeline `{}` stopped (on_error = \"stop\"): stage {} failed on a batch of {} record(s): {reason}",
-                                    self.pipeline,
-                                    spec.label,
-                                    current.len()
-                                ),
-                                unaccounted: input_len,
-                            });
-                        }
-                    }
-                    current = Batch::new();
-                    break;
+                    return Err(BatchFailed {
+                        error: anyhow!(
+                            "pipeline `{}` stopped (on_error = \"stop\"): stage {} ({} {}) failed on a batch of {} record(s): {error}",
+                            self.pipeline,
+                            spec.label,
+                            plugin.name,
+                            plugin.version,
+                            current.len()
+                        ),
+                        unaccounted: input_len,
+                    });
+                }
+            };
+            for (i, reason) in output.rejected {
+                if let Some(event) = current.get(i as usize) {
+                    refused.push(Refused::of(index, stage.plugin(), &event, reason));
                 }
             }
+            match stage.spec().on_error {
+                OnError::Skip => {
+                    if !output.failed.is_empty() {
+                        tracing::warn!(
+                            pipeline = %self.pipeline,
+                            stage = %stage.spec().label,
+                            partition = self.partition,
+                            records = output.failed.len(),
+                            "records skipped (on_error = \"skip\"): {}",
+                            output.failed[0].1
+                        );
+                    }
+                    skipped += output.failed.len();
+                }
+                OnError::DeadLetter | OnError::Stop => {
+                    for (i, reason) in output.failed {
+                        if let Some(event) = current.get(i as usize) {
+                            refused.push(Refused::of(index, stage.plugin(), &event, reason));
+                        }
+                    }
+                }
+            }
+            current = output.events;
         }
         self.dead_letter_refused(&refused)
             .map_err(|error| BatchFailed {
@@ -206,7 +217,7 @@ impl Worker {
                 let spec = self.stages[r.stage].spec();
                 DeadRecord {
                     stage: &spec.label,
-                    plugin: Some((&spec.plugin.name, &spec.plugin.version)),
+                    plugin: Some((&r.plugin.name, &r.plugin.version)),
                     partition: Some(self.partition),
                     reason: &r.reason,
                     key: &r.key,
@@ -279,6 +290,8 @@ struct BatchFailed {
 struct Refused {
     /// Index of the stage in the chain.
     stage: usize,
+    /// The plugin version that ran the batch.
+    plugin: Arc<Plugin>,
     reason: String,
     key: Vec<u8>,
     timestamp_ms: i64,
@@ -287,9 +300,10 @@ struct Refused {
 }
 
 impl Refused {
-    fn of(stage: usize, event: &Event<'_>, reason: String) -> Self {
+    fn of(stage: usize, plugin: &Arc<Plugin>, event: &Event<'_>, reason: String) -> Self {
         Refused {
             stage,
+            plugin: plugin.clone(),
             reason,
             key: event.key().unwrap_or_default().to_vec(),
             timestamp_ms: event.timestamp_ms(),

@@ -8,6 +8,7 @@ mod config_errors;
 mod dead_letter;
 mod failures;
 mod flights;
+mod reload;
 mod sandbox;
 mod shutdown;
 mod sources;

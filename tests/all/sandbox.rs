@@ -63,14 +63,15 @@ fn numbers(lines: &[String], field: Option<&str>) -> Vec<u64> {
     n
 }
 
-/// The records of the batches (of 10) that hold a poisoned record.
-fn poisoned_batches() -> Vec<u64> {
-    (0..300).filter(|n| (n / 10) % 10 == 5).collect()
+/// The poisoned records.
+fn poisoned() -> Vec<u64> {
+    (0..300).filter(|n| n % 100 == 50).collect()
 }
 
-/// Runs `mode` under dead-letter; the poisoned batches land in the dead-letter
-/// sink with a reason containing `reason`, all the others pass.
-fn dead_letters_poisoned_batches(mode: &str, reason: &str) {
+/// Runs `mode` under dead-letter: the failing batches are bisected, so exactly
+/// the poisoned records land in the dead-letter sink, with a reason containing
+/// `reason`, and all the others pass.
+fn dead_letters_poisoned_records(mode: &str, reason: &str) {
     let scratch = Scratch::new(&config(
         &format!("config = {{ mode = \"{mode}\", trigger = \"POISON\", bytes = 268435456 }}"),
         "dead-letter",
@@ -78,7 +79,7 @@ fn dead_letters_poisoned_batches(mode: &str, reason: &str) {
     scratch.write("in.ndjson", &numbered_input());
     let output = scratch.run();
     assert_exit(&output, 0);
-    let bad = poisoned_batches();
+    let bad = poisoned();
     let good: Vec<u64> = (0..300).filter(|n| !bad.contains(n)).collect();
     assert_eq!(numbers(&scratch.read_lines("out.ndjson"), None), good);
     let dlq = scratch.read_lines("dlq.ndjson");
@@ -89,18 +90,18 @@ fn dead_letters_poisoned_batches(mode: &str, reason: &str) {
         assert!(r.contains(reason), "reason {r:?} lacks {reason:?}");
         assert_eq!(d["stage"], "0:misbehave");
     }
-    assert_eq!(count(&output, "p", "rejected"), 30);
-    assert_eq!(count(&output, "p", "out"), 270);
+    assert_eq!(count(&output, "p", "rejected"), 3);
+    assert_eq!(count(&output, "p", "out"), 297);
 }
 
 #[test]
 fn endless_loop_is_cut_off_at_its_deadline() {
-    dead_letters_poisoned_batches("loop", "timeout: the call ran past its 200ms deadline");
+    dead_letters_poisoned_records("loop", "timeout: the call ran past its 200ms deadline");
 }
 
 #[test]
 fn over_allocation_hits_the_memory_limit() {
-    dead_letters_poisoned_batches(
+    dead_letters_poisoned_records(
         "alloc",
         "out of memory: the instance hit its 33554432-byte memory limit",
     );
@@ -108,11 +109,11 @@ fn over_allocation_hits_the_memory_limit() {
 
 #[test]
 fn panic_is_a_trap_with_its_message() {
-    dead_letters_poisoned_batches("panic", "misbehave: panic on purpose");
+    dead_letters_poisoned_records("panic", "misbehave: panic on purpose");
 }
 
 #[test]
-fn skip_drops_and_counts_the_failed_batches() {
+fn skip_drops_and_counts_the_poison_records() {
     let scratch = Scratch::new(&config(
         "config = { mode = \"fail\", trigger = \"POISON\" }",
         "skip",
@@ -120,8 +121,8 @@ fn skip_drops_and_counts_the_failed_batches() {
     scratch.write("in.ndjson", &numbered_input());
     let output = scratch.run();
     assert_exit(&output, 0);
-    assert_eq!(count(&output, "p", "skipped"), 30);
-    assert_eq!(count(&output, "p", "out"), 270);
+    assert_eq!(count(&output, "p", "skipped"), 3);
+    assert_eq!(count(&output, "p", "out"), 297);
     assert!(scratch.read_lines("dlq.ndjson").is_empty());
     // The guest's `log` calls reach the daemon's log, tagged.
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -166,7 +167,7 @@ fn stop_ends_the_pipeline_with_exit_1() {
 
 #[test]
 fn sleeping_is_refused_at_once() {
-    dead_letters_poisoned_batches("sleep", "plugins may not block or sleep");
+    dead_letters_poisoned_records("sleep", "plugins may not block or sleep");
 }
 
 #[test]
@@ -185,5 +186,110 @@ fn no_files_no_environment_no_clock() {
     assert_eq!(
         probe,
         serde_json::json!({"read_file": false, "list_dir": false, "env_vars": 0, "args": 0, "wall_clock_ms": 0})
+    );
+}
+
+#[test]
+fn one_poison_record_in_ten_thousand_is_isolated() {
+    let poison = 7_321;
+    let scratch = Scratch::new(
+        &config(
+            "config = { mode = \"panic\", trigger = \"POISON\" }",
+            "dead-letter",
+        )
+        .replace("max_records = 10,", "max_records = 10000,"),
+    );
+    let input: String = (0..10_000)
+        .map(|n| {
+            let p = if n == poison { "POISON" } else { "fine" };
+            format!("{{\"n\":{n},\"p\":\"{p}\"}}\n")
+        })
+        .collect();
+    scratch.write("in.ndjson", &input);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "batches"), 1);
+    // The 9,999 others, in their order.
+    let out: Vec<u64> = scratch
+        .read_lines("out.ndjson")
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let want: Vec<u64> = (0..10_000).filter(|n| *n != poison).collect();
+    assert_eq!(out, want);
+    let dlq = scratch.read_lines("dlq.ndjson");
+    assert_eq!(numbers(&dlq, Some("original")), vec![poison]);
+    let d: Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert!(
+        d["reason"].as_str().unwrap().contains("panic on purpose"),
+        "{d}"
+    );
+    assert_eq!(d["plugin"], "misbehave");
+    assert_eq!(
+        d["plugin_version"],
+        sluice::plugin::content_version(
+            &std::fs::read(plugins_dir().join("misbehave.wasm")).unwrap()
+        )
+    );
+}
+
+#[test]
+fn a_plugin_that_always_fails_trips_the_circuit_breaker() {
+    let scratch = Scratch::new(
+        &config(
+            "config = { mode = \"fail\" }, circuit_breaker = { failures = 3, cooldown = \"1h\" }",
+            "dead-letter",
+        )
+        .replace("max_records = 10,", "max_records = 500,"),
+    );
+    let input: String = (0..1000).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    scratch.write("in.ndjson", &input);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "rejected"), 1000);
+    let dlq = scratch.read_lines("dlq.ndjson");
+    assert_eq!(
+        numbers(&dlq, Some("original")),
+        (0..1000).collect::<Vec<_>>()
+    );
+    // Bisection isolates the first three records as failing alone; then the
+    // breaker opens and nothing more is tried, in this batch or the next.
+    let mut by_reason: Vec<(u64, bool)> = dlq
+        .iter()
+        .map(|l| {
+            let d: Value = serde_json::from_str(l).unwrap();
+            let n = serde_json::from_str::<Value>(d["original"].as_str().unwrap()).unwrap()["n"]
+                .as_u64()
+                .unwrap();
+            (
+                n,
+                d["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("circuit breaker open"),
+            )
+        })
+        .collect();
+    by_reason.sort();
+    let tried: Vec<u64> = by_reason
+        .iter()
+        .filter(|(_, open)| !open)
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(tried, vec![0, 1, 2]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("circuit breaker opened").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("batch failed, isolating").count(),
+        1,
+        "{stderr}"
     );
 }

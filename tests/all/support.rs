@@ -137,7 +137,8 @@ pub fn assert_exit(output: &Output, code: i32) {
     );
 }
 
-/// A running daemon whose stderr is read as it comes.
+/// A running daemon whose stderr is read as it comes; killed if the test
+/// panics before [`Running::finish`].
 pub struct Running {
     pub child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
@@ -174,6 +175,24 @@ impl Running {
         }
     }
 
+    /// Waits (up to 60 s) until `n` stderr lines contain `what`.
+    pub fn wait_for_count(&mut self, what: &str, n: usize) {
+        while self.count(what) < n {
+            match self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "fewer than {n} `{what}` in the log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// How many stderr lines seen so far contain `what`.
+    pub fn count(&self, what: &str) -> usize {
+        self.log.iter().filter(|l| l.contains(what)).count()
+    }
+
     /// Sends `signal` (e.g. `"TERM"`).
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
@@ -191,7 +210,16 @@ impl Running {
         std::process::Output {
             status,
             stdout: Vec::new(),
-            stderr: (self.log.join("\n") + "\n").into_bytes(),
+            stderr: (std::mem::take(&mut self.log).join("\n") + "\n").into_bytes(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

@@ -1,0 +1,331 @@
+//! Hot reload: a new `.wasm` dropped into the plugins folder of a running daemon
+//! is swapped in at a batch boundary, however the file arrives; a broken one
+//! leaves the running version serving; and under load, no record is lost or
+//! processed twice by a swap.
+//!
+//! The fixtures `tag_a.wasm` and `tag_b.wasm` are two versions of one plugin
+//! that add `"v":"a"` or `"v":"b"` to each record, so the output says which
+//! version processed each record.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(plugins_dir().join(name)).unwrap()
+}
+
+/// A followed file → `tag.wasm` (from the daemon's own `plugins/` folder) → a
+/// file. The stage's config is ignored by the tag plugins, and refused by
+/// `misbehave.wasm` (`configure = "fail"`): a version whose start-up fails.
+fn config(partitions: usize) -> String {
+    format!(
+        r#"
+[daemon]
+plugins_dir = "plugins"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+follow = true
+key = "/k"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+
+[pipelines.p]
+source = "in"
+partitions = {partitions}
+batch = {{ max_records = 1024, interval = "20ms" }}
+processors = [{{ plugin = "tag.wasm", config = {{ configure = "fail" }} }}]
+sinks = ["out"]
+dead_letter = "dlq"
+"#
+    )
+}
+
+/// A daemon running [`config`], started with `tag_a.wasm` as `plugins/tag.wasm`.
+struct Rig {
+    scratch: Scratch,
+    daemon: Running,
+    input: std::fs::File,
+    sent: usize,
+}
+
+impl Rig {
+    fn start(partitions: usize) -> Self {
+        let scratch = Scratch::new(&config(partitions));
+        std::fs::create_dir(scratch.path("plugins")).unwrap();
+        std::fs::write(scratch.path("plugins/tag.wasm"), fixture("tag_a.wasm")).unwrap();
+        scratch.write("in.ndjson", "");
+        let input = std::fs::OpenOptions::new()
+            .append(true)
+            .open(scratch.path("in.ndjson"))
+            .unwrap();
+        let mut daemon = Running::start(scratch.command("run"));
+        daemon.wait_for("pipeline started");
+        Rig {
+            scratch,
+            daemon,
+            input,
+            sent: 0,
+        }
+    }
+
+    fn plugin(&self) -> PathBuf {
+        self.scratch.path("plugins/tag.wasm")
+    }
+
+    /// Sends one record through; returns the tag of the version that ran it.
+    fn probe(&mut self) -> String {
+        writeln!(self.input, "{{\"k\":\"probe\",\"n\":{}}}", self.sent).unwrap();
+        self.sent += 1;
+        self.scratch.wait_for_lines("out.ndjson", self.sent);
+        let lines = self.scratch.read_lines("out.ndjson");
+        let last: Value = serde_json::from_str(&lines[self.sent - 1]).unwrap();
+        assert_eq!(last["n"], self.sent - 1, "{last}");
+        last["v"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the daemon has logged `what` `n` times.
+    fn wait(&mut self, what: &str, n: usize) {
+        self.daemon.wait_for_count(what, n);
+    }
+
+    fn status(&self) -> Value {
+        let text = std::fs::read_to_string(self.scratch.path("state/status.json")).unwrap();
+        let status: Value = serde_json::from_str(&text).unwrap();
+        status["plugins"][0].clone()
+    }
+
+    /// Stops the daemon; checks every record sent came out once.
+    fn finish(self) -> std::process::Output {
+        self.daemon.signal("TERM");
+        let output = self.daemon.finish();
+        assert_exit(&output, 0);
+        assert_eq!(count(&output, "p", "in"), self.sent as u64);
+        assert_eq!(count(&output, "p", "out"), self.sent as u64);
+        output
+    }
+}
+
+/// Writes `bytes` to a temporary name in the same folder, then renames it over
+/// `path` (how deployment tools install a file atomically).
+fn rename_into(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_file_name(".tag.wasm.partial");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+const RELOADED: &str = "plugin reloaded";
+const REFUSED: &str = "plugin reload refused";
+
+#[test]
+fn every_way_a_file_can_arrive_is_picked_up() {
+    let mut rig = Rig::start(1);
+    let (a, b) = (fixture("tag_a.wasm"), fixture("tag_b.wasm"));
+    assert_eq!(rig.probe(), "a");
+
+    // Written in place (truncate + write).
+    std::fs::write(rig.plugin(), &b).unwrap();
+    rig.wait(RELOADED, 1);
+    assert_eq!(rig.probe(), "b");
+
+    // Copied over.
+    let elsewhere = rig.scratch.path("tag_a_copy.wasm");
+    std::fs::write(&elsewhere, &a).unwrap();
+    std::fs::copy(&elsewhere, rig.plugin()).unwrap();
+    rig.wait(RELOADED, 2);
+    assert_eq!(rig.probe(), "a");
+
+    // Written under a temporary name and renamed.
+    rename_into(&rig.plugin(), &b);
+    rig.wait(RELOADED, 3);
+    assert_eq!(rig.probe(), "b");
+
+    // Deleted: the running version keeps serving.
+    std::fs::remove_file(rig.plugin()).unwrap();
+    rig.wait("plugin file is gone", 1);
+    assert_eq!(rig.probe(), "b");
+    assert_eq!(rig.status()["file_missing"], true);
+
+    // Back again.
+    rename_into(&rig.plugin(), &a);
+    rig.wait(RELOADED, 4);
+    assert_eq!(rig.probe(), "a");
+
+    // The same bytes again: no reload.
+    std::fs::write(rig.plugin(), &a).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(rig.daemon.count(RELOADED), 4);
+
+    // The whole folder replaced (a new inode, which inotify does not follow).
+    std::fs::rename(rig.scratch.path("plugins"), rig.scratch.path("plugins.old")).unwrap();
+    std::fs::create_dir(rig.scratch.path("plugins")).unwrap();
+    std::fs::write(rig.plugin(), &b).unwrap();
+    rig.wait(RELOADED, 5);
+    assert_eq!(rig.probe(), "b");
+
+    let status = rig.status();
+    assert_eq!(status["version"], sluice::plugin::content_version(&b));
+    assert_eq!(status["reloads"], 5);
+    assert_eq!(status["reload_failures"], 0);
+    assert_eq!(status["file_missing"], false);
+    assert_eq!(status["history"].as_array().unwrap().len(), 5);
+    rig.finish();
+}
+
+#[test]
+fn a_broken_plugin_leaves_the_running_version_serving() {
+    let mut rig = Rig::start(1);
+    let b = fixture("tag_b.wasm");
+    assert_eq!(rig.probe(), "a");
+    let broken: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "truncated",
+            b[..b.len() / 2].to_vec(),
+            "is not a valid WebAssembly component",
+        ),
+        (
+            "not a component",
+            b"this is not wasm\n".to_vec(),
+            "is not a valid WebAssembly component",
+        ),
+        (
+            "wrong world",
+            fixture("not_a_plugin.wasm"),
+            "is not a sluice:plugin/processor component",
+        ),
+        (
+            "configure fails",
+            fixture("misbehave.wasm"),
+            "configure failed",
+        ),
+    ];
+    for (i, (what, bytes, reason)) in broken.iter().enumerate() {
+        rename_into(&rig.plugin(), bytes);
+        rig.wait(REFUSED, i + 1);
+        let line = rig
+            .daemon
+            .log
+            .iter()
+            .rev()
+            .find(|l| l.contains(REFUSED))
+            .unwrap();
+        assert!(line.contains(reason), "{what}: {line}");
+        assert_eq!(rig.probe(), "a", "{what}: the old version keeps serving");
+    }
+    let status = rig.status();
+    assert_eq!(
+        status["version"],
+        sluice::plugin::content_version(&fixture("tag_a.wasm"))
+    );
+    assert_eq!(status["reload_failures"], 4);
+    let last = status["last_error"]["error"].as_str().unwrap();
+    assert!(last.contains("configure failed"), "{last}");
+
+    // A writer that pauses half-way: the half is refused, the whole goes in.
+    let mut file = std::fs::File::create(rig.plugin()).unwrap();
+    file.write_all(&b[..b.len() / 2]).unwrap();
+    rig.wait(REFUSED, 5);
+    assert_eq!(rig.probe(), "a");
+    file.write_all(&b[b.len() / 2..]).unwrap();
+    drop(file);
+    rig.wait(RELOADED, 1);
+    assert_eq!(rig.probe(), "b");
+    assert_eq!(rig.status()["reloads"], 1);
+    rig.finish();
+}
+
+/// One output record: its number, key and tag.
+fn parse(line: &str) -> (u64, String, String) {
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    (
+        v["n"].as_u64().unwrap(),
+        v["k"].as_str().unwrap().to_string(),
+        v["v"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn swapping_under_load_loses_and_repeats_nothing() {
+    const RECORDS: u64 = 300_000;
+    const CHUNK: u64 = 1_000;
+    const KEYS: u64 = 64;
+    let mut rig = Rig::start(4);
+    let versions = [fixture("tag_a.wasm"), fixture("tag_b.wasm")];
+
+    // The stream: 1,000 records every 10 ms or so, for a few seconds.
+    let mut input = rig.input.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for start in (0..RECORDS).step_by(CHUNK as usize) {
+            let chunk: String = (start..start + CHUNK)
+                .map(|n| format!("{{\"k\":\"key{}\",\"n\":{n}}}\n", n % KEYS))
+                .collect();
+            input.write_all(chunk.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+
+    // Swap a → b → a … while it flows, each way a file can arrive in turn.
+    let mut swaps = 0;
+    while !writer.is_finished() {
+        let bytes = &versions[(swaps + 1) % 2];
+        match swaps % 3 {
+            0 => std::fs::write(rig.plugin(), bytes).unwrap(),
+            1 => rename_into(&rig.plugin(), bytes),
+            _ => {
+                let tmp = rig.scratch.path("elsewhere.wasm");
+                std::fs::write(&tmp, bytes).unwrap();
+                std::fs::copy(&tmp, rig.plugin()).unwrap();
+            }
+        }
+        swaps += 1;
+        rig.wait(RELOADED, swaps);
+    }
+    writer.join().unwrap();
+    rig.sent = RECORDS as usize;
+    rig.scratch.wait_for_lines("out.ndjson", RECORDS as usize);
+    assert!(swaps >= 10, "only {swaps} swaps happened during the stream");
+
+    let lines = rig.scratch.read_lines("out.ndjson");
+    let mut seen = vec![false; RECORDS as usize];
+    let mut last: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut changes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tags: BTreeMap<String, usize> = BTreeMap::new();
+    for line in &lines {
+        let (n, key, tag) = parse(line);
+        assert!(!std::mem::replace(&mut seen[n as usize], true), "{n} twice");
+        assert_eq!(key, format!("key{}", n % KEYS));
+        *tags.entry(tag.clone()).or_default() += 1;
+        if let Some((prev, prev_tag)) = last.get(&key) {
+            assert!(*prev < n, "key {key}: {n} after {prev}");
+            if *prev_tag != tag {
+                *changes.entry(key.clone()).or_default() += 1;
+            }
+        }
+        last.insert(key, (n, tag));
+    }
+    assert_eq!(lines.len() as u64, RECORDS);
+    assert!(seen.iter().all(|s| *s), "every record came out");
+    assert_eq!(tags.keys().cloned().collect::<Vec<_>>(), ["a", "b"]);
+    // A key changes version only at a swap, and never goes back by itself.
+    let most = changes.values().max().copied().unwrap_or(0);
+    assert!(
+        most <= swaps,
+        "a key changed version {most} times in {swaps} swaps"
+    );
+    assert!(rig.scratch.read_lines("dlq.ndjson").is_empty());
+    eprintln!("{swaps} swaps under load; tags {tags:?}; at most {most} version changes per key");
+    rig.finish();
+}
