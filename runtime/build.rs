@@ -19,6 +19,10 @@ fn main() {
         .map(|p| if p.is_absolute() { p } else { root.join(p) })
         .unwrap_or_else(|| root.join("target"));
     let out_dir = target_dir.join("plugins");
+    println!(
+        "cargo:rustc-env=SLUICE_WASMTIME_VERSION={}",
+        locked_version(&root.join("Cargo.lock"), "wasmtime")
+    );
     println!("cargo:rustc-env=SLUICE_PLUGINS_DIR={}", out_dir.display());
     println!("cargo:rerun-if-env-changed=SLUICE_SKIP_PLUGIN_BUILD");
     for watched in ["plugins", "plugin-sdk", "wit"] {
@@ -78,6 +82,22 @@ fn main() {
             std::fs::rename(&tmp, &dest).unwrap();
         }
     }
+}
+
+/// The version of `package` in `lock` (a Cargo.lock), or `unknown`.
+fn locked_version(lock: &Path, package: &str) -> String {
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let text = std::fs::read_to_string(lock).unwrap_or_default();
+    let wanted = format!("name = \"{package}\"");
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line == wanted
+            && let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = "))
+        {
+            return version.trim_matches('"').to_string();
+        }
+    }
+    "unknown".into()
 }
 
 /// rustup installs the targets of rust-toolchain.toml with a new toolchain, but

@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod dead_letter;
 pub mod decode;
 pub mod guest_output;
+pub mod inspect;
 pub mod pipeline;
 pub mod plugin;
 pub mod processor;

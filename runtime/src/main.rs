@@ -34,6 +34,31 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Print a component's world, exports and imports, and whether this daemon
+    /// can run it (compile, link, processor world, `configure`). Exit 0 if it
+    /// can, 1 if not.
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// A setting passed to `configure`, as NAME=VALUE; repeatable.
+        #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_setting)]
+        config: Vec<(String, String)>,
+    },
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
 }
 
 /// Exit code of a config error (as sysexits' EX_USAGE is 64, but `2` is what
@@ -44,6 +69,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
+        Command::Plugin {
+            command: PluginCommand::Check { file, mut config },
+        } => {
+            let host = match PluginHost::new() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: cannot start the WebAssembly engine: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            config.sort();
+            let report = sluice::inspect::check(&host, &file, &config);
+            print!("{}", report.text);
+            if report.runnable {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Validate { config } => match load(&config) {
             Ok((topology, _)) => {
                 eprintln!(

@@ -44,6 +44,9 @@ pub use bindings::{Processor as ProcessorBindings, ProcessorPre};
 /// against any 0.2.x version resolve to it.
 const WASI_POLL: &str = "wasi:io/poll@0.2.12";
 
+/// The wasmtime version this daemon embeds (from Cargo.lock, by build.rs).
+pub const WASMTIME_VERSION: &str = env!("SLUICE_WASMTIME_VERSION");
+
 /// How often the epoch ticks: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -171,9 +174,24 @@ impl PluginHost {
         let (component, origin) = compiled
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+        self.link(path, &component, content, origin, started)
+    }
+
+    /// Links a compiled component and checks it has the `processor` world.
+    ///
+    /// # Errors
+    /// As [`PluginHost::load`], but for compilation.
+    pub fn link(
+        &self,
+        path: &Path,
+        component: &Component,
+        content: [u8; 32],
+        origin: Origin,
+        started: Instant,
+    ) -> anyhow::Result<Plugin> {
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!(

@@ -8,6 +8,7 @@ mod config_errors;
 mod dead_letter;
 mod failures;
 mod flights;
+mod plugin_check;
 mod reload;
 mod sandbox;
 mod shutdown;

@@ -1,0 +1,84 @@
+//! `sluice plugin check FILE.wasm`: the world, exports and imports of a
+//! component, and whether the daemon can run it.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn check(file: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let output = Command::new(sluice_bin())
+        .args(["plugin", "check"])
+        .arg(file)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn a_processor_is_described_and_runs() {
+    let file = plugins_dir().join("tag_a.wasm");
+    let (code, out) = check(&file, &[]);
+    assert_eq!(code, 0, "{out}");
+    let version = sluice::plugin::content_version(&std::fs::read(&file).unwrap());
+    for want in [
+        format!("version {version}"),
+        "world:    sluice:plugin/processor@0.1.0".to_string(),
+        "  configure: func(config: list<tuple<string, string>>) -> result<_, string>".to_string(),
+        "  process: func(batch: record { values: list<u8>, value-ends: list<u32>,".to_string(),
+        "  sluice:plugin/types@0.1.0".to_string(),
+        "verdict:  runs in this daemon".to_string(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn what_cannot_run_says_why_and_exits_1() {
+    let scratch = Scratch::new("");
+    let tag = std::fs::read(plugins_dir().join("tag_a.wasm")).unwrap();
+    scratch.write("junk.wasm", "not wasm");
+    std::fs::write(scratch.path("half.wasm"), &tag[..tag.len() / 2]).unwrap();
+    let cases = [
+        (
+            plugins_dir().join("not_a_plugin.wasm"),
+            vec![],
+            "world:    wasi:cli/command",
+        ),
+        (
+            plugins_dir().join("not_a_plugin.wasm"),
+            vec![],
+            "is not a sluice:plugin/processor component",
+        ),
+        (
+            scratch.path("junk.wasm"),
+            vec![],
+            "not a valid WebAssembly component",
+        ),
+        (
+            scratch.path("half.wasm"),
+            vec![],
+            "not a valid WebAssembly component",
+        ),
+        (
+            plugins_dir().join("misbehave.wasm"),
+            vec!["--config", "configure=fail"],
+            "cannot run with this config: plugin error: configure failed: configure refused on purpose",
+        ),
+        (scratch.path("missing.wasm"), vec![], "cannot read"),
+    ];
+    for (file, args, want) in cases {
+        let (code, out) = check(&file, &args);
+        assert_eq!(code, 1, "{}: {out}", file.display());
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // The same plugin with a config it accepts runs.
+    let (code, out) = check(
+        &plugins_dir().join("misbehave.wasm"),
+        &["--config", "mode=panic", "--config", "trigger=x"],
+    );
+    assert_eq!(code, 0, "{out}");
+}
