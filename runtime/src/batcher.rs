@@ -38,16 +38,22 @@ pub struct Batcher {
 impl Batcher {
     /// An empty batcher. Limits of 0 are taken as 1.
     pub fn new(limits: BatchLimits) -> Self {
-        let limits = BatchLimits {
+        let mut batcher = Batcher {
+            limits,
+            batch: Batch::new(),
+            opened: None,
+        };
+        batcher.set_limits(limits);
+        batcher
+    }
+
+    /// New limits (a config reload); they apply from the next record on.
+    pub fn set_limits(&mut self, limits: BatchLimits) {
+        self.limits = BatchLimits {
             max_records: limits.max_records.max(1),
             max_bytes: limits.max_bytes.max(1),
             ..limits
         };
-        Batcher {
-            limits,
-            batch: Batch::new(),
-            opened: None,
-        }
     }
 
     /// Adds a record; calls `emit` with each batch this closes (zero, one or two:

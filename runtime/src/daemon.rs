@@ -11,16 +11,25 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::pipeline::Summary;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::pipeline::{Chain, PipelineSpec, Summary};
 use crate::plugin::PluginHost;
-use crate::reload::Reloader;
-use crate::sink::RunningSink;
+use crate::reload::{PluginSlot, Reloader};
+use crate::sink::{RunningSink, SinkSpec};
 use crate::topology::Topology;
 
 /// The status file in the state folder: the running version of every plugin,
 /// since when, its reload history and last error (see
 /// [`crate::reload::Status`]).
 pub const STATUS_FILE: &str = "status.json";
+
+/// Quiet time after a reload request (SIGHUP, a config file event) before the
+/// config is read: an editor's save is several events.
+pub const CONFIG_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// What a run ended with.
 #[derive(Debug)]
@@ -31,85 +40,269 @@ pub struct Outcome {
     pub errors: Vec<anyhow::Error>,
 }
 
-/// Runs `topology` until every source has ended, or until `shutdown` completes
-/// (then drains).
+/// Builds the topology of the config file again, for a reload, reusing the
+/// plugin slots that run (see [`Topology::build`]); the error is the message
+/// to log.
+pub type Rebuild = Box<dyn Fn(&[Arc<PluginSlot>]) -> Result<Topology, String> + Send>;
+
+/// Config reload: what asks for it, and how the new topology is built.
+pub struct ConfigReload {
+    /// One message per request (SIGHUP, `--watch-config`, …).
+    pub requests: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    /// Reads and builds the config again.
+    pub rebuild: Rebuild,
+}
+
+/// A pipeline the daemon runs.
+struct Live {
+    shape: String,
+    chain: Arc<ArcSwap<Chain>>,
+    cancel: Arc<AtomicBool>,
+    /// Removed by a reload, draining.
+    removed: bool,
+}
+
+/// The running state of the daemon.
+struct Daemon {
+    host: PluginHost,
+    sinks: BTreeMap<String, (SinkSpec, RunningSink)>,
+    live: BTreeMap<String, Live>,
+    slots: Vec<Arc<PluginSlot>>,
+    reloader: Option<Reloader>,
+    state_dir: PathBuf,
+    hot_reload: bool,
+    waiting: tokio::task::JoinSet<(Summary, anyhow::Result<()>)>,
+}
+
+impl Daemon {
+    /// Starts a sink unless one of that name runs.
+    fn start_sink(&mut self, name: &str, spec: &SinkSpec) -> anyhow::Result<()> {
+        if !self.sinks.contains_key(name) {
+            let sink = RunningSink::start(name, spec)?;
+            self.sinks.insert(name.to_string(), (spec.clone(), sink));
+        }
+        Ok(())
+    }
+
+    fn start_pipeline(&mut self, spec: &PipelineSpec) -> anyhow::Result<()> {
+        let handles = self
+            .sinks
+            .iter()
+            .map(|(name, (_, sink))| (name.clone(), sink.handle.clone()))
+            .collect();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let running = spec
+            .start(&handles, cancel.clone())
+            .map_err(|e| e.context(format!("pipeline `{}` cannot start", spec.name)))?;
+        tracing::info!(
+            pipeline = %spec.name,
+            partitions = spec.partitions,
+            stages = spec.chain.stages.len(),
+            "pipeline started"
+        );
+        self.live.insert(
+            spec.name.clone(),
+            Live {
+                shape: spec.shape(),
+                chain: running.chain.clone(),
+                cancel,
+                removed: false,
+            },
+        );
+        self.waiting.spawn_blocking(move || running.wait());
+        Ok(())
+    }
+
+    fn cancel_all(&self) {
+        for live in self.live.values() {
+            live.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// (Re)starts the plugin watcher on the current slots.
+    fn watch_plugins(&mut self) -> anyhow::Result<()> {
+        self.reloader = None; // stops the old watcher first
+        if self.hot_reload && !self.slots.is_empty() {
+            self.reloader = Some(Reloader::start(
+                self.host.clone(),
+                self.slots.clone(),
+                Some(self.state_dir.join(STATUS_FILE)),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Applies a reloaded topology: starts the new pipelines, swaps the chain of
+    /// the changed ones in place, drains the removed ones. Refused as a whole
+    /// (nothing changes) when it changes what cannot change in place.
+    fn apply(&mut self, new: Topology) -> Result<String, String> {
+        if new.state_dir != self.state_dir || new.hot_reload != self.hot_reload {
+            return Err("[daemon] state_dir and hot_reload take effect on a restart only".into());
+        }
+        for (name, spec) in &new.sinks {
+            if let Some((running, _)) = self.sinks.get(name)
+                && running != spec
+            {
+                return Err(format!(
+                    "sink `{name}` changed: a running sink changes on a restart only (or give it a new name)"
+                ));
+            }
+        }
+        for spec in &new.pipelines {
+            if let Some(live) = self.live.get(&spec.name) {
+                if live.removed {
+                    return Err(format!(
+                        "pipeline `{}` is still draining from the last reload; try again",
+                        spec.name
+                    ));
+                }
+                if live.shape != spec.shape() {
+                    return Err(format!(
+                        "pipeline `{}` changed its source, partitions, sinks, dead_letter or queue_records: that needs a restart (a reload changes batch and processors in place, adds and removes pipelines)",
+                        spec.name
+                    ));
+                }
+            }
+        }
+
+        new.commit_uses();
+        let (mut started, mut changed, mut removed, mut same) = (0, 0, 0, 0);
+        let names: Vec<&str> = new.pipelines.iter().map(|p| p.name.as_str()).collect();
+        for (name, live) in &mut self.live {
+            if !names.contains(&name.as_str()) && !live.removed {
+                live.removed = true;
+                live.cancel.store(true, Ordering::Relaxed);
+                tracing::info!(pipeline = %name, "pipeline removed from the config: draining");
+                removed += 1;
+            }
+        }
+        let mut errors = Vec::new();
+        for (name, spec) in &new.sinks {
+            if let Err(e) = self.start_sink(name, spec) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        for spec in &new.pipelines {
+            match self.live.get(&spec.name) {
+                Some(live) => {
+                    if live.chain.load().fingerprint() == spec.chain.fingerprint() {
+                        same += 1;
+                    } else {
+                        live.chain.store(spec.chain.clone());
+                        tracing::info!(
+                            pipeline = %spec.name,
+                            stages = spec.chain.stages.len(),
+                            "pipeline chain reloaded: partitions switch at their next batch"
+                        );
+                        changed += 1;
+                    }
+                }
+                None => match self.start_pipeline(spec) {
+                    Ok(()) => started += 1,
+                    Err(e) => errors.push(format!("{e:#}")),
+                },
+            }
+        }
+        self.slots = new.plugins;
+        if let Err(e) = self.watch_plugins() {
+            errors.push(format!("plugin watcher: {e:#}"));
+        }
+        let summary =
+            format!("{started} started, {changed} changed, {removed} removed, {same} unchanged");
+        if errors.is_empty() {
+            Ok(summary)
+        } else {
+            Err(format!("{summary}; but: {}", errors.join("; ")))
+        }
+    }
+}
+
+/// Runs `topology` until every pipeline has ended (its source ended, or it was
+/// removed by a reload), or until `shutdown` completes (then drains). Reload
+/// requests from `reload` rebuild the config and apply it.
 ///
 /// # Errors
-/// A sink or pipeline cannot start (a file cannot be opened, a plugin instance
-/// cannot be made); nothing is left running then.
+/// A sink or pipeline cannot start at start-up (a file cannot be opened, a
+/// plugin instance cannot be made); nothing is left running then.
 pub async fn run(
     topology: Topology,
     host: PluginHost,
     shutdown: impl Future<Output = ()>,
+    reload: Option<ConfigReload>,
 ) -> anyhow::Result<Outcome> {
-    // Watch the plugin files from before the first batch, so no change is missed.
-    let _reloader = if topology.hot_reload && !topology.plugins.is_empty() {
-        Some(Reloader::start(
-            host,
-            topology.plugins.clone(),
-            Some(topology.state_dir.join(STATUS_FILE)),
-        )?)
-    } else {
-        drop(host);
-        None
+    topology.commit_uses();
+    let mut daemon = Daemon {
+        host,
+        sinks: BTreeMap::new(),
+        live: BTreeMap::new(),
+        slots: topology.plugins.clone(),
+        reloader: None,
+        state_dir: topology.state_dir.clone(),
+        hot_reload: topology.hot_reload,
+        waiting: tokio::task::JoinSet::new(),
     };
-    let mut sinks = BTreeMap::new();
+    // Watch the plugin files from before the first batch, so no change is missed.
+    daemon.watch_plugins()?;
     for (name, spec) in &topology.sinks {
-        sinks.insert(name.clone(), RunningSink::start(name, spec)?);
+        daemon.start_sink(name, spec)?;
     }
-    let handles = sinks
-        .iter()
-        .map(|(name, sink)| (name.clone(), sink.handle.clone()))
-        .collect();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let mut running = Vec::new();
     let mut errors = Vec::new();
     for spec in &topology.pipelines {
-        match spec.start(&handles, cancel.clone()) {
-            Ok(p) => running.push(p),
-            Err(e) => {
-                // Stop the pipelines already running, and drain them below.
-                cancel.store(true, Ordering::Relaxed);
-                errors.push(e.context(format!("pipeline `{}` cannot start", spec.name)));
-                break;
-            }
+        if let Err(e) = daemon.start_pipeline(spec) {
+            // Stop the pipelines already running, and drain them below.
+            daemon.cancel_all();
+            errors.push(e);
+            break;
         }
-        tracing::info!(
-            pipeline = %spec.name,
-            partitions = spec.partitions,
-            stages = spec.stages.len(),
-            "pipeline started"
-        );
     }
-    drop(handles);
 
     // Wait for every pipeline; the first that ends with an error stops the others
     // (they drain), as a signal would.
-    let mut waiting = tokio::task::JoinSet::new();
-    for pipeline in running {
-        waiting.spawn_blocking(move || pipeline.wait());
-    }
     tokio::pin!(shutdown);
+    let (mut requests, rebuild) = match reload {
+        Some(r) => (Some(r.requests), Some(r.rebuild)),
+        None => (None, None),
+    };
     let mut shutdown_done = false;
     let mut results = Vec::new();
     loop {
         tokio::select! {
-            joined = waiting.join_next() => match joined {
+            joined = daemon.waiting.join_next() => match joined {
                 None => break,
                 Some(joined) => {
                     let (summary, result) = joined?;
                     if result.is_err() {
-                        cancel.store(true, Ordering::Relaxed);
+                        daemon.cancel_all();
                     }
+                    daemon.live.remove(&summary.pipeline);
                     results.push((summary, result));
                 }
             },
             () = &mut shutdown, if !shutdown_done => {
                 shutdown_done = true;
-                cancel.store(true, Ordering::Relaxed);
+                daemon.cancel_all();
+            }
+            request = async { requests.as_mut()?.recv().await }, if requests.is_some() && !shutdown_done => {
+                let Some(why) = request else {
+                    requests = None;
+                    continue;
+                };
+                // Let a burst of requests (an editor's save) settle into one.
+                tokio::time::sleep(CONFIG_DEBOUNCE).await;
+                if let Some(r) = requests.as_mut() {
+                    while r.try_recv().is_ok() {}
+                }
+                let Some(rebuild) = &rebuild else { continue };
+                tracing::info!("{why}: reloading the config");
+                let outcome = rebuild(&daemon.slots).and_then(|t| daemon.apply(t));
+                match outcome {
+                    Ok(summary) => tracing::info!("config reloaded: {summary}"),
+                    Err(reason) => tracing::error!("config reload refused, the running config stays: {reason}"),
+                }
             }
         }
     }
+    daemon.reloader = None;
     results.sort_by(|a, b| a.0.pipeline.cmp(&b.0.pipeline));
 
     let mut summaries = Vec::new();
@@ -119,7 +312,7 @@ pub async fn run(
             errors.push(e);
         }
     }
-    for (name, sink) in sinks {
+    for (name, (_, sink)) in std::mem::take(&mut daemon.sinks) {
         if let Err(e) = tokio::task::spawn_blocking(move || sink.finish()).await? {
             errors.push(e.context(format!("sink `{name}`")));
         }
@@ -146,6 +339,15 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
         })
+    }
+
+    /// Completes on each SIGHUP (the reload signal of most daemons, and of
+    /// systemd's `ExecReload=kill -HUP $MAINPID`).
+    ///
+    /// # Errors
+    /// The handler cannot be installed.
+    pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     }
 
     /// Waits for the next signal; returns its name.

@@ -26,6 +26,9 @@ enum Command {
         /// The config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// Reload the config when the file changes (as on SIGHUP).
+        #[arg(long)]
+        watch_config: bool,
     },
     /// Check a config file: parse it, resolve every name, compile every plugin and
     /// configure one instance of each stage. Starts nothing.
@@ -100,7 +103,10 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            watch_config,
+        } => {
             let (topology, host) = match load(&config) {
                 Ok(t) => t,
                 Err(code) => return code,
@@ -115,14 +121,54 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let signals = match runtime.block_on(async { Signals::install() }) {
+            let installed = runtime.block_on(async {
+                Ok::<_, std::io::Error>((Signals::install()?, Signals::hangups()?))
+            });
+            let (signals, mut hangups) = match installed {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: cannot install the signal handlers: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            let outcome = runtime.block_on(sluice::daemon::run(topology, host, signals.shutdown()));
+            let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
+            let hup = tx.clone();
+            runtime.spawn(async move {
+                while hangups.recv().await.is_some() {
+                    if hup.send("SIGHUP received").is_err() {
+                        break;
+                    }
+                }
+            });
+            let _config_watcher = if watch_config {
+                match sluice::reload::watch_file(&config, move || {
+                    let _ = tx.send("config file changed");
+                }) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        eprintln!("error: cannot watch {}: {e}", config.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                None
+            };
+            let reload_host = host.clone();
+            let path = config.clone();
+            let reload = sluice::daemon::ConfigReload {
+                requests,
+                rebuild: Box::new(move |running| {
+                    let (config, source) = Config::load(&path).map_err(|e| e.to_string())?;
+                    Topology::build(&config, &source, &reload_host, running)
+                        .map_err(|e| e.to_string())
+                }),
+            };
+            let outcome = runtime.block_on(sluice::daemon::run(
+                topology,
+                host,
+                signals.shutdown(),
+                Some(reload),
+            ));
             match outcome {
                 Ok(outcome) => {
                     for summary in &outcome.summaries {
@@ -158,7 +204,7 @@ fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
             ExitCode::FAILURE
         })?
         .with_compile_cache(&sluice::config::state_dir(&config, &source));
-    let topology = Topology::build(&config, &source, &host).map_err(|e| {
+    let topology = Topology::build(&config, &source, &host, &[]).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;

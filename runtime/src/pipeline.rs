@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use arc_swap::ArcSwap;
+
 use crate::batcher::BatchLimits;
 use crate::dead_letter::DeadLetter;
 use crate::processor::{Stage, StageSpec};
@@ -43,6 +45,34 @@ pub struct Stats {
     pub failed: AtomicU64,
 }
 
+/// The part of a pipeline a config reload swaps in place: the workers pick a new
+/// one up at their next batch boundary.
+#[derive(Debug)]
+pub struct Chain {
+    /// When a micro-batch closes.
+    pub limits: BatchLimits,
+    /// The processor chain.
+    pub stages: Vec<Arc<StageSpec>>,
+}
+
+impl Chain {
+    /// A text that differs when the chain differs (limits, and each stage's
+    /// plugin file, config, limits, policy and breaker).
+    pub fn fingerprint(&self) -> String {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:?}|{:?}|{:?}|{:?}|{:?}",
+                    s.slot.path, s.config, s.limits, s.on_error, s.breaker
+                )
+            })
+            .collect();
+        format!("{:?}|{stages:?}", self.limits)
+    }
+}
+
 /// Everything needed to start a pipeline.
 #[derive(Debug)]
 pub struct PipelineSpec {
@@ -52,10 +82,9 @@ pub struct PipelineSpec {
     pub source: SourceSpec,
     /// Number of partition workers.
     pub partitions: usize,
-    /// When a micro-batch closes.
-    pub limits: BatchLimits,
-    /// The processor chain.
-    pub stages: Vec<Arc<StageSpec>>,
+    /// Batch limits and processor chain: what a config reload may change in a
+    /// running pipeline.
+    pub chain: Arc<Chain>,
     /// Names of the output sinks.
     pub sinks: Vec<String>,
     /// Name of the dead-letter sink.
@@ -65,6 +94,17 @@ pub struct PipelineSpec {
     pub queue_records: usize,
 }
 
+impl PipelineSpec {
+    /// A text that differs when anything but the [`Chain`] differs: what a
+    /// config reload cannot change without restarting the pipeline.
+    pub fn shape(&self) -> String {
+        format!(
+            "{:?}|{}|{:?}|{:?}|{}",
+            self.source, self.partitions, self.sinks, self.dead_letter, self.queue_records
+        )
+    }
+}
+
 /// A pipeline whose threads are running.
 #[derive(Debug)]
 pub struct RunningPipeline {
@@ -72,6 +112,9 @@ pub struct RunningPipeline {
     pub name: String,
     /// Live counters.
     pub stats: Arc<Stats>,
+    /// The chain its workers run; store a new one to swap it at their next
+    /// batch boundary.
+    pub chain: Arc<ArcSwap<Chain>>,
     started: Instant,
     source: JoinHandle<anyhow::Result<()>>,
     workers: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -91,6 +134,7 @@ impl PipelineSpec {
         cancel: Arc<AtomicBool>,
     ) -> anyhow::Result<RunningPipeline> {
         let stats = Arc::new(Stats::default());
+        let chain = Arc::new(ArcSwap::new(self.chain.clone()));
         let sink = |name: &String| {
             sinks
                 .get(name)
@@ -110,18 +154,13 @@ impl PipelineSpec {
         let mut senders = Vec::with_capacity(self.partitions);
         let mut workers = Vec::with_capacity(self.partitions);
         for partition in 0..self.partitions {
-            let stages = self
-                .stages
-                .iter()
-                .map(|spec| {
-                    Stage::new(&self.name, partition, spec.clone())
-                        .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.label))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let stages = Stage::chain(&self.name, partition, &self.chain.stages)?;
             let worker = Worker {
                 pipeline: self.name.clone(),
                 partition,
-                limits: self.limits,
+                chain: chain.clone(),
+                running: self.chain.clone(),
+                refused: None,
                 stages,
                 sinks: outputs.clone(),
                 dead_letter: dead_letter.clone(),
@@ -149,6 +188,7 @@ impl PipelineSpec {
         Ok(RunningPipeline {
             name: self.name.clone(),
             stats,
+            chain,
             started: Instant::now(),
             source,
             workers,

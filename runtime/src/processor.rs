@@ -96,6 +96,24 @@ impl Stage {
         Ok(stage)
     }
 
+    /// One stage per spec, for partition `partition` of `pipeline`.
+    ///
+    /// # Errors
+    /// A stage's instance cannot be made or configured; the message names it.
+    pub fn chain(
+        pipeline: &str,
+        partition: usize,
+        specs: &[Arc<StageSpec>],
+    ) -> anyhow::Result<Vec<Stage>> {
+        specs
+            .iter()
+            .map(|spec| {
+                Stage::new(pipeline, partition, spec.clone())
+                    .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.label))
+            })
+            .collect()
+    }
+
     /// The shared spec.
     pub fn spec(&self) -> &StageSpec {
         &self.spec

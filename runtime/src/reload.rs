@@ -152,9 +152,9 @@ impl PluginSlot {
         Arc::ptr_eq(&self.current.load(), plugin)
     }
 
-    /// Records that a stage runs this plugin with `config`.
-    pub fn add_use(&self, stage: StageUse) {
-        self.uses.lock().expect("uses lock").push(stage);
+    /// Sets the stages that run this plugin, with their config.
+    pub fn set_uses(&self, uses: Vec<StageUse>) {
+        *self.uses.lock().expect("uses lock") = uses;
     }
 
     /// A copy of the status.
@@ -497,4 +497,36 @@ fn watch_loop(
             tracing::warn!(path = %path.display(), "cannot write the status file: {e}");
         }
     }
+}
+
+/// Calls `changed` when the file at `path` may have new content (written,
+/// replaced by a rename, created). Watches the file's folder, so an editor that
+/// saves by renaming a new file over it is seen too. Stops when the watcher
+/// returned is dropped.
+///
+/// # Errors
+/// The folder cannot be watched.
+pub fn watch_file(
+    path: &Path,
+    changed: impl Fn() + Send + 'static,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let canonical_dir = std::fs::canonicalize(&dir)?;
+    let name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && may_change_content(&event.kind)
+            && event.paths.iter().any(|p| {
+                p.file_name().map(|n| n.to_os_string()) == name
+                    && p.parent() == Some(canonical_dir.as_path())
+            })
+        {
+            changed();
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
 }

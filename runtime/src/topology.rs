@@ -13,7 +13,7 @@ use crate::config::{
     self, Config, ConfigError, ConfigSource, Format, OnError, SinkKind, SourceKind,
 };
 use crate::decode::{Decoder, Pointer};
-use crate::pipeline::PipelineSpec;
+use crate::pipeline::{Chain, PipelineSpec};
 use crate::plugin::{Limits, LogTags, PluginHost};
 use crate::processor::StageSpec;
 use crate::reload::{PluginSlot, StageUse};
@@ -29,6 +29,9 @@ pub struct Topology {
     pub pipelines: Vec<PipelineSpec>,
     /// One slot per plugin file, shared by every stage that runs it.
     pub plugins: Vec<Arc<PluginSlot>>,
+    /// The stages that use each slot, handed to the slots by
+    /// [`Topology::commit_uses`] once this topology is the one that runs.
+    uses: Vec<(Arc<PluginSlot>, Vec<StageUse>)>,
     /// Where the daemon keeps its state (see [`config::state_dir`]).
     pub state_dir: PathBuf,
     /// Whether plugin files are watched and swapped in when they change.
@@ -44,7 +47,9 @@ pub const MAX_PARTITIONS: usize = 1024;
 pub const MAX_INSTANCES: usize = 2048;
 
 impl Topology {
-    /// Builds the topology of `config`, read from `source`.
+    /// Builds the topology of `config`, read from `source`. A plugin file that
+    /// has a slot in `running` (a config reload) keeps it, with the version it
+    /// runs; the others are loaded.
     ///
     /// # Errors
     /// A located [`ConfigError`]: an unknown source or sink name, a missing
@@ -54,6 +59,7 @@ impl Topology {
         config: &Config,
         source: &ConfigSource,
         host: &PluginHost,
+        running: &[Arc<PluginSlot>],
     ) -> Result<Topology, ConfigError> {
         let base = Config::base_dir(source);
         if config.pipelines.is_empty() {
@@ -61,6 +67,7 @@ impl Topology {
         }
         let plugins_dir = config::resolve(&base, config.daemon.plugins_dir.get_ref());
         let mut loaded: BTreeMap<PathBuf, Arc<PluginSlot>> = BTreeMap::new();
+        let mut uses: BTreeMap<PathBuf, Vec<StageUse>> = BTreeMap::new();
         let mut sinks = BTreeMap::new();
         let mut pipelines = Vec::new();
         let mut stdin_user: Option<&str> = None;
@@ -222,17 +229,19 @@ impl Topology {
                         format!("plugin file not found: {}", path.display()),
                     ));
                 }
-                let slot = match loaded.get(&path) {
+                let slot = match loaded
+                    .get(&path)
+                    .or_else(|| running.iter().find(|s| s.path == path))
+                {
                     Some(slot) => slot.clone(),
                     None => {
                         let plugin = host
                             .load(&path)
                             .map_err(|e| source.error(proc_cfg.plugin.span(), format!("{e:#}")))?;
-                        let slot = PluginSlot::new(plugin);
-                        loaded.insert(path.clone(), slot.clone());
-                        slot
+                        PluginSlot::new(plugin)
                     }
                 };
+                loaded.insert(path.clone(), slot.clone());
                 let plugin = slot.current();
                 let pairs = config::plugin_config_pairs(&proc_cfg.config);
                 let limits = Limits {
@@ -263,7 +272,7 @@ impl Topology {
                             ),
                         )
                     })?;
-                slot.add_use(StageUse {
+                uses.entry(path.clone()).or_default().push(StageUse {
                     pipeline: name.clone(),
                     stage: label.clone(),
                     config: pairs.clone(),
@@ -283,12 +292,14 @@ impl Topology {
                 name: name.clone(),
                 source: src_spec,
                 partitions,
-                limits: BatchLimits {
-                    max_records: p.batch.max_records,
-                    max_bytes: usize::try_from(p.batch.max_bytes).unwrap_or(usize::MAX),
-                    interval: p.batch.interval,
-                },
-                stages,
+                chain: Arc::new(Chain {
+                    limits: BatchLimits {
+                        max_records: p.batch.max_records,
+                        max_bytes: usize::try_from(p.batch.max_bytes).unwrap_or(usize::MAX),
+                        interval: p.batch.interval,
+                    },
+                    stages,
+                }),
                 sinks: sink_names,
                 dead_letter,
                 queue_records: p.queue_records,
@@ -297,10 +308,24 @@ impl Topology {
         Ok(Topology {
             sinks,
             pipelines,
+            uses: loaded
+                .iter()
+                .map(|(path, slot)| (slot.clone(), uses.remove(path).unwrap_or_default()))
+                .collect(),
             plugins: loaded.into_values().collect(),
             state_dir: config::state_dir(config, source),
             hot_reload: config.daemon.hot_reload,
         })
+    }
+}
+
+impl Topology {
+    /// Tells each plugin slot which stages now use it (with which config), so
+    /// that a new version of the file is checked against exactly those.
+    pub fn commit_uses(&self) {
+        for (slot, uses) in &self.uses {
+            slot.set_uses(uses.clone());
+        }
     }
 }
 

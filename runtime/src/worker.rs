@@ -12,10 +12,12 @@ use std::time::Instant;
 use anyhow::anyhow;
 use sluice_plugin_sdk::{Batch, Event};
 
-use crate::batcher::{BatchLimits, Batcher};
+use arc_swap::ArcSwap;
+
+use crate::batcher::Batcher;
 use crate::config::OnError;
 use crate::dead_letter::{DeadLetter, DeadRecord};
-use crate::pipeline::Stats;
+use crate::pipeline::{Chain, Stats};
 use crate::plugin::Plugin;
 use crate::processor::Stage;
 use crate::sink::SinkHandle;
@@ -28,8 +30,12 @@ pub struct Worker {
     pub pipeline: String,
     /// Partition index.
     pub partition: usize,
-    /// Batch limits.
-    pub limits: BatchLimits,
+    /// The pipeline's current chain (a config reload stores a new one).
+    pub chain: Arc<ArcSwap<Chain>>,
+    /// The chain this worker runs.
+    pub running: Arc<Chain>,
+    /// A newer chain whose stages could not start here (not retried).
+    pub refused: Option<Arc<Chain>>,
     /// The processor chain, one instance per stage.
     pub stages: Vec<Stage>,
     /// Where output goes (fan-out: every sink gets every record).
@@ -48,7 +54,7 @@ impl Worker {
     /// # Errors
     /// A stage with `on_error = "stop"` failed, or a sink stopped.
     pub fn run(mut self, records: flume::Receiver<Vec<Record>>) -> anyhow::Result<()> {
-        let mut batcher = Batcher::new(self.limits);
+        let mut batcher = Batcher::new(self.running.limits);
         let result = self.batch_loop(&records, &mut batcher);
         if result.is_err() {
             // The pipeline stops: tell the source, and count what will not be
@@ -73,6 +79,8 @@ impl Worker {
     ) -> anyhow::Result<()> {
         let mut closed: Vec<Batch> = Vec::with_capacity(2);
         loop {
+            // Between batches: the moment to take up a reloaded chain.
+            self.follow_chain(batcher);
             let received = match batcher.deadline() {
                 Some(deadline) => records.recv_deadline(deadline),
                 None => records
@@ -110,6 +118,42 @@ impl Worker {
                     }
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Moves to the pipeline's current chain if a config reload changed it. A
+    /// chain whose stages cannot start here is logged and the running one kept.
+    fn follow_chain(&mut self, batcher: &mut Batcher) {
+        let latest = self.chain.load();
+        if Arc::ptr_eq(&latest, &self.running)
+            || self
+                .refused
+                .as_ref()
+                .is_some_and(|r| Arc::ptr_eq(r, &latest))
+        {
+            return;
+        }
+        let latest = arc_swap::Guard::into_inner(latest);
+        match Stage::chain(&self.pipeline, self.partition, &latest.stages) {
+            Ok(stages) => {
+                batcher.set_limits(latest.limits);
+                self.stages = stages;
+                self.running = latest;
+                self.refused = None;
+                tracing::debug!(
+                    pipeline = %self.pipeline,
+                    partition = self.partition,
+                    "partition switched to the reloaded chain"
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    pipeline = %self.pipeline,
+                    partition = self.partition,
+                    "reloaded chain cannot start on this partition, the running one keeps serving: {e:#}"
+                );
+                self.refused = Some(latest);
             }
         }
     }

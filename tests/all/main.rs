@@ -5,6 +5,7 @@
 mod support;
 
 mod config_errors;
+mod config_reload;
 mod dead_letter;
 mod failures;
 mod flights;

@@ -49,6 +49,14 @@ impl Scratch {
         Scratch { dir }
     }
 
+    /// Replaces `sluice.toml` (as [`Scratch::new`] writes it).
+    pub fn write_config(&self, config: &str) {
+        let config = config.replace("@PLUGINS@", plugins_dir().to_str().unwrap());
+        let tmp = self.path(".sluice.toml.new");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(tmp, self.path("sluice.toml")).unwrap();
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -1,0 +1,188 @@
+//! Config reload on SIGHUP and with `--watch-config`: a changed chain is swapped
+//! in place, pipelines are added and removed, and a config that is invalid or
+//! changes what cannot change in place leaves the running config as it was.
+
+use std::io::Write as _;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Pipeline `p` (a followed file through `PLUGIN`) with `extra` lines appended.
+fn config(processors: &str, extra: &str) -> String {
+    format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+follow = true
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+batch = {{ max_records = 100, interval = "20ms" }}
+processors = [{processors}]
+sinks = ["out"]
+{extra}
+"#
+    )
+}
+
+const SECOND: &str = r#"
+[sources.in2]
+type = "file"
+path = "in2.ndjson"
+follow = true
+
+[sinks.out2]
+type = "file"
+path = "out2.ndjson"
+
+[pipelines.q]
+source = "in2"
+sinks = ["out2"]
+"#;
+
+struct Rig {
+    scratch: Scratch,
+    daemon: Running,
+    sent: usize,
+}
+
+impl Rig {
+    fn start(config: &str, args: &[&str]) -> Self {
+        let scratch = Scratch::new(config);
+        scratch.write("in.ndjson", "");
+        scratch.write("in2.ndjson", "");
+        let mut command = scratch.command("run");
+        command.args(args);
+        let mut daemon = Running::start(command);
+        daemon.wait_for("pipeline started");
+        Rig {
+            scratch,
+            daemon,
+            sent: 0,
+        }
+    }
+
+    /// One record through `p`; the tag the chain gave it.
+    fn probe(&mut self) -> String {
+        let mut input = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.scratch.path("in.ndjson"))
+            .unwrap();
+        writeln!(input, "{{\"n\":{}}}", self.sent).unwrap();
+        self.sent += 1;
+        self.scratch.wait_for_lines("out.ndjson", self.sent);
+        let line = &self.scratch.read_lines("out.ndjson")[self.sent - 1];
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["n"], self.sent - 1);
+        v["v"].as_str().unwrap_or("none").to_string()
+    }
+
+    fn reload(&mut self, config: &str, outcome: &str, n: usize) {
+        self.scratch.write_config(config);
+        self.daemon.signal("HUP");
+        self.daemon.wait_for_count(outcome, n);
+    }
+
+    fn last(&self, what: &str) -> String {
+        self.daemon
+            .log
+            .iter()
+            .rev()
+            .find(|l| l.contains(what))
+            .unwrap()
+            .clone()
+    }
+}
+
+const RELOADED: &str = "config reloaded";
+const REFUSED: &str = "config reload refused";
+
+#[test]
+fn sighup_swaps_the_chain_adds_and_removes_pipelines() {
+    let a = config(r#"{ plugin = "tag_a.wasm" }"#, "");
+    let mut rig = Rig::start(&a, &[]);
+    assert_eq!(rig.probe(), "a");
+
+    // Another plugin, and a stage more: swapped at the next batch.
+    let b = config(
+        r#"{ plugin = "identity.wasm" }, { plugin = "tag_b.wasm" }"#,
+        "",
+    );
+    rig.reload(&b, RELOADED, 1);
+    assert!(
+        rig.last(RELOADED)
+            .contains("0 started, 1 changed, 0 removed, 0 unchanged")
+    );
+    assert_eq!(rig.probe(), "b");
+
+    // Invalid: the error is located, the running config stays.
+    rig.reload(
+        &b.replace("interval = \"20ms\"", "interval = \"2 fortnights\""),
+        REFUSED,
+        1,
+    );
+    let line = rig.last(REFUSED);
+    assert!(line.contains("sluice.toml:16:"), "{line}");
+    assert!(line.contains("field `interval`"), "{line}");
+    assert_eq!(rig.probe(), "b");
+
+    // What cannot change in place is refused as a whole.
+    let mut shape = b.replace("[pipelines.p]\n", "[pipelines.p]\npartitions = 2\n");
+    shape.push_str(SECOND);
+    rig.reload(&shape, REFUSED, 2);
+    assert!(
+        rig.last(REFUSED)
+            .contains("pipeline `p` changed its source, partitions")
+    );
+    assert!(
+        !rig.scratch.path("out2.ndjson").exists(),
+        "nothing of it applied"
+    );
+    assert_eq!(rig.probe(), "b");
+
+    // A pipeline added, then removed.
+    let with_q = format!("{b}{SECOND}");
+    rig.reload(&with_q, RELOADED, 2);
+    assert!(
+        rig.last(RELOADED)
+            .contains("1 started, 0 changed, 0 removed, 1 unchanged")
+    );
+    rig.scratch.write("in2.ndjson", "{\"q\":1}\n{\"q\":2}\n");
+    rig.scratch.wait_for_lines("out2.ndjson", 2);
+    rig.reload(&b, RELOADED, 3);
+    assert!(
+        rig.last(RELOADED)
+            .contains("0 started, 0 changed, 1 removed, 1 unchanged")
+    );
+    assert_eq!(rig.probe(), "b");
+
+    rig.daemon.signal("TERM");
+    let output = rig.daemon.finish();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "in"), rig.sent as u64);
+    assert_eq!(count(&output, "p", "out"), rig.sent as u64);
+    assert_eq!(count(&output, "q", "out"), 2);
+}
+
+#[test]
+fn watch_config_reloads_on_save() {
+    let a = config(r#"{ plugin = "tag_a.wasm" }"#, "");
+    let mut rig = Rig::start(&a, &["--watch-config"]);
+    assert_eq!(rig.probe(), "a");
+    rig.scratch
+        .write_config(&config(r#"{ plugin = "tag_b.wasm" }"#, ""));
+    rig.daemon.wait_for_count(RELOADED, 1);
+    assert_eq!(rig.probe(), "b");
+    rig.daemon.signal("TERM");
+    let output = rig.daemon.finish();
+    assert_exit(&output, 0);
+}
