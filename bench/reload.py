@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Hot-reload figures of a release `sluice`, on this machine:
+
+1. swap latency: time from a new plugin file landing in the plugins folder
+   (rename into place) to the first output record processed by the new version,
+   median of 20 swaps, while a record arrives every 2 ms;
+2. start-up time to "pipeline started" with a cold compile cache (emptied) and a
+   warm one, interleaved (cold, warm, cold, warm, ...), medians of 7 runs each.
+
+Usage: cargo build --release -p sluice && python3 bench/reload.py
+Standard library only.
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLUICE = os.path.join(ROOT, "target", "release", "sluice")
+PLUGINS = os.path.join(ROOT, "target", "plugins")
+
+CONFIG = """
+[daemon]
+plugins_dir = "plugins"
+state_dir = "state"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+follow = true
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+batch = { max_records = 1024, interval = "10ms" }
+processors = [ { plugin = "flights_delay.wasm" }, { plugin = "tag.wasm" } ]
+sinks = ["out"]
+"""
+
+
+def start(d):
+    proc = subprocess.Popen(
+        [SLUICE, "run", "--config", "sluice.toml"],
+        cwd=d,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, RUST_LOG="info"),
+    )
+    t0 = time.monotonic()
+    for line in proc.stderr:
+        if "pipeline started" in line:
+            return proc, time.monotonic() - t0
+    raise SystemExit("daemon did not start")
+
+
+def setup():
+    d = tempfile.mkdtemp(prefix="sluice-reload-bench-")
+    os.mkdir(os.path.join(d, "plugins"))
+    for name in ["flights_delay.wasm"]:
+        shutil.copy(os.path.join(PLUGINS, name), os.path.join(d, "plugins", name))
+    shutil.copy(os.path.join(PLUGINS, "tag_a.wasm"), os.path.join(d, "plugins", "tag.wasm"))
+    with open(os.path.join(d, "sluice.toml"), "w") as f:
+        f.write(CONFIG)
+    open(os.path.join(d, "in.ndjson"), "w").close()
+    return d
+
+
+FLIGHT = '{"carrier":"UA","flight":1545,"origin":"EWR","dest":"IAH","dep_delay":30,"arr_delay":11,"event_time":"2013-01-01T05:17:00Z"}\n'
+
+
+def swap_latency(swaps=20):
+    d = setup()
+    proc, _ = start(d)
+    stop = threading.Event()
+
+    def feed():
+        with open(os.path.join(d, "in.ndjson"), "a") as f:
+            while not stop.is_set():
+                f.write(FLIGHT)
+                f.flush()
+                time.sleep(0.002)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    out = open(os.path.join(d, "out.ndjson"), "a+")
+    out.seek(0, 2)
+    latencies = []
+    versions = {"a": open(os.path.join(PLUGINS, "tag_a.wasm"), "rb").read(),
+                "b": open(os.path.join(PLUGINS, "tag_b.wasm"), "rb").read()}
+    try:
+        time.sleep(1.0)
+        for i in range(swaps):
+            tag = "b" if i % 2 == 0 else "a"
+            tmp = os.path.join(d, "plugins", ".tag.wasm.new")
+            with open(tmp, "wb") as f:
+                f.write(versions[tag])
+            out.seek(0, 2)
+            t0 = time.monotonic()
+            os.rename(tmp, os.path.join(d, "plugins", "tag.wasm"))
+            want = '"v":"%s"' % tag
+            buf = ""
+            while True:
+                chunk = out.read()
+                if chunk:
+                    buf += chunk
+                    lines = buf.split("\n")
+                    buf = lines[-1]
+                    if any(want in l for l in lines[:-1]):
+                        break
+                elif time.monotonic() - t0 > 10:
+                    raise SystemExit("swap %d never took effect" % i)
+                else:
+                    time.sleep(0.001)
+            latencies.append(time.monotonic() - t0)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        feeder.join()
+        proc.terminate()
+        proc.wait()
+    shutil.rmtree(d)
+    return latencies
+
+
+def startup(runs=7):
+    d = setup()
+    cold, warm = [], []
+    for _ in range(runs):
+        for kind in ("cold", "warm"):
+            if kind == "cold":
+                shutil.rmtree(os.path.join(d, "state", "compiled"), ignore_errors=True)
+            proc, t = start(d)
+            proc.terminate()
+            proc.wait()
+            (cold if kind == "cold" else warm).append(t)
+    shutil.rmtree(d)
+    return cold, warm
+
+
+def main():
+    if not os.path.exists(SLUICE):
+        sys.exit("build first: cargo build --release -p sluice")
+    lat = swap_latency()
+    cold, warm = startup()
+    ms = lambda xs: [round(x * 1000, 1) for x in xs]
+    result = {
+        "machine": {"cpus": os.cpu_count()},
+        "swap_latency_ms": {"median": round(statistics.median(lat) * 1000, 1),
+                            "min": round(min(lat) * 1000, 1), "max": round(max(lat) * 1000, 1),
+                            "all": ms(lat)},
+        "startup_ms": {"cold_median": round(statistics.median(cold) * 1000, 1),
+                       "warm_median": round(statistics.median(warm) * 1000, 1),
+                       "cold": ms(cold), "warm": ms(warm),
+                       "cold_over_warm": round(statistics.median(cold) / statistics.median(warm), 2)},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
