@@ -43,7 +43,7 @@ pub struct Outcome {
 /// Builds the topology of the config file again, for a reload, reusing the
 /// plugin slots that run (see [`Topology::build`]); the error is the message
 /// to log.
-pub type Rebuild = Box<dyn Fn(&[Arc<PluginSlot>]) -> Result<Topology, String> + Send>;
+pub type Rebuild = Arc<dyn Fn(&[Arc<PluginSlot>]) -> Result<Topology, String> + Send + Sync>;
 
 /// Config reload: what asks for it, and how the new topology is built.
 pub struct ConfigReload {
@@ -217,6 +217,20 @@ impl Daemon {
     }
 }
 
+/// Builds the config again off the daemon's thread (reading it and compiling
+/// new plugins may take seconds), after [`CONFIG_DEBOUNCE`] of quiet.
+fn spawn_build(
+    rebuild: Rebuild,
+    slots: Vec<Arc<PluginSlot>>,
+    why: &'static str,
+) -> tokio::task::JoinHandle<Result<Topology, String>> {
+    tokio::task::spawn_blocking(move || {
+        std::thread::sleep(CONFIG_DEBOUNCE);
+        tracing::info!("{why}: reloading the config");
+        rebuild(&slots)
+    })
+}
+
 /// Runs `topology` until every pipeline has ended (its source ended, or it was
 /// removed by a reload), or until `shutdown` completes (then drains). Reload
 /// requests from `reload` rebuild the config and apply it.
@@ -265,6 +279,10 @@ pub async fn run(
     };
     let mut shutdown_done = false;
     let mut results = Vec::new();
+    // A config being read and built off this thread, and a request that came
+    // in meanwhile.
+    let mut building: Option<tokio::task::JoinHandle<Result<Topology, String>>> = None;
+    let mut again: Option<&'static str> = None;
     loop {
         tokio::select! {
             joined = daemon.waiting.join_next() => match joined {
@@ -287,17 +305,27 @@ pub async fn run(
                     requests = None;
                     continue;
                 };
-                // Let a burst of requests (an editor's save) settle into one.
-                tokio::time::sleep(CONFIG_DEBOUNCE).await;
-                if let Some(r) = requests.as_mut() {
-                    while r.try_recv().is_ok() {}
+                if building.is_some() {
+                    // One more build after the running one: it may have read the
+                    // file before this change.
+                    again = Some(why);
+                    continue;
                 }
-                let Some(rebuild) = &rebuild else { continue };
-                tracing::info!("{why}: reloading the config");
-                let outcome = rebuild(&daemon.slots).and_then(|t| daemon.apply(t));
+                if let Some(rebuild) = rebuild.clone() {
+                    building = Some(spawn_build(rebuild, daemon.slots.clone(), why));
+                }
+            }
+            built = async { building.as_mut()?.await.ok() }, if building.is_some() => {
+                building = None;
+                let outcome = built
+                    .unwrap_or_else(|| Err("the reload panicked".into()))
+                    .and_then(|t| if shutdown_done { Err("shutting down".into()) } else { daemon.apply(t) });
                 match outcome {
                     Ok(summary) => tracing::info!("config reloaded: {summary}"),
                     Err(reason) => tracing::error!("config reload refused, the running config stays: {reason}"),
+                }
+                if let (Some(why), Some(rebuild)) = (again.take(), rebuild.clone()) {
+                    building = Some(spawn_build(rebuild, daemon.slots.clone(), why));
                 }
             }
         }

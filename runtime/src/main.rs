@@ -157,7 +157,7 @@ fn main() -> ExitCode {
             let path = config.clone();
             let reload = sluice::daemon::ConfigReload {
                 requests,
-                rebuild: Box::new(move |running| {
+                rebuild: std::sync::Arc::new(move |running| {
                     let (config, source) = Config::load(&path).map_err(|e| e.to_string())?;
                     Topology::build(&config, &source, &reload_host, running)
                         .map_err(|e| e.to_string())
