@@ -319,7 +319,10 @@ impl<'a> Event<'a> {
     /// serde_json's message, e.g. `"expected value at line 1 column 1"`: pass it
     /// to [`Output::reject`] to dead-letter the event with that reason.
     pub fn json<T: Deserialize<'a>>(&self) -> Result<T, String> {
-        serde_json::from_slice(self.value()).map_err(|e| format!("invalid JSON: {e}"))
+        serde_json::from_slice(self.value()).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => format!("unexpected JSON shape: {e}"),
+            _ => format!("invalid JSON: {e}"),
+        })
     }
 }
 

@@ -397,6 +397,23 @@ pub struct ConfigError {
     pub source_line: Option<String>,
 }
 
+impl ConfigError {
+    /// `FILE:LINE:COL: MESSAGE` on one line (for a log line).
+    pub fn one_line(&self) -> String {
+        if self.line == 0 {
+            format!("{}: {}", self.file.display(), self.message)
+        } else {
+            format!(
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {

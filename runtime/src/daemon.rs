@@ -55,7 +55,7 @@ pub struct ConfigReload {
 
 /// A pipeline the daemon runs.
 struct Live {
-    shape: String,
+    shape: Vec<(&'static str, String)>,
     chain: Arc<ArcSwap<Chain>>,
     cancel: Arc<AtomicBool>,
     /// Removed by a reload, draining.
@@ -156,10 +156,18 @@ impl Daemon {
                         spec.name
                     ));
                 }
-                if live.shape != spec.shape() {
+                let changed: Vec<&str> = live
+                    .shape
+                    .iter()
+                    .zip(spec.shape())
+                    .filter(|(a, b)| a.1 != b.1)
+                    .map(|(a, _)| a.0)
+                    .collect();
+                if !changed.is_empty() {
                     return Err(format!(
-                        "pipeline `{}` changed its source, partitions, sinks, dead_letter or queue_records: that needs a restart (a reload changes batch and processors in place, adds and removes pipelines)",
-                        spec.name
+                        "pipeline `{}` changed its {}: that needs a restart (a reload changes `batch` and `processors` in place, and adds and removes pipelines)",
+                        spec.name,
+                        changed.join(", ")
                     ));
                 }
             }

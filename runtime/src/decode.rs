@@ -65,28 +65,15 @@ impl Decoder {
     /// A reason for the dead-letter sink: the JSON error with its column, or an
     /// event time that is neither an RFC 3339 string nor a number.
     pub fn decode(&self, line: &[u8]) -> Result<Decoded, String> {
-        let mut paths: Vec<&[String]> = Vec::with_capacity(2);
+        let mut paths: Vec<&Pointer> = Vec::with_capacity(2);
         if let Some(k) = &self.key {
-            paths.push(&k.0);
+            paths.push(k);
         }
         if let Some(t) = &self.timestamp {
-            paths.push(&t.0);
+            paths.push(t);
         }
-        let mut found: [Option<Value>; 2] = [None, None];
-        // JSON text is UTF-8 (RFC 8259 §8.1). Checked up front: serde_json checks
-        // the strings it decodes, not the ones it skips.
-        let text =
-            std::str::from_utf8(line).map_err(|e| format!("invalid JSON: not UTF-8: {e}"))?;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let seed = Walk {
-            paths: &paths,
-            active: (1 << paths.len()) - 1,
-            depth: 0,
-            found: &mut found,
-        };
-        seed.deserialize(&mut de)
-            .and_then(|()| de.end())
-            .map_err(|e| format!("invalid JSON: {e}"))?;
+        let mut found = [None, None];
+        extract_into(line, &paths, &mut found[..paths.len()])?;
         let [first, second] = found;
         let (key_value, time_value) = match (&self.key, &self.timestamp) {
             (Some(_), _) => (first, second),
@@ -103,6 +90,44 @@ impl Decoder {
         };
         Ok(Decoded { key, timestamp_ms })
     }
+}
+
+/// Most pointers one [`extract_into`] call follows.
+pub const MAX_POINTERS: usize = 32;
+
+/// Validates `line` as one JSON value and stores the value at each of `paths`
+/// (at most [`MAX_POINTERS`]) in `found` (`None` where a path finds nothing),
+/// in one pass.
+///
+/// # Errors
+/// The JSON error with its column, or "not UTF-8".
+pub fn extract_into(
+    line: &[u8],
+    paths: &[&Pointer],
+    found: &mut [Option<Value>],
+) -> Result<(), String> {
+    assert!(paths.len() <= MAX_POINTERS && found.len() == paths.len());
+    for f in found.iter_mut() {
+        *f = None;
+    }
+    // JSON text is UTF-8 (RFC 8259 §8.1). Checked up front: serde_json checks
+    // the strings it decodes, not the ones it skips.
+    let text = std::str::from_utf8(line).map_err(|e| format!("invalid JSON: not UTF-8: {e}"))?;
+    let tokens: Vec<&[String]> = paths.iter().map(|p| p.0.as_slice()).collect();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let seed = Walk {
+        paths: &tokens,
+        active: if paths.len() == 32 {
+            u32::MAX
+        } else {
+            (1u32 << paths.len()) - 1
+        },
+        depth: 0,
+        found,
+    };
+    seed.deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| format!("invalid JSON: {e}"))
 }
 
 /// An event time from a JSON value: a number of milliseconds since the Unix epoch
@@ -141,7 +166,7 @@ struct Walk<'a, 'p> {
     /// Bit i set: path i matched every token so far.
     active: u32,
     depth: usize,
-    found: &'a mut [Option<Value>; 2],
+    found: &'a mut [Option<Value>],
 }
 
 impl Walk<'_, '_> {
@@ -180,14 +205,21 @@ impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
     }
 }
 
-fn store(found: &mut [Option<Value>; 2], mask: u32, value: Value) {
-    if mask & 0b11 == 0b11 {
-        found[0] = Some(value.clone());
-        found[1] = Some(value);
-    } else if mask & 1 != 0 {
-        found[0] = Some(value);
-    } else if mask & 2 != 0 {
-        found[1] = Some(value);
+/// Stores `value` in every slot of `mask` (cloned for all but the last).
+fn store(found: &mut [Option<Value>], mask: u32, value: Value) {
+    let mut rest = mask;
+    let mut value = Some(value);
+    while rest != 0 {
+        let i = rest.trailing_zeros() as usize;
+        rest &= rest - 1;
+        let v = if rest == 0 {
+            value.take()
+        } else {
+            value.clone()
+        };
+        if let Some(slot) = found.get_mut(i) {
+            *slot = v;
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use wasmtime::component::types::{ComponentItem, Type};
 
 use crate::compile_cache::Origin;
 use crate::plugin::{Limits, LogTags, PluginHost, content_version};
+use crate::reload::one_line;
 
 /// The world a sluice processor implements.
 pub const PROCESSOR_WORLD: &str = "sluice:plugin/processor@0.1.0";
@@ -98,7 +99,11 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
     let plugin = match host.link(path, &component, content, Origin::Compiled, Instant::now()) {
         Ok(p) => p,
         Err(e) => {
-            let _ = writeln!(text, "verdict:  cannot run: {e:#}");
+            let _ = writeln!(
+                text,
+                "verdict:  cannot run: {}",
+                one_line(&format!("{e:#}"))
+            );
             return Report {
                 text,
                 runnable: false,

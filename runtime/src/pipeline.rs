@@ -95,13 +95,16 @@ pub struct PipelineSpec {
 }
 
 impl PipelineSpec {
-    /// A text that differs when anything but the [`Chain`] differs: what a
-    /// config reload cannot change without restarting the pipeline.
-    pub fn shape(&self) -> String {
-        format!(
-            "{:?}|{}|{:?}|{:?}|{}",
-            self.source, self.partitions, self.sinks, self.dead_letter, self.queue_records
-        )
+    /// Everything but the [`Chain`], field by field: what a config reload
+    /// cannot change without restarting the pipeline.
+    pub fn shape(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("source", format!("{:?}", self.source)),
+            ("partitions", self.partitions.to_string()),
+            ("sinks", format!("{:?}", self.sinks)),
+            ("dead_letter", format!("{:?}", self.dead_letter)),
+            ("queue_records", self.queue_records.to_string()),
+        ]
     }
 }
 

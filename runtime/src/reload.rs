@@ -251,7 +251,7 @@ impl PluginSlot {
     fn prepare(&self, host: &PluginHost, bytes: &[u8]) -> Result<Plugin, String> {
         let plugin = host
             .load_bytes(&self.path, bytes)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| one_line(&format!("{e:#}")))?;
         let uses = self.uses.lock().expect("uses lock").clone();
         for stage in &uses {
             let tags = LogTags {
@@ -272,6 +272,12 @@ impl PluginSlot {
         }
         Ok(plugin)
     }
+}
+
+/// `text` with its line breaks and runs of blanks made single spaces, for a
+/// log line or a status field (wasmtime's errors can span lines).
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn push_history(history: &mut VecDeque<ReloadEvent>, event: ReloadEvent) {

@@ -141,7 +141,7 @@ fn sighup_swaps_the_chain_adds_and_removes_pipelines() {
     rig.reload(&shape, REFUSED, 2);
     assert!(
         rig.last(REFUSED)
-            .contains("pipeline `p` changed its source, partitions")
+            .contains("pipeline `p` changed its partitions: that needs a restart")
     );
     assert!(
         !rig.scratch.path("out2.ndjson").exists(),

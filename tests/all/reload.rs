@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -265,10 +267,21 @@ fn swapping_under_load_loses_and_repeats_nothing() {
     let mut rig = Rig::start(4);
     let versions = [fixture("tag_a.wasm"), fixture("tag_b.wasm")];
 
-    // The stream: 1,000 records every 10 ms or so, for a few seconds.
+    // The stream: 1,000 records every 10 ms or so, paced so that the swaps
+    // (at least SWAPS of them) spread over all of it, however slow the machine.
+    const SWAPS: usize = 20;
+    let done_swaps = Arc::new(AtomicUsize::new(0));
     let mut input = rig.input.try_clone().unwrap();
+    let pace = done_swaps.clone();
     let writer = std::thread::spawn(move || {
-        for start in (0..RECORDS).step_by(CHUNK as usize) {
+        let chunks = (RECORDS / CHUNK) as usize;
+        for (c, start) in (0..RECORDS).step_by(CHUNK as usize).enumerate() {
+            let waited = std::time::Instant::now();
+            while pace.load(Ordering::Relaxed) < c * SWAPS / chunks
+                && waited.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let chunk: String = (start..start + CHUNK)
                 .map(|n| format!("{{\"k\":\"key{}\",\"n\":{n}}}\n", n % KEYS))
                 .collect();
@@ -292,11 +305,15 @@ fn swapping_under_load_loses_and_repeats_nothing() {
         }
         swaps += 1;
         rig.wait(RELOADED, swaps);
+        done_swaps.store(swaps, Ordering::Relaxed);
     }
     writer.join().unwrap();
     rig.sent = RECORDS as usize;
     rig.scratch.wait_for_lines("out.ndjson", RECORDS as usize);
-    assert!(swaps >= 10, "only {swaps} swaps happened during the stream");
+    assert!(
+        swaps >= SWAPS,
+        "only {swaps} swaps happened during the stream"
+    );
 
     let lines = rig.scratch.read_lines("out.ndjson");
     let mut seen = vec![false; RECORDS as usize];

@@ -1,0 +1,233 @@
+"""flights_delay, in Python: the same filter as plugins/flights-delay (Rust).
+
+Keeps the flights that left at least `min_delay` minutes late, projected to a few
+fields.
+
+- config `min_delay` (minutes, a number; default 0);
+- `dep_delay` >= `min_delay`: emitted as
+  {"carrier","flight","origin","dest","dep_delay","arr_delay","event_time"}
+  (compact JSON, numbers as written in the input) with the input's key and time;
+- `dep_delay` below it, `null` or absent (a cancelled flight): dropped;
+- not JSON, or not a flight (a field missing or of the wrong type): rejected with
+  the reason, so it lands in the dead-letter sink.
+
+Built with componentize-py against ../../../../wit (world `processor`).
+"""
+
+import json
+import re
+from json.encoder import encode_basestring as _quote  # C speed-up, no ASCII escaping
+
+import wit_world
+from wit_world.imports.types import EventBatch, Output, Rejection
+from componentize_py_types import Err
+
+_FIELDS = ("carrier", "flight", "origin", "dest", "dep_delay", "arr_delay", "event_time")
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+_U64_MAX = (1 << 64) - 1
+_INF = float("inf")
+
+
+class _Float(float):
+    """A JSON number with a fraction or an exponent, remembering how it was written."""
+
+    __slots__ = ("raw",)
+
+    def __new__(cls, text):
+        f = float.__new__(cls, text)
+        if f in (_INF, -_INF):
+            raise ValueError(f"number out of range: {text}")
+        f.raw = text
+        return f
+
+
+def _no_constant(name):
+    # Python's json accepts NaN / Infinity / -Infinity; JSON (and serde_json) do not.
+    raise ValueError(f"{name} is not JSON")
+
+
+_decode = json.JSONDecoder(parse_float=_Float, parse_constant=_no_constant).decode
+
+# The fast path above misses two things serde_json sees: `-0` is a float to it (so
+# not a valid `flight`), and a flight field given twice is an error. Lines that may
+# hold either (rare) are parsed again by the slow path below.
+_SUSPECT = re.compile(rb"-0(?![0-9.eE])|\\u")
+_KEY = re.compile(rb'"(carrier|flight|origin|dest|dep_delay|arr_delay|event_time)"\s*:')
+_NAMES = frozenset(_FIELDS)
+
+
+def _int_or_neg_zero(text):
+    return _Float(text) if text == "-0" else int(text)
+
+
+def _decode_strict(text):
+    dups = []  # one flag per object, innermost first: the top-level object's is last
+
+    def pairs(items):
+        d = dict(items)
+        dups.append(len(d) != len(items) and any(
+            sum(1 for k, _ in items if k == n) > 1 for n in _NAMES))
+        return d
+
+    doc = json.JSONDecoder(
+        parse_float=_Float, parse_int=_int_or_neg_zero,
+        parse_constant=_no_constant, object_pairs_hook=pairs,
+    ).decode(text)
+    if type(doc) is dict and dups[-1]:
+        name = next(n for n in _FIELDS if text.count(f'"{n}"') > 1)
+        raise NotAFlight(f"duplicate field `{name}`")
+    return doc
+
+
+class NotAFlight(Exception):
+    pass
+
+
+def _string(obj, name):
+    v = obj.get(name, _MISSING)
+    if v is _MISSING:
+        raise NotAFlight(f"missing field `{name}`")
+    if type(v) is not str:
+        raise NotAFlight(f"invalid type for `{name}`: expected a string")
+    if not v.isascii():
+        try:
+            v.encode("utf-8")  # a lone surrogate from a \ud800 escape
+        except UnicodeEncodeError:
+            raise NotAFlight(f"`{name}`: lone surrogate in a \\u escape") from None
+    return v
+
+
+def _number_or_null(obj, name):
+    v = obj.get(name)  # missing means null, as serde does for an Option field
+    if v is None or type(v) is _Float:
+        return v
+    if type(v) is int:
+        if not _I64_MIN <= v <= _U64_MAX:  # serde reads it as an f64
+            try:
+                float(v)
+            except OverflowError:
+                raise NotAFlight(f"`{name}`: number out of range") from None
+        return v
+    raise NotAFlight(f"invalid type for `{name}`: expected a number or null")
+
+
+_MISSING = object()
+
+
+def _flight(value):
+    """Parses one event into (carrier, flight, origin, dest, dep, arr, time)."""
+    try:
+        keys = _KEY.findall(value)
+        if _SUSPECT.search(value) or len(set(keys)) != len(keys):
+            doc = _decode_strict(value.decode("utf-8"))
+        else:
+            doc = _decode(value.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise NotAFlight(f"invalid JSON: {e}") from None
+    if type(doc) is list:  # serde also reads a struct from a 7-element array
+        if len(doc) != 7:
+            raise NotAFlight(f"invalid length {len(doc)}, expected a 7-element flight")
+        doc = dict(zip(_FIELDS, doc))
+    elif type(doc) is not dict:
+        raise NotAFlight("invalid type: expected a flight object")
+    flight = doc.get("flight", _MISSING)
+    if flight is _MISSING:
+        raise NotAFlight("missing field `flight`")
+    if type(flight) is not int or not (_I64_MIN <= flight <= _I64_MAX):
+        raise NotAFlight("invalid type for `flight`: expected an i64")
+    return (
+        _string(doc, "carrier"),
+        flight,
+        _string(doc, "origin"),
+        _string(doc, "dest"),
+        _number_or_null(doc, "dep_delay"),
+        _number_or_null(doc, "arr_delay"),
+        _string(doc, "event_time"),
+    )
+
+
+def _num(v):
+    if v is None:
+        return "null"
+    if type(v) is _Float:
+        return v.raw
+    return str(v)
+
+
+def _parse_f64(raw):
+    """Like Rust's `str::parse::<f64>` on the trimmed value."""
+    text = raw.strip()
+    if not text.isascii() or "_" in text:
+        raise ValueError("invalid float literal")
+    return float(text)
+
+
+# The configured threshold. Module state, not an attribute: componentize-py makes a
+# new `WitWorld` object for every call of an export.
+_min_delay = 0.0
+
+
+class WitWorld(wit_world.WitWorld):
+    def configure(self, config):
+        global _min_delay
+        min_delay = 0.0
+        for name, raw in config:
+            if name == "min_delay":
+                try:
+                    min_delay = _parse_f64(raw)
+                except ValueError as e:
+                    raise Err(f"config `min_delay`: cannot parse `{raw}`: {e}")
+                break
+        _min_delay = min_delay
+
+    def process(self, batch: EventBatch) -> Output:
+        values, value_ends = batch.values, batch.value_ends
+        keys, key_ends, times = batch.keys, batch.key_ends, batch.timestamps
+        min_delay = _min_delay
+
+        out_values = []
+        out_ends = []
+        out_keys = bytearray()
+        out_key_ends = []
+        out_times = []
+        rejected = []
+        size = 0
+        vstart = kstart = 0
+        for i, vend in enumerate(value_ends):
+            value = values[vstart:vend]
+            vstart = vend
+            kend = key_ends[i]
+            kfrom = kstart
+            kstart = kend
+            try:
+                carrier, flight, origin, dest, dep, arr, event_time = _flight(value)
+            except NotAFlight as e:
+                rejected.append(Rejection(i, str(e)))
+                continue
+            except RecursionError:
+                rejected.append(Rejection(i, "invalid JSON: nested too deeply"))
+                continue
+            if dep is None or not float(dep) >= min_delay:
+                continue
+            text = (
+                '{"carrier":' + _quote(carrier)
+                + ',"flight":' + str(flight)
+                + ',"origin":' + _quote(origin)
+                + ',"dest":' + _quote(dest)
+                + ',"dep_delay":' + _num(dep)
+                + ',"arr_delay":' + _num(arr)
+                + ',"event_time":' + _quote(event_time)
+                + "}"
+            ).encode("utf-8")
+            out_values.append(text)
+            size += len(text)
+            out_ends.append(size)
+            out_keys += keys[kfrom:kend]
+            out_key_ends.append(len(out_keys))
+            out_times.append(times[i])
+
+        events = EventBatch(
+            b"".join(out_values), out_ends, bytes(out_keys), out_key_ends, out_times, []
+        )
+        return Output(events, rejected)
