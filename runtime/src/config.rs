@@ -304,6 +304,134 @@ pub struct PipelineConfig {
     /// partition worker. Default 8192.
     #[serde(default = "default_queue", deserialize_with = "de_positive")]
     pub queue_records: usize,
+    /// Event-time windows after the processor chain; needs `aggregate`.
+    pub window: Option<Spanned<WindowConfig>>,
+    /// What each window computes; needs `window`.
+    pub aggregate: Option<Spanned<Vec<AggregateConfig>>>,
+}
+
+/// Kinds of window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKindName {
+    /// Fixed, non-overlapping (`size`).
+    Tumbling,
+    /// Overlapping (`size`, `slide`).
+    Sliding,
+    /// Per key, closed by a `gap` without records.
+    Session,
+}
+
+/// When window results are written (Spark Structured Streaming's output modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    /// Each window once, final, when the watermark passes its end (plus the
+    /// allowed lateness).
+    #[default]
+    Append,
+    /// After every micro-batch, the windows it changed, with their values so far.
+    Update,
+}
+
+/// What happens to a record too late for every window it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatePolicy {
+    /// To the dead-letter sink, with the reason (needs `dead_letter`).
+    DeadLetter,
+    /// Dropped and counted (`late` in the summary).
+    Drop,
+}
+
+/// `group_by`: the event key, or the values at JSON pointers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupBy {
+    /// `"key"`: the event key.
+    Key(String),
+    /// `["/carrier", "/origin"]`: the values at these pointers.
+    Fields(Vec<String>),
+}
+
+impl Default for GroupBy {
+    fn default() -> Self {
+        GroupBy::Key("key".into())
+    }
+}
+
+/// `window = { … }` of a pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// `tumbling` | `sliding` | `session`.
+    pub kind: WindowKindName,
+    /// Window length (tumbling, sliding), up to a year.
+    #[serde(default, deserialize_with = "de_window_len")]
+    pub size: Option<Duration>,
+    /// Distance between window starts (sliding); at most `size`.
+    #[serde(default, deserialize_with = "de_window_len")]
+    pub slide: Option<Duration>,
+    /// Inactivity gap that closes a session.
+    #[serde(default, deserialize_with = "de_window_len")]
+    pub gap: Option<Duration>,
+    /// How far behind the largest event time seen the watermark stays. Default
+    /// `"0s"`.
+    #[serde(default, deserialize_with = "de_lag")]
+    pub watermark: Duration,
+    /// How long after the watermark passes a window's end records for it are
+    /// still taken. Default `"0s"`.
+    #[serde(default, deserialize_with = "de_lag")]
+    pub allowed_lateness: Duration,
+    /// A partition silent for this long stops holding the watermark back.
+    /// Default `"30s"`.
+    #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// `append` (default) or `update`.
+    #[serde(default)]
+    pub output_mode: OutputMode,
+    /// `"key"` (default) or a list of JSON pointers.
+    #[serde(default)]
+    pub group_by: GroupBy,
+    /// Late records: `dead-letter` (default when the pipeline has a dead-letter
+    /// sink) or `drop`.
+    pub late: Option<LatePolicy>,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// One entry of `aggregate = [ … ]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// The function.
+    pub op: crate::aggregate::Op,
+    /// JSON pointer to the value; none: the record itself (`count` only).
+    pub field: Option<String>,
+    /// Output field name; default `OP` or `OP_FIELD` (last pointer token).
+    #[serde(rename = "as")]
+    pub name: Option<String>,
+}
+
+/// Most a window, slide or gap may be: a year.
+const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
+
+fn de_window_len<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let d = parse_duration(&String::deserialize(d)?)?;
+    if d < Duration::from_millis(1) || d > MAX_WINDOW {
+        return Err(serde::de::Error::custom("must be between 1ms and 366days"));
+    }
+    Ok(Some(d))
+}
+
+fn de_lag<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let d = parse_duration(&String::deserialize(d)?)?;
+    if d > MAX_WINDOW {
+        return Err(serde::de::Error::custom("must be at most 366days"));
+    }
+    Ok(d)
 }
 
 fn default_partitions() -> Spanned<usize> {

@@ -36,6 +36,23 @@ impl Pointer {
     }
 }
 
+impl fmt::Display for Pointer {
+    /// The pointer as written (RFC 6901), e.g. `/a~1b/0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for token in &self.0 {
+            write!(f, "/{}", token.replace('~', "~0").replace('/', "~1"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Pointer {
+    /// The last reference token (`dep_delay` of `/a/dep_delay`), if any.
+    pub fn last(&self) -> Option<&str> {
+        self.0.last().map(String::as_str)
+    }
+}
+
 /// What the source wants from each line.
 #[derive(Debug, Clone, Default)]
 pub struct Decoder {

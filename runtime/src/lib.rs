@@ -19,6 +19,7 @@
 //! - [`sink`] writes output, [`dead_letter`] what failed;
 //! - [`pipeline`] wires one pipeline's threads; [`daemon`] runs them all.
 
+pub mod aggregate;
 pub mod batcher;
 pub mod compile_cache;
 pub mod config;
@@ -35,4 +36,7 @@ pub mod router;
 pub mod sink;
 pub mod source;
 pub mod topology;
+pub mod watermark;
+pub mod window;
+pub mod window_operator;
 pub mod worker;

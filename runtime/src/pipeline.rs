@@ -22,7 +22,11 @@ use crate::processor::{Stage, StageSpec};
 use crate::router::Router;
 use crate::sink::SinkHandle;
 use crate::source::{self, SourceSpec};
-use crate::worker::Worker;
+use crate::window_operator::{self, WindowSpec};
+use crate::worker::{WindowFeed, Worker};
+
+/// Batches each worker may have queued for the window operator.
+const WINDOW_QUEUE_BATCHES: usize = 4;
 
 /// A pipeline's counters, shared by its threads.
 #[derive(Debug, Default)]
@@ -39,6 +43,9 @@ pub struct Stats {
     pub skipped: AtomicU64,
     /// Micro-batches processed.
     pub batches: AtomicU64,
+    /// Records too late for every window they belong to (also counted in
+    /// `rejected` when dead-lettered).
+    pub late: AtomicU64,
     /// Records read but not processed because the pipeline stopped on an error
     /// (`on_error = "stop"`, a sink that failed): the failed batch and everything
     /// queued behind it.
@@ -92,6 +99,8 @@ pub struct PipelineSpec {
     /// Capacity of each partition channel, in records (rounded down to whole
     /// chunks of [`source::CHUNK_RECORDS`], at least one).
     pub queue_records: usize,
+    /// Windowed aggregation after the chain, if configured.
+    pub window: Option<Arc<WindowSpec>>,
 }
 
 impl PipelineSpec {
@@ -104,6 +113,7 @@ impl PipelineSpec {
             ("sinks", format!("{:?}", self.sinks)),
             ("dead_letter", format!("{:?}", self.dead_letter)),
             ("queue_records", self.queue_records.to_string()),
+            ("window or aggregate", format!("{:?}", self.window)),
         ]
     }
 }
@@ -155,7 +165,36 @@ impl PipelineSpec {
         let failed = Arc::new(AtomicBool::new(false));
 
         let mut senders = Vec::with_capacity(self.partitions);
-        let mut workers = Vec::with_capacity(self.partitions);
+        let mut workers = Vec::with_capacity(self.partitions + 1);
+        // The window operator, fed by every worker.
+        let window = match &self.window {
+            Some(spec) => {
+                let (tx, rx) = flume::bounded(WINDOW_QUEUE_BATCHES * self.partitions);
+                let (spec, name, partitions) = (spec.clone(), self.name.clone(), self.partitions);
+                let (outputs, dead_letter, stats) =
+                    (outputs.clone(), dead_letter.clone(), stats.clone());
+                workers.push(
+                    std::thread::Builder::new()
+                        .name(format!("{}-window", self.name))
+                        .spawn(move || {
+                            window_operator::run(
+                                &name,
+                                &spec,
+                                partitions,
+                                rx,
+                                &outputs,
+                                &dead_letter,
+                                &stats,
+                            )
+                        })?,
+                );
+                Some(WindowFeed {
+                    spec: self.window.clone().expect("window"),
+                    tx,
+                })
+            }
+            None => None,
+        };
         for partition in 0..self.partitions {
             let stages = Stage::chain(&self.name, partition, &self.chain.stages)?;
             let worker = Worker {
@@ -165,6 +204,7 @@ impl PipelineSpec {
                 running: self.chain.clone(),
                 refused: None,
                 stages,
+                window: window.clone(),
                 sinks: outputs.clone(),
                 dead_letter: dead_letter.clone(),
                 stats: stats.clone(),
@@ -178,6 +218,9 @@ impl PipelineSpec {
                     .spawn(move || worker.run(rx))?,
             );
         }
+
+        // The workers hold the window operator's senders now.
+        drop(window);
 
         let spec = self.source.clone();
         let router = Router::new(self.partitions);
@@ -239,6 +282,8 @@ pub struct Summary {
     pub skipped: u64,
     /// See [`Stats::batches`].
     pub batches: u64,
+    /// See [`Stats::late`].
+    pub late: u64,
     /// See [`Stats::failed`].
     pub failed: u64,
     /// Wall time since the pipeline started.
@@ -254,6 +299,7 @@ impl Summary {
             rejected: stats.rejected.load(Ordering::Relaxed),
             skipped: stats.skipped.load(Ordering::Relaxed),
             batches: stats.batches.load(Ordering::Relaxed),
+            late: stats.late.load(Ordering::Relaxed),
             failed: stats.failed.load(Ordering::Relaxed),
             elapsed,
         }
@@ -270,13 +316,14 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "pipeline={} in={} out={} rejected={} skipped={} failed={} batches={} elapsed={:.3}s rate={:.0} records/s",
+            "pipeline={} in={} out={} rejected={} skipped={} failed={} late={} batches={} elapsed={:.3}s rate={:.0} records/s",
             self.pipeline,
             self.records_in,
             self.records_out,
             self.rejected,
             self.skipped,
             self.failed,
+            self.late,
             self.batches,
             secs,
             rate

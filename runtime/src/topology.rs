@@ -8,17 +8,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::aggregate::Op;
 use crate::batcher::BatchLimits;
 use crate::config::{
-    self, Config, ConfigError, ConfigSource, Format, OnError, SinkKind, SourceKind,
+    self, Config, ConfigError, ConfigSource, Format, GroupBy, LatePolicy, OnError, PipelineConfig,
+    SinkKind, SourceKind, WindowKindName,
 };
-use crate::decode::{Decoder, Pointer};
+use crate::decode::{Decoder, MAX_POINTERS, Pointer};
 use crate::pipeline::{Chain, PipelineSpec};
 use crate::plugin::{Limits, LogTags, PluginHost};
 use crate::processor::StageSpec;
 use crate::reload::{PluginSlot, StageUse};
 use crate::sink::SinkSpec;
 use crate::source::{Input, SourceSpec};
+use crate::window::WindowKind;
+use crate::window_operator::{AggSpec, Grouping, WindowSpec};
 
 /// Everything a config asks for, built and checked.
 #[derive(Debug)]
@@ -288,6 +292,7 @@ impl Topology {
                 }));
             }
 
+            let window = build_window(p, dead_letter.is_some(), source)?;
             pipelines.push(PipelineSpec {
                 name: name.clone(),
                 source: src_spec,
@@ -303,6 +308,7 @@ impl Topology {
                 sinks: sink_names,
                 dead_letter,
                 queue_records: p.queue_records,
+                window,
             });
         }
         Ok(Topology {
@@ -317,6 +323,168 @@ impl Topology {
             hot_reload: config.daemon.hot_reload,
         })
     }
+}
+
+/// The window operator of pipeline `p`, if it has `window` and `aggregate`.
+fn build_window(
+    p: &PipelineConfig,
+    has_dead_letter: bool,
+    source: &ConfigSource,
+) -> Result<Option<Arc<WindowSpec>>, ConfigError> {
+    let (window, aggregate) = match (&p.window, &p.aggregate) {
+        (None, None) => return Ok(None),
+        (Some(w), None) => {
+            return Err(source.error(
+                w.span(),
+                "a window needs `aggregate = [ … ]`: what to compute per window",
+            ));
+        }
+        (None, Some(a)) => {
+            return Err(source.error(
+                a.span(),
+                "`aggregate` needs a `window = { … }` to aggregate over",
+            ));
+        }
+        (Some(w), Some(a)) => (w, a),
+    };
+    let span = window.span();
+    let w = window.get_ref();
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let need = |what: Option<std::time::Duration>, name: &str| {
+        what.map(ms).ok_or_else(|| {
+            source.error(
+                span.clone(),
+                format!("a {:?} window needs `{name}`", w.kind).to_lowercase(),
+            )
+        })
+    };
+    let kind = match w.kind {
+        WindowKindName::Tumbling => WindowKind::Tumbling {
+            size: need(w.size, "size")?,
+        },
+        WindowKindName::Sliding => {
+            let (size, slide) = (need(w.size, "size")?, need(w.slide, "slide")?);
+            if slide > size || size / slide > 1000 {
+                return Err(source.error(
+                    span,
+                    "a sliding window needs slide ≤ size and at most 1000 windows per record (size / slide)",
+                ));
+            }
+            WindowKind::Sliding { size, slide }
+        }
+        WindowKindName::Session => WindowKind::Session {
+            gap: need(w.gap, "gap")?,
+        },
+    };
+    let mut pointers: Vec<Pointer> = Vec::new();
+    let mut index_of = |text: &str| -> Result<usize, ConfigError> {
+        let ptr = Pointer::parse(text).map_err(|e| source.error(span.clone(), e))?;
+        Ok(match pointers.iter().position(|q| *q == ptr) {
+            Some(i) => i,
+            None => {
+                pointers.push(ptr);
+                pointers.len() - 1
+            }
+        })
+    };
+    let mut names: Vec<String> = vec!["window_start".into(), "window_end".into()];
+    let claim = |name: String, names: &mut Vec<String>| -> Result<String, ConfigError> {
+        if names.contains(&name) {
+            return Err(source.error(
+                span.clone(),
+                format!("two output fields are named `{name}`: rename one with `as`"),
+            ));
+        }
+        names.push(name.clone());
+        Ok(name)
+    };
+    let grouping = match &w.group_by {
+        GroupBy::Key(k) if k == "key" => {
+            claim("key".into(), &mut names)?;
+            Grouping::Key
+        }
+        GroupBy::Key(other) => {
+            return Err(source.error(
+                span,
+                format!("group_by = {other:?}: use \"key\" or a list of JSON pointers"),
+            ));
+        }
+        GroupBy::Fields(list) => {
+            let mut fields = Vec::new();
+            for text in list {
+                let i = index_of(text)?;
+                let name = Pointer::parse(text)
+                    .ok()
+                    .and_then(|p| p.last().map(str::to_string))
+                    .unwrap_or_else(|| "value".into());
+                fields.push((claim(name, &mut names)?, i));
+            }
+            Grouping::Fields(fields)
+        }
+    };
+    let mut aggregates = Vec::new();
+    for a in aggregate.get_ref() {
+        let field = match (&a.field, a.op) {
+            (Some(f), _) => Some(index_of(f)?),
+            (None, Op::Count) => None,
+            (None, op) => {
+                return Err(source.error(
+                    aggregate.span(),
+                    format!("aggregate `{}` needs a `field` (a JSON pointer)", op.name()),
+                ));
+            }
+        };
+        let default = match &a.field {
+            Some(f) => format!(
+                "{}_{}",
+                a.op.name(),
+                Pointer::parse(f)
+                    .ok()
+                    .and_then(|p| p.last().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+            None => a.op.name().to_string(),
+        };
+        let name = claim(a.name.clone().unwrap_or(default), &mut names)?;
+        aggregates.push(AggSpec {
+            op: a.op,
+            field,
+            name,
+        });
+    }
+    if aggregates.is_empty() {
+        return Err(source.error(aggregate.span(), "`aggregate` is empty"));
+    }
+    if pointers.len() > MAX_POINTERS {
+        return Err(source.error(
+            span,
+            format!(
+                "at most {MAX_POINTERS} distinct JSON pointers in group_by and aggregate fields"
+            ),
+        ));
+    }
+    let late = match w.late {
+        Some(LatePolicy::DeadLetter) if !has_dead_letter => {
+            return Err(source.error(
+                span,
+                "late = \"dead-letter\" needs the pipeline's `dead_letter` sink",
+            ));
+        }
+        Some(policy) => policy,
+        None if has_dead_letter => LatePolicy::DeadLetter,
+        None => LatePolicy::Drop,
+    };
+    Ok(Some(Arc::new(WindowSpec {
+        kind,
+        delay_ms: ms(w.watermark),
+        lateness_ms: ms(w.allowed_lateness),
+        idle_timeout: w.idle_timeout,
+        mode: w.output_mode,
+        grouping,
+        aggregates,
+        pointers,
+        late,
+    })))
 }
 
 impl Topology {

@@ -22,6 +22,16 @@ use crate::plugin::Plugin;
 use crate::processor::Stage;
 use crate::sink::SinkHandle;
 use crate::source::Record;
+use crate::window_operator::{WindowInput, WindowSpec};
+
+/// A worker's way into its pipeline's window operator.
+#[derive(Debug, Clone)]
+pub struct WindowFeed {
+    /// What the operator needs from each record.
+    pub spec: Arc<WindowSpec>,
+    /// The operator's input.
+    pub tx: flume::Sender<WindowInput>,
+}
 
 /// Everything one partition worker owns.
 #[derive(Debug)]
@@ -38,6 +48,8 @@ pub struct Worker {
     pub refused: Option<Arc<Chain>>,
     /// The processor chain, one instance per stage.
     pub stages: Vec<Stage>,
+    /// The window operator the output goes to, when the pipeline has windows.
+    pub window: Option<WindowFeed>,
     /// Where output goes (fan-out: every sink gets every record).
     pub sinks: Vec<SinkHandle>,
     /// Where failed and refused records go.
@@ -178,6 +190,7 @@ impl Worker {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let input_len = batch.len();
+        let max_input_ts = batch.iter().map(|e| e.timestamp_ms()).max();
         let mut refused: Vec<Refused> = Vec::new();
         let mut skipped = 0;
         let mut current = batch;
@@ -246,10 +259,57 @@ impl Worker {
         self.stats
             .skipped
             .fetch_add(skipped as u64, Ordering::Relaxed);
-        self.write(&current).map_err(|error| BatchFailed {
+        let written = match &self.window {
+            Some(feed) => self.to_window(feed.clone(), current, max_input_ts),
+            None => self.write(&current),
+        };
+        written.map_err(|error| BatchFailed {
             error,
             unaccounted: input_len.saturating_sub(refused.len() + skipped),
         })
+    }
+
+    /// Hands the chain's output to the window operator: what it needs is read
+    /// here (in parallel over partitions); records that cannot be aggregated go
+    /// to the dead-letter sink.
+    fn to_window(
+        &self,
+        feed: WindowFeed,
+        output: Batch,
+        max_input_ts: Option<i64>,
+    ) -> anyhow::Result<()> {
+        let (events, values, unreadable) = feed.spec.prepare(output);
+        if !unreadable.is_empty() {
+            let records: Vec<DeadRecord<'_>> = unreadable
+                .iter()
+                .map(|u| DeadRecord {
+                    stage: "window",
+                    plugin: None,
+                    partition: Some(self.partition),
+                    reason: &u.reason,
+                    key: &u.key,
+                    timestamp_ms: Some(u.timestamp_ms),
+                    original: &u.value,
+                })
+                .collect();
+            self.dead_letter.send(&records)?;
+            self.stats
+                .rejected
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+        }
+        feed.tx
+            .send(WindowInput {
+                partition: self.partition,
+                max_input_ts,
+                events,
+                values,
+            })
+            .map_err(|_| {
+                anyhow!(
+                    "the window operator of pipeline `{}` has stopped",
+                    self.pipeline
+                )
+            })
     }
 
     /// Sends the records the stages refused to the dead-letter sink, and counts

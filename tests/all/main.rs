@@ -14,3 +14,4 @@ mod reload;
 mod sandbox;
 mod shutdown;
 mod sources;
+mod windows;

@@ -1,0 +1,528 @@
+//! The window operator: keyed, event-time windowed aggregation after the
+//! processor chain, with a watermark.
+//!
+//! ```text
+//! worker p: chain → extract group + fields ──► WindowInput ──┐
+//!                                                            ├─► operator thread: windows, watermark, emit → sinks
+//! worker q: chain → extract group + fields ──► WindowInput ──┘                              late records → dead letter
+//! ```
+//!
+//! The workers parse what the aggregates need from each output event (in
+//! parallel); one operator thread per pipeline owns the window state, so a group
+//! whose records come from several partitions is aggregated in one place, and
+//! the watermark is the minimum over the partitions (see [`crate::watermark`]).
+//!
+//! For each micro-batch a worker sends (its records, and the largest event time
+//! of its *input*, so that a partition whose records were all filtered out still
+//! moves the watermark), the operator:
+//! 1. adds every record to the windows it belongs to that are still open — a
+//!    window `[start, end)` is open while `watermark < end + allowed_lateness`.
+//!    A record all of whose windows are closed is **late**: dead-lettered (or
+//!    dropped, by config) and counted, never silently lost;
+//! 2. moves the watermark;
+//! 3. emits: in `append` mode each window once, final, when the watermark reaches
+//!    `end + allowed_lateness`; in `update` mode the windows this batch changed,
+//!    with their values so far, and forgets windows once closed.
+//!
+//! When the input ends (every worker finished: end of file, shutdown) the
+//! watermark jumps to the end of time and every open window is emitted. Windows
+//! are emitted in order of end, then group, then start: the output is the same
+//! from run to run.
+//!
+//! An output record is one JSON object:
+//! `{"window_start":"…","window_end":"…",<group>,<aggregates>}` with RFC 3339
+//! times (UTC, ms), the group as `"key":"…"` or one field per `group_by`
+//! pointer, and one field per aggregate; its event time is `window_end - 1`
+//! (the last instant in the window, as Flink timestamps window results).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sluice_plugin_sdk::Batch;
+
+use crate::aggregate::{Acc, Op};
+use crate::config::{LatePolicy, OutputMode};
+use crate::dead_letter::{DeadLetter, DeadRecord};
+use crate::decode::{Pointer, extract_into};
+use crate::pipeline::Stats;
+use crate::sink::SinkHandle;
+use crate::watermark::Watermarks;
+use crate::window::{Window, WindowKind};
+
+/// How records are grouped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grouping {
+    /// By the event key (output field `key`).
+    Key,
+    /// By the values at these pointers: (output field name, index in
+    /// [`WindowSpec::pointers`]).
+    Fields(Vec<(String, usize)>),
+}
+
+/// One aggregate of a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggSpec {
+    /// The function.
+    pub op: Op,
+    /// Index of its field in [`WindowSpec::pointers`]; `None`: `count(*)`.
+    pub field: Option<usize>,
+    /// Output field name.
+    pub name: String,
+}
+
+/// A pipeline's window operator, built from `window` and `aggregate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// Tumbling, sliding or session, with lengths in ms.
+    pub kind: WindowKind,
+    /// Watermark delay, ms.
+    pub delay_ms: i64,
+    /// Allowed lateness, ms.
+    pub lateness_ms: i64,
+    /// When a silent partition stops holding the watermark.
+    pub idle_timeout: Duration,
+    /// `append` or `update`.
+    pub mode: OutputMode,
+    /// How records are grouped.
+    pub grouping: Grouping,
+    /// What is computed.
+    pub aggregates: Vec<AggSpec>,
+    /// Every pointer the workers extract (group fields, then aggregate fields;
+    /// each once).
+    pub pointers: Vec<Pointer>,
+    /// Late records.
+    pub late: LatePolicy,
+}
+
+/// A chain output record the window cannot aggregate, and why.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// Its key.
+    pub key: Vec<u8>,
+    /// Its event time.
+    pub timestamp_ms: i64,
+    /// Its bytes.
+    pub value: Vec<u8>,
+    /// Why.
+    pub reason: String,
+}
+
+/// One micro-batch's worth of records for the operator.
+#[derive(Debug)]
+pub struct WindowInput {
+    /// The sending partition.
+    pub partition: usize,
+    /// Largest event time of the batch the worker took in (before the chain).
+    pub max_input_ts: Option<i64>,
+    /// The records (the chain's output that could be read).
+    pub events: Batch,
+    /// `events.len() × pointers.len()` extracted values, row by row.
+    pub values: Vec<Option<Value>>,
+}
+
+impl WindowSpec {
+    /// Reads what the operator needs from `output` (a worker's chain output):
+    /// the records that can be aggregated and their values, and the ones that
+    /// cannot, with the reason (not JSON when fields are needed, a non-number
+    /// for `sum`/`avg`).
+    pub fn prepare(&self, output: Batch) -> (Batch, Vec<Option<Value>>, Vec<Unreadable>) {
+        let n = self.pointers.len();
+        if n == 0 {
+            return (output, Vec::new(), Vec::new());
+        }
+        let paths: Vec<&Pointer> = self.pointers.iter().collect();
+        let mut values = Vec::with_capacity(output.len() * n);
+        let mut refused = Vec::new();
+        let mut row = vec![None; n];
+        for event in &output {
+            let result = extract_into(event.value(), &paths, &mut row).and_then(|()| {
+                for agg in self.aggregates.iter().filter(|a| a.op.numeric()) {
+                    if let Some(i) = agg.field
+                        && let Some(v) = &row[i]
+                        && !(v.is_null() || v.is_number())
+                    {
+                        return Err(format!(
+                            "{}: field {} is {v}, not a number",
+                            agg.name, self.pointers[i]
+                        ));
+                    }
+                }
+                Ok(())
+            });
+            match result {
+                Ok(()) => values.extend(row.iter_mut().map(Option::take)),
+                Err(reason) => refused.push((event.index(), reason)),
+            }
+        }
+        if refused.is_empty() {
+            return (output, values, Vec::new());
+        }
+        let mut kept = Batch::with_capacity(output.len() - refused.len(), 0);
+        let mut unreadable = Vec::with_capacity(refused.len());
+        let mut skip = refused.into_iter().peekable();
+        for event in &output {
+            if skip.peek().is_some_and(|(i, _)| *i == event.index()) {
+                let (_, reason) = skip.next().expect("peeked");
+                unreadable.push(Unreadable {
+                    key: event.key().unwrap_or_default().to_vec(),
+                    timestamp_ms: event.timestamp_ms(),
+                    value: event.value().to_vec(),
+                    reason,
+                });
+                continue;
+            }
+            kept.push_event(&event);
+        }
+        (kept, values, unreadable)
+    }
+
+    fn new_accs(&self) -> Vec<Acc> {
+        self.aggregates.iter().map(|a| Acc::new(a.op)).collect()
+    }
+}
+
+/// A group's identity: the key bytes, or the JSON text of the group values.
+type Group = Vec<u8>;
+
+/// The open windows of a pipeline.
+#[derive(Debug, Default)]
+struct State {
+    /// Tumbling and sliding: (end, group, start) → accumulators.
+    fixed: BTreeMap<(i64, Group, i64), Vec<Acc>>,
+    /// Sessions: group → its sessions, by start.
+    sessions: BTreeMap<Group, Vec<(Window, Vec<Acc>)>>,
+}
+
+/// Runs the operator until every sender is gone, then emits what is open.
+///
+/// # Errors
+/// A sink or the dead-letter sink stopped.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    pipeline: &str,
+    spec: &WindowSpec,
+    partitions: usize,
+    inputs: flume::Receiver<WindowInput>,
+    sinks: &[SinkHandle],
+    dead_letter: &DeadLetter,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let mut op = Operator {
+        spec,
+        state: State::default(),
+        watermarks: Watermarks::new(partitions, spec.delay_ms, spec.idle_timeout, Instant::now()),
+        sinks,
+        stats,
+        changed: BTreeSet::new(),
+        assigned: Vec::new(),
+    };
+    let tick = (spec.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        match inputs.recv_timeout(tick) {
+            Ok(input) => {
+                let late = op.add(&input);
+                if !late.is_empty() {
+                    op.late(pipeline, &input, &late, dead_letter)?;
+                }
+                op.watermarks
+                    .observe(input.partition, input.max_input_ts, Instant::now());
+                let watermark = op.watermarks.advance(Instant::now());
+                op.emit(watermark)?;
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {
+                // Time passes: an idle partition may stop holding the watermark.
+                let before = op.watermarks.current();
+                let now = op.watermarks.advance(Instant::now());
+                if now != before {
+                    op.emit(now)?;
+                }
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                let end = op.watermarks.finish();
+                return op.emit(end);
+            }
+        }
+    }
+}
+
+struct Operator<'a> {
+    spec: &'a WindowSpec,
+    state: State,
+    watermarks: Watermarks,
+    sinks: &'a [SinkHandle],
+    stats: &'a Stats,
+    /// Update mode: the windows changed since the last emission, as (end,
+    /// group, start).
+    changed: BTreeSet<(i64, Group, i64)>,
+    assigned: Vec<Window>,
+}
+
+impl Operator<'_> {
+    fn is_open(&self, w: &Window, watermark: i64) -> bool {
+        watermark < w.end.saturating_add(self.spec.lateness_ms)
+    }
+
+    /// Adds the input's records; returns the indices of the late ones.
+    fn add(&mut self, input: &WindowInput) -> Vec<usize> {
+        let watermark = self.watermarks.current();
+        let n = self.spec.pointers.len();
+        let mut late = Vec::new();
+        for (i, event) in input.events.iter().enumerate() {
+            let row = &input.values[i * n..(i + 1) * n];
+            let group: Group = match &self.spec.grouping {
+                Grouping::Key => event.key().unwrap_or_default().to_vec(),
+                Grouping::Fields(fields) => {
+                    let vals: Vec<&Value> = fields
+                        .iter()
+                        .map(|(_, j)| row[*j].as_ref().unwrap_or(&Value::Null))
+                        .collect();
+                    serde_json::to_vec(&vals).unwrap_or_default()
+                }
+            };
+            let ts = event.timestamp_ms();
+            let mut assigned = std::mem::take(&mut self.assigned);
+            self.spec.kind.assign(ts, &mut assigned);
+            let mut taken = false;
+            for w in &assigned {
+                if !self.is_open(w, watermark) {
+                    continue;
+                }
+                taken = true;
+                if self.spec.kind.merges() {
+                    self.add_to_session(&group, *w, row, ts);
+                } else {
+                    let accs = self
+                        .state
+                        .fixed
+                        .entry((w.end, group.clone(), w.start))
+                        .or_insert_with(|| self.spec.new_accs());
+                    update(self.spec, accs, row, ts);
+                    if self.spec.mode == OutputMode::Update {
+                        self.changed.insert((w.end, group.clone(), w.start));
+                    }
+                }
+            }
+            self.assigned = assigned;
+            if !taken {
+                late.push(i);
+            }
+        }
+        late
+    }
+
+    /// Merges `w` (a new record's own session) with the group's sessions it
+    /// overlaps.
+    fn add_to_session(&mut self, group: &Group, w: Window, row: &[Option<Value>], ts: i64) {
+        let sessions = self.state.sessions.entry(group.clone()).or_default();
+        let mut merged = (w, self.spec.new_accs());
+        update(self.spec, &mut merged.1, row, ts);
+        let mut kept = Vec::with_capacity(sessions.len() + 1);
+        for (s, accs) in sessions.drain(..) {
+            if s.start < merged.0.end && merged.0.start < s.end {
+                if self.spec.mode == OutputMode::Update {
+                    self.changed.remove(&(s.end, group.clone(), s.start));
+                }
+                merged.0 = Window {
+                    start: merged.0.start.min(s.start),
+                    end: merged.0.end.max(s.end),
+                };
+                let mut accs = accs;
+                for (a, b) in accs.iter_mut().zip(&merged.1) {
+                    a.merge(b);
+                }
+                merged.1 = accs;
+            } else {
+                kept.push((s, accs));
+            }
+        }
+        if self.spec.mode == OutputMode::Update {
+            self.changed
+                .insert((merged.0.end, group.clone(), merged.0.start));
+        }
+        kept.push(merged);
+        kept.sort_by_key(|(s, _)| s.start);
+        *sessions = kept;
+    }
+
+    /// Sends the late records to the dead-letter sink (or drops them), and
+    /// counts them.
+    fn late(
+        &self,
+        pipeline: &str,
+        input: &WindowInput,
+        late: &[usize],
+        dead_letter: &DeadLetter,
+    ) -> anyhow::Result<()> {
+        tracing::debug!(pipeline, records = late.len(), "late records");
+        self.stats
+            .late
+            .fetch_add(late.len() as u64, Ordering::Relaxed);
+        if self.spec.late == LatePolicy::Drop {
+            return Ok(());
+        }
+        let watermark = self.watermarks.current();
+        let reasons: Vec<String> = late
+            .iter()
+            .map(|&i| {
+                let ts = input.events.get(i).map_or(0, |e| e.timestamp_ms());
+                format!(
+                    "late: event time {} is behind the watermark {} by more than the allowed lateness ({} ms) for every window it belongs to",
+                    rfc3339(ts),
+                    rfc3339(watermark),
+                    self.spec.lateness_ms
+                )
+            })
+            .collect();
+        let records: Vec<DeadRecord<'_>> = late
+            .iter()
+            .zip(&reasons)
+            .filter_map(|(&i, reason)| {
+                let e = input.events.get(i)?;
+                Some(DeadRecord {
+                    stage: "window",
+                    plugin: None,
+                    partition: Some(input.partition),
+                    reason,
+                    key: e.key().unwrap_or_default(),
+                    timestamp_ms: Some(e.timestamp_ms()),
+                    original: e.value(),
+                })
+            })
+            .collect();
+        dead_letter.send(&records)?;
+        self.stats
+            .rejected
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Emits what `watermark` allows (see the module doc), and forgets closed
+    /// windows.
+    fn emit(&mut self, watermark: i64) -> anyhow::Result<()> {
+        let mut out: Vec<(Window, Group, Vec<Acc>)> = Vec::new();
+        let lateness = self.spec.lateness_ms;
+        let closed = |w: &Window| watermark >= w.end.saturating_add(lateness);
+        match self.spec.mode {
+            OutputMode::Update => {
+                for (end, group, start) in std::mem::take(&mut self.changed) {
+                    let w = Window { start, end };
+                    let accs = if self.spec.kind.merges() {
+                        self.state
+                            .sessions
+                            .get(&group)
+                            .and_then(|ss| ss.iter().find(|(s, _)| *s == w).map(|(_, a)| a.clone()))
+                    } else {
+                        self.state.fixed.get(&(end, group.clone(), start)).cloned()
+                    };
+                    if let Some(accs) = accs {
+                        out.push((w, group, accs));
+                    }
+                }
+                self.drop_closed(&closed);
+            }
+            OutputMode::Append => {
+                // Fixed windows: a prefix of the map (ordered by end).
+                while let Some(entry) = self.state.fixed.first_entry() {
+                    let (end, _, start) = entry.key();
+                    let w = Window {
+                        start: *start,
+                        end: *end,
+                    };
+                    if !closed(&w) {
+                        break;
+                    }
+                    let ((_, group, _), accs) = entry.remove_entry();
+                    out.push((w, group, accs));
+                }
+                for (group, sessions) in &mut self.state.sessions {
+                    let mut i = 0;
+                    while i < sessions.len() {
+                        if closed(&sessions[i].0) {
+                            let (w, accs) = sessions.remove(i);
+                            out.push((w, group.clone(), accs));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+                self.state.sessions.retain(|_, s| !s.is_empty());
+                out.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
+            }
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::with_capacity(out.len() * 128);
+        for (w, group, accs) in &out {
+            let mut obj = Map::new();
+            obj.insert("window_start".into(), Value::from(rfc3339(w.start)));
+            obj.insert("window_end".into(), Value::from(rfc3339(w.end)));
+            match &self.spec.grouping {
+                Grouping::Key => {
+                    obj.insert(
+                        "key".into(),
+                        Value::from(String::from_utf8_lossy(group).into_owned()),
+                    );
+                }
+                Grouping::Fields(fields) => {
+                    let vals: Vec<Value> = serde_json::from_slice(group).unwrap_or_default();
+                    for ((name, _), v) in fields.iter().zip(vals) {
+                        obj.insert(name.clone(), v);
+                    }
+                }
+            }
+            for (agg, acc) in self.spec.aggregates.iter().zip(accs) {
+                obj.insert(agg.name.clone(), acc.finish());
+            }
+            serde_json::to_writer(&mut lines, &Value::Object(obj))?;
+            lines.push(b'\n');
+        }
+        let lines = Arc::new(lines);
+        for sink in self.sinks {
+            sink.send(lines.clone())?;
+        }
+        self.stats
+            .records_out
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn drop_closed(&mut self, closed: &dyn Fn(&Window) -> bool) {
+        while let Some(entry) = self.state.fixed.first_entry() {
+            let (end, _, start) = entry.key();
+            if !closed(&Window {
+                start: *start,
+                end: *end,
+            }) {
+                break;
+            }
+            entry.remove();
+        }
+        for sessions in self.state.sessions.values_mut() {
+            sessions.retain(|(w, _)| !closed(w));
+        }
+        self.state.sessions.retain(|_, s| !s.is_empty());
+    }
+}
+
+fn update(spec: &WindowSpec, accs: &mut [Acc], row: &[Option<Value>], ts: i64) {
+    for (agg, acc) in spec.aggregates.iter().zip(accs) {
+        match agg.field {
+            None => acc.update(None, ts),
+            Some(i) => acc.update(Some(row[i].as_ref().unwrap_or(&Value::Null)), ts),
+        }
+    }
+}
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds; the end of time as
+/// `+infinity`.
+pub fn rfc3339(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None if ms > 0 => "+infinity".into(),
+        None => "-infinity".into(),
+    }
+}
