@@ -20,6 +20,7 @@ use crate::pipeline::{Chain, PipelineSpec, Summary};
 use crate::plugin::PluginHost;
 use crate::reload::{PluginSlot, Reloader};
 use crate::sink::{RunningSink, SinkSpec};
+use crate::source::Input;
 use crate::topology::Topology;
 
 /// The status file in the state folder: the running version of every plugin,
@@ -58,8 +59,13 @@ struct Live {
     shape: Vec<(&'static str, String)>,
     chain: Arc<ArcSwap<Chain>>,
     cancel: Arc<AtomicBool>,
-    /// Removed by a reload, draining.
+    /// What its source reads.
+    input: Input,
+    /// Removed by a reload (draining, or ended).
     removed: bool,
+    /// Its source ended and its workers drained (kept, so that a reload does
+    /// not start it again).
+    ended: bool,
 }
 
 /// The running state of the daemon.
@@ -106,7 +112,9 @@ impl Daemon {
                 shape: spec.shape(),
                 chain: running.chain.clone(),
                 cancel,
+                input: spec.source.input.clone(),
                 removed: false,
+                ended: false,
             },
         );
         self.waiting.spawn_blocking(move || running.wait());
@@ -149,7 +157,20 @@ impl Daemon {
             }
         }
         for spec in &new.pipelines {
+            if !self.live.contains_key(&spec.name)
+                && let Some((other, _)) =
+                    self.live.iter().find(|(_, l)| l.input == spec.source.input)
+            {
+                return Err(format!(
+                    "new pipeline `{}` would read {} from its start, which pipeline `{other}` has read (renaming or re-adding a pipeline needs a restart: sources keep no position yet)",
+                    spec.name,
+                    describe(&spec.source.input)
+                ));
+            }
             if let Some(live) = self.live.get(&spec.name) {
+                if live.ended {
+                    continue;
+                }
                 if live.removed {
                     return Err(format!(
                         "pipeline `{}` is still draining from the last reload; try again",
@@ -192,6 +213,7 @@ impl Daemon {
         }
         for spec in &new.pipelines {
             match self.live.get(&spec.name) {
+                Some(live) if live.ended => same += 1,
                 Some(live) => {
                     if live.chain.load().fingerprint() == spec.chain.fingerprint() {
                         same += 1;
@@ -222,6 +244,13 @@ impl Daemon {
         } else {
             Err(format!("{summary}; but: {}", errors.join("; ")))
         }
+    }
+}
+
+fn describe(input: &Input) -> String {
+    match input {
+        Input::File { path, .. } => path.display().to_string(),
+        Input::Stdin => "stdin".into(),
     }
 }
 
@@ -300,7 +329,9 @@ pub async fn run(
                     if result.is_err() {
                         daemon.cancel_all();
                     }
-                    daemon.live.remove(&summary.pipeline);
+                    if let Some(live) = daemon.live.get_mut(&summary.pipeline) {
+                        live.ended = true;
+                    }
                     results.push((summary, result));
                 }
             },

@@ -186,3 +186,57 @@ fn watch_config_reloads_on_save() {
     let output = rig.daemon.finish();
     assert_exit(&output, 0);
 }
+
+#[test]
+fn a_reload_never_reads_a_source_again() {
+    const DONE: &str = r#"
+[sources.done]
+type = "file"
+path = "done.ndjson"
+
+[sinks.out_done]
+type = "file"
+path = "out_done.ndjson"
+
+[pipelines.finished]
+source = "done"
+sinks = ["out_done"]
+"#;
+    let a = config(r#"{ plugin = "tag_a.wasm" }"#, DONE);
+    let scratch_config = a.clone();
+    let mut rig = {
+        let scratch = Scratch::new(&scratch_config);
+        scratch.write("in.ndjson", "");
+        scratch.write("done.ndjson", "{\"d\":1}\n{\"d\":2}\n{\"d\":3}\n");
+        let mut daemon = Running::start(scratch.command("run"));
+        daemon.wait_for("pipeline started");
+        Rig {
+            scratch,
+            daemon,
+            sent: 0,
+        }
+    };
+    rig.scratch.wait_for_lines("out_done.ndjson", 3);
+    assert_eq!(rig.probe(), "a");
+    // The same config again: the finished pipeline is not started again.
+    rig.reload(&a, RELOADED, 1);
+    // Renamed: it would read `in.ndjson` again from its start.
+    rig.reload(
+        &a.replace("[pipelines.p]", "[pipelines.renamed]"),
+        REFUSED,
+        1,
+    );
+    assert!(
+        rig.last(REFUSED)
+            .contains("new pipeline `renamed` would read in.ndjson from its start, which pipeline `p` has read"),
+        "{}",
+        rig.last(REFUSED)
+    );
+    assert_eq!(rig.probe(), "a");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(rig.scratch.read_lines("out_done.ndjson").len(), 3);
+    rig.daemon.signal("TERM");
+    let output = rig.daemon.finish();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "finished", "out"), 3);
+}

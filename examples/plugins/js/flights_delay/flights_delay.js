@@ -17,7 +17,12 @@
 const FIELDS = ["carrier", "flight", "origin", "dest", "dep_delay", "arr_delay", "event_time"];
 const I64_MIN = -(2n ** 63n);
 const I64_MAX = 2n ** 63n - 1n;
-const INTEGER = /^-?(0|[1-9][0-9]*)$/;
+// An integer literal as serde_json reads it into an i64 (it reads `-0` as a float).
+const INTEGER = /^(0|-?[1-9][0-9]*)$/;
+// JSON.parse keeps the last of two equal keys; serde_json refuses a flight field given
+// twice. Lines where a field name occurs twice (rare) have their top-level keys
+// scanned.
+const KEY = /"(carrier|flight|origin|dest|dep_delay|arr_delay|event_time)"\s*:|\\u/g;
 
 let minDelay = 0;
 
@@ -46,9 +51,12 @@ try {
   sourceAccess = false;
 }
 
+// Keys whose numbers are read: the three number fields, by name or by position (a
+// flight given as an array). A number elsewhere is left alone (less garbage).
+const NUMBER_KEYS = new Set(["flight", "dep_delay", "arr_delay", "1", "4", "5"]);
+
 function revive(key, value, ctx) {
-  if (typeof value === "number") {
-    // Keep the text of every number: only the top-level ones are read.
+  if (typeof value === "number" && NUMBER_KEYS.has(key)) {
     return new Num(value, sourceAccess ? ctx.source : String(value));
   }
   return value;
@@ -78,12 +86,55 @@ function numOrNull(doc, name) {
   return v;
 }
 
+// The keys of the top-level object of `text` (valid JSON), in order.
+function topLevelKeys(text) {
+  const keys = [];
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+      if (depth === 1 && expectKey) keys.push(JSON.parse(text.slice(i, j + 1)));
+      expectKey = false;
+      i = j;
+    } else if (c === "{" || c === "[") {
+      depth++;
+      expectKey = depth === 1 && c === "{";
+    } else if (c === "}" || c === "]") {
+      depth--;
+    } else if (c === "," && depth === 1) {
+      expectKey = true;
+    }
+  }
+  return keys;
+}
+
+function duplicateField(text) {
+  const seen = new Set();
+  for (const k of topLevelKeys(text)) {
+    if (FIELDS.includes(k)) {
+      if (seen.has(k)) return k;
+      seen.add(k);
+    }
+  }
+  return null;
+}
+
 function parseFlight(bytes) {
   let doc;
+  let text;
   try {
-    doc = JSON.parse(utf8.decode(bytes), revive);
+    text = utf8.decode(bytes);
+    doc = JSON.parse(text, revive);
   } catch (e) {
     throw new NotAFlight(`invalid JSON: ${e && e.message ? e.message : e}`);
+  }
+  const found = text.match(KEY);
+  if (found !== null && new Set(found).size !== found.length) {
+    const dup = Array.isArray(doc) ? null : duplicateField(text);
+    if (dup !== null) throw new NotAFlight(`duplicate field \`${dup}\``);
   }
   if (Array.isArray(doc)) {
     // serde also reads a struct from an array of its fields, in order.
@@ -104,7 +155,7 @@ function parseFlight(bytes) {
   if (f < I64_MIN || f > I64_MAX) throw new NotAFlight("invalid value for `flight`: out of the i64 range");
   return {
     carrier,
-    flight: flight.source === "-0" ? "0" : flight.source,
+    flight: flight.source,
     origin: str(doc, "origin"),
     dest: str(doc, "dest"),
     dep: numOrNull(doc, "dep_delay"),
@@ -187,7 +238,7 @@ export function process(batch) {
         rejected.push({ index: i, reason: e.message });
         continue;
       }
-      if (e instanceof RangeError || e instanceof InternalError) {
+      if (e instanceof RangeError || (typeof InternalError !== "undefined" && e instanceof InternalError)) {
         rejected.push({ index: i, reason: `invalid JSON: ${e.message}` });
         continue;
       }

@@ -51,7 +51,7 @@ _decode = json.JSONDecoder(parse_float=_Float, parse_constant=_no_constant).deco
 
 # The fast path above misses two things serde_json sees: `-0` is a float to it (so
 # not a valid `flight`), and a flight field given twice is an error. Lines that may
-# hold either (rare) are parsed again by the slow path below.
+# hold either (rare) go through the slow path below instead.
 _SUSPECT = re.compile(rb"-0(?![0-9.eE])|\\u")
 _KEY = re.compile(rb'"(carrier|flight|origin|dest|dep_delay|arr_delay|event_time)"\s*:')
 _NAMES = frozenset(_FIELDS)
@@ -62,21 +62,25 @@ def _int_or_neg_zero(text):
 
 
 def _decode_strict(text):
-    dups = []  # one flag per object, innermost first: the top-level object's is last
+    dups = []  # per object, innermost first (the top-level object's comes last)
 
     def pairs(items):
-        d = dict(items)
-        dups.append(len(d) != len(items) and any(
-            sum(1 for k, _ in items if k == n) > 1 for n in _NAMES))
-        return d
+        seen = set()
+        dup = None
+        for k, _ in items:
+            if k in _NAMES:
+                if k in seen:
+                    dup = dup or k
+                seen.add(k)
+        dups.append(dup)
+        return dict(items)
 
     doc = json.JSONDecoder(
         parse_float=_Float, parse_int=_int_or_neg_zero,
         parse_constant=_no_constant, object_pairs_hook=pairs,
     ).decode(text)
     if type(doc) is dict and dups[-1]:
-        name = next(n for n in _FIELDS if text.count(f'"{n}"') > 1)
-        raise NotAFlight(f"duplicate field `{name}`")
+        raise NotAFlight(f"duplicate field `{dups[-1]}`")
     return doc
 
 
