@@ -8,37 +8,104 @@
 //! ([`wasmtime::Engine::precompile_compatibility_hash`]: target, compiler
 //! flags, tunables, enabled features and the wasmtime version).
 //!
-//! Loading compiled code is `unsafe` in wasmtime (the bytes become executable
-//! code, trusted as they are), so an entry is never trusted as found. Each one is
+//! Loading compiled code is `unsafe` in wasmtime (the bytes become native code,
+//! run outside the sandbox), so an entry is never trusted as found. Each one is
 //! framed by this daemon:
 //!
 //! ```text
-//! MAGIC (16 bytes) | SHA-256 of the .wasm (32) | SHA-256 of the payload (32) | payload
+//! MAGIC (16 bytes) | SHA-256 of the .wasm (32) | HMAC-SHA256(key, .wasm hash ‖ payload) (32) | payload
 //! ```
 //!
-//! and is used only when the frame is intact, names the expected `.wasm`, and the
-//! payload hashes to what the frame says. A truncated, corrupt or foreign entry
-//! (or one wasmtime refuses) is logged, ignored and rewritten from a fresh
-//! compilation. Entries are written to a temporary file and renamed into place,
-//! so a reader never sees half an entry.
+//! where `key` is 32 random bytes in `STATE_DIR/compiled/.key`, made by the
+//! daemon on first use (mode 0600). An entry is used only when the frame is
+//! intact, names the expected `.wasm`, its MAC verifies (so an entry written by
+//! anyone without the key — or another `.wasm`'s entry copied over — is
+//! refused), and the entry and key files belong to the daemon's user and are not
+//! writable by others. Anything else (truncated, corrupt, foreign, or refused by
+//! wasmtime) is logged, ignored and rewritten from a fresh compilation. Entries
+//! are written to a temporary file and renamed into place, so a reader never
+//! sees half an entry. Whoever can read the key can forge entries: the state
+//! folder must be as private as the daemon (systemd's `StateDirectory=` is
+//! 0700).
 
 use std::hash::{Hash as _, Hasher as _};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// First bytes of every entry: the format and its version.
-const MAGIC: &[u8; 16] = b"sluice-cwasm-v1\n";
+const MAGIC: &[u8; 16] = b"sluice-cwasm-v2\n";
 const HEADER: usize = MAGIC.len() + 32 + 32;
 
+/// Largest file read as a cache entry (or plugin): a guard against a FIFO or
+/// device at that path.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
 /// Where compiled components are kept, for one engine.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CompileCache {
     dir: PathBuf,
     engine_key: String,
+    /// The MAC key, once read or made.
+    key: std::sync::Arc<std::sync::OnceLock<Option<[u8; 32]>>>,
+}
+
+impl std::fmt::Debug for CompileCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompileCache")
+            .field("dir", &self.dir)
+            .field("engine_key", &self.engine_key)
+            .finish_non_exhaustive()
+    }
+}
+
+type Mac = hmac::Hmac<Sha256>;
+
+/// Reads a regular file of at most [`MAX_FILE_BYTES`] (not a FIFO, device or
+/// folder, which could block or never end).
+///
+/// # Errors
+/// It cannot be read, or is not a regular file, or is too large.
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags_nonblocking()
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{} bytes is larger than the {MAX_FILE_BYTES}-byte limit",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// `O_NONBLOCK` on open, so opening a FIFO does not wait for a writer.
+trait NonBlockingOpen {
+    fn custom_flags_nonblocking(&mut self) -> &mut Self;
+}
+
+impl NonBlockingOpen for std::fs::OpenOptions {
+    fn custom_flags_nonblocking(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        self.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+    }
+}
+
+/// Whether `meta` is owned by this process's user and not writable by others.
+fn private(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o022 == 0
 }
 
 /// How a component was obtained.
@@ -61,7 +128,59 @@ impl CompileCache {
         CompileCache {
             dir: dir.join("compiled"),
             engine_key: format!("{:016x}", hasher.finish()),
+            key: std::sync::Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// The MAC key: read from `compiled/.key`, or made there (0600). `None` when
+    /// neither works (the cache is then off).
+    fn key(&self) -> Option<[u8; 32]> {
+        *self.key.get_or_init(|| match self.read_or_make_key() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "compile cache off: no usable key: {e}");
+                None
+            }
+        })
+    }
+
+    fn read_or_make_key(&self) -> std::io::Result<[u8; 32]> {
+        use std::io::Write as _;
+        let path = self.dir.join(".key");
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            let bytes = read_regular(&path)?;
+            if private(&meta) && meta.is_file() && bytes.len() == 32 {
+                let mut key = [0; 32];
+                key.copy_from_slice(&bytes);
+                return Ok(key);
+            }
+            tracing::warn!(key = %path.display(), "compile cache key is not this user's private 32-byte file: making a new one (every entry is rebuilt)");
+            std::fs::remove_file(&path)?;
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        tmp.write_all(&key)?;
+        tmp.as_file().sync_all()?;
+        // NamedTempFile is 0600; a concurrent daemon may have made one first.
+        match tmp.persist_noclobber(&path) {
+            Ok(_) => Ok(key),
+            Err(_) => {
+                let bytes = read_regular(&path)?;
+                bytes
+                    .try_into()
+                    .map_err(|_| std::io::Error::other("the key file is not 32 bytes"))
+            }
+        }
+    }
+
+    fn mac(key: &[u8; 32], content: &[u8; 32], payload: &[u8]) -> Mac {
+        use hmac::Mac as _;
+        let mut mac = Mac::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(content);
+        mac.update(payload);
+        mac
     }
 
     /// The entry file of a component whose bytes hash to `content`.
@@ -106,11 +225,17 @@ impl CompileCache {
         path: &Path,
         content: &[u8; 32],
     ) -> Result<Option<Component>, String> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+        use hmac::Mac as _;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot read it: {e}")),
         };
+        if !meta.is_file() || !private(&meta) {
+            return Err("not a regular file of this user, writable by no one else".into());
+        }
+        let key = self.key().ok_or("no key")?;
+        let bytes = read_regular(path).map_err(|e| format!("cannot read it: {e}"))?;
         if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
             return Err("not an entry written by sluice (bad header)".into());
         }
@@ -119,14 +244,17 @@ impl CompileCache {
         if named != content {
             return Err("the entry is for another .wasm".into());
         }
-        if Sha256::digest(payload).as_slice() != sum {
-            return Err("the entry is corrupt (checksum mismatch)".into());
+        if Self::mac(&key, content, payload).verify_slice(sum).is_err() {
+            return Err(
+                "the entry is corrupt or was not written by this daemon (MAC mismatch)".into(),
+            );
         }
         // SAFETY: wasmtime requires that the bytes were produced by
         // `Component::serialize` of a compatible engine and not altered since.
-        // They were written by `store` below (this daemon, same engine key), and
-        // the frame's SHA-256 just showed them unaltered; wasmtime itself checks
-        // its version and settings again and refuses a mismatch.
+        // They were written by `store` below: the MAC over (the .wasm's hash,
+        // the payload) under this state folder's private key verifies, which
+        // nobody without the key can forge; wasmtime itself checks its version
+        // and settings again and refuses a mismatch.
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(engine, payload) }
             .map_err(|e| format!("wasmtime refuses it: {e:#}"))?;
@@ -134,12 +262,16 @@ impl CompileCache {
     }
 
     fn store(&self, component: &Component, path: &Path, content: &[u8; 32]) -> anyhow::Result<()> {
+        use hmac::Mac as _;
         let payload = component.serialize()?;
         std::fs::create_dir_all(&self.dir)?;
+        let key = self
+            .key()
+            .ok_or_else(|| anyhow::anyhow!("no compile cache key"))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(MAGIC)?;
         tmp.write_all(content)?;
-        tmp.write_all(&Sha256::digest(&payload))?;
+        tmp.write_all(&Self::mac(&key, content, &payload).finalize().into_bytes())?;
         tmp.write_all(&payload)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path)?;
@@ -155,6 +287,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest as _;
 
     /// The smallest component: no imports, no exports.
     const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
@@ -212,6 +345,27 @@ mod tests {
                 "the entry is rewritten"
             );
         }
+    }
+
+    #[test]
+    fn an_entry_of_another_wasm_renamed_and_relabelled_is_refused() {
+        let (dir, engine, cache, content) = setup();
+        // Another component, compiled and cached.
+        let other_wasm = b"\0asm\x0d\0\x01\0\0\x02\x01x".to_vec(); // + a custom section
+        let other: [u8; 32] = Sha256::digest(&other_wasm).into();
+        cache
+            .get_or_compile(&engine, &other_wasm, &other)
+            .expect("a valid component");
+        let forged_from = std::fs::read(cache.entry_path(&other)).unwrap();
+        // Relabel it as EMPTY_COMPONENT's entry: right name, right wasm hash.
+        let mut forged = forged_from.clone();
+        forged[MAGIC.len()..MAGIC.len() + 32].copy_from_slice(&content);
+        std::fs::create_dir_all(dir.path().join("compiled")).unwrap();
+        std::fs::write(cache.entry_path(&content), &forged).unwrap();
+        let (_, origin) = cache
+            .get_or_compile(&engine, EMPTY_COMPONENT, &content)
+            .unwrap();
+        assert_eq!(origin, Origin::Compiled, "the forged entry was not used");
     }
 
     #[test]

@@ -250,6 +250,16 @@ pub struct BreakerConfig {
     /// How long it stays open, at most a day. Default `"30s"`.
     #[serde(default = "default_breaker_cooldown", deserialize_with = "de_duration")]
     pub cooldown: Duration,
+    /// Most failed calls the bisection of one batch may make (each may cost up
+    /// to the stage's `timeout`); past it, the records not yet isolated go to
+    /// the error policy together. At least 1. Default 32 (enough to isolate two
+    /// poison records in a batch of 65,536).
+    #[serde(default = "default_bisect_limit", deserialize_with = "de_positive")]
+    pub bisect_limit: usize,
+}
+
+fn default_bisect_limit() -> usize {
+    32
 }
 
 impl Default for BreakerConfig {
@@ -257,6 +267,7 @@ impl Default for BreakerConfig {
         BreakerConfig {
             failures: default_breaker_failures(),
             cooldown: default_breaker_cooldown(),
+            bisect_limit: default_bisect_limit(),
         }
     }
 }

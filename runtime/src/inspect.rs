@@ -35,7 +35,7 @@ pub struct Report {
 /// calling `configure(config)`.
 pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Report {
     let mut text = String::new();
-    let bytes = match std::fs::read(path) {
+    let bytes = match crate::compile_cache::read_regular(path) {
         Ok(b) => b,
         Err(e) => {
             return Report {

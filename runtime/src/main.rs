@@ -107,10 +107,9 @@ fn main() -> ExitCode {
             config,
             watch_config,
         } => {
-            let (topology, host) = match load(&config) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
+            // Signals are caught from here on, before the config is loaded and
+            // the plugins compiled (seconds with a cold cache): a SIGHUP during
+            // start-up must not kill the daemon (its default action).
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -130,6 +129,10 @@ fn main() -> ExitCode {
                     eprintln!("error: cannot install the signal handlers: {e}");
                     return ExitCode::FAILURE;
                 }
+            };
+            let (topology, host) = match load(&config) {
+                Ok(t) => t,
+                Err(code) => return code,
             };
             let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
             let hup = tx.clone();

@@ -155,7 +155,7 @@ impl PluginHost {
     /// `processor` world's exports and only imports the host provides; the message
     /// names the file and the reason.
     pub fn load(&self, path: &Path) -> anyhow::Result<Plugin> {
-        let bytes = std::fs::read(path)
+        let bytes = crate::compile_cache::read_regular(path)
             .with_context(|| format!("cannot read plugin {}", path.display()))?;
         self.load_bytes(path, &bytes)
     }

@@ -68,12 +68,18 @@ pub struct Stage {
     partition: usize,
     /// The version this stage runs.
     plugin: Arc<Plugin>,
-    /// A newer version whose instance could not be made here (kept to not retry
-    /// it on every batch).
-    refused: Option<Arc<Plugin>>,
+    /// A newer version whose instance could not be made here, and when: retried
+    /// after [`RETRY_REFUSED`], not on every batch.
+    refused: Option<(Arc<Plugin>, Instant)>,
     instance: Option<Instance>,
     breaker: Breaker,
+    /// Failed calls the bisection of the current batch may still make.
+    bisect_budget: usize,
 }
+
+/// How long a partition waits before trying again a new version (or chain) it
+/// could not start (a transient failure: memory, address space).
+pub const RETRY_REFUSED: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Stage {
     /// A stage for partition `partition` of `pipeline`, with its instance of the
@@ -91,6 +97,7 @@ impl Stage {
             plugin,
             refused: None,
             instance: None,
+            bisect_budget: 0,
         };
         stage.instance = Some(stage.instantiate(&stage.plugin.clone())?);
         Ok(stage)
@@ -147,7 +154,7 @@ impl Stage {
         if self
             .refused
             .as_ref()
-            .is_some_and(|r| Arc::ptr_eq(r, &latest))
+            .is_some_and(|(r, at)| Arc::ptr_eq(r, &latest) && at.elapsed() < RETRY_REFUSED)
         {
             return;
         }
@@ -175,7 +182,7 @@ impl Stage {
                     refused = %latest.version,
                     "new plugin version cannot start on this partition, the running one keeps serving: {e}"
                 );
-                self.refused = Some(latest);
+                self.refused = Some((latest, Instant::now()));
             }
         }
     }
@@ -225,6 +232,7 @@ impl Stage {
             out.failed.extend(all.map(|i| (i as u32, reason.clone())));
             return Ok(out);
         }
+        let trial = self.breaker.half_open;
         match self.run(batch) {
             Ok(processed) => {
                 self.breaker.success();
@@ -234,8 +242,16 @@ impl Stage {
                     failed: Vec::new(),
                 });
             }
+            Err(error) if trial => {
+                // The one trial batch of a half-open breaker failed: open again,
+                // without bisecting it.
+                self.note_failure(&error, true);
+                let reason = format!("{error} (circuit breaker trial batch; opened again)");
+                out.failed.extend(all.map(|i| (i as u32, reason.clone())));
+            }
             Err(error) => {
                 self.log_failure(all.len(), &error);
+                self.bisect_budget = self.spec.breaker.bisect_limit;
                 self.isolate(batch, all, error, &mut out);
             }
         }
@@ -255,10 +271,19 @@ impl Stage {
             // A record that fails alone: a poison record. Only these count
             // toward the breaker — a batch of one poison record among n fails
             // about log₂(n) times in a row while it is being bisected.
-            self.note_failure(&error);
+            self.note_failure(&error, false);
             out.failed.push((range.start as u32, error.to_string()));
             return;
         }
+        if self.bisect_budget == 0 {
+            let reason = format!(
+                "{error} (not isolated: bisection of this batch stopped after {} failed calls)",
+                self.spec.breaker.bisect_limit
+            );
+            out.failed.extend(range.map(|i| (i as u32, reason.clone())));
+            return;
+        }
+        self.bisect_budget -= 1;
         let mid = range.start + range.len() / 2;
         for half in [range.start..mid, mid..range.end] {
             if let Some(reason) = self.breaker.refuses() {
@@ -285,8 +310,8 @@ impl Stage {
         }
     }
 
-    fn note_failure(&mut self, error: &CallError) {
-        if self.breaker.failure(error) {
+    fn note_failure(&mut self, error: &CallError, reopen: bool) {
+        if self.breaker.failure(error, reopen) {
             tracing::warn!(
                 pipeline = %self.pipeline,
                 stage = %self.spec.label,
@@ -334,6 +359,8 @@ struct Breaker {
     config: BreakerConfig,
     failures_in_a_row: usize,
     open_until: Option<Instant>,
+    /// The cooldown ended: the next batch is the one trial.
+    half_open: bool,
     last_error: String,
 }
 
@@ -343,6 +370,7 @@ impl Breaker {
             config,
             failures_in_a_row: 0,
             open_until: None,
+            half_open: false,
             last_error: String::new(),
         }
     }
@@ -351,9 +379,9 @@ impl Breaker {
     fn refuses(&mut self) -> Option<String> {
         let until = self.open_until?;
         if Instant::now() >= until {
-            // Half-open: let one call through; its outcome decides.
+            // Half-open: let one batch through; its outcome decides.
             self.open_until = None;
-            self.failures_in_a_row = self.config.failures.saturating_sub(1);
+            self.half_open = true;
             return None;
         }
         Some(format!(
@@ -364,12 +392,15 @@ impl Breaker {
 
     fn success(&mut self) {
         self.failures_in_a_row = 0;
+        self.half_open = false;
     }
 
-    /// Counts a failed call; returns whether the breaker opened now.
-    fn failure(&mut self, error: &CallError) -> bool {
+    /// Counts a poison record (or, with `reopen`, a failed trial batch);
+    /// returns whether the breaker opened now.
+    fn failure(&mut self, error: &CallError, reopen: bool) -> bool {
         self.failures_in_a_row += 1;
-        if self.failures_in_a_row < self.config.failures {
+        self.half_open = false;
+        if !reopen && self.failures_in_a_row < self.config.failures {
             return false;
         }
         self.last_error = error.to_string();
@@ -380,5 +411,6 @@ impl Breaker {
     fn reset(&mut self) {
         self.failures_in_a_row = 0;
         self.open_until = None;
+        self.half_open = false;
     }
 }

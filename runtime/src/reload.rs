@@ -152,9 +152,22 @@ impl PluginSlot {
         Arc::ptr_eq(&self.current.load(), plugin)
     }
 
-    /// Sets the stages that run this plugin, with their config.
+    /// Sets the stages that run this plugin, with their config. When they
+    /// change, a file refused before (perhaps for a config it now has) is tried
+    /// again at the next look.
     pub fn set_uses(&self, uses: Vec<StageUse>) {
-        *self.uses.lock().expect("uses lock") = uses;
+        let mut current = self.uses.lock().expect("uses lock");
+        let same = current.len() == uses.len()
+            && current.iter().zip(&uses).all(|(a, b)| {
+                a.pipeline == b.pipeline
+                    && a.stage == b.stage
+                    && a.config == b.config
+                    && a.limits == b.limits
+            });
+        if !same {
+            self.status.lock().expect("status lock").refused_content = None;
+        }
+        *current = uses;
     }
 
     /// A copy of the status.
@@ -167,7 +180,7 @@ impl PluginSlot {
     ///
     /// Returns whether a new version went in.
     pub fn reload(&self, host: &PluginHost) -> bool {
-        let bytes = match std::fs::read(&self.path) {
+        let bytes = match crate::compile_cache::read_regular(&self.path) {
             Ok(bytes) => bytes,
             Err(e) => {
                 let mut status = self.status.lock().expect("status lock");
@@ -307,6 +320,11 @@ pub fn write_status(path: &Path, slots: &[Arc<PluginSlot>]) -> std::io::Result<(
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, &json)?;
+    // Readable by a monitoring agent running as another user.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -419,10 +437,30 @@ fn watch_loop(
     }
     let mut pending: BTreeMap<usize, Instant> = BTreeMap::new();
     let mut next_rescan = Instant::now();
+    // Where each plugin path leads (symlinks resolved): a symlink retargeted
+    // (as Kubernetes swaps a ConfigMap's `..data`) is a change, and the target's
+    // folder is watched too, so a target changed in place is seen.
+    let mut targets: Vec<Option<PathBuf>> = vec![None; slots.len()];
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now >= next_rescan {
             next_rescan = now + RESCAN;
+            for (i, slot) in slots.iter().enumerate() {
+                let target = std::fs::canonicalize(&slot.path).ok();
+                if target != targets[i] {
+                    if targets[i].is_some() {
+                        pending.insert(i, now);
+                    }
+                    if let Some(dir) = target.as_deref().and_then(Path::parent) {
+                        folders.entry(dir.to_path_buf()).or_insert(Folder {
+                            watched: None,
+                            canonical: None,
+                            slots: Vec::new(),
+                        });
+                    }
+                    targets[i] = target;
+                }
+            }
             for (dir, folder) in &mut folders {
                 let ino = inode(dir);
                 if ino == folder.watched {
@@ -464,6 +502,11 @@ fn watch_loop(
         match received {
             Ok(Ok(event)) if may_change_content(&event.kind) => {
                 for path in &event.paths {
+                    for (i, target) in targets.iter().enumerate() {
+                        if target.as_deref() == Some(path.as_path()) {
+                            pending.insert(i, Instant::now());
+                        }
+                    }
                     for (dir, folder) in &folders {
                         let names_folder =
                             |p: &Path| p == dir.as_path() || folder.canonical.as_deref() == Some(p);

@@ -44,8 +44,9 @@ pub struct Worker {
     pub chain: Arc<ArcSwap<Chain>>,
     /// The chain this worker runs.
     pub running: Arc<Chain>,
-    /// A newer chain whose stages could not start here (not retried).
-    pub refused: Option<Arc<Chain>>,
+    /// A newer chain whose stages could not start here, and when (retried
+    /// after [`crate::processor::RETRY_REFUSED`]).
+    pub refused: Option<(Arc<Chain>, std::time::Instant)>,
     /// The processor chain, one instance per stage.
     pub stages: Vec<Stage>,
     /// The window operator the output goes to, when the pipeline has windows.
@@ -139,10 +140,9 @@ impl Worker {
     fn follow_chain(&mut self, batcher: &mut Batcher) {
         let latest = self.chain.load();
         if Arc::ptr_eq(&latest, &self.running)
-            || self
-                .refused
-                .as_ref()
-                .is_some_and(|r| Arc::ptr_eq(r, &latest))
+            || self.refused.as_ref().is_some_and(|(r, at)| {
+                Arc::ptr_eq(r, &latest) && at.elapsed() < crate::processor::RETRY_REFUSED
+            })
         {
             return;
         }
@@ -165,7 +165,7 @@ impl Worker {
                     partition = self.partition,
                     "reloaded chain cannot start on this partition, the running one keeps serving: {e:#}"
                 );
-                self.refused = Some(latest);
+                self.refused = Some((latest, Instant::now()));
             }
         }
     }

@@ -346,3 +346,34 @@ fn swapping_under_load_loses_and_repeats_nothing() {
     eprintln!("{swaps} swaps under load; tags {tags:?}; at most {most} version changes per key");
     rig.finish();
 }
+
+#[test]
+fn symlinked_plugins_follow_their_targets() {
+    use std::os::unix::fs::symlink;
+    let mut rig = Rig::start(1);
+    let root = rig.scratch.dir.path().to_path_buf();
+    let dir = |p: &str| root.join(p);
+    // The Kubernetes ConfigMap layout: plugins/tag.wasm → ..data/tag.wasm,
+    // ..data → ..v1 (a folder), swapped by renaming a new ..data link over it.
+    std::fs::create_dir(dir("plugins/..v1")).unwrap();
+    std::fs::write(dir("plugins/..v1/tag.wasm"), fixture("tag_b.wasm")).unwrap();
+    symlink("..v1", dir("plugins/..data")).unwrap();
+    let tmp = dir("plugins/tag.wasm.link");
+    symlink("..data/tag.wasm", &tmp).unwrap();
+    std::fs::rename(&tmp, rig.plugin()).unwrap();
+    rig.wait(RELOADED, 1);
+    assert_eq!(rig.probe(), "b");
+
+    std::fs::create_dir(dir("plugins/..v2")).unwrap();
+    std::fs::write(dir("plugins/..v2/tag.wasm"), fixture("tag_a.wasm")).unwrap();
+    symlink("..v2", dir("plugins/..data.new")).unwrap();
+    std::fs::rename(dir("plugins/..data.new"), dir("plugins/..data")).unwrap();
+    rig.wait(RELOADED, 2);
+    assert_eq!(rig.probe(), "a");
+
+    // The target rewritten in place, in its own folder.
+    std::fs::write(dir("plugins/..v2/tag.wasm"), fixture("tag_b.wasm")).unwrap();
+    rig.wait(RELOADED, 3);
+    assert_eq!(rig.probe(), "b");
+    rig.finish();
+}

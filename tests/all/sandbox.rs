@@ -293,3 +293,31 @@ fn a_plugin_that_always_fails_trips_the_circuit_breaker() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bisection_stops_at_its_limit() {
+    let scratch = Scratch::new(
+        &config(
+            "config = { mode = \"fail\" }, circuit_breaker = { failures = 1000, bisect_limit = 3 }",
+            "dead-letter",
+        )
+        .replace("max_records = 10,", "max_records = 100,"),
+    );
+    let input: String = (0..100).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    scratch.write("in.ndjson", &input);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let dlq = scratch.read_lines("dlq.ndjson");
+    assert_eq!(
+        numbers(&dlq, Some("original")),
+        (0..100).collect::<Vec<_>>()
+    );
+    for line in &dlq {
+        let d: Value = serde_json::from_str(line).unwrap();
+        let reason = d["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("not isolated: bisection of this batch stopped after 3 failed calls"),
+            "{reason}"
+        );
+    }
+}
