@@ -30,6 +30,8 @@ pub mod guest_output;
 pub mod inspect;
 pub mod pipeline;
 pub mod plugin;
+pub mod plugin_new;
+pub mod plugin_run;
 pub mod processor;
 pub mod reload;
 pub mod router;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice::config::Config;
 use sluice::daemon::Signals;
-use sluice::plugin::PluginHost;
+use sluice::plugin::{Limits, PluginHost};
 use sluice::topology::Topology;
 use tracing_subscriber::EnvFilter;
 
@@ -56,6 +56,81 @@ enum PluginCommand {
         #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_setting)]
         config: Vec<(String, String)>,
     },
+    /// Write a ready-to-build plugin project (the "tag" processor) from a
+    /// template: source, build.sh, README, sample events, wit/plugin.wit.
+    New {
+        /// The plugin name (lower-case letters, digits, `_`, `-`).
+        name: String,
+        /// rust | python | js | c.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where to write it; default `./NAME`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// (Rust) the `sluice-plugin-sdk` dependency as a TOML value; default: a
+        /// path to this source tree's `plugin-sdk/` when it exists.
+        #[arg(long)]
+        sdk: Option<String>,
+    },
+    /// Run a plugin over events read from stdin (one per line), without a
+    /// daemon: output values to stdout, rejections and failures to stderr.
+    /// Exit 0 when every batch ran (and, with --expect, the output matched).
+    Run {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// A setting passed to `configure`, as NAME=VALUE; repeatable.
+        #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_setting)]
+        config: Vec<(String, String)>,
+        /// JSON pointer to each event's key (as a source's `key`).
+        #[arg(long)]
+        key: Option<String>,
+        /// JSON pointer to each event's time (as a source's `timestamp`);
+        /// without it, event time is 0.
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Events per `process` call.
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        /// Compare the output with this file (one value per line) instead of
+        /// printing it; exit 1 on the first difference.
+        #[arg(long, value_name = "FILE")]
+        expect: Option<PathBuf>,
+        /// Per-call deadline, e.g. `1s`.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Memory limit of the instance, e.g. `64MiB`.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        memory_limit: u64,
+        /// Where compiled plugins are cached; default `$XDG_CACHE_HOME/sluice`
+        /// (`~/.cache/sluice`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+/// The SDK dependency of a new Rust plugin: this source tree's `plugin-sdk/`
+/// when the binary runs where it was built, else the repository.
+fn default_sdk() -> String {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk");
+    match local.canonicalize() {
+        Ok(path) => format!("{{ path = {:?} }}", path.display().to_string()),
+        Err(_) => format!("{{ git = {:?} }}", env!("CARGO_PKG_REPOSITORY")),
+    }
+}
+
+/// The user's cache folder for `sluice plugin run`.
+fn user_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("sluice"))
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -89,6 +164,63 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Run {
+                    file,
+                    mut config,
+                    key,
+                    timestamp,
+                    batch,
+                    expect,
+                    timeout,
+                    memory_limit,
+                    cache_dir,
+                },
+        } => plugin_run(
+            &file,
+            {
+                config.sort();
+                config
+            },
+            key,
+            timestamp,
+            batch,
+            expect,
+            Limits {
+                memory_bytes: memory_limit,
+                timeout,
+            },
+            cache_dir.or_else(user_cache_dir),
+        ),
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    lang,
+                    dir,
+                    sdk,
+                },
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = sdk.unwrap_or_else(default_sdk);
+            match sluice::plugin_new::create(&name, &lang, &dir, &sdk) {
+                Ok(files) => {
+                    for f in &files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!(
+                        "next: cd {} && ./build.sh && sluice plugin run out/{name}.wasm --config tag=x < events.ndjson",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
             }
         }
         Command::Validate { config } => match load(&config) {
@@ -192,6 +324,97 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `sluice plugin run`.
+#[allow(clippy::too_many_arguments)]
+fn plugin_run(
+    file: &Path,
+    config: Vec<(String, String)>,
+    key: Option<String>,
+    timestamp: Option<String>,
+    batch: usize,
+    expect: Option<PathBuf>,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+) -> ExitCode {
+    use sluice::decode::{Decoder, Pointer};
+    let pointer = |p: Option<String>| p.map(|p| Pointer::parse(&p)).transpose();
+    let decoder = match (pointer(key), pointer(timestamp)) {
+        (Ok(None), Ok(None)) => None,
+        (Ok(k), Ok(t)) => Some(Decoder::new(k, t)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let expected = match &expect {
+        Some(path) => match std::fs::read(path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
+    let mut host = match PluginHost::new() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: cannot start the WebAssembly engine: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(dir) = cache_dir {
+        host = host.with_compile_cache(&dir);
+    }
+    let options = sluice::plugin_run::RunOptions {
+        config,
+        decoder,
+        batch: batch.max(1),
+        limits,
+    };
+    let stdin = std::io::stdin().lock();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut stderr = std::io::stderr().lock();
+    let report = match sluice::plugin_run::run(
+        &host,
+        file,
+        &options,
+        stdin,
+        &mut stdout,
+        &mut stderr,
+        expected.is_some(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "sluice plugin run: in={} out={} rejected={} failed={}",
+        report.records_in, report.records_out, report.rejected, report.failed
+    );
+    let mut ok = report.failed == 0;
+    if let (Some(expected), Some(path)) = (&expected, &expect) {
+        match sluice::plugin_run::compare(&report.output, expected) {
+            None => eprintln!(
+                "output matches {} ({} lines)",
+                path.display(),
+                report.output.len()
+            ),
+            Some(diff) => {
+                eprintln!("output differs from {}: {diff}", path.display());
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

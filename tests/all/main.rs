@@ -9,6 +9,7 @@ mod config_reload;
 mod dead_letter;
 mod failures;
 mod flights;
+mod languages;
 mod plugin_check;
 mod reload;
 mod sandbox;

@@ -578,6 +578,14 @@ bool exports_processor_process(processor_event_batch_t *batch, processor_output_
   }
   processor_event_batch_free(batch);
   free(scratch.ptr);
+  // The post-return function frees only non-empty lists: free the empty ones here.
+  if (!out_n) {
+    free(value_ends);
+    free(key_ends);
+    free(times);
+    value_ends = key_ends = NULL;
+    times = NULL;
+  }
   ret->events.values.ptr = values.ptr;
   ret->events.values.len = values.len;
   ret->events.value_ends.ptr = value_ends;

@@ -1,0 +1,157 @@
+//! `sluice plugin new NAME --lang rust|python|js|c`: writes a ready-to-build
+//! plugin project from the templates in `templates/` (embedded in the binary),
+//! with the WIT contract in `wit/plugin.wit`.
+//!
+//! Every template is the same small processor ("tag": adds `"tag": <config
+//! tag>` to each JSON object, refuses anything else) with a `build.sh`, a
+//! README (toolchain, build, `sluice plugin run`, deploy) and a sample
+//! `events.ndjson`. In the files, `{{name}}` becomes the plugin name,
+//! `{{name_snake}}` the same with `_` for `-`, and (Rust) `{{sdk}}` the
+//! `sluice-plugin-sdk` dependency.
+
+use std::path::{Path, PathBuf};
+
+/// The WIT contract, written into every project.
+pub const WIT: &str = include_str!("../../wit/plugin.wit");
+
+/// Languages and their files (path in the project, template text).
+pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "rust",
+        &[
+            (
+                ".cargo/config.toml",
+                include_str!("../../templates/rust/.cargo/config.toml"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../templates/rust/.gitignore"),
+            ),
+            (
+                "Cargo.toml",
+                include_str!("../../templates/rust/Cargo.toml"),
+            ),
+            ("README.md", include_str!("../../templates/rust/README.md")),
+            ("build.sh", include_str!("../../templates/rust/build.sh")),
+            (
+                "events.ndjson",
+                include_str!("../../templates/rust/events.ndjson"),
+            ),
+            (
+                "rust-toolchain.toml",
+                include_str!("../../templates/rust/rust-toolchain.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../templates/rust/src/lib.rs"),
+            ),
+        ],
+    ),
+    (
+        "python",
+        &[
+            (
+                ".gitignore",
+                include_str!("../../templates/python/.gitignore"),
+            ),
+            (
+                "README.md",
+                include_str!("../../templates/python/README.md"),
+            ),
+            ("app.py", include_str!("../../templates/python/app.py")),
+            ("build.sh", include_str!("../../templates/python/build.sh")),
+            (
+                "events.ndjson",
+                include_str!("../../templates/python/events.ndjson"),
+            ),
+        ],
+    ),
+    (
+        "js",
+        &[
+            (".gitignore", include_str!("../../templates/js/.gitignore")),
+            ("README.md", include_str!("../../templates/js/README.md")),
+            ("app.js", include_str!("../../templates/js/app.js")),
+            ("build.sh", include_str!("../../templates/js/build.sh")),
+            (
+                "events.ndjson",
+                include_str!("../../templates/js/events.ndjson"),
+            ),
+        ],
+    ),
+    (
+        "c",
+        &[
+            (".gitignore", include_str!("../../templates/c/.gitignore")),
+            ("README.md", include_str!("../../templates/c/README.md")),
+            ("app.c", include_str!("../../templates/c/app.c")),
+            ("build.sh", include_str!("../../templates/c/build.sh")),
+            (
+                "events.ndjson",
+                include_str!("../../templates/c/events.ndjson"),
+            ),
+        ],
+    ),
+];
+
+/// The languages there are templates for.
+pub fn languages() -> Vec<&'static str> {
+    TEMPLATES.iter().map(|(l, _)| *l).collect()
+}
+
+/// Writes a new project for plugin `name` in `lang` into `dir` (created; it must
+/// not exist or be empty). `sdk` is the TOML value of the Rust SDK dependency.
+/// Returns the files written.
+///
+/// # Errors
+/// An unknown language, a name that is not `[a-z][a-z0-9_-]*`, a folder that is
+/// not empty, or a write error.
+pub fn create(name: &str, lang: &str, dir: &Path, sdk: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let files = TEMPLATES
+        .iter()
+        .find(|(l, _)| *l == lang)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no template for `{lang}` (there are: {})",
+                languages().join(", ")
+            )
+        })?;
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !valid {
+        anyhow::bail!(
+            "plugin name `{name}`: use lower-case letters, digits, `_` and `-`, starting with a letter"
+        );
+    }
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!("{} exists and is not empty", dir.display());
+    }
+    let snake = name.replace('-', "_");
+    let fill = |text: &str| {
+        text.replace("{{name_snake}}", &snake)
+            .replace("{{name}}", name)
+            .replace("{{sdk}}", sdk)
+    };
+    let mut written = Vec::new();
+    let mut write = |rel: &str, text: &str| -> anyhow::Result<()> {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text)?;
+        if rel.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        written.push(path);
+        Ok(())
+    };
+    for (rel, text) in files {
+        write(rel, &fill(text))?;
+    }
+    write("wit/plugin.wit", WIT)?;
+    Ok(written)
+}

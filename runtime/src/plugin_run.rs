@@ -1,0 +1,186 @@
+//! `sluice plugin run FILE.wasm [--config k=v] < events.ndjson`: runs a plugin
+//! over a file of events without a daemon (the `smdk test` / `rpk transform`
+//! equivalent), for plugin authors and golden tests.
+//!
+//! Lines of the input are events (blank lines skipped), cut into batches of
+//! `--batch` records, each run through one instance of the plugin under the
+//! daemon's sandbox and limits. The output events' values go to stdout, one per
+//! line; each rejection and each failed batch is reported on stderr with its
+//! input line number; a summary line ends stderr. With `--expect FILE`, the
+//! output is compared with FILE line by line instead of being printed.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use sluice_plugin_sdk::Batch;
+
+use crate::decode::Decoder;
+use crate::plugin::{Limits, LogTags, PluginHost};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Pairs passed to `configure`.
+    pub config: Vec<(String, String)>,
+    /// Key and event-time extraction (JSON pointers), as a source's.
+    pub decoder: Option<Decoder>,
+    /// Records per batch (per `process` call).
+    pub batch: usize,
+    /// Memory limit and deadline of the instance.
+    pub limits: Limits,
+}
+
+/// What a run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Input events.
+    pub records_in: u64,
+    /// Output events.
+    pub records_out: u64,
+    /// Events the plugin rejected.
+    pub rejected: u64,
+    /// Events of batches that failed (trap, timeout, error result).
+    pub failed: u64,
+    /// Output lines, kept when comparing with an expected output.
+    pub output: Vec<Vec<u8>>,
+}
+
+/// Runs the plugin at `file` over `input`; output values go to `out` (unless
+/// `keep_output`), diagnostics to `diag`.
+///
+/// # Errors
+/// The plugin cannot be loaded or configured, or the input cannot be read.
+pub fn run(
+    host: &PluginHost,
+    file: &Path,
+    options: &RunOptions,
+    input: impl BufRead,
+    out: &mut impl Write,
+    diag: &mut impl Write,
+    keep_output: bool,
+) -> anyhow::Result<RunReport> {
+    let plugin = host.load(file)?;
+    let tags = LogTags {
+        pipeline: "plugin-run".into(),
+        stage: format!("0:{}", plugin.name),
+        plugin: plugin.name.clone(),
+        version: plugin.version.clone(),
+        partition: 0,
+    };
+    let mut instance = plugin
+        .instantiate(&options.config, options.limits, tags.clone())
+        .map_err(|e| anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version))?;
+    let mut report = RunReport::default();
+    let mut batch = Batch::new();
+    // Input line number of each event of the batch.
+    let mut lines: Vec<u64> = Vec::new();
+    let mut line_no = 0u64;
+    let mut flush = |batch: &mut Batch,
+                     lines: &mut Vec<u64>,
+                     report: &mut RunReport,
+                     out: &mut dyn Write,
+                     diag: &mut dyn Write|
+     -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match instance.process(batch) {
+            Ok(processed) => {
+                for (index, reason) in &processed.rejected {
+                    writeln!(diag, "rejected: line {}: {reason}", lines[*index as usize])?;
+                }
+                report.rejected += processed.rejected.len() as u64;
+                for event in &processed.events {
+                    if keep_output {
+                        report.output.push(event.value().to_vec());
+                    } else {
+                        out.write_all(event.value())?;
+                        out.write_all(b"\n")?;
+                    }
+                }
+                report.records_out += processed.events.len() as u64;
+            }
+            Err(e) => {
+                writeln!(
+                    diag,
+                    "failed: lines {}-{}: {e}",
+                    lines[0],
+                    lines[lines.len() - 1]
+                )?;
+                report.failed += batch.len() as u64;
+                if e.poisons_instance() {
+                    instance = plugin
+                        .instantiate(&options.config, options.limits, tags.clone())
+                        .map_err(|e| anyhow::anyhow!("cannot restart the plugin: {e}"))?;
+                }
+            }
+        }
+        batch.clear();
+        lines.clear();
+        Ok(())
+    };
+    for line in input.split(b'\n') {
+        let mut line = line?;
+        line_no += 1;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let (key, ts) = match &options.decoder {
+            Some(decoder) => match decoder.decode(&line) {
+                Ok(d) => (d.key, d.timestamp_ms.unwrap_or(0)),
+                Err(reason) => {
+                    writeln!(diag, "skipped: line {line_no}: {reason}")?;
+                    continue;
+                }
+            },
+            None => (None, 0),
+        };
+        batch.push(key.as_deref(), &line, ts);
+        lines.push(line_no);
+        report.records_in += 1;
+        if batch.len() >= options.batch {
+            flush(&mut batch, &mut lines, &mut report, out, diag)?;
+        }
+    }
+    flush(&mut batch, &mut lines, &mut report, out, diag)?;
+    out.flush()?;
+    Ok(report)
+}
+
+/// Compares `output` with the lines of `expected`; `None` when equal, else a
+/// description of the first difference.
+pub fn compare(output: &[Vec<u8>], expected: &[u8]) -> Option<String> {
+    let want: Vec<&[u8]> = expected
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .collect();
+    for (i, (got, want)) in output.iter().zip(&want).enumerate() {
+        if got.as_slice() != *want {
+            return Some(format!(
+                "line {}: expected {}\n         got      {}",
+                i + 1,
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(got)
+            ));
+        }
+    }
+    match output.len().cmp(&want.len()) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Less => Some(format!(
+            "{} output line(s), {} expected: first missing: {}",
+            output.len(),
+            want.len(),
+            String::from_utf8_lossy(want[output.len()])
+        )),
+        std::cmp::Ordering::Greater => Some(format!(
+            "{} output line(s), {} expected: first extra: {}",
+            output.len(),
+            want.len(),
+            String::from_utf8_lossy(&output[want.len()])
+        )),
+    }
+}
