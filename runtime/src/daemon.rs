@@ -61,6 +61,8 @@ struct Live {
     cancel: Arc<AtomicBool>,
     /// What its source reads.
     input: Input,
+    /// The sinks it writes to (outputs and dead letter).
+    sinks: Vec<String>,
     /// Removed by a reload (draining, or ended).
     removed: bool,
     /// Its source ended and its workers drained (kept, so that a reload does
@@ -74,6 +76,8 @@ struct Daemon {
     sinks: BTreeMap<String, (SinkSpec, RunningSink)>,
     live: BTreeMap<String, Live>,
     slots: Vec<Arc<PluginSlot>>,
+    /// The sinks the current config uses.
+    config_sinks: Vec<String>,
     reloader: Option<Reloader>,
     state_dir: PathBuf,
     hot_reload: bool,
@@ -113,12 +117,42 @@ impl Daemon {
                 chain: running.chain.clone(),
                 cancel,
                 input: spec.source.input.clone(),
+                sinks: spec
+                    .sinks
+                    .iter()
+                    .chain(&spec.dead_letter)
+                    .cloned()
+                    .collect(),
                 removed: false,
                 ended: false,
             },
         );
         self.waiting.spawn_blocking(move || running.wait());
         Ok(())
+    }
+
+    /// The sinks neither the current config nor a running pipeline uses.
+    fn take_unused_sinks(&mut self) -> Vec<(String, RunningSink)> {
+        let unused: Vec<String> = self
+            .sinks
+            .keys()
+            .filter(|name| {
+                !self.config_sinks.contains(name)
+                    && !self
+                        .live
+                        .values()
+                        .any(|l| !l.ended && l.sinks.contains(name))
+            })
+            .cloned()
+            .collect();
+        unused
+            .into_iter()
+            .filter_map(|name| {
+                let (_, sink) = self.sinks.remove(&name)?;
+                tracing::info!(sink = %name, "sink no longer used: closed");
+                Some((name, sink))
+            })
+            .collect()
     }
 
     fn cancel_all(&self) {
@@ -234,6 +268,7 @@ impl Daemon {
             }
         }
         self.slots = new.plugins;
+        self.config_sinks = new.sinks.keys().cloned().collect();
         if let Err(e) = self.watch_plugins() {
             errors.push(format!("plugin watcher: {e:#}"));
         }
@@ -287,6 +322,7 @@ pub async fn run(
         sinks: BTreeMap::new(),
         live: BTreeMap::new(),
         slots: topology.plugins.clone(),
+        config_sinks: topology.sinks.keys().cloned().collect(),
         reloader: None,
         state_dir: topology.state_dir.clone(),
         hot_reload: topology.hot_reload,
@@ -332,6 +368,12 @@ pub async fn run(
                     if let Some(live) = daemon.live.get_mut(&summary.pipeline) {
                         live.ended = true;
                     }
+                    // A sink that a reload left without users is closed now.
+                    for (name, sink) in daemon.take_unused_sinks() {
+                        if let Err(e) = tokio::task::spawn_blocking(move || sink.finish()).await? {
+                            errors.push(e.context(format!("sink `{name}`")));
+                        }
+                    }
                     results.push((summary, result));
                 }
             },
@@ -362,6 +404,11 @@ pub async fn run(
                 match outcome {
                     Ok(summary) => tracing::info!("config reloaded: {summary}"),
                     Err(reason) => tracing::error!("config reload refused, the running config stays: {reason}"),
+                }
+                for (name, sink) in daemon.take_unused_sinks() {
+                    if let Err(e) = tokio::task::spawn_blocking(move || sink.finish()).await? {
+                        errors.push(e.context(format!("sink `{name}`")));
+                    }
                 }
                 if let (Some(why), Some(rebuild)) = (again.take(), rebuild.clone()) {
                     building = Some(spawn_build(rebuild, daemon.slots.clone(), why));
