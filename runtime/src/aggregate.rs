@@ -193,18 +193,7 @@ impl Acc {
                 }
             }
             Acc::Extreme { max, value: best } => {
-                let better = match best {
-                    None => true,
-                    Some(b) => {
-                        let o = order(value, b);
-                        if *max {
-                            o == Ordering::Greater
-                        } else {
-                            o == Ordering::Less
-                        }
-                    }
-                };
-                if better {
+                if extreme_better(*max, best.as_ref(), value) {
                     *best = Some(value.clone());
                 }
             }
@@ -243,21 +232,10 @@ impl Acc {
                 *sum += s2;
                 *n += n2;
             }
-            (Acc::Extreme { max, value }, Acc::Extreme { value: Some(v), .. }) => {
-                let better = match value {
-                    None => true,
-                    Some(b) => {
-                        let o = order(v, b);
-                        if *max {
-                            o == Ordering::Greater
-                        } else {
-                            o == Ordering::Less
-                        }
-                    }
-                };
-                if better {
-                    *value = Some(v.clone());
-                }
+            (Acc::Extreme { max, value }, Acc::Extreme { value: Some(v), .. })
+                if extreme_better(*max, value.as_ref(), v) =>
+            {
+                *value = Some(v.clone());
             }
             (
                 Acc::Edge { last, at },
@@ -284,6 +262,21 @@ impl Acc {
             Acc::Extreme { value, .. } => value.clone().unwrap_or(Value::Null),
             Acc::Edge { at, .. } => at.as_ref().map_or(Value::Null, |(_, v)| v.clone()),
             Acc::Distinct(set) => Value::from(set.len() as u64),
+        }
+    }
+}
+
+/// Whether `value` beats `current` for `min` (or, with `max`, `max`).
+fn extreme_better(max: bool, current: Option<&Value>, value: &Value) -> bool {
+    match current {
+        None => true,
+        Some(b) => {
+            let o = order(value, b);
+            if max {
+                o == Ordering::Greater
+            } else {
+                o == Ordering::Less
+            }
         }
     }
 }

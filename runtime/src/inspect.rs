@@ -114,13 +114,7 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
         memory_bytes: 64 << 20,
         timeout: Duration::from_secs(1),
     };
-    let tags = LogTags {
-        pipeline: "check".into(),
-        stage: format!("0:{}", plugin.name),
-        plugin: plugin.name.clone(),
-        version: plugin.version.clone(),
-        partition: 0,
-    };
+    let tags = LogTags::standalone("check", &plugin);
     let started = Instant::now();
     match plugin.instantiate(config, limits, tags) {
         Ok(_) => {

@@ -265,6 +265,20 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+impl LogTags {
+    /// Tags for a plugin run on its own (`sluice plugin check`/`run`), as stage
+    /// 0 of pipeline `pipeline`, partition 0.
+    pub fn standalone(pipeline: &str, plugin: &Plugin) -> Self {
+        LogTags {
+            pipeline: pipeline.into(),
+            stage: format!("0:{}", plugin.name),
+            plugin: plugin.name.clone(),
+            version: plugin.version.clone(),
+            partition: 0,
+        }
+    }
+}
+
 /// Per-instance limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -60,13 +60,7 @@ pub fn run(
     keep_output: bool,
 ) -> anyhow::Result<RunReport> {
     let plugin = host.load(file)?;
-    let tags = LogTags {
-        pipeline: "plugin-run".into(),
-        stage: format!("0:{}", plugin.name),
-        plugin: plugin.name.clone(),
-        version: plugin.version.clone(),
-        partition: 0,
-    };
+    let tags = LogTags::standalone("plugin-run", &plugin);
     let mut instance = plugin
         .instantiate(&options.config, options.limits, tags.clone())
         .map_err(|e| anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version))?;

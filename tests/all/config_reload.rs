@@ -57,9 +57,17 @@ struct Rig {
 
 impl Rig {
     fn start(config: &str, args: &[&str]) -> Self {
+        Self::start_with(config, args, &[])
+    }
+
+    /// Starts the daemon once `files` (name, contents) are written.
+    fn start_with(config: &str, args: &[&str], files: &[(&str, &str)]) -> Self {
         let scratch = Scratch::new(config);
         scratch.write("in.ndjson", "");
         scratch.write("in2.ndjson", "");
+        for (name, contents) in files {
+            scratch.write(name, contents);
+        }
         let mut command = scratch.command("run");
         command.args(args);
         let mut daemon = Running::start(command);
@@ -203,19 +211,11 @@ source = "done"
 sinks = ["out_done"]
 "#;
     let a = config(r#"{ plugin = "tag_a.wasm" }"#, DONE);
-    let scratch_config = a.clone();
-    let mut rig = {
-        let scratch = Scratch::new(&scratch_config);
-        scratch.write("in.ndjson", "");
-        scratch.write("done.ndjson", "{\"d\":1}\n{\"d\":2}\n{\"d\":3}\n");
-        let mut daemon = Running::start(scratch.command("run"));
-        daemon.wait_for("pipeline started");
-        Rig {
-            scratch,
-            daemon,
-            sent: 0,
-        }
-    };
+    let mut rig = Rig::start_with(
+        &a,
+        &[],
+        &[("done.ndjson", "{\"d\":1}\n{\"d\":2}\n{\"d\":3}\n")],
+    );
     rig.scratch.wait_for_lines("out_done.ndjson", 3);
     assert_eq!(rig.probe(), "a");
     // The same config again: the finished pipeline is not started again.
