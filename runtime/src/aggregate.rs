@@ -91,8 +91,10 @@ pub enum Acc {
     Count(u64),
     /// An exact integer sum while it fits, else a float one.
     Sum {
-        /// Integer sum, while every value was an integer and it fits.
-        int: Option<i64>,
+        /// Integer sum, while every value was an integer (JSON integers are at
+        /// most 64 bits; 128 bits hold 2^64 of them, so no intermediate result
+        /// overflows).
+        int: Option<i128>,
         /// Float sum of every value.
         float: f64,
         /// Values summed.
@@ -144,8 +146,15 @@ fn order(a: &Value, b: &Value) -> Ordering {
     }
 }
 
+/// A JSON integer (i64 or u64) as i128.
+fn integer(n: &Number) -> Option<i128> {
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
+}
+
 fn compare_numbers(x: &Number, y: &Number) -> Ordering {
-    match (x.as_i64(), y.as_i64()) {
+    match (integer(x), integer(y)) {
         (Some(a), Some(b)) => a.cmp(&b),
         _ => {
             let (a, b) = (
@@ -163,7 +172,7 @@ impl Acc {
         match op {
             Op::Count => Acc::Count(0),
             Op::Sum => Acc::Sum {
-                int: Some(0),
+                int: Some(0i128),
                 float: 0.0,
                 n: 0,
             },
@@ -200,7 +209,7 @@ impl Acc {
             Acc::Sum { int, float, n } => {
                 if let Value::Number(num) = value {
                     *float += num.as_f64().unwrap_or(0.0);
-                    *int = match (*int, num.as_i64()) {
+                    *int = match (*int, integer(num)) {
                         (Some(a), Some(b)) => a.checked_add(b),
                         _ => None,
                     };
@@ -278,7 +287,14 @@ impl Acc {
         match self {
             Acc::Count(n) => Value::from(*n),
             Acc::Sum { n: 0, .. } => Value::Null,
-            Acc::Sum { int: Some(i), .. } => Value::from(*i),
+            Acc::Sum {
+                int: Some(i),
+                float,
+                ..
+            } => i64::try_from(*i)
+                .map(Value::from)
+                .or_else(|_| u64::try_from(*i).map(Value::from))
+                .unwrap_or_else(|_| float_value(*float)),
             Acc::Sum { float, .. } => float_value(*float),
             Acc::Avg { n: 0, .. } => Value::Null,
             Acc::Avg { sum, n } => float_value(sum / *n as f64),
@@ -414,6 +430,28 @@ mod tests {
                 "{est} for {n}"
             );
         }
+    }
+
+    #[test]
+    fn integers_stay_exact_past_i64() {
+        let big = |vals: &[Value], op| {
+            let mut acc = Acc::new(op);
+            for v in vals {
+                acc.update(Some(v), 0);
+            }
+            acc.finish()
+        };
+        let vals = [Value::from(i64::MAX), Value::from(1), Value::from(-1)];
+        assert_eq!(
+            big(&vals, Op::Sum),
+            Value::from(i64::MAX),
+            "no intermediate overflow"
+        );
+        let vals = [Value::from(u64::MAX), Value::from(u64::MAX - 1)];
+        assert_eq!(big(&vals, Op::Min), Value::from(u64::MAX - 1));
+        assert_eq!(big(&vals, Op::Max), Value::from(u64::MAX));
+        let vals = [Value::from(u64::MAX / 2), Value::from(u64::MAX / 2)];
+        assert_eq!(big(&vals, Op::Sum), Value::from(u64::MAX - 1));
     }
 
     #[test]

@@ -96,7 +96,7 @@ enum PluginCommand {
         #[arg(long, value_name = "FILE")]
         expect: Option<PathBuf>,
         /// Per-call deadline, e.g. `1s`.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = parse_timeout)]
         timeout: std::time::Duration,
         /// Memory limit of the instance, e.g. `64MiB`.
         #[arg(long, default_value = "64MiB", value_parser = parse_size)]
@@ -135,8 +135,20 @@ fn user_cache_dir() -> Option<PathBuf> {
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
+        .ok_or_else(|| format!("expected NAME=VALUE with a non-empty NAME, got `{s}`"))
+}
+
+/// A plugin call deadline, within the daemon's bounds (10ms–1h).
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d < std::time::Duration::from_millis(10) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!(
+            "{s} is out of range: a plugin timeout is between 10ms and 1h"
+        ));
+    }
+    Ok(d)
 }
 
 /// Exit code of a config error (as sysexits' EX_USAGE is 64, but `2` is what
@@ -394,10 +406,17 @@ fn plugin_run(
         }
     };
     eprintln!(
-        "sluice plugin run: in={} out={} rejected={} failed={}",
-        report.records_in, report.records_out, report.rejected, report.failed
+        "sluice plugin run: in={} out={} rejected={} failed={} skipped={} broken={}",
+        report.records_in,
+        report.records_out,
+        report.rejected,
+        report.failed,
+        report.skipped,
+        report.broken
     );
-    let mut ok = report.failed == 0;
+    // What the daemon would not pass on (failed batches, undecodable lines,
+    // outputs with line breaks) fails the run.
+    let mut ok = report.failed == 0 && report.skipped == 0 && report.broken == 0;
     if let (Some(expected), Some(path)) = (&expected, &expect) {
         match sluice::plugin_run::compare(&report.output, expected) {
             None => eprintln!(

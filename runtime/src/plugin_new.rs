@@ -126,7 +126,13 @@ pub fn create(name: &str, lang: &str, dir: &Path, sdk: &str) -> anyhow::Result<V
             "plugin name `{name}`: use lower-case letters, digits, `_` and `-`, starting with a letter"
         );
     }
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+    use anyhow::Context as _;
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .with_context(|| format!("{} is not a folder that can be read", dir.display()))?
+            .next()
+            .is_some()
+    {
         anyhow::bail!("{} exists and is not empty", dir.display());
     }
     let snake = name.replace('-', "_");
@@ -137,11 +143,13 @@ pub fn create(name: &str, lang: &str, dir: &Path, sdk: &str) -> anyhow::Result<V
     };
     let mut written = Vec::new();
     let mut write = |rel: &str, text: &str| -> anyhow::Result<()> {
+        use anyhow::Context as _;
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(&path, text)?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         if rel.ends_with(".sh") {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;

@@ -41,6 +41,12 @@ pub struct RunReport {
     pub rejected: u64,
     /// Events of batches that failed (trap, timeout, error result).
     pub failed: u64,
+    /// Input lines that could not be decoded (`--key`/`--timestamp`): the
+    /// daemon would dead-letter them before the plugin.
+    pub skipped: u64,
+    /// Output events holding a line break: the daemon would dead-letter them
+    /// (its sinks write one record per line).
+    pub broken: u64,
     /// Output lines, kept when comparing with an expected output.
     pub output: Vec<Vec<u8>>,
 }
@@ -85,6 +91,16 @@ pub fn run(
                 }
                 report.rejected += processed.rejected.len() as u64;
                 for event in &processed.events {
+                    if event.value().contains(&b'\n') {
+                        writeln!(
+                            diag,
+                            "broken: an output of lines {}-{} contains a line break (the daemon dead-letters it)",
+                            lines[0],
+                            lines[lines.len() - 1]
+                        )?;
+                        report.broken += 1;
+                        continue;
+                    }
                     if keep_output {
                         report.output.push(event.value().to_vec());
                     } else {
@@ -92,7 +108,8 @@ pub fn run(
                         out.write_all(b"\n")?;
                     }
                 }
-                report.records_out += processed.events.len() as u64;
+                report.records_out +=
+                    processed.events.len() as u64 - report.broken_in_batch(&processed.events);
             }
             Err(e) => {
                 writeln!(
@@ -126,7 +143,11 @@ pub fn run(
             Some(decoder) => match decoder.decode(&line) {
                 Ok(d) => (d.key, d.timestamp_ms.unwrap_or(0)),
                 Err(reason) => {
-                    writeln!(diag, "skipped: line {line_no}: {reason}")?;
+                    writeln!(
+                        diag,
+                        "skipped: line {line_no}: {reason} (the daemon dead-letters it)"
+                    )?;
+                    report.skipped += 1;
                     continue;
                 }
             },
@@ -142,6 +163,12 @@ pub fn run(
     flush(&mut batch, &mut lines, &mut report, out, diag)?;
     out.flush()?;
     Ok(report)
+}
+
+impl RunReport {
+    fn broken_in_batch(&self, events: &Batch) -> u64 {
+        events.iter().filter(|e| e.value().contains(&b'\n')).count() as u64
+    }
 }
 
 /// Compares `output` with the lines of `expected`; `None` when equal, else a

@@ -358,6 +358,20 @@ fn build_window(
             )
         })
     };
+    let stray = match w.kind {
+        WindowKindName::Tumbling => [("slide", w.slide.is_some()), ("gap", w.gap.is_some())],
+        WindowKindName::Sliding => [("gap", w.gap.is_some()), ("", false)],
+        WindowKindName::Session => [("size", w.size.is_some()), ("slide", w.slide.is_some())],
+    };
+    if let Some((field, _)) = stray.iter().find(|(_, set)| *set) {
+        return Err(source.error(
+            span,
+            format!(
+                "`{field}` does not apply to a {} window",
+                format!("{:?}", w.kind).to_lowercase()
+            ),
+        ));
+    }
     let kind = match w.kind {
         WindowKindName::Tumbling => WindowKind::Tumbling {
             size: need(w.size, "size")?,
@@ -413,10 +427,20 @@ fn build_window(
             let mut fields = Vec::new();
             for text in list {
                 let i = index_of(text)?;
+                // The last token names the field (`/a/x` → `x`); when two end
+                // alike, the whole path does (`a_x`, `b_x`).
                 let name = Pointer::parse(text)
                     .ok()
                     .and_then(|p| p.last().map(str::to_string))
-                    .unwrap_or_else(|| "value".into());
+                    .filter(|n| !n.is_empty() && !names.contains(n))
+                    .unwrap_or_else(|| {
+                        let path = text.trim_start_matches('/').replace('/', "_");
+                        if path.is_empty() {
+                            "value".into()
+                        } else {
+                            path
+                        }
+                    });
                 fields.push((claim(name, &mut names)?, i));
             }
             Grouping::Fields(fields)

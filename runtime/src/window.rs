@@ -13,6 +13,10 @@
 
 use serde::Serialize;
 
+/// The event times windows take: the years 0000 to 9999 (what RFC 3339 can
+/// write), in ms since the Unix epoch. A record outside has no window.
+pub const TIME_RANGE: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
 /// A window `[start, end)`, ms since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Window {
@@ -46,9 +50,14 @@ pub enum WindowKind {
 
 impl WindowKind {
     /// The windows a record at `t` belongs to, in increasing start order (for a
-    /// session: its own `[t, t + gap)`, before merging).
+    /// session: its own `[t, t + gap)`, before merging). None when `t` is out of
+    /// [`TIME_RANGE`].
     pub fn assign(&self, t: i64, out: &mut Vec<Window>) {
         out.clear();
+        // In range, no bound below overflows: |t| < 2^58 and lengths ≤ a year.
+        if !TIME_RANGE.contains(&t) {
+            return;
+        }
         match *self {
             WindowKind::Tumbling { size } => {
                 let start = t - t.rem_euclid(size);
@@ -125,6 +134,31 @@ mod tests {
                 start += slide;
             }
             prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn times_out_of_range_have_no_window() {
+        let mut w = Vec::new();
+        for kind in [
+            WindowKind::Tumbling { size: 3_600_000 },
+            WindowKind::Sliding {
+                size: 3_600_000,
+                slide: 1_800_000,
+            },
+            WindowKind::Session { gap: 60_000 },
+        ] {
+            for t in [
+                i64::MIN,
+                i64::MAX,
+                *TIME_RANGE.end() + 1,
+                *TIME_RANGE.start() - 1,
+            ] {
+                kind.assign(t, &mut w);
+                assert!(w.is_empty(), "{kind:?} at {t}");
+            }
+            kind.assign(*TIME_RANGE.end(), &mut w);
+            assert!(!w.is_empty());
         }
     }
 

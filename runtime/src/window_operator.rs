@@ -194,6 +194,40 @@ struct State {
     fixed: BTreeMap<(i64, Group, i64), Vec<Acc>>,
     /// Sessions: group → its sessions, by start.
     sessions: BTreeMap<Group, Vec<(Window, Vec<Acc>)>>,
+    /// Every open session as (end, group, start): which close first, without
+    /// walking every group.
+    session_ends: BTreeSet<(i64, Group, i64)>,
+}
+
+impl State {
+    /// Removes and returns the sessions `closed` says are closed, in order of
+    /// end, then group, then start.
+    fn take_closed_sessions(
+        &mut self,
+        closed: &dyn Fn(&Window) -> bool,
+    ) -> Vec<(Window, Group, Vec<Acc>)> {
+        let mut out = Vec::new();
+        while let Some(first) = self.session_ends.first() {
+            let w = Window {
+                start: first.2,
+                end: first.0,
+            };
+            if !closed(&w) {
+                break;
+            }
+            let (_, group, _) = self.session_ends.pop_first().expect("first");
+            if let Some(sessions) = self.sessions.get_mut(&group) {
+                if let Some(pos) = sessions.iter().position(|(s, _)| *s == w) {
+                    let (_, accs) = sessions.remove(pos);
+                    out.push((w, group.clone(), accs));
+                }
+                if sessions.is_empty() {
+                    self.sessions.remove(&group);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Runs the operator until every sender is gone, then emits what is open.
@@ -265,8 +299,9 @@ impl Operator<'_> {
         watermark < w.end.saturating_add(self.spec.lateness_ms)
     }
 
-    /// Adds the input's records; returns the indices of the late ones.
-    fn add(&mut self, input: &WindowInput) -> Vec<usize> {
+    /// Adds the input's records; returns the indices of those no window took,
+    /// each with whether its time was in range (then it is late).
+    fn add(&mut self, input: &WindowInput) -> Vec<(usize, bool)> {
         let watermark = self.watermarks.current();
         let n = self.spec.pointers.len();
         let mut late = Vec::new();
@@ -305,9 +340,10 @@ impl Operator<'_> {
                     }
                 }
             }
+            let in_range = !assigned.is_empty();
             self.assigned = assigned;
             if !taken {
-                late.push(i);
+                late.push((i, in_range));
             }
         }
         late
@@ -325,6 +361,9 @@ impl Operator<'_> {
                 if self.spec.mode == OutputMode::Update {
                     self.changed.remove(&(s.end, group.clone(), s.start));
                 }
+                self.state
+                    .session_ends
+                    .remove(&(s.end, group.clone(), s.start));
                 merged.0 = Window {
                     start: merged.0.start.min(s.start),
                     end: merged.0.end.max(s.end),
@@ -342,6 +381,9 @@ impl Operator<'_> {
             self.changed
                 .insert((merged.0.end, group.clone(), merged.0.start));
         }
+        self.state
+            .session_ends
+            .insert((merged.0.end, group.clone(), merged.0.start));
         kept.push(merged);
         kept.sort_by_key(|(s, _)| s.start);
         *sessions = kept;
@@ -353,29 +395,37 @@ impl Operator<'_> {
         &self,
         pipeline: &str,
         input: &WindowInput,
-        late: &[usize],
+        untaken: &[(usize, bool)],
         dead_letter: &DeadLetter,
     ) -> anyhow::Result<()> {
-        tracing::debug!(pipeline, records = late.len(), "late records");
-        self.stats
-            .late
-            .fetch_add(late.len() as u64, Ordering::Relaxed);
-        if self.spec.late == LatePolicy::Drop {
-            return Ok(());
-        }
+        tracing::debug!(pipeline, records = untaken.len(), "late records");
+        // Out-of-range times always go to the dead-letter sink; late ones as
+        // `late` says.
+        let late = untaken.iter().filter(|(_, in_range)| *in_range).count();
+        self.stats.late.fetch_add(late as u64, Ordering::Relaxed);
         let watermark = self.watermarks.current();
-        let reasons: Vec<String> = late
+        let chosen: Vec<(usize, String)> = untaken
             .iter()
-            .map(|&i| {
+            .filter(|(_, in_range)| !in_range || self.spec.late == LatePolicy::DeadLetter)
+            .map(|&(i, in_range)| {
                 let ts = input.events.get(i).map_or(0, |e| e.timestamp_ms());
-                format!(
-                    "late: event time {} is behind the watermark {} by more than the allowed lateness ({} ms) for every window it belongs to",
-                    rfc3339(ts),
-                    rfc3339(watermark),
-                    self.spec.lateness_ms
-                )
+                let reason = if in_range {
+                    format!(
+                        "late: event time {} is behind the watermark {} by more than the allowed lateness ({} ms) for every window it belongs to",
+                        rfc3339(ts),
+                        rfc3339(watermark),
+                        self.spec.lateness_ms
+                    )
+                } else {
+                    format!(
+                        "event time {ts} ms is outside the years 0000-9999 that windows cover"
+                    )
+                };
+                (i, reason)
             })
             .collect();
+        let late: Vec<usize> = chosen.iter().map(|(i, _)| *i).collect();
+        let reasons: Vec<String> = chosen.into_iter().map(|(_, r)| r).collect();
         let records: Vec<DeadRecord<'_>> = late
             .iter()
             .zip(&reasons)
@@ -437,18 +487,7 @@ impl Operator<'_> {
                     let ((_, group, _), accs) = entry.remove_entry();
                     out.push((w, group, accs));
                 }
-                for (group, sessions) in &mut self.state.sessions {
-                    let mut i = 0;
-                    while i < sessions.len() {
-                        if closed(&sessions[i].0) {
-                            let (w, accs) = sessions.remove(i);
-                            out.push((w, group.clone(), accs));
-                        } else {
-                            i += 1;
-                        }
-                    }
-                }
-                self.state.sessions.retain(|_, s| !s.is_empty());
+                out.extend(self.state.take_closed_sessions(&closed));
                 out.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
             }
         }
@@ -501,10 +540,7 @@ impl Operator<'_> {
             }
             entry.remove();
         }
-        for sessions in self.state.sessions.values_mut() {
-            sessions.retain(|(w, _)| !closed(w));
-        }
-        self.state.sessions.retain(|_, s| !s.is_empty());
+        self.state.take_closed_sessions(closed);
     }
 }
 

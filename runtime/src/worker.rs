@@ -190,7 +190,12 @@ impl Worker {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let input_len = batch.len();
-        let max_input_ts = batch.iter().map(|e| e.timestamp_ms()).max();
+        // Times windows cannot take do not move the watermark either.
+        let max_input_ts = batch
+            .iter()
+            .map(|e| e.timestamp_ms())
+            .filter(|t| crate::window::TIME_RANGE.contains(t))
+            .max();
         let mut refused: Vec<Refused> = Vec::new();
         let mut skipped = 0;
         let mut current = batch;

@@ -82,3 +82,35 @@ fn what_cannot_run_says_why_and_exits_1() {
     );
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn plugin_run_fails_on_what_the_daemon_would_not_pass() {
+    use std::io::Write as _;
+    let mut child = Command::new(sluice_bin())
+        .args(["plugin", "run"])
+        .arg(plugins_dir().join("identity.wasm"))
+        .args(["--timestamp", "/t"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"a\":1,\"t\":1}\n{\"a\":2,\"t\":\"bad\"}\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "{\"a\":1,\"t\":1}\n"
+    );
+    assert!(stderr.contains("skipped: line 2: event time"), "{stderr}");
+    assert!(
+        stderr.contains("in=1 out=1 rejected=0 failed=0 skipped=1 broken=0"),
+        "{stderr}"
+    );
+}

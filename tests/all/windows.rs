@@ -387,7 +387,7 @@ fn window_config_errors_are_located() {
         ),
         (
             base(
-                "window = { kind = \"session\", size = \"1h\" }",
+                "window = { kind = \"session\" }",
                 "aggregate = [{ op = \"count\" }]",
             ),
             "a session window needs `gap`",
