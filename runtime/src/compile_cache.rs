@@ -210,6 +210,13 @@ impl CompileCache {
                 "compile cache entry ignored and rebuilt: {reason}"
             ),
         }
+        // A large component (a Python or JavaScript one) takes seconds: say so.
+        if wasm.len() > 1 << 20 {
+            tracing::info!(
+                bytes = wasm.len(),
+                "compiling a plugin not in the compile cache (seconds for a component this large; cached for next time)"
+            );
+        }
         let component = Component::new(engine, wasm)?;
         if let Err(e) = self.store(&component, &path, content) {
             tracing::warn!(entry = %path.display(), "cannot write compile cache entry: {e:#}");

@@ -94,9 +94,8 @@ pub fn run(
                     if event.value().contains(&b'\n') {
                         writeln!(
                             diag,
-                            "broken: an output of lines {}-{} contains a line break (the daemon dead-letters it)",
-                            lines[0],
-                            lines[lines.len() - 1]
+                            "broken: an output of {} contains a line break (the daemon dead-letters it)",
+                            span(lines)
                         )?;
                         report.broken += 1;
                         continue;
@@ -112,12 +111,7 @@ pub fn run(
                     processed.events.len() as u64 - report.broken_in_batch(&processed.events);
             }
             Err(e) => {
-                writeln!(
-                    diag,
-                    "failed: lines {}-{}: {e}",
-                    lines[0],
-                    lines[lines.len() - 1]
-                )?;
+                writeln!(diag, "failed: {}: {e}", span(lines))?;
                 report.failed += batch.len() as u64;
                 if e.poisons_instance() {
                     instance = plugin
@@ -163,6 +157,15 @@ pub fn run(
     flush(&mut batch, &mut lines, &mut report, out, diag)?;
     out.flush()?;
     Ok(report)
+}
+
+/// `line N` or `lines N-M` of a batch.
+fn span(lines: &[u64]) -> String {
+    match (lines.first(), lines.last()) {
+        (Some(a), Some(b)) if a == b => format!("line {a}"),
+        (Some(a), Some(b)) => format!("lines {a}-{b}"),
+        _ => "no line".into(),
+    }
 }
 
 impl RunReport {

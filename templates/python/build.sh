@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$(mkdir -p "${1:-./out}" && cd "${1:-./out}" && pwd)"
 cpy="${COMPONENTIZE_PY:-componentize-py}"
-command -v "$cpy" >/dev/null || { echo "componentize-py not found (pip install componentize-py, see README.md)" >&2; exit 1; }
+command -v "$cpy" >/dev/null || { echo "componentize-py not found (pip install componentize-py==0.25.1, see README.md)" >&2; exit 1; }
 cd "$here"
 "$cpy" -d wit -w processor componentize app -o "$out/{{name}}.wasm"
 rm -rf "$here/__pycache__"
