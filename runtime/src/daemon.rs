@@ -21,6 +21,7 @@ use crate::plugin::PluginHost;
 use crate::reload::{PluginSlot, Reloader};
 use crate::sink::{RunningSink, SinkSpec};
 use crate::source::Input;
+use crate::systemd::Notifier;
 use crate::topology::Topology;
 
 /// The status file in the state folder: the running version of every plugin,
@@ -345,6 +346,20 @@ pub async fn run(
 
     // Wait for every pipeline; the first that ends with an error stops the others
     // (they drain), as a signal would.
+    // systemd: ready now (every pipeline started), and alive every half
+    // watchdog period.
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready(&format!("{} pipeline(s) running", daemon.live.len()));
+    let watchdog = Notifier::watchdog_interval().map(|every| {
+        let notifier = notifier.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.notify("WATCHDOG=1");
+            }
+        })
+    });
     tokio::pin!(shutdown);
     let (mut requests, rebuild) = match reload {
         Some(r) => (Some(r.requests), Some(r.rebuild)),
@@ -379,6 +394,7 @@ pub async fn run(
             },
             () = &mut shutdown, if !shutdown_done => {
                 shutdown_done = true;
+                notifier.stopping();
                 daemon.cancel_all();
             }
             request = async { requests.as_mut()?.recv().await }, if requests.is_some() && !shutdown_done => {
@@ -393,6 +409,7 @@ pub async fn run(
                     continue;
                 }
                 if let Some(rebuild) = rebuild.clone() {
+                    notifier.reloading();
                     building = Some(spawn_build(rebuild, daemon.slots.clone(), why));
                 }
             }
@@ -401,6 +418,9 @@ pub async fn run(
                 let outcome = built
                     .unwrap_or_else(|| Err("the reload panicked".into()))
                     .and_then(|t| if shutdown_done { Err("shutting down".into()) } else { daemon.apply(t) });
+                if !shutdown_done {
+                    notifier.ready(&format!("{} pipeline(s) running", daemon.live.values().filter(|l| !l.ended).count()));
+                }
                 match outcome {
                     Ok(summary) => tracing::info!("config reloaded: {summary}"),
                     Err(reason) => tracing::error!("config reload refused, the running config stays: {reason}"),
@@ -411,10 +431,18 @@ pub async fn run(
                     }
                 }
                 if let (Some(why), Some(rebuild)) = (again.take(), rebuild.clone()) {
+                    notifier.reloading();
                     building = Some(spawn_build(rebuild, daemon.slots.clone(), why));
                 }
             }
         }
+    }
+    if !shutdown_done {
+        // The inputs ended: the daemon stops by itself.
+        notifier.stopping();
+    }
+    if let Some(w) = watchdog {
+        w.abort();
     }
     daemon.reloader = None;
     results.sort_by(|a, b| a.0.pipeline.cmp(&b.0.pipeline));

@@ -37,6 +37,7 @@ pub mod reload;
 pub mod router;
 pub mod sink;
 pub mod source;
+pub mod systemd;
 pub mod topology;
 pub mod watermark;
 pub mod window;

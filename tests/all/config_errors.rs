@@ -271,3 +271,14 @@ fn the_readme_config_parses() {
     assert_eq!(config.sources.len(), 1);
     assert_eq!(config.sinks.len(), 2);
 }
+
+#[test]
+fn the_packaged_default_config_parses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/sluice.toml");
+    let (config, _) = sluice::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.pipelines.len(), 1);
+    assert_eq!(
+        config.daemon.plugins_dir.get_ref(),
+        std::path::Path::new("/var/lib/sluice/plugins")
+    );
+}

@@ -15,4 +15,5 @@ mod reload;
 mod sandbox;
 mod shutdown;
 mod sources;
+mod systemd;
 mod windows;
