@@ -49,6 +49,13 @@ pub struct DaemonConfig {
     /// boundary. Default `true`.
     #[serde(default = "default_true")]
     pub hot_reload: bool,
+    /// Address of the admin HTTP API (`/health`, `/ready`, `/metrics`,
+    /// `/pipelines`, `/plugins`, `POST /reload`), or `"off"`. Default
+    /// `"127.0.0.1:9464"`.
+    pub admin: Option<Spanned<String>>,
+    /// Allow `admin` on an address other than loopback. Default `false`.
+    #[serde(default)]
+    pub admin_allow_remote: bool,
 }
 
 impl Default for DaemonConfig {
@@ -57,6 +64,8 @@ impl Default for DaemonConfig {
             plugins_dir: Spanned::new(0..0, default_plugins_dir_path()),
             state_dir: None,
             hot_reload: true,
+            admin: None,
+            admin_allow_remote: false,
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::admin::AdminState;
 use crate::pipeline::{Chain, PipelineSpec, Summary};
 use crate::plugin::PluginHost;
 use crate::reload::{PluginSlot, Reloader};
@@ -51,6 +52,8 @@ pub type Rebuild = Arc<dyn Fn(&[Arc<PluginSlot>]) -> Result<Topology, String> + 
 pub struct ConfigReload {
     /// One message per request (SIGHUP, `--watch-config`, …).
     pub requests: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    /// A sender of that channel, for the admin API's `POST /reload`.
+    pub sender: tokio::sync::mpsc::UnboundedSender<&'static str>,
     /// Reads and builds the config again.
     pub rebuild: Rebuild,
 }
@@ -64,6 +67,8 @@ struct Live {
     input: Input,
     /// The sinks it writes to (outputs and dead letter).
     sinks: Vec<String>,
+    /// Its counters.
+    stats: Arc<crate::pipeline::Stats>,
     /// Removed by a reload (draining, or ended).
     removed: bool,
     /// Its source ended and its workers drained (kept, so that a reload does
@@ -77,6 +82,8 @@ struct Daemon {
     sinks: BTreeMap<String, (SinkSpec, RunningSink)>,
     live: BTreeMap<String, Live>,
     slots: Vec<Arc<PluginSlot>>,
+    /// What the admin API shows.
+    admin: Arc<AdminState>,
     /// The sinks the current config uses.
     config_sinks: Vec<String>,
     reloader: Option<Reloader>,
@@ -124,12 +131,24 @@ impl Daemon {
                     .chain(&spec.dead_letter)
                     .cloned()
                     .collect(),
+                stats: running.stats.clone(),
                 removed: false,
                 ended: false,
             },
         );
         self.waiting.spawn_blocking(move || running.wait());
+        self.refresh_admin();
         Ok(())
+    }
+
+    /// Copies the pipelines and plugins into the admin API's view.
+    fn refresh_admin(&self) {
+        *self.admin.pipelines.lock().expect("admin lock") = self
+            .live
+            .iter()
+            .map(|(name, l)| (name.clone(), l.stats.clone(), !l.ended))
+            .collect();
+        *self.admin.plugins.lock().expect("admin lock") = self.slots.clone();
     }
 
     /// The sinks neither the current config nor a running pipeline uses.
@@ -270,6 +289,7 @@ impl Daemon {
         }
         self.slots = new.plugins;
         self.config_sinks = new.sinks.keys().cloned().collect();
+        self.refresh_admin();
         if let Err(e) = self.watch_plugins() {
             errors.push(format!("plugin watcher: {e:#}"));
         }
@@ -318,7 +338,20 @@ pub async fn run(
     reload: Option<ConfigReload>,
 ) -> anyhow::Result<Outcome> {
     topology.commit_uses();
+    let admin = Arc::new(AdminState {
+        pipelines: std::sync::Mutex::new(Vec::new()),
+        plugins: std::sync::Mutex::new(topology.plugins.clone()),
+        ready: AtomicBool::new(false),
+        reload: reload.as_ref().map(|r| r.sender.clone()),
+    });
+    if let Some(addr) = topology.admin {
+        match crate::admin::serve(addr, admin.clone()).await {
+            Ok(bound) => tracing::info!("admin API listening on {bound}"),
+            Err(e) => tracing::error!("admin API off: cannot listen on {addr}: {e}"),
+        }
+    }
     let mut daemon = Daemon {
+        admin: admin.clone(),
         host,
         sinks: BTreeMap::new(),
         live: BTreeMap::new(),
@@ -350,6 +383,7 @@ pub async fn run(
     // watchdog period.
     let notifier = Arc::new(Notifier::from_env());
     notifier.ready(&format!("{} pipeline(s) running", daemon.live.len()));
+    admin.ready.store(errors.is_empty(), Ordering::Relaxed);
     let watchdog = Notifier::watchdog_interval().map(|every| {
         let notifier = notifier.clone();
         tokio::spawn(async move {
@@ -383,6 +417,7 @@ pub async fn run(
                     if let Some(live) = daemon.live.get_mut(&summary.pipeline) {
                         live.ended = true;
                     }
+                    daemon.refresh_admin();
                     // A sink that a reload left without users is closed now.
                     for (name, sink) in daemon.take_unused_sinks() {
                         if let Err(e) = tokio::task::spawn_blocking(move || sink.finish()).await? {
@@ -395,6 +430,7 @@ pub async fn run(
             () = &mut shutdown, if !shutdown_done => {
                 shutdown_done = true;
                 notifier.stopping();
+                admin.ready.store(false, Ordering::Relaxed);
                 daemon.cancel_all();
             }
             request = async { requests.as_mut()?.recv().await }, if requests.is_some() && !shutdown_done => {
@@ -410,6 +446,7 @@ pub async fn run(
                 }
                 if let Some(rebuild) = rebuild.clone() {
                     notifier.reloading();
+                    admin.ready.store(false, Ordering::Relaxed);
                     building = Some(spawn_build(rebuild, daemon.slots.clone(), why));
                 }
             }
@@ -420,6 +457,7 @@ pub async fn run(
                     .and_then(|t| if shutdown_done { Err("shutting down".into()) } else { daemon.apply(t) });
                 if !shutdown_done {
                     notifier.ready(&format!("{} pipeline(s) running", daemon.live.values().filter(|l| !l.ended).count()));
+                    admin.ready.store(true, Ordering::Relaxed);
                 }
                 match outcome {
                     Ok(summary) => tracing::info!("config reloaded: {summary}"),

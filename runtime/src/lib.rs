@@ -19,6 +19,7 @@
 //! - [`sink`] writes output, [`dead_letter`] what failed;
 //! - [`pipeline`] wires one pipeline's threads; [`daemon`] runs them all.
 
+pub mod admin;
 pub mod aggregate;
 pub mod batcher;
 pub mod compile_cache;

@@ -280,6 +280,7 @@ fn main() -> ExitCode {
             };
             let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
             let hup = tx.clone();
+            let reload_sender = tx.clone();
             runtime.spawn(async move {
                 while hangups.recv().await.is_some() {
                     if hup.send("SIGHUP received").is_err() {
@@ -304,6 +305,7 @@ fn main() -> ExitCode {
             let path = config.clone();
             let reload = sluice::daemon::ConfigReload {
                 requests,
+                sender: reload_sender,
                 rebuild: std::sync::Arc::new(move |running| {
                     let (config, source) = Config::load(&path).map_err(|e| e.to_string())?;
                     Topology::build(&config, &source, &reload_host, running)

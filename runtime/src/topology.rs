@@ -40,7 +40,12 @@ pub struct Topology {
     pub state_dir: PathBuf,
     /// Whether plugin files are watched and swapped in when they change.
     pub hot_reload: bool,
+    /// Where the admin API listens, if anywhere.
+    pub admin: Option<std::net::SocketAddr>,
 }
+
+/// The admin API's address when the config names none.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
 
 /// Most partitions one pipeline may have.
 pub const MAX_PARTITIONS: usize = 1024;
@@ -321,8 +326,38 @@ impl Topology {
             plugins: loaded.into_values().collect(),
             state_dir: config::state_dir(config, source),
             hot_reload: config.daemon.hot_reload,
+            admin: admin_address(config, source)?,
         })
     }
+}
+
+/// `[daemon] admin`: an address, loopback unless `admin_allow_remote`.
+fn admin_address(
+    config: &Config,
+    source: &ConfigSource,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let (text, span) = match &config.daemon.admin {
+        Some(a) => (a.get_ref().as_str(), Some(a.span())),
+        None => (DEFAULT_ADMIN, None),
+    };
+    if text == "off" {
+        return Ok(None);
+    }
+    let error = |message: String| match &span {
+        Some(span) => source.error(span.clone(), message),
+        None => source.unplaced(message),
+    };
+    let addr: std::net::SocketAddr = text.parse().map_err(|e| {
+        error(format!(
+            "field `admin`: {text:?} is not an address such as \"127.0.0.1:9464\" (or \"off\"): {e}"
+        ))
+    })?;
+    if !addr.ip().is_loopback() && !config.daemon.admin_allow_remote {
+        return Err(error(format!(
+            "field `admin`: {addr} is not a loopback address; set `admin_allow_remote = true` to serve the admin API beyond this machine"
+        )));
+    }
+    Ok(Some(addr))
 }
 
 /// The window operator of pipeline `p`, if it has `window` and `aggregate`.

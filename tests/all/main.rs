@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod config_errors;
 mod config_reload;
 mod dead_letter;
