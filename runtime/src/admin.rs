@@ -140,13 +140,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
             u8::from(*running)
         );
     }
-    let plugins: Vec<_> = state
-        .plugins
-        .lock()
-        .expect("admin lock")
-        .iter()
-        .map(|s| s.status())
-        .collect();
+    let plugins = plugin_statuses(&state);
     for (metric, help) in [
         ("plugin_reloads", "Plugin versions swapped in."),
         (
@@ -209,14 +203,17 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn plugins(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let list: Vec<_> = state
+    axum::Json(plugin_statuses(&state))
+}
+
+fn plugin_statuses(state: &AdminState) -> Vec<crate::reload::PluginStatus> {
+    state
         .plugins
         .lock()
         .expect("admin lock")
         .iter()
         .map(|s| s.status())
-        .collect();
-    axum::Json(list)
+        .collect()
 }
 
 async fn reload(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
