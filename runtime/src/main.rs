@@ -14,6 +14,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format on stderr: `plain` (one line per event, journald-friendly)
+    /// or `json` (one JSON object per event). Level from `RUST_LOG`.
+    #[arg(long, global = true, default_value = "plain", value_parser = ["plain", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,7 +161,7 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format == "json");
     match cli.command {
         Command::Plugin {
             command: PluginCommand::Check { file, mut config },
@@ -459,13 +463,17 @@ fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
 }
 
 /// Logs to stderr, one line per event (journald-friendly), no colours unless
-/// stderr is a terminal; level from `RUST_LOG` (default `info`).
-fn init_logging() {
+/// stderr is a terminal, or one JSON object per event; level from `RUST_LOG`
+/// (default `info`).
+fn init_logging(json: bool) {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }

@@ -184,3 +184,31 @@ sinks = ["out"]
     seen.sort();
     assert_eq!(seen, (0..total as u64).collect::<Vec<_>>());
 }
+
+#[test]
+fn logs_can_be_json() {
+    let scratch = Scratch::new(
+        "[sources.in]\ntype = \"file\"\npath = \"in.ndjson\"\n[sinks.out]\ntype = \"blackhole\"\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\n[daemon]\nadmin = \"off\"\n",
+    );
+    scratch.write("in.ndjson", "{\"n\":1}\n");
+    let output = scratch
+        .command("run")
+        .arg("--log-format")
+        .arg("json")
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("sluice: "))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let started = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "pipeline started")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(started["fields"]["pipeline"], "p");
+    assert_eq!(started["level"], "INFO");
+    assert_eq!(count(&output, "p", "in"), 1);
+}
