@@ -71,9 +71,11 @@ type Mac = hmac::Hmac<Sha256>;
 /// It cannot be read, or is not a regular file, or is too large.
 pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // O_NONBLOCK: opening a FIFO does not wait for a writer.
     let file = std::fs::File::options()
         .read(true)
-        .custom_flags_nonblocking()
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -88,18 +90,6 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_FILE_BYTES).read_to_end(&mut bytes)?;
     Ok(bytes)
-}
-
-/// `O_NONBLOCK` on open, so opening a FIFO does not wait for a writer.
-trait NonBlockingOpen {
-    fn custom_flags_nonblocking(&mut self) -> &mut Self;
-}
-
-impl NonBlockingOpen for std::fs::OpenOptions {
-    fn custom_flags_nonblocking(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        self.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-    }
 }
 
 /// Whether `meta` is owned by this process's user and not writable by others.

@@ -100,6 +100,7 @@ pub fn run(
                         report.broken += 1;
                         continue;
                     }
+                    report.records_out += 1;
                     if keep_output {
                         report.output.push(event.value().to_vec());
                     } else {
@@ -107,8 +108,6 @@ pub fn run(
                         out.write_all(b"\n")?;
                     }
                 }
-                report.records_out +=
-                    processed.events.len() as u64 - report.broken_in_batch(&processed.events);
             }
             Err(e) => {
                 writeln!(diag, "failed: {}: {e}", span(lines))?;
@@ -165,12 +164,6 @@ fn span(lines: &[u64]) -> String {
         (Some(a), Some(b)) if a == b => format!("line {a}"),
         (Some(a), Some(b)) => format!("lines {a}-{b}"),
         _ => "no line".into(),
-    }
-}
-
-impl RunReport {
-    fn broken_in_batch(&self, events: &Batch) -> u64 {
-        events.iter().filter(|e| e.value().contains(&b'\n')).count() as u64
     }
 }
 

@@ -404,7 +404,7 @@ impl Operator<'_> {
         let late = untaken.iter().filter(|(_, in_range)| *in_range).count();
         self.stats.late.fetch_add(late as u64, Ordering::Relaxed);
         let watermark = self.watermarks.current();
-        let chosen: Vec<(usize, String)> = untaken
+        let reasons: Vec<(usize, String)> = untaken
             .iter()
             .filter(|(_, in_range)| !in_range || self.spec.late == LatePolicy::DeadLetter)
             .map(|&(i, in_range)| {
@@ -424,13 +424,10 @@ impl Operator<'_> {
                 (i, reason)
             })
             .collect();
-        let late: Vec<usize> = chosen.iter().map(|(i, _)| *i).collect();
-        let reasons: Vec<String> = chosen.into_iter().map(|(_, r)| r).collect();
-        let records: Vec<DeadRecord<'_>> = late
+        let records: Vec<DeadRecord<'_>> = reasons
             .iter()
-            .zip(&reasons)
-            .filter_map(|(&i, reason)| {
-                let e = input.events.get(i)?;
+            .filter_map(|(i, reason)| {
+                let e = input.events.get(*i)?;
                 Some(DeadRecord {
                     stage: "window",
                     plugin: None,

@@ -190,12 +190,15 @@ impl Worker {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let input_len = batch.len();
-        // Times windows cannot take do not move the watermark either.
-        let max_input_ts = batch
-            .iter()
-            .map(|e| e.timestamp_ms())
-            .filter(|t| crate::window::TIME_RANGE.contains(t))
-            .max();
+        // For the watermark (windowed pipelines only): the input's latest event
+        // time; times windows cannot take do not move it.
+        let max_input_ts = self.window.as_ref().and_then(|_| {
+            batch
+                .iter()
+                .map(|e| e.timestamp_ms())
+                .filter(|t| crate::window::TIME_RANGE.contains(t))
+                .max()
+        });
         let mut refused: Vec<Refused> = Vec::new();
         let mut skipped = 0;
         let mut current = batch;
@@ -265,7 +268,7 @@ impl Worker {
             .skipped
             .fetch_add(skipped as u64, Ordering::Relaxed);
         let written = match &self.window {
-            Some(feed) => self.to_window(feed.clone(), current, max_input_ts),
+            Some(feed) => self.to_window(feed, current, max_input_ts),
             None => self.write(&current),
         };
         written.map_err(|error| BatchFailed {
@@ -279,7 +282,7 @@ impl Worker {
     /// to the dead-letter sink.
     fn to_window(
         &self,
-        feed: WindowFeed,
+        feed: &WindowFeed,
         output: Batch,
         max_input_ts: Option<i64>,
     ) -> anyhow::Result<()> {
