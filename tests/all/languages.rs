@@ -15,15 +15,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Where `name` is on PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 /// `None` when every tool is there; else why the test cannot run.
 fn missing(tools: &[&str]) -> Option<String> {
     let absent: Vec<&str> = tools
@@ -32,23 +23,6 @@ fn missing(tools: &[&str]) -> Option<String> {
         .filter(|t| which(t).is_none())
         .collect();
     (!absent.is_empty()).then(|| format!("not on PATH: {}", absent.join(", ")))
-}
-
-/// Skips (or, under `SLUICE_REQUIRE_TOOLCHAINS=1`, fails) with `reason`.
-fn skip(test: &str, reason: &str) {
-    let line = format!("SKIPPED {test}: {reason} (see examples/plugins/*/README.md)");
-    assert!(
-        std::env::var_os("SLUICE_REQUIRE_TOOLCHAINS").is_none_or(|v| v != "1"),
-        "{line}, and SLUICE_REQUIRE_TOOLCHAINS=1"
-    );
-    eprintln!("{line}");
-    let log = repo().join("target/skipped-tests.txt");
-    let mut old = std::fs::read_to_string(&log).unwrap_or_default();
-    if !old.contains(&line) {
-        old.push_str(&line);
-        old.push('\n');
-        let _ = std::fs::write(log, old);
-    }
 }
 
 /// `sluice plugin run` of `wasm` over `input` with min_delay = 15; its stdout.
@@ -85,7 +59,10 @@ fn plugin_run(wasm: &Path, input: &Path, cache: &Path) -> Vec<u8> {
 fn same_as_rust(lang: &str, tools: &[&str]) {
     let test = format!("languages::{lang}");
     if let Some(reason) = missing(tools) {
-        skip(&test, &reason);
+        skip(
+            &test,
+            &format!("{reason} (see examples/plugins/*/README.md)"),
+        );
         return;
     }
     let scratch = Scratch::new("");
@@ -141,7 +118,10 @@ fn c() {
 fn template_builds_and_runs(lang: &str, tools: &[&str]) {
     let test = format!("languages::template_{lang}");
     if let Some(reason) = missing(tools) {
-        skip(&test, &reason);
+        skip(
+            &test,
+            &format!("{reason} (see examples/plugins/*/README.md)"),
+        );
         return;
     }
     let scratch = Scratch::new("");

@@ -231,3 +231,31 @@ impl Drop for Running {
         }
     }
 }
+
+/// Where `name` is on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Skips a test that needs a tool this machine lacks: prints `reason` and
+/// records it in `target/skipped-tests.txt` — or fails under
+/// `SLUICE_REQUIRE_TOOLCHAINS=1` (set by `.ci/run`, which installs them all).
+pub fn skip(test: &str, reason: &str) {
+    let line = format!("SKIPPED {test}: {reason}");
+    assert!(
+        std::env::var_os("SLUICE_REQUIRE_TOOLCHAINS").is_none_or(|v| v != "1"),
+        "{line}, and SLUICE_REQUIRE_TOOLCHAINS=1"
+    );
+    eprintln!("{line}");
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/skipped-tests.txt");
+    let mut old = std::fs::read_to_string(&log).unwrap_or_default();
+    if !old.contains(&line) {
+        old.push_str(&line);
+        old.push('\n');
+        let _ = std::fs::write(log, old);
+    }
+}

@@ -92,13 +92,12 @@ fn the_unit_file_verifies() {
     )
     .unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/sluice run"));
-    let Ok(tool) = which_systemd_analyze() else {
-        // `.ci/run` installs it (Debian package `systemd`); a bare machine may not have it.
-        assert!(
-            std::env::var_os("SLUICE_REQUIRE_TOOLCHAINS").is_none_or(|v| v != "1"),
-            "systemd-analyze missing and SLUICE_REQUIRE_TOOLCHAINS=1"
+    // `.ci/run` installs it (Debian package `systemd`); a bare machine may not have it.
+    let Some(tool) = which("systemd-analyze") else {
+        skip(
+            "systemd::the_unit_file_verifies",
+            "systemd-analyze not on PATH",
         );
-        eprintln!("SKIPPED systemd::the_unit_file_verifies: systemd-analyze not on PATH");
         return;
     };
     let scratch = Scratch::new("");
@@ -114,14 +113,4 @@ fn the_unit_file_verifies() {
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn which_systemd_analyze() -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("systemd-analyze"))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
 }
