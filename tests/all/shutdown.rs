@@ -152,6 +152,9 @@ on_error = "skip"
     scratch.write("in.ndjson", &"{}\n".repeat(1000));
     let mut daemon = Running::start(scratch.command("run"));
     daemon.wait_for("pipeline started");
+    // Let the source read (it takes microseconds) so that the first batch is in
+    // its 1 s loop: a SIGTERM before anything was read drains at once and exits 0.
+    std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
     daemon.signal("TERM");
     daemon.wait_for("SIGTERM received: draining");
