@@ -328,6 +328,38 @@ pub struct PipelineConfig {
     pub window: Option<Spanned<WindowConfig>>,
     /// What each window computes; needs `window`.
     pub aggregate: Option<Spanned<Vec<AggregateConfig>>>,
+    /// Checkpoints of the source position, window state and sink lengths (see
+    /// `checkpoint.rs`); needs a `file` source. Off when absent.
+    pub checkpoint: Option<Spanned<CheckpointConfig>>,
+}
+
+/// `checkpoint = { interval = "1s", batches = 100 }`: a checkpoint whenever
+/// either is reached (while records flow), and on shutdown and at the end of
+/// the input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Longest time between two checkpoints while records flow. Default `"1s"`.
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "de_duration"
+    )]
+    pub interval: Duration,
+    /// Also after this many micro-batches, counted over all partitions.
+    #[serde(default, deserialize_with = "de_opt_positive")]
+    pub batches: Option<u64>,
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn de_opt_positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n = u64::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(Some(n))
 }
 
 /// Kinds of window.

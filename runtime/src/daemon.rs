@@ -17,7 +17,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::admin::AdminState;
-use crate::pipeline::{Chain, PipelineSpec, Summary};
+use crate::checkpoint::Store;
+use crate::pipeline::{Chain, PipelineSpec, Resume, Summary};
 use crate::plugin::PluginHost;
 use crate::reload::{PluginSlot, Reloader};
 use crate::sink::{RunningSink, SinkSpec};
@@ -89,20 +90,82 @@ struct Daemon {
     reloader: Option<Reloader>,
     state_dir: PathBuf,
     hot_reload: bool,
+    /// The checkpoint store, once a checkpointed pipeline needs it.
+    store: Option<Arc<Store>>,
     waiting: tokio::task::JoinSet<(Summary, anyhow::Result<()>)>,
 }
 
+/// What the checkpointed pipelines of a config resume from.
+#[derive(Default)]
+struct Resumes {
+    /// Per checkpointed pipeline.
+    pipelines: BTreeMap<String, Resume>,
+    /// Per file sink written by one checkpointed pipeline only, not running yet:
+    /// the length to cut it back to.
+    sinks: BTreeMap<String, u64>,
+}
+
 impl Daemon {
+    /// The checkpoint store, opened on first use.
+    fn store(&mut self) -> anyhow::Result<Arc<Store>> {
+        if let Some(store) = &self.store {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(Store::open(&self.state_dir)?);
+        self.store = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Loads the checkpoints of the checkpointed pipelines among `pipelines`
+    /// that do not run yet, and the sink lengths to restore.
+    fn resumes(&mut self, pipelines: &[PipelineSpec]) -> anyhow::Result<Resumes> {
+        let mut out = Resumes::default();
+        let mut users: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in pipelines {
+            for s in p.sinks.iter().chain(&p.dead_letter) {
+                *users.entry(s.as_str()).or_default() += 1;
+            }
+        }
+        for p in pipelines {
+            if p.checkpoint.is_none() || self.live.contains_key(&p.name) {
+                continue;
+            }
+            let store = self.store()?;
+            let checkpoint = p.load_checkpoint(&store)?;
+            for s in p.sinks.iter().chain(&p.dead_letter) {
+                if users.get(s.as_str()).copied().unwrap_or(0) > 1 {
+                    tracing::warn!(pipeline = %p.name, sink = %s, "the sink is shared with another pipeline: after a crash, output since the last checkpoint is written again (at-least-once)");
+                } else if let Some(len) = checkpoint.as_ref().and_then(|c| c.sinks.get(s))
+                    && !self.sinks.contains_key(s)
+                {
+                    out.sinks.insert(s.clone(), *len);
+                }
+            }
+            out.pipelines
+                .insert(p.name.clone(), Resume { store, checkpoint });
+        }
+        Ok(out)
+    }
+
     /// Starts a sink unless one of that name runs.
-    fn start_sink(&mut self, name: &str, spec: &SinkSpec) -> anyhow::Result<()> {
+    fn start_sink(
+        &mut self,
+        name: &str,
+        spec: &SinkSpec,
+        resume: Option<u64>,
+    ) -> anyhow::Result<()> {
         if !self.sinks.contains_key(name) {
-            let sink = RunningSink::start(name, spec)?;
+            let sink = RunningSink::start(name, spec, resume)?;
             self.sinks.insert(name.to_string(), (spec.clone(), sink));
         }
         Ok(())
     }
 
-    fn start_pipeline(&mut self, spec: &PipelineSpec) -> anyhow::Result<()> {
+    fn start_pipeline(
+        &mut self,
+        spec: &PipelineSpec,
+        resume: Option<Resume>,
+    ) -> anyhow::Result<()> {
         let handles = self
             .sinks
             .iter()
@@ -110,7 +173,7 @@ impl Daemon {
             .collect();
         let cancel = Arc::new(AtomicBool::new(false));
         let running = spec
-            .start(&handles, cancel.clone())
+            .start(&handles, cancel.clone(), resume)
             .map_err(|e| e.context(format!("pipeline `{}` cannot start", spec.name)))?;
         tracing::info!(
             pipeline = %spec.name,
@@ -260,8 +323,12 @@ impl Daemon {
             }
         }
         let mut errors = Vec::new();
+        let mut resumes = self.resumes(&new.pipelines).unwrap_or_else(|e| {
+            errors.push(format!("{e:#}"));
+            Resumes::default()
+        });
         for (name, spec) in &new.sinks {
-            if let Err(e) = self.start_sink(name, spec) {
+            if let Err(e) = self.start_sink(name, spec, resumes.sinks.get(name).copied()) {
                 errors.push(format!("{e:#}"));
             }
         }
@@ -281,7 +348,15 @@ impl Daemon {
                         changed += 1;
                     }
                 }
-                None => match self.start_pipeline(spec) {
+                None if spec.checkpoint.is_some()
+                    && !resumes.pipelines.contains_key(&spec.name) =>
+                {
+                    errors.push(format!(
+                        "pipeline `{}` not started: its checkpoint could not be loaded",
+                        spec.name
+                    ));
+                }
+                None => match self.start_pipeline(spec, resumes.pipelines.remove(&spec.name)) {
                     Ok(()) => started += 1,
                     Err(e) => errors.push(format!("{e:#}")),
                 },
@@ -360,16 +435,18 @@ pub async fn run(
         reloader: None,
         state_dir: topology.state_dir.clone(),
         hot_reload: topology.hot_reload,
+        store: None,
         waiting: tokio::task::JoinSet::new(),
     };
     // Watch the plugin files from before the first batch, so no change is missed.
     daemon.watch_plugins()?;
+    let mut resumes = daemon.resumes(&topology.pipelines)?;
     for (name, spec) in &topology.sinks {
-        daemon.start_sink(name, spec)?;
+        daemon.start_sink(name, spec, resumes.sinks.get(name).copied())?;
     }
     let mut errors = Vec::new();
     for spec in &topology.pipelines {
-        if let Err(e) = daemon.start_pipeline(spec) {
+        if let Err(e) = daemon.start_pipeline(spec, resumes.pipelines.remove(&spec.name)) {
             // Stop the pipelines already running, and drain them below.
             daemon.cancel_all();
             errors.push(e);

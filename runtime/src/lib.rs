@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod batcher;
+pub mod checkpoint;
 pub mod compile_cache;
 pub mod config;
 pub mod daemon;

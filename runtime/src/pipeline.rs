@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 use crate::batcher::BatchLimits;
+use crate::checkpoint::{Checkpoint, CheckpointSpec, Checkpointer, Store};
 use crate::dead_letter::DeadLetter;
 use crate::processor::{Stage, StageSpec};
 use crate::router::Router;
@@ -46,6 +47,8 @@ pub struct Stats {
     /// Records too late for every window they belong to (also counted in
     /// `rejected` when dead-lettered).
     pub late: AtomicU64,
+    /// Checkpoints taken.
+    pub checkpoints: AtomicU64,
     /// Records read but not processed because the pipeline stopped on an error
     /// (`on_error = "stop"`, a sink that failed): the failed batch and everything
     /// queued behind it.
@@ -101,6 +104,19 @@ pub struct PipelineSpec {
     pub queue_records: usize,
     /// Windowed aggregation after the chain, if configured.
     pub window: Option<Arc<WindowSpec>>,
+    /// How often to checkpoint, if at all.
+    pub checkpoint: Option<CheckpointSpec>,
+}
+
+/// A pipeline's checkpointing at start: where checkpoints go and the one to
+/// resume from.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The last checkpoint, if any (already checked against the pipeline's
+    /// shape).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl PipelineSpec {
@@ -114,7 +130,34 @@ impl PipelineSpec {
             ("dead_letter", format!("{:?}", self.dead_letter)),
             ("queue_records", self.queue_records.to_string()),
             ("window or aggregate", format!("{:?}", self.window)),
+            ("checkpoint", format!("{:?}", self.checkpoint)),
         ]
+    }
+
+    /// What a checkpoint must match to be restored (see [`Checkpoint::shape`]).
+    pub fn checkpoint_shape(&self) -> String {
+        crate::checkpoint::shape_of(&self.source.input, self.partitions, self.window.as_deref())
+    }
+
+    /// The last checkpoint of this pipeline in `store`, if it can be resumed.
+    ///
+    /// # Errors
+    /// The store cannot be read, or the checkpoint was taken with another
+    /// source, partition count or window.
+    pub fn load_checkpoint(&self, store: &Store) -> anyhow::Result<Option<Checkpoint>> {
+        let Some(checkpoint) = store.load(&self.name)? else {
+            return Ok(None);
+        };
+        let shape = self.checkpoint_shape();
+        anyhow::ensure!(
+            checkpoint.shape == shape,
+            "pipeline `{}`: its checkpoint in {} was taken with another source, partition count or window, so it cannot be resumed; `sluice checkpoints --config FILE --reset {}` forgets it (the pipeline then starts from the beginning of its input)\n  checkpoint: {}\n  now:        {shape}",
+            self.name,
+            store.path().display(),
+            self.name,
+            checkpoint.shape
+        );
+        Ok(Some(checkpoint))
     }
 }
 
@@ -145,6 +188,7 @@ impl PipelineSpec {
         &self,
         sinks: &BTreeMap<String, SinkHandle>,
         cancel: Arc<AtomicBool>,
+        resume: Option<Resume>,
     ) -> anyhow::Result<RunningPipeline> {
         let stats = Arc::new(Stats::default());
         let chain = Arc::new(ArcSwap::new(self.chain.clone()));
@@ -163,6 +207,39 @@ impl PipelineSpec {
             DeadLetter::new(&self.name, self.dead_letter.as_ref().map(sink).transpose()?);
         // Set when a worker stops on an error, so the source stops too.
         let failed = Arc::new(AtomicBool::new(false));
+        let restored = resume.as_ref().and_then(|r| r.checkpoint.clone());
+        if let Some(c) = &restored {
+            tracing::info!(
+                pipeline = %self.name,
+                checkpoint = c.id,
+                offset = c.position.offset,
+                open_windows = c.window.as_ref().map_or(0, |w| w.fixed.len() + w.sessions.len()),
+                finished = c.finished,
+                "resuming from checkpoint"
+            );
+        }
+        let (restored_window, resume_at) = match restored {
+            Some(c) => (c.window.clone(), Some(c.position.clone())),
+            None => (None, None),
+        };
+        let mut checkpointer = match (&self.checkpoint, &resume) {
+            (Some(spec), Some(resume)) => Some(Checkpointer::new(
+                self.name.clone(),
+                *spec,
+                resume.store.clone(),
+                self.checkpoint_shape(),
+                self.partitions,
+                self.window.is_some(),
+                self.sinks
+                    .iter()
+                    .chain(&self.dead_letter)
+                    .map(sink)
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                failed.clone(),
+                resume.checkpoint.as_ref(),
+            )),
+            _ => None,
+        };
 
         let mut senders = Vec::with_capacity(self.partitions);
         let mut workers = Vec::with_capacity(self.partitions + 1);
@@ -185,6 +262,7 @@ impl PipelineSpec {
                                 &outputs,
                                 &dead_letter,
                                 &stats,
+                                restored_window,
                             )
                         })?,
                 );
@@ -229,7 +307,16 @@ impl PipelineSpec {
             .name(format!("{}-source", self.name))
             .spawn(move || {
                 let stop = || cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
-                source::run(&spec, router, senders, &dead_letter, &source_stats, &stop)
+                source::run(
+                    &spec,
+                    router,
+                    senders,
+                    &dead_letter,
+                    &source_stats,
+                    &stop,
+                    checkpointer.as_mut(),
+                    resume_at.as_ref(),
+                )
             })?;
         Ok(RunningPipeline {
             name: self.name.clone(),

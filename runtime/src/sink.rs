@@ -49,12 +49,22 @@ impl SinkSpec {
     }
 }
 
+/// What a sink's thread is sent.
+#[derive(Debug)]
+enum SinkMsg {
+    /// An encoded batch.
+    Lines(Arc<Vec<u8>>),
+    /// Write out everything sent before, to stable storage, and answer with the
+    /// output's length in bytes (`None`: not a file).
+    Sync(flume::Sender<anyhow::Result<Option<u64>>>),
+}
+
 /// A handle to a running sink; clone it to feed the sink from several workers.
 #[derive(Debug, Clone)]
 pub struct SinkHandle {
     /// The sink's name in the config.
     pub name: String,
-    tx: flume::Sender<Arc<Vec<u8>>>,
+    tx: flume::Sender<SinkMsg>,
 }
 
 impl SinkHandle {
@@ -65,8 +75,22 @@ impl SinkHandle {
     /// The sink has stopped (after a write error, which it logged).
     pub fn send(&self, lines: Arc<Vec<u8>>) -> anyhow::Result<()> {
         self.tx
-            .send(lines)
+            .send(SinkMsg::Lines(lines))
             .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))
+    }
+
+    /// Waits until the sink has written everything sent to it before this call
+    /// (by any handle whose send returned) and synced it to stable storage
+    /// (`fdatasync` for a file); returns a file sink's length in bytes, `None`
+    /// for other sinks. A checkpoint records this length.
+    ///
+    /// # Errors
+    /// The sink has stopped, or the write or sync failed.
+    pub fn sync(&self) -> anyhow::Result<Option<u64>> {
+        let (tx, rx) = flume::bounded(1);
+        let gone = || anyhow::anyhow!("sink `{}` has stopped", self.name);
+        self.tx.send(SinkMsg::Sync(tx)).map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?
     }
 }
 
@@ -79,11 +103,14 @@ pub struct RunningSink {
 }
 
 impl RunningSink {
-    /// Opens the sink's output and starts its thread.
+    /// Opens the sink's output and starts its thread. With `resume` (the length
+    /// a checkpoint recorded for this file sink), the file is not truncated but
+    /// cut back to that length: what was written after the checkpoint is written
+    /// again by the replay.
     ///
     /// # Errors
     /// The output file cannot be opened.
-    pub fn start(name: &str, spec: &SinkSpec) -> anyhow::Result<Self> {
+    pub fn start(name: &str, spec: &SinkSpec, resume: Option<u64>) -> anyhow::Result<Self> {
         let mut out: Box<dyn Output> = match spec {
             SinkSpec::Stdout => Box::new(StdoutOutput),
             SinkSpec::Blackhole => Box::new(Blackhole),
@@ -93,25 +120,39 @@ impl RunningSink {
                         format!("sink `{name}`: cannot create {}", dir.display())
                     })?;
                 }
+                let truncate = *truncate && resume.is_none();
                 let file = OpenOptions::new()
                     .create(true)
                     .read(true)
                     .write(true)
-                    .append(!*truncate)
-                    .truncate(*truncate)
+                    .append(!truncate)
+                    .truncate(truncate)
                     .open(path)
                     .with_context(|| format!("sink `{name}`: cannot open {}", path.display()))?;
+                if let Some(len) = resume {
+                    cut_back(&file, len, name, path)?;
+                }
                 Box::new(FileOutput::new(file, name, path)?)
             }
         };
-        let (tx, rx) = flume::bounded::<Arc<Vec<u8>>>(SINK_QUEUE_BATCHES);
+        let (tx, rx) = flume::bounded::<SinkMsg>(SINK_QUEUE_BATCHES);
         let sink_name = name.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("sink-{name}"))
             .spawn(move || {
                 let result = (|| {
-                    for lines in rx.iter() {
-                        out.write_batch(&lines)?;
+                    for msg in rx.iter() {
+                        match msg {
+                            SinkMsg::Lines(lines) => out.write_batch(&lines)?,
+                            SinkMsg::Sync(reply) => {
+                                let synced = out.sync();
+                                let failed = synced.is_err();
+                                let _ = reply.send(synced);
+                                if failed {
+                                    anyhow::bail!("sync failed");
+                                }
+                            }
+                        }
                     }
                     out.finish()
                 })();
@@ -143,8 +184,23 @@ impl RunningSink {
     }
 }
 
+/// Cuts a file sink back to the length a checkpoint recorded.
+fn cut_back(file: &File, len: u64, name: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    let now = file.metadata()?.len();
+    if now > len {
+        tracing::info!(sink = name, path = %path.display(), checkpoint_bytes = len, discarded_bytes = now - len, "resuming: output written after the checkpoint is cut off and will be written again");
+        file.set_len(len)
+            .with_context(|| format!("sink `{name}`: cannot cut {} back", path.display()))?;
+    } else if now < len {
+        tracing::warn!(sink = name, path = %path.display(), checkpoint_bytes = len, bytes = now, "resuming: the file is shorter than at the checkpoint (changed by something else?): appending to it");
+    }
+    Ok(())
+}
+
 trait Output: Send {
     fn write_batch(&mut self, lines: &[u8]) -> anyhow::Result<()>;
+    /// Writes out what was written so far, durably; a file's length.
+    fn sync(&mut self) -> anyhow::Result<Option<u64>>;
     fn finish(&mut self) -> anyhow::Result<()>;
 }
 
@@ -156,6 +212,10 @@ impl Output for StdoutOutput {
         out.write_all(lines)?;
         out.flush()?;
         Ok(())
+    }
+    fn sync(&mut self) -> anyhow::Result<Option<u64>> {
+        std::io::stdout().flush()?;
+        Ok(None)
     }
     fn finish(&mut self) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
@@ -202,6 +262,10 @@ impl Output for FileOutput {
         self.len += lines.len() as u64;
         Ok(())
     }
+    fn sync(&mut self) -> anyhow::Result<Option<u64>> {
+        self.file.sync_data()?;
+        Ok(Some(self.len))
+    }
     fn finish(&mut self) -> anyhow::Result<()> {
         self.file.sync_data()?;
         Ok(())
@@ -213,6 +277,9 @@ struct Blackhole;
 impl Output for Blackhole {
     fn write_batch(&mut self, _lines: &[u8]) -> anyhow::Result<()> {
         Ok(())
+    }
+    fn sync(&mut self) -> anyhow::Result<Option<u64>> {
+        Ok(None)
     }
     fn finish(&mut self) -> anyhow::Result<()> {
         Ok(())

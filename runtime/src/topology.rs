@@ -298,7 +298,23 @@ impl Topology {
             }
 
             let window = build_window(p, dead_letter.is_some(), source)?;
+            let checkpoint = match &p.checkpoint {
+                None => None,
+                Some(c) => {
+                    if src_spec.input == Input::Stdin {
+                        return Err(source.error(
+                            c.span(),
+                            "checkpoints need a source that can be read again from a position (a file); stdin cannot",
+                        ));
+                    }
+                    Some(crate::checkpoint::CheckpointSpec {
+                        interval: c.get_ref().interval,
+                        batches: c.get_ref().batches,
+                    })
+                }
+            };
             pipelines.push(PipelineSpec {
+                checkpoint,
                 name: name.clone(),
                 source: src_spec,
                 partitions,

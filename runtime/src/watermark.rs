@@ -84,6 +84,24 @@ impl Watermarks {
         self.current
     }
 
+    /// Per partition the largest event time seen, and the watermark: what a
+    /// checkpoint keeps.
+    pub fn snapshot(&self) -> (Vec<Option<i64>>, i64) {
+        (
+            self.partitions.iter().map(|(m, _)| *m).collect(),
+            self.current,
+        )
+    }
+
+    /// Takes up a checkpoint's [`Watermarks::snapshot`]; idleness starts anew.
+    /// Partitions beyond the saved ones start unseen.
+    pub fn restore(&mut self, max_ts: &[Option<i64>], current: i64) {
+        for (entry, m) in self.partitions.iter_mut().zip(max_ts) {
+            entry.0 = *m;
+        }
+        self.current = self.current.max(current);
+    }
+
     /// End of input: every window may close.
     pub fn finish(&mut self) -> i64 {
         self.current = i64::MAX;

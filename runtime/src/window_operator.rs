@@ -40,10 +40,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sluice_plugin_sdk::Batch;
 
 use crate::aggregate::{Acc, Op};
+use crate::checkpoint::{Ack, BarrierKind};
 use crate::config::{LatePolicy, OutputMode};
 use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::decode::{Pointer, extract_into};
@@ -108,6 +110,28 @@ pub struct Unreadable {
     pub value: Vec<u8>,
     /// Why.
     pub reason: String,
+}
+
+/// What a worker sends the operator.
+#[derive(Debug)]
+pub enum WindowMsg {
+    /// A micro-batch's output.
+    Batch(WindowInput),
+    /// A checkpoint barrier: the partition sent everything before it.
+    Barrier(crate::checkpoint::Barrier),
+}
+
+/// The operator's state at a checkpoint: open windows and the watermark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowSnapshot {
+    /// Tumbling and sliding windows: (start ms, end ms, group, accumulators).
+    pub fixed: Vec<(i64, i64, Vec<u8>, Vec<Acc>)>,
+    /// Sessions: (group, start ms, end ms, accumulators).
+    pub sessions: Vec<(Vec<u8>, i64, i64, Vec<Acc>)>,
+    /// The watermark, ms.
+    pub watermark: i64,
+    /// Per partition, the largest event time seen (ms).
+    pub partitions: Vec<Option<i64>>,
 }
 
 /// One micro-batch's worth of records for the operator.
@@ -230,7 +254,9 @@ impl State {
     }
 }
 
-/// Runs the operator until every sender is gone, then emits what is open.
+/// Runs the operator until every sender is gone, then emits what is open —
+/// unless a stop or end barrier came first (the open windows are then in the
+/// checkpoint). `restore` is the state of the checkpoint resumed from.
 ///
 /// # Errors
 /// A sink or the dead-letter sink stopped.
@@ -239,10 +265,11 @@ pub fn run(
     pipeline: &str,
     spec: &WindowSpec,
     partitions: usize,
-    inputs: flume::Receiver<WindowInput>,
+    inputs: flume::Receiver<WindowMsg>,
     sinks: &[SinkHandle],
     dead_letter: &DeadLetter,
     stats: &Stats,
+    restore: Option<WindowSnapshot>,
 ) -> anyhow::Result<()> {
     let mut op = Operator {
         spec,
@@ -253,10 +280,31 @@ pub fn run(
         changed: BTreeSet::new(),
         assigned: Vec::new(),
     };
+    if let Some(snapshot) = restore {
+        op.restore(snapshot);
+    }
     let tick = (spec.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    // Barriers seen, by checkpoint id: acknowledged once every partition's is in.
+    let mut barriers: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut saved_and_stopped = false;
     loop {
         match inputs.recv_timeout(tick) {
-            Ok(input) => {
+            Ok(WindowMsg::Barrier(barrier)) => {
+                let seen = barriers.entry(barrier.id).or_insert(0);
+                *seen += 1;
+                if *seen < partitions {
+                    continue;
+                }
+                barriers.remove(&barrier.id);
+                if barrier.kind == BarrierKind::End {
+                    let end = op.watermarks.finish();
+                    op.emit(end)?;
+                }
+                // The source may have given up waiting (the pipeline failed).
+                let _ = barrier.ack.send(Ack::Window(Box::new(op.snapshot())));
+                saved_and_stopped = barrier.kind != BarrierKind::Periodic;
+            }
+            Ok(WindowMsg::Batch(input)) => {
                 let late = op.add(&input);
                 if !late.is_empty() {
                     op.late(pipeline, &input, &late, dead_letter)?;
@@ -275,6 +323,9 @@ pub fn run(
                 }
             }
             Err(flume::RecvTimeoutError::Disconnected) => {
+                if saved_and_stopped {
+                    return Ok(());
+                }
                 let end = op.watermarks.finish();
                 return op.emit(end);
             }
@@ -295,6 +346,47 @@ struct Operator<'a> {
 }
 
 impl Operator<'_> {
+    /// The open windows and the watermark.
+    fn snapshot(&self) -> WindowSnapshot {
+        let (partitions, watermark) = self.watermarks.snapshot();
+        WindowSnapshot {
+            fixed: self
+                .state
+                .fixed
+                .iter()
+                .map(|((end, group, start), accs)| (*start, *end, group.clone(), accs.clone()))
+                .collect(),
+            sessions: self
+                .state
+                .sessions
+                .iter()
+                .flat_map(|(group, ss)| {
+                    ss.iter()
+                        .map(|(w, accs)| (group.clone(), w.start, w.end, accs.clone()))
+                })
+                .collect(),
+            watermark,
+            partitions,
+        }
+    }
+
+    /// Takes up a checkpoint's windows and watermark.
+    fn restore(&mut self, snapshot: WindowSnapshot) {
+        self.watermarks
+            .restore(&snapshot.partitions, snapshot.watermark);
+        for (start, end, group, accs) in snapshot.fixed {
+            self.state.fixed.insert((end, group, start), accs);
+        }
+        for (group, start, end, accs) in snapshot.sessions {
+            self.state.session_ends.insert((end, group.clone(), start));
+            self.state
+                .sessions
+                .entry(group)
+                .or_default()
+                .push((Window { start, end }, accs));
+        }
+    }
+
     fn is_open(&self, w: &Window, watermark: i64) -> bool {
         watermark < w.end.saturating_add(self.spec.lateness_ms)
     }

@@ -15,14 +15,15 @@ use sluice_plugin_sdk::{Batch, Event};
 use arc_swap::ArcSwap;
 
 use crate::batcher::Batcher;
+use crate::checkpoint::{Ack, Barrier};
 use crate::config::OnError;
 use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::pipeline::{Chain, Stats};
 use crate::plugin::Plugin;
 use crate::processor::Stage;
 use crate::sink::SinkHandle;
-use crate::source::Record;
-use crate::window_operator::{WindowInput, WindowSpec};
+use crate::source::Chunk;
+use crate::window_operator::{WindowInput, WindowMsg, WindowSpec};
 
 /// A worker's way into its pipeline's window operator.
 #[derive(Debug, Clone)]
@@ -30,7 +31,7 @@ pub struct WindowFeed {
     /// What the operator needs from each record.
     pub spec: Arc<WindowSpec>,
     /// The operator's input.
-    pub tx: flume::Sender<WindowInput>,
+    pub tx: flume::Sender<WindowMsg>,
 }
 
 /// Everything one partition worker owns.
@@ -66,7 +67,7 @@ impl Worker {
     ///
     /// # Errors
     /// A stage with `on_error = "stop"` failed, or a sink stopped.
-    pub fn run(mut self, records: flume::Receiver<Vec<Record>>) -> anyhow::Result<()> {
+    pub fn run(mut self, records: flume::Receiver<Chunk>) -> anyhow::Result<()> {
         let mut batcher = Batcher::new(self.running.limits);
         let result = self.batch_loop(&records, &mut batcher);
         if result.is_err() {
@@ -87,7 +88,7 @@ impl Worker {
 
     fn batch_loop(
         &mut self,
-        records: &flume::Receiver<Vec<Record>>,
+        records: &flume::Receiver<Chunk>,
         batcher: &mut Batcher,
     ) -> anyhow::Result<()> {
         let mut closed: Vec<Batch> = Vec::with_capacity(2);
@@ -101,7 +102,13 @@ impl Worker {
                     .map_err(|_| flume::RecvTimeoutError::Disconnected),
             };
             match received {
-                Ok(chunk) => {
+                Ok(Chunk::Barrier(barrier)) => {
+                    if !batcher.is_empty() {
+                        self.process_or_count(batcher.take())?;
+                    }
+                    self.pass_barrier(barrier)?;
+                }
+                Ok(Chunk::Records(chunk)) => {
                     let now = Instant::now();
                     let mut chunk = chunk.into_iter();
                     while let Some(record) = chunk.next() {
@@ -131,6 +138,24 @@ impl Worker {
                     }
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Everything before `barrier` has been processed: passes it on to the
+    /// window operator, or acknowledges it.
+    fn pass_barrier(&self, barrier: Barrier) -> anyhow::Result<()> {
+        match &self.window {
+            Some(feed) => feed.tx.send(WindowMsg::Barrier(barrier)).map_err(|_| {
+                anyhow!(
+                    "the window operator of pipeline `{}` has stopped",
+                    self.pipeline
+                )
+            }),
+            None => {
+                // The source may have given up waiting (the pipeline failed).
+                let _ = barrier.ack.send(Ack::Worker);
+                Ok(())
             }
         }
     }
@@ -306,12 +331,12 @@ impl Worker {
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
         }
         feed.tx
-            .send(WindowInput {
+            .send(WindowMsg::Batch(WindowInput {
                 partition: self.partition,
                 max_input_ts,
                 events,
                 values,
-            })
+            }))
             .map_err(|_| {
                 anyhow!(
                     "the window operator of pipeline `{}` has stopped",

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use flate2::read::MultiGzDecoder;
 
 use super::{Lines, Read1, TOO_LONG_PREFIX, line_len, read_up_to, strip_eol};
+use crate::checkpoint::Position;
 
 /// The first two bytes of a gzip member (RFC 1952 §2.3.1).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -39,12 +40,43 @@ fn inode_of(meta: &std::fs::Metadata) -> u64 {
 
 impl FileLines {
     pub(super) fn open(path: PathBuf, follow: bool, max_line: usize) -> anyhow::Result<Self> {
+        Self::open_at(path, follow, max_line, None)
+    }
+
+    /// Opens `path` and, with `resume`, goes to a checkpoint's position: the
+    /// same file (inode) at a line start. A followed file that was replaced
+    /// since is read from its start (the rotated-away lines are gone); any other
+    /// mismatch is an error, since reading on would lose or repeat records.
+    pub(super) fn open_at(
+        path: PathBuf,
+        follow: bool,
+        max_line: usize,
+        resume: Option<&Position>,
+    ) -> anyhow::Result<Self> {
+        use std::io::{Seek, SeekFrom};
         let mut file =
             File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let inode = inode_of(&file.metadata()?);
+        let meta = file.metadata()?;
+        let inode = inode_of(&meta);
+        let mut offset = resume.map_or(0, |p| p.offset);
+        if let Some(p) = resume
+            && p.inode != inode
+        {
+            if follow {
+                tracing::warn!(path = %path.display(), "the file was replaced since the checkpoint: reading the new one from its start");
+                offset = 0;
+            } else {
+                anyhow::bail!(
+                    "{} was replaced since the checkpoint (inode {} then, {} now): resuming at byte {} would lose or repeat records; remove the pipeline's checkpoint (`sluice checkpoints --reset`) to read it from the start",
+                    path.display(),
+                    p.inode,
+                    inode,
+                    p.offset
+                );
+            }
+        }
         let mut magic = [0u8; 2];
         let n = read_up_to(&mut file, &mut magic)?;
-        let head = io::Cursor::new(magic[..n].to_vec());
         let gzip = n == 2 && magic == GZIP_MAGIC;
         if gzip && follow {
             anyhow::bail!(
@@ -52,17 +84,42 @@ impl FileLines {
                 path.display()
             );
         }
-        let raw: Box<dyn Read + Send> = Box::new(head.chain(file));
+        let beyond = || {
+            anyhow::anyhow!(
+                "{} is shorter than the checkpoint's position (byte {offset}): it was truncated or rewritten since",
+                path.display()
+            )
+        };
         let reader: Box<dyn Read + Send> = if gzip {
-            Box::new(Gunzip::start(raw, &path)?)
+            let raw: Box<dyn Read + Send> = Box::new(io::Cursor::new(magic.to_vec()).chain(file));
+            let mut gunzip = Gunzip::start(raw, &path)?;
+            // gzip cannot seek: decompress up to the position.
+            if io::copy(&mut (&mut gunzip).take(offset), &mut io::sink())? != offset {
+                return Err(beyond());
+            }
+            Box::new(gunzip)
+        } else if offset > 0 {
+            if offset > meta.len() {
+                return Err(beyond());
+            }
+            // A checkpoint's position is a line start: the byte before it ends a line.
+            let mut before = [0u8];
+            file.seek(SeekFrom::Start(offset - 1))?;
+            file.read_exact(&mut before)?;
+            anyhow::ensure!(
+                before[0] == b'\n',
+                "{}: byte {offset} is not at a line start, so the file changed since the checkpoint; remove the pipeline's checkpoint (`sluice checkpoints --reset`) to read it from the start",
+                path.display()
+            );
+            Box::new(file)
         } else {
-            raw
+            Box::new(io::Cursor::new(magic[..n].to_vec()).chain(file))
         };
         Ok(FileLines {
             path,
             follow,
             reader: BufReader::with_capacity(256 << 10, reader),
-            position: 0,
+            position: offset,
             inode,
             pending: Vec::new(),
             max_line,
@@ -260,5 +317,16 @@ impl Lines for FileLines {
 
     fn unterminated(&self) -> Option<&[u8]> {
         (!self.pending.is_empty()).then_some(self.pending.as_slice())
+    }
+
+    fn position(&self) -> Option<Position> {
+        if self.skipping.is_some() || self.carry.is_some() {
+            return None;
+        }
+        Some(Position {
+            path: self.path.clone(),
+            inode: self.inode,
+            offset: self.position - self.pending.len() as u64,
+        })
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
+use crate::checkpoint::{Barrier, BarrierKind, Checkpointer, Position};
 use crate::config::Format;
 use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::decode::Decoder;
@@ -53,6 +54,31 @@ pub struct Record {
     pub value: Vec<u8>,
     /// Event time, ms since the Unix epoch.
     pub timestamp_ms: i64,
+}
+
+/// What a source sends a partition worker: records, or a checkpoint barrier
+/// after the last record before the checkpoint.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Records, in order.
+    Records(Vec<Record>),
+    /// Process what came before, then pass the barrier on.
+    Barrier(Barrier),
+}
+
+impl Chunk {
+    /// Records in the chunk (0 for a barrier).
+    pub fn len(&self) -> usize {
+        match self {
+            Chunk::Records(r) => r.len(),
+            Chunk::Barrier(_) => 0,
+        }
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Where a source reads from.
@@ -117,6 +143,11 @@ pub(crate) trait Lines {
     fn holds_taken_lines(&self) -> bool {
         false
     }
+    /// Where the next line starts, when the input can be read again from there
+    /// (a file, not inside an overlong line being skipped).
+    fn position(&self) -> Option<Position> {
+        None
+    }
 }
 
 pub(crate) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -154,7 +185,7 @@ pub(crate) fn strip_eol(buf: &mut Vec<u8>) {
 /// Records waiting to be sent, per partition.
 struct Outbox<'a> {
     pending: Vec<Vec<Record>>,
-    senders: Vec<flume::Sender<Vec<Record>>>,
+    senders: Vec<flume::Sender<Chunk>>,
     stats: &'a Stats,
 }
 
@@ -179,12 +210,23 @@ impl Outbox<'_> {
             Vec::with_capacity(CHUNK_RECORDS),
         );
         // Blocks while the worker's channel is full: backpressure.
-        self.senders[partition].send(chunk).map_err(|e| {
-            self.stats
-                .failed
-                .fetch_add(e.0.len() as u64, Ordering::Relaxed);
-            WorkerGone
-        })
+        self.senders[partition]
+            .send(Chunk::Records(chunk))
+            .map_err(|e| {
+                self.stats
+                    .failed
+                    .fetch_add(e.0.len() as u64, Ordering::Relaxed);
+                WorkerGone
+            })
+    }
+
+    /// Sends every partition's pending records, then `barrier` to each.
+    fn barrier(&mut self, barrier: &Barrier) -> bool {
+        self.flush_all().is_ok()
+            && self
+                .senders
+                .iter()
+                .all(|tx| tx.send(Chunk::Barrier(barrier.clone())).is_ok())
     }
 
     /// Sends every partition's pending records (to each worker still running).
@@ -210,20 +252,31 @@ fn now_ms() -> i64 {
 /// Each line is decoded, routed with `router`, and sent to `partitions[p]` in
 /// chunks of up to [`CHUNK_RECORDS`].
 ///
+/// With a `checkpointer`, a checkpoint is taken whenever one is due (see
+/// [`crate::checkpoint`]), and a last one when the input ends or `stop()` turns
+/// true; `resume` is the position of the checkpoint to resume from.
+///
 /// # Errors
-/// The input cannot be opened or read, or the dead-letter sink stopped.
+/// The input cannot be opened, read or resumed, the dead-letter sink stopped,
+/// or a checkpoint could not be written.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     spec: &SourceSpec,
     mut router: Router,
-    partitions: Vec<flume::Sender<Vec<Record>>>,
+    partitions: Vec<flume::Sender<Chunk>>,
     dead_letter: &DeadLetter,
     stats: &Stats,
     stop: &dyn Fn() -> bool,
+    mut checkpointer: Option<&mut Checkpointer>,
+    resume: Option<&Position>,
 ) -> anyhow::Result<()> {
     let mut lines: Box<dyn Lines> = match &spec.input {
-        Input::File { path, follow } => {
-            Box::new(FileLines::open(path.clone(), *follow, spec.max_line_bytes)?)
-        }
+        Input::File { path, follow } => Box::new(FileLines::open_at(
+            path.clone(),
+            *follow,
+            spec.max_line_bytes,
+            resume,
+        )?),
         Input::Stdin => Box::new(StdinLines::new(spec.max_line_bytes)),
     };
     let mut outbox = Outbox {
@@ -241,13 +294,65 @@ pub fn run(
         dead_letter,
         stats,
         stop,
+        checkpointer.as_deref_mut(),
     );
     // Whatever was read is processed, also on shutdown and after a read error. (A
     // worker that is gone stopped on an error, which the pipeline reports.)
-    let _ = outbox.flush_all();
-    result
+    let flushed = outbox.flush_all();
+    let ended = result?;
+    if let Some(cp) = checkpointer
+        && flushed.is_ok()
+        && ended != Ended::WorkerGone
+        && let Some(position) = lines.position()
+    {
+        let kind = if ended == Ended::Eof {
+            BarrierKind::End
+        } else {
+            BarrierKind::Stop
+        };
+        cp.take(kind, position, stats, &mut |b| outbox.barrier(b))?;
+    }
+    Ok(())
 }
 
+/// Why reading stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The end of the input.
+    Eof,
+    /// `stop()` turned true.
+    Stopped,
+    /// A partition worker stopped on an error.
+    WorkerGone,
+}
+
+/// Lines read between two looks at whether a checkpoint is due.
+const CHECKPOINT_CHECK_LINES: u32 = 256;
+
+/// Takes a periodic checkpoint if one is due and the source has moved since the
+/// last.
+fn checkpoint_if_due(
+    cp: &mut Checkpointer,
+    lines: &dyn Lines,
+    outbox: &mut Outbox<'_>,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    if !cp.due(stats) {
+        return Ok(());
+    }
+    match lines.position() {
+        Some(position) if cp.moved(position.offset) => {
+            cp.take(BarrierKind::Periodic, position, stats, &mut |b| {
+                outbox.barrier(b)
+            })?;
+        }
+        Some(_) => cp.postpone(),
+        None => {} // inside an overlong line: at the next line
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn read_loop(
     spec: &SourceSpec,
     lines: &mut dyn Lines,
@@ -256,22 +361,40 @@ fn read_loop(
     dead_letter: &DeadLetter,
     stats: &Stats,
     stop: &dyn Fn() -> bool,
-) -> anyhow::Result<()> {
+    mut checkpointer: Option<&mut Checkpointer>,
+) -> anyhow::Result<Ended> {
     let mut buf = Vec::with_capacity(1024);
+    let mut until_check = CHECKPOINT_CHECK_LINES;
+    let mut ended = Ended::Stopped;
     // On stop, lines already taken from an input that cannot give them back are
     // still processed.
     while !stop() || lines.holds_taken_lines() {
         if lines.drained() && outbox.flush_all().is_err() {
+            ended = Ended::WorkerGone;
             break;
+        }
+        if let Some(cp) = checkpointer.as_deref_mut() {
+            until_check -= 1;
+            if until_check == 0 {
+                until_check = CHECKPOINT_CHECK_LINES;
+                checkpoint_if_due(cp, lines, outbox, stats)?;
+            }
         }
         match lines
             .next_line(&mut buf)
             .with_context(|| format!("source `{}`: read failed", spec.name))?
         {
-            Read1::Eof => break,
+            Read1::Eof => {
+                ended = Ended::Eof;
+                break;
+            }
             Read1::Idle => {
                 if outbox.flush_all().is_err() {
+                    ended = Ended::WorkerGone;
                     break;
+                }
+                if let Some(cp) = checkpointer.as_deref_mut() {
+                    checkpoint_if_due(cp, lines, outbox, stats)?;
                 }
                 if matches!(spec.input, Input::File { .. }) {
                     std::thread::sleep(POLL);
@@ -316,6 +439,7 @@ fn read_loop(
             timestamp_ms,
         };
         if outbox.push(partition, record).is_err() {
+            ended = Ended::WorkerGone;
             break; // the pipeline stopped on an error: stop reading
         }
     }
@@ -328,7 +452,7 @@ fn read_loop(
             String::from_utf8_lossy(&partial[..partial.len().min(256)])
         );
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// Sends a line the source could not turn into a record to the dead-letter sink.
