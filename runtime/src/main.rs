@@ -41,6 +41,18 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// List the pipelines' checkpoints in the config's state directory
+    /// (position, open windows, sink lengths), or forget one with --reset so
+    /// the pipeline starts from the beginning of its input. Run it while the
+    /// daemon is stopped (the store is locked while it runs).
+    Checkpoints {
+        /// The config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Forget this pipeline's checkpoint.
+        #[arg(long, value_name = "PIPELINE")]
+        reset: Option<String>,
+    },
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -251,6 +263,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Checkpoints { config, reset } => checkpoints(&config, reset.as_deref()),
         Command::Run {
             config,
             watch_config,
@@ -444,6 +457,60 @@ fn plugin_run(
 }
 
 /// Parses and builds the config; on error prints it and gives the exit code.
+/// `sluice checkpoints`: list, or reset one.
+fn checkpoints(path: &Path, reset: Option<&str>) -> ExitCode {
+    let (config, source) = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = sluice::config::state_dir(&config, &source);
+    let result = (|| -> anyhow::Result<()> {
+        let store = sluice::checkpoint::Store::open(&dir)?;
+        if let Some(name) = reset {
+            if store.remove(name)? {
+                println!(
+                    "pipeline `{name}`: checkpoint removed; it starts from the beginning of its input"
+                );
+            } else {
+                println!("pipeline `{name}`: no checkpoint");
+            }
+            return Ok(());
+        }
+        let all = store.list()?;
+        if all.is_empty() {
+            println!("no checkpoints in {}", store.path().display());
+        }
+        for (name, checkpoint) in all {
+            match checkpoint {
+                Ok(c) => println!(
+                    "{name}: checkpoint {} at {} — {} byte {}{}, {} open window(s), sinks {:?}",
+                    c.id,
+                    sluice::window_operator::rfc3339(c.taken_at_ms),
+                    c.position.path.display(),
+                    c.position.offset,
+                    if c.finished { " (input finished)" } else { "" },
+                    c.window
+                        .as_ref()
+                        .map_or(0, |w| w.fixed.len() + w.sessions.len()),
+                    c.sinks
+                ),
+                Err(e) => println!("{name}: unreadable checkpoint: {e:#}"),
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
     let (config, source) = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");

@@ -8,14 +8,14 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const HOUR: i64 = 3_600_000;
+pub(crate) const HOUR: i64 = 3_600_000;
 
 /// A delayed flight: (carrier, origin, event time ms, the record).
-type Flight = (String, String, i64, Value);
+pub(crate) type Flight = (String, String, i64, Value);
 
 /// The delayed flights (dep_delay ≥ 15) among the first `n`, as the
 /// `flights_delay` plugin keeps them.
-fn delayed(n: usize) -> Vec<Flight> {
+pub(crate) fn delayed(n: usize) -> Vec<Flight> {
     flights_lines(n)
         .iter()
         .filter_map(|l| {
@@ -37,7 +37,7 @@ fn delayed(n: usize) -> Vec<Flight> {
         .collect()
 }
 
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -73,7 +73,7 @@ fn aggregates(records: &[&Flight]) -> Value {
     })
 }
 
-const AGGREGATES: &str = r#"[
+pub(crate) const AGGREGATES: &str = r#"[
   { op = "count" }, { op = "avg", field = "/dep_delay" }, { op = "max", field = "/dep_delay" },
   { op = "sum", field = "/arr_delay" }, { op = "count_distinct", field = "/dest" },
   { op = "first", field = "/flight" }, { op = "last", field = "/flight" },
@@ -129,7 +129,7 @@ fn run(n: usize, partitions: usize, window: &str) -> (Vec<Value>, u64) {
 }
 
 /// Compares rows with expected ones field by field (floats within 1e-9).
-fn assert_rows(got: &[Value], want: &[Value]) {
+pub(crate) fn assert_rows(got: &[Value], want: &[Value]) {
     assert_eq!(got.len(), want.len(), "number of windows");
     for (g, w) in got.iter().zip(want) {
         let (g, w) = (g.as_object().unwrap(), w.as_object().unwrap());
@@ -152,7 +152,7 @@ fn assert_rows(got: &[Value], want: &[Value]) {
 
 /// Expected rows of fixed windows (`size`, `slide`) keyed by carrier, in the
 /// operator's order: by window end, then key, then start.
-fn expected_fixed(records: &[Flight], size: i64, slide: i64) -> Vec<Value> {
+pub(crate) fn expected_fixed(records: &[Flight], size: i64, slide: i64) -> Vec<Value> {
     let mut windows: BTreeMap<(i64, String, i64), Vec<&Flight>> = BTreeMap::new();
     for r in records {
         // Brute force: every aligned start whose window holds t.

@@ -1,0 +1,237 @@
+//! Checkpoints: a daemon killed with SIGKILL at random points and restarted
+//! ends with exactly the windows of an uninterrupted run, computed here from
+//! the NDJSON; a stop saves the open windows instead of emitting them, and the
+//! restart finishes them; a checkpoint that no longer fits is refused.
+
+use std::io::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::support::*;
+use crate::windows::{AGGREGATES, HOUR, assert_rows, delayed, expected_fixed, time};
+
+fn config(path: &str, partitions: usize, follow: bool) -> String {
+    format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "off"
+
+[sources.f]
+type = "file"
+path = "{path}"
+follow = {follow}
+key = "/carrier"
+timestamp = "/event_time"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+truncate = true
+
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+truncate = true
+
+[pipelines.w]
+source = "f"
+partitions = {partitions}
+batch = {{ max_records = 512 }}
+processors = [{{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }}]
+window = {{ kind = "tumbling", size = "1h", watermark = "10m" }}
+aggregate = {AGGREGATES}
+sinks = ["out"]
+dead_letter = "dlq"
+checkpoint = {{ interval = "50ms" }}
+"#
+    )
+}
+
+fn rows(scratch: &Scratch) -> Vec<Value> {
+    scratch
+        .read_lines("out.ndjson")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A small generator seeded from the clock (the seed is printed, to replay a
+/// failure).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        eprintln!("checkpoint crash test seed: {seed}");
+        Rng(seed | 1)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+#[test]
+fn kill_9_at_random_points_loses_and_doubles_no_window() {
+    let scratch = Scratch::new(&config(flights_gz().to_str().unwrap(), 2, false));
+    let want = expected_fixed(&delayed(usize::MAX), HOUR, HOUR);
+    let mut rng = Rng::new();
+    let (mut kills, mut resumed_mid_input) = (0, 0);
+    while kills < 6 {
+        let mut daemon = Running::start(scratch.command("run"));
+        daemon.wait_for("pipeline started");
+        std::thread::sleep(Duration::from_millis(20 + rng.below(250)));
+        if daemon.child.try_wait().unwrap().is_some() {
+            break; // finished before the kill
+        }
+        daemon.child.kill().unwrap();
+        let output = daemon.finish();
+        assert_eq!(output.status.code(), None, "killed by a signal");
+        let log = String::from_utf8_lossy(&output.stderr);
+        if log.contains("resuming from checkpoint") && !log.contains("offset=0 ") {
+            resumed_mid_input += 1;
+        }
+        kills += 1;
+    }
+    assert!(
+        kills >= 6,
+        "the job finished after {kills} kill(s): too fast to test"
+    );
+    assert!(
+        resumed_mid_input >= 3,
+        "only {resumed_mid_input} restarts resumed from a checkpoint"
+    );
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("resuming from checkpoint"),
+        "the last run resumed"
+    );
+    // Every window once, with the values of an uninterrupted run.
+    assert_rows(&rows(&scratch), &want);
+    assert!(scratch.read_lines("dlq.ndjson").is_empty());
+}
+
+/// The largest event time among the first `n` flights (the watermark follows
+/// the input, filtered-out flights included), ms.
+fn max_event_time(n: usize) -> i64 {
+    flights_lines(n)
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            chrono::DateTime::parse_from_rfc3339(v["event_time"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        })
+        .max()
+        .unwrap()
+}
+
+/// The windows of the first `n` flights that the watermark has closed once
+/// they are all read (one partition: watermark = largest event time − 10 min).
+fn closed_windows(n: usize) -> Vec<Value> {
+    let watermark = max_event_time(n) - 10 * 60_000;
+    let limit = time(watermark);
+    expected_fixed(&delayed(n), HOUR, HOUR)
+        .into_iter()
+        .filter(|r| r["window_end"].as_str().unwrap() <= limit.as_str())
+        .collect()
+}
+
+#[test]
+fn a_stop_saves_open_windows_and_the_restart_finishes_them() {
+    let scratch = Scratch::new(&config("in.ndjson", 1, true));
+    let lines = flights_lines(40_000);
+    scratch.write("in.ndjson", &(lines[..20_000].join("\n") + "\n"));
+
+    // Follow the first half; stop once the closed windows are out.
+    let first = closed_windows(20_000);
+    let daemon = Running::start(scratch.command("run"));
+    scratch.wait_for_lines("out.ndjson", first.len());
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.signal("TERM");
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    // Only closed windows: the open ones went into the checkpoint, not out.
+    assert_rows(&rows(&scratch), &first);
+
+    let listed = scratch.command("checkpoints").output().unwrap();
+    assert_exit(&listed, 0);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listed.starts_with("w: checkpoint "), "{listed}");
+    assert!(!listed.contains(" 0 open window(s)"), "{listed}");
+
+    // The second half arrives while the daemon is down; the restart resumes
+    // the open windows and the position, and writes the rest.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(scratch.path("in.ndjson"))
+        .unwrap();
+    file.write_all((lines[20_000..].join("\n") + "\n").as_bytes())
+        .unwrap();
+    drop(file);
+    let second = closed_windows(40_000);
+    assert!(second.len() > first.len());
+    let daemon = Running::start(scratch.command("run"));
+    scratch.wait_for_lines("out.ndjson", second.len());
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.signal("TERM");
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("resuming from checkpoint"), "{log}");
+    assert_eq!(count(&output, "w", "in"), 20_000, "only the new lines read");
+    assert_rows(&rows(&scratch), &second);
+
+    // Another partition count: the checkpoint does not fit, and says how to
+    // start over.
+    scratch.write_config(&config("in.ndjson", 2, true));
+    let output = scratch.run();
+    assert_ne!(output.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("cannot be resumed")
+            && err.contains("sluice checkpoints --config FILE --reset w"),
+        "{err}"
+    );
+    let reset = scratch
+        .command("checkpoints")
+        .args(["--reset", "w"])
+        .output()
+        .unwrap();
+    assert_exit(&reset, 0);
+    assert!(String::from_utf8_lossy(&reset.stdout).contains("checkpoint removed"));
+    let listed = scratch.command("checkpoints").output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).starts_with("no checkpoints"));
+}
+
+#[test]
+fn checkpoints_need_a_source_that_can_be_read_again() {
+    let scratch = Scratch::new(
+        r#"
+[sources.in]
+type = "stdin"
+[sinks.out]
+type = "stdout"
+[pipelines.p]
+source = "in"
+sinks = ["out"]
+checkpoint = { interval = "1s" }
+"#,
+    );
+    let output = scratch.command("validate").output().unwrap();
+    assert_exit(&output, 2);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("sluice.toml:9") && err.contains("stdin cannot"),
+        "{err}"
+    );
+}
