@@ -67,6 +67,121 @@ pub trait Processor: Sized + Send + 'static {
     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), String>;
 }
 
+/// A user-defined aggregate function over event-time windows (a percentile, a
+/// histogram, a top-k): the component's `aggregator` world.
+///
+/// The host owns every window and keeps each accumulator as the bytes
+/// [`Aggregator::encode`] made; it hands them back to [`Aggregator::decode`]
+/// when the window gets new events, joins another (sessions) or is emitted.
+/// So a window's state survives a plugin swap (the new version decodes the old
+/// version's bytes: keep the encoding compatible), an instance recycle and a
+/// daemon restart (the bytes are in the checkpoints).
+///
+/// As for Flink's `AggregateFunction` and Spark's `Aggregator`:
+/// [`merge`](Aggregator::merge) must be associative, with
+/// [`create`](Aggregator::create) as its identity.
+///
+/// An event's [`value`](Event::value) is the JSON text of the aggregate's
+/// `field` (events where it is null or absent are skipped), or the whole record
+/// when the aggregate has no `field`.
+pub trait Aggregator: Sized + Send + 'static {
+    /// One window's accumulator.
+    type State;
+
+    /// Builds the aggregator from the aggregate's `config` table.
+    ///
+    /// # Errors
+    /// A human-readable reason; the pipeline then fails to start.
+    fn configure(config: &Config) -> Result<Self, String>;
+
+    /// The accumulator of an empty window.
+    fn create(&self) -> Self::State;
+
+    /// Adds one event to a window's accumulator.
+    ///
+    /// # Errors
+    /// The event cannot be aggregated: the host retries the batch's events one
+    /// by one and sends those that fail alone to the dead-letter sink.
+    fn add(&self, state: &mut Self::State, event: &Event<'_>) -> Result<(), String>;
+
+    /// Folds `other` into `state` (two session windows that a record joins).
+    fn merge(&self, state: &mut Self::State, other: Self::State);
+
+    /// The window's result, as JSON text: the value of the aggregate's output
+    /// field.
+    ///
+    /// # Errors
+    /// The window gets `null` for this aggregate, and the daemon logs why.
+    fn finish(&self, state: &Self::State) -> Result<String, String>;
+
+    /// The accumulator as the bytes the host keeps.
+    fn encode(&self, state: &Self::State) -> Vec<u8>;
+
+    /// An accumulator back from its bytes (perhaps made by an older version).
+    ///
+    /// # Errors
+    /// The bytes are not an accumulator this version reads.
+    fn decode(&self, bytes: &[u8]) -> Result<Self::State, String>;
+}
+
+/// Exports an [`Aggregator`] implementation as the component's `aggregator`
+/// world. Call it once, at the crate root of a `cdylib` crate; off wasm32 it
+/// expands to nothing.
+#[macro_export]
+macro_rules! export_aggregator {
+    ($aggregator:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            static __SLUICE_AGGREGATOR: ::std::sync::Mutex<::std::option::Option<$aggregator>> =
+                ::std::sync::Mutex::new(::std::option::Option::None);
+
+            struct __SluiceGuest;
+
+            impl $crate::__private::AggregatorGuest for __SluiceGuest {
+                fn configure(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::configure_aggregator::<$aggregator>(&__SLUICE_AGGREGATOR, config)
+                }
+                fn create() -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                    $crate::__private::with_aggregator::<$aggregator, _>(&__SLUICE_AGGREGATOR, |a| {
+                        ::std::result::Result::Ok(a.encode(&a.create()))
+                    })
+                }
+                fn accumulate(
+                    states: ::std::vec::Vec<::std::vec::Vec<u8>>,
+                    batch: $crate::__private::EventBatch,
+                    groups: ::std::vec::Vec<u32>,
+                ) -> ::std::result::Result<::std::vec::Vec<::std::vec::Vec<u8>>, ::std::string::String> {
+                    $crate::__private::accumulate::<$aggregator>(&__SLUICE_AGGREGATOR, states, batch, groups)
+                }
+                fn merge(
+                    a: ::std::vec::Vec<u8>,
+                    b: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                    $crate::__private::with_aggregator::<$aggregator, _>(&__SLUICE_AGGREGATOR, |agg| {
+                        let mut state = agg.decode(&a)?;
+                        agg.merge(&mut state, agg.decode(&b)?);
+                        ::std::result::Result::Ok(agg.encode(&state))
+                    })
+                }
+                fn finish(
+                    states: ::std::vec::Vec<::std::vec::Vec<u8>>,
+                ) -> ::std::result::Result<::std::vec::Vec<::std::string::String>, ::std::string::String> {
+                    $crate::__private::with_aggregator::<$aggregator, _>(&__SLUICE_AGGREGATOR, |agg| {
+                        states
+                            .iter()
+                            .map(|s| agg.finish(&agg.decode(s)?))
+                            .collect()
+                    })
+                }
+            }
+
+    $crate::__private::export_aggregator_world!(__SluiceGuest with_types_in $crate::__private::aggregator_bindings);
+        };
+    };
+}
+
 /// Exports a [`Processor`] implementation as the component's `processor` world.
 ///
 /// Call it once, at the crate root of a `cdylib` crate. On targets other than
@@ -115,12 +230,74 @@ pub mod __private {
         });
     }
 
+    #[allow(missing_docs, unsafe_code, clippy::all)]
+    pub mod aggregator_bindings {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "aggregator",
+            pub_export_macro: true,
+            export_macro_name: "export_aggregator_world",
+            default_bindings_module: "sluice_plugin_sdk::__private::aggregator_bindings",
+            with: {
+                "sluice:plugin/types@0.1.0": crate::__private::bindings::sluice::plugin::types,
+                "sluice:plugin/host@0.1.0": crate::__private::bindings::sluice::plugin::host,
+            },
+        });
+    }
+
+    pub use aggregator_bindings::Guest as AggregatorGuest;
+    pub use aggregator_bindings::export_aggregator_world;
     pub use bindings::Guest;
     pub use bindings::export;
     pub use bindings::sluice::plugin::types::{EventBatch, Output};
 
-    use crate::{Batch, Config, Processor};
+    use crate::{Aggregator, Batch, Config, Processor};
     use std::sync::Mutex;
+
+    /// Builds a fresh aggregator from the host's config pairs.
+    pub fn configure_aggregator<A: Aggregator>(
+        slot: &Mutex<Option<A>>,
+        config: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        let aggregator = A::configure(&Config::from_pairs(config))?;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(aggregator);
+        Ok(())
+    }
+
+    /// Runs `f` on the configured aggregator.
+    pub fn with_aggregator<A: Aggregator, T>(
+        slot: &Mutex<Option<A>>,
+        f: impl FnOnce(&A) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let aggregator = guard
+            .as_ref()
+            .ok_or_else(|| "called before configure".to_string())?;
+        f(aggregator)
+    }
+
+    /// Decodes the states, adds event `i` to `states[groups[i]]`, encodes them.
+    pub fn accumulate<A: Aggregator>(
+        slot: &Mutex<Option<A>>,
+        states: Vec<Vec<u8>>,
+        batch: EventBatch,
+        groups: Vec<u32>,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        with_aggregator(slot, |agg| {
+            let mut decoded = states
+                .iter()
+                .map(|s| agg.decode(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let batch = Batch::from_wit(batch);
+            for (event, group) in batch.iter().zip(&groups) {
+                let state = decoded
+                    .get_mut(*group as usize)
+                    .ok_or_else(|| format!("group {group} of {} states", states.len()))?;
+                agg.add(state, &event)?;
+            }
+            Ok(decoded.iter().map(|s| agg.encode(s)).collect())
+        })
+    }
 
     /// Builds a fresh processor from the host's config pairs.
     pub fn configure<P: Processor>(

@@ -51,6 +51,9 @@ pub enum Op {
     CountDistinct,
     /// Number of distinct values, estimated (HyperLogLog).
     ApproxCountDistinct,
+    /// A user-defined aggregate: a `sluice:plugin/aggregator` component
+    /// (`plugin = "…"`), run by the window operator.
+    Wasm,
 }
 
 /// The relative standard error of the sketches: 1.04/√m with m = 4096 registers
@@ -75,6 +78,7 @@ impl Op {
             Op::Last => "last",
             Op::CountDistinct => "count_distinct",
             Op::ApproxCountDistinct => "approx_count_distinct",
+            Op::Wasm => "wasm",
         }
     }
 
@@ -125,6 +129,9 @@ pub enum Acc {
     Distinct(BTreeSet<String>),
     /// A HyperLogLog sketch of the values' JSON texts.
     Sketch(Box<hyperloglog::HyperLogLog>),
+    /// A user-defined aggregate's accumulator: bytes only its plugin reads.
+    /// The window operator updates, merges and finishes it through the plugin.
+    Wasm(Vec<u8>),
 }
 
 /// Where a value stands in the order of `min`/`max`: numbers, then strings,
@@ -189,6 +196,7 @@ impl Acc {
             Op::ApproxCountDistinct => Acc::Sketch(Box::new(
                 hyperloglog::HyperLogLog::new_deterministic(APPROX_REQUEST, APPROX_SEED),
             )),
+            Op::Wasm => Acc::Wasm(Vec::new()),
         }
     }
 
@@ -236,6 +244,7 @@ impl Acc {
                 set.insert(value.to_string());
             }
             Acc::Sketch(hll) => hll.insert(&value.to_string()),
+            Acc::Wasm(_) => {} // through the plugin, a batch at a time
         }
     }
 
@@ -302,6 +311,7 @@ impl Acc {
             Acc::Edge { at, .. } => at.as_ref().map_or(Value::Null, |(_, v)| v.clone()),
             Acc::Distinct(set) => Value::from(set.len() as u64),
             Acc::Sketch(hll) => Value::from(hll.len().round() as u64),
+            Acc::Wasm(_) => Value::Null, // through the plugin
         }
     }
 }

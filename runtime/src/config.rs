@@ -465,6 +465,19 @@ pub struct AggregateConfig {
     /// Output field name; default `OP` or `OP_FIELD` (last pointer token).
     #[serde(rename = "as")]
     pub name: Option<String>,
+    /// `op = "wasm"`: the aggregator component (`.wasm`), relative to
+    /// `plugins_dir`.
+    pub plugin: Option<Spanned<String>>,
+    /// `op = "wasm"`: the table passed to the plugin's `configure`.
+    #[serde(default)]
+    pub config: BTreeMap<String, Spanned<toml::Value>>,
+    /// `op = "wasm"`: linear memory limit of the plugin's instance. Default
+    /// `"64MiB"`.
+    #[serde(default = "default_memory_limit", deserialize_with = "de_size")]
+    pub memory_limit: u64,
+    /// `op = "wasm"`: deadline of one call. Default `"1s"`.
+    #[serde(default = "default_timeout", deserialize_with = "de_timeout")]
+    pub timeout: Duration,
 }
 
 /// Most a window, slide or gap may be: a year.

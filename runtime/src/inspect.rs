@@ -80,6 +80,11 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
         && exports.iter().any(|(n, _)| n == "process")
     {
         PROCESSOR_WORLD.to_string()
+    } else if ["configure", "create", "accumulate", "merge", "finish"]
+        .iter()
+        .all(|f| exports.iter().any(|(n, _)| n == f))
+    {
+        crate::plugin::World::Aggregator.to_string()
     } else if exports.iter().any(|(n, _)| n.starts_with("wasi:cli/run@")) {
         "wasi:cli/command (a program, not a sluice plugin)".to_string()
     } else {
@@ -126,8 +131,9 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
             );
             let _ = writeln!(
                 text,
-                "verdict:  runs in this daemon (wasmtime {}, {PROCESSOR_WORLD})",
-                crate::plugin::WASMTIME_VERSION
+                "verdict:  runs in this daemon (wasmtime {}, {})",
+                crate::plugin::WASMTIME_VERSION,
+                plugin.world()
             );
             Report {
                 text,

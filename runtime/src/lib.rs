@@ -41,6 +41,7 @@ pub mod sink;
 pub mod source;
 pub mod systemd;
 pub mod topology;
+pub mod udaf;
 pub mod watermark;
 pub mod window;
 pub mod window_operator;

@@ -29,7 +29,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::compile_cache::{CompileCache, Origin, hex};
 use crate::guest_output::{GuestOutput, Stream};
 
-/// The one `bindgen!` of the host, from `wit/plugin.wit`.
+/// The host's bindings of the `processor` world, from `wit/plugin.wit`.
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -37,6 +37,20 @@ mod bindings {
     });
 }
 
+/// The `aggregator` world's, sharing the `types` and `host` interfaces (one
+/// linker serves both worlds).
+mod aggregator_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "aggregator",
+        with: {
+            "sluice:plugin/types": super::bindings::sluice::plugin::types,
+            "sluice:plugin/host": super::bindings::sluice::plugin::host,
+        },
+    });
+}
+
+pub use aggregator_bindings::{Aggregator as AggregatorBindings, AggregatorPre};
 use bindings::sluice::plugin::{host, types};
 pub use bindings::{Processor as ProcessorBindings, ProcessorPre};
 
@@ -199,12 +213,18 @@ impl PluginHost {
                     path.display()
                 )
             })?;
-        let pre = ProcessorPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
-            format!(
-                "{} is not a sluice:plugin/processor component (exports `configure` and `process`)",
-                path.display()
-            )
-        })?;
+        let pre = match ProcessorPre::new(pre.clone()) {
+            Ok(p) => Pre::Processor(p),
+            Err(processor_err) => match AggregatorPre::new(pre) {
+                Ok(a) => Pre::Aggregator(a),
+                Err(_) => {
+                    return Err(anyhow::Error::from(processor_err).context(format!(
+                        "{} is not a sluice:plugin/processor component (exports `configure` and `process`) nor a sluice:plugin/aggregator one (`configure`, `create`, `accumulate`, `merge`, `finish`)",
+                        path.display()
+                    )));
+                }
+            },
+        };
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -250,8 +270,49 @@ pub struct Plugin {
     pub load_time: Duration,
     /// Where it was loaded from.
     pub path: PathBuf,
-    pre: ProcessorPre<StoreState>,
+    pre: Pre,
     engine: Engine,
+}
+
+/// Which world a plugin component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// `sluice:plugin/processor`: a stage of the processor chain.
+    Processor,
+    /// `sluice:plugin/aggregator`: a user-defined aggregate of a window.
+    Aggregator,
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            World::Processor => "sluice:plugin/processor",
+            World::Aggregator => "sluice:plugin/aggregator",
+        })
+    }
+}
+
+/// A linked component, by world.
+#[derive(Clone)]
+enum Pre {
+    Processor(ProcessorPre<StoreState>),
+    Aggregator(AggregatorPre<StoreState>),
+}
+
+/// A live instance's exports, by world.
+enum Bindings {
+    Processor(ProcessorBindings),
+    Aggregator(AggregatorBindings),
+}
+
+impl Plugin {
+    /// The world the component implements.
+    pub fn world(&self) -> World {
+        match self.pre {
+            Pre::Processor(_) => World::Processor,
+            Pre::Aggregator(_) => World::Aggregator,
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -384,7 +445,7 @@ pub struct Processed {
 /// One live, configured instance of a plugin.
 pub struct Instance {
     store: Store<StoreState>,
-    bindings: ProcessorBindings,
+    bindings: Bindings,
     limits: Limits,
     stderr: GuestOutput,
 }
@@ -438,7 +499,11 @@ impl Plugin {
         // interrupt the component's start function.
         store.set_epoch_deadline(deadline_ticks(limits.timeout));
         store.epoch_deadline_trap();
-        let mut instance = match self.pre.instantiate(&mut store) {
+        let bindings = match &self.pre {
+            Pre::Processor(pre) => pre.instantiate(&mut store).map(Bindings::Processor),
+            Pre::Aggregator(pre) => pre.instantiate(&mut store).map(Bindings::Aggregator),
+        };
+        let mut instance = match bindings {
             Ok(bindings) => Instance {
                 store,
                 bindings,
@@ -450,10 +515,11 @@ impl Plugin {
         instance
             .store
             .set_epoch_deadline(deadline_ticks(limits.timeout));
-        match instance
-            .bindings
-            .call_configure(&mut instance.store, config)
-        {
+        let configured = match &instance.bindings {
+            Bindings::Processor(b) => b.call_configure(&mut instance.store, config),
+            Bindings::Aggregator(b) => b.call_configure(&mut instance.store, config),
+        };
+        match configured {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(reason)) => Err(CallError::Plugin(format!("configure failed: {reason}"))),
             Err(e) => Err(classify(
@@ -481,7 +547,13 @@ impl Instance {
         self.store.data_mut().memory.hit = false;
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));
-        let result = self.bindings.call_process(&mut self.store, &input);
+        let Bindings::Processor(bindings) = &self.bindings else {
+            *batch = from_wit(input).expect("the host's own batch is well-formed");
+            return Err(CallError::Malformed(
+                "an aggregator component cannot run as a processor".into(),
+            ));
+        };
+        let result = bindings.call_process(&mut self.store, &input);
         let n = input.value_ends.len() as u32;
         // Give the caller its batch back (moves, no copy), e.g. to dead-letter it.
         *batch = from_wit(input).expect("the host's own batch is well-formed");
@@ -520,6 +592,93 @@ impl Instance {
             }
         }
         Ok(Processed { events, rejected })
+    }
+}
+
+impl Instance {
+    /// Runs `call` on the aggregator exports under the deadline and memory
+    /// limit.
+    fn aggregator_call<T>(
+        &mut self,
+        call: impl FnOnce(
+            &AggregatorBindings,
+            &mut Store<StoreState>,
+        ) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, CallError> {
+        let Bindings::Aggregator(bindings) = &self.bindings else {
+            return Err(CallError::Malformed(
+                "a processor component cannot run as an aggregator".into(),
+            ));
+        };
+        self.stderr.clear();
+        self.store.data_mut().memory.hit = false;
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        match call(bindings, &mut self.store) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(reason)) => Err(CallError::Plugin(reason)),
+            Err(e) => Err(classify(
+                e,
+                self.limits,
+                &self.store.data().memory,
+                &self.stderr,
+            )),
+        }
+    }
+
+    /// Aggregator `create`: an empty window's accumulator.
+    ///
+    /// # Errors
+    /// See [`CallError`].
+    pub fn create(&mut self) -> Result<Vec<u8>, CallError> {
+        self.aggregator_call(|b, s| b.call_create(s))
+    }
+
+    /// Aggregator `accumulate`: event `i` of `batch` goes into
+    /// `states[groups[i]]`; returns the new states (checked to be as many).
+    ///
+    /// # Errors
+    /// See [`CallError`]; a wrong number of states is [`CallError::Malformed`].
+    pub fn accumulate(
+        &mut self,
+        states: &[Vec<u8>],
+        batch: Batch,
+        groups: &[u32],
+    ) -> Result<Vec<Vec<u8>>, CallError> {
+        let input = to_wit(batch);
+        let n = states.len();
+        let out = self.aggregator_call(|b, s| b.call_accumulate(s, states, &input, groups))?;
+        if out.len() != n {
+            return Err(CallError::Malformed(format!(
+                "accumulate returned {} state(s) for {n}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Aggregator `merge`.
+    ///
+    /// # Errors
+    /// See [`CallError`].
+    pub fn merge(&mut self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.aggregator_call(|bind, s| bind.call_merge(s, a, b))
+    }
+
+    /// Aggregator `finish`: one JSON text per state (checked to be as many).
+    ///
+    /// # Errors
+    /// See [`CallError`].
+    pub fn finish(&mut self, states: &[Vec<u8>]) -> Result<Vec<String>, CallError> {
+        let n = states.len();
+        let out = self.aggregator_call(|b, s| b.call_finish(s, states))?;
+        if out.len() != n {
+            return Err(CallError::Malformed(format!(
+                "finish returned {} result(s) for {n}",
+                out.len()
+            )));
+        }
+        Ok(out)
     }
 }
 

@@ -265,6 +265,14 @@ impl PluginSlot {
         let plugin = host
             .load_bytes(&self.path, bytes)
             .map_err(|e| one_line(&format!("{e:#}")))?;
+        let running = self.current().world();
+        if plugin.world() != running {
+            return Err(format!(
+                "{} is a {} component; the running version is a {running}, and the pipelines use it as one",
+                self.path.display(),
+                plugin.world()
+            ));
+        }
         let uses = self.uses.lock().expect("uses lock").clone();
         for stage in &uses {
             let tags = LogTags {

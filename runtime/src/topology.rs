@@ -16,13 +16,13 @@ use crate::config::{
 };
 use crate::decode::{Decoder, MAX_POINTERS, Pointer};
 use crate::pipeline::{Chain, PipelineSpec};
-use crate::plugin::{Limits, LogTags, PluginHost};
+use crate::plugin::{Limits, LogTags, PluginHost, World};
 use crate::processor::StageSpec;
 use crate::reload::{PluginSlot, StageUse};
 use crate::sink::SinkSpec;
 use crate::source::{Input, SourceSpec};
 use crate::window::WindowKind;
-use crate::window_operator::{AggSpec, Grouping, WindowSpec};
+use crate::window_operator::{AggSpec, Grouping, UdfSpec, WindowSpec};
 
 /// Everything a config asks for, built and checked.
 #[derive(Debug)]
@@ -231,56 +231,26 @@ impl Topology {
                         "on_error = \"dead-letter\" needs the pipeline's `dead_letter` sink",
                     ));
                 }
-                let path = config::resolve(&plugins_dir, Path::new(proc_cfg.plugin.get_ref()));
-                if !path.is_file() {
-                    return Err(source.error(
-                        proc_cfg.plugin.span(),
-                        format!("plugin file not found: {}", path.display()),
-                    ));
-                }
-                let slot = match loaded
-                    .get(&path)
-                    .or_else(|| running.iter().find(|s| s.path == path))
-                {
-                    Some(slot) => slot.clone(),
-                    None => {
-                        let plugin = host
-                            .load(&path)
-                            .map_err(|e| source.error(proc_cfg.plugin.span(), format!("{e:#}")))?;
-                        PluginSlot::new(plugin)
-                    }
-                };
-                loaded.insert(path.clone(), slot.clone());
-                let plugin = slot.current();
-                let pairs = config::plugin_config_pairs(&proc_cfg.config);
                 let limits = Limits {
                     memory_bytes: proc_cfg.memory_limit,
                     timeout: proc_cfg.timeout,
                 };
-                let label = format!("{index}:{}", plugin.name);
-                // Configure one instance now, so a config the plugin refuses is a
-                // config error, reported before anything starts.
-                plugin
-                    .instantiate(
-                        &pairs,
-                        limits,
-                        LogTags {
-                            pipeline: name.clone(),
-                            stage: label.clone(),
-                            plugin: plugin.name.clone(),
-                            version: plugin.version.clone(),
-                            partition: 0,
-                        },
-                    )
-                    .map_err(|e| {
-                        source.error(
-                            proc_cfg.plugin.span(),
-                            format!(
-                                "plugin {} ({}) fails to start: {e}",
-                                plugin.name, plugin.version
-                            ),
-                        )
-                    })?;
+                let pairs = config::plugin_config_pairs(&proc_cfg.config);
+                let (path, slot, label) = load_plugin(
+                    &mut PluginLoad {
+                        host,
+                        source,
+                        plugins_dir: &plugins_dir,
+                        running,
+                        loaded: &mut loaded,
+                    },
+                    &proc_cfg.plugin,
+                    World::Processor,
+                    |plugin| format!("{index}:{}", plugin.name),
+                    name,
+                    &pairs,
+                    limits,
+                )?;
                 uses.entry(path.clone()).or_default().push(StageUse {
                     pipeline: name.clone(),
                     stage: label.clone(),
@@ -297,7 +267,46 @@ impl Topology {
                 }));
             }
 
-            let window = build_window(p, dead_letter.is_some(), source)?;
+            let mut window = build_window(p, dead_letter.is_some(), source)?;
+            if let (Some(w), Some(aggregate)) = (&mut window, &p.aggregate) {
+                for (agg, a) in w.aggregates.iter_mut().zip(aggregate.get_ref()) {
+                    let Some(plugin) = &a.plugin else { continue };
+                    let limits = Limits {
+                        memory_bytes: a.memory_limit,
+                        timeout: a.timeout,
+                    };
+                    let pairs = config::plugin_config_pairs(&a.config);
+                    let (path, slot, label) = load_plugin(
+                        &mut PluginLoad {
+                            host,
+                            source,
+                            plugins_dir: &plugins_dir,
+                            running,
+                            loaded: &mut loaded,
+                        },
+                        plugin,
+                        World::Aggregator,
+                        |_| format!("aggregate:{}", agg.name),
+                        name,
+                        &pairs,
+                        limits,
+                    )?;
+                    instances += 1;
+                    uses.entry(path).or_default().push(StageUse {
+                        pipeline: name.clone(),
+                        stage: label.clone(),
+                        config: pairs.clone(),
+                        limits,
+                    });
+                    agg.udf = Some(Arc::new(UdfSpec {
+                        label,
+                        slot,
+                        config: pairs,
+                        limits,
+                    }));
+                }
+            }
+            let window = window.map(Arc::new);
             let checkpoint = match &p.checkpoint {
                 None => None,
                 Some(c) => {
@@ -381,7 +390,7 @@ fn build_window(
     p: &PipelineConfig,
     has_dead_letter: bool,
     source: &ConfigSource,
-) -> Result<Option<Arc<WindowSpec>>, ConfigError> {
+) -> Result<Option<WindowSpec>, ConfigError> {
     let (window, aggregate) = match (&p.window, &p.aggregate) {
         (None, None) => return Ok(None),
         (Some(w), None) => {
@@ -499,9 +508,36 @@ fn build_window(
     };
     let mut aggregates = Vec::new();
     for a in aggregate.get_ref() {
+        match (&a.plugin, a.op) {
+            (None, Op::Wasm) => {
+                return Err(source.error(
+                    aggregate.span(),
+                    "aggregate `wasm` needs `plugin = \"NAME.wasm\"`: a sluice:plugin/aggregator component",
+                ));
+            }
+            (Some(p), op) if op != Op::Wasm => {
+                return Err(source.error(
+                    p.span(),
+                    format!(
+                        "`plugin` is for `op = \"wasm\"`; `{}` is built in",
+                        op.name()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if a.op != Op::Wasm && !a.config.is_empty() {
+            return Err(source.error(
+                aggregate.span(),
+                format!(
+                    "`config` is for `op = \"wasm\"`; `{}` takes none",
+                    a.op.name()
+                ),
+            ));
+        }
         let field = match (&a.field, a.op) {
             (Some(f), _) => Some(index_of(f)?),
-            (None, Op::Count) => None,
+            (None, Op::Count | Op::Wasm) => None,
             (None, op) => {
                 return Err(source.error(
                     aggregate.span(),
@@ -509,22 +545,30 @@ fn build_window(
                 ));
             }
         };
+        let stem = a.plugin.as_ref().map(|p| {
+            Path::new(p.get_ref())
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let op_name = stem.as_deref().unwrap_or(a.op.name());
         let default = match &a.field {
             Some(f) => format!(
                 "{}_{}",
-                a.op.name(),
+                op_name,
                 Pointer::parse(f)
                     .ok()
                     .and_then(|p| p.last().map(str::to_string))
                     .unwrap_or_default()
             ),
-            None => a.op.name().to_string(),
+            None => op_name.to_string(),
         };
         let name = claim(a.name.clone().unwrap_or(default), &mut names)?;
         aggregates.push(AggSpec {
             op: a.op,
             field,
             name,
+            udf: None,
         });
     }
     if aggregates.is_empty() {
@@ -549,7 +593,7 @@ fn build_window(
         None if has_dead_letter => LatePolicy::DeadLetter,
         None => LatePolicy::Drop,
     };
-    Ok(Some(Arc::new(WindowSpec {
+    Ok(Some(WindowSpec {
         kind,
         delay_ms: ms(w.watermark),
         lateness_ms: ms(w.allowed_lateness),
@@ -559,7 +603,7 @@ fn build_window(
         aggregates,
         pointers,
         late,
-    })))
+    }))
 }
 
 impl Topology {
@@ -738,4 +782,94 @@ fn build_sink(
             format!("sink `{name}`: a file sink needs `path`"),
         )
     })
+}
+
+/// What [`load_plugin`] needs from the topology being built.
+struct PluginLoad<'a> {
+    host: &'a PluginHost,
+    source: &'a ConfigSource,
+    plugins_dir: &'a Path,
+    running: &'a [Arc<PluginSlot>],
+    loaded: &'a mut BTreeMap<PathBuf, Arc<PluginSlot>>,
+}
+
+/// Finds (or loads) the slot of the plugin file `file` names, checks it is a
+/// `world` component, and configures one instance with `pairs` now, so that a
+/// config the plugin refuses is a config error, reported before anything
+/// starts. Returns the file, its slot and the stage label `label` makes.
+#[allow(clippy::too_many_arguments)]
+fn load_plugin(
+    at: &mut PluginLoad<'_>,
+    file: &toml::Spanned<String>,
+    world: World,
+    label: impl FnOnce(&crate::plugin::Plugin) -> String,
+    pipeline: &str,
+    pairs: &[(String, String)],
+    limits: Limits,
+) -> Result<(PathBuf, Arc<PluginSlot>, String), ConfigError> {
+    let source = at.source;
+    let path = config::resolve(at.plugins_dir, Path::new(file.get_ref()));
+    if !path.is_file() {
+        return Err(source.error(
+            file.span(),
+            format!("plugin file not found: {}", path.display()),
+        ));
+    }
+    let slot = match at
+        .loaded
+        .get(&path)
+        .or_else(|| at.running.iter().find(|s| s.path == path))
+    {
+        Some(slot) => slot.clone(),
+        None => {
+            let plugin = at
+                .host
+                .load(&path)
+                .map_err(|e| source.error(file.span(), format!("{e:#}")))?;
+            PluginSlot::new(plugin)
+        }
+    };
+    at.loaded.insert(path.clone(), slot.clone());
+    let plugin = slot.current();
+    if plugin.world() != world {
+        let hint = match world {
+            World::Processor => {
+                "processors = [ … ] takes sluice:plugin/processor components; use an aggregator in `aggregate = [{ op = \"wasm\", plugin = \"…\" }]`"
+            }
+            World::Aggregator => {
+                "`op = \"wasm\"` takes a sluice:plugin/aggregator component; use a processor in `processors = [ … ]`"
+            }
+        };
+        return Err(source.error(
+            file.span(),
+            format!(
+                "{} is a {} component: {hint}",
+                path.display(),
+                plugin.world()
+            ),
+        ));
+    }
+    let label = label(&plugin);
+    plugin
+        .instantiate(
+            pairs,
+            limits,
+            LogTags {
+                pipeline: pipeline.to_string(),
+                stage: label.clone(),
+                plugin: plugin.name.clone(),
+                version: plugin.version.clone(),
+                partition: 0,
+            },
+        )
+        .map_err(|e| {
+            source.error(
+                file.span(),
+                format!(
+                    "plugin {} ({}) fails to start: {e}",
+                    plugin.name, plugin.version
+                ),
+            )
+        })?;
+    Ok((path, slot, label))
 }

@@ -51,6 +51,8 @@ use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::decode::{Pointer, extract_into};
 use crate::pipeline::Stats;
 use crate::sink::SinkHandle;
+pub use crate::udaf::UdfSpec;
+use crate::udaf::{Failed, Udf, bytes_mut, group_pairs};
 use crate::watermark::Watermarks;
 use crate::window::{Window, WindowKind};
 
@@ -73,6 +75,8 @@ pub struct AggSpec {
     pub field: Option<usize>,
     /// Output field name.
     pub name: String,
+    /// `op = "wasm"`: the aggregator plugin.
+    pub udf: Option<Arc<UdfSpec>>,
 }
 
 /// A pipeline's window operator, built from `window` and `aggregate`.
@@ -271,6 +275,12 @@ pub fn run(
     stats: &Stats,
     restore: Option<WindowSnapshot>,
 ) -> anyhow::Result<()> {
+    let mut udfs = Vec::new();
+    for (index, agg) in spec.aggregates.iter().enumerate() {
+        if let Some(udf) = &agg.udf {
+            udfs.push(Udf::start(pipeline, index, agg.field, udf.clone())?);
+        }
+    }
     let mut op = Operator {
         spec,
         state: State::default(),
@@ -279,7 +289,12 @@ pub fn run(
         stats,
         changed: BTreeSet::new(),
         assigned: Vec::new(),
+        empty: Vec::new(),
+        udfs,
+        pending: Vec::new(),
+        dead_letter,
     };
+    op.refresh_empty();
     if let Some(snapshot) = restore {
         op.restore(snapshot);
     }
@@ -305,9 +320,19 @@ pub fn run(
                 saved_and_stopped = barrier.kind != BarrierKind::Periodic;
             }
             Ok(WindowMsg::Batch(input)) => {
-                let late = op.add(&input);
+                // Between micro-batches: the moment to take up a new aggregator.
+                if !op.udfs.is_empty() {
+                    for udf in &mut op.udfs {
+                        udf.follow();
+                    }
+                    op.refresh_empty();
+                }
+                let (late, failed) = op.add(&input);
                 if !late.is_empty() {
                     op.late(pipeline, &input, &late, dead_letter)?;
+                }
+                if !failed.is_empty() {
+                    op.udf_failed(&input, &failed)?;
                 }
                 op.watermarks
                     .observe(input.partition, input.max_input_ts, Instant::now());
@@ -343,6 +368,15 @@ struct Operator<'a> {
     /// group, start).
     changed: BTreeSet<(i64, Group, i64)>,
     assigned: Vec<Window>,
+    /// A new window's accumulators (the user-defined ones as their plugin's
+    /// `create` made them).
+    empty: Vec<Acc>,
+    /// The user-defined aggregates.
+    udfs: Vec<Udf>,
+    /// (window, event) pairs of the current input for the user-defined
+    /// aggregates of fixed windows, added in one call per input.
+    pending: Vec<((i64, Group, i64), usize)>,
+    dead_letter: &'a DeadLetter,
 }
 
 impl Operator<'_> {
@@ -391,9 +425,76 @@ impl Operator<'_> {
         watermark < w.end.saturating_add(self.spec.lateness_ms)
     }
 
+    /// The accumulators of a new window.
+    fn refresh_empty(&mut self) {
+        let mut empty = self.spec.new_accs();
+        for udf in &self.udfs {
+            empty[udf.index] = Acc::Wasm(udf.initial.clone());
+        }
+        self.empty = empty;
+    }
+
+    /// Sends the records a user-defined aggregate failed on to the dead-letter
+    /// sink, and counts them.
+    fn udf_failed(&self, input: &WindowInput, failed: &[Failed]) -> anyhow::Result<()> {
+        let records: Vec<DeadRecord<'_>> = failed
+            .iter()
+            .filter_map(|f| {
+                let e = input.events.get(f.event)?;
+                Some(DeadRecord {
+                    stage: "window",
+                    plugin: Some((&f.plugin.0, &f.plugin.1)),
+                    partition: Some(input.partition),
+                    reason: &f.reason,
+                    key: e.key().unwrap_or_default(),
+                    timestamp_ms: Some(e.timestamp_ms()),
+                    original: e.value(),
+                })
+            })
+            .collect();
+        self.dead_letter.send(&records)?;
+        self.stats
+            .rejected
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adds the pending (window, event) pairs to the fixed windows'
+    /// user-defined aggregates, one call per aggregate.
+    fn flush_pending(&mut self, input: &WindowInput) -> Vec<Failed> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let (keys, pairs) = group_pairs(&pending);
+        let width = self.spec.pointers.len();
+        let mut failed = Vec::new();
+        for udf in &mut self.udfs {
+            let mut states: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|k| {
+                    self.state
+                        .fixed
+                        .get_mut(k)
+                        .map(|accs| std::mem::take(bytes_mut(&mut accs[udf.index])))
+                        .unwrap_or_default()
+                })
+                .collect();
+            failed.extend(udf.accumulate(&mut states, &pairs, &input.events, &input.values, width));
+            for (k, state) in keys.iter().zip(states) {
+                if let Some(accs) = self.state.fixed.get_mut(k) {
+                    *bytes_mut(&mut accs[udf.index]) = state;
+                }
+            }
+        }
+        failed
+    }
+
     /// Adds the input's records; returns the indices of those no window took,
-    /// each with whether its time was in range (then it is late).
-    fn add(&mut self, input: &WindowInput) -> Vec<(usize, bool)> {
+    /// each with whether its time was in range (then it is late), and the
+    /// records a user-defined aggregate failed on.
+    fn add(&mut self, input: &WindowInput) -> (Vec<(usize, bool)>, Vec<Failed>) {
+        let mut failed = Vec::new();
         let watermark = self.watermarks.current();
         let n = self.spec.pointers.len();
         let mut late = Vec::new();
@@ -419,14 +520,18 @@ impl Operator<'_> {
                 }
                 taken = true;
                 if self.spec.kind.merges() {
-                    self.add_to_session(&group, *w, row, ts);
+                    failed.extend(self.add_to_session(&group, *w, row, ts, input, i));
                 } else {
+                    let empty = &self.empty;
                     let accs = self
                         .state
                         .fixed
                         .entry((w.end, group.clone(), w.start))
-                        .or_insert_with(|| self.spec.new_accs());
+                        .or_insert_with(|| empty.clone());
                     update(self.spec, accs, row, ts);
+                    if !self.udfs.is_empty() {
+                        self.pending.push(((w.end, group.clone(), w.start), i));
+                    }
                     if self.spec.mode == OutputMode::Update {
                         self.changed.insert((w.end, group.clone(), w.start));
                     }
@@ -438,15 +543,38 @@ impl Operator<'_> {
                 late.push((i, in_range));
             }
         }
-        late
+        failed.extend(self.flush_pending(input));
+        (late, failed)
     }
 
-    /// Merges `w` (a new record's own session) with the group's sessions it
-    /// overlaps.
-    fn add_to_session(&mut self, group: &Group, w: Window, row: &[Option<Value>], ts: i64) {
-        let sessions = self.state.sessions.entry(group.clone()).or_default();
-        let mut merged = (w, self.spec.new_accs());
+    /// Merges `w` (the own session of record `i` of `input`) with the group's
+    /// sessions it overlaps; returns what a user-defined aggregate failed on.
+    fn add_to_session(
+        &mut self,
+        group: &Group,
+        w: Window,
+        row: &[Option<Value>],
+        ts: i64,
+        input: &WindowInput,
+        i: usize,
+    ) -> Vec<Failed> {
+        let mut merged = (w, self.empty.clone());
         update(self.spec, &mut merged.1, row, ts);
+        let width = self.spec.pointers.len();
+        let mut failed = Vec::new();
+        for udf in &mut self.udfs {
+            let mut state = [std::mem::take(bytes_mut(&mut merged.1[udf.index]))];
+            failed.extend(udf.accumulate(
+                &mut state,
+                &[(0, i)],
+                &input.events,
+                &input.values,
+                width,
+            ));
+            let [state] = state;
+            *bytes_mut(&mut merged.1[udf.index]) = state;
+        }
+        let sessions = self.state.sessions.entry(group.clone()).or_default();
         let mut kept = Vec::with_capacity(sessions.len() + 1);
         for (s, accs) in sessions.drain(..) {
             if s.start < merged.0.end && merged.0.start < s.end {
@@ -464,6 +592,10 @@ impl Operator<'_> {
                 for (a, b) in accs.iter_mut().zip(&merged.1) {
                     a.merge(b);
                 }
+                for udf in &mut self.udfs {
+                    let b = std::mem::take(bytes_mut(&mut merged.1[udf.index]));
+                    udf.merge(bytes_mut(&mut accs[udf.index]), &b);
+                }
                 merged.1 = accs;
             } else {
                 kept.push((s, accs));
@@ -479,6 +611,7 @@ impl Operator<'_> {
         kept.push(merged);
         kept.sort_by_key(|(s, _)| s.start);
         *sessions = kept;
+        failed
     }
 
     /// Sends the late records to the dead-letter sink (or drops them), and
@@ -583,6 +716,15 @@ impl Operator<'_> {
         if out.is_empty() {
             return Ok(());
         }
+        // The user-defined aggregates' results: one `finish` call each.
+        let mut udf_values: Vec<(usize, std::vec::IntoIter<Value>)> = Vec::new();
+        for udf in &mut self.udfs {
+            let states: Vec<Vec<u8>> = out
+                .iter_mut()
+                .map(|(_, _, accs)| std::mem::take(bytes_mut(&mut accs[udf.index])))
+                .collect();
+            udf_values.push((udf.index, udf.finish(&states).into_iter()));
+        }
         let mut lines = Vec::with_capacity(out.len() * 128);
         for (w, group, accs) in &out {
             let mut obj = Map::new();
@@ -602,8 +744,12 @@ impl Operator<'_> {
                     }
                 }
             }
-            for (agg, acc) in self.spec.aggregates.iter().zip(accs) {
-                obj.insert(agg.name.clone(), acc.finish());
+            for (i, (agg, acc)) in self.spec.aggregates.iter().zip(accs).enumerate() {
+                let value = match udf_values.iter_mut().find(|(index, _)| *index == i) {
+                    Some((_, values)) => values.next().unwrap_or(Value::Null),
+                    None => acc.finish(),
+                };
+                obj.insert(agg.name.clone(), value);
             }
             serde_json::to_writer(&mut lines, &Value::Object(obj))?;
             lines.push(b'\n');

@@ -43,8 +43,17 @@ pub(crate) fn time(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The nearest-rank quantile `q` of `sorted` (the smallest value with at least
+/// ⌈q·n⌉ values at or below it).
+pub(crate) fn nearest_rank(sorted: &[i64], q: f64) -> i64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[rank - 1]
+}
+
 /// Aggregates computed here: count, avg/max of dep_delay, sum of arr_delay
-/// (nulls skipped), distinct destinations, first and last flight number.
+/// (nulls skipped), distinct destinations, first and last flight number, and
+/// the 50th/90th/100th percentiles of dep_delay (the `delay_quantiles`
+/// aggregator plugin).
 fn aggregates(records: &[&Flight]) -> Value {
     let delays: Vec<f64> = records
         .iter()
@@ -62,7 +71,17 @@ fn aggregates(records: &[&Flight]) -> Value {
     let flight = |r: &&&Flight| (r.2, r.3["flight"].as_i64().unwrap());
     let first = records.iter().min_by_key(flight).unwrap();
     let last = records.iter().max_by_key(flight).unwrap();
+    let mut sorted: Vec<i64> = records
+        .iter()
+        .map(|r| r.3["dep_delay"].as_i64().unwrap())
+        .collect();
+    sorted.sort_unstable();
     json!({
+        "delay_quantiles_dep_delay": {
+            "p50": nearest_rank(&sorted, 0.5),
+            "p90": nearest_rank(&sorted, 0.9),
+            "p100": nearest_rank(&sorted, 1.0),
+        },
         "count": records.len(),
         "avg_dep_delay": delays.iter().sum::<f64>() / delays.len() as f64,
         "max_dep_delay": delays.iter().cloned().fold(f64::MIN, f64::max),
@@ -77,6 +96,7 @@ pub(crate) const AGGREGATES: &str = r#"[
   { op = "count" }, { op = "avg", field = "/dep_delay" }, { op = "max", field = "/dep_delay" },
   { op = "sum", field = "/arr_delay" }, { op = "count_distinct", field = "/dest" },
   { op = "first", field = "/flight" }, { op = "last", field = "/flight" },
+  { op = "wasm", plugin = "delay_quantiles.wasm", field = "/dep_delay", config = { quantiles = "0.5,0.9,1" } },
 ]"#;
 
 fn config(lines: &str, partitions: usize, window: &str) -> String {

@@ -1,0 +1,358 @@
+//! User-defined aggregates: `sluice:plugin/aggregator` components run by the
+//! window operator (`aggregate = [{ op = "wasm", plugin = "…", field = "…" }]`).
+//!
+//! The host owns the windows and the accumulator bytes ([`Acc::Wasm`]); the
+//! plugin turns bytes into bytes (see the `aggregator` world in
+//! `wit/plugin.wit`):
+//! - once per micro-batch, one `accumulate` call adds every (window, event)
+//!   pair of the batch: the states of the windows it touches, the events, and
+//!   which state each event goes to;
+//! - `merge` joins two sessions; `finish` turns the states of the windows being
+//!   emitted into JSON, one call per emission;
+//! - a new version of the plugin file is taken up between micro-batches (the
+//!   operator follows the plugin's slot, as processor stages do) and receives
+//!   the old version's bytes; an instance that traps, times out or runs out of
+//!   memory is replaced and the bytes are kept, so no state is lost.
+//!
+//! A failed `accumulate` is retried event by event on a fresh instance; an
+//! event that fails alone goes to the dead-letter sink and is left out of that
+//! aggregate (the built-in aggregates of its window still count it). Events
+//! whose `field` is null or absent are skipped, as by the built-ins (SQL).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use sluice_plugin_sdk::{Batch, Event};
+
+use crate::aggregate::Acc;
+use crate::plugin::{CallError, Instance, Limits, LogTags, Plugin};
+use crate::reload::PluginSlot;
+
+/// A user-defined aggregate's plugin and settings.
+pub struct UdfSpec {
+    /// Stage label in logs and the dead-letter sink, e.g. `aggregate:p90`.
+    pub label: String,
+    /// The plugin file's slot (hot reload).
+    pub slot: Arc<PluginSlot>,
+    /// `configure` pairs.
+    pub config: Vec<(String, String)>,
+    /// Memory limit and call deadline.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for UdfSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdfSpec")
+            .field("label", &self.label)
+            .field("path", &self.slot.path)
+            .field("config", &self.config)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl PartialEq for UdfSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label
+            && self.slot.path == other.slot.path
+            && self.config == other.config
+            && self.limits == other.limits
+    }
+}
+
+impl Eq for UdfSpec {}
+
+/// An event the plugin could not aggregate, and why.
+#[derive(Debug)]
+pub struct Failed {
+    /// Index of the event in the operator's input.
+    pub event: usize,
+    /// The reason, naming the aggregate and the plugin version.
+    pub reason: String,
+    /// Plugin name and version.
+    pub plugin: (String, String),
+}
+
+/// One user-defined aggregate at run time: its running instance and the empty
+/// accumulator of that version.
+pub struct Udf {
+    /// Position of the aggregate in the window's aggregates.
+    pub index: usize,
+    /// Index of its field in the extracted values, if it has one.
+    pub field: Option<usize>,
+    spec: Arc<UdfSpec>,
+    pipeline: String,
+    plugin: Arc<Plugin>,
+    instance: Option<Instance>,
+    /// What `create` returned.
+    pub initial: Vec<u8>,
+    /// A version that failed to start, not retried until the slot changes again.
+    refused: Option<String>,
+}
+
+impl std::fmt::Debug for Udf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Udf")
+            .field("label", &self.spec.label)
+            .field("version", &self.plugin.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Udf {
+    /// Starts the slot's current version.
+    ///
+    /// # Errors
+    /// The instance cannot start, or `create` fails.
+    pub fn start(
+        pipeline: &str,
+        index: usize,
+        field: Option<usize>,
+        spec: Arc<UdfSpec>,
+    ) -> anyhow::Result<Self> {
+        let plugin = spec.slot.current();
+        let (instance, initial) = start_instance(pipeline, &spec, &plugin)
+            .map_err(|e| anyhow::anyhow!("{} ({}): {e}", spec.label, plugin.version))?;
+        Ok(Udf {
+            index,
+            field,
+            spec,
+            pipeline: pipeline.to_string(),
+            plugin,
+            instance: Some(instance),
+            initial,
+            refused: None,
+        })
+    }
+
+    /// Takes up a new version of the plugin file, if there is one, between
+    /// micro-batches. The windows keep their bytes.
+    pub fn follow(&mut self) {
+        let latest = self.spec.slot.current();
+        if latest.version == self.plugin.version
+            || self.refused.as_deref() == Some(latest.version.as_str())
+        {
+            return;
+        }
+        match start_instance(&self.pipeline, &self.spec, &latest) {
+            Ok((instance, initial)) => {
+                tracing::info!(
+                    pipeline = %self.pipeline,
+                    stage = %self.spec.label,
+                    from = %self.plugin.version,
+                    to = %latest.version,
+                    "aggregator switched to the new version; window state kept"
+                );
+                self.instance = Some(instance);
+                self.initial = initial;
+                self.plugin = latest;
+                self.refused = None;
+            }
+            Err(e) => {
+                tracing::error!(
+                    pipeline = %self.pipeline,
+                    stage = %self.spec.label,
+                    version = %latest.version,
+                    "new aggregator version cannot start, version {} keeps serving: {e}",
+                    self.plugin.version
+                );
+                self.refused = Some(latest.version.clone());
+            }
+        }
+    }
+
+    fn instance(&mut self) -> Result<&mut Instance, CallError> {
+        if self.instance.is_none() {
+            let (instance, _) = start_instance(&self.pipeline, &self.spec, &self.plugin)?;
+            self.instance = Some(instance);
+        }
+        Ok(self.instance.as_mut().expect("instance"))
+    }
+
+    /// Runs `call` on the instance; an error that poisons it drops it (the
+    /// next call makes a new one).
+    fn call<T>(
+        &mut self,
+        call: impl FnOnce(&mut Instance) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        let result = call(self.instance()?);
+        if let Err(e) = &result
+            && e.poisons_instance()
+        {
+            self.instance = None;
+        }
+        result
+    }
+
+    fn failed(&self, event: usize, e: &CallError) -> Failed {
+        Failed {
+            event,
+            reason: format!(
+                "aggregate {} ({} {}) failed on this record: {e}",
+                self.spec.label, self.plugin.name, self.plugin.version
+            ),
+            plugin: (self.plugin.name.clone(), self.plugin.version.clone()),
+        }
+    }
+
+    /// Adds events to accumulators: `pairs` lists (accumulator, event index
+    /// in `events`), `states[a]` is accumulator `a`'s bytes, updated in place.
+    /// `values` holds the events' extracted fields, `width` per event. Returns
+    /// the events that could not be added.
+    pub fn accumulate(
+        &mut self,
+        states: &mut [Vec<u8>],
+        pairs: &[(u32, usize)],
+        events: &Batch,
+        values: &[Option<Value>],
+        width: usize,
+    ) -> Vec<Failed> {
+        let field = self.field;
+        let input = |pairs: &[(u32, usize)]| -> (Batch, Vec<u32>) {
+            let mut batch = Batch::with_capacity(pairs.len(), 0);
+            let mut groups = Vec::with_capacity(pairs.len());
+            for &(group, i) in pairs {
+                let Some(event) = events.get(i) else { continue };
+                match field {
+                    None => push(&mut batch, &event, event.value()),
+                    Some(f) => match &values[i * width + f] {
+                        None | Some(Value::Null) => continue,
+                        Some(v) => push(&mut batch, &event, v.to_string().as_bytes()),
+                    },
+                }
+                groups.push(group);
+            }
+            (batch, groups)
+        };
+        let (batch, groups) = input(pairs);
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        match self.call(|i| i.accumulate(states, batch, &groups)) {
+            Ok(new) => {
+                for (s, n) in states.iter_mut().zip(new) {
+                    *s = n;
+                }
+                return Vec::new();
+            }
+            Err(e) => tracing::warn!(
+                pipeline = %self.pipeline,
+                stage = %self.spec.label,
+                version = %self.plugin.version,
+                "aggregator failed on a batch of {} pair(s), retrying them one by one: {e}",
+                pairs.len()
+            ),
+        }
+        // One by one: only the events that fail alone are left out.
+        let mut failed = Vec::new();
+        for &(group, i) in pairs {
+            let (batch, _) = input(&[(group, i)]);
+            if batch.is_empty() {
+                continue;
+            }
+            let state = std::slice::from_ref(&states[group as usize]);
+            match self.call(|inst| inst.accumulate(state, batch, &[0])) {
+                Ok(mut new) => states[group as usize] = new.remove(0),
+                Err(e) => failed.push(self.failed(i, &e)),
+            }
+        }
+        failed
+    }
+
+    /// Joins accumulator `b` into `a` (two sessions that a record joins). On
+    /// failure `a` is kept and the error logged.
+    pub fn merge(&mut self, a: &mut Vec<u8>, b: &[u8]) {
+        match self.call(|i| i.merge(a, b)) {
+            Ok(merged) => *a = merged,
+            Err(e) => tracing::error!(
+                pipeline = %self.pipeline,
+                stage = %self.spec.label,
+                version = %self.plugin.version,
+                "aggregator merge failed, one session's accumulator is kept as it was: {e}"
+            ),
+        }
+    }
+
+    /// The results of the windows being emitted, one per state: the JSON the
+    /// plugin returned, or `null` (logged) when it failed or returned no JSON.
+    pub fn finish(&mut self, states: &[Vec<u8>]) -> Vec<Value> {
+        if states.is_empty() {
+            return Vec::new();
+        }
+        let texts = match self.call(|i| i.finish(states)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(
+                    pipeline = %self.pipeline,
+                    stage = %self.spec.label,
+                    version = %self.plugin.version,
+                    windows = states.len(),
+                    "aggregator finish failed: the windows get null for this aggregate: {e}"
+                );
+                return vec![Value::Null; states.len()];
+            }
+        };
+        texts
+            .iter()
+            .map(|t| {
+                serde_json::from_str(t).unwrap_or_else(|e| {
+                    tracing::error!(
+                        pipeline = %self.pipeline,
+                        stage = %self.spec.label,
+                        "aggregator finish returned no JSON ({e}): null instead of {t:?}"
+                    );
+                    Value::Null
+                })
+            })
+            .collect()
+    }
+}
+
+fn push(batch: &mut Batch, event: &Event<'_>, value: &[u8]) {
+    batch.push(event.key(), value, event.timestamp_ms());
+}
+
+fn start_instance(
+    pipeline: &str,
+    spec: &UdfSpec,
+    plugin: &Plugin,
+) -> Result<(Instance, Vec<u8>), CallError> {
+    let mut instance = plugin.instantiate(
+        &spec.config,
+        spec.limits,
+        LogTags {
+            pipeline: pipeline.to_string(),
+            stage: spec.label.clone(),
+            plugin: plugin.name.clone(),
+            version: plugin.version.clone(),
+            partition: 0,
+        },
+    )?;
+    let initial = instance.create()?;
+    Ok((instance, initial))
+}
+
+/// Groups (window, event) pairs by window for one `accumulate` call: the
+/// distinct windows in first-seen order, and (window index, event) pairs.
+pub fn group_pairs<K: Ord + Clone>(pairs: &[(K, usize)]) -> (Vec<K>, Vec<(u32, usize)>) {
+    let mut index: BTreeMap<&K, u32> = BTreeMap::new();
+    let mut keys = Vec::new();
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, i) in pairs {
+        let g = *index.entry(k).or_insert_with(|| {
+            keys.push(k.clone());
+            (keys.len() - 1) as u32
+        });
+        out.push((g, *i));
+    }
+    (keys, out)
+}
+
+/// The accumulator bytes of a UDAF slot.
+pub fn bytes_mut(acc: &mut Acc) -> &mut Vec<u8> {
+    match acc {
+        Acc::Wasm(b) => b,
+        _ => unreachable!("a user-defined aggregate's accumulator is Acc::Wasm"),
+    }
+}
