@@ -137,7 +137,7 @@ fn max_event_time(n: usize) -> i64 {
 
 /// The windows of the first `n` flights that the watermark has closed once
 /// they are all read (one partition: watermark = largest event time − 10 min).
-fn closed_windows(n: usize) -> Vec<Value> {
+pub(crate) fn closed_windows(n: usize) -> Vec<Value> {
     let watermark = max_event_time(n) - 10 * 60_000;
     let limit = time(watermark);
     expected_fixed(&delayed(n), HOUR, HOUR)

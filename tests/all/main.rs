@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod aggregator;
 mod checkpoints;
 mod config_errors;
 mod config_reload;

@@ -1,0 +1,219 @@
+//! User-defined aggregates (`op = "wasm"`, the `delay_quantiles` aggregator
+//! plugin): a swap mid-stream keeps every window's state, a record the plugin
+//! refuses is dead-lettered while the built-ins still count it, and a component
+//! of the wrong world is refused with a located error. (Its results on all the
+//! flights, in every window kind and across kill -9 restarts, are checked by
+//! the `windows` and `checkpoints` tests, whose aggregates include it.)
+
+use std::io::Write as _;
+
+use serde_json::Value;
+
+use crate::checkpoints::closed_windows;
+use crate::support::*;
+use crate::windows::{AGGREGATES, HOUR, assert_rows, delayed, expected_fixed};
+
+/// `wasm` with a custom section appended: a valid component with other bytes,
+/// so another version, that behaves the same.
+fn another_version(wasm: &[u8]) -> Vec<u8> {
+    let name = b"sluice-test-version";
+    let payload = b"2";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(payload);
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section id
+    out.push(section.len() as u8); // size (< 128: one LEB128 byte)
+    out.extend(section);
+    out
+}
+
+#[test]
+fn a_swapped_aggregator_keeps_the_window_state() {
+    let scratch = Scratch::new(&format!(
+        r#"
+[daemon]
+plugins_dir = "plugins"
+admin = "off"
+
+[sources.f]
+type = "file"
+path = "in.ndjson"
+follow = true
+key = "/carrier"
+timestamp = "/event_time"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.w]
+source = "f"
+partitions = 1
+processors = [{{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }}]
+window = {{ kind = "tumbling", size = "1h", watermark = "10m" }}
+aggregate = {AGGREGATES}
+sinks = ["out"]
+"#
+    ));
+    std::fs::create_dir(scratch.path("plugins")).unwrap();
+    for plugin in ["flights_delay.wasm", "delay_quantiles.wasm"] {
+        std::fs::copy(
+            plugins_dir().join(plugin),
+            scratch.path("plugins").join(plugin),
+        )
+        .unwrap();
+    }
+    let lines = flights_lines(40_000);
+    scratch.write("in.ndjson", &(lines[..20_000].join("\n") + "\n"));
+    let mut daemon = Running::start(scratch.command("run"));
+    scratch.wait_for_lines("out.ndjson", closed_windows(20_000).len());
+
+    // A new version lands (by rename) while windows are open.
+    let v2 = another_version(&std::fs::read(plugins_dir().join("delay_quantiles.wasm")).unwrap());
+    std::fs::write(scratch.path("v2.tmp"), &v2).unwrap();
+    std::fs::rename(
+        scratch.path("v2.tmp"),
+        scratch.path("plugins/delay_quantiles.wasm"),
+    )
+    .unwrap();
+    // Once loaded, it is taken up at the next micro-batch: send one.
+    daemon.wait_for("plugin reloaded");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(scratch.path("in.ndjson"))
+        .unwrap();
+    file.write_all((lines[20_000..20_001].join("\n") + "\n").as_bytes())
+        .unwrap();
+    daemon.wait_for("aggregator switched to the new version");
+    file.write_all((lines[20_001..].join("\n") + "\n").as_bytes())
+        .unwrap();
+    drop(file);
+    scratch.wait_for_lines("out.ndjson", closed_windows(40_000).len());
+    daemon.signal("TERM");
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    // Without checkpoints a stop emits every open window: all the windows of
+    // the 40,000 flights, each exact although its state crossed versions.
+    let got: Vec<Value> = scratch
+        .read_lines("out.ndjson")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_rows(&got, &expected_fixed(&delayed(40_000), HOUR, HOUR));
+}
+
+#[test]
+fn a_record_the_aggregator_refuses_is_dead_lettered_and_the_builtins_count_it() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "off"
+[sources.f]
+type = "file"
+path = "in.ndjson"
+key = "/carrier"
+timestamp = "/event_time"
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+[pipelines.p]
+source = "f"
+window = { kind = "tumbling", size = "1h" }
+aggregate = [
+  { op = "count" },
+  { op = "count", field = "/dep_delay" },
+  { op = "wasm", plugin = "delay_quantiles.wasm", field = "/dep_delay", config = { quantiles = "0.5,1" }, as = "q" },
+]
+sinks = ["out"]
+dead_letter = "dlq"
+"#,
+    );
+    let rec = |delay: &str| {
+        format!(r#"{{"carrier":"AA","event_time":"2013-01-01T10:05:00Z","dep_delay":{delay}}}"#)
+    };
+    scratch.write(
+        "in.ndjson",
+        &[rec("20"), rec("15.5"), rec("null"), rec("30"), rec("25")].join("\n"),
+    );
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let out = scratch.read_lines("out.ndjson");
+    assert_eq!(out.len(), 1, "{out:?}");
+    let row: Value = serde_json::from_str(&out[0]).unwrap();
+    // count(*) counts all 5, count(field) the 4 non-null; the quantiles see
+    // 20, 25 and 30 (null skipped, 15.5 refused).
+    assert_eq!(row["count"], 5);
+    assert_eq!(row["count_dep_delay"], 4);
+    assert_eq!(row["q"], serde_json::json!({"p50": 25, "p100": 30}));
+    let dlq = scratch.read_lines("dlq.ndjson");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let dead: Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert_eq!(dead["stage"], "window");
+    assert_eq!(dead["plugin"], "delay_quantiles");
+    assert!(
+        dead["reason"]
+            .as_str()
+            .unwrap()
+            .contains("delay_quantiles takes integers, not 15.5"),
+        "{dead}"
+    );
+    assert!(dead["original"].as_str().unwrap().contains("15.5"));
+    assert_eq!(count(&output, "p", "rejected"), 1);
+}
+
+#[test]
+fn a_component_of_the_wrong_world_is_refused_where_it_is_named() {
+    let base = |processors: &str, aggregate: &str| {
+        format!(
+            "[daemon]\nplugins_dir = \"@PLUGINS@\"\n[sources.s]\ntype = \"stdin\"\n[sinks.out]\ntype = \"stdout\"\n[pipelines.p]\nsource = \"s\"\nsinks = [\"out\"]\n{processors}\nwindow = {{ kind = \"tumbling\", size = \"1h\" }}\naggregate = [{aggregate}]\n"
+        )
+    };
+    let cases = [
+        (
+            base(
+                "processors = [{ plugin = \"delay_quantiles.wasm\" }]",
+                "{ op = \"count\" }",
+            ),
+            "sluice.toml:10",
+            "is a sluice:plugin/aggregator component",
+        ),
+        (
+            base("", "{ op = \"wasm\", plugin = \"identity.wasm\" }"),
+            "sluice.toml:12",
+            "is a sluice:plugin/processor component",
+        ),
+        (
+            base("", "{ op = \"wasm\" }"),
+            "sluice.toml:12",
+            "needs `plugin = ",
+        ),
+        (
+            base("", "{ op = \"count\", plugin = \"delay_quantiles.wasm\" }"),
+            "sluice.toml:12",
+            "`plugin` is for `op = \"wasm\"`",
+        ),
+        (
+            base(
+                "",
+                "{ op = \"wasm\", plugin = \"delay_quantiles.wasm\", config = { quantiles = \"2\" } }",
+            ),
+            "sluice.toml:12",
+            "quantiles: 2 is not in (0, 1]",
+        ),
+    ];
+    for (config, line, message) in cases {
+        let scratch = Scratch::new(&config);
+        let output = scratch.command("validate").output().unwrap();
+        assert_exit(&output, 2);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            err.contains(line) && err.contains(message),
+            "want {line} and {message:?} in:\n{err}"
+        );
+    }
+}
