@@ -50,7 +50,7 @@ fn flights_job_matches_ground_truth() {
 
     // The example config, pointed at this scratch folder.
     let example = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/sluice.toml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/delayed.toml"),
     )
     .unwrap();
     let config = example
@@ -97,4 +97,79 @@ fn flights_job_matches_ground_truth() {
     // Partitioning keeps each key's records in input order.
     assert_eq!(by_key, expected_by_key);
     assert!(scratch.read_lines("out/dlq.ndjson").is_empty());
+}
+
+/// The README's main job (`examples/flights/sluice.toml`): the filter, then
+/// per carrier 1-hour windows with count, mean and worst delay and the
+/// `delay_quantiles` aggregator; every window checked against one computed
+/// here from the NDJSON.
+#[test]
+fn main_job_windows_match_ground_truth() {
+    use crate::windows::{HOUR, assert_rows, delayed, nearest_rank, time};
+    let mut windows: std::collections::BTreeMap<(i64, String), Vec<i64>> = Default::default();
+    for (carrier, _, t, v) in delayed(usize::MAX) {
+        let start = t.div_euclid(HOUR) * HOUR;
+        windows
+            .entry((start, carrier))
+            .or_default()
+            .push(v["dep_delay"].as_i64().unwrap());
+    }
+    let want: Vec<Value> = windows
+        .into_iter()
+        .map(|((start, carrier), mut delays)| {
+            delays.sort_unstable();
+            serde_json::json!({
+                "window_start": time(start),
+                "window_end": time(start + HOUR),
+                "key": carrier,
+                "delayed": delays.len(),
+                "avg_dep_delay": delays.iter().sum::<i64>() as f64 / delays.len() as f64,
+                "max_dep_delay": delays[delays.len() - 1],
+                "dep_delay_quantiles": {
+                    "p50": nearest_rank(&delays, 0.5),
+                    "p90": nearest_rank(&delays, 0.9),
+                    "p99": nearest_rank(&delays, 0.99),
+                },
+            })
+        })
+        .collect();
+
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/sluice.toml"),
+    )
+    .unwrap();
+    let config = example
+        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace("\"../../target/state\"", "\"state\"")
+        .replace(
+            "\"../data/flights-2013.ndjson.gz\"",
+            &format!("{:?}", flights_gz()),
+        )
+        .replace("\"../../target/flights-out/", "\"out/");
+    assert!(
+        config.contains("@PLUGINS@") && config.contains("\"out/hourly.ndjson\""),
+        "example config changed shape"
+    );
+    let scratch = Scratch::new(&config);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "hourly", "in"), 336_776);
+    assert_eq!(count(&output, "hourly", "out"), want.len() as u64);
+    let got: Vec<Value> = scratch
+        .read_lines("out/hourly.ndjson")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Operator order: window end, then key (then start).
+    let mut want = want;
+    want.sort_by(|a, b| {
+        (a["window_end"].as_str(), a["key"].as_str())
+            .cmp(&(b["window_end"].as_str(), b["key"].as_str()))
+    });
+    assert_rows(&got, &want);
+    assert!(
+        scratch
+            .read_lines("out/hourly-dead-letter.ndjson")
+            .is_empty()
+    );
 }
