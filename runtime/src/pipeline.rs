@@ -373,6 +373,8 @@ pub struct Summary {
     pub late: u64,
     /// See [`Stats::failed`].
     pub failed: u64,
+    /// See [`Stats::checkpoints`].
+    pub checkpoints: u64,
     /// Wall time since the pipeline started.
     pub elapsed: Duration,
 }
@@ -388,6 +390,7 @@ impl Summary {
             batches: stats.batches.load(Ordering::Relaxed),
             late: stats.late.load(Ordering::Relaxed),
             failed: stats.failed.load(Ordering::Relaxed),
+            checkpoints: stats.checkpoints.load(Ordering::Relaxed),
             elapsed,
         }
     }
@@ -403,7 +406,7 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "pipeline={} in={} out={} rejected={} skipped={} failed={} late={} batches={} elapsed={:.3}s rate={:.0} records/s",
+            "pipeline={} in={} out={} rejected={} skipped={} failed={} late={} batches={} checkpoints={} elapsed={:.3}s rate={:.0} records/s",
             self.pipeline,
             self.records_in,
             self.records_out,
@@ -412,6 +415,7 @@ impl fmt::Display for Summary {
             self.failed,
             self.late,
             self.batches,
+            self.checkpoints,
             secs,
             rate
         )
