@@ -75,8 +75,14 @@ impl Topology {
             return Err(source.unplaced("no pipeline is defined: add a [pipelines.NAME] table"));
         }
         let plugins_dir = config::resolve(&base, config.daemon.plugins_dir.get_ref());
-        let mut loaded: BTreeMap<PathBuf, Arc<PluginSlot>> = BTreeMap::new();
-        let mut uses: BTreeMap<PathBuf, Vec<StageUse>> = BTreeMap::new();
+        let mut at = PluginLoad {
+            host,
+            source,
+            plugins_dir: &plugins_dir,
+            running,
+            loaded: BTreeMap::new(),
+            uses: BTreeMap::new(),
+        };
         let mut sinks = BTreeMap::new();
         let mut pipelines = Vec::new();
         let mut stdin_user: Option<&str> = None;
@@ -236,14 +242,7 @@ impl Topology {
                     timeout: proc_cfg.timeout,
                 };
                 let pairs = config::plugin_config_pairs(&proc_cfg.config);
-                let (path, slot, label) = load_plugin(
-                    &mut PluginLoad {
-                        host,
-                        source,
-                        plugins_dir: &plugins_dir,
-                        running,
-                        loaded: &mut loaded,
-                    },
+                let (slot, label) = at.load(
                     &proc_cfg.plugin,
                     World::Processor,
                     |plugin| format!("{index}:{}", plugin.name),
@@ -251,12 +250,6 @@ impl Topology {
                     &pairs,
                     limits,
                 )?;
-                uses.entry(path.clone()).or_default().push(StageUse {
-                    pipeline: name.clone(),
-                    stage: label.clone(),
-                    config: pairs.clone(),
-                    limits,
-                });
                 stages.push(Arc::new(StageSpec {
                     label,
                     slot,
@@ -276,14 +269,7 @@ impl Topology {
                         timeout: a.timeout,
                     };
                     let pairs = config::plugin_config_pairs(&a.config);
-                    let (path, slot, label) = load_plugin(
-                        &mut PluginLoad {
-                            host,
-                            source,
-                            plugins_dir: &plugins_dir,
-                            running,
-                            loaded: &mut loaded,
-                        },
+                    let (slot, label) = at.load(
                         plugin,
                         World::Aggregator,
                         |_| format!("aggregate:{}", agg.name),
@@ -292,12 +278,6 @@ impl Topology {
                         limits,
                     )?;
                     instances += 1;
-                    uses.entry(path).or_default().push(StageUse {
-                        pipeline: name.clone(),
-                        stage: label.clone(),
-                        config: pairs.clone(),
-                        limits,
-                    });
                     agg.udf = Some(Arc::new(UdfSpec {
                         label,
                         slot,
@@ -344,11 +324,12 @@ impl Topology {
         Ok(Topology {
             sinks,
             pipelines,
-            uses: loaded
+            uses: at
+                .loaded
                 .iter()
-                .map(|(path, slot)| (slot.clone(), uses.remove(path).unwrap_or_default()))
+                .map(|(path, slot)| (slot.clone(), at.uses.remove(path).unwrap_or_default()))
                 .collect(),
-            plugins: loaded.into_values().collect(),
+            plugins: at.loaded.into_values().collect(),
             state_dir: config::state_dir(config, source),
             hot_reload: config.daemon.hot_reload,
             admin: admin_address(config, source)?,
@@ -784,92 +765,104 @@ fn build_sink(
     })
 }
 
-/// What [`load_plugin`] needs from the topology being built.
+/// The plugin files of a topology being built: each loaded once, with the
+/// stages (processors and user-defined aggregates) that use it.
 struct PluginLoad<'a> {
     host: &'a PluginHost,
     source: &'a ConfigSource,
     plugins_dir: &'a Path,
+    /// Slots of the running topology (a config reload) to reuse.
     running: &'a [Arc<PluginSlot>],
-    loaded: &'a mut BTreeMap<PathBuf, Arc<PluginSlot>>,
+    loaded: BTreeMap<PathBuf, Arc<PluginSlot>>,
+    uses: BTreeMap<PathBuf, Vec<StageUse>>,
 }
 
-/// Finds (or loads) the slot of the plugin file `file` names, checks it is a
-/// `world` component, and configures one instance with `pairs` now, so that a
-/// config the plugin refuses is a config error, reported before anything
-/// starts. Returns the file, its slot and the stage label `label` makes.
-#[allow(clippy::too_many_arguments)]
-fn load_plugin(
-    at: &mut PluginLoad<'_>,
-    file: &toml::Spanned<String>,
-    world: World,
-    label: impl FnOnce(&crate::plugin::Plugin) -> String,
-    pipeline: &str,
-    pairs: &[(String, String)],
-    limits: Limits,
-) -> Result<(PathBuf, Arc<PluginSlot>, String), ConfigError> {
-    let source = at.source;
-    let path = config::resolve(at.plugins_dir, Path::new(file.get_ref()));
-    if !path.is_file() {
-        return Err(source.error(
-            file.span(),
-            format!("plugin file not found: {}", path.display()),
-        ));
-    }
-    let slot = match at
-        .loaded
-        .get(&path)
-        .or_else(|| at.running.iter().find(|s| s.path == path))
-    {
-        Some(slot) => slot.clone(),
-        None => {
-            let plugin = at
-                .host
-                .load(&path)
-                .map_err(|e| source.error(file.span(), format!("{e:#}")))?;
-            PluginSlot::new(plugin)
+impl PluginLoad<'_> {
+    /// Finds (or loads) the slot of the plugin file `file` names, checks it is a
+    /// `world` component, configures one instance with `pairs` now (so that a
+    /// config the plugin refuses is a config error, reported before anything
+    /// starts) and records the use. Returns the slot and the stage label `label`
+    /// makes.
+    fn load(
+        &mut self,
+        file: &toml::Spanned<String>,
+        world: World,
+        label: impl FnOnce(&crate::plugin::Plugin) -> String,
+        pipeline: &str,
+        pairs: &[(String, String)],
+        limits: Limits,
+    ) -> Result<(Arc<PluginSlot>, String), ConfigError> {
+        let at = self;
+        let source = at.source;
+        let path = config::resolve(at.plugins_dir, Path::new(file.get_ref()));
+        if !path.is_file() {
+            return Err(source.error(
+                file.span(),
+                format!("plugin file not found: {}", path.display()),
+            ));
         }
-    };
-    at.loaded.insert(path.clone(), slot.clone());
-    let plugin = slot.current();
-    if plugin.world() != world {
-        let hint = match world {
-            World::Processor => {
-                "processors = [ … ] takes sluice:plugin/processor components; use an aggregator in `aggregate = [{ op = \"wasm\", plugin = \"…\" }]`"
-            }
-            World::Aggregator => {
-                "`op = \"wasm\"` takes a sluice:plugin/aggregator component; use a processor in `processors = [ … ]`"
+        let slot = match at
+            .loaded
+            .get(&path)
+            .or_else(|| at.running.iter().find(|s| s.path == path))
+        {
+            Some(slot) => slot.clone(),
+            None => {
+                let plugin = at
+                    .host
+                    .load(&path)
+                    .map_err(|e| source.error(file.span(), format!("{e:#}")))?;
+                PluginSlot::new(plugin)
             }
         };
-        return Err(source.error(
-            file.span(),
-            format!(
-                "{} is a {} component: {hint}",
-                path.display(),
-                plugin.world()
-            ),
-        ));
-    }
-    let label = label(&plugin);
-    plugin
-        .instantiate(
-            pairs,
-            limits,
-            LogTags {
-                pipeline: pipeline.to_string(),
-                stage: label.clone(),
-                plugin: plugin.name.clone(),
-                version: plugin.version.clone(),
-                partition: 0,
-            },
-        )
-        .map_err(|e| {
-            source.error(
+        at.loaded.insert(path.clone(), slot.clone());
+        let plugin = slot.current();
+        if plugin.world() != world {
+            let hint = match world {
+                World::Processor => {
+                    "processors = [ … ] takes sluice:plugin/processor components; use an aggregator in `aggregate = [{ op = \"wasm\", plugin = \"…\" }]`"
+                }
+                World::Aggregator => {
+                    "`op = \"wasm\"` takes a sluice:plugin/aggregator component; use a processor in `processors = [ … ]`"
+                }
+            };
+            return Err(source.error(
                 file.span(),
                 format!(
-                    "plugin {} ({}) fails to start: {e}",
-                    plugin.name, plugin.version
+                    "{} is a {} component: {hint}",
+                    path.display(),
+                    plugin.world()
                 ),
+            ));
+        }
+        let label = label(&plugin);
+        plugin
+            .instantiate(
+                pairs,
+                limits,
+                LogTags {
+                    pipeline: pipeline.to_string(),
+                    stage: label.clone(),
+                    plugin: plugin.name.clone(),
+                    version: plugin.version.clone(),
+                    partition: 0,
+                },
             )
-        })?;
-    Ok((path, slot, label))
+            .map_err(|e| {
+                source.error(
+                    file.span(),
+                    format!(
+                        "plugin {} ({}) fails to start: {e}",
+                        plugin.name, plugin.version
+                    ),
+                )
+            })?;
+        at.uses.entry(path).or_default().push(StageUse {
+            pipeline: pipeline.to_string(),
+            stage: label.clone(),
+            config: pairs.to_vec(),
+            limits,
+        });
+        Ok((slot, label))
+    }
 }

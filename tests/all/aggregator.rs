@@ -5,8 +5,6 @@
 //! flights, in every window kind and across kill -9 restarts, are checked by
 //! the `windows` and `checkpoints` tests, whose aggregates include it.)
 
-use std::io::Write as _;
-
 use serde_json::Value;
 
 use crate::checkpoints::closed_windows;
@@ -79,16 +77,9 @@ sinks = ["out"]
     .unwrap();
     // Once loaded, it is taken up at the next micro-batch: send one.
     daemon.wait_for("plugin reloaded");
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(scratch.path("in.ndjson"))
-        .unwrap();
-    file.write_all((lines[20_000..20_001].join("\n") + "\n").as_bytes())
-        .unwrap();
+    scratch.append_lines("in.ndjson", &lines[20_000..20_001]);
     daemon.wait_for("aggregator switched to the new version");
-    file.write_all((lines[20_001..].join("\n") + "\n").as_bytes())
-        .unwrap();
-    drop(file);
+    scratch.append_lines("in.ndjson", &lines[20_001..]);
     scratch.wait_for_lines("out.ndjson", closed_windows(40_000).len());
     daemon.signal("TERM");
     let output = daemon.finish();

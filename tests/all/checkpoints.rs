@@ -3,7 +3,6 @@
 //! the NDJSON; a stop saves the open windows instead of emitting them, and the
 //! restart finishes them; a checkpoint that no longer fits is refused.
 
-use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -171,13 +170,7 @@ fn a_stop_saves_open_windows_and_the_restart_finishes_them() {
 
     // The second half arrives while the daemon is down; the restart resumes
     // the open windows and the position, and writes the rest.
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(scratch.path("in.ndjson"))
-        .unwrap();
-    file.write_all((lines[20_000..].join("\n") + "\n").as_bytes())
-        .unwrap();
-    drop(file);
+    scratch.append_lines("in.ndjson", &lines[20_000..]);
     let second = closed_windows(40_000);
     assert!(second.len() > first.len());
     let daemon = Running::start(scratch.command("run"));

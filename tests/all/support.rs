@@ -65,6 +65,17 @@ impl Scratch {
         std::fs::write(self.path(name), contents).unwrap();
     }
 
+    /// Appends `lines`, each newline-terminated, to the file `name`.
+    pub fn append_lines(&self, name: &str, lines: &[String]) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path(name))
+            .unwrap();
+        file.write_all((lines.join("\n") + "\n").as_bytes())
+            .unwrap();
+    }
+
     pub fn read_lines(&self, name: &str) -> Vec<String> {
         std::fs::read_to_string(self.path(name))
             .unwrap_or_default()
