@@ -208,3 +208,68 @@ fn a_component_of_the_wrong_world_is_refused_where_it_is_named() {
         );
     }
 }
+
+#[test]
+fn a_trapping_aggregator_is_replaced_and_keeps_every_window() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "off"
+[sources.f]
+type = "file"
+path = "in.ndjson"
+timestamp = "/t"
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+[pipelines.p]
+source = "f"
+window = { kind = "tumbling", size = "1h" }
+aggregate = [{ op = "count" }, { op = "wasm", plugin = "agg_misbehave.wasm", field = "/v", as = "sum" }]
+sinks = ["out"]
+dead_letter = "dlq"
+"#,
+    );
+    let rec = |hour: u32, v: i64| format!(r#"{{"t":"2024-05-01T{hour:02}:30:00Z","v":{v}}}"#);
+    // One micro-batch: the plugin traps on 13 in the middle of it.
+    let lines = [
+        rec(10, 1),
+        rec(11, 5),
+        rec(10, 2),
+        rec(10, 13),
+        rec(11, 6),
+        rec(10, 4),
+    ];
+    scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let rows: Vec<Value> = scratch
+        .read_lines("out.ndjson")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[0]["count"].clone(), rows[0]["sum"].clone()),
+        (4.into(), 7.into())
+    );
+    assert_eq!(
+        (rows[1]["count"].clone(), rows[1]["sum"].clone()),
+        (2.into(), 11.into())
+    );
+    let dlq = scratch.read_lines("dlq.ndjson");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let dead: Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert!(
+        dead["original"].as_str().unwrap().contains("\"v\":13"),
+        "{dead}"
+    );
+    assert!(
+        dead["reason"].as_str().unwrap().contains("13 is unlucky"),
+        "{dead}"
+    );
+}
