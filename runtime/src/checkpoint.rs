@@ -370,10 +370,16 @@ impl Checkpointer {
         if self.failed.load(Ordering::Relaxed) {
             return Ok(false);
         }
+        // Every sink syncs at once (each fsync on its own thread).
+        let pending = self
+            .sinks
+            .iter()
+            .map(|s| Ok((s.name.clone(), s.start_sync()?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut sinks = BTreeMap::new();
-        for sink in &self.sinks {
-            if let Some(len) = sink.sync()? {
-                sinks.insert(sink.name.clone(), len);
+        for (name, sync) in pending {
+            if let Some(len) = sync.wait()? {
+                sinks.insert(name, len);
             }
         }
         let checkpoint = Checkpoint {

@@ -87,10 +87,43 @@ impl SinkHandle {
     /// # Errors
     /// The sink has stopped, or the write or sync failed.
     pub fn sync(&self) -> anyhow::Result<Option<u64>> {
+        self.start_sync()?.wait()
+    }
+
+    /// [`SinkHandle::sync`] in two steps, so that several sinks sync at once:
+    /// asks for the sync, then [`PendingSync::wait`] waits for it.
+    ///
+    /// # Errors
+    /// The sink has stopped.
+    pub fn start_sync(&self) -> anyhow::Result<PendingSync> {
         let (tx, rx) = flume::bounded(1);
-        let gone = || anyhow::anyhow!("sink `{}` has stopped", self.name);
-        self.tx.send(SinkMsg::Sync(tx)).map_err(|_| gone())?;
-        rx.recv().map_err(|_| gone())?
+        self.tx
+            .send(SinkMsg::Sync(tx))
+            .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))?;
+        Ok(PendingSync {
+            name: self.name.clone(),
+            rx,
+        })
+    }
+}
+
+/// A sync a sink was asked for (see [`SinkHandle::start_sync`]).
+#[derive(Debug)]
+pub struct PendingSync {
+    name: String,
+    rx: flume::Receiver<anyhow::Result<Option<u64>>>,
+}
+
+impl PendingSync {
+    /// Waits for the sync; the file sink's length in bytes, `None` for other
+    /// sinks.
+    ///
+    /// # Errors
+    /// The sink stopped, or the write or sync failed.
+    pub fn wait(self) -> anyhow::Result<Option<u64>> {
+        self.rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))?
     }
 }
 
