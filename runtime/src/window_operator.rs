@@ -515,7 +515,14 @@ impl Operator<'_> {
             self.spec.kind.assign(ts, &mut assigned);
             let mut taken = false;
             for w in &assigned {
-                if !self.is_open(w, watermark) {
+                // A session that would merge into one still open is not late
+                // (Flink merges, then checks lateness): every session in the
+                // state is open.
+                let joins_open_session = self.spec.kind.merges()
+                    && self.state.sessions.get(&group).is_some_and(|ss| {
+                        ss.iter().any(|(s, _)| s.start < w.end && w.start < s.end)
+                    });
+                if !self.is_open(w, watermark) && !joins_open_session {
                     continue;
                 }
                 taken = true;
@@ -544,6 +551,10 @@ impl Operator<'_> {
             }
         }
         failed.extend(self.flush_pending(input));
+        // A record in several windows (sliding) fails once per window: one
+        // dead letter, with the first reason.
+        failed.sort_by_key(|f| f.event);
+        failed.dedup_by_key(|f| f.event);
         (late, failed)
     }
 

@@ -228,3 +228,28 @@ checkpoint = { interval = "1s" }
         "{err}"
     );
 }
+
+/// An appending sink, a crash before any periodic checkpoint: the start of the
+/// run is itself a checkpoint (the sinks' lengths before anything was
+/// written), so the restart cuts back what the crashed run wrote.
+#[test]
+fn a_crash_before_the_first_periodic_checkpoint_writes_nothing_twice() {
+    let config = config("in.ndjson", 2, false)
+        .replace("truncate = true", "truncate = false")
+        .replace("interval = \"50ms\"", "interval = \"1h\"");
+    let scratch = Scratch::new(&config);
+    scratch.write("in.ndjson", &(flights_lines(40_000).join("\n") + "\n"));
+    // What an earlier run left in the appended file stays.
+    scratch.write("out.ndjson", "{\"earlier\":true}\n");
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("pipeline started");
+    scratch.wait_for_lines("out.ndjson", 50);
+    daemon.child.kill().unwrap();
+    let output = daemon.finish();
+    assert_eq!(output.status.code(), None, "killed before the end");
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let mut got = rows(&scratch);
+    assert_eq!(got.remove(0), serde_json::json!({"earlier": true}));
+    assert_rows(&got, &expected_fixed(&delayed(40_000), HOUR, HOUR));
+}

@@ -464,3 +464,53 @@ fn window_config_errors_are_located() {
         assert!(stderr.contains(want), "{want:?} not in {stderr}");
     }
 }
+
+/// A record whose own session `[t, t + gap)` is behind the watermark, but that
+/// falls inside a session still open, joins it (Flink merges before it checks
+/// lateness).
+#[test]
+fn a_record_inside_an_open_session_is_not_late() {
+    let scratch = Scratch::new(
+        r#"
+[sources.s]
+type = "file"
+path = "in.ndjson"
+key = "/k"
+timestamp = "/t"
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+[pipelines.p]
+source = "s"
+batch = { max_records = 3 }
+window = { kind = "session", gap = "5m" }
+aggregate = [{ op = "count" }]
+sinks = ["out"]
+dead_letter = "dlq"
+"#,
+    );
+    // Batch 1 makes the session [00:01, 00:12) and the watermark 00:07; in
+    // batch 2, 00:02's own session [00:02, 00:07) is closed, but it lies in the
+    // open one.
+    let input: String = ["00:01", "00:05", "00:07", "00:02"]
+        .iter()
+        .map(|t| format!("{{\"k\":\"AA\",\"t\":\"2024-05-01T{t}:00Z\"}}\n"))
+        .collect();
+    scratch.write("in.ndjson", &input);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "late"), 0);
+    assert!(scratch.read_lines("dlq.ndjson").is_empty());
+    let rows: Vec<Value> = scratch
+        .read_lines("out.ndjson")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["window_start"], "2024-05-01T00:01:00.000Z");
+    assert_eq!(rows[0]["window_end"], "2024-05-01T00:12:00.000Z");
+    assert_eq!(rows[0]["count"], 4);
+}

@@ -286,6 +286,17 @@ pub fn run(
         senders: partitions,
         stats,
     };
+    // A first checkpoint before reading anything: the sinks' lengths at the
+    // start, so that a crash before the first periodic checkpoint cuts back
+    // what this run wrote (an appending sink would otherwise hold it twice).
+    if let Some(cp) = checkpointer.as_deref_mut()
+        && cp.last_id == 0
+        && let Some(position) = lines.position()
+    {
+        cp.take(BarrierKind::Periodic, position, stats, &mut |b| {
+            outbox.barrier(b)
+        })?;
+    }
     let result = read_loop(
         spec,
         lines.as_mut(),
