@@ -83,9 +83,9 @@ pub struct Checkpoint {
     pub format: u32,
     /// Increases by one per checkpoint of the pipeline.
     pub id: u64,
-    /// What the state depends on (source, partitions, windows): a checkpoint
-    /// taken with another shape is not restored.
-    pub shape: String,
+    /// What the state depends on, field by field (source, partitions, window,
+    /// aggregates): a checkpoint taken with another shape is not restored.
+    pub shape: BTreeMap<String, String>,
     /// When it was taken, ms since the epoch.
     pub taken_at_ms: i64,
     /// Where the source resumes.
@@ -254,7 +254,7 @@ pub struct Checkpointer {
     /// Where checkpoints go.
     pub store: Arc<Store>,
     /// See [`Checkpoint::shape`].
-    pub shape: String,
+    pub shape: BTreeMap<String, String>,
     /// Partition workers: the acks a pipeline without windows waits for.
     pub partitions: usize,
     /// Whether the window operator acknowledges (once, with its state).
@@ -277,7 +277,7 @@ impl Checkpointer {
         pipeline: String,
         spec: CheckpointSpec,
         store: Arc<Store>,
-        shape: String,
+        shape: BTreeMap<String, String>,
         partitions: usize,
         windowed: bool,
         sinks: Vec<SinkHandle>,
@@ -411,12 +411,72 @@ impl Checkpointer {
     }
 }
 
-/// The shape a checkpoint must match to be restored: the source's input, the
-/// partition count and the window spec.
+/// The shape a checkpoint must match to be restored, field by field: the
+/// source's input, the partition count, the window and the aggregates (not a
+/// plugin's version, memory limit or deadline: an aggregator's state carries
+/// over to a new version, as on a swap).
 pub fn shape_of(
     input: &crate::source::Input,
     partitions: usize,
     window: Option<&crate::window_operator::WindowSpec>,
-) -> String {
-    format!("{input:?}|partitions={partitions}|{window:?}")
+) -> BTreeMap<String, String> {
+    let mut shape = BTreeMap::new();
+    shape.insert("source".to_string(), format!("{input:?}"));
+    shape.insert("partitions".to_string(), partitions.to_string());
+    if let Some(w) = window {
+        shape.insert(
+            "window".to_string(),
+            format!(
+                "{:?}, watermark {} ms, allowed_lateness {} ms, {:?} mode, group by {:?}",
+                w.kind, w.delay_ms, w.lateness_ms, w.mode, w.grouping
+            ),
+        );
+        let aggregates: Vec<String> = w
+            .aggregates
+            .iter()
+            .map(|a| {
+                let field = a.field.map(|i| w.pointers[i].to_string());
+                match &a.udf {
+                    Some(u) => format!(
+                        "{} = wasm {}({}) {:?}",
+                        a.name,
+                        u.slot.path.display(),
+                        field.unwrap_or_default(),
+                        u.config
+                    ),
+                    None => format!(
+                        "{} = {}({})",
+                        a.name,
+                        a.op.name(),
+                        field.unwrap_or_default()
+                    ),
+                }
+            })
+            .collect();
+        shape.insert("aggregates".to_string(), aggregates.join(", "));
+    }
+    shape
+}
+
+/// The fields in which `then` (a checkpoint's shape) and `now` differ, as
+/// `field: then → now` lines.
+pub fn shape_changes(
+    then: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let none = String::from("(none)");
+    let mut fields: Vec<&String> = then.keys().chain(now.keys()).collect();
+    fields.sort();
+    fields.dedup();
+    fields
+        .into_iter()
+        .filter(|f| then.get(*f) != now.get(*f))
+        .map(|f| {
+            format!(
+                "{f}: {} → now {}",
+                then.get(f).unwrap_or(&none),
+                now.get(f).unwrap_or(&none)
+            )
+        })
+        .collect()
 }

@@ -135,7 +135,7 @@ impl PipelineSpec {
     }
 
     /// What a checkpoint must match to be restored (see [`Checkpoint::shape`]).
-    pub fn checkpoint_shape(&self) -> String {
+    pub fn checkpoint_shape(&self) -> BTreeMap<String, String> {
         crate::checkpoint::shape_of(&self.source.input, self.partitions, self.window.as_deref())
     }
 
@@ -148,14 +148,22 @@ impl PipelineSpec {
         let Some(checkpoint) = store.load(&self.name)? else {
             return Ok(None);
         };
-        let shape = self.checkpoint_shape();
+        let changes = crate::checkpoint::shape_changes(&checkpoint.shape, &self.checkpoint_shape());
         anyhow::ensure!(
-            checkpoint.shape == shape,
-            "pipeline `{}`: its checkpoint in {} was taken with another source, partition count or window, so it cannot be resumed; `sluice checkpoints --config FILE --reset {}` forgets it (the pipeline then starts from the beginning of its input)\n  checkpoint: {}\n  now:        {shape}",
+            changes.is_empty(),
+            "pipeline `{}`: its checkpoint in {} cannot be resumed: it was taken with another {}. Undo the change, or forget the checkpoint with `sluice checkpoints --config <this config file> --reset {}` (the pipeline then starts from the beginning of its input){}",
             self.name,
             store.path().display(),
+            changes
+                .iter()
+                .map(|c| c.split(':').next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(" and "),
             self.name,
-            checkpoint.shape
+            changes
+                .iter()
+                .map(|c| format!("\n  {c}"))
+                .collect::<String>()
         );
         Ok(Some(checkpoint))
     }

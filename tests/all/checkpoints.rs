@@ -187,12 +187,16 @@ fn a_stop_saves_open_windows_and_the_restart_finishes_them() {
     // Another partition count: the checkpoint does not fit, and says how to
     // start over.
     scratch.write_config(&config("in.ndjson", 2, true));
+    let validated = scratch.command("validate").output().unwrap();
+    assert_exit(&validated, 2);
+    assert!(String::from_utf8_lossy(&validated.stderr).contains("partitions: 1 → now 2"));
     let output = scratch.run();
     assert_ne!(output.status.code(), Some(0));
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
-        err.contains("cannot be resumed")
-            && err.contains("sluice checkpoints --config FILE --reset w"),
+        err.contains("cannot be resumed: it was taken with another partitions")
+            && err.contains("partitions: 1 → now 2")
+            && err.contains("--reset w`"),
         "{err}"
     );
     let reset = scratch
@@ -202,6 +206,13 @@ fn a_stop_saves_open_windows_and_the_restart_finishes_them() {
         .unwrap();
     assert_exit(&reset, 0);
     assert!(String::from_utf8_lossy(&reset.stdout).contains("checkpoint removed"));
+    let typo = scratch
+        .command("checkpoints")
+        .args(["--reset", "nope"])
+        .output()
+        .unwrap();
+    assert_exit(&typo, 1);
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("`nope` has no checkpoint"));
     let listed = scratch.command("checkpoints").output().unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).starts_with("no checkpoints"));
 }
