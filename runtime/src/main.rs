@@ -104,9 +104,13 @@ enum PluginCommand {
         /// without it, event time is 0.
         #[arg(long)]
         timestamp: Option<String>,
-        /// Events per `process` call.
+        /// Events per `process` (or `accumulate`) call.
         #[arg(long, default_value_t = 1024)]
         batch: usize,
+        /// Aggregators: JSON pointer to the field each event's value is taken
+        /// from (as an aggregate's `field`).
+        #[arg(long)]
+        field: Option<String>,
         /// Compare the output with this file (one value per line) instead of
         /// printing it; exit 1 on the first difference.
         #[arg(long, value_name = "FILE")]
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
                     key,
                     timestamp,
                     batch,
+                    field,
                     expect,
                     timeout,
                     memory_limit,
@@ -213,8 +218,7 @@ fn main() -> ExitCode {
                 config.sort();
                 config
             },
-            key,
-            timestamp,
+            (key, timestamp, field),
             batch,
             expect,
             Limits {
@@ -367,8 +371,7 @@ fn main() -> ExitCode {
 fn plugin_run(
     file: &Path,
     config: Vec<(String, String)>,
-    key: Option<String>,
-    timestamp: Option<String>,
+    (key, timestamp, field): (Option<String>, Option<String>, Option<String>),
     batch: usize,
     expect: Option<PathBuf>,
     limits: Limits,
@@ -381,6 +384,13 @@ fn plugin_run(
         (Ok(k), Ok(t)) => Some(Decoder::new(k, t)),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let field = match pointer(field) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --field: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -408,6 +418,7 @@ fn plugin_run(
         config,
         decoder,
         batch: batch.max(1),
+        field,
         limits,
     };
     let stdin = std::io::stdin().lock();

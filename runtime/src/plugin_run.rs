@@ -8,6 +8,12 @@
 //! line; each rejection and each failed batch is reported on stderr with its
 //! input line number; a summary line ends stderr. With `--expect FILE`, the
 //! output is compared with FILE line by line instead of being printed.
+//!
+//! An aggregator component (the `aggregator` world) is run as a window holding
+//! every input event: `create`, then `accumulate` once per batch, then `finish`,
+//! whose JSON is the one output line. With `--field`, each event's value is the
+//! JSON text of that field (null or missing: skipped), as an aggregate's
+//! `field` gives it in the daemon.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -24,8 +30,10 @@ pub struct RunOptions {
     pub config: Vec<(String, String)>,
     /// Key and event-time extraction (JSON pointers), as a source's.
     pub decoder: Option<Decoder>,
-    /// Records per batch (per `process` call).
+    /// Records per batch (per `process` or `accumulate` call).
     pub batch: usize,
+    /// Aggregators: the field whose JSON text each event's value becomes.
+    pub field: Option<crate::decode::Pointer>,
     /// Memory limit and deadline of the instance.
     pub limits: Limits,
 }
@@ -66,6 +74,9 @@ pub fn run(
     keep_output: bool,
 ) -> anyhow::Result<RunReport> {
     let plugin = host.load(file)?;
+    if plugin.world() == crate::plugin::World::Aggregator {
+        return run_aggregator(&plugin, options, input, out, diag, keep_output);
+    }
     let tags = LogTags::standalone("plugin-run", &plugin);
     let mut instance = plugin
         .instantiate(&options.config, options.limits, tags.clone())
@@ -154,6 +165,130 @@ pub fn run(
         }
     }
     flush(&mut batch, &mut lines, &mut report, out, diag)?;
+    out.flush()?;
+    Ok(report)
+}
+
+/// [`run`] for an aggregator: every event in one window.
+fn run_aggregator(
+    plugin: &crate::plugin::Plugin,
+    options: &RunOptions,
+    input: impl BufRead,
+    out: &mut impl Write,
+    diag: &mut impl Write,
+    keep_output: bool,
+) -> anyhow::Result<RunReport> {
+    let tags = LogTags::standalone("plugin-run", plugin);
+    let start = || -> anyhow::Result<crate::plugin::Instance> {
+        plugin
+            .instantiate(&options.config, options.limits, tags.clone())
+            .map_err(|e| {
+                anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version)
+            })
+    };
+    let mut instance = start()?;
+    let mut state = instance
+        .create()
+        .map_err(|e| anyhow::anyhow!("create failed: {e}"))?;
+    let mut report = RunReport::default();
+    let mut batch = Batch::new();
+    let mut lines: Vec<u64> = Vec::new();
+    let mut flush = |batch: &mut Batch,
+                     lines: &mut Vec<u64>,
+                     state: &mut Vec<u8>,
+                     report: &mut RunReport,
+                     diag: &mut dyn Write|
+     -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let groups = vec![0u32; batch.len()];
+        let events = std::mem::take(batch);
+        let result = instance.accumulate(std::slice::from_ref(state), events.clone(), &groups);
+        match result {
+            Ok(mut states) => *state = states.remove(0),
+            Err(e) => {
+                if e.poisons_instance() {
+                    instance = start()?;
+                }
+                // As the daemon does: one by one; only the events that fail
+                // alone are left out.
+                for (event, line) in events.iter().zip(lines.iter()) {
+                    let mut one = Batch::new();
+                    one.push(event.key(), event.value(), event.timestamp_ms());
+                    match instance.accumulate(std::slice::from_ref(state), one, &[0]) {
+                        Ok(mut states) => *state = states.remove(0),
+                        Err(e) => {
+                            writeln!(
+                                diag,
+                                "failed: line {line}: {e} (the daemon dead-letters it)"
+                            )?;
+                            report.failed += 1;
+                            if e.poisons_instance() {
+                                instance = start()?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        lines.clear();
+        Ok(())
+    };
+    let mut row = [None];
+    for (i, line) in input.split(b'\n').enumerate() {
+        let mut line = line?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let line_no = i as u64 + 1;
+        report.records_in += 1;
+        let (key, ts) = match &options.decoder {
+            Some(decoder) => match decoder.decode(&line) {
+                Ok(d) => (d.key, d.timestamp_ms.unwrap_or(0)),
+                Err(reason) => {
+                    writeln!(diag, "skipped: line {line_no}: {reason}")?;
+                    report.skipped += 1;
+                    continue;
+                }
+            },
+            None => (None, 0),
+        };
+        let value = match &options.field {
+            None => line,
+            Some(field) => {
+                if let Err(reason) = crate::decode::extract_into(&line, &[field], &mut row) {
+                    writeln!(diag, "skipped: line {line_no}: {reason}")?;
+                    report.skipped += 1;
+                    continue;
+                }
+                match row[0].take() {
+                    None | Some(serde_json::Value::Null) => continue,
+                    Some(v) => v.to_string().into_bytes(),
+                }
+            }
+        };
+        batch.push(key.as_deref(), &value, ts);
+        lines.push(line_no);
+        if batch.len() >= options.batch {
+            flush(&mut batch, &mut lines, &mut state, &mut report, diag)?;
+        }
+    }
+    flush(&mut batch, &mut lines, &mut state, &mut report, diag)?;
+    let result = instance
+        .finish(std::slice::from_ref(&state))
+        .map_err(|e| anyhow::anyhow!("finish failed: {e}"))?
+        .remove(0);
+    report.records_out = 1;
+    if keep_output {
+        report.output.push(result.into_bytes());
+    } else {
+        out.write_all(result.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
     out.flush()?;
     Ok(report)
 }
