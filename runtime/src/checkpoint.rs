@@ -93,6 +93,11 @@ pub struct Checkpoint {
     /// Length in bytes of each file sink the pipeline writes to, after it wrote
     /// out everything before the barrier.
     pub sinks: BTreeMap<String, u64>,
+    /// The sinks only this pipeline wrote to when the checkpoint was taken: only
+    /// those may be cut back (a shared one holds other pipelines' output after
+    /// the saved length).
+    #[serde(default)]
+    pub exclusive: std::collections::BTreeSet<String>,
     /// The window operator's state, for a windowed pipeline.
     pub window: Option<WindowSnapshot>,
     /// The input was read to its end and every window emitted.
@@ -116,6 +121,15 @@ impl Store {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create {}", state_dir.display()))?;
         let path = state_dir.join(STORE_FILE);
+        // redb makes a new database of an empty file: one cut to nothing
+        // (a full disk, a careless `: >`) would silently lose every
+        // checkpoint, and the pipelines would start over.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            anyhow::bail!(
+                "the checkpoint store {} is empty (cut short?): remove it to start every checkpointed pipeline from the beginning of its input",
+                path.display()
+            );
+        }
         let db = redb::Database::create(&path).with_context(|| {
             format!(
                 "cannot open the checkpoint store {} (is another sluice using this state_dir?)",
@@ -261,6 +275,8 @@ pub struct Checkpointer {
     pub windowed: bool,
     /// Every sink the pipeline writes to (outputs and dead letter).
     pub sinks: Vec<SinkHandle>,
+    /// Those only this pipeline writes to.
+    pub exclusive: std::collections::BTreeSet<String>,
     /// Set when a worker stopped on an error: no checkpoint is taken then.
     pub failed: Arc<AtomicBool>,
     /// The id of the last checkpoint (restored, or 0).
@@ -280,10 +296,11 @@ impl Checkpointer {
         shape: BTreeMap<String, String>,
         partitions: usize,
         windowed: bool,
-        sinks: Vec<SinkHandle>,
+        sinks: (Vec<SinkHandle>, std::collections::BTreeSet<String>),
         failed: Arc<AtomicBool>,
         last: Option<&Checkpoint>,
     ) -> Self {
+        let (sinks, exclusive) = sinks;
         Checkpointer {
             pipeline,
             spec,
@@ -292,6 +309,7 @@ impl Checkpointer {
             partitions,
             windowed,
             sinks,
+            exclusive,
             failed,
             last_id: last.map_or(0, |c| c.id),
             last_at: Instant::now(),
@@ -391,6 +409,7 @@ impl Checkpointer {
                 .map_or(0, |d| d.as_millis() as i64),
             position,
             sinks,
+            exclusive: self.exclusive.clone(),
             window,
             finished: kind == BarrierKind::End,
         };
@@ -412,16 +431,23 @@ impl Checkpointer {
 }
 
 /// The shape a checkpoint must match to be restored, field by field: the
-/// source's input, the partition count, the window and the aggregates (not a
+/// source's input, format, key and timestamp, the partition count, the window
+/// and the aggregates (not a
 /// plugin's version, memory limit or deadline: an aggregator's state carries
 /// over to a new version, as on a swap).
 pub fn shape_of(
-    input: &crate::source::Input,
+    source: &crate::source::SourceSpec,
     partitions: usize,
     window: Option<&crate::window_operator::WindowSpec>,
 ) -> BTreeMap<String, String> {
     let mut shape = BTreeMap::new();
-    shape.insert("source".to_string(), format!("{input:?}"));
+    shape.insert("source".to_string(), format!("{:?}", source.input));
+    // The key routes records to partitions and groups them; the event time
+    // places them in windows.
+    shape.insert(
+        "source format, key and timestamp".to_string(),
+        format!("{:?} {:?}", source.format, source.decoder),
+    );
     shape.insert("partitions".to_string(), partitions.to_string());
     if let Some(w) = window {
         shape.insert(

@@ -132,17 +132,31 @@ impl Daemon {
             }
             let store = self.store()?;
             let checkpoint = p.load_checkpoint(&store)?;
+            let mut exclusive_sinks = std::collections::BTreeSet::new();
             for s in p.sinks.iter().chain(&p.dead_letter) {
                 if users.get(s.as_str()).copied().unwrap_or(0) > 1 {
                     tracing::warn!(pipeline = %p.name, sink = %s, "the sink is shared with another pipeline: after a crash, output since the last checkpoint is written again (at-least-once)");
-                } else if let Some(len) = checkpoint.as_ref().and_then(|c| c.sinks.get(s))
+                    continue;
+                }
+                exclusive_sinks.insert(s.clone());
+                // Cut back only a sink that was this pipeline's alone when the
+                // checkpoint was taken too.
+                if let Some(c) = &checkpoint
+                    && c.exclusive.contains(s)
+                    && let Some(len) = c.sinks.get(s)
                     && !self.sinks.contains_key(s)
                 {
                     out.sinks.insert(s.clone(), *len);
                 }
             }
-            out.pipelines
-                .insert(p.name.clone(), Resume { store, checkpoint });
+            out.pipelines.insert(
+                p.name.clone(),
+                Resume {
+                    store,
+                    checkpoint,
+                    exclusive_sinks,
+                },
+            );
         }
         Ok(out)
     }

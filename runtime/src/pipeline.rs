@@ -117,6 +117,8 @@ pub struct Resume {
     /// The last checkpoint, if any (already checked against the pipeline's
     /// shape).
     pub checkpoint: Option<Checkpoint>,
+    /// The pipeline's sinks that no other pipeline of the config writes to.
+    pub exclusive_sinks: std::collections::BTreeSet<String>,
 }
 
 impl PipelineSpec {
@@ -136,7 +138,7 @@ impl PipelineSpec {
 
     /// What a checkpoint must match to be restored (see [`Checkpoint::shape`]).
     pub fn checkpoint_shape(&self) -> BTreeMap<String, String> {
-        crate::checkpoint::shape_of(&self.source.input, self.partitions, self.window.as_deref())
+        crate::checkpoint::shape_of(&self.source, self.partitions, self.window.as_deref())
     }
 
     /// The last checkpoint of this pipeline in `store`, if it can be resumed.
@@ -230,6 +232,7 @@ impl PipelineSpec {
             Some(c) => (c.window.clone(), Some(c.position.clone())),
             None => (None, None),
         };
+        let checkpointed = self.checkpoint.is_some() && resume.is_some();
         let mut checkpointer = match (&self.checkpoint, &resume) {
             (Some(spec), Some(resume)) => Some(Checkpointer::new(
                 self.name.clone(),
@@ -238,11 +241,14 @@ impl PipelineSpec {
                 self.checkpoint_shape(),
                 self.partitions,
                 self.window.is_some(),
-                self.sinks
-                    .iter()
-                    .chain(&self.dead_letter)
-                    .map(sink)
-                    .collect::<anyhow::Result<Vec<_>>>()?,
+                (
+                    self.sinks
+                        .iter()
+                        .chain(&self.dead_letter)
+                        .map(sink)
+                        .collect::<anyhow::Result<Vec<_>>>()?,
+                    resume.exclusive_sinks.clone(),
+                ),
                 failed.clone(),
                 resume.checkpoint.as_ref(),
             )),
@@ -271,6 +277,7 @@ impl PipelineSpec {
                                 &dead_letter,
                                 &stats,
                                 restored_window,
+                                checkpointed,
                             )
                         })?,
                 );

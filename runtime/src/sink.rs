@@ -262,6 +262,9 @@ struct FileOutput {
     file: File,
     /// Length of the file after the last whole batch.
     len: u64,
+    /// A regular file (not a FIFO or a device): it has a length to record
+    /// and cut back to, and can be fsync'd.
+    regular: bool,
 }
 
 impl FileOutput {
@@ -281,7 +284,8 @@ impl FileOutput {
                 len += 1;
             }
         }
-        Ok(FileOutput { file, len })
+        let regular = file.metadata()?.is_file();
+        Ok(FileOutput { file, len, regular })
     }
 }
 
@@ -296,11 +300,18 @@ impl Output for FileOutput {
         Ok(())
     }
     fn sync(&mut self) -> anyhow::Result<Option<u64>> {
+        if !self.regular {
+            // A pipe or a device: written through, nothing to fsync or cut
+            // back (at-least-once).
+            return Ok(None);
+        }
         self.file.sync_data()?;
         Ok(Some(self.len))
     }
     fn finish(&mut self) -> anyhow::Result<()> {
-        self.file.sync_data()?;
+        if self.regular {
+            self.file.sync_data()?;
+        }
         Ok(())
     }
 }

@@ -275,39 +275,58 @@ impl Udf {
     }
 
     /// The results of the windows being emitted, one per state: the JSON the
-    /// plugin returned, or `null` (logged) when it failed or returned no JSON.
+    /// plugin returned, or `null` (logged) for a window whose `finish` fails
+    /// alone or returns no JSON. States go in chunks of [`FINISH_CHUNK`] (each
+    /// call has the deadline); a chunk that fails is retried window by window,
+    /// so one bad accumulator does not null the others.
     pub fn finish(&mut self, states: &[Vec<u8>]) -> Vec<Value> {
-        if states.is_empty() {
-            return Vec::new();
-        }
-        let texts = match self.call(|i| i.finish(states)) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(
-                    pipeline = %self.pipeline,
-                    stage = %self.spec.label,
-                    version = %self.plugin.version,
-                    windows = states.len(),
-                    "aggregator finish failed: the windows get null for this aggregate: {e}"
-                );
-                return vec![Value::Null; states.len()];
-            }
-        };
-        texts
-            .iter()
-            .map(|t| {
-                serde_json::from_str(t).unwrap_or_else(|e| {
-                    tracing::error!(
+        let mut out = Vec::with_capacity(states.len());
+        for chunk in states.chunks(FINISH_CHUNK) {
+            match self.call(|i| i.finish(chunk)) {
+                Ok(texts) => out.extend(texts.iter().map(|t| self.parse(t))),
+                Err(e) => {
+                    tracing::warn!(
                         pipeline = %self.pipeline,
                         stage = %self.spec.label,
-                        "aggregator finish returned no JSON ({e}): null instead of {t:?}"
+                        version = %self.plugin.version,
+                        windows = chunk.len(),
+                        "aggregator finish failed, retrying window by window: {e}"
                     );
-                    Value::Null
-                })
-            })
-            .collect()
+                    for state in chunk {
+                        let one = std::slice::from_ref(state);
+                        match self.call(|i| i.finish(one)) {
+                            Ok(texts) => out.push(self.parse(&texts[0])),
+                            Err(e) => {
+                                tracing::error!(
+                                    pipeline = %self.pipeline,
+                                    stage = %self.spec.label,
+                                    version = %self.plugin.version,
+                                    "aggregator finish failed on a window: it gets null for this aggregate: {e}"
+                                );
+                                out.push(Value::Null);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn parse(&self, text: &str) -> Value {
+        serde_json::from_str(text).unwrap_or_else(|e| {
+            tracing::error!(
+                pipeline = %self.pipeline,
+                stage = %self.spec.label,
+                "aggregator finish returned no JSON ({e}): null instead of {text:?}"
+            );
+            Value::Null
+        })
     }
 }
+
+/// Windows per `finish` call: bounds one call's work (it has the deadline).
+pub const FINISH_CHUNK: usize = 1024;
 
 fn push(batch: &mut Batch, event: &Event<'_>, value: &[u8]) {
     batch.push(event.key(), value, event.timestamp_ms());

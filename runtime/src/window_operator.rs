@@ -259,8 +259,9 @@ impl State {
 }
 
 /// Runs the operator until every sender is gone, then emits what is open —
-/// unless a stop or end barrier came first (the open windows are then in the
-/// checkpoint). `restore` is the state of the checkpoint resumed from.
+/// unless the pipeline is `checkpointed` (its open windows are then in the
+/// checkpoint; the end barrier emits them at the end of the input). `restore`
+/// is the state of the checkpoint resumed from.
 ///
 /// # Errors
 /// A sink or the dead-letter sink stopped.
@@ -274,6 +275,7 @@ pub fn run(
     dead_letter: &DeadLetter,
     stats: &Stats,
     restore: Option<WindowSnapshot>,
+    checkpointed: bool,
 ) -> anyhow::Result<()> {
     let mut udfs = Vec::new();
     for (index, agg) in spec.aggregates.iter().enumerate() {
@@ -348,7 +350,11 @@ pub fn run(
                 }
             }
             Err(flume::RecvTimeoutError::Disconnected) => {
-                if saved_and_stopped {
+                // A checkpointed pipeline emits its open windows at an end
+                // barrier only: ended any other way (an error, a refused
+                // resume) its windows are in the last checkpoint, and writing
+                // them now would write partial values as final.
+                if saved_and_stopped || checkpointed {
                     return Ok(());
                 }
                 let end = op.watermarks.finish();

@@ -264,3 +264,20 @@ fn a_crash_before_the_first_periodic_checkpoint_writes_nothing_twice() {
     assert_eq!(got.remove(0), serde_json::json!({"earlier": true}));
     assert_rows(&got, &expected_fixed(&delayed(40_000), HOUR, HOUR));
 }
+
+/// A checkpoint store cut to nothing is refused, not taken for an empty one
+/// (which would start every pipeline over and write its output twice).
+#[test]
+fn an_emptied_checkpoint_store_is_refused() {
+    let scratch = Scratch::new(&config("in.ndjson", 1, false));
+    scratch.write("in.ndjson", &(flights_lines(1_000).join("\n") + "\n"));
+    assert_exit(&scratch.run(), 0);
+    std::fs::write(scratch.path("state/checkpoints.redb"), b"").unwrap();
+    let output = scratch.run();
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("checkpoints.redb is empty"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -99,19 +99,31 @@ impl FileLines {
             }
             Box::new(gunzip)
         } else if offset > 0 {
-            if offset > meta.len() {
-                return Err(beyond());
-            }
-            // A checkpoint's position is a line start: the byte before it ends a line.
+            // A checkpoint's position is a line start: the byte before it ends
+            // a line. A followed file that fails this was truncated (or
+            // rewritten) while the daemon was down, as logrotate's
+            // copytruncate does: read it from its start, as when it happens
+            // while running.
             let mut before = [0u8];
-            file.seek(SeekFrom::Start(offset - 1))?;
-            file.read_exact(&mut before)?;
-            anyhow::ensure!(
-                before[0] == b'\n',
-                "{}: byte {offset} is not at a line start, so the file changed since the checkpoint; remove the pipeline's checkpoint (`sluice checkpoints --reset`) to read it from the start",
-                path.display()
-            );
-            Box::new(file)
+            let at_line_start = offset <= meta.len()
+                && file.seek(SeekFrom::Start(offset - 1)).is_ok()
+                && file.read_exact(&mut before).is_ok()
+                && before[0] == b'\n';
+            if at_line_start {
+                Box::new(file)
+            } else if follow {
+                tracing::warn!(path = %path.display(), position = offset, "the file was truncated or rewritten since the checkpoint: reading it from its start");
+                offset = 0;
+                file.seek(SeekFrom::Start(0))?;
+                Box::new(file)
+            } else if offset > meta.len() {
+                return Err(beyond());
+            } else {
+                anyhow::bail!(
+                    "{}: byte {offset} is not at a line start, so the file changed since the checkpoint; remove the pipeline's checkpoint (`sluice checkpoints --reset`) to read it from the start",
+                    path.display()
+                );
+            }
         } else {
             Box::new(io::Cursor::new(magic[..n].to_vec()).chain(file))
         };
