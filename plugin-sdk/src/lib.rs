@@ -3,6 +3,8 @@
 //! A plugin is a WebAssembly component of the `sluice:plugin/processor` world
 //! (`wit/plugin.wit`). With this crate you implement one trait, [`Processor`], and
 //! call one macro, [`export_processor!`]; you never see the generated bindings.
+//! A user-defined aggregate of event-time windows (the `aggregator` world) is
+//! the same with [`Aggregator`] and [`export_aggregator!`].
 //!
 //! ```
 //! use sluice_plugin_sdk::{export_processor, Batch, Config, Output, Processor};
