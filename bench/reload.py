@@ -7,8 +7,11 @@
 2. start-up time to "pipeline started" with a cold compile cache (emptied) and a
    warm one, interleaved (cold, warm, cold, warm, ...), medians of 7 runs each.
 
-Usage: cargo build --release -p sluice && python3 bench/reload.py
-Standard library only.
+3. with --plugin FILE.wasm (e.g. the 18 MB Python component): start-up with that
+   plugin as the only stage, cold and warm cache, interleaved, medians of --runs.
+
+Usage: cargo build --release -p sluice && python3 bench/reload.py [--runs N] [--swaps N] [--plugin F]
+(CARGO_TARGET_DIR is honoured.) Standard library only.
 """
 
 import json
@@ -22,13 +25,15 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SLUICE = os.path.join(ROOT, "target", "release", "sluice")
-PLUGINS = os.path.join(ROOT, "target", "plugins")
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+SLUICE = os.path.join(TARGET, "release", "sluice")
+PLUGINS = os.path.join(TARGET, "plugins")
 
 CONFIG = """
 [daemon]
 plugins_dir = "plugins"
 state_dir = "state"
+admin = "off"
 
 [sources.in]
 type = "file"
@@ -63,14 +68,14 @@ def start(d):
     raise SystemExit("daemon did not start")
 
 
-def setup():
+def setup(config=CONFIG):
     d = tempfile.mkdtemp(prefix="sluice-reload-bench-")
     os.mkdir(os.path.join(d, "plugins"))
     for name in ["flights_delay.wasm"]:
         shutil.copy(os.path.join(PLUGINS, name), os.path.join(d, "plugins", name))
     shutil.copy(os.path.join(PLUGINS, "tag_a.wasm"), os.path.join(d, "plugins", "tag.wasm"))
     with open(os.path.join(d, "sluice.toml"), "w") as f:
-        f.write(CONFIG)
+        f.write(config)
     open(os.path.join(d, "in.ndjson"), "w").close()
     return d
 
@@ -132,8 +137,15 @@ def swap_latency(swaps=20):
     return latencies
 
 
-def startup(runs=7):
-    d = setup()
+def startup(runs=7, plugin=None):
+    if plugin:
+        config = CONFIG.replace(
+            '[ { plugin = "flights_delay.wasm" }, { plugin = "tag.wasm" } ]',
+            '[ { plugin = "one.wasm", config = { min_delay = 15 }, memory_limit = "256MiB" } ]')
+        d = setup(config)
+        shutil.copy(plugin, os.path.join(d, "plugins", "one.wasm"))
+    else:
+        d = setup()
     cold, warm = [], []
     for _ in range(runs):
         for kind in ("cold", "warm"):
@@ -148,10 +160,16 @@ def startup(runs=7):
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--swaps", type=int, default=20)
+    ap.add_argument("--plugin", help="also: start-up with this component as the only stage")
+    args = ap.parse_args()
     if not os.path.exists(SLUICE):
         sys.exit("build first: cargo build --release -p sluice")
-    lat = swap_latency()
-    cold, warm = startup()
+    lat = swap_latency(args.swaps)
+    cold, warm = startup(args.runs)
     ms = lambda xs: [round(x * 1000, 1) for x in xs]
     result = {
         "machine": {"cpus": os.cpu_count()},
@@ -163,6 +181,15 @@ def main():
                        "cold": ms(cold), "warm": ms(warm),
                        "cold_over_warm": round(statistics.median(cold) / statistics.median(warm), 2)},
     }
+    if args.plugin:
+        pc, pw = startup(args.runs, args.plugin)
+        result["startup_plugin_ms"] = {
+            "plugin": os.path.basename(os.path.dirname(args.plugin)) + "/" + os.path.basename(args.plugin),
+            "bytes": os.path.getsize(args.plugin),
+            "cold_median": round(statistics.median(pc) * 1000, 1),
+            "warm_median": round(statistics.median(pw) * 1000, 1),
+            "cold": ms(pc), "warm": ms(pw),
+            "cold_over_warm": round(statistics.median(pc) / statistics.median(pw), 2)}
     print(json.dumps(result, indent=2))
 
 
