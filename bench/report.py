@@ -5,7 +5,7 @@
 
 import os
 
-REL = "docs/bench"
+REL = "docs/bench"  # the plots' folder, relative to BENCHMARKS.md (set by write)
 
 
 def fmt_int(x):
@@ -218,7 +218,7 @@ def summary(results):
                        "with one record costs %s µs." % (fmt(big / one, 1), fmt(1e6 / idone, 2)))
     rl = results.get("reload")
     if rl:
-        line = ("**Hot reload**: swap latency median %s ms (100 ms debounce included); start-up "
+        line = ("**Hot reload**: swap latency median %s ms (100 ms debounce included, stdin source); start-up "
                 "with 2 Rust plugins %s ms cold vs %s ms from the compile cache (%s×)" % (
                     rl["swap_latency_ms"]["median"], rl["startup_ms"]["cold_median"],
                     rl["startup_ms"]["warm_median"], rl["startup_ms"]["cold_over_warm"]))
@@ -253,6 +253,8 @@ def summary(results):
 # ------------------------------------------------------------------ markdown
 
 def write(results, out, md_path):
+    global REL
+    REL = os.path.relpath(out, os.path.dirname(os.path.abspath(md_path)))
     made = plots(results, out)
     L = []
     A = L.append
@@ -322,7 +324,8 @@ def write(results, out, md_path):
           "(a flight's fields present and typed; `dep_delay` null dropped; `dep_delay >= 15` "
           "kept), `window(event_time, 1 hour)` per carrier, `withWatermark(10 minutes)`, "
           "append mode, `count`, `avg(dep_delay)`, `max(dep_delay)`, written as JSON, "
-          "`spark.sql.shuffle.partitions = 2` (default 200 would cost it more), "
+          "`spark.sql.shuffle.partitions = 2` (as sluice's 2 partitions; Spark's default, 200, "
+          "is sized for clusters and was not measured here), "
           "`Trigger.AvailableNow`." % "4.3.0")
         A("")
         A("Spark does not close open windows when its input ends (sluice does): two "
@@ -446,8 +449,10 @@ def write(results, out, md_path):
         A("`python3 bench/run.py --only reload` (runs `bench/reload.py --plugin "
           "$CARGO_TARGET_DIR/lang-plugins/python/flights_delay.wasm`). Swap latency: from "
           "the rename of a new `tag.wasm` into the plugins folder to the first output "
-          "record of the new version, while a record arrives every 2 ms (debounce 100 ms "
-          "included). Start-up: to the `pipeline started` log line, cold (compile cache "
+          "record of the new version, while a record arrives every 2 ms on the daemon's "
+          "stdin (the 100 ms debounce included); and the same with the records appended "
+          "to a followed file instead, as the first version of reload.py did: the "
+          "source's 100 ms poll at the end of the file adds to it. Start-up: to the `pipeline started` log line, cold (compile cache "
           "emptied) and warm, interleaved.")
         A("")
         sl = rl["swap_latency_ms"]
@@ -456,6 +461,10 @@ def write(results, out, md_path):
         A("|---|---:|---|")
         A("| swap latency (Rust `tag` plugin, %d swaps) | %s | %s–%s |" % (
             len(sl["all"]), sl["median"], sl["min"], sl["max"]))
+        sf = rl.get("swap_latency_followed_file_ms")
+        if sf:
+            A("| swap latency, records from a followed file (100 ms poll) | %s | %s |" % (
+                sf["median"], sf["all"]))
         A("| start-up, 2 Rust plugins, cold cache | %s | %s |" % (st["cold_median"], st["cold"]))
         A("| start-up, 2 Rust plugins, warm cache | %s | %s |" % (st["warm_median"], st["warm"]))
         A("| cold / warm | %s× | |" % st["cold_over_warm"])

@@ -39,7 +39,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 OUT = os.path.join(common.ROOT, "docs", "bench")
-RESULTS = os.path.join(OUT, "results.json")
 TOOLCHAIN_PATHS = ["/opt/sluice-toolchains/py/bin", "/opt/sluice-toolchains/js/node_modules/.bin",
                    os.path.expanduser("~/.cargo/bin")]
 SECTIONS = ["flights", "spark", "wasm", "reload", "slowsink", "latency"]
@@ -404,14 +403,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs and sizes (~5 min)")
     ap.add_argument("--only", default=",".join(SECTIONS))
+    ap.add_argument("--out", default=OUT,
+                    help="folder of results.json and the plots (default docs/bench; "
+                         "BENCHMARKS.md goes to the repository root only with the default)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite BENCHMARKS.md and plots from docs/bench/results.json")
     args = ap.parse_args()
     common.ensure_venv()
-    os.makedirs(OUT, exist_ok=True)
+    out = os.path.abspath(args.out)
+    results_path = os.path.join(out, "results.json")
+    md = (os.path.join(common.ROOT, "BENCHMARKS.md") if out == os.path.abspath(OUT)
+          else os.path.join(out, "BENCHMARKS.md"))
+    os.makedirs(out, exist_ok=True)
     results = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as f:
+    if os.path.exists(results_path):
+        with open(results_path) as f:
             results = json.load(f)
     if not args.report_only:
         common.need_build()
@@ -442,10 +448,10 @@ def main():
                                                    cwd=common.ROOT, capture_output=True,
                                                    text=True).stdout.strip()}
             results[section] = r
-            common.write_json(RESULTS, results)
+            common.write_json(results_path, results)
     import report
-    report.write(results, OUT, os.path.join(common.ROOT, "BENCHMARKS.md"))
-    log("wrote BENCHMARKS.md and %s" % OUT)
+    report.write(results, out, md)
+    log("wrote %s and %s" % (md, out))
 
 
 if __name__ == "__main__":
