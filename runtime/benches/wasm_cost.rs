@@ -99,8 +99,14 @@ fn wasm(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Impl {
         memory_bytes: 2 << 30,
         timeout: Duration::from_secs(120),
     };
-    let plugin = host.load(path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-    Impl::Wasm(plugin.instantiate(config, limits, LogTags::default()).unwrap())
+    let plugin = host
+        .load(path)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    Impl::Wasm(
+        plugin
+            .instantiate(config, limits, LogTags::default())
+            .unwrap(),
+    )
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -122,7 +128,10 @@ fn main() {
 
     let mut impls: Vec<(String, Impl)> = vec![
         ("native identity".into(), native::<identity::Identity>(&[])),
-        ("wasm identity (rust)".into(), wasm(&host, &plugins.join("identity.wasm"), &[])),
+        (
+            "wasm identity (rust)".into(),
+            wasm(&host, &plugins.join("identity.wasm"), &[]),
+        ),
         (
             "native flights_delay".into(),
             native::<flights_delay::FlightsDelay>(&fd_config),
@@ -136,7 +145,10 @@ fn main() {
             wasm(&bare, &plugins.join("flights_delay.wasm"), &fd_config),
         ),
     ];
-    for item in env_or("WASM_COST_PLUGINS", "").split(',').filter(|s| !s.is_empty()) {
+    for item in env_or("WASM_COST_PLUGINS", "")
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
         let (label, path) = item.split_once('=').expect("label=path");
         eprintln!("wasm_cost: compiling {label} ({path})");
         impls.push((
