@@ -3,12 +3,17 @@
 
 1. swap latency: time from a new plugin file landing in the plugins folder
    (rename into place) to the first output record processed by the new version,
-   median of 20 swaps, while a record arrives every 2 ms;
+   median of 20 swaps, while a record arrives every 2 ms on the daemon's stdin
+   (and, for comparison, 10 swaps with the records appended to a followed file,
+   whose 100 ms poll adds to the figure);
 2. start-up time to "pipeline started" with a cold compile cache (emptied) and a
    warm one, interleaved (cold, warm, cold, warm, ...), medians of 7 runs each.
 
-Usage: cargo build --release -p sluice && python3 bench/reload.py
-Standard library only.
+3. with --plugin FILE.wasm (e.g. the 18 MB Python component): start-up with that
+   plugin as the only stage, cold and warm cache, interleaved, medians of --runs.
+
+Usage: cargo build --release -p sluice && python3 bench/reload.py [--runs N] [--swaps N] [--plugin F]
+(CARGO_TARGET_DIR is honoured.) Standard library only.
 """
 
 import json
@@ -22,13 +27,15 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SLUICE = os.path.join(ROOT, "target", "release", "sluice")
-PLUGINS = os.path.join(ROOT, "target", "plugins")
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+SLUICE = os.path.join(TARGET, "release", "sluice")
+PLUGINS = os.path.join(TARGET, "plugins")
 
 CONFIG = """
 [daemon]
 plugins_dir = "plugins"
 state_dir = "state"
+admin = "off"
 
 [sources.in]
 type = "file"
@@ -47,10 +54,11 @@ sinks = ["out"]
 """
 
 
-def start(d):
+def start(d, stdin=None):
     proc = subprocess.Popen(
         [SLUICE, "run", "--config", "sluice.toml"],
         cwd=d,
+        stdin=stdin,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -63,14 +71,14 @@ def start(d):
     raise SystemExit("daemon did not start")
 
 
-def setup():
+def setup(config=CONFIG):
     d = tempfile.mkdtemp(prefix="sluice-reload-bench-")
     os.mkdir(os.path.join(d, "plugins"))
     for name in ["flights_delay.wasm"]:
         shutil.copy(os.path.join(PLUGINS, name), os.path.join(d, "plugins", name))
     shutil.copy(os.path.join(PLUGINS, "tag_a.wasm"), os.path.join(d, "plugins", "tag.wasm"))
     with open(os.path.join(d, "sluice.toml"), "w") as f:
-        f.write(CONFIG)
+        f.write(config)
     open(os.path.join(d, "in.ndjson"), "w").close()
     return d
 
@@ -78,13 +86,23 @@ def setup():
 FLIGHT = '{"carrier":"UA","flight":1545,"origin":"EWR","dest":"IAH","dep_delay":30,"arr_delay":11,"event_time":"2013-01-01T05:17:00Z"}\n'
 
 
-def swap_latency(swaps=20):
-    d = setup()
-    proc, _ = start(d)
+def swap_latency(swaps=20, source="stdin"):
+    """`source = "stdin"`: records are written into the daemon's stdin, read as they
+    come. `"file"`: appended to a followed file, which the daemon polls every 100 ms
+    at its end — that poll then adds up to 100 ms to every swap."""
+    if source == "stdin":
+        d = setup(CONFIG.replace('type = "file"\npath = "in.ndjson"\nfollow = true',
+                                 'type = "stdin"'))
+        proc, _ = start(d, stdin=subprocess.PIPE)
+        sink = proc.stdin
+    else:
+        d = setup()
+        proc, _ = start(d)
+        sink = open(os.path.join(d, "in.ndjson"), "a")
     stop = threading.Event()
 
     def feed():
-        with open(os.path.join(d, "in.ndjson"), "a") as f:
+        with sink as f:
             while not stop.is_set():
                 f.write(FLIGHT)
                 f.flush()
@@ -132,8 +150,15 @@ def swap_latency(swaps=20):
     return latencies
 
 
-def startup(runs=7):
-    d = setup()
+def startup(runs=7, plugin=None):
+    if plugin:
+        config = CONFIG.replace(
+            '[ { plugin = "flights_delay.wasm" }, { plugin = "tag.wasm" } ]',
+            '[ { plugin = "one.wasm", config = { min_delay = 15 }, memory_limit = "256MiB" } ]')
+        d = setup(config)
+        shutil.copy(plugin, os.path.join(d, "plugins", "one.wasm"))
+    else:
+        d = setup()
     cold, warm = [], []
     for _ in range(runs):
         for kind in ("cold", "warm"):
@@ -148,21 +173,39 @@ def startup(runs=7):
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--swaps", type=int, default=20)
+    ap.add_argument("--plugin", help="also: start-up with this component as the only stage")
+    args = ap.parse_args()
     if not os.path.exists(SLUICE):
         sys.exit("build first: cargo build --release -p sluice")
-    lat = swap_latency()
-    cold, warm = startup()
+    lat = swap_latency(args.swaps, "stdin")
+    lat_file = swap_latency(max(args.swaps // 2, 4), "file")
+    cold, warm = startup(args.runs)
     ms = lambda xs: [round(x * 1000, 1) for x in xs]
     result = {
         "machine": {"cpus": os.cpu_count()},
         "swap_latency_ms": {"median": round(statistics.median(lat) * 1000, 1),
                             "min": round(min(lat) * 1000, 1), "max": round(max(lat) * 1000, 1),
-                            "all": ms(lat)},
+                            "all": ms(lat), "source": "stdin"},
+        "swap_latency_followed_file_ms": {"median": round(statistics.median(lat_file) * 1000, 1),
+                                          "all": ms(lat_file)},
         "startup_ms": {"cold_median": round(statistics.median(cold) * 1000, 1),
                        "warm_median": round(statistics.median(warm) * 1000, 1),
                        "cold": ms(cold), "warm": ms(warm),
                        "cold_over_warm": round(statistics.median(cold) / statistics.median(warm), 2)},
     }
+    if args.plugin:
+        pc, pw = startup(args.runs, args.plugin)
+        result["startup_plugin_ms"] = {
+            "plugin": os.path.basename(os.path.dirname(args.plugin)) + "/" + os.path.basename(args.plugin),
+            "bytes": os.path.getsize(args.plugin),
+            "cold_median": round(statistics.median(pc) * 1000, 1),
+            "warm_median": round(statistics.median(pw) * 1000, 1),
+            "cold": ms(pc), "warm": ms(pw),
+            "cold_over_warm": round(statistics.median(pc) / statistics.median(pw), 2)}
     print(json.dumps(result, indent=2))
 
 
