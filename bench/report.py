@@ -290,7 +290,7 @@ def write(results, out, md_path):
         A("")
         A("Machine: " + machine_line(f["_meta"]))
         A("")
-        A("`python3 bench/run.py --only flights` — the job of `examples/flights/sluice.toml` "
+        A("`python3 bench/run.py --only flights` — the job of `examples/flights/delayed.toml` "
           "(filter, 2 partitions) and of `examples/flights/windows.toml` (filter + per-carrier "
           "1-hour tumbling windows, 10-minute watermark, count/avg/max), alternated, "
           "%d runs each, medians. *Job time* is the daemon's own `elapsed` (first line read to "
