@@ -132,8 +132,25 @@ pub struct SourceConfig {
     pub key: Option<Spanned<String>>,
     /// JSON pointer (RFC 6901) to the event time: an RFC 3339 string or a number of
     /// milliseconds since the Unix epoch. Absent or null means the time the line
-    /// was read (processing time).
+    /// was read (processing time), unless `missing_timestamp` says otherwise.
     pub timestamp: Option<Spanned<String>>,
+    /// A record whose `timestamp` field is absent or null: `now` (default)
+    /// takes the time it was read; `dead-letter` sends it to the dead-letter
+    /// sink (what an event-time job wants: a read time would drag the
+    /// watermark to now).
+    #[serde(default)]
+    pub missing_timestamp: Option<Spanned<MissingTimestamp>>,
+}
+
+/// What a source does with a record that has no event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingTimestamp {
+    /// The time the line was read.
+    #[default]
+    Now,
+    /// To the dead-letter sink, with the reason.
+    DeadLetter,
 }
 
 /// Kinds of sink.

@@ -741,6 +741,7 @@ fn build_source(
         format: s.format,
         decoder: Decoder::new(pointer(&s.key)?, pointer(&s.timestamp)?),
         max_line_bytes: usize::try_from(s.max_line_bytes).unwrap_or(usize::MAX),
+        missing_timestamp: missing_timestamp(s, source)?,
     })
 }
 
@@ -864,5 +865,24 @@ impl PluginLoad<'_> {
             limits,
         });
         Ok((slot, label))
+    }
+}
+
+/// A source's `missing_timestamp`, which needs a `timestamp` to look at.
+fn missing_timestamp(
+    s: &config::SourceConfig,
+    source: &ConfigSource,
+) -> Result<config::MissingTimestamp, ConfigError> {
+    match &s.missing_timestamp {
+        None => Ok(config::MissingTimestamp::Now),
+        Some(m) => {
+            if s.timestamp.is_none() && *m.get_ref() != config::MissingTimestamp::Now {
+                return Err(source.error(
+                    m.span(),
+                    "`missing_timestamp` needs `timestamp`: the field whose absence it is about",
+                ));
+            }
+            Ok(*m.get_ref())
+        }
     }
 }

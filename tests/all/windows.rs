@@ -514,3 +514,66 @@ dead_letter = "dlq"
     assert_eq!(rows[0]["window_end"], "2024-05-01T00:12:00.000Z");
     assert_eq!(rows[0]["count"], 4);
 }
+
+/// `missing_timestamp = "dead-letter"`: a record without an event time goes to
+/// the dead-letter sink instead of taking the read time (which would drag the
+/// watermark to now and make the rest late).
+#[test]
+fn a_record_without_event_time_can_be_dead_lettered() {
+    let config = |missing: &str, timestamp: &str| {
+        format!(
+            r#"
+[sources.s]
+type = "file"
+path = "in.ndjson"
+key = "/k"
+{timestamp}
+{missing}
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
+[pipelines.p]
+source = "s"
+batch = {{ max_records = 1 }}
+window = {{ kind = "tumbling", size = "1h" }}
+aggregate = [{{ op = "count" }}]
+sinks = ["out"]
+dead_letter = "dlq"
+"#
+        )
+    };
+    let scratch = Scratch::new(&config(
+        "missing_timestamp = \"dead-letter\"",
+        "timestamp = \"/t\"",
+    ));
+    scratch.write(
+        "in.ndjson",
+        "{\"k\":\"a\",\"t\":\"2024-05-01T10:00:00Z\"}\n{\"k\":\"a\"}\n{\"k\":\"a\",\"t\":\"2024-05-01T10:20:00Z\"}\n",
+    );
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "late"), 0);
+    let out = scratch.read_lines("out.ndjson");
+    assert_eq!(out.len(), 1, "{out:?}");
+    let row: Value = serde_json::from_str(&out[0]).unwrap();
+    assert_eq!(row["count"], 2);
+    let dlq = scratch.read_lines("dlq.ndjson");
+    assert_eq!(dlq.len(), 1);
+    let dead: Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert_eq!(dead["original"], "{\"k\":\"a\"}");
+    assert!(dead["reason"].as_str().unwrap().contains("no event time"));
+
+    // It needs `timestamp`.
+    let scratch = Scratch::new(&config("missing_timestamp = \"dead-letter\"", ""));
+    scratch.write("in.ndjson", "");
+    let output = scratch.command("validate").output().unwrap();
+    assert_exit(&output, 2);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("sluice.toml:7") && err.contains("needs `timestamp`"),
+        "{err}"
+    );
+}

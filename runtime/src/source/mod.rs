@@ -108,6 +108,8 @@ pub struct SourceSpec {
     pub decoder: Decoder,
     /// Longest line accepted, in bytes; a longer one goes to the dead-letter sink.
     pub max_line_bytes: usize,
+    /// A record without an event time: read time, or dead letter.
+    pub missing_timestamp: crate::config::MissingTimestamp,
 }
 
 /// What one read produced.
@@ -436,6 +438,17 @@ fn read_loop(
         let (key, timestamp_ms) = match spec.format {
             Format::Text => (None, now_ms()),
             Format::Json => match spec.decoder.decode(&buf) {
+                Ok(crate::decode::Decoded {
+                    timestamp_ms: None, ..
+                }) if spec.missing_timestamp == crate::config::MissingTimestamp::DeadLetter => {
+                    reject_line(
+                        dead_letter,
+                        stats,
+                        "no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")",
+                        &buf,
+                    )?;
+                    continue;
+                }
                 Ok(d) => (d.key, d.timestamp_ms.unwrap_or_else(now_ms)),
                 Err(reason) => {
                     reject_line(dead_letter, stats, &reason, &buf)?;
