@@ -56,6 +56,9 @@ pub struct DaemonConfig {
     /// Allow `admin` on an address other than loopback. Default `false`.
     #[serde(default)]
     pub admin_allow_remote: bool,
+    /// Log level, or `tracing` filter directives (`"warn,sluice=debug"`), read
+    /// at start. `RUST_LOG`, when set, takes precedence. Default `"info"`.
+    pub log_level: Option<Spanned<String>>,
 }
 
 impl Default for DaemonConfig {
@@ -66,6 +69,7 @@ impl Default for DaemonConfig {
             hot_reload: true,
             admin: None,
             admin_allow_remote: false,
+            log_level: None,
         }
     }
 }

@@ -14,8 +14,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log format on stderr: `plain` (one line per event, journald-friendly)
-    /// or `json` (one JSON object per event). Level from `RUST_LOG`.
+    /// Log format on stderr: `plain` (one line per event, journald-friendly;
+    /// colours only on a terminal) or `json` (one JSON object per event).
+    /// Level from `RUST_LOG`, else the config's `[daemon] log_level`.
     #[arg(long, global = true, default_value = "plain", value_parser = ["plain", "json"])]
     log_format: String,
     #[command(subcommand)]
@@ -161,7 +162,7 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format == "json");
+    let log_level = init_logging(cli.log_format == "json");
     match cli.command {
         Command::Plugin {
             command: PluginCommand::Check { file, mut config },
@@ -239,7 +240,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { config } => match load(&config) {
+        Command::Validate { config } => match load(&config, None) {
             Ok((topology, _)) => {
                 eprintln!(
                     "{}: ok ({} pipeline(s), {} sink(s))",
@@ -278,7 +279,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let (topology, host) = match load(&config) {
+            let startup = Startup {
+                log_level: &log_level,
+            };
+            let (topology, host) = match load(&config, Some(startup)) {
                 Ok(t) => t,
                 Err(code) => return code,
             };
@@ -443,12 +447,29 @@ fn plugin_run(
     }
 }
 
+/// What `sluice run` sets up from the config before the topology is built.
+struct Startup<'a> {
+    /// The config's `[daemon] log_level` applies from here on (before the
+    /// plugins compile).
+    log_level: &'a LogLevel,
+}
+
 /// Parses and builds the config; on error prints it and gives the exit code.
-fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
+fn load(path: &Path, startup: Option<Startup<'_>>) -> Result<(Topology, PluginHost), ExitCode> {
     let (config, source) = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
+    if let Some(startup) = startup {
+        set_log_level(
+            startup.log_level,
+            config
+                .daemon
+                .log_level
+                .as_ref()
+                .map(|l| l.get_ref().as_str()),
+        );
+    }
     let host = PluginHost::new()
         .map_err(|e| {
             eprintln!("error: cannot start the WebAssembly engine: {e:#}");
@@ -462,18 +483,39 @@ fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
     Ok((topology, host))
 }
 
+/// Replaces the log filter once the config is read.
+type LogLevel = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
 /// Logs to stderr, one line per event (journald-friendly), no colours unless
-/// stderr is a terminal, or one JSON object per event; level from `RUST_LOG`
-/// (default `info`).
-fn init_logging(json: bool) {
+/// stderr is a terminal, or one JSON object per event. The level is `RUST_LOG`
+/// when set, else `info` until the config's `[daemon] log_level` is read (see
+/// [`set_log_level`]).
+fn init_logging(json: bool) -> LogLevel {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().init();
+        registry.with(format.json()).init();
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        registry
+            .with(format.with_ansi(std::io::stderr().is_terminal()))
+            .init();
+    }
+    handle
+}
+
+/// Applies `[daemon] log_level` unless `RUST_LOG` is set: the environment
+/// wins. Invalid directives are left to the topology, which refuses them.
+fn set_log_level(handle: &LogLevel, level: Option<&str>) {
+    let Some(level) = level else { return };
+    if std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty()) {
+        return;
+    }
+    if let Ok(filter) = EnvFilter::builder().parse(level) {
+        let _ = handle.reload(filter);
     }
 }

@@ -11,6 +11,7 @@ mod dead_letter;
 mod failures;
 mod flights;
 mod languages;
+mod logging;
 mod plugin_check;
 mod reload;
 mod sandbox;
