@@ -279,8 +279,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let mut telemetry = None;
             let startup = Startup {
                 log_level: &log_level,
+                telemetry: &mut telemetry,
             };
             let (topology, host) = match load(&config, Some(startup)) {
                 Ok(t) => t,
@@ -326,6 +328,10 @@ fn main() -> ExitCode {
                 signals.shutdown(),
                 Some(reload),
             ));
+            // The last spans and a last collection of the metrics.
+            if let Some(telemetry) = telemetry {
+                telemetry.shutdown();
+            }
             match outcome {
                 Ok(outcome) => {
                     for summary in &outcome.summaries {
@@ -452,6 +458,8 @@ struct Startup<'a> {
     /// The config's `[daemon] log_level` applies from here on (before the
     /// plugins compile).
     log_level: &'a LogLevel,
+    /// The OTLP exporters, when `[daemon.telemetry] otlp_endpoint` is set.
+    telemetry: &'a mut Option<sluice::telemetry::Telemetry>,
 }
 
 /// Parses and builds the config; on error prints it and gives the exit code.
@@ -469,6 +477,18 @@ fn load(path: &Path, startup: Option<Startup<'_>>) -> Result<(Topology, PluginHo
                 .as_ref()
                 .map(|l| l.get_ref().as_str()),
         );
+        let telemetry = &config.daemon.telemetry;
+        if let Some(endpoint) = &telemetry.otlp_endpoint
+            && sluice::telemetry::check_endpoint(endpoint.get_ref()).is_ok()
+        {
+            match sluice::telemetry::init(endpoint.get_ref(), telemetry.export_interval) {
+                Ok(t) => *startup.telemetry = Some(t),
+                Err(e) => {
+                    eprintln!("error: cannot start the OTLP export: {e:#}");
+                    return Err(ExitCode::FAILURE);
+                }
+            }
+        }
     }
     let host = PluginHost::new()
         .map_err(|e| {

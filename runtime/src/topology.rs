@@ -317,6 +317,11 @@ impl Topology {
             });
         }
         check_log_level(config, source)?;
+        if let Some(endpoint) = &config.daemon.telemetry.otlp_endpoint {
+            crate::telemetry::check_endpoint(endpoint.get_ref()).map_err(|e| {
+                source.error(endpoint.span(), format!("field `otlp_endpoint`: {e}"))
+            })?;
+        }
         Ok(Topology {
             sinks,
             pipelines,
