@@ -13,6 +13,7 @@ mod flights;
 mod languages;
 mod logging;
 mod otlp;
+mod packaging;
 mod plugin_check;
 mod prometheus;
 mod reload;
