@@ -41,6 +41,7 @@ pub mod sink;
 pub mod source;
 pub mod systemd;
 pub mod telemetry;
+pub mod top;
 pub mod topology;
 pub mod watermark;
 pub mod window;

@@ -42,6 +42,24 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// A live view of a running daemon, read from its admin API: each
+    /// pipeline's counters and rates (records/s between two samples), each
+    /// plugin's version and reloads. Exit 1 if the daemon cannot be reached.
+    Top {
+        /// The admin API's address (`HOST:PORT`); default: the config's
+        /// `[daemon] admin` with `--config`, else 127.0.0.1:9464.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Read the admin address from this config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Time between samples (the rates are over it), e.g. `2s`.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: std::time::Duration,
+        /// Print one view (two samples, `--interval` apart) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -145,6 +163,40 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=VALUE with a non-empty NAME, got `{s}`"))
 }
 
+/// `sluice top`'s interval: 10ms to an hour.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d < std::time::Duration::from_millis(10) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{s} is out of range: between 10ms and 1h"));
+    }
+    Ok(d)
+}
+
+/// The admin API's address for `sluice top`.
+fn top_address(admin: Option<String>, config: Option<&Path>) -> Result<String, ExitCode> {
+    if let Some(admin) = admin {
+        return Ok(admin);
+    }
+    let Some(path) = config else {
+        return Ok(sluice::topology::DEFAULT_ADMIN.to_string());
+    };
+    let (config, _) = Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    match config.daemon.admin.as_ref().map(|a| a.get_ref().as_str()) {
+        Some("off") => {
+            eprintln!(
+                "error: {}: the admin API is off (`[daemon] admin = \"off\"`)",
+                path.display()
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Some(addr) => Ok(addr.to_string()),
+        None => Ok(sluice::topology::DEFAULT_ADMIN.to_string()),
+    }
+}
+
 /// A plugin call deadline, within the daemon's bounds (10ms–1h).
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
@@ -237,6 +289,24 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Top {
+            admin,
+            config,
+            interval,
+            once,
+        } => {
+            let addr = match top_address(admin, config.as_deref()) {
+                Ok(a) => a,
+                Err(code) => return code,
+            };
+            match sluice::top::run(&addr, interval, once) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
                 }
             }
         }

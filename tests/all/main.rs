@@ -21,4 +21,5 @@ mod sandbox;
 mod shutdown;
 mod sources;
 mod systemd;
+mod top;
 mod windows;
