@@ -241,6 +241,13 @@ impl Worker {
                     });
                 }
             };
+            if let Some((_, reason)) = output.failed.first() {
+                span.fail(&format!(
+                    "{} record(s) failed ({:?}): {reason}",
+                    output.failed.len(),
+                    stage.spec().on_error
+                ));
+            }
             for (i, reason) in output.rejected {
                 if let Some(event) = current.get(i as usize) {
                     refused.push(Refused::of(index, stage.plugin(), &event, reason));

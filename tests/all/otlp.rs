@@ -249,3 +249,71 @@ sinks = ["out"]
     assert!(metrics.contains_key("sluice.plugin.traps"));
     assert!(metrics.contains_key("sluice.plugin.memory.high_water"));
 }
+
+#[test]
+fn a_stage_span_with_failed_records_has_an_error_status() {
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let (url, received) = receiver();
+    let scratch = Scratch::new(&format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "off"
+
+[daemon.telemetry]
+otlp_endpoint = "{url}"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+batch = {{ max_records = 1, interval = "1h" }}
+processors = [{{ plugin = "misbehave.wasm", config = {{ mode = "panic", trigger = "poison" }} }}]
+on_error = "skip"
+sinks = ["out"]
+"#
+    ));
+    // One record per batch; the third one makes the plugin trap.
+    scratch.write(
+        "in.ndjson",
+        "{\"n\":0}\n{\"n\":1}\n{\"n\":2,\"poison\":1}\n{\"n\":3}\n",
+    );
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "skipped"), 1);
+
+    let received = received.lock().unwrap();
+    let stages: Vec<_> = received
+        .iter()
+        .filter(|(path, ..)| path == "/v1/traces")
+        .flat_map(|(_, _, body)| {
+            ExportTraceServiceRequest::decode(body.as_slice())
+                .unwrap()
+                .resource_spans
+        })
+        .flat_map(|rs| rs.scope_spans)
+        .flat_map(|ss| ss.spans)
+        .filter(|s| s.name == "stage 0:misbehave")
+        .collect();
+    assert_eq!(stages.len(), 4);
+    let failed: Vec<_> = stages
+        .iter()
+        .filter(|s| {
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.code == StatusCode::Error as i32)
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{stages:?}");
+    let message = &failed[0].status.as_ref().unwrap().message;
+    assert!(
+        message.starts_with("1 record(s) failed (Skip): ") && message.contains("panic on purpose"),
+        "{message}"
+    );
+}
