@@ -251,7 +251,32 @@ impl opentelemetry_http::HttpClient for StdHttp {
     > {
         // The SDK calls this from its exporter threads (a blocking executor):
         // blocking I/O here blocks no async runtime.
-        Ok(post(request)?)
+        let url = request.uri().to_string();
+        let result = post(request);
+        let failure = match &result {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("HTTP {}", response.status())),
+            Err(e) => Some(e.to_string()),
+        };
+        note_export(&url, failure);
+        Ok(result?)
+    }
+}
+
+/// Set while exports fail, so that a collector that is down costs one
+/// warning, not one per export.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
+/// Logs the first failed export (and the first success after failures).
+fn note_export(url: &str, failure: Option<String>) {
+    match failure {
+        Some(why) if !FAILING.swap(true, Ordering::Relaxed) => tracing::warn!(
+            "OTLP export to {url} failed: {why}; the pipelines run on, and further failures are not logged until an export succeeds"
+        ),
+        None if FAILING.swap(false, Ordering::Relaxed) => {
+            tracing::info!("OTLP export to {url} works again")
+        }
+        _ => {}
     }
 }
 

@@ -317,3 +317,53 @@ sinks = ["out"]
         "{message}"
     );
 }
+
+#[test]
+fn a_collector_that_is_down_costs_a_warning_not_the_pipeline() {
+    // A port nothing listens on: bound, then released.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let scratch = Scratch::new(&format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "off"
+
+[daemon.telemetry]
+otlp_endpoint = "http://127.0.0.1:{port}"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+processors = [{{ plugin = "identity.wasm" }}]
+sinks = ["out"]
+"#
+    ));
+    scratch.write("in.ndjson", "{\"n\":1}\n{\"n\":2}\n");
+    // The exports at shutdown fail; the records went through all the same.
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "p", "out"), 2);
+    assert_eq!(scratch.read_lines("out.ndjson").len(), 2);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("OTLP export to http://127.0.0.1:{port}/v1/")))
+        .collect();
+    // One warning however many exports failed (spans and metrics both failed).
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains(" WARN ") && warnings[0].contains("failed"),
+        "{stderr}"
+    );
+}
