@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /health` | 200 `ok` while the process serves (liveness) |
 //! | `GET /ready` | 200 `ready` once every pipeline runs, 503 while starting, reloading or stopping |
-//! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters, plugin reloads |
+//! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters and batch histograms, per-plugin call durations, failures, memory, reloads (see [`crate::metrics`]) |
 //! | `GET /pipelines` | JSON: each pipeline's counters and whether it runs |
 //! | `GET /plugins` | JSON: each plugin file's status (as `status.json`) |
 //! | `POST /reload` | 202: reload the config, as SIGHUP does |
@@ -24,6 +24,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
+use crate::metrics::label;
 use crate::pipeline::Stats;
 use crate::reload::PluginSlot;
 
@@ -72,15 +73,9 @@ async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     }
 }
 
-/// A Prometheus label value, escaped (`\`, `"`, line feed).
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-const COUNTERS: [(&str, &str); 7] = [
+/// The pipeline counters: name (Prometheus adds `sluice_` and `_total`;
+/// OpenTelemetry's name is `sluice.` and the name with dots) and help.
+pub const COUNTERS: [(&str, &str); 7] = [
     ("records_in", "Records read by the pipeline's source."),
     (
         "records_out",
@@ -99,7 +94,8 @@ const COUNTERS: [(&str, &str); 7] = [
     ("batches", "Micro-batches processed."),
 ];
 
-fn counter(stats: &Stats, name: &str) -> u64 {
+/// The value of the counter `name` (one of [`COUNTERS`]) in `stats`.
+pub fn counter(stats: &Stats, name: &str) -> u64 {
     let c = match name {
         "records_in" => &stats.records_in,
         "records_out" => &stats.records_out,
@@ -176,6 +172,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
             label(&p.version)
         );
     }
+    crate::metrics::render_prometheus(&mut text);
     (
         [(
             header::CONTENT_TYPE,
@@ -206,7 +203,8 @@ async fn plugins(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     axum::Json(plugin_statuses(&state))
 }
 
-fn plugin_statuses(state: &AdminState) -> Vec<crate::reload::PluginStatus> {
+/// The status of each plugin of the running config.
+pub fn plugin_statuses(state: &AdminState) -> Vec<crate::reload::PluginStatus> {
     state
         .plugins
         .lock()

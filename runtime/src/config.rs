@@ -56,6 +56,40 @@ pub struct DaemonConfig {
     /// Allow `admin` on an address other than loopback. Default `false`.
     #[serde(default)]
     pub admin_allow_remote: bool,
+    /// Log level, or `tracing` filter directives (`"warn,sluice=debug"`), read
+    /// at start. `RUST_LOG`, when set, takes precedence. Default `"info"`.
+    pub log_level: Option<Spanned<String>>,
+    /// `[daemon.telemetry]`: OpenTelemetry export. Default: off.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[daemon.telemetry]`: metrics and traces exported over OTLP/HTTP (protobuf).
+/// The admin API's Prometheus `/metrics` works without it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP receiver, e.g. `"http://127.0.0.1:4318"`:
+    /// traces go to `/v1/traces`, metrics to `/v1/metrics`. `http://` only.
+    /// Default: none (nothing exported).
+    pub otlp_endpoint: Option<Spanned<String>>,
+    /// How often metrics are exported (they are also exported at shutdown).
+    /// Default `"10s"`, at most a day.
+    #[serde(default = "default_export_interval", deserialize_with = "de_duration")]
+    pub export_interval: Duration,
+}
+
+fn default_export_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            export_interval: default_export_interval(),
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -66,6 +100,8 @@ impl Default for DaemonConfig {
             hot_reload: true,
             admin: None,
             admin_allow_remote: false,
+            log_level: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

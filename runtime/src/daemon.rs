@@ -433,6 +433,9 @@ pub async fn run(
         ready: AtomicBool::new(false),
         reload: reload.as_ref().map(|r| r.sender.clone()),
     });
+    if crate::telemetry::enabled() {
+        crate::telemetry::observe(admin.clone());
+    }
     if let Some(addr) = topology.admin {
         match crate::admin::serve(addr, admin.clone()).await {
             Ok(bound) => tracing::info!("admin API listening on {bound}"),
@@ -550,6 +553,11 @@ pub async fn run(
                     notifier.ready(&format!("{} pipeline(s) running", daemon.live.values().filter(|l| !l.ended).count()));
                     admin.ready.store(true, Ordering::Relaxed);
                 }
+                let counter = match &outcome {
+                    Ok(_) => &crate::metrics::registry().config_reloads,
+                    Err(_) => &crate::metrics::registry().config_reload_failures,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 match outcome {
                     Ok(summary) => tracing::info!("config reloaded: {summary}"),
                     Err(reason) => tracing::error!("config reload refused, the running config stays: {reason}"),

@@ -14,8 +14,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log format on stderr: `plain` (one line per event, journald-friendly)
-    /// or `json` (one JSON object per event). Level from `RUST_LOG`.
+    /// Log format on stderr: `plain` (one line per event, journald-friendly;
+    /// colours only on a terminal) or `json` (one JSON object per event).
+    /// Level from `RUST_LOG`, else the config's `[daemon] log_level`.
     #[arg(long, global = true, default_value = "plain", value_parser = ["plain", "json"])]
     log_format: String,
     #[command(subcommand)]
@@ -52,6 +53,24 @@ enum Command {
         /// Forget this pipeline's checkpoint.
         #[arg(long, value_name = "PIPELINE")]
         reset: Option<String>,
+    },
+    /// A live view of a running daemon, read from its admin API: each
+    /// pipeline's counters and rates (records/s between two samples), each
+    /// plugin's version and reloads. Exit 1 if the daemon cannot be reached.
+    Top {
+        /// The admin API's address (`HOST:PORT`); default: the config's
+        /// `[daemon] admin` with `--config`, else 127.0.0.1:9464.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Read the admin address from this config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Time between samples (the rates are over it), e.g. `2s`.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: std::time::Duration,
+        /// Print one view (two samples, `--interval` apart) and exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Work with plugin components.
     Plugin {
@@ -160,6 +179,40 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=VALUE with a non-empty NAME, got `{s}`"))
 }
 
+/// `sluice top`'s interval: 10ms to an hour.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d < std::time::Duration::from_millis(10) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{s} is out of range: between 10ms and 1h"));
+    }
+    Ok(d)
+}
+
+/// The admin API's address for `sluice top`.
+fn top_address(admin: Option<String>, config: Option<&Path>) -> Result<String, ExitCode> {
+    if let Some(admin) = admin {
+        return Ok(admin);
+    }
+    let Some(path) = config else {
+        return Ok(sluice::topology::DEFAULT_ADMIN.to_string());
+    };
+    let (config, _) = Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    match config.daemon.admin.as_ref().map(|a| a.get_ref().as_str()) {
+        Some("off") => {
+            eprintln!(
+                "error: {}: the admin API is off (`[daemon] admin = \"off\"`)",
+                path.display()
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Some(addr) => Ok(addr.to_string()),
+        None => Ok(sluice::topology::DEFAULT_ADMIN.to_string()),
+    }
+}
+
 /// A plugin call deadline, within the daemon's bounds (10ms–1h).
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
@@ -177,7 +230,7 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format == "json");
+    let log_level = init_logging(cli.log_format == "json");
     match cli.command {
         Command::Plugin {
             command: PluginCommand::Check { file, mut config },
@@ -255,7 +308,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { config } => match load(&config) {
+        Command::Top {
+            admin,
+            config,
+            interval,
+            once,
+        } => {
+            let addr = match top_address(admin, config.as_deref()) {
+                Ok(a) => a,
+                Err(code) => return code,
+            };
+            match sluice::top::run(&addr, interval, once) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { config } => match load(&config, None) {
             Ok((topology, _)) => {
                 if let Err(e) = check_checkpoints(&topology) {
                     eprintln!("error: {e:#}");
@@ -299,7 +370,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let (topology, host) = match load(&config) {
+            let mut telemetry = None;
+            let startup = Startup {
+                log_level: &log_level,
+                telemetry: &mut telemetry,
+            };
+            let (topology, host) = match load(&config, Some(startup)) {
                 Ok(t) => t,
                 Err(code) => return code,
             };
@@ -343,6 +419,10 @@ fn main() -> ExitCode {
                 signals.shutdown(),
                 Some(reload),
             ));
+            // The last spans and a last collection of the metrics.
+            if let Some(telemetry) = telemetry {
+                telemetry.shutdown();
+            }
             match outcome {
                 Ok(outcome) => {
                     for summary in &outcome.summaries {
@@ -471,7 +551,15 @@ fn plugin_run(
     }
 }
 
-/// Parses and builds the config; on error prints it and gives the exit code.
+/// What `sluice run` sets up from the config before the topology is built.
+struct Startup<'a> {
+    /// The config's `[daemon] log_level` applies from here on (before the
+    /// plugins compile).
+    log_level: &'a LogLevel,
+    /// The OTLP exporters, when `[daemon.telemetry] otlp_endpoint` is set.
+    telemetry: &'a mut Option<sluice::telemetry::Telemetry>,
+}
+
 /// `validate`: the checkpoints of the checkpointed pipelines still fit them.
 /// Skipped (with a note) while a daemon holds the store.
 fn check_checkpoints(topology: &Topology) -> anyhow::Result<()> {
@@ -556,11 +644,34 @@ fn checkpoints(path: &Path, reset: Option<&str>) -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
+/// Parses and builds the config; on error prints it and gives the exit code.
+fn load(path: &Path, startup: Option<Startup<'_>>) -> Result<(Topology, PluginHost), ExitCode> {
     let (config, source) = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
+    if let Some(startup) = startup {
+        set_log_level(
+            startup.log_level,
+            config
+                .daemon
+                .log_level
+                .as_ref()
+                .map(|l| l.get_ref().as_str()),
+        );
+        let telemetry = &config.daemon.telemetry;
+        if let Some(endpoint) = &telemetry.otlp_endpoint
+            && sluice::telemetry::check_endpoint(endpoint.get_ref()).is_ok()
+        {
+            match sluice::telemetry::init(endpoint.get_ref(), telemetry.export_interval) {
+                Ok(t) => *startup.telemetry = Some(t),
+                Err(e) => {
+                    eprintln!("error: cannot start the OTLP export: {e:#}");
+                    return Err(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
     let host = PluginHost::new()
         .map_err(|e| {
             eprintln!("error: cannot start the WebAssembly engine: {e:#}");
@@ -574,18 +685,39 @@ fn load(path: &Path) -> Result<(Topology, PluginHost), ExitCode> {
     Ok((topology, host))
 }
 
+/// Replaces the log filter once the config is read.
+type LogLevel = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
 /// Logs to stderr, one line per event (journald-friendly), no colours unless
-/// stderr is a terminal, or one JSON object per event; level from `RUST_LOG`
-/// (default `info`).
-fn init_logging(json: bool) {
+/// stderr is a terminal, or one JSON object per event. The level is `RUST_LOG`
+/// when set, else `info` until the config's `[daemon] log_level` is read (see
+/// [`set_log_level`]).
+fn init_logging(json: bool) -> LogLevel {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().init();
+        registry.with(format.json()).init();
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        registry
+            .with(format.with_ansi(std::io::stderr().is_terminal()))
+            .init();
+    }
+    handle
+}
+
+/// Applies `[daemon] log_level` unless `RUST_LOG` is set: the environment
+/// wins. Invalid directives are left to the topology, which refuses them.
+fn set_log_level(handle: &LogLevel, level: Option<&str>) {
+    let Some(level) = level else { return };
+    if std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty()) {
+        return;
+    }
+    if let Ok(filter) = EnvFilter::builder().parse(level) {
+        let _ = handle.reload(filter);
     }
 }

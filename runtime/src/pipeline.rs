@@ -301,6 +301,7 @@ impl PipelineSpec {
                 sinks: outputs.clone(),
                 dead_letter: dead_letter.clone(),
                 stats: stats.clone(),
+                metrics: crate::metrics::pipeline(&self.name),
                 stop: failed.clone(),
             };
             let (tx, rx) = flume::bounded((self.queue_records / source::CHUNK_RECORDS).max(1));

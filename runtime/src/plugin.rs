@@ -490,6 +490,7 @@ impl Plugin {
                 memory: MemoryLimiter {
                     limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
                     hit: false,
+                    high_water: 0,
                 },
                 tags,
             },
@@ -533,6 +534,11 @@ impl Plugin {
 }
 
 impl Instance {
+    /// The largest linear memory this instance has had, in bytes.
+    pub fn memory_high_water(&self) -> u64 {
+        self.store.data().memory.high_water as u64
+    }
+
     /// Calls `process(batch)`.
     ///
     /// The batch is lowered into the guest as its packed columns (five copies,
@@ -777,6 +783,8 @@ struct MemoryLimiter {
     limit: usize,
     /// Set when a growth past `limit` was refused.
     hit: bool,
+    /// The largest linear memory granted, in bytes.
+    high_water: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -790,6 +798,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        self.high_water = self.high_water.max(desired);
         Ok(true)
     }
 

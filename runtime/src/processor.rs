@@ -28,6 +28,7 @@ use std::time::Instant;
 use sluice_plugin_sdk::Batch;
 
 use crate::config::{BreakerConfig, OnError};
+use crate::metrics::PluginMetrics;
 use crate::plugin::{CallError, Instance, Limits, LogTags, Plugin, Processed};
 use crate::reload::PluginSlot;
 
@@ -75,6 +76,8 @@ pub struct Stage {
     breaker: Breaker,
     /// Failed calls the bisection of the current batch may still make.
     bisect_budget: usize,
+    /// The instruments of the version this stage runs.
+    metrics: Arc<PluginMetrics>,
 }
 
 /// How long a partition waits before trying again a new version (or chain) it
@@ -89,6 +92,7 @@ impl Stage {
     /// The instance cannot be made or `configure` fails.
     pub fn new(pipeline: &str, partition: usize, spec: Arc<StageSpec>) -> Result<Self, CallError> {
         let plugin = spec.slot.current();
+        let metrics = crate::metrics::plugin(pipeline, &spec.label, &plugin.name, &plugin.version);
         let mut stage = Stage {
             breaker: Breaker::new(spec.breaker),
             spec,
@@ -98,6 +102,7 @@ impl Stage {
             refused: None,
             instance: None,
             bisect_budget: 0,
+            metrics,
         };
         stage.instance = Some(stage.instantiate(&stage.plugin.clone())?);
         Ok(stage)
@@ -169,6 +174,12 @@ impl Stage {
                     "partition switched plugin version"
                 );
                 self.instance = Some(instance);
+                self.metrics = crate::metrics::plugin(
+                    &self.pipeline,
+                    &self.spec.label,
+                    &latest.name,
+                    &latest.version,
+                );
                 self.plugin = latest;
                 self.refused = None;
                 self.breaker.reset();
@@ -200,11 +211,17 @@ impl Stage {
                 self.instance.insert(self.instantiate(&plugin)?)
             }
         };
+        let started = Instant::now();
         let result = instance.process(batch);
-        if let Err(e) = &result
-            && e.poisons_instance()
-        {
-            self.instance = None;
+        self.metrics
+            .call_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.memory(instance.memory_high_water());
+        if let Err(e) = &result {
+            self.metrics.count_failure(e);
+            if e.poisons_instance() {
+                self.instance = None;
+            }
         }
         result
     }

@@ -321,6 +321,12 @@ impl Topology {
                 window,
             });
         }
+        check_log_level(config, source)?;
+        if let Some(endpoint) = &config.daemon.telemetry.otlp_endpoint {
+            crate::telemetry::check_endpoint(endpoint.get_ref()).map_err(|e| {
+                source.error(endpoint.span(), format!("field `otlp_endpoint`: {e}"))
+            })?;
+        }
         Ok(Topology {
             sinks,
             pipelines,
@@ -334,6 +340,36 @@ impl Topology {
             hot_reload: config.daemon.hot_reload,
             admin: admin_address(config, source)?,
         })
+    }
+}
+
+/// `[daemon] log_level`, checked as `tracing` filter directives. A directive
+/// without `=` must be a level: a bare word would be a target name, and a typo
+/// such as `"inof"` would silently log nothing.
+fn check_log_level(config: &Config, source: &ConfigSource) -> Result<(), ConfigError> {
+    let Some(level) = &config.daemon.log_level else {
+        return Ok(());
+    };
+    let text = level.get_ref();
+    let bare_word = text
+        .split(',')
+        .map(str::trim)
+        .find(|d| !d.contains('=') && d.parse::<tracing::level_filters::LevelFilter>().is_err());
+    let problem = match bare_word {
+        Some(word) => Some(format!("`{word}` is not a level")),
+        None => tracing_subscriber::EnvFilter::builder()
+            .parse(text)
+            .err()
+            .map(|e| e.to_string()),
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(source.error(
+            level.span(),
+            format!(
+                "field `log_level`: {text:?} is not a log level (off, error, warn, info, debug, trace) or filter directives such as \"warn,sluice=debug\": {problem}"
+            ),
+        )),
     }
 }
 

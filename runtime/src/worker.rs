@@ -58,6 +58,8 @@ pub struct Worker {
     pub dead_letter: DeadLetter,
     /// The pipeline's counters.
     pub stats: Arc<Stats>,
+    /// The pipeline's batch histograms and tracer.
+    pub metrics: Arc<crate::metrics::PipelineMetrics>,
     /// Set when this worker stops on an error, so the source stops reading.
     pub stop: Arc<AtomicBool>,
 }
@@ -215,6 +217,9 @@ impl Worker {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let input_len = batch.len();
+        // Size now; duration and the batch span when this is dropped (before
+        // the hand-off to the sinks, or on a failure).
+        let timer = self.metrics.start_batch(self.partition, input_len);
         // For the watermark (windowed pipelines only): the input's latest event
         // time; times windows cannot take do not move it.
         let max_input_ts = self.window.as_ref().and_then(|_| {
@@ -228,9 +233,15 @@ impl Worker {
         let mut skipped = 0;
         let mut current = batch;
         for (index, stage) in self.stages.iter_mut().enumerate() {
-            let output = match stage.process(&mut current) {
+            let mut span = timer.stage(&stage.spec().label);
+            let processed = stage.process(&mut current);
+            // After the call: the stage may have switched to a reloaded version.
+            span.plugin(stage.plugin());
+            let output = match processed {
                 Ok(output) => output,
                 Err(error) => {
+                    span.fail(&error.to_string());
+                    timer.fail(&error.to_string());
                     let spec = stage.spec();
                     let plugin = stage.plugin();
                     tracing::error!(
@@ -255,6 +266,13 @@ impl Worker {
                     });
                 }
             };
+            if let Some((_, reason)) = output.failed.first() {
+                span.fail(&format!(
+                    "{} record(s) failed ({:?}): {reason}",
+                    output.failed.len(),
+                    stage.spec().on_error
+                ));
+            }
             for (i, reason) in output.rejected {
                 if let Some(event) = current.get(i as usize) {
                     refused.push(Refused::of(index, stage.plugin(), &event, reason));
@@ -292,6 +310,9 @@ impl Worker {
         self.stats
             .skipped
             .fetch_add(skipped as u64, Ordering::Relaxed);
+        // The batch is timed up to its hand-off: once a record is out, every
+        // figure of its batch is.
+        drop(timer);
         let written = match &self.window {
             Some(feed) => self.to_window(feed, current, max_input_ts),
             None => self.write(&current),

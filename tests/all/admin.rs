@@ -1,30 +1,9 @@
 //! The admin HTTP API: health, readiness, Prometheus metrics with the right
 //! figures after a known input, pipelines and plugins as JSON, POST /reload.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-
 use serde_json::Value;
 
 use crate::support::*;
-
-/// One HTTP/1.1 request; (status, body).
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 #[test]
 fn admin_api_answers_with_the_right_figures() {
@@ -53,14 +32,7 @@ sinks = ["out"]
     let lines: String = (0..25).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     scratch.write("in.ndjson", &lines);
     let mut daemon = Running::start(scratch.command("run"));
-    daemon.wait_for("admin API listening on ");
-    let addr = daemon
-        .log
-        .iter()
-        .find_map(|l| l.split("admin API listening on ").nth(1))
-        .unwrap()
-        .trim()
-        .to_string();
+    let addr = daemon.admin_addr();
     daemon.wait_for("pipeline started");
     scratch.wait_for_lines("out.ndjson", 25);
 
@@ -123,4 +95,147 @@ fn admin_beyond_loopback_needs_explicit_config() {
     );
     let scratch = Scratch::new(&config("admin_allow_remote = true"));
     assert_exit(&scratch.command("validate").output().unwrap(), 0);
+}
+
+/// The value of the one series of `name` whose labels include all of `labels`
+/// (e.g. `pipeline="p"`).
+fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    let found: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?} in:\n{metrics}");
+    found[0].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn metrics_count_plugin_failures_and_fill_the_histograms() {
+    // One record per batch, so each record is one call: a poisoned record is
+    // one failed call (no bisection), and the breaker (5 failures in a row)
+    // never opens as the poisoned records are not consecutive.
+    let pipeline = |name: &str, settings: &str| {
+        format!(
+            r#"
+[sources.{name}]
+type = "file"
+path = "{name}.ndjson"
+follow = true
+
+[sinks.{name}_out]
+type = "file"
+path = "{name}.out.ndjson"
+
+[pipelines.{name}]
+source = "{name}"
+batch = {{ max_records = 1, interval = "10ms" }}
+processors = [{{ plugin = "misbehave.wasm", timeout = "100ms", memory_limit = "32MiB", {settings} }}]
+sinks = ["{name}_out"]
+on_error = "skip"
+"#
+        )
+    };
+    let config = format!(
+        "[daemon]\nplugins_dir = \"@PLUGINS@\"\nadmin = \"127.0.0.1:0\"\n{}{}{}",
+        pipeline(
+            "traps",
+            r#"config = { mode = "panic", trigger = "poison" }"#
+        ),
+        pipeline(
+            "timeouts",
+            r#"config = { mode = "loop", trigger = "poison" }"#
+        ),
+        pipeline(
+            "oom",
+            r#"config = { mode = "alloc", bytes = "67108864", trigger = "poison" }"#
+        ),
+    );
+    let scratch = Scratch::new(&config);
+    // 10 records, of which those at 2, 5 and 8 are poisoned: 3 failures, 7 out.
+    let input: String = (0..10)
+        .map(|n| {
+            let tag = if n % 3 == 2 { "poison" } else { "fine" };
+            format!("{{\"n\":{n},\"tag\":\"{tag}\"}}\n")
+        })
+        .collect();
+    for name in ["traps", "timeouts", "oom"] {
+        scratch.write(&format!("{name}.ndjson"), &input);
+    }
+    let mut daemon = Running::start(scratch.command("run"));
+    let addr = daemon.admin_addr();
+    for name in ["traps", "timeouts", "oom"] {
+        scratch.wait_for_lines(&format!("{name}.out.ndjson"), 7);
+    }
+    // The skips are counted after the chain ran, before the output is written:
+    // the 7 lines out mean all 10 records went through.
+    let (_, metrics) = http(&addr, "GET", "/metrics");
+    let version = sluice::plugin::content_version(
+        &std::fs::read(plugins_dir().join("misbehave.wasm")).unwrap(),
+    );
+    let version = format!("version=\"{version}\"");
+    for (pipeline, failed) in [
+        ("traps", "sluice_plugin_traps_total"),
+        ("timeouts", "sluice_plugin_timeouts_total"),
+        ("oom", "sluice_plugin_out_of_memory_total"),
+    ] {
+        let p = format!("pipeline=\"{pipeline}\"");
+        let labels = [
+            p.as_str(),
+            "stage=\"0:misbehave\"",
+            "plugin=\"misbehave\"",
+            &version,
+        ];
+        for kind in [
+            "sluice_plugin_traps_total",
+            "sluice_plugin_timeouts_total",
+            "sluice_plugin_out_of_memory_total",
+        ] {
+            let expected = if kind == failed { 3.0 } else { 0.0 };
+            assert_eq!(
+                series(&metrics, kind, &labels),
+                expected,
+                "{kind} of {pipeline}"
+            );
+        }
+        // One call per record, one batch per record.
+        assert_eq!(
+            series(
+                &metrics,
+                "sluice_plugin_call_duration_seconds_count",
+                &labels
+            ),
+            10.0
+        );
+        assert_eq!(series(&metrics, "sluice_batch_size_count", &[&p]), 10.0);
+        assert_eq!(series(&metrics, "sluice_batch_size_sum", &[&p]), 10.0);
+        assert_eq!(
+            series(&metrics, "sluice_batch_size_bucket", &[&p, "le=\"1\""]),
+            10.0
+        );
+        assert_eq!(
+            series(&metrics, "sluice_batch_duration_seconds_count", &[&p]),
+            10.0
+        );
+        assert_eq!(series(&metrics, "sluice_records_skipped_total", &[&p]), 3.0);
+        // Memory: some, and never past the limit.
+        let high_water = series(&metrics, "sluice_plugin_memory_high_water_bytes", &labels);
+        assert!(
+            high_water > 0.0 && high_water <= 32.0 * 1024.0 * 1024.0,
+            "{high_water}"
+        );
+    }
+    assert_eq!(series_plain(&metrics, "sluice_config_reloads_total"), 0.0);
+
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+}
+
+/// The value of the unlabelled series `name`.
+fn series_plain(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+        .parse()
+        .unwrap()
 }

@@ -279,6 +279,6 @@ fn the_packaged_default_config_parses() {
     assert_eq!(config.pipelines.len(), 1);
     assert_eq!(
         config.daemon.plugins_dir.get_ref(),
-        std::path::Path::new("/var/lib/sluice/plugins")
+        std::path::Path::new("/etc/sluice/plugins")
     );
 }

@@ -207,6 +207,18 @@ impl Running {
         }
     }
 
+    /// Waits for the admin API's log line; its address (`127.0.0.1:PORT`).
+    pub fn admin_addr(&mut self) -> String {
+        const LISTENING: &str = "admin API listening on ";
+        self.wait_for(LISTENING);
+        self.log
+            .iter()
+            .find_map(|l| l.split(LISTENING).nth(1))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     /// How many stderr lines seen so far contain `what`.
     pub fn count(&self, what: &str) -> usize {
         self.log.iter().filter(|l| l.contains(what)).count()
@@ -269,4 +281,44 @@ pub fn skip(test: &str, reason: &str) {
         old.push('\n');
         let _ = std::fs::write(log, old);
     }
+}
+
+/// One HTTP/1.1 request to `addr` (`HOST:PORT`); (status, body). A chunked
+/// body is decoded.
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    try_http(addr, method, path).unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
+}
+
+/// [`http`], with connection and protocol errors returned.
+pub fn try_http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Error, Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::other(format!("not an HTTP response: {response:?}")))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    if !chunked {
+        return Ok((status, body.to_string()));
+    }
+    let mut decoded = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).map_err(Error::other)?;
+        if size == 0 || after.len() < size {
+            break;
+        }
+        decoded.push_str(&after[..size]);
+        rest = after.get(size + 2..).unwrap_or_default();
+    }
+    Ok((status, decoded))
 }

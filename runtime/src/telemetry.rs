@@ -1,0 +1,378 @@
+//! OpenTelemetry export over OTLP/HTTP (protobuf), when `[daemon.telemetry]
+//! otlp_endpoint` is set: a span per micro-batch with a child span per stage
+//! (see [`crate::metrics::BatchTimer`]), and every metric of the admin API's
+//! `/metrics` under its OpenTelemetry name (`sluice.records.in`, …).
+//!
+//! The exporters run on the SDK's own threads (batch span processor, periodic
+//! metric reader) and post with a small blocking HTTP/1.1 client on
+//! `std::net::TcpStream`: no async HTTP stack, no TLS (`http://` endpoints
+//! only — a collector on the same machine or network).
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+use crate::admin::AdminState;
+
+static TRACES: AtomicBool = AtomicBool::new(false);
+
+/// Whether OTLP export runs (configured and started): spans are made, and
+/// the observable instruments registered.
+pub fn enabled() -> bool {
+    TRACES.load(Ordering::Relaxed)
+}
+
+/// Checks an `otlp_endpoint`: an `http://HOST:PORT` URL with no path.
+///
+/// # Errors
+/// Why it is not one, as a sentence.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
+        format!(
+            "{endpoint:?} is not an http:// URL (https is not supported: use a local collector)"
+        )
+    })?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(format!(
+            "{endpoint:?} must be a base URL such as \"http://127.0.0.1:4318\" (the /v1/traces and /v1/metrics paths are added)"
+        ));
+    }
+    Ok(())
+}
+
+/// The running exporters; [`Telemetry::shutdown`] flushes them.
+#[derive(Debug)]
+pub struct Telemetry {
+    tracer: SdkTracerProvider,
+    meter: SdkMeterProvider,
+}
+
+/// Starts the OTLP exporters to `endpoint` (checked by [`check_endpoint`])
+/// and installs them as OpenTelemetry's global providers. Call it before the
+/// topology is built: instruments and tracers are taken from the globals.
+///
+/// # Errors
+/// An exporter cannot be built.
+pub fn init(endpoint: &str, export_interval: Duration) -> anyhow::Result<Telemetry> {
+    let base = endpoint.trim_end_matches('/');
+    let resource = Resource::builder()
+        .with_service_name("sluice")
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let spans = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(StdHttp)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{base}/v1/traces"))
+        .build()?;
+    let tracer = SdkTracerProvider::builder()
+        .with_batch_exporter(spans)
+        .with_resource(resource.clone())
+        .build();
+    let metrics = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_http_client(StdHttp)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{base}/v1/metrics"))
+        .build()?;
+    let reader = PeriodicReader::builder(metrics)
+        .with_interval(export_interval)
+        .build();
+    let meter = SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_tracer_provider(tracer.clone());
+    opentelemetry::global::set_meter_provider(meter.clone());
+    TRACES.store(true, Ordering::Relaxed);
+    tracing::info!("exporting traces and metrics over OTLP/HTTP to {base}");
+    Ok(Telemetry { tracer, meter })
+}
+
+impl Telemetry {
+    /// Exports what is left (spans, a last collection of the metrics) and
+    /// stops the exporters. Blocks up to the exporters' timeouts.
+    pub fn shutdown(self) {
+        TRACES.store(false, Ordering::Relaxed);
+        if let Err(e) = self.tracer.shutdown() {
+            tracing::warn!("OTLP trace export at shutdown failed: {e}");
+        }
+        if let Err(e) = self.meter.shutdown() {
+            tracing::warn!("OTLP metric export at shutdown failed: {e}");
+        }
+    }
+}
+
+/// Registers the counters and gauges the daemon keeps as atomics (pipeline
+/// counters, plugin failures and memory, reloads) as observable instruments,
+/// read at each export.
+pub fn observe(admin: Arc<AdminState>) {
+    use crate::admin::COUNTERS;
+    let meter = opentelemetry::global::meter("sluice");
+    for (name, help) in COUNTERS {
+        let state = admin.clone();
+        // `records_in` → `sluice.records.in`; `batches` → `sluice.batches`.
+        let otel_name = format!("sluice.{}", name.replace('_', "."));
+        let unit = if name == "batches" {
+            "{batch}"
+        } else {
+            "{record}"
+        };
+        meter
+            .u64_observable_counter(otel_name)
+            .with_unit(unit)
+            .with_description(help)
+            .with_callback(move |observer| {
+                for (pipeline, stats, _) in state.pipelines.lock().expect("admin lock").iter() {
+                    observer.observe(
+                        crate::admin::counter(stats, name),
+                        &[KeyValue::new("pipeline", pipeline.clone())],
+                    );
+                }
+            })
+            .build();
+    }
+    type Read = fn(&crate::metrics::PluginMetrics) -> u64;
+    let plugin_counters: [(&str, &str, Read); 3] = [
+        ("sluice.plugin.traps", "Plugin calls that trapped.", |p| {
+            p.traps.load(Ordering::Relaxed)
+        }),
+        (
+            "sluice.plugin.timeouts",
+            "Plugin calls interrupted at their deadline.",
+            |p| p.timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "sluice.plugin.out_of_memory",
+            "Plugin calls that hit the instance's memory limit.",
+            |p| p.out_of_memory.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in plugin_counters {
+        meter
+            .u64_observable_counter(name)
+            .with_unit("{call}")
+            .with_description(help)
+            .with_callback(move |observer| {
+                for p in crate::metrics::plugins() {
+                    observer.observe(read(&p), &p.attributes());
+                }
+            })
+            .build();
+    }
+    meter
+        .u64_observable_gauge("sluice.plugin.memory.high_water")
+        .with_unit("By")
+        .with_description("The largest linear memory an instance of the plugin reached.")
+        .with_callback(|observer| {
+            for p in crate::metrics::plugins() {
+                observer.observe(p.memory_high_water.load(Ordering::Relaxed), &p.attributes());
+            }
+        })
+        .build();
+    for (name, description, failures) in [
+        (
+            "sluice.plugin.reloads",
+            "Plugin versions swapped in.",
+            false,
+        ),
+        (
+            "sluice.plugin.reload_failures",
+            "Plugin files refused (the running version kept serving).",
+            true,
+        ),
+    ] {
+        let state = admin.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_unit("{reload}")
+            .with_description(description)
+            .with_callback(move |observer| {
+                for p in crate::admin::plugin_statuses(&state) {
+                    let value = if failures {
+                        p.reload_failures
+                    } else {
+                        p.reloads
+                    };
+                    observer.observe(value, &[KeyValue::new("plugin", p.name.clone())]);
+                }
+            })
+            .build();
+    }
+    for (name, description, failures) in [
+        ("sluice.config.reloads", "Config reloads applied.", false),
+        (
+            "sluice.config.reload_failures",
+            "Config reloads refused (the running config stays).",
+            true,
+        ),
+    ] {
+        meter
+            .u64_observable_counter(name)
+            .with_unit("{reload}")
+            .with_description(description)
+            .with_callback(move |observer| {
+                let r = crate::metrics::registry();
+                let counter = if failures {
+                    &r.config_reload_failures
+                } else {
+                    &r.config_reloads
+                };
+                observer.observe(counter.load(Ordering::Relaxed), &[]);
+            })
+            .build();
+    }
+}
+
+/// A blocking HTTP/1.1 client for the exporters (one connection per request).
+#[derive(Debug, Clone, Copy)]
+struct StdHttp;
+
+/// Connect, write and read timeout of one export request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for StdHttp {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
+        // The SDK calls this from its exporter threads (a blocking executor):
+        // blocking I/O here blocks no async runtime.
+        let url = request.uri().to_string();
+        let result = post(request);
+        let failure = match &result {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("HTTP {}", response.status())),
+            Err(e) => Some(e.to_string()),
+        };
+        note_export(&url, failure);
+        Ok(result?)
+    }
+}
+
+/// Set while exports fail, so that a collector that is down costs one
+/// warning, not one per export.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
+/// Logs the first failed export (and the first success after failures).
+fn note_export(url: &str, failure: Option<String>) {
+    match failure {
+        Some(why) if !FAILING.swap(true, Ordering::Relaxed) => tracing::warn!(
+            "OTLP export to {url} failed: {why}; the pipelines run on, and further failures are not logged until an export succeeds"
+        ),
+        None if FAILING.swap(false, Ordering::Relaxed) => {
+            tracing::info!("OTLP export to {url} works again")
+        }
+        _ => {}
+    }
+}
+
+/// Sends `request` and reads the whole response (`Connection: close`).
+fn post(
+    request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+) -> std::io::Result<opentelemetry_http::Response<opentelemetry_http::Bytes>> {
+    use std::io::{Error, ErrorKind};
+    let uri = request.uri();
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "no host in the OTLP URL"))?
+        .as_str()
+        .to_string();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&authority)?
+        .next()
+        .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("{authority} has no address")))?;
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let mut head = format!(
+        "{} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        request.method(),
+        request.body().len()
+    );
+    for (name, value) in request.headers() {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(request.body())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no HTTP response head"))?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no HTTP status"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let mut body = response[split + 4..].to_vec();
+    if chunked {
+        body = dechunk(&body);
+    }
+    opentelemetry_http::Response::builder()
+        .status(status)
+        .body(opentelemetry_http::Bytes::from(body))
+        .map_err(|e| Error::new(ErrorKind::InvalidData, e))
+}
+
+/// The body of a `Transfer-Encoding: chunked` message (what can be read of it).
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return body;
+        };
+        let size = std::str::from_utf8(&data[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .unwrap_or(0);
+        data = &data[eol + 2..];
+        if size == 0 || data.len() < size {
+            return body;
+        }
+        body.extend_from_slice(&data[..size]);
+        data = data.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert!(check_endpoint("http://127.0.0.1:4318").is_ok());
+        assert!(check_endpoint("http://collector:4318/").is_ok());
+        assert!(check_endpoint("https://collector:4318").is_err());
+        assert!(check_endpoint("http://collector:4318/v1/traces").is_err());
+        assert!(check_endpoint("http://").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
+        assert_eq!(dechunk(b"0\r\n\r\n"), b"");
+    }
+}

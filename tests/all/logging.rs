@@ -1,0 +1,83 @@
+//! Logs: the level from `[daemon] log_level`, `RUST_LOG` over it, no colour
+//! codes when stderr is not a terminal.
+
+use crate::support::*;
+
+fn config(level: &str) -> String {
+    format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "off"
+log_level = "{level}"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+processors = [{{ plugin = "identity.wasm" }}]
+sinks = ["out"]
+"#
+    )
+}
+
+/// Lines of a `plain` log at `level` (the fmt layer writes ` LEVEL ` after the
+/// timestamp).
+fn at_level(stderr: &str, level: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains(&format!(" {level} ")))
+        .count()
+}
+
+#[test]
+fn log_level_from_config_and_rust_log_over_it() {
+    let scratch = Scratch::new(&config("warn"));
+    scratch.write("in.ndjson", "{\"n\":1}\n{\"n\":2}\n");
+
+    // The config says warn: no INFO line (the run summary is not a log event).
+    let mut quiet = scratch.command("run");
+    quiet.env_remove("RUST_LOG");
+    let output = quiet.output().unwrap();
+    assert_exit(&output, 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(at_level(&stderr, "INFO"), 0, "{stderr}");
+    assert_eq!(count(&output, "p", "in"), 2);
+    // stderr is a pipe, not a terminal: no ANSI escape sequences.
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+
+    // RUST_LOG wins over the config.
+    let output = scratch
+        .command("run")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(" INFO ") && l.contains("pipeline started")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+#[test]
+fn invalid_log_level_is_a_config_error() {
+    let scratch = Scratch::new(&config("loud"));
+    scratch.write("in.ndjson", "");
+    let output = scratch.command("validate").output().unwrap();
+    assert_exit(&output, 2);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sluice.toml:5:13: field `log_level`: \"loud\" is not a log level"),
+        "{stderr}"
+    );
+}

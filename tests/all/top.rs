@@ -1,0 +1,101 @@
+//! `sluice top --once` against a real daemon: the figures of a known input and
+//! the running plugin version, read from the admin API.
+
+use std::process::Command;
+
+use crate::support::*;
+
+#[test]
+fn top_once_shows_pipelines_and_plugins() {
+    const LINES: usize = 25;
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "127.0.0.1:0"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+follow = true
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+batch = { max_records = 10, interval = "10ms" }
+processors = [{ plugin = "identity.wasm" }]
+sinks = ["out"]
+"#,
+    );
+    let lines: String = (0..LINES).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    scratch.write("in.ndjson", &lines);
+    let mut daemon = Running::start(scratch.command("run"));
+    let admin = daemon.admin_addr();
+    scratch.wait_for_lines("out.ndjson", LINES);
+    daemon.wait_for("pipeline started");
+
+    let output = Command::new(sluice_bin())
+        .args(["top", "--admin", &admin, "--once", "--interval", "100ms"])
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let view = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        view.starts_with(&format!(
+            "sluice at {admin}: ready — 1 pipeline(s), 1 plugin(s)"
+        )),
+        "{view}"
+    );
+    // Nothing is fed between the two samples: both rates are 0.
+    let row: Vec<&str> = view
+        .lines()
+        .find(|l| l.starts_with("p "))
+        .unwrap_or_else(|| panic!("no pipeline row in:\n{view}"))
+        .split_whitespace()
+        .collect();
+    let lines = LINES.to_string();
+    assert_eq!(
+        row,
+        ["p", "running", &lines, &lines, "0", "0", "0.0", "0.0"],
+        "{view}"
+    );
+    let version = sluice::plugin::content_version(
+        &std::fs::read(plugins_dir().join("identity.wasm")).unwrap(),
+    );
+    let plugin: Vec<&str> = view
+        .lines()
+        .find(|l| l.starts_with("identity "))
+        .unwrap_or_else(|| panic!("no plugin row in:\n{view}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(plugin[1], version);
+    assert_eq!(&plugin[3..], ["0", "0", "-"]);
+    // No colour or screen control when stdout is not a terminal.
+    assert!(!view.contains('\u{1b}'));
+
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+}
+
+#[test]
+fn top_without_a_daemon_exits_1() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Command::new(sluice_bin())
+        .args(["top", "--admin", &format!("127.0.0.1:{port}"), "--once"])
+        .output()
+        .unwrap();
+    assert_exit(&output, 1);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach the admin API at 127.0.0.1:"),
+        "{stderr}"
+    );
+}
