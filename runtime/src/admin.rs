@@ -75,7 +75,7 @@ async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 /// The pipeline counters: name (Prometheus adds `sluice_` and `_total`;
 /// OpenTelemetry's name is `sluice.` and the name with dots) and help.
-pub const COUNTERS: [(&str, &str); 7] = [
+pub const COUNTERS: [(&str, &str); 8] = [
     ("records_in", "Records read by the pipeline's source."),
     (
         "records_out",
@@ -92,6 +92,10 @@ pub const COUNTERS: [(&str, &str); 7] = [
         "Records too late for every window they belong to.",
     ),
     ("batches", "Micro-batches processed."),
+    (
+        "checkpoints",
+        "Checkpoints committed (source position, window state, sink lengths).",
+    ),
 ];
 
 /// The value of the counter `name` (one of [`COUNTERS`]) in `stats`.
@@ -103,6 +107,7 @@ pub fn counter(stats: &Stats, name: &str) -> u64 {
         "records_skipped" => &stats.skipped,
         "records_failed" => &stats.failed,
         "records_late" => &stats.late,
+        "checkpoints" => &stats.checkpoints,
         _ => &stats.batches,
     };
     c.load(Ordering::Relaxed)
@@ -120,6 +125,22 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 "sluice_{name}_total{{pipeline=\"{}\"}} {}",
                 label(pipeline),
                 counter(stats, name)
+            );
+        }
+    }
+    let _ = writeln!(
+        text,
+        "# HELP sluice_pipeline_watermark_seconds The window operator's watermark (event time, s since the epoch)."
+    );
+    let _ = writeln!(text, "# TYPE sluice_pipeline_watermark_seconds gauge");
+    for (pipeline, stats, _) in &pipelines {
+        let watermark = stats.watermark_ms.load(Ordering::Relaxed);
+        if watermark != i64::MIN && watermark != i64::MAX {
+            let _ = writeln!(
+                text,
+                "sluice_pipeline_watermark_seconds{{pipeline=\"{}\"}} {}",
+                label(pipeline),
+                watermark as f64 / 1000.0
             );
         }
     }
@@ -193,6 +214,17 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
             for (c, _) in COUNTERS {
                 obj.insert(c.into(), counter(stats, c).into());
             }
+            // Event time the window operator has reached (null: no windows,
+            // or nothing seen yet).
+            let watermark = stats.watermark_ms.load(Ordering::Relaxed);
+            obj.insert(
+                "watermark".into(),
+                if watermark == i64::MIN {
+                    serde_json::Value::Null
+                } else {
+                    crate::window_operator::rfc3339(watermark).into()
+                },
+            );
             serde_json::Value::Object(obj)
         })
         .collect();

@@ -419,6 +419,9 @@ impl Checkpointer {
         self.last_batches = stats.batches.load(Ordering::Relaxed);
         self.last_offset = Some(checkpoint.position.offset);
         stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::pipeline(&self.pipeline)
+            .checkpoint_duration
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             pipeline = %self.pipeline,
             id = checkpoint.id,

@@ -135,6 +135,9 @@ pub struct PipelineMetrics {
     /// `sluice.batch.duration` (s): the processor chain and the dead-letter
     /// sink, up to the hand-off to the sinks (or the window operator).
     pub batch_duration: Histogram,
+    /// `sluice.checkpoint.duration` (s): from the barrier to the commit (the
+    /// source is paused meanwhile).
+    pub checkpoint_duration: Histogram,
     tracer: Option<opentelemetry::global::BoxedTracer>,
 }
 
@@ -239,6 +242,13 @@ pub fn pipeline(name: &str) -> Arc<PipelineMetrics> {
                     "sluice.batch.duration",
                     "s",
                     "Time to run a micro-batch through the processor chain, up to its hand-off to the sinks.",
+                    DURATION_BOUNDS,
+                    attrs.clone(),
+                ),
+                checkpoint_duration: Histogram::new(
+                    "sluice.checkpoint.duration",
+                    "s",
+                    "Time from a checkpoint's barrier to its commit (the source waits meanwhile).",
                     DURATION_BOUNDS,
                     attrs,
                 ),
@@ -441,6 +451,19 @@ pub fn render_prometheus(text: &mut String) {
         p.batch_duration.render(
             text,
             "sluice_batch_duration_seconds",
+            &format!("pipeline=\"{}\"", label(&p.pipeline)),
+        );
+    }
+    help(
+        text,
+        "sluice_checkpoint_duration_seconds",
+        "histogram",
+        "Time from a checkpoint's barrier to its commit (the source waits meanwhile).",
+    );
+    for p in &pipelines {
+        p.checkpoint_duration.render(
+            text,
+            "sluice_checkpoint_duration_seconds",
             &format!("pipeline=\"{}\"", label(&p.pipeline)),
         );
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use crate::worker::{WindowFeed, Worker};
 const WINDOW_QUEUE_BATCHES: usize = 4;
 
 /// A pipeline's counters, shared by its threads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Lines read from the source (empty lines not counted).
     pub records_in: AtomicU64,
@@ -49,10 +49,28 @@ pub struct Stats {
     pub late: AtomicU64,
     /// Checkpoints taken.
     pub checkpoints: AtomicU64,
+    /// The window operator's watermark, ms since the epoch; `i64::MIN`: none.
+    pub watermark_ms: AtomicI64,
     /// Records read but not processed because the pipeline stopped on an error
     /// (`on_error = "stop"`, a sink that failed): the failed batch and everything
     /// queued behind it.
     pub failed: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            watermark_ms: AtomicI64::new(i64::MIN),
+        }
+    }
 }
 
 /// The part of a pipeline a config reload swaps in place: the workers pick a new

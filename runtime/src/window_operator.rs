@@ -691,6 +691,7 @@ impl Operator<'_> {
     /// Emits what `watermark` allows (see the module doc), and forgets closed
     /// windows.
     fn emit(&mut self, watermark: i64) -> anyhow::Result<()> {
+        self.stats.watermark_ms.store(watermark, Ordering::Relaxed);
         let mut out: Vec<(Window, Group, Vec<Acc>)> = Vec::new();
         let lateness = self.spec.lateness_ms;
         let closed = |w: &Window| watermark >= w.end.saturating_add(lateness);

@@ -99,7 +99,7 @@ fn admin_beyond_loopback_needs_explicit_config() {
 
 /// The value of the one series of `name` whose labels include all of `labels`
 /// (e.g. `pipeline="p"`).
-fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn series(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     let found: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))

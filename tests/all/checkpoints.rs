@@ -281,3 +281,53 @@ fn an_emptied_checkpoint_store_is_refused() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The admin API shows a checkpointed, windowed pipeline's watermark and
+/// checkpoints: `/pipelines` the watermark (largest event time − 10 min, one
+/// partition) and the count, `/metrics` the count, the checkpoint duration
+/// histogram and the watermark gauge.
+#[test]
+fn the_admin_api_shows_the_watermark_and_the_checkpoints() {
+    use crate::admin::series;
+    let config = config("in.ndjson", 1, true).replace("admin = \"off\"", "admin = \"127.0.0.1:0\"");
+    let scratch = Scratch::new(&config);
+    scratch.write("in.ndjson", &(flights_lines(5_000).join("\n") + "\n"));
+    let mut daemon = Running::start(scratch.command("run"));
+    let addr = daemon.admin_addr();
+    scratch.wait_for_lines("out.ndjson", closed_windows(5_000).len());
+    let watermark = time(max_event_time(5_000) - 10 * 60_000);
+    // Wait for a periodic checkpoint after the last line.
+    let start = std::time::Instant::now();
+    let pipeline = loop {
+        let (status, body) = http(&addr, "GET", "/pipelines");
+        assert_eq!(status, 200);
+        let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let p = list.into_iter().find(|p| p["pipeline"] == "w").unwrap();
+        if p["watermark"] == watermark.as_str() && p["checkpoints"].as_u64().unwrap() >= 2 {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{p}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(pipeline["records_in"], 5_000);
+    let (_, metrics) = http(&addr, "GET", "/metrics");
+    let checkpoints = series(&metrics, "sluice_checkpoints_total", &["pipeline=\"w\""]);
+    assert!(checkpoints >= 2.0, "{checkpoints}");
+    assert!(
+        series(
+            &metrics,
+            "sluice_checkpoint_duration_seconds_count",
+            &["pipeline=\"w\""]
+        ) >= 2.0
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "sluice_pipeline_watermark_seconds",
+            &["pipeline=\"w\""]
+        ),
+        (max_event_time(5_000) - 10 * 60_000) as f64 / 1000.0
+    );
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+}
