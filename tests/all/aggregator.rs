@@ -86,11 +86,7 @@ sinks = ["out"]
     assert_exit(&output, 0);
     // Without checkpoints a stop emits every open window: all the windows of
     // the 40,000 flights, each exact although its state crossed versions.
-    let got: Vec<Value> = scratch
-        .read_lines("out.ndjson")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let got: Vec<Value> = scratch.read_json("out.ndjson");
     assert_rows(&got, &expected_fixed(&delayed(40_000), HOUR, HOUR));
 }
 
@@ -247,11 +243,7 @@ dead_letter = "dlq"
     scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
     let output = scratch.run();
     assert_exit(&output, 0);
-    let rows: Vec<Value> = scratch
-        .read_lines("out.ndjson")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<Value> = scratch.read_json("out.ndjson");
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(
         (rows[0]["count"].clone(), rows[0]["sum"].clone()),

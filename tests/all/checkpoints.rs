@@ -49,11 +49,7 @@ checkpoint = {{ interval = "50ms" }}
 }
 
 fn rows(scratch: &Scratch) -> Vec<Value> {
-    scratch
-        .read_lines("out.ndjson")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    scratch.read_json("out.ndjson")
 }
 
 /// A small generator seeded from the clock (the seed is printed, to replay a

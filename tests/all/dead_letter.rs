@@ -71,11 +71,7 @@ dead_letter = "dlq"
         "every good line passes the identity plugin unchanged"
     );
 
-    let dlq: Vec<Value> = scratch
-        .read_lines("dlq.ndjson")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let dlq: Vec<Value> = scratch.read_json("dlq.ndjson");
     assert_eq!(dlq.len(), 40);
     let originals: Vec<&str> = dlq
         .iter()

@@ -155,11 +155,7 @@ fn main_job_windows_match_ground_truth() {
     assert_exit(&output, 0);
     assert_eq!(count(&output, "hourly", "in"), 336_776);
     assert_eq!(count(&output, "hourly", "out"), want.len() as u64);
-    let got: Vec<Value> = scratch
-        .read_lines("out/hourly.ndjson")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let got: Vec<Value> = scratch.read_json("out/hourly.ndjson");
     // Operator order: window end, then key (then start).
     let mut want = want;
     want.sort_by(|a, b| {

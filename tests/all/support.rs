@@ -65,6 +65,14 @@ impl Scratch {
         std::fs::write(self.path(name), contents).unwrap();
     }
 
+    /// The lines of the file `name`, each parsed as JSON.
+    pub fn read_json(&self, name: &str) -> Vec<serde_json::Value> {
+        self.read_lines(name)
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// Appends `lines`, each newline-terminated, to the file `name`.
     pub fn append_lines(&self, name: &str, lines: &[String]) {
         use std::io::Write;

@@ -140,11 +140,7 @@ fn run(n: usize, partitions: usize, window: &str) -> (Vec<Value>, u64) {
     assert_exit(&output, 0);
     assert_eq!(count(&output, "w", "late"), 0);
     assert!(scratch.read_lines("dlq.ndjson").is_empty());
-    let rows: Vec<Value> = scratch
-        .read_lines("out.ndjson")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<Value> = scratch.read_json("out.ndjson");
     (rows, count(&output, "w", "out"))
 }
 
@@ -344,11 +340,7 @@ fn late_records_go_to_the_dead_letter_sink() {
     assert_eq!(d["stage"], "window");
     assert!(d["original"].as_str().unwrap().contains("\"i\":3"));
     assert!(d["reason"].as_str().unwrap().starts_with("late: event time 2024-05-01T10:45:00.000Z is behind the watermark 2024-05-01T11:10:00.000Z"), "{d}");
-    let out: Vec<Value> = scratch
-        .read_lines("out.ndjson")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let out: Vec<Value> = scratch.read_json("out.ndjson");
     assert_eq!(
         out,
         vec![
@@ -504,11 +496,7 @@ dead_letter = "dlq"
     assert_exit(&output, 0);
     assert_eq!(count(&output, "p", "late"), 0);
     assert!(scratch.read_lines("dlq.ndjson").is_empty());
-    let rows: Vec<Value> = scratch
-        .read_lines("out.ndjson")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<Value> = scratch.read_json("out.ndjson");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["window_start"], "2024-05-01T00:01:00.000Z");
     assert_eq!(rows[0]["window_end"], "2024-05-01T00:12:00.000Z");
