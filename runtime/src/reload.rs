@@ -282,14 +282,18 @@ impl PluginSlot {
                 version: plugin.version.clone(),
                 partition: 0,
             };
-            plugin
+            let fails = |e: crate::plugin::CallError| {
+                format!(
+                    "pipeline `{}` stage {}: fails to start: {e}",
+                    stage.pipeline, stage.stage
+                )
+            };
+            let mut instance = plugin
                 .instantiate(&stage.config, stage.limits, tags)
-                .map_err(|e| {
-                    format!(
-                        "pipeline `{}` stage {}: fails to start: {e}",
-                        stage.pipeline, stage.stage
-                    )
-                })?;
+                .map_err(fails)?;
+            if plugin.world() == crate::plugin::World::Aggregator {
+                instance.create().map_err(fails)?;
+            }
         }
         Ok(plugin)
     }

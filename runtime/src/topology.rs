@@ -873,7 +873,16 @@ impl PluginLoad<'_> {
             ));
         }
         let label = label(&plugin);
-        plugin
+        let fails = |e: crate::plugin::CallError| {
+            source.error(
+                file.span(),
+                format!(
+                    "plugin {} ({}) fails to start: {e}",
+                    plugin.name, plugin.version
+                ),
+            )
+        };
+        let mut instance = plugin
             .instantiate(
                 pairs,
                 limits,
@@ -885,15 +894,12 @@ impl PluginLoad<'_> {
                     partition: 0,
                 },
             )
-            .map_err(|e| {
-                source.error(
-                    file.span(),
-                    format!(
-                        "plugin {} ({}) fails to start: {e}",
-                        plugin.name, plugin.version
-                    ),
-                )
-            })?;
+            .map_err(fails)?;
+        if world == World::Aggregator {
+            // The window operator calls `create` first thing: fail here, at
+            // the config's line, rather than when the pipeline starts.
+            instance.create().map_err(fails)?;
+        }
         at.uses.entry(path).or_default().push(StageUse {
             pipeline: pipeline.to_string(),
             stage: label.clone(),
