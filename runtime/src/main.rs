@@ -99,6 +99,10 @@ enum PluginCommand {
         /// rust | python | js | c.
         #[arg(long, default_value = "rust")]
         lang: String,
+        /// processor (the "tag" processor) | aggregator (a top-n values
+        /// aggregator for windows; Rust only).
+        #[arg(long, default_value = "processor")]
+        kind: String,
         /// Where to write it; default `./NAME`.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -285,20 +289,39 @@ fn main() -> ExitCode {
                 PluginCommand::New {
                     name,
                     lang,
+                    kind,
                     dir,
                     sdk,
                 },
         } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let sdk = sdk.unwrap_or_else(default_sdk);
-            match sluice::plugin_new::create(&name, &lang, &dir, &sdk) {
+            let template = match kind.as_str() {
+                "processor" => lang.clone(),
+                "aggregator" if lang == "rust" => "rust-aggregator".to_string(),
+                "aggregator" => {
+                    eprintln!("error: aggregator templates exist for Rust only (--lang rust)");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                other => {
+                    eprintln!("error: --kind {other}: use processor or aggregator");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let next = if kind == "aggregator" {
+                "sluice plugin run out/{name}.wasm --field /dest --config n=2 < events.ndjson"
+            } else {
+                "sluice plugin run out/{name}.wasm --config tag=x < events.ndjson"
+            };
+            match sluice::plugin_new::create(&name, &template, &dir, &sdk) {
                 Ok(files) => {
                     for f in &files {
                         println!("wrote {}", f.display());
                     }
                     println!(
-                        "next: cd {} && ./build.sh && sluice plugin run out/{name}.wasm --config tag=x < events.ndjson",
-                        dir.display()
+                        "next: cd {} && ./build.sh && {}",
+                        dir.display(),
+                        next.replace("{name}", &name)
                     );
                     ExitCode::SUCCESS
                 }

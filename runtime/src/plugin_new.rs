@@ -1,11 +1,12 @@
-//! `sluice plugin new NAME --lang rust|python|js|c`: writes a ready-to-build
+//! `sluice plugin new NAME --lang rust|python|js|c [--kind aggregator]`: writes a ready-to-build
 //! plugin project from the templates in `templates/` (embedded in the binary),
 //! with the WIT contract in `wit/plugin.wit`.
 //!
-//! Every template is the same small processor ("tag": adds `"tag": <config
-//! tag>` to each JSON object, refuses anything else) with a `build.sh`, a
-//! README (toolchain, build, `sluice plugin run`, deploy) and a sample
-//! `events.ndjson`. In the files, `{{name}}` becomes the plugin name,
+//! Every processor template is the same small processor ("tag": adds `"tag":
+//! <config tag>` to each JSON object, refuses anything else) with a `build.sh`,
+//! a README (toolchain, build, `sluice plugin run`, deploy) and a sample
+//! `events.ndjson`; `rust-aggregator` (`--kind aggregator`) is a window
+//! aggregator (the `n` most frequent values of a field). In the files, `{{name}}` becomes the plugin name,
 //! `{{name_snake}}` the same with `_` for `-`, and (Rust) `{{sdk}}` the
 //! `sluice-plugin-sdk` dependency.
 
@@ -44,6 +45,40 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
             (
                 "src/lib.rs",
                 include_str!("../../templates/rust/src/lib.rs"),
+            ),
+        ],
+    ),
+    (
+        "rust-aggregator",
+        &[
+            (
+                ".cargo/config.toml",
+                include_str!("../../templates/rust/.cargo/config.toml"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../templates/rust/.gitignore"),
+            ),
+            (
+                "Cargo.toml",
+                include_str!("../../templates/rust/Cargo.toml"),
+            ),
+            (
+                "README.md",
+                include_str!("../../templates/rust-aggregator/README.md"),
+            ),
+            ("build.sh", include_str!("../../templates/rust/build.sh")),
+            (
+                "events.ndjson",
+                include_str!("../../templates/rust-aggregator/events.ndjson"),
+            ),
+            (
+                "rust-toolchain.toml",
+                include_str!("../../templates/rust/rust-toolchain.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../templates/rust-aggregator/src/lib.rs"),
             ),
         ],
     ),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds {{name}}.wasm (a WebAssembly component, world sluice:plugin/processor) into
+# Builds {{name}}.wasm (a WebAssembly component for sluice) into
 # the folder given as first argument (default ./out).
 # Needs cargo with the wasm32-wasip2 target (see README.md); rust-toolchain.toml
 # asks rustup for it.

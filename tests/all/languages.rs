@@ -115,19 +115,23 @@ fn c() {
 
 /// `sluice plugin new` in `lang`, built with its build.sh, run with `plugin run
 /// --expect` over its own sample events.
-fn template_builds_and_runs(lang: &str, tools: &[&str]) {
-    let test = format!("languages::template_{lang}");
+/// `sluice plugin new my-NAME --lang LANG --kind KIND`, then its `build.sh`;
+/// `None` (after saying why) when a tool is missing.
+fn new_and_build(lang: &str, kind: &str, name: &str, tools: &[&str]) -> Option<(Scratch, PathBuf)> {
+    let test = format!("languages::template_{lang}_{kind}");
     if let Some(reason) = missing(tools) {
         skip(
             &test,
             &format!("{reason} (see examples/plugins/*/README.md)"),
         );
-        return;
+        return None;
     }
     let scratch = Scratch::new("");
-    let dir = scratch.path("my-tagger");
+    let dir = scratch.path(name);
     let new = Command::new(sluice_bin())
-        .args(["plugin", "new", "my-tagger", "--lang", lang, "--dir"])
+        .args([
+            "plugin", "new", name, "--lang", lang, "--kind", kind, "--dir",
+        ])
         .arg(&dir)
         .output()
         .unwrap();
@@ -154,10 +158,17 @@ fn template_builds_and_runs(lang: &str, tools: &[&str]) {
     let built = build.output().unwrap();
     assert!(
         built.status.success(),
-        "build of the {lang} template failed:\n{}{}",
+        "build of the {lang} {kind} template failed:\n{}{}",
         String::from_utf8_lossy(&built.stdout),
         String::from_utf8_lossy(&built.stderr)
     );
+    Some((scratch, dir))
+}
+
+fn template_builds_and_runs(lang: &str, tools: &[&str]) {
+    let Some((scratch, dir)) = new_and_build(lang, "processor", "my-tagger", tools) else {
+        return;
+    };
     std::fs::write(
         scratch.path("expected"),
         "{\"a\":1,\"tag\":\"x\"}\n{\"tag\":\"x\"}\n",
@@ -188,6 +199,36 @@ fn template_builds_and_runs(lang: &str, tools: &[&str]) {
 #[test]
 fn template_rust() {
     template_builds_and_runs("rust", &["cargo"]);
+}
+
+/// The aggregator template: its top-2 destinations of the sample events,
+/// counted by hand (BOS 3, LAX 2, SFO 1; the null skipped).
+#[test]
+fn template_rust_aggregator() {
+    let Some((scratch, dir)) = new_and_build("rust", "aggregator", "my-top", &["cargo"]) else {
+        return;
+    };
+    std::fs::write(
+        scratch.path("expected"),
+        "[{\"value\":\"BOS\",\"count\":3},{\"value\":\"LAX\",\"count\":2}]\n",
+    )
+    .unwrap();
+    let run = Command::new(sluice_bin())
+        .args(["plugin", "run"])
+        .arg(dir.join("out/my-top.wasm"))
+        .args(["--field", "/dest", "--config", "n=2", "--expect"])
+        .arg(scratch.path("expected"))
+        .arg("--cache-dir")
+        .arg(repo().join("target/plugin-run-cache"))
+        .stdin(std::fs::File::open(dir.join("events.ndjson")).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "aggregator template: {stderr}");
+    assert!(
+        stderr.contains("in=7 out=1 rejected=0 failed=0"),
+        "{stderr}"
+    );
 }
 
 #[test]
