@@ -31,6 +31,54 @@ pub(super) struct FileLines {
     skipping: Option<(Vec<u8>, u64)>,
     /// The unterminated last line of a file that was replaced: the next line.
     carry: Option<Vec<u8>>,
+    /// Follow mode: wakes the reader when the file's folder changes, made at
+    /// the first wait (`None` until then, or if the folder cannot be watched:
+    /// then the reader polls).
+    wake: Option<Wake>,
+    /// The folder could not be watched: poll.
+    polls: bool,
+}
+
+/// An inotify watch (crate `notify`) on a followed file's folder: a write,
+/// create, rename or removal of the file ends a wait at once, instead of at the
+/// next poll (100 ms).
+struct Wake {
+    _watcher: notify::RecommendedWatcher,
+    events: flume::Receiver<()>,
+}
+
+impl Wake {
+    fn new(path: &std::path::Path) -> notify::Result<Self> {
+        use notify::Watcher as _;
+        let name = path.file_name().map(|n| n.to_os_string());
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // One pending wake-up is enough: a burst of writes is one.
+        let (tx, events) = flume::bounded(1);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                // Our own reads are access events: they must not wake us, or
+                // the reader would spin at the end of the file.
+                if matches!(event.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                {
+                    let _ = tx.try_send(());
+                }
+            })?;
+        watcher.watch(&folder, notify::RecursiveMode::NonRecursive)?;
+        Ok(Wake {
+            _watcher: watcher,
+            events,
+        })
+    }
 }
 
 fn inode_of(meta: &std::fs::Metadata) -> u64 {
@@ -137,6 +185,8 @@ impl FileLines {
             max_line,
             skipping: None,
             carry: None,
+            wake: None,
+            polls: false,
         })
     }
 
@@ -149,7 +199,9 @@ impl FileLines {
         if inode_of(&meta) != self.inode || meta.len() < self.position {
             tracing::info!(path = %self.path.display(), "file replaced or truncated: reading it from the start");
             let partial = std::mem::take(&mut self.pending);
+            let (wake, polls) = (self.wake.take(), self.polls);
             *self = FileLines::open(self.path.clone(), true, self.max_line)?;
+            (self.wake, self.polls) = (wake, polls);
             if !partial.is_empty() {
                 // The old file ended without a newline: its last line is done.
                 tracing::warn!(path = %self.path.display(), bytes = partial.len(), "the replaced file's last line had no newline: taking it as a line");
@@ -329,6 +381,24 @@ impl Lines for FileLines {
 
     fn unterminated(&self) -> Option<&[u8]> {
         (!self.pending.is_empty()).then_some(self.pending.as_slice())
+    }
+
+    fn wait(&mut self, max: std::time::Duration) {
+        if self.follow && self.wake.is_none() && !self.polls {
+            match Wake::new(&self.path) {
+                Ok(w) => self.wake = Some(w),
+                Err(e) => {
+                    tracing::debug!(path = %self.path.display(), "cannot watch the followed file's folder, polling: {e}");
+                    self.polls = true;
+                }
+            }
+        }
+        match &self.wake {
+            Some(w) => {
+                let _ = w.events.recv_timeout(max);
+            }
+            None => std::thread::sleep(max),
+        }
     }
 
     fn position(&self) -> Option<Position> {

@@ -150,6 +150,10 @@ pub(crate) trait Lines {
     fn position(&self) -> Option<Position> {
         None
     }
+    /// Nothing to read now ([`Read1::Idle`]): waits up to `max` for more.
+    fn wait(&mut self, max: Duration) {
+        let _ = max; // stdin waits inside its own read
+    }
 }
 
 pub(crate) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -409,9 +413,7 @@ fn read_loop(
                 if let Some(cp) = checkpointer.as_deref_mut() {
                     checkpoint_if_due(cp, lines, outbox, stats)?;
                 }
-                if matches!(spec.input, Input::File { .. }) {
-                    std::thread::sleep(POLL);
-                }
+                lines.wait(POLL);
                 continue;
             }
             Read1::Pending => continue,
