@@ -127,7 +127,14 @@ impl Daemon {
             }
         }
         for p in pipelines {
-            if p.checkpoint.is_none() || self.live.contains_key(&p.name) {
+            // Running ones keep going; a checkpointed one that a reload removed
+            // and that has ended resumes from its checkpoint when re-added.
+            if p.checkpoint.is_none()
+                || self
+                    .live
+                    .get(&p.name)
+                    .is_some_and(|l| !(l.ended && l.removed))
+            {
                 continue;
             }
             let store = self.store()?;
@@ -348,6 +355,19 @@ impl Daemon {
         }
         for spec in &new.pipelines {
             match self.live.get(&spec.name) {
+                Some(live)
+                    if live.ended
+                        && live.removed
+                        && resumes
+                            .pipelines
+                            .get(&spec.name)
+                            .is_some_and(|r| r.checkpoint.is_some()) =>
+                {
+                    match self.start_pipeline(spec, resumes.pipelines.remove(&spec.name)) {
+                        Ok(()) => started += 1,
+                        Err(e) => errors.push(format!("{e:#}")),
+                    }
+                }
                 Some(live) if live.ended => same += 1,
                 Some(live) => {
                     if live.chain.load().fingerprint() == spec.chain.fingerprint() {
@@ -505,6 +525,7 @@ pub async fn run(
                 None => break,
                 Some(joined) => {
                     let (summary, result) = joined?;
+                    tracing::info!("pipeline ended: {summary}");
                     if result.is_err() {
                         daemon.cancel_all();
                     }
