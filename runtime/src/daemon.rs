@@ -459,7 +459,9 @@ pub async fn run(
     if let Some(addr) = topology.admin {
         match crate::admin::serve(addr, admin.clone()).await {
             Ok(bound) => tracing::info!("admin API listening on {bound}"),
-            Err(e) => tracing::error!("admin API off: cannot listen on {addr}: {e}"),
+            Err(e) => tracing::error!(
+                "admin API off: cannot listen on {addr}: {e} (another daemon there? set [daemon] admin to another address, or \"off\")"
+            ),
         }
     }
     let mut daemon = Daemon {
