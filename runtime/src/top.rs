@@ -109,7 +109,7 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<20} {:<8} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "{:<20} {:<8} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}  WATERMARK",
         "PIPELINE", "STATE", "IN", "OUT", "REJECTED", "FAILED", "IN/s", "OUT/s"
     );
     for p in &after.pipelines {
@@ -121,7 +121,7 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
         let rate_of = |c: &str| old.map_or(0.0, |o| rate(counter(o, c), counter(p, c), elapsed));
         let _ = writeln!(
             out,
-            "{name:<20} {:<8} {:>12} {:>12} {:>10} {:>10} {:>10.1} {:>10.1}",
+            "{name:<20} {:<8} {:>12} {:>12} {:>10} {:>10} {:>10.1} {:>10.1}  {}",
             if p["running"] == true {
                 "running"
             } else {
@@ -133,6 +133,8 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
             counter(p, "records_failed"),
             rate_of("records_in"),
             rate_of("records_out"),
+            // Windowed pipelines: the event time the windows have reached.
+            p["watermark"].as_str().unwrap_or("-"),
         );
     }
     let _ = writeln!(out);
@@ -230,7 +232,10 @@ mod tests {
             .unwrap()
             .split_whitespace()
             .collect();
-        assert_eq!(row, ["p", "running", "30", "15", "1", "0", "10.0", "5.0"]);
+        assert_eq!(
+            row,
+            ["p", "running", "30", "15", "1", "0", "10.0", "5.0", "-"]
+        );
         let plugin: Vec<&str> = view
             .lines()
             .find(|l| l.starts_with("identity "))

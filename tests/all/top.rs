@@ -59,7 +59,7 @@ sinks = ["out"]
     let lines = LINES.to_string();
     assert_eq!(
         row,
-        ["p", "running", &lines, &lines, "0", "0", "0.0", "0.0"],
+        ["p", "running", &lines, &lines, "0", "0", "0.0", "0.0", "-"],
         "{view}"
     );
     let version = sluice::plugin::content_version(
