@@ -465,3 +465,37 @@ sinks = ["out"]
     let a: std::collections::BTreeSet<u64> = out.iter().filter_map(|v| v["a"].as_u64()).collect();
     assert_eq!(a, (0..10).collect());
 }
+
+/// A resume that is refused (the input file was replaced) writes nothing: in
+/// particular not the restored open windows, which would be partial values
+/// written as final.
+#[test]
+fn a_refused_resume_writes_no_window() {
+    let scratch = Scratch::new(
+        &config("in.ndjson", 1, false).replace("max_records = 512", "max_records = 1"),
+    );
+    scratch.write("in.ndjson", &(flights_lines(40_000).join("\n") + "\n"));
+    let daemon = Running::start(scratch.command("run"));
+    scratch.wait_for_lines("out.ndjson", 20);
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+    let listed = scratch.command("checkpoints").output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        !listed.contains("(input finished)"),
+        "stopped mid-input: {listed}"
+    );
+    let before = std::fs::read(scratch.path("out.ndjson")).unwrap();
+
+    // The same lines in a new file (another inode).
+    std::fs::copy(scratch.path("in.ndjson"), scratch.path("in.new")).unwrap();
+    std::fs::rename(scratch.path("in.new"), scratch.path("in.ndjson")).unwrap();
+    let output = scratch.run();
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("was replaced since the checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read(scratch.path("out.ndjson")).unwrap(), before);
+}
