@@ -22,7 +22,7 @@ previous result, so `--only` refreshes part of the report):
 - slowsink: RSS of the daemon sampled over 60 s while its stdout sink is read at
   1 MB/s;
 - latency: records stamped with their creation time written at fixed rates into
-  the daemon's stdin (and, for the 100 ms poll, into a followed file), read back
+  the daemon's stdin (and into a followed file), read back
   from its output: p50/p99/p999 per rate and batch interval.
 """
 
