@@ -513,7 +513,7 @@ def write(results, out, md_path):
           "`stdout` sink read back by the harness, latency = read time − stamp; the first "
           "0.5 s left out. Source `stdin`: the generator writes into the daemon's stdin. "
           "Source `file follow`: into a file the daemon follows (`follow = true`), which "
-          "is polled every 100 ms when at its end. *achieved* is the rate the generator "
+          "is woken by inotify when it grows. *achieved* is the rate the generator "
           "managed." % lt["seconds_per_run"])
         A("")
         A("| source | rate (rec/s) | batch interval | achieved (rec/s) | received / sent | p50 (ms) | p99 (ms) | p999 (ms) | max (ms) |")
