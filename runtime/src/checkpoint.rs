@@ -102,6 +102,10 @@ pub struct Checkpoint {
     pub window: Option<WindowSnapshot>,
     /// The input was read to its end and every window emitted.
     pub finished: bool,
+    /// Taken as the pipeline stopped (a signal, a reload that removed it): it
+    /// wrote nothing after it.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// The checkpoint store: one redb database, one row per pipeline.
@@ -412,6 +416,7 @@ impl Checkpointer {
             exclusive: self.exclusive.clone(),
             window,
             finished: kind == BarrierKind::End,
+            stopped: kind == BarrierKind::Stop,
         };
         self.store.save(&self.pipeline, &checkpoint)?;
         self.last_id = checkpoint.id;

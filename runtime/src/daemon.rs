@@ -102,7 +102,7 @@ struct Resumes {
     pipelines: BTreeMap<String, Resume>,
     /// Per file sink written by one checkpointed pipeline only, not running yet:
     /// the length to cut it back to.
-    sinks: BTreeMap<String, u64>,
+    sinks: BTreeMap<String, crate::sink::Resume>,
 }
 
 impl Daemon {
@@ -147,13 +147,20 @@ impl Daemon {
                 }
                 exclusive_sinks.insert(s.clone());
                 // Cut back only a sink that was this pipeline's alone when the
-                // checkpoint was taken too.
+                // checkpoint was taken too, and only after a crash: after a
+                // final checkpoint (a stop, the end of the input) the pipeline
+                // wrote nothing more, and whatever follows in the file is
+                // someone else's.
                 if let Some(c) = &checkpoint
-                    && c.exclusive.contains(s)
-                    && let Some(len) = c.sinks.get(s)
                     && !self.sinks.contains_key(s)
                 {
-                    out.sinks.insert(s.clone(), *len);
+                    let resume = match c.sinks.get(s) {
+                        Some(len) if !c.finished && !c.stopped && c.exclusive.contains(s) => {
+                            crate::sink::Resume::CutTo(*len)
+                        }
+                        _ => crate::sink::Resume::Keep,
+                    };
+                    out.sinks.insert(s.clone(), resume);
                 }
             }
             out.pipelines.insert(
@@ -173,7 +180,7 @@ impl Daemon {
         &mut self,
         name: &str,
         spec: &SinkSpec,
-        resume: Option<u64>,
+        resume: Option<crate::sink::Resume>,
     ) -> anyhow::Result<()> {
         if !self.sinks.contains_key(name) {
             let sink = RunningSink::start(name, spec, resume)?;
@@ -368,7 +375,15 @@ impl Daemon {
                         Err(e) => errors.push(format!("{e:#}")),
                     }
                 }
-                Some(live) if live.ended => same += 1,
+                Some(live) if live.ended => {
+                    if live.removed {
+                        tracing::warn!(
+                            pipeline = %spec.name,
+                            "pipeline ended after an earlier reload removed it; not started again (without a checkpoint it would read its input twice; with `checkpoint` it resumes)"
+                        );
+                    }
+                    same += 1;
+                }
                 Some(live) => {
                     if live.chain.load().fingerprint() == spec.chain.fingerprint() {
                         same += 1;

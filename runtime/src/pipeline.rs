@@ -171,7 +171,7 @@ impl PipelineSpec {
         let changes = crate::checkpoint::shape_changes(&checkpoint.shape, &self.checkpoint_shape());
         anyhow::ensure!(
             changes.is_empty(),
-            "pipeline `{}`: its checkpoint in {} cannot be resumed: it was taken with another {}. Undo the change, or forget the checkpoint with `sluice checkpoints --config <this config file> --reset {}` (the pipeline then starts from the beginning of its input){}",
+            "pipeline `{}`: its checkpoint in {} cannot be resumed: changed since it was taken: {}. Undo the change, or (with the daemon stopped) forget the checkpoint with `sluice checkpoints --config <this config file> --reset {}`: the pipeline then starts from the beginning of its input{}",
             self.name,
             store.path().display(),
             changes

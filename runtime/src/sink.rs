@@ -49,6 +49,17 @@ impl SinkSpec {
     }
 }
 
+/// How a file sink of a resuming, checkpointed pipeline is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// After a crash: cut back to this length (bytes), what the checkpoint
+    /// recorded.
+    CutTo(u64),
+    /// After a stop or the end of the input: nothing was written after the
+    /// checkpoint; keep the file as it is (not truncated either).
+    Keep,
+}
+
 /// What a sink's thread is sent.
 #[derive(Debug)]
 enum SinkMsg {
@@ -136,14 +147,14 @@ pub struct RunningSink {
 }
 
 impl RunningSink {
-    /// Opens the sink's output and starts its thread. With `resume` (the length
-    /// a checkpoint recorded for this file sink), the file is not truncated but
-    /// cut back to that length: what was written after the checkpoint is written
-    /// again by the replay.
+    /// Opens the sink's output and starts its thread. With `resume` (a
+    /// checkpointed pipeline resuming), a file sink is not truncated; after a
+    /// crash it is cut back to the length its checkpoint recorded: what was
+    /// written after the checkpoint is written again by the replay.
     ///
     /// # Errors
     /// The output file cannot be opened.
-    pub fn start(name: &str, spec: &SinkSpec, resume: Option<u64>) -> anyhow::Result<Self> {
+    pub fn start(name: &str, spec: &SinkSpec, resume: Option<Resume>) -> anyhow::Result<Self> {
         let mut out: Box<dyn Output> = match spec {
             SinkSpec::Stdout => Box::new(StdoutOutput),
             SinkSpec::Blackhole => Box::new(Blackhole),
@@ -153,16 +164,27 @@ impl RunningSink {
                         format!("sink `{name}`: cannot create {}", dir.display())
                     })?;
                 }
-                let truncate = *truncate && resume.is_none();
-                let file = OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .write(true)
-                    .append(!truncate)
-                    .truncate(truncate)
-                    .open(path)
-                    .with_context(|| format!("sink `{name}`: cannot open {}", path.display()))?;
-                if let Some(len) = resume {
+                let regular = std::fs::metadata(path).map_or(true, |m| m.is_file());
+                let file = if regular {
+                    let truncate = *truncate && resume.is_none();
+                    OpenOptions::new()
+                        .create(true)
+                        .read(true)
+                        .write(true)
+                        .append(!truncate)
+                        .truncate(truncate)
+                        .open(path)
+                } else {
+                    // A FIFO (or a device) is opened for writing only: the open
+                    // waits for a reader, and a reader that goes away fails the
+                    // sink (EPIPE) instead of the records piling up unread in
+                    // the pipe, as they would with the pipe open for reading
+                    // too.
+                    tracing::info!(sink = name, path = %path.display(), "not a regular file: waiting for a reader");
+                    OpenOptions::new().write(true).open(path)
+                }
+                .with_context(|| format!("sink `{name}`: cannot open {}", path.display()))?;
+                if let Some(Resume::CutTo(len)) = resume.filter(|_| regular) {
                     cut_back(&file, len, name, path)?;
                 }
                 Box::new(FileOutput::new(file, name, path)?)

@@ -296,6 +296,17 @@ impl Topology {
                             "checkpoints need a source that can be read again from a position (a file); stdin cannot",
                         ));
                     }
+                    if let Input::File { path, .. } = &src_spec.input
+                        && std::fs::metadata(path).is_ok_and(|m| !m.is_file())
+                    {
+                        return Err(source.error(
+                            c.span(),
+                            format!(
+                                "checkpoints need a source that can be read again from a position: {} is not a regular file (a FIFO or a device)",
+                                path.display()
+                            ),
+                        ));
+                    }
                     Some(crate::checkpoint::CheckpointSpec {
                         interval: c.get_ref().interval,
                         batches: c.get_ref().batches,

@@ -285,27 +285,36 @@ impl Udf {
             match self.call(|i| i.finish(chunk)) {
                 Ok(texts) => out.extend(texts.iter().map(|t| self.parse(t))),
                 Err(e) => {
-                    tracing::warn!(
-                        pipeline = %self.pipeline,
-                        stage = %self.spec.label,
-                        version = %self.plugin.version,
-                        windows = chunk.len(),
-                        "aggregator finish failed, retrying window by window: {e}"
-                    );
+                    // Window by window; the failures are logged once per
+                    // chunk, with the first reason.
+                    let (mut failed, mut first) = (0usize, None);
                     for state in chunk {
                         let one = std::slice::from_ref(state);
                         match self.call(|i| i.finish(one)) {
                             Ok(texts) => out.push(self.parse(&texts[0])),
                             Err(e) => {
-                                tracing::error!(
-                                    pipeline = %self.pipeline,
-                                    stage = %self.spec.label,
-                                    version = %self.plugin.version,
-                                    "aggregator finish failed on a window: it gets null for this aggregate: {e}"
-                                );
+                                failed += 1;
+                                first.get_or_insert_with(|| e.to_string());
                                 out.push(Value::Null);
                             }
                         }
+                    }
+                    if failed > 0 {
+                        tracing::error!(
+                            pipeline = %self.pipeline,
+                            stage = %self.spec.label,
+                            version = %self.plugin.version,
+                            windows = failed,
+                            of = chunk.len(),
+                            "aggregator finish failed on {failed} window(s): they get null for this aggregate; first reason: {}",
+                            first.unwrap_or_default()
+                        );
+                    } else {
+                        tracing::debug!(
+                            pipeline = %self.pipeline,
+                            stage = %self.spec.label,
+                            "aggregator finish failed on a chunk but on no window alone: {e}"
+                        );
                     }
                 }
             }

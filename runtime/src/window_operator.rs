@@ -299,6 +299,9 @@ pub fn run(
     op.refresh_empty();
     if let Some(snapshot) = restore {
         op.restore(snapshot);
+        stats
+            .watermark_ms
+            .store(op.watermarks.current(), Ordering::Relaxed);
     }
     let tick = (spec.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
     // Barriers seen, by checkpoint id: acknowledged once every partition's is in.

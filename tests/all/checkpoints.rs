@@ -190,7 +190,7 @@ fn a_stop_saves_open_windows_and_the_restart_finishes_them() {
     assert_ne!(output.status.code(), Some(0));
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
-        err.contains("cannot be resumed: it was taken with another partitions")
+        err.contains("cannot be resumed: changed since it was taken: partitions.")
             && err.contains("partitions: 1 → now 2")
             && err.contains("--reset w`"),
         "{err}"
@@ -498,4 +498,24 @@ fn a_refused_resume_writes_no_window() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(std::fs::read(scratch.path("out.ndjson")).unwrap(), before);
+}
+
+/// After a checkpoint that ended the run (end of input, or a stop), the
+/// pipeline wrote nothing more: a rerun leaves its file sinks as they are,
+/// lines someone appended included (only a crash makes it cut back).
+#[test]
+fn a_finished_run_leaves_its_sinks_alone() {
+    let scratch = Scratch::new(&config("in.ndjson", 1, false));
+    scratch.write("in.ndjson", &(flights_lines(2_000).join("\n") + "\n"));
+    assert_exit(&scratch.run(), 0);
+    let mut out = std::fs::read_to_string(scratch.path("out.ndjson")).unwrap();
+    out.push_str("{\"appended\":true}\n");
+    scratch.write("out.ndjson", &out);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "w", "in"), 0);
+    assert_eq!(
+        std::fs::read_to_string(scratch.path("out.ndjson")).unwrap(),
+        out
+    );
 }

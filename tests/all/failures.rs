@@ -201,3 +201,68 @@ sinks = ["out"]
     let want: Vec<String> = (1..=8).map(|n| format!("{{\"n\":{n}}}")).collect();
     assert_eq!(scratch.read_lines("out.ndjson"), want);
 }
+
+/// A FIFO as a file sink: the daemon writes to it only (it waits for the
+/// reader), so every record reaches the reader; a reader that goes away fails
+/// the sink loudly instead of the records piling up unread in the pipe.
+#[test]
+fn a_fifo_sink_delivers_everything_or_fails() {
+    let config = r#"
+[daemon]
+admin = "off"
+[sources.in]
+type = "file"
+path = "in.ndjson"
+[sinks.out]
+type = "file"
+path = "out.fifo"
+[pipelines.p]
+source = "in"
+sinks = ["out"]
+"#;
+    let scratch = Scratch::new(config);
+    let lines: Vec<String> = (1..=2_000).map(|n| format!("{{\"n\":{n}}}")).collect();
+    scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
+    let fifo = scratch.path("out.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let got: Vec<String> = reader.join().unwrap().lines().map(str::to_string).collect();
+    assert_eq!(got, lines);
+
+    // A reader that reads one line and goes away: the sink fails (EPIPE), the
+    // pipeline stops with an error; nothing claims to be delivered.
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut first = String::new();
+        std::io::BufReader::new(std::fs::File::open(fifo).unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        first
+    });
+    let big: Vec<String> = (1..=200_000).map(|n| format!("{{\"n\":{n}}}")).collect();
+    scratch.write("in.ndjson", &(big.join("\n") + "\n"));
+    let output = scratch.run();
+    assert_eq!(reader.join().unwrap(), "{\"n\":1}\n");
+    assert_ne!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("sink failed"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
