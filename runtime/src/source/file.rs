@@ -39,45 +39,121 @@ pub(super) struct FileLines {
     polls: bool,
 }
 
-/// An inotify watch (crate `notify`) on a followed file's folder: a write,
-/// create, rename or removal of the file ends a wait at once, instead of at the
-/// next poll (100 ms).
+/// A followed file's wake-up: a write, create, rename or removal of the file
+/// ends a wait at once, instead of at the next poll (100 ms). All followed
+/// files of the process share one inotify instance ([`WATCHES`]): the kernel
+/// allows a user only 128 of them.
 struct Wake {
-    _watcher: notify::RecommendedWatcher,
+    id: u64,
+    folder: PathBuf,
     events: flume::Receiver<()>,
 }
+
+/// Who waits for changes to which file.
+struct Subscriber {
+    id: u64,
+    folder: PathBuf,
+    name: std::ffi::OsString,
+    wake: flume::Sender<()>,
+}
+
+/// The process's one watcher and how many followed files use each folder.
+#[derive(Default)]
+struct Watches {
+    watcher: Option<notify::RecommendedWatcher>,
+    folders: std::collections::HashMap<PathBuf, usize>,
+    next_id: u64,
+}
+
+/// Locked to add or remove a watch. The watcher's callback only takes
+/// [`SUBSCRIBERS`], never this lock: `watch` waits for the watcher's thread,
+/// which may be in the callback.
+static WATCHES: std::sync::LazyLock<std::sync::Mutex<Watches>> =
+    std::sync::LazyLock::new(Default::default);
+static SUBSCRIBERS: std::sync::Mutex<Vec<Subscriber>> = std::sync::Mutex::new(Vec::new());
 
 impl Wake {
     fn new(path: &std::path::Path) -> notify::Result<Self> {
         use notify::Watcher as _;
-        let name = path.file_name().map(|n| n.to_os_string());
+        let name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         let folder = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        // One pending wake-up is enough: a burst of writes is one.
-        let (tx, events) = flume::bounded(1);
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let Ok(event) = event else { return };
-                // Our own reads are access events: they must not wake us, or
-                // the reader would spin at the end of the file.
-                if matches!(event.kind, notify::EventKind::Access(_)) {
-                    return;
-                }
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-                {
-                    let _ = tx.try_send(());
-                }
-            })?;
-        watcher.watch(&folder, notify::RecursiveMode::NonRecursive)?;
-        Ok(Wake {
-            _watcher: watcher,
-            events,
-        })
+        // One spelling per folder, as the watcher reports its events' paths.
+        let folder = std::fs::canonicalize(&folder).unwrap_or(folder);
+        let mut watches = WATCHES.lock().unwrap_or_else(|e| e.into_inner());
+        if watches.watcher.is_none() {
+            watches.watcher = Some(notify::recommended_watcher(
+                |event: notify::Result<notify::Event>| {
+                    let Ok(event) = event else { return };
+                    // Our own reads are access events: they must not wake a
+                    // reader, or it would spin at the end of its file.
+                    if matches!(event.kind, notify::EventKind::Access(_)) {
+                        return;
+                    }
+                    let subscribers = SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner());
+                    for path in &event.paths {
+                        let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+                            continue;
+                        };
+                        for s in subscribers
+                            .iter()
+                            .filter(|s| s.name == name && s.folder == folder)
+                        {
+                            // One pending wake-up is enough: a burst is one.
+                            let _ = s.wake.try_send(());
+                        }
+                    }
+                },
+            )?);
+        }
+        let users = watches.folders.get(&folder).copied().unwrap_or(0);
+        if users == 0 {
+            watches
+                .watcher
+                .as_mut()
+                .expect("made above")
+                .watch(&folder, notify::RecursiveMode::NonRecursive)?;
+        }
+        watches.folders.insert(folder.clone(), users + 1);
+        watches.next_id += 1;
+        let id = watches.next_id;
+        drop(watches);
+        let (wake, events) = flume::bounded(1);
+        SUBSCRIBERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscriber {
+                id,
+                folder: folder.clone(),
+                name,
+                wake,
+            });
+        Ok(Wake { id, folder, events })
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        use notify::Watcher as _;
+        SUBSCRIBERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.id != self.id);
+        let mut watches = WATCHES.lock().unwrap_or_else(|e| e.into_inner());
+        let users = watches.folders.get(&self.folder).copied().unwrap_or(1) - 1;
+        if users == 0 {
+            watches.folders.remove(&self.folder);
+            if let Some(w) = watches.watcher.as_mut() {
+                let _ = w.unwatch(&self.folder);
+            }
+        } else {
+            watches.folders.insert(self.folder.clone(), users);
+        }
     }
 }
 
