@@ -74,6 +74,26 @@ pub struct Position {
     /// Bytes consumed: a file offset, or for gzip an offset into the
     /// decompressed stream.
     pub offset: u64,
+    /// Plain files: a hash (FNV-1a 64) of the [`FINGERPRINT_BYTES`] bytes
+    /// before `offset`, to tell the same file from one rewritten in place
+    /// (same inode) while the daemon was down.
+    #[serde(default)]
+    pub fingerprint: Option<u64>,
+}
+
+/// Bytes before a position that its fingerprint covers.
+pub const FINGERPRINT_BYTES: u64 = 256;
+
+/// The fingerprint of the bytes of `file` before `offset` (see
+/// [`Position::fingerprint`]); `None` if they cannot be read.
+pub fn fingerprint(file: &std::fs::File, offset: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let start = offset.saturating_sub(FINGERPRINT_BYTES);
+    let mut buf = vec![0u8; (offset - start) as usize];
+    file.read_exact_at(&mut buf, start).ok()?;
+    Some(buf.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    }))
 }
 
 /// One pipeline's checkpoint.

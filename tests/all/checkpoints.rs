@@ -3,6 +3,7 @@
 //! the NDJSON; a stop saves the open windows instead of emitting them, and the
 //! restart finishes them; a checkpoint that no longer fits is refused.
 
+use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -518,4 +519,55 @@ fn a_finished_run_leaves_its_sinks_alone() {
         std::fs::read_to_string(scratch.path("out.ndjson")).unwrap(),
         out
     );
+}
+
+/// A followed file rewritten in place (same inode, same length) while the
+/// daemon was down is read from its start: the bytes before the saved
+/// position no longer match the checkpoint's fingerprint.
+#[test]
+fn a_followed_file_rewritten_in_place_while_down_is_read_from_its_start() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+admin = "off"
+[sources.f]
+type = "file"
+path = "f.ndjson"
+follow = true
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+[pipelines.p]
+source = "f"
+sinks = ["out"]
+checkpoint = { interval = "1h" }
+"#,
+    );
+    let lines = |range: std::ops::Range<u32>| -> String {
+        range.map(|n| format!("{{\"n\":{n}}}\n")).collect()
+    };
+    scratch.write("f.ndjson", &lines(10..20));
+    let daemon = Running::start(scratch.command("run"));
+    scratch.wait_for_lines("out.ndjson", 10);
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+    // Rewritten through the same inode, to the same length.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(scratch.path("f.ndjson"))
+        .unwrap()
+        .write_all(lines(50..70).as_bytes())
+        .unwrap();
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("truncated or rewritten since the checkpoint");
+    scratch.wait_for_lines("out.ndjson", 30);
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+    let got: Vec<u64> = scratch
+        .read_json("out.ndjson")
+        .iter()
+        .map(|v| v["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, (10..20).chain(50..70).collect::<Vec<u64>>());
 }

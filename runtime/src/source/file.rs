@@ -37,6 +37,8 @@ pub(super) struct FileLines {
     wake: Option<Wake>,
     /// The folder could not be watched: poll.
     polls: bool,
+    /// The file is gzip-compressed (positions are in the decompressed stream).
+    gzip: bool,
 }
 
 /// A followed file's wake-up: a write, create, rename or removal of the file
@@ -232,7 +234,11 @@ impl FileLines {
             let at_line_start = offset <= meta.len()
                 && file.seek(SeekFrom::Start(offset - 1)).is_ok()
                 && file.read_exact(&mut before).is_ok()
-                && before[0] == b'\n';
+                && before[0] == b'\n'
+                // The same bytes before the position as at the checkpoint.
+                && resume
+                    .and_then(|p| p.fingerprint)
+                    .is_none_or(|f| crate::checkpoint::fingerprint(&file, offset) == Some(f));
             if at_line_start {
                 Box::new(file)
             } else if follow {
@@ -244,7 +250,7 @@ impl FileLines {
                 return Err(beyond());
             } else {
                 anyhow::bail!(
-                    "{}: byte {offset} is not at a line start, so the file changed since the checkpoint; remove the pipeline's checkpoint (`sluice checkpoints --reset`) to read it from the start",
+                    "{}: the bytes before byte {offset} are not those of the checkpoint, so the file changed since; remove the pipeline's checkpoint (`sluice checkpoints --reset`) to read it from the start",
                     path.display()
                 );
             }
@@ -263,6 +269,7 @@ impl FileLines {
             carry: None,
             wake: None,
             polls: false,
+            gzip,
         })
     }
 
@@ -481,10 +488,19 @@ impl Lines for FileLines {
         if self.skipping.is_some() || self.carry.is_some() {
             return None;
         }
+        let offset = self.position - self.pending.len() as u64;
+        // Plain files: the bytes before the position, read from the file if
+        // it is still the one being read.
+        let fingerprint = (!self.gzip)
+            .then(|| File::open(&self.path).ok())
+            .flatten()
+            .filter(|f| f.metadata().is_ok_and(|m| inode_of(&m) == self.inode))
+            .and_then(|f| crate::checkpoint::fingerprint(&f, offset));
         Some(Position {
             path: self.path.clone(),
             inode: self.inode,
-            offset: self.position - self.pending.len() as u64,
+            offset,
+            fingerprint,
         })
     }
 }
