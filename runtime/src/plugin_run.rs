@@ -282,6 +282,18 @@ fn run_aggregator(
         .finish(std::slice::from_ref(&state))
         .map_err(|e| anyhow::anyhow!("finish failed: {e}"))?
         .remove(0);
+    // As the daemon writes it into a window row: parsed, then compact.
+    let result = match serde_json::from_str::<serde_json::Value>(&result) {
+        Ok(v) => v.to_string(),
+        Err(e) => {
+            writeln!(
+                diag,
+                "broken: finish returned no JSON ({e}); the daemon writes null: {result:?}"
+            )?;
+            report.broken += 1;
+            "null".to_string()
+        }
+    };
     report.records_out = 1;
     if keep_output {
         report.output.push(result.into_bytes());
