@@ -169,7 +169,9 @@ pub fn run(
     Ok(report)
 }
 
-/// [`run`] for an aggregator: every event in one window.
+/// [`run`] for an aggregator: every event in one window, run through the
+/// daemon's own aggregator runtime ([`crate::udaf::Udf`]: the same batching,
+/// one-by-one retry and `finish` handling).
 fn run_aggregator(
     plugin: &crate::plugin::Plugin,
     options: &RunOptions,
@@ -178,61 +180,39 @@ fn run_aggregator(
     diag: &mut impl Write,
     keep_output: bool,
 ) -> anyhow::Result<RunReport> {
-    let tags = LogTags::standalone("plugin-run", plugin);
-    let start = || -> anyhow::Result<crate::plugin::Instance> {
-        plugin
-            .instantiate(&options.config, options.limits, tags.clone())
-            .map_err(|e| {
-                anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version)
-            })
-    };
-    let mut instance = start()?;
-    let mut state = instance
-        .create()
-        .map_err(|e| anyhow::anyhow!("create failed: {e}"))?;
+    use crate::udaf::{Udf, UdfSpec};
+    let spec = std::sync::Arc::new(UdfSpec {
+        label: format!("aggregate:{}", plugin.name),
+        slot: crate::reload::PluginSlot::new(plugin.clone()),
+        config: options.config.clone(),
+        limits: options.limits,
+    });
+    let width = usize::from(options.field.is_some());
+    let mut udf = Udf::start("plugin-run", 0, options.field.as_ref().map(|_| 0), spec)?;
+    let mut state = vec![udf.initial.clone()];
     let mut report = RunReport::default();
     let mut batch = Batch::new();
+    // Per event of the batch: its input line and (with --field) the field.
     let mut lines: Vec<u64> = Vec::new();
+    let mut values: Vec<Option<serde_json::Value>> = Vec::new();
     let mut flush = |batch: &mut Batch,
                      lines: &mut Vec<u64>,
-                     state: &mut Vec<u8>,
+                     values: &mut Vec<Option<serde_json::Value>>,
                      report: &mut RunReport,
                      diag: &mut dyn Write|
      -> anyhow::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+        let pairs: Vec<(u32, usize)> = (0..batch.len()).map(|i| (0, i)).collect();
+        for failed in udf.accumulate(&mut state, &pairs, batch, values, width) {
+            writeln!(
+                diag,
+                "failed: line {}: {} (the daemon dead-letters it)",
+                lines[failed.event], failed.reason
+            )?;
+            report.failed += 1;
         }
-        let groups = vec![0u32; batch.len()];
-        let events = std::mem::take(batch);
-        let result = instance.accumulate(std::slice::from_ref(state), events.clone(), &groups);
-        match result {
-            Ok(mut states) => *state = states.remove(0),
-            Err(e) => {
-                if e.poisons_instance() {
-                    instance = start()?;
-                }
-                // As the daemon does: one by one; only the events that fail
-                // alone are left out.
-                for (event, line) in events.iter().zip(lines.iter()) {
-                    let mut one = Batch::new();
-                    one.push(event.key(), event.value(), event.timestamp_ms());
-                    match instance.accumulate(std::slice::from_ref(state), one, &[0]) {
-                        Ok(mut states) => *state = states.remove(0),
-                        Err(e) => {
-                            writeln!(
-                                diag,
-                                "failed: line {line}: {e} (the daemon dead-letters it)"
-                            )?;
-                            report.failed += 1;
-                            if e.poisons_instance() {
-                                instance = start()?;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        batch.clear();
         lines.clear();
+        values.clear();
         Ok(())
     };
     let mut row = [None];
@@ -257,43 +237,24 @@ fn run_aggregator(
             },
             None => (None, 0),
         };
-        let value = match &options.field {
-            None => line,
-            Some(field) => {
-                if let Err(reason) = crate::decode::extract_into(&line, &[field], &mut row) {
-                    writeln!(diag, "skipped: line {line_no}: {reason}")?;
-                    report.skipped += 1;
-                    continue;
-                }
-                match row[0].take() {
-                    None | Some(serde_json::Value::Null) => continue,
-                    Some(v) => v.to_string().into_bytes(),
-                }
+        if let Some(field) = &options.field {
+            if let Err(reason) = crate::decode::extract_into(&line, &[field], &mut row) {
+                writeln!(diag, "skipped: line {line_no}: {reason}")?;
+                report.skipped += 1;
+                continue;
             }
-        };
-        batch.push(key.as_deref(), &value, ts);
+            values.push(row[0].take());
+        }
+        batch.push(key.as_deref(), &line, ts);
         lines.push(line_no);
         if batch.len() >= options.batch {
-            flush(&mut batch, &mut lines, &mut state, &mut report, diag)?;
+            flush(&mut batch, &mut lines, &mut values, &mut report, diag)?;
         }
     }
-    flush(&mut batch, &mut lines, &mut state, &mut report, diag)?;
-    let result = instance
-        .finish(std::slice::from_ref(&state))
-        .map_err(|e| anyhow::anyhow!("finish failed: {e}"))?
-        .remove(0);
-    // As the daemon writes it into a window row: parsed, then compact.
-    let result = match serde_json::from_str::<serde_json::Value>(&result) {
-        Ok(v) => v.to_string(),
-        Err(e) => {
-            writeln!(
-                diag,
-                "broken: finish returned no JSON ({e}); the daemon writes null: {result:?}"
-            )?;
-            report.broken += 1;
-            "null".to_string()
-        }
-    };
+    flush(&mut batch, &mut lines, &mut values, &mut report, diag)?;
+    // As the daemon writes it into a window row: parsed, then compact (null
+    // when `finish` fails or returns no JSON; the reason is logged).
+    let result = udf.finish(&state).remove(0).to_string();
     report.records_out = 1;
     if keep_output {
         report.output.push(result.into_bytes());
