@@ -187,7 +187,7 @@ impl RunningSink {
                 if let Some(Resume::CutTo(len)) = resume.filter(|_| regular) {
                     cut_back(&file, len, name, path)?;
                 }
-                Box::new(FileOutput::new(file, name, path)?)
+                Box::new(FileOutput::new(file, regular, name, path)?)
             }
         };
         let (tx, rx) = flume::bounded::<SinkMsg>(SINK_QUEUE_BATCHES);
@@ -293,7 +293,12 @@ impl FileOutput {
     /// Takes an opened file; when appending to a file whose last line was cut
     /// short (a previous process killed mid-write), ends that line first so new
     /// records do not glue onto it.
-    fn new(mut file: File, name: &str, path: &std::path::Path) -> anyhow::Result<Self> {
+    fn new(
+        mut file: File,
+        regular: bool,
+        name: &str,
+        path: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         use std::io::{Read, Seek, SeekFrom};
         let mut len = file.metadata()?.len();
         if len > 0 {
@@ -306,7 +311,6 @@ impl FileOutput {
                 len += 1;
             }
         }
-        let regular = file.metadata()?.is_file();
         Ok(FileOutput { file, len, regular })
     }
 }
