@@ -212,13 +212,21 @@ impl Udf {
         let input = |pairs: &[(u32, usize)]| -> (Batch, Vec<u32>) {
             let mut batch = Batch::with_capacity(pairs.len(), 0);
             let mut groups = Vec::with_capacity(pairs.len());
+            // One buffer for every field's JSON text, not one string each.
+            let mut text = Vec::new();
             for &(group, i) in pairs {
                 let Some(event) = events.get(i) else { continue };
                 match field {
                     None => push(&mut batch, &event, event.value()),
                     Some(f) => match &values[i * width + f] {
                         None | Some(Value::Null) => continue,
-                        Some(v) => push(&mut batch, &event, v.to_string().as_bytes()),
+                        Some(v) => {
+                            text.clear();
+                            if serde_json::to_writer(&mut text, v).is_err() {
+                                continue; // a Value always serializes
+                            }
+                            push(&mut batch, &event, &text);
+                        }
                     },
                 }
                 groups.push(group);
