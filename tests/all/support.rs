@@ -34,6 +34,29 @@ fn flates(file: std::fs::File) -> flate2::read::MultiGzDecoder<std::fs::File> {
     flate2::read::MultiGzDecoder::new(file)
 }
 
+/// A daemon with its admin API on a free port and one pipeline `p`: the
+/// followed `in.ndjson` through the identity plugin to `out.ndjson`.
+pub const IDENTITY_FOLLOWING_WITH_ADMIN: &str = r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "127.0.0.1:0"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+follow = true
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+batch = { max_records = 10, interval = "10ms" }
+processors = [{ plugin = "identity.wasm" }]
+sinks = ["out"]
+"#;
+
 /// A scratch folder holding `sluice.toml`; the daemon runs with it as cwd.
 pub struct Scratch {
     pub dir: tempfile::TempDir,

@@ -8,28 +8,7 @@ use crate::support::*;
 #[test]
 fn top_once_shows_pipelines_and_plugins() {
     const LINES: usize = 25;
-    let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "127.0.0.1:0"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-follow = true
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-batch = { max_records = 10, interval = "10ms" }
-processors = [{ plugin = "identity.wasm" }]
-sinks = ["out"]
-"#,
-    );
+    let scratch = Scratch::new(IDENTITY_FOLLOWING_WITH_ADMIN);
     let lines: String = (0..LINES).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     scratch.write("in.ndjson", &lines);
     let mut daemon = Running::start(scratch.command("run"));
