@@ -56,14 +56,15 @@ impl Batcher {
         };
     }
 
-    /// Adds a record; calls `emit` with each batch this closes (zero, one or two:
-    /// the open batch when this record does not fit in it, and a batch made full
-    /// by this record).
+    /// Adds a record (with its headers, as (name, value) pairs); calls `emit`
+    /// with each batch this closes (zero, one or two: the open batch when this
+    /// record does not fit in it, and a batch made full by this record).
     pub fn push(
         &mut self,
         key: &[u8],
         value: &[u8],
         timestamp_ms: i64,
+        headers: &[(String, Vec<u8>)],
         now: Instant,
         mut emit: impl FnMut(Batch),
     ) {
@@ -75,6 +76,9 @@ impl Batcher {
             self.opened = Some(now);
         }
         self.batch.push(Some(key), value, timestamp_ms);
+        for (name, value) in headers {
+            self.batch.push_header(name, value);
+        }
         if self.batch.len() >= self.limits.max_records
             || self.batch.byte_size() >= self.limits.max_bytes
         {
@@ -121,8 +125,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Batcher::new(limits(10, 1000));
         assert_eq!(b.deadline(), None);
-        b.push(b"k", b"v", 0, t0, |_| panic!("not full"));
-        b.push(b"k", b"v", 0, t0 + Duration::from_millis(50), |_| {
+        b.push(b"k", b"v", 0, &[], t0, |_| panic!("not full"));
+        b.push(b"k", b"v", 0, &[], t0 + Duration::from_millis(50), |_| {
             panic!("not full")
         });
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
@@ -135,8 +139,8 @@ mod tests {
         let mut b = Batcher::new(limits(10, 8));
         let mut out = Vec::new();
         let now = Instant::now();
-        b.push(b"", b"abc", 0, now, |x| out.push(x));
-        b.push(b"", b"0123456789", 1, now, |x| out.push(x));
+        b.push(b"", b"abc", 0, &[], now, |x| out.push(x));
+        b.push(b"", b"0123456789", 1, &[], now, |x| out.push(x));
         let lens: Vec<usize> = out.iter().map(Batch::len).collect();
         assert_eq!(lens, vec![1, 1]);
         assert!(b.is_empty());
@@ -156,7 +160,7 @@ mod tests {
             let now = Instant::now();
             for (i, size) in sizes.iter().enumerate() {
                 let value = vec![b'x'; *size];
-                b.push(&(i as u32).to_le_bytes(), &value, i as i64, now, |x| batches.push(x));
+                b.push(&(i as u32).to_le_bytes(), &value, i as i64, &[], now, |x| batches.push(x));
             }
             batches.push(b.take());
             let mut seen = Vec::new();

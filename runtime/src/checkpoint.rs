@@ -63,10 +63,44 @@ pub struct CheckpointSpec {
     pub batches: Option<u64>,
 }
 
-/// Where a source was: the byte just after the last line handed to the
+/// Where a source was: what it had handed to the partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Position {
+    /// A file source.
+    File(FilePosition),
+    /// A Kafka source.
+    Kafka(KafkaPosition),
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::File(p) => write!(f, "{} byte {}", p.path.display(), p.offset),
+            Position::Kafka(k) => {
+                let parts: Vec<String> = k
+                    .kafka
+                    .iter()
+                    .map(|(t, p, o)| format!("{t}/{p}@{o}"))
+                    .collect();
+                write!(f, "kafka {}", parts.join(" "))
+            }
+        }
+    }
+}
+
+/// A Kafka source's position: per assigned partition, the offset of the next
+/// record to read (the offset Kafka commits, as Kafka's consumers do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaPosition {
+    /// (topic, partition, next offset), sorted.
+    pub kafka: Vec<(String, i32, i64)>,
+}
+
+/// Where a file source was: the byte just after the last line handed to the
 /// partitions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
+pub struct FilePosition {
     /// The file read.
     pub path: PathBuf,
     /// Its inode when read, to tell a replaced file from the same one.
@@ -118,8 +152,13 @@ pub struct Checkpoint {
     /// the saved length).
     #[serde(default)]
     pub exclusive: std::collections::BTreeSet<String>,
-    /// The window operator's state, for a windowed pipeline.
+    /// The window operator's state, for a windowed pipeline reading a file.
     pub window: Option<WindowSnapshot>,
+    /// A windowed pipeline reading Kafka: the window state of each Kafka
+    /// partition, as `topic/partition` → state (each partition's windows and
+    /// watermark are its own, as a Kafka Streams task's).
+    #[serde(default)]
+    pub tasks: BTreeMap<String, WindowSnapshot>,
     /// The input was read to its end and every window emitted.
     pub finished: bool,
     /// Taken as the pipeline stopped (a signal, a reload that removed it): it
@@ -278,8 +317,9 @@ pub struct Barrier {
 pub enum Ack {
     /// A partition worker of a pipeline without windows.
     Worker,
-    /// The window operator, with its state at the barrier.
-    Window(Box<WindowSnapshot>),
+    /// The window operator, with its state at the barrier: per task (see
+    /// [`crate::window_operator::Task`]).
+    Window(Box<BTreeMap<u32, WindowSnapshot>>),
 }
 
 /// The source's side of checkpointing: when to take one, and taking it.
@@ -307,7 +347,10 @@ pub struct Checkpointer {
     pub last_id: u64,
     last_at: Instant,
     last_batches: u64,
-    last_offset: Option<u64>,
+    last_position: Option<Position>,
+    /// Kafka sources: task id → `topic/partition`, the names the window state
+    /// of each task is saved under.
+    pub task_names: BTreeMap<u32, String>,
 }
 
 impl Checkpointer {
@@ -338,7 +381,8 @@ impl Checkpointer {
             last_id: last.map_or(0, |c| c.id),
             last_at: Instant::now(),
             last_batches: 0,
-            last_offset: last.map(|c| c.position.offset),
+            last_position: last.map(|c| c.position.clone()),
+            task_names: BTreeMap::new(),
         }
     }
 
@@ -356,15 +400,16 @@ impl Checkpointer {
         self.last_at = Instant::now();
     }
 
-    /// Whether a checkpoint at `offset` would save anything new.
-    pub fn moved(&self, offset: u64) -> bool {
-        self.last_offset != Some(offset)
+    /// Whether a checkpoint at `position` would save anything new.
+    pub fn moved(&self, position: &Position) -> bool {
+        self.last_position.as_ref() != Some(position)
     }
 
     /// Takes a checkpoint at `position`: `send` hands `barrier` to every
     /// partition (after their pending records); then waits for the acks, syncs
     /// the sinks and commits. Returns `false` (and saves nothing) when the
-    /// pipeline failed or a partition is gone meanwhile.
+    /// pipeline failed or a partition is gone meanwhile; else the checkpoint
+    /// saved.
     ///
     /// # Errors
     /// A sink cannot sync, or the store cannot be written.
@@ -374,9 +419,9 @@ impl Checkpointer {
         position: Position,
         stats: &Stats,
         send: &mut dyn FnMut(&Barrier) -> bool,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<Checkpoint>> {
         if self.failed.load(Ordering::Relaxed) {
-            return Ok(false);
+            return Ok(None);
         }
         let started = Instant::now();
         let (ack, acks) = flume::unbounded();
@@ -386,31 +431,31 @@ impl Checkpointer {
             ack,
         };
         if !send(&barrier) {
-            return Ok(false);
+            return Ok(None);
         }
         drop(barrier);
         let expected = if self.windowed { 1 } else { self.partitions };
-        let mut window = None;
+        let mut tasks = BTreeMap::new();
         let mut received = 0;
         while received < expected {
             match acks.recv_timeout(Duration::from_millis(100)) {
                 Ok(Ack::Worker) => received += 1,
                 Ok(Ack::Window(snapshot)) => {
-                    window = Some(*snapshot);
+                    tasks = *snapshot;
                     received += 1;
                 }
                 Err(flume::RecvTimeoutError::Timeout) => {
                     if self.failed.load(Ordering::Relaxed) {
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
                 // Every holder of the barrier dropped it without acking: a
                 // worker or the window operator stopped on an error.
-                Err(flume::RecvTimeoutError::Disconnected) => return Ok(false),
+                Err(flume::RecvTimeoutError::Disconnected) => return Ok(None),
             }
         }
         if self.failed.load(Ordering::Relaxed) {
-            return Ok(false);
+            return Ok(None);
         }
         // Every sink syncs at once (each fsync on its own thread).
         let pending = self
@@ -434,7 +479,15 @@ impl Checkpointer {
             position,
             sinks,
             exclusive: self.exclusive.clone(),
-            window,
+            window: if self.task_names.is_empty() {
+                tasks.remove(&0)
+            } else {
+                None
+            },
+            tasks: tasks
+                .into_iter()
+                .filter_map(|(task, w)| Some((self.task_names.get(&task)?.clone(), w)))
+                .collect(),
             finished: kind == BarrierKind::End,
             stopped: kind == BarrierKind::Stop,
         };
@@ -442,7 +495,7 @@ impl Checkpointer {
         self.last_id = checkpoint.id;
         self.last_at = Instant::now();
         self.last_batches = stats.batches.load(Ordering::Relaxed);
-        self.last_offset = Some(checkpoint.position.offset);
+        self.last_position = Some(checkpoint.position.clone());
         stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         crate::metrics::pipeline(&self.pipeline)
             .checkpoint_duration
@@ -450,11 +503,11 @@ impl Checkpointer {
         tracing::debug!(
             pipeline = %self.pipeline,
             id = checkpoint.id,
-            offset = checkpoint.position.offset,
+            position = %checkpoint.position,
             ms = started.elapsed().as_secs_f64() * 1e3,
             "checkpoint"
         );
-        Ok(true)
+        Ok(Some(checkpoint))
     }
 }
 

@@ -127,6 +127,36 @@ pub enum SourceKind {
     File,
     /// The daemon's standard input, read to its end.
     Stdin,
+    /// Kafka topics, read as a member of a consumer group (`brokers`, `topics`,
+    /// `group_id`): each record value is one event.
+    Kafka,
+}
+
+/// Where a Kafka source starts reading a partition that has no committed
+/// offset for its group (librdkafka's `auto.offset.reset`). A committed offset
+/// (or a changelog checkpoint) always wins: that is how a restart resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaStart {
+    /// At the partition's first retained record (default).
+    #[default]
+    Earliest,
+    /// At the partition's end: only records produced from now on.
+    Latest,
+    /// Only at a committed offset: a partition without one is an error.
+    Committed,
+}
+
+/// How a source's records are spread over the partition workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionBy {
+    /// By a hash of the record key (files and stdin; Kafka when asked).
+    Key,
+    /// Kafka only: by the Kafka partition (worker = partition mod workers), so a
+    /// partition's records keep their order and their offsets together
+    /// (default for Kafka, and required with windows).
+    Source,
 }
 
 /// How a source's lines are decoded into events.
@@ -176,6 +206,30 @@ pub struct SourceConfig {
     /// watermark to now).
     #[serde(default)]
     pub missing_timestamp: Option<Spanned<MissingTimestamp>>,
+    /// Kafka: the bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: Option<Spanned<String>>,
+    /// Kafka: the topics to subscribe to; a name starting with `^` is a regular
+    /// expression (librdkafka's pattern subscription).
+    pub topics: Option<Spanned<Vec<String>>>,
+    /// Kafka: the consumer group. Daemons with the same `group_id` share the
+    /// topics' partitions; offsets are committed for this group.
+    pub group_id: Option<Spanned<String>>,
+    /// Kafka: where a partition without a committed offset starts.
+    #[serde(default)]
+    pub start: Option<Spanned<KafkaStart>>,
+    /// Kafka: librdkafka consumer properties, passed through as given
+    /// (<https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md>).
+    /// `enable.auto.commit`, `enable.auto.offset.store` and `group.id` are
+    /// sluice's own and cannot be set here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, Spanned<toml::Value>>,
+    /// `key` or `source` (Kafka only; the default for Kafka).
+    pub partition_by: Option<Spanned<PartitionBy>>,
+    /// Kafka, windowed pipelines: the compacted topic that holds each Kafka
+    /// partition's window state, so that the daemon that takes a partition over
+    /// restores it. Default `<group_id>-<pipeline>-changelog` (Kafka Streams'
+    /// `<application.id>-<store>-changelog`).
+    pub changelog_topic: Option<Spanned<String>>,
 }
 
 /// What a source does with a record that has no event time.
@@ -199,6 +253,9 @@ pub enum SinkKind {
     File,
     /// Accepts and discards everything (benchmarks).
     Blackhole,
+    /// A Kafka topic, through an idempotent producer: one Kafka record per
+    /// event, with the event's key, headers and timestamp.
+    Kafka,
 }
 
 /// `[sinks.NAME]`.
@@ -213,6 +270,17 @@ pub struct SinkConfig {
     /// Truncate the file at start instead of appending (`file` only). Default false.
     #[serde(default)]
     pub truncate: bool,
+    /// Kafka: the bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: Option<Spanned<String>>,
+    /// Kafka: the topic records go to (required)…
+    pub topic: Option<Spanned<String>>,
+    /// …unless this JSON pointer (RFC 6901) finds a string field in the record:
+    /// then that field names its topic.
+    pub topic_field: Option<Spanned<String>>,
+    /// Kafka: librdkafka producer properties, passed through as given.
+    /// `enable.idempotence` is always on (and `acks` therefore `all`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, Spanned<toml::Value>>,
 }
 
 /// What a stage does with a batch that failed: a trap, a timeout, an

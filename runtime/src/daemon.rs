@@ -138,7 +138,14 @@ impl Daemon {
                 continue;
             }
             let store = self.store()?;
-            let checkpoint = p.load_checkpoint(&store)?;
+            // A Kafka pipeline resumes from its group's committed offsets and
+            // its partitions' changelog, whichever daemon had them last; its
+            // local checkpoint is a record, not a starting point.
+            let checkpoint = if matches!(p.source.input, Input::Kafka(_)) {
+                None
+            } else {
+                p.load_checkpoint(&store)?
+            };
             let mut exclusive_sinks = std::collections::BTreeSet::new();
             for s in p.sinks.iter().chain(&p.dead_letter) {
                 if users.get(s.as_str()).copied().unwrap_or(0) > 1 {
@@ -431,6 +438,7 @@ fn describe(input: &Input) -> String {
     match input {
         Input::File { path, .. } => path.display().to_string(),
         Input::Stdin => "stdin".into(),
+        Input::Kafka(k) => format!("kafka {} (group {})", k.topics.join(","), k.group_id),
     }
 }
 

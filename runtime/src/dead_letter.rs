@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+use sluice_plugin_sdk::Batch;
 
 use crate::sink::SinkHandle;
 
@@ -86,7 +87,8 @@ impl DeadLetter {
             }
             return Ok(());
         };
-        let mut buf = Vec::with_capacity(records.len() * 256);
+        let mut batch = Batch::with_capacity(records.len(), records.len() * 256);
+        let mut buf = Vec::with_capacity(256);
         for r in records {
             let mut obj = json!({
                 "pipeline": self.pipeline,
@@ -104,9 +106,22 @@ impl DeadLetter {
                 bytes_field(map, "key", r.key);
             }
             bytes_field(map, "original", r.original);
+            buf.clear();
             serde_json::to_writer(&mut buf, &obj)?;
-            buf.push(b'\n');
+            batch.push(
+                (!r.key.is_empty()).then_some(r.key),
+                &buf,
+                r.timestamp_ms.unwrap_or_else(now_ms),
+            );
         }
-        sink.send(Arc::new(buf))
+        sink.send(Arc::new(batch))
     }
+}
+
+/// Now, ms since the Unix epoch: a dead-letter record's Kafka timestamp when
+/// the refused record had no event time.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -76,6 +76,17 @@ impl Decoder {
         Decoder { key, timestamp }
     }
 
+    /// Whether a key pointer is set (else a Kafka source takes the Kafka key).
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Whether an event-time pointer is set (else a Kafka source takes the
+    /// Kafka timestamp).
+    pub fn has_timestamp(&self) -> bool {
+        self.timestamp.is_some()
+    }
+
     /// Validates `line` as one JSON value and extracts the key and event time.
     ///
     /// # Errors

@@ -30,6 +30,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod guest_output;
 pub mod inspect;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;

@@ -642,15 +642,16 @@ fn checkpoints(path: &Path, reset: Option<&str>) -> ExitCode {
         for (name, checkpoint) in all {
             match checkpoint {
                 Ok(c) => println!(
-                    "{name}: checkpoint {} at {} — {} byte {}{}, {} open window(s), sinks {:?}",
+                    "{name}: checkpoint {} at {} — {}{}, {} open window(s), sinks {:?}",
                     c.id,
                     sluice::window_operator::rfc3339(c.taken_at_ms),
-                    c.position.path.display(),
-                    c.position.offset,
+                    c.position,
                     if c.finished { " (input finished)" } else { "" },
                     c.window
-                        .as_ref()
-                        .map_or(0, |w| w.fixed.len() + w.sessions.len()),
+                        .iter()
+                        .chain(c.tasks.values())
+                        .map(|w| w.fixed.len() + w.sessions.len())
+                        .sum::<usize>(),
                     c.sinks
                 ),
                 Err(e) => println!("{name}: unreadable checkpoint: {e:#}"),

@@ -213,6 +213,41 @@ pub struct Registry {
     pub config_reloads: AtomicU64,
     /// `sluice.config.reload_failures`: config reloads refused.
     pub config_reload_failures: AtomicU64,
+    /// `sluice.consumer.lag`: per (pipeline, topic, partition) of a Kafka
+    /// source, the records between its position and the partition's end.
+    consumer_lag: Mutex<BTreeMap<(String, String, i32), i64>>,
+}
+
+/// Records a Kafka partition's consumer lag (records), from librdkafka's
+/// statistics (`consumer_lag`: high watermark − position).
+pub fn consumer_lag(pipeline: &str, topic: &str, partition: i32, lag: i64) {
+    REGISTRY
+        .consumer_lag
+        .lock()
+        .expect("metrics lock")
+        .insert((pipeline.to_string(), topic.to_string(), partition), lag);
+}
+
+/// Forgets a partition's lag (it was revoked: another daemon reads it now).
+pub fn forget_consumer_lag(pipeline: &str, topic: &str, partition: i32) {
+    REGISTRY
+        .consumer_lag
+        .lock()
+        .expect("metrics lock")
+        .remove(&(pipeline.to_string(), topic.to_string(), partition));
+}
+
+/// The consumer lag of each Kafka partition `pipeline` reads: (topic,
+/// partition, records).
+pub fn consumer_lags(pipeline: &str) -> Vec<(String, i32, i64)> {
+    REGISTRY
+        .consumer_lag
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .filter(|((p, _, _), _)| p == pipeline)
+        .map(|((_, t, part), lag)| (t.clone(), *part, *lag))
+        .collect()
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
@@ -465,6 +500,22 @@ pub fn render_prometheus(text: &mut String) {
             text,
             "sluice_checkpoint_duration_seconds",
             &format!("pipeline=\"{}\"", label(&p.pipeline)),
+        );
+    }
+    help(
+        text,
+        "sluice_consumer_lag",
+        "gauge",
+        "Records between a Kafka source's position and its partition's end.",
+    );
+    for ((pipeline, topic, partition), lag) in
+        REGISTRY.consumer_lag.lock().expect("metrics lock").iter()
+    {
+        let _ = writeln!(
+            text,
+            "sluice_consumer_lag{{pipeline=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {lag}",
+            label(pipeline),
+            label(topic)
         );
     }
     let plugins = plugins();

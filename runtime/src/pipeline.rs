@@ -240,7 +240,7 @@ impl PipelineSpec {
             tracing::info!(
                 pipeline = %self.name,
                 checkpoint = c.id,
-                offset = c.position.offset,
+                position = %c.position,
                 open_windows = c.window.as_ref().map_or(0, |w| w.fixed.len() + w.sessions.len()),
                 finished = c.finished,
                 "resuming from checkpoint"
@@ -251,6 +251,7 @@ impl PipelineSpec {
             None => (None, None),
         };
         let checkpointed = self.checkpoint.is_some() && resume.is_some();
+        let kafka = matches!(self.source.input, source::Input::Kafka(_));
         let mut checkpointer = match (&self.checkpoint, &resume) {
             (Some(spec), Some(resume)) => Some(Checkpointer::new(
                 self.name.clone(),
@@ -276,9 +277,15 @@ impl PipelineSpec {
         let mut senders = Vec::with_capacity(self.partitions);
         let mut workers = Vec::with_capacity(self.partitions + 1);
         // The window operator, fed by every worker.
+        // A Kafka source sends the window operator the state of the partitions
+        // it is assigned, and tells it which it lost.
+        let mut window_control = None;
         let window = match &self.window {
             Some(spec) => {
                 let (tx, rx) = flume::bounded(WINDOW_QUEUE_BATCHES * self.partitions);
+                if kafka {
+                    window_control = Some(tx.clone());
+                }
                 let (spec, name, partitions) = (spec.clone(), self.name.clone(), self.partitions);
                 let (outputs, dead_letter, stats) =
                     (outputs.clone(), dead_letter.clone(), stats.clone());
@@ -296,6 +303,7 @@ impl PipelineSpec {
                                 &stats,
                                 restored_window,
                                 checkpointed,
+                                kafka,
                             )
                         })?,
                 );
@@ -321,6 +329,7 @@ impl PipelineSpec {
                 stats: stats.clone(),
                 metrics: crate::metrics::pipeline(&self.name),
                 stop: failed.clone(),
+                task: None,
             };
             let (tx, rx) = flume::bounded((self.queue_records / source::CHUNK_RECORDS).max(1));
             senders.push(tx);
@@ -337,10 +346,25 @@ impl PipelineSpec {
         let spec = self.source.clone();
         let router = Router::new(self.partitions);
         let source_stats = stats.clone();
+        let pipeline = self.name.clone();
         let source = std::thread::Builder::new()
             .name(format!("{}-source", self.name))
             .spawn(move || {
                 let stop = || cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
+                if let source::Input::Kafka(input) = &spec.input {
+                    return source::kafka::run(
+                        &pipeline,
+                        &spec,
+                        input,
+                        router,
+                        senders,
+                        dead_letter,
+                        &source_stats,
+                        &stop,
+                        checkpointer.context("a Kafka source checkpoints")?,
+                        window_control,
+                    );
+                }
                 source::run(
                     &spec,
                     router,

@@ -123,7 +123,13 @@ impl Topology {
                     ),
                 )
             })?;
-            let src_spec = build_source(src_name, src, source, &base)?;
+            let mut src_spec = build_source(src_name, src, source, &base)?;
+            if let Input::Kafka(k) = &mut src_spec.input
+                && k.changelog_topic.is_empty()
+            {
+                // Kafka Streams' `<application.id>-<store>-changelog`.
+                k.changelog_topic = format!("{}-{name}-changelog", k.group_id);
+            }
             if let Input::File { path, .. } = &src_spec.input {
                 claim_file(
                     &mut files,
@@ -287,7 +293,32 @@ impl Topology {
                 }
             }
             let window = window.map(Arc::new);
+            if let Input::Kafka(k) = &src_spec.input
+                && window.is_some()
+                && k.partition_by == config::PartitionBy::Key
+            {
+                let span = src
+                    .get_ref()
+                    .partition_by
+                    .as_ref()
+                    .map_or(src.span(), |p| p.span());
+                return Err(source.error(
+                    span,
+                    format!(
+                        "pipeline `{name}` has windows: its Kafka source must keep partition_by = \"source\", so that each Kafka partition's windows and watermark stay together and can move to another daemon with the partition"
+                    ),
+                ));
+            }
             let checkpoint = match &p.checkpoint {
+                // A Kafka source commits its offsets at checkpoints: every
+                // second unless configured (Spark commits every micro-batch,
+                // Kafka's auto-commit every 5 s).
+                None if matches!(src_spec.input, Input::Kafka(_)) => {
+                    Some(crate::checkpoint::CheckpointSpec {
+                        interval: std::time::Duration::from_secs(1),
+                        batches: None,
+                    })
+                }
                 None => None,
                 Some(c) => {
                     if src_spec.input == Input::Stdin {
@@ -769,7 +800,34 @@ fn build_source(
             }
             Input::Stdin
         }
+        SourceKind::Kafka => Input::Kafka(kafka_input(name, spanned, source)?),
     };
+    if s.kind != SourceKind::Kafka {
+        let kafka_only = [
+            ("brokers", s.brokers.as_ref().map(|x| x.span())),
+            ("topics", s.topics.as_ref().map(|x| x.span())),
+            ("group_id", s.group_id.as_ref().map(|x| x.span())),
+            ("start", s.start.as_ref().map(|x| x.span())),
+            (
+                "changelog_topic",
+                s.changelog_topic.as_ref().map(|x| x.span()),
+            ),
+            ("properties", s.properties.values().next().map(|x| x.span())),
+        ];
+        for (field, span) in kafka_only {
+            if let Some(span) = span {
+                return Err(source.error(span, format!("`{field}` is for Kafka sources")));
+            }
+        }
+        if let Some(p) = &s.partition_by
+            && *p.get_ref() == config::PartitionBy::Source
+        {
+            return Err(source.error(
+                p.span(),
+                "partition_by = \"source\" keeps a Kafka source's partitioning: this source has none (records are spread by key)",
+            ));
+        }
+    }
     let pointer = |p: &Option<toml::Spanned<String>>| -> Result<Option<Pointer>, ConfigError> {
         p.as_ref()
             .map(|p| {
@@ -792,6 +850,100 @@ fn build_source(
     })
 }
 
+/// librdkafka properties from a config table: strings, integers, floats and
+/// booleans, as their text; `own` lists the keys sluice sets itself.
+fn kafka_properties(
+    properties: &BTreeMap<String, toml::Spanned<toml::Value>>,
+    own: &[&str],
+    source: &ConfigSource,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (key, value) in properties {
+        if own.contains(&key.as_str()) {
+            return Err(source.error(
+                value.span(),
+                format!("`{key}` is set by sluice itself and cannot be passed through"),
+            ));
+        }
+        let text = match value.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(source.error(
+                    value.span(),
+                    format!(
+                        "property `{key}`: a {} is not a librdkafka property value (give a string, number or boolean)",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        out.insert(key.clone(), text);
+    }
+    Ok(out)
+}
+
+/// A Kafka source's settings.
+fn kafka_input(
+    name: &str,
+    spanned: &toml::Spanned<config::SourceConfig>,
+    source: &ConfigSource,
+) -> Result<crate::source::kafka::KafkaInput, ConfigError> {
+    let s = spanned.get_ref();
+    let needs = |field: &str| {
+        source.error(
+            spanned.span(),
+            format!("source `{name}`: a kafka source needs `{field}`"),
+        )
+    };
+    if let Some(path) = &s.path {
+        return Err(source.error(path.span(), "a kafka source takes no `path`"));
+    }
+    if s.follow {
+        return Err(source.error(spanned.span(), "`follow` is for file sources"));
+    }
+    let brokers = s.brokers.as_ref().ok_or_else(|| needs("brokers"))?;
+    let topics = s.topics.as_ref().ok_or_else(|| needs("topics"))?;
+    if topics.get_ref().is_empty() || topics.get_ref().iter().any(String::is_empty) {
+        return Err(source.error(
+            topics.span(),
+            "`topics` needs at least one topic name (or a `^regex`)",
+        ));
+    }
+    let group_id = s.group_id.as_ref().ok_or_else(|| needs("group_id"))?;
+    if group_id.get_ref().is_empty() {
+        return Err(source.error(group_id.span(), "`group_id` cannot be empty"));
+    }
+    Ok(crate::source::kafka::KafkaInput {
+        brokers: brokers.get_ref().clone(),
+        topics: topics.get_ref().clone(),
+        group_id: group_id.get_ref().clone(),
+        start: s.start.as_ref().map(|x| *x.get_ref()).unwrap_or_default(),
+        properties: kafka_properties(
+            &s.properties,
+            &[
+                "group.id",
+                "enable.auto.commit",
+                "enable.auto.offset.store",
+                "auto.offset.reset",
+            ],
+            source,
+        )?,
+        partition_by: s
+            .partition_by
+            .as_ref()
+            .map_or(config::PartitionBy::Source, |p| *p.get_ref()),
+        // Set per pipeline (its default names the pipeline).
+        changelog_topic: s
+            .changelog_topic
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_default(),
+    })
+}
+
 fn build_sink(
     name: &str,
     spanned: &toml::Spanned<config::SinkConfig>,
@@ -803,6 +955,41 @@ fn build_sink(
         && let Some(path) = &s.path
     {
         return Err(source.error(path.span(), "only a file sink takes `path`"));
+    }
+    if s.kind == SinkKind::Kafka {
+        let needs = |field: &str| {
+            source.error(
+                spanned.span(),
+                format!("sink `{name}`: a kafka sink needs `{field}`"),
+            )
+        };
+        let brokers = s.brokers.as_ref().ok_or_else(|| needs("brokers"))?;
+        let topic = s.topic.as_ref().ok_or_else(|| needs("topic"))?;
+        if topic.get_ref().is_empty() {
+            return Err(source.error(topic.span(), "`topic` cannot be empty"));
+        }
+        let topic_field = s
+            .topic_field
+            .as_ref()
+            .map(|p| Pointer::parse(p.get_ref()).map_err(|e| source.error(p.span(), e)))
+            .transpose()?;
+        return Ok(SinkSpec::Kafka(crate::sink::kafka::KafkaSinkSpec {
+            brokers: brokers.get_ref().clone(),
+            topic: topic.get_ref().clone(),
+            topic_field,
+            properties: kafka_properties(&s.properties, &["enable.idempotence"], source)?,
+        }));
+    }
+    let kafka_only = [
+        ("brokers", s.brokers.as_ref().map(|x| x.span())),
+        ("topic", s.topic.as_ref().map(|x| x.span())),
+        ("topic_field", s.topic_field.as_ref().map(|x| x.span())),
+        ("properties", s.properties.values().next().map(|x| x.span())),
+    ];
+    for (field, span) in kafka_only {
+        if let Some(span) = span {
+            return Err(source.error(span, format!("`{field}` is for Kafka sinks")));
+        }
     }
     let path = s.path.as_ref().map(|p| config::resolve(base, p.get_ref()));
     SinkSpec::new(s.kind, path, s.truncate).ok_or_else(|| {

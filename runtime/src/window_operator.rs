@@ -29,6 +29,13 @@
 //! are emitted in order of end, then group, then start: the output is the same
 //! from run to run.
 //!
+//! **Tasks.** A pipeline reading Kafka keeps each Kafka partition's windows
+//! and watermark apart, as a Kafka Streams task does: a partition's records
+//! then give the same windows whichever daemon reads it and whatever else it
+//! reads, and its state can move to another daemon on a rebalance
+//! ([`WindowMsg::Restore`], [`WindowMsg::Forget`]). A file or stdin pipeline is
+//! one task, 0, whose watermark is the minimum over the partition workers.
+//!
 //! An output record is one JSON object:
 //! `{"window_start":"…","window_end":"…",<group>,<aggregates>}` with RFC 3339
 //! times (UTC, ms), the group as `"key":"…"` or one field per `group_by`
@@ -123,6 +130,12 @@ pub enum WindowMsg {
     Batch(WindowInput),
     /// A checkpoint barrier: the partition sent everything before it.
     Barrier(crate::checkpoint::Barrier),
+    /// The source was assigned a Kafka partition whose state a checkpoint
+    /// holds: take it up as task `.0` (sent before any record of it).
+    Restore(u32, Box<WindowSnapshot>),
+    /// The source lost these tasks' Kafka partitions, after a checkpoint
+    /// saved their state: forget them, emitting nothing.
+    Forget(Vec<u32>),
 }
 
 /// The operator's state at a checkpoint: open windows and the watermark.
@@ -143,6 +156,10 @@ pub struct WindowSnapshot {
 pub struct WindowInput {
     /// The sending partition.
     pub partition: usize,
+    /// The task the records belong to: their Kafka partition's task id
+    /// (every record of a Kafka pipeline's batch comes from one Kafka
+    /// partition); `None` for other sources (task 0).
+    pub task: Option<u32>,
     /// Largest event time of the batch the worker took in (before the chain).
     pub max_input_ts: Option<i64>,
     /// The records (the chain's output that could be read).
@@ -258,10 +275,32 @@ impl State {
     }
 }
 
+/// One task's windows and watermark (see the module docs).
+#[derive(Debug)]
+pub struct Task {
+    state: State,
+    watermarks: Watermarks,
+    /// Update mode: the windows changed since the last emission, as (end,
+    /// group, start).
+    changed: BTreeSet<(i64, Group, i64)>,
+}
+
+impl Task {
+    fn new(spec: &WindowSpec, channels: usize) -> Self {
+        Task {
+            state: State::default(),
+            watermarks: Watermarks::new(channels, spec.delay_ms, spec.idle_timeout, Instant::now()),
+            changed: BTreeSet::new(),
+        }
+    }
+}
+
 /// Runs the operator until every sender is gone, then emits what is open —
 /// unless the pipeline is `checkpointed` (its open windows are then in the
 /// checkpoint; the end barrier emits them at the end of the input). `restore`
-/// is the state of the checkpoint resumed from.
+/// is the state of the checkpoint resumed from. With `kafka`, each input's
+/// [`WindowInput::task`] names its task (and there is none at start);
+/// otherwise the pipeline is task 0.
 ///
 /// # Errors
 /// A sink or the dead-letter sink stopped.
@@ -276,6 +315,7 @@ pub fn run(
     stats: &Stats,
     restore: Option<WindowSnapshot>,
     checkpointed: bool,
+    kafka: bool,
 ) -> anyhow::Result<()> {
     let mut udfs = Vec::new();
     for (index, agg) in spec.aggregates.iter().enumerate() {
@@ -285,11 +325,11 @@ pub fn run(
     }
     let mut op = Operator {
         spec,
-        state: State::default(),
-        watermarks: Watermarks::new(partitions, spec.delay_ms, spec.idle_timeout, Instant::now()),
+        task: Task::new(spec, partitions),
+        current: if kafka { u32::MAX } else { 0 },
+        parked: BTreeMap::new(),
         sinks,
         stats,
-        changed: BTreeSet::new(),
         assigned: Vec::new(),
         empty: Vec::new(),
         udfs,
@@ -299,9 +339,7 @@ pub fn run(
     op.refresh_empty();
     if let Some(snapshot) = restore {
         op.restore(snapshot);
-        stats
-            .watermark_ms
-            .store(op.watermarks.current(), Ordering::Relaxed);
+        op.publish_watermark();
     }
     let tick = (spec.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
     // Barriers seen, by checkpoint id: acknowledged once every partition's is in.
@@ -317,14 +355,42 @@ pub fn run(
                 }
                 barriers.remove(&barrier.id);
                 if barrier.kind == BarrierKind::End {
-                    let end = op.watermarks.finish();
-                    op.emit(end)?;
+                    op.finish_all()?;
+                }
+                let mut snapshots = BTreeMap::new();
+                for id in op.task_ids() {
+                    op.switch(id, 1);
+                    snapshots.insert(id, op.snapshot());
                 }
                 // The source may have given up waiting (the pipeline failed).
-                let _ = barrier.ack.send(Ack::Window(Box::new(op.snapshot())));
+                let _ = barrier.ack.send(Ack::Window(Box::new(snapshots)));
                 saved_and_stopped = barrier.kind != BarrierKind::Periodic;
             }
+            Ok(WindowMsg::Restore(id, snapshot)) => {
+                op.parked.remove(&id);
+                if op.current == id {
+                    op.task = Task::new(spec, 1);
+                }
+                op.switch(id, 1);
+                op.restore(*snapshot);
+                op.publish_watermark();
+            }
+            Ok(WindowMsg::Forget(ids)) => {
+                for id in ids {
+                    op.parked.remove(&id);
+                    if op.current == id {
+                        // An empty task 0 stands in until the next input.
+                        op.task = Task::new(spec, 1);
+                        op.current = u32::MAX;
+                    }
+                }
+                op.publish_watermark();
+            }
             Ok(WindowMsg::Batch(input)) => {
+                match input.task {
+                    Some(id) => op.switch(id, 1),
+                    None => op.switch(0, partitions),
+                }
                 // Between micro-batches: the moment to take up a new aggregator.
                 if !op.udfs.is_empty() {
                     for udf in &mut op.udfs {
@@ -339,18 +405,29 @@ pub fn run(
                 if !failed.is_empty() {
                     op.udf_failed(&input, &failed)?;
                 }
-                op.watermarks
-                    .observe(input.partition, input.max_input_ts, Instant::now());
-                let watermark = op.watermarks.advance(Instant::now());
+                let channel = if input.task.is_some() {
+                    0
+                } else {
+                    input.partition
+                };
+                op.task
+                    .watermarks
+                    .observe(channel, input.max_input_ts, Instant::now());
+                let watermark = op.task.watermarks.advance(Instant::now());
                 op.emit(watermark)?;
+                op.publish_watermark();
             }
             Err(flume::RecvTimeoutError::Timeout) => {
                 // Time passes: an idle partition may stop holding the watermark.
-                let before = op.watermarks.current();
-                let now = op.watermarks.advance(Instant::now());
-                if now != before {
-                    op.emit(now)?;
+                for id in op.task_ids() {
+                    op.switch(id, 1);
+                    let before = op.task.watermarks.current();
+                    let now = op.task.watermarks.advance(Instant::now());
+                    if now != before {
+                        op.emit(now)?;
+                    }
                 }
+                op.publish_watermark();
             }
             Err(flume::RecvTimeoutError::Disconnected) => {
                 // A checkpointed pipeline emits its open windows at an end
@@ -360,8 +437,7 @@ pub fn run(
                 if saved_and_stopped || checkpointed {
                     return Ok(());
                 }
-                let end = op.watermarks.finish();
-                return op.emit(end);
+                return op.finish_all();
             }
         }
     }
@@ -369,13 +445,14 @@ pub fn run(
 
 struct Operator<'a> {
     spec: &'a WindowSpec,
-    state: State,
-    watermarks: Watermarks,
+    /// The task being worked on…
+    task: Task,
+    /// …its id (`u32::MAX`: none, after a [`WindowMsg::Forget`])…
+    current: u32,
+    /// …and the others.
+    parked: BTreeMap<u32, Task>,
     sinks: &'a [SinkHandle],
     stats: &'a Stats,
-    /// Update mode: the windows changed since the last emission, as (end,
-    /// group, start).
-    changed: BTreeSet<(i64, Group, i64)>,
     assigned: Vec<Window>,
     /// A new window's accumulators (the user-defined ones as their plugin's
     /// `create` made them).
@@ -389,17 +466,69 @@ struct Operator<'a> {
 }
 
 impl Operator<'_> {
+    /// Makes task `id` the current one (a new one with `channels` watermark
+    /// channels if it has no state yet).
+    fn switch(&mut self, id: u32, channels: usize) {
+        if self.current == id {
+            return;
+        }
+        let next = self
+            .parked
+            .remove(&id)
+            .unwrap_or_else(|| Task::new(self.spec, channels));
+        let previous = std::mem::replace(&mut self.task, next);
+        if self.current != u32::MAX {
+            self.parked.insert(self.current, previous);
+        }
+        self.current = id;
+    }
+
+    /// Every task's id.
+    fn task_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.parked.keys().copied().collect();
+        if self.current != u32::MAX {
+            ids.push(self.current);
+            ids.sort_unstable();
+        }
+        ids
+    }
+
+    /// The end of the input: every task emits every window.
+    fn finish_all(&mut self) -> anyhow::Result<()> {
+        for id in self.task_ids() {
+            self.switch(id, 1);
+            let end = self.task.watermarks.finish();
+            self.emit(end)?;
+        }
+        self.publish_watermark();
+        Ok(())
+    }
+
+    /// Shows the lowest watermark of the tasks (`i64::MIN`: none yet).
+    fn publish_watermark(&self) {
+        let low = self
+            .parked
+            .values()
+            .chain((self.current != u32::MAX).then_some(&self.task))
+            .map(|t| t.watermarks.current())
+            .min()
+            .unwrap_or(i64::MIN);
+        self.stats.watermark_ms.store(low, Ordering::Relaxed);
+    }
+
     /// The open windows and the watermark.
     fn snapshot(&self) -> WindowSnapshot {
-        let (partitions, watermark) = self.watermarks.snapshot();
+        let (partitions, watermark) = self.task.watermarks.snapshot();
         WindowSnapshot {
             fixed: self
+                .task
                 .state
                 .fixed
                 .iter()
                 .map(|((end, group, start), accs)| (*start, *end, group.clone(), accs.clone()))
                 .collect(),
             sessions: self
+                .task
                 .state
                 .sessions
                 .iter()
@@ -415,14 +544,19 @@ impl Operator<'_> {
 
     /// Takes up a checkpoint's windows and watermark.
     fn restore(&mut self, snapshot: WindowSnapshot) {
-        self.watermarks
+        self.task
+            .watermarks
             .restore(&snapshot.partitions, snapshot.watermark);
         for (start, end, group, accs) in snapshot.fixed {
-            self.state.fixed.insert((end, group, start), accs);
+            self.task.state.fixed.insert((end, group, start), accs);
         }
         for (group, start, end, accs) in snapshot.sessions {
-            self.state.session_ends.insert((end, group.clone(), start));
-            self.state
+            self.task
+                .state
+                .session_ends
+                .insert((end, group.clone(), start));
+            self.task
+                .state
                 .sessions
                 .entry(group)
                 .or_default()
@@ -482,7 +616,8 @@ impl Operator<'_> {
             let mut states: Vec<Vec<u8>> = keys
                 .iter()
                 .map(|k| {
-                    self.state
+                    self.task
+                        .state
                         .fixed
                         .get_mut(k)
                         .map(|accs| std::mem::take(bytes_mut(&mut accs[udf.index])))
@@ -491,7 +626,7 @@ impl Operator<'_> {
                 .collect();
             failed.extend(udf.accumulate(&mut states, &pairs, &input.events, &input.values, width));
             for (k, state) in keys.iter().zip(states) {
-                if let Some(accs) = self.state.fixed.get_mut(k) {
+                if let Some(accs) = self.task.state.fixed.get_mut(k) {
                     *bytes_mut(&mut accs[udf.index]) = state;
                 }
             }
@@ -504,7 +639,7 @@ impl Operator<'_> {
     /// records a user-defined aggregate failed on.
     fn add(&mut self, input: &WindowInput) -> (Vec<(usize, bool)>, Vec<Failed>) {
         let mut failed = Vec::new();
-        let watermark = self.watermarks.current();
+        let watermark = self.task.watermarks.current();
         let n = self.spec.pointers.len();
         let mut late = Vec::new();
         for (i, event) in input.events.iter().enumerate() {
@@ -528,7 +663,7 @@ impl Operator<'_> {
                 // (Flink merges, then checks lateness): every session in the
                 // state is open.
                 let joins_open_session = self.spec.kind.merges()
-                    && self.state.sessions.get(&group).is_some_and(|ss| {
+                    && self.task.state.sessions.get(&group).is_some_and(|ss| {
                         ss.iter().any(|(s, _)| s.start < w.end && w.start < s.end)
                     });
                 if !self.is_open(w, watermark) && !joins_open_session {
@@ -540,6 +675,7 @@ impl Operator<'_> {
                 } else {
                     let empty = &self.empty;
                     let accs = self
+                        .task
                         .state
                         .fixed
                         .entry((w.end, group.clone(), w.start))
@@ -549,7 +685,7 @@ impl Operator<'_> {
                         self.pending.push(((w.end, group.clone(), w.start), i));
                     }
                     if self.spec.mode == OutputMode::Update {
-                        self.changed.insert((w.end, group.clone(), w.start));
+                        self.task.changed.insert((w.end, group.clone(), w.start));
                     }
                 }
             }
@@ -594,14 +730,15 @@ impl Operator<'_> {
             let [state] = state;
             *bytes_mut(&mut merged.1[udf.index]) = state;
         }
-        let sessions = self.state.sessions.entry(group.clone()).or_default();
+        let sessions = self.task.state.sessions.entry(group.clone()).or_default();
         let mut kept = Vec::with_capacity(sessions.len() + 1);
         for (s, accs) in sessions.drain(..) {
             if s.start < merged.0.end && merged.0.start < s.end {
                 if self.spec.mode == OutputMode::Update {
-                    self.changed.remove(&(s.end, group.clone(), s.start));
+                    self.task.changed.remove(&(s.end, group.clone(), s.start));
                 }
-                self.state
+                self.task
+                    .state
                     .session_ends
                     .remove(&(s.end, group.clone(), s.start));
                 merged.0 = Window {
@@ -622,10 +759,12 @@ impl Operator<'_> {
             }
         }
         if self.spec.mode == OutputMode::Update {
-            self.changed
+            self.task
+                .changed
                 .insert((merged.0.end, group.clone(), merged.0.start));
         }
-        self.state
+        self.task
+            .state
             .session_ends
             .insert((merged.0.end, group.clone(), merged.0.start));
         kept.push(merged);
@@ -648,7 +787,7 @@ impl Operator<'_> {
         // `late` says.
         let late = untaken.iter().filter(|(_, in_range)| *in_range).count();
         self.stats.late.fetch_add(late as u64, Ordering::Relaxed);
-        let watermark = self.watermarks.current();
+        let watermark = self.task.watermarks.current();
         let reasons: Vec<(usize, String)> = untaken
             .iter()
             .filter(|(_, in_range)| !in_range || self.spec.late == LatePolicy::DeadLetter)
@@ -694,22 +833,25 @@ impl Operator<'_> {
     /// Emits what `watermark` allows (see the module doc), and forgets closed
     /// windows.
     fn emit(&mut self, watermark: i64) -> anyhow::Result<()> {
-        self.stats.watermark_ms.store(watermark, Ordering::Relaxed);
         let mut out: Vec<(Window, Group, Vec<Acc>)> = Vec::new();
         let lateness = self.spec.lateness_ms;
         let closed = |w: &Window| watermark >= w.end.saturating_add(lateness);
         match self.spec.mode {
             OutputMode::Update => {
-                for (end, group, start) in std::mem::take(&mut self.changed) {
+                for (end, group, start) in std::mem::take(&mut self.task.changed) {
                     let w = Window { start, end };
-                    let accs = if self.spec.kind.merges() {
-                        self.state
-                            .sessions
-                            .get(&group)
-                            .and_then(|ss| ss.iter().find(|(s, _)| *s == w).map(|(_, a)| a.clone()))
-                    } else {
-                        self.state.fixed.get(&(end, group.clone(), start)).cloned()
-                    };
+                    let accs =
+                        if self.spec.kind.merges() {
+                            self.task.state.sessions.get(&group).and_then(|ss| {
+                                ss.iter().find(|(s, _)| *s == w).map(|(_, a)| a.clone())
+                            })
+                        } else {
+                            self.task
+                                .state
+                                .fixed
+                                .get(&(end, group.clone(), start))
+                                .cloned()
+                        };
                     if let Some(accs) = accs {
                         out.push((w, group, accs));
                     }
@@ -718,7 +860,7 @@ impl Operator<'_> {
             }
             OutputMode::Append => {
                 // Fixed windows: a prefix of the map (ordered by end).
-                while let Some(entry) = self.state.fixed.first_entry() {
+                while let Some(entry) = self.task.state.fixed.first_entry() {
                     let (end, _, start) = entry.key();
                     let w = Window {
                         start: *start,
@@ -730,7 +872,7 @@ impl Operator<'_> {
                     let ((_, group, _), accs) = entry.remove_entry();
                     out.push((w, group, accs));
                 }
-                out.extend(self.state.take_closed_sessions(&closed));
+                out.extend(self.task.state.take_closed_sessions(&closed));
                 out.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
             }
         }
@@ -746,7 +888,8 @@ impl Operator<'_> {
                 .collect();
             udf_values.push((udf.index, udf.finish(&states).into_iter()));
         }
-        let mut lines = Vec::with_capacity(out.len() * 128);
+        let mut batch = Batch::with_capacity(out.len(), out.len() * 160);
+        let mut line = Vec::with_capacity(256);
         for (w, group, accs) in &out {
             let mut obj = Map::new();
             obj.insert("window_start".into(), Value::from(rfc3339(w.start)));
@@ -772,12 +915,17 @@ impl Operator<'_> {
                 };
                 obj.insert(agg.name.clone(), value);
             }
-            serde_json::to_writer(&mut lines, &Value::Object(obj))?;
-            lines.push(b'\n');
+            line.clear();
+            serde_json::to_writer(&mut line, &Value::Object(obj))?;
+            // Keyed by its group when grouped by key (so a Kafka sink keeps a
+            // group's windows in one partition); its time is the window's
+            // last instant.
+            let key = matches!(self.spec.grouping, Grouping::Key).then_some(group.as_slice());
+            batch.push(key, &line, w.end.saturating_sub(1));
         }
-        let lines = Arc::new(lines);
+        let batch = Arc::new(batch);
         for sink in self.sinks {
-            sink.send(lines.clone())?;
+            sink.send(batch.clone())?;
         }
         self.stats
             .records_out
@@ -786,7 +934,7 @@ impl Operator<'_> {
     }
 
     fn drop_closed(&mut self, closed: &dyn Fn(&Window) -> bool) {
-        while let Some(entry) = self.state.fixed.first_entry() {
+        while let Some(entry) = self.task.state.fixed.first_entry() {
             let (end, _, start) = entry.key();
             if !closed(&Window {
                 start: *start,
@@ -796,7 +944,7 @@ impl Operator<'_> {
             }
             entry.remove();
         }
-        self.state.take_closed_sessions(closed);
+        self.task.state.take_closed_sessions(closed);
     }
 }
 

@@ -62,6 +62,10 @@ pub struct Worker {
     pub metrics: Arc<crate::metrics::PipelineMetrics>,
     /// Set when this worker stops on an error, so the source stops reading.
     pub stop: Arc<AtomicBool>,
+    /// The window task of the open batch's records (Kafka: a batch holds
+    /// one Kafka partition's records only, so that its windows stay that
+    /// partition's).
+    pub task: Option<u32>,
 }
 
 impl Worker {
@@ -114,16 +118,37 @@ impl Worker {
                     let now = Instant::now();
                     let mut chunk = chunk.into_iter();
                     while let Some(record) = chunk.next() {
-                        batcher.push(&record.key, &record.value, record.timestamp_ms, now, |b| {
-                            closed.push(b)
-                        });
-                        while !closed.is_empty() {
+                        if record.task != self.task && !batcher.is_empty() {
+                            closed.push(batcher.take());
+                        }
+                        let mut pending = Some(record);
+                        loop {
+                            // A batch closed before this record's task began is
+                            // still the previous task's: it runs first.
+                            if closed.is_empty()
+                                && let Some(record) = pending.take()
+                            {
+                                self.task = record.task;
+                                batcher.push(
+                                    &record.key,
+                                    &record.value,
+                                    record.timestamp_ms,
+                                    &record.headers,
+                                    now,
+                                    |b| closed.push(b),
+                                );
+                            }
+                            if closed.is_empty() {
+                                break;
+                            }
                             let batch = closed.remove(0);
                             if let Err(failed) = self.process(batch) {
-                                // This batch, any other closed one, and the rest of
-                                // the chunk are not processed.
-                                let rest =
-                                    closed.iter().map(Batch::len).sum::<usize>() + chunk.len();
+                                // This batch, any other closed one, the record
+                                // not yet batched and the rest of the chunk are
+                                // not processed.
+                                let rest = closed.iter().map(Batch::len).sum::<usize>()
+                                    + chunk.len()
+                                    + usize::from(pending.is_some());
                                 self.stats.failed.fetch_add(
                                     (failed.unaccounted + rest) as u64,
                                     Ordering::Relaxed,
@@ -315,7 +340,7 @@ impl Worker {
         drop(timer);
         let written = match &self.window {
             Some(feed) => self.to_window(feed, current, max_input_ts),
-            None => self.write(&current),
+            None => self.write(current),
         };
         written.map_err(|error| BatchFailed {
             error,
@@ -354,6 +379,7 @@ impl Worker {
         feed.tx
             .send(WindowMsg::Batch(WindowInput {
                 partition: self.partition,
+                task: self.task,
                 max_input_ts,
                 events,
                 values,
@@ -391,16 +417,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Encodes the output as newline-terminated records and sends it to every
-    /// sink. An output record holding a line break would split into two lines: it
-    /// goes to the dead-letter sink instead.
-    fn write(&self, output: &Batch) -> anyhow::Result<()> {
+    /// Sends the output to every sink. An output record holding a line break
+    /// would split into two lines in a file: it goes to the dead-letter sink
+    /// instead.
+    fn write(&self, output: Batch) -> anyhow::Result<()> {
         if output.is_empty() {
             return Ok(());
         }
-        let mut lines = Vec::with_capacity(output.values_len() + output.len());
         let mut broken = Vec::new();
-        for event in output {
+        for event in &output {
             if event.value().contains(&b'\n') {
                 broken.push(DeadRecord {
                     stage: "output",
@@ -411,20 +436,26 @@ impl Worker {
                     timestamp_ms: Some(event.timestamp_ms()),
                     original: event.value(),
                 });
-                continue;
             }
-            lines.extend_from_slice(event.value());
-            lines.push(b'\n');
         }
         self.dead_letter.send(&broken)?;
         self.stats
             .rejected
             .fetch_add(broken.len() as u64, Ordering::Relaxed);
-        let written = output.len() - broken.len();
+        let output = if broken.is_empty() {
+            output
+        } else {
+            let mut kept = Batch::with_capacity(output.len() - broken.len(), output.values_len());
+            for event in output.iter().filter(|e| !e.value().contains(&b'\n')) {
+                kept.push_event(&event);
+            }
+            kept
+        };
+        let written = output.len();
         if written > 0 {
-            let lines = Arc::new(lines);
+            let output = Arc::new(output);
             for sink in &self.sinks {
-                sink.send(lines.clone())?;
+                sink.send(output.clone())?;
             }
         }
         self.stats

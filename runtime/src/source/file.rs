@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use flate2::read::MultiGzDecoder;
 
 use super::{Lines, Read1, TOO_LONG_PREFIX, line_len, read_up_to, strip_eol};
-use crate::checkpoint::Position;
+use crate::checkpoint::{FilePosition, Position};
 
 /// The first two bytes of a gzip member (RFC 1952 §2.3.1).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -177,7 +177,7 @@ impl FileLines {
         path: PathBuf,
         follow: bool,
         max_line: usize,
-        resume: Option<&Position>,
+        resume: Option<&FilePosition>,
     ) -> anyhow::Result<Self> {
         use std::io::{Seek, SeekFrom};
         let mut file =
@@ -496,11 +496,11 @@ impl Lines for FileLines {
             .flatten()
             .filter(|f| f.metadata().is_ok_and(|m| inode_of(&m) == self.inode))
             .and_then(|f| crate::checkpoint::fingerprint(&f, offset));
-        Some(Position {
+        Some(Position::File(FilePosition {
             path: self.path.clone(),
             inode: self.inode,
             offset,
             fingerprint,
-        })
+        }))
     }
 }

@@ -12,6 +12,7 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +27,7 @@ use crate::pipeline::Stats;
 use crate::router::Router;
 
 mod file;
+pub mod kafka;
 mod stdin;
 
 use file::FileLines;
@@ -54,6 +56,11 @@ pub struct Record {
     pub value: Vec<u8>,
     /// Event time, ms since the Unix epoch.
     pub timestamp_ms: i64,
+    /// Headers, as (name, value) pairs (Kafka record headers; none for lines).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The window task of the record's Kafka partition (see
+    /// [`crate::window_operator::Task`]); `None` for other sources.
+    pub task: Option<u32>,
 }
 
 /// What a source sends a partition worker: records, or a checkpoint barrier
@@ -93,6 +100,8 @@ pub enum Input {
     },
     /// Standard input.
     Stdin,
+    /// Kafka topics, as a member of a consumer group.
+    Kafka(kafka::KafkaInput),
 }
 
 /// A source, ready to run.
@@ -189,16 +198,16 @@ pub(crate) fn strip_eol(buf: &mut Vec<u8>) {
 }
 
 /// Records waiting to be sent, per partition.
-struct Outbox<'a> {
+struct Outbox {
     pending: Vec<Vec<Record>>,
     senders: Vec<flume::Sender<Chunk>>,
-    stats: &'a Stats,
+    stats: Arc<Stats>,
 }
 
 /// A partition worker is gone (its pipeline stopped on an error).
 struct WorkerGone;
 
-impl Outbox<'_> {
+impl Outbox {
     fn push(&mut self, partition: usize, record: Record) -> Result<(), WorkerGone> {
         self.pending[partition].push(record);
         if self.pending[partition].len() >= CHUNK_RECORDS {
@@ -271,7 +280,7 @@ pub fn run(
     mut router: Router,
     partitions: Vec<flume::Sender<Chunk>>,
     dead_letter: &DeadLetter,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     stop: &dyn Fn() -> bool,
     mut checkpointer: Option<&mut Checkpointer>,
     resume: Option<&Position>,
@@ -281,16 +290,20 @@ pub fn run(
             path.clone(),
             *follow,
             spec.max_line_bytes,
-            resume,
+            match resume {
+                Some(Position::File(p)) => Some(p),
+                _ => None,
+            },
         )?),
         Input::Stdin => Box::new(StdinLines::new(spec.max_line_bytes)),
+        Input::Kafka(_) => anyhow::bail!("a Kafka source runs in source::kafka::run"),
     };
     let mut outbox = Outbox {
         pending: (0..partitions.len())
             .map(|_| Vec::with_capacity(CHUNK_RECORDS))
             .collect(),
         senders: partitions,
-        stats,
+        stats: stats.clone(),
     };
     // A first checkpoint before reading anything: the sinks' lengths at the
     // start, so that a crash before the first periodic checkpoint cuts back
@@ -351,14 +364,14 @@ const CHECKPOINT_CHECK_LINES: u32 = 256;
 fn checkpoint_if_due(
     cp: &mut Checkpointer,
     lines: &dyn Lines,
-    outbox: &mut Outbox<'_>,
+    outbox: &mut Outbox,
     stats: &Stats,
 ) -> anyhow::Result<()> {
     if !cp.due(stats) {
         return Ok(());
     }
     match lines.position() {
-        Some(position) if cp.moved(position.offset) => {
+        Some(position) if cp.moved(&position) => {
             cp.take(BarrierKind::Periodic, position, stats, &mut |b| {
                 outbox.barrier(b)
             })?;
@@ -374,7 +387,7 @@ fn read_loop(
     spec: &SourceSpec,
     lines: &mut dyn Lines,
     router: &mut Router,
-    outbox: &mut Outbox<'_>,
+    outbox: &mut Outbox,
     dead_letter: &DeadLetter,
     stats: &Stats,
     stop: &dyn Fn() -> bool,
@@ -463,6 +476,8 @@ fn read_loop(
             key: key.unwrap_or_default(),
             value: buf.clone(), // exact-size copy; `buf` keeps its capacity
             timestamp_ms,
+            headers: Vec::new(),
+            task: None,
         };
         if outbox.push(partition, record).is_err() {
             ended = Ended::WorkerGone;

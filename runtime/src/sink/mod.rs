@@ -1,10 +1,12 @@
 //! Sinks: where output records go. Each sink runs on its own thread behind a
-//! bounded channel of encoded batches, so a slow sink fills its channel and
-//! blocks the workers that feed it (backpressure), and nothing is dropped.
+//! bounded channel of batches, so a slow sink fills its channel and blocks the
+//! workers that feed it (backpressure), and nothing is dropped.
 //!
-//! A batch arrives as one buffer of newline-terminated records and is written
-//! with a single `write_all`, so the output only ever holds whole batches of whole
-//! lines: a sink stopped between batches leaves nothing half-written.
+//! - `file`, `stdout`: a batch is written as newline-terminated values with a
+//!   single `write_all`, so the output only ever holds whole batches of whole
+//!   lines: a sink stopped between batches leaves nothing half-written.
+//! - `kafka` ([`kafka`]): one Kafka record per event, through an idempotent
+//!   producer; a sync waits for every delivery report.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -14,9 +16,13 @@ use std::thread::JoinHandle;
 
 use anyhow::Context as _;
 
+use sluice_plugin_sdk::Batch;
+
 use crate::config::SinkKind;
 
-/// Encoded batches waiting for one sink. Small: each entry is a whole batch.
+pub mod kafka;
+
+/// Batches waiting for one sink. Small: each entry is a whole batch.
 const SINK_QUEUE_BATCHES: usize = 16;
 
 /// What a sink does with its batches.
@@ -33,14 +39,18 @@ pub enum SinkSpec {
     },
     /// Discards everything.
     Blackhole,
+    /// A Kafka topic.
+    Kafka(kafka::KafkaSinkSpec),
 }
 
 impl SinkSpec {
-    /// The spec for a config entry (`path` already resolved).
+    /// The spec for a config entry (`path` already resolved; not for Kafka,
+    /// which `topology` builds).
     pub fn new(kind: SinkKind, path: Option<PathBuf>, truncate: bool) -> Option<Self> {
         Some(match kind {
             SinkKind::Stdout => SinkSpec::Stdout,
             SinkKind::Blackhole => SinkSpec::Blackhole,
+            SinkKind::Kafka => return None,
             SinkKind::File => SinkSpec::File {
                 path: path?,
                 truncate,
@@ -63,8 +73,8 @@ pub enum Resume {
 /// What a sink's thread is sent.
 #[derive(Debug)]
 enum SinkMsg {
-    /// An encoded batch.
-    Lines(Arc<Vec<u8>>),
+    /// A batch.
+    Records(Arc<Batch>),
     /// Write out everything sent before, to stable storage, and answer with the
     /// output's length in bytes (`None`: not a file).
     Sync(flume::Sender<anyhow::Result<Option<u64>>>),
@@ -79,14 +89,13 @@ pub struct SinkHandle {
 }
 
 impl SinkHandle {
-    /// Hands an encoded batch (newline-terminated records) to the sink; blocks
-    /// while its queue is full.
+    /// Hands a batch to the sink; blocks while its queue is full.
     ///
     /// # Errors
     /// The sink has stopped (after a write error, which it logged).
-    pub fn send(&self, lines: Arc<Vec<u8>>) -> anyhow::Result<()> {
+    pub fn send(&self, batch: Arc<Batch>) -> anyhow::Result<()> {
         self.tx
-            .send(SinkMsg::Lines(lines))
+            .send(SinkMsg::Records(batch))
             .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))
     }
 
@@ -156,8 +165,9 @@ impl RunningSink {
     /// The output file cannot be opened.
     pub fn start(name: &str, spec: &SinkSpec, resume: Option<Resume>) -> anyhow::Result<Self> {
         let mut out: Box<dyn Output> = match spec {
-            SinkSpec::Stdout => Box::new(StdoutOutput),
+            SinkSpec::Stdout => Box::new(StdoutOutput::default()),
             SinkSpec::Blackhole => Box::new(Blackhole),
+            SinkSpec::Kafka(spec) => Box::new(kafka::KafkaOutput::new(name, spec)?),
             SinkSpec::File { path, truncate } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).with_context(|| {
@@ -198,7 +208,7 @@ impl RunningSink {
                 let result = (|| {
                     for msg in rx.iter() {
                         match msg {
-                            SinkMsg::Lines(lines) => out.write_batch(&lines)?,
+                            SinkMsg::Records(batch) => out.write_batch(&batch)?,
                             SinkMsg::Sync(reply) => {
                                 let synced = out.sync();
                                 let failed = synced.is_err();
@@ -252,19 +262,33 @@ fn cut_back(file: &File, len: u64, name: &str, path: &std::path::Path) -> anyhow
     Ok(())
 }
 
+/// Newline-terminated values of `batch`, into `buf` (cleared first).
+fn lines_of(batch: &Batch, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.reserve(batch.values_len() + batch.len());
+    for event in batch {
+        buf.extend_from_slice(event.value());
+        buf.push(b'\n');
+    }
+}
+
 trait Output: Send {
-    fn write_batch(&mut self, lines: &[u8]) -> anyhow::Result<()>;
+    fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()>;
     /// Writes out what was written so far, durably; a file's length.
     fn sync(&mut self) -> anyhow::Result<Option<u64>>;
     fn finish(&mut self) -> anyhow::Result<()>;
 }
 
-struct StdoutOutput;
+#[derive(Default)]
+struct StdoutOutput {
+    buf: Vec<u8>,
+}
 
 impl Output for StdoutOutput {
-    fn write_batch(&mut self, lines: &[u8]) -> anyhow::Result<()> {
+    fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        lines_of(batch, &mut self.buf);
         let mut out = std::io::stdout().lock();
-        out.write_all(lines)?;
+        out.write_all(&self.buf)?;
         out.flush()?;
         Ok(())
     }
@@ -287,6 +311,8 @@ struct FileOutput {
     /// A regular file (not a FIFO or a device): it has a length to record
     /// and cut back to, and can be fsync'd.
     regular: bool,
+    /// The lines of the batch being written.
+    buf: Vec<u8>,
 }
 
 impl FileOutput {
@@ -311,12 +337,19 @@ impl FileOutput {
                 len += 1;
             }
         }
-        Ok(FileOutput { file, len, regular })
+        Ok(FileOutput {
+            file,
+            len,
+            regular,
+            buf: Vec::new(),
+        })
     }
 }
 
 impl Output for FileOutput {
-    fn write_batch(&mut self, lines: &[u8]) -> anyhow::Result<()> {
+    fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        lines_of(batch, &mut self.buf);
+        let lines = &self.buf;
         if let Err(e) = self.file.write_all(lines) {
             // Take back the part that was written, then report.
             let _ = self.file.set_len(self.len);
@@ -345,7 +378,7 @@ impl Output for FileOutput {
 struct Blackhole;
 
 impl Output for Blackhole {
-    fn write_batch(&mut self, _lines: &[u8]) -> anyhow::Result<()> {
+    fn write_batch(&mut self, _batch: &Batch) -> anyhow::Result<()> {
         Ok(())
     }
     fn sync(&mut self) -> anyhow::Result<Option<u64>> {

@@ -1,0 +1,254 @@
+//! What the Kafka source and sink share: client configuration, topic
+//! creation, and the window-state changelog.
+//!
+//! The changelog (Kafka Streams' design, "state stores … backed by a
+//! compacted changelog topic"): at every checkpoint of a windowed pipeline that
+//! reads Kafka, the window state of each assigned Kafka partition is written to
+//! a compacted topic, keyed `pipeline/topic/partition`, together with the
+//! offset the state has seen up to. A daemon that is assigned the partition —
+//! after a restart, or taking it over from another daemon of its group — reads
+//! the latest record of that key, takes up the state and reads the partition
+//! from that offset. State and offset travel in one record, so they always
+//! agree: no window counts a record twice or misses one, whatever daemon ends
+//! up with the partition.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::window_operator::WindowSnapshot;
+
+/// How long a metadata or admin request may take before it is an error.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A librdkafka client configuration: `bootstrap.servers` and the user's
+/// pass-through `properties` (which win over nothing sluice sets itself: the
+/// callers set their own keys after this).
+pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Runs a future to completion on this thread (the admin client's futures are
+/// completed by its own background thread).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+/// Creates `topic` with `partitions` partitions (replication factor 1, and
+/// `cleanup.policy=compact` when `compacted`) unless it exists.
+///
+/// # Errors
+/// The brokers cannot be reached, or refuse to create it.
+pub fn ensure_topic(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    compacted: bool,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .context("cannot make a Kafka admin client")?;
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    if compacted {
+        new = new.set("cleanup.policy", "compact");
+    }
+    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let results = block_on(admin.create_topics(&[new], &options))
+        .with_context(|| format!("cannot create Kafka topic `{topic}`"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create Kafka topic `{name}`: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// One changelog record: a Kafka partition's window state and the offset of
+/// the first record it has not seen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskState {
+    /// The next offset to read in the source partition.
+    pub offset: i64,
+    /// Its windows and watermark (`None`: no window open yet).
+    pub window: Option<WindowSnapshot>,
+}
+
+/// The changelog key of a source partition's state.
+pub fn changelog_key(pipeline: &str, topic: &str, partition: i32) -> String {
+    format!("{pipeline}/{topic}/{partition}")
+}
+
+/// Writes and reads a pipeline's changelog topic.
+pub struct Changelog {
+    /// The topic.
+    pub topic: String,
+    producer: BaseProducer,
+    config: ClientConfig,
+}
+
+impl std::fmt::Debug for Changelog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changelog")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl Changelog {
+    /// Opens (creating it if needed: one partition, compacted) the changelog
+    /// `topic`.
+    ///
+    /// # Errors
+    /// The topic cannot be created or the producer made.
+    pub fn open(config: &ClientConfig, topic: &str) -> anyhow::Result<Self> {
+        ensure_topic(config, topic, 1, true)?;
+        let producer: BaseProducer = config
+            .clone()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "0")
+            .create()
+            .context("cannot make the changelog producer")?;
+        Ok(Changelog {
+            topic: topic.to_string(),
+            producer,
+            config: config.clone(),
+        })
+    }
+
+    /// Writes `states` (key → state) and waits until the broker has them all.
+    ///
+    /// # Errors
+    /// A record cannot be encoded or is not delivered within `timeout`.
+    pub fn write(&self, states: &[(String, TaskState)], timeout: Duration) -> anyhow::Result<()> {
+        for (key, state) in states {
+            let value = serde_json::to_vec(state)?;
+            let mut record = BaseRecord::<str, [u8]>::to(&self.topic)
+                .key(key.as_str())
+                .payload(&value);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                        self.producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                    Err((e, _)) => {
+                        return Err(e).with_context(|| {
+                            format!("cannot write to changelog topic `{}`", self.topic)
+                        });
+                    }
+                }
+            }
+        }
+        // An idempotent producer that fails a delivery fails the flush too.
+        self.producer.flush(timeout).with_context(|| {
+            format!(
+                "changelog topic `{}`: the state was not acknowledged",
+                self.topic
+            )
+        })
+    }
+
+    /// The latest state of each of `keys` in the changelog (keys without one
+    /// are left out), read from its start to its current end.
+    ///
+    /// # Errors
+    /// The changelog cannot be read within `timeout`, or holds a record that
+    /// is not a [`TaskState`].
+    pub fn read(
+        &self,
+        keys: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<BTreeMap<String, TaskState>> {
+        // Read up to the end the broker reports in its fetch responses (a
+        // partition EOF event), not to a ListOffsets "latest" offset: tansu
+        // 0.6 answers that with the last batch's base offset + 1.
+        let consumer: BaseConsumer = self
+            .config
+            .clone()
+            .set("group.id", format!("{}-reader", self.topic))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .context("cannot make the changelog reader")?;
+        let mut found = BTreeMap::new();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        drop(tpl);
+        let deadline = Instant::now() + timeout;
+        loop {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "changelog topic `{}`: not read to its end within {timeout:?}",
+                self.topic
+            );
+            let message = match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot read changelog topic `{}`", self.topic));
+                }
+                Some(Ok(message)) => message,
+            };
+            let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                continue;
+            };
+            if !keys.iter().any(|k| k == key) {
+                continue;
+            }
+            match message.payload() {
+                Some(value) => {
+                    let state: TaskState = serde_json::from_slice(value).with_context(|| {
+                        format!(
+                            "changelog topic `{}`: the record at offset {} is not a sluice window state",
+                            self.topic,
+                            message.offset()
+                        )
+                    })?;
+                    found.insert(key.to_string(), state);
+                }
+                // A tombstone: the state was deleted.
+                None => {
+                    found.remove(key);
+                }
+            }
+        }
+        Ok(found)
+    }
+}

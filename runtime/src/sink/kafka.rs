@@ -1,0 +1,280 @@
+//! The Kafka sink: one Kafka record per event — the event's value, key,
+//! headers and timestamp — through an idempotent producer
+//! (`enable.idempotence=true`, hence `acks=all`: a broker retry never
+//! duplicates or reorders a record).
+//!
+//! Nothing is dropped: a full producer queue blocks the sink (and so, through
+//! its bounded channel, the workers: backpressure); a record whose delivery
+//! fails for good (after librdkafka's own retries, `message.timeout.ms`) is
+//! sent again, with a warning, until it is delivered. A sync (a checkpoint)
+//! returns only once every record sent before it has been acknowledged by the
+//! broker, so the source commits no offset past what Kafka holds.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::ClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use serde_json::Value;
+use sluice_plugin_sdk::Batch;
+
+use super::Output;
+use crate::decode::{Pointer, extract_into};
+
+/// How long a stopping sink waits for the last acknowledgements.
+const FINISH_LIMIT: Duration = Duration::from_secs(30);
+
+/// A Kafka sink's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSinkSpec {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// The topic records go to…
+    pub topic: String,
+    /// …unless this field of the record holds a string: then it names the
+    /// topic.
+    pub topic_field: Option<Pointer>,
+    /// librdkafka producer properties, passed through.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A record whose delivery failed, kept to be sent again.
+struct Undelivered {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    timestamp_ms: Option<i64>,
+    headers: Vec<(String, Vec<u8>)>,
+    error: String,
+}
+
+/// Collects the delivery reports that failed.
+#[derive(Default)]
+struct Reports {
+    failed: Mutex<Vec<Undelivered>>,
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            let headers = message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(Undelivered {
+                    topic: message.topic().to_string(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                    headers,
+                    error: error.to_string(),
+                });
+        }
+    }
+}
+
+/// The running sink's producer.
+pub(super) struct KafkaOutput {
+    name: String,
+    spec: KafkaSinkSpec,
+    producer: BaseProducer<Reports>,
+    /// When "waiting for delivery" was last logged.
+    warned: Option<Instant>,
+}
+
+impl KafkaOutput {
+    /// Makes the producer (it connects in the background).
+    pub(super) fn new(name: &str, spec: &KafkaSinkSpec) -> anyhow::Result<Self> {
+        let producer = crate::kafka::client_config(&spec.brokers, &spec.properties)
+            .set("enable.idempotence", "true")
+            .create_with_context(Reports::default())
+            .with_context(|| format!("sink `{name}`: cannot make a Kafka producer"))?;
+        Ok(KafkaOutput {
+            name: name.to_string(),
+            spec: spec.clone(),
+            producer,
+            warned: None,
+        })
+    }
+
+    /// Hands one record to the producer, waiting while its queue is full.
+    fn produce(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: Option<i64>,
+        headers: &[(&str, &[u8])],
+    ) -> anyhow::Result<()> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(ts) = timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        if !headers.is_empty() {
+            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+            for (name, value) in headers {
+                owned = owned.insert(Header {
+                    key: name,
+                    value: Some(*value),
+                });
+            }
+            record = record.headers(owned);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    // Backpressure: serve delivery reports until there is room.
+                    self.producer.poll(Duration::from_millis(100));
+                    record = r;
+                }
+                Err((e, _)) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "sink `{}`: cannot produce a record of {} bytes to topic `{topic}`",
+                            self.name,
+                            value.len()
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends the records whose delivery failed again.
+    fn resend_failed(&mut self) -> anyhow::Result<()> {
+        let failed = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if let Some(first) = failed.first() {
+            tracing::warn!(
+                sink = %self.name,
+                records = failed.len(),
+                "Kafka did not take {} record(s) ({}): sending them again",
+                failed.len(),
+                first.error
+            );
+        }
+        for u in failed {
+            let headers: Vec<(&str, &[u8])> = u
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
+            self.produce(
+                &u.topic,
+                u.key.as_deref(),
+                &u.value,
+                u.timestamp_ms,
+                &headers,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every record sent so far is acknowledged (sending failed
+    /// ones again), however long the brokers take — or, with a `limit`, fails
+    /// after it.
+    fn drain(&mut self, limit: Option<Duration>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(limit) = limit {
+                anyhow::ensure!(
+                    started.elapsed() < limit,
+                    "sink `{}`: {} record(s) not acknowledged by Kafka after {limit:?}; their source offsets were not committed, so they are read again at the next start",
+                    self.name,
+                    self.producer.in_flight_count()
+                );
+            }
+            let _ = self.producer.flush(Duration::from_secs(1));
+            self.resend_failed()?;
+            if self.producer.in_flight_count() == 0
+                && self
+                    .producer
+                    .context()
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_empty()
+            {
+                return Ok(());
+            }
+            if self
+                .warned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                self.warned = Some(Instant::now());
+                tracing::warn!(
+                    sink = %self.name,
+                    in_flight = self.producer.in_flight_count(),
+                    waited_s = started.elapsed().as_secs(),
+                    "waiting for Kafka to acknowledge records (brokers unreachable?); holding back the source"
+                );
+            }
+        }
+    }
+}
+
+impl Output for KafkaOutput {
+    fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        let pointer = self.spec.topic_field.as_ref();
+        let mut found = [None];
+        for event in batch {
+            let topic = match pointer {
+                Some(p) => {
+                    let _ = extract_into(event.value(), &[p], &mut found);
+                    match found[0].take() {
+                        Some(Value::String(t)) if !t.is_empty() => Some(t),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            let headers: Vec<(&str, &[u8])> = event.headers().collect();
+            self.produce(
+                topic.as_deref().unwrap_or(&self.spec.topic),
+                event.key(),
+                event.value(),
+                Some(event.timestamp_ms()),
+                &headers,
+            )?;
+        }
+        // Serve delivery reports; failures are sent again now.
+        self.producer.poll(Duration::ZERO);
+        self.resend_failed()
+    }
+
+    fn sync(&mut self) -> anyhow::Result<Option<u64>> {
+        self.drain(None)?;
+        Ok(None)
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        // Shutting down: everything before the last checkpoint is already
+        // acknowledged; do not hold the stop for ever.
+        self.drain(Some(FINISH_LIMIT))
+    }
+}

