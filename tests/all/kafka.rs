@@ -416,3 +416,292 @@ fn kafka_to_kafka_windows_match_ground_truth() {
     assert_rows(&rows, &want);
 }
 
+/// Produces `records` in chunks of `chunk`, `pause` apart, on a thread: load
+/// that goes on while daemons join, leave and die. Small chunks (100 flights
+/// are 2–3 hours of departures) make the checkpoints, taken while the source
+/// waits for more, fall inside hours whose windows the next chunk adds to: a
+/// state lost there shows in the windows.
+fn produce_slowly(
+    broker: &Broker,
+    records: Vec<(i32, String, String)>,
+    chunk: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    let addr = broker.addr.clone();
+    std::thread::spawn(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "20")
+            .create()
+            .unwrap();
+        for part in records.chunks(chunk) {
+            for (partition, key, value) in part {
+                let mut record = BaseRecord::to("flights")
+                    .partition(*partition)
+                    .key(key.as_str())
+                    .payload(value.as_str());
+                while let Err((_, r)) = producer.send(record) {
+                    producer.poll(Duration::from_millis(20));
+                    record = r;
+                }
+            }
+            producer.flush(Duration::from_secs(60)).unwrap();
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+/// Waits until `group` has committed `ends` for topic `flights`.
+fn wait_committed(input: &Broker, group: &str, ends: &[i64], within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut committed = input.committed(group, "flights");
+    while committed != ends {
+        assert!(
+            Instant::now() < deadline,
+            "committed {committed:?}, want {ends:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        committed = input.committed(group, "flights");
+    }
+}
+
+#[test]
+fn a_sink_outage_holds_offsets_back_and_loses_nothing() {
+    const N1: usize = 15_000;
+    const N: usize = 30_000;
+    let Some(input) = Broker::start("a_sink_outage_holds_offsets_back_and_loses_nothing") else {
+        return;
+    };
+    let output = Broker::start("a_sink_outage_holds_offsets_back_and_loses_nothing").unwrap();
+    input.create_topic("flights", PARTITIONS);
+    output.create_topic("hourly", 1);
+    let all = flight_records(N);
+    let first = all[..N1].to_vec();
+    let mut second = all[N1..].to_vec();
+    second.extend(flush_records());
+    input.produce("flights", &first);
+
+    let scratch = Scratch::new(&config(&input, &output, "outage"));
+    let daemon = Running::start(scratch.command("run"));
+    wait_committed(&input, "outage", &ends(&first), Duration::from_secs(60));
+
+    // The output broker stops answering; the rest of the input arrives. The
+    // flush record of each partition closes its windows: their output cannot
+    // be acknowledged, so no checkpoint after it completes, and its offset is
+    // not committed.
+    output.pause();
+    input.produce("flights", &second);
+    let mut everything = first.clone();
+    everything.extend(second.iter().cloned());
+    let ends = ends(&everything);
+    std::thread::sleep(Duration::from_secs(5));
+    let held = input.committed("outage", "flights");
+    for p in 0..PARTITIONS as usize {
+        assert!(
+            held[p] < ends[p],
+            "partition {p}: committed {} of {} while the sink was down",
+            held[p],
+            ends[p]
+        );
+    }
+
+    // The broker comes back: everything is delivered, then committed.
+    output.resume();
+    let want = sorted(ground_truth(N));
+    let got = output.read_all("hourly", want.len(), Duration::from_secs(120));
+    wait_committed(&input, "outage", &ends, Duration::from_secs(30));
+    daemon.signal("TERM");
+    let out = daemon.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("waiting for Kafka to acknowledge records"),
+        "the wait is logged"
+    );
+    let (rows, duplicates) = windows_of(&got);
+    eprintln!("duplicates after the outage: {duplicates}");
+    assert_rows(&rows, &want);
+}
+
+#[test]
+fn kill_9_mid_stream_then_restart_misses_no_window() {
+    const N: usize = 40_000;
+    let test = "kill_9_mid_stream_then_restart_misses_no_window";
+    let Some(input) = Broker::start(test) else {
+        return;
+    };
+    let output = Broker::start(test).unwrap();
+    input.create_topic("flights", PARTITIONS);
+    output.create_topic("hourly", 1);
+    let mut records = flight_records(N);
+    records.extend(flush_records());
+    let ends = ends(&records);
+    // About 10 s of load: the kills land while records flow.
+    let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
+    let scratch = Scratch::new(&config(&input, &output, "crash"));
+    // Killed at a few points while records flow, restarted each time.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    eprintln!("seed {seed}");
+    let mut rng = seed;
+    let mut before = input.committed("crash", "flights");
+    let mut mid_stream = false;
+    for _ in 0..3 {
+        let mut daemon = Running::start(scratch.command("run"));
+        daemon.wait_for("Kafka partitions assigned");
+        // Killed once it has made progress, at a random point after.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while input.committed("crash", "flights") == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        rng = rng.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        std::thread::sleep(Duration::from_millis(200 + u64::from(rng >> 8) % 1_000));
+        daemon.signal("KILL");
+        let _ = daemon.finish();
+        let now = input.committed("crash", "flights");
+        eprintln!("killed at committed offsets {now:?} of {ends:?}");
+        mid_stream |= now != ends;
+        before = now;
+    }
+    assert!(mid_stream, "no kill landed while records flowed");
+    producer.join().unwrap();
+    let daemon = Running::start(scratch.command("run"));
+    let want = sorted(ground_truth(N));
+    let got = output.read_all("hourly", want.len(), Duration::from_secs(120));
+    wait_committed(&input, "crash", &ends, Duration::from_secs(30));
+    daemon.signal("TERM");
+    let out = daemon.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (rows, duplicates) = windows_of(&got);
+    eprintln!(
+        "windows written twice after 3 kill -9: {duplicates} of {}",
+        got.len()
+    );
+    assert_rows(&rows, &want);
+}
+
+#[test]
+fn a_clean_rebalance_writes_nothing_twice() {
+    const N: usize = 40_000;
+    let test = "a_clean_rebalance_writes_nothing_twice";
+    let Some(input) = Broker::start(test) else {
+        return;
+    };
+    let output = Broker::start(test).unwrap();
+    input.create_topic("flights", PARTITIONS);
+    output.create_topic("hourly", 1);
+    let mut records = flight_records(N);
+    records.extend(flush_records());
+    let ends = ends(&records);
+    let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
+    // One daemon, then a second joins (the partitions are split: a
+    // rebalance), then the first leaves (SIGTERM: another rebalance).
+    let a = Scratch::new(&config(&input, &output, "clean"));
+    let b = Scratch::new(&config(&input, &output, "clean"));
+    let mut first = Running::start(a.command("run"));
+    first.wait_for("Kafka partitions assigned");
+    std::thread::sleep(Duration::from_secs(1));
+    let mut second = Running::start(b.command("run"));
+    second.wait_for("Kafka partitions assigned");
+    std::thread::sleep(Duration::from_secs(2));
+    first.signal("TERM");
+    let out = first.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    producer.join().unwrap();
+    let want = sorted(ground_truth(N));
+    let got = output.read_all("hourly", want.len(), Duration::from_secs(120));
+    wait_committed(&input, "clean", &ends, Duration::from_secs(30));
+    second.signal("TERM");
+    let out2 = second.finish();
+    assert!(
+        out2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
+    let log = String::from_utf8_lossy(&out2.stderr);
+    assert!(
+        log.contains("state restored from the changelog"),
+        "the second daemon took over state: {log}"
+    );
+    let (rows, duplicates) = windows_of(&got);
+    assert_eq!(duplicates, 0, "a clean rebalance writes every window once");
+    assert_rows(&rows, &want);
+}
+
+#[test]
+fn three_daemons_one_killed_end_with_the_windows_of_one() {
+    const N: usize = 60_000;
+    let test = "three_daemons_one_killed_end_with_the_windows_of_one";
+    let Some(input) = Broker::start(test) else {
+        return;
+    };
+    let output = Broker::start(test).unwrap();
+    input.create_topic("flights", PARTITIONS);
+    output.create_topic("hourly", 1);
+    let mut records = flight_records(N);
+    records.extend(flush_records());
+    let ends = ends(&records);
+    // About 15 s of load.
+    let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
+    let scratches: Vec<Scratch> = (0..3)
+        .map(|_| Scratch::new(&config(&input, &output, "scale")))
+        .collect();
+    let mut daemons: Vec<Running> = scratches
+        .iter()
+        .map(|s| Running::start(s.command("run")))
+        .collect();
+    for d in &mut daemons {
+        d.wait_for("Kafka partitions assigned");
+    }
+    // Under load, the daemon that was assigned partitions last is killed.
+    std::thread::sleep(Duration::from_secs(3));
+    let victim = daemons
+        .iter()
+        .position(|d| {
+            d.log
+                .iter()
+                .rev()
+                .find(|l| l.contains("Kafka partitions assigned"))
+                .is_some_and(|l| !l.contains("partitions=[]"))
+        })
+        .expect("a daemon with partitions");
+    let killed = daemons.remove(victim);
+    killed.signal("KILL");
+    let _ = killed.finish();
+    let at_kill = input.committed("scale", "flights");
+    eprintln!("killed at committed offsets {at_kill:?} of {ends:?}");
+    assert_ne!(at_kill, ends, "the kill landed while records flowed");
+    producer.join().unwrap();
+    let want = sorted(ground_truth(N));
+    let got = output.read_all("hourly", want.len(), Duration::from_secs(180));
+    wait_committed(&input, "scale", &ends, Duration::from_secs(60));
+    for d in daemons {
+        d.signal("TERM");
+        let out = d.finish();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (rows, duplicates) = windows_of(&got);
+    eprintln!(
+        "windows written twice after a daemon was killed: {duplicates} of {}",
+        got.len()
+    );
+    assert_rows(&rows, &want);
+}
