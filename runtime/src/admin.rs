@@ -225,6 +225,20 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                     crate::window_operator::rfc3339(watermark).into()
                 },
             );
+            // A Kafka source's lag per assigned partition (records behind
+            // the partition's end), from librdkafka's statistics.
+            let lags = crate::metrics::consumer_lags(name);
+            if !lags.is_empty() {
+                obj.insert(
+                    "consumer_lag".into(),
+                    lags.into_iter()
+                        .map(|(topic, partition, lag)| {
+                            serde_json::json!({"topic": topic, "partition": partition, "lag": lag})
+                        })
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+            }
             serde_json::Value::Object(obj)
         })
         .collect();

@@ -281,6 +281,9 @@ pub struct SinkConfig {
     /// `enable.idempotence` is always on (and `acks` therefore `all`).
     #[serde(default)]
     pub properties: BTreeMap<String, Spanned<toml::Value>>,
+    /// Kafka: create `topic` at start, with this many partitions, if it does
+    /// not exist. Default: do not create it.
+    pub partitions: Option<Spanned<i32>>,
 }
 
 /// What a stage does with a batch that failed: a trap, a timeout, an

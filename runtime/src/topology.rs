@@ -978,12 +978,19 @@ fn build_sink(
             topic: topic.get_ref().clone(),
             topic_field,
             properties: kafka_properties(&s.properties, &["enable.idempotence"], source)?,
+            create_partitions: match &s.partitions {
+                Some(p) if *p.get_ref() < 1 => {
+                    return Err(source.error(p.span(), "`partitions` must be at least 1"));
+                }
+                p => p.as_ref().map(|p| *p.get_ref()),
+            },
         }));
     }
     let kafka_only = [
         ("brokers", s.brokers.as_ref().map(|x| x.span())),
         ("topic", s.topic.as_ref().map(|x| x.span())),
         ("topic_field", s.topic_field.as_ref().map(|x| x.span())),
+        ("partitions", s.partitions.as_ref().map(|x| x.span())),
         ("properties", s.properties.values().next().map(|x| x.span())),
     ];
     for (field, span) in kafka_only {

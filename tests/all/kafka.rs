@@ -299,7 +299,7 @@ fn config(input: &Broker, output: &Broker, group: &str) -> String {
 [daemon]
 plugins_dir = "@PLUGINS@"
 state_dir = "state"
-admin = "off"
+admin = "127.0.0.1:0"
 
 [sources.flights]
 type = "kafka"
@@ -393,7 +393,8 @@ fn kafka_to_kafka_windows_match_ground_truth() {
     let want = sorted(ground_truth(N));
 
     let scratch = Scratch::new(&config(&input, &output, "e2e"));
-    let daemon = Running::start(scratch.command("run"));
+    let mut daemon = Running::start(scratch.command("run"));
+    let admin = daemon.admin_addr();
     let got = output.read_all("hourly", want.len(), Duration::from_secs(120));
     // Every offset is committed once the output is in: the last checkpoint
     // comes within the interval. (Counted here: tansu's ListOffsets answers
@@ -404,6 +405,31 @@ fn kafka_to_kafka_windows_match_ground_truth() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(input.committed("e2e", "flights"), ends, "committed offsets");
+    // The consumer lag of every partition (librdkafka's statistics, each
+    // second) comes down to 0, in the status and in /metrics.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http(&admin, "GET", "/pipelines");
+        let status: Value = serde_json::from_str(&body).unwrap();
+        let lags = status[0]["consumer_lag"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if lags.len() == PARTITIONS as usize && lags.iter().all(|l| l["lag"] == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "consumer lag: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = http(&admin, "GET", "/metrics");
+    for p in 0..PARTITIONS {
+        assert!(
+            metrics.contains(&format!(
+                "sluice_consumer_lag{{pipeline=\"hourly\",topic=\"flights\",partition=\"{p}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
     daemon.signal("TERM");
     let out = daemon.finish();
     assert!(

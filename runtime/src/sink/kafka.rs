@@ -40,6 +40,8 @@ pub struct KafkaSinkSpec {
     pub topic_field: Option<Pointer>,
     /// librdkafka producer properties, passed through.
     pub properties: BTreeMap<String, String>,
+    /// Create `topic` with this many partitions at start if it is missing.
+    pub create_partitions: Option<i32>,
 }
 
 /// A record whose delivery failed, kept to be sent again.
@@ -98,9 +100,15 @@ pub(super) struct KafkaOutput {
 }
 
 impl KafkaOutput {
-    /// Makes the producer (it connects in the background).
+    /// Makes the producer (it connects in the background), after creating
+    /// the topic if asked to.
     pub(super) fn new(name: &str, spec: &KafkaSinkSpec) -> anyhow::Result<Self> {
-        let producer = crate::kafka::client_config(&spec.brokers, &spec.properties)
+        let mut config = crate::kafka::client_config(&spec.brokers, &spec.properties);
+        if let Some(partitions) = spec.create_partitions {
+            crate::kafka::ensure_topic(&config, &spec.topic, partitions, false)
+                .with_context(|| format!("sink `{name}`"))?;
+        }
+        let producer = config
             .set("enable.idempotence", "true")
             .create_with_context(Reports::default())
             .with_context(|| format!("sink `{name}`: cannot make a Kafka producer"))?;
