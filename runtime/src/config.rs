@@ -813,6 +813,11 @@ impl ConfigSource {
 /// The key whose value starts right after `prefix` (`… interval = ` → `interval`).
 fn field_before(prefix: &str) -> Option<&str> {
     let prefix = prefix.trim_end().strip_suffix('=')?.trim_end();
+    // A quoted key may hold dots (`"linger.ms" = 5`): all of it.
+    if let Some(inner) = prefix.strip_suffix('"') {
+        let key = &inner[inner.rfind('"')? + 1..];
+        return (!key.is_empty()).then_some(key);
+    }
     let start = prefix
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '"'))
         .map_or(0, |i| i + 1);

@@ -596,7 +596,11 @@ fn check_checkpoints(topology: &Topology) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    for p in topology.pipelines.iter().filter(|p| p.checkpoint.is_some()) {
+    // A Kafka pipeline resumes from its group's offsets and changelog, not
+    // from its local checkpoint (see `daemon.rs`).
+    for p in topology.pipelines.iter().filter(|p| {
+        p.checkpoint.is_some() && !matches!(p.source.input, sluice::source::Input::Kafka(_))
+    }) {
         p.load_checkpoint(&store)?;
     }
     Ok(())

@@ -101,19 +101,31 @@ fn every_example_config_validates() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut checked = 0;
     for dir in std::fs::read_dir(&root).unwrap() {
-        let config = dir.unwrap().path().join("sluice.toml");
-        if !config.is_file() {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
             continue;
         }
-        let output = std::process::Command::new(sluice_bin())
-            .args(["validate", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert_exit(&output, 0);
-        checked += 1;
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let config = file.unwrap().path();
+            if config.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let output = std::process::Command::new(sluice_bin())
+                .args(["validate", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.code() == Some(0),
+                "{}: {}",
+                config.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            checked += 1;
+        }
     }
-    assert!(checked >= 1);
+    // flights: sluice, delayed, windows; kafka: load, hourly.
+    assert!(checked >= 5, "{checked} example configs");
 }
 
 #[test]

@@ -388,6 +388,8 @@ fn kafka_to_kafka_windows_match_ground_truth() {
     input.create_topic("flights", PARTITIONS);
     output.create_topic("hourly", 1);
     let mut records = flight_records(N);
+    // A record that is not JSON: to the dead-letter sink; the pipeline goes on.
+    records.insert(N / 2, (1, "bad".into(), "not json {".into()));
     records.extend(flush_records());
     input.produce("flights", &records);
     let want = sorted(ground_truth(N));
@@ -440,6 +442,14 @@ fn kafka_to_kafka_windows_match_ground_truth() {
     let (rows, duplicates) = windows_of(&got);
     assert_eq!(duplicates, 0, "a clean run writes every window once");
     assert_rows(&rows, &want);
+    let dead = scratch.read_json("out/dlq.ndjson");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["stage"], "source");
+    assert_eq!(dead[0]["original"], "not json {");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("invalid JSON"),
+        "{dead:?}"
+    );
 }
 
 /// Produces `records` in chunks of `chunk`, `pause` apart, on a thread: load
@@ -730,4 +740,92 @@ fn three_daemons_one_killed_end_with_the_windows_of_one() {
         got.len()
     );
     assert_rows(&rows, &want);
+}
+
+#[test]
+fn kafka_config_errors_are_located() {
+    let base = |source: &str, sink: &str, pipeline: &str| {
+        format!(
+            "[daemon]\nplugins_dir = \"@PLUGINS@\"\n\n[sources.k]\n{source}\n\n[sinks.out]\n{sink}\n\n[pipelines.p]\nsource = \"k\"\nsinks = [\"out\"]\n{pipeline}\n"
+        )
+    };
+    let kafka = "type = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\ngroup_id = \"g\"";
+    let windows =
+        "window = { kind = \"tumbling\", size = \"1h\" }\naggregate = [{ op = \"count\" }]";
+    for (config, want) in [
+        (
+            base(
+                "type = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]",
+                "type = \"stdout\"",
+                "",
+            ),
+            (
+                "sluice.toml:4:1: ",
+                "source `k`: a kafka source needs `group_id`",
+            ),
+        ),
+        (
+            base(
+                &format!("{kafka}\nproperties = {{ \"enable.auto.commit\" = true }}"),
+                "type = \"stdout\"",
+                "",
+            ),
+            (
+                "sluice.toml:9:39: ",
+                "`enable.auto.commit` is set by sluice itself and cannot be passed through",
+            ),
+        ),
+        (
+            base(
+                &format!("{kafka}\npartition_by = \"key\""),
+                "type = \"stdout\"",
+                windows,
+            ),
+            (
+                "sluice.toml:9:16: ",
+                "pipeline `p` has windows: its Kafka source must keep partition_by = \"source\"",
+            ),
+        ),
+        (
+            base(
+                "type = \"stdin\"\ntopics = [\"t\"]",
+                "type = \"stdout\"",
+                "",
+            ),
+            ("sluice.toml:6:10: ", "`topics` is for Kafka sources"),
+        ),
+        (
+            base(kafka, "type = \"kafka\"\nbrokers = \"127.0.0.1:1\"", ""),
+            (
+                "sluice.toml:10:1: ",
+                "sink `out`: a kafka sink needs `topic`",
+            ),
+        ),
+        (
+            base(
+                kafka,
+                "type = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopic = \"o\"\ntopic_field = \"route\"",
+                "",
+            ),
+            ("sluice.toml:14:15: ", "field `topic_field`: "),
+        ),
+        (
+            base(
+                kafka,
+                "type = \"file\"\npath = \"o.ndjson\"\ntopic = \"o\"",
+                "",
+            ),
+            ("sluice.toml:13:9: ", "`topic` is for Kafka sinks"),
+        ),
+    ] {
+        let (at, want) = want;
+        let scratch = Scratch::new(&config);
+        let output = scratch.command("validate").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{config}\n{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {at}")) && stderr.contains(want),
+            "want {at}… {want:?} in:\n{stderr}\nfor:\n{config}"
+        );
+    }
 }
