@@ -274,6 +274,9 @@ impl Daemon {
     }
 
     fn cancel_all(&self) {
+        // A Kafka sink waiting for unreachable brokers stops waiting after a
+        // while instead of holding the shutdown for ever.
+        crate::sink::kafka::daemon_stopping();
         for live in self.live.values() {
             live.cancel.store(true, Ordering::Relaxed);
         }

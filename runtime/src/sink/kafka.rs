@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -25,8 +26,20 @@ use sluice_plugin_sdk::Batch;
 use super::Output;
 use crate::decode::{Pointer, extract_into};
 
-/// How long a stopping sink waits for the last acknowledgements.
+/// How long a sink waits for the last acknowledgements once the daemon is
+/// stopping (a checkpoint's sync or the sink's finish).
 const FINISH_LIMIT: Duration = Duration::from_secs(30);
+
+/// Set when the daemon stops (SIGTERM, SIGINT).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// The daemon is stopping: a sink still waiting for brokers gives up after
+/// [`FINISH_LIMIT`] (nothing is lost: the offsets of what it could not
+/// deliver are not committed, so those records are read again at the next
+/// start).
+pub fn daemon_stopping() {
+    STOPPING.store(true, Ordering::Relaxed);
+}
 
 /// A Kafka sink's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,10 +221,19 @@ impl KafkaOutput {
     /// after it.
     fn drain(&mut self, limit: Option<Duration>) -> anyhow::Result<()> {
         let started = Instant::now();
+        let mut stopping_since = None;
         loop {
-            if let Some(limit) = limit {
+            if limit.is_none() && stopping_since.is_none() && STOPPING.load(Ordering::Relaxed) {
+                stopping_since = Some(Instant::now());
+            }
+            let waited = match (limit, stopping_since) {
+                (Some(limit), _) => Some((started.elapsed(), limit)),
+                (None, Some(since)) => Some((since.elapsed(), FINISH_LIMIT)),
+                (None, None) => None,
+            };
+            if let Some((waited, limit)) = waited {
                 anyhow::ensure!(
-                    started.elapsed() < limit,
+                    waited < limit,
                     "sink `{}`: {} record(s) not acknowledged by Kafka after {limit:?}; their source offsets were not committed, so they are read again at the next start",
                     self.name,
                     self.producer.in_flight_count()
