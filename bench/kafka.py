@@ -45,7 +45,7 @@ def run_daemon(config_text, workdir):
         f.write(config_text)
     log = open(os.path.join(workdir, "log.txt"), "w+")
     p = subprocess.Popen([SLUICE, "run", "--config", cfg], cwd=workdir, stderr=log,
-                         stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "info"})
+                         stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
     deadline = time.time() + 30
     while time.time() < deadline:
         log.seek(0)
@@ -76,6 +76,13 @@ def timed_kafka_run(config_text):
         sys.exit("timed out")
     p.terminate()
     p.wait(timeout=120)
+    with open(os.path.join(work, "log.txt")) as f:
+        summary = [l for l in f.read().splitlines() if "sluice: pipeline=" in l]
+    if summary:
+        print("   ", summary[-1].split("sluice: ")[-1], flush=True)
+    if os.environ.get("KBENCH_LOG"):
+        with open(os.path.join(work, "log.txt")) as f:
+            print("\n".join(l for l in f.read().splitlines() if "checkpoint" in l or "changelog" in l))
     shutil.rmtree(work, ignore_errors=True)
     return t1 - t0
 
@@ -149,7 +156,8 @@ topic = "flights"
 partitions = 4
 [pipelines.load]
 source = "flights"
-partitions = 2
+# One worker: each Kafka partition gets the flights in file (time) order.
+partitions = 1
 batch = {{ max_records = 4096, interval = "100ms" }}
 sinks = ["topic"]
 """)

@@ -239,7 +239,7 @@ impl KafkaOutput {
                     self.producer.in_flight_count()
                 );
             }
-            let _ = self.producer.flush(Duration::from_secs(1));
+            crate::kafka::wait_delivered(&self.producer, Duration::from_secs(1));
             self.resend_failed()?;
             if self.producer.in_flight_count() == 0
                 && self

@@ -300,6 +300,7 @@ impl Side {
         let Position::Kafka(KafkaPosition { kafka: offsets }) = &checkpoint.position else {
             unreachable!("a Kafka source's position")
         };
+        let started = Instant::now();
         if let Some(changelog) = &self.changelog {
             let states: Vec<(String, TaskState)> = offsets
                 .iter()
@@ -326,6 +327,12 @@ impl Side {
                 tracing::warn!(pipeline = %self.pipeline, "offset commit failed: {e}");
             }
         }
+        tracing::debug!(
+            pipeline = %self.pipeline,
+            id = checkpoint.id,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "changelog written and offsets committed"
+        );
         Ok(true)
     }
 
