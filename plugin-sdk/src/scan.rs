@@ -3,10 +3,11 @@
 //! [`fields`] makes one pass over a record, checks that the whole of it is JSON
 //! as serde_json reads it, and hands back the raw text of the named top-level
 //! fields, borrowed from the record: nothing is allocated, numbers are not
-//! converted, strings are not unescaped, and the other fields are skipped. On
-//! the flights, a filter reading seven fields this way spends several times less
-//! per record than `serde_json::from_slice` into a borrowing struct (see
-//! BENCHMARKS.md, "A field scanner in the guest").
+//! converted, strings are not unescaped, and the other fields are skipped. The
+//! `flights_delay` example plugin, which reads seven fields of each flight this
+//! way, is 1.4–1.6× faster per record as a component than with
+//! `serde_json::from_slice` into a borrowing struct (BENCHMARKS.md, "A field
+//! scanner in the guest").
 //!
 //! It is a fast path, not a parser: for what it does not handle simply — a
 //! string with an escape where you need its text, a float, a field missing —
