@@ -313,6 +313,16 @@ impl<'a> Event<'a> {
             .map(|h| (h.name.as_str(), h.value.as_slice()))
     }
 
+    /// The named top-level fields of the payload, a JSON object, without
+    /// deserialising it: [`scan::fields`](crate::scan::fields) on
+    /// [`value`](Self::value). `None` means "ask [`json`](Self::json)".
+    pub fn fields<const N: usize>(
+        &self,
+        names: &[&str; N],
+    ) -> Option<[Option<crate::scan::Field<'a>>; N]> {
+        crate::scan::fields(self.value(), names)
+    }
+
     /// The payload parsed as JSON into `T` (which may borrow from the batch).
     ///
     /// # Errors

@@ -37,6 +37,7 @@
 mod batch;
 mod config;
 pub mod log;
+pub mod scan;
 
 pub use batch::{Batch, BatchParts, Event, Header, Iter, Output, Rejection};
 pub use config::Config;

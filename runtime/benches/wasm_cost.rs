@@ -4,12 +4,16 @@
 //!
 //! `cargo bench -p sluice --bench wasm_cost` — environment:
 //! - `WASM_COST_PLUGINS`: `label=path.wasm,…` extra components of the
-//!   flights_delay logic (the Python, JavaScript and C ones); the Rust identity and
-//!   flights_delay components come from runtime/build.rs;
+//!   flights_delay logic (the Python, JavaScript and C ones, or an older build of
+//!   the Rust one); the Rust identity and flights_delay components come from
+//!   runtime/build.rs;
 //! - `WASM_COST_SIZES`: batch sizes (default `1,4,16,64,256,1024,4096,16384`);
 //! - `WASM_COST_BUDGET_MS`: time per cell and round (default 150);
 //! - `WASM_COST_ROUNDS`: rounds (default 3); each round runs every implementation
 //!   once per size, in turn (A B C … A B C …), the figure is the median of rounds.
+//!
+//! *native flights_delay (serde only)* is the plugin's serde_json path alone (its
+//! code before the SDK's field scanner), beside the plugin as it is.
 //!
 //! Records: real flights (examples/data), as two shapes: `small`, the seven
 //! fields flights_delay reads (~125 bytes, the smallest valid flight), and `1kb`,
@@ -135,6 +139,10 @@ fn main() {
         (
             "native flights_delay".into(),
             native::<flights_delay::FlightsDelay>(&fd_config),
+        ),
+        (
+            "native flights_delay (serde only)".into(),
+            native::<flights_delay::SerdeOnly>(&fd_config),
         ),
         (
             "wasm flights_delay (rust)".into(),
