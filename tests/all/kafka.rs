@@ -874,3 +874,135 @@ fn a_stop_during_a_sink_outage_ends_and_the_restart_delivers() {
     eprintln!("windows written twice after a stop during the outage: {duplicates}");
     assert_rows(&rows, &want);
 }
+
+#[test]
+fn keys_headers_timestamps_and_routed_topics_round_trip() {
+    use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+    let test = "keys_headers_timestamps_and_routed_topics_round_trip";
+    let Some(broker) = Broker::start(test) else {
+        return;
+    };
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    broker.create_topic("other", 1);
+    // (key, value, timestamp ms, headers); the second goes to `other` by its
+    // `route` field, the third has no key.
+    type Sent<'a> = (Option<&'a str>, String, i64, Vec<(&'a str, &'a str)>);
+    let sent: Vec<Sent<'_>> = vec![
+        (
+            Some("k1"),
+            r#"{"n":1}"#.into(),
+            1_600_000_000_001,
+            vec![("h", "v1"), ("trace", "abc")],
+        ),
+        (
+            Some("k2"),
+            r#"{"n":2,"route":"other"}"#.into(),
+            1_600_000_000_002,
+            vec![("h", "v2")],
+        ),
+        (None, r#"{"n":3}"#.into(), 1_600_000_000_003, vec![]),
+    ];
+    let producer: BaseProducer = broker.config().create().unwrap();
+    for (key, value, ts, headers) in &sent {
+        let mut hs = OwnedHeaders::new();
+        for (k, v) in headers {
+            hs = hs.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut record = BaseRecord::to("in")
+            .payload(value.as_str())
+            .timestamp(*ts)
+            .headers(hs);
+        if let Some(k) = key {
+            record = record.key(*k);
+        }
+        producer.send(record).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let scratch = Scratch::new(&format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+state_dir = "state"
+admin = "off"
+
+[sources.in]
+type = "kafka"
+brokers = "{addr}"
+topics = ["in"]
+group_id = "rt"
+
+[sinks.out]
+type = "kafka"
+brokers = "{addr}"
+topic = "out"
+topic_field = "/route"
+
+[pipelines.p]
+source = "in"
+processors = [ {{ plugin = "identity.wasm" }} ]
+sinks = ["out"]
+"#,
+        addr = broker.addr
+    ));
+    let daemon = Running::start(scratch.command("run"));
+    // Read back with everything a Kafka record carries.
+    let read = |topic: &str, want: usize| {
+        let consumer: BaseConsumer = broker
+            .config()
+            .set("group.id", "rt-check")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        drop(tpl);
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.len() < want && Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                let headers: Vec<(String, String)> = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap()).into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                got.push((
+                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    String::from_utf8_lossy(m.payload().unwrap()).into_owned(),
+                    m.timestamp().to_millis().unwrap(),
+                    headers,
+                ));
+            }
+        }
+        got
+    };
+    let expect = |i: usize| {
+        let (key, value, ts, headers) = &sent[i];
+        (
+            key.map(str::to_string),
+            value.clone(),
+            *ts,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(read("out", 2), vec![expect(0), expect(2)]);
+    assert_eq!(read("other", 1), vec![expect(1)]);
+    daemon.signal("TERM");
+    assert!(daemon.finish().status.success());
+}
