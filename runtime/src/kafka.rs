@@ -46,6 +46,114 @@ pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> Cl
     config
 }
 
+/// librdkafka's log lines and error events, into `tracing`, each kind at most
+/// once per [`QuietLog::EVERY`] (with a broker down, librdkafka repeats the
+/// same error many times a second).
+#[derive(Debug, Default)]
+pub struct QuietLog {
+    last: std::sync::Mutex<BTreeMap<String, (Instant, u64)>>,
+}
+
+impl QuietLog {
+    /// The shortest time between two lines of one kind.
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Whether a line of `kind` may be written now; and how many of its kind
+    /// were held back since the last.
+    fn admit(&self, kind: &str) -> Option<u64> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.get_mut(kind) {
+            Some((at, held)) if at.elapsed() < Self::EVERY => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let n = *held;
+                *at = Instant::now();
+                *held = 0;
+                Some(n)
+            }
+            None => {
+                last.insert(kind.to_string(), (Instant::now(), 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// A librdkafka log line (`ClientContext::log`).
+    pub fn log(
+        &self,
+        client: &str,
+        level: rdkafka::config::RDKafkaLogLevel,
+        fac: &str,
+        message: &str,
+    ) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        let Some(held) = self.admit(fac) else {
+            return;
+        };
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", client, fac, held, "{message}");
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", client, fac, held, "{message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", client, fac, held, "{message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", client, fac, held, "{message}"),
+        }
+    }
+
+    /// A librdkafka error event (`ClientContext::error`); partition-end
+    /// events are not errors.
+    pub fn error(&self, client: &str, error: &KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            return;
+        }
+        if let Some(held) = self.admit(&format!("{:?}", error.rdkafka_error_code())) {
+            tracing::error!(target: "librdkafka", client, held, "{error}: {reason}");
+        }
+    }
+}
+
+/// A client context that only logs, quietly.
+#[derive(Debug, Default)]
+pub struct Quiet {
+    /// Its log.
+    pub log: QuietLog,
+    /// What the client is, in log lines.
+    pub client: &'static str,
+}
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(self.client, level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(self.client, &error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+/// Checks librdkafka `properties` (names and values) without making a client.
+///
+/// # Errors
+/// librdkafka's reason, e.g. "No such configuration property".
+pub fn check_properties(properties: &BTreeMap<String, String>) -> Result<(), String> {
+    let mut config = ClientConfig::new();
+    for (key, value) in properties {
+        config.set(key, value);
+        if let Err(e) = config.create_native_config() {
+            return Err(format!("property `{key}`: {e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Runs a future to completion on this thread (the admin client's futures are
 /// completed by its own background thread).
 pub fn block_on<F: Future>(future: F) -> F::Output {
@@ -89,9 +197,17 @@ pub fn wait_delivered<C: ProducerContext>(producer: &BaseProducer<C>, timeout: D
 #[derive(Default)]
 struct ChangelogReports {
     failed: std::sync::atomic::AtomicUsize,
+    log: QuietLog,
 }
 
-impl rdkafka::ClientContext for ChangelogReports {}
+impl rdkafka::ClientContext for ChangelogReports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log("changelog producer", level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error("changelog producer", &error, reason);
+    }
+}
 
 impl ProducerContext for ChangelogReports {
     type DeliveryOpaque = ();
@@ -142,6 +258,11 @@ pub struct TaskState {
     pub offset: i64,
     /// Its windows and watermark (`None`: no window open yet).
     pub window: Option<WindowSnapshot>,
+    /// What the state depends on (format, key and timestamp, window,
+    /// aggregates; see [`crate::checkpoint::Checkpoint::shape`]): a state saved
+    /// with another is not restored.
+    #[serde(default)]
+    pub shape: BTreeMap<String, String>,
 }
 
 /// The changelog key of a source partition's state.
@@ -239,14 +360,17 @@ impl Changelog {
         // Read up to the end the broker reports in its fetch responses (a
         // partition EOF event), not to a ListOffsets "latest" offset: tansu
         // 0.6 answers that with the last batch's base offset + 1.
-        let consumer: BaseConsumer = self
+        let consumer: BaseConsumer<Quiet> = self
             .config
             .clone()
             .set("group.id", format!("{}-reader", self.topic))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "10")
-            .create()
+            .create_with_context(Quiet {
+                client: "changelog reader",
+                ..Quiet::default()
+            })
             .context("cannot make the changelog reader")?;
         let mut found = BTreeMap::new();
         let mut tpl = TopicPartitionList::new();

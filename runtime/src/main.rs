@@ -619,6 +619,25 @@ fn checkpoints(path: &Path, reset: Option<&str>) -> ExitCode {
     let result = (|| -> anyhow::Result<()> {
         let store = sluice::checkpoint::Store::open(&dir)?;
         if let Some(name) = reset {
+            let kafka_group = config
+                .pipelines
+                .get(name)
+                .and_then(|p| config.sources.get(p.get_ref().source.get_ref()))
+                .filter(|s| s.get_ref().kind == sluice::config::SourceKind::Kafka)
+                .map(|s| {
+                    s.get_ref()
+                        .group_id
+                        .as_ref()
+                        .map(|g| g.get_ref().clone())
+                        .unwrap_or_default()
+                });
+            if let Some(group) = kafka_group {
+                store.remove(name)?;
+                println!(
+                    "pipeline `{name}` reads Kafka: it resumes from group `{group}`'s committed offsets and its changelog topic, not from a local checkpoint (any was removed). To start it over, give it a new `group_id` and `changelog_topic`."
+                );
+                return Ok(());
+            }
             if store.remove(name)? {
                 println!(
                     "pipeline `{name}`: checkpoint removed; it starts from the beginning of its input"

@@ -86,6 +86,8 @@ impl Topology {
         let mut sinks = BTreeMap::new();
         let mut pipelines = Vec::new();
         let mut stdin_user: Option<&str> = None;
+        // (brokers, group_id) → the pipeline consuming as that group.
+        let mut groups: BTreeMap<(String, String), &str> = BTreeMap::new();
         let mut instances = 0usize;
         let mut stdout_sink: Option<String> = None;
         // Every file the daemon reads or writes, to refuse two sinks (or a source
@@ -149,6 +151,18 @@ impl Topology {
                     ));
                 }
                 stdin_user = Some(name);
+            }
+            if let Input::Kafka(k) = &src_spec.input
+                && let Some(other) =
+                    groups.insert((k.brokers.clone(), k.group_id.clone()), name.as_str())
+            {
+                return Err(source.error(
+                    p.source.span(),
+                    format!(
+                        "pipeline `{other}` already consumes as Kafka group `{}`: two pipelines in one group would split the partitions between them, each seeing part of the topic; give each pipeline its own source with its own `group_id`",
+                        k.group_id
+                    ),
+                ));
             }
 
             let partitions = *p.partitions.get_ref();
@@ -881,6 +895,11 @@ fn kafka_properties(
             }
         };
         out.insert(key.clone(), text);
+        // librdkafka checks the name and the value (not yet how they fit
+        // together: that is checked when the client is made, at start).
+        if let Err(e) = crate::kafka::check_properties(&out) {
+            return Err(source.error(value.span(), e));
+        }
     }
     Ok(out)
 }
@@ -905,6 +924,9 @@ fn kafka_input(
         return Err(source.error(spanned.span(), "`follow` is for file sources"));
     }
     let brokers = s.brokers.as_ref().ok_or_else(|| needs("brokers"))?;
+    if brokers.get_ref().trim().is_empty() {
+        return Err(source.error(brokers.span(), "`brokers` cannot be empty"));
+    }
     let topics = s.topics.as_ref().ok_or_else(|| needs("topics"))?;
     if topics.get_ref().is_empty() || topics.get_ref().iter().any(String::is_empty) {
         return Err(source.error(
@@ -924,6 +946,7 @@ fn kafka_input(
         properties: kafka_properties(
             &s.properties,
             &[
+                "bootstrap.servers",
                 "group.id",
                 "enable.auto.commit",
                 "enable.auto.offset.store",
@@ -964,6 +987,9 @@ fn build_sink(
             )
         };
         let brokers = s.brokers.as_ref().ok_or_else(|| needs("brokers"))?;
+        if brokers.get_ref().trim().is_empty() {
+            return Err(source.error(brokers.span(), "`brokers` cannot be empty"));
+        }
         let topic = s.topic.as_ref().ok_or_else(|| needs("topic"))?;
         if topic.get_ref().is_empty() {
             return Err(source.error(topic.span(), "`topic` cannot be empty"));
@@ -977,7 +1003,11 @@ fn build_sink(
             brokers: brokers.get_ref().clone(),
             topic: topic.get_ref().clone(),
             topic_field,
-            properties: kafka_properties(&s.properties, &["enable.idempotence"], source)?,
+            properties: kafka_properties(
+                &s.properties,
+                &["bootstrap.servers", "enable.idempotence"],
+                source,
+            )?,
             create_partitions: match &s.partitions {
                 Some(p) if *p.get_ref() < 1 => {
                     return Err(source.error(p.span(), "`partitions` must be at least 1"));

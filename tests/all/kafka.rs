@@ -811,6 +811,33 @@ fn kafka_config_errors_are_located() {
         ),
         (
             base(
+                &format!("{kafka}\nproperties = {{ \"no.such.property\" = 1 }}"),
+                "type = \"stdout\"",
+                "",
+            ),
+            ("sluice.toml:9:37: ", "property `no.such.property`: "),
+        ),
+        (
+            base(
+                "type = \"kafka\"\nbrokers = \"\"\ntopics = [\"t\"]\ngroup_id = \"g\"",
+                "type = \"stdout\"",
+                "",
+            ),
+            ("sluice.toml:6:11: ", "`brokers` cannot be empty"),
+        ),
+        (
+            base(
+                kafka,
+                "type = \"stdout\"",
+                "\n[pipelines.q]\nsource = \"k\"\nsinks = [\"out\"]",
+            ),
+            (
+                "sluice.toml:18:10: ",
+                "pipeline `p` already consumes as Kafka group `g`",
+            ),
+        ),
+        (
+            base(
                 kafka,
                 "type = \"file\"\npath = \"o.ndjson\"\ntopic = \"o\"",
                 "",
@@ -1005,4 +1032,37 @@ sinks = ["out"]
     assert_eq!(read("other", 1), vec![expect(1)]);
     daemon.signal("TERM");
     assert!(daemon.finish().status.success());
+}
+
+#[test]
+fn a_changed_window_is_not_restored_from_the_changelog() {
+    const N: usize = 5_000;
+    let test = "a_changed_window_is_not_restored_from_the_changelog";
+    let Some(input) = Broker::start(test) else {
+        return;
+    };
+    let output = Broker::start(test).unwrap();
+    input.create_topic("flights", PARTITIONS);
+    output.create_topic("hourly", 1);
+    let records = flight_records(N);
+    input.produce("flights", &records);
+    let config = config(&input, &output, "shape");
+    let scratch = Scratch::new(&config);
+    let daemon = Running::start(scratch.command("run"));
+    wait_committed(&input, "shape", &ends(&records), Duration::from_secs(60));
+    daemon.signal("TERM");
+    assert!(daemon.finish().status.success());
+    // The same group and changelog, with 2-hour windows: the 1-hour state
+    // saved in the changelog must not be taken up.
+    let changed = config.replace(r#"size = "1h""#, r#"size = "2h""#);
+    assert_ne!(changed, config);
+    scratch.write_config(&changed);
+    let out = Running::start(scratch.command("run")).finish();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("was saved with another window or aggregates and cannot be resumed")
+            && log.contains("window: Tumbling { size: 3600000 }"),
+        "{log}"
+    );
 }

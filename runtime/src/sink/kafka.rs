@@ -19,7 +19,9 @@ use anyhow::Context as _;
 use rdkafka::ClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext, PurgeConfig,
+};
 use serde_json::Value;
 use sluice_plugin_sdk::Batch;
 
@@ -71,9 +73,17 @@ struct Undelivered {
 #[derive(Default)]
 struct Reports {
     failed: Mutex<Vec<Undelivered>>,
+    log: crate::kafka::QuietLog,
 }
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log("sink producer", level, fac, message);
+    }
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.log.error("sink producer", &error, reason);
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = ();
@@ -110,26 +120,33 @@ pub(super) struct KafkaOutput {
     producer: BaseProducer<Reports>,
     /// When "waiting for delivery" was last logged.
     warned: Option<Instant>,
+    /// When "sending again" was last logged, and the records sent again since.
+    resent: (Option<Instant>, usize),
+}
+
+/// A new idempotent producer for `spec`.
+fn producer(name: &str, spec: &KafkaSinkSpec) -> anyhow::Result<BaseProducer<Reports>> {
+    crate::kafka::client_config(&spec.brokers, &spec.properties)
+        .set("enable.idempotence", "true")
+        .create_with_context(Reports::default())
+        .with_context(|| format!("sink `{name}`: cannot make a Kafka producer"))
 }
 
 impl KafkaOutput {
     /// Makes the producer (it connects in the background), after creating
     /// the topic if asked to.
     pub(super) fn new(name: &str, spec: &KafkaSinkSpec) -> anyhow::Result<Self> {
-        let mut config = crate::kafka::client_config(&spec.brokers, &spec.properties);
+        let config = crate::kafka::client_config(&spec.brokers, &spec.properties);
         if let Some(partitions) = spec.create_partitions {
             crate::kafka::ensure_topic(&config, &spec.topic, partitions, false)
                 .with_context(|| format!("sink `{name}`"))?;
         }
-        let producer = config
-            .set("enable.idempotence", "true")
-            .create_with_context(Reports::default())
-            .with_context(|| format!("sink `{name}`: cannot make a Kafka producer"))?;
         Ok(KafkaOutput {
             name: name.to_string(),
             spec: spec.clone(),
-            producer,
+            producer: producer(name, spec)?,
             warned: None,
+            resent: (None, 0),
         })
     }
 
@@ -180,24 +197,50 @@ impl KafkaOutput {
         }
     }
 
-    /// Sends the records whose delivery failed again.
+    /// Sends the records whose delivery failed again — through a new
+    /// producer when this one hit a fatal error (an idempotent producer that
+    /// was fenced, or whose producer id the brokers forgot, takes nothing
+    /// more).
     fn resend_failed(&mut self) -> anyhow::Result<()> {
-        let failed = std::mem::take(
-            &mut *self
-                .producer
-                .context()
-                .failed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if let Some(first) = failed.first() {
-            tracing::warn!(
+        let take = |p: &BaseProducer<Reports>| {
+            std::mem::take(
+                &mut *p
+                    .context()
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+        };
+        let mut failed = take(&self.producer);
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::error!(
                 sink = %self.name,
-                records = failed.len(),
-                "Kafka did not take {} record(s) ({}): sending them again",
-                failed.len(),
-                first.error
+                "the Kafka producer hit a fatal error ({code:?}: {reason}): making a new one and sending its undelivered records again"
             );
+            // Its records still queued or in flight fail (purged) and come
+            // back as delivery reports.
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            crate::kafka::wait_delivered(&self.producer, Duration::from_secs(5));
+            let old = std::mem::replace(&mut self.producer, producer(&self.name, &self.spec)?);
+            failed.extend(take(&old));
+        }
+        if let Some(first) = failed.first() {
+            self.resent.1 += failed.len();
+            if self
+                .resent
+                .0
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                tracing::warn!(
+                    sink = %self.name,
+                    records = self.resent.1,
+                    "Kafka did not take {} record(s) ({}): sending them again",
+                    self.resent.1,
+                    first.error
+                );
+                self.resent = (Some(Instant::now()), 0);
+            }
         }
         for u in failed {
             let headers: Vec<(&str, &[u8])> = u

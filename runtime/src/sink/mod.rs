@@ -123,6 +123,7 @@ impl SinkHandle {
         Ok(PendingSync {
             name: self.name.clone(),
             rx,
+            sink: self.tx.clone(),
         })
     }
 }
@@ -132,6 +133,9 @@ impl SinkHandle {
 pub struct PendingSync {
     name: String,
     rx: flume::Receiver<anyhow::Result<Option<u64>>>,
+    /// The sink's input: disconnected once its thread is gone (a sink that
+    /// failed leaves the sync request queued, unanswered).
+    sink: flume::Sender<SinkMsg>,
 }
 
 impl PendingSync {
@@ -141,9 +145,13 @@ impl PendingSync {
     /// # Errors
     /// The sink stopped, or the write or sync failed.
     pub fn wait(self) -> anyhow::Result<Option<u64>> {
-        self.rx
-            .recv()
-            .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))?
+        loop {
+            match self.rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(result) => return result,
+                Err(flume::RecvTimeoutError::Timeout) if !self.sink.is_disconnected() => {}
+                Err(_) => anyhow::bail!("sink `{}` has stopped", self.name),
+            }
+        }
     }
 }
 

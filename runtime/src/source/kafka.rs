@@ -37,7 +37,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Statistics};
 
-use super::{Chunk, Outbox, Record, now_ms, reject_line};
+use super::{Chunk, Outbox, Record, now_ms};
 use crate::checkpoint::{BarrierKind, Checkpointer, KafkaPosition, Position};
 use crate::config::{Format, KafkaStart, MissingTimestamp, PartitionBy};
 use crate::dead_letter::DeadLetter;
@@ -105,9 +105,10 @@ struct Side {
     closing: bool,
 }
 
-/// The consumer's context: rebalances and statistics.
+/// The consumer's context: rebalances, statistics and logs.
 pub struct GroupContext {
     side: Arc<Mutex<Side>>,
+    log: crate::kafka::QuietLog,
 }
 
 fn lock(side: &Mutex<Side>) -> MutexGuard<'_, Side> {
@@ -116,6 +117,14 @@ fn lock(side: &Mutex<Side>) -> MutexGuard<'_, Side> {
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log("consumer", level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.log.error("consumer", &error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         let side = lock(&self.side);
         let pipeline = side.pipeline.clone();
@@ -147,12 +156,21 @@ impl ConsumerContext for GroupContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                side.on_revoke(consumer, tpl);
+                // Lost (the session timed out: the group may have given the
+                // partitions away already) rather than revoked: nothing may be
+                // committed, and the brokers may be out of reach anyway. What
+                // was read since the last checkpoint is read again by whoever
+                // gets the partitions.
+                let lost = consumer.assignment_lost();
+                if lost {
+                    tracing::warn!(pipeline = %side.pipeline, "Kafka partitions lost (session timed out): not checkpointing them");
+                }
+                side.on_revoke(consumer, tpl, !lost);
                 let _ = consumer.unassign();
             }
             other => {
                 tracing::error!(pipeline = %side.pipeline, "Kafka rebalance error: {other:?}");
-                side.on_revoke(consumer, tpl);
+                side.on_revoke(consumer, tpl, false);
                 let _ = consumer.unassign();
             }
         }
@@ -193,6 +211,23 @@ impl Side {
                 .collect();
             match changelog.read(&keys, CHANGELOG_TIMEOUT) {
                 Ok(mut states) => {
+                    let now = self.state_shape();
+                    let changed: Vec<String> = states
+                        .values()
+                        .filter(|s| !s.shape.is_empty())
+                        .flat_map(|s| crate::checkpoint::shape_changes(&s.shape, &now))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    if !changed.is_empty() {
+                        self.fail(anyhow::anyhow!(
+                            "pipeline `{}`: the window state in changelog topic `{}` was saved with another window or aggregates and cannot be resumed:{}\nUndo the change, or start the windows over with a new `changelog_topic` and `group_id`",
+                            self.pipeline,
+                            changelog.topic,
+                            changed.iter().map(|c| format!("\n  {c}")).collect::<String>()
+                        ));
+                        return assignment;
+                    }
                     for (topic, partition) in &parts {
                         let key = changelog_key(&self.pipeline, topic, *partition);
                         let Some(state) = states.remove(&key) else {
@@ -242,13 +277,19 @@ impl Side {
 
     /// Partitions revoked: checkpoints (and commits) everything read from
     /// them, then forgets their state.
-    fn on_revoke(&mut self, consumer: &BaseConsumer<GroupContext>, tpl: &TopicPartitionList) {
+    fn on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        tpl: &TopicPartitionList,
+        checkpoint: bool,
+    ) {
         let parts: Vec<(String, i32)> = tpl
             .elements()
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        if !self.closing
+        if checkpoint
+            && !self.closing
             && self.error.is_none()
             && !parts.is_empty()
             && let Err(e) = self.checkpoint(BarrierKind::Periodic, consumer)
@@ -269,6 +310,15 @@ impl Side {
             let _ = tx.send(WindowMsg::Forget(tasks));
         }
         tracing::info!(pipeline = %self.pipeline, partitions = ?parts, "Kafka partitions revoked");
+    }
+
+    /// What the window state of a partition depends on: the checkpoint shape
+    /// without the source's connection settings and the worker count (a
+    /// Kafka partition's task does not depend on them).
+    fn state_shape(&self) -> BTreeMap<String, String> {
+        let mut shape = self.checkpointer.shape.clone();
+        shape.retain(|k, _| k != "source" && k != "partitions");
+        shape
     }
 
     /// The position: each assigned partition's next offset.
@@ -310,6 +360,7 @@ impl Side {
                         TaskState {
                             offset: *next,
                             window: checkpoint.tasks.get(&format!("{t}/{p}")).cloned(),
+                            shape: self.state_shape(),
                         },
                     )
                 })
@@ -350,6 +401,38 @@ impl Side {
         Ok(())
     }
 
+    /// Sends a record the source cannot turn into an event to the dead-letter
+    /// sink: the reason names its topic, partition and offset; its key and
+    /// Kafka timestamp go with it.
+    fn reject(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        original: &[u8],
+    ) -> anyhow::Result<()> {
+        let reason = format!(
+            "{reason} (topic {}, partition {}, offset {})",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        self.dead_letter
+            .send(&[crate::dead_letter::DeadRecord {
+                stage: "source",
+                plugin: None,
+                partition: None,
+                reason: &reason,
+                key: message.key().unwrap_or_default(),
+                timestamp_ms: message.timestamp().to_millis(),
+                original,
+            }])
+            .inspect_err(|_| {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            })?;
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Hands one polled record to its worker.
     fn handle(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<bool> {
         let part = (message.topic().to_string(), message.partition());
@@ -367,6 +450,17 @@ impl Side {
         }
         self.stats.records_in.fetch_add(1, Ordering::Relaxed);
         let kafka_time = message.timestamp().to_millis();
+        if value.len() > self.spec.max_line_bytes {
+            let kept = &value[..value.len().min(super::TOO_LONG_PREFIX)];
+            let reason = format!(
+                "record of {} bytes is longer than max_line_bytes ({}); `original` holds its first {} bytes",
+                value.len(),
+                self.spec.max_line_bytes,
+                kept.len()
+            );
+            self.reject(message, &reason, kept)?;
+            return Ok(true);
+        }
         let (mut key, mut timestamp_ms) = (None, None);
         if self.spec.format == Format::Json {
             match self.spec.decoder.decode(value) {
@@ -375,9 +469,8 @@ impl Side {
                         && d.timestamp_ms.is_none()
                         && self.spec.missing_timestamp == MissingTimestamp::DeadLetter
                     {
-                        reject_line(
-                            &self.dead_letter,
-                            &self.stats,
+                        self.reject(
+                            message,
                             "no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")",
                             value,
                         )?;
@@ -387,7 +480,7 @@ impl Side {
                     timestamp_ms = d.timestamp_ms.filter(|_| self.spec.decoder.has_timestamp());
                 }
                 Err(reason) => {
-                    reject_line(&self.dead_letter, &self.stats, &reason, value)?;
+                    self.reject(message, &reason, value)?;
                     return Ok(true);
                 }
             }
@@ -487,7 +580,10 @@ pub fn run(
                 KafkaStart::Committed => "error",
             },
         )
-        .create_with_context(GroupContext { side: side.clone() })
+        .create_with_context(GroupContext {
+            side: side.clone(),
+            log: crate::kafka::QuietLog::default(),
+        })
         .with_context(|| format!("source `{}`: cannot make a Kafka consumer", spec.name))?;
     let topics: Vec<&str> = input.topics.iter().map(String::as_str).collect();
     consumer
@@ -541,6 +637,16 @@ fn poll_loop(
         }
         match polled {
             None => {}
+            Some(Err(e))
+                if e.rdkafka_error_code()
+                    == Some(rdkafka::error::RDKafkaErrorCode::AutoOffsetReset) =>
+            {
+                return Err(anyhow::anyhow!(
+                    "pipeline `{}`: a partition has no committed offset for group `{}` and start = \"committed\": {e}. Use start = \"earliest\" or \"latest\" for a new group",
+                    s.pipeline,
+                    s.input.group_id
+                ));
+            }
             // Transport and broker errors are retried by librdkafka.
             Some(Err(e)) if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) => {
                 last_error = Some(Instant::now());
