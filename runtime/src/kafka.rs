@@ -154,6 +154,20 @@ pub fn check_properties(properties: &BTreeMap<String, String>) -> Result<(), Str
     Ok(())
 }
 
+/// The headers of a Kafka message as (name, value) pairs, in order (a null
+/// value as empty).
+pub fn headers_of<M: rdkafka::message::Message>(message: &M) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers as _;
+    message
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs a future to completion on this thread (the admin client's futures are
 /// completed by its own background thread).
 pub fn block_on<F: Future>(future: F) -> F::Output {

@@ -105,34 +105,8 @@ fn flights_job_matches_ground_truth() {
 /// here from the NDJSON.
 #[test]
 fn main_job_windows_match_ground_truth() {
-    use crate::windows::{HOUR, assert_rows, delayed, nearest_rank, time};
-    let mut windows: std::collections::BTreeMap<(i64, String), Vec<i64>> = Default::default();
-    for (carrier, _, t, v) in delayed(usize::MAX) {
-        let start = t.div_euclid(HOUR) * HOUR;
-        windows
-            .entry((start, carrier))
-            .or_default()
-            .push(v["dep_delay"].as_i64().unwrap());
-    }
-    let want: Vec<Value> = windows
-        .into_iter()
-        .map(|((start, carrier), mut delays)| {
-            delays.sort_unstable();
-            serde_json::json!({
-                "window_start": time(start),
-                "window_end": time(start + HOUR),
-                "key": carrier,
-                "delayed": delays.len(),
-                "avg_dep_delay": delays.iter().sum::<i64>() as f64 / delays.len() as f64,
-                "max_dep_delay": delays[delays.len() - 1],
-                "dep_delay_quantiles": {
-                    "p50": nearest_rank(&delays, 0.5),
-                    "p90": nearest_rank(&delays, 0.9),
-                    "p99": nearest_rank(&delays, 0.99),
-                },
-            })
-        })
-        .collect();
+    use crate::windows::{assert_rows, hourly_windows};
+    let want = hourly_windows(usize::MAX);
 
     let example = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/sluice.toml"),

@@ -8,7 +8,7 @@
 //! it moves its partition's watermark past every 2013 window, so every window
 //! is emitted (the same trick as the Spark benchmark's flush files).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::support::*;
-use crate::windows::{HOUR, assert_rows, delayed, nearest_rank, time};
+use crate::windows::{assert_rows, hourly_windows as ground_truth};
 
 /// Partitions of the input topic.
 const PARTITIONS: i32 = 4;
@@ -260,37 +260,6 @@ fn flush_records() -> Vec<(i32, String, String)> {
         .collect()
 }
 
-/// The windows of the first `n` flights, as the pipeline writes them.
-fn ground_truth(n: usize) -> Vec<Value> {
-    let mut windows: BTreeMap<(i64, String), Vec<i64>> = BTreeMap::new();
-    for (carrier, _, t, v) in delayed(n) {
-        let start = t.div_euclid(HOUR) * HOUR;
-        windows
-            .entry((start, carrier))
-            .or_default()
-            .push(v["dep_delay"].as_i64().unwrap());
-    }
-    windows
-        .into_iter()
-        .map(|((start, carrier), mut delays)| {
-            delays.sort_unstable();
-            serde_json::json!({
-                "window_start": time(start),
-                "window_end": time(start + HOUR),
-                "key": carrier,
-                "delayed": delays.len(),
-                "avg_dep_delay": delays.iter().sum::<i64>() as f64 / delays.len() as f64,
-                "max_dep_delay": delays[delays.len() - 1],
-                "dep_delay_quantiles": {
-                    "p50": nearest_rank(&delays, 0.5),
-                    "p90": nearest_rank(&delays, 0.9),
-                    "p99": nearest_rank(&delays, 0.99),
-                },
-            })
-        })
-        .collect()
-}
-
 /// The main job's pipeline reading topic `flights` of `input` and writing
 /// topic `hourly` of `output`.
 fn config(input: &Broker, output: &Broker, group: &str) -> String {
@@ -378,15 +347,57 @@ fn sorted(mut want: Vec<Value>) -> Vec<Value> {
     want
 }
 
+/// Two brokers: `input` with topic `flights` ([`PARTITIONS`] partitions) and
+/// `output` with topic `hourly`; `None` when tansu is not here (skipped).
+fn brokers(test: &str) -> Option<(Broker, Broker)> {
+    let input = Broker::start(test)?;
+    let output = Broker::start(test).unwrap();
+    input.create_topic("flights", PARTITIONS);
+    output.create_topic("hourly", 1);
+    Some((input, output))
+}
+
+/// The first `n` flights, then a flush record per partition.
+fn flights_and_flush(n: usize) -> Vec<(i32, String, String)> {
+    let mut records = flight_records(n);
+    records.extend(flush_records());
+    records
+}
+
+/// Waits until topic `hourly` holds every window of the first `n` flights and
+/// `group` has committed `ends`, stops `daemons` (SIGTERM: each must exit 0),
+/// and checks the windows against the ground truth. Returns how many records
+/// were written more than once, how many were read, and the daemons' logs.
+fn finish(
+    input: &Broker,
+    output: &Broker,
+    group: &str,
+    n: usize,
+    ends: &[i64],
+    daemons: Vec<Running>,
+) -> (usize, usize, Vec<String>) {
+    let want = sorted(ground_truth(n));
+    let got = output.read_all("hourly", want.len(), Duration::from_secs(180));
+    wait_committed(input, group, ends, Duration::from_secs(60));
+    let mut logs = Vec::new();
+    for daemon in daemons {
+        daemon.signal("TERM");
+        let out = daemon.finish();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        logs.push(log);
+    }
+    let (rows, duplicates) = windows_of(&got);
+    assert_rows(&rows, &want);
+    (duplicates, got.len(), logs)
+}
+
 #[test]
 fn kafka_to_kafka_windows_match_ground_truth() {
     const N: usize = 30_000;
-    let Some(input) = Broker::start("kafka_to_kafka_windows_match_ground_truth") else {
+    let Some((input, output)) = brokers("kafka_to_kafka_windows_match_ground_truth") else {
         return;
     };
-    let output = Broker::start("kafka_to_kafka_windows_match_ground_truth").unwrap();
-    input.create_topic("flights", PARTITIONS);
-    output.create_topic("hourly", 1);
     let mut records = flight_records(N);
     // A record that is not JSON: to the dead-letter sink; the pipeline goes on.
     records.insert(N / 2, (1, "bad".into(), "not json {".into()));
@@ -506,12 +517,10 @@ fn wait_committed(input: &Broker, group: &str, ends: &[i64], within: Duration) {
 fn a_sink_outage_holds_offsets_back_and_loses_nothing() {
     const N1: usize = 15_000;
     const N: usize = 30_000;
-    let Some(input) = Broker::start("a_sink_outage_holds_offsets_back_and_loses_nothing") else {
+    let Some((input, output)) = brokers("a_sink_outage_holds_offsets_back_and_loses_nothing")
+    else {
         return;
     };
-    let output = Broker::start("a_sink_outage_holds_offsets_back_and_loses_nothing").unwrap();
-    input.create_topic("flights", PARTITIONS);
-    output.create_topic("hourly", 1);
     let all = flight_records(N);
     let first = all[..N1].to_vec();
     let mut second = all[N1..].to_vec();
@@ -567,14 +576,10 @@ fn a_sink_outage_holds_offsets_back_and_loses_nothing() {
 fn kill_9_mid_stream_then_restart_misses_no_window() {
     const N: usize = 40_000;
     let test = "kill_9_mid_stream_then_restart_misses_no_window";
-    let Some(input) = Broker::start(test) else {
+    let Some((input, output)) = brokers(test) else {
         return;
     };
-    let output = Broker::start(test).unwrap();
-    input.create_topic("flights", PARTITIONS);
-    output.create_topic("hourly", 1);
-    let mut records = flight_records(N);
-    records.extend(flush_records());
+    let records = flights_and_flush(N);
     let ends = ends(&records);
     // About 10 s of load: the kills land while records flow.
     let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
@@ -608,36 +613,18 @@ fn kill_9_mid_stream_then_restart_misses_no_window() {
     assert!(mid_stream, "no kill landed while records flowed");
     producer.join().unwrap();
     let daemon = Running::start(scratch.command("run"));
-    let want = sorted(ground_truth(N));
-    let got = output.read_all("hourly", want.len(), Duration::from_secs(120));
-    wait_committed(&input, "crash", &ends, Duration::from_secs(30));
-    daemon.signal("TERM");
-    let out = daemon.finish();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (rows, duplicates) = windows_of(&got);
-    eprintln!(
-        "windows written twice after 3 kill -9: {duplicates} of {}",
-        got.len()
-    );
-    assert_rows(&rows, &want);
+    let (duplicates, read, _) = finish(&input, &output, "crash", N, &ends, vec![daemon]);
+    eprintln!("windows written twice after 3 kill -9: {duplicates} of {read}");
 }
 
 #[test]
 fn a_clean_rebalance_writes_nothing_twice() {
     const N: usize = 40_000;
     let test = "a_clean_rebalance_writes_nothing_twice";
-    let Some(input) = Broker::start(test) else {
+    let Some((input, output)) = brokers(test) else {
         return;
     };
-    let output = Broker::start(test).unwrap();
-    input.create_topic("flights", PARTITIONS);
-    output.create_topic("hourly", 1);
-    let mut records = flight_records(N);
-    records.extend(flush_records());
+    let records = flights_and_flush(N);
     let ends = ends(&records);
     let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
     // One daemon, then a second joins (the partitions are split: a
@@ -658,38 +645,23 @@ fn a_clean_rebalance_writes_nothing_twice() {
         String::from_utf8_lossy(&out.stderr)
     );
     producer.join().unwrap();
-    let want = sorted(ground_truth(N));
-    let got = output.read_all("hourly", want.len(), Duration::from_secs(120));
-    wait_committed(&input, "clean", &ends, Duration::from_secs(30));
-    second.signal("TERM");
-    let out2 = second.finish();
+    let (duplicates, _, logs) = finish(&input, &output, "clean", N, &ends, vec![second]);
     assert!(
-        out2.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out2.stderr)
+        logs[0].contains("state restored from the changelog"),
+        "the second daemon took over state: {}",
+        logs[0]
     );
-    let log = String::from_utf8_lossy(&out2.stderr);
-    assert!(
-        log.contains("state restored from the changelog"),
-        "the second daemon took over state: {log}"
-    );
-    let (rows, duplicates) = windows_of(&got);
     assert_eq!(duplicates, 0, "a clean rebalance writes every window once");
-    assert_rows(&rows, &want);
 }
 
 #[test]
 fn three_daemons_one_killed_end_with_the_windows_of_one() {
     const N: usize = 60_000;
     let test = "three_daemons_one_killed_end_with_the_windows_of_one";
-    let Some(input) = Broker::start(test) else {
+    let Some((input, output)) = brokers(test) else {
         return;
     };
-    let output = Broker::start(test).unwrap();
-    input.create_topic("flights", PARTITIONS);
-    output.create_topic("hourly", 1);
-    let mut records = flight_records(N);
-    records.extend(flush_records());
+    let records = flights_and_flush(N);
     let ends = ends(&records);
     // About 15 s of load.
     let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
@@ -722,24 +694,8 @@ fn three_daemons_one_killed_end_with_the_windows_of_one() {
     eprintln!("killed at committed offsets {at_kill:?} of {ends:?}");
     assert_ne!(at_kill, ends, "the kill landed while records flowed");
     producer.join().unwrap();
-    let want = sorted(ground_truth(N));
-    let got = output.read_all("hourly", want.len(), Duration::from_secs(180));
-    wait_committed(&input, "scale", &ends, Duration::from_secs(60));
-    for d in daemons {
-        d.signal("TERM");
-        let out = d.finish();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let (rows, duplicates) = windows_of(&got);
-    eprintln!(
-        "windows written twice after a daemon was killed: {duplicates} of {}",
-        got.len()
-    );
-    assert_rows(&rows, &want);
+    let (duplicates, read, _) = finish(&input, &output, "scale", N, &ends, daemons);
+    eprintln!("windows written twice after a daemon was killed: {duplicates} of {read}");
 }
 
 #[test]
@@ -861,14 +817,10 @@ fn kafka_config_errors_are_located() {
 fn a_stop_during_a_sink_outage_ends_and_the_restart_delivers() {
     const N: usize = 20_000;
     let test = "a_stop_during_a_sink_outage_ends_and_the_restart_delivers";
-    let Some(input) = Broker::start(test) else {
+    let Some((input, output)) = brokers(test) else {
         return;
     };
-    let output = Broker::start(test).unwrap();
-    input.create_topic("flights", PARTITIONS);
-    output.create_topic("hourly", 1);
-    let mut records = flight_records(N);
-    records.extend(flush_records());
+    let records = flights_and_flush(N);
     let ends = ends(&records);
     output.pause();
     input.produce("flights", &records);
@@ -1038,12 +990,9 @@ sinks = ["out"]
 fn a_changed_window_is_not_restored_from_the_changelog() {
     const N: usize = 5_000;
     let test = "a_changed_window_is_not_restored_from_the_changelog";
-    let Some(input) = Broker::start(test) else {
+    let Some((input, output)) = brokers(test) else {
         return;
     };
-    let output = Broker::start(test).unwrap();
-    input.create_topic("flights", PARTITIONS);
-    output.create_topic("hourly", 1);
     let records = flight_records(N);
     input.produce("flights", &records);
     let config = config(&input, &output, "shape");

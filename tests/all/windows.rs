@@ -565,3 +565,36 @@ dead_letter = "dlq"
         "{err}"
     );
 }
+
+/// The windows of the main job (`examples/flights/sluice.toml`) over the
+/// first `n` flights, computed here: per carrier and hour, the delayed
+/// flights' count, mean and worst delay and p50/p90/p99.
+pub(crate) fn hourly_windows(n: usize) -> Vec<Value> {
+    let mut windows: BTreeMap<(i64, String), Vec<i64>> = BTreeMap::new();
+    for (carrier, _, t, v) in delayed(n) {
+        let start = t.div_euclid(HOUR) * HOUR;
+        windows
+            .entry((start, carrier))
+            .or_default()
+            .push(v["dep_delay"].as_i64().unwrap());
+    }
+    windows
+        .into_iter()
+        .map(|((start, carrier), mut delays)| {
+            delays.sort_unstable();
+            serde_json::json!({
+                "window_start": time(start),
+                "window_end": time(start + HOUR),
+                "key": carrier,
+                "delayed": delays.len(),
+                "avg_dep_delay": delays.iter().sum::<i64>() as f64 / delays.len() as f64,
+                "max_dep_delay": delays[delays.len() - 1],
+                "dep_delay_quantiles": {
+                    "p50": nearest_rank(&delays, 0.5),
+                    "p90": nearest_rank(&delays, 0.9),
+                    "p99": nearest_rank(&delays, 0.99),
+                },
+            })
+        })
+        .collect()
+}
