@@ -506,7 +506,7 @@ pub fn render_prometheus(text: &mut String) {
         text,
         "sluice_consumer_lag",
         "gauge",
-        "Records between a Kafka source's position and its partition's end.",
+        "Records between a Kafka source group's committed offset and its partition's end (librdkafka statistics, each second).",
     );
     for ((pipeline, topic, partition), lag) in
         REGISTRY.consumer_lag.lock().expect("metrics lock").iter()

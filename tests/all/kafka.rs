@@ -457,10 +457,13 @@ fn kafka_to_kafka_windows_match_ground_truth() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["stage"], "source");
     assert_eq!(dead[0]["original"], "not json {");
+    let reason = dead[0]["reason"].as_str().unwrap();
     assert!(
-        dead[0]["reason"].as_str().unwrap().contains("invalid JSON"),
+        reason.contains("invalid JSON") && reason.contains("(topic flights, partition 1, offset "),
         "{dead:?}"
     );
+    assert_eq!(dead[0]["key"], "bad", "the Kafka key goes with it");
+    assert!(dead[0]["timestamp_ms"].is_i64(), "and its Kafka timestamp");
 }
 
 /// Produces `records` in chunks of `chunk`, `pause` apart, on a thread: load
