@@ -418,25 +418,56 @@ impl Worker {
     }
 
     /// Sends the output to every sink. An output record holding a line break
-    /// would split into two lines in a file: it goes to the dead-letter sink
-    /// instead.
+    /// would split into two lines in a file, and one larger than a sink takes
+    /// (a Kafka sink's `message.max.bytes`) could never be written: they go to
+    /// the dead-letter sink instead (so every sink still gets the same
+    /// records).
     fn write(&self, output: Batch) -> anyhow::Result<()> {
         if output.is_empty() {
             return Ok(());
         }
+        let limit = self
+            .sinks
+            .iter()
+            .filter_map(|s| s.max_record_bytes.map(|m| (m, s.name.as_str())))
+            .min();
         let mut broken = Vec::new();
+        let mut reasons = Vec::new();
+        let size = |event: &Event<'_>| {
+            event.key().map_or(0, <[u8]>::len)
+                + event.value().len()
+                + event
+                    .headers()
+                    .map(|(n, v)| n.len() + v.len())
+                    .sum::<usize>()
+        };
+        let refused = |event: &Event<'_>| {
+            event.value().contains(&b'\n') || limit.is_some_and(|(max, _)| size(event) > max)
+        };
         for event in &output {
             if event.value().contains(&b'\n') {
-                broken.push(DeadRecord {
-                    stage: "output",
-                    plugin: None,
-                    partition: Some(self.partition),
-                    reason: "output record contains a line break; sinks write one record per line",
-                    key: event.key().unwrap_or_default(),
-                    timestamp_ms: Some(event.timestamp_ms()),
-                    original: event.value(),
-                });
+                reasons.push(
+                    "output record contains a line break; sinks write one record per line"
+                        .to_string(),
+                );
+            } else if let Some((max, sink)) = limit.filter(|(max, _)| size(&event) > *max) {
+                reasons.push(format!(
+                    "output record of {} bytes (key, value and headers) is larger than sink `{sink}` takes ({max} bytes, its message.max.bytes)",
+                    size(&event)
+                ));
             }
+        }
+        let mut reason = reasons.iter();
+        for event in output.iter().filter(|e| refused(e)) {
+            broken.push(DeadRecord {
+                stage: "output",
+                plugin: None,
+                partition: Some(self.partition),
+                reason: reason.next().expect("a reason per refused record"),
+                key: event.key().unwrap_or_default(),
+                timestamp_ms: Some(event.timestamp_ms()),
+                original: event.value(),
+            });
         }
         self.dead_letter.send(&broken)?;
         self.stats
@@ -446,7 +477,7 @@ impl Worker {
             output
         } else {
             let mut kept = Batch::with_capacity(output.len() - broken.len(), output.values_len());
-            for event in output.iter().filter(|e| !e.value().contains(&b'\n')) {
+            for event in output.iter().filter(|e| !refused(e)) {
                 kept.push_event(&event);
             }
             kept

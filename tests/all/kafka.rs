@@ -884,6 +884,14 @@ fn keys_headers_timestamps_and_routed_topics_round_trip() {
             vec![("h", "v2")],
         ),
         (None, r#"{"n":3}"#.into(), 1_600_000_000_003, vec![]),
+        // Larger than the sink's message.max.bytes (2,000): to the
+        // dead-letter sink, not a pipeline that stops at every start.
+        (
+            Some("big"),
+            format!(r#"{{"n":4,"pad":"{}"}}"#, "x".repeat(3_000)),
+            1_600_000_000_004,
+            vec![],
+        ),
     ];
     let producer: BaseProducer = broker.config().create().unwrap();
     for (key, value, ts, headers) in &sent {
@@ -922,11 +930,17 @@ type = "kafka"
 brokers = "{addr}"
 topic = "out"
 topic_field = "/route"
+properties = {{ "message.max.bytes" = 2000, "batch.size" = 2000 }}
+
+[sinks.dlq]
+type = "file"
+path = "dlq.ndjson"
 
 [pipelines.p]
 source = "in"
 processors = [ {{ plugin = "identity.wasm" }} ]
 sinks = ["out"]
+dead_letter = "dlq"
 "#,
         addr = broker.addr
     ));
@@ -987,6 +1001,16 @@ sinks = ["out"]
     assert_eq!(read("other", 1), vec![expect(1)]);
     daemon.signal("TERM");
     assert!(daemon.finish().status.success());
+    let dead = scratch.read_json("dlq.ndjson");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["key"], "big");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is larger than sink `out` takes (2000 bytes"),
+        "{dead:?}"
+    );
 }
 
 #[test]

@@ -59,6 +59,17 @@ pub struct KafkaSinkSpec {
     pub create_partitions: Option<i32>,
 }
 
+impl KafkaSinkSpec {
+    /// The largest record the producer accepts: its `message.max.bytes`
+    /// (librdkafka's default 1,000,000 bytes unless set in `properties`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000)
+    }
+}
+
 /// A record whose delivery failed, kept to be sent again.
 struct Undelivered {
     topic: String,

@@ -85,6 +85,11 @@ enum SinkMsg {
 pub struct SinkHandle {
     /// The sink's name in the config.
     pub name: String,
+    /// The largest record (key + value + headers, bytes) the sink takes, if it
+    /// has a limit (Kafka: the producer's `message.max.bytes`). A larger one
+    /// could never be written: the workers send it to the dead-letter sink
+    /// instead of letting it stop the pipeline at every restart.
+    pub max_record_bytes: Option<usize>,
     tx: flume::Sender<SinkMsg>,
 }
 
@@ -237,6 +242,10 @@ impl RunningSink {
         Ok(RunningSink {
             handle: SinkHandle {
                 name: name.to_string(),
+                max_record_bytes: match spec {
+                    SinkSpec::Kafka(k) => Some(k.max_record_bytes()),
+                    _ => None,
+                },
                 tx,
             },
             thread,
