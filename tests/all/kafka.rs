@@ -884,6 +884,13 @@ fn keys_headers_timestamps_and_routed_topics_round_trip() {
             vec![("h", "v2")],
         ),
         (None, r#"{"n":3}"#.into(), 1_600_000_000_003, vec![]),
+        // Not a legal topic name in the field: to the sink's `topic`.
+        (
+            Some("k5"),
+            r#"{"n":5,"route":"no such topic!"}"#.into(),
+            1_600_000_000_005,
+            vec![],
+        ),
         // Larger than the sink's message.max.bytes (2,000): to the
         // dead-letter sink, not a pipeline that stops at every start.
         (
@@ -997,7 +1004,7 @@ dead_letter = "dlq"
                 .collect::<Vec<_>>(),
         )
     };
-    assert_eq!(read("out", 2), vec![expect(0), expect(2)]);
+    assert_eq!(read("out", 3), vec![expect(0), expect(2), expect(3)]);
     assert_eq!(read("other", 1), vec![expect(1)]);
     daemon.signal("TERM");
     assert!(daemon.finish().status.success());

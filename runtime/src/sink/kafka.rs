@@ -126,6 +126,20 @@ pub(super) struct KafkaOutput {
     warned: Option<Instant>,
     /// When "sending again" was last logged, and the records sent again since.
     resent: (Option<Instant>, usize),
+    /// When an illegal `topic_field` value was last logged.
+    illegal: Option<Instant>,
+}
+
+/// Whether `name` is a legal Kafka topic name: 1–249 characters of ASCII
+/// letters, digits, `.`, `_` and `-`, and not `.` or `..` (Kafka's
+/// `Topic.validate`).
+fn legal_topic(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A new idempotent producer for `spec`.
@@ -151,6 +165,7 @@ impl KafkaOutput {
             producer: producer(name, spec)?,
             warned: None,
             resent: (None, 0),
+            illegal: None,
         })
     }
 
@@ -324,7 +339,23 @@ impl Output for KafkaOutput {
                 Some(p) => {
                     let _ = extract_into(event.value(), &[p], &mut found);
                     match found[0].take() {
-                        Some(Value::String(t)) if !t.is_empty() => Some(t),
+                        Some(Value::String(t)) if legal_topic(&t) => Some(t),
+                        Some(Value::String(t)) if !t.is_empty() => {
+                            // Not a topic Kafka could create: the record
+                            // goes to `topic`, never nowhere.
+                            if self
+                                .illegal
+                                .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+                            {
+                                self.illegal = Some(Instant::now());
+                                tracing::warn!(
+                                    sink = %self.name,
+                                    "`topic_field` holds {t:?}, not a legal Kafka topic name: the record goes to `{}`",
+                                    self.spec.topic
+                                );
+                            }
+                            None
+                        }
                         _ => None,
                     }
                 }
