@@ -132,3 +132,39 @@ def fresh_dir(path):
 def write_json(path, data):
     with open(path, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
+
+
+# The flights filter job (examples/flights/delayed.toml's pipeline), with
+# {plugins} and {flights} to fill in: used by run.py and guest_json.py.
+FILTER_TOML = """
+[daemon]
+plugins_dir = "{plugins}"
+state_dir = "state"
+admin = "off"
+
+[sources.flights]
+type = "file"
+path = "{flights}"
+format = "json"
+key = "/carrier"
+timestamp = "/event_time"
+
+[sinks.delayed]
+type = "file"
+path = "out/delayed.ndjson"
+truncate = true
+
+[sinks.dlq]
+type = "file"
+path = "out/dead-letter.ndjson"
+truncate = true
+
+[pipelines.delays]
+source = "flights"
+partitions = 2
+batch = {{ max_records = 4096, max_bytes = "4MiB", interval = "200ms" }}
+processors = [ {{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }} ]
+sinks = ["delayed"]
+dead_letter = "dlq"
+on_error = "dead-letter"
+"""

@@ -97,38 +97,6 @@ def wasm_cost(before, runs):
     return out
 
 
-JOB_TOML = """
-[daemon]
-plugins_dir = "{plugins}"
-state_dir = "state"
-admin = "off"
-
-[sources.flights]
-type = "file"
-path = "{flights}"
-format = "json"
-key = "/carrier"
-timestamp = "/event_time"
-
-[sinks.delayed]
-type = "file"
-path = "out/delayed.ndjson"
-truncate = true
-
-[sinks.dlq]
-type = "file"
-path = "out/dead-letter.ndjson"
-truncate = true
-
-[pipelines.delays]
-source = "flights"
-partitions = 2
-batch = {{ max_records = 4096, max_bytes = "4MiB", interval = "200ms" }}
-processors = [ {{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }} ]
-sinks = ["delayed"]
-dead_letter = "dlq"
-on_error = "dead-letter"
-"""
 
 
 def run_job(d):
@@ -162,7 +130,7 @@ def job(before, after, runs):
         d = common.fresh_dir(os.path.join(WORK, "job-" + name))
         os.makedirs(os.path.join(d, "out"))
         with open(os.path.join(d, "sluice.toml"), "w") as f:
-            f.write(JOB_TOML.format(plugins=os.path.dirname(wasm), flights=common.FLIGHTS))
+            f.write(common.FILTER_TOML.format(plugins=os.path.dirname(wasm), flights=common.FLIGHTS))
         run_job(d)  # fills the compile cache
         dirs[name] = d
     res = {"before": [], "after": []}

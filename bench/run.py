@@ -50,38 +50,6 @@ def log(msg):
 
 # ---------------------------------------------------------------- flights
 
-FILTER_TOML = """
-[daemon]
-plugins_dir = "{plugins}"
-state_dir = "state"
-admin = "off"
-
-[sources.flights]
-type = "file"
-path = "{flights}"
-format = "json"
-key = "/carrier"
-timestamp = "/event_time"
-
-[sinks.delayed]
-type = "file"
-path = "out/delayed.ndjson"
-truncate = true
-
-[sinks.dlq]
-type = "file"
-path = "out/dead-letter.ndjson"
-truncate = true
-
-[pipelines.delays]
-source = "flights"
-partitions = 2
-batch = {{ max_records = 4096, max_bytes = "4MiB", interval = "200ms" }}
-processors = [ {{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }} ]
-sinks = ["delayed"]
-dead_letter = "dlq"
-on_error = "dead-letter"
-"""
 
 
 def bench_flights(runs):
@@ -91,7 +59,7 @@ def bench_flights(runs):
     fd = os.path.join(common.WORK, "sluice-filter")
     os.makedirs(os.path.join(fd, "out"), exist_ok=True)
     with open(os.path.join(fd, "sluice.toml"), "w") as f:
-        f.write(FILTER_TOML.format(plugins=common.PLUGINS, flights=common.FLIGHTS))
+        f.write(common.FILTER_TOML.format(plugins=common.PLUGINS, flights=common.FLIGHTS))
     wd = bench_spark.sluice_dir()
     bench_spark.run_sluice(fd)  # warm the compile cache
     bench_spark.run_sluice(wd)
