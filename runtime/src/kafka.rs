@@ -46,6 +46,22 @@ pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> Cl
     config
 }
 
+/// Lets a repeated warning through at most once per [`QuietLog::EVERY`] (a
+/// broker that is down makes the same thing fail many times a second).
+#[derive(Debug, Default)]
+pub struct Throttle(Option<Instant>);
+
+impl Throttle {
+    /// Whether to log now (and if so, the next one waits).
+    pub fn ready(&mut self) -> bool {
+        if self.0.is_some_and(|t| t.elapsed() < QuietLog::EVERY) {
+            return false;
+        }
+        self.0 = Some(Instant::now());
+        true
+    }
+}
+
 /// librdkafka's log lines and error events, into `tracing`, each kind at most
 /// once per [`QuietLog::EVERY`] (with a broker down, librdkafka repeats the
 /// same error many times a second).

@@ -431,54 +431,60 @@ impl Worker {
             .iter()
             .filter_map(|s| s.max_record_bytes.map(|m| (m, s.name.as_str())))
             .min();
-        let mut broken = Vec::new();
-        let mut reasons = Vec::new();
-        let size = |event: &Event<'_>| {
-            event.key().map_or(0, <[u8]>::len)
-                + event.value().len()
-                + event
-                    .headers()
-                    .map(|(n, v)| n.len() + v.len())
-                    .sum::<usize>()
-        };
-        let refused = |event: &Event<'_>| {
-            event.value().contains(&b'\n') || limit.is_some_and(|(max, _)| size(event) > max)
-        };
+        // One pass: the index of each record no sink may get, and why.
+        let mut refused: Vec<(usize, String)> = Vec::new();
         for event in &output {
             if event.value().contains(&b'\n') {
-                reasons.push(
-                    "output record contains a line break; sinks write one record per line"
-                        .to_string(),
-                );
-            } else if let Some((max, sink)) = limit.filter(|(max, _)| size(&event) > *max) {
-                reasons.push(format!(
-                    "output record of {} bytes (key, value and headers) is larger than sink `{sink}` takes ({max} bytes, its message.max.bytes)",
-                    size(&event)
+                refused.push((
+                    event.index(),
+                    "output record contains a line break; sinks write one record per line".into(),
                 ));
+            } else if let Some((max, sink)) = limit {
+                let size = event.key().map_or(0, <[u8]>::len)
+                    + event.value().len()
+                    + event
+                        .headers()
+                        .map(|(n, v)| n.len() + v.len())
+                        .sum::<usize>();
+                if size > max {
+                    refused.push((
+                        event.index(),
+                        format!(
+                            "output record of {size} bytes (key, value and headers) is larger than sink `{sink}` takes ({max} bytes, its message.max.bytes)"
+                        ),
+                    ));
+                }
             }
         }
-        let mut reason = reasons.iter();
-        for event in output.iter().filter(|e| refused(e)) {
-            broken.push(DeadRecord {
-                stage: "output",
-                plugin: None,
-                partition: Some(self.partition),
-                reason: reason.next().expect("a reason per refused record"),
-                key: event.key().unwrap_or_default(),
-                timestamp_ms: Some(event.timestamp_ms()),
-                original: event.value(),
-            });
-        }
+        let broken: Vec<DeadRecord<'_>> = refused
+            .iter()
+            .map(|(i, reason)| {
+                let event = output.get(*i).expect("an index of the batch");
+                DeadRecord {
+                    stage: "output",
+                    plugin: None,
+                    partition: Some(self.partition),
+                    reason,
+                    key: event.key().unwrap_or_default(),
+                    timestamp_ms: Some(event.timestamp_ms()),
+                    original: event.value(),
+                }
+            })
+            .collect();
         self.dead_letter.send(&broken)?;
         self.stats
             .rejected
             .fetch_add(broken.len() as u64, Ordering::Relaxed);
-        let output = if broken.is_empty() {
+        drop(broken);
+        let output = if refused.is_empty() {
             output
         } else {
-            let mut kept = Batch::with_capacity(output.len() - broken.len(), output.values_len());
-            for event in output.iter().filter(|e| !refused(e)) {
-                kept.push_event(&event);
+            let mut skip = refused.iter().map(|(i, _)| *i).peekable();
+            let mut kept = Batch::with_capacity(output.len() - refused.len(), output.values_len());
+            for event in &output {
+                if skip.next_if_eq(&event.index()).is_none() {
+                    kept.push_event(&event);
+                }
             }
             kept
         };

@@ -27,6 +27,7 @@ use sluice_plugin_sdk::Batch;
 
 use super::Output;
 use crate::decode::{Pointer, extract_into};
+use crate::kafka::Throttle;
 
 /// How long a sink waits for the last acknowledgements once the daemon is
 /// stopping (a checkpoint's sync or the sink's finish).
@@ -122,12 +123,11 @@ pub(super) struct KafkaOutput {
     name: String,
     spec: KafkaSinkSpec,
     producer: BaseProducer<Reports>,
-    /// When "waiting for delivery" was last logged.
-    warned: Option<Instant>,
-    /// When "sending again" was last logged, and the records sent again since.
-    resent: (Option<Instant>, usize),
-    /// When an illegal `topic_field` value was last logged.
-    illegal: Option<Instant>,
+    /// The warnings: "waiting for delivery", "sending again" (with the
+    /// records sent again since the last one), an illegal `topic_field`.
+    warned: Throttle,
+    resent: (Throttle, usize),
+    illegal: Throttle,
 }
 
 /// Whether `name` is a legal Kafka topic name: 1–249 characters of ASCII
@@ -163,9 +163,9 @@ impl KafkaOutput {
             name: name.to_string(),
             spec: spec.clone(),
             producer: producer(name, spec)?,
-            warned: None,
-            resent: (None, 0),
-            illegal: None,
+            warned: Throttle::default(),
+            resent: (Throttle::default(), 0),
+            illegal: Throttle::default(),
         })
     }
 
@@ -246,11 +246,7 @@ impl KafkaOutput {
         }
         if let Some(first) = failed.first() {
             self.resent.1 += failed.len();
-            if self
-                .resent
-                .0
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-            {
+            if self.resent.0.ready() {
                 tracing::warn!(
                     sink = %self.name,
                     records = self.resent.1,
@@ -258,7 +254,7 @@ impl KafkaOutput {
                     self.resent.1,
                     first.error
                 );
-                self.resent = (Some(Instant::now()), 0);
+                self.resent.1 = 0;
             }
         }
         for u in failed {
@@ -314,11 +310,7 @@ impl KafkaOutput {
             {
                 return Ok(());
             }
-            if self
-                .warned
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-            {
-                self.warned = Some(Instant::now());
+            if self.warned.ready() {
                 tracing::warn!(
                     sink = %self.name,
                     in_flight = self.producer.in_flight_count(),
@@ -343,11 +335,7 @@ impl Output for KafkaOutput {
                         Some(Value::String(t)) if !t.is_empty() => {
                             // Not a topic Kafka could create: the record
                             // goes to `topic`, never nowhere.
-                            if self
-                                .illegal
-                                .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
-                            {
-                                self.illegal = Some(Instant::now());
+                            if self.illegal.ready() {
                                 tracing::warn!(
                                     sink = %self.name,
                                     "`topic_field` holds {t:?}, not a legal Kafka topic name: the record goes to `{}`",

@@ -435,9 +435,15 @@ impl Side {
 
     /// Hands one polled record to its worker.
     fn handle(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<bool> {
-        let part = (message.topic().to_string(), message.partition());
         let windowed = self.window.is_some();
-        let Some(a) = self.assigned.get_mut(&part) else {
+        // A few assigned partitions: found by comparison, with no key to
+        // allocate per record.
+        let Some(a) = self
+            .assigned
+            .iter_mut()
+            .find(|((t, p), _)| *p == message.partition() && t == message.topic())
+            .map(|(_, a)| a)
+        else {
             return Ok(true); // fetched before its partition was revoked
         };
         a.next = Some(message.offset() + 1);
@@ -607,7 +613,7 @@ fn poll_loop(
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<()> {
     let mut until_check = CHECKPOINT_CHECK_RECORDS;
-    let mut last_error: Option<Instant> = None;
+    let mut consumer_errors = crate::kafka::Throttle::default();
     while !stop() {
         // Nothing more buffered: hand on what is pending, then wait.
         let mut polled = consumer.poll(Duration::ZERO);
@@ -641,8 +647,7 @@ fn poll_loop(
                 ));
             }
             // Transport and broker errors are retried by librdkafka.
-            Some(Err(e)) if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) => {
-                last_error = Some(Instant::now());
+            Some(Err(e)) if consumer_errors.ready() => {
                 tracing::warn!(pipeline = %s.pipeline, "Kafka consumer: {e}");
             }
             Some(Err(_)) => {}
