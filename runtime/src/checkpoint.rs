@@ -522,7 +522,7 @@ pub fn shape_of(
     window: Option<&crate::window_operator::WindowSpec>,
 ) -> BTreeMap<String, String> {
     let mut shape = BTreeMap::new();
-    shape.insert("source".to_string(), format!("{:?}", source.input));
+    shape.insert("source".to_string(), source.identity());
     // The key routes records to partitions and groups them; the event time
     // places them in windows.
     shape.insert(

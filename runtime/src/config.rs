@@ -15,22 +15,42 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-/// A whole configuration file, as parsed (before [`Config::validate`]).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A whole configuration file, as parsed (before the topology checks it).
+#[derive(Debug)]
 pub struct Config {
     /// Daemon-wide settings (`[daemon]`).
-    #[serde(default)]
     pub daemon: DaemonConfig,
-    /// Named sources (`[sources.NAME]`).
-    #[serde(default)]
-    pub sources: BTreeMap<String, Spanned<SourceConfig>>,
-    /// Named sinks (`[sinks.NAME]`).
-    #[serde(default)]
-    pub sinks: BTreeMap<String, Spanned<SinkConfig>>,
+    /// Named sources (`[sources.NAME]`), each read by its kind's file
+    /// (`source::parse`).
+    pub sources: BTreeMap<String, Spanned<ComponentTable>>,
+    /// Named sinks (`[sinks.NAME]`), each read by its kind's file
+    /// (`sink::parse`).
+    pub sinks: BTreeMap<String, Spanned<ComponentTable>>,
     /// Named pipelines (`[pipelines.NAME]`).
-    #[serde(default)]
     pub pipelines: BTreeMap<String, Spanned<PipelineConfig>>,
+}
+
+/// The file as serde reads it in a first pass: sources and sinks only as
+/// tables with a `type` (their fields are their kind's to read).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: DaemonConfig,
+    #[serde(default)]
+    sources: BTreeMap<String, Spanned<RawComponent>>,
+    #[serde(default)]
+    sinks: BTreeMap<String, Spanned<RawComponent>>,
+    #[serde(default)]
+    pipelines: BTreeMap<String, Spanned<PipelineConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawComponent {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    #[serde(flatten)]
+    _fields: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 /// `[daemon]`: settings shared by every pipeline.
@@ -118,47 +138,6 @@ fn default_plugins_dir() -> Spanned<PathBuf> {
     Spanned::new(0..0, default_plugins_dir_path())
 }
 
-/// Kinds of source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    /// A file of newline-delimited records, plain or gzip (detected from its first
-    /// bytes), read to its end or followed like `tail -F`.
-    File,
-    /// The daemon's standard input, read to its end.
-    Stdin,
-    /// Kafka topics, read as a member of a consumer group (`brokers`, `topics`,
-    /// `group_id`): each record value is one event.
-    Kafka,
-}
-
-/// Where a Kafka source starts reading a partition that has no committed
-/// offset for its group (librdkafka's `auto.offset.reset`). A committed offset
-/// (or a changelog checkpoint) always wins: that is how a restart resumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KafkaStart {
-    /// At the partition's first retained record (default).
-    #[default]
-    Earliest,
-    /// At the partition's end: only records produced from now on.
-    Latest,
-    /// Only at a committed offset: a partition without one is an error.
-    Committed,
-}
-
-/// How a source's records are spread over the partition workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PartitionBy {
-    /// By a hash of the record key (files and stdin; Kafka when asked).
-    Key,
-    /// Kafka only: by the Kafka partition (worker = partition mod workers), so a
-    /// partition's records keep their order and their offsets together
-    /// (default for Kafka, and required with windows).
-    Source,
-}
-
 /// How a source's lines are decoded into events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -171,20 +150,23 @@ pub enum Format {
     Text,
 }
 
-/// `[sources.NAME]`.
+/// What a source does with a record that has no event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingTimestamp {
+    /// The time the line was read.
+    #[default]
+    Now,
+    /// To the dead-letter sink, with the reason.
+    DeadLetter,
+}
+
+/// The fields every source takes beside its `type`: how its lines become
+/// events. The kind's own fields are in its file under `source/` (Vector's
+/// one-file components).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// `file` or `stdin`.
-    #[serde(rename = "type")]
-    pub kind: SourceKind,
-    /// File to read (`file` only), relative to the config file.
-    pub path: Option<Spanned<PathBuf>>,
-    /// Keep reading at the end of the file, as `tail -F` does: new lines are
-    /// picked up, and a file replaced or truncated is reopened from its start
-    /// (`file` only, plain files only). Default false: stop at the end.
-    #[serde(default)]
-    pub follow: bool,
+pub struct DecodeConfig {
     /// How lines are decoded. Default `json`.
     #[serde(default)]
     pub format: Format,
@@ -206,84 +188,171 @@ pub struct SourceConfig {
     /// watermark to now).
     #[serde(default)]
     pub missing_timestamp: Option<Spanned<MissingTimestamp>>,
-    /// Kafka: the bootstrap brokers, `host:port[,host:port…]`.
-    pub brokers: Option<Spanned<String>>,
-    /// Kafka: the topics to subscribe to; a name starting with `^` is a regular
-    /// expression (librdkafka's pattern subscription).
-    pub topics: Option<Spanned<Vec<String>>>,
-    /// Kafka: the consumer group. Daemons with the same `group_id` share the
-    /// topics' partitions; offsets are committed for this group.
-    pub group_id: Option<Spanned<String>>,
-    /// Kafka: where a partition without a committed offset starts.
-    #[serde(default)]
-    pub start: Option<Spanned<KafkaStart>>,
-    /// Kafka: librdkafka consumer properties, passed through as given
-    /// (<https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md>).
-    /// `enable.auto.commit`, `enable.auto.offset.store` and `group.id` are
-    /// sluice's own and cannot be set here.
-    #[serde(default)]
-    pub properties: BTreeMap<String, Spanned<toml::Value>>,
-    /// `key` or `source` (Kafka only; the default for Kafka).
-    pub partition_by: Option<Spanned<PartitionBy>>,
-    /// Kafka, windowed pipelines: the compacted topic that holds each Kafka
-    /// partition's window state, so that the daemon that takes a partition over
-    /// restores it. Default `<group_id>-<pipeline>-changelog` (Kafka Streams'
-    /// `<application.id>-<store>-changelog`).
-    pub changelog_topic: Option<Spanned<String>>,
 }
 
-/// What a source does with a record that has no event time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MissingTimestamp {
-    /// The time the line was read.
-    #[default]
-    Now,
-    /// To the dead-letter sink, with the reason.
-    DeadLetter,
+impl DecodeConfig {
+    /// The fields of [`DecodeConfig`], as written in a source table.
+    pub const FIELDS: &'static [&'static str] = &[
+        "format",
+        "max_line_bytes",
+        "key",
+        "timestamp",
+        "missing_timestamp",
+    ];
 }
 
-/// Kinds of sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    /// The daemon's standard output, one record per line.
+/// A `[sources.NAME]` or `[sinks.NAME]` table as written: its `type`, and
+/// the config text it is in, so that the kind's own file (`source/KIND.rs`,
+/// `sink/KIND.rs`) deserializes the table into its config struct with errors
+/// still located in the file (read `type` first, then the table).
+#[derive(Debug, Clone)]
+pub struct ComponentTable {
+    /// `"sources"` or `"sinks"`.
+    pub section: &'static str,
+    /// The name after the section (`[sources.NAME]`).
+    pub name: String,
+    /// The `type` field (`"file"`, `"kafka"`, …).
+    pub kind: Spanned<String>,
+    /// Where the table is in the file.
+    pub span: Range<usize>,
+    /// The whole config text.
+    text: std::sync::Arc<str>,
+}
+
+/// A table of the config file with its fields' places, borrowed from the text.
+pub type TableValue<'a> = Spanned<toml::de::DeValue<'a>>;
+
+impl ComponentTable {
+    /// The table, with the places of its fields.
+    pub fn table(&self) -> TableValue<'_> {
+        let missing = || {
+            Spanned::new(
+                self.span.clone(),
+                toml::de::DeValue::Table(Default::default()),
+            )
+        };
+        let Ok(root) = toml::de::DeTable::parse(&self.text) else {
+            return missing();
+        };
+        let found = root
+            .get_ref()
+            .get(self.section)
+            .and_then(|s| s.get_ref().as_table())
+            .and_then(|t| t.get(self.name.as_str()))
+            .cloned();
+        found.unwrap_or_else(missing)
+    }
+
+    /// The span of field `name` in the table, if it is there.
+    pub fn field_span(&self, name: &str) -> Option<Range<usize>> {
+        self.table()
+            .get_ref()
+            .as_table()?
+            .get(name)
+            .map(|v| v.span())
+    }
+
+    /// The table without `type`, split in two: the fields named in `split`
+    /// and the rest, each as a table value with the table's span.
+    pub fn split(&self, split: &[&str]) -> (TableValue<'_>, TableValue<'_>) {
+        let table = self.table();
+        let span = table.span();
+        let mut picked = toml::de::DeTable::new();
+        let mut rest = toml::de::DeTable::new();
+        if let Some(t) = table.get_ref().as_table() {
+            for (k, v) in t.iter() {
+                if k.get_ref() == "type" {
+                    continue;
+                }
+                if split.contains(&k.get_ref().as_ref()) {
+                    picked.insert(k.clone(), v.clone());
+                } else {
+                    rest.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        (
+            Spanned::new(span.clone(), toml::de::DeValue::Table(picked)),
+            Spanned::new(span, toml::de::DeValue::Table(rest)),
+        )
+    }
+}
+
+/// What a source's or sink's config needs to build what runs (see
+/// `source::SourceConfig`, `sink::SinkConfig`).
+#[derive(Debug)]
+pub struct BuildContext<'a> {
+    /// The source's or sink's name.
+    pub name: &'a str,
+    /// The pipeline that reads it (each pipeline builds its own source); empty
+    /// for a sink.
+    pub pipeline: &'a str,
+    /// The table, for the places of its fields.
+    pub table: &'a ComponentTable,
+    /// The config text, for located errors.
+    pub config: &'a ConfigSource,
+    /// Relative paths are resolved against this folder (the config file's).
+    pub base: &'a Path,
+}
+
+impl BuildContext<'_> {
+    /// An error at field `field` of the table (at the table when it is absent).
+    pub fn error_at(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        let span = self
+            .table
+            .field_span(field)
+            .unwrap_or(self.table.span.clone());
+        self.config.error(span, message)
+    }
+}
+
+/// Something a source or sink holds that no other one may hold at once.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Claim {
+    /// A file read or written (refused twice: writes would interleave or loop).
+    File(PathBuf),
+    /// The daemon's standard input (one pipeline may read it).
+    Stdin,
+    /// The daemon's standard output (one sink may write it).
     Stdout,
-    /// A file, one record per line, appended to (created if missing).
-    File,
-    /// Accepts and discards everything (benchmarks).
-    Blackhole,
-    /// A Kafka topic, through an idempotent producer: one Kafka record per
-    /// event, with the event's key, headers and timestamp.
-    Kafka,
+    /// A Kafka consumer group at these brokers (one pipeline per group).
+    KafkaGroup {
+        /// Bootstrap brokers.
+        brokers: String,
+        /// The group.
+        group: String,
+    },
+    /// A listening socket (TCP or UDP, by `proto`).
+    Listen {
+        /// `tcp` or `udp`.
+        proto: &'static str,
+        /// The address.
+        address: std::net::SocketAddr,
+    },
 }
 
-/// `[sinks.NAME]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// `stdout`, `file` or `blackhole`.
-    #[serde(rename = "type")]
-    pub kind: SinkKind,
-    /// Output file (`file` only), relative to the config file.
-    pub path: Option<Spanned<PathBuf>>,
-    /// Truncate the file at start instead of appending (`file` only). Default false.
-    #[serde(default)]
-    pub truncate: bool,
-    /// Kafka: the bootstrap brokers, `host:port[,host:port…]`.
-    pub brokers: Option<Spanned<String>>,
-    /// Kafka: the topic records go to (required)…
-    pub topic: Option<Spanned<String>>,
-    /// …unless this JSON pointer (RFC 6901) finds a string field in the record:
-    /// then that field names its topic.
-    pub topic_field: Option<Spanned<String>>,
-    /// Kafka: librdkafka producer properties, passed through as given.
-    /// `enable.idempotence` is always on (and `acks` therefore `all`).
-    #[serde(default)]
-    pub properties: BTreeMap<String, Spanned<toml::Value>>,
-    /// Kafka: create `topic` at start, with this many partitions, if it does
-    /// not exist. Default: do not create it.
-    pub partitions: Option<Spanned<i32>>,
+/// Deserializes a table value (from [`ComponentTable::split`]) into `T`, with
+/// errors located in `source`; `extra` names fields the table may also hold
+/// (shared fields taken out before), for the message on an unknown field.
+///
+/// # Errors
+/// A field of the wrong type, an unknown field, a missing required field.
+pub fn deserialize_table<T: serde::de::DeserializeOwned>(
+    value: TableValue<'_>,
+    source: &ConfigSource,
+    extra: &[&str],
+) -> Result<T, ConfigError> {
+    let span = value.span();
+    T::deserialize(toml::de::ValueDeserializer::from(value)).map_err(|e| {
+        let mut message = e.message().trim_end().to_string();
+        if message.starts_with("unknown field") && !extra.is_empty() {
+            message.push_str(&format!(
+                ", or one of the fields every such table takes: `{}`",
+                extra.join("`, `")
+            ));
+        }
+        source.error(e.span().unwrap_or(span), message)
+    })
 }
 
 /// What a stage does with a batch that failed: a trap, a timeout, an
@@ -317,7 +386,7 @@ pub struct BatchConfig {
     pub interval: Duration,
 }
 
-fn default_max_line() -> u64 {
+pub fn default_max_line() -> u64 {
     1 << 20
 }
 
@@ -636,7 +705,7 @@ fn parse_duration<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
 }
 
 /// A batch interval: longer than 0s, at most a day.
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let d = parse_duration(&String::deserialize(d)?)?;
     if d.is_zero() {
         return Err(serde::de::Error::custom("must be longer than 0s"));
@@ -648,7 +717,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 /// A plugin call deadline: between 10ms (the epoch tick) and 1h.
-fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let d = parse_duration(&String::deserialize(d)?)?;
     if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
         return Err(serde::de::Error::custom(format!(
@@ -659,7 +728,7 @@ fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ok(d)
 }
 
-fn de_positive<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+pub fn de_positive<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     match usize::deserialize(d)? {
         0 => Err(serde::de::Error::custom("must be at least 1")),
         n => Ok(n),
@@ -681,7 +750,7 @@ fn parse_size<E: serde::de::Error>(value: toml::Value) -> Result<u64, E> {
     }
 }
 
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     parse_size(toml::Value::deserialize(d)?)
 }
 
@@ -689,7 +758,7 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 /// and guest (past ~128 MiB a call fails), so batches stay well below.
 pub const MAX_BATCH_BYTES: u64 = 64 << 20;
 
-fn de_batch_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub fn de_batch_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = de_size(d)?;
     if n > MAX_BATCH_BYTES {
         return Err(serde::de::Error::custom(format!(
@@ -852,12 +921,34 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn parse(source: &ConfigSource) -> Result<Config, ConfigError> {
-        toml::from_str(&source.text).map_err(|e| {
+        let raw: RawConfig = toml::from_str(&source.text).map_err(|e| {
             let message = e.message().trim_end().to_string();
             match e.span() {
                 Some(span) => source.error(span, message),
                 None => source.unplaced(message),
             }
+        })?;
+        let text: std::sync::Arc<str> = source.text.as_str().into();
+        let tables = |section: &'static str, raw: BTreeMap<String, Spanned<RawComponent>>| {
+            raw.into_iter()
+                .map(|(name, c)| {
+                    let span = c.span();
+                    let table = ComponentTable {
+                        section,
+                        name: name.clone(),
+                        kind: c.into_inner().kind,
+                        span: span.clone(),
+                        text: text.clone(),
+                    };
+                    (name, Spanned::new(span, table))
+                })
+                .collect()
+        };
+        Ok(Config {
+            daemon: raw.daemon,
+            sources: tables("sources", raw.sources),
+            sinks: tables("sinks", raw.sinks),
+            pipelines: raw.pipelines,
         })
     }
 

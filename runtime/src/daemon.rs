@@ -22,7 +22,6 @@ use crate::pipeline::{Chain, PipelineSpec, Resume, Summary};
 use crate::plugin::PluginHost;
 use crate::reload::{PluginSlot, Reloader};
 use crate::sink::{RunningSink, SinkSpec};
-use crate::source::Input;
 use crate::systemd::Notifier;
 use crate::topology::Topology;
 
@@ -64,8 +63,8 @@ struct Live {
     shape: Vec<(&'static str, String)>,
     chain: Arc<ArcSwap<Chain>>,
     cancel: Arc<AtomicBool>,
-    /// What its source reads.
-    input: Input,
+    /// What its source reads (its identity).
+    input: String,
     /// The sinks it writes to (outputs and dead letter).
     sinks: Vec<String>,
     /// Its counters.
@@ -141,7 +140,7 @@ impl Daemon {
             // A Kafka pipeline resumes from its group's committed offsets and
             // its partitions' changelog, whichever daemon had them last; its
             // local checkpoint is a record, not a starting point.
-            let checkpoint = if matches!(p.source.input, Input::Kafka(_)) {
+            let checkpoint = if p.source.input.replay() == crate::source::Replay::Committed {
                 None
             } else {
                 p.load_checkpoint(&store)?
@@ -222,7 +221,7 @@ impl Daemon {
                 shape: spec.shape(),
                 chain: running.chain.clone(),
                 cancel,
-                input: spec.source.input.clone(),
+                input: spec.source.identity(),
                 sinks: spec
                     .sinks
                     .iter()
@@ -313,13 +312,15 @@ impl Daemon {
         }
         for spec in &new.pipelines {
             if !self.live.contains_key(&spec.name)
-                && let Some((other, _)) =
-                    self.live.iter().find(|(_, l)| l.input == spec.source.input)
+                && let Some((other, _)) = self
+                    .live
+                    .iter()
+                    .find(|(_, l)| l.input == spec.source.identity())
             {
                 return Err(format!(
                     "new pipeline `{}` would read {} from its start, which pipeline `{other}` has read (renaming or re-adding a pipeline needs a restart: sources keep no position yet)",
                     spec.name,
-                    describe(&spec.source.input)
+                    spec.source.input.describe()
                 ));
             }
             if let Some(live) = self.live.get(&spec.name) {
@@ -434,14 +435,6 @@ impl Daemon {
         } else {
             Err(format!("{summary}; but: {}", errors.join("; ")))
         }
-    }
-}
-
-fn describe(input: &Input) -> String {
-    match input {
-        Input::File { path, .. } => path.display().to_string(),
-        Input::Stdin => "stdin".into(),
-        Input::Kafka(k) => format!("kafka {} (group {})", k.topics.join(","), k.group_id),
     }
 }
 

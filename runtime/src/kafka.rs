@@ -449,3 +449,44 @@ impl Changelog {
         Ok(found)
     }
 }
+
+/// librdkafka properties from a config table (`properties = { … }` of a
+/// Kafka source or sink): strings, integers, floats and
+/// booleans, as their text; `own` lists the keys sluice sets itself.
+pub fn properties_from_config(
+    properties: &BTreeMap<String, toml::Spanned<toml::Value>>,
+    own: &[&str],
+    source: &crate::config::ConfigSource,
+) -> Result<BTreeMap<String, String>, crate::config::ConfigError> {
+    let mut out = BTreeMap::new();
+    for (key, value) in properties {
+        if own.contains(&key.as_str()) {
+            return Err(source.error(
+                value.span(),
+                format!("`{key}` is set by sluice itself and cannot be passed through"),
+            ));
+        }
+        let text = match value.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(source.error(
+                    value.span(),
+                    format!(
+                        "property `{key}`: a {} is not a librdkafka property value (give a string, number or boolean)",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        out.insert(key.clone(), text);
+        // librdkafka checks the name and the value (not yet how they fit
+        // together: that is checked when the client is made, at start).
+        if let Err(e) = check_properties(&out) {
+            return Err(source.error(value.span(), e));
+        }
+    }
+    Ok(out)
+}

@@ -599,7 +599,7 @@ fn check_checkpoints(topology: &Topology) -> anyhow::Result<()> {
     // A Kafka pipeline resumes from its group's offsets and changelog, not
     // from its local checkpoint (see `daemon.rs`).
     for p in topology.pipelines.iter().filter(|p| {
-        p.checkpoint.is_some() && !matches!(p.source.input, sluice::source::Input::Kafka(_))
+        p.checkpoint.is_some() && p.source.input.replay() != sluice::source::Replay::Committed
     }) {
         p.load_checkpoint(&store)?;
     }
@@ -619,23 +619,28 @@ fn checkpoints(path: &Path, reset: Option<&str>) -> ExitCode {
     let result = (|| -> anyhow::Result<()> {
         let store = sluice::checkpoint::Store::open(&dir)?;
         if let Some(name) = reset {
-            let kafka_group = config
+            // A source that keeps its position elsewhere (Kafka) says so.
+            let base = Config::base_dir(&source);
+            let note = config
                 .pipelines
                 .get(name)
-                .and_then(|p| config.sources.get(p.get_ref().source.get_ref()))
-                .filter(|s| s.get_ref().kind == sluice::config::SourceKind::Kafka)
-                .map(|s| {
-                    s.get_ref()
-                        .group_id
-                        .as_ref()
-                        .map(|g| g.get_ref().clone())
-                        .unwrap_or_default()
-                });
-            if let Some(group) = kafka_group {
+                .and_then(|p| {
+                    let src = p.get_ref().source.get_ref();
+                    let table = config.sources.get(src)?;
+                    sluice::source::SourceSpec::build(
+                        src,
+                        name,
+                        table.get_ref(),
+                        &source,
+                        &base,
+                        false,
+                    )
+                    .ok()
+                })
+                .and_then(|(spec, _)| spec.input.reset_note());
+            if let Some(note) = note {
                 store.remove(name)?;
-                println!(
-                    "pipeline `{name}` reads Kafka: it resumes from group `{group}`'s committed offsets and its changelog topic, not from a local checkpoint (any was removed). To start it over, give it a new `group_id` and `changelog_topic`."
-                );
+                println!("pipeline `{name}`: {note}");
                 return Ok(());
             }
             if store.remove(name)? {

@@ -251,8 +251,8 @@ impl PipelineSpec {
             None => (None, None),
         };
         let checkpointed = self.checkpoint.is_some() && resume.is_some();
-        let kafka = matches!(self.source.input, source::Input::Kafka(_));
-        let mut checkpointer = match (&self.checkpoint, &resume) {
+        let kafka = self.source.input.window_tasks();
+        let checkpointer = match (&self.checkpoint, &resume) {
             (Some(spec), Some(resume)) => Some(Checkpointer::new(
                 self.name.clone(),
                 *spec,
@@ -351,30 +351,18 @@ impl PipelineSpec {
             .name(format!("{}-source", self.name))
             .spawn(move || {
                 let stop = || cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed);
-                if let source::Input::Kafka(input) = &spec.input {
-                    return source::kafka::run(
-                        &pipeline,
-                        &spec,
-                        input,
-                        router,
-                        senders,
-                        dead_letter,
-                        &source_stats,
-                        &stop,
-                        checkpointer.context("a Kafka source checkpoints")?,
-                        window_control,
-                    );
-                }
-                source::run(
-                    &spec,
+                spec.input.run(source::SourceContext {
+                    pipeline: &pipeline,
+                    spec: &spec,
                     router,
-                    senders,
-                    &dead_letter,
-                    &source_stats,
-                    &stop,
-                    checkpointer.as_mut(),
-                    resume_at.as_ref(),
-                )
+                    partitions: senders,
+                    dead_letter,
+                    stats: source_stats,
+                    stop: &stop,
+                    checkpointer,
+                    resume: resume_at,
+                    window: window_control,
+                })
             })?;
         Ok(RunningPipeline {
             name: self.name.clone(),

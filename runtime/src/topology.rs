@@ -11,16 +11,16 @@ use std::sync::Arc;
 use crate::aggregate::Op;
 use crate::batcher::BatchLimits;
 use crate::config::{
-    self, Config, ConfigError, ConfigSource, Format, GroupBy, LatePolicy, OnError, PipelineConfig,
-    SinkKind, SourceKind, WindowKindName,
+    self, Claim, Config, ConfigError, ConfigSource, GroupBy, LatePolicy, OnError, PipelineConfig,
+    WindowKindName,
 };
-use crate::decode::{Decoder, MAX_POINTERS, Pointer};
+use crate::decode::{MAX_POINTERS, Pointer};
 use crate::pipeline::{Chain, PipelineSpec};
 use crate::plugin::{Limits, LogTags, PluginHost, World};
 use crate::processor::StageSpec;
 use crate::reload::{PluginSlot, StageUse};
 use crate::sink::SinkSpec;
-use crate::source::{Input, SourceSpec};
+use crate::source::{Replay, SourceSpec};
 use crate::window::WindowKind;
 use crate::window_operator::{AggSpec, Grouping, UdfSpec, WindowSpec};
 
@@ -85,14 +85,10 @@ impl Topology {
         };
         let mut sinks = BTreeMap::new();
         let mut pipelines = Vec::new();
-        let mut stdin_user: Option<&str> = None;
-        // (brokers, group_id) → the pipeline consuming as that group.
-        let mut groups: BTreeMap<(String, String), &str> = BTreeMap::new();
         let mut instances = 0usize;
-        let mut stdout_sink: Option<String> = None;
-        // Every file the daemon reads or writes, to refuse two sinks (or a source
-        // and a sink) on one file: their writes would interleave or loop.
-        let mut files: BTreeMap<PathBuf, String> = BTreeMap::new();
+        // What each source and sink holds alone (a file, stdin, a Kafka group,
+        // a listening socket), and who holds it.
+        let mut claims = Claims::default();
         for (kind, name, spanned) in config
             .sources
             .iter()
@@ -125,44 +121,23 @@ impl Topology {
                     ),
                 )
             })?;
-            let mut src_spec = build_source(src_name, src, source, &base)?;
-            if let Input::Kafka(k) = &mut src_spec.input
-                && k.changelog_topic.is_empty()
-            {
-                // Kafka Streams' `<application.id>-<store>-changelog`.
-                k.changelog_topic = format!("{}-{name}-changelog", k.group_id);
-            }
-            if let Input::File { path, .. } = &src_spec.input {
-                claim_file(
-                    &mut files,
-                    path,
+            let (src_spec, src_claims) = SourceSpec::build(
+                src_name,
+                name,
+                src.get_ref(),
+                source,
+                &base,
+                p.window.is_some(),
+            )?;
+            for (claim, span) in src_claims {
+                claims.take(
+                    claim,
                     &format!("source `{src_name}`"),
+                    name,
                     source,
-                    src.get_ref().path.as_ref().map_or(src.span(), |p| p.span()),
-                )?;
-            }
-            if src_spec.input == Input::Stdin {
-                if let Some(other) = stdin_user {
-                    return Err(source.error(
-                        p.source.span(),
-                        format!(
-                            "stdin is already read by pipeline `{other}`; it can feed only one"
-                        ),
-                    ));
-                }
-                stdin_user = Some(name);
-            }
-            if let Input::Kafka(k) = &src_spec.input
-                && let Some(other) =
-                    groups.insert((k.brokers.clone(), k.group_id.clone()), name.as_str())
-            {
-                return Err(source.error(
+                    span,
                     p.source.span(),
-                    format!(
-                        "pipeline `{other}` already consumes as Kafka group `{}`: two pipelines in one group would split the partitions between them, each seeing part of the topic; give each pipeline its own source with its own `group_id`",
-                        k.group_id
-                    ),
-                ));
+                )?;
             }
 
             let partitions = *p.partitions.get_ref();
@@ -195,28 +170,25 @@ impl Topology {
                     )
                 })?;
                 if !sinks.contains_key(sink_name) {
-                    let spec = build_sink(sink_name, s, source, &base)?;
-                    if spec == SinkSpec::Stdout
-                        && let Some(other) = stdout_sink.replace(sink_name.clone())
-                    {
-                        return Err(source.error(
-                            s.span(),
-                            format!(
-                                "sinks `{other}` and `{sink_name}` both write to stdout: use one"
-                            ),
-                        ));
-                    }
-                    if let SinkSpec::File { path, .. } = &spec {
-                        let span = s.get_ref().path.as_ref().map_or(s.span(), |p| p.span());
-                        claim_file(
-                            &mut files,
-                            path,
+                    let cx = crate::config::BuildContext {
+                        name: sink_name,
+                        pipeline: "",
+                        table: s.get_ref(),
+                        config: source,
+                        base: &base,
+                    };
+                    let built = crate::sink::parse(s.get_ref(), source)?.build(&cx)?;
+                    for (claim, span) in built.claims {
+                        claims.take(
+                            claim,
                             &format!("sink `{sink_name}`"),
+                            name,
                             source,
                             span,
+                            s.span(),
                         )?;
                     }
-                    sinks.insert(sink_name.clone(), spec);
+                    sinks.insert(sink_name.clone(), built.spec);
                 }
                 Ok(sink_name.clone())
             };
@@ -307,56 +279,20 @@ impl Topology {
                 }
             }
             let window = window.map(Arc::new);
-            if let Input::Kafka(k) = &src_spec.input
-                && window.is_some()
-                && k.partition_by == config::PartitionBy::Key
-            {
-                let span = src
-                    .get_ref()
-                    .partition_by
-                    .as_ref()
-                    .map_or(src.span(), |p| p.span());
-                return Err(source.error(
-                    span,
-                    format!(
-                        "pipeline `{name}` has windows: its Kafka source must keep partition_by = \"source\", so that each Kafka partition's windows and watermark stay together and can move to another daemon with the partition"
-                    ),
-                ));
-            }
-            let checkpoint = match &p.checkpoint {
+            let checkpoint = match (&p.checkpoint, src_spec.input.replay()) {
                 // A Kafka source commits its offsets at checkpoints: every
                 // second unless configured (Spark commits every micro-batch,
                 // Kafka's auto-commit every 5 s).
-                None if matches!(src_spec.input, Input::Kafka(_)) => {
-                    Some(crate::checkpoint::CheckpointSpec {
-                        interval: std::time::Duration::from_secs(1),
-                        batches: None,
-                    })
-                }
-                None => None,
-                Some(c) => {
-                    if src_spec.input == Input::Stdin {
-                        return Err(source.error(
-                            c.span(),
-                            "checkpoints need a source that can be read again from a position (a file); stdin cannot",
-                        ));
-                    }
-                    if let Input::File { path, .. } = &src_spec.input
-                        && std::fs::metadata(path).is_ok_and(|m| !m.is_file())
-                    {
-                        return Err(source.error(
-                            c.span(),
-                            format!(
-                                "checkpoints need a source that can be read again from a position: {} is not a regular file (a FIFO or a device)",
-                                path.display()
-                            ),
-                        ));
-                    }
-                    Some(crate::checkpoint::CheckpointSpec {
-                        interval: c.get_ref().interval,
-                        batches: c.get_ref().batches,
-                    })
-                }
+                (None, Replay::Committed) => Some(crate::checkpoint::CheckpointSpec {
+                    interval: std::time::Duration::from_secs(1),
+                    batches: None,
+                }),
+                (None, _) => None,
+                (Some(c), Replay::No(why)) => return Err(source.error(c.span(), why)),
+                (Some(c), _) => Some(crate::checkpoint::CheckpointSpec {
+                    interval: c.get_ref().interval,
+                    batches: c.get_ref().batches,
+                }),
             };
             pipelines.push(PipelineSpec {
                 checkpoint,
@@ -689,6 +625,64 @@ impl Topology {
     }
 }
 
+/// What the sources and sinks of a config hold alone (see [`Claim`]), and
+/// who holds each.
+#[derive(Debug, Default)]
+struct Claims {
+    /// Files, by identity (see [`file_identity`]).
+    files: BTreeMap<PathBuf, String>,
+    /// Other claims: the pipeline (sources) or sink that holds each.
+    held: BTreeMap<Claim, (String, String)>,
+}
+
+impl Claims {
+    /// Records that `who` (of pipeline `pipeline`) holds `claim`, found at
+    /// `span`; refuses a second holder, at `user_span` (where the pipeline
+    /// or sink names the component).
+    fn take(
+        &mut self,
+        claim: Claim,
+        who: &str,
+        pipeline: &str,
+        source: &ConfigSource,
+        span: std::ops::Range<usize>,
+        user_span: std::ops::Range<usize>,
+    ) -> Result<(), ConfigError> {
+        if let Claim::File(path) = &claim {
+            return claim_file(&mut self.files, path, who, source, span);
+        }
+        let holder = (pipeline.to_string(), who.to_string());
+        let Some((other_pipeline, other)) = self.held.get(&claim).cloned() else {
+            self.held.insert(claim, holder);
+            return Ok(());
+        };
+        let message = match &claim {
+            Claim::Stdin if other_pipeline != pipeline => format!(
+                "stdin is already read by pipeline `{other_pipeline}`; it can feed only one"
+            ),
+            Claim::KafkaGroup { group, .. } if other_pipeline != pipeline => format!(
+                "pipeline `{other_pipeline}` already consumes as Kafka group `{group}`: two pipelines in one group would split the partitions between them, each seeing part of the topic; give each pipeline its own source with its own `group_id`"
+            ),
+            Claim::Stdout if other != who => {
+                let (a, b) = (
+                    other.trim_start_matches("sink "),
+                    who.trim_start_matches("sink "),
+                );
+                format!("sinks {a} and {b} both write to stdout: use one")
+            }
+            Claim::Listen { proto, address }
+                if (other_pipeline.as_str(), other.as_str()) != (pipeline, who) =>
+            {
+                format!(
+                    "{who} listens on {proto} {address}, which {other} (pipeline `{other_pipeline}`) listens on too"
+                )
+            }
+            _ => return Ok(()),
+        };
+        Err(source.error(user_span, message))
+    }
+}
+
 /// Records that `who` uses the file at `path`; refuses a second user.
 fn claim_file(
     files: &mut BTreeMap<PathBuf, String>,
@@ -767,274 +761,6 @@ fn known<T>(map: &BTreeMap<String, T>) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-fn build_source(
-    name: &str,
-    spanned: &toml::Spanned<config::SourceConfig>,
-    source: &ConfigSource,
-    base: &Path,
-) -> Result<SourceSpec, ConfigError> {
-    let s = spanned.get_ref();
-    let input = match s.kind {
-        SourceKind::File => {
-            let path = s.path.as_ref().ok_or_else(|| {
-                source.error(
-                    spanned.span(),
-                    format!("source `{name}`: a file source needs `path`"),
-                )
-            })?;
-            let resolved = config::resolve(base, path.get_ref());
-            let gzip = crate::source::is_gzip(&resolved).map_err(|e| {
-                source.error(
-                    path.span(),
-                    format!("cannot open {}: {e}", resolved.display()),
-                )
-            })?;
-            if gzip && s.follow {
-                return Err(source.error(
-                    path.span(),
-                    format!(
-                        "{} is gzip-compressed: `follow` works on plain files only",
-                        resolved.display()
-                    ),
-                ));
-            }
-            Input::File {
-                path: resolved,
-                follow: s.follow,
-            }
-        }
-        SourceKind::Stdin => {
-            if let Some(path) = &s.path {
-                return Err(source.error(path.span(), "a stdin source takes no `path`"));
-            }
-            if s.follow {
-                return Err(source.error(spanned.span(), "`follow` is for file sources"));
-            }
-            Input::Stdin
-        }
-        SourceKind::Kafka => Input::Kafka(kafka_input(name, spanned, source)?),
-    };
-    if s.kind != SourceKind::Kafka {
-        let kafka_only = [
-            ("brokers", s.brokers.as_ref().map(|x| x.span())),
-            ("topics", s.topics.as_ref().map(|x| x.span())),
-            ("group_id", s.group_id.as_ref().map(|x| x.span())),
-            ("start", s.start.as_ref().map(|x| x.span())),
-            (
-                "changelog_topic",
-                s.changelog_topic.as_ref().map(|x| x.span()),
-            ),
-            ("properties", s.properties.values().next().map(|x| x.span())),
-        ];
-        for (field, span) in kafka_only {
-            if let Some(span) = span {
-                return Err(source.error(span, format!("`{field}` is for Kafka sources")));
-            }
-        }
-        if let Some(p) = &s.partition_by
-            && *p.get_ref() == config::PartitionBy::Source
-        {
-            return Err(source.error(
-                p.span(),
-                "partition_by = \"source\" keeps a Kafka source's partitioning: this source has none (records are spread by key)",
-            ));
-        }
-    }
-    let pointer = |p: &Option<toml::Spanned<String>>| -> Result<Option<Pointer>, ConfigError> {
-        p.as_ref()
-            .map(|p| {
-                if s.format == Format::Text {
-                    return Err(
-                        source.error(p.span(), "`key` and `timestamp` need format = \"json\"")
-                    );
-                }
-                Pointer::parse(p.get_ref()).map_err(|e| source.error(p.span(), e))
-            })
-            .transpose()
-    };
-    Ok(SourceSpec {
-        name: name.to_string(),
-        input,
-        format: s.format,
-        decoder: Decoder::new(pointer(&s.key)?, pointer(&s.timestamp)?),
-        max_line_bytes: usize::try_from(s.max_line_bytes).unwrap_or(usize::MAX),
-        missing_timestamp: missing_timestamp(s, source)?,
-    })
-}
-
-/// librdkafka properties from a config table: strings, integers, floats and
-/// booleans, as their text; `own` lists the keys sluice sets itself.
-fn kafka_properties(
-    properties: &BTreeMap<String, toml::Spanned<toml::Value>>,
-    own: &[&str],
-    source: &ConfigSource,
-) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut out = BTreeMap::new();
-    for (key, value) in properties {
-        if own.contains(&key.as_str()) {
-            return Err(source.error(
-                value.span(),
-                format!("`{key}` is set by sluice itself and cannot be passed through"),
-            ));
-        }
-        let text = match value.get_ref() {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => {
-                return Err(source.error(
-                    value.span(),
-                    format!(
-                        "property `{key}`: a {} is not a librdkafka property value (give a string, number or boolean)",
-                        other.type_str()
-                    ),
-                ));
-            }
-        };
-        out.insert(key.clone(), text);
-        // librdkafka checks the name and the value (not yet how they fit
-        // together: that is checked when the client is made, at start).
-        if let Err(e) = crate::kafka::check_properties(&out) {
-            return Err(source.error(value.span(), e));
-        }
-    }
-    Ok(out)
-}
-
-/// A Kafka source's settings.
-fn kafka_input(
-    name: &str,
-    spanned: &toml::Spanned<config::SourceConfig>,
-    source: &ConfigSource,
-) -> Result<crate::source::kafka::KafkaInput, ConfigError> {
-    let s = spanned.get_ref();
-    let needs = |field: &str| {
-        source.error(
-            spanned.span(),
-            format!("source `{name}`: a kafka source needs `{field}`"),
-        )
-    };
-    if let Some(path) = &s.path {
-        return Err(source.error(path.span(), "a kafka source takes no `path`"));
-    }
-    if s.follow {
-        return Err(source.error(spanned.span(), "`follow` is for file sources"));
-    }
-    let brokers = s.brokers.as_ref().ok_or_else(|| needs("brokers"))?;
-    if brokers.get_ref().trim().is_empty() {
-        return Err(source.error(brokers.span(), "`brokers` cannot be empty"));
-    }
-    let topics = s.topics.as_ref().ok_or_else(|| needs("topics"))?;
-    if topics.get_ref().is_empty() || topics.get_ref().iter().any(String::is_empty) {
-        return Err(source.error(
-            topics.span(),
-            "`topics` needs at least one topic name (or a `^regex`)",
-        ));
-    }
-    let group_id = s.group_id.as_ref().ok_or_else(|| needs("group_id"))?;
-    if group_id.get_ref().is_empty() {
-        return Err(source.error(group_id.span(), "`group_id` cannot be empty"));
-    }
-    Ok(crate::source::kafka::KafkaInput {
-        brokers: brokers.get_ref().clone(),
-        topics: topics.get_ref().clone(),
-        group_id: group_id.get_ref().clone(),
-        start: s.start.as_ref().map(|x| *x.get_ref()).unwrap_or_default(),
-        properties: kafka_properties(
-            &s.properties,
-            &[
-                "bootstrap.servers",
-                "group.id",
-                "enable.auto.commit",
-                "enable.auto.offset.store",
-                "auto.offset.reset",
-            ],
-            source,
-        )?,
-        partition_by: s
-            .partition_by
-            .as_ref()
-            .map_or(config::PartitionBy::Source, |p| *p.get_ref()),
-        // Set per pipeline (its default names the pipeline).
-        changelog_topic: s
-            .changelog_topic
-            .as_ref()
-            .map(|t| t.get_ref().clone())
-            .unwrap_or_default(),
-    })
-}
-
-fn build_sink(
-    name: &str,
-    spanned: &toml::Spanned<config::SinkConfig>,
-    source: &ConfigSource,
-    base: &Path,
-) -> Result<SinkSpec, ConfigError> {
-    let s = spanned.get_ref();
-    if s.kind != SinkKind::File
-        && let Some(path) = &s.path
-    {
-        return Err(source.error(path.span(), "only a file sink takes `path`"));
-    }
-    if s.kind == SinkKind::Kafka {
-        let needs = |field: &str| {
-            source.error(
-                spanned.span(),
-                format!("sink `{name}`: a kafka sink needs `{field}`"),
-            )
-        };
-        let brokers = s.brokers.as_ref().ok_or_else(|| needs("brokers"))?;
-        if brokers.get_ref().trim().is_empty() {
-            return Err(source.error(brokers.span(), "`brokers` cannot be empty"));
-        }
-        let topic = s.topic.as_ref().ok_or_else(|| needs("topic"))?;
-        if topic.get_ref().is_empty() {
-            return Err(source.error(topic.span(), "`topic` cannot be empty"));
-        }
-        let topic_field = s
-            .topic_field
-            .as_ref()
-            .map(|p| Pointer::parse(p.get_ref()).map_err(|e| source.error(p.span(), e)))
-            .transpose()?;
-        return Ok(SinkSpec::Kafka(crate::sink::kafka::KafkaSinkSpec {
-            brokers: brokers.get_ref().clone(),
-            topic: topic.get_ref().clone(),
-            topic_field,
-            properties: kafka_properties(
-                &s.properties,
-                &["bootstrap.servers", "enable.idempotence"],
-                source,
-            )?,
-            create_partitions: match &s.partitions {
-                Some(p) if *p.get_ref() < 1 => {
-                    return Err(source.error(p.span(), "`partitions` must be at least 1"));
-                }
-                p => p.as_ref().map(|p| *p.get_ref()),
-            },
-        }));
-    }
-    let kafka_only = [
-        ("brokers", s.brokers.as_ref().map(|x| x.span())),
-        ("topic", s.topic.as_ref().map(|x| x.span())),
-        ("topic_field", s.topic_field.as_ref().map(|x| x.span())),
-        ("partitions", s.partitions.as_ref().map(|x| x.span())),
-        ("properties", s.properties.values().next().map(|x| x.span())),
-    ];
-    for (field, span) in kafka_only {
-        if let Some(span) = span {
-            return Err(source.error(span, format!("`{field}` is for Kafka sinks")));
-        }
-    }
-    let path = s.path.as_ref().map(|p| config::resolve(base, p.get_ref()));
-    SinkSpec::new(s.kind, path, s.truncate).ok_or_else(|| {
-        source.error(
-            spanned.span(),
-            format!("sink `{name}`: a file sink needs `path`"),
-        )
-    })
 }
 
 /// The plugin files of a topology being built: each loaded once, with the
@@ -1142,24 +868,5 @@ impl PluginLoad<'_> {
             limits,
         });
         Ok((slot, label))
-    }
-}
-
-/// A source's `missing_timestamp`, which needs a `timestamp` to look at.
-fn missing_timestamp(
-    s: &config::SourceConfig,
-    source: &ConfigSource,
-) -> Result<config::MissingTimestamp, ConfigError> {
-    match &s.missing_timestamp {
-        None => Ok(config::MissingTimestamp::Now),
-        Some(m) => {
-            if s.timestamp.is_none() && *m.get_ref() != config::MissingTimestamp::Now {
-                return Err(source.error(
-                    m.span(),
-                    "`missing_timestamp` needs `timestamp`: the field whose absence it is about",
-                ));
-            }
-            Ok(*m.get_ref())
-        }
     }
 }

@@ -44,7 +44,84 @@ pub fn daemon_stopping() {
     STOPPING.store(true, Ordering::Relaxed);
 }
 
-/// A Kafka sink's configuration.
+/// `[sinks.NAME] type = "kafka"`: the kind's own fields.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// The bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: Option<toml::Spanned<String>>,
+    /// The topic records go to (required)…
+    pub topic: Option<toml::Spanned<String>>,
+    /// …unless this JSON pointer (RFC 6901) finds a string field in the record:
+    /// then that field names its topic.
+    pub topic_field: Option<toml::Spanned<String>>,
+    /// librdkafka producer properties, passed through as given.
+    /// `enable.idempotence` is always on (and `acks` therefore `all`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, toml::Spanned<toml::Value>>,
+    /// Create `topic` at start, with this many partitions, if it does not
+    /// exist. Default: do not create it.
+    pub partitions: Option<toml::Spanned<i32>>,
+}
+
+impl super::SinkConfig for KafkaConfig {
+    fn build(
+        &self,
+        cx: &crate::config::BuildContext<'_>,
+    ) -> Result<super::Built, crate::config::ConfigError> {
+        let needs = |field: &str| {
+            cx.config.error(
+                cx.table.span.clone(),
+                format!("sink `{}`: a kafka sink needs `{field}`", cx.name),
+            )
+        };
+        let brokers = self.brokers.as_ref().ok_or_else(|| needs("brokers"))?;
+        if brokers.get_ref().trim().is_empty() {
+            return Err(cx.config.error(brokers.span(), "`brokers` cannot be empty"));
+        }
+        let topic = self.topic.as_ref().ok_or_else(|| needs("topic"))?;
+        if topic.get_ref().is_empty() {
+            return Err(cx.config.error(topic.span(), "`topic` cannot be empty"));
+        }
+        let topic_field = self
+            .topic_field
+            .as_ref()
+            .map(|p| Pointer::parse(p.get_ref()).map_err(|e| cx.config.error(p.span(), e)))
+            .transpose()?;
+        let spec = KafkaSinkSpec {
+            brokers: brokers.get_ref().clone(),
+            topic: topic.get_ref().clone(),
+            topic_field,
+            properties: crate::kafka::properties_from_config(
+                &self.properties,
+                &["bootstrap.servers", "enable.idempotence"],
+                cx.config,
+            )?,
+            create_partitions: match &self.partitions {
+                Some(p) if *p.get_ref() < 1 => {
+                    return Err(cx.config.error(p.span(), "`partitions` must be at least 1"));
+                }
+                p => p.as_ref().map(|p| *p.get_ref()),
+            },
+        };
+        Ok(super::Built {
+            spec: super::SinkSpec(std::sync::Arc::new(spec)),
+            claims: Vec::new(),
+        })
+    }
+}
+
+impl super::Sink for KafkaSinkSpec {
+    fn open(&self, name: &str, _resume: Option<super::Resume>) -> anyhow::Result<Box<dyn Output>> {
+        Ok(Box::new(KafkaOutput::new(name, self)?))
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        Some(KafkaSinkSpec::max_record_bytes(self))
+    }
+}
+
+/// A Kafka sink's configuration, built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSinkSpec {
     /// Bootstrap brokers.

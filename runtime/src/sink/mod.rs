@@ -2,60 +2,145 @@
 //! bounded channel of batches, so a slow sink fills its channel and blocks the
 //! workers that feed it (backpressure), and nothing is dropped.
 //!
-//! - `file`, `stdout`: a batch is written as newline-terminated values with a
-//!   single `write_all`, so the output only ever holds whole batches of whole
-//!   lines: a sink stopped between batches leaves nothing half-written.
+//! Each kind is one file holding its config struct, its checks, its writer and
+//! its tests, behind the [`Sink`] and [`Output`] traits; [`KINDS`] lists them.
+//!
+//! - `file` ([`file`]), `stdout` ([`stdout`]): a batch is written as
+//!   newline-terminated values with a single `write_all`, so the output only
+//!   ever holds whole batches of whole lines;
+//! - `blackhole` ([`blackhole`]): discards everything (benchmarks);
 //! - `kafka` ([`kafka`]): one Kafka record per event, through an idempotent
 //!   producer; a sync waits for every delivery report.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
+use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use anyhow::Context as _;
-
 use sluice_plugin_sdk::Batch;
 
-use crate::config::SinkKind;
+pub use crate::config::{BuildContext, Claim};
+use crate::config::{ComponentTable, ConfigError, ConfigSource};
 
+pub mod blackhole;
+pub mod file;
 pub mod kafka;
+pub mod stdout;
+
+/// A kind of sink: its `type` name and the function that reads its table.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The `type` value.
+    pub name: &'static str,
+    /// Reads the kind's fields (all but `type`).
+    pub parse: fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SinkConfig>, ConfigError>,
+}
+
+/// Every kind of sink. A new kind: its file, and one line here.
+pub const KINDS: &[Kind] = &[
+    Kind {
+        name: "stdout",
+        parse: parse_as::<stdout::StdoutConfig>,
+    },
+    Kind {
+        name: "file",
+        parse: parse_as::<file::FileConfig>,
+    },
+    Kind {
+        name: "blackhole",
+        parse: parse_as::<blackhole::BlackholeConfig>,
+    },
+    Kind {
+        name: "kafka",
+        parse: parse_as::<kafka::KafkaConfig>,
+    },
+];
+
+fn parse_as<T: SinkConfig + serde::de::DeserializeOwned + 'static>(
+    table: &ComponentTable,
+    source: &ConfigSource,
+) -> Result<Box<dyn SinkConfig>, ConfigError> {
+    let (_, own) = table.split(&[]);
+    Ok(Box::new(crate::config::deserialize_table::<T>(
+        own,
+        source,
+        &[],
+    )?))
+}
+
+/// Reads a `[sinks.NAME]` table: `type` first, then the kind's fields.
+///
+/// # Errors
+/// An unknown `type`, or a field the kind refuses, located in the file.
+pub fn parse(
+    table: &ComponentTable,
+    source: &ConfigSource,
+) -> Result<Box<dyn SinkConfig>, ConfigError> {
+    let kind = KINDS
+        .iter()
+        .find(|k| k.name == table.kind.get_ref())
+        .ok_or_else(|| {
+            source.error(
+                table.kind.span(),
+                format!(
+                    "unknown sink type `{}`, expected one of {}",
+                    table.kind.get_ref(),
+                    KINDS
+                        .iter()
+                        .map(|k| format!("`{}`", k.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+    (kind.parse)(table, source)
+}
+
+/// A sink's config, as its kind read it: checks itself and builds the sink.
+pub trait SinkConfig: fmt::Debug + Send + Sync {
+    /// Checks the fields and builds the sink.
+    ///
+    /// # Errors
+    /// A located [`ConfigError`].
+    fn build(&self, cx: &BuildContext<'_>) -> Result<Built, ConfigError>;
+}
+
+/// A built sink and what it claims (see [`Claim`]).
+#[derive(Debug)]
+pub struct Built {
+    /// The sink.
+    pub spec: SinkSpec,
+    /// What it holds alone, each with its place in the file.
+    pub claims: Vec<(Claim, std::ops::Range<usize>)>,
+}
+
+/// A sink, ready to open; one file per kind under `sink/`. Its `Debug` text
+/// is its identity: a config reload restarts nothing whose text is the same.
+pub trait Sink: fmt::Debug + Send + Sync + 'static {
+    /// Opens the output. With `resume` (a checkpointed pipeline resuming), a
+    /// sink that can be cut back to a checkpoint's length does so (see
+    /// [`Resume`]).
+    ///
+    /// # Errors
+    /// The output cannot be opened.
+    fn open(&self, name: &str, resume: Option<Resume>) -> anyhow::Result<Box<dyn Output>>;
+
+    /// The largest record (key + value + headers, bytes) the sink takes, if it
+    /// has a limit (Kafka: the producer's `message.max.bytes`).
+    fn max_record_bytes(&self) -> Option<usize> {
+        None
+    }
+}
 
 /// Batches waiting for one sink. Small: each entry is a whole batch.
 const SINK_QUEUE_BATCHES: usize = 16;
 
-/// What a sink does with its batches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkSpec {
-    /// Standard output.
-    Stdout,
-    /// A file, created if missing; appended to, or truncated first.
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Truncate at start.
-        truncate: bool,
-    },
-    /// Discards everything.
-    Blackhole,
-    /// A Kafka topic.
-    Kafka(kafka::KafkaSinkSpec),
-}
+/// A built sink, shared: compared by its identity (its `Debug` text).
+#[derive(Debug, Clone)]
+pub struct SinkSpec(pub Arc<dyn Sink>);
 
-impl SinkSpec {
-    /// The spec for a config entry (`path` already resolved; not for Kafka,
-    /// which `topology` builds).
-    pub fn new(kind: SinkKind, path: Option<PathBuf>, truncate: bool) -> Option<Self> {
-        Some(match kind {
-            SinkKind::Stdout => SinkSpec::Stdout,
-            SinkKind::Blackhole => SinkSpec::Blackhole,
-            SinkKind::Kafka => return None,
-            SinkKind::File => SinkSpec::File {
-                path: path?,
-                truncate,
-            },
-        })
+impl PartialEq for SinkSpec {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{:?}", self.0) == format!("{:?}", other.0)
     }
 }
 
@@ -177,42 +262,7 @@ impl RunningSink {
     /// # Errors
     /// The output file cannot be opened.
     pub fn start(name: &str, spec: &SinkSpec, resume: Option<Resume>) -> anyhow::Result<Self> {
-        let mut out: Box<dyn Output> = match spec {
-            SinkSpec::Stdout => Box::new(StdoutOutput::default()),
-            SinkSpec::Blackhole => Box::new(Blackhole),
-            SinkSpec::Kafka(spec) => Box::new(kafka::KafkaOutput::new(name, spec)?),
-            SinkSpec::File { path, truncate } => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| {
-                        format!("sink `{name}`: cannot create {}", dir.display())
-                    })?;
-                }
-                let regular = std::fs::metadata(path).map_or(true, |m| m.is_file());
-                let file = if regular {
-                    let truncate = *truncate && resume.is_none();
-                    OpenOptions::new()
-                        .create(true)
-                        .read(true)
-                        .write(true)
-                        .append(!truncate)
-                        .truncate(truncate)
-                        .open(path)
-                } else {
-                    // A FIFO (or a device) is opened for writing only: the open
-                    // waits for a reader, and a reader that goes away fails the
-                    // sink (EPIPE) instead of the records piling up unread in
-                    // the pipe, as they would with the pipe open for reading
-                    // too.
-                    tracing::info!(sink = name, path = %path.display(), "not a regular file: waiting for a reader");
-                    OpenOptions::new().write(true).open(path)
-                }
-                .with_context(|| format!("sink `{name}`: cannot open {}", path.display()))?;
-                if let Some(Resume::CutTo(len)) = resume.filter(|_| regular) {
-                    cut_back(&file, len, name, path)?;
-                }
-                Box::new(FileOutput::new(file, regular, name, path)?)
-            }
-        };
+        let mut out = spec.0.open(name, resume)?;
         let (tx, rx) = flume::bounded::<SinkMsg>(SINK_QUEUE_BATCHES);
         let sink_name = name.to_string();
         let thread = std::thread::Builder::new()
@@ -242,10 +292,7 @@ impl RunningSink {
         Ok(RunningSink {
             handle: SinkHandle {
                 name: name.to_string(),
-                max_record_bytes: match spec {
-                    SinkSpec::Kafka(k) => Some(k.max_record_bytes()),
-                    _ => None,
-                },
+                max_record_bytes: spec.0.max_record_bytes(),
                 tx,
             },
             thread,
@@ -266,21 +313,8 @@ impl RunningSink {
     }
 }
 
-/// Cuts a file sink back to the length a checkpoint recorded.
-fn cut_back(file: &File, len: u64, name: &str, path: &std::path::Path) -> anyhow::Result<()> {
-    let now = file.metadata()?.len();
-    if now > len {
-        tracing::info!(sink = name, path = %path.display(), checkpoint_bytes = len, discarded_bytes = now - len, "resuming: output written after the checkpoint is cut off and will be written again");
-        file.set_len(len)
-            .with_context(|| format!("sink `{name}`: cannot cut {} back", path.display()))?;
-    } else if now < len {
-        tracing::warn!(sink = name, path = %path.display(), checkpoint_bytes = len, bytes = now, "resuming: the file is shorter than at the checkpoint (changed by something else?): appending to it");
-    }
-    Ok(())
-}
-
 /// Newline-terminated values of `batch`, into `buf` (cleared first).
-fn lines_of(batch: &Batch, buf: &mut Vec<u8>) {
+pub fn lines_of(batch: &Batch, buf: &mut Vec<u8>) {
     buf.clear();
     buf.reserve(batch.values_len() + batch.len());
     for event in batch {
@@ -289,119 +323,22 @@ fn lines_of(batch: &Batch, buf: &mut Vec<u8>) {
     }
 }
 
-trait Output: Send {
+/// A sink's open output, driven by the sink's thread.
+pub trait Output: Send {
+    /// Writes a batch (all of it, or fails).
+    ///
+    /// # Errors
+    /// The write failed; the sink stops.
     fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()>;
-    /// Writes out what was written so far, durably; a file's length.
+    /// Writes out what was written so far, durably; a file's length in bytes
+    /// (`None` for other outputs), which a checkpoint records.
+    ///
+    /// # Errors
+    /// The write or the sync failed.
     fn sync(&mut self) -> anyhow::Result<Option<u64>>;
+    /// Writes out everything; the sink is done.
+    ///
+    /// # Errors
+    /// The final write or sync failed.
     fn finish(&mut self) -> anyhow::Result<()>;
-}
-
-#[derive(Default)]
-struct StdoutOutput {
-    buf: Vec<u8>,
-}
-
-impl Output for StdoutOutput {
-    fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        lines_of(batch, &mut self.buf);
-        let mut out = std::io::stdout().lock();
-        out.write_all(&self.buf)?;
-        out.flush()?;
-        Ok(())
-    }
-    fn sync(&mut self) -> anyhow::Result<Option<u64>> {
-        std::io::stdout().flush()?;
-        Ok(None)
-    }
-    fn finish(&mut self) -> anyhow::Result<()> {
-        std::io::stdout().flush()?;
-        Ok(())
-    }
-}
-
-/// A file written batch by batch. A batch that cannot be written whole (a full
-/// disk) is cut off again, so the file never ends in half a line.
-struct FileOutput {
-    file: File,
-    /// Length of the file after the last whole batch.
-    len: u64,
-    /// A regular file (not a FIFO or a device): it has a length to record
-    /// and cut back to, and can be fsync'd.
-    regular: bool,
-    /// The lines of the batch being written.
-    buf: Vec<u8>,
-}
-
-impl FileOutput {
-    /// Takes an opened file; when appending to a file whose last line was cut
-    /// short (a previous process killed mid-write), ends that line first so new
-    /// records do not glue onto it.
-    fn new(
-        mut file: File,
-        regular: bool,
-        name: &str,
-        path: &std::path::Path,
-    ) -> anyhow::Result<Self> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut len = file.metadata()?.len();
-        if len > 0 {
-            let mut last = [0u8];
-            file.seek(SeekFrom::Start(len - 1))?;
-            file.read_exact(&mut last)?;
-            if last[0] != b'\n' {
-                tracing::warn!(sink = name, path = %path.display(), "the file ends in an unterminated line: ending it before appending");
-                file.write_all(b"\n")?;
-                len += 1;
-            }
-        }
-        Ok(FileOutput {
-            file,
-            len,
-            regular,
-            buf: Vec::new(),
-        })
-    }
-}
-
-impl Output for FileOutput {
-    fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        lines_of(batch, &mut self.buf);
-        let lines = &self.buf;
-        if let Err(e) = self.file.write_all(lines) {
-            // Take back the part that was written, then report.
-            let _ = self.file.set_len(self.len);
-            return Err(e.into());
-        }
-        self.len += lines.len() as u64;
-        Ok(())
-    }
-    fn sync(&mut self) -> anyhow::Result<Option<u64>> {
-        if !self.regular {
-            // A pipe or a device: written through, nothing to fsync or cut
-            // back (at-least-once).
-            return Ok(None);
-        }
-        self.file.sync_data()?;
-        Ok(Some(self.len))
-    }
-    fn finish(&mut self) -> anyhow::Result<()> {
-        if self.regular {
-            self.file.sync_data()?;
-        }
-        Ok(())
-    }
-}
-
-struct Blackhole;
-
-impl Output for Blackhole {
-    fn write_batch(&mut self, _batch: &Batch) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn sync(&mut self) -> anyhow::Result<Option<u64>> {
-        Ok(None)
-    }
-    fn finish(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
 }

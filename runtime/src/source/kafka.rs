@@ -39,7 +39,7 @@ use rdkafka::{ClientContext, Statistics};
 
 use super::{Chunk, Outbox, Record, now_ms};
 use crate::checkpoint::{BarrierKind, Checkpointer, KafkaPosition, Position};
-use crate::config::{Format, KafkaStart, MissingTimestamp, PartitionBy};
+use crate::config::{ConfigError, Format, MissingTimestamp};
 use crate::dead_letter::DeadLetter;
 use crate::kafka::{Changelog, TaskState, changelog_key};
 use crate::pipeline::Stats;
@@ -51,6 +51,195 @@ const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Records polled between two looks at whether a checkpoint is due.
 const CHECKPOINT_CHECK_RECORDS: u32 = 256;
+
+/// Where a Kafka source starts reading a partition that has no committed
+/// offset for its group (librdkafka's `auto.offset.reset`). A committed offset
+/// (or a changelog checkpoint) always wins: that is how a restart resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaStart {
+    /// At the partition's first retained record (default).
+    #[default]
+    Earliest,
+    /// At the partition's end: only records produced from now on.
+    Latest,
+    /// Only at a committed offset: a partition without one is an error.
+    Committed,
+}
+
+/// How a Kafka source's records are spread over the partition workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionBy {
+    /// By a hash of the record key.
+    Key,
+    /// By the Kafka partition (worker = partition mod workers), so a
+    /// partition's records keep their order and their offsets together
+    /// (default, and required with windows).
+    Source,
+}
+
+/// `[sources.NAME] type = "kafka"`: the kind's own fields.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// The bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: Option<toml::Spanned<String>>,
+    /// The topics to subscribe to; a name starting with `^` is a regular
+    /// expression (librdkafka's pattern subscription).
+    pub topics: Option<toml::Spanned<Vec<String>>>,
+    /// The consumer group. Daemons with the same `group_id` share the
+    /// topics' partitions; offsets are committed for this group.
+    pub group_id: Option<toml::Spanned<String>>,
+    /// Where a partition without a committed offset starts.
+    #[serde(default)]
+    pub start: Option<toml::Spanned<KafkaStart>>,
+    /// librdkafka consumer properties, passed through as given
+    /// (<https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md>).
+    /// `enable.auto.commit`, `enable.auto.offset.store` and `group.id` are
+    /// sluice's own and cannot be set here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, toml::Spanned<toml::Value>>,
+    /// `source` (default) or `key`.
+    pub partition_by: Option<toml::Spanned<PartitionBy>>,
+    /// Windowed pipelines: the compacted topic that holds each Kafka
+    /// partition's window state, so that the daemon that takes a partition over
+    /// restores it. Default `<group_id>-<pipeline>-changelog` (Kafka Streams'
+    /// `<application.id>-<store>-changelog`).
+    pub changelog_topic: Option<toml::Spanned<String>>,
+}
+
+impl super::SourceConfig for KafkaConfig {
+    fn build(&self, cx: &super::BuildContext<'_>) -> Result<super::Built, ConfigError> {
+        let needs = |field: &str| {
+            cx.config.error(
+                cx.table.span.clone(),
+                format!("source `{}`: a kafka source needs `{field}`", cx.name),
+            )
+        };
+        let brokers = self.brokers.as_ref().ok_or_else(|| needs("brokers"))?;
+        if brokers.get_ref().trim().is_empty() {
+            return Err(cx.config.error(brokers.span(), "`brokers` cannot be empty"));
+        }
+        let topics = self.topics.as_ref().ok_or_else(|| needs("topics"))?;
+        if topics.get_ref().is_empty() || topics.get_ref().iter().any(String::is_empty) {
+            return Err(cx.config.error(
+                topics.span(),
+                "`topics` needs at least one topic name (or a `^regex`)",
+            ));
+        }
+        let group_id = self.group_id.as_ref().ok_or_else(|| needs("group_id"))?;
+        if group_id.get_ref().is_empty() {
+            return Err(cx
+                .config
+                .error(group_id.span(), "`group_id` cannot be empty"));
+        }
+        let input = KafkaInput {
+            brokers: brokers.get_ref().clone(),
+            topics: topics.get_ref().clone(),
+            group_id: group_id.get_ref().clone(),
+            start: self
+                .start
+                .as_ref()
+                .map(|x| *x.get_ref())
+                .unwrap_or_default(),
+            properties: crate::kafka::properties_from_config(
+                &self.properties,
+                &[
+                    "bootstrap.servers",
+                    "group.id",
+                    "enable.auto.commit",
+                    "enable.auto.offset.store",
+                    "auto.offset.reset",
+                ],
+                cx.config,
+            )?,
+            partition_by: self
+                .partition_by
+                .as_ref()
+                .map_or(PartitionBy::Source, |p| *p.get_ref()),
+            changelog_topic: match &self.changelog_topic {
+                Some(t) => t.get_ref().clone(),
+                // Kafka Streams' `<application.id>-<store>-changelog`.
+                None => format!("{}-{}-changelog", group_id.get_ref(), cx.pipeline),
+            },
+        };
+        Ok(super::Built {
+            claims: vec![(
+                super::Claim::KafkaGroup {
+                    brokers: input.brokers.clone(),
+                    group: input.group_id.clone(),
+                },
+                cx.table.span.clone(),
+            )],
+            source: Arc::new(KafkaSource(input)),
+        })
+    }
+
+    fn check_windowed(&self, cx: &super::BuildContext<'_>) -> Result<(), ConfigError> {
+        match &self.partition_by {
+            Some(p) if *p.get_ref() == PartitionBy::Key => Err(cx.config.error(
+                p.span(),
+                format!(
+                    "pipeline `{}` has windows: its Kafka source must keep partition_by = \"source\", so that each Kafka partition's windows and watermark stay together and can move to another daemon with the partition",
+                    cx.pipeline
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The Kafka source, built. Its `Debug` text is `Kafka(KafkaInput { … })`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaSource(pub KafkaInput);
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Kafka").field(&self.0).finish()
+    }
+}
+
+impl super::Source for KafkaSource {
+    fn describe(&self) -> String {
+        format!(
+            "kafka {} (group {})",
+            self.0.topics.join(","),
+            self.0.group_id
+        )
+    }
+
+    fn replay(&self) -> super::Replay {
+        super::Replay::Committed
+    }
+
+    fn window_tasks(&self) -> bool {
+        true
+    }
+
+    fn reset_note(&self) -> Option<String> {
+        Some(format!(
+            "it reads Kafka: it resumes from group `{}`'s committed offsets and its changelog topic, not from a local checkpoint (any was removed). To start it over, give it a new `group_id` and `changelog_topic`.",
+            self.0.group_id
+        ))
+    }
+
+    fn run(&self, cx: super::SourceContext<'_>) -> anyhow::Result<()> {
+        let checkpointer = cx.checkpointer.context("a Kafka source checkpoints")?;
+        run(
+            cx.pipeline,
+            cx.spec,
+            &self.0,
+            cx.router,
+            cx.partitions,
+            cx.dead_letter,
+            &cx.stats,
+            cx.stop,
+            checkpointer,
+            cx.window,
+        )
+    }
+}
 
 /// A Kafka source's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -546,13 +735,7 @@ pub fn run(
         spec: spec.clone(),
         input: input.clone(),
         router,
-        outbox: Outbox {
-            pending: (0..partitions.len())
-                .map(|_| Vec::with_capacity(super::CHUNK_RECORDS))
-                .collect(),
-            senders: partitions,
-            stats: stats.clone(),
-        },
+        outbox: Outbox::new(partitions, stats.clone()),
         dead_letter,
         stats: stats.clone(),
         checkpointer,

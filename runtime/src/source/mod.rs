@@ -1,17 +1,24 @@
 //! Sources: read lines, decode them into records, route each record to its
 //! partition worker.
 //!
-//! - `file`: plain or gzip (recognised by its magic bytes, not its name), read to
-//!   its end, or followed like `tail -F`: appended lines are picked up, and a file
-//!   that is replaced (new inode) or truncated is reopened from its start.
-//! - `stdin`: read to its end.
+//! Each kind is one file holding its config struct, its checks, its run loop
+//! and its tests, behind the [`Source`] trait (Vector's one-file components);
+//! [`KINDS`] lists them. Adding a kind is its file plus one line there.
+//!
+//! - `file` ([`file`]): plain or gzip, read to its end or followed like `tail -F`;
+//! - `stdin` ([`stdin`]): read to its end;
+//! - `kafka` ([`kafka`]): topics read as a member of a consumer group.
+//!
+//! What every source shares is here: the fields that say how a line becomes an
+//! event ([`crate::config::DecodeConfig`]), the read loop over a [`Lines`]
+//! reader, and the [`Outbox`] that chunks records per partition.
 //!
 //! Every send into a partition channel blocks while that channel is full, so a
 //! slow worker or sink slows the source down (backpressure). A line that cannot
 //! be decoded goes to the dead-letter sink; empty lines are skipped.
 
+use std::fmt;
 use std::io::{self, Read};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -20,19 +27,190 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 
 use crate::checkpoint::{Barrier, BarrierKind, Checkpointer, Position};
-use crate::config::Format;
+pub use crate::config::{BuildContext, Claim};
+use crate::config::{ComponentTable, ConfigError, ConfigSource, DecodeConfig, Format};
 use crate::dead_letter::{DeadLetter, DeadRecord};
-use crate::decode::Decoder;
+use crate::decode::{Decoder, Pointer};
 use crate::pipeline::Stats;
 use crate::router::Router;
+use crate::window_operator::WindowMsg;
 
-mod file;
+pub mod file;
 pub mod kafka;
-mod stdin;
+pub mod stdin;
 
-use file::FileLines;
 pub use file::is_gzip;
-use stdin::StdinLines;
+
+/// A kind of source: its `type` name and the function that reads its table.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The `type` value.
+    pub name: &'static str,
+    /// Reads the kind's fields (all but `type` and [`DecodeConfig::FIELDS`]).
+    pub parse: fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SourceConfig>, ConfigError>,
+}
+
+/// Every kind of source. A new kind: its file, and one line here.
+pub const KINDS: &[Kind] = &[
+    Kind {
+        name: "file",
+        parse: parse_as::<file::FileConfig>,
+    },
+    Kind {
+        name: "stdin",
+        parse: parse_as::<stdin::StdinConfig>,
+    },
+    Kind {
+        name: "kafka",
+        parse: parse_as::<kafka::KafkaConfig>,
+    },
+];
+
+fn parse_as<T: SourceConfig + serde::de::DeserializeOwned + 'static>(
+    table: &ComponentTable,
+    source: &ConfigSource,
+) -> Result<Box<dyn SourceConfig>, ConfigError> {
+    let (_, own) = table.split(DecodeConfig::FIELDS);
+    Ok(Box::new(crate::config::deserialize_table::<T>(
+        own,
+        source,
+        DecodeConfig::FIELDS,
+    )?))
+}
+
+/// A `[sources.NAME]` table read by its kind.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The shared fields.
+    pub decode: DecodeConfig,
+    /// The kind's own fields.
+    pub config: Box<dyn SourceConfig>,
+}
+
+/// Reads a `[sources.NAME]` table: `type` first, then the shared fields and
+/// the kind's own, each refusing unknown fields.
+///
+/// # Errors
+/// An unknown `type`, or a field the kind refuses, located in the file.
+pub fn parse(table: &ComponentTable, source: &ConfigSource) -> Result<Parsed, ConfigError> {
+    let kind = KINDS
+        .iter()
+        .find(|k| k.name == table.kind.get_ref())
+        .ok_or_else(|| {
+            source.error(
+                table.kind.span(),
+                format!(
+                    "unknown source type `{}`, expected one of {}",
+                    table.kind.get_ref(),
+                    KINDS
+                        .iter()
+                        .map(|k| format!("`{}`", k.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+    let (shared, _) = table.split(DecodeConfig::FIELDS);
+    let decode: DecodeConfig = crate::config::deserialize_table(shared, source, &[])?;
+    let config = (kind.parse)(table, source)?;
+    Ok(Parsed { decode, config })
+}
+
+/// A source's config, as its kind read it: checks itself and builds what
+/// runs.
+pub trait SourceConfig: fmt::Debug + Send + Sync {
+    /// Checks the fields and builds the source. `cx` gives the pipeline,
+    /// the shared fields and located errors.
+    ///
+    /// # Errors
+    /// A located [`ConfigError`].
+    fn build(&self, cx: &BuildContext<'_>) -> Result<Built, ConfigError>;
+
+    /// Checks that the source can feed event-time windows (called when its
+    /// pipeline has them).
+    ///
+    /// # Errors
+    /// A located [`ConfigError`].
+    fn check_windowed(&self, cx: &BuildContext<'_>) -> Result<(), ConfigError> {
+        let _ = cx;
+        Ok(())
+    }
+}
+
+/// A built source and what it claims (see [`Claim`]), each with the place in
+/// the file to name if another source or sink claims it too.
+#[derive(Debug)]
+pub struct Built {
+    /// The source.
+    pub source: Arc<dyn Source>,
+    /// What it holds alone.
+    pub claims: Vec<(Claim, std::ops::Range<usize>)>,
+}
+
+/// How a source can be checkpointed (Spark's "replayable source" requirement
+/// for end-to-end guarantees).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// It cannot be read again: no checkpoint (the reason, for the error).
+    No(String),
+    /// It is read again from a position that a local checkpoint keeps (a file).
+    Position,
+    /// It keeps its own position where it is read from (Kafka: offsets
+    /// committed to the group at each checkpoint, always on).
+    Committed,
+}
+
+/// A source, ready to run; one file per kind under `source/`.
+///
+/// Its `Debug` text is its identity: what a checkpoint records and a config
+/// reload compares (so it holds no place in the config file).
+pub trait Source: fmt::Debug + Send + Sync + 'static {
+    /// What it reads, for messages (`"in.ndjson"`, `"stdin"`, `"kafka t (group g)"`).
+    fn describe(&self) -> String;
+    /// Whether and how it can be checkpointed.
+    fn replay(&self) -> Replay;
+    /// Whether it keeps its records' window state per partition of its own
+    /// (a Kafka partition: window tasks that move with the partition).
+    fn window_tasks(&self) -> bool {
+        false
+    }
+    /// Runs until the input ends, `cx.stop()` turns true or a worker is gone.
+    ///
+    /// # Errors
+    /// The input cannot be opened, read or resumed, the dead-letter sink
+    /// stopped, or a checkpoint could not be written.
+    fn run(&self, cx: SourceContext<'_>) -> anyhow::Result<()>;
+    /// What a local checkpoint of this source is kept for, when it is not the
+    /// place to resume from (Kafka resumes from its group's offsets): said
+    /// by `sluice checkpoints --reset`.
+    fn reset_note(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What a running source is given.
+pub struct SourceContext<'a> {
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// The source's decoding and name.
+    pub spec: &'a SourceSpec,
+    /// Picks a record's partition.
+    pub router: Router,
+    /// One channel per partition worker.
+    pub partitions: Vec<flume::Sender<Chunk>>,
+    /// Where records that cannot be decoded go.
+    pub dead_letter: DeadLetter,
+    /// The pipeline's counters.
+    pub stats: Arc<Stats>,
+    /// Turns true when the source must stop.
+    pub stop: &'a dyn Fn() -> bool,
+    /// Takes checkpoints, when the pipeline has them.
+    pub checkpointer: Option<Checkpointer>,
+    /// The position of the checkpoint to resume from.
+    pub resume: Option<Position>,
+    /// The window operator's input, for a source with window tasks.
+    pub window: Option<flume::Sender<WindowMsg>>,
+}
 
 /// Bytes of an overlong line kept for the dead-letter record.
 pub(crate) const TOO_LONG_PREFIX: usize = 1024;
@@ -88,29 +266,13 @@ impl Chunk {
     }
 }
 
-/// Where a source reads from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
-    /// A file.
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Keep reading at its end (`tail -F`).
-        follow: bool,
-    },
-    /// Standard input.
-    Stdin,
-    /// Kafka topics, as a member of a consumer group.
-    Kafka(kafka::KafkaInput),
-}
-
 /// A source, ready to run.
 #[derive(Debug, Clone)]
 pub struct SourceSpec {
     /// Name in the config.
     pub name: String,
-    /// What to read.
-    pub input: Input,
+    /// What to read: the kind's own part.
+    pub input: Arc<dyn Source>,
     /// How to decode a line.
     pub format: Format,
     /// Key and event-time extraction.
@@ -121,8 +283,79 @@ pub struct SourceSpec {
     pub missing_timestamp: crate::config::MissingTimestamp,
 }
 
+impl SourceSpec {
+    /// The spec of source `name` (of pipeline `pipeline`, `windowed` if it
+    /// has event-time windows), from its table: the kind builds its part, the
+    /// shared fields are checked here.
+    ///
+    /// # Errors
+    /// A located [`ConfigError`].
+    pub fn build(
+        name: &str,
+        pipeline: &str,
+        table: &ComponentTable,
+        config: &ConfigSource,
+        base: &std::path::Path,
+        windowed: bool,
+    ) -> Result<(SourceSpec, Vec<(Claim, std::ops::Range<usize>)>), ConfigError> {
+        let parsed = parse(table, config)?;
+        let d = &parsed.decode;
+        let cx = BuildContext {
+            name,
+            pipeline,
+            table,
+            config,
+            base,
+        };
+        let built = parsed.config.build(&cx)?;
+        if windowed {
+            parsed.config.check_windowed(&cx)?;
+        }
+        let pointer = |p: &Option<toml::Spanned<String>>| -> Result<Option<Pointer>, ConfigError> {
+            p.as_ref()
+                .map(|p| {
+                    if d.format == Format::Text {
+                        return Err(
+                            config.error(p.span(), "`key` and `timestamp` need format = \"json\"")
+                        );
+                    }
+                    Pointer::parse(p.get_ref()).map_err(|e| config.error(p.span(), e))
+                })
+                .transpose()
+        };
+        let missing_timestamp = match &d.missing_timestamp {
+            None => crate::config::MissingTimestamp::Now,
+            Some(m) => {
+                if d.timestamp.is_none() && *m.get_ref() != crate::config::MissingTimestamp::Now {
+                    return Err(config.error(
+                        m.span(),
+                        "`missing_timestamp` needs `timestamp`: the field whose absence it is about",
+                    ));
+                }
+                *m.get_ref()
+            }
+        };
+        let spec = SourceSpec {
+            name: name.to_string(),
+            input: built.source,
+            format: d.format,
+            decoder: Decoder::new(pointer(&d.key)?, pointer(&d.timestamp)?),
+            max_line_bytes: usize::try_from(d.max_line_bytes).unwrap_or(usize::MAX),
+            missing_timestamp,
+        };
+        Ok((spec, built.claims))
+    }
+
+    /// Its identity (see [`Source`]): what a checkpoint records.
+    pub fn identity(&self) -> String {
+        format!("{:?}", self.input)
+    }
+}
+
 /// What one read produced.
-pub(crate) enum Read1 {
+#[derive(Debug)]
+pub enum Read1 {
+    /// A line is in the buffer.
     Line,
     /// A line longer than the limit, of this many bytes; the buffer holds its
     /// first [`TOO_LONG_PREFIX`] bytes, the rest was skipped.
@@ -135,7 +368,7 @@ pub(crate) enum Read1 {
 }
 
 /// A reader of lines that can wait without blocking shutdown.
-pub(crate) trait Lines {
+pub trait Lines: Send {
     /// Reads the next line (terminator stripped) into `buf`.
     fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1>;
     /// Whether the next line would need a read from the input (a system call,
@@ -198,17 +431,34 @@ pub(crate) fn strip_eol(buf: &mut Vec<u8>) {
 }
 
 /// Records waiting to be sent, per partition.
-struct Outbox {
+pub struct Outbox {
     pending: Vec<Vec<Record>>,
     senders: Vec<flume::Sender<Chunk>>,
     stats: Arc<Stats>,
 }
 
 /// A partition worker is gone (its pipeline stopped on an error).
-struct WorkerGone;
+#[derive(Debug)]
+pub struct WorkerGone;
 
 impl Outbox {
-    fn push(&mut self, partition: usize, record: Record) -> Result<(), WorkerGone> {
+    /// An empty outbox for these partition channels.
+    pub fn new(senders: Vec<flume::Sender<Chunk>>, stats: Arc<Stats>) -> Self {
+        Outbox {
+            pending: (0..senders.len())
+                .map(|_| Vec::with_capacity(CHUNK_RECORDS))
+                .collect(),
+            senders,
+            stats,
+        }
+    }
+
+    /// Queues `record` for `partition`; sends a full chunk (blocking while
+    /// the worker's channel is full).
+    ///
+    /// # Errors
+    /// The worker is gone.
+    pub fn push(&mut self, partition: usize, record: Record) -> Result<(), WorkerGone> {
         self.pending[partition].push(record);
         if self.pending[partition].len() >= CHUNK_RECORDS {
             self.flush(partition)?;
@@ -216,7 +466,11 @@ impl Outbox {
         Ok(())
     }
 
-    fn flush(&mut self, partition: usize) -> Result<(), WorkerGone> {
+    /// Sends `partition`'s pending records.
+    ///
+    /// # Errors
+    /// The worker is gone.
+    pub fn flush(&mut self, partition: usize) -> Result<(), WorkerGone> {
         if self.pending[partition].is_empty() {
             return Ok(());
         }
@@ -236,7 +490,7 @@ impl Outbox {
     }
 
     /// Sends every partition's pending records, then `barrier` to each.
-    fn barrier(&mut self, barrier: &Barrier) -> bool {
+    pub fn barrier(&mut self, barrier: &Barrier) -> bool {
         self.flush_all().is_ok()
             && self
                 .senders
@@ -245,7 +499,10 @@ impl Outbox {
     }
 
     /// Sends every partition's pending records (to each worker still running).
-    fn flush_all(&mut self) -> Result<(), WorkerGone> {
+    ///
+    /// # Errors
+    /// A worker is gone.
+    pub fn flush_all(&mut self) -> Result<(), WorkerGone> {
         let mut result = Ok(());
         for p in 0..self.pending.len() {
             if self.flush(p).is_err() {
@@ -262,49 +519,34 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs a source until its input ends, `stop()` turns true, or a worker is gone.
+/// Runs a source of lines until its input ends, `stop()` turns true, or a
+/// worker is gone: the run loop of the line-reading kinds.
 ///
 /// Each line is decoded, routed with `router`, and sent to `partitions[p]` in
 /// chunks of up to [`CHUNK_RECORDS`].
 ///
 /// With a `checkpointer`, a checkpoint is taken whenever one is due (see
 /// [`crate::checkpoint`]), and a last one when the input ends or `stop()` turns
-/// true; `resume` is the position of the checkpoint to resume from.
+/// true.
 ///
 /// # Errors
-/// The input cannot be opened, read or resumed, the dead-letter sink stopped,
-/// or a checkpoint could not be written.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    spec: &SourceSpec,
-    mut router: Router,
-    partitions: Vec<flume::Sender<Chunk>>,
-    dead_letter: &DeadLetter,
-    stats: &Arc<Stats>,
-    stop: &dyn Fn() -> bool,
-    mut checkpointer: Option<&mut Checkpointer>,
-    resume: Option<&Position>,
-) -> anyhow::Result<()> {
-    let mut lines: Box<dyn Lines> = match &spec.input {
-        Input::File { path, follow } => Box::new(FileLines::open_at(
-            path.clone(),
-            *follow,
-            spec.max_line_bytes,
-            match resume {
-                Some(Position::File(p)) => Some(p),
-                _ => None,
-            },
-        )?),
-        Input::Stdin => Box::new(StdinLines::new(spec.max_line_bytes)),
-        Input::Kafka(_) => anyhow::bail!("a Kafka source runs in source::kafka::run"),
-    };
-    let mut outbox = Outbox {
-        pending: (0..partitions.len())
-            .map(|_| Vec::with_capacity(CHUNK_RECORDS))
-            .collect(),
-        senders: partitions,
-        stats: stats.clone(),
-    };
+/// The input cannot be read, the dead-letter sink stopped, or a checkpoint
+/// could not be written.
+pub fn run_lines(cx: SourceContext<'_>, mut lines: Box<dyn Lines>) -> anyhow::Result<()> {
+    let SourceContext {
+        spec,
+        mut router,
+        partitions,
+        dead_letter,
+        stats,
+        stop,
+        mut checkpointer,
+        ..
+    } = cx;
+    let stats = &stats;
+    let dead_letter = &dead_letter;
+    let mut checkpointer = checkpointer.as_mut();
+    let mut outbox = Outbox::new(partitions, stats.clone());
     // A first checkpoint before reading anything: the sinks' lengths at the
     // start, so that a crash before the first periodic checkpoint cuts back
     // what this run wrote (an appending sink would otherwise hold it twice).

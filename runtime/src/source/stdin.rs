@@ -1,13 +1,58 @@
-//! The `stdin` source.
+//! The `stdin` source: the daemon's standard input, read to its end. One
+//! pipeline may read it; it cannot be checkpointed (a pipe cannot be read
+//! again).
+//!
+//! ```toml
+//! [sources.in]
+//! type = "stdin"
+//! ```
 
 use std::io::{self, Read};
 
 use super::{Lines, POLL, Read1, TOO_LONG_PREFIX, line_len, strip_eol};
 
+/// `[sources.NAME] type = "stdin"`: no fields of its own.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinConfig {}
+
+impl super::SourceConfig for StdinConfig {
+    fn build(
+        &self,
+        cx: &super::BuildContext<'_>,
+    ) -> Result<super::Built, crate::config::ConfigError> {
+        Ok(super::Built {
+            source: std::sync::Arc::new(Stdin),
+            claims: vec![(super::Claim::Stdin, cx.table.span.clone())],
+        })
+    }
+}
+
+/// The stdin source, built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stdin;
+
+impl super::Source for Stdin {
+    fn describe(&self) -> String {
+        "stdin".into()
+    }
+
+    fn replay(&self) -> super::Replay {
+        super::Replay::No(
+            "checkpoints need a source that can be read again from a position (a file); stdin cannot".into(),
+        )
+    }
+
+    fn run(&self, cx: super::SourceContext<'_>) -> anyhow::Result<()> {
+        let lines = StdinLines::new(cx.spec.max_line_bytes);
+        super::run_lines(cx, Box::new(lines))
+    }
+}
+
 /// Standard input. It is polled before each read, so waiting for input never
 /// blocks shutdown, and read into a buffer of our own, so that on shutdown every
 /// complete line taken from the pipe is still processed.
-pub(super) struct StdinLines {
+pub struct StdinLines {
     stdin: io::Stdin,
     buf: Vec<u8>,
     /// Start of the unconsumed bytes in `buf`.
