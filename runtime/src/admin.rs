@@ -25,8 +25,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use crate::metrics::label;
-use crate::pipeline::Stats;
 use crate::reload::PluginSlot;
+use crate::stats::Stats;
 
 /// What the admin API shows; the daemon keeps it current.
 #[derive(Debug)]
@@ -222,7 +222,7 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 if watermark == i64::MIN {
                     serde_json::Value::Null
                 } else {
-                    crate::window_operator::rfc3339(watermark).into()
+                    crate::window::rfc3339(watermark).into()
                 },
             );
             // A Kafka source's lag per assigned partition (records behind

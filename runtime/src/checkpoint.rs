@@ -40,9 +40,9 @@ use anyhow::Context as _;
 use redb::{ReadableDatabase as _, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::Stats;
 use crate::sink::SinkHandle;
-use crate::window_operator::WindowSnapshot;
+use crate::stats::Stats;
+use crate::window::WindowSnapshot;
 
 /// The file, in the state directory, that holds every pipeline's checkpoint.
 pub const STORE_FILE: &str = "checkpoints.redb";
@@ -509,60 +509,6 @@ impl Checkpointer {
         );
         Ok(Some(checkpoint))
     }
-}
-
-/// The shape a checkpoint must match to be restored, field by field: the
-/// source's input, format, key and timestamp, the partition count, the window
-/// and the aggregates (not a
-/// plugin's version, memory limit or deadline: an aggregator's state carries
-/// over to a new version, as on a swap).
-pub fn shape_of(
-    source: &crate::source::SourceSpec,
-    partitions: usize,
-    window: Option<&crate::window_operator::WindowSpec>,
-) -> BTreeMap<String, String> {
-    let mut shape = BTreeMap::new();
-    shape.insert("source".to_string(), source.identity());
-    // The key routes records to partitions and groups them; the event time
-    // places them in windows.
-    shape.insert(
-        "source format, key and timestamp".to_string(),
-        format!("{:?} {:?}", source.format, source.decoder),
-    );
-    shape.insert("partitions".to_string(), partitions.to_string());
-    if let Some(w) = window {
-        shape.insert(
-            "window".to_string(),
-            format!(
-                "{:?}, watermark {} ms, allowed_lateness {} ms, {:?} mode, group by {:?}",
-                w.kind, w.delay_ms, w.lateness_ms, w.mode, w.grouping
-            ),
-        );
-        let aggregates: Vec<String> = w
-            .aggregates
-            .iter()
-            .map(|a| {
-                let field = a.field.map(|i| w.pointers[i].to_string());
-                match &a.udf {
-                    Some(u) => format!(
-                        "{} = wasm {}({}) {:?}",
-                        a.name,
-                        u.slot.path.display(),
-                        field.unwrap_or_default(),
-                        u.config
-                    ),
-                    None => format!(
-                        "{} = {}({})",
-                        a.name,
-                        a.op.name(),
-                        field.unwrap_or_default()
-                    ),
-                }
-            })
-            .collect();
-        shape.insert("aggregates".to_string(), aggregates.join(", "));
-    }
-    shape
 }
 
 /// The fields in which `then` (a checkpoint's shape) and `now` differ, as

@@ -331,6 +331,66 @@ pub enum Claim {
     },
 }
 
+/// An unknown field that another kind takes: says which (`"`topics` is for
+/// kafka sources"), ahead of serde's message.
+pub fn hint_other_kind<'a>(
+    message: &str,
+    what: &str,
+    this: &str,
+    kinds: impl Iterator<Item = (&'a str, &'static [&'static str])>,
+) -> String {
+    let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+    else {
+        return message.to_string();
+    };
+    let takers: Vec<&str> = kinds
+        .filter(|(name, fields)| *name != this && fields.contains(&field))
+        .map(|(name, _)| name)
+        .collect();
+    if takers.is_empty() {
+        return message.to_string();
+    }
+    format!(
+        "`{field}` is for {} {what}s, and this is a {this} {what} ({message})",
+        takers.join(" and ")
+    )
+}
+
+/// The field names of a struct config `T` (what its derived `Deserialize`
+/// declares), for messages such as "`topics` is for kafka sources".
+pub fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    /// A deserializer that only records the fields a struct asks for.
+    struct Fields(std::cell::Cell<&'static [&'static str]>);
+    impl<'de> Deserializer<'de> for &Fields {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("fields only"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(serde::de::Error::custom("fields only"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let fields = Fields(std::cell::Cell::new(&[]));
+    let _ = T::deserialize(&fields);
+    fields.0.get()
+}
+
 /// Deserializes a table value (from [`ComponentTable::split`]) into `T`, with
 /// errors located in `source`; `extra` names fields the table may also hold
 /// (shared fields taken out before), for the message on an unknown field.

@@ -68,7 +68,7 @@ struct Live {
     /// The sinks it writes to (outputs and dead letter).
     sinks: Vec<String>,
     /// Its counters.
-    stats: Arc<crate::pipeline::Stats>,
+    stats: Arc<crate::stats::Stats>,
     /// Removed by a reload (draining, or ended).
     removed: bool,
     /// Its source ended and its workers drained (kept, so that a reload does

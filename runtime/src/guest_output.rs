@@ -13,8 +13,6 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::plugin::LogTags;
-
 /// Most bytes of one line logged (longer lines are cut), and of recent stderr kept.
 const MAX_LINE: usize = 4096;
 
@@ -154,4 +152,19 @@ impl tokio::io::AsyncWrite for GuestOutput {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+/// Where a guest's log lines are attributed.
+#[derive(Debug, Clone, Default)]
+pub struct LogTags {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage, e.g. `0:flights_delay`.
+    pub stage: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version.
+    pub version: String,
+    /// Partition of the worker.
+    pub partition: usize,
 }

@@ -29,7 +29,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::window_operator::WindowSnapshot;
+use crate::window::WindowSnapshot;
 
 /// How long a metadata or admin request may take before it is an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

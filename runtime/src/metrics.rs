@@ -1,4 +1,4 @@
-//! The daemon's metrics beyond the pipeline counters ([`crate::pipeline::Stats`]):
+//! The daemon's metrics beyond the pipeline counters ([`crate::stats::Stats`]):
 //! batch size and duration per pipeline, plugin call duration, failures and
 //! memory per plugin version, config reloads.
 //!
@@ -287,7 +287,7 @@ pub fn pipeline(name: &str) -> Arc<PipelineMetrics> {
                     DURATION_BOUNDS,
                     attrs,
                 ),
-                tracer: crate::telemetry::enabled()
+                tracer: otlp_enabled()
                     .then(|| opentelemetry::global::tracer("sluice")),
             })
         })
@@ -584,4 +584,13 @@ pub fn render_prometheus(text: &mut String) {
         help(text, name, "counter", what);
         let _ = writeln!(text, "{name} {}", counter.load(Ordering::Relaxed));
     }
+}
+
+/// Set while OTLP export runs (by [`crate::telemetry`], which starts it).
+pub(crate) static TRACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether OTLP export runs (configured and started): spans are made, and
+/// the observable instruments registered.
+pub fn otlp_enabled() -> bool {
+    TRACES.load(std::sync::atomic::Ordering::Relaxed)
 }

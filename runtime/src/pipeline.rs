@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,10 +16,9 @@ use anyhow::Context as _;
 
 use arc_swap::ArcSwap;
 
-use crate::batcher::BatchLimits;
 use crate::checkpoint::{Checkpoint, CheckpointSpec, Checkpointer, Store};
 use crate::dead_letter::DeadLetter;
-use crate::processor::{Stage, StageSpec};
+use crate::processor::Stage;
 use crate::router::Router;
 use crate::sink::SinkHandle;
 use crate::source::{self, SourceSpec};
@@ -29,77 +28,9 @@ use crate::worker::{WindowFeed, Worker};
 /// Batches each worker may have queued for the window operator.
 const WINDOW_QUEUE_BATCHES: usize = 4;
 
-/// A pipeline's counters, shared by its threads.
-#[derive(Debug)]
-pub struct Stats {
-    /// Lines read from the source (empty lines not counted).
-    pub records_in: AtomicU64,
-    /// Records written to the sinks (once per record, whatever the fan-out).
-    pub records_out: AtomicU64,
-    /// Records sent to the dead-letter sink (or dropped for want of one): lines
-    /// that could not be decoded, records a plugin refused, records of batches
-    /// that failed under `on_error = "dead-letter"`.
-    pub rejected: AtomicU64,
-    /// Records of batches dropped under `on_error = "skip"`.
-    pub skipped: AtomicU64,
-    /// Micro-batches processed.
-    pub batches: AtomicU64,
-    /// Records too late for every window they belong to (also counted in
-    /// `rejected` when dead-lettered).
-    pub late: AtomicU64,
-    /// Checkpoints taken.
-    pub checkpoints: AtomicU64,
-    /// The window operator's watermark, ms since the epoch; `i64::MIN`: none.
-    pub watermark_ms: AtomicI64,
-    /// Records read but not processed because the pipeline stopped on an error
-    /// (`on_error = "stop"`, a sink that failed): the failed batch and everything
-    /// queued behind it.
-    pub failed: AtomicU64,
-}
+pub use crate::stats::Stats;
 
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            records_in: AtomicU64::new(0),
-            records_out: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            late: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            checkpoints: AtomicU64::new(0),
-            watermark_ms: AtomicI64::new(i64::MIN),
-        }
-    }
-}
-
-/// The part of a pipeline a config reload swaps in place: the workers pick a new
-/// one up at their next batch boundary.
-#[derive(Debug)]
-pub struct Chain {
-    /// When a micro-batch closes.
-    pub limits: BatchLimits,
-    /// The processor chain.
-    pub stages: Vec<Arc<StageSpec>>,
-}
-
-impl Chain {
-    /// A text that differs when the chain differs (limits, and each stage's
-    /// plugin file, config, limits, policy and breaker).
-    pub fn fingerprint(&self) -> String {
-        let stages: Vec<String> = self
-            .stages
-            .iter()
-            .map(|s| {
-                format!(
-                    "{:?}|{:?}|{:?}|{:?}|{:?}",
-                    s.slot.path, s.config, s.limits, s.on_error, s.breaker
-                )
-            })
-            .collect();
-        format!("{:?}|{stages:?}", self.limits)
-    }
-}
+pub use crate::worker::Chain;
 
 /// Everything needed to start a pipeline.
 #[derive(Debug)]
@@ -156,7 +87,7 @@ impl PipelineSpec {
 
     /// What a checkpoint must match to be restored (see [`Checkpoint::shape`]).
     pub fn checkpoint_shape(&self) -> BTreeMap<String, String> {
-        crate::checkpoint::shape_of(&self.source, self.partitions, self.window.as_deref())
+        shape_of(&self.source, self.partitions, self.window.as_deref())
     }
 
     /// The last checkpoint of this pipeline in `store`, if it can be resumed.
@@ -466,4 +397,58 @@ impl fmt::Display for Summary {
             rate
         )
     }
+}
+
+/// The shape a checkpoint must match to be restored, field by field: the
+/// source's input, format, key and timestamp, the partition count, the window
+/// and the aggregates (not a
+/// plugin's version, memory limit or deadline: an aggregator's state carries
+/// over to a new version, as on a swap).
+pub fn shape_of(
+    source: &SourceSpec,
+    partitions: usize,
+    window: Option<&WindowSpec>,
+) -> BTreeMap<String, String> {
+    let mut shape = BTreeMap::new();
+    shape.insert("source".to_string(), source.identity());
+    // The key routes records to partitions and groups them; the event time
+    // places them in windows.
+    shape.insert(
+        "source format, key and timestamp".to_string(),
+        format!("{:?} {:?}", source.format, source.decoder),
+    );
+    shape.insert("partitions".to_string(), partitions.to_string());
+    if let Some(w) = window {
+        shape.insert(
+            "window".to_string(),
+            format!(
+                "{:?}, watermark {} ms, allowed_lateness {} ms, {:?} mode, group by {:?}",
+                w.kind, w.delay_ms, w.lateness_ms, w.mode, w.grouping
+            ),
+        );
+        let aggregates: Vec<String> = w
+            .aggregates
+            .iter()
+            .map(|a| {
+                let field = a.field.map(|i| w.pointers[i].to_string());
+                match &a.udf {
+                    Some(u) => format!(
+                        "{} = wasm {}({}) {:?}",
+                        a.name,
+                        u.slot.path.display(),
+                        field.unwrap_or_default(),
+                        u.config
+                    ),
+                    None => format!(
+                        "{} = {}({})",
+                        a.name,
+                        a.op.name(),
+                        field.unwrap_or_default()
+                    ),
+                }
+            })
+            .collect();
+        shape.insert("aggregates".to_string(), aggregates.join(", "));
+    }
+    shape
 }

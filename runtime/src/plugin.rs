@@ -349,20 +349,7 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
-/// Where a guest's log lines are attributed.
-#[derive(Debug, Clone, Default)]
-pub struct LogTags {
-    /// Pipeline name.
-    pub pipeline: String,
-    /// Stage, e.g. `0:flights_delay`.
-    pub stage: String,
-    /// Plugin name.
-    pub plugin: String,
-    /// Plugin version.
-    pub version: String,
-    /// Partition of the worker.
-    pub partition: usize,
-}
+pub use crate::guest_output::LogTags;
 
 /// The host state of one store.
 pub struct StoreState {

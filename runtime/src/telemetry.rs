@@ -22,12 +22,12 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use crate::admin::AdminState;
 
-static TRACES: AtomicBool = AtomicBool::new(false);
+use crate::metrics::TRACES;
 
 /// Whether OTLP export runs (configured and started): spans are made, and
 /// the observable instruments registered.
 pub fn enabled() -> bool {
-    TRACES.load(Ordering::Relaxed)
+    crate::metrics::otlp_enabled()
 }
 
 /// Checks an `otlp_endpoint`: an `http://HOST:PORT` URL with no path.

@@ -89,25 +89,7 @@ impl Topology {
         // What each source and sink holds alone (a file, stdin, a Kafka group,
         // a listening socket), and who holds it.
         let mut claims = Claims::default();
-        for (kind, name, spanned) in config
-            .sources
-            .iter()
-            .map(|(n, s)| ("source", n, s.span()))
-            .chain(config.sinks.iter().map(|(n, s)| ("sink", n, s.span())))
-            .chain(
-                config
-                    .pipelines
-                    .iter()
-                    .map(|(n, s)| ("pipeline", n, s.span())),
-            )
-        {
-            if name.is_empty() || name.chars().any(char::is_control) {
-                return Err(source.error(
-                    spanned,
-                    format!("{kind} name {name:?} must be non-empty, without control characters"),
-                ));
-            }
-        }
+        check_names(config, source)?;
 
         for (name, spanned) in &config.pipelines {
             let p = spanned.get_ref();
@@ -157,143 +139,15 @@ impl Topology {
                 ));
             }
 
-            let mut sink_names = Vec::new();
-            let mut use_sink = |n: &toml::Spanned<String>| -> Result<String, ConfigError> {
-                let sink_name = n.get_ref();
-                let s = config.sinks.get(sink_name).ok_or_else(|| {
-                    source.error(
-                        n.span(),
-                        format!(
-                            "no sink named `{sink_name}` (known: {})",
-                            known(&config.sinks)
-                        ),
-                    )
-                })?;
-                if !sinks.contains_key(sink_name) {
-                    let cx = crate::config::BuildContext {
-                        name: sink_name,
-                        pipeline: "",
-                        table: s.get_ref(),
-                        config: source,
-                        base: &base,
-                    };
-                    let built = crate::sink::parse(s.get_ref(), source)?.build(&cx)?;
-                    for (claim, span) in built.claims {
-                        claims.take(
-                            claim,
-                            &format!("sink `{sink_name}`"),
-                            name,
-                            source,
-                            span,
-                            s.span(),
-                        )?;
-                    }
-                    sinks.insert(sink_name.clone(), built.spec);
-                }
-                Ok(sink_name.clone())
-            };
-            if p.sinks.get_ref().is_empty() {
-                return Err(source.error(p.sinks.span(), "a pipeline needs at least one sink"));
-            }
-            for n in p.sinks.get_ref() {
-                let sink_name = use_sink(n)?;
-                if sink_names.contains(&sink_name) {
-                    return Err(source.error(
-                        n.span(),
-                        format!("sink `{sink_name}` is listed twice: every record would be written twice"),
-                    ));
-                }
-                sink_names.push(sink_name);
-            }
-            let dead_letter = p.dead_letter.as_ref().map(&mut use_sink).transpose()?;
-            if let (Some(dl), Some(span)) = (&dead_letter, p.dead_letter.as_ref().map(|d| d.span()))
-                && sink_names.contains(dl)
-            {
-                return Err(source.error(
-                    span,
-                    format!("sink `{dl}` is both an output and the dead-letter sink: use a sink of its own"),
-                ));
-            }
+            let (sink_names, dead_letter) =
+                pipeline_sinks(config, source, &base, name, p, &mut sinks, &mut claims)?;
 
-            let default_policy = p.on_error.unwrap_or(if dead_letter.is_some() {
-                OnError::DeadLetter
-            } else {
-                OnError::Skip
-            });
-            let mut stages = Vec::new();
-            for (index, proc_cfg) in p.processors.iter().enumerate() {
-                let on_error = proc_cfg.on_error.unwrap_or(default_policy);
-                if on_error == OnError::DeadLetter && dead_letter.is_none() {
-                    return Err(source.error(
-                        proc_cfg.plugin.span(),
-                        "on_error = \"dead-letter\" needs the pipeline's `dead_letter` sink",
-                    ));
-                }
-                let limits = Limits {
-                    memory_bytes: proc_cfg.memory_limit,
-                    timeout: proc_cfg.timeout,
-                };
-                let pairs = config::plugin_config_pairs(&proc_cfg.config);
-                let (slot, label) = at.load(
-                    &proc_cfg.plugin,
-                    World::Processor,
-                    |plugin| format!("{index}:{}", plugin.name),
-                    name,
-                    &pairs,
-                    limits,
-                )?;
-                stages.push(Arc::new(StageSpec {
-                    label,
-                    slot,
-                    config: pairs,
-                    limits,
-                    on_error,
-                    breaker: proc_cfg.circuit_breaker,
-                }));
-            }
+            let stages = build_stages(&mut at, p, name, dead_letter.is_some(), source)?;
 
             let mut window = build_window(p, dead_letter.is_some(), source)?;
-            if let (Some(w), Some(aggregate)) = (&mut window, &p.aggregate) {
-                for (agg, a) in w.aggregates.iter_mut().zip(aggregate.get_ref()) {
-                    let Some(plugin) = &a.plugin else { continue };
-                    let limits = Limits {
-                        memory_bytes: a.memory_limit,
-                        timeout: a.timeout,
-                    };
-                    let pairs = config::plugin_config_pairs(&a.config);
-                    let (slot, label) = at.load(
-                        plugin,
-                        World::Aggregator,
-                        |_| format!("aggregate:{}", agg.name),
-                        name,
-                        &pairs,
-                        limits,
-                    )?;
-                    instances += 1;
-                    agg.udf = Some(Arc::new(UdfSpec {
-                        label,
-                        slot,
-                        config: pairs,
-                        limits,
-                    }));
-                }
-            }
+            instances += load_aggregators(&mut at, window.as_mut(), p, name)?;
             let window = window.map(Arc::new);
-            let checkpoint = match (&p.checkpoint, src_spec.input.replay()) {
-                // A Kafka source commits its offsets at checkpoints: every
-                // second unless configured (Spark commits every micro-batch,
-                // Kafka's auto-commit every 5 s).
-                (None, Replay::Committed) => Some(crate::checkpoint::CheckpointSpec {
-                    interval: std::time::Duration::from_secs(1),
-                    batches: None,
-                }),
-                (None, _) => None,
-                (Some(c), Replay::No(why)) => return Err(source.error(c.span(), why)),
-                (Some(c), _) => Some(crate::checkpoint::CheckpointSpec {
-                    interval: c.get_ref().interval,
-                    batches: c.get_ref().batches,
-                }),
-            };
+            let checkpoint = checkpoint_spec(p, src_spec.input.replay(), source)?;
             pipelines.push(PipelineSpec {
                 checkpoint,
                 name: name.clone(),
@@ -333,6 +187,211 @@ impl Topology {
             admin: admin_address(config, source)?,
         })
     }
+}
+
+/// Names of sources, sinks and pipelines: non-empty, no control characters.
+fn check_names(config: &Config, source: &ConfigSource) -> Result<(), ConfigError> {
+    for (kind, name, spanned) in config
+        .sources
+        .iter()
+        .map(|(n, s)| ("source", n, s.span()))
+        .chain(config.sinks.iter().map(|(n, s)| ("sink", n, s.span())))
+        .chain(
+            config
+                .pipelines
+                .iter()
+                .map(|(n, s)| ("pipeline", n, s.span())),
+        )
+    {
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(source.error(
+                spanned,
+                format!("{kind} name {name:?} must be non-empty, without control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The output sinks and the dead-letter sink of pipeline `name`: each built
+/// once (into `sinks`) with its claims, none listed twice.
+fn pipeline_sinks(
+    config: &Config,
+    source: &ConfigSource,
+    base: &Path,
+    name: &str,
+    p: &PipelineConfig,
+    sinks: &mut BTreeMap<String, SinkSpec>,
+    claims: &mut Claims,
+) -> Result<(Vec<String>, Option<String>), ConfigError> {
+    let mut sink_names = Vec::new();
+    let mut use_sink = |n: &toml::Spanned<String>| -> Result<String, ConfigError> {
+        let sink_name = n.get_ref();
+        let s = config.sinks.get(sink_name).ok_or_else(|| {
+            source.error(
+                n.span(),
+                format!(
+                    "no sink named `{sink_name}` (known: {})",
+                    known(&config.sinks)
+                ),
+            )
+        })?;
+        if !sinks.contains_key(sink_name) {
+            let cx = crate::config::BuildContext {
+                name: sink_name,
+                pipeline: "",
+                table: s.get_ref(),
+                config: source,
+                base,
+            };
+            let built = crate::sink::parse(s.get_ref(), source)?.build(&cx)?;
+            for (claim, span) in built.claims {
+                claims.take(
+                    claim,
+                    &format!("sink `{sink_name}`"),
+                    name,
+                    source,
+                    span,
+                    s.span(),
+                )?;
+            }
+            sinks.insert(sink_name.clone(), built.spec);
+        }
+        Ok(sink_name.clone())
+    };
+    if p.sinks.get_ref().is_empty() {
+        return Err(source.error(p.sinks.span(), "a pipeline needs at least one sink"));
+    }
+    for n in p.sinks.get_ref() {
+        let sink_name = use_sink(n)?;
+        if sink_names.contains(&sink_name) {
+            return Err(source.error(
+                n.span(),
+                format!("sink `{sink_name}` is listed twice: every record would be written twice"),
+            ));
+        }
+        sink_names.push(sink_name);
+    }
+    let dead_letter = p.dead_letter.as_ref().map(&mut use_sink).transpose()?;
+    if let (Some(dl), Some(span)) = (&dead_letter, p.dead_letter.as_ref().map(|d| d.span()))
+        && sink_names.contains(dl)
+    {
+        return Err(source.error(
+            span,
+            format!(
+                "sink `{dl}` is both an output and the dead-letter sink: use a sink of its own"
+            ),
+        ));
+    }
+    Ok((sink_names, dead_letter))
+}
+
+/// The processor chain of pipeline `name`: each plugin loaded (or reused) and
+/// configured once.
+fn build_stages(
+    at: &mut PluginLoad<'_>,
+    p: &PipelineConfig,
+    name: &str,
+    has_dead_letter: bool,
+    source: &ConfigSource,
+) -> Result<Vec<Arc<StageSpec>>, ConfigError> {
+    let default_policy = p.on_error.unwrap_or(if has_dead_letter {
+        OnError::DeadLetter
+    } else {
+        OnError::Skip
+    });
+    let mut stages = Vec::new();
+    for (index, proc_cfg) in p.processors.iter().enumerate() {
+        let on_error = proc_cfg.on_error.unwrap_or(default_policy);
+        if on_error == OnError::DeadLetter && !has_dead_letter {
+            return Err(source.error(
+                proc_cfg.plugin.span(),
+                "on_error = \"dead-letter\" needs the pipeline's `dead_letter` sink",
+            ));
+        }
+        let limits = Limits {
+            memory_bytes: proc_cfg.memory_limit,
+            timeout: proc_cfg.timeout,
+        };
+        let pairs = config::plugin_config_pairs(&proc_cfg.config);
+        let (slot, label) = at.load(
+            &proc_cfg.plugin,
+            World::Processor,
+            |plugin| format!("{index}:{}", plugin.name),
+            name,
+            &pairs,
+            limits,
+        )?;
+        stages.push(Arc::new(StageSpec {
+            label,
+            slot,
+            config: pairs,
+            limits,
+            on_error,
+            breaker: proc_cfg.circuit_breaker,
+        }));
+    }
+    Ok(stages)
+}
+
+/// Loads the Wasm aggregators (`op = "wasm"`) of a window; returns how many
+/// instances they add.
+fn load_aggregators(
+    at: &mut PluginLoad<'_>,
+    window: Option<&mut WindowSpec>,
+    p: &PipelineConfig,
+    name: &str,
+) -> Result<usize, ConfigError> {
+    let mut instances = 0;
+    if let (Some(w), Some(aggregate)) = (window, &p.aggregate) {
+        for (agg, a) in w.aggregates.iter_mut().zip(aggregate.get_ref()) {
+            let Some(plugin) = &a.plugin else { continue };
+            let limits = Limits {
+                memory_bytes: a.memory_limit,
+                timeout: a.timeout,
+            };
+            let pairs = config::plugin_config_pairs(&a.config);
+            let (slot, label) = at.load(
+                plugin,
+                World::Aggregator,
+                |_| format!("aggregate:{}", agg.name),
+                name,
+                &pairs,
+                limits,
+            )?;
+            instances += 1;
+            agg.udf = Some(Arc::new(UdfSpec {
+                label,
+                slot,
+                config: pairs,
+                limits,
+            }));
+        }
+    }
+    Ok(instances)
+}
+
+/// The checkpoint settings of a pipeline whose source replays as `replay`.
+fn checkpoint_spec(
+    p: &PipelineConfig,
+    replay: Replay,
+    source: &ConfigSource,
+) -> Result<Option<crate::checkpoint::CheckpointSpec>, ConfigError> {
+    Ok(match (&p.checkpoint, replay) {
+        // A Kafka source commits its offsets at checkpoints: every
+        // second unless configured (Spark commits every micro-batch,
+        // Kafka's auto-commit every 5 s).
+        (None, Replay::Committed) => Some(crate::checkpoint::CheckpointSpec {
+            interval: std::time::Duration::from_secs(1),
+            batches: None,
+        }),
+        (None, _) => None,
+        (Some(c), Replay::No(why)) => return Err(source.error(c.span(), why)),
+        (Some(c), _) => Some(crate::checkpoint::CheckpointSpec {
+            interval: c.get_ref().interval,
+            batches: c.get_ref().batches,
+        }),
+    })
 }
 
 /// `[daemon] log_level`, checked as `tracing` filter directives. A directive

@@ -47,7 +47,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sluice_plugin_sdk::Batch;
 
@@ -56,12 +55,13 @@ use crate::checkpoint::{Ack, BarrierKind};
 use crate::config::{LatePolicy, OutputMode};
 use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::decode::{Pointer, extract_into};
-use crate::pipeline::Stats;
 use crate::sink::SinkHandle;
+use crate::stats::Stats;
 pub use crate::udaf::UdfSpec;
 use crate::udaf::{Failed, Udf, bytes_mut, group_pairs};
 use crate::watermark::Watermarks;
 use crate::window::{Window, WindowKind};
+pub use crate::window::{WindowSnapshot, rfc3339};
 
 /// How records are grouped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,19 +136,6 @@ pub enum WindowMsg {
     /// The source lost these tasks' Kafka partitions, after a checkpoint
     /// saved their state: forget them, emitting nothing.
     Forget(Vec<u32>),
-}
-
-/// The operator's state at a checkpoint: open windows and the watermark.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WindowSnapshot {
-    /// Tumbling and sliding windows: (start ms, end ms, group, accumulators).
-    pub fixed: Vec<(i64, i64, Vec<u8>, Vec<Acc>)>,
-    /// Sessions: (group, start ms, end ms, accumulators).
-    pub sessions: Vec<(Vec<u8>, i64, i64, Vec<Acc>)>,
-    /// The watermark, ms.
-    pub watermark: i64,
-    /// Per partition, the largest event time seen (ms).
-    pub partitions: Vec<Option<i64>>,
 }
 
 /// One micro-batch's worth of records for the operator.
@@ -954,15 +941,5 @@ fn update(spec: &WindowSpec, accs: &mut [Acc], row: &[Option<Value>], ts: i64) {
             None => acc.update(None, ts),
             Some(i) => acc.update(Some(row[i].as_ref().unwrap_or(&Value::Null)), ts),
         }
-    }
-}
-
-/// `ms` since the epoch as RFC 3339 UTC with milliseconds; the end of time as
-/// `+infinity`.
-pub fn rfc3339(ms: i64) -> String {
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        None if ms > 0 => "+infinity".into(),
-        None => "-infinity".into(),
     }
 }

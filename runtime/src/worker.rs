@@ -14,16 +14,46 @@ use sluice_plugin_sdk::{Batch, Event};
 
 use arc_swap::ArcSwap;
 
+use crate::batcher::BatchLimits;
 use crate::batcher::Batcher;
 use crate::checkpoint::{Ack, Barrier};
 use crate::config::OnError;
 use crate::dead_letter::{DeadLetter, DeadRecord};
-use crate::pipeline::{Chain, Stats};
 use crate::plugin::Plugin;
 use crate::processor::Stage;
+use crate::processor::StageSpec;
 use crate::sink::SinkHandle;
 use crate::source::Chunk;
+use crate::stats::Stats;
 use crate::window_operator::{WindowInput, WindowMsg, WindowSpec};
+
+/// The part of a pipeline a config reload swaps in place: the workers pick a new
+/// one up at their next batch boundary.
+#[derive(Debug)]
+pub struct Chain {
+    /// When a micro-batch closes.
+    pub limits: BatchLimits,
+    /// The processor chain.
+    pub stages: Vec<Arc<StageSpec>>,
+}
+
+impl Chain {
+    /// A text that differs when the chain differs (limits, and each stage's
+    /// plugin file, config, limits, policy and breaker).
+    pub fn fingerprint(&self) -> String {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:?}|{:?}|{:?}|{:?}|{:?}",
+                    s.slot.path, s.config, s.limits, s.on_error, s.breaker
+                )
+            })
+            .collect();
+        format!("{:?}|{stages:?}", self.limits)
+    }
+}
 
 /// A worker's way into its pipeline's window operator.
 #[derive(Debug, Clone)]

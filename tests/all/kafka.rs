@@ -751,7 +751,7 @@ fn kafka_config_errors_are_located() {
                 "type = \"stdout\"",
                 "",
             ),
-            ("sluice.toml:6:10: ", "`topics` is for Kafka sources"),
+            ("sluice.toml:6:1: ", "`topics` is for kafka sources"),
         ),
         (
             base(kafka, "type = \"kafka\"\nbrokers = \"127.0.0.1:1\"", ""),
@@ -801,7 +801,7 @@ fn kafka_config_errors_are_located() {
                 "type = \"file\"\npath = \"o.ndjson\"\ntopic = \"o\"",
                 "",
             ),
-            ("sluice.toml:13:9: ", "`topic` is for Kafka sinks"),
+            ("sluice.toml:13:1: ", "`topic` is for kafka sinks"),
         ),
     ] {
         let (at, want) = want;

@@ -33,6 +33,8 @@ pub struct Kind {
     pub name: &'static str,
     /// Reads the kind's fields (all but `type`).
     pub parse: fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SinkConfig>, ConfigError>,
+    /// The kind's own field names.
+    pub fields: fn() -> &'static [&'static str],
 }
 
 /// Every kind of sink. A new kind: its file, and one line here.
@@ -40,18 +42,22 @@ pub const KINDS: &[Kind] = &[
     Kind {
         name: "stdout",
         parse: parse_as::<stdout::StdoutConfig>,
+        fields: crate::config::fields_of::<stdout::StdoutConfig>,
     },
     Kind {
         name: "file",
         parse: parse_as::<file::FileConfig>,
+        fields: crate::config::fields_of::<file::FileConfig>,
     },
     Kind {
         name: "blackhole",
         parse: parse_as::<blackhole::BlackholeConfig>,
+        fields: crate::config::fields_of::<blackhole::BlackholeConfig>,
     },
     Kind {
         name: "kafka",
         parse: parse_as::<kafka::KafkaConfig>,
+        fields: crate::config::fields_of::<kafka::KafkaConfig>,
     },
 ];
 
@@ -92,7 +98,15 @@ pub fn parse(
                 ),
             )
         })?;
-    (kind.parse)(table, source)
+    (kind.parse)(table, source).map_err(|mut e| {
+        e.message = crate::config::hint_other_kind(
+            &e.message,
+            "sink",
+            kind.name,
+            KINDS.iter().map(|k| (k.name, (k.fields)())),
+        );
+        e
+    })
 }
 
 /// A sink's config, as its kind read it: checks itself and builds the sink.

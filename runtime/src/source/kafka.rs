@@ -42,8 +42,8 @@ use crate::checkpoint::{BarrierKind, Checkpointer, KafkaPosition, Position};
 use crate::config::{ConfigError, Format, MissingTimestamp};
 use crate::dead_letter::DeadLetter;
 use crate::kafka::{Changelog, TaskState, changelog_key};
-use crate::pipeline::Stats;
 use crate::router::Router;
+use crate::stats::Stats;
 use crate::window_operator::WindowMsg;
 
 /// How long reading or writing the changelog may take.

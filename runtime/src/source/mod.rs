@@ -31,8 +31,8 @@ pub use crate::config::{BuildContext, Claim};
 use crate::config::{ComponentTable, ConfigError, ConfigSource, DecodeConfig, Format};
 use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::decode::{Decoder, Pointer};
-use crate::pipeline::Stats;
 use crate::router::Router;
+use crate::stats::Stats;
 use crate::window_operator::WindowMsg;
 
 pub mod file;
@@ -48,6 +48,8 @@ pub struct Kind {
     pub name: &'static str,
     /// Reads the kind's fields (all but `type` and [`DecodeConfig::FIELDS`]).
     pub parse: fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SourceConfig>, ConfigError>,
+    /// The kind's own field names.
+    pub fields: fn() -> &'static [&'static str],
 }
 
 /// Every kind of source. A new kind: its file, and one line here.
@@ -55,14 +57,17 @@ pub const KINDS: &[Kind] = &[
     Kind {
         name: "file",
         parse: parse_as::<file::FileConfig>,
+        fields: crate::config::fields_of::<file::FileConfig>,
     },
     Kind {
         name: "stdin",
         parse: parse_as::<stdin::StdinConfig>,
+        fields: crate::config::fields_of::<stdin::StdinConfig>,
     },
     Kind {
         name: "kafka",
         parse: parse_as::<kafka::KafkaConfig>,
+        fields: crate::config::fields_of::<kafka::KafkaConfig>,
     },
 ];
 
@@ -112,7 +117,15 @@ pub fn parse(table: &ComponentTable, source: &ConfigSource) -> Result<Parsed, Co
         })?;
     let (shared, _) = table.split(DecodeConfig::FIELDS);
     let decode: DecodeConfig = crate::config::deserialize_table(shared, source, &[])?;
-    let config = (kind.parse)(table, source)?;
+    let config = (kind.parse)(table, source).map_err(|mut e| {
+        e.message = crate::config::hint_other_kind(
+            &e.message,
+            "source",
+            kind.name,
+            KINDS.iter().map(|k| (k.name, (k.fields)())),
+        );
+        e
+    })?;
     Ok(Parsed { decode, config })
 }
 

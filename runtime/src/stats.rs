@@ -1,0 +1,49 @@
+//! A pipeline's counters, shared by its threads (source, workers, window
+//! operator, checkpointer) and read by the admin API, the metrics and the
+//! summary. A leaf module: it depends on nothing of the crate.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+/// A pipeline's counters, shared by its threads.
+#[derive(Debug)]
+pub struct Stats {
+    /// Lines read from the source (empty lines not counted).
+    pub records_in: AtomicU64,
+    /// Records written to the sinks (once per record, whatever the fan-out).
+    pub records_out: AtomicU64,
+    /// Records sent to the dead-letter sink (or dropped for want of one): lines
+    /// that could not be decoded, records a plugin refused, records of batches
+    /// that failed under `on_error = "dead-letter"`.
+    pub rejected: AtomicU64,
+    /// Records of batches dropped under `on_error = "skip"`.
+    pub skipped: AtomicU64,
+    /// Micro-batches processed.
+    pub batches: AtomicU64,
+    /// Records too late for every window they belong to (also counted in
+    /// `rejected` when dead-lettered).
+    pub late: AtomicU64,
+    /// Checkpoints taken.
+    pub checkpoints: AtomicU64,
+    /// The window operator's watermark, ms since the epoch; `i64::MIN`: none.
+    pub watermark_ms: AtomicI64,
+    /// Records read but not processed because the pipeline stopped on an error
+    /// (`on_error = "stop"`, a sink that failed): the failed batch and everything
+    /// queued behind it.
+    pub failed: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            watermark_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+}
