@@ -7,7 +7,7 @@ use crate::support::*;
 
 #[test]
 fn admin_api_answers_with_the_right_figures() {
-    let scratch = Scratch::new(IDENTITY_FOLLOWING_WITH_ADMIN);
+    let scratch = Scratch::new(&identity_following_with_admin().build());
     let lines: String = (0..25).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     scratch.write("in.ndjson", &lines);
     let mut daemon = Running::start(scratch.command("run"));
@@ -93,43 +93,36 @@ fn metrics_count_plugin_failures_and_fill_the_histograms() {
     // One record per batch, so each record is one call: a poisoned record is
     // one failed call (no bisection), and the breaker (5 failures in a row)
     // never opens as the poisoned records are not consecutive.
-    let pipeline = |name: &str, settings: &str| {
-        format!(
-            r#"
-[sources.{name}]
-type = "file"
-path = "{name}.ndjson"
-follow = true
-
-[sinks.{name}_out]
-type = "file"
-path = "{name}.out.ndjson"
-
-[pipelines.{name}]
-source = "{name}"
-batch = {{ max_records = 1, interval = "10ms" }}
-processors = [{{ plugin = "misbehave.wasm", timeout = "100ms", memory_limit = "32MiB", {settings} }}]
-sinks = ["{name}_out"]
-on_error = "skip"
-"#
-        )
+    let pipeline = |config: Config, name: &str, settings: &str| {
+        let out = format!("{name}_out");
+        config
+            .file_source(name, &format!("{name}.ndjson"))
+            .follow()
+            .file_sink(&out, &format!("{name}.out.ndjson"))
+            .pipeline(name, name, &[&out])
+            .batch(r#"{ max_records = 1, interval = "10ms" }"#)
+            .processor(&format!(
+                r#"{{ plugin = "misbehave.wasm", timeout = "100ms", memory_limit = "32MiB", {settings} }}"#
+            ))
+            .on_error("skip")
     };
-    let config = format!(
-        "[daemon]\nplugins_dir = \"@PLUGINS@\"\nadmin = \"127.0.0.1:0\"\n{}{}{}",
-        pipeline(
-            "traps",
-            r#"config = { mode = "panic", trigger = "poison" }"#
-        ),
-        pipeline(
-            "timeouts",
-            r#"config = { mode = "loop", trigger = "poison" }"#
-        ),
-        pipeline(
-            "oom",
-            r#"config = { mode = "alloc", bytes = "67108864", trigger = "poison" }"#
-        ),
+    let config = Config::new().admin();
+    let config = pipeline(
+        config,
+        "traps",
+        r#"config = { mode = "panic", trigger = "poison" }"#,
     );
-    let scratch = Scratch::new(&config);
+    let config = pipeline(
+        config,
+        "timeouts",
+        r#"config = { mode = "loop", trigger = "poison" }"#,
+    );
+    let config = pipeline(
+        config,
+        "oom",
+        r#"config = { mode = "alloc", bytes = "67108864", trigger = "poison" }"#,
+    );
+    let scratch = Scratch::new(&config.build());
     // 10 records, of which those at 2, 5 and 8 are poisoned: 3 failures, 7 out.
     let input: String = (0..10)
         .map(|n| {

@@ -28,32 +28,21 @@ fn another_version(wasm: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_swapped_aggregator_keeps_the_window_state() {
-    let scratch = Scratch::new(&format!(
-        r#"
-[daemon]
-plugins_dir = "plugins"
-admin = "off"
-
-[sources.f]
-type = "file"
-path = "in.ndjson"
-follow = true
-key = "/carrier"
-timestamp = "/event_time"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.w]
-source = "f"
-partitions = 1
-processors = [{{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }}]
-window = {{ kind = "tumbling", size = "1h", watermark = "10m" }}
-aggregate = {AGGREGATES}
-sinks = ["out"]
-"#
-    ));
+    let scratch = Scratch::new(
+        &Config::new()
+            .daemon("plugins_dir", toml_string("plugins"))
+            .file_source("f", "in.ndjson")
+            .follow()
+            .key("/carrier")
+            .timestamp("/event_time")
+            .file_sink("out", "out.ndjson")
+            .pipeline("w", "f", &["out"])
+            .partitions(1)
+            .processor(r#"{ plugin = "flights_delay.wasm", config = { min_delay = 15 } }"#)
+            .window(r#"{ kind = "tumbling", size = "1h", watermark = "10m" }"#)
+            .aggregate(AGGREGATES)
+            .build(),
+    );
     std::fs::create_dir(scratch.path("plugins")).unwrap();
     for plugin in ["flights_delay.wasm", "delay_quantiles.wasm"] {
         std::fs::copy(
@@ -93,32 +82,23 @@ sinks = ["out"]
 #[test]
 fn a_record_the_aggregator_refuses_is_dead_lettered_and_the_builtins_count_it() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "off"
-[sources.f]
-type = "file"
-path = "in.ndjson"
-key = "/carrier"
-timestamp = "/event_time"
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-[pipelines.p]
-source = "f"
-window = { kind = "tumbling", size = "1h" }
-aggregate = [
+        &Config::new()
+            .file_source("f", "in.ndjson")
+            .key("/carrier")
+            .timestamp("/event_time")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "f", &["out"])
+            .window(r#"{ kind = "tumbling", size = "1h" }"#)
+            .aggregate(
+                r#"[
   { op = "count" },
   { op = "count", field = "/dep_delay" },
   { op = "wasm", plugin = "delay_quantiles.wasm", field = "/dep_delay", config = { quantiles = "0.5,1" }, as = "q" },
-]
-sinks = ["out"]
-dead_letter = "dlq"
-"#,
+]"#,
+            )
+            .dead_letter("dlq")
+            .build(),
     );
     let rec = |delay: &str| {
         format!(r#"{{"carrier":"AA","event_time":"2013-01-01T10:05:00Z","dep_delay":{delay}}}"#)
@@ -208,27 +188,16 @@ fn a_component_of_the_wrong_world_is_refused_where_it_is_named() {
 #[test]
 fn a_trapping_aggregator_is_replaced_and_keeps_every_window() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "off"
-[sources.f]
-type = "file"
-path = "in.ndjson"
-timestamp = "/t"
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-[pipelines.p]
-source = "f"
-window = { kind = "tumbling", size = "1h" }
-aggregate = [{ op = "count" }, { op = "wasm", plugin = "agg_misbehave.wasm", field = "/v", as = "sum" }]
-sinks = ["out"]
-dead_letter = "dlq"
-"#,
+        &Config::new()
+            .file_source("f", "in.ndjson")
+            .timestamp("/t")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "f", &["out"])
+            .window(r#"{ kind = "tumbling", size = "1h" }"#)
+            .aggregate(r#"[{ op = "count" }, { op = "wasm", plugin = "agg_misbehave.wasm", field = "/v", as = "sum" }]"#)
+            .dead_letter("dlq")
+            .build(),
     );
     let rec = |hour: u32, v: i64| format!(r#"{{"t":"2024-05-01T{hour:02}:30:00Z","v":{v}}}"#);
     // One micro-batch: the plugin traps on 13 in the middle of it.

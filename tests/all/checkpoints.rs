@@ -11,42 +11,24 @@ use serde_json::Value;
 use crate::support::*;
 use crate::windows::{AGGREGATES, HOUR, assert_rows, delayed, expected_fixed, time};
 
-fn config(path: &str, partitions: usize, follow: bool) -> String {
-    format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "off"
-
-[sources.f]
-type = "file"
-path = "{path}"
-follow = {follow}
-key = "/carrier"
-timestamp = "/event_time"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-truncate = true
-
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-truncate = true
-
-[pipelines.w]
-source = "f"
-partitions = {partitions}
-batch = {{ max_records = 512 }}
-processors = [{{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }}]
-window = {{ kind = "tumbling", size = "1h", watermark = "10m" }}
-aggregate = {AGGREGATES}
-sinks = ["out"]
-dead_letter = "dlq"
-checkpoint = {{ interval = "50ms" }}
-"#
-    )
+fn config(path: &str, partitions: usize, follow: bool) -> Config {
+    Config::new()
+        .file_source("f", path)
+        .set("follow", follow)
+        .key("/carrier")
+        .timestamp("/event_time")
+        .file_sink("out", "out.ndjson")
+        .truncate()
+        .file_sink("dlq", "dlq.ndjson")
+        .truncate()
+        .pipeline("w", "f", &["out"])
+        .partitions(partitions)
+        .batch("{ max_records = 512 }")
+        .processor(r#"{ plugin = "flights_delay.wasm", config = { min_delay = 15 } }"#)
+        .window(r#"{ kind = "tumbling", size = "1h", watermark = "10m" }"#)
+        .aggregate(AGGREGATES)
+        .dead_letter("dlq")
+        .checkpoint("50ms")
 }
 
 fn rows(scratch: &Scratch) -> Vec<Value> {
@@ -77,7 +59,7 @@ impl Rng {
 
 #[test]
 fn kill_9_at_random_points_loses_and_doubles_no_window() {
-    let scratch = Scratch::new(&config(flights_gz().to_str().unwrap(), 2, false));
+    let scratch = Scratch::new(&config(flights_gz().to_str().unwrap(), 2, false).build());
     let want = expected_fixed(&delayed(usize::MAX), HOUR, HOUR);
     let mut rng = Rng::new();
     let (mut kills, mut resumed_mid_input) = (0, 0);
@@ -144,7 +126,7 @@ pub(crate) fn closed_windows(n: usize) -> Vec<Value> {
 
 #[test]
 fn a_stop_saves_open_windows_and_the_restart_finishes_them() {
-    let scratch = Scratch::new(&config("in.ndjson", 1, true));
+    let scratch = Scratch::new(&config("in.ndjson", 1, true).build());
     let lines = flights_lines(40_000);
     scratch.write("in.ndjson", &(lines[..20_000].join("\n") + "\n"));
 
@@ -183,7 +165,7 @@ fn a_stop_saves_open_windows_and_the_restart_finishes_them() {
 
     // Another partition count: the checkpoint does not fit, and says how to
     // start over.
-    scratch.write_config(&config("in.ndjson", 2, true));
+    scratch.write_config(&config("in.ndjson", 2, true).build());
     let validated = scratch.command("validate").output().unwrap();
     assert_exit(&validated, 2);
     assert!(String::from_utf8_lossy(&validated.stderr).contains("partitions: 1 → now 2"));
@@ -216,25 +198,18 @@ fn a_stop_saves_open_windows_and_the_restart_finishes_them() {
 
 #[test]
 fn checkpoints_need_a_source_that_can_be_read_again() {
-    let scratch = Scratch::new(
-        r#"
-[sources.in]
-type = "stdin"
-[sinks.out]
-type = "stdout"
-[pipelines.p]
-source = "in"
-sinks = ["out"]
-checkpoint = { interval = "1s" }
-"#,
-    );
+    let config = Config::new()
+        .source("in", "stdin")
+        .sink("out", "stdout")
+        .pipeline("p", "in", &["out"])
+        .checkpoint("1s")
+        .build();
+    let scratch = Scratch::new(&config);
     let output = scratch.command("validate").output().unwrap();
     assert_exit(&output, 2);
     let err = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        err.contains("sluice.toml:9") && err.contains("stdin cannot"),
-        "{err}"
-    );
+    let at = format!("sluice.toml:{}:", line_of(&config, "checkpoint"));
+    assert!(err.contains(&at) && err.contains("stdin cannot"), "{err}");
 }
 
 /// An appending sink, a crash before any periodic checkpoint: the start of the
@@ -243,9 +218,13 @@ checkpoint = { interval = "1s" }
 #[test]
 fn a_crash_before_the_first_periodic_checkpoint_writes_nothing_twice() {
     let config = config("in.ndjson", 2, false)
-        .replace("truncate = true", "truncate = false")
-        .replace("interval = \"50ms\"", "interval = \"1h\"");
-    let scratch = Scratch::new(&config);
+        .table("sinks.out")
+        .set("truncate", false)
+        .table("sinks.dlq")
+        .set("truncate", false)
+        .table("pipelines.w")
+        .checkpoint("1h");
+    let scratch = Scratch::new(&config.build());
     scratch.write("in.ndjson", &(flights_lines(40_000).join("\n") + "\n"));
     // What an earlier run left in the appended file stays.
     scratch.write("out.ndjson", "{\"earlier\":true}\n");
@@ -266,7 +245,7 @@ fn a_crash_before_the_first_periodic_checkpoint_writes_nothing_twice() {
 /// (which would start every pipeline over and write its output twice).
 #[test]
 fn an_emptied_checkpoint_store_is_refused() {
-    let scratch = Scratch::new(&config("in.ndjson", 1, false));
+    let scratch = Scratch::new(&config("in.ndjson", 1, false).build());
     scratch.write("in.ndjson", &(flights_lines(1_000).join("\n") + "\n"));
     assert_exit(&scratch.run(), 0);
     std::fs::write(scratch.path("state/checkpoints.redb"), b"").unwrap();
@@ -286,8 +265,7 @@ fn an_emptied_checkpoint_store_is_refused() {
 #[test]
 fn the_admin_api_shows_the_watermark_and_the_checkpoints() {
     use crate::admin::series;
-    let config = config("in.ndjson", 1, true).replace("admin = \"off\"", "admin = \"127.0.0.1:0\"");
-    let scratch = Scratch::new(&config);
+    let scratch = Scratch::new(&config("in.ndjson", 1, true).admin().build());
     scratch.write("in.ndjson", &(flights_lines(5_000).join("\n") + "\n"));
     let mut daemon = Running::start(scratch.command("run"));
     let addr = daemon.admin_addr();
@@ -334,40 +312,21 @@ fn the_admin_api_shows_the_watermark_and_the_checkpoints() {
 #[test]
 fn a_removed_and_re_added_pipeline_resumes_from_its_checkpoint() {
     let config = |with_w: bool| {
-        let w = if with_w {
-            r#"
-[sources.f]
-type = "file"
-path = "in.ndjson"
-follow = true
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-[pipelines.w]
-source = "f"
-batch = { max_records = 10, interval = "10ms" }
-sinks = ["out"]
-checkpoint = { interval = "1h" }
-"#
-        } else {
-            ""
-        };
-        format!(
-            r#"
-[daemon]
-admin = "off"
-[sources.other]
-type = "file"
-path = "other.ndjson"
-follow = true
-[sinks.other_out]
-type = "file"
-path = "other_out.ndjson"
-[pipelines.keep]
-source = "other"
-sinks = ["other_out"]
-{w}"#
-        )
+        let keep = Config::new()
+            .file_source("other", "other.ndjson")
+            .follow()
+            .file_sink("other_out", "other_out.ndjson")
+            .pipeline("keep", "other", &["other_out"]);
+        if !with_w {
+            return keep.build();
+        }
+        keep.file_source("f", "in.ndjson")
+            .follow()
+            .file_sink("out", "out.ndjson")
+            .pipeline("w", "f", &["out"])
+            .batch(r#"{ max_records = 10, interval = "10ms" }"#)
+            .checkpoint("1h")
+            .build()
     };
     let scratch = Scratch::new(&config(true));
     scratch.write("other.ndjson", "");
@@ -412,29 +371,16 @@ sinks = ["other_out"]
 /// now: what it wrote after the checkpoint stays (at-least-once, nothing lost).
 #[test]
 fn a_sink_shared_at_checkpoint_time_is_never_cut_back() {
-    let both = r#"
-[daemon]
-admin = "off"
-[sources.a]
-type = "file"
-path = "a.ndjson"
-follow = true
-[sources.b]
-type = "file"
-path = "b.ndjson"
-follow = true
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-[pipelines.pa]
-source = "a"
-sinks = ["out"]
-checkpoint = { interval = "1h" }
-[pipelines.pb]
-source = "b"
-sinks = ["out"]
-"#;
-    let scratch = Scratch::new(both);
+    let both = Config::new()
+        .file_source("a", "a.ndjson")
+        .follow()
+        .file_source("b", "b.ndjson")
+        .follow()
+        .file_sink("out", "out.ndjson")
+        .pipeline("pa", "a", &["out"])
+        .checkpoint("1h")
+        .pipeline("pb", "b", &["out"]);
+    let scratch = Scratch::new(&both.build());
     let lines =
         |tag: &str, n: u32| -> String { (0..n).map(|i| format!("{{\"{tag}\":{i}}}\n")).collect() };
     scratch.write("a.ndjson", &lines("a", 10));
@@ -449,11 +395,8 @@ sinks = ["out"]
     daemon.finish();
 
     // pb is gone from the config: `out` is pa's alone now, but was not then.
-    let a_only = both.split("[pipelines.pb]").next().unwrap().replace(
-        "[sources.b]\ntype = \"file\"\npath = \"b.ndjson\"\nfollow = true\n",
-        "",
-    );
-    scratch.write_config(&a_only);
+    let a_only = both.remove("pipelines.pb").remove("sources.b");
+    scratch.write_config(&a_only.build());
     let mut daemon = Running::start(scratch.command("run"));
     daemon.wait_for("pipeline started");
     scratch.wait_for_lines("out.ndjson", 40);
@@ -473,7 +416,10 @@ sinks = ["out"]
 #[test]
 fn a_refused_resume_writes_no_window() {
     let scratch = Scratch::new(
-        &config("in.ndjson", 1, false).replace("max_records = 512", "max_records = 1"),
+        &config("in.ndjson", 1, false)
+            .table("pipelines.w")
+            .batch("{ max_records = 1 }")
+            .build(),
     );
     scratch.write("in.ndjson", &(flights_lines(40_000).join("\n") + "\n"));
     let daemon = Running::start(scratch.command("run"));
@@ -506,7 +452,7 @@ fn a_refused_resume_writes_no_window() {
 /// lines someone appended included (only a crash makes it cut back).
 #[test]
 fn a_finished_run_leaves_its_sinks_alone() {
-    let scratch = Scratch::new(&config("in.ndjson", 1, false));
+    let scratch = Scratch::new(&config("in.ndjson", 1, false).build());
     scratch.write("in.ndjson", &(flights_lines(2_000).join("\n") + "\n"));
     assert_exit(&scratch.run(), 0);
     let mut out = std::fs::read_to_string(scratch.path("out.ndjson")).unwrap();
@@ -527,21 +473,13 @@ fn a_finished_run_leaves_its_sinks_alone() {
 #[test]
 fn a_followed_file_rewritten_in_place_while_down_is_read_from_its_start() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-admin = "off"
-[sources.f]
-type = "file"
-path = "f.ndjson"
-follow = true
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-[pipelines.p]
-source = "f"
-sinks = ["out"]
-checkpoint = { interval = "1h" }
-"#,
+        &Config::new()
+            .file_source("f", "f.ndjson")
+            .follow()
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "f", &["out"])
+            .checkpoint("1h")
+            .build(),
     );
     let lines = |range: std::ops::Range<u32>| -> String {
         range.map(|n| format!("{{\"n\":{n}}}\n")).collect()

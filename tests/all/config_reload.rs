@@ -8,46 +8,25 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Pipeline `p` (a followed file through `PLUGIN`) with `extra` lines appended.
-fn config(processors: &str, extra: &str) -> String {
-    format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-follow = true
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-batch = {{ max_records = 100, interval = "20ms" }}
-processors = [{processors}]
-sinks = ["out"]
-{extra}
-"#
-    )
+/// Pipeline `p`: a followed file through the `plugins`.
+fn config(plugins: &[&str]) -> Config {
+    let config = Config::new()
+        .file_source("in", "in.ndjson")
+        .follow()
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "in", &["out"])
+        .batch(r#"{ max_records = 100, interval = "20ms" }"#);
+    plugins.iter().fold(config, |c, p| c.plugin(p))
 }
 
-const SECOND: &str = r#"
-[sources.in2]
-type = "file"
-path = "in2.ndjson"
-follow = true
-
-[sinks.out2]
-type = "file"
-path = "out2.ndjson"
-
-[pipelines.q]
-source = "in2"
-sinks = ["out2"]
-"#;
+/// `config` with pipeline `q`: the followed `in2.ndjson` to `out2.ndjson`.
+fn with_second(config: Config) -> Config {
+    config
+        .file_source("in2", "in2.ndjson")
+        .follow()
+        .file_sink("out2", "out2.ndjson")
+        .pipeline("q", "in2", &["out2"])
+}
 
 struct Rig {
     scratch: Scratch,
@@ -116,16 +95,13 @@ const REFUSED: &str = "config reload refused";
 
 #[test]
 fn sighup_swaps_the_chain_adds_and_removes_pipelines() {
-    let a = config(r#"{ plugin = "tag_a.wasm" }"#, "");
+    let a = config(&["tag_a.wasm"]).build();
     let mut rig = Rig::start(&a, &[]);
     assert_eq!(rig.probe(), "a");
 
     // Another plugin, and a stage more: swapped at the next batch.
-    let b = config(
-        r#"{ plugin = "identity.wasm" }, { plugin = "tag_b.wasm" }"#,
-        "",
-    );
-    rig.reload(&b, RELOADED, 1);
+    let b = config(&["identity.wasm", "tag_b.wasm"]);
+    rig.reload(&b.build(), RELOADED, 1);
     assert!(
         rig.last(RELOADED)
             .contains("0 started, 1 changed, 0 removed, 0 unchanged")
@@ -133,20 +109,20 @@ fn sighup_swaps_the_chain_adds_and_removes_pipelines() {
     assert_eq!(rig.probe(), "b");
 
     // Invalid: the error is located, the running config stays.
-    rig.reload(
-        &b.replace("interval = \"20ms\"", "interval = \"2 fortnights\""),
-        REFUSED,
-        1,
-    );
+    let invalid = b
+        .clone()
+        .batch(r#"{ max_records = 100, interval = "2 fortnights" }"#)
+        .build();
+    rig.reload(&invalid, REFUSED, 1);
     let line = rig.last(REFUSED);
-    assert!(line.contains("sluice.toml:16:"), "{line}");
+    let at = format!("sluice.toml:{}:", line_of(&invalid, "2 fortnights"));
+    assert!(line.contains(&at), "{line}");
     assert!(line.contains("field `interval`"), "{line}");
     assert_eq!(rig.probe(), "b");
 
     // What cannot change in place is refused as a whole.
-    let mut shape = b.replace("[pipelines.p]\n", "[pipelines.p]\npartitions = 2\n");
-    shape.push_str(SECOND);
-    rig.reload(&shape, REFUSED, 2);
+    let shape = with_second(b.clone().table("pipelines.p").partitions(2));
+    rig.reload(&shape.build(), REFUSED, 2);
     assert!(
         rig.last(REFUSED)
             .contains("pipeline `p` changed its partitions: that needs a restart")
@@ -158,15 +134,14 @@ fn sighup_swaps_the_chain_adds_and_removes_pipelines() {
     assert_eq!(rig.probe(), "b");
 
     // A pipeline added, then removed.
-    let with_q = format!("{b}{SECOND}");
-    rig.reload(&with_q, RELOADED, 2);
+    rig.reload(&with_second(b.clone()).build(), RELOADED, 2);
     assert!(
         rig.last(RELOADED)
             .contains("1 started, 0 changed, 0 removed, 1 unchanged")
     );
     rig.scratch.write("in2.ndjson", "{\"q\":1}\n{\"q\":2}\n");
     rig.scratch.wait_for_lines("out2.ndjson", 2);
-    rig.reload(&b, RELOADED, 3);
+    rig.reload(&b.build(), RELOADED, 3);
     assert!(
         rig.last(RELOADED)
             .contains("0 started, 0 changed, 1 removed, 1 unchanged")
@@ -183,11 +158,10 @@ fn sighup_swaps_the_chain_adds_and_removes_pipelines() {
 
 #[test]
 fn watch_config_reloads_on_save() {
-    let a = config(r#"{ plugin = "tag_a.wasm" }"#, "");
+    let a = config(&["tag_a.wasm"]).build();
     let mut rig = Rig::start(&a, &["--watch-config"]);
     assert_eq!(rig.probe(), "a");
-    rig.scratch
-        .write_config(&config(r#"{ plugin = "tag_b.wasm" }"#, ""));
+    rig.scratch.write_config(&config(&["tag_b.wasm"]).build());
     rig.daemon.wait_for_count(RELOADED, 1);
     assert_eq!(rig.probe(), "b");
     rig.daemon.signal("TERM");
@@ -197,20 +171,11 @@ fn watch_config_reloads_on_save() {
 
 #[test]
 fn a_reload_never_reads_a_source_again() {
-    const DONE: &str = r#"
-[sources.done]
-type = "file"
-path = "done.ndjson"
-
-[sinks.out_done]
-type = "file"
-path = "out_done.ndjson"
-
-[pipelines.finished]
-source = "done"
-sinks = ["out_done"]
-"#;
-    let a = config(r#"{ plugin = "tag_a.wasm" }"#, DONE);
+    let a = config(&["tag_a.wasm"])
+        .file_source("done", "done.ndjson")
+        .file_sink("out_done", "out_done.ndjson")
+        .pipeline("finished", "done", &["out_done"])
+        .build();
     let mut rig = Rig::start_with(
         &a,
         &[],

@@ -8,32 +8,18 @@ use crate::support::*;
 #[test]
 fn malformed_lines_go_to_the_dead_letter_sink() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-key = "/carrier"
-timestamp = "/event_time"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-
-[pipelines.p]
-source = "in"
-partitions = 3
-batch = { max_records = 7, interval = "50ms" }
-processors = [{ plugin = "identity.wasm" }]
-sinks = ["out"]
-dead_letter = "dlq"
-"#,
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .key("/carrier")
+            .timestamp("/event_time")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "in", &["out"])
+            .partitions(3)
+            .batch(r#"{ max_records = 7, interval = "50ms" }"#)
+            .plugin("identity.wasm")
+            .dead_letter("dlq")
+            .build(),
     );
     // 1,000 real flights with 40 broken lines mixed in: truncated objects, bare
     // words, a bad event time.
@@ -97,33 +83,19 @@ dead_letter = "dlq"
 #[test]
 fn records_a_plugin_rejects_carry_stage_plugin_and_version() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-key = "/k"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-
-[pipelines.p]
-source = "in"
-partitions = 2
-processors = [
-  { plugin = "uppercase.wasm" },
-  { plugin = "misbehave.wasm", config = { mode = "reject", trigger = "BAD" } },
-]
-sinks = ["out"]
-dead_letter = "dlq"
-"#,
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .key("/k")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "in", &["out"])
+            .partitions(2)
+            .plugin("uppercase.wasm")
+            .processor(
+                r#"{ plugin = "misbehave.wasm", config = { mode = "reject", trigger = "BAD" } }"#,
+            )
+            .dead_letter("dlq")
+            .build(),
     );
     let input: String = (0..500)
         .map(|i| {
@@ -172,30 +144,20 @@ dead_letter = "dlq"
 fn overlong_lines_are_dead_lettered_and_skipped() {
     let long = format!("{{\"n\":1,\"pad\":\"{}\"}}", "x".repeat(3 << 20));
     let input = format!("{{\"n\":0}}\n{long}\n{{\"n\":2}}\n{long}");
-    for source in ["type = \"file\"\npath = \"in.ndjson\"", "type = \"stdin\""] {
-        let scratch = Scratch::new(&format!(
-            r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-{source}
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-
-[pipelines.p]
-source = "in"
-processors = [{{ plugin = "identity.wasm" }}]
-sinks = ["out"]
-dead_letter = "dlq"
-"#
-        ));
+    let sources = [
+        ("file", Config::new().file_source("in", "in.ndjson")),
+        ("stdin", Config::new().source("in", "stdin")),
+    ];
+    for (source, config) in sources {
+        let scratch = Scratch::new(
+            &config
+                .file_sink("out", "out.ndjson")
+                .file_sink("dlq", "dlq.ndjson")
+                .pipeline("p", "in", &["out"])
+                .plugin("identity.wasm")
+                .dead_letter("dlq")
+                .build(),
+        );
         scratch.write("in.ndjson", &input);
         let output = scratch
             .command("run")

@@ -19,38 +19,21 @@ fn assert_balanced(output: &std::process::Output, pipeline: &str) {
 
 #[test]
 fn stop_on_one_partition_stops_the_source_and_counts_everything() {
-    let scratch = Scratch::new(&format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = {:?}
-key = "/carrier"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-
-[pipelines.p]
-source = "in"
-partitions = 4
-batch = {{ max_records = 100 }}
-queue_records = 512
-processors = [
-  {{ plugin = "misbehave.wasm", config = {{ mode = "reject", trigger = "\"UA\"" }} }},
-  {{ plugin = "misbehave.wasm", config = {{ mode = "fail", trigger = "\"HA\"" }}, on_error = "stop" }},
-]
-sinks = ["out"]
-dead_letter = "dlq"
-"#,
-        flights_gz()
-    ));
+    let scratch = Scratch::new(
+        &Config::new()
+            .file_source("in", flights_gz().to_str().unwrap())
+            .key("/carrier")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "in", &["out"])
+            .partitions(4)
+            .batch("{ max_records = 100 }")
+            .set("queue_records", 512)
+            .processor(r#"{ plugin = "misbehave.wasm", config = { mode = "reject", trigger = "\"UA\"" } }"#)
+            .processor(r#"{ plugin = "misbehave.wasm", config = { mode = "fail", trigger = "\"HA\"" }, on_error = "stop" }"#)
+            .dead_letter("dlq")
+            .build(),
+    );
     let output = scratch.run();
     assert_exit(&output, 1);
     assert_balanced(&output, "p");
@@ -75,25 +58,17 @@ fn a_signal_stops_a_file_source_at_once() {
     // Each batch of 100 loops to its 10 ms deadline: reading all 40,000 lines
     // would take 4 s or more.
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-
-[sinks.out]
-type = "blackhole"
-
-[pipelines.p]
-source = "in"
-batch = { max_records = 100 }
-queue_records = 256
-processors = [{ plugin = "misbehave.wasm", timeout = "10ms", config = { mode = "loop" } }]
-sinks = ["out"]
-on_error = "skip"
-"#,
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .sink("out", "blackhole")
+            .pipeline("p", "in", &["out"])
+            .batch("{ max_records = 100 }")
+            .set("queue_records", 256)
+            .processor(
+                r#"{ plugin = "misbehave.wasm", timeout = "10ms", config = { mode = "loop" } }"#,
+            )
+            .on_error("skip")
+            .build(),
     );
     let pad = "x".repeat(980);
     let input: String = (0..40_000)
@@ -119,36 +94,17 @@ on_error = "skip"
 #[test]
 fn a_stopped_pipeline_stops_the_daemon() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.bad]
-type = "file"
-path = "bad.ndjson"
-
-[sources.tail]
-type = "file"
-path = "tail.ndjson"
-follow = true
-
-[sinks.a]
-type = "blackhole"
-
-[sinks.b]
-type = "file"
-path = "b.ndjson"
-
-[pipelines.failing]
-source = "bad"
-processors = [{ plugin = "misbehave.wasm", config = { mode = "fail" } }]
-sinks = ["a"]
-on_error = "stop"
-
-[pipelines.following]
-source = "tail"
-sinks = ["b"]
-"#,
+        &Config::new()
+            .file_source("bad", "bad.ndjson")
+            .file_source("tail", "tail.ndjson")
+            .follow()
+            .sink("a", "blackhole")
+            .file_sink("b", "b.ndjson")
+            .pipeline("failing", "bad", &["a"])
+            .processor(r#"{ plugin = "misbehave.wasm", config = { mode = "fail" } }"#)
+            .on_error("stop")
+            .pipeline("following", "tail", &["b"])
+            .build(),
     );
     scratch.write("bad.ndjson", "{\"n\":1}\n");
     scratch.write("tail.ndjson", "{\"n\":2}\n");
@@ -169,19 +125,11 @@ sinks = ["b"]
 #[test]
 fn a_fifo_source_loses_nothing() {
     let scratch = Scratch::new(
-        r#"
-[sources.in]
-type = "file"
-path = "in.fifo"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-sinks = ["out"]
-"#,
+        &Config::new()
+            .file_source("in", "in.fifo")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .build(),
     );
     let fifo = scratch.path("in.fifo");
     assert!(
@@ -207,20 +155,13 @@ sinks = ["out"]
 /// the sink loudly instead of the records piling up unread in the pipe.
 #[test]
 fn a_fifo_sink_delivers_everything_or_fails() {
-    let config = r#"
-[daemon]
-admin = "off"
-[sources.in]
-type = "file"
-path = "in.ndjson"
-[sinks.out]
-type = "file"
-path = "out.fifo"
-[pipelines.p]
-source = "in"
-sinks = ["out"]
-"#;
-    let scratch = Scratch::new(config);
+    let scratch = Scratch::new(
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "out.fifo")
+            .pipeline("p", "in", &["out"])
+            .build(),
+    );
     let lines: Vec<String> = (1..=2_000).map(|n| format!("{{\"n\":{n}}}")).collect();
     scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
     let fifo = scratch.path("out.fifo");

@@ -4,27 +4,13 @@
 use crate::support::*;
 
 fn config(level: &str) -> String {
-    format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "off"
-log_level = "{level}"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-processors = [{{ plugin = "identity.wasm" }}]
-sinks = ["out"]
-"#
-    )
+    Config::new()
+        .daemon("log_level", toml_string(level))
+        .file_source("in", "in.ndjson")
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "in", &["out"])
+        .plugin("identity.wasm")
+        .build()
 }
 
 /// Lines of a `plain` log at `level` (the fmt layer writes ` LEVEL ` after the
@@ -71,13 +57,18 @@ fn log_level_from_config_and_rust_log_over_it() {
 
 #[test]
 fn invalid_log_level_is_a_config_error() {
-    let scratch = Scratch::new(&config("loud"));
+    let config = config("loud");
+    let scratch = Scratch::new(&config);
     scratch.write("in.ndjson", "");
     let output = scratch.command("validate").output().unwrap();
     assert_exit(&output, 2);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // Column 13: after `log_level = `.
+    let at = format!("sluice.toml:{}:13: ", line_of(&config, "log_level"));
     assert!(
-        stderr.contains("sluice.toml:5:13: field `log_level`: \"loud\" is not a log level"),
+        stderr.contains(&format!(
+            "{at}field `log_level`: \"loud\" is not a log level"
+        )),
         "{stderr}"
     );
 }

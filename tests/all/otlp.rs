@@ -92,31 +92,19 @@ fn otlp_receiver_gets_batch_traces_and_metrics() {
     const LINES: usize = 45;
     const BATCH: usize = 10;
     let (url, received) = receiver();
-    let scratch = Scratch::new(&format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "off"
-
-[daemon.telemetry]
-otlp_endpoint = "{url}"
-export_interval = "1h"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-batch = {{ max_records = {BATCH}, interval = "1h" }}
-processors = [{{ plugin = "identity.wasm" }}, {{ plugin = "identity.wasm" }}]
-sinks = ["out"]
-"#
-    ));
+    let scratch = Scratch::new(
+        &Config::new()
+            .table("daemon.telemetry")
+            .set_str("otlp_endpoint", &url)
+            .set_str("export_interval", "1h")
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .batch(&format!(r#"{{ max_records = {BATCH}, interval = "1h" }}"#))
+            .plugin("identity.wasm")
+            .plugin("identity.wasm")
+            .build(),
+    );
     let lines: String = (0..LINES).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     scratch.write("in.ndjson", &lines);
     // The source ends, the daemon drains and exits; the exporters flush at
@@ -254,31 +242,20 @@ sinks = ["out"]
 fn a_stage_span_with_failed_records_has_an_error_status() {
     use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
     let (url, received) = receiver();
-    let scratch = Scratch::new(&format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "off"
-
-[daemon.telemetry]
-otlp_endpoint = "{url}"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-batch = {{ max_records = 1, interval = "1h" }}
-processors = [{{ plugin = "misbehave.wasm", config = {{ mode = "panic", trigger = "poison" }} }}]
-on_error = "skip"
-sinks = ["out"]
-"#
-    ));
+    let scratch = Scratch::new(
+        &Config::new()
+            .table("daemon.telemetry")
+            .set_str("otlp_endpoint", &url)
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .batch(r#"{ max_records = 1, interval = "1h" }"#)
+            .processor(
+                r#"{ plugin = "misbehave.wasm", config = { mode = "panic", trigger = "poison" } }"#,
+            )
+            .on_error("skip")
+            .build(),
+    );
     // One record per batch; the third one makes the plugin trap.
     scratch.write(
         "in.ndjson",
@@ -326,29 +303,16 @@ fn a_collector_that_is_down_costs_a_warning_not_the_pipeline() {
         .local_addr()
         .unwrap()
         .port();
-    let scratch = Scratch::new(&format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "off"
-
-[daemon.telemetry]
-otlp_endpoint = "http://127.0.0.1:{port}"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-processors = [{{ plugin = "identity.wasm" }}]
-sinks = ["out"]
-"#
-    ));
+    let scratch = Scratch::new(
+        &Config::new()
+            .table("daemon.telemetry")
+            .set_str("otlp_endpoint", &format!("http://127.0.0.1:{port}"))
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .plugin("identity.wasm")
+            .build(),
+    );
     scratch.write("in.ndjson", "{\"n\":1}\n{\"n\":2}\n");
     // The exports at shutdown fail; the records went through all the same.
     let output = scratch.run();

@@ -67,7 +67,7 @@ fn prometheus_scrapes_the_records_counter() {
         );
     };
     const LINES: usize = 37;
-    let scratch = Scratch::new(IDENTITY_FOLLOWING_WITH_ADMIN);
+    let scratch = Scratch::new(&identity_following_with_admin().build());
     let lines: String = (0..LINES).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     scratch.write("in.ndjson", &lines);
     let mut daemon = Running::start(scratch.command("run"));

@@ -26,34 +26,19 @@ fn fixture(name: &str) -> Vec<u8> {
 /// file. The stage's config is ignored by the tag plugins, and refused by
 /// `misbehave.wasm` (`configure = "fail"`): a version whose start-up fails.
 fn config(partitions: usize) -> String {
-    format!(
-        r#"
-[daemon]
-plugins_dir = "plugins"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-follow = true
-key = "/k"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-
-[pipelines.p]
-source = "in"
-partitions = {partitions}
-batch = {{ max_records = 1024, interval = "20ms" }}
-processors = [{{ plugin = "tag.wasm", config = {{ configure = "fail" }} }}]
-sinks = ["out"]
-dead_letter = "dlq"
-"#
-    )
+    Config::new()
+        .daemon("plugins_dir", toml_string("plugins"))
+        .file_source("in", "in.ndjson")
+        .follow()
+        .key("/k")
+        .file_sink("out", "out.ndjson")
+        .file_sink("dlq", "dlq.ndjson")
+        .pipeline("p", "in", &["out"])
+        .partitions(partitions)
+        .batch(r#"{ max_records = 1024, interval = "20ms" }"#)
+        .processor(r#"{ plugin = "tag.wasm", config = { configure = "fail" } }"#)
+        .dead_letter("dlq")
+        .build()
 }
 
 /// A daemon running [`config`], started with `tag_a.wasm` as `plugins/tag.wasm`.

@@ -19,32 +19,18 @@ fn numbered_input() -> String {
 /// A config running `misbehave` with `extra` settings, batches of 10, one partition
 /// (so which records share a batch with a poisoned one is known).
 fn config(extra: &str, on_error: &str) -> String {
-    format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-
-[pipelines.p]
-source = "in"
-batch = {{ max_records = 10, interval = "1s" }}
-processors = [{{ plugin = "misbehave.wasm", timeout = "200ms", memory_limit = "32MiB", {extra} }}]
-sinks = ["out"]
-dead_letter = "dlq"
-on_error = "{on_error}"
-"#
-    )
+    Config::new()
+        .file_source("in", "in.ndjson")
+        .file_sink("out", "out.ndjson")
+        .file_sink("dlq", "dlq.ndjson")
+        .pipeline("p", "in", &["out"])
+        .batch(r#"{ max_records = 10, interval = "1s" }"#)
+        .processor(&format!(
+            r#"{{ plugin = "misbehave.wasm", timeout = "200ms", memory_limit = "32MiB", {extra} }}"#
+        ))
+        .dead_letter("dlq")
+        .on_error(on_error)
+        .build()
 }
 
 fn numbers(lines: &[String], field: Option<&str>) -> Vec<u64> {

@@ -11,27 +11,16 @@ use crate::support::*;
 fn sigterm_drains_and_exits_zero() {
     // A followed file never ends by itself: only the signal stops the daemon.
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-follow = true
-key = "/carrier"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-partitions = 2
-batch = { max_records = 500, interval = "5s" }
-processors = [{ plugin = "identity.wasm" }]
-sinks = ["out"]
-"#,
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .follow()
+            .key("/carrier")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .partitions(2)
+            .batch(r#"{ max_records = 500, interval = "5s" }"#)
+            .plugin("identity.wasm")
+            .build(),
     );
     let lines = flights_lines(20_000);
     scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
@@ -78,30 +67,18 @@ sinks = ["out"]
 
 #[test]
 fn sigterm_mid_file_stops_reading_and_loses_nothing_read() {
-    let scratch = Scratch::new(&format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = {:?}
-key = "/carrier"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-partitions = 2
-batch = {{ max_records = 256 }}
-queue_records = 64
-processors = [{{ plugin = "uppercase.wasm" }}]
-sinks = ["out"]
-"#,
-        flights_gz()
-    ));
+    let scratch = Scratch::new(
+        &Config::new()
+            .file_source("in", flights_gz().to_str().unwrap())
+            .key("/carrier")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .partitions(2)
+            .batch("{ max_records = 256 }")
+            .set("queue_records", 64)
+            .plugin("uppercase.wasm")
+            .build(),
+    );
     let daemon = Running::start(scratch.command("run"));
     scratch.wait_for_lines("out.ndjson", 2000);
     daemon.signal("TERM");
@@ -130,24 +107,16 @@ sinks = ["out"]
 fn a_second_signal_exits_at_once() {
     // Every batch loops until its 1 s deadline: draining would take minutes.
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-
-[sinks.out]
-type = "blackhole"
-
-[pipelines.p]
-source = "in"
-batch = { max_records = 1 }
-processors = [{ plugin = "misbehave.wasm", timeout = "1s", config = { mode = "loop" } }]
-sinks = ["out"]
-on_error = "skip"
-"#,
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .sink("out", "blackhole")
+            .pipeline("p", "in", &["out"])
+            .batch("{ max_records = 1 }")
+            .processor(
+                r#"{ plugin = "misbehave.wasm", timeout = "1s", config = { mode = "loop" } }"#,
+            )
+            .on_error("skip")
+            .build(),
     );
     scratch.write("in.ndjson", &"{}\n".repeat(1000));
     let mut daemon = Running::start(scratch.command("run"));
@@ -168,23 +137,12 @@ on_error = "skip"
 #[test]
 fn appending_after_a_torn_line_does_not_glue_onto_it() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-processors = [{ plugin = "identity.wasm" }]
-sinks = ["out"]
-"#,
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .plugin("identity.wasm")
+            .build(),
     );
     // What a process killed in the middle of a write leaves behind.
     scratch.write("out.ndjson", "{\"n\":0}\n{\"n\":1,\"tor");

@@ -9,24 +9,15 @@ use crate::support::*;
 #[test]
 fn stdin_to_stdout() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "stdin"
-key = "/carrier"
-timestamp = "/event_time_ms"
-
-[sinks.out]
-type = "stdout"
-
-[pipelines.p]
-source = "in"
-partitions = 3
-processors = [{ plugin = "identity.wasm" }]
-sinks = ["out"]
-"#,
+        &Config::new()
+            .source("in", "stdin")
+            .key("/carrier")
+            .timestamp("/event_time_ms")
+            .sink("out", "stdout")
+            .pipeline("p", "in", &["out"])
+            .partitions(3)
+            .plugin("identity.wasm")
+            .build(),
     );
     let lines = flights_lines(5000);
     let mut child = scratch
@@ -60,25 +51,14 @@ fn numbered(from: usize, to: usize) -> String {
 #[test]
 fn followed_file_survives_growth_rotation_and_truncation() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-follow = true
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-batch = { max_records = 1000, interval = "20ms" }
-processors = [{ plugin = "identity.wasm" }]
-sinks = ["out"]
-"#,
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .follow()
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .batch(r#"{ max_records = 1000, interval = "20ms" }"#)
+            .plugin("identity.wasm")
+            .build(),
     );
     scratch.write("in.ndjson", &numbered(0, 100));
     let daemon = Running::start(scratch.command("run"));
@@ -125,26 +105,16 @@ sinks = ["out"]
 #[test]
 fn sigterm_on_stdin_loses_nothing_taken_from_it() {
     let scratch = Scratch::new(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.in]
-type = "stdin"
-key = "/k"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-partitions = 2
-batch = { max_records = 100 }
-queue_records = 256
-processors = [{ plugin = "identity.wasm" }]
-sinks = ["out"]
-"#,
+        &Config::new()
+            .source("in", "stdin")
+            .key("/k")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .partitions(2)
+            .batch("{ max_records = 100 }")
+            .set("queue_records", 256)
+            .plugin("identity.wasm")
+            .build(),
     );
     let total = 300_000;
     let input: String = (0..total)
@@ -188,7 +158,11 @@ sinks = ["out"]
 #[test]
 fn logs_can_be_json() {
     let scratch = Scratch::new(
-        "[sources.in]\ntype = \"file\"\npath = \"in.ndjson\"\n[sinks.out]\ntype = \"blackhole\"\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\n[daemon]\nadmin = \"off\"\n",
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .sink("out", "blackhole")
+            .pipeline("p", "in", &["out"])
+            .build(),
     );
     scratch.write("in.ndjson", "{\"n\":1}\n");
     let output = scratch

@@ -34,28 +34,272 @@ fn flates(file: std::fs::File) -> flate2::read::MultiGzDecoder<std::fs::File> {
     flate2::read::MultiGzDecoder::new(file)
 }
 
+/// A `sluice.toml`, built table by table. Keys set after a table is opened go
+/// into that table, as in the TOML it writes:
+///
+/// ```ignore
+/// let toml = Config::new()
+///     .file_source("in", "in.ndjson").follow()
+///     .file_sink("out", "out.ndjson")
+///     .pipeline("p", "in", &["out"]).plugin("identity.wasm")
+///     .build();
+/// ```
+///
+/// `[daemon]` comes first, with `plugins_dir = "@PLUGINS@"` (see
+/// [`Scratch::new`]) and `admin = "off"`; the other tables follow in the order
+/// they were opened. Values given as `raw` are TOML as written (`"1h"` with its
+/// quotes, `{ max_records = 10 }`, `4`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// (header, keys as (key, TOML value)), `[daemon]` first.
+    tables: Vec<(String, Vec<(String, String)>)>,
+    /// The table that keys go into.
+    current: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Config {
+    /// `[daemon]` with the test plugins and no admin API.
+    pub fn new() -> Self {
+        let config = Config {
+            tables: vec![("daemon".to_string(), Vec::new())],
+            current: 0,
+        };
+        config
+            .set_str("plugins_dir", "@PLUGINS@")
+            .set_str("admin", "off")
+    }
+
+    /// Opens the table `[header]` (e.g. `daemon.telemetry`); if it is there
+    /// already, keys go into it again (to change a key of a copy).
+    pub fn table(mut self, header: &str) -> Self {
+        match self.tables.iter().position(|(h, _)| h == header) {
+            Some(i) => self.current = i,
+            None => {
+                self.tables.push((header.to_string(), Vec::new()));
+                self.current = self.tables.len() - 1;
+            }
+        }
+        self
+    }
+
+    /// Leaves out the table `[header]` (which must be there).
+    pub fn remove(mut self, header: &str) -> Self {
+        let i = self
+            .tables
+            .iter()
+            .position(|(h, _)| h == header)
+            .unwrap_or_else(|| panic!("no [{header}] to remove"));
+        assert_ne!(i, 0, "[daemon] stays");
+        self.tables.remove(i);
+        self.current = 0;
+        self
+    }
+
+    /// `key = raw` in the current table, in place of an earlier value.
+    pub fn set(mut self, key: &str, raw: impl std::fmt::Display) -> Self {
+        let keys = &mut self.tables[self.current].1;
+        let value = raw.to_string();
+        match keys.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => keys.push((key.to_string(), value)),
+        }
+        self
+    }
+
+    /// `key = "value"` in the current table.
+    pub fn set_str(self, key: &str, value: &str) -> Self {
+        self.set(key, toml_string(value))
+    }
+
+    /// Leaves `key` out of the current table.
+    pub fn unset(mut self, key: &str) -> Self {
+        self.tables[self.current].1.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// `key = raw` in `[daemon]`; the current table stays.
+    pub fn daemon(mut self, key: &str, raw: impl std::fmt::Display) -> Self {
+        let current = std::mem::replace(&mut self.current, 0);
+        self = self.set(key, raw);
+        self.current = current;
+        self
+    }
+
+    /// The admin API on a free loopback port (see [`Running::admin_addr`]).
+    pub fn admin(self) -> Self {
+        self.daemon("admin", toml_string("127.0.0.1:0"))
+    }
+
+    /// `[sources.NAME]` of `type = kind`.
+    pub fn source(self, name: &str, kind: &str) -> Self {
+        self.table(&format!("sources.{name}")).set_str("type", kind)
+    }
+
+    /// `[sources.NAME]` reading the file `path`.
+    pub fn file_source(self, name: &str, path: &str) -> Self {
+        self.source(name, "file").set_str("path", path)
+    }
+
+    /// `[sinks.NAME]` of `type = kind`.
+    pub fn sink(self, name: &str, kind: &str) -> Self {
+        self.table(&format!("sinks.{name}")).set_str("type", kind)
+    }
+
+    /// `[sinks.NAME]` writing the file `path`.
+    pub fn file_sink(self, name: &str, path: &str) -> Self {
+        self.sink(name, "file").set_str("path", path)
+    }
+
+    /// `[pipelines.NAME]` from `source` to `sinks`.
+    pub fn pipeline(self, name: &str, source: &str, sinks: &[&str]) -> Self {
+        let sinks: Vec<String> = sinks.iter().map(|s| toml_string(s)).collect();
+        self.table(&format!("pipelines.{name}"))
+            .set_str("source", source)
+            .set("sinks", format!("[{}]", sinks.join(", ")))
+    }
+
+    /// A file source: `follow = true`.
+    pub fn follow(self) -> Self {
+        self.set("follow", true)
+    }
+
+    /// A file sink: `truncate = true`.
+    pub fn truncate(self) -> Self {
+        self.set("truncate", true)
+    }
+
+    /// A source: `key = "pointer"`.
+    pub fn key(self, pointer: &str) -> Self {
+        self.set_str("key", pointer)
+    }
+
+    /// A source: `timestamp = "pointer"`.
+    pub fn timestamp(self, pointer: &str) -> Self {
+        self.set_str("timestamp", pointer)
+    }
+
+    /// A pipeline: `partitions = n`.
+    pub fn partitions(self, n: usize) -> Self {
+        self.set("partitions", n)
+    }
+
+    /// A pipeline: `batch = raw`, e.g. `{ max_records = 10, interval = "10ms" }`.
+    pub fn batch(self, raw: &str) -> Self {
+        self.set("batch", raw)
+    }
+
+    /// A pipeline: one more processor, `raw` being its inline table, e.g.
+    /// `{ plugin = "misbehave.wasm", config = { mode = "loop" } }`.
+    pub fn processor(self, raw: &str) -> Self {
+        let list = self.tables[self.current]
+            .1
+            .iter()
+            .find(|(k, _)| k == "processors")
+            .map(|(_, v)| v.clone());
+        let list = match list {
+            // Written by this method: `[...]`.
+            Some(list) => format!("{}, {raw}]", &list[..list.len() - 1]),
+            None => format!("[{raw}]"),
+        };
+        self.set("processors", list)
+    }
+
+    /// A pipeline: one more processor, the plugin `file` with its defaults.
+    pub fn plugin(self, file: &str) -> Self {
+        self.processor(&format!("{{ plugin = {} }}", toml_string(file)))
+    }
+
+    /// A pipeline: `window = raw`, e.g. `{ kind = "tumbling", size = "1h" }`.
+    pub fn window(self, raw: &str) -> Self {
+        self.set("window", raw)
+    }
+
+    /// A pipeline: `aggregate = raw`, e.g. `[{ op = "count" }]`.
+    pub fn aggregate(self, raw: &str) -> Self {
+        self.set("aggregate", raw)
+    }
+
+    /// A pipeline: `dead_letter = "sink"`.
+    pub fn dead_letter(self, sink: &str) -> Self {
+        self.set_str("dead_letter", sink)
+    }
+
+    /// A pipeline: `on_error = "policy"`.
+    pub fn on_error(self, policy: &str) -> Self {
+        self.set_str("on_error", policy)
+    }
+
+    /// A pipeline: `checkpoint = { interval = "interval" }`.
+    pub fn checkpoint(self, interval: &str) -> Self {
+        self.set(
+            "checkpoint",
+            format!("{{ interval = {} }}", toml_string(interval)),
+        )
+    }
+
+    /// The TOML text, for [`Scratch::new`].
+    pub fn build(&self) -> String {
+        let mut out = String::new();
+        for (header, keys) in &self.tables {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&format!("[{header}]\n"));
+            for (key, value) in keys {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// `s` as a TOML basic string, quoted.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The 1-based number of the one line of `text` that contains `needle`: where
+/// an error about that line must point.
+pub fn line_of(text: &str, needle: &str) -> usize {
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(lines.len(), 1, "{needle:?} on lines {lines:?} of:\n{text}");
+    lines[0]
+}
+
 /// A daemon with its admin API on a free port and one pipeline `p`: the
 /// followed `in.ndjson` through the identity plugin to `out.ndjson`.
-pub const IDENTITY_FOLLOWING_WITH_ADMIN: &str = r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-admin = "127.0.0.1:0"
-
-[sources.in]
-type = "file"
-path = "in.ndjson"
-follow = true
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-batch = { max_records = 10, interval = "10ms" }
-processors = [{ plugin = "identity.wasm" }]
-sinks = ["out"]
-"#;
+pub fn identity_following_with_admin() -> Config {
+    Config::new()
+        .admin()
+        .file_source("in", "in.ndjson")
+        .follow()
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "in", &["out"])
+        .batch(r#"{ max_records = 10, interval = "10ms" }"#)
+        .plugin("identity.wasm")
+}
 
 /// A scratch folder holding `sluice.toml`; the daemon runs with it as cwd.
 pub struct Scratch {
@@ -352,4 +596,69 @@ pub fn try_http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, S
         rest = after.get(size + 2..).unwrap_or_default();
     }
     Ok((status, decoded))
+}
+
+#[test]
+fn the_config_builder_writes_tables_in_order_with_keys_where_set() {
+    let config = Config::new()
+        .file_source("in", "in.ndjson")
+        .follow()
+        .key("/k")
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "in", &["out", "dlq"])
+        .plugin("identity.wasm")
+        .processor(r#"{ plugin = "tag.wasm", config = { v = "a" } }"#)
+        .dead_letter("dlq")
+        .table("daemon.telemetry")
+        .set_str("otlp_endpoint", "http://127.0.0.1:1")
+        .admin()
+        .set("export_interval", "\"1h\"");
+    assert_eq!(
+        config.build(),
+        r#"[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "127.0.0.1:0"
+
+[sources.in]
+type = "file"
+path = "in.ndjson"
+follow = true
+key = "/k"
+
+[sinks.out]
+type = "file"
+path = "out.ndjson"
+
+[pipelines.p]
+source = "in"
+sinks = ["out", "dlq"]
+processors = [{ plugin = "identity.wasm" }, { plugin = "tag.wasm", config = { v = "a" } }]
+dead_letter = "dlq"
+
+[daemon.telemetry]
+otlp_endpoint = "http://127.0.0.1:1"
+export_interval = "1h"
+"#
+    );
+    // A table opened again takes keys again; one removed is gone.
+    let edited = config
+        .table("sources.in")
+        .set("follow", false)
+        .unset("key")
+        .remove("daemon.telemetry")
+        .build();
+    assert!(
+        edited.contains("[sources.in]\ntype = \"file\"\npath = \"in.ndjson\"\nfollow = false\n\n"),
+        "{edited}"
+    );
+    assert!(!edited.contains("telemetry"), "{edited}");
+    assert_eq!(line_of(&edited, "dead_letter"), 18);
+}
+
+#[test]
+fn toml_strings_are_escaped() {
+    assert_eq!(toml_string("a\"b\\c\nd\te"), r#""a\"b\\c\nd\u0009e""#);
+    let parsed: toml::Value =
+        toml::from_str(&format!("v = {}", toml_string("a\"b\\c\nd\te"))).unwrap();
+    assert_eq!(parsed["v"].as_str(), Some("a\"b\\c\nd\te"));
 }

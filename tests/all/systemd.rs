@@ -30,20 +30,12 @@ fn until(socket: &UnixDatagram, what: &str) -> Vec<String> {
 #[test]
 fn the_service_manager_hears_ready_watchdog_reloading_and_stopping() {
     let scratch = Scratch::new(
-        r#"
-[sources.in]
-type = "file"
-path = "in.ndjson"
-follow = true
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[pipelines.p]
-source = "in"
-sinks = ["out"]
-"#,
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .follow()
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .build(),
     );
     scratch.write("in.ndjson", "");
     let path = scratch.path("notify.sock");

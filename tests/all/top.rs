@@ -8,7 +8,7 @@ use crate::support::*;
 #[test]
 fn top_once_shows_pipelines_and_plugins() {
     const LINES: usize = 25;
-    let scratch = Scratch::new(IDENTITY_FOLLOWING_WITH_ADMIN);
+    let scratch = Scratch::new(&identity_following_with_admin().build());
     let lines: String = (0..LINES).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     scratch.write("in.ndjson", &lines);
     let mut daemon = Running::start(scratch.command("run"));

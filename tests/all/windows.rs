@@ -100,35 +100,19 @@ pub(crate) const AGGREGATES: &str = r#"[
 ]"#;
 
 fn config(lines: &str, partitions: usize, window: &str) -> String {
-    format!(
-        r#"
-[daemon]
-plugins_dir = "@PLUGINS@"
-
-[sources.f]
-type = "file"
-path = "{lines}"
-key = "/carrier"
-timestamp = "/event_time"
-
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-
-[pipelines.w]
-source = "f"
-partitions = {partitions}
-processors = [{{ plugin = "flights_delay.wasm", config = {{ min_delay = 15 }} }}]
-window = {window}
-aggregate = {AGGREGATES}
-sinks = ["out"]
-dead_letter = "dlq"
-"#
-    )
+    Config::new()
+        .file_source("f", lines)
+        .key("/carrier")
+        .timestamp("/event_time")
+        .file_sink("out", "out.ndjson")
+        .file_sink("dlq", "dlq.ndjson")
+        .pipeline("w", "f", &["out"])
+        .partitions(partitions)
+        .processor(r#"{ plugin = "flights_delay.wasm", config = { min_delay = 15 } }"#)
+        .window(window)
+        .aggregate(AGGREGATES)
+        .dead_letter("dlq")
+        .build()
 }
 
 /// Runs the flights (first `n`) through `window`; returns the output rows and
@@ -297,33 +281,24 @@ fn late_run(extra: &str, dead_letter: bool) -> (std::process::Output, Scratch) {
         .enumerate()
         .map(|(i, t)| format!("{{\"k\":\"a\",\"i\":{i},\"t\":\"2024-05-01T{t}:00Z\"}}\n"))
         .collect();
-    let dlq = if dead_letter {
-        "dead_letter = \"dlq\""
+    let config = Config::new()
+        .file_source("s", "in.ndjson")
+        .key("/k")
+        .timestamp("/t")
+        .file_sink("out", "out.ndjson")
+        .file_sink("dlq", "dlq.ndjson")
+        .pipeline("p", "s", &["out"])
+        .batch("{ max_records = 1 }")
+        .window(&format!(
+            r#"{{ kind = "tumbling", size = "1h", watermark = "10m" {extra} }}"#
+        ))
+        .aggregate(r#"[{ op = "count" }, { op = "max", field = "/i" }]"#);
+    let config = if dead_letter {
+        config.dead_letter("dlq")
     } else {
-        ""
+        config
     };
-    let scratch = Scratch::new(&format!(
-        r#"
-[sources.s]
-type = "file"
-path = "in.ndjson"
-key = "/k"
-timestamp = "/t"
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-[pipelines.p]
-source = "s"
-batch = {{ max_records = 1 }}
-window = {{ kind = "tumbling", size = "1h", watermark = "10m" {extra} }}
-aggregate = [{{ op = "count" }}, {{ op = "max", field = "/i" }}]
-sinks = ["out"]
-{dlq}
-"#
-    ));
+    let scratch = Scratch::new(&config.build());
     scratch.write("in.ndjson", &input);
     let output = scratch.run();
     assert_exit(&output, 0);
@@ -463,26 +438,18 @@ fn window_config_errors_are_located() {
 #[test]
 fn a_record_inside_an_open_session_is_not_late() {
     let scratch = Scratch::new(
-        r#"
-[sources.s]
-type = "file"
-path = "in.ndjson"
-key = "/k"
-timestamp = "/t"
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-[pipelines.p]
-source = "s"
-batch = { max_records = 3 }
-window = { kind = "session", gap = "5m" }
-aggregate = [{ op = "count" }]
-sinks = ["out"]
-dead_letter = "dlq"
-"#,
+        &Config::new()
+            .file_source("s", "in.ndjson")
+            .key("/k")
+            .timestamp("/t")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "s", &["out"])
+            .batch("{ max_records = 3 }")
+            .window(r#"{ kind = "session", gap = "5m" }"#)
+            .aggregate(r#"[{ op = "count" }]"#)
+            .dead_letter("dlq")
+            .build(),
     );
     // Batch 1 makes the session [00:01, 00:12) and the watermark 00:07; in
     // batch 2, 00:02's own session [00:02, 00:07) is closed, but it lies in the
@@ -508,35 +475,29 @@ dead_letter = "dlq"
 /// watermark to now and make the rest late).
 #[test]
 fn a_record_without_event_time_can_be_dead_lettered() {
-    let config = |missing: &str, timestamp: &str| {
-        format!(
-            r#"
-[sources.s]
-type = "file"
-path = "in.ndjson"
-key = "/k"
-{timestamp}
-{missing}
-[sinks.out]
-type = "file"
-path = "out.ndjson"
-[sinks.dlq]
-type = "file"
-path = "dlq.ndjson"
-[pipelines.p]
-source = "s"
-batch = {{ max_records = 1 }}
-window = {{ kind = "tumbling", size = "1h" }}
-aggregate = [{{ op = "count" }}]
-sinks = ["out"]
-dead_letter = "dlq"
-"#
-        )
+    // A source reading `in.ndjson` with `missing_timestamp = "dead-letter"`,
+    // and `timestamp = "/t"` if `timestamp`.
+    let config = |timestamp: bool| {
+        let source = Config::new()
+            .file_source("s", "in.ndjson")
+            .key("/k")
+            .set_str("missing_timestamp", "dead-letter");
+        let source = if timestamp {
+            source.timestamp("/t")
+        } else {
+            source
+        };
+        source
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "s", &["out"])
+            .batch("{ max_records = 1 }")
+            .window(r#"{ kind = "tumbling", size = "1h" }"#)
+            .aggregate(r#"[{ op = "count" }]"#)
+            .dead_letter("dlq")
+            .build()
     };
-    let scratch = Scratch::new(&config(
-        "missing_timestamp = \"dead-letter\"",
-        "timestamp = \"/t\"",
-    ));
+    let scratch = Scratch::new(&config(true));
     scratch.write(
         "in.ndjson",
         "{\"k\":\"a\",\"t\":\"2024-05-01T10:00:00Z\"}\n{\"k\":\"a\"}\n{\"k\":\"a\",\"t\":\"2024-05-01T10:20:00Z\"}\n",
@@ -555,13 +516,15 @@ dead_letter = "dlq"
     assert!(dead["reason"].as_str().unwrap().contains("no event time"));
 
     // It needs `timestamp`.
-    let scratch = Scratch::new(&config("missing_timestamp = \"dead-letter\"", ""));
+    let config = config(false);
+    let scratch = Scratch::new(&config);
     scratch.write("in.ndjson", "");
     let output = scratch.command("validate").output().unwrap();
     assert_exit(&output, 2);
     let err = String::from_utf8_lossy(&output.stderr);
+    let at = format!("sluice.toml:{}", line_of(&config, "missing_timestamp"));
     assert!(
-        err.contains("sluice.toml:7") && err.contains("needs `timestamp`"),
+        err.contains(&at) && err.contains("needs `timestamp`"),
         "{err}"
     );
 }
