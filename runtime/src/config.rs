@@ -306,6 +306,10 @@ impl BuildContext<'_> {
     }
 }
 
+/// What a source or sink claims, each with its place in the file (to name
+/// if another one claims it too).
+pub type ClaimList = Vec<(Claim, Range<usize>)>;
+
 /// Something a source or sink holds that no other one may hold at once.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Claim {

@@ -465,52 +465,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     reload: Option<ConfigReload>,
 ) -> anyhow::Result<Outcome> {
-    topology.commit_uses();
-    let admin = Arc::new(AdminState {
-        pipelines: std::sync::Mutex::new(Vec::new()),
-        plugins: std::sync::Mutex::new(topology.plugins.clone()),
-        ready: AtomicBool::new(false),
-        reload: reload.as_ref().map(|r| r.sender.clone()),
-    });
-    if crate::telemetry::enabled() {
-        crate::telemetry::observe(admin.clone());
-    }
-    if let Some(addr) = topology.admin {
-        match crate::admin::serve(addr, admin.clone()).await {
-            Ok(bound) => tracing::info!("admin API listening on {bound}"),
-            Err(e) => tracing::error!(
-                "admin API off: cannot listen on {addr}: {e} (another daemon there? set [daemon] admin to another address, or \"off\")"
-            ),
-        }
-    }
-    let mut daemon = Daemon {
-        admin: admin.clone(),
-        host,
-        sinks: BTreeMap::new(),
-        live: BTreeMap::new(),
-        slots: topology.plugins.clone(),
-        config_sinks: topology.sinks.keys().cloned().collect(),
-        reloader: None,
-        state_dir: topology.state_dir.clone(),
-        hot_reload: topology.hot_reload,
-        store: None,
-        waiting: tokio::task::JoinSet::new(),
-    };
-    // Watch the plugin files from before the first batch, so no change is missed.
-    daemon.watch_plugins()?;
-    let mut resumes = daemon.resumes(&topology.pipelines)?;
-    for (name, spec) in &topology.sinks {
-        daemon.start_sink(name, spec, resumes.sinks.get(name).copied())?;
-    }
-    let mut errors = Vec::new();
-    for spec in &topology.pipelines {
-        if let Err(e) = daemon.start_pipeline(spec, resumes.pipelines.remove(&spec.name)) {
-            // Stop the pipelines already running, and drain them below.
-            daemon.cancel_all();
-            errors.push(e);
-            break;
-        }
-    }
+    let (mut daemon, admin, mut errors) =
+        start(&topology, host, reload.as_ref().map(|r| r.sender.clone())).await?;
 
     // Wait for every pipeline; the first that ends with an error stops the others
     // (they drain), as a signal would.
@@ -623,6 +579,72 @@ pub async fn run(
     if let Some(w) = watchdog {
         w.abort();
     }
+    finish(daemon, results, errors).await
+}
+
+/// Starts the admin API, the sinks and the pipelines of `topology`; the
+/// errors of pipelines that could not start (the others are then cancelled).
+async fn start(
+    topology: &Topology,
+    host: PluginHost,
+    reload: Option<tokio::sync::mpsc::UnboundedSender<&'static str>>,
+) -> anyhow::Result<(Daemon, Arc<AdminState>, Vec<anyhow::Error>)> {
+    topology.commit_uses();
+    let admin = Arc::new(AdminState {
+        pipelines: std::sync::Mutex::new(Vec::new()),
+        plugins: std::sync::Mutex::new(topology.plugins.clone()),
+        ready: AtomicBool::new(false),
+        reload,
+    });
+    if crate::telemetry::enabled() {
+        crate::telemetry::observe(admin.clone());
+    }
+    if let Some(addr) = topology.admin {
+        match crate::admin::serve(addr, admin.clone()).await {
+            Ok(bound) => tracing::info!("admin API listening on {bound}"),
+            Err(e) => tracing::error!(
+                "admin API off: cannot listen on {addr}: {e} (another daemon there? set [daemon] admin to another address, or \"off\")"
+            ),
+        }
+    }
+    let mut daemon = Daemon {
+        admin: admin.clone(),
+        host,
+        sinks: BTreeMap::new(),
+        live: BTreeMap::new(),
+        slots: topology.plugins.clone(),
+        config_sinks: topology.sinks.keys().cloned().collect(),
+        reloader: None,
+        state_dir: topology.state_dir.clone(),
+        hot_reload: topology.hot_reload,
+        store: None,
+        waiting: tokio::task::JoinSet::new(),
+    };
+    // Watch the plugin files from before the first batch, so no change is missed.
+    daemon.watch_plugins()?;
+    let mut resumes = daemon.resumes(&topology.pipelines)?;
+    for (name, spec) in &topology.sinks {
+        daemon.start_sink(name, spec, resumes.sinks.get(name).copied())?;
+    }
+    let mut errors = Vec::new();
+    for spec in &topology.pipelines {
+        if let Err(e) = daemon.start_pipeline(spec, resumes.pipelines.remove(&spec.name)) {
+            // Stop the pipelines already running, and drain them below.
+            daemon.cancel_all();
+            errors.push(e);
+            break;
+        }
+    }
+    Ok((daemon, admin, errors))
+}
+
+/// After the last pipeline ended: closes the sinks and gathers the
+/// summaries (by pipeline name) and the errors.
+async fn finish(
+    mut daemon: Daemon,
+    mut results: Vec<(crate::pipeline::Summary, anyhow::Result<()>)>,
+    mut errors: Vec<anyhow::Error>,
+) -> anyhow::Result<Outcome> {
     daemon.reloader = None;
     results.sort_by(|a, b| a.0.pipeline.cmp(&b.0.pipeline));
 

@@ -213,35 +213,18 @@ impl PipelineSpec {
         let mut window_control = None;
         let window = match &self.window {
             Some(spec) => {
-                let (tx, rx) = flume::bounded(WINDOW_QUEUE_BATCHES * self.partitions);
-                if kafka {
-                    window_control = Some(tx.clone());
-                }
-                let (spec, name, partitions) = (spec.clone(), self.name.clone(), self.partitions);
-                let (outputs, dead_letter, stats) =
-                    (outputs.clone(), dead_letter.clone(), stats.clone());
-                workers.push(
-                    std::thread::Builder::new()
-                        .name(format!("{}-window", self.name))
-                        .spawn(move || {
-                            window_operator::run(
-                                &name,
-                                &spec,
-                                partitions,
-                                rx,
-                                &outputs,
-                                &dead_letter,
-                                &stats,
-                                restored_window,
-                                checkpointed,
-                                kafka,
-                            )
-                        })?,
-                );
-                Some(WindowFeed {
-                    spec: self.window.clone().expect("window"),
-                    tx,
-                })
+                let (feed, handle, control) = self.spawn_window(
+                    spec,
+                    &outputs,
+                    &dead_letter,
+                    &stats,
+                    restored_window,
+                    checkpointed,
+                    kafka,
+                )?;
+                workers.push(handle);
+                window_control = control;
+                Some(feed)
             }
             None => None,
         };
@@ -303,6 +286,60 @@ impl PipelineSpec {
             source,
             workers,
         })
+    }
+}
+
+/// A started window operator: the workers' feed, its thread, and the source's
+/// control sender (see [`PipelineSpec::spawn_window`]).
+type WindowStarted = (
+    WindowFeed,
+    JoinHandle<anyhow::Result<()>>,
+    Option<flume::Sender<window_operator::WindowMsg>>,
+);
+
+impl PipelineSpec {
+    /// Starts the window operator's thread; the feed the workers send it
+    /// batches on, its handle, and (for a source with window tasks) the
+    /// sender the source gives it partition state on.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_window(
+        &self,
+        spec: &Arc<WindowSpec>,
+        outputs: &[SinkHandle],
+        dead_letter: &DeadLetter,
+        stats: &Arc<Stats>,
+        restored: Option<crate::window::WindowSnapshot>,
+        checkpointed: bool,
+        tasks: bool,
+    ) -> anyhow::Result<WindowStarted> {
+        let (tx, rx) = flume::bounded(WINDOW_QUEUE_BATCHES * self.partitions);
+        let control = tasks.then(|| tx.clone());
+        let (spec2, name, partitions) = (spec.clone(), self.name.clone(), self.partitions);
+        let (outputs, dead_letter, stats) = (outputs.to_vec(), dead_letter.clone(), stats.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("{}-window", self.name))
+            .spawn(move || {
+                window_operator::run(
+                    &name,
+                    &spec2,
+                    partitions,
+                    rx,
+                    &outputs,
+                    &dead_letter,
+                    &stats,
+                    restored,
+                    checkpointed,
+                    tasks,
+                )
+            })?;
+        Ok((
+            WindowFeed {
+                spec: spec.clone(),
+                tx,
+            },
+            handle,
+            control,
+        ))
     }
 }
 

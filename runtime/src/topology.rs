@@ -453,30 +453,12 @@ fn admin_address(
     Ok(Some(addr))
 }
 
-/// The window operator of pipeline `p`, if it has `window` and `aggregate`.
-fn build_window(
-    p: &PipelineConfig,
-    has_dead_letter: bool,
+/// The kind of a `window = { … }` and its lengths, in ms.
+fn window_kind(
+    w: &config::WindowConfig,
+    span: std::ops::Range<usize>,
     source: &ConfigSource,
-) -> Result<Option<WindowSpec>, ConfigError> {
-    let (window, aggregate) = match (&p.window, &p.aggregate) {
-        (None, None) => return Ok(None),
-        (Some(w), None) => {
-            return Err(source.error(
-                w.span(),
-                "a window needs `aggregate = [ … ]`: what to compute per window",
-            ));
-        }
-        (None, Some(a)) => {
-            return Err(source.error(
-                a.span(),
-                "`aggregate` needs a `window = { … }` to aggregate over",
-            ));
-        }
-        (Some(w), Some(a)) => (w, a),
-    };
-    let span = window.span();
-    let w = window.get_ref();
+) -> Result<WindowKind, ConfigError> {
     let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let need = |what: Option<std::time::Duration>, name: &str| {
         what.map(ms).ok_or_else(|| {
@@ -500,7 +482,7 @@ fn build_window(
             ),
         ));
     }
-    let kind = match w.kind {
+    Ok(match w.kind {
         WindowKindName::Tumbling => WindowKind::Tumbling {
             size: need(w.size, "size")?,
         },
@@ -517,63 +499,21 @@ fn build_window(
         WindowKindName::Session => WindowKind::Session {
             gap: need(w.gap, "gap")?,
         },
-    };
-    let mut pointers: Vec<Pointer> = Vec::new();
-    let mut index_of = |text: &str| -> Result<usize, ConfigError> {
-        let ptr = Pointer::parse(text).map_err(|e| source.error(span.clone(), e))?;
-        Ok(match pointers.iter().position(|q| *q == ptr) {
-            Some(i) => i,
-            None => {
-                pointers.push(ptr);
-                pointers.len() - 1
-            }
-        })
-    };
-    let mut names: Vec<String> = vec!["window_start".into(), "window_end".into()];
-    let claim = |name: String, names: &mut Vec<String>| -> Result<String, ConfigError> {
-        if names.contains(&name) {
-            return Err(source.error(
-                span.clone(),
-                format!("two output fields are named `{name}`: rename one with `as`"),
-            ));
-        }
-        names.push(name.clone());
-        Ok(name)
-    };
-    let grouping = match &w.group_by {
-        GroupBy::Key(k) if k == "key" => {
-            claim("key".into(), &mut names)?;
-            Grouping::Key
-        }
-        GroupBy::Key(other) => {
-            return Err(source.error(
-                span,
-                format!("group_by = {other:?}: use \"key\" or a list of JSON pointers"),
-            ));
-        }
-        GroupBy::Fields(list) => {
-            let mut fields = Vec::new();
-            for text in list {
-                let i = index_of(text)?;
-                // The last token names the field (`/a/x` → `x`); when two end
-                // alike, the whole path does (`a_x`, `b_x`).
-                let name = Pointer::parse(text)
-                    .ok()
-                    .and_then(|p| p.last().map(str::to_string))
-                    .filter(|n| !n.is_empty() && !names.contains(n))
-                    .unwrap_or_else(|| {
-                        let path = text.trim_start_matches('/').replace('/', "_");
-                        if path.is_empty() {
-                            "value".into()
-                        } else {
-                            path
-                        }
-                    });
-                fields.push((claim(name, &mut names)?, i));
-            }
-            Grouping::Fields(fields)
-        }
-    };
+    })
+}
+
+/// Reserves an output field name in a list of names taken (an error if taken).
+type ClaimName<'a> = dyn Fn(String, &mut Vec<String>) -> Result<String, ConfigError> + 'a;
+
+/// The aggregates of a window: `index_of` numbers their JSON pointers,
+/// `claim` reserves their output names in `names`.
+fn aggregate_specs(
+    aggregate: &toml::Spanned<Vec<config::AggregateConfig>>,
+    source: &ConfigSource,
+    index_of: &mut dyn FnMut(&str) -> Result<usize, ConfigError>,
+    names: &mut Vec<String>,
+    claim: &ClaimName<'_>,
+) -> Result<Vec<AggSpec>, ConfigError> {
     let mut aggregates = Vec::new();
     for a in aggregate.get_ref() {
         match (&a.plugin, a.op) {
@@ -631,7 +571,7 @@ fn build_window(
             ),
             None => op_name.to_string(),
         };
-        let name = claim(a.name.clone().unwrap_or(default), &mut names)?;
+        let name = claim(a.name.clone().unwrap_or(default), names)?;
         aggregates.push(AggSpec {
             op: a.op,
             field,
@@ -639,6 +579,92 @@ fn build_window(
             udf: None,
         });
     }
+    Ok(aggregates)
+}
+
+/// The window operator of pipeline `p`, if it has `window` and `aggregate`.
+fn build_window(
+    p: &PipelineConfig,
+    has_dead_letter: bool,
+    source: &ConfigSource,
+) -> Result<Option<WindowSpec>, ConfigError> {
+    let (window, aggregate) = match (&p.window, &p.aggregate) {
+        (None, None) => return Ok(None),
+        (Some(w), None) => {
+            return Err(source.error(
+                w.span(),
+                "a window needs `aggregate = [ … ]`: what to compute per window",
+            ));
+        }
+        (None, Some(a)) => {
+            return Err(source.error(
+                a.span(),
+                "`aggregate` needs a `window = { … }` to aggregate over",
+            ));
+        }
+        (Some(w), Some(a)) => (w, a),
+    };
+    let span = window.span();
+    let w = window.get_ref();
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let kind = window_kind(w, span.clone(), source)?;
+    let mut pointers: Vec<Pointer> = Vec::new();
+    let mut index_of = |text: &str| -> Result<usize, ConfigError> {
+        let ptr = Pointer::parse(text).map_err(|e| source.error(span.clone(), e))?;
+        Ok(match pointers.iter().position(|q| *q == ptr) {
+            Some(i) => i,
+            None => {
+                pointers.push(ptr);
+                pointers.len() - 1
+            }
+        })
+    };
+    let mut names: Vec<String> = vec!["window_start".into(), "window_end".into()];
+    let claim = |name: String, names: &mut Vec<String>| -> Result<String, ConfigError> {
+        if names.contains(&name) {
+            return Err(source.error(
+                span.clone(),
+                format!("two output fields are named `{name}`: rename one with `as`"),
+            ));
+        }
+        names.push(name.clone());
+        Ok(name)
+    };
+    let grouping = match &w.group_by {
+        GroupBy::Key(k) if k == "key" => {
+            claim("key".into(), &mut names)?;
+            Grouping::Key
+        }
+        GroupBy::Key(other) => {
+            return Err(source.error(
+                span,
+                format!("group_by = {other:?}: use \"key\" or a list of JSON pointers"),
+            ));
+        }
+        GroupBy::Fields(list) => {
+            let mut fields = Vec::new();
+            for text in list {
+                let i = index_of(text)?;
+                // The last token names the field (`/a/x` → `x`); when two end
+                // alike, the whole path does (`a_x`, `b_x`).
+                let name = Pointer::parse(text)
+                    .ok()
+                    .and_then(|p| p.last().map(str::to_string))
+                    .filter(|n| !n.is_empty() && !names.contains(n))
+                    .unwrap_or_else(|| {
+                        let path = text.trim_start_matches('/').replace('/', "_");
+                        if path.is_empty() {
+                            "value".into()
+                        } else {
+                            path
+                        }
+                    });
+                fields.push((claim(name, &mut names)?, i));
+            }
+            Grouping::Fields(fields)
+        }
+    };
+    let aggregates = aggregate_specs(aggregate, source, &mut index_of, &mut names, &claim)?;
     if aggregates.is_empty() {
         return Err(source.error(aggregate.span(), "`aggregate` is empty"));
     }

@@ -26,13 +26,16 @@ pub mod file;
 pub mod kafka;
 pub mod stdout;
 
+/// Reads a kind's table into its config struct.
+pub type ParseFn = fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SinkConfig>, ConfigError>;
+
 /// A kind of sink: its `type` name and the function that reads its table.
 #[derive(Debug, Clone, Copy)]
 pub struct Kind {
     /// The `type` value.
     pub name: &'static str,
     /// Reads the kind's fields (all but `type`).
-    pub parse: fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SinkConfig>, ConfigError>,
+    pub parse: ParseFn,
     /// The kind's own field names.
     pub fields: fn() -> &'static [&'static str],
 }
@@ -124,7 +127,7 @@ pub struct Built {
     /// The sink.
     pub spec: SinkSpec,
     /// What it holds alone, each with its place in the file.
-    pub claims: Vec<(Claim, std::ops::Range<usize>)>,
+    pub claims: crate::config::ClaimList,
 }
 
 /// A sink, ready to open; one file per kind under `sink/`. Its `Debug` text

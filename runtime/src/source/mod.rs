@@ -41,13 +41,16 @@ pub mod stdin;
 
 pub use file::is_gzip;
 
+/// Reads a kind's table into its config struct.
+pub type ParseFn = fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SourceConfig>, ConfigError>;
+
 /// A kind of source: its `type` name and the function that reads its table.
 #[derive(Debug, Clone, Copy)]
 pub struct Kind {
     /// The `type` value.
     pub name: &'static str,
     /// Reads the kind's fields (all but `type` and [`DecodeConfig::FIELDS`]).
-    pub parse: fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SourceConfig>, ConfigError>,
+    pub parse: ParseFn,
     /// The kind's own field names.
     pub fields: fn() -> &'static [&'static str],
 }
@@ -157,7 +160,7 @@ pub struct Built {
     /// The source.
     pub source: Arc<dyn Source>,
     /// What it holds alone.
-    pub claims: Vec<(Claim, std::ops::Range<usize>)>,
+    pub claims: crate::config::ClaimList,
 }
 
 /// How a source can be checkpointed (Spark's "replayable source" requirement
@@ -310,7 +313,7 @@ impl SourceSpec {
         config: &ConfigSource,
         base: &std::path::Path,
         windowed: bool,
-    ) -> Result<(SourceSpec, Vec<(Claim, std::ops::Range<usize>)>), ConfigError> {
+    ) -> Result<(SourceSpec, crate::config::ClaimList), ConfigError> {
         let parsed = parse(table, config)?;
         let d = &parsed.decode;
         let cx = BuildContext {
