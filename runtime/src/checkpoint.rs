@@ -845,6 +845,80 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_through_a_running_worker_holds_exactly_the_output_before_the_barrier() {
+        use crate::config::{BreakerConfig, OnError};
+        use crate::source::{Chunk, Record};
+        use crate::testkit::{slot, stage_spec};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let out = FileSink::start("out");
+        let chain = Arc::new(crate::worker::Chain {
+            // Batches close at 1000 records: only the barrier closes the first.
+            limits: crate::batcher::BatchLimits {
+                max_records: 1000,
+                max_bytes: 1 << 30,
+                interval: Duration::from_secs(3600),
+            },
+            stages: vec![stage_spec(
+                slot("identity"),
+                &[],
+                OnError::Stop,
+                BreakerConfig::default(),
+            )],
+        });
+        let stats = Arc::new(Stats::default());
+        let worker = crate::worker::Worker {
+            pipeline: "unit-checkpoint".into(),
+            partition: 0,
+            chain: Arc::new(arc_swap::ArcSwap::new(chain.clone())),
+            stages: crate::processor::Stage::chain("unit-checkpoint", 0, &chain.stages).unwrap(),
+            running: chain,
+            refused: None,
+            window: None,
+            sinks: vec![out.handle()],
+            dead_letter: crate::dead_letter::DeadLetter::new("unit-checkpoint", None),
+            stats: stats.clone(),
+            metrics: crate::metrics::pipeline("unit-checkpoint"),
+            stop: Arc::new(AtomicBool::new(false)),
+            task: None,
+        };
+        let (tx, rx) = flume::unbounded();
+        let thread = std::thread::spawn(move || worker.run(rx));
+        let lines = |range: std::ops::Range<usize>| -> Vec<Record> {
+            range
+                .map(|i| Record {
+                    key: Vec::new(),
+                    value: format!("line {i}").into_bytes(),
+                    timestamp_ms: 0,
+                    headers: Vec::new(),
+                    task: None,
+                })
+                .collect()
+        };
+        let before = lines(0..7);
+        let bytes: u64 = before.iter().map(|r| r.value.len() as u64 + 1).sum();
+        tx.send(Chunk::Records(before)).unwrap();
+        let mut cp = checkpointer(store.clone(), 1, false, vec![out.handle()]);
+        let taken = cp
+            .take(BarrierKind::Periodic, position(70), &stats, &mut |b| {
+                tx.send(Chunk::Barrier(b.clone())).is_ok()
+            })
+            .unwrap()
+            .expect("a checkpoint");
+        assert_eq!(taken.sinks["out"], bytes);
+        assert_eq!(stats.batches.load(Ordering::Relaxed), 1);
+        tx.send(Chunk::Records(lines(7..10))).unwrap();
+        drop(tx);
+        thread.join().unwrap().unwrap();
+        drop(cp);
+        let written = out.finish();
+        assert_eq!(written.len(), 10);
+        let at_checkpoint: u64 = written[..7].iter().map(|l| l.len() as u64 + 1).sum();
+        assert_eq!(taken.sinks["out"], at_checkpoint);
+    }
+
+    #[test]
     fn shape_changes_names_each_field_that_differs() {
         let then = shape("2");
         let mut now = shape("4");

@@ -1386,6 +1386,9 @@ mod tests {
     mod model {
         use super::*;
 
+        /// An open window, (start, end, key), and the values in it.
+        type Open = ((i64, i64, String), Vec<i64>);
+
         /// The windows containing `t`, from the definition: every multiple of
         /// the slide `s` with `s <= t < s + size`.
         fn windows(kind: WindowKind, t: i64) -> Vec<(i64, i64)> {
@@ -1413,7 +1416,7 @@ mod tests {
             batches: &[Vec<(String, i64, i64)>],
         ) -> (Vec<Row>, Vec<(String, i64, i64)>) {
             // Open windows: (start, end, key) → values.
-            let mut open: Vec<((i64, i64, String), Vec<i64>)> = Vec::new();
+            let mut open: Vec<Open> = Vec::new();
             let mut wm = i64::MIN;
             let mut rows = Vec::new();
             let mut late = Vec::new();
@@ -1462,12 +1465,8 @@ mod tests {
         }
 
         /// Moves the closed windows to `rows`, by end, key, start.
-        fn emit(
-            open: &mut Vec<((i64, i64, String), Vec<i64>)>,
-            rows: &mut Vec<Row>,
-            closed: impl Fn(i64) -> bool,
-        ) {
-            let mut done: Vec<((i64, i64, String), Vec<i64>)> = Vec::new();
+        fn emit(open: &mut Vec<Open>, rows: &mut Vec<Row>, closed: impl Fn(i64) -> bool) {
+            let mut done: Vec<Open> = Vec::new();
             open.retain(|(w, vs)| {
                 if closed(w.1) {
                     done.push((w.clone(), vs.clone()));
