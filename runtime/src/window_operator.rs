@@ -1381,6 +1381,28 @@ mod tests {
         assert!(tasks[&0].fixed.is_empty() && tasks[&0].sessions.is_empty());
     }
 
+    #[test]
+    fn a_stop_barrier_saves_the_open_windows_and_emits_none() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let (ack, acks) = flume::unbounded();
+        let msgs = vec![
+            batch(&spec, 0, &[("a", S, 1), ("a", 2 * S, 2)]),
+            barrier(1, BarrierKind::Stop, &ack),
+        ];
+        drop(ack);
+        // Not a checkpointed pipeline, yet the end of the input emits nothing:
+        // the windows are in the checkpoint.
+        let o = operate(&spec, 1, msgs, false);
+        assert!(o.rows.is_empty(), "{:?}", o.rows);
+        let Some(Ack::Window(tasks)) = acks.try_recv().ok() else {
+            panic!("no ack")
+        };
+        let fixed = &tasks[&0].fixed;
+        assert_eq!(fixed.len(), 1);
+        assert_eq!((fixed[0].0, fixed[0].1), (0, 10 * S));
+        assert_eq!(fixed[0].3[0].finish(), json!(2));
+    }
+
     /// A naive model of the operator over one partition: windows from their
     /// definition, aggregates as lists of values.
     mod model {

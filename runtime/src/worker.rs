@@ -957,4 +957,134 @@ mod tests {
         assert_eq!(count(&stats.rejected), 1);
         assert_eq!(count(&stats.records_out), 2);
     }
+
+    #[test]
+    fn a_reloaded_chain_is_taken_up_at_the_next_batch() {
+        let out = FileSink::start("out");
+        let (worker, _stats) = worker(identity(), 1000, vec![out.handle()], None, None);
+        let chain = worker.chain.clone();
+        let (tx, rx) = flume::unbounded();
+        let thread = std::thread::spawn(move || worker.run(rx));
+        tx.send(Chunk::Records(vec![record(0, "a"), record(1, "b")]))
+            .unwrap();
+        let (ack, acks) = flume::unbounded();
+        tx.send(Chunk::Barrier(Barrier {
+            id: 1,
+            kind: crate::checkpoint::BarrierKind::Periodic,
+            ack,
+        }))
+        .unwrap();
+        acks.recv_timeout(Duration::from_secs(60)).unwrap();
+        // A config reload: the chain now upper-cases.
+        chain.store(Arc::new(Chain {
+            limits: limits(1000),
+            stages: vec![stage_spec(
+                slot("uppercase"),
+                &[],
+                OnError::Stop,
+                BreakerConfig::default(),
+            )],
+        }));
+        tx.send(Chunk::Records(vec![record(2, "c"), record(3, "d")]))
+            .unwrap();
+        drop(tx);
+        thread.join().unwrap().unwrap();
+        assert_eq!(out.finish(), ["a", "b", "C", "D"]);
+    }
+
+    #[test]
+    fn records_the_window_cannot_read_are_dead_lettered_before_it() {
+        let spec = Arc::new(WindowSpec {
+            kind: crate::window::WindowKind::Tumbling { size: 1000 },
+            delay_ms: 0,
+            lateness_ms: 0,
+            idle_timeout: Duration::from_secs(3600),
+            mode: crate::config::OutputMode::Append,
+            grouping: crate::window_operator::Grouping::Key,
+            aggregates: vec![crate::window_operator::AggSpec {
+                op: crate::aggregate::Op::Sum,
+                field: Some(0),
+                name: "sum".into(),
+                udf: None,
+            }],
+            pointers: vec![crate::decode::Pointer::parse("/v").unwrap()],
+            late: crate::config::LatePolicy::Drop,
+        });
+        let dlq = FileSink::start("dlq");
+        let (window_tx, window_rx) = flume::unbounded();
+        let (worker, stats) = worker(
+            identity(),
+            10,
+            Vec::new(),
+            Some(dlq.handle()),
+            Some(WindowFeed {
+                spec,
+                tx: window_tx,
+            }),
+        );
+        let input = vec![
+            record(0, r#"{"v":1}"#),
+            record(1, "not json"),
+            record(2, r#"{"v":"x"}"#),
+            record(3, r#"{"v":2.5}"#),
+        ];
+        worker.run(feed(vec![Chunk::Records(input)])).unwrap();
+        let dead: Vec<Value> = dlq.finish().iter().map(|l| json(l)).collect();
+        let originals: Vec<&str> = dead
+            .iter()
+            .map(|d| d["original"].as_str().unwrap())
+            .collect();
+        assert_eq!(originals, ["not json", r#"{"v":"x"}"#]);
+        assert!(dead.iter().all(|d| d["stage"] == "window"));
+        assert!(
+            dead[1]["reason"].as_str().unwrap().contains("not a number"),
+            "{}",
+            dead[1]
+        );
+        assert_eq!(count(&stats.rejected), 2);
+        let msgs: Vec<WindowMsg> = window_rx.drain().collect();
+        let [WindowMsg::Batch(input)] = &msgs[..] else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(
+            crate::testkit::values_of(&input.events),
+            [r#"{"v":1}"#, r#"{"v":2.5}"#]
+        );
+        assert_eq!(input.values, vec![Some(json("1")), Some(json("2.5"))]);
+        // The watermark counts every record the worker took in.
+        assert_eq!(input.max_input_ts, Some(1003));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 16,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// However the records are cut into chunks and batches, every one
+        /// reaches the sink once, in order, in ⌈n / max_records⌉ batches.
+        #[test]
+        fn any_chunking_keeps_every_record_in_order(
+            chunks in proptest::collection::vec(0usize..20, 1..8),
+            max_records in 1usize..8,
+        ) {
+            let out = FileSink::start("out");
+            let (worker, stats) = worker(identity(), max_records, vec![out.handle()], None, None);
+            let mut next = 0;
+            let mut all = Vec::new();
+            let msgs = chunks
+                .iter()
+                .map(|&n| {
+                    let chunk = records(next..next + n, &[]);
+                    next += n;
+                    all.extend(values(&chunk));
+                    Chunk::Records(chunk)
+                })
+                .collect();
+            worker.run(feed(msgs)).unwrap();
+            proptest::prop_assert_eq!(out.finish(), all);
+            proptest::prop_assert_eq!(count(&stats.records_out), next as u64);
+            proptest::prop_assert_eq!(count(&stats.batches), next.div_ceil(max_records) as u64);
+        }
+    }
 }
