@@ -919,6 +919,39 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_checkpointer_goes_on_from_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let last = checkpoint(41);
+        let mut cp = Checkpointer::new(
+            "unit-checkpoint".into(),
+            CheckpointSpec {
+                interval: Duration::from_secs(3600),
+                batches: None,
+            },
+            store.clone(),
+            shape("2"),
+            1,
+            false,
+            (Vec::new(), BTreeSet::new()),
+            Arc::new(AtomicBool::new(false)),
+            Some(&last),
+        );
+        assert!(!cp.moved(&last.position), "nothing new to save there");
+        let next = cp
+            .take(
+                BarrierKind::Periodic,
+                position(200),
+                &Stats::default(),
+                &mut |b| b.ack.send(Ack::Worker).is_ok(),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.id, 42);
+        assert_eq!(store.load("unit-checkpoint").unwrap().unwrap().id, 42);
+    }
+
+    #[test]
     fn shape_changes_names_each_field_that_differs() {
         let then = shape("2");
         let mut now = shape("4");

@@ -576,6 +576,56 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_failed_call_is_isolated_and_counted_by_kind() {
+        // (mode, what the reason says, the counter of its kind)
+        let kinds: [(&str, &str, fn(&PluginMetrics) -> u64); 3] = [
+            ("panic", "misbehave: panic on purpose", |m| {
+                m.traps.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            (
+                "alloc",
+                "out of memory: the instance hit its 33554432-byte memory limit",
+                |m| m.out_of_memory.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "loop",
+                "timeout: the call ran past its 100ms deadline",
+                |m| m.timeouts.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ];
+        for (mode, reason, counter) in kinds {
+            let spec = StageSpec {
+                label: "0:misbehave".into(),
+                slot: slot("misbehave"),
+                config: vec![
+                    ("mode".into(), mode.into()),
+                    ("trigger".into(), "POISON".into()),
+                    ("bytes".into(), (256 << 20).to_string()),
+                ],
+                limits: Limits {
+                    memory_bytes: 32 << 20,
+                    timeout: Duration::from_millis(100),
+                },
+                on_error: OnError::DeadLetter,
+                breaker: breaker(1000),
+            };
+            // A pipeline of its own: its own counters.
+            let pipeline = format!("unit-processor-{mode}");
+            let mut stage = Stage::new(&pipeline, 0, Arc::new(spec)).unwrap();
+            let out = run(&mut stage, &records(4, &[1]));
+            assert_eq!(failed_indices(&out), vec![1], "{mode}");
+            assert!(
+                out.failed[0].1.contains(reason),
+                "{mode}: {}",
+                out.failed[0].1
+            );
+            assert_eq!(values_of(&out.events), ["r0", "r2", "r3"], "{mode}");
+            // Failed calls: the batch, the half holding record 1, record 1.
+            assert_eq!(counter(&stage.metrics), 3, "{mode}");
+        }
+    }
+
+    #[test]
     fn one_poison_record_in_16_takes_log2_16_failed_calls_to_isolate() {
         let input = records(16, &[9]);
         let limited = |bisect_limit| {
