@@ -577,20 +577,23 @@ mod tests {
 
     #[test]
     fn every_kind_of_failed_call_is_isolated_and_counted_by_kind() {
+        use std::sync::atomic::Ordering::Relaxed;
+        /// Reads the counter of one kind of failure.
+        type Counter = fn(&PluginMetrics) -> u64;
         // (mode, what the reason says, the counter of its kind)
-        let kinds: [(&str, &str, fn(&PluginMetrics) -> u64); 3] = [
+        let kinds: [(&str, &str, Counter); 3] = [
             ("panic", "misbehave: panic on purpose", |m| {
-                m.traps.load(std::sync::atomic::Ordering::Relaxed)
+                m.traps.load(Relaxed)
             }),
             (
                 "alloc",
                 "out of memory: the instance hit its 33554432-byte memory limit",
-                |m| m.out_of_memory.load(std::sync::atomic::Ordering::Relaxed),
+                |m| m.out_of_memory.load(Relaxed),
             ),
             (
                 "loop",
                 "timeout: the call ran past its 100ms deadline",
-                |m| m.timeouts.load(std::sync::atomic::Ordering::Relaxed),
+                |m| m.timeouts.load(Relaxed),
             ),
         ];
         for (mode, reason, counter) in kinds {
