@@ -580,7 +580,9 @@ mod tests {
         use std::sync::atomic::Ordering::Relaxed;
         /// Reads the counter of one kind of failure.
         type Counter = fn(&PluginMetrics) -> u64;
-        // (mode, what the reason says, the counter of its kind)
+        // (mode, what the reason says, the counter of its kind). The deadline
+        // is 250 ms: long enough for a good call on a loaded machine, short
+        // enough for three timeouts.
         let kinds: [(&str, &str, Counter); 3] = [
             ("panic", "misbehave: panic on purpose", |m| {
                 m.traps.load(Relaxed)
@@ -592,7 +594,7 @@ mod tests {
             ),
             (
                 "loop",
-                "timeout: the call ran past its 100ms deadline",
+                "timeout: the call ran past its 250ms deadline",
                 |m| m.timeouts.load(Relaxed),
             ),
         ];
@@ -607,7 +609,7 @@ mod tests {
                 ],
                 limits: Limits {
                     memory_bytes: 32 << 20,
-                    timeout: Duration::from_millis(100),
+                    timeout: Duration::from_millis(250),
                 },
                 on_error: OnError::DeadLetter,
                 breaker: breaker(1000),

@@ -769,11 +769,11 @@ mod tests {
             late: crate::config::LatePolicy::Drop,
         });
         let (window_tx, window_rx) = flume::unbounded();
-        let feed_ = WindowFeed {
+        let window_feed = WindowFeed {
             spec,
             tx: window_tx,
         };
-        let (worker, stats) = worker(identity(), 1000, Vec::new(), None, Some(feed_));
+        let (worker, stats) = worker(identity(), 1000, Vec::new(), None, Some(window_feed));
         let (ack, _acks) = flume::unbounded();
         let barrier = Barrier {
             id: 7,
