@@ -149,3 +149,85 @@ pub(crate) fn stage_spec(
         breaker,
     })
 }
+
+/// A sink that keeps the batches it is sent in memory, for what a file's lines
+/// do not show: keys and event times.
+#[derive(Debug, Clone, Default)]
+struct MemorySink {
+    batches: Arc<Mutex<Vec<Batch>>>,
+}
+
+impl crate::sink::Sink for MemorySink {
+    fn open(
+        &self,
+        _name: &str,
+        _resume: Option<crate::sink::Resume>,
+    ) -> anyhow::Result<Box<dyn crate::sink::Output>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl crate::sink::Output for MemorySink {
+    fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        self.batches
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push(batch.clone());
+        Ok(())
+    }
+    fn sync(&mut self) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// One record a [`MemorySinkRun`] received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// Key (`None`: none).
+    pub key: Option<String>,
+    /// Value.
+    pub value: String,
+    /// Event time, ms.
+    pub timestamp_ms: i64,
+}
+
+/// A running in-memory sink.
+pub(crate) struct MemorySinkRun {
+    running: RunningSink,
+    kept: Arc<Mutex<Vec<Batch>>>,
+}
+
+impl MemorySinkRun {
+    /// Starts sink `name`.
+    pub(crate) fn start(name: &str) -> Self {
+        let sink = MemorySink::default();
+        let kept = sink.batches.clone();
+        let running =
+            RunningSink::start(name, &SinkSpec(Arc::new(sink)), None).expect("start the sink");
+        MemorySinkRun { running, kept }
+    }
+
+    /// A handle to feed it.
+    pub(crate) fn handle(&self) -> SinkHandle {
+        self.running.handle.clone()
+    }
+
+    /// Waits for the sink to take everything it was sent (every other handle
+    /// must be dropped), then returns the records, in order.
+    pub(crate) fn finish(self) -> Vec<Kept> {
+        self.running.finish().expect("the sink finishes");
+        let batches = self.kept.lock().expect("not poisoned");
+        batches
+            .iter()
+            .flat_map(|b| b.iter())
+            .map(|e| Kept {
+                key: e.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: String::from_utf8_lossy(e.value()).into_owned(),
+                timestamp_ms: e.timestamp_ms(),
+            })
+            .collect()
+    }
+}

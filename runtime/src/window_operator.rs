@@ -1403,6 +1403,108 @@ mod tests {
         assert_eq!(fixed[0].3[0].finish(), json!(2));
     }
 
+    /// Runs the operator over `msgs` into an in-memory sink: the records as
+    /// written, with their keys and event times.
+    fn operate_kept(spec: &WindowSpec, msgs: Vec<WindowMsg>) -> Vec<crate::testkit::Kept> {
+        let out = crate::testkit::MemorySinkRun::start("out");
+        let (tx, rx) = flume::unbounded();
+        for msg in msgs {
+            tx.send(msg).unwrap();
+        }
+        drop(tx);
+        let stats = Stats::default();
+        let sinks = [out.handle()];
+        run(
+            "unit-window",
+            spec,
+            1,
+            rx,
+            &sinks,
+            &DeadLetter::new("unit-window", None),
+            &stats,
+            None,
+            false,
+            false,
+        )
+        .unwrap();
+        drop(sinks);
+        out.finish()
+    }
+
+    #[test]
+    fn a_window_is_keyed_by_its_group_and_timed_at_its_last_instant() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let kept = operate_kept(
+            &spec,
+            vec![batch(
+                &spec,
+                0,
+                &[("a", S, 1), ("b", 2 * S, 2), ("a", 13 * S, 3)],
+            )],
+        );
+        let got: Vec<(Option<&str>, i64)> = kept
+            .iter()
+            .map(|k| (k.key.as_deref(), k.timestamp_ms))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("a"), 10 * S - 1),
+                (Some("b"), 10 * S - 1),
+                (Some("a"), 20 * S - 1)
+            ]
+        );
+        let first: Value = serde_json::from_str(&kept[0].value).unwrap();
+        assert_eq!(first["window_start"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(first["window_end"], "1970-01-01T00:00:10.000Z");
+    }
+
+    #[test]
+    fn grouped_by_fields_a_window_has_one_field_per_group_and_no_key() {
+        let spec = WindowSpec {
+            grouping: Grouping::Fields(vec![("c".into(), 1)]),
+            pointers: vec![Pointer::parse("/v").unwrap(), Pointer::parse("/c").unwrap()],
+            ..spec(WindowKind::Tumbling { size: 10 * S }, 0, 0)
+        };
+        let mut events = Batch::new();
+        for (key, value, ts) in [
+            ("k1", r#"{"c":"x","v":1}"#, S),
+            ("k2", r#"{"c":"y","v":2}"#, 2 * S),
+            ("k3", r#"{"c":"x","v":4}"#, 3 * S),
+        ] {
+            events.push(Some(key.as_bytes()), value.as_bytes(), ts);
+        }
+        let (events, values, _) = spec.prepare(events);
+        let kept = operate_kept(
+            &spec,
+            vec![WindowMsg::Batch(WindowInput {
+                partition: 0,
+                task: None,
+                max_input_ts: Some(3 * S),
+                events,
+                values,
+            })],
+        );
+        let got: Vec<(Option<String>, Value)> = kept
+            .iter()
+            .map(|k| (k.key.clone(), serde_json::from_str(&k.value).unwrap()))
+            .collect();
+        let window = |c: &str, n: u64, sum: i64, min: i64, max: i64| {
+            json!({
+                "window_start": "1970-01-01T00:00:00.000Z",
+                "window_end": "1970-01-01T00:00:10.000Z",
+                "c": c, "n": n, "sum": sum, "min": min, "max": max,
+            })
+        };
+        assert_eq!(
+            got,
+            vec![
+                (None, window("x", 2, 5, 1, 4)),
+                (None, window("y", 1, 2, 2, 2))
+            ]
+        );
+    }
+
     /// A naive model of the operator over one partition: windows from their
     /// definition, aggregates as lists of values.
     mod model {
