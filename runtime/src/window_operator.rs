@@ -1656,4 +1656,101 @@ mod tests {
             prop_assert_eq!(dead, want);
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Every built-in aggregate of a window equals a naive computation over
+        /// the window's records (absent and null values skipped, SQL-style).
+        #[test]
+        fn every_builtin_aggregate_agrees_with_a_naive_computation(
+            // (key, event time, value: None = null, field left out or not)
+            records in proptest::collection::vec(
+                (0u8..4, 0i64..50, proptest::option::of(-20i64..20), any::<bool>()),
+                1..30,
+            ),
+            per_batch in 1usize..10,
+        ) {
+            let ops = [
+                (Op::Count, None, "n"),
+                (Op::Count, Some(0), "nv"),
+                (Op::Sum, Some(0), "sum"),
+                (Op::Min, Some(0), "min"),
+                (Op::Max, Some(0), "max"),
+                (Op::Avg, Some(0), "avg"),
+                (Op::First, Some(0), "first"),
+                (Op::Last, Some(0), "last"),
+                (Op::CountDistinct, Some(0), "distinct"),
+            ];
+            let spec = WindowSpec {
+                aggregates: ops
+                    .iter()
+                    .map(|(op, field, name)| AggSpec {
+                        op: *op,
+                        field: *field,
+                        name: (*name).into(),
+                        udf: None,
+                    })
+                    .collect(),
+                ..spec(WindowKind::Tumbling { size: 1_000_000 }, 0, 0)
+            };
+            let msgs = records
+                .chunks(per_batch)
+                .map(|chunk| {
+                    let mut events = Batch::new();
+                    for (k, ts, v, absent) in chunk {
+                        let value = match (v, absent) {
+                            (_, true) => json!({ "w": 1 }),
+                            (None, false) => json!({ "v": null }),
+                            (Some(v), false) => json!({ "v": v }),
+                        };
+                        events.push(Some(format!("k{k}").as_bytes()), value.to_string().as_bytes(), *ts);
+                    }
+                    let (events, values, _) = spec.prepare(events);
+                    WindowMsg::Batch(WindowInput {
+                        partition: 0,
+                        task: None,
+                        max_input_ts: chunk.iter().map(|r| r.1).max(),
+                        events,
+                        values,
+                    })
+                })
+                .collect();
+            let kept = operate_kept(&spec, msgs);
+            let got: Vec<Value> = kept.iter().map(|k| serde_json::from_str(&k.value).unwrap()).collect();
+
+            let mut want = Vec::new();
+            for k in 0u8..4 {
+                let mine: Vec<&(u8, i64, Option<i64>, bool)> =
+                    records.iter().filter(|r| r.0 == k).collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                // (event time, value) of the non-null values.
+                let vals: Vec<(i64, i64)> = mine
+                    .iter()
+                    .filter(|r| !r.3)
+                    .filter_map(|r| r.2.map(|v| (r.1, v)))
+                    .collect();
+                let or_null = |v: Option<Value>| v.unwrap_or(Value::Null);
+                let sum: i64 = vals.iter().map(|p| p.1).sum();
+                let distinct: BTreeSet<i64> = vals.iter().map(|p| p.1).collect();
+                want.push(json!({
+                    "window_start": "1970-01-01T00:00:00.000Z",
+                    "window_end": "1970-01-01T00:16:40.000Z",
+                    "key": format!("k{k}"),
+                    "n": mine.len(),
+                    "nv": vals.len(),
+                    "sum": or_null((!vals.is_empty()).then(|| json!(sum))),
+                    "min": or_null(vals.iter().map(|p| p.1).min().map(|v| json!(v))),
+                    "max": or_null(vals.iter().map(|p| p.1).max().map(|v| json!(v))),
+                    "avg": or_null((!vals.is_empty()).then(|| json!(sum as f64 / vals.len() as f64))),
+                    "first": or_null(vals.iter().min().map(|p| json!(p.1))),
+                    "last": or_null(vals.iter().max().map(|p| json!(p.1))),
+                    "distinct": distinct.len(),
+                }));
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
 }
