@@ -1041,6 +1041,17 @@ mod tests {
         msgs: Vec<WindowMsg>,
         checkpointed: bool,
     ) -> Outcome {
+        operate_tasks(spec, partitions, msgs, checkpointed, false)
+    }
+
+    /// [`operate`], for a Kafka pipeline (`kafka`: each input names its task).
+    fn operate_tasks(
+        spec: &WindowSpec,
+        partitions: usize,
+        msgs: Vec<WindowMsg>,
+        checkpointed: bool,
+        kafka: bool,
+    ) -> Outcome {
         let out = FileSink::start("out");
         let dlq = FileSink::start("dlq");
         let dead_letter = DeadLetter::new("unit-window", Some(dlq.handle()));
@@ -1060,7 +1071,7 @@ mod tests {
             &stats,
             None,
             checkpointed,
-            false,
+            kafka,
         )
         .unwrap();
         drop(dead_letter);
@@ -1401,6 +1412,36 @@ mod tests {
         assert_eq!(fixed.len(), 1);
         assert_eq!((fixed[0].0, fixed[0].1), (0, 10 * S));
         assert_eq!(fixed[0].3[0].finish(), json!(2));
+    }
+
+    #[test]
+    fn each_kafka_task_has_its_own_windows_and_watermark() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let task = |id: u32, records: &[(&str, i64, i64)]| match batch(&spec, 0, records) {
+            WindowMsg::Batch(input) => WindowMsg::Batch(WindowInput {
+                task: Some(id),
+                ..input
+            }),
+            _ => unreachable!(),
+        };
+        let msgs = vec![
+            task(1, &[("a", 30 * S, 1)]),
+            // Task 2's watermark is its own: 5 s is not late there.
+            task(2, &[("a", 5 * S, 2)]),
+            task(2, &[("a", 12 * S, 4)]),
+            // In task 1 it is.
+            task(1, &[("a", 3 * S, 8)]),
+            // Task 1 moves away (a rebalance): its windows are not emitted.
+            WindowMsg::Forget(vec![1]),
+        ];
+        let o = operate_tasks(&spec, 1, msgs, false, true);
+        assert_eq!(
+            o.rows,
+            vec![row(0, 10 * S, "a", &[2]), row(10 * S, 20 * S, "a", &[4])]
+        );
+        assert_eq!(late(&o), 1);
+        assert_eq!(o.dead.len(), 1);
+        assert_eq!(o.dead[0].0, r#"{"v":8}"#);
     }
 
     /// Runs the operator over `msgs` into an in-memory sink: the records as

@@ -814,6 +814,58 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_never_mixes_the_records_of_two_kafka_partitions() {
+        let spec = Arc::new(WindowSpec {
+            kind: crate::window::WindowKind::Tumbling { size: 1000 },
+            delay_ms: 0,
+            lateness_ms: 0,
+            idle_timeout: Duration::from_secs(3600),
+            mode: crate::config::OutputMode::Append,
+            grouping: crate::window_operator::Grouping::Key,
+            aggregates: Vec::new(),
+            pointers: Vec::new(),
+            late: crate::config::LatePolicy::Drop,
+        });
+        let (window_tx, window_rx) = flume::unbounded();
+        let window_feed = WindowFeed {
+            spec,
+            tx: window_tx,
+        };
+        let (worker, _stats) = worker(identity(), 1000, Vec::new(), None, Some(window_feed));
+        let tasks = [Some(1), Some(1), Some(2), Some(1), Some(1)];
+        let input: Vec<Record> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, task)| Record {
+                task: *task,
+                ..record(i, &format!("r{i}"))
+            })
+            .collect();
+        worker
+            .run(feed(vec![
+                Chunk::Records(input[..2].to_vec()),
+                Chunk::Records(input[2..].to_vec()),
+            ]))
+            .unwrap();
+        let batches: Vec<(Option<u32>, Vec<String>)> = window_rx
+            .drain()
+            .map(|msg| match msg {
+                WindowMsg::Batch(input) => (input.task, crate::testkit::values_of(&input.events)),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            batches,
+            vec![
+                (Some(1), strings(&["r0", "r1"])),
+                (Some(2), strings(&["r2"])),
+                (Some(1), strings(&["r3", "r4"])),
+            ]
+        );
+    }
+
+    #[test]
     fn poison_records_go_to_the_dead_letter_sink_and_the_rest_on() {
         let out = FileSink::start("out");
         let dlq = FileSink::start("dlq");
