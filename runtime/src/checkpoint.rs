@@ -533,3 +533,443 @@ pub fn shape_changes(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The store, and the barrier protocol: the checkpointer waits for every
+    //! partition's acknowledgement, syncs the sinks, then commits.
+
+    use std::collections::BTreeSet;
+
+    use sluice_plugin_sdk::Batch;
+
+    use super::*;
+    use crate::testkit::FileSink;
+
+    fn position(offset: u64) -> Position {
+        Position::File(FilePosition {
+            path: PathBuf::from("in.ndjson"),
+            inode: 42,
+            offset,
+            fingerprint: Some(7),
+        })
+    }
+
+    fn shape(partitions: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("source".to_string(), "in.ndjson".to_string()),
+            ("partitions".to_string(), partitions.to_string()),
+        ])
+    }
+
+    fn checkpoint(id: u64) -> Checkpoint {
+        Checkpoint {
+            format: FORMAT,
+            id,
+            shape: shape("2"),
+            taken_at_ms: 1_700_000_000_000,
+            position: position(123),
+            sinks: BTreeMap::from([("out".to_string(), 456)]),
+            exclusive: BTreeSet::from(["out".to_string()]),
+            window: None,
+            tasks: BTreeMap::new(),
+            finished: false,
+            stopped: false,
+        }
+    }
+
+    /// Checkpoints compared by their JSON (the form the store keeps).
+    fn same(a: &Checkpoint, b: &Checkpoint) -> bool {
+        serde_json::to_value(a).unwrap() == serde_json::to_value(b).unwrap()
+    }
+
+    fn checkpointer(
+        store: Arc<Store>,
+        partitions: usize,
+        windowed: bool,
+        sinks: Vec<SinkHandle>,
+    ) -> Checkpointer {
+        let names: BTreeSet<String> = sinks.iter().map(|s| s.name.clone()).collect();
+        Checkpointer::new(
+            "unit-checkpoint".into(),
+            CheckpointSpec {
+                interval: Duration::from_secs(3600),
+                batches: Some(3),
+            },
+            store,
+            shape("2"),
+            partitions,
+            windowed,
+            (sinks, names),
+            Arc::new(AtomicBool::new(false)),
+            None,
+        )
+    }
+
+    /// A batch of `lines`; returns the bytes they take in a file.
+    fn send_lines(sink: &SinkHandle, lines: &[&str]) -> u64 {
+        let mut batch = Batch::new();
+        for line in lines {
+            batch.push(None, line.as_bytes(), 0);
+        }
+        sink.send(Arc::new(batch)).unwrap();
+        lines.iter().map(|l| l.len() as u64 + 1).sum()
+    }
+
+    #[test]
+    fn the_store_saves_loads_lists_and_removes_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.load("p").unwrap().is_none());
+        assert!(store.list().unwrap().is_empty());
+        store.save("p", &checkpoint(1)).unwrap();
+        store.save("p", &checkpoint(2)).unwrap();
+        store.save("q", &checkpoint(9)).unwrap();
+        drop(store);
+        // Reopened: what was committed is there.
+        let store = Store::open(dir.path()).unwrap();
+        assert!(same(&store.load("p").unwrap().unwrap(), &checkpoint(2)));
+        let listed: Vec<(String, u64)> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(name, c)| (name, c.unwrap().id))
+            .collect();
+        assert_eq!(listed, vec![("p".to_string(), 2), ("q".to_string(), 9)]);
+        assert!(store.remove("p").unwrap());
+        assert!(!store.remove("p").unwrap());
+        assert!(store.load("p").unwrap().is_none());
+        assert!(store.load("q").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_layout_or_an_empty_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let future = Checkpoint {
+            format: FORMAT + 1,
+            ..checkpoint(1)
+        };
+        store.save("p", &future).unwrap();
+        let error = store.load("p").unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("has layout {}", FORMAT + 1)),
+            "{error}"
+        );
+        drop(store);
+
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::write(empty.path().join(STORE_FILE), b"").unwrap();
+        let error = Store::open(empty.path()).unwrap_err().to_string();
+        assert!(error.contains("is empty"), "{error}");
+    }
+
+    #[test]
+    fn no_checkpoint_is_taken_until_every_partition_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let out = FileSink::start("out");
+        let mut cp = checkpointer(store.clone(), 3, false, vec![out.handle()]);
+        let stats = Stats::default();
+        // Two of three partitions pass the barrier; the third stops (drops it).
+        let mut sent = 0;
+        let taken = cp
+            .take(BarrierKind::Periodic, position(10), &stats, &mut |b| {
+                sent += 1;
+                for _ in 0..2 {
+                    b.ack.send(Ack::Worker).unwrap();
+                }
+                true
+            })
+            .unwrap();
+        assert_eq!(sent, 1);
+        assert!(taken.is_none());
+        assert!(store.load("unit-checkpoint").unwrap().is_none());
+        assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 0);
+
+        // All three: taken, with the next id.
+        let taken = cp
+            .take(BarrierKind::Periodic, position(10), &stats, &mut |b| {
+                for _ in 0..3 {
+                    b.ack.send(Ack::Worker).unwrap();
+                }
+                true
+            })
+            .unwrap()
+            .expect("a checkpoint");
+        assert_eq!(taken.id, 1);
+        assert!(same(
+            &store.load("unit-checkpoint").unwrap().unwrap(),
+            &taken
+        ));
+        assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 1);
+        drop(cp);
+        out.finish();
+    }
+
+    #[test]
+    fn a_checkpoint_records_the_synced_sinks_the_position_and_why_it_was_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let out = FileSink::start("out");
+        let dlq = FileSink::start("dlq");
+        let mut cp = checkpointer(store.clone(), 1, false, vec![out.handle(), dlq.handle()]);
+        let stats = Stats::default();
+        let ack = |b: &Barrier| b.ack.send(Ack::Worker).is_ok();
+
+        let out_bytes =
+            send_lines(&out.handle(), &["one", "two"]) + send_lines(&out.handle(), &["three"]);
+        let dlq_bytes = send_lines(&dlq.handle(), &[r#"{"reason":"x"}"#]);
+        let first = cp
+            .take(BarrierKind::Periodic, position(100), &stats, &mut { ack })
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.id, 1);
+        assert_eq!(
+            first.sinks,
+            BTreeMap::from([
+                ("dlq".to_string(), dlq_bytes),
+                ("out".to_string(), out_bytes)
+            ])
+        );
+        // Synced: the file holds that much already.
+        assert_eq!(std::fs::metadata(out.path()).unwrap().len(), out_bytes);
+        assert_eq!(first.position, position(100));
+        assert_eq!(first.shape, shape("2"));
+        assert_eq!(
+            first.exclusive,
+            BTreeSet::from(["dlq".into(), "out".into()])
+        );
+        assert!(!first.finished && !first.stopped);
+        assert!(!cp.moved(&position(100)));
+        assert!(cp.moved(&position(101)));
+
+        let more = send_lines(&out.handle(), &["four"]);
+        let stop = cp
+            .take(BarrierKind::Stop, position(120), &stats, &mut { ack })
+            .unwrap()
+            .unwrap();
+        assert_eq!((stop.id, stop.stopped, stop.finished), (2, true, false));
+        assert_eq!(stop.sinks["out"], out_bytes + more);
+        assert_eq!(stop.sinks["dlq"], dlq_bytes);
+        let end = cp
+            .take(BarrierKind::End, position(130), &stats, &mut { ack })
+            .unwrap()
+            .unwrap();
+        assert_eq!((end.id, end.stopped, end.finished), (3, false, true));
+        assert!(same(&store.load("unit-checkpoint").unwrap().unwrap(), &end));
+        drop(cp);
+        out.finish();
+        dlq.finish();
+    }
+
+    #[test]
+    fn a_windowed_pipeline_waits_for_the_window_operator_and_saves_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut cp = checkpointer(store.clone(), 4, true, Vec::new());
+        let snapshot = WindowSnapshot {
+            fixed: vec![(0, 10, b"a".to_vec(), vec![crate::aggregate::Acc::Count(3)])],
+            sessions: Vec::new(),
+            watermark: 5,
+            partitions: vec![Some(5), Some(9), None, None],
+        };
+        let state = snapshot.clone();
+        let taken = cp
+            .take(
+                BarrierKind::Periodic,
+                position(1),
+                &Stats::default(),
+                &mut |b| {
+                    // One acknowledgement stands for every partition.
+                    let tasks = BTreeMap::from([(0, state.clone())]);
+                    b.ack.send(Ack::Window(Box::new(tasks))).is_ok()
+                },
+            )
+            .unwrap()
+            .unwrap();
+        let saved = taken.window.expect("the window state");
+        assert_eq!(
+            serde_json::to_value(&saved).unwrap(),
+            serde_json::to_value(&snapshot).unwrap()
+        );
+        assert!(taken.tasks.is_empty());
+        assert!(taken.sinks.is_empty());
+    }
+
+    #[test]
+    fn a_failed_pipeline_or_a_refused_barrier_takes_no_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut cp = checkpointer(store.clone(), 1, false, Vec::new());
+        let stats = Stats::default();
+        // A partition is gone: the barrier cannot be sent.
+        let refused = cp
+            .take(BarrierKind::Periodic, position(1), &stats, &mut |_| false)
+            .unwrap();
+        assert!(refused.is_none());
+        cp.failed.store(true, Ordering::Relaxed);
+        let mut sent = false;
+        let failed = cp
+            .take(BarrierKind::Periodic, position(1), &stats, &mut |b| {
+                sent = true;
+                b.ack.send(Ack::Worker).is_ok()
+            })
+            .unwrap();
+        assert!(failed.is_none());
+        assert!(!sent, "no barrier is sent once the pipeline failed");
+        assert!(store.load("unit-checkpoint").unwrap().is_none());
+        assert_eq!(cp.last_id, 0);
+    }
+
+    #[test]
+    fn a_checkpoint_is_due_every_n_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut cp = checkpointer(store, 1, false, Vec::new());
+        let stats = Stats::default();
+        stats.batches.store(2, Ordering::Relaxed);
+        assert!(!cp.due(&stats));
+        stats.batches.store(3, Ordering::Relaxed);
+        assert!(cp.due(&stats));
+        cp.take(BarrierKind::Periodic, position(1), &stats, &mut |b| {
+            b.ack.send(Ack::Worker).is_ok()
+        })
+        .unwrap()
+        .unwrap();
+        assert!(!cp.due(&stats), "counted from the last checkpoint");
+        stats.batches.store(5, Ordering::Relaxed);
+        assert!(!cp.due(&stats));
+        stats.batches.store(6, Ordering::Relaxed);
+        assert!(cp.due(&stats));
+    }
+
+    #[test]
+    fn a_checkpoint_through_a_running_worker_holds_exactly_the_output_before_the_barrier() {
+        use crate::config::{BreakerConfig, OnError};
+        use crate::source::{Chunk, Record};
+        use crate::testkit::{slot, stage_spec};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let out = FileSink::start("out");
+        let chain = Arc::new(crate::worker::Chain {
+            // Batches close at 1000 records: only the barrier closes the first.
+            limits: crate::batcher::BatchLimits {
+                max_records: 1000,
+                max_bytes: 1 << 30,
+                interval: Duration::from_secs(3600),
+            },
+            stages: vec![stage_spec(
+                slot("identity"),
+                &[],
+                OnError::Stop,
+                BreakerConfig::default(),
+            )],
+        });
+        let stats = Arc::new(Stats::default());
+        let worker = crate::worker::Worker {
+            pipeline: "unit-checkpoint".into(),
+            partition: 0,
+            chain: Arc::new(arc_swap::ArcSwap::new(chain.clone())),
+            stages: crate::processor::Stage::chain("unit-checkpoint", 0, &chain.stages).unwrap(),
+            running: chain,
+            refused: None,
+            window: None,
+            sinks: vec![out.handle()],
+            dead_letter: crate::dead_letter::DeadLetter::new("unit-checkpoint", None),
+            stats: stats.clone(),
+            metrics: crate::metrics::pipeline("unit-checkpoint"),
+            stop: Arc::new(AtomicBool::new(false)),
+            task: None,
+        };
+        let (tx, rx) = flume::unbounded();
+        let thread = std::thread::spawn(move || worker.run(rx));
+        let lines = |range: std::ops::Range<usize>| -> Vec<Record> {
+            range
+                .map(|i| Record {
+                    key: Vec::new(),
+                    value: format!("line {i}").into_bytes(),
+                    timestamp_ms: 0,
+                    headers: Vec::new(),
+                    task: None,
+                })
+                .collect()
+        };
+        let before = lines(0..7);
+        let bytes: u64 = before.iter().map(|r| r.value.len() as u64 + 1).sum();
+        tx.send(Chunk::Records(before)).unwrap();
+        let mut cp = checkpointer(store.clone(), 1, false, vec![out.handle()]);
+        let taken = cp
+            .take(BarrierKind::Periodic, position(70), &stats, &mut |b| {
+                tx.send(Chunk::Barrier(b.clone())).is_ok()
+            })
+            .unwrap()
+            .expect("a checkpoint");
+        assert_eq!(taken.sinks["out"], bytes);
+        assert_eq!(stats.batches.load(Ordering::Relaxed), 1);
+        tx.send(Chunk::Records(lines(7..10))).unwrap();
+        drop(tx);
+        thread.join().unwrap().unwrap();
+        drop(cp);
+        let written = out.finish();
+        assert_eq!(written.len(), 10);
+        let at_checkpoint: u64 = written[..7].iter().map(|l| l.len() as u64 + 1).sum();
+        assert_eq!(taken.sinks["out"], at_checkpoint);
+    }
+
+    #[test]
+    fn a_resumed_checkpointer_goes_on_from_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let last = checkpoint(41);
+        let mut cp = Checkpointer::new(
+            "unit-checkpoint".into(),
+            CheckpointSpec {
+                interval: Duration::from_secs(3600),
+                batches: None,
+            },
+            store.clone(),
+            shape("2"),
+            1,
+            false,
+            (Vec::new(), BTreeSet::new()),
+            Arc::new(AtomicBool::new(false)),
+            Some(&last),
+        );
+        assert!(!cp.moved(&last.position), "nothing new to save there");
+        let next = cp
+            .take(
+                BarrierKind::Periodic,
+                position(200),
+                &Stats::default(),
+                &mut |b| b.ack.send(Ack::Worker).is_ok(),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.id, 42);
+        assert_eq!(store.load("unit-checkpoint").unwrap().unwrap().id, 42);
+    }
+
+    #[test]
+    fn shape_changes_names_each_field_that_differs() {
+        let then = shape("2");
+        let mut now = shape("4");
+        now.insert("window".into(), "tumbling 10s".into());
+        assert_eq!(
+            shape_changes(&then, &now),
+            vec![
+                "partitions: 2 → now 4".to_string(),
+                "window: (none) → now tumbling 10s".to_string(),
+            ]
+        );
+        assert!(shape_changes(&then, &shape("2")).is_empty());
+        assert_eq!(
+            shape_changes(&now, &then),
+            vec![
+                "partitions: 4 → now 2".to_string(),
+                "window: tumbling 10s → now (none)".to_string(),
+            ]
+        );
+    }
+}

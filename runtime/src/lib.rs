@@ -51,3 +51,6 @@ pub mod watermark;
 pub mod window;
 pub mod window_operator;
 pub mod worker;
+
+#[cfg(test)]
+mod testkit;

@@ -431,3 +431,412 @@ impl Breaker {
         self.half_open = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Bisection, `on_error` and the circuit breaker, on real Wasm instances of
+    //! the `misbehave` test plugin: with `mode = "fail"` (or `"panic"`) and
+    //! `trigger = "POISON"`, a call fails exactly when its batch holds a record
+    //! containing `POISON`, so which records are poison is known from the input.
+
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testkit::{batch_of, plugin, slot, stage_spec, values_of};
+
+    const FAILED_ON_PURPOSE: &str = "plugin error: misbehave: batch failed on purpose";
+    const OPEN: &str = "circuit breaker open";
+
+    fn breaker(failures: usize) -> BreakerConfig {
+        BreakerConfig {
+            failures,
+            cooldown: Duration::from_secs(3600),
+            bisect_limit: 1000,
+        }
+    }
+
+    fn stage_with(
+        slot: Arc<PluginSlot>,
+        config: &[(&str, &str)],
+        on_error: OnError,
+        breaker: BreakerConfig,
+    ) -> Stage {
+        let spec = stage_spec(slot, config, on_error, breaker);
+        Stage::new("unit-processor", 0, spec).expect("the stage starts")
+    }
+
+    /// A `misbehave` stage whose calls fail on batches holding `POISON`.
+    fn failing_stage(on_error: OnError, breaker: BreakerConfig) -> Stage {
+        stage_with(
+            slot("misbehave"),
+            &[("mode", "fail"), ("trigger", "POISON")],
+            on_error,
+            breaker,
+        )
+    }
+
+    /// Records `r0`, `r1`, …; those at `poison` carry `POISON`.
+    fn records(n: usize, poison: &[usize]) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                if poison.contains(&i) {
+                    format!("r{i} POISON")
+                } else {
+                    format!("r{i}")
+                }
+            })
+            .collect()
+    }
+
+    fn run(stage: &mut Stage, values: &[String]) -> StageOutput {
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        stage
+            .process(&mut batch_of(&refs))
+            .expect("no error under dead-letter or skip")
+    }
+
+    fn failed_indices(out: &StageOutput) -> Vec<u32> {
+        out.failed.iter().map(|(i, _)| *i).collect()
+    }
+
+    /// The breaker's cooldown is over (as if an hour had passed).
+    fn end_cooldown(stage: &mut Stage) {
+        assert!(
+            stage.breaker.open_until.is_some(),
+            "the breaker is not open"
+        );
+        stage.breaker.open_until = Some(Instant::now());
+    }
+
+    #[test]
+    fn bisection_isolates_exactly_the_poison_records() {
+        let mut stage = failing_stage(OnError::DeadLetter, breaker(1000));
+        let input = records(16, &[3, 4, 11]);
+        let out = run(&mut stage, &input);
+        assert_eq!(failed_indices(&out), vec![3, 4, 11]);
+        for (_, reason) in &out.failed {
+            assert_eq!(reason, FAILED_ON_PURPOSE);
+        }
+        let passed: Vec<String> = [0, 1, 2, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15]
+            .iter()
+            .map(|i| format!("r{i}"))
+            .collect();
+        assert_eq!(values_of(&out.events), passed, "the others, in order");
+        assert!(out.rejected.is_empty());
+    }
+
+    #[test]
+    fn a_batch_without_poison_is_one_call_and_passes_whole() {
+        let mut stage = failing_stage(OnError::DeadLetter, breaker(1));
+        let input = records(5, &[]);
+        let out = run(&mut stage, &input);
+        assert_eq!(values_of(&out.events), input);
+        assert!(out.failed.is_empty() && out.rejected.is_empty());
+    }
+
+    #[test]
+    fn a_trap_throws_the_instance_away_and_bisection_goes_on() {
+        let mut stage = stage_with(
+            slot("misbehave"),
+            &[("mode", "panic"), ("trigger", "POISON")],
+            OnError::Skip,
+            breaker(1000),
+        );
+        let input = records(6, &[1, 4]);
+        let out = run(&mut stage, &input);
+        assert_eq!(failed_indices(&out), vec![1, 4]);
+        for (_, reason) in &out.failed {
+            assert!(reason.contains("misbehave: panic on purpose"), "{reason}");
+        }
+        assert_eq!(values_of(&out.events), ["r0", "r2", "r3", "r5"]);
+        // The next batch runs on a fresh instance.
+        let out = run(&mut stage, &records(2, &[]));
+        assert_eq!(values_of(&out.events), ["r0", "r1"]);
+    }
+
+    #[test]
+    fn rejections_in_a_bisected_batch_keep_their_index_in_the_batch() {
+        // Rejects records containing REJ, fails batches containing POISON.
+        let mut stage = stage_with(
+            slot("misbehave"),
+            &[("mode", "fail"), ("trigger", "POISON"), ("reject", "REJ")],
+            OnError::DeadLetter,
+            breaker(1000),
+        );
+        let input: Vec<String> = ["a", "REJ1", "POISON2", "b", "REJ4", "c", "POISON6", "d"]
+            .map(String::from)
+            .to_vec();
+        let out = run(&mut stage, &input);
+        assert_eq!(values_of(&out.events), ["a", "b", "c", "d"]);
+        let rejected: Vec<u32> = out.rejected.iter().map(|(i, _)| *i).collect();
+        assert_eq!(rejected, vec![1, 4]);
+        assert_eq!(failed_indices(&out), vec![2, 6]);
+    }
+
+    #[test]
+    fn every_kind_of_failed_call_is_isolated_and_counted_by_kind() {
+        use std::sync::atomic::Ordering::Relaxed;
+        /// Reads the counter of one kind of failure.
+        type Counter = fn(&PluginMetrics) -> u64;
+        // (mode, what the reason says, the counter of its kind). The deadline
+        // is 250 ms: long enough for a good call on a loaded machine, short
+        // enough for three timeouts.
+        let kinds: [(&str, &str, Counter); 3] = [
+            ("panic", "misbehave: panic on purpose", |m| {
+                m.traps.load(Relaxed)
+            }),
+            (
+                "alloc",
+                "out of memory: the instance hit its 33554432-byte memory limit",
+                |m| m.out_of_memory.load(Relaxed),
+            ),
+            (
+                "loop",
+                "timeout: the call ran past its 250ms deadline",
+                |m| m.timeouts.load(Relaxed),
+            ),
+        ];
+        for (mode, reason, counter) in kinds {
+            let spec = StageSpec {
+                label: "0:misbehave".into(),
+                slot: slot("misbehave"),
+                config: vec![
+                    ("mode".into(), mode.into()),
+                    ("trigger".into(), "POISON".into()),
+                    ("bytes".into(), (256 << 20).to_string()),
+                ],
+                limits: Limits {
+                    memory_bytes: 32 << 20,
+                    timeout: Duration::from_millis(250),
+                },
+                on_error: OnError::DeadLetter,
+                breaker: breaker(1000),
+            };
+            // A pipeline of its own: its own counters.
+            let pipeline = format!("unit-processor-{mode}");
+            let mut stage = Stage::new(&pipeline, 0, Arc::new(spec)).unwrap();
+            let out = run(&mut stage, &records(4, &[1]));
+            assert_eq!(failed_indices(&out), vec![1], "{mode}");
+            assert!(
+                out.failed[0].1.contains(reason),
+                "{mode}: {}",
+                out.failed[0].1
+            );
+            assert_eq!(values_of(&out.events), ["r0", "r2", "r3"], "{mode}");
+            // Failed calls: the batch, the half holding record 1, record 1.
+            assert_eq!(counter(&stage.metrics), 3, "{mode}");
+        }
+    }
+
+    #[test]
+    fn one_poison_record_in_16_takes_log2_16_failed_calls_to_isolate() {
+        let input = records(16, &[9]);
+        let limited = |bisect_limit| {
+            let mut stage = failing_stage(
+                OnError::DeadLetter,
+                BreakerConfig {
+                    bisect_limit,
+                    ..breaker(1000)
+                },
+            );
+            run(&mut stage, &input)
+        };
+        // 4 = log2(16) failed calls: isolated.
+        let out = limited(4);
+        assert_eq!(failed_indices(&out), vec![9]);
+        assert_eq!(out.failed[0].1, FAILED_ON_PURPOSE);
+        assert_eq!(out.events.len(), 15);
+        // One fewer: a range holding it is given up on, together.
+        let out = limited(3);
+        let failed = failed_indices(&out);
+        assert!(failed.contains(&9) && failed.len() == 2, "{failed:?}");
+        for (_, reason) in &out.failed {
+            assert!(
+                reason
+                    .contains("not isolated: bisection of this batch stopped after 3 failed calls"),
+                "{reason}"
+            );
+        }
+        let passed = values_of(&out.events);
+        assert_eq!(passed.len(), 14);
+        for (i, value) in input.iter().enumerate() {
+            assert_ne!(
+                failed.contains(&(i as u32)),
+                passed.contains(value),
+                "record {i} is either failed or passed"
+            );
+        }
+    }
+
+    #[test]
+    fn stop_returns_the_error_and_leaves_the_batch_as_it_was() {
+        let mut stage = failing_stage(OnError::Stop, breaker(1));
+        let input = records(3, &[1]);
+        let refs: Vec<&str> = input.iter().map(String::as_str).collect();
+        let mut batch = batch_of(&refs);
+        match stage.process(&mut batch) {
+            Err(CallError::Plugin(message)) => {
+                assert_eq!(message, "misbehave: batch failed on purpose");
+            }
+            other => panic!("expected the plugin's error, got {other:?}"),
+        }
+        assert_eq!(values_of(&batch), input);
+        // No breaker under `stop`: a good batch still runs.
+        let out = stage.process(&mut batch_of(&["fine"])).unwrap();
+        assert_eq!(values_of(&out.events), ["fine"]);
+    }
+
+    #[test]
+    fn the_breaker_opens_after_n_poison_records_in_a_row() {
+        let mut stage = failing_stage(OnError::DeadLetter, breaker(3));
+        let out = run(&mut stage, &records(8, &[0, 1, 2, 3, 4, 5, 6, 7]));
+        assert_eq!(failed_indices(&out), (0..8).collect::<Vec<_>>());
+        let tried: Vec<u32> = out
+            .failed
+            .iter()
+            .filter(|(_, reason)| reason == FAILED_ON_PURPOSE)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(
+            tried,
+            vec![0, 1, 2],
+            "three isolated, then the breaker opened"
+        );
+        for (i, reason) in &out.failed[3..] {
+            assert!(reason.starts_with(OPEN), "{i}: {reason}");
+        }
+        // Open: records that would pass are not even tried.
+        let out = run(&mut stage, &records(2, &[]));
+        assert!(out.events.is_empty());
+        assert_eq!(failed_indices(&out), vec![0, 1]);
+        assert!(out.failed.iter().all(|(_, r)| r.starts_with(OPEN)));
+    }
+
+    #[test]
+    fn a_success_between_poison_records_keeps_the_breaker_closed() {
+        let mut stage = failing_stage(OnError::DeadLetter, breaker(2));
+        // Poison, success, poison: never two in a row.
+        let out = run(&mut stage, &records(2, &[0]));
+        assert_eq!(failed_indices(&out), vec![0]);
+        let out = run(&mut stage, &records(2, &[1]));
+        assert_eq!(failed_indices(&out), vec![1]);
+        assert_eq!(out.failed[0].1, FAILED_ON_PURPOSE);
+        let out = run(&mut stage, &records(1, &[]));
+        assert_eq!(out.events.len(), 1, "still closed");
+        // Two in a row: open.
+        let out = run(&mut stage, &records(2, &[0, 1]));
+        assert_eq!(failed_indices(&out), vec![0, 1]);
+        assert!(out.failed.iter().all(|(_, r)| r == FAILED_ON_PURPOSE));
+        let out = run(&mut stage, &records(1, &[]));
+        assert!(out.events.is_empty());
+        assert!(out.failed[0].1.starts_with(OPEN));
+    }
+
+    #[test]
+    fn after_the_cooldown_a_good_trial_batch_closes_the_breaker() {
+        let mut stage = failing_stage(OnError::DeadLetter, breaker(2));
+        run(&mut stage, &records(2, &[0, 1]));
+        let out = run(&mut stage, &records(1, &[]));
+        assert!(out.failed[0].1.starts_with(OPEN));
+        end_cooldown(&mut stage);
+        // Half-open: the trial batch passes.
+        let out = run(&mut stage, &records(2, &[]));
+        assert_eq!(values_of(&out.events), ["r0", "r1"]);
+        // Closed: a failed batch is bisected again, not refused.
+        let out = run(&mut stage, &records(3, &[1]));
+        assert_eq!(failed_indices(&out), vec![1]);
+        assert_eq!(out.failed[0].1, FAILED_ON_PURPOSE);
+        assert_eq!(values_of(&out.events), ["r0", "r2"]);
+    }
+
+    #[test]
+    fn after_the_cooldown_a_failed_trial_batch_opens_it_again_without_bisecting() {
+        let mut stage = failing_stage(OnError::DeadLetter, breaker(1));
+        run(&mut stage, &records(1, &[0]));
+        end_cooldown(&mut stage);
+        let out = run(&mut stage, &records(3, &[1]));
+        assert!(
+            out.events.is_empty(),
+            "the good records of the trial are not retried"
+        );
+        assert_eq!(failed_indices(&out), vec![0, 1, 2]);
+        for (_, reason) in &out.failed {
+            assert_eq!(
+                reason,
+                &format!("{FAILED_ON_PURPOSE} (circuit breaker trial batch; opened again)")
+            );
+        }
+        let out = run(&mut stage, &records(1, &[]));
+        assert!(out.failed[0].1.starts_with(OPEN), "open again");
+    }
+
+    #[test]
+    fn a_new_plugin_version_closes_the_breaker() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("misbehave.wasm");
+        let bytes = std::fs::read(crate::testkit::plugins_dir().join("misbehave.wasm")).unwrap();
+        std::fs::write(&file, &bytes).unwrap();
+        let mut running = plugin("misbehave");
+        running.path = file.clone();
+        let slot = PluginSlot::new(running);
+        let mut stage = stage_with(
+            slot.clone(),
+            &[("mode", "fail"), ("trigger", "POISON")],
+            OnError::DeadLetter,
+            breaker(2),
+        );
+        run(&mut stage, &records(2, &[0, 1]));
+        assert!(
+            run(&mut stage, &records(1, &[])).failed[0]
+                .1
+                .starts_with(OPEN)
+        );
+        let old = stage.plugin().version.clone();
+
+        // The same code with a custom section appended: another version.
+        let mut new = bytes.clone();
+        let name = b"unit-test";
+        let payload = b"v2";
+        new.extend_from_slice(&[0, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+        new.extend_from_slice(name);
+        new.extend_from_slice(payload);
+        std::fs::write(&file, &new).unwrap();
+        assert!(
+            slot.reload(crate::testkit::host()),
+            "the new version went in"
+        );
+
+        // Closed: the batch is called and bisected, the poison record isolated.
+        let out = run(&mut stage, &records(3, &[1]));
+        assert_ne!(stage.plugin().version, old);
+        assert_eq!(stage.plugin().version, crate::plugin::content_version(&new));
+        assert_eq!(failed_indices(&out), vec![1]);
+        assert_eq!(out.failed[0].1, FAILED_ON_PURPOSE);
+        assert_eq!(values_of(&out.events), ["r0", "r2"]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Whatever the batch and wherever its poison records, exactly those
+        /// fail and every other record passes, in order.
+        #[test]
+        fn bisection_finds_any_set_of_poison_records(
+            poison in proptest::collection::vec(any::<bool>(), 1..40),
+        ) {
+            let mut stage = failing_stage(OnError::DeadLetter, breaker(1000));
+            let bad: Vec<usize> = (0..poison.len()).filter(|&i| poison[i]).collect();
+            let input = records(poison.len(), &bad);
+            let out = run(&mut stage, &input);
+            let want_failed: Vec<u32> = bad.iter().map(|&i| i as u32).collect();
+            prop_assert_eq!(failed_indices(&out), want_failed);
+            let want_passed: Vec<String> = (0..poison.len())
+                .filter(|&i| !poison[i])
+                .map(|i| format!("r{i}"))
+                .collect();
+            prop_assert_eq!(values_of(&out.events), want_passed);
+        }
+    }
+}

@@ -943,3 +943,855 @@ fn update(spec: &WindowSpec, accs: &mut [Acc], row: &[Option<Value>], ts: i64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The operator run in process over a queue of messages (as the workers
+    //! send them), writing to real file sinks. Expected windows are worked out
+    //! by hand, or by a naive model ([`model`]) that assigns windows from their
+    //! definition and aggregates plain lists of values.
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::checkpoint::Barrier;
+    use crate::config::{LatePolicy, OutputMode};
+    use crate::testkit::FileSink;
+
+    const S: i64 = 1000;
+
+    /// A window spec grouping by key with `count(*)`, `sum(/v)`, `min(/v)` and
+    /// `max(/v)` as `n`, `sum`, `min`, `max`.
+    fn spec(kind: WindowKind, delay_ms: i64, lateness_ms: i64) -> WindowSpec {
+        let agg = |op, field: Option<usize>, name: &str| AggSpec {
+            op,
+            field,
+            name: name.into(),
+            udf: None,
+        };
+        WindowSpec {
+            kind,
+            delay_ms,
+            lateness_ms,
+            idle_timeout: Duration::from_secs(3600),
+            mode: OutputMode::Append,
+            grouping: Grouping::Key,
+            aggregates: vec![
+                agg(Op::Count, None, "n"),
+                agg(Op::Sum, Some(0), "sum"),
+                agg(Op::Min, Some(0), "min"),
+                agg(Op::Max, Some(0), "max"),
+            ],
+            pointers: vec![Pointer::parse("/v").unwrap()],
+            late: LatePolicy::DeadLetter,
+        }
+    }
+
+    /// A worker's micro-batch from `partition`: (key, event time, v) records.
+    fn batch(spec: &WindowSpec, partition: usize, records: &[(&str, i64, i64)]) -> WindowMsg {
+        let mut events = Batch::new();
+        for (key, ts, v) in records {
+            events.push(
+                Some(key.as_bytes()),
+                json!({ "v": v }).to_string().as_bytes(),
+                *ts,
+            );
+        }
+        let (events, values, unreadable) = spec.prepare(events);
+        assert!(unreadable.is_empty());
+        WindowMsg::Batch(WindowInput {
+            partition,
+            task: None,
+            max_input_ts: records.iter().map(|r| r.1).max(),
+            events,
+            values,
+        })
+    }
+
+    fn barrier(id: u64, kind: BarrierKind, ack: &flume::Sender<Ack>) -> WindowMsg {
+        WindowMsg::Barrier(Barrier {
+            id,
+            kind,
+            ack: ack.clone(),
+        })
+    }
+
+    /// An emitted window: (start, end, key, n, sum, min, max).
+    type Row = (i64, i64, String, u64, i64, i64, i64);
+
+    struct Outcome {
+        /// Emitted windows, in the order written.
+        rows: Vec<Row>,
+        /// Dead-lettered records: (original, reason).
+        dead: Vec<(String, String)>,
+        stats: Stats,
+    }
+
+    fn ms(text: &Value) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(text.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    /// Runs the operator over `msgs` until their end.
+    fn operate(
+        spec: &WindowSpec,
+        partitions: usize,
+        msgs: Vec<WindowMsg>,
+        checkpointed: bool,
+    ) -> Outcome {
+        operate_tasks(spec, partitions, msgs, checkpointed, false)
+    }
+
+    /// [`operate`], for a Kafka pipeline (`kafka`: each input names its task).
+    fn operate_tasks(
+        spec: &WindowSpec,
+        partitions: usize,
+        msgs: Vec<WindowMsg>,
+        checkpointed: bool,
+        kafka: bool,
+    ) -> Outcome {
+        let out = FileSink::start("out");
+        let dlq = FileSink::start("dlq");
+        let dead_letter = DeadLetter::new("unit-window", Some(dlq.handle()));
+        let stats = Stats::default();
+        let (tx, rx) = flume::unbounded();
+        for msg in msgs {
+            tx.send(msg).unwrap();
+        }
+        drop(tx);
+        run(
+            "unit-window",
+            spec,
+            partitions,
+            rx,
+            &[out.handle()],
+            &dead_letter,
+            &stats,
+            None,
+            checkpointed,
+            kafka,
+        )
+        .unwrap();
+        drop(dead_letter);
+        let rows = out
+            .finish()
+            .iter()
+            .map(|line| {
+                let o: Value = serde_json::from_str(line).unwrap();
+                (
+                    ms(&o["window_start"]),
+                    ms(&o["window_end"]),
+                    o["key"].as_str().unwrap().to_string(),
+                    o["n"].as_u64().unwrap(),
+                    o["sum"].as_i64().unwrap(),
+                    o["min"].as_i64().unwrap(),
+                    o["max"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let dead = dlq
+            .finish()
+            .iter()
+            .map(|line| {
+                let d: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(d["stage"], "window");
+                (
+                    d["original"].as_str().unwrap().to_string(),
+                    d["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        Outcome { rows, dead, stats }
+    }
+
+    /// A window's row from its start, end, key and values.
+    fn row(start: i64, end: i64, key: &str, vs: &[i64]) -> Row {
+        (
+            start,
+            end,
+            key.into(),
+            vs.len() as u64,
+            vs.iter().sum(),
+            *vs.iter().min().unwrap(),
+            *vs.iter().max().unwrap(),
+        )
+    }
+
+    fn late(o: &Outcome) -> u64 {
+        o.stats.late.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn tumbling_windows_fire_once_the_watermark_passes_their_end() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let msgs = || {
+            vec![
+                batch(&spec, 0, &[("a", S, 1), ("b", 3 * S, 7), ("a", 5 * S, 2)]),
+                // The watermark moves to 12 s: [0, 10 s) is complete.
+                batch(&spec, 0, &[("a", 12 * S, 4)]),
+                batch(&spec, 0, &[("a", 15 * S, 8), ("b", 19_999, -3)]),
+            ]
+        };
+        let first = vec![row(0, 10 * S, "a", &[1, 2]), row(0, 10 * S, "b", &[7])];
+        // Checkpointed: the input's end emits nothing; only the watermark did.
+        let o = operate(&spec, 1, msgs(), true);
+        assert_eq!(o.rows, first);
+        assert_eq!(o.stats.watermark_ms.load(Ordering::Relaxed), 19_999);
+        assert_eq!(o.stats.records_out.load(Ordering::Relaxed), 2);
+        // Otherwise the end of the input emits the rest.
+        let o = operate(&spec, 1, msgs(), false);
+        let mut all = first;
+        all.push(row(10 * S, 20 * S, "a", &[4, 8]));
+        all.push(row(10 * S, 20 * S, "b", &[-3]));
+        assert_eq!(o.rows, all);
+        assert_eq!(late(&o), 0);
+        assert!(o.dead.is_empty());
+    }
+
+    #[test]
+    fn the_watermark_delay_holds_windows_open() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 5 * S, 0);
+        let msgs = vec![
+            batch(&spec, 0, &[("a", S, 1)]),
+            batch(&spec, 0, &[("a", 14 * S, 2)]), // watermark 9 s: still open
+            batch(&spec, 0, &[("a", 9 * S, 3)]),  // so this is in time
+            batch(&spec, 0, &[("a", 15 * S, 4)]), // watermark 10 s: fires
+        ];
+        let o = operate(&spec, 1, msgs, true);
+        assert_eq!(o.rows, vec![row(0, 10 * S, "a", &[1, 3])]);
+        assert_eq!(late(&o), 0);
+    }
+
+    #[test]
+    fn late_records_are_counted_and_dead_lettered_unless_the_lateness_allows_them() {
+        let msgs = |spec: &WindowSpec| {
+            vec![
+                batch(spec, 0, &[("a", 15 * S, 1)]),
+                batch(spec, 0, &[("a", 5 * S, 2), ("a", 11 * S, 3)]),
+            ]
+        };
+        // No lateness: [0, 10 s) closed at watermark 15 s.
+        let strict = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let o = operate(&strict, 1, msgs(&strict), false);
+        assert_eq!(o.rows, vec![row(10 * S, 20 * S, "a", &[1, 3])]);
+        assert_eq!(late(&o), 1);
+        assert_eq!(o.dead.len(), 1);
+        assert_eq!(o.dead[0].0, r#"{"v":2}"#);
+        assert!(o.dead[0].1.starts_with("late: "), "{}", o.dead[0].1);
+        assert_eq!(o.stats.rejected.load(Ordering::Relaxed), 1);
+        // Dropped instead: still counted, not dead-lettered.
+        let dropping = WindowSpec {
+            late: LatePolicy::Drop,
+            ..strict.clone()
+        };
+        let o = operate(&dropping, 1, msgs(&dropping), false);
+        assert_eq!(late(&o), 1);
+        assert!(o.dead.is_empty());
+        assert_eq!(o.stats.rejected.load(Ordering::Relaxed), 0);
+        // 6 s of allowed lateness: [0, 10 s) is open until the watermark is 16 s.
+        let lenient = spec(WindowKind::Tumbling { size: 10 * S }, 0, 6 * S);
+        let o = operate(&lenient, 1, msgs(&lenient), false);
+        assert_eq!(
+            o.rows,
+            vec![row(0, 10 * S, "a", &[2]), row(10 * S, 20 * S, "a", &[1, 3])]
+        );
+        assert_eq!(late(&o), 0);
+    }
+
+    #[test]
+    fn the_slowest_partition_holds_the_watermark() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let msgs = vec![
+            batch(&spec, 0, &[("a", 25 * S, 1)]),
+            batch(&spec, 1, &[("a", 5 * S, 2)]), // watermark min(25, 5) = 5 s
+            batch(&spec, 1, &[("a", 8 * S, 3)]), // 8 s: nothing complete
+        ];
+        let o = operate(&spec, 2, msgs, true);
+        assert!(o.rows.is_empty(), "{:?}", o.rows);
+        assert_eq!(o.stats.watermark_ms.load(Ordering::Relaxed), 8 * S);
+        let msgs = vec![
+            batch(&spec, 0, &[("a", 25 * S, 1)]),
+            batch(&spec, 1, &[("a", 5 * S, 2)]),
+            batch(&spec, 1, &[("a", 21 * S, 3)]), // 21 s: [0, 10 s) and [10 s, 20 s)
+        ];
+        let o = operate(&spec, 2, msgs, true);
+        assert_eq!(o.rows, vec![row(0, 10 * S, "a", &[2])]);
+    }
+
+    #[test]
+    fn a_silent_partition_holds_the_watermark_until_it_is_idle() {
+        let msgs = |spec: &WindowSpec| {
+            vec![
+                batch(spec, 0, &[("a", S, 1)]),
+                batch(spec, 0, &[("a", 30 * S, 2)]),
+            ]
+        };
+        // Partition 1 never sends; within its idle timeout it holds everything.
+        let waiting = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let o = operate(&waiting, 2, msgs(&waiting), true);
+        assert!(o.rows.is_empty(), "{:?}", o.rows);
+        assert_eq!(o.stats.watermark_ms.load(Ordering::Relaxed), i64::MIN);
+        // Idle at once: partition 0 alone moves the watermark.
+        let idle = WindowSpec {
+            idle_timeout: Duration::ZERO,
+            ..waiting.clone()
+        };
+        let o = operate(&idle, 2, msgs(&idle), true);
+        assert_eq!(o.rows, vec![row(0, 10 * S, "a", &[1])]);
+        assert_eq!(o.stats.watermark_ms.load(Ordering::Relaxed), 30 * S);
+    }
+
+    #[test]
+    fn sliding_windows_hold_every_record_in_each_window_containing_it() {
+        let spec = spec(
+            WindowKind::Sliding {
+                size: 10 * S,
+                slide: 5 * S,
+            },
+            0,
+            0,
+        );
+        let msgs = vec![batch(
+            &spec,
+            0,
+            &[("a", 2 * S, 1), ("a", 7 * S, 2), ("a", 12 * S, 4)],
+        )];
+        let o = operate(&spec, 1, msgs, false);
+        assert_eq!(
+            o.rows,
+            vec![
+                row(-5 * S, 5 * S, "a", &[1]),
+                row(0, 10 * S, "a", &[1, 2]),
+                row(5 * S, 15 * S, "a", &[2, 4]),
+                row(10 * S, 20 * S, "a", &[4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn sessions_close_after_the_gap_and_merge_when_a_record_bridges_them() {
+        let spec = spec(WindowKind::Session { gap: 5 * S }, 100 * S, 0);
+        let msgs = vec![
+            batch(
+                &spec,
+                0,
+                &[
+                    ("a", S, 1),
+                    ("b", 2 * S, 5),
+                    ("a", 3 * S, 2),
+                    ("a", 10 * S, 3),
+                ],
+            ),
+            batch(&spec, 0, &[("c", 20 * S, 1), ("c", 28 * S, 2)]),
+            // [24 s, 29 s) overlaps [20 s, 25 s) and [28 s, 33 s): one session.
+            batch(&spec, 0, &[("c", 24 * S, 4), ("a", 11 * S, 6)]),
+        ];
+        let o = operate(&spec, 1, msgs, false);
+        assert_eq!(
+            o.rows,
+            vec![
+                row(2 * S, 7 * S, "b", &[5]),
+                row(S, 8 * S, "a", &[1, 2]),
+                row(10 * S, 16 * S, "a", &[3, 6]),
+                row(20 * S, 33 * S, "c", &[1, 2, 4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn update_mode_emits_each_change_and_forgets_closed_windows() {
+        let spec = WindowSpec {
+            mode: OutputMode::Update,
+            ..spec(WindowKind::Tumbling { size: 10 * S }, 0, 0)
+        };
+        let msgs = vec![
+            batch(&spec, 0, &[("a", S, 1)]),
+            batch(&spec, 0, &[("a", 2 * S, 2)]),
+            batch(&spec, 0, &[("a", 15 * S, 4)]),
+        ];
+        let o = operate(&spec, 1, msgs, false);
+        assert_eq!(
+            o.rows,
+            vec![
+                row(0, 10 * S, "a", &[1]),
+                row(0, 10 * S, "a", &[1, 2]),
+                row(10 * S, 20 * S, "a", &[4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_barrier_is_acknowledged_once_every_partition_passed_it_with_the_open_windows() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let (ack, acks) = flume::unbounded();
+        let msgs = vec![
+            batch(&spec, 0, &[("a", S, 1)]),
+            barrier(1, BarrierKind::Periodic, &ack),
+            batch(&spec, 1, &[("b", 2 * S, 2), ("a", 3 * S, 4)]),
+            barrier(1, BarrierKind::Periodic, &ack),
+            // Only one partition passes checkpoint 2.
+            batch(&spec, 0, &[("a", 4 * S, 8)]),
+            barrier(2, BarrierKind::Periodic, &ack),
+        ];
+        drop(ack);
+        let o = operate(&spec, 2, msgs, true);
+        assert!(o.rows.is_empty());
+        let got: Vec<Ack> = acks.drain().collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        let Ack::Window(tasks) = &got[0] else {
+            panic!("{got:?}")
+        };
+        let snapshot = &tasks[&0];
+        let mut windows: Vec<(i64, i64, String, Value)> = snapshot
+            .fixed
+            .iter()
+            .map(|(start, end, group, accs)| {
+                (
+                    *start,
+                    *end,
+                    String::from_utf8(group.clone()).unwrap(),
+                    accs[1].finish(),
+                )
+            })
+            .collect();
+        windows.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        // At checkpoint 1: a's records 1 and 4, b's 2 (not a's 8).
+        assert_eq!(
+            windows,
+            vec![
+                (0, 10 * S, "a".into(), json!(5)),
+                (0, 10 * S, "b".into(), json!(2)),
+            ]
+        );
+        assert_eq!(
+            snapshot.watermark, S,
+            "min over the partitions' latest times"
+        );
+        assert_eq!(snapshot.partitions, vec![Some(S), Some(3 * S)]);
+    }
+
+    #[test]
+    fn an_end_barrier_emits_every_window_then_saves_none() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let (ack, acks) = flume::unbounded();
+        let msgs = vec![
+            batch(&spec, 0, &[("a", S, 1), ("a", 12 * S, 2)]),
+            barrier(1, BarrierKind::End, &ack),
+        ];
+        drop(ack);
+        let o = operate(&spec, 1, msgs, true);
+        assert_eq!(
+            o.rows,
+            vec![row(0, 10 * S, "a", &[1]), row(10 * S, 20 * S, "a", &[2])]
+        );
+        let Some(Ack::Window(tasks)) = acks.try_recv().ok() else {
+            panic!("no ack")
+        };
+        assert!(tasks[&0].fixed.is_empty() && tasks[&0].sessions.is_empty());
+    }
+
+    #[test]
+    fn a_stop_barrier_saves_the_open_windows_and_emits_none() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let (ack, acks) = flume::unbounded();
+        let msgs = vec![
+            batch(&spec, 0, &[("a", S, 1), ("a", 2 * S, 2)]),
+            barrier(1, BarrierKind::Stop, &ack),
+        ];
+        drop(ack);
+        // Not a checkpointed pipeline, yet the end of the input emits nothing:
+        // the windows are in the checkpoint.
+        let o = operate(&spec, 1, msgs, false);
+        assert!(o.rows.is_empty(), "{:?}", o.rows);
+        let Some(Ack::Window(tasks)) = acks.try_recv().ok() else {
+            panic!("no ack")
+        };
+        let fixed = &tasks[&0].fixed;
+        assert_eq!(fixed.len(), 1);
+        assert_eq!((fixed[0].0, fixed[0].1), (0, 10 * S));
+        assert_eq!(fixed[0].3[0].finish(), json!(2));
+    }
+
+    #[test]
+    fn each_kafka_task_has_its_own_windows_and_watermark() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let task = |id: u32, records: &[(&str, i64, i64)]| match batch(&spec, 0, records) {
+            WindowMsg::Batch(input) => WindowMsg::Batch(WindowInput {
+                task: Some(id),
+                ..input
+            }),
+            _ => unreachable!(),
+        };
+        let msgs = vec![
+            task(1, &[("a", 30 * S, 1)]),
+            // Task 2's watermark is its own: 5 s is not late there.
+            task(2, &[("a", 5 * S, 2)]),
+            task(2, &[("a", 12 * S, 4)]),
+            // In task 1 it is.
+            task(1, &[("a", 3 * S, 8)]),
+            // Task 1 moves away (a rebalance): its windows are not emitted.
+            WindowMsg::Forget(vec![1]),
+        ];
+        let o = operate_tasks(&spec, 1, msgs, false, true);
+        assert_eq!(
+            o.rows,
+            vec![row(0, 10 * S, "a", &[2]), row(10 * S, 20 * S, "a", &[4])]
+        );
+        assert_eq!(late(&o), 1);
+        assert_eq!(o.dead.len(), 1);
+        assert_eq!(o.dead[0].0, r#"{"v":8}"#);
+    }
+
+    /// Runs the operator over `msgs` into an in-memory sink: the records as
+    /// written, with their keys and event times.
+    fn operate_kept(spec: &WindowSpec, msgs: Vec<WindowMsg>) -> Vec<crate::testkit::Kept> {
+        let out = crate::testkit::MemorySinkRun::start("out");
+        let (tx, rx) = flume::unbounded();
+        for msg in msgs {
+            tx.send(msg).unwrap();
+        }
+        drop(tx);
+        let stats = Stats::default();
+        let sinks = [out.handle()];
+        run(
+            "unit-window",
+            spec,
+            1,
+            rx,
+            &sinks,
+            &DeadLetter::new("unit-window", None),
+            &stats,
+            None,
+            false,
+            false,
+        )
+        .unwrap();
+        drop(sinks);
+        out.finish()
+    }
+
+    #[test]
+    fn a_window_is_keyed_by_its_group_and_timed_at_its_last_instant() {
+        let spec = spec(WindowKind::Tumbling { size: 10 * S }, 0, 0);
+        let kept = operate_kept(
+            &spec,
+            vec![batch(
+                &spec,
+                0,
+                &[("a", S, 1), ("b", 2 * S, 2), ("a", 13 * S, 3)],
+            )],
+        );
+        let got: Vec<(Option<&str>, i64)> = kept
+            .iter()
+            .map(|k| (k.key.as_deref(), k.timestamp_ms))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("a"), 10 * S - 1),
+                (Some("b"), 10 * S - 1),
+                (Some("a"), 20 * S - 1)
+            ]
+        );
+        let first: Value = serde_json::from_str(&kept[0].value).unwrap();
+        assert_eq!(first["window_start"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(first["window_end"], "1970-01-01T00:00:10.000Z");
+    }
+
+    #[test]
+    fn grouped_by_fields_a_window_has_one_field_per_group_and_no_key() {
+        let spec = WindowSpec {
+            grouping: Grouping::Fields(vec![("c".into(), 1)]),
+            pointers: vec![Pointer::parse("/v").unwrap(), Pointer::parse("/c").unwrap()],
+            ..spec(WindowKind::Tumbling { size: 10 * S }, 0, 0)
+        };
+        let mut events = Batch::new();
+        for (key, value, ts) in [
+            ("k1", r#"{"c":"x","v":1}"#, S),
+            ("k2", r#"{"c":"y","v":2}"#, 2 * S),
+            ("k3", r#"{"c":"x","v":4}"#, 3 * S),
+        ] {
+            events.push(Some(key.as_bytes()), value.as_bytes(), ts);
+        }
+        let (events, values, _) = spec.prepare(events);
+        let kept = operate_kept(
+            &spec,
+            vec![WindowMsg::Batch(WindowInput {
+                partition: 0,
+                task: None,
+                max_input_ts: Some(3 * S),
+                events,
+                values,
+            })],
+        );
+        let got: Vec<(Option<String>, Value)> = kept
+            .iter()
+            .map(|k| (k.key.clone(), serde_json::from_str(&k.value).unwrap()))
+            .collect();
+        let window = |c: &str, n: u64, sum: i64, min: i64, max: i64| {
+            json!({
+                "window_start": "1970-01-01T00:00:00.000Z",
+                "window_end": "1970-01-01T00:00:10.000Z",
+                "c": c, "n": n, "sum": sum, "min": min, "max": max,
+            })
+        };
+        assert_eq!(
+            got,
+            vec![
+                (None, window("x", 2, 5, 1, 4)),
+                (None, window("y", 1, 2, 2, 2))
+            ]
+        );
+    }
+
+    /// A naive model of the operator over one partition: windows from their
+    /// definition, aggregates as lists of values.
+    mod model {
+        use super::*;
+
+        /// An open window, (start, end, key), and the values in it.
+        type Open = ((i64, i64, String), Vec<i64>);
+
+        /// The windows containing `t`, from the definition: every multiple of
+        /// the slide `s` with `s <= t < s + size`.
+        fn windows(kind: WindowKind, t: i64) -> Vec<(i64, i64)> {
+            let (size, slide) = match kind {
+                WindowKind::Tumbling { size } => (size, size),
+                WindowKind::Sliding { size, slide } => (size, slide),
+                WindowKind::Session { gap } => return vec![(t, t + gap)],
+            };
+            let mut out = Vec::new();
+            let mut s = (t - size).div_euclid(slide) * slide;
+            while s <= t {
+                if t < s + size {
+                    out.push((s, s + size));
+                }
+                s += slide;
+            }
+            out
+        }
+
+        /// (rows emitted in order, late records as (key, ts, v)).
+        pub(super) fn run(
+            kind: WindowKind,
+            delay: i64,
+            lateness: i64,
+            batches: &[Vec<(String, i64, i64)>],
+        ) -> (Vec<Row>, Vec<(String, i64, i64)>) {
+            // Open windows: (start, end, key) → values.
+            let mut open: Vec<Open> = Vec::new();
+            let mut wm = i64::MIN;
+            let mut rows = Vec::new();
+            let mut late = Vec::new();
+            let is_session = matches!(kind, WindowKind::Session { .. });
+            for batch in batches {
+                for (key, t, v) in batch {
+                    let ws = windows(kind, *t);
+                    let mut taken = false;
+                    for (s, e) in ws {
+                        let overlapping: Vec<usize> = (0..open.len())
+                            .filter(|&i| {
+                                let ((os, oe, ok), _) = &open[i];
+                                is_session && ok == key && *os < e && s < *oe
+                            })
+                            .collect();
+                        if wm >= e + lateness && overlapping.is_empty() {
+                            continue;
+                        }
+                        taken = true;
+                        if is_session {
+                            let (mut s, mut e, mut vs) = (s, e, vec![*v]);
+                            for &i in overlapping.iter().rev() {
+                                let ((os, oe, _), ovs) = open.remove(i);
+                                s = s.min(os);
+                                e = e.max(oe);
+                                vs.extend(ovs);
+                            }
+                            open.push(((s, e, key.clone()), vs));
+                        } else {
+                            match open.iter_mut().find(|(w, _)| *w == (s, e, key.clone())) {
+                                Some((_, vs)) => vs.push(*v),
+                                None => open.push(((s, e, key.clone()), vec![*v])),
+                            }
+                        }
+                    }
+                    if !taken {
+                        late.push((key.clone(), *t, *v));
+                    }
+                }
+                let max = batch.iter().map(|r| r.1).max().unwrap();
+                wm = wm.max(max - delay);
+                emit(&mut open, &mut rows, |end| wm >= end + lateness);
+            }
+            emit(&mut open, &mut rows, |_| true);
+            (rows, late)
+        }
+
+        /// Moves the closed windows to `rows`, by end, key, start.
+        fn emit(open: &mut Vec<Open>, rows: &mut Vec<Row>, closed: impl Fn(i64) -> bool) {
+            let mut done: Vec<Open> = Vec::new();
+            open.retain(|(w, vs)| {
+                if closed(w.1) {
+                    done.push((w.clone(), vs.clone()));
+                    false
+                } else {
+                    true
+                }
+            });
+            done.sort_by(|a, b| (a.0.1, &a.0.2, a.0.0).cmp(&(b.0.1, &b.0.2, b.0.0)));
+            for ((s, e, k), vs) in done {
+                rows.push(row(s, e, &k, &vs));
+            }
+        }
+    }
+
+    fn kinds() -> impl Strategy<Value = WindowKind> {
+        prop_oneof![
+            (1i64..50).prop_map(|size| WindowKind::Tumbling { size: size * 10 }),
+            (1i64..20, 1i64..4).prop_map(|(slide, k)| WindowKind::Sliding {
+                size: slide * 10 * k,
+                slide: slide * 10
+            }),
+            (1i64..40).prop_map(|gap| WindowKind::Session { gap: gap * 10 }),
+        ]
+    }
+
+    fn batches() -> impl Strategy<Value = Vec<Vec<(String, i64, i64)>>> {
+        let record = (0..3u8, 0i64..1000, -50i64..50).prop_map(|(k, t, v)| (format!("k{k}"), t, v));
+        proptest::collection::vec(proptest::collection::vec(record, 1..8), 1..8)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever the windows, watermark delay, lateness and input, the
+        /// operator emits what the naive model does, in the same order, and
+        /// dead-letters the same late records.
+        #[test]
+        fn the_operator_agrees_with_a_naive_model(
+            kind in kinds(),
+            delay in 0i64..300,
+            lateness in 0i64..200,
+            input in batches(),
+        ) {
+            let spec = spec(kind, delay, lateness);
+            let msgs = input
+                .iter()
+                .map(|b| {
+                    let records: Vec<(&str, i64, i64)> =
+                        b.iter().map(|(k, t, v)| (k.as_str(), *t, *v)).collect();
+                    batch(&spec, 0, &records)
+                })
+                .collect();
+            let o = operate(&spec, 1, msgs, false);
+            let (rows, late_records) = model::run(kind, delay, lateness, &input);
+            prop_assert_eq!(&o.rows, &rows);
+            prop_assert_eq!(late(&o), late_records.len() as u64);
+            let dead: Vec<String> = o.dead.iter().map(|d| d.0.clone()).collect();
+            let want: Vec<String> = late_records
+                .iter()
+                .map(|(_, _, v)| json!({ "v": v }).to_string())
+                .collect();
+            prop_assert_eq!(dead, want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Every built-in aggregate of a window equals a naive computation over
+        /// the window's records (absent and null values skipped, SQL-style).
+        #[test]
+        fn every_builtin_aggregate_agrees_with_a_naive_computation(
+            // (key, event time, value: None = null, field left out or not)
+            records in proptest::collection::vec(
+                (0u8..4, 0i64..50, proptest::option::of(-20i64..20), any::<bool>()),
+                1..30,
+            ),
+            per_batch in 1usize..10,
+        ) {
+            let ops = [
+                (Op::Count, None, "n"),
+                (Op::Count, Some(0), "nv"),
+                (Op::Sum, Some(0), "sum"),
+                (Op::Min, Some(0), "min"),
+                (Op::Max, Some(0), "max"),
+                (Op::Avg, Some(0), "avg"),
+                (Op::First, Some(0), "first"),
+                (Op::Last, Some(0), "last"),
+                (Op::CountDistinct, Some(0), "distinct"),
+            ];
+            let spec = WindowSpec {
+                aggregates: ops
+                    .iter()
+                    .map(|(op, field, name)| AggSpec {
+                        op: *op,
+                        field: *field,
+                        name: (*name).into(),
+                        udf: None,
+                    })
+                    .collect(),
+                ..spec(WindowKind::Tumbling { size: 1_000_000 }, 0, 0)
+            };
+            let msgs = records
+                .chunks(per_batch)
+                .map(|chunk| {
+                    let mut events = Batch::new();
+                    for (k, ts, v, absent) in chunk {
+                        let value = match (v, absent) {
+                            (_, true) => json!({ "w": 1 }),
+                            (None, false) => json!({ "v": null }),
+                            (Some(v), false) => json!({ "v": v }),
+                        };
+                        events.push(Some(format!("k{k}").as_bytes()), value.to_string().as_bytes(), *ts);
+                    }
+                    let (events, values, _) = spec.prepare(events);
+                    WindowMsg::Batch(WindowInput {
+                        partition: 0,
+                        task: None,
+                        max_input_ts: chunk.iter().map(|r| r.1).max(),
+                        events,
+                        values,
+                    })
+                })
+                .collect();
+            let kept = operate_kept(&spec, msgs);
+            let got: Vec<Value> = kept.iter().map(|k| serde_json::from_str(&k.value).unwrap()).collect();
+
+            let mut want = Vec::new();
+            for k in 0u8..4 {
+                let mine: Vec<&(u8, i64, Option<i64>, bool)> =
+                    records.iter().filter(|r| r.0 == k).collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                // (event time, value) of the non-null values.
+                let vals: Vec<(i64, i64)> = mine
+                    .iter()
+                    .filter(|r| !r.3)
+                    .filter_map(|r| r.2.map(|v| (r.1, v)))
+                    .collect();
+                let or_null = |v: Option<Value>| v.unwrap_or(Value::Null);
+                let sum: i64 = vals.iter().map(|p| p.1).sum();
+                let distinct: BTreeSet<i64> = vals.iter().map(|p| p.1).collect();
+                want.push(json!({
+                    "window_start": "1970-01-01T00:00:00.000Z",
+                    "window_end": "1970-01-01T00:16:40.000Z",
+                    "key": format!("k{k}"),
+                    "n": mine.len(),
+                    "nv": vals.len(),
+                    "sum": or_null((!vals.is_empty()).then(|| json!(sum))),
+                    "min": or_null(vals.iter().map(|p| p.1).min().map(|v| json!(v))),
+                    "max": or_null(vals.iter().map(|p| p.1).max().map(|v| json!(v))),
+                    "avg": or_null((!vals.is_empty()).then(|| json!(sum as f64 / vals.len() as f64))),
+                    "first": or_null(vals.iter().min().map(|p| json!(p.1))),
+                    "last": or_null(vals.iter().max().map(|p| json!(p.1))),
+                    "distinct": distinct.len(),
+                }));
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+}

@@ -567,3 +567,576 @@ impl Refused {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A worker on the test thread (or one of its own), fed chunks over a flume
+    //! channel as the source feeds it, writing to real file sinks.
+
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::batcher::BatchLimits;
+    use crate::config::BreakerConfig;
+    use crate::processor::StageSpec;
+    use crate::source::Record;
+    use crate::testkit::{FileSink, plugins_dir, slot, stage_spec};
+
+    const PIPELINE: &str = "unit-worker";
+
+    /// Batches close at `max_records` records or at the end of the input
+    /// (never on time in these tests).
+    fn limits(max_records: usize) -> BatchLimits {
+        BatchLimits {
+            max_records,
+            max_bytes: 1 << 30,
+            interval: Duration::from_secs(3600),
+        }
+    }
+
+    fn worker(
+        specs: Vec<Arc<StageSpec>>,
+        max_records: usize,
+        sinks: Vec<SinkHandle>,
+        dead_letter: Option<SinkHandle>,
+        window: Option<WindowFeed>,
+    ) -> (Worker, Arc<Stats>) {
+        let running = Arc::new(Chain {
+            limits: limits(max_records),
+            stages: specs,
+        });
+        let stats = Arc::new(Stats::default());
+        let worker = Worker {
+            pipeline: PIPELINE.into(),
+            partition: 0,
+            chain: Arc::new(ArcSwap::new(running.clone())),
+            stages: Stage::chain(PIPELINE, 0, &running.stages).expect("the chain starts"),
+            running,
+            refused: None,
+            window,
+            sinks,
+            dead_letter: DeadLetter::new(PIPELINE, dead_letter),
+            stats: stats.clone(),
+            metrics: crate::metrics::pipeline(PIPELINE),
+            stop: Arc::new(AtomicBool::new(false)),
+            task: None,
+        };
+        (worker, stats)
+    }
+
+    fn identity() -> Vec<Arc<StageSpec>> {
+        vec![stage_spec(
+            slot("identity"),
+            &[],
+            OnError::Stop,
+            BreakerConfig::default(),
+        )]
+    }
+
+    /// `misbehave` failing on batches that hold `POISON`.
+    fn poisoned(on_error: OnError) -> Vec<Arc<StageSpec>> {
+        vec![stage_spec(
+            slot("misbehave"),
+            &[("mode", "fail"), ("trigger", "POISON")],
+            on_error,
+            BreakerConfig {
+                failures: 1000,
+                ..BreakerConfig::default()
+            },
+        )]
+    }
+
+    /// Record `i`: key `k{i}`, value `value`, event time `1000 + i`.
+    fn record(i: usize, value: &str) -> Record {
+        Record {
+            key: format!("k{i}").into_bytes(),
+            value: value.as_bytes().to_vec(),
+            timestamp_ms: 1000 + i as i64,
+            headers: Vec::new(),
+            task: None,
+        }
+    }
+
+    /// Records `r{i}` for `i` in `range`; those in `poison` carry `POISON`.
+    fn records(range: std::ops::Range<usize>, poison: &[usize]) -> Vec<Record> {
+        range
+            .map(|i| {
+                let value = if poison.contains(&i) {
+                    format!("r{i} POISON")
+                } else {
+                    format!("r{i}")
+                };
+                record(i, &value)
+            })
+            .collect()
+    }
+
+    fn values(records: &[Record]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8(r.value.clone()).unwrap())
+            .collect()
+    }
+
+    fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// The chunks, queued, then the end of the input: the worker's whole run.
+    fn feed(chunks: Vec<Chunk>) -> flume::Receiver<Chunk> {
+        let (tx, rx) = flume::unbounded();
+        for chunk in chunks {
+            tx.send(chunk).unwrap();
+        }
+        rx
+    }
+
+    fn json(line: &str) -> Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    #[test]
+    fn records_reach_the_sink_in_order_in_batches_of_max_records() {
+        let out = FileSink::start("out");
+        let (worker, stats) = worker(identity(), 3, vec![out.handle()], None, None);
+        let input = records(0..10, &[]);
+        worker
+            .run(feed(vec![
+                Chunk::Records(input[..4].to_vec()),
+                Chunk::Records(input[4..].to_vec()),
+            ]))
+            .unwrap();
+        assert_eq!(out.finish(), values(&input));
+        assert_eq!(count(&stats.batches), 10_u64.div_ceil(3));
+        assert_eq!(count(&stats.records_out), 10);
+        for counter in [&stats.rejected, &stats.skipped, &stats.failed] {
+            assert_eq!(count(counter), 0);
+        }
+    }
+
+    #[test]
+    fn a_barrier_is_acknowledged_once_the_records_before_it_are_in_the_sink() {
+        let out = FileSink::start("out");
+        // Batches never fill up: only the barrier closes the first one.
+        let (worker, stats) = worker(identity(), 1000, vec![out.handle()], None, None);
+        let (tx, rx) = flume::unbounded();
+        let thread = std::thread::spawn(move || worker.run(rx));
+        let before = records(0..5, &[]);
+        tx.send(Chunk::Records(before.clone())).unwrap();
+        let (ack_tx, ack_rx) = flume::unbounded();
+        tx.send(Chunk::Barrier(Barrier {
+            id: 1,
+            kind: crate::checkpoint::BarrierKind::Periodic,
+            ack: ack_tx,
+        }))
+        .unwrap();
+        let ack = ack_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the barrier is acknowledged");
+        assert!(matches!(ack, Ack::Worker), "{ack:?}");
+        // Everything the worker sent before the ack is in the file once synced.
+        let handle = out.handle();
+        let len = handle.sync().unwrap().expect("a file's length");
+        drop(handle);
+        let lines = crate::testkit::read_lines(out.path());
+        assert_eq!(lines, values(&before));
+        let bytes: usize = values(&before).iter().map(|v| v.len() + 1).sum();
+        assert_eq!(len, bytes as u64);
+        assert_eq!(count(&stats.batches), 1);
+
+        let after = records(5..8, &[]);
+        tx.send(Chunk::Records(after.clone())).unwrap();
+        drop(tx);
+        thread.join().unwrap().unwrap();
+        assert_eq!(out.finish(), values(&[before, after].concat()));
+        assert_eq!(count(&stats.batches), 2);
+        assert_eq!(count(&stats.records_out), 8);
+    }
+
+    #[test]
+    fn a_windowed_worker_passes_the_barrier_between_the_batches_around_it() {
+        let spec = Arc::new(WindowSpec {
+            kind: crate::window::WindowKind::Tumbling { size: 1000 },
+            delay_ms: 0,
+            lateness_ms: 0,
+            idle_timeout: Duration::from_secs(3600),
+            mode: crate::config::OutputMode::Append,
+            grouping: crate::window_operator::Grouping::Key,
+            aggregates: Vec::new(),
+            pointers: Vec::new(),
+            late: crate::config::LatePolicy::Drop,
+        });
+        let (window_tx, window_rx) = flume::unbounded();
+        let window_feed = WindowFeed {
+            spec,
+            tx: window_tx,
+        };
+        let (worker, stats) = worker(identity(), 1000, Vec::new(), None, Some(window_feed));
+        let (ack, _acks) = flume::unbounded();
+        let barrier = Barrier {
+            id: 7,
+            kind: crate::checkpoint::BarrierKind::Periodic,
+            ack,
+        };
+        let mut before = records(0..4, &[]);
+        before[2].timestamp_ms = 5000; // the largest, not the last
+        let after = records(4..6, &[]);
+        worker
+            .run(feed(vec![
+                Chunk::Records(before.clone()),
+                Chunk::Barrier(barrier),
+                Chunk::Records(after.clone()),
+            ]))
+            .unwrap();
+        let msgs: Vec<WindowMsg> = window_rx.drain().collect();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        match &msgs[0] {
+            WindowMsg::Batch(input) => {
+                assert_eq!(crate::testkit::values_of(&input.events), values(&before));
+                assert_eq!(input.max_input_ts, Some(5000));
+                assert_eq!(input.partition, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&msgs[1], WindowMsg::Barrier(b) if b.id == 7));
+        match &msgs[2] {
+            WindowMsg::Batch(input) => {
+                assert_eq!(crate::testkit::values_of(&input.events), values(&after));
+                assert_eq!(input.max_input_ts, Some(1005));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(count(&stats.batches), 2);
+        // The window operator counts what it writes, not the worker.
+        assert_eq!(count(&stats.records_out), 0);
+    }
+
+    #[test]
+    fn a_batch_never_mixes_the_records_of_two_kafka_partitions() {
+        let spec = Arc::new(WindowSpec {
+            kind: crate::window::WindowKind::Tumbling { size: 1000 },
+            delay_ms: 0,
+            lateness_ms: 0,
+            idle_timeout: Duration::from_secs(3600),
+            mode: crate::config::OutputMode::Append,
+            grouping: crate::window_operator::Grouping::Key,
+            aggregates: Vec::new(),
+            pointers: Vec::new(),
+            late: crate::config::LatePolicy::Drop,
+        });
+        let (window_tx, window_rx) = flume::unbounded();
+        let window_feed = WindowFeed {
+            spec,
+            tx: window_tx,
+        };
+        let (worker, _stats) = worker(identity(), 1000, Vec::new(), None, Some(window_feed));
+        let tasks = [Some(1), Some(1), Some(2), Some(1), Some(1)];
+        let input: Vec<Record> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, task)| Record {
+                task: *task,
+                ..record(i, &format!("r{i}"))
+            })
+            .collect();
+        worker
+            .run(feed(vec![
+                Chunk::Records(input[..2].to_vec()),
+                Chunk::Records(input[2..].to_vec()),
+            ]))
+            .unwrap();
+        let batches: Vec<(Option<u32>, Vec<String>)> = window_rx
+            .drain()
+            .map(|msg| match msg {
+                WindowMsg::Batch(input) => (input.task, crate::testkit::values_of(&input.events)),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            batches,
+            vec![
+                (Some(1), strings(&["r0", "r1"])),
+                (Some(2), strings(&["r2"])),
+                (Some(1), strings(&["r3", "r4"])),
+            ]
+        );
+    }
+
+    #[test]
+    fn poison_records_go_to_the_dead_letter_sink_and_the_rest_on() {
+        let out = FileSink::start("out");
+        let dlq = FileSink::start("dlq");
+        let (worker, stats) = worker(
+            poisoned(OnError::DeadLetter),
+            5,
+            vec![out.handle()],
+            Some(dlq.handle()),
+            None,
+        );
+        let bad = [2, 13, 14];
+        let input = records(0..20, &bad);
+        worker
+            .run(feed(vec![Chunk::Records(input.clone())]))
+            .unwrap();
+        let good: Vec<String> = (0..20)
+            .filter(|i| !bad.contains(i))
+            .map(|i| format!("r{i}"))
+            .collect();
+        assert_eq!(out.finish(), good);
+        let dead = dlq.finish();
+        assert_eq!(dead.len(), bad.len());
+        let version = crate::plugin::content_version(
+            &std::fs::read(plugins_dir().join("misbehave.wasm")).unwrap(),
+        );
+        for (line, i) in dead.iter().zip(bad) {
+            let d = json(line);
+            assert_eq!(d["pipeline"], PIPELINE);
+            assert_eq!(d["stage"], "0:misbehave");
+            assert_eq!(d["plugin"], "misbehave");
+            assert_eq!(d["plugin_version"], version.as_str());
+            assert_eq!(d["partition"], 0);
+            assert_eq!(d["original"], format!("r{i} POISON"));
+            assert_eq!(d["key"], format!("k{i}"));
+            assert_eq!(d["timestamp_ms"], 1000 + i as i64);
+            assert_eq!(
+                d["reason"],
+                "plugin error: misbehave: batch failed on purpose"
+            );
+        }
+        assert_eq!(count(&stats.batches), 4);
+        assert_eq!(count(&stats.rejected), bad.len() as u64);
+        assert_eq!(count(&stats.records_out), good.len() as u64);
+        assert_eq!(count(&stats.skipped), 0);
+    }
+
+    #[test]
+    fn skip_drops_the_poison_records_and_counts_them() {
+        let out = FileSink::start("out");
+        let dlq = FileSink::start("dlq");
+        let (worker, stats) = worker(
+            poisoned(OnError::Skip),
+            5,
+            vec![out.handle()],
+            Some(dlq.handle()),
+            None,
+        );
+        let bad = [0, 9];
+        worker
+            .run(feed(vec![Chunk::Records(records(0..12, &bad))]))
+            .unwrap();
+        let good: Vec<String> = (0..12)
+            .filter(|i| !bad.contains(i))
+            .map(|i| format!("r{i}"))
+            .collect();
+        assert_eq!(out.finish(), good);
+        assert!(dlq.finish().is_empty());
+        assert_eq!(count(&stats.skipped), 2);
+        assert_eq!(count(&stats.rejected), 0);
+        assert_eq!(count(&stats.records_out), 10);
+    }
+
+    #[test]
+    fn stop_fails_the_worker_and_counts_everything_not_written() {
+        let out = FileSink::start("out");
+        let (worker, stats) = worker(poisoned(OnError::Stop), 5, vec![out.handle()], None, None);
+        let stop = worker.stop.clone();
+        let input = records(0..20, &[7]);
+        let error = worker
+            .run(feed(vec![
+                Chunk::Records(input[..12].to_vec()),
+                Chunk::Records(input[12..].to_vec()),
+            ]))
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("stopped (on_error = \"stop\")"),
+            "{error}"
+        );
+        assert!(stop.load(Ordering::Relaxed), "the source is told to stop");
+        // The batch before the poisoned one was written; nothing after.
+        assert_eq!(out.finish(), values(&input[..5]));
+        assert_eq!(count(&stats.records_out), 5);
+        assert_eq!(count(&stats.failed), 20 - 5);
+    }
+
+    #[test]
+    fn records_the_plugin_refuses_are_dead_lettered_once_with_the_first_reason() {
+        let out = FileSink::start("out");
+        let dlq = FileSink::start("dlq");
+        let specs = vec![stage_spec(
+            slot("misbehave"),
+            &[("mode", "reject"), ("trigger", "BAD")],
+            OnError::DeadLetter,
+            BreakerConfig::default(),
+        )];
+        let (worker, stats) = worker(specs, 4, vec![out.handle()], Some(dlq.handle()), None);
+        let input: Vec<Record> = ["a", "BAD1", "b", "c", "BAD4", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| record(i, v))
+            .collect();
+        worker.run(feed(vec![Chunk::Records(input)])).unwrap();
+        assert_eq!(out.finish(), ["a", "b", "c", "d"]);
+        let dead: Vec<Value> = dlq.finish().iter().map(|l| json(l)).collect();
+        let originals: Vec<&str> = dead
+            .iter()
+            .map(|d| d["original"].as_str().unwrap())
+            .collect();
+        assert_eq!(originals, ["BAD1", "BAD4"]);
+        for d in &dead {
+            assert_eq!(d["reason"], "misbehave: rejected on purpose");
+        }
+        assert_eq!(count(&stats.rejected), 2);
+        assert_eq!(count(&stats.records_out), 4);
+    }
+
+    #[test]
+    fn an_output_record_with_a_line_break_is_dead_lettered_not_split() {
+        let out = FileSink::start("out");
+        let dlq = FileSink::start("dlq");
+        let (worker, stats) = worker(identity(), 10, vec![out.handle()], Some(dlq.handle()), None);
+        let input = vec![record(0, "a"), record(1, "b\nc"), record(2, "d")];
+        worker.run(feed(vec![Chunk::Records(input)])).unwrap();
+        assert_eq!(out.finish(), ["a", "d"]);
+        let dead = dlq.finish();
+        assert_eq!(dead.len(), 1);
+        let d = json(&dead[0]);
+        assert_eq!(d["stage"], "output");
+        assert_eq!(d["original"], "b\nc");
+        assert!(d["reason"].as_str().unwrap().contains("line break"), "{d}");
+        assert_eq!(count(&stats.rejected), 1);
+        assert_eq!(count(&stats.records_out), 2);
+    }
+
+    #[test]
+    fn a_reloaded_chain_is_taken_up_at_the_next_batch() {
+        let out = FileSink::start("out");
+        let (worker, _stats) = worker(identity(), 1000, vec![out.handle()], None, None);
+        let chain = worker.chain.clone();
+        let (tx, rx) = flume::unbounded();
+        let thread = std::thread::spawn(move || worker.run(rx));
+        tx.send(Chunk::Records(vec![record(0, "a"), record(1, "b")]))
+            .unwrap();
+        let (ack, acks) = flume::unbounded();
+        tx.send(Chunk::Barrier(Barrier {
+            id: 1,
+            kind: crate::checkpoint::BarrierKind::Periodic,
+            ack,
+        }))
+        .unwrap();
+        acks.recv_timeout(Duration::from_secs(60)).unwrap();
+        // A config reload: the chain now upper-cases.
+        chain.store(Arc::new(Chain {
+            limits: limits(1000),
+            stages: vec![stage_spec(
+                slot("uppercase"),
+                &[],
+                OnError::Stop,
+                BreakerConfig::default(),
+            )],
+        }));
+        tx.send(Chunk::Records(vec![record(2, "c"), record(3, "d")]))
+            .unwrap();
+        drop(tx);
+        thread.join().unwrap().unwrap();
+        assert_eq!(out.finish(), ["a", "b", "C", "D"]);
+    }
+
+    #[test]
+    fn records_the_window_cannot_read_are_dead_lettered_before_it() {
+        let spec = Arc::new(WindowSpec {
+            kind: crate::window::WindowKind::Tumbling { size: 1000 },
+            delay_ms: 0,
+            lateness_ms: 0,
+            idle_timeout: Duration::from_secs(3600),
+            mode: crate::config::OutputMode::Append,
+            grouping: crate::window_operator::Grouping::Key,
+            aggregates: vec![crate::window_operator::AggSpec {
+                op: crate::aggregate::Op::Sum,
+                field: Some(0),
+                name: "sum".into(),
+                udf: None,
+            }],
+            pointers: vec![crate::decode::Pointer::parse("/v").unwrap()],
+            late: crate::config::LatePolicy::Drop,
+        });
+        let dlq = FileSink::start("dlq");
+        let (window_tx, window_rx) = flume::unbounded();
+        let (worker, stats) = worker(
+            identity(),
+            10,
+            Vec::new(),
+            Some(dlq.handle()),
+            Some(WindowFeed {
+                spec,
+                tx: window_tx,
+            }),
+        );
+        let input = vec![
+            record(0, r#"{"v":1}"#),
+            record(1, "not json"),
+            record(2, r#"{"v":"x"}"#),
+            record(3, r#"{"v":2.5}"#),
+        ];
+        worker.run(feed(vec![Chunk::Records(input)])).unwrap();
+        let dead: Vec<Value> = dlq.finish().iter().map(|l| json(l)).collect();
+        let originals: Vec<&str> = dead
+            .iter()
+            .map(|d| d["original"].as_str().unwrap())
+            .collect();
+        assert_eq!(originals, ["not json", r#"{"v":"x"}"#]);
+        assert!(dead.iter().all(|d| d["stage"] == "window"));
+        assert!(
+            dead[1]["reason"].as_str().unwrap().contains("not a number"),
+            "{}",
+            dead[1]
+        );
+        assert_eq!(count(&stats.rejected), 2);
+        let msgs: Vec<WindowMsg> = window_rx.drain().collect();
+        let [WindowMsg::Batch(input)] = &msgs[..] else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(
+            crate::testkit::values_of(&input.events),
+            [r#"{"v":1}"#, r#"{"v":2.5}"#]
+        );
+        assert_eq!(input.values, vec![Some(json("1")), Some(json("2.5"))]);
+        // The watermark counts every record the worker took in.
+        assert_eq!(input.max_input_ts, Some(1003));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 16,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// However the records are cut into chunks and batches, every one
+        /// reaches the sink once, in order, in ⌈n / max_records⌉ batches.
+        #[test]
+        fn any_chunking_keeps_every_record_in_order(
+            chunks in proptest::collection::vec(0usize..20, 1..8),
+            max_records in 1usize..8,
+        ) {
+            let out = FileSink::start("out");
+            let (worker, stats) = worker(identity(), max_records, vec![out.handle()], None, None);
+            let mut next = 0;
+            let mut all = Vec::new();
+            let msgs = chunks
+                .iter()
+                .map(|&n| {
+                    let chunk = records(next..next + n, &[]);
+                    next += n;
+                    all.extend(values(&chunk));
+                    Chunk::Records(chunk)
+                })
+                .collect();
+            worker.run(feed(msgs)).unwrap();
+            proptest::prop_assert_eq!(out.finish(), all);
+            proptest::prop_assert_eq!(count(&stats.records_out), next as u64);
+            proptest::prop_assert_eq!(count(&stats.batches), next.div_ceil(max_records) as u64);
+        }
+    }
+}

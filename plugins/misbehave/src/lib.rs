@@ -14,7 +14,10 @@
 //!   emits what it found as one JSON event per input event;
 //! - `none`: forwards everything (the control).
 //!
-//! `config.configure = "fail"` makes `configure` itself fail.
+//! `config.configure = "fail"` makes `configure` itself fail. `config.reject`
+//! (in any mode but `reject`) rejects the events whose payload contains it, in
+//! the batches that do not misbehave: a plugin that refuses some records and
+//! fails on others.
 
 use sluice_plugin_sdk::{Batch, Config, Output, Processor, export_processor, log};
 
@@ -22,6 +25,7 @@ use sluice_plugin_sdk::{Batch, Config, Output, Processor, export_processor, log}
 pub struct Misbehave {
     mode: String,
     trigger: String,
+    reject: String,
     bytes: usize,
 }
 
@@ -42,6 +46,7 @@ impl Processor for Misbehave {
         Ok(Misbehave {
             mode,
             trigger: config.get("trigger").unwrap_or("").to_string(),
+            reject: config.get("reject").unwrap_or("").to_string(),
             bytes: config.parse("bytes")?.unwrap_or(1 << 30),
         })
     }
@@ -94,11 +99,19 @@ impl Processor for Misbehave {
                 _ => {}
             }
         }
+        let refused = |value: &[u8]| {
+            !self.reject.is_empty()
+                && value
+                    .windows(self.reject.len())
+                    .any(|w| w == self.reject.as_bytes())
+        };
         for event in batch {
             if self.mode == "reject" && hits(event.value()) {
                 out.reject(&event, "misbehave: rejected on purpose");
                 // Twice: the host must dead-letter it once, with the first reason.
                 out.reject(&event, "misbehave: rejected again");
+            } else if refused(event.value()) {
+                out.reject(&event, "misbehave: rejected on purpose");
             } else {
                 out.forward(&event);
             }
