@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice::aggregate::{Acc, Op};
-use sluice::batcher::{BatchLimits, Batcher};
 use sluice::decode::{Decoder, Pointer};
-use sluice::router::Router;
+use sluice::pipeline::batcher::{BatchLimits, Batcher};
+use sluice::source::router::Router;
 use sluice::window::{Window, WindowKind};
 
 const N: usize = 10_000;

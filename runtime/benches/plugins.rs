@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sluice::plugin::{Limits, LogTags, PluginHost};
+use sluice::wasm::plugin::{Limits, LogTags, PluginHost};
 use sluice_plugin_sdk::{Batch, Config, Output, Processor};
 
 const SIZES: [usize; 4] = [1, 64, 1024, 16384];

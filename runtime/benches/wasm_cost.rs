@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice::decode::{Decoder, Pointer};
-use sluice::plugin::{Instance, Limits, LogTags, PluginHost};
+use sluice::wasm::plugin::{Instance, Limits, LogTags, PluginHost};
 use sluice_plugin_sdk::{Batch, Config, Output, Processor};
 
 fn flights(n: usize) -> Vec<serde_json::Value> {

@@ -16,18 +16,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::admin::AdminState;
 use crate::checkpoint::Store;
+use crate::obs::admin::AdminState;
+use crate::obs::systemd::Notifier;
 use crate::pipeline::{Chain, PipelineSpec, Resume, Summary};
-use crate::plugin::PluginHost;
-use crate::reload::{PluginSlot, Reloader};
 use crate::sink::{RunningSink, SinkSpec};
-use crate::systemd::Notifier;
 use crate::topology::Topology;
+use crate::wasm::plugin::PluginHost;
+use crate::wasm::reload::{PluginSlot, Reloader};
 
 /// The status file in the state folder: the running version of every plugin,
 /// since when, its reload history and last error (see
-/// [`crate::reload::Status`]).
+/// [`crate::wasm::reload::Status`]).
 pub const STATUS_FILE: &str = "status.json";
 
 /// Quiet time after a reload request (SIGHUP, a config file event) before the
@@ -552,8 +552,8 @@ pub async fn run(
                     admin.ready.store(true, Ordering::Relaxed);
                 }
                 let counter = match &outcome {
-                    Ok(_) => &crate::metrics::registry().config_reloads,
-                    Err(_) => &crate::metrics::registry().config_reload_failures,
+                    Ok(_) => &crate::obs::metrics::registry().config_reloads,
+                    Err(_) => &crate::obs::metrics::registry().config_reload_failures,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 match outcome {
@@ -596,11 +596,11 @@ async fn start(
         ready: AtomicBool::new(false),
         reload,
     });
-    if crate::telemetry::enabled() {
-        crate::telemetry::observe(admin.clone());
+    if crate::obs::telemetry::enabled() {
+        crate::obs::telemetry::observe(admin.clone());
     }
     if let Some(addr) = topology.admin {
-        match crate::admin::serve(addr, admin.clone()).await {
+        match crate::obs::admin::serve(addr, admin.clone()).await {
             Ok(bound) => tracing::info!("admin API listening on {bound}"),
             Err(e) => tracing::error!(
                 "admin API off: cannot listen on {addr}: {e} (another daemon there? set [daemon] admin to another address, or \"off\")"

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use sluice_plugin_sdk::Batch;
 
-use crate::plugin::{Plugin, PluginHost};
 use crate::sink::{RunningSink, SinkHandle, SinkSpec};
+use crate::wasm::plugin::{Plugin, PluginHost};
 
 /// Where `build.rs` puts the example plugins.
 pub(crate) fn plugins_dir() -> PathBuf {
@@ -126,22 +126,22 @@ pub(crate) fn read_lines(path: &Path) -> Vec<String> {
 }
 
 /// A plugin slot running `NAME.wasm`.
-pub(crate) fn slot(name: &str) -> Arc<crate::reload::PluginSlot> {
-    crate::reload::PluginSlot::new(plugin(name))
+pub(crate) fn slot(name: &str) -> Arc<crate::wasm::reload::PluginSlot> {
+    crate::wasm::reload::PluginSlot::new(plugin(name))
 }
 
 /// A stage running `slot`'s plugin with `config`, generous limits.
 pub(crate) fn stage_spec(
-    slot: Arc<crate::reload::PluginSlot>,
+    slot: Arc<crate::wasm::reload::PluginSlot>,
     config: &[(&str, &str)],
     on_error: crate::config::OnError,
     breaker: crate::config::BreakerConfig,
-) -> Arc<crate::processor::StageSpec> {
-    Arc::new(crate::processor::StageSpec {
+) -> Arc<crate::pipeline::processor::StageSpec> {
+    Arc::new(crate::pipeline::processor::StageSpec {
         label: format!("0:{}", slot.current().name),
         slot,
         config: pairs(config),
-        limits: crate::plugin::Limits {
+        limits: crate::wasm::plugin::Limits {
             memory_bytes: 64 << 20,
             timeout: std::time::Duration::from_secs(10),
         },

@@ -9,20 +9,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::aggregate::Op;
-use crate::batcher::BatchLimits;
 use crate::config::{
     self, Claim, Config, ConfigError, ConfigSource, GroupBy, LatePolicy, OnError, PipelineConfig,
     WindowKindName,
 };
 use crate::decode::{MAX_POINTERS, Pointer};
+use crate::pipeline::batcher::BatchLimits;
+use crate::pipeline::processor::StageSpec;
 use crate::pipeline::{Chain, PipelineSpec};
-use crate::plugin::{Limits, LogTags, PluginHost, World};
-use crate::processor::StageSpec;
-use crate::reload::{PluginSlot, StageUse};
 use crate::sink::SinkSpec;
 use crate::source::{Replay, SourceSpec};
+use crate::wasm::plugin::{Limits, LogTags, PluginHost, World};
+use crate::wasm::reload::{PluginSlot, StageUse};
 use crate::window::WindowKind;
-use crate::window_operator::{AggSpec, Grouping, UdfSpec, WindowSpec};
+use crate::window::operator::{AggSpec, Grouping, UdfSpec, WindowSpec};
 
 /// Everything a config asks for, built and checked.
 #[derive(Debug)]
@@ -169,7 +169,7 @@ impl Topology {
         }
         check_log_level(config, source)?;
         if let Some(endpoint) = &config.daemon.telemetry.otlp_endpoint {
-            crate::telemetry::check_endpoint(endpoint.get_ref()).map_err(|e| {
+            crate::obs::telemetry::check_endpoint(endpoint.get_ref()).map_err(|e| {
                 source.error(endpoint.span(), format!("field `otlp_endpoint`: {e}"))
             })?;
         }
@@ -870,7 +870,7 @@ impl PluginLoad<'_> {
         &mut self,
         file: &toml::Spanned<String>,
         world: World,
-        label: impl FnOnce(&crate::plugin::Plugin) -> String,
+        label: impl FnOnce(&crate::wasm::plugin::Plugin) -> String,
         pipeline: &str,
         pairs: &[(String, String)],
         limits: Limits,
@@ -919,7 +919,7 @@ impl PluginLoad<'_> {
             ));
         }
         let label = label(&plugin);
-        let fails = |e: crate::plugin::CallError| {
+        let fails = |e: crate::wasm::plugin::CallError| {
             source.error(
                 file.span(),
                 format!(

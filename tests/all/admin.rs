@@ -32,7 +32,7 @@ fn admin_api_answers_with_the_right_figures() {
             "{line:?} not in:\n{metrics}"
         );
     }
-    let version = sluice::plugin::content_version(
+    let version = sluice::wasm::plugin::content_version(
         &std::fs::read(plugins_dir().join("identity.wasm")).unwrap(),
     );
     assert!(metrics.contains(&format!(
@@ -141,7 +141,7 @@ fn metrics_count_plugin_failures_and_fill_the_histograms() {
     // The skips are counted after the chain ran, before the output is written:
     // the 7 lines out mean all 10 records went through.
     let (_, metrics) = http(&addr, "GET", "/metrics");
-    let version = sluice::plugin::content_version(
+    let version = sluice::wasm::plugin::content_version(
         &std::fs::read(plugins_dir().join("misbehave.wasm")).unwrap(),
     );
     let version = format!("version=\"{version}\"");

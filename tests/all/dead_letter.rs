@@ -117,7 +117,7 @@ fn records_a_plugin_rejects_carry_stage_plugin_and_version() {
             .unwrap()
             .read_to_end(&mut bytes)
             .unwrap();
-        sluice::plugin::content_version(&bytes)
+        sluice::wasm::plugin::content_version(&bytes)
     };
     let mut numbers = Vec::new();
     for line in scratch.read_lines("dlq.ndjson") {

@@ -155,7 +155,7 @@ fn otlp_receiver_gets_batch_traces_and_metrics() {
         .iter()
         .map(|s| (s.span_id.as_slice(), s.trace_id.as_slice()))
         .collect();
-    let version = sluice::plugin::content_version(
+    let version = sluice::wasm::plugin::content_version(
         &std::fs::read(plugins_dir().join("identity.wasm")).unwrap(),
     );
     for stage in ["0:identity", "1:identity"] {

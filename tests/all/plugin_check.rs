@@ -23,7 +23,7 @@ fn a_processor_is_described_and_runs() {
     let file = plugins_dir().join("tag_a.wasm");
     let (code, out) = check(&file, &[]);
     assert_eq!(code, 0, "{out}");
-    let version = sluice::plugin::content_version(&std::fs::read(&file).unwrap());
+    let version = sluice::wasm::plugin::content_version(&std::fs::read(&file).unwrap());
     for want in [
         format!("version {version}"),
         "world:    sluice:plugin/processor@0.1.0".to_string(),

@@ -164,7 +164,7 @@ fn every_way_a_file_can_arrive_is_picked_up() {
     assert_eq!(rig.probe(), "b");
 
     let status = rig.status();
-    assert_eq!(status["version"], sluice::plugin::content_version(&b));
+    assert_eq!(status["version"], sluice::wasm::plugin::content_version(&b));
     assert_eq!(status["reloads"], 5);
     assert_eq!(status["reload_failures"], 0);
     assert_eq!(status["file_missing"], false);
@@ -215,7 +215,7 @@ fn a_broken_plugin_leaves_the_running_version_serving() {
     let status = rig.status();
     assert_eq!(
         status["version"],
-        sluice::plugin::content_version(&fixture("tag_a.wasm"))
+        sluice::wasm::plugin::content_version(&fixture("tag_a.wasm"))
     );
     assert_eq!(status["reload_failures"], 4);
     let last = status["last_error"]["error"].as_str().unwrap();

@@ -217,7 +217,7 @@ fn one_poison_record_in_ten_thousand_is_isolated() {
     assert_eq!(d["plugin"], "misbehave");
     assert_eq!(
         d["plugin_version"],
-        sluice::plugin::content_version(
+        sluice::wasm::plugin::content_version(
             &std::fs::read(plugins_dir().join("misbehave.wasm")).unwrap()
         )
     );

@@ -41,7 +41,7 @@ fn top_once_shows_pipelines_and_plugins() {
         ["p", "running", &lines, &lines, "0", "0", "0.0", "0.0", "-"],
         "{view}"
     );
-    let version = sluice::plugin::content_version(
+    let version = sluice::wasm::plugin::content_version(
         &std::fs::read(plugins_dir().join("identity.wasm")).unwrap(),
     );
     let plugin: Vec<&str> = view

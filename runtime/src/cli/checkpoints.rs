@@ -89,7 +89,7 @@ fn checkpoints(path: &Path, reset: Option<&str>) -> ExitCode {
                 Ok(c) => println!(
                     "{name}: checkpoint {} at {} — {}{}, {} open window(s), sinks {:?}",
                     c.id,
-                    sluice::window_operator::rfc3339(c.taken_at_ms),
+                    sluice::time::rfc3339(c.taken_at_ms),
                     c.position,
                     if c.finished { " (input finished)" } else { "" },
                     c.window

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use sluice::config::Config;
-use sluice::plugin::PluginHost;
 use sluice::topology::Topology;
+use sluice::wasm::plugin::PluginHost;
 use tracing_subscriber::EnvFilter;
 
 pub mod checkpoints;
@@ -25,7 +25,7 @@ pub struct Startup<'a> {
     /// plugins compile).
     log_level: &'a LogLevel,
     /// The OTLP exporters, when `[daemon.telemetry] otlp_endpoint` is set.
-    telemetry: &'a mut Option<sluice::telemetry::Telemetry>,
+    telemetry: &'a mut Option<sluice::obs::telemetry::Telemetry>,
 }
 
 /// Parses and builds the config; on error prints it and gives the exit code.
@@ -45,9 +45,9 @@ pub fn load(path: &Path, startup: Option<Startup<'_>>) -> Result<(Topology, Plug
         );
         let telemetry = &config.daemon.telemetry;
         if let Some(endpoint) = &telemetry.otlp_endpoint
-            && sluice::telemetry::check_endpoint(endpoint.get_ref()).is_ok()
+            && sluice::obs::telemetry::check_endpoint(endpoint.get_ref()).is_ok()
         {
-            match sluice::telemetry::init(endpoint.get_ref(), telemetry.export_interval) {
+            match sluice::obs::telemetry::init(endpoint.get_ref(), telemetry.export_interval) {
                 Ok(t) => *startup.telemetry = Some(t),
                 Err(e) => {
                     eprintln!("error: cannot start the OTLP export: {e:#}");

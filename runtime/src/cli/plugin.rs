@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sluice::plugin::{Limits, PluginHost};
+use sluice::wasm::plugin::{Limits, PluginHost};
 
 use super::EXIT_CONFIG;
 
@@ -92,7 +92,7 @@ pub fn main(command: PluginCommand) -> ExitCode {
                 }
             };
             config.sort();
-            let report = sluice::inspect::check(&host, &file, &config);
+            let report = sluice::wasm::inspect::check(&host, &file, &config);
             print!("{}", report.text);
             if report.runnable {
                 ExitCode::SUCCESS
@@ -163,7 +163,7 @@ fn new(
     } else {
         "sluice plugin run out/{name}.wasm --config tag=x < events.ndjson"
     };
-    match sluice::plugin_new::create(&name, &template, &dir, &sdk) {
+    match sluice::wasm::plugin_new::create(&name, &template, &dir, &sdk) {
         Ok(files) => {
             for f in &files {
                 println!("wrote {}", f.display());
@@ -273,7 +273,7 @@ fn plugin_run(
     if let Some(dir) = cache_dir {
         host = host.with_compile_cache(&dir);
     }
-    let options = sluice::plugin_run::RunOptions {
+    let options = sluice::wasm::plugin_run::RunOptions {
         config,
         decoder,
         batch: batch.max(1),
@@ -283,7 +283,7 @@ fn plugin_run(
     let stdin = std::io::stdin().lock();
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut stderr = std::io::stderr().lock();
-    let report = match sluice::plugin_run::run(
+    let report = match sluice::wasm::plugin_run::run(
         &host,
         file,
         &options,
@@ -311,7 +311,7 @@ fn plugin_run(
     // outputs with line breaks) fails the run.
     let mut ok = report.failed == 0 && report.skipped == 0 && report.broken == 0;
     if let (Some(expected), Some(path)) = (&expected, &expect) {
-        match sluice::plugin_run::compare(&report.output, expected) {
+        match sluice::wasm::plugin_run::compare(&report.output, expected) {
             None => eprintln!(
                 "output matches {} ({} lines)",
                 path.display(),

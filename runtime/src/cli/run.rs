@@ -69,7 +69,7 @@ pub fn main(args: Args, log_level: &LogLevel) -> ExitCode {
         }
     });
     let _config_watcher = if watch_config {
-        match sluice::reload::watch_file(&config, move || {
+        match sluice::wasm::reload::watch_file(&config, move || {
             let _ = tx.send("config file changed");
         }) {
             Ok(w) => Some(w),

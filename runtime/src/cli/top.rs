@@ -39,7 +39,7 @@ pub fn main(args: Args) -> ExitCode {
             Ok(a) => a,
             Err(code) => return code,
         };
-        match sluice::top::run(&addr, interval, once) {
+        match sluice::obs::top::run(&addr, interval, once) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

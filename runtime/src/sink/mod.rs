@@ -12,6 +12,8 @@
 //! - `kafka` ([`kafka`]): one Kafka record per event, through an idempotent
 //!   producer; a sync waits for every delivery report.
 
+pub mod dead_letter;
+
 use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;

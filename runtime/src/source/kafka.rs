@@ -38,13 +38,13 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Statistics};
 
 use super::{Chunk, Outbox, Record, now_ms};
+use crate::checkpoint::changelog::{Changelog, TaskState, changelog_key};
 use crate::checkpoint::{BarrierKind, Checkpointer, KafkaPosition, Position};
 use crate::config::{ConfigError, Format, MissingTimestamp};
-use crate::dead_letter::DeadLetter;
-use crate::kafka::{Changelog, TaskState, changelog_key};
-use crate::router::Router;
+use crate::sink::dead_letter::DeadLetter;
+use crate::source::router::Router;
 use crate::stats::Stats;
-use crate::window_operator::WindowMsg;
+use crate::window::operator::WindowMsg;
 
 /// How long reading or writing the changelog may take.
 const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
@@ -320,7 +320,7 @@ impl ClientContext for GroupContext {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if side.assigned.contains_key(&(topic.clone(), *partition)) && p.consumer_lag >= 0 {
-                    crate::metrics::consumer_lag(&pipeline, topic, *partition, p.consumer_lag);
+                    crate::obs::metrics::consumer_lag(&pipeline, topic, *partition, p.consumer_lag);
                 }
             }
         }
@@ -488,7 +488,7 @@ impl Side {
         let mut tasks = Vec::new();
         for part in &parts {
             if let Some(a) = self.assigned.remove(part) {
-                crate::metrics::forget_consumer_lag(&self.pipeline, &part.0, part.1);
+                crate::obs::metrics::forget_consumer_lag(&self.pipeline, &part.0, part.1);
                 tasks.push(a.task);
                 self.checkpointer.task_names.remove(&a.task);
             }
@@ -606,7 +606,7 @@ impl Side {
             message.offset()
         );
         self.dead_letter
-            .send(&[crate::dead_letter::DeadRecord {
+            .send(&[crate::sink::dead_letter::DeadRecord {
                 stage: "source",
                 plugin: None,
                 partition: None,

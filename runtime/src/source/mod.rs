@@ -17,6 +17,8 @@
 //! slow worker or sink slows the source down (backpressure). A line that cannot
 //! be decoded goes to the dead-letter sink; empty lines are skipped.
 
+pub mod router;
+
 use std::fmt;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -29,11 +31,11 @@ use anyhow::Context as _;
 use crate::checkpoint::{Barrier, BarrierKind, Checkpointer, Position};
 pub use crate::config::{BuildContext, Claim};
 use crate::config::{ComponentTable, ConfigError, ConfigSource, DecodeConfig, Format};
-use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::decode::{Decoder, Pointer};
-use crate::router::Router;
+use crate::sink::dead_letter::{DeadLetter, DeadRecord};
+use crate::source::router::Router;
 use crate::stats::Stats;
-use crate::window_operator::WindowMsg;
+use crate::window::operator::WindowMsg;
 
 pub mod file;
 pub mod kafka;
@@ -253,7 +255,7 @@ pub struct Record {
     /// Headers, as (name, value) pairs (Kafka record headers; none for lines).
     pub headers: Vec<(String, Vec<u8>)>,
     /// The window task of the record's Kafka partition (see
-    /// [`crate::window_operator::Task`]); `None` for other sources.
+    /// [`crate::window::operator::Task`]); `None` for other sources.
     pub task: Option<u32>,
 }
 

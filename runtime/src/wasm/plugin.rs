@@ -12,7 +12,7 @@
 //! No ambient capability: the WASI context has no preopened directory, no
 //! environment, no arguments, no sockets, and stdin is closed; the clocks are
 //! frozen at the Unix epoch and blocking (sleep, poll) traps; stdout and stderr
-//! go to the daemon's log (see [`crate::guest_output`]).
+//! go to the daemon's log (see [`crate::wasm::guest_output`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::compile_cache::{CompileCache, Origin, hex};
-use crate::guest_output::{GuestOutput, Stream};
+use crate::wasm::compile_cache::{CompileCache, Origin, hex};
+use crate::wasm::guest_output::{GuestOutput, Stream};
 
 /// The host's bindings of the `processor` world, from `wit/plugin.wit`.
 mod bindings {
@@ -155,7 +155,7 @@ impl PluginHost {
     }
 
     /// Uses a compile cache in `state_dir` from now on (see
-    /// [`crate::compile_cache`]).
+    /// [`crate::wasm::compile_cache`]).
     pub fn with_compile_cache(mut self, state_dir: &Path) -> Self {
         self.cache = Some(CompileCache::new(state_dir, &self.engine));
         self
@@ -169,7 +169,7 @@ impl PluginHost {
     /// `processor` world's exports and only imports the host provides; the message
     /// names the file and the reason.
     pub fn load(&self, path: &Path) -> anyhow::Result<Plugin> {
-        let bytes = crate::compile_cache::read_regular(path)
+        let bytes = crate::wasm::compile_cache::read_regular(path)
             .with_context(|| format!("cannot read plugin {}", path.display()))?;
         self.load_bytes(path, &bytes)
     }
@@ -349,7 +349,7 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
-pub use crate::guest_output::LogTags;
+pub use crate::wasm::guest_output::LogTags;
 
 /// The host state of one store.
 pub struct StoreState {

@@ -14,18 +14,18 @@ use sluice_plugin_sdk::{Batch, Event};
 
 use arc_swap::ArcSwap;
 
-use crate::batcher::BatchLimits;
-use crate::batcher::Batcher;
 use crate::checkpoint::{Ack, Barrier};
 use crate::config::OnError;
-use crate::dead_letter::{DeadLetter, DeadRecord};
-use crate::plugin::Plugin;
-use crate::processor::Stage;
-use crate::processor::StageSpec;
+use crate::pipeline::batcher::BatchLimits;
+use crate::pipeline::batcher::Batcher;
+use crate::pipeline::processor::Stage;
+use crate::pipeline::processor::StageSpec;
 use crate::sink::SinkHandle;
+use crate::sink::dead_letter::{DeadLetter, DeadRecord};
 use crate::source::Chunk;
 use crate::stats::Stats;
-use crate::window_operator::{WindowInput, WindowMsg, WindowSpec};
+use crate::wasm::plugin::Plugin;
+use crate::window::operator::{WindowInput, WindowMsg, WindowSpec};
 
 /// The part of a pipeline a config reload swaps in place: the workers pick a new
 /// one up at their next batch boundary.
@@ -76,7 +76,7 @@ pub struct Worker {
     /// The chain this worker runs.
     pub running: Arc<Chain>,
     /// A newer chain whose stages could not start here, and when (retried
-    /// after [`crate::processor::RETRY_REFUSED`]).
+    /// after [`crate::pipeline::processor::RETRY_REFUSED`]).
     pub refused: Option<(Arc<Chain>, std::time::Instant)>,
     /// The processor chain, one instance per stage.
     pub stages: Vec<Stage>,
@@ -89,7 +89,7 @@ pub struct Worker {
     /// The pipeline's counters.
     pub stats: Arc<Stats>,
     /// The pipeline's batch histograms and tracer.
-    pub metrics: Arc<crate::metrics::PipelineMetrics>,
+    pub metrics: Arc<crate::obs::metrics::PipelineMetrics>,
     /// Set when this worker stops on an error, so the source stops reading.
     pub stop: Arc<AtomicBool>,
     /// The window task of the open batch's records (Kafka: a batch holds
@@ -223,7 +223,7 @@ impl Worker {
         let latest = self.chain.load();
         if Arc::ptr_eq(&latest, &self.running)
             || self.refused.as_ref().is_some_and(|(r, at)| {
-                Arc::ptr_eq(r, &latest) && at.elapsed() < crate::processor::RETRY_REFUSED
+                Arc::ptr_eq(r, &latest) && at.elapsed() < crate::pipeline::processor::RETRY_REFUSED
             })
         {
             return;
@@ -578,9 +578,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::batcher::BatchLimits;
     use crate::config::BreakerConfig;
-    use crate::processor::StageSpec;
+    use crate::pipeline::batcher::BatchLimits;
+    use crate::pipeline::processor::StageSpec;
     use crate::source::Record;
     use crate::testkit::{FileSink, plugins_dir, slot, stage_spec};
 
@@ -619,7 +619,7 @@ mod tests {
             sinks,
             dead_letter: DeadLetter::new(PIPELINE, dead_letter),
             stats: stats.clone(),
-            metrics: crate::metrics::pipeline(PIPELINE),
+            metrics: crate::obs::metrics::pipeline(PIPELINE),
             stop: Arc::new(AtomicBool::new(false)),
             task: None,
         };
@@ -763,7 +763,7 @@ mod tests {
             lateness_ms: 0,
             idle_timeout: Duration::from_secs(3600),
             mode: crate::config::OutputMode::Append,
-            grouping: crate::window_operator::Grouping::Key,
+            grouping: crate::window::operator::Grouping::Key,
             aggregates: Vec::new(),
             pointers: Vec::new(),
             late: crate::config::LatePolicy::Drop,
@@ -821,7 +821,7 @@ mod tests {
             lateness_ms: 0,
             idle_timeout: Duration::from_secs(3600),
             mode: crate::config::OutputMode::Append,
-            grouping: crate::window_operator::Grouping::Key,
+            grouping: crate::window::operator::Grouping::Key,
             aggregates: Vec::new(),
             pointers: Vec::new(),
             late: crate::config::LatePolicy::Drop,
@@ -888,7 +888,7 @@ mod tests {
         assert_eq!(out.finish(), good);
         let dead = dlq.finish();
         assert_eq!(dead.len(), bad.len());
-        let version = crate::plugin::content_version(
+        let version = crate::wasm::plugin::content_version(
             &std::fs::read(plugins_dir().join("misbehave.wasm")).unwrap(),
         );
         for (line, i) in dead.iter().zip(bad) {
@@ -1052,8 +1052,8 @@ mod tests {
             lateness_ms: 0,
             idle_timeout: Duration::from_secs(3600),
             mode: crate::config::OutputMode::Append,
-            grouping: crate::window_operator::Grouping::Key,
-            aggregates: vec![crate::window_operator::AggSpec {
+            grouping: crate::window::operator::Grouping::Key,
+            aggregates: vec![crate::window::operator::AggSpec {
                 op: crate::aggregate::Op::Sum,
                 field: Some(0),
                 name: "sum".into(),

@@ -5,6 +5,12 @@
 //! source ──► router ──► channel[p] ──► worker p: batcher → processors → sinks
 //! ```
 
+pub mod worker;
+
+pub mod processor;
+
+pub mod batcher;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -17,20 +23,20 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 use crate::checkpoint::{Checkpoint, CheckpointSpec, Checkpointer, Store};
-use crate::dead_letter::DeadLetter;
-use crate::processor::Stage;
-use crate::router::Router;
+use crate::pipeline::processor::Stage;
+use crate::pipeline::worker::{WindowFeed, Worker};
 use crate::sink::SinkHandle;
+use crate::sink::dead_letter::DeadLetter;
+use crate::source::router::Router;
 use crate::source::{self, SourceSpec};
-use crate::window_operator::{self, WindowSpec};
-use crate::worker::{WindowFeed, Worker};
+use crate::window::operator::{self, WindowSpec};
 
 /// Batches each worker may have queued for the window operator.
 const WINDOW_QUEUE_BATCHES: usize = 4;
 
 pub use crate::stats::Stats;
 
-pub use crate::worker::Chain;
+pub use crate::pipeline::worker::Chain;
 
 /// Everything needed to start a pipeline.
 #[derive(Debug)]
@@ -241,7 +247,7 @@ impl PipelineSpec {
                 sinks: outputs.clone(),
                 dead_letter: dead_letter.clone(),
                 stats: stats.clone(),
-                metrics: crate::metrics::pipeline(&self.name),
+                metrics: crate::obs::metrics::pipeline(&self.name),
                 stop: failed.clone(),
                 task: None,
             };
@@ -294,7 +300,7 @@ impl PipelineSpec {
 type WindowStarted = (
     WindowFeed,
     JoinHandle<anyhow::Result<()>>,
-    Option<flume::Sender<window_operator::WindowMsg>>,
+    Option<flume::Sender<operator::WindowMsg>>,
 );
 
 impl PipelineSpec {
@@ -308,7 +314,7 @@ impl PipelineSpec {
         outputs: &[SinkHandle],
         dead_letter: &DeadLetter,
         stats: &Arc<Stats>,
-        restored: Option<crate::window::WindowSnapshot>,
+        restored: Option<crate::checkpoint::WindowSnapshot>,
         checkpointed: bool,
         tasks: bool,
     ) -> anyhow::Result<WindowStarted> {
@@ -319,7 +325,7 @@ impl PipelineSpec {
         let handle = std::thread::Builder::new()
             .name(format!("{}-window", self.name))
             .spawn(move || {
-                window_operator::run(
+                operator::run(
                     &name,
                     &spec2,
                     partitions,

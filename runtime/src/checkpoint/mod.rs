@@ -30,6 +30,8 @@
 //! A stop (SIGTERM, SIGINT) takes a final checkpoint *without* emitting the open
 //! windows (Flink's stop-with-savepoint); only the end of the input emits them.
 
+pub mod changelog;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +44,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::sink::SinkHandle;
 use crate::stats::Stats;
-use crate::window::WindowSnapshot;
+
+/// The operator's state at a checkpoint: open windows and the watermark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowSnapshot {
+    /// Tumbling and sliding windows: (start ms, end ms, group, accumulators).
+    pub fixed: Vec<(i64, i64, Vec<u8>, Vec<crate::aggregate::Acc>)>,
+    /// Sessions: (group, start ms, end ms, accumulators).
+    pub sessions: Vec<(Vec<u8>, i64, i64, Vec<crate::aggregate::Acc>)>,
+    /// The watermark, ms.
+    pub watermark: i64,
+    /// Per partition, the largest event time seen (ms).
+    pub partitions: Vec<Option<i64>>,
+}
 
 /// The file, in the state directory, that holds every pipeline's checkpoint.
 pub const STORE_FILE: &str = "checkpoints.redb";
@@ -318,7 +332,7 @@ pub enum Ack {
     /// A partition worker of a pipeline without windows.
     Worker,
     /// The window operator, with its state at the barrier: per task (see
-    /// [`crate::window_operator::Task`]).
+    /// [`crate::window::operator::Task`]).
     Window(Box<BTreeMap<u32, WindowSnapshot>>),
 }
 
@@ -497,7 +511,7 @@ impl Checkpointer {
         self.last_batches = stats.batches.load(Ordering::Relaxed);
         self.last_position = Some(checkpoint.position.clone());
         stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::pipeline(&self.pipeline)
+        crate::obs::metrics::pipeline(&self.pipeline)
             .checkpoint_duration
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
@@ -853,9 +867,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let out = FileSink::start("out");
-        let chain = Arc::new(crate::worker::Chain {
+        let chain = Arc::new(crate::pipeline::worker::Chain {
             // Batches close at 1000 records: only the barrier closes the first.
-            limits: crate::batcher::BatchLimits {
+            limits: crate::pipeline::batcher::BatchLimits {
                 max_records: 1000,
                 max_bytes: 1 << 30,
                 interval: Duration::from_secs(3600),
@@ -868,18 +882,19 @@ mod tests {
             )],
         });
         let stats = Arc::new(Stats::default());
-        let worker = crate::worker::Worker {
+        let worker = crate::pipeline::worker::Worker {
             pipeline: "unit-checkpoint".into(),
             partition: 0,
             chain: Arc::new(arc_swap::ArcSwap::new(chain.clone())),
-            stages: crate::processor::Stage::chain("unit-checkpoint", 0, &chain.stages).unwrap(),
+            stages: crate::pipeline::processor::Stage::chain("unit-checkpoint", 0, &chain.stages)
+                .unwrap(),
             running: chain,
             refused: None,
             window: None,
             sinks: vec![out.handle()],
-            dead_letter: crate::dead_letter::DeadLetter::new("unit-checkpoint", None),
+            dead_letter: crate::sink::dead_letter::DeadLetter::new("unit-checkpoint", None),
             stats: stats.clone(),
-            metrics: crate::metrics::pipeline("unit-checkpoint"),
+            metrics: crate::obs::metrics::pipeline("unit-checkpoint"),
             stop: Arc::new(AtomicBool::new(false)),
             task: None,
         };

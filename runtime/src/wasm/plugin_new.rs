@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 /// The WIT contract, written into every project.
-pub const WIT: &str = include_str!("../../wit/plugin.wit");
+pub const WIT: &str = include_str!("../../../wit/plugin.wit");
 
 /// Languages and their files (path in the project, template text).
 pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
@@ -22,29 +22,32 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
         &[
             (
                 ".cargo/config.toml",
-                include_str!("../../templates/rust/.cargo/config.toml"),
+                include_str!("../../../templates/rust/.cargo/config.toml"),
             ),
             (
                 ".gitignore",
-                include_str!("../../templates/rust/.gitignore"),
+                include_str!("../../../templates/rust/.gitignore"),
             ),
             (
                 "Cargo.toml",
-                include_str!("../../templates/rust/Cargo.toml"),
+                include_str!("../../../templates/rust/Cargo.toml"),
             ),
-            ("README.md", include_str!("../../templates/rust/README.md")),
-            ("build.sh", include_str!("../../templates/rust/build.sh")),
+            (
+                "README.md",
+                include_str!("../../../templates/rust/README.md"),
+            ),
+            ("build.sh", include_str!("../../../templates/rust/build.sh")),
             (
                 "events.ndjson",
-                include_str!("../../templates/rust/events.ndjson"),
+                include_str!("../../../templates/rust/events.ndjson"),
             ),
             (
                 "rust-toolchain.toml",
-                include_str!("../../templates/rust/rust-toolchain.toml"),
+                include_str!("../../../templates/rust/rust-toolchain.toml"),
             ),
             (
                 "src/lib.rs",
-                include_str!("../../templates/rust/src/lib.rs"),
+                include_str!("../../../templates/rust/src/lib.rs"),
             ),
         ],
     ),
@@ -53,32 +56,32 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
         &[
             (
                 ".cargo/config.toml",
-                include_str!("../../templates/rust/.cargo/config.toml"),
+                include_str!("../../../templates/rust/.cargo/config.toml"),
             ),
             (
                 ".gitignore",
-                include_str!("../../templates/rust/.gitignore"),
+                include_str!("../../../templates/rust/.gitignore"),
             ),
             (
                 "Cargo.toml",
-                include_str!("../../templates/rust/Cargo.toml"),
+                include_str!("../../../templates/rust/Cargo.toml"),
             ),
             (
                 "README.md",
-                include_str!("../../templates/rust-aggregator/README.md"),
+                include_str!("../../../templates/rust-aggregator/README.md"),
             ),
-            ("build.sh", include_str!("../../templates/rust/build.sh")),
+            ("build.sh", include_str!("../../../templates/rust/build.sh")),
             (
                 "events.ndjson",
-                include_str!("../../templates/rust-aggregator/events.ndjson"),
+                include_str!("../../../templates/rust-aggregator/events.ndjson"),
             ),
             (
                 "rust-toolchain.toml",
-                include_str!("../../templates/rust/rust-toolchain.toml"),
+                include_str!("../../../templates/rust/rust-toolchain.toml"),
             ),
             (
                 "src/lib.rs",
-                include_str!("../../templates/rust-aggregator/src/lib.rs"),
+                include_str!("../../../templates/rust-aggregator/src/lib.rs"),
             ),
         ],
     ),
@@ -87,43 +90,52 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
         &[
             (
                 ".gitignore",
-                include_str!("../../templates/python/.gitignore"),
+                include_str!("../../../templates/python/.gitignore"),
             ),
             (
                 "README.md",
-                include_str!("../../templates/python/README.md"),
+                include_str!("../../../templates/python/README.md"),
             ),
-            ("app.py", include_str!("../../templates/python/app.py")),
-            ("build.sh", include_str!("../../templates/python/build.sh")),
+            ("app.py", include_str!("../../../templates/python/app.py")),
+            (
+                "build.sh",
+                include_str!("../../../templates/python/build.sh"),
+            ),
             (
                 "events.ndjson",
-                include_str!("../../templates/python/events.ndjson"),
+                include_str!("../../../templates/python/events.ndjson"),
             ),
         ],
     ),
     (
         "js",
         &[
-            (".gitignore", include_str!("../../templates/js/.gitignore")),
-            ("README.md", include_str!("../../templates/js/README.md")),
-            ("app.js", include_str!("../../templates/js/app.js")),
-            ("build.sh", include_str!("../../templates/js/build.sh")),
+            (
+                ".gitignore",
+                include_str!("../../../templates/js/.gitignore"),
+            ),
+            ("README.md", include_str!("../../../templates/js/README.md")),
+            ("app.js", include_str!("../../../templates/js/app.js")),
+            ("build.sh", include_str!("../../../templates/js/build.sh")),
             (
                 "events.ndjson",
-                include_str!("../../templates/js/events.ndjson"),
+                include_str!("../../../templates/js/events.ndjson"),
             ),
         ],
     ),
     (
         "c",
         &[
-            (".gitignore", include_str!("../../templates/c/.gitignore")),
-            ("README.md", include_str!("../../templates/c/README.md")),
-            ("app.c", include_str!("../../templates/c/app.c")),
-            ("build.sh", include_str!("../../templates/c/build.sh")),
+            (
+                ".gitignore",
+                include_str!("../../../templates/c/.gitignore"),
+            ),
+            ("README.md", include_str!("../../../templates/c/README.md")),
+            ("app.c", include_str!("../../../templates/c/app.c")),
+            ("build.sh", include_str!("../../../templates/c/build.sh")),
             (
                 "events.ndjson",
-                include_str!("../../templates/c/events.ndjson"),
+                include_str!("../../../templates/c/events.ndjson"),
             ),
         ],
     ),

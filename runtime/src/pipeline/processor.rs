@@ -28,9 +28,9 @@ use std::time::Instant;
 use sluice_plugin_sdk::Batch;
 
 use crate::config::{BreakerConfig, OnError};
-use crate::metrics::PluginMetrics;
-use crate::plugin::{CallError, Instance, Limits, LogTags, Plugin, Processed};
-use crate::reload::PluginSlot;
+use crate::obs::metrics::PluginMetrics;
+use crate::wasm::plugin::{CallError, Instance, Limits, LogTags, Plugin, Processed};
+use crate::wasm::reload::PluginSlot;
 
 /// A configured stage, shared by the partition workers of a pipeline.
 #[derive(Debug)]
@@ -92,7 +92,8 @@ impl Stage {
     /// The instance cannot be made or `configure` fails.
     pub fn new(pipeline: &str, partition: usize, spec: Arc<StageSpec>) -> Result<Self, CallError> {
         let plugin = spec.slot.current();
-        let metrics = crate::metrics::plugin(pipeline, &spec.label, &plugin.name, &plugin.version);
+        let metrics =
+            crate::obs::metrics::plugin(pipeline, &spec.label, &plugin.name, &plugin.version);
         let mut stage = Stage {
             breaker: Breaker::new(spec.breaker),
             spec,
@@ -174,7 +175,7 @@ impl Stage {
                     "partition switched plugin version"
                 );
                 self.instance = Some(instance);
-                self.metrics = crate::metrics::plugin(
+                self.metrics = crate::obs::metrics::plugin(
                     &self.pipeline,
                     &self.spec.label,
                     &latest.name,
@@ -811,7 +812,10 @@ mod tests {
         // Closed: the batch is called and bisected, the poison record isolated.
         let out = run(&mut stage, &records(3, &[1]));
         assert_ne!(stage.plugin().version, old);
-        assert_eq!(stage.plugin().version, crate::plugin::content_version(&new));
+        assert_eq!(
+            stage.plugin().version,
+            crate::wasm::plugin::content_version(&new)
+        );
         assert_eq!(failed_indices(&out), vec![1]);
         assert_eq!(out.failed[0].1, FAILED_ON_PURPOSE);
         assert_eq!(values_of(&out.events), ["r0", "r2"]);

@@ -1,6 +1,6 @@
 //! OpenTelemetry export over OTLP/HTTP (protobuf), when `[daemon.telemetry]
 //! otlp_endpoint` is set: a span per micro-batch with a child span per stage
-//! (see [`crate::metrics::BatchTimer`]), and every metric of the admin API's
+//! (see [`crate::obs::metrics::BatchTimer`]), and every metric of the admin API's
 //! `/metrics` under its OpenTelemetry name (`sluice.records.in`, …).
 //!
 //! The exporters run on the SDK's own threads (batch span processor, periodic
@@ -20,14 +20,14 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
-use crate::admin::AdminState;
+use crate::obs::admin::AdminState;
 
-use crate::metrics::TRACES;
+use crate::obs::metrics::TRACES;
 
 /// Whether OTLP export runs (configured and started): spans are made, and
 /// the observable instruments registered.
 pub fn enabled() -> bool {
-    crate::metrics::otlp_enabled()
+    crate::obs::metrics::otlp_enabled()
 }
 
 /// Checks an `otlp_endpoint`: an `http://HOST:PORT` URL with no path.
@@ -116,7 +116,7 @@ impl Telemetry {
 /// counters, plugin failures and memory, reloads) as observable instruments,
 /// read at each export.
 pub fn observe(admin: Arc<AdminState>) {
-    use crate::admin::COUNTERS;
+    use crate::obs::admin::COUNTERS;
     let meter = opentelemetry::global::meter("sluice");
     for (name, help) in COUNTERS {
         let state = admin.clone();
@@ -134,14 +134,14 @@ pub fn observe(admin: Arc<AdminState>) {
             .with_callback(move |observer| {
                 for (pipeline, stats, _) in state.pipelines.lock().expect("admin lock").iter() {
                     observer.observe(
-                        crate::admin::counter(stats, name),
+                        crate::obs::admin::counter(stats, name),
                         &[KeyValue::new("pipeline", pipeline.clone())],
                     );
                 }
             })
             .build();
     }
-    type Read = fn(&crate::metrics::PluginMetrics) -> u64;
+    type Read = fn(&crate::obs::metrics::PluginMetrics) -> u64;
     let plugin_counters: [(&str, &str, Read); 3] = [
         ("sluice.plugin.traps", "Plugin calls that trapped.", |p| {
             p.traps.load(Ordering::Relaxed)
@@ -163,7 +163,7 @@ pub fn observe(admin: Arc<AdminState>) {
             .with_unit("{call}")
             .with_description(help)
             .with_callback(move |observer| {
-                for p in crate::metrics::plugins() {
+                for p in crate::obs::metrics::plugins() {
                     observer.observe(read(&p), &p.attributes());
                 }
             })
@@ -174,7 +174,7 @@ pub fn observe(admin: Arc<AdminState>) {
         .with_unit("By")
         .with_description("The largest linear memory an instance of the plugin reached.")
         .with_callback(|observer| {
-            for p in crate::metrics::plugins() {
+            for p in crate::obs::metrics::plugins() {
                 observer.observe(p.memory_high_water.load(Ordering::Relaxed), &p.attributes());
             }
         })
@@ -197,7 +197,7 @@ pub fn observe(admin: Arc<AdminState>) {
             .with_unit("{reload}")
             .with_description(description)
             .with_callback(move |observer| {
-                for p in crate::admin::plugin_statuses(&state) {
+                for p in crate::obs::admin::plugin_statuses(&state) {
                     let value = if failures {
                         p.reload_failures
                     } else {
@@ -221,7 +221,7 @@ pub fn observe(admin: Arc<AdminState>) {
             .with_unit("{reload}")
             .with_description(description)
             .with_callback(move |observer| {
-                let r = crate::metrics::registry();
+                let r = crate::obs::metrics::registry();
                 let counter = if failures {
                     &r.config_reload_failures
                 } else {

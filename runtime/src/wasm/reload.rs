@@ -36,8 +36,8 @@ use notify::{RecursiveMode, Watcher as _};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::compile_cache::Origin;
-use crate::plugin::{Limits, LogTags, Plugin, PluginHost};
+use crate::wasm::compile_cache::Origin;
+use crate::wasm::plugin::{Limits, LogTags, Plugin, PluginHost};
 
 /// Quiet time after a file's last event before it is loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -180,7 +180,7 @@ impl PluginSlot {
     ///
     /// Returns whether a new version went in.
     pub fn reload(&self, host: &PluginHost) -> bool {
-        let bytes = match crate::compile_cache::read_regular(&self.path) {
+        let bytes = match crate::wasm::compile_cache::read_regular(&self.path) {
             Ok(bytes) => bytes,
             Err(e) => {
                 let mut status = self.status.lock().expect("status lock");
@@ -205,7 +205,7 @@ impl PluginSlot {
             }
         }
         let old = self.current();
-        let version = crate::compile_cache::hex(&content[..6]);
+        let version = crate::wasm::compile_cache::hex(&content[..6]);
         tracing::info!(plugin = %old.name, from = %old.version, to = %version, "plugin changed: loading");
         match self.prepare(host, &bytes) {
             Ok(plugin) => {
@@ -282,7 +282,7 @@ impl PluginSlot {
                 version: plugin.version.clone(),
                 partition: 0,
             };
-            let fails = |e: crate::plugin::CallError| {
+            let fails = |e: crate::wasm::plugin::CallError| {
                 format!(
                     "pipeline `{}` stage {}: fails to start: {e}",
                     stage.pipeline, stage.stage
@@ -291,7 +291,7 @@ impl PluginSlot {
             let mut instance = plugin
                 .instantiate(&stage.config, stage.limits, tags)
                 .map_err(fails)?;
-            if plugin.world() == crate::plugin::World::Aggregator {
+            if plugin.world() == crate::wasm::plugin::World::Aggregator {
                 instance.create().map_err(fails)?;
             }
         }

@@ -15,9 +15,9 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::Component;
 use wasmtime::component::types::{ComponentItem, Type};
 
-use crate::compile_cache::Origin;
-use crate::plugin::{Limits, LogTags, PluginHost, content_version};
-use crate::reload::one_line;
+use crate::wasm::compile_cache::Origin;
+use crate::wasm::plugin::{Limits, LogTags, PluginHost, content_version};
+use crate::wasm::reload::one_line;
 
 /// The world a sluice processor implements.
 pub const PROCESSOR_WORLD: &str = "sluice:plugin/processor@0.1.0";
@@ -35,7 +35,7 @@ pub struct Report {
 /// calling `configure(config)`.
 pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Report {
     let mut text = String::new();
-    let bytes = match crate::compile_cache::read_regular(path) {
+    let bytes = match crate::wasm::compile_cache::read_regular(path) {
         Ok(b) => b,
         Err(e) => {
             return Report {
@@ -84,7 +84,7 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
         .iter()
         .all(|f| exports.iter().any(|(n, _)| n == f))
     {
-        crate::plugin::World::Aggregator.to_string()
+        crate::wasm::plugin::World::Aggregator.to_string()
     } else if exports.iter().any(|(n, _)| n.starts_with("wasi:cli/run@")) {
         "wasi:cli/command (a program, not a sluice plugin)".to_string()
     } else {
@@ -132,7 +132,7 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
             let _ = writeln!(
                 text,
                 "verdict:  runs in this daemon (wasmtime {}, {})",
-                crate::plugin::WASMTIME_VERSION,
+                crate::wasm::plugin::WASMTIME_VERSION,
                 plugin.world()
             );
             Report {

@@ -26,8 +26,8 @@ use serde_json::Value;
 use sluice_plugin_sdk::{Batch, Event};
 
 use crate::aggregate::Acc;
-use crate::plugin::{CallError, Instance, Limits, LogTags, Plugin};
-use crate::reload::PluginSlot;
+use crate::wasm::plugin::{CallError, Instance, Limits, LogTags, Plugin};
+use crate::wasm::reload::PluginSlot;
 
 /// A user-defined aggregate's plugin and settings.
 pub struct UdfSpec {

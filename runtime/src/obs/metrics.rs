@@ -5,7 +5,7 @@
 //! Every instrument is kept here (atomics, fixed histogram buckets) for the
 //! admin API's Prometheus `/metrics`, which needs no collector; histograms are
 //! also recorded into the OpenTelemetry SDK's instruments, which only export
-//! when OTLP is configured (see [`crate::telemetry`]; otherwise they are the
+//! when OTLP is configured (see [`crate::obs::telemetry`]; otherwise they are the
 //! API's no-op). Names follow OpenTelemetry's conventions
 //! (`sluice.batch.duration`, unit `s`), and their Prometheus form follows the
 //! OpenTelemetry-to-Prometheus rules (`sluice_batch_duration_seconds`,
@@ -174,8 +174,8 @@ pub struct PluginMetrics {
 impl PluginMetrics {
     /// Counts a failed call by its kind (plugin errors and malformed outputs
     /// are the plugin's answers, not failures of the instance: not counted).
-    pub fn count_failure(&self, error: &crate::plugin::CallError) {
-        use crate::plugin::CallError;
+    pub fn count_failure(&self, error: &crate::wasm::plugin::CallError) {
+        use crate::wasm::plugin::CallError;
         let counter = match error {
             CallError::Trap(_) => &self.traps,
             CallError::Timeout(_) => &self.timeouts,
@@ -407,7 +407,7 @@ impl BatchTimer {
 
 impl StageSpan {
     /// Names the plugin version that ran the stage (`plugin`, `version`).
-    pub fn plugin(&mut self, plugin: &crate::plugin::Plugin) {
+    pub fn plugin(&mut self, plugin: &crate::wasm::plugin::Plugin) {
         if let Some(span) = &mut self.0 {
             span.set_attribute(KeyValue::new("plugin", plugin.name.clone()));
             span.set_attribute(KeyValue::new("version", plugin.version.clone()));
@@ -586,7 +586,7 @@ pub fn render_prometheus(text: &mut String) {
     }
 }
 
-/// Set while OTLP export runs (by [`crate::telemetry`], which starts it).
+/// Set while OTLP export runs (by [`crate::obs::telemetry`], which starts it).
 pub(crate) static TRACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether OTLP export runs (configured and started): spans are made, and

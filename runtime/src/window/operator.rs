@@ -10,7 +10,7 @@
 //! The workers parse what the aggregates need from each output event (in
 //! parallel); one operator thread per pipeline owns the window state, so a group
 //! whose records come from several partitions is aggregated in one place, and
-//! the watermark is the minimum over the partitions (see [`crate::watermark`]).
+//! the watermark is the minimum over the partitions (see [`crate::window::watermark`]).
 //!
 //! For each micro-batch a worker sends (its records, and the largest event time
 //! of its *input*, so that a partition whose records were all filtered out still
@@ -51,17 +51,18 @@ use serde_json::{Map, Value};
 use sluice_plugin_sdk::Batch;
 
 use crate::aggregate::{Acc, Op};
+pub use crate::checkpoint::WindowSnapshot;
 use crate::checkpoint::{Ack, BarrierKind};
 use crate::config::{LatePolicy, OutputMode};
-use crate::dead_letter::{DeadLetter, DeadRecord};
 use crate::decode::{Pointer, extract_into};
 use crate::sink::SinkHandle;
+use crate::sink::dead_letter::{DeadLetter, DeadRecord};
 use crate::stats::Stats;
-pub use crate::udaf::UdfSpec;
-use crate::udaf::{Failed, Udf, bytes_mut, group_pairs};
-use crate::watermark::Watermarks;
+pub use crate::time::rfc3339;
+pub use crate::wasm::udaf::UdfSpec;
+use crate::wasm::udaf::{Failed, Udf, bytes_mut, group_pairs};
+use crate::window::watermark::Watermarks;
 use crate::window::{Window, WindowKind};
-pub use crate::window::{WindowSnapshot, rfc3339};
 
 /// How records are grouped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /health` | 200 `ok` while the process serves (liveness) |
 //! | `GET /ready` | 200 `ready` once every pipeline runs, 503 while starting, reloading or stopping |
-//! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters and batch histograms, per-plugin call durations, failures, memory, reloads (see [`crate::metrics`]) |
+//! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters and batch histograms, per-plugin call durations, failures, memory, reloads (see [`crate::obs::metrics`]) |
 //! | `GET /pipelines` | JSON: each pipeline's counters and whether it runs |
 //! | `GET /plugins` | JSON: each plugin file's status (as `status.json`) |
 //! | `POST /reload` | 202: reload the config, as SIGHUP does |
@@ -24,9 +24,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-use crate::metrics::label;
-use crate::reload::PluginSlot;
+use crate::obs::metrics::label;
 use crate::stats::Stats;
+use crate::wasm::reload::PluginSlot;
 
 /// What the admin API shows; the daemon keeps it current.
 #[derive(Debug)]
@@ -193,7 +193,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
             label(&p.version)
         );
     }
-    crate::metrics::render_prometheus(&mut text);
+    crate::obs::metrics::render_prometheus(&mut text);
     (
         [(
             header::CONTENT_TYPE,
@@ -222,12 +222,12 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 if watermark == i64::MIN {
                     serde_json::Value::Null
                 } else {
-                    crate::window::rfc3339(watermark).into()
+                    crate::time::rfc3339(watermark).into()
                 },
             );
             // A Kafka source's lag per assigned partition (records behind
             // the partition's end), from librdkafka's statistics.
-            let lags = crate::metrics::consumer_lags(name);
+            let lags = crate::obs::metrics::consumer_lags(name);
             if !lags.is_empty() {
                 obj.insert(
                     "consumer_lag".into(),
@@ -250,7 +250,7 @@ async fn plugins(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 /// The status of each plugin of the running config.
-pub fn plugin_statuses(state: &AdminState) -> Vec<crate::reload::PluginStatus> {
+pub fn plugin_statuses(state: &AdminState) -> Vec<crate::wasm::reload::PluginStatus> {
     state
         .plugins
         .lock()

@@ -21,7 +21,7 @@ use std::path::Path;
 use sluice_plugin_sdk::Batch;
 
 use crate::decode::Decoder;
-use crate::plugin::{Limits, LogTags, PluginHost};
+use crate::wasm::plugin::{Limits, LogTags, PluginHost};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ pub fn run(
     keep_output: bool,
 ) -> anyhow::Result<RunReport> {
     let plugin = host.load(file)?;
-    if plugin.world() == crate::plugin::World::Aggregator {
+    if plugin.world() == crate::wasm::plugin::World::Aggregator {
         return run_aggregator(&plugin, options, input, out, diag, keep_output);
     }
     let tags = LogTags::standalone("plugin-run", &plugin);
@@ -170,20 +170,20 @@ pub fn run(
 }
 
 /// [`run`] for an aggregator: every event in one window, run through the
-/// daemon's own aggregator runtime ([`crate::udaf::Udf`]: the same batching,
+/// daemon's own aggregator runtime ([`crate::wasm::udaf::Udf`]: the same batching,
 /// one-by-one retry and `finish` handling).
 fn run_aggregator(
-    plugin: &crate::plugin::Plugin,
+    plugin: &crate::wasm::plugin::Plugin,
     options: &RunOptions,
     input: impl BufRead,
     out: &mut impl Write,
     diag: &mut impl Write,
     keep_output: bool,
 ) -> anyhow::Result<RunReport> {
-    use crate::udaf::{Udf, UdfSpec};
+    use crate::wasm::udaf::{Udf, UdfSpec};
     let spec = std::sync::Arc::new(UdfSpec {
         label: format!("aggregate:{}", plugin.name),
-        slot: crate::reload::PluginSlot::new(plugin.clone()),
+        slot: crate::wasm::reload::PluginSlot::new(plugin.clone()),
         config: options.config.clone(),
         limits: options.limits,
     });

@@ -11,7 +11,11 @@
 //!   that overlap merge (Flink's `EventTimeSessionWindows`, Spark's
 //!   `session_window`).
 
-use serde::{Deserialize, Serialize};
+pub mod watermark;
+
+pub mod operator;
+
+use serde::Serialize;
 
 /// The event times windows take: the years 0000 to 9999 (what RFC 3339 can
 /// write), in ms since the Unix epoch. A record outside has no window.
@@ -174,28 +178,5 @@ mod tests {
         );
         WindowKind::Session { gap: 7 }.assign(3, &mut w);
         assert_eq!(w, vec![Window { start: 3, end: 10 }]);
-    }
-}
-
-/// The operator's state at a checkpoint: open windows and the watermark.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WindowSnapshot {
-    /// Tumbling and sliding windows: (start ms, end ms, group, accumulators).
-    pub fixed: Vec<(i64, i64, Vec<u8>, Vec<crate::aggregate::Acc>)>,
-    /// Sessions: (group, start ms, end ms, accumulators).
-    pub sessions: Vec<(Vec<u8>, i64, i64, Vec<crate::aggregate::Acc>)>,
-    /// The watermark, ms.
-    pub watermark: i64,
-    /// Per partition, the largest event time seen (ms).
-    pub partitions: Vec<Option<i64>>,
-}
-
-/// `ms` since the epoch as RFC 3339 UTC with milliseconds; the end of time as
-/// `+infinity`.
-pub fn rfc3339(ms: i64) -> String {
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        None if ms > 0 => "+infinity".into(),
-        None => "-infinity".into(),
     }
 }

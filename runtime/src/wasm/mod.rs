@@ -1,0 +1,21 @@
+//! The WebAssembly host: compiling and caching components ([`compile_cache`]),
+//! instances with their limits and the guest's output ([`plugin`],
+//! [`guest_output`]), Wasm aggregators ([`udaf`]), hot reload ([`reload`]),
+//! and the `sluice plugin check | new | run` tools ([`inspect`],
+//! [`plugin_new`], [`plugin_run`]).
+
+pub mod udaf;
+
+pub mod reload;
+
+pub mod plugin_run;
+
+pub mod plugin_new;
+
+pub mod plugin;
+
+pub mod inspect;
+
+pub mod guest_output;
+
+pub mod compile_cache;
