@@ -395,6 +395,41 @@ pub fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     fields.0.get()
 }
 
+/// The error for a `type` no kind of `what` (`"source"`, `"sink"`) has,
+/// listing the kinds there are.
+pub fn unknown_kind<'a>(
+    table: &ComponentTable,
+    source: &ConfigSource,
+    what: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> ConfigError {
+    source.error(
+        table.kind.span(),
+        format!(
+            "unknown {what} type `{}`, expected one of {}",
+            table.kind.get_ref(),
+            names
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+}
+
+/// A kind's own fields of `table` (all but `type` and the `shared` ones)
+/// deserialized into `T`, errors located.
+///
+/// # Errors
+/// As [`deserialize_table`].
+pub fn deserialize_own<T: serde::de::DeserializeOwned>(
+    table: &ComponentTable,
+    source: &ConfigSource,
+    shared: &[&str],
+) -> Result<T, ConfigError> {
+    let (_, own) = table.split(shared);
+    deserialize_table(own, source, shared)
+}
+
 /// Deserializes a table value (from [`ComponentTable::split`]) into `T`, with
 /// errors located in `source`; `extra` names fields the table may also hold
 /// (shared fields taken out before), for the message on an unknown field.

@@ -70,9 +70,8 @@ fn parse_as<T: SinkConfig + serde::de::DeserializeOwned + 'static>(
     table: &ComponentTable,
     source: &ConfigSource,
 ) -> Result<Box<dyn SinkConfig>, ConfigError> {
-    let (_, own) = table.split(&[]);
-    Ok(Box::new(crate::config::deserialize_table::<T>(
-        own,
+    Ok(Box::new(crate::config::deserialize_own::<T>(
+        table,
         source,
         &[],
     )?))
@@ -90,18 +89,7 @@ pub fn parse(
         .iter()
         .find(|k| k.name == table.kind.get_ref())
         .ok_or_else(|| {
-            source.error(
-                table.kind.span(),
-                format!(
-                    "unknown sink type `{}`, expected one of {}",
-                    table.kind.get_ref(),
-                    KINDS
-                        .iter()
-                        .map(|k| format!("`{}`", k.name))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
+            crate::config::unknown_kind(table, source, "sink", KINDS.iter().map(|k| k.name))
         })?;
     (kind.parse)(table, source).map_err(|mut e| {
         e.message = crate::config::hint_other_kind(

@@ -80,9 +80,8 @@ fn parse_as<T: SourceConfig + serde::de::DeserializeOwned + 'static>(
     table: &ComponentTable,
     source: &ConfigSource,
 ) -> Result<Box<dyn SourceConfig>, ConfigError> {
-    let (_, own) = table.split(DecodeConfig::FIELDS);
-    Ok(Box::new(crate::config::deserialize_table::<T>(
-        own,
+    Ok(Box::new(crate::config::deserialize_own::<T>(
+        table,
         source,
         DecodeConfig::FIELDS,
     )?))
@@ -107,18 +106,7 @@ pub fn parse(table: &ComponentTable, source: &ConfigSource) -> Result<Parsed, Co
         .iter()
         .find(|k| k.name == table.kind.get_ref())
         .ok_or_else(|| {
-            source.error(
-                table.kind.span(),
-                format!(
-                    "unknown source type `{}`, expected one of {}",
-                    table.kind.get_ref(),
-                    KINDS
-                        .iter()
-                        .map(|k| format!("`{}`", k.name))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
+            crate::config::unknown_kind(table, source, "source", KINDS.iter().map(|k| k.name))
         })?;
     let (shared, _) = table.split(DecodeConfig::FIELDS);
     let decode: DecodeConfig = crate::config::deserialize_table(shared, source, &[])?;
