@@ -288,6 +288,11 @@ fn kernel_drops(port: u16) -> u64 {
 
 /// The counter `name` of pipeline `p` from the admin API's `/pipelines`.
 fn pipeline_counter(admin: &str, name: &str) -> u64 {
+    pipeline_counter_of(admin, "p", name)
+}
+
+/// The counter `name` of `pipeline` from the admin API's `/pipelines`.
+fn pipeline_counter_of(admin: &str, pipeline: &str, name: &str) -> u64 {
     let (status, body) = http(admin, "GET", "/pipelines");
     assert_eq!(status, 200, "{body}");
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -295,7 +300,7 @@ fn pipeline_counter(admin: &str, name: &str) -> u64 {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["pipeline"] == "p")
+        .find(|p| p["pipeline"] == pipeline)
         .unwrap();
     p[name].as_u64().unwrap()
 }
@@ -454,4 +459,78 @@ sinks = ["out"]
         stderr.contains("listens on tcp 127.0.0.1:9000, which"),
         "{stderr}"
     );
+}
+
+#[test]
+fn socket_wordcount_example_counts_words() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/socket-wordcount/sluice.toml");
+    let config = std::fs::read_to_string(example).unwrap();
+    // The example as it is, but on a free port, with the admin API (to see
+    // when the lines are read) and the test's plugins and state folders.
+    let config = [
+        (
+            "plugins_dir = \"../../target/plugins\"",
+            "plugins_dir = \"@PLUGINS@\"",
+        ),
+        (
+            "state_dir = \"../../target/state\"",
+            "state_dir = \"state\"",
+        ),
+        ("admin = \"off\"", "admin = \"127.0.0.1:0\""),
+        ("address = \"127.0.0.1:9000\"", "address = \"127.0.0.1:0\""),
+    ]
+    .iter()
+    .fold(config, |c, (from, to)| {
+        assert!(c.contains(from), "the example has {from}");
+        c.replace(from, to)
+    });
+    let scratch = Scratch::new(&config);
+    let mut command = scratch.command("run");
+    command.stdout(Stdio::piped());
+    let mut daemon = Running::start(command);
+    let admin = daemon.admin_addr();
+    let address = listening(&mut daemon, "tcp");
+    for text in [
+        "To be, or not to be:\nthat is",
+        " the question.\n",
+        "TO BE\n",
+    ] {
+        TcpStream::connect(&address)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    // Each connection is its own stream: "that is", cut by its connection's
+    // close, is a fragment (dead letter, not counted); " the question." a line.
+    let start = Instant::now();
+    while pipeline_counter_of(&admin, "wordcount", "records_in") < 4 {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stdout = daemon.child.stdout.take().unwrap();
+    daemon.signal("TERM");
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).unwrap();
+    assert_exit(&daemon.finish(), 0);
+    // Summed over the windows (the lines may straddle a 10 s boundary).
+    let mut counts = std::collections::BTreeMap::new();
+    for row in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(row).unwrap();
+        *counts
+            .entry(row["key"].as_str().unwrap().to_string())
+            .or_insert(0) += row["count"].as_u64().unwrap();
+    }
+    let want: std::collections::BTreeMap<String, u64> = [
+        ("to", 3),
+        ("be", 3),
+        ("or", 1),
+        ("not", 1),
+        ("the", 1),
+        ("question", 1),
+    ]
+    .into_iter()
+    .map(|(w, n)| (w.to_string(), n))
+    .collect();
+    assert_eq!(counts, want);
 }
