@@ -393,6 +393,10 @@ sinks = ["out"]
     written.dedup();
     assert_eq!(written.len(), before, "a datagram written twice");
     assert!(written.iter().all(|&n| n < SENT));
+    eprintln!(
+        "udp flood: sent {SENT}, dropped by the kernel {by_kernel}, read {read}, dropped by sluice {dropped}, written {}",
+        written.len()
+    );
     assert!(dropped > 0, "a flood over a 1-chunk queue drops");
     assert_eq!(written.len() as u64 + dropped, read);
     assert_eq!(count(&output, "p", "dropped"), dropped);
