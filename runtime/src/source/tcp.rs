@@ -16,6 +16,9 @@
 //!   connection's thread waits on the partition channel, stops reading, the
 //!   socket's receive buffer fills and the client's `send` blocks. Nothing is
 //!   dropped.
+//! - **Memory**: each connection holds at most one read (64 KiB) plus one line
+//!   (`max_line_bytes`) and a chunk of records per partition; what waits beyond
+//!   that waits in the kernel's socket buffers and the clients.
 //! - **`max_connections`**: past it the source stops accepting; new connections
 //!   wait in the kernel's listen backlog (their handshake completes and their
 //!   first bytes are buffered, then their sends block), and are taken when a
