@@ -141,6 +141,7 @@ def main():
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--sluice", default=common.SLUICE)
     args = ap.parse_args()
+    args.sluice = os.path.abspath(args.sluice)
     if not os.path.exists(args.sluice):
         sys.exit("build first: cargo build --release -p sluice (or pass --sluice)")
     os.makedirs(common.WORK, exist_ok=True)
