@@ -30,6 +30,10 @@ pub struct Stats {
     /// (`on_error = "stop"`, a sink that failed): the failed batch and everything
     /// queued behind it.
     pub failed: AtomicU64,
+    /// Records read but dropped because the pipeline was full and the source
+    /// cannot wait (UDP: a datagram cannot be pushed back). Also counted in
+    /// `records_in`.
+    pub dropped: AtomicU64,
 }
 
 impl Default for Stats {
@@ -42,6 +46,7 @@ impl Default for Stats {
             batches: AtomicU64::new(0),
             late: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(i64::MIN),
         }

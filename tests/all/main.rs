@@ -24,5 +24,6 @@ mod sandbox;
 mod shutdown;
 mod sources;
 mod systemd;
+mod tcp;
 mod top;
 mod windows;

@@ -75,7 +75,7 @@ async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 /// The pipeline counters: name (Prometheus adds `sluice_` and `_total`;
 /// OpenTelemetry's name is `sluice.` and the name with dots) and help.
-pub const COUNTERS: [(&str, &str); 8] = [
+pub const COUNTERS: [(&str, &str); 9] = [
     ("records_in", "Records read by the pipeline's source."),
     (
         "records_out",
@@ -90,6 +90,10 @@ pub const COUNTERS: [(&str, &str); 8] = [
     (
         "records_late",
         "Records too late for every window they belong to.",
+    ),
+    (
+        "records_dropped",
+        "Records dropped because the pipeline was full and the source cannot wait (UDP).",
     ),
     ("batches", "Micro-batches processed."),
     (
@@ -107,6 +111,7 @@ pub fn counter(stats: &Stats, name: &str) -> u64 {
         "records_skipped" => &stats.skipped,
         "records_failed" => &stats.failed,
         "records_late" => &stats.late,
+        "records_dropped" => &stats.dropped,
         "checkpoints" => &stats.checkpoints,
         _ => &stats.batches,
     };

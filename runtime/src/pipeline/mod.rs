@@ -395,6 +395,8 @@ pub struct Summary {
     pub failed: u64,
     /// See [`Stats::checkpoints`].
     pub checkpoints: u64,
+    /// See [`Stats::dropped`].
+    pub dropped: u64,
     /// Wall time since the pipeline started.
     pub elapsed: Duration,
 }
@@ -411,6 +413,7 @@ impl Summary {
             late: stats.late.load(Ordering::Relaxed),
             failed: stats.failed.load(Ordering::Relaxed),
             checkpoints: stats.checkpoints.load(Ordering::Relaxed),
+            dropped: stats.dropped.load(Ordering::Relaxed),
             elapsed,
         }
     }
@@ -426,7 +429,7 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "pipeline={} in={} out={} rejected={} skipped={} failed={} late={} batches={} checkpoints={} elapsed={:.3}s rate={:.0} records/s",
+            "pipeline={} in={} out={} rejected={} skipped={} failed={} late={} batches={} checkpoints={} dropped={} elapsed={:.3}s rate={:.0} records/s",
             self.pipeline,
             self.records_in,
             self.records_out,
@@ -436,6 +439,7 @@ impl fmt::Display for Summary {
             self.late,
             self.batches,
             self.checkpoints,
+            self.dropped,
             secs,
             rate
         )

@@ -7,7 +7,10 @@
 //!
 //! - `file` ([`file`]): plain or gzip, read to its end or followed like `tail -F`;
 //! - `stdin` ([`stdin`]): read to its end;
-//! - `kafka` ([`kafka`]): topics read as a member of a consumer group.
+//! - `kafka` ([`kafka`]): topics read as a member of a consumer group;
+//! - `tcp` ([`tcp`]): newline-delimited records from many connections;
+//! - `udp` ([`udp`]): one record per datagram, dropped (and counted) when the
+//!   pipeline is full.
 //!
 //! What every source shares is here: the fields that say how a line becomes an
 //! event ([`crate::config::DecodeConfig`]), the read loop over a [`Lines`]
@@ -40,6 +43,9 @@ use crate::window::operator::WindowMsg;
 pub mod file;
 pub mod kafka;
 pub mod stdin;
+pub mod stream;
+pub mod tcp;
+pub mod udp;
 
 pub use file::is_gzip;
 
@@ -73,6 +79,16 @@ pub const KINDS: &[Kind] = &[
         name: "kafka",
         parse: parse_as::<kafka::KafkaConfig>,
         fields: crate::config::fields_of::<kafka::KafkaConfig>,
+    },
+    Kind {
+        name: "tcp",
+        parse: parse_as::<tcp::TcpConfig>,
+        fields: crate::config::fields_of::<tcp::TcpConfig>,
+    },
+    Kind {
+        name: "udp",
+        parse: parse_as::<udp::UdpConfig>,
+        fields: crate::config::fields_of::<udp::UdpConfig>,
     },
 ];
 
@@ -370,6 +386,10 @@ pub enum Read1 {
     Idle,
     /// Busy skipping an overlong line: call again (after checking for stop).
     Pending,
+    /// The buffer holds bytes that are no record, for this reason (a TCP
+    /// connection closed mid-line): they go to the dead-letter sink.
+    Reject(String),
+    /// The end of the input.
     Eof,
 }
 
@@ -493,6 +513,76 @@ impl Outbox {
                     .fetch_add(e.0.len() as u64, Ordering::Relaxed);
                 WorkerGone
             })
+    }
+
+    /// Queues `record` for `partition` without ever waiting, for an input
+    /// that cannot be slowed down (UDP): a full chunk is sent if the
+    /// worker's channel has room, and kept otherwise. Returns the record
+    /// when it cannot be queued (a full chunk waits already): the caller
+    /// drops it.
+    ///
+    /// # Errors
+    /// The worker is gone.
+    pub fn offer(
+        &mut self,
+        partition: usize,
+        record: Record,
+    ) -> Result<Option<Record>, WorkerGone> {
+        if self.pending[partition].len() >= CHUNK_RECORDS && !self.try_flush(partition)? {
+            return Ok(Some(record));
+        }
+        self.pending[partition].push(record);
+        if self.pending[partition].len() >= CHUNK_RECORDS {
+            self.try_flush(partition)?;
+        }
+        Ok(None)
+    }
+
+    /// Sends `partition`'s pending records if its worker's channel has room
+    /// now; true when nothing is left pending.
+    ///
+    /// # Errors
+    /// The worker is gone.
+    pub fn try_flush(&mut self, partition: usize) -> Result<bool, WorkerGone> {
+        if self.pending[partition].is_empty() {
+            return Ok(true);
+        }
+        let chunk = std::mem::take(&mut self.pending[partition]);
+        match self.senders[partition].try_send(Chunk::Records(chunk)) {
+            Ok(()) => {
+                self.pending[partition] = Vec::with_capacity(CHUNK_RECORDS);
+                Ok(true)
+            }
+            Err(flume::TrySendError::Full(Chunk::Records(chunk))) => {
+                self.pending[partition] = chunk;
+                Ok(false)
+            }
+            Err(e) => {
+                let records = e.into_inner().len();
+                self.stats
+                    .failed
+                    .fetch_add(records as u64, Ordering::Relaxed);
+                Err(WorkerGone)
+            }
+        }
+    }
+
+    /// [`Outbox::try_flush`] of every partition; true when nothing is left
+    /// pending.
+    ///
+    /// # Errors
+    /// A worker is gone.
+    pub fn try_flush_all(&mut self) -> Result<bool, WorkerGone> {
+        let mut all = true;
+        for p in 0..self.pending.len() {
+            all &= self.try_flush(p)?;
+        }
+        Ok(all)
+    }
+
+    /// Whether records wait to be sent.
+    pub fn is_pending(&self) -> bool {
+        self.pending.iter().any(|p| !p.is_empty())
     }
 
     /// Sends every partition's pending records, then `barrier` to each.
@@ -689,43 +779,14 @@ fn read_loop(
                 reject_line(dead_letter, stats, &reason, &buf)?;
                 continue;
             }
+            Read1::Reject(reason) => {
+                stats.records_in.fetch_add(1, Ordering::Relaxed);
+                reject_line(dead_letter, stats, &reason, &buf)?;
+                continue;
+            }
         }
-        // Blank lines are not records: empty ones always, whitespace-only ones in
-        // JSON (where they hold no value). Neither is counted.
-        if buf.is_empty()
-            || (spec.format == Format::Json && buf.iter().all(u8::is_ascii_whitespace))
-        {
+        let Some((partition, record)) = route_line(spec, router, &buf, dead_letter, stats)? else {
             continue;
-        }
-        stats.records_in.fetch_add(1, Ordering::Relaxed);
-        let (key, timestamp_ms) = match spec.format {
-            Format::Text => (None, now_ms()),
-            Format::Json => match spec.decoder.decode(&buf) {
-                Ok(crate::decode::Decoded {
-                    timestamp_ms: None, ..
-                }) if spec.missing_timestamp == crate::config::MissingTimestamp::DeadLetter => {
-                    reject_line(
-                        dead_letter,
-                        stats,
-                        "no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")",
-                        &buf,
-                    )?;
-                    continue;
-                }
-                Ok(d) => (d.key, d.timestamp_ms.unwrap_or_else(now_ms)),
-                Err(reason) => {
-                    reject_line(dead_letter, stats, &reason, &buf)?;
-                    continue;
-                }
-            },
-        };
-        let partition = router.route(key.as_deref());
-        let record = Record {
-            key: key.unwrap_or_default(),
-            value: buf.clone(), // exact-size copy; `buf` keeps its capacity
-            timestamp_ms,
-            headers: Vec::new(),
-            task: None,
         };
         if outbox.push(partition, record).is_err() {
             ended = Ended::WorkerGone;
@@ -744,8 +805,63 @@ fn read_loop(
     Ok(ended)
 }
 
+/// Turns a line into a record and picks its partition: the decoding every
+/// source of lines or datagrams shares.
+///
+/// A blank line is no record (`None`, not counted): an empty one always, a
+/// whitespace-only one in JSON (where it holds no value). Any other line is
+/// counted in `records_in`; one that cannot be decoded (or lacks the event
+/// time `missing_timestamp = "dead-letter"` asks for) goes to the dead-letter
+/// sink (`None`).
+///
+/// # Errors
+/// The dead-letter sink stopped.
+pub(crate) fn route_line(
+    spec: &SourceSpec,
+    router: &mut Router,
+    line: &[u8],
+    dead_letter: &DeadLetter,
+    stats: &Stats,
+) -> anyhow::Result<Option<(usize, Record)>> {
+    if line.is_empty() || (spec.format == Format::Json && line.iter().all(u8::is_ascii_whitespace))
+    {
+        return Ok(None);
+    }
+    stats.records_in.fetch_add(1, Ordering::Relaxed);
+    let (key, timestamp_ms) = match spec.format {
+        Format::Text => (None, now_ms()),
+        Format::Json => match spec.decoder.decode(line) {
+            Ok(crate::decode::Decoded {
+                timestamp_ms: None, ..
+            }) if spec.missing_timestamp == crate::config::MissingTimestamp::DeadLetter => {
+                reject_line(
+                    dead_letter,
+                    stats,
+                    "no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")",
+                    line,
+                )?;
+                return Ok(None);
+            }
+            Ok(d) => (d.key, d.timestamp_ms.unwrap_or_else(now_ms)),
+            Err(reason) => {
+                reject_line(dead_letter, stats, &reason, line)?;
+                return Ok(None);
+            }
+        },
+    };
+    let partition = router.route(key.as_deref());
+    let record = Record {
+        key: key.unwrap_or_default(),
+        value: line.to_vec(), // exact-size copy; the reader's buffer keeps its capacity
+        timestamp_ms,
+        headers: Vec::new(),
+        task: None,
+    };
+    Ok(Some((partition, record)))
+}
+
 /// Sends a line the source could not turn into a record to the dead-letter sink.
-fn reject_line(
+pub(crate) fn reject_line(
     dead_letter: &DeadLetter,
     stats: &Stats,
     reason: &str,
