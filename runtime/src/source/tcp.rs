@@ -169,9 +169,9 @@ impl super::Source for TcpSource {
 struct Shared<'a> {
     pipeline: &'a str,
     spec: &'a super::SourceSpec,
-    router: crate::router::Router,
+    router: crate::source::router::Router,
     partitions: Vec<flume::Sender<super::Chunk>>,
-    dead_letter: crate::dead_letter::DeadLetter,
+    dead_letter: crate::sink::dead_letter::DeadLetter,
     stats: Arc<crate::stats::Stats>,
     /// Set when the source stops: each connection finishes the lines it read.
     closing: AtomicBool,
