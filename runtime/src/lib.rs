@@ -28,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod dead_letter;
 pub mod decode;
+pub mod format;
 pub mod guest_output;
 pub mod inspect;
 pub mod kafka;

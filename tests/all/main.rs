@@ -12,6 +12,7 @@ mod config_reload;
 mod dead_letter;
 mod failures;
 mod flights;
+mod formats;
 mod kafka;
 mod languages;
 mod logging;

@@ -148,6 +148,9 @@ pub struct FileLines {
     polls: bool,
     /// The file is gzip-compressed (positions are in the decompressed stream).
     gzip: bool,
+    /// Where the line last returned starts (`u64::MAX` for a carried line,
+    /// which belongs to the file before).
+    line_start: u64,
 }
 
 /// A followed file's wake-up: a write, create, rename or removal of the file
@@ -379,6 +382,7 @@ impl FileLines {
             wake: None,
             polls: false,
             gzip,
+            line_start: u64::MAX,
         })
     }
 
@@ -504,7 +508,11 @@ impl Lines for FileLines {
     fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
         if let Some(line) = self.carry.take() {
             *buf = line;
+            self.line_start = u64::MAX;
             return Ok(Read1::Line);
+        }
+        if self.skipping.is_none() {
+            self.line_start = self.position - self.pending.len() as u64;
         }
         buf.clear();
         buf.append(&mut self.pending);
@@ -591,6 +599,40 @@ impl Lines for FileLines {
             }
             None => std::thread::sleep(max),
         }
+    }
+
+    fn line_is_first(&self) -> bool {
+        self.line_start == 0
+    }
+
+    fn first_line(&mut self) -> Result<Vec<u8>, String> {
+        let what =
+            |e: io::Error| format!("cannot read the first line of {}: {e}", self.path.display());
+        let file = File::open(&self.path).map_err(what)?;
+        if inode_of(&file.metadata().map_err(what)?) != self.inode {
+            return Err(format!(
+                "{} was replaced: its first line is not the header of the file being read",
+                self.path.display()
+            ));
+        }
+        let reader: Box<dyn Read> = if self.gzip {
+            Box::new(MultiGzDecoder::new(BufReader::new(file)))
+        } else {
+            Box::new(file)
+        };
+        let mut line = Vec::new();
+        BufReader::new(reader.take(self.max_line as u64 + 2))
+            .read_until(b'\n', &mut line)
+            .map_err(what)?;
+        if line_len(&line) > self.max_line {
+            return Err(format!(
+                "the first line of {} is longer than max_line_bytes ({})",
+                self.path.display(),
+                self.max_line
+            ));
+        }
+        strip_eol(&mut line);
+        Ok(line)
     }
 
     fn position(&self) -> Option<Position> {

@@ -62,6 +62,8 @@ pub struct StdinLines {
     max_line: usize,
     /// Skipping the rest of an overlong line: its first bytes, and its length so far.
     skipping: Option<(Vec<u8>, u64)>,
+    /// Lines (and overlong lines) given so far.
+    given: u64,
 }
 
 impl StdinLines {
@@ -73,6 +75,7 @@ impl StdinLines {
             eof: false,
             max_line,
             skipping: None,
+            given: 0,
         }
     }
 
@@ -110,6 +113,7 @@ impl Lines for StdinLines {
                     *line = std::mem::take(prefix);
                     let seen = *seen;
                     self.skipping = None;
+                    self.given += 1;
                     return Ok(Read1::TooLong(seen));
                 }
                 if taken > 0 {
@@ -128,6 +132,7 @@ impl Lines for StdinLines {
                 line.extend_from_slice(&rest[..=i]);
                 self.start += i + 1;
                 strip_eol(line);
+                self.given += 1;
                 return Ok(Read1::Line);
             }
             let rest = &self.buf[self.start..];
@@ -139,6 +144,7 @@ impl Lines for StdinLines {
                 line.clear();
                 line.extend_from_slice(rest);
                 self.start = self.buf.len();
+                self.given += 1;
                 return Ok(Read1::Line);
             }
             if !self.readable()? {
@@ -159,6 +165,10 @@ impl Lines for StdinLines {
                 self.eof = true;
             }
         }
+    }
+
+    fn line_is_first(&self) -> bool {
+        self.given == 1
     }
 
     fn drained(&self) -> bool {
