@@ -326,6 +326,14 @@ pub type ClaimList = Vec<(Claim, Range<usize>)>;
 pub enum Claim {
     /// A file read or written (refused twice: writes would interleave or loop).
     File(PathBuf),
+    /// A directory whose files (those matching `pattern`, if given) a source
+    /// reads: no other source may read it, no sink write such a file in it.
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The file-name glob, if any.
+        pattern: Option<String>,
+    },
     /// The daemon's standard input (one pipeline may read it).
     Stdin,
     /// The daemon's standard output (one sink may write it).

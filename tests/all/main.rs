@@ -10,6 +10,7 @@ mod checkpoints;
 mod config_errors;
 mod config_reload;
 mod dead_letter;
+mod directory;
 mod failures;
 mod flights;
 mod formats;

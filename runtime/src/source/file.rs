@@ -9,6 +9,10 @@
 //! path = "events.ndjson"   # relative to the config file
 //! follow = false           # keep reading at the end (plain files only)
 //! ```
+//!
+//! A directory (`path = "incoming/"`) or a glob (`glob = "incoming/*.ndjson"`)
+//! reads every matching file once, in name order, and with `follow = true`
+//! the files that appear later: see [`super::dir`].
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -24,8 +28,12 @@ use crate::checkpoint::{FilePosition, Position};
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// File to read, relative to the config file.
+    /// File to read, relative to the config file; a directory (an existing
+    /// one, or written with a trailing `/`): every file in it.
     pub path: Option<toml::Spanned<PathBuf>>,
+    /// Instead of `path`: the files of a directory whose names match, e.g.
+    /// `"logs/*.ndjson"` (`*` and `?`, in the file name only).
+    pub glob: Option<toml::Spanned<String>>,
     /// Keep reading at the end of the file, as `tail -F` does: new lines are
     /// picked up, and a file replaced or truncated is reopened from its start
     /// (plain files only). Default false: stop at the end.
@@ -38,13 +46,37 @@ impl super::SourceConfig for FileConfig {
         &self,
         cx: &super::BuildContext<'_>,
     ) -> Result<super::Built, crate::config::ConfigError> {
-        let path = self.path.as_ref().ok_or_else(|| {
-            cx.config.error(
-                cx.table.span.clone(),
-                format!("source `{}`: a file source needs `path`", cx.name),
-            )
-        })?;
+        let path = match (&self.path, &self.glob) {
+            (Some(_), Some(glob)) => {
+                return Err(cx.config.error(
+                    glob.span(),
+                    format!(
+                        "source `{}`: `path` and `glob` both name what to read: give one",
+                        cx.name
+                    ),
+                ));
+            }
+            (None, Some(glob)) => return self.build_glob(cx, glob),
+            (Some(path), None) => path,
+            (None, None) => {
+                return Err(cx.config.error(
+                    cx.table.span.clone(),
+                    format!(
+                        "source `{}`: a file source needs `path` (or `glob`)",
+                        cx.name
+                    ),
+                ));
+            }
+        };
         let resolved = crate::config::resolve(cx.base, path.get_ref());
+        let trailing_slash = path
+            .get_ref()
+            .as_os_str()
+            .as_encoded_bytes()
+            .ends_with(b"/");
+        if resolved.is_dir() || trailing_slash {
+            return self.build_dir(cx, resolved, None, path.span());
+        }
         let gzip = is_gzip(&resolved).map_err(|e| {
             cx.config.error(
                 path.span(),
@@ -64,6 +96,70 @@ impl super::SourceConfig for FileConfig {
             claims: vec![(super::Claim::File(resolved.clone()), path.span())],
             source: std::sync::Arc::new(FileSource {
                 path: resolved,
+                follow: self.follow,
+            }),
+        })
+    }
+}
+
+impl FileConfig {
+    /// `glob = "dir/PATTERN"`.
+    fn build_glob(
+        &self,
+        cx: &super::BuildContext<'_>,
+        glob: &toml::Spanned<String>,
+    ) -> Result<super::Built, crate::config::ConfigError> {
+        let resolved = crate::config::resolve(cx.base, std::path::Path::new(glob.get_ref()));
+        let (dir, pattern) = match (resolved.parent(), resolved.file_name()) {
+            (Some(dir), Some(name)) => (dir.to_path_buf(), name.to_string_lossy().into_owned()),
+            _ => {
+                return Err(cx.config.error(
+                    glob.span(),
+                    format!("glob {:?} names no file pattern", glob.get_ref()),
+                ));
+            }
+        };
+        if dir.to_string_lossy().contains(['*', '?']) {
+            return Err(cx.config.error(
+                glob.span(),
+                format!(
+                    "glob {:?}: `*` and `?` work in the file name only, not in the directory",
+                    glob.get_ref()
+                ),
+            ));
+        }
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        self.build_dir(cx, dir, Some(pattern), glob.span())
+    }
+
+    /// A directory source over `dir` (files matching `pattern`, if given).
+    fn build_dir(
+        &self,
+        cx: &super::BuildContext<'_>,
+        dir: PathBuf,
+        pattern: Option<String>,
+        span: std::ops::Range<usize>,
+    ) -> Result<super::Built, crate::config::ConfigError> {
+        if !dir.is_dir() {
+            return Err(cx
+                .config
+                .error(span, format!("{} is not a directory", dir.display())));
+        }
+        Ok(super::Built {
+            claims: vec![(
+                super::Claim::Directory {
+                    path: dir.clone(),
+                    pattern: pattern.clone(),
+                },
+                span,
+            )],
+            source: std::sync::Arc::new(super::dir::DirSource {
+                dir,
+                pattern,
                 follow: self.follow,
             }),
         })

@@ -6,6 +6,7 @@
 //! [`KINDS`] lists them. Adding a kind is its file plus one line there.
 //!
 //! - `file` ([`file`]): plain or gzip, read to its end or followed like `tail -F`;
+//!   or a directory's files, each read once ([`dir`]);
 //! - `stdin` ([`stdin`]): read to its end;
 //! - `kafka` ([`kafka`]): topics read as a member of a consumer group.
 //!
@@ -36,6 +37,7 @@ use crate::router::Router;
 use crate::stats::Stats;
 use crate::window_operator::WindowMsg;
 
+pub mod dir;
 pub mod file;
 pub mod kafka;
 pub mod stdin;
