@@ -175,9 +175,12 @@ impl Lines for DirLines {
                 match self.next_file()? {
                     Some((name, path)) => {
                         tracing::info!(path = %path.display(), "reading");
-                        let file = FileLines::open_at(path, false, self.max_line, None)
-                            .map_err(io::Error::other)?;
-                        self.current = Some((name, file));
+                        match FileLines::open_at(path.clone(), false, self.max_line, None) {
+                            Ok(file) => self.current = Some((name, file)),
+                            // Removed since the listing: nothing to read.
+                            Err(_) if !path.exists() => {}
+                            Err(e) => return Err(io::Error::other(e)),
+                        }
                         continue;
                     }
                     None if self.source.follow => return Ok(Read1::Idle),
