@@ -751,3 +751,57 @@ impl Lines for FileLines {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(lines: &mut FileLines) -> (Read1, String, bool) {
+        let mut buf = Vec::new();
+        let r = lines.next_line(&mut buf).unwrap();
+        (r, String::from_utf8(buf).unwrap(), lines.line_is_first())
+    }
+
+    /// The first line of a file is first (a CSV header), also when it comes
+    /// in pieces, and again in the file that replaces a followed one; a line
+    /// read after resuming is not, and `first_line` reads the file's again.
+    #[test]
+    fn first_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, "a,").unwrap();
+        let mut lines = FileLines::open(path.clone(), true, 100).unwrap();
+        assert!(matches!(next(&mut lines).0, Read1::Idle));
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        let (r, line, first) = next(&mut lines);
+        assert!(matches!(r, Read1::Line));
+        assert_eq!((line.as_str(), first), ("a,b", true));
+        let (_, line, first) = next(&mut lines);
+        assert_eq!((line.as_str(), first), ("1,2", false));
+        let Some(Position::File(at)) = lines.position() else {
+            panic!()
+        };
+        // Replaced: the new file's first line is first.
+        let new = dir.path().join("new.csv");
+        std::fs::write(&new, "x,y\n3,4\n").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        assert!(matches!(next(&mut lines).0, Read1::Idle));
+        let (_, line, first) = next(&mut lines);
+        assert_eq!((line.as_str(), first), ("x,y", true));
+        let (_, line, first) = next(&mut lines);
+        assert_eq!((line.as_str(), first), ("3,4", false));
+        // Resumed in the old file (kept under another name), past its header.
+        let old = dir.path().join("old.csv");
+        std::fs::write(&old, "a,b\n1,2\n5,6\n").unwrap();
+        let at = FilePosition {
+            path: old.clone(),
+            inode: inode_of(&std::fs::metadata(&old).unwrap()),
+            fingerprint: None,
+            ..at
+        };
+        let mut resumed = FileLines::open_at(old, false, 100, Some(&at)).unwrap();
+        let (_, line, first) = next(&mut resumed);
+        assert_eq!((line.as_str(), first), ("5,6", false));
+        assert_eq!(resumed.first_line().unwrap(), b"a,b");
+    }
+}

@@ -14,6 +14,14 @@
 //! event ([`crate::config::DecodeConfig`]), the read loop over a [`Lines`]
 //! reader, and the [`Outbox`] that chunks records per partition.
 //!
+//! Formats (`json`, `text`, `csv`, `syslog`) are decoded by a [`LineDecoder`]:
+//! [`run_lines`] keeps one per source. A kind with a read loop of its own
+//! keeps one per input (a connection, a request): when
+//! [`LineDecoder::header_row`] is true, the input's first line goes to
+//! [`LineDecoder::set_header`] (the CSV header), every other line to
+//! [`LineDecoder::decode`]; its [`Event`] gives the key, the event time and
+//! the value (the JSON object a CSV row or syslog line became).
+//!
 //! Every send into a partition channel blocks while that channel is full, so a
 //! slow worker or sink slows the source down (backpressure). A line that cannot
 //! be decoded goes to the dead-letter sink; empty lines are skipped.
