@@ -380,3 +380,119 @@ missing_timestamp = "dead-letter""#,
         dlq[1]
     );
 }
+
+/// A Kafka topic has no first line: CSV records are named by `csv.header`;
+/// the key pointer replaces the Kafka key; syslog records decode as lines
+/// do; what does not fit is dead-lettered with its topic and offset.
+#[test]
+fn kafka_records_decode_as_csv_and_syslog() {
+    let test = "kafka_records_decode_as_csv_and_syslog";
+    let Some(broker) = crate::kafka::Broker::start(test) else {
+        return;
+    };
+    broker.create_topic("csv", 1);
+    broker.create_topic("syslog", 1);
+    let record = |value: &str| (0, "kafka-key".to_string(), value.to_string());
+    broker.produce(
+        "csv",
+        &[
+            record("EWR,2013-01-01T06:00:00Z,39.02"),
+            record("JFK,2013-01-01T07:00:00Z"),
+            record("\"LGA, NY\",2013-01-01T08:00:00Z,NA"),
+        ],
+    );
+    broker.produce(
+        "syslog",
+        &[
+            record(
+                "<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - 'su root' failed",
+            ),
+            record("not syslog"),
+        ],
+    );
+    let scratch = Scratch::new(&format!(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+state_dir = "state"
+admin = "off"
+
+[sources.csv]
+type = "kafka"
+brokers = "{addr}"
+topics = ["csv"]
+group_id = "formats-csv"
+format = "csv"
+key = "/origin"
+timestamp = "/time_hour"
+csv = {{ header = ["origin", "time_hour", "temp"], nulls = ["NA"], columns = {{ temp = "float" }} }}
+
+[sources.syslog]
+type = "kafka"
+brokers = "{addr}"
+topics = ["syslog"]
+group_id = "formats-syslog"
+format = "syslog"
+
+[sinks.csv_out]
+type = "file"
+path = "csv.ndjson"
+
+[sinks.syslog_out]
+type = "file"
+path = "syslog.ndjson"
+
+[sinks.csv_dlq]
+type = "file"
+path = "csv-dlq.ndjson"
+
+[sinks.syslog_dlq]
+type = "file"
+path = "syslog-dlq.ndjson"
+
+[pipelines.csv]
+source = "csv"
+batch = {{ max_records = 10, interval = "10ms" }}
+processors = [{{ plugin = "identity.wasm" }}]
+sinks = ["csv_out"]
+dead_letter = "csv_dlq"
+
+[pipelines.syslog]
+source = "syslog"
+batch = {{ max_records = 10, interval = "10ms" }}
+processors = [{{ plugin = "identity.wasm" }}]
+sinks = ["syslog_out"]
+dead_letter = "syslog_dlq"
+"#,
+        addr = broker.addr
+    ));
+    let daemon = Running::start(scratch.command("run"));
+    scratch.wait_for_lines("csv.ndjson", 2);
+    scratch.wait_for_lines("csv-dlq.ndjson", 1);
+    scratch.wait_for_lines("syslog.ndjson", 1);
+    scratch.wait_for_lines("syslog-dlq.ndjson", 1);
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+    assert_eq!(
+        scratch.read_json("csv.ndjson"),
+        [
+            json!({"origin": "EWR", "time_hour": "2013-01-01T06:00:00Z", "temp": 39.02}),
+            json!({"origin": "LGA, NY", "time_hour": "2013-01-01T08:00:00Z", "temp": null}),
+        ]
+    );
+    let dlq = scratch.read_json("csv-dlq.ndjson");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0]["original"], "JFK,2013-01-01T07:00:00Z");
+    assert_eq!(
+        dlq[0]["reason"],
+        "CSV row has 2 fields, the header 3 (origin,time_hour,temp) (topic csv, partition 0, offset 1)"
+    );
+    let syslog = scratch.read_json("syslog.ndjson");
+    assert_eq!(syslog.len(), 1, "{syslog:?}");
+    assert_eq!(syslog[0]["facility"], "auth");
+    assert_eq!(syslog[0]["hostname"], "mymachine.example.com");
+    assert_eq!(syslog[0]["message"], "'su root' failed");
+    let dlq = scratch.read_json("syslog-dlq.ndjson");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0]["original"], "not syslog");
+}
