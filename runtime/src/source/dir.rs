@@ -2,9 +2,12 @@
 //! it, or those whose name matches a glob, each read once to its end, in
 //! name order; with `follow = true`, files that appear later are picked up
 //! too (the folder is listed again whenever the source has nothing to read,
-//! every 100 ms). The files already read are kept in the checkpoint, so a
+//! at once when a file of the folder changes, by inotify, else every 100
+//! ms). The names of the files already read are kept in the checkpoint, so a
 //! restart reads none of them again, and resumes inside the one it was
-//! reading.
+//! reading. A name leaves that set when its file leaves the folder: the set
+//! is never larger than the folder, and a file put back under a read name is
+//! a new file, as is a read file renamed to a new name that matches.
 //!
 //! ```toml
 //! [sources.logs]
@@ -25,7 +28,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::file::FileLines;
+use super::file::{FileLines, Wake};
 use super::{Lines, Read1};
 use crate::checkpoint::{DirPosition, Position};
 
@@ -95,6 +98,11 @@ pub struct DirLines {
     done: BTreeSet<String>,
     /// The file being read, by name.
     current: Option<(String, FileLines)>,
+    /// Follow mode: wakes a wait when a file of the folder changes (made at
+    /// the first wait; `None` then, or if the folder cannot be watched).
+    wake: Option<Wake>,
+    /// The folder could not be watched: poll.
+    polls: bool,
 }
 
 impl DirLines {
@@ -114,6 +122,8 @@ impl DirLines {
             max_line,
             done: BTreeSet::new(),
             current: None,
+            wake: None,
+            polls: false,
         };
         if let Some(position) = resume {
             lines.done = position.done;
@@ -132,16 +142,20 @@ impl DirLines {
     }
 
     /// The next file to read: the first by name that is not read yet.
-    fn next_file(&self) -> io::Result<Option<(String, PathBuf)>> {
+    fn next_file(&mut self) -> io::Result<Option<(String, PathBuf)>> {
         let mut names: Vec<String> = Vec::new();
+        let mut present = BTreeSet::new();
         for entry in std::fs::read_dir(&self.source.dir)? {
             let entry = entry?;
             let Ok(name) = entry.file_name().into_string() else {
                 tracing::warn!(dir = %self.source.dir.display(), "skipping a file whose name is not UTF-8: {:?}", entry.file_name());
                 continue;
             };
+            if self.done.contains(&name) {
+                present.insert(name);
+                continue;
+            }
             if name.starts_with('.')
-                || self.done.contains(&name)
                 || self
                     .source
                     .pattern
@@ -155,6 +169,9 @@ impl DirLines {
                 names.push(name);
             }
         }
+        // Files removed from the folder leave the set (it holds no more than
+        // the folder): one put back under the same name is a new file.
+        self.done = present;
         Ok(names
             .into_iter()
             .min()
@@ -202,7 +219,21 @@ impl Lines for DirLines {
     }
 
     fn wait(&mut self, max: std::time::Duration) {
-        std::thread::sleep(max);
+        if self.wake.is_none() && !self.polls {
+            match Wake::folder(&self.source.dir) {
+                Ok(w) => self.wake = Some(w),
+                Err(e) => {
+                    tracing::debug!(dir = %self.source.dir.display(), "cannot watch the folder, polling: {e}");
+                    self.polls = true;
+                }
+            }
+        }
+        match &self.wake {
+            Some(w) => {
+                let _ = w.events.recv_timeout(max);
+            }
+            None => std::thread::sleep(max),
+        }
     }
 
     fn position(&self) -> Option<Position> {
@@ -310,6 +341,15 @@ mod tests {
             again.done.iter().collect::<Vec<_>>(),
             ["0.log", "a.log", "b.log", "c.log"]
         );
+        // A file removed leaves the set; put back, it is a new file.
+        std::fs::remove_file(dir.path().join("b.log")).unwrap();
+        assert_eq!(read_all(&mut again), Vec::<String>::new());
+        assert_eq!(
+            again.done.iter().collect::<Vec<_>>(),
+            ["0.log", "a.log", "c.log"]
+        );
+        write("b.log", "b3\n");
+        assert_eq!(read_all(&mut again), ["b3"]);
     }
 
     #[test]

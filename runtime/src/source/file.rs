@@ -252,18 +252,20 @@ pub struct FileLines {
 /// A followed file's wake-up: a write, create, rename or removal of the file
 /// ends a wait at once, instead of at the next poll (100 ms). All followed
 /// files of the process share one inotify instance ([`WATCHES`]): the kernel
-/// allows a user only 128 of them.
-struct Wake {
+/// allows a user only 128 of them. A directory source's wake-up
+/// ([`Wake::folder`]) is any such change to any file of its folder.
+pub(super) struct Wake {
     id: u64,
     folder: PathBuf,
-    events: flume::Receiver<()>,
+    /// One message per burst of changes.
+    pub(super) events: flume::Receiver<()>,
 }
 
-/// Who waits for changes to which file.
+/// Who waits for changes to which file (`None`: any file of the folder).
 struct Subscriber {
     id: u64,
     folder: PathBuf,
-    name: std::ffi::OsString,
+    name: Option<std::ffi::OsString>,
     wake: flume::Sender<()>,
 }
 
@@ -284,7 +286,6 @@ static SUBSCRIBERS: std::sync::Mutex<Vec<Subscriber>> = std::sync::Mutex::new(Ve
 
 impl Wake {
     fn new(path: &std::path::Path) -> notify::Result<Self> {
-        use notify::Watcher as _;
         let name = path
             .file_name()
             .map(|n| n.to_os_string())
@@ -293,6 +294,16 @@ impl Wake {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        Self::subscribe(folder, Some(name))
+    }
+
+    /// Woken by a change to any file of `folder`.
+    pub(super) fn folder(folder: &std::path::Path) -> notify::Result<Self> {
+        Self::subscribe(folder.to_path_buf(), None)
+    }
+
+    fn subscribe(folder: PathBuf, name: Option<std::ffi::OsString>) -> notify::Result<Self> {
+        use notify::Watcher as _;
         // One spelling per folder, as the watcher reports its events' paths.
         let folder = std::fs::canonicalize(&folder).unwrap_or(folder);
         let mut watches = WATCHES.lock().unwrap_or_else(|e| e.into_inner());
@@ -310,10 +321,9 @@ impl Wake {
                         let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
                             continue;
                         };
-                        for s in subscribers
-                            .iter()
-                            .filter(|s| s.name == name && s.folder == folder)
-                        {
+                        for s in subscribers.iter().filter(|s| {
+                            s.folder == folder && s.name.as_ref().is_none_or(|n| n == name)
+                        }) {
                             // One pending wake-up is enough: a burst is one.
                             let _ = s.wake.try_send(());
                         }
