@@ -76,7 +76,11 @@ const SEVERITIES: [&str; 8] = [
 /// The year of an RFC 3164 time, which has none: this year, or the last one
 /// for a December message read in January.
 fn resolve_year((month, ..): syslog_loose::IncompleteDate) -> i32 {
-    let now = Utc::now();
+    year_of(month, Utc::now())
+}
+
+/// The year of a message of `month` (1–12) read at `now`.
+fn year_of(month: u32, now: chrono::DateTime<Utc>) -> i32 {
     if now.month() == 1 && month == 12 {
         now.year() - 1
     } else {
@@ -287,6 +291,17 @@ mod tests {
         assert_eq!(v["appname"], "sshd");
         assert_eq!(v["procid"], "123");
         assert_eq!(v["message"], "Accepted publickey");
+    }
+
+    #[test]
+    fn a_december_message_read_in_january_is_last_years() {
+        use chrono::TimeZone as _;
+        let jan = Utc.with_ymd_and_hms(2027, 1, 1, 0, 5, 0).unwrap();
+        let dec = Utc.with_ymd_and_hms(2026, 12, 31, 23, 0, 0).unwrap();
+        assert_eq!(year_of(12, jan), 2026);
+        assert_eq!(year_of(1, jan), 2027);
+        assert_eq!(year_of(12, dec), 2026);
+        assert_eq!(year_of(1, dec), 2026);
     }
 
     #[test]
