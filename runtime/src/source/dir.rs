@@ -110,8 +110,8 @@ impl DirLines {
     /// and goes on inside the one it was reading.
     ///
     /// # Errors
-    /// The file being read at the checkpoint cannot be resumed (see
-    /// [`FileLines::open_at`]).
+    /// The file being read at the checkpoint cannot be resumed: it was
+    /// replaced or rewritten since, as a single-file source would refuse.
     pub fn open(
         source: DirSource,
         max_line: usize,
