@@ -148,6 +148,12 @@ pub enum Format {
     Json,
     /// Each line is an opaque payload; `key` and `timestamp` cannot be used.
     Text,
+    /// Each line is a row of comma-separated values (RFC 4180), made a JSON
+    /// object whose members the header row names (see [`crate::format::csv`]).
+    Csv,
+    /// Each line is a syslog message (RFC 5424 or RFC 3164), made a JSON
+    /// object (see [`crate::format::syslog`]).
+    Syslog,
 }
 
 /// What a source does with a record that has no event time.
@@ -188,6 +194,10 @@ pub struct DecodeConfig {
     /// watermark to now).
     #[serde(default)]
     pub missing_timestamp: Option<Spanned<MissingTimestamp>>,
+    /// With `format = "csv"`: the delimiter, an optional header, column
+    /// types and null values (see [`crate::format::csv::CsvOptions`]).
+    #[serde(default)]
+    pub csv: Option<Spanned<crate::format::csv::CsvOptions>>,
 }
 
 impl DecodeConfig {
@@ -198,6 +208,7 @@ impl DecodeConfig {
         "key",
         "timestamp",
         "missing_timestamp",
+        "csv",
     ];
 }
 
@@ -315,6 +326,14 @@ pub type ClaimList = Vec<(Claim, Range<usize>)>;
 pub enum Claim {
     /// A file read or written (refused twice: writes would interleave or loop).
     File(PathBuf),
+    /// A directory whose files (those matching `pattern`, if given) a source
+    /// reads: no other source may read it, no sink write such a file in it.
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The file-name glob, if any.
+        pattern: Option<String>,
+    },
     /// The daemon's standard input (one pipeline may read it).
     Stdin,
     /// The daemon's standard output (one sink may write it).

@@ -107,6 +107,25 @@ impl Decoder {
             (Some(_), _) => (first, second),
             (None, _) => (None, first),
         };
+        Self::decoded(key_value, time_value)
+    }
+
+    /// Extracts the key and event time from a JSON value already built (a
+    /// CSV row or a syslog message turned into an object), as
+    /// [`Decoder::decode`] does from a line.
+    ///
+    /// # Errors
+    /// An event time that is neither an RFC 3339 string nor a number.
+    pub fn decode_value(&self, value: &Value) -> Result<Decoded, String> {
+        let at = |p: &Option<Pointer>| {
+            p.as_ref()
+                .and_then(|p| p.0.iter().try_fold(value, |v, token| step(v, token)))
+                .cloned()
+        };
+        Self::decoded(at(&self.key), at(&self.timestamp))
+    }
+
+    fn decoded(key_value: Option<Value>, time_value: Option<Value>) -> Result<Decoded, String> {
         let key = match key_value {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.into_bytes()),
@@ -117,6 +136,20 @@ impl Decoder {
             Some(v) => Some(parse_event_time(&v)?),
         };
         Ok(Decoded { key, timestamp_ms })
+    }
+}
+
+/// The member or element `token` names in `value` (RFC 6901 §4).
+fn step<'v>(value: &'v Value, token: &str) -> Option<&'v Value> {
+    match value {
+        Value::Object(m) => m.get(token),
+        // An index in decimal without leading zeros, as `extract_into` matches it.
+        Value::Array(a) => token
+            .parse::<usize>()
+            .ok()
+            .filter(|i| i.to_string() == token)
+            .and_then(|i| a.get(i)),
+        _ => None,
     }
 }
 
@@ -337,6 +370,29 @@ mod tests {
             Some(Pointer::parse(key).unwrap()),
             Some(Pointer::parse(ts).unwrap()),
         )
+    }
+
+    #[test]
+    fn decode_value_finds_what_decode_finds() {
+        let d = dec("/a/1/k", "/t");
+        let line = br#"{"a":[0,{"k":"x"}],"t":"2024-01-01T00:00:00Z"}"#;
+        let value: Value = serde_json::from_slice(line).unwrap();
+        assert_eq!(d.decode_value(&value).unwrap(), d.decode(line).unwrap());
+        assert_eq!(
+            d.decode_value(&value).unwrap(),
+            Decoded {
+                key: Some(b"x".to_vec()),
+                timestamp_ms: Some(1_704_067_200_000)
+            }
+        );
+        let d = dec("/a/01/k", "/none");
+        assert_eq!(
+            d.decode_value(&value).unwrap(),
+            Decoded {
+                key: None,
+                timestamp_ms: None
+            }
+        );
     }
 
     #[test]

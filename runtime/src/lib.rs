@@ -31,6 +31,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod format;
 pub mod kafka;
 pub mod obs;
 pub mod pipeline;

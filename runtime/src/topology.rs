@@ -716,8 +716,21 @@ impl Topology {
 struct Claims {
     /// Files, by identity (see [`file_identity`]).
     files: BTreeMap<PathBuf, String>,
+    /// Directories read, by identity: the file-name glob and who reads.
+    dirs: BTreeMap<PathBuf, (Option<String>, String)>,
     /// Other claims: the pipeline (sources) or sink that holds each.
     held: BTreeMap<Claim, (String, String)>,
+}
+
+/// Whether `file` (an identity) is one a directory source over `dir` (an
+/// identity) with `pattern` would read.
+fn read_by_dir(file: &Path, dir: &Path, pattern: Option<&str>) -> bool {
+    let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    file.parent() == Some(dir)
+        && !name.starts_with('.')
+        && pattern.is_none_or(|p| crate::source::dir::glob_match(p, name))
 }
 
 impl Claims {
@@ -733,7 +746,50 @@ impl Claims {
         span: std::ops::Range<usize>,
         user_span: std::ops::Range<usize>,
     ) -> Result<(), ConfigError> {
+        if let Claim::Directory { path, pattern } = &claim {
+            let key = file_identity(path);
+            if let Some((_, other)) = self.dirs.get(&key).filter(|(_, o)| o != who) {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} reads directory {}, which {other} reads too",
+                        path.display()
+                    ),
+                ));
+            }
+            if let Some((file, other)) = self
+                .files
+                .iter()
+                .find(|(f, _)| read_by_dir(f, &key, pattern.as_deref()))
+            {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} reads the files of {}, and {other} uses {} in it: it would be read as input",
+                        path.display(),
+                        file.display()
+                    ),
+                ));
+            }
+            self.dirs.insert(key, (pattern.clone(), who.to_string()));
+            return Ok(());
+        }
         if let Claim::File(path) = &claim {
+            let key = file_identity(path);
+            if let Some((dir, (_, other))) = self
+                .dirs
+                .iter()
+                .find(|(d, (p, _))| read_by_dir(&key, d, p.as_deref()))
+            {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} uses {}, a file of {} whose files {other} reads: it would be read as input",
+                        path.display(),
+                        dir.display()
+                    ),
+                ));
+            }
             return claim_file(&mut self.files, path, who, source, span);
         }
         let holder = (pipeline.to_string(), who.to_string());

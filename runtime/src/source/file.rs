@@ -9,6 +9,10 @@
 //! path = "events.ndjson"   # relative to the config file
 //! follow = false           # keep reading at the end (plain files only)
 //! ```
+//!
+//! A directory (`path = "incoming/"`) or a glob (`glob = "incoming/*.ndjson"`)
+//! reads every matching file once, in name order, and with `follow = true`
+//! the files that appear later: see [`super::dir`].
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -24,8 +28,12 @@ use crate::checkpoint::{FilePosition, Position};
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// File to read, relative to the config file.
+    /// File to read, relative to the config file; a directory (an existing
+    /// one, or written with a trailing `/`): every file in it.
     pub path: Option<toml::Spanned<PathBuf>>,
+    /// Instead of `path`: the files of a directory whose names match, e.g.
+    /// `"logs/*.ndjson"` (`*` and `?`, in the file name only).
+    pub glob: Option<toml::Spanned<String>>,
     /// Keep reading at the end of the file, as `tail -F` does: new lines are
     /// picked up, and a file replaced or truncated is reopened from its start
     /// (plain files only). Default false: stop at the end.
@@ -38,13 +46,37 @@ impl super::SourceConfig for FileConfig {
         &self,
         cx: &super::BuildContext<'_>,
     ) -> Result<super::Built, crate::config::ConfigError> {
-        let path = self.path.as_ref().ok_or_else(|| {
-            cx.config.error(
-                cx.table.span.clone(),
-                format!("source `{}`: a file source needs `path`", cx.name),
-            )
-        })?;
+        let path = match (&self.path, &self.glob) {
+            (Some(_), Some(glob)) => {
+                return Err(cx.config.error(
+                    glob.span(),
+                    format!(
+                        "source `{}`: `path` and `glob` both name what to read: give one",
+                        cx.name
+                    ),
+                ));
+            }
+            (None, Some(glob)) => return self.build_glob(cx, glob),
+            (Some(path), None) => path,
+            (None, None) => {
+                return Err(cx.config.error(
+                    cx.table.span.clone(),
+                    format!(
+                        "source `{}`: a file source needs `path` (or `glob`)",
+                        cx.name
+                    ),
+                ));
+            }
+        };
         let resolved = crate::config::resolve(cx.base, path.get_ref());
+        let trailing_slash = path
+            .get_ref()
+            .as_os_str()
+            .as_encoded_bytes()
+            .ends_with(b"/");
+        if resolved.is_dir() || trailing_slash {
+            return self.build_dir(cx, resolved, None, path.span());
+        }
         let gzip = is_gzip(&resolved).map_err(|e| {
             cx.config.error(
                 path.span(),
@@ -64,6 +96,70 @@ impl super::SourceConfig for FileConfig {
             claims: vec![(super::Claim::File(resolved.clone()), path.span())],
             source: std::sync::Arc::new(FileSource {
                 path: resolved,
+                follow: self.follow,
+            }),
+        })
+    }
+}
+
+impl FileConfig {
+    /// `glob = "dir/PATTERN"`.
+    fn build_glob(
+        &self,
+        cx: &super::BuildContext<'_>,
+        glob: &toml::Spanned<String>,
+    ) -> Result<super::Built, crate::config::ConfigError> {
+        let resolved = crate::config::resolve(cx.base, std::path::Path::new(glob.get_ref()));
+        let (dir, pattern) = match (resolved.parent(), resolved.file_name()) {
+            (Some(dir), Some(name)) => (dir.to_path_buf(), name.to_string_lossy().into_owned()),
+            _ => {
+                return Err(cx.config.error(
+                    glob.span(),
+                    format!("glob {:?} names no file pattern", glob.get_ref()),
+                ));
+            }
+        };
+        if dir.to_string_lossy().contains(['*', '?']) {
+            return Err(cx.config.error(
+                glob.span(),
+                format!(
+                    "glob {:?}: `*` and `?` work in the file name only, not in the directory",
+                    glob.get_ref()
+                ),
+            ));
+        }
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        self.build_dir(cx, dir, Some(pattern), glob.span())
+    }
+
+    /// A directory source over `dir` (files matching `pattern`, if given).
+    fn build_dir(
+        &self,
+        cx: &super::BuildContext<'_>,
+        dir: PathBuf,
+        pattern: Option<String>,
+        span: std::ops::Range<usize>,
+    ) -> Result<super::Built, crate::config::ConfigError> {
+        if !dir.is_dir() {
+            return Err(cx
+                .config
+                .error(span, format!("{} is not a directory", dir.display())));
+        }
+        Ok(super::Built {
+            claims: vec![(
+                super::Claim::Directory {
+                    path: dir.clone(),
+                    pattern: pattern.clone(),
+                },
+                span,
+            )],
+            source: std::sync::Arc::new(super::dir::DirSource {
+                dir,
+                pattern,
                 follow: self.follow,
             }),
         })
@@ -148,23 +244,28 @@ pub struct FileLines {
     polls: bool,
     /// The file is gzip-compressed (positions are in the decompressed stream).
     gzip: bool,
+    /// Where the line last returned starts (`u64::MAX` for a carried line,
+    /// which belongs to the file before).
+    line_start: u64,
 }
 
 /// A followed file's wake-up: a write, create, rename or removal of the file
 /// ends a wait at once, instead of at the next poll (100 ms). All followed
 /// files of the process share one inotify instance ([`WATCHES`]): the kernel
-/// allows a user only 128 of them.
-struct Wake {
+/// allows a user only 128 of them. A directory source's wake-up
+/// ([`Wake::folder`]) is any such change to any file of its folder.
+pub(super) struct Wake {
     id: u64,
     folder: PathBuf,
-    events: flume::Receiver<()>,
+    /// One message per burst of changes.
+    pub(super) events: flume::Receiver<()>,
 }
 
-/// Who waits for changes to which file.
+/// Who waits for changes to which file (`None`: any file of the folder).
 struct Subscriber {
     id: u64,
     folder: PathBuf,
-    name: std::ffi::OsString,
+    name: Option<std::ffi::OsString>,
     wake: flume::Sender<()>,
 }
 
@@ -185,7 +286,6 @@ static SUBSCRIBERS: std::sync::Mutex<Vec<Subscriber>> = std::sync::Mutex::new(Ve
 
 impl Wake {
     fn new(path: &std::path::Path) -> notify::Result<Self> {
-        use notify::Watcher as _;
         let name = path
             .file_name()
             .map(|n| n.to_os_string())
@@ -194,6 +294,16 @@ impl Wake {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        Self::subscribe(folder, Some(name))
+    }
+
+    /// Woken by a change to any file of `folder`.
+    pub(super) fn folder(folder: &std::path::Path) -> notify::Result<Self> {
+        Self::subscribe(folder.to_path_buf(), None)
+    }
+
+    fn subscribe(folder: PathBuf, name: Option<std::ffi::OsString>) -> notify::Result<Self> {
+        use notify::Watcher as _;
         // One spelling per folder, as the watcher reports its events' paths.
         let folder = std::fs::canonicalize(&folder).unwrap_or(folder);
         let mut watches = WATCHES.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,10 +321,9 @@ impl Wake {
                         let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
                             continue;
                         };
-                        for s in subscribers
-                            .iter()
-                            .filter(|s| s.name == name && s.folder == folder)
-                        {
+                        for s in subscribers.iter().filter(|s| {
+                            s.folder == folder && s.name.as_ref().is_none_or(|n| n == name)
+                        }) {
                             // One pending wake-up is enough: a burst is one.
                             let _ = s.wake.try_send(());
                         }
@@ -379,6 +488,7 @@ impl FileLines {
             wake: None,
             polls: false,
             gzip,
+            line_start: u64::MAX,
         })
     }
 
@@ -504,7 +614,11 @@ impl Lines for FileLines {
     fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
         if let Some(line) = self.carry.take() {
             *buf = line;
+            self.line_start = u64::MAX;
             return Ok(Read1::Line);
+        }
+        if self.skipping.is_none() {
+            self.line_start = self.position - self.pending.len() as u64;
         }
         buf.clear();
         buf.append(&mut self.pending);
@@ -593,6 +707,40 @@ impl Lines for FileLines {
         }
     }
 
+    fn line_is_first(&self) -> bool {
+        self.line_start == 0
+    }
+
+    fn first_line(&mut self) -> Result<Vec<u8>, String> {
+        let what =
+            |e: io::Error| format!("cannot read the first line of {}: {e}", self.path.display());
+        let file = File::open(&self.path).map_err(what)?;
+        if inode_of(&file.metadata().map_err(what)?) != self.inode {
+            return Err(format!(
+                "{} was replaced: its first line is not the header of the file being read",
+                self.path.display()
+            ));
+        }
+        let reader: Box<dyn Read> = if self.gzip {
+            Box::new(MultiGzDecoder::new(BufReader::new(file)))
+        } else {
+            Box::new(file)
+        };
+        let mut line = Vec::new();
+        BufReader::new(reader.take(self.max_line as u64 + 2))
+            .read_until(b'\n', &mut line)
+            .map_err(what)?;
+        if line_len(&line) > self.max_line {
+            return Err(format!(
+                "the first line of {} is longer than max_line_bytes ({})",
+                self.path.display(),
+                self.max_line
+            ));
+        }
+        strip_eol(&mut line);
+        Ok(line)
+    }
+
     fn position(&self) -> Option<Position> {
         if self.skipping.is_some() || self.carry.is_some() {
             return None;
@@ -611,5 +759,59 @@ impl Lines for FileLines {
             offset,
             fingerprint,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(lines: &mut FileLines) -> (Read1, String, bool) {
+        let mut buf = Vec::new();
+        let r = lines.next_line(&mut buf).unwrap();
+        (r, String::from_utf8(buf).unwrap(), lines.line_is_first())
+    }
+
+    /// The first line of a file is first (a CSV header), also when it comes
+    /// in pieces, and again in the file that replaces a followed one; a line
+    /// read after resuming is not, and `first_line` reads the file's again.
+    #[test]
+    fn first_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, "a,").unwrap();
+        let mut lines = FileLines::open(path.clone(), true, 100).unwrap();
+        assert!(matches!(next(&mut lines).0, Read1::Idle));
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        let (r, line, first) = next(&mut lines);
+        assert!(matches!(r, Read1::Line));
+        assert_eq!((line.as_str(), first), ("a,b", true));
+        let (_, line, first) = next(&mut lines);
+        assert_eq!((line.as_str(), first), ("1,2", false));
+        let Some(Position::File(at)) = lines.position() else {
+            panic!()
+        };
+        // Replaced: the new file's first line is first.
+        let new = dir.path().join("new.csv");
+        std::fs::write(&new, "x,y\n3,4\n").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        assert!(matches!(next(&mut lines).0, Read1::Idle));
+        let (_, line, first) = next(&mut lines);
+        assert_eq!((line.as_str(), first), ("x,y", true));
+        let (_, line, first) = next(&mut lines);
+        assert_eq!((line.as_str(), first), ("3,4", false));
+        // Resumed in the old file (kept under another name), past its header.
+        let old = dir.path().join("old.csv");
+        std::fs::write(&old, "a,b\n1,2\n5,6\n").unwrap();
+        let at = FilePosition {
+            path: old.clone(),
+            inode: inode_of(&std::fs::metadata(&old).unwrap()),
+            fingerprint: None,
+            ..at
+        };
+        let mut resumed = FileLines::open_at(old, false, 100, Some(&at)).unwrap();
+        let (_, line, first) = next(&mut resumed);
+        assert_eq!((line.as_str(), first), ("5,6", false));
+        assert_eq!(resumed.first_line().unwrap(), b"a,b");
     }
 }

@@ -40,7 +40,7 @@ use rdkafka::{ClientContext, Statistics};
 use super::{Chunk, Outbox, Record, now_ms};
 use crate::checkpoint::changelog::{Changelog, TaskState, changelog_key};
 use crate::checkpoint::{BarrierKind, Checkpointer, KafkaPosition, Position};
-use crate::config::{ConfigError, Format, MissingTimestamp};
+use crate::config::ConfigError;
 use crate::sink::dead_letter::DeadLetter;
 use crate::source::router::Router;
 use crate::stats::Stats;
@@ -207,6 +207,10 @@ impl super::Source for KafkaSource {
             self.0.topics.join(","),
             self.0.group_id
         )
+    }
+
+    fn has_first_line(&self) -> bool {
+        false // records come and go by offset: no header row
     }
 
     fn replay(&self) -> super::Replay {
@@ -656,30 +660,19 @@ impl Side {
             self.reject(message, &reason, kept)?;
             return Ok(true);
         }
-        let (mut key, mut timestamp_ms) = (None, None);
-        if self.spec.format == Format::Json {
-            match self.spec.decoder.decode(value) {
-                Ok(d) => {
-                    if self.spec.decoder.has_timestamp()
-                        && d.timestamp_ms.is_none()
-                        && self.spec.missing_timestamp == MissingTimestamp::DeadLetter
-                    {
-                        self.reject(
-                            message,
-                            "no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")",
-                            value,
-                        )?;
-                        return Ok(true);
-                    }
-                    key = d.key.filter(|_| self.spec.decoder.has_key());
-                    timestamp_ms = d.timestamp_ms.filter(|_| self.spec.decoder.has_timestamp());
-                }
-                Err(reason) => {
-                    self.reject(message, &reason, value)?;
-                    return Ok(true);
-                }
+        // A Kafka record has no first line: a CSV header is in the config
+        // (`csv.header`, checked when the source was built).
+        let event = match super::LineDecoder::new(&self.spec).decode(&self.spec, value) {
+            Ok(event) => event,
+            Err(reason) => {
+                self.reject(message, &reason, value)?;
+                return Ok(true);
             }
-        }
+        };
+        let mut key = event.key.filter(|_| self.spec.decoder.has_key());
+        let mut timestamp_ms = event
+            .timestamp_ms
+            .filter(|_| self.spec.decoder.has_timestamp());
         if !self.spec.decoder.has_key() {
             key = message.key().map(<[u8]>::to_vec);
         }
@@ -695,7 +688,7 @@ impl Side {
         let headers = crate::kafka::headers_of(message);
         let record = Record {
             key: key.unwrap_or_default(),
-            value: value.to_vec(),
+            value: event.value.unwrap_or_else(|| value.to_vec()),
             timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
             headers,
             task,

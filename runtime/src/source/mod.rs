@@ -6,6 +6,7 @@
 //! [`KINDS`] lists them. Adding a kind is its file plus one line there.
 //!
 //! - `file` ([`file`]): plain or gzip, read to its end or followed like `tail -F`;
+//!   or a directory's files, each read once ([`dir`]);
 //! - `stdin` ([`stdin`]): read to its end;
 //! - `kafka` ([`kafka`]): topics read as a member of a consumer group;
 //! - `tcp` ([`tcp`]): newline-delimited records from many connections;
@@ -15,6 +16,14 @@
 //! What every source shares is here: the fields that say how a line becomes an
 //! event ([`crate::config::DecodeConfig`]), the read loop over a [`Lines`]
 //! reader, and the [`Outbox`] that chunks records per partition.
+//!
+//! Formats (`json`, `text`, `csv`, `syslog`) are decoded by a [`LineDecoder`]:
+//! [`run_lines`] keeps one per source. A kind with a read loop of its own
+//! keeps one per input (a connection, a request): when
+//! [`LineDecoder::header_row`] is true, the input's first line goes to
+//! [`LineDecoder::set_header`] (the CSV header), every other line to
+//! [`LineDecoder::decode`]; its [`Event`] gives the key, the event time and
+//! the value (the JSON object a CSV row or syslog line became).
 //!
 //! Every send into a partition channel blocks while that channel is full, so a
 //! slow worker or sink slows the source down (backpressure). A line that cannot
@@ -35,11 +44,13 @@ use crate::checkpoint::{Barrier, BarrierKind, Checkpointer, Position};
 pub use crate::config::{BuildContext, Claim};
 use crate::config::{ComponentTable, ConfigError, ConfigSource, DecodeConfig, Format};
 use crate::decode::{Decoder, Pointer};
+use crate::format::csv::{CsvFormat, Header};
 use crate::sink::dead_letter::{DeadLetter, DeadRecord};
 use crate::source::router::Router;
 use crate::stats::Stats;
 use crate::window::operator::WindowMsg;
 
+pub mod dir;
 pub mod file;
 pub mod kafka;
 pub mod stdin;
@@ -191,6 +202,12 @@ pub trait Source: fmt::Debug + Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Whether and how it can be checkpointed.
     fn replay(&self) -> Replay;
+    /// Whether its input has a first line, from which `format = "csv"` reads
+    /// its header row: a file or stdin has; a Kafka topic (whose records
+    /// come and go by offset) has not, so CSV there needs `csv.header`.
+    fn has_first_line(&self) -> bool {
+        true
+    }
     /// Whether it keeps its records' window state per partition of its own
     /// (a Kafka partition: window tasks that move with the partition).
     fn window_tasks(&self) -> bool {
@@ -303,6 +320,8 @@ pub struct SourceSpec {
     pub max_line_bytes: usize,
     /// A record without an event time: read time, or dead letter.
     pub missing_timestamp: crate::config::MissingTimestamp,
+    /// With `format = "csv"`: how rows are split and typed.
+    pub csv: Option<Arc<CsvFormat>>,
 }
 
 impl SourceSpec {
@@ -337,9 +356,10 @@ impl SourceSpec {
             p.as_ref()
                 .map(|p| {
                     if d.format == Format::Text {
-                        return Err(
-                            config.error(p.span(), "`key` and `timestamp` need format = \"json\"")
-                        );
+                        return Err(config.error(
+                            p.span(),
+                            "`key` and `timestamp` need format = \"json\", \"csv\" or \"syslog\"",
+                        ));
                     }
                     Pointer::parse(p.get_ref()).map_err(|e| config.error(p.span(), e))
                 })
@@ -357,6 +377,27 @@ impl SourceSpec {
                 *m.get_ref()
             }
         };
+        let csv = match (&d.csv, d.format) {
+            (Some(c), f) if f != Format::Csv => {
+                return Err(config.error(c.span(), "`csv` is for format = \"csv\""));
+            }
+            (c, Format::Csv) => {
+                let span = c.as_ref().map_or(table.span.clone(), |c| c.span());
+                let options = c.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+                let csv = CsvFormat::new(&options).map_err(|e| config.error(span.clone(), e))?;
+                if csv.fixed_header().is_none() && !built.source.has_first_line() {
+                    return Err(config.error(
+                        span,
+                        format!(
+                            "source `{name}` ({}) has no first line to read a CSV header row from: name the columns with `csv = {{ header = [...] }}`",
+                            built.source.describe()
+                        ),
+                    ));
+                }
+                Some(Arc::new(csv))
+            }
+            _ => None,
+        };
         let spec = SourceSpec {
             name: name.to_string(),
             input: built.source,
@@ -364,6 +405,7 @@ impl SourceSpec {
             decoder: Decoder::new(pointer(&d.key)?, pointer(&d.timestamp)?),
             max_line_bytes: usize::try_from(d.max_line_bytes).unwrap_or(usize::MAX),
             missing_timestamp,
+            csv,
         };
         Ok((spec, built.claims))
     }
@@ -421,6 +463,140 @@ pub trait Lines: Send {
     /// Nothing to read now ([`Read1::Idle`]): waits up to `max` for more.
     fn wait(&mut self, max: Duration) {
         let _ = max; // stdin waits inside its own read
+    }
+    /// Whether the line the last [`Lines::next_line`] gave ([`Read1::Line`]
+    /// or [`Read1::TooLong`]) is the first line of its input: byte 0 of a
+    /// file (also after a followed file was replaced, and of each file of a
+    /// directory), the first line of stdin. `format = "csv"` reads it as the
+    /// header row. Default false.
+    fn line_is_first(&self) -> bool {
+        false
+    }
+    /// The first line of the input being read, read again from its start:
+    /// the CSV header when reading resumed past it (from a checkpoint).
+    ///
+    /// # Errors
+    /// Why it cannot be had (the input cannot be read again, was replaced,
+    /// or its first line is longer than `max_line_bytes`).
+    fn first_line(&mut self) -> Result<Vec<u8>, String> {
+        Err("the input's first line was not read and cannot be read again".into())
+    }
+}
+
+/// A line's record parts, decoded by the source's format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The key at the `key` pointer, if set and found.
+    pub key: Option<Vec<u8>>,
+    /// The event time at the `timestamp` pointer (ms since the Unix epoch),
+    /// if set and found.
+    pub timestamp_ms: Option<i64>,
+    /// The record's value when it is not the line itself: the JSON object a
+    /// CSV row or syslog message became.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Decodes the lines of one input by its source's format (`json`, `text`,
+/// `csv`, `syslog`), keeping the CSV header of the input being read. Every
+/// source kind decodes through one: a new input (a file, a connection)
+/// gets a new one, or [`LineDecoder::set_header`] at its first line.
+#[derive(Debug, Clone)]
+pub struct LineDecoder {
+    /// `format = "csv"`: the header of the input being read (`Err`: why it
+    /// has none), or `None` before it is known.
+    header: Option<Result<Arc<Header>, String>>,
+}
+
+impl LineDecoder {
+    /// A decoder for `spec`'s format; a CSV header given in the config
+    /// (`csv.header`) is known from the start.
+    pub fn new(spec: &SourceSpec) -> Self {
+        LineDecoder {
+            header: spec
+                .csv
+                .as_ref()
+                .and_then(|c| c.fixed_header().cloned())
+                .map(Ok),
+        }
+    }
+
+    /// Whether the first line of an input is a header row, not a record
+    /// (`format = "csv"` without `csv.header`).
+    pub fn header_row(spec: &SourceSpec) -> bool {
+        spec.csv
+            .as_ref()
+            .is_some_and(|c| c.fixed_header().is_none())
+    }
+
+    /// Whether a record needs a header that is not known yet: then give it
+    /// one with [`LineDecoder::set_header`] (the input's first line, read
+    /// again) or [`LineDecoder::no_header`].
+    pub fn needs_header(&self, spec: &SourceSpec) -> bool {
+        spec.csv.is_some() && self.header.is_none()
+    }
+
+    /// Reads `line` as the CSV header row of the input being read.
+    ///
+    /// # Errors
+    /// Why it is no header (see [`CsvFormat::header`]); the records of this
+    /// input then go to the dead-letter sink with that reason.
+    pub fn set_header(&mut self, spec: &SourceSpec, line: &[u8]) -> Result<(), String> {
+        let Some(csv) = &spec.csv else {
+            return Ok(());
+        };
+        let header = csv.header(line).map(Arc::new);
+        let result = header.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.header = Some(header);
+        result
+    }
+
+    /// The input being read has no usable header row, for `reason`.
+    pub fn no_header(&mut self, reason: String) {
+        self.header = Some(Err(reason));
+    }
+
+    /// Decodes one line (not blank) into a record's parts.
+    ///
+    /// # Errors
+    /// The reason for the dead-letter sink: invalid JSON, a CSV row that
+    /// does not fit its header or types, a line that is not syslog, a bad
+    /// event time, or (`missing_timestamp = "dead-letter"`) none.
+    pub fn decode(&self, spec: &SourceSpec, line: &[u8]) -> Result<Event, String> {
+        let (decoded, value) = match spec.format {
+            Format::Text => {
+                return Ok(Event {
+                    key: None,
+                    timestamp_ms: None,
+                    value: None,
+                });
+            }
+            Format::Json => (spec.decoder.decode(line)?, None),
+            Format::Csv => {
+                let csv = spec.csv.as_ref().expect("a csv source has its CsvFormat");
+                let header = match &self.header {
+                    Some(Ok(h)) => h,
+                    Some(Err(reason)) => return Err(format!("no CSV header: {reason}")),
+                    None => return Err("no CSV header row was read".into()),
+                };
+                let object = serde_json::Value::Object(csv.row(header, line)?);
+                (spec.decoder.decode_value(&object)?, Some(object))
+            }
+            Format::Syslog => {
+                let object = serde_json::Value::Object(crate::format::syslog::parse(line)?);
+                (spec.decoder.decode_value(&object)?, Some(object))
+            }
+        };
+        if decoded.timestamp_ms.is_none()
+            && spec.decoder.has_timestamp()
+            && spec.missing_timestamp == crate::config::MissingTimestamp::DeadLetter
+        {
+            return Err("no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")".into());
+        }
+        Ok(Event {
+            key: decoded.key,
+            timestamp_ms: decoded.timestamp_ms,
+            value: value.map(|v| serde_json::to_vec(&v).expect("a JSON value serializes")),
+        })
     }
 }
 
@@ -732,6 +908,8 @@ fn read_loop(
     mut checkpointer: Option<&mut Checkpointer>,
 ) -> anyhow::Result<Ended> {
     let mut buf = Vec::with_capacity(1024);
+    let mut decoder = LineDecoder::new(spec);
+    let header_row = LineDecoder::header_row(spec);
     let mut until_check = CHECKPOINT_CHECK_LINES;
     let mut ended = Ended::Stopped;
     // On stop, lines already taken from an input that cannot give them back are
@@ -776,6 +954,9 @@ fn read_loop(
                     spec.max_line_bytes,
                     buf.len()
                 );
+                if header_row && lines.line_is_first() {
+                    decoder.no_header(format!("the header row: {reason}"));
+                }
                 reject_line(dead_letter, stats, &reason, &buf)?;
                 continue;
             }
@@ -785,7 +966,28 @@ fn read_loop(
                 continue;
             }
         }
-        let Some((partition, record)) = route_line(spec, router, &buf, dead_letter, stats)? else {
+        // The first line of a CSV input names the fields.
+        if header_row && lines.line_is_first() {
+            if let Err(reason) = decoder.set_header(spec, &buf) {
+                stats.records_in.fetch_add(1, Ordering::Relaxed);
+                reject_line(dead_letter, stats, &reason, &buf)?;
+            }
+            continue;
+        }
+        if decoder.needs_header(spec) && !is_blank(spec, &buf) {
+            // Resumed past the header row: read it again from the input's start.
+            let header = lines.first_line();
+            match header.and_then(|h| decoder.set_header(spec, &h)) {
+                Ok(()) => {}
+                Err(reason) => {
+                    tracing::warn!(source = %spec.name, "no CSV header: {reason}");
+                    decoder.no_header(reason);
+                }
+            }
+        }
+        let Some((partition, record)) =
+            route_line(spec, &decoder, router, &buf, dead_letter, stats)?
+        else {
             continue;
         };
         if outbox.push(partition, record).is_err() {
@@ -818,46 +1020,41 @@ fn read_loop(
 /// The dead-letter sink stopped.
 pub(crate) fn route_line(
     spec: &SourceSpec,
+    decoder: &LineDecoder,
     router: &mut Router,
     line: &[u8],
     dead_letter: &DeadLetter,
     stats: &Stats,
 ) -> anyhow::Result<Option<(usize, Record)>> {
-    if line.is_empty() || (spec.format == Format::Json && line.iter().all(u8::is_ascii_whitespace))
-    {
+    if is_blank(spec, line) {
         return Ok(None);
     }
     stats.records_in.fetch_add(1, Ordering::Relaxed);
-    let (key, timestamp_ms) = match spec.format {
-        Format::Text => (None, now_ms()),
-        Format::Json => match spec.decoder.decode(line) {
-            Ok(crate::decode::Decoded {
-                timestamp_ms: None, ..
-            }) if spec.missing_timestamp == crate::config::MissingTimestamp::DeadLetter => {
-                reject_line(
-                    dead_letter,
-                    stats,
-                    "no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")",
-                    line,
-                )?;
-                return Ok(None);
-            }
-            Ok(d) => (d.key, d.timestamp_ms.unwrap_or_else(now_ms)),
-            Err(reason) => {
-                reject_line(dead_letter, stats, &reason, line)?;
-                return Ok(None);
-            }
-        },
+    let event = match decoder.decode(spec, line) {
+        Ok(event) => event,
+        Err(reason) => {
+            reject_line(dead_letter, stats, &reason, line)?;
+            return Ok(None);
+        }
     };
-    let partition = router.route(key.as_deref());
+    let partition = router.route(event.key.as_deref());
     let record = Record {
-        key: key.unwrap_or_default(),
-        value: line.to_vec(), // exact-size copy; the reader's buffer keeps its capacity
-        timestamp_ms,
+        key: event.key.unwrap_or_default(),
+        // exact-size copy; the reader's buffer keeps its capacity
+        value: event.value.unwrap_or_else(|| line.to_vec()),
+        timestamp_ms: event.timestamp_ms.unwrap_or_else(now_ms),
         headers: Vec::new(),
         task: None,
     };
     Ok(Some((partition, record)))
+}
+
+/// Blank lines are not records: empty ones always, whitespace-only ones in
+/// JSON and syslog (where they hold no value). Neither is counted.
+fn is_blank(spec: &SourceSpec, line: &[u8]) -> bool {
+    line.is_empty()
+        || (matches!(spec.format, Format::Json | Format::Syslog)
+            && line.iter().all(u8::is_ascii_whitespace))
 }
 
 /// Sends a line the source could not turn into a record to the dead-letter sink.

@@ -46,6 +46,9 @@ pub struct StreamLines<R> {
     /// A read error that ended a stream whose errors end it (a reset
     /// connection), for the fragment's reason.
     failure: Option<String>,
+    /// Lines given so far (lines and overlong ones): the first is a CSV
+    /// header.
+    given: u64,
 }
 
 impl<R: Read + AsFd + Send> StreamLines<R> {
@@ -57,6 +60,7 @@ impl<R: Read + AsFd + Send> StreamLines<R> {
     /// ends the stream like its end does, instead of failing the source.
     pub fn new(input: R, max_line: usize, unterminated: Unterminated) -> Self {
         StreamLines {
+            given: 0,
             input,
             buf: Vec::with_capacity(STREAM_READ),
             start: 0,
@@ -124,6 +128,7 @@ impl<R: Read + AsFd + Send> Lines for StreamLines<R> {
                     *line = std::mem::take(prefix);
                     let seen = *seen;
                     self.skipping = None;
+                    self.given += 1;
                     return Ok(Read1::TooLong(seen));
                 }
                 if taken > 0 {
@@ -142,6 +147,7 @@ impl<R: Read + AsFd + Send> Lines for StreamLines<R> {
                 line.extend_from_slice(&rest[..=i]);
                 self.start += i + 1;
                 strip_eol(line);
+                self.given += 1;
                 return Ok(Read1::Line);
             }
             let rest = &self.buf[self.start..];
@@ -154,7 +160,10 @@ impl<R: Read + AsFd + Send> Lines for StreamLines<R> {
                 self.start = self.buf.len();
                 return Ok(match &self.unterminated {
                     // A last line without a newline: a line all the same.
-                    Unterminated::Line => Read1::Line,
+                    Unterminated::Line => {
+                        self.given += 1;
+                        Read1::Line
+                    }
                     Unterminated::Fragment(stream) => Read1::Reject(match &self.failure {
                         None => format!(
                             "{stream} closed mid-line: its last {} bytes had no newline",
@@ -176,6 +185,10 @@ impl<R: Read + AsFd + Send> Lines for StreamLines<R> {
 
     fn drained(&self) -> bool {
         !self.buf[self.start..].contains(&b'\n')
+    }
+
+    fn line_is_first(&self) -> bool {
+        self.given == 1
     }
 
     fn unterminated(&self) -> Option<&[u8]> {

@@ -72,6 +72,10 @@ impl super::Source for UdpSource {
         format!("udp {}", self.address)
     }
 
+    fn has_first_line(&self) -> bool {
+        false
+    }
+
     fn replay(&self) -> super::Replay {
         super::Replay::No(
             "checkpoints need a source that can be read again from a position (a file); a UDP socket cannot".into(),
@@ -134,6 +138,8 @@ fn receive(socket: &UdpSocket, cx: super::SourceContext<'_>) -> anyhow::Result<(
         ..
     } = cx;
     let mut outbox = Outbox::new(partitions, stats.clone());
+    // A datagram has no first line: CSV needs `csv.header`.
+    let decoder = super::LineDecoder::new(spec);
     // One byte more than accepted: a datagram that fills it is too long
     // (recv cuts a datagram to the buffer, silently).
     let mut buf = vec![0u8; spec.max_line_bytes.min(MAX_DATAGRAM) + 1];
@@ -179,7 +185,7 @@ fn receive(socket: &UdpSocket, cx: super::SourceContext<'_>) -> anyhow::Result<(
             datagram = line.strip_suffix(b"\r").unwrap_or(line);
         }
         let Some((partition, record)) =
-            super::route_line(spec, &mut router, datagram, &dead_letter, &stats)?
+            super::route_line(spec, &decoder, &mut router, datagram, &dead_letter, &stats)?
         else {
             continue;
         };
