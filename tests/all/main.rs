@@ -14,6 +14,7 @@ mod directory;
 mod failures;
 mod flights;
 mod formats;
+mod generator;
 mod kafka;
 mod languages;
 mod logging;

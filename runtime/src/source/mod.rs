@@ -11,7 +11,8 @@
 //! - `kafka` ([`kafka`]): topics read as a member of a consumer group;
 //! - `tcp` ([`tcp`]): newline-delimited records from many connections;
 //! - `udp` ([`udp`]): one record per datagram, dropped (and counted) when the
-//!   pipeline is full.
+//!   pipeline is full;
+//! - `generator` ([`generator`]): synthetic records from a template.
 //!
 //! What every source shares is here: the fields that say how a line becomes an
 //! event ([`crate::config::DecodeConfig`]), the read loop over a [`Lines`]
@@ -52,6 +53,7 @@ use crate::window::operator::WindowMsg;
 
 pub mod dir;
 pub mod file;
+pub mod generator;
 pub mod kafka;
 pub mod stdin;
 pub mod stream;
@@ -100,6 +102,11 @@ pub const KINDS: &[Kind] = &[
         name: "udp",
         parse: parse_as::<udp::UdpConfig>,
         fields: crate::config::fields_of::<udp::UdpConfig>,
+    },
+    Kind {
+        name: "generator",
+        parse: parse_as::<generator::GeneratorConfig>,
+        fields: crate::config::fields_of::<generator::GeneratorConfig>,
     },
 ];
 
