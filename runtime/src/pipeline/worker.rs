@@ -144,6 +144,13 @@ impl Worker {
                     }
                     self.pass_barrier(barrier)?;
                 }
+                Ok(Chunk::Deliver(done)) => {
+                    if !batcher.is_empty() {
+                        self.process_or_count(batcher.take())?;
+                    }
+                    // The source may have given up waiting.
+                    let _ = done.send(self.sync_sinks());
+                }
                 Ok(Chunk::Records(chunk)) => {
                     let now = Instant::now();
                     let mut chunk = chunk.into_iter();
@@ -215,6 +222,22 @@ impl Worker {
                 Ok(())
             }
         }
+    }
+
+    /// Has every sink this worker writes to (outputs and dead letter) write
+    /// out what it was handed and sync it (see [`Chunk::Deliver`]). The sinks
+    /// sync at once.
+    fn sync_sinks(&self) -> anyhow::Result<()> {
+        let pending = self
+            .sinks
+            .iter()
+            .chain(self.dead_letter.sink())
+            .map(SinkHandle::start_sync)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for sync in pending {
+            sync.wait()?;
+        }
+        Ok(())
     }
 
     /// Moves to the pipeline's current chain if a config reload changed it. A
@@ -753,6 +776,32 @@ mod tests {
         assert_eq!(out.finish(), values(&[before, after].concat()));
         assert_eq!(count(&stats.batches), 2);
         assert_eq!(count(&stats.records_out), 8);
+    }
+
+    #[test]
+    fn a_delivery_request_is_answered_once_the_records_before_it_are_written() {
+        let out = FileSink::start("out");
+        // Batches never fill up: only the request closes the first one.
+        let (worker, stats) = worker(identity(), 1000, vec![out.handle()], None, None);
+        let (tx, rx) = flume::unbounded();
+        let thread = std::thread::spawn(move || worker.run(rx));
+        let before = records(0..5, &[]);
+        tx.send(Chunk::Records(before.clone())).unwrap();
+        let (done_tx, done_rx) = flume::unbounded();
+        tx.send(Chunk::Deliver(done_tx)).unwrap();
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the request is answered")
+            .expect("delivered");
+        // Read without syncing first: the worker had the sink write them.
+        assert_eq!(crate::testkit::read_lines(out.path()), values(&before));
+        assert_eq!(count(&stats.batches), 1);
+
+        let after = records(5..8, &[]);
+        tx.send(Chunk::Records(after.clone())).unwrap();
+        drop(tx);
+        thread.join().unwrap().unwrap();
+        assert_eq!(out.finish(), values(&[before, after].concat()));
     }
 
     #[test]

@@ -66,6 +66,11 @@ impl DeadLetter {
         }
     }
 
+    /// The dead-letter sink, if the pipeline has one.
+    pub fn sink(&self) -> Option<&SinkHandle> {
+        self.sink.as_ref()
+    }
+
     /// Writes `records` to the dead-letter sink as one batch.
     ///
     /// # Errors

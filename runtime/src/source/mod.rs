@@ -287,22 +287,30 @@ pub struct Record {
     pub task: Option<u32>,
 }
 
-/// What a source sends a partition worker: records, or a checkpoint barrier
-/// after the last record before the checkpoint.
+/// What a source sends a partition worker: records, a checkpoint barrier
+/// after the last record before the checkpoint, or a request to deliver.
 #[derive(Debug)]
 pub enum Chunk {
     /// Records, in order.
     Records(Vec<Record>),
     /// Process what came before, then pass the barrier on.
     Barrier(Barrier),
+    /// Process what came before, hand the output to the sinks, have every
+    /// sink of the worker (outputs and dead letter) write it out and sync it
+    /// to stable storage, then answer: `Ok` once they did, the error of the
+    /// first that could not. End-to-end acknowledgement (the `http` source's
+    /// `ack = "sink"`, as Vector's `acknowledgements`); a pipeline with
+    /// windows holds its records in window state, not in its sinks, so it is
+    /// never sent one.
+    Deliver(flume::Sender<anyhow::Result<()>>),
 }
 
 impl Chunk {
-    /// Records in the chunk (0 for a barrier).
+    /// Records in the chunk (0 for a barrier or a delivery request).
     pub fn len(&self) -> usize {
         match self {
             Chunk::Records(r) => r.len(),
-            Chunk::Barrier(_) => 0,
+            Chunk::Barrier(_) | Chunk::Deliver(_) => 0,
         }
     }
 

@@ -251,7 +251,7 @@ mod tests {
         assert!(!outbox.is_pending());
         match rx.recv().unwrap() {
             Chunk::Records(r) => assert_eq!(r.len(), chunk),
-            Chunk::Barrier(_) => panic!("a barrier"),
+            other => panic!("not records: {other:?}"),
         }
     }
 
