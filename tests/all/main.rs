@@ -15,6 +15,7 @@ mod failures;
 mod flights;
 mod formats;
 mod generator;
+mod http;
 mod kafka;
 mod languages;
 mod logging;

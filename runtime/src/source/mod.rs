@@ -12,7 +12,8 @@
 //! - `tcp` ([`tcp`]): newline-delimited records from many connections;
 //! - `udp` ([`udp`]): one record per datagram, dropped (and counted) when the
 //!   pipeline is full;
-//! - `generator` ([`generator`]): synthetic records from a template.
+//! - `generator` ([`generator`]): synthetic records from a template;
+//! - `http` ([`http`]): records `POST`ed as NDJSON or a JSON array.
 //!
 //! What every source shares is here: the fields that say how a line becomes an
 //! event ([`crate::config::DecodeConfig`]), the read loop over a [`Lines`]
@@ -54,6 +55,7 @@ use crate::window::operator::WindowMsg;
 pub mod dir;
 pub mod file;
 pub mod generator;
+pub mod http;
 pub mod kafka;
 pub mod stdin;
 pub mod stream;
@@ -107,6 +109,11 @@ pub const KINDS: &[Kind] = &[
         name: "generator",
         parse: parse_as::<generator::GeneratorConfig>,
         fields: crate::config::fields_of::<generator::GeneratorConfig>,
+    },
+    Kind {
+        name: "http",
+        parse: parse_as::<http::HttpConfig>,
+        fields: crate::config::fields_of::<http::HttpConfig>,
     },
 ];
 
