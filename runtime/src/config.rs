@@ -640,7 +640,8 @@ pub struct PipelineConfig {
     /// What each window computes; needs `window`.
     pub aggregate: Option<Spanned<Vec<AggregateConfig>>>,
     /// Checkpoints of the source position, window state and sink lengths (see
-    /// `checkpoint.rs`); needs a `file` source. Off when absent.
+    /// `checkpoint.rs`); needs a source that can be read again from a
+    /// position (a file, Kafka, a generator with `start`). Off when absent.
     pub checkpoint: Option<Spanned<CheckpointConfig>>,
 }
 

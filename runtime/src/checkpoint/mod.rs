@@ -85,9 +85,11 @@ pub enum Position {
     File(FilePosition),
     /// A Kafka source.
     Kafka(KafkaPosition),
-    /// A file source over a directory. (Last: positions are untagged, and
-    /// a checkpoint of an earlier version holds one of the others.)
+    /// A file source over a directory. (After the others: positions are
+    /// untagged, and a checkpoint of an earlier version holds one of them.)
     Dir(DirPosition),
+    /// A generator source (after the others, for the same reason).
+    Generator(GeneratorPosition),
 }
 
 impl std::fmt::Display for Position {
@@ -109,8 +111,17 @@ impl std::fmt::Display for Position {
                     None => Ok(()),
                 }
             }
+            Position::Generator(g) => write!(f, "generator record {}", g.generated),
         }
     }
+}
+
+/// A generator source's position: the records it generated, so the number
+/// of the next (its records are a function of their number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeneratorPosition {
+    /// Records generated.
+    pub generated: u64,
 }
 
 /// A Kafka source's position: per assigned partition, the offset of the next

@@ -24,12 +24,18 @@
 //! | `{{random LO HI}}` | an integer in `LO..=HI`, see [`random`] |
 //!
 //! Records are paced from the source's start: record `n` is handed on no
-//! earlier than `n / rate` seconds after it. It cannot be read again from a
-//! position, so a pipeline reading it takes no checkpoints.
+//! earlier than `n / rate` seconds after it (after the record it resumed
+//! from, when it resumed from a checkpoint).
+//!
+//! With `start` set it can be checkpointed: its position is the number of
+//! records it generated, and a restarted pipeline generates the same records
+//! from there. Without `start`, event times depend on when it started, so a
+//! pipeline reading it takes no checkpoints.
 
 use std::time::{Duration, Instant};
 
 use super::{Lines, Read1};
+use crate::checkpoint::{GeneratorPosition, Position};
 
 /// `[sources.NAME] type = "generator"`: the kind's own fields.
 #[derive(Debug, serde::Deserialize)]
@@ -311,19 +317,27 @@ impl super::Source for GeneratorSource {
     }
 
     fn replay(&self) -> super::Replay {
-        super::Replay::No(
-            "checkpoints need a source that can be read again from a position (a file); a generator has none".into(),
-        )
+        if self.start_ms.is_none() {
+            return super::Replay::No(
+                "a generator without `start` cannot be checkpointed: its event times depend on when it starts, so the records generated again after a restart would differ; set `start`".into(),
+            );
+        }
+        super::Replay::Position
     }
 
     fn run(&self, cx: super::SourceContext<'_>) -> anyhow::Result<()> {
         let start_ms = self.start_ms.unwrap_or_else(super::now_ms);
+        let first = match &cx.resume {
+            Some(Position::Generator(p)) => p.generated,
+            _ => 0,
+        };
         super::run_lines(
             cx,
             Box::new(Generated {
                 source: self.clone(),
                 start_ms,
-                next: 0,
+                first,
+                next: first,
                 started: Instant::now(),
             }),
         )
@@ -335,9 +349,12 @@ struct Generated {
     source: GeneratorSource,
     /// Event time of record 0.
     start_ms: i64,
+    /// The first record's number (not 0 when resumed).
+    first: u64,
     /// The next record's number.
     next: u64,
-    /// When the source started: record `n` is due `n / rate` s after.
+    /// When the source started: record `n` is due `(n - first) / rate` s
+    /// after.
     started: Instant,
 }
 
@@ -347,7 +364,7 @@ impl Generated {
         let Some(rate) = self.source.rate else {
             return Duration::ZERO;
         };
-        let nanos = u128::from(self.next) * 1_000_000_000 / u128::from(rate);
+        let nanos = u128::from(self.next - self.first) * 1_000_000_000 / u128::from(rate);
         let due = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
         due.saturating_sub(self.started.elapsed())
     }
@@ -372,6 +389,12 @@ impl Lines for Generated {
 
     fn wait(&mut self, max: Duration) {
         std::thread::sleep(self.until_due().min(max));
+    }
+
+    fn position(&self) -> Option<Position> {
+        Some(Position::Generator(GeneratorPosition {
+            generated: self.next,
+        }))
     }
 }
 
@@ -479,6 +502,7 @@ mod tests {
                 ..source("{{n}}", Some(1))
             },
             start_ms: 0,
+            first: 0,
             next: 0,
             started: Instant::now(),
         };
@@ -492,5 +516,24 @@ mod tests {
         assert!(matches!(g.next_line(&mut buf).unwrap(), Read1::Line));
         assert_eq!(buf, b"1");
         assert!(matches!(g.next_line(&mut buf).unwrap(), Read1::Eof));
+    }
+
+    #[test]
+    fn resumes_from_its_position_and_paces_from_there() {
+        let mut g = Generated {
+            source: source("{{n}}", Some(1)),
+            start_ms: 0,
+            first: 7,
+            next: 7,
+            started: Instant::now(),
+        };
+        let mut buf = Vec::new();
+        assert!(matches!(g.next_line(&mut buf).unwrap(), Read1::Line));
+        assert_eq!(buf, b"7");
+        assert!(matches!(g.next_line(&mut buf).unwrap(), Read1::Idle));
+        assert_eq!(
+            g.position(),
+            Some(Position::Generator(GeneratorPosition { generated: 8 }))
+        );
     }
 }
