@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Source throughput: the same records through the `file` source and the `tcp`
-source, into a blackhole sink, in one run.
+source, and the `generator` source against the `file` source on the
+generator's records, into a blackhole sink, in one run.
 
     cargo build --release -p sluice
     python3 bench/sources.py [--runs 3] [--clients 1]
@@ -16,8 +17,15 @@ and the hand-off to the workers.
   that many parts at line ends), from memory; records/s = records / (from the
   first connect until the admin API counts every record written).
 
-Runs alternate (file, tcp, file, tcp…); the median is printed. Uses
-target/release/sluice, or --sluice PATH. No Python packages needed.
+- generator: `--generated` records (default 1,000,000) from a flights-like
+  template (`carrier`, RFC 3339 `event_time`, random delays), decoded alike;
+  records/s = records / the pipeline's elapsed time. The same records, written
+  once to a file by sluice itself (generator → file sink), are read by the
+  file source and sent over TCP in the same runs.
+
+Runs alternate (file, tcp, then file, tcp, generator on the generated
+records, …); the median is printed. Uses target/release/sluice, or --sluice
+PATH. No Python packages needed.
 """
 
 import argparse
@@ -66,6 +74,39 @@ address = "127.0.0.1:0"
 key = "/carrier"
 timestamp = "/event_time"
 """
+
+GENERATOR_TEMPLATE = ('{"id":{{n}},"event_time":"{{rfc3339}}","carrier":"C{{random 1 20}}",'
+                      '"dep_delay":{{random -30 300}},"note":"a synthetic flight"}')
+
+GENERATOR_SOURCE = """
+[sources.in]
+type = "generator"
+template = '%s'
+count = COUNT
+start = "2013-01-01T00:00:00Z"
+seed = 1
+key = "/carrier"
+timestamp = "/event_time"
+""" % GENERATOR_TEMPLATE
+
+
+def generator_run(sluice, count, to_file=None):
+    """The generator source into the blackhole sink, or into the file
+    `to_file` (to write the records the other sources read)."""
+    d = common.fresh_dir(os.path.join(common.WORK, "sources-generator"))
+    # No `rate`: as fast as the pipeline takes them.
+    config = (HEAD.format(plugins=common.PLUGINS, admin="off")
+              + GENERATOR_SOURCE.replace("COUNT", str(count)))
+    if to_file:
+        config = config.replace('type = "blackhole"', 'type = "file"\npath = "%s"' % to_file)
+    with open(os.path.join(d, "sluice.toml"), "w") as f:
+        f.write(config)
+    out = subprocess.run([sluice, "run", "--config", "sluice.toml"], cwd=d,
+                         capture_output=True, text=True, env=dict(os.environ, RUST_LOG="warn"))
+    s = common.sluice_summary(out.stderr)
+    if out.returncode != 0 or not s:
+        sys.exit("generator run failed:\n" + out.stderr)
+    return int(s["out"]), float(s["elapsed"].rstrip("s"))
 
 
 def file_run(sluice, plain):
@@ -140,6 +181,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--sluice", default=common.SLUICE)
+    ap.add_argument("--generated", type=int, default=1_000_000,
+                    help="records of the generator rows (0: leave them out)")
     args = ap.parse_args()
     args.sluice = os.path.abspath(args.sluice)
     if not os.path.exists(args.sluice):
@@ -155,18 +198,49 @@ def main():
     print("sluice: %s" % args.sluice)
     print("machine: %s" % common.machine())
     print("records: %d (%.0f MB), tcp clients: %d" % (n, len(data) / 1e6, args.clients))
-    rates = {"file": [], "tcp": []}
+    g = args.generated
+    if g:
+        generated = os.path.join(common.WORK, "generated.ndjson")
+        if os.path.exists(generated):
+            os.remove(generated)
+        got, _ = generator_run(args.sluice, g, to_file=generated)
+        assert got == g, (got, g)
+        with open(generated, "rb") as f:
+            gen_data = f.read()
+        gen_parts = split_lines(gen_data, args.clients)
+        print("generated records: %d (%.0f MB)" % (g, len(gen_data) / 1e6))
+    rates = {"file": [], "tcp": [], "generator": [], "file (generated)": [],
+             "tcp (generated)": []}
     for _ in range(args.runs):
         got, secs = file_run(args.sluice, plain)
         assert got == n, (got, n)
         rates["file"].append(n / secs)
         got, secs = tcp_run(args.sluice, parts, n)
         rates["tcp"].append(n / secs)
-        print("run: file %.0f records/s, tcp %.0f records/s"
-              % (rates["file"][-1], rates["tcp"][-1]), flush=True)
+        line = "run: file %.0f records/s, tcp %.0f records/s" % (
+            rates["file"][-1], rates["tcp"][-1])
+        if g:
+            got, secs = file_run(args.sluice, generated)
+            assert got == g, (got, g)
+            rates["file (generated)"].append(g / secs)
+            got, secs = tcp_run(args.sluice, gen_parts, g)
+            rates["tcp (generated)"].append(g / secs)
+            got, secs = generator_run(args.sluice, g)
+            assert got == g, (got, g)
+            rates["generator"].append(g / secs)
+            line += "; generated records: file %.0f, tcp %.0f, generator %.0f records/s" % (
+                rates["file (generated)"][-1], rates["tcp (generated)"][-1],
+                rates["generator"][-1])
+        print(line, flush=True)
     f, t = common.med(rates["file"]), common.med(rates["tcp"])
     print("median of %d: file %.0f records/s, tcp %.0f records/s (tcp/file %.2f)"
           % (args.runs, f, t, t / f))
+    if g:
+        f, t, gen = (common.med(rates[k]) for k in
+                     ("file (generated)", "tcp (generated)", "generator"))
+        print("median of %d, generated records: file %.0f records/s, tcp %.0f records/s "
+              "(tcp/file %.2f), generator %.0f records/s (generator/file %.2f)"
+              % (args.runs, f, t, t / f, gen, gen / f))
 
 
 if __name__ == "__main__":
