@@ -124,7 +124,12 @@ impl super::SourceConfig for GeneratorConfig {
         });
         if !text_format {
             let mut first = Vec::new();
-            source.render(0, source.start_ms.unwrap_or(0), &mut first);
+            source.render(
+                0,
+                source.start_ms.unwrap_or(0),
+                &mut first,
+                &mut SecondCache::default(),
+            );
             if let Err(e) = serde_json::from_slice::<serde_json::Value>(&first) {
                 return Err(cx.error_at(
                     "template",
@@ -268,20 +273,57 @@ impl GeneratorSource {
     }
 
     /// Writes record `n` into `buf` (cleared first).
-    fn render(&self, n: u64, start_ms: i64, buf: &mut Vec<u8>) {
+    fn render(&self, n: u64, start_ms: i64, buf: &mut Vec<u8>, second: &mut SecondCache) {
         buf.clear();
         for part in &self.parts {
             match part {
                 Part::Text(t) => buf.extend_from_slice(t),
                 Part::N => push_int(buf, false, n),
                 Part::Timestamp => push_i64(buf, self.time_of(n, start_ms)),
-                Part::Rfc3339 => buf
-                    .extend_from_slice(crate::time::rfc3339(self.time_of(n, start_ms)).as_bytes()),
+                Part::Rfc3339 => second.push_rfc3339(buf, self.time_of(n, start_ms)),
                 Part::Random { lo, hi, index } => {
                     push_i64(buf, random(self.seed, n, *index, *lo, *hi))
                 }
             }
         }
+    }
+}
+
+/// The RFC 3339 text of the last second written, up to its milliseconds
+/// (`2026-01-01T00:00:00.`): records close in time share it, and only their
+/// milliseconds are written.
+#[derive(Debug, Default)]
+struct SecondCache {
+    second: Option<i64>,
+    prefix: Vec<u8>,
+}
+
+impl SecondCache {
+    /// Appends `ms` as [`crate::time::rfc3339`] writes it.
+    fn push_rfc3339(&mut self, buf: &mut Vec<u8>, ms: i64) {
+        let (second, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+        if self.second != Some(second) {
+            let text = ms.checked_sub(milli).map(crate::time::rfc3339);
+            match text.as_deref().and_then(|t| t.strip_suffix("000Z")) {
+                Some(prefix) => {
+                    self.prefix = prefix.as_bytes().to_vec();
+                    self.second = Some(second);
+                }
+                None => {
+                    // Out of the calendar's range (`±infinity`): no cache.
+                    self.second = None;
+                    buf.extend_from_slice(crate::time::rfc3339(ms).as_bytes());
+                    return;
+                }
+            }
+        }
+        buf.extend_from_slice(&self.prefix);
+        buf.extend_from_slice(&[
+            b'0' + (milli / 100) as u8,
+            b'0' + (milli / 10 % 10) as u8,
+            b'0' + (milli % 10) as u8,
+            b'Z',
+        ]);
     }
 }
 
@@ -339,6 +381,7 @@ impl super::Source for GeneratorSource {
                 first,
                 next: first,
                 started: Instant::now(),
+                second: SecondCache::default(),
             }),
         )
     }
@@ -356,6 +399,8 @@ struct Generated {
     /// When the source started: record `n` is due `(n - first) / rate` s
     /// after.
     started: Instant,
+    /// For `{{rfc3339}}`.
+    second: SecondCache,
 }
 
 impl Generated {
@@ -378,7 +423,8 @@ impl Lines for Generated {
         if !self.until_due().is_zero() {
             return Ok(Read1::Idle);
         }
-        self.source.render(self.next, self.start_ms, buf);
+        self.source
+            .render(self.next, self.start_ms, buf, &mut self.second);
         self.next += 1;
         Ok(Read1::Line)
     }
@@ -415,7 +461,7 @@ mod tests {
 
     fn line(s: &GeneratorSource, n: u64) -> String {
         let mut buf = Vec::new();
-        s.render(n, 1_000, &mut buf);
+        s.render(n, 1_000, &mut buf, &mut SecondCache::default());
         String::from_utf8(buf).unwrap()
     }
 
@@ -481,6 +527,29 @@ mod tests {
     }
 
     #[test]
+    fn rfc3339_from_the_second_cache_is_what_time_writes() {
+        let mut cache = SecondCache::default();
+        let mut ms: Vec<i64> = (-2_500..2_500).step_by(7).collect();
+        ms.extend([
+            1_767_225_599_999,
+            1_767_225_600_000,
+            0,
+            i64::MAX,
+            i64::MIN,
+            5,
+        ]);
+        for ms in ms {
+            let mut buf = Vec::new();
+            cache.push_rfc3339(&mut buf, ms);
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                crate::time::rfc3339(ms),
+                "{ms}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_templates_are_refused() {
         for (t, why) in [
             ("{{n", "without"),
@@ -505,6 +574,7 @@ mod tests {
             first: 0,
             next: 0,
             started: Instant::now(),
+            second: SecondCache::default(),
         };
         let mut buf = Vec::new();
         assert!(matches!(g.next_line(&mut buf).unwrap(), Read1::Line));
@@ -526,6 +596,7 @@ mod tests {
             first: 7,
             next: 7,
             started: Instant::now(),
+            second: SecondCache::default(),
         };
         let mut buf = Vec::new();
         assert!(matches!(g.next_line(&mut buf).unwrap(), Read1::Line));
