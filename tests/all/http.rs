@@ -372,3 +372,45 @@ fn http_ack_sink_is_refused_with_windows() {
         "{stderr}"
     );
 }
+
+#[test]
+fn http_csv_bodies_each_start_with_their_header_row() {
+    let scratch = Scratch::new(
+        &Config::new()
+            .source("web", "http")
+            .set_str("address", "127.0.0.1:0")
+            .set_str("format", "csv")
+            .set("max_line_bytes", 100)
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "web", &["out"])
+            .build(),
+    );
+    let mut daemon = Running::start(scratch.command("run"));
+    let addr = listening(&mut daemon);
+    for body in ["id,temp\r\na,1\r\nb,2\r\n", "temp,id\n3,c\n"] {
+        let r = post(&addr, "/", &[], body.as_bytes(), false).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // A row longer than max_line_bytes goes to the dead-letter sink.
+    let long = format!("id,temp\nd,{}\n", "9".repeat(200));
+    let r = post(&addr, "/", &[], long.as_bytes(), false).unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "{\"accepted\":0,\"dead_letter\":1}\n")
+    );
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+    let mut got: Vec<(String, String)> = scratch
+        .read_json("out.ndjson")
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["temp"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want = [("a", "1"), ("b", "2"), ("c", "3")].map(|(i, t)| (i.to_string(), t.to_string()));
+    assert_eq!(got, want);
+}

@@ -549,9 +549,11 @@ struct Decoded {
 }
 
 /// Splits a body into records: the elements of a JSON array (a JSON source
-/// whose body starts with `[`), else the lines. Blank lines are skipped; a
-/// line that cannot be decoded or is longer than `max_line_bytes` is
-/// rejected, for the dead-letter sink.
+/// whose body starts with `[`), else the lines, each decoded by the source's
+/// format as every line source decodes them ([`super::LineDecoder`]); with
+/// `format = "csv"` and no `csv.header`, a body's first line is its header
+/// row. Blank lines are skipped; a line that cannot be decoded or is longer
+/// than `max_line_bytes` is rejected, for the dead-letter sink.
 ///
 /// # Errors
 /// A body that starts with `[` and is not a JSON array.
@@ -572,30 +574,43 @@ fn decode_body(spec: &SourceSpec, body: &[u8]) -> Result<Decoded, String> {
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
             .collect()
     };
+    let mut decoder = super::LineDecoder::new(spec);
+    let mut header_row = super::LineDecoder::header_row(spec);
     let mut out = Decoded::default();
     for line in lines {
         if line.is_empty()
-            || (spec.format == Format::Json && line.iter().all(u8::is_ascii_whitespace))
+            || (matches!(spec.format, Format::Json | Format::Syslog)
+                && line.iter().all(u8::is_ascii_whitespace))
         {
             continue;
         }
         if line.len() > spec.max_line_bytes {
+            let reason = format!(
+                "record of {} bytes is longer than max_line_bytes ({}); `original` holds its first {} bytes",
+                line.len(),
+                spec.max_line_bytes,
+                super::TOO_LONG_PREFIX.min(line.len())
+            );
+            if std::mem::take(&mut header_row) {
+                decoder.no_header(format!("the header row: {reason}"));
+            }
             out.rejected.push((
-                format!(
-                    "record of {} bytes is longer than max_line_bytes ({}); `original` holds its first {} bytes",
-                    line.len(),
-                    spec.max_line_bytes,
-                    super::TOO_LONG_PREFIX
-                ),
-                line[..super::TOO_LONG_PREFIX].to_vec(),
+                reason,
+                line[..super::TOO_LONG_PREFIX.min(line.len())].to_vec(),
             ));
             continue;
         }
-        match decode_line(spec, line) {
-            Ok((key, timestamp_ms)) => out.records.push(Record {
-                key: key.unwrap_or_default(),
-                value: line.to_vec(),
-                timestamp_ms: timestamp_ms.unwrap_or_else(super::now_ms),
+        if std::mem::take(&mut header_row) {
+            if let Err(reason) = decoder.set_header(spec, line) {
+                out.rejected.push((reason, line.to_vec()));
+            }
+            continue;
+        }
+        match decoder.decode(spec, line) {
+            Ok(event) => out.records.push(Record {
+                key: event.key.unwrap_or_default(),
+                value: event.value.unwrap_or_else(|| line.to_vec()),
+                timestamp_ms: event.timestamp_ms.unwrap_or_else(super::now_ms),
                 headers: Vec::new(),
                 task: None,
             }),
@@ -603,28 +618,6 @@ fn decode_body(spec: &SourceSpec, body: &[u8]) -> Result<Decoded, String> {
         }
     }
     Ok(out)
-}
-
-/// A line's key and event time, as every line source decodes them (the
-/// decode step of [`super::run_lines`], kept in one place here so that it can
-/// become a shared line decoder's call).
-///
-/// # Errors
-/// The reason for the dead-letter sink: invalid JSON, a bad event time, or
-/// (`missing_timestamp = "dead-letter"`) none.
-fn decode_line(spec: &SourceSpec, line: &[u8]) -> Result<(Option<Vec<u8>>, Option<i64>), String> {
-    match spec.format {
-        Format::Text => Ok((None, None)),
-        Format::Json => {
-            let d = spec.decoder.decode(line)?;
-            if d.timestamp_ms.is_none()
-                && spec.missing_timestamp == crate::config::MissingTimestamp::DeadLetter
-            {
-                return Err("no event time: the `timestamp` field is missing or null (missing_timestamp = \"dead-letter\")".into());
-            }
-            Ok((d.key, d.timestamp_ms))
-        }
-    }
 }
 
 /// Why a request's records were not taken.
