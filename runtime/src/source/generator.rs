@@ -114,15 +114,14 @@ impl super::SourceConfig for GeneratorConfig {
         };
         // A JSON source must generate JSON: record 0 shows a template that
         // cannot.
-        let text_format = cx.table.field_span("format").is_some_and(|_| {
-            crate::config::deserialize_table::<crate::config::DecodeConfig>(
+        let json = cx.table.field_span("format").is_none()
+            || crate::config::deserialize_table::<crate::config::DecodeConfig>(
                 cx.table.split(crate::config::DecodeConfig::FIELDS).0,
                 cx.config,
                 &[],
             )
-            .is_ok_and(|d| d.format == crate::config::Format::Text)
-        });
-        if !text_format {
+            .is_ok_and(|d| d.format == crate::config::Format::Json);
+        if json {
             let mut first = Vec::new();
             source.render(
                 0,
@@ -134,7 +133,7 @@ impl super::SourceConfig for GeneratorConfig {
                 return Err(cx.error_at(
                     "template",
                     format!(
-                        "the template does not make JSON (record 0 is {}: {e}); set format = \"text\" for other records",
+                        "the template does not make JSON (record 0 is {}: {e}); set `format` for other records",
                         String::from_utf8_lossy(&first)
                     ),
                 ));
