@@ -472,6 +472,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     reload: Option<ConfigReload>,
 ) -> anyhow::Result<Outcome> {
+    // One daemon per state folder, held until this returns.
+    let _state_lock = crate::state_lock::StateLock::acquire(&topology.state_dir)?;
     topology.commit_uses();
     let admin = Arc::new(AdminState {
         pipelines: std::sync::Mutex::new(Vec::new()),

@@ -41,6 +41,7 @@ pub mod reload;
 pub mod router;
 pub mod sink;
 pub mod source;
+pub mod state_lock;
 pub mod systemd;
 pub mod telemetry;
 pub mod top;

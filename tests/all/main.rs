@@ -23,6 +23,7 @@ mod reload;
 mod sandbox;
 mod shutdown;
 mod sources;
+mod state_lock;
 mod systemd;
 mod top;
 mod windows;
