@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod admin_guard;
 mod aggregator;
 mod checkpoints;
 mod config_errors;
