@@ -22,6 +22,7 @@ mod plugin_check;
 mod prometheus;
 mod reload;
 mod sandbox;
+mod service;
 mod shutdown;
 mod sources;
 mod state_lock;
