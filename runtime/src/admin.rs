@@ -2,6 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | 200: these routes, as text (a 404 lists them too) |
 //! | `GET /health` | 200 `ok` while the process serves (liveness) |
 //! | `GET /ready` | 200 `ready` once every pipeline runs, 503 while starting, reloading or stopping |
 //! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters and batch histograms, per-plugin call durations, failures, memory, reloads (see [`crate::metrics`]) |
@@ -58,6 +59,17 @@ pub struct AdminState {
     pub reload: Option<tokio::sync::mpsc::UnboundedSender<&'static str>>,
 }
 
+/// The answer to `GET /`, and the body of a 404.
+pub const ROUTES: &str = "\
+sluice admin API
+GET  /health     200 ok while the daemon serves (liveness)
+GET  /ready      200 once every pipeline runs; 503 while starting, reloading or stopping
+GET  /metrics    Prometheus text: pipeline, plugin and batch metrics
+GET  /pipelines  JSON: each pipeline's counters, whether it runs, its watermark
+GET  /plugins    JSON: each plugin file's status
+POST /reload     202: reload the config, as SIGHUP
+";
+
 /// The largest request body declared (`Content-Length`) that is accepted; no
 /// route reads one.
 pub const MAX_BODY: u64 = 4096;
@@ -77,12 +89,14 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
+        .route("/", get(|| async { ROUTES }))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/pipelines", get(pipelines))
         .route("/plugins", get(plugins))
         .route("/reload", post(reload))
+        .fallback(|| async { (StatusCode::NOT_FOUND, format!("no such route\n\n{ROUTES}")) })
         .layer(axum::middleware::from_fn(guard))
         .with_state(state);
     tokio::spawn(accept_loop(listener, app));

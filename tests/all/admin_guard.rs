@@ -209,3 +209,42 @@ fn idle_and_slow_connections_are_closed_and_their_number_is_capped() {
     scratch.append_lines("in.ndjson", &["{\"n\":1}".to_string()]);
     scratch.wait_for_lines("out.ndjson", 1);
 }
+
+/// `GET /` lists the routes, and so does a 404: every route it names answers.
+#[test]
+fn the_root_and_a_404_list_the_routes() {
+    let (_scratch, _daemon, addr) = daemon();
+    let (status, root) = http(&addr, "GET", "/");
+    assert_eq!(status, 200, "{root}");
+    let (status, missing) = http(&addr, "GET", "/nope");
+    assert_eq!(status, 404, "{missing}");
+    assert_eq!(missing, format!("no such route\n\n{root}"));
+    let routes: Vec<(&str, &str)> = root
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let method = words.next()?;
+            let path = words.next()?;
+            ["GET", "POST"].contains(&method).then_some((method, path))
+        })
+        .collect();
+    let paths: Vec<&str> = routes.iter().map(|(_, p)| *p).collect();
+    assert_eq!(
+        paths,
+        [
+            "/health",
+            "/ready",
+            "/metrics",
+            "/pipelines",
+            "/plugins",
+            "/reload"
+        ]
+    );
+    for (method, path) in routes {
+        let (status, body) = http(&addr, method, path);
+        assert!(
+            status == 200 || status == 202,
+            "{method} {path}: {status} {body}"
+        );
+    }
+}
