@@ -18,6 +18,16 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 
+/// `eprintln!` that does not panic when stderr is closed (`sluice plugin run …
+/// 2>&1 >/dev/null | head -1`): the line is dropped instead.
+#[macro_export]
+macro_rules! eprintln_or_drop {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use sluice_plugin_sdk::Batch;
 
 use crate::decode::Decoder;

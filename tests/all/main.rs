@@ -19,6 +19,7 @@ mod logging;
 mod otlp;
 mod packaging;
 mod plugin_check;
+mod plugin_run_pipes;
 mod prometheus;
 mod reload;
 mod sandbox;
