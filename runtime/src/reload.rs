@@ -91,7 +91,9 @@ pub struct PluginStatus {
     pub reloads: u64,
     /// Refused reloads since start.
     pub reload_failures: u64,
-    /// The last refused reload: when, which content, why.
+    /// The last refused reload (when, which content, why), while the file
+    /// is not a version that runs; cleared when a new version goes in or the
+    /// running version's file is put back (`history` keeps it).
     pub last_error: Option<ReloadEvent>,
     /// Whether the file is missing (the running version keeps serving).
     pub file_missing: bool,
@@ -200,7 +202,21 @@ impl PluginSlot {
         {
             let mut status = self.status.lock().expect("status lock");
             status.file_missing = false;
-            if content == self.current.load().content || status.refused_content == Some(content) {
+            if content == self.current.load().content {
+                // The running version's file is back (a refused file was
+                // replaced by it): nothing is wrong any more. The history
+                // keeps the refusal.
+                if status.last_error.take().is_some() {
+                    status.refused_content = None;
+                    tracing::info!(
+                        plugin = %status.name,
+                        version = %status.version,
+                        "plugin file is the running version again"
+                    );
+                }
+                return false;
+            }
+            if status.refused_content == Some(content) {
                 return false;
             }
         }
@@ -218,6 +234,7 @@ impl PluginSlot {
                 status.load_ms = plugin.load_time.as_secs_f64() * 1e3;
                 status.reloads += 1;
                 status.refused_content = None;
+                status.last_error = None;
                 push_history(
                     &mut status.history,
                     ReloadEvent {
@@ -226,6 +243,9 @@ impl PluginSlot {
                         error: None,
                     },
                 );
+                // In before the line that says so (a reader of the log may
+                // send the next record as soon as it sees it).
+                self.current.store(plugin.clone());
                 tracing::info!(
                     plugin = %plugin.name,
                     from = %old.version,
@@ -234,7 +254,6 @@ impl PluginSlot {
                     cached = status.from_cache,
                     "plugin reloaded: partitions switch at their next batch"
                 );
-                self.current.store(plugin);
                 true
             }
             Err(reason) => {
