@@ -25,6 +25,7 @@ mod reload;
 mod sandbox;
 mod service;
 mod shutdown;
+mod skips;
 mod sources;
 mod state_lock;
 mod systemd;

@@ -93,7 +93,7 @@ fn the_unit_file_verifies() {
     )
     .unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/sluice run"));
-    // `.ci/run` installs it (Debian package `systemd`); a bare machine may not have it.
+    // `cargo xtask test` installs it (Debian package `systemd`); a bare machine may not have it.
     let Some(tool) = which("systemd-analyze") else {
         skip(
             "systemd::the_unit_file_verifies",
