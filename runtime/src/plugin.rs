@@ -185,9 +185,13 @@ impl PluginHost {
             Some(cache) => cache.get_or_compile(&self.engine, bytes, &content),
             None => Component::new(&self.engine, bytes).map(|c| (c, Origin::Compiled)),
         };
-        let (component, origin) = compiled
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+        let (component, origin) = compiled.map_err(anyhow::Error::from).with_context(|| {
+            format!(
+                "{} is not a valid WebAssembly component{}",
+                path.display(),
+                core_module_hint(bytes)
+            )
+        })?;
         self.link(path, &component, content, origin, started)
     }
 
@@ -811,5 +815,17 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         // Tables hold function references; a million entries is far beyond any
         // real plugin and bounds a runaway one.
         Ok(desired <= 1 << 20)
+    }
+}
+
+/// `": this is a core WebAssembly module, …"` with what to do, when `bytes`
+/// are a core module (what `wasm32-unknown-unknown` or `wasm32-wasip1`
+/// builds) rather than a component; else empty.
+pub fn core_module_hint(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(b"\0asm\x01\0\0\0") {
+        ": this is a core WebAssembly module, not a component: build it for \
+         wasm32-wasip2, or wrap it with `wasm-tools component new`"
+    } else {
+        ""
     }
 }
