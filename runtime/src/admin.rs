@@ -12,7 +12,8 @@
 //!
 //! Metric names follow Prometheus' conventions for OpenTelemetry-style
 //! instruments: `sluice_` prefix, `_total` for counters, labels `pipeline`,
-//! `plugin`. A port that cannot be bound is logged and the daemon runs on.
+//! `plugin`. A port that cannot be bound is logged and the daemon runs on,
+//! trying it again every 2 s ([`start`]).
 //!
 //! Hardening (the API has no authentication; it listens on loopback unless
 //! `admin_allow_remote`):
@@ -79,6 +80,35 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// How often a busy admin address is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// Serves the API on `addr` ([`serve`]), logging `admin API listening on
+/// ADDR`; when the address cannot be bound (another daemon there), logs why
+/// and tries again every [`RETRY_EVERY`] in the background until it can.
+pub async fn start(addr: SocketAddr, state: Arc<AdminState>) {
+    let e = match serve(addr, state.clone()).await {
+        Ok(bound) => {
+            tracing::info!("admin API listening on {bound}");
+            return;
+        }
+        Err(e) => e,
+    };
+    tracing::error!(
+        "admin API not listening: cannot listen on {addr}: {e} (another daemon there? set [daemon] admin to another address, or \"off\"); trying again every {}s",
+        RETRY_EVERY.as_secs()
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RETRY_EVERY).await;
+            if let Ok(bound) = serve(addr, state.clone()).await {
+                tracing::info!("admin API listening on {bound} (it was busy)");
+                return;
+            }
+        }
+    });
+}
 
 /// Binds `addr` and serves the API on the current tokio runtime; returns the
 /// bound address (useful with port 0).

@@ -485,12 +485,7 @@ pub async fn run(
         crate::telemetry::observe(admin.clone());
     }
     if let Some(addr) = topology.admin {
-        match crate::admin::serve(addr, admin.clone()).await {
-            Ok(bound) => tracing::info!("admin API listening on {bound}"),
-            Err(e) => tracing::error!(
-                "admin API off: cannot listen on {addr}: {e} (another daemon there? set [daemon] admin to another address, or \"off\")"
-            ),
-        }
+        crate::admin::start(addr, admin.clone()).await;
     }
     let mut daemon = Daemon {
         admin: admin.clone(),

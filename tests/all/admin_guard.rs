@@ -248,3 +248,29 @@ fn the_root_and_a_404_list_the_routes() {
         );
     }
 }
+
+/// An admin address busy at start (another daemon there) is tried again until
+/// it is free; the daemon runs meanwhile.
+#[test]
+fn a_busy_admin_port_is_tried_again_until_it_is_free() {
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = blocker.local_addr().unwrap().to_string();
+    let scratch = Scratch::new(&IDENTITY_FOLLOWING_WITH_ADMIN.replace("127.0.0.1:0", &addr));
+    scratch.write("in.ndjson", "");
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("pipeline started");
+    daemon.wait_for(&format!("admin API not listening: cannot listen on {addr}"));
+    scratch.append_lines("in.ndjson", &["{\"n\":1}".to_string()]);
+    scratch.wait_for_lines("out.ndjson", 1);
+    drop(blocker);
+    let freed = Instant::now();
+    daemon.wait_for(&format!("admin API listening on {addr} (it was busy)"));
+    assert!(
+        freed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        freed.elapsed()
+    );
+    assert_eq!(http(&addr, "GET", "/health"), (200, "ok\n".to_string()));
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+}
