@@ -550,7 +550,8 @@ pub async fn run(
                 None => break,
                 Some(joined) => {
                     let (summary, result) = joined?;
-                    tracing::info!("pipeline ended: {summary}");
+                    // Its counters are the `sluice:` summary line at exit.
+                    tracing::info!(pipeline = %summary.pipeline, "pipeline ended");
                     if result.is_err() {
                         daemon.cancel_all();
                     }
