@@ -503,6 +503,11 @@ pub async fn run(
     // Watch the plugin files from before the first batch, so no change is missed.
     daemon.watch_plugins()?;
     let mut resumes = daemon.resumes(&topology.pipelines)?;
+    // Checkpointed pipelines an earlier run read to the end of their input.
+    let finished: std::collections::BTreeSet<String> = (resumes.pipelines.iter())
+        .filter(|(_, r)| r.checkpoint.as_ref().is_some_and(|c| c.finished))
+        .map(|(name, _)| name.clone())
+        .collect();
     for (name, spec) in &topology.sinks {
         daemon.start_sink(name, spec, resumes.sinks.get(name).copied())?;
     }
@@ -552,6 +557,9 @@ pub async fn run(
                     let (summary, result) = joined?;
                     // Its counters are the `sluice:` summary line at exit.
                     tracing::info!(pipeline = %summary.pipeline, "pipeline ended");
+                    if summary.records_in == 0 && finished.contains(&summary.pipeline) {
+                        tracing::warn!(pipeline = %summary.pipeline, "read nothing: an earlier run read this input to its end (its checkpoint); `sluice checkpoints --config FILE --reset {}` starts it over", summary.pipeline);
+                    }
                     if result.is_err() {
                         daemon.cancel_all();
                     }
