@@ -555,8 +555,17 @@ pub async fn run(
                 None => break,
                 Some(joined) => {
                     let (summary, result) = joined?;
-                    // Its counters are the `sluice:` summary line at exit.
-                    tracing::info!(pipeline = %summary.pipeline, "pipeline ended");
+                    // Its counters: in the log while the daemon runs on (a
+                    // reload removed it, other pipelines go on); else the
+                    // `sluice:` summary line at exit says them, once.
+                    let runs_on = !shutdown_done
+                        && result.is_ok()
+                        && (daemon.live.iter()).any(|(n, l)| *n != summary.pipeline && !l.ended);
+                    if runs_on {
+                        tracing::info!("pipeline ended: {summary}");
+                    } else {
+                        tracing::info!(pipeline = %summary.pipeline, "pipeline ended");
+                    }
                     if summary.records_in == 0 && finished.contains(&summary.pipeline) {
                         tracing::warn!(pipeline = %summary.pipeline, "read nothing: an earlier run read this input to its end (its checkpoint); `sluice checkpoints --config FILE --reset {}` starts it over", summary.pipeline);
                     }

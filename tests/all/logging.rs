@@ -83,7 +83,9 @@ fn invalid_log_level_is_a_config_error() {
 }
 
 /// A run's counters are printed once, on the `sluice:` summary line; the log
-/// says only that the pipeline ended.
+/// says only that the pipeline ended. (A pipeline that ends while the daemon
+/// runs on — removed by a reload — has its counters in the log line:
+/// checkpoints::a_removed_and_re_added_pipeline_resumes_from_its_checkpoint.)
 #[test]
 fn the_summary_is_printed_once() {
     let scratch = Scratch::new(&config("info"));
