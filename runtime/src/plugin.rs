@@ -739,9 +739,12 @@ fn classify(
     if memory.hit {
         return CallError::OutOfMemory(limits.memory_bytes);
     }
-    let cause = match error.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => format!("{error:#}"),
+    // The cause first: a host call's own refusal (e.g. "plugins may not
+    // block or sleep"), not wasmtime's "error while executing at wasm
+    // backtrace" with the frames before it; then where, briefly.
+    let (cause, at) = match error.downcast_ref::<Trap>() {
+        Some(trap) => (trap.to_string(), String::new()),
+        None => (error.root_cause().to_string(), where_in_wasm(&error)),
     };
     let said = stderr.recent();
     let said: Vec<&str> = said
@@ -750,9 +753,35 @@ fn classify(
         .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
         .collect();
     if said.is_empty() {
-        CallError::Trap(cause)
+        CallError::Trap(format!("{cause}{at}"))
     } else {
-        CallError::Trap(format!("{cause}: {}", said.join(" ")))
+        // What the guest said (a panic message) is the cause; the trap is
+        // how it ended.
+        CallError::Trap(format!("{} ({cause}){at}", said.join(" ")))
+    }
+}
+
+/// `" (at f ← g ← …)"`: the innermost wasm frames of `error`'s backtrace,
+/// by name when the module has names; empty without a backtrace.
+fn where_in_wasm(error: &wasmtime::Error) -> String {
+    let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return String::new();
+    };
+    let frames: Vec<String> = backtrace
+        .frames()
+        .iter()
+        .take(4)
+        .map(|f| {
+            f.func_name().map_or_else(
+                || format!("wasm function {}", f.func_index()),
+                str::to_string,
+            )
+        })
+        .collect();
+    if frames.is_empty() {
+        String::new()
+    } else {
+        format!(" (at {})", frames.join(" ← "))
     }
 }
 
