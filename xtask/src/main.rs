@@ -1,6 +1,7 @@
 //! `cargo xtask`: the repository's own tasks (the alias is in `.cargo/config.toml`).
 //!
-//! - `cargo xtask test [ARGS…]`: [`setup`], then `cargo test --workspace ARGS…`
+//! - `cargo xtask test [ARGS…]`: [`setup`], then `cargo test --workspace
+//!   --no-fail-fast ARGS…` (every test binary runs, whatever fails)
 //!   with the toolchains on `PATH` and `SLUICE_REQUIRE_TOOLCHAINS=1` (a test
 //!   whose tool is missing fails instead of skipping), then, without `ARGS`, the
 //!   example plugins' unit tests (`plugins/`, their own workspace).
@@ -369,7 +370,7 @@ fn test(repo: &Path, args: &[OsString]) -> Result<(), String> {
     let _ = std::fs::remove_file(&skipped);
     let workspace = run(cargo_for_tests(&toolchains)
         .current_dir(repo)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(args));
     let plugins = if args.is_empty() {
         run(cargo_for_tests(&toolchains)
