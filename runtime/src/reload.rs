@@ -580,9 +580,9 @@ fn watch_loop(
 }
 
 /// Calls `changed` when the file at `path` may have new content (written,
-/// replaced by a rename, created). Watches the file's folder, so an editor that
-/// saves by renaming a new file over it is seen too. Stops when the watcher
-/// returned is dropped.
+/// replaced by a rename, created), once per burst of events ([`WATCH_QUIET`]).
+/// Watches the file's folder, so an editor that saves by renaming a new file
+/// over it is seen too. Stops when the watcher returned is dropped.
 ///
 /// # Errors
 /// The folder cannot be watched.
@@ -596,6 +596,7 @@ pub fn watch_file(
     };
     let canonical_dir = std::fs::canonicalize(&dir)?;
     let name = path.file_name().map(|n| n.to_os_string());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && may_change_content(&event.kind)
@@ -604,9 +605,32 @@ pub fn watch_file(
                     && p.parent() == Some(canonical_dir.as_path())
             })
         {
-            changed();
+            let _ = tx.send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    // One call per burst: a save is often several events (`sed -i` and
+    // editors write a temporary file and rename it over: a rename seen as
+    // "from", "to" and "both"). Ends when the watcher (and its sender) is
+    // dropped.
+    std::thread::Builder::new()
+        .name("sluice-watch-file".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                loop {
+                    match rx.recv_timeout(WATCH_QUIET) {
+                        Ok(()) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                changed();
+            }
+        })
+        .map_err(notify::Error::io)?;
     Ok(watcher)
 }
+
+/// How long [`watch_file`] waits for a burst of events to end before it
+/// reports one change.
+pub const WATCH_QUIET: Duration = Duration::from_millis(100);
