@@ -195,3 +195,104 @@ fn real_uid() -> u32 {
         .and_then(|u| u.parse().ok())
         .unwrap()
 }
+
+/// The names of the sections of the ELF file `bytes` (64-bit, little-endian).
+pub(crate) fn elf_sections(bytes: &[u8]) -> Vec<String> {
+    let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
+    assert_eq!(&bytes[..5], b"\x7fELF\x02", "a 64-bit ELF file");
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let header = |i: usize| shoff + i * shentsize;
+    let names_at = u64_at(header(shstrndx) + 0x18);
+    (0..shnum)
+        .map(|i| {
+            let start = names_at + u32_at(header(i));
+            let end = start + bytes[start..].iter().position(|b| *b == 0).unwrap();
+            String::from_utf8_lossy(&bytes[start..end]).into_owned()
+        })
+        .collect()
+}
+
+/// The README's by-hand install lines ("Run as a service"), run into a
+/// scratch root: they install the unit, the config and the plugin it names
+/// as the tree has them, and a binary without debug sections.
+#[test]
+fn the_readme_install_steps_install_a_stripped_binary_and_what_the_unit_needs() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = readme
+        .split("The service is not enabled by the package. By hand:")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's by-hand install steps");
+    let root = tempfile::tempdir().unwrap();
+    // What every system has.
+    std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+    let installs: Vec<&str> = block
+        .lines()
+        .filter(|l| l.starts_with("install "))
+        .collect();
+    assert_eq!(installs.len(), 4, "{block}");
+    for line in installs {
+        let args: Vec<String> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|a| match a {
+                "target/release/sluice" => sluice_bin().to_string(),
+                "target/plugins/identity.wasm" => plugins_dir()
+                    .join("identity.wasm")
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+                a if a.starts_with('/') => format!("{}{a}", root.path().display()),
+                a if a.starts_with("dist/") => repo().join(a).to_str().unwrap().to_string(),
+                a => a.to_string(),
+            })
+            .collect();
+        let status = Command::new("install")
+            .args(&args)
+            .current_dir(repo())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{line}");
+    }
+    let r = root.path();
+    for (installed, source) in [
+        (
+            "etc/systemd/system/sluice.service",
+            repo().join("dist/systemd/sluice.service"),
+        ),
+        ("etc/sluice/sluice.toml", repo().join("dist/sluice.toml")),
+        (
+            "etc/sluice/plugins/identity.wasm",
+            plugins_dir().join("identity.wasm"),
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read(r.join(installed)).unwrap(),
+            std::fs::read(source).unwrap(),
+            "{installed}"
+        );
+    }
+    // The binary under test has debug sections (a debug build); the installed
+    // one none, and it still runs.
+    let built = elf_sections(&std::fs::read(sluice_bin()).unwrap());
+    assert!(built.iter().any(|s| s == ".debug_info"), "{built:?}");
+    let bin = r.join("usr/bin/sluice");
+    let sections = elf_sections(&std::fs::read(&bin).unwrap());
+    // (.debug_gdb_scripts is not debug information: a loaded section naming
+    // gdb's pretty-printers, kept by strip.)
+    let debug: Vec<&String> = sections
+        .iter()
+        .filter(|s| s.starts_with(".debug") && *s != ".debug_gdb_scripts")
+        .collect();
+    assert!(debug.is_empty(), "installed with {debug:?}");
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    assert_exit(&version, 0);
+}
