@@ -465,8 +465,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     reload: Option<ConfigReload>,
 ) -> anyhow::Result<Outcome> {
-    let (mut daemon, admin, mut errors) =
-        start(&topology, host, reload.as_ref().map(|r| r.sender.clone())).await?;
+    // One daemon per state folder, held until this returns.
+    let _state_lock = crate::state_lock::StateLock::acquire(&topology.state_dir)?;
+    let Started {
+        mut daemon,
+        admin,
+        mut errors,
+        finished,
+    } = start(&topology, host, reload.as_ref().map(|r| r.sender.clone())).await?;
 
     // Wait for every pipeline; the first that ends with an error stops the others
     // (they drain), as a signal would.
@@ -502,7 +508,20 @@ pub async fn run(
                 None => break,
                 Some(joined) => {
                     let (summary, result) = joined?;
-                    tracing::info!("pipeline ended: {summary}");
+                    // Its counters: in the log while the daemon runs on (a
+                    // reload removed it, other pipelines go on); else the
+                    // `sluice:` summary line at exit says them, once.
+                    let runs_on = !shutdown_done
+                        && result.is_ok()
+                        && (daemon.live.iter()).any(|(n, l)| *n != summary.pipeline && !l.ended);
+                    if runs_on {
+                        tracing::info!("pipeline ended: {summary}");
+                    } else {
+                        tracing::info!(pipeline = %summary.pipeline, "pipeline ended");
+                    }
+                    if summary.records_in == 0 && finished.contains(&summary.pipeline) {
+                        tracing::warn!(pipeline = %summary.pipeline, "read nothing: an earlier run read this input to its end (its checkpoint); `sluice checkpoints --config FILE --reset {}` starts it over", summary.pipeline);
+                    }
                     if result.is_err() {
                         daemon.cancel_all();
                     }
@@ -588,7 +607,7 @@ async fn start(
     topology: &Topology,
     host: PluginHost,
     reload: Option<tokio::sync::mpsc::UnboundedSender<&'static str>>,
-) -> anyhow::Result<(Daemon, Arc<AdminState>, Vec<anyhow::Error>)> {
+) -> anyhow::Result<Started> {
     topology.commit_uses();
     let admin = Arc::new(AdminState {
         pipelines: std::sync::Mutex::new(Vec::new()),
@@ -600,12 +619,7 @@ async fn start(
         crate::obs::telemetry::observe(admin.clone());
     }
     if let Some(addr) = topology.admin {
-        match crate::obs::admin::serve(addr, admin.clone()).await {
-            Ok(bound) => tracing::info!("admin API listening on {bound}"),
-            Err(e) => tracing::error!(
-                "admin API off: cannot listen on {addr}: {e} (another daemon there? set [daemon] admin to another address, or \"off\")"
-            ),
-        }
+        crate::obs::admin::start(addr, admin.clone()).await;
     }
     let mut daemon = Daemon {
         admin: admin.clone(),
@@ -623,6 +637,11 @@ async fn start(
     // Watch the plugin files from before the first batch, so no change is missed.
     daemon.watch_plugins()?;
     let mut resumes = daemon.resumes(&topology.pipelines)?;
+    // Checkpointed pipelines an earlier run read to the end of their input.
+    let finished = (resumes.pipelines.iter())
+        .filter(|(_, r)| r.checkpoint.as_ref().is_some_and(|c| c.finished))
+        .map(|(name, _)| name.clone())
+        .collect();
     for (name, spec) in &topology.sinks {
         daemon.start_sink(name, spec, resumes.sinks.get(name).copied())?;
     }
@@ -635,7 +654,22 @@ async fn start(
             break;
         }
     }
-    Ok((daemon, admin, errors))
+    Ok(Started {
+        daemon,
+        admin,
+        errors,
+        finished,
+    })
+}
+
+/// What [`start`] started.
+struct Started {
+    daemon: Daemon,
+    admin: Arc<AdminState>,
+    /// Pipelines that could not start.
+    errors: Vec<anyhow::Error>,
+    /// Checkpointed pipelines an earlier run read to the end of their input.
+    finished: std::collections::BTreeSet<String>,
 }
 
 /// After the last pipeline ended: closes the sinks and gathers the

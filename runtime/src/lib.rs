@@ -37,6 +37,7 @@ pub mod obs;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod state_lock;
 pub mod stats;
 pub mod time;
 pub mod topology;

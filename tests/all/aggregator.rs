@@ -234,3 +234,54 @@ fn a_trapping_aggregator_is_replaced_and_keeps_every_window() {
         "{dead}"
     );
 }
+
+/// `plugin run` of an aggregator without `--field` on whole events, where
+/// every event fails: one hint line naming `--field` and the events' fields.
+/// Not when some events pass, nor with `--field`.
+#[test]
+fn plugin_run_hints_at_field_when_every_event_fails() {
+    let scratch = Scratch::new("");
+    scratch.write("flights.ndjson", &(flights_lines(10).join("\n") + "\n"));
+    scratch.write("mixed.ndjson", "5\n7\n{\"dep_delay\":3}\n");
+    let run = |input: &str, args: &[&str]| {
+        std::process::Command::new(sluice_bin())
+            .args(["plugin", "run"])
+            .arg(plugins_dir().join("delay_quantiles.wasm"))
+            .args(["--batch", "4"])
+            .args(args)
+            .stdin(std::fs::File::open(scratch.path(input)).unwrap())
+            .output()
+            .unwrap()
+    };
+    const HINT: &str = "hint: every event failed, and there is no --field: this aggregator \
+                        gets each whole event. In the daemon an aggregate gets one field of it \
+                        (its `field`); give it with --field /NAME (this input's fields: /year, \
+                        /month, /day, /dep_time, /sched_dep_time, /dep_delay, /arr_time, \
+                        /sched_arr_time, …)\n";
+    let output = run("flights.ndjson", &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches(HINT).count(), 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("failed: line "))
+            .count(),
+        10,
+        "{stderr}"
+    );
+    assert_exit(&output, 1);
+
+    let output = run("mixed.ndjson", &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("failed=1"), "{stderr}");
+    assert!(!stderr.contains("hint:"), "{stderr}");
+
+    let output = run("flights.ndjson", &["--field", "/dep_delay"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in=10 out=1 rejected=0 failed=0"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hint:"), "{stderr}");
+    assert_exit(&output, 0);
+}

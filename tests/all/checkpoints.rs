@@ -465,6 +465,28 @@ fn a_finished_run_leaves_its_sinks_alone() {
         std::fs::read_to_string(scratch.path("out.ndjson")).unwrap(),
         out
     );
+    // The rerun that read nothing says why, and how to start over; which works.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "read nothing: an earlier run read this input to its end (its checkpoint); \
+             `sluice checkpoints --config FILE --reset w` starts it over"
+        ),
+        "{stderr}"
+    );
+    let reset = scratch
+        .command("checkpoints")
+        .args(["--reset", "w"])
+        .output()
+        .unwrap();
+    assert_exit(&reset, 0);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "w", "in"), 2_000);
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains("read nothing"),
+        "a run that read its input gets no hint"
+    );
 }
 
 /// A followed file rewritten in place (same inode, same length) while the

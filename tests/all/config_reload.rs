@@ -205,3 +205,27 @@ fn a_reload_never_reads_a_source_again() {
     assert_exit(&output, 0);
     assert_eq!(count(&output, "finished", "out"), 3);
 }
+
+/// `sed -i` (a temporary file renamed over the config) is one save: one
+/// reload, not one per file-system event.
+#[test]
+fn one_sed_in_place_is_one_reload() {
+    let a = config(&["tag_a.wasm"]).build();
+    let mut rig = Rig::start(&a, &["--watch-config"]);
+    assert_eq!(rig.probe(), "a");
+    let status = std::process::Command::new("sed")
+        .args(["-i", "s/tag_a.wasm/tag_b.wasm/"])
+        .arg(rig.scratch.path("sluice.toml"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    rig.daemon.wait_for_count(RELOADED, 1);
+    assert_eq!(rig.probe(), "b");
+    // Time for a second reload to show up, had the save caused one.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    rig.daemon.signal("TERM");
+    let output = rig.daemon.finish();
+    assert_exit(&output, 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches(RELOADED).count(), 1, "{stderr}");
+}

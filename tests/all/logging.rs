@@ -72,3 +72,31 @@ fn invalid_log_level_is_a_config_error() {
         "{stderr}"
     );
 }
+
+/// A run's counters are printed once, on the `sluice:` summary line; the log
+/// says only that the pipeline ended. (A pipeline that ends while the daemon
+/// runs on — removed by a reload — has its counters in the log line:
+/// checkpoints::a_removed_and_re_added_pipeline_resumes_from_its_checkpoint.)
+#[test]
+fn the_summary_is_printed_once() {
+    let scratch = Scratch::new(&config("info"));
+    scratch.write("in.ndjson", "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let with_counters: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("in=3 out=3"))
+        .collect();
+    assert_eq!(with_counters.len(), 1, "{stderr}");
+    assert!(
+        with_counters[0].starts_with("sluice: pipeline=p in=3 out=3 "),
+        "{stderr}"
+    );
+    let ended: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("pipeline ended"))
+        .collect();
+    assert_eq!(ended.len(), 1, "{stderr}");
+    assert!(ended[0].ends_with("pipeline ended pipeline=p"), "{stderr}");
+}

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod admin_guard;
 mod aggregator;
 mod checkpoints;
 mod config_errors;
@@ -22,11 +23,15 @@ mod logging;
 mod otlp;
 mod packaging;
 mod plugin_check;
+mod plugin_run_pipes;
 mod prometheus;
 mod reload;
 mod sandbox;
+mod service;
 mod shutdown;
+mod skips;
 mod sources;
+mod state_lock;
 mod systemd;
 mod tcp;
 mod top;

@@ -126,6 +126,44 @@ fn the_deb_installs_binary_unit_config_and_plugins() {
         "{fields}"
     );
 
+    // Without --no-strip (as `cargo deb -p sluice` runs), the packaged binary
+    // has no debug information.
+    let stripped = scratch.path().join("stripped.deb");
+    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&repo)
+        .args([
+            "deb",
+            "-p",
+            "sluice",
+            "--no-build",
+            "--profile",
+            "dev",
+            "--fast",
+            "-Z",
+            "gz",
+        ])
+        .arg("--output")
+        .arg(&stripped)
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let stripped_root = scratch.path().join("stripped-root");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&stripped)
+        .arg(&stripped_root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sections =
+        crate::service::elf_sections(&std::fs::read(stripped_root.join("usr/bin/sluice")).unwrap());
+    assert!(
+        !sections
+            .iter()
+            .any(|s| s == ".debug_info" || s == ".debug_line"),
+        "{sections:?}"
+    );
+
     // The packaged config and plugin work together: validate resolves the
     // plugin from the (relocated) plugins folder and compiles it.
     let config = std::fs::read_to_string(root.join("etc/sluice/sluice.toml"))

@@ -114,3 +114,51 @@ fn plugin_run_fails_on_what_the_daemon_would_not_pass() {
         "{stderr}"
     );
 }
+
+/// A core module (what a wasm32-unknown-unknown or wasm32-wasip1 build gives)
+/// is named as one, with what to do, by `plugin check` and by the daemon.
+#[test]
+fn a_core_module_is_named_as_one_with_the_fix() {
+    const HINT: &str = "this is a core WebAssembly module, not a component: build it for \
+                        wasm32-wasip2, or wrap it with `wasm-tools component new`";
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "plugins"
+
+[sources.in]
+type = "stdin"
+
+[sinks.out]
+type = "stdout"
+
+[pipelines.p]
+source = "in"
+processors = [{ plugin = "core.wasm" }]
+sinks = ["out"]
+"#,
+    );
+    std::fs::create_dir(scratch.path("plugins")).unwrap();
+    // The smallest core module: the magic and version 1.
+    std::fs::write(scratch.path("plugins/core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let (code, out) = check(&scratch.path("plugins/core.wasm"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "verdict:  cannot run: not a valid WebAssembly component: {HINT}"
+        )),
+        "{out}"
+    );
+    let output = scratch.command("validate").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "core.wasm is not a valid WebAssembly component: {HINT}"
+        )),
+        "{stderr}"
+    );
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    // Not said of what is not a core module.
+    let (_, junk) = check(&plugins_dir().join("not_a_plugin.wasm"), &[]);
+    assert!(!junk.contains("core WebAssembly module"), "{junk}");
+}

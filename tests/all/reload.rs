@@ -362,3 +362,60 @@ fn symlinked_plugins_follow_their_targets() {
     assert_eq!(rig.probe(), "b");
     rig.finish();
 }
+
+/// The status's `last_error` describes the file on disk: it goes when the
+/// running version's file is put back over a refused one, or when a new
+/// version goes in; the history keeps the refusals.
+#[test]
+fn last_error_clears_when_a_good_file_is_back() {
+    let mut rig = Rig::start(1);
+    let (a, b) = (fixture("tag_a.wasm"), fixture("tag_b.wasm"));
+    assert_eq!(rig.probe(), "a");
+    let broken = b"this is not wasm\n";
+    // Waits (up to 10 s) until status.json's last_error is null or not.
+    let last_error_is_null = |rig: &Rig, null: bool| {
+        let start = std::time::Instant::now();
+        while rig.status()["last_error"].is_null() != null {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "last_error {} after 10 s: {}",
+                if null { "still set" } else { "still null" },
+                rig.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    rename_into(&rig.plugin(), broken);
+    rig.wait(REFUSED, 1);
+    last_error_is_null(&rig, false);
+    // The running version's file back: nothing wrong any more.
+    rename_into(&rig.plugin(), &a);
+    last_error_is_null(&rig, true);
+    assert_eq!(rig.probe(), "a");
+    let status = rig.status();
+    assert_eq!(
+        (status["reloads"].clone(), status["reload_failures"].clone()),
+        (0.into(), 1.into())
+    );
+    let history = status["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{status}");
+    assert!(
+        history[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component")
+    );
+
+    // The same broken file again is refused (and reported) again.
+    rename_into(&rig.plugin(), broken);
+    rig.wait(REFUSED, 2);
+    last_error_is_null(&rig, false);
+    // A new good version: in, and the error is gone.
+    rename_into(&rig.plugin(), &b);
+    rig.wait(RELOADED, 1);
+    last_error_is_null(&rig, true);
+    assert_eq!(rig.probe(), "b");
+    assert_eq!(rig.status()["reload_failures"], 2);
+    rig.finish();
+}

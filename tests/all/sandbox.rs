@@ -57,7 +57,9 @@ fn poisoned() -> Vec<u64> {
 /// Runs `mode` under dead-letter: the failing batches are bisected, so exactly
 /// the poisoned records land in the dead-letter sink, with a reason containing
 /// `reason`, and all the others pass.
-fn dead_letters_poisoned_records(mode: &str, reason: &str) {
+/// Runs the poison-record case of `mode`; checks each dead letter's reason
+/// contains `reason`; returns the reasons.
+fn dead_letters_poisoned_records(mode: &str, reason: &str) -> Vec<String> {
     let scratch = Scratch::new(&config(
         &format!("config = {{ mode = \"{mode}\", trigger = \"POISON\", bytes = 268435456 }}"),
         "dead-letter",
@@ -78,6 +80,12 @@ fn dead_letters_poisoned_records(mode: &str, reason: &str) {
     }
     assert_eq!(count(&output, "p", "rejected"), 3);
     assert_eq!(count(&output, "p", "out"), 297);
+    dlq.iter()
+        .map(|l| {
+            let d: Value = serde_json::from_str(l).unwrap();
+            d["reason"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 #[test]
@@ -95,7 +103,14 @@ fn over_allocation_hits_the_memory_limit() {
 
 #[test]
 fn panic_is_a_trap_with_its_message() {
-    dead_letters_poisoned_records("panic", "misbehave: panic on purpose");
+    // The panic message leads; the trap it ended in follows.
+    for reason in dead_letters_poisoned_records("panic", "misbehave: panic on purpose") {
+        let message = reason.find("panic on purpose").unwrap();
+        let trap = reason
+            .find("unreachable")
+            .unwrap_or_else(|| panic!("{reason}"));
+        assert!(message < trap, "{reason}");
+    }
 }
 
 #[test]
@@ -153,7 +168,17 @@ fn stop_ends_the_pipeline_with_exit_1() {
 
 #[test]
 fn sleeping_is_refused_at_once() {
-    dead_letters_poisoned_records("sleep", "plugins may not block or sleep");
+    // The refusal leads, not wasmtime's "error while executing at wasm
+    // backtrace" and its frames.
+    for reason in dead_letters_poisoned_records("sleep", "plugins may not block or sleep") {
+        assert!(
+            reason.starts_with(
+                "plugins may not block or sleep (wasi:io/poll@0.2.12#[method]pollable.block is not granted) (at "
+            ),
+            "{reason}"
+        );
+        assert!(!reason.contains("error while executing"), "{reason}");
+    }
 }
 
 #[test]

@@ -76,7 +76,8 @@ fn the_service_manager_hears_ready_watchdog_reloading_and_stopping() {
 }
 
 /// `systemd-analyze verify` accepts the unit (with `ExecStart` pointed at the
-/// binary under test; the tool checks that it exists and is executable).
+/// binary under test; the tool checks that it exists and is executable) and
+/// the README's drop-in.
 #[test]
 fn the_unit_file_verifies() {
     let unit = std::fs::read_to_string(
@@ -84,7 +85,7 @@ fn the_unit_file_verifies() {
     )
     .unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/sluice run"));
-    // `.ci/run` installs it (Debian package `systemd`); a bare machine may not have it.
+    // `cargo xtask test` installs it (Debian package `systemd`); a bare machine may not have it.
     let Some(tool) = which("systemd-analyze") else {
         skip(
             "systemd::the_unit_file_verifies",
@@ -95,6 +96,21 @@ fn the_unit_file_verifies() {
     let scratch = Scratch::new("");
     let path = scratch.path("sluice.service");
     std::fs::write(&path, unit.replace("/usr/bin/sluice", sluice_bin())).unwrap();
+    // With the README's drop-in (its "Run as a service"), which the tool reads
+    // from sluice.service.d/ beside the unit.
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let drop_in = readme
+        .split("Grant access with a drop-in")
+        .nth(1)
+        .and_then(|rest| rest.split("```ini\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's drop-in");
+    assert!(drop_in.contains("ReadWritePaths="), "{drop_in}");
+    std::fs::create_dir(scratch.path("sluice.service.d")).unwrap();
+    std::fs::write(scratch.path("sluice.service.d/override.conf"), drop_in).unwrap();
     let output = std::process::Command::new(tool)
         .arg("verify")
         .arg(&path)

@@ -294,11 +294,11 @@ fn plugin_run(
     ) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            sluice::eprintln_or_drop!("error: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
+    sluice::eprintln_or_drop!(
         "sluice plugin run: in={} out={} rejected={} failed={} skipped={} broken={}",
         report.records_in,
         report.records_out,
@@ -312,13 +312,13 @@ fn plugin_run(
     let mut ok = report.failed == 0 && report.skipped == 0 && report.broken == 0;
     if let (Some(expected), Some(path)) = (&expected, &expect) {
         match sluice::wasm::plugin_run::compare(&report.output, expected) {
-            None => eprintln!(
+            None => sluice::eprintln_or_drop!(
                 "output matches {} ({} lines)",
                 path.display(),
                 report.output.len()
             ),
             Some(diff) => {
-                eprintln!("output differs from {}: {diff}", path.display());
+                sluice::eprintln_or_drop!("output differs from {}: {diff}", path.display());
                 ok = false;
             }
         }

@@ -2,6 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | 200: these routes, as text (a 404 lists them too) |
 //! | `GET /health` | 200 `ok` while the process serves (liveness) |
 //! | `GET /ready` | 200 `ready` once every pipeline runs, 503 while starting, reloading or stopping |
 //! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters and batch histograms, per-plugin call durations, failures, memory, reloads (see [`crate::obs::metrics`]) |
@@ -11,17 +12,35 @@
 //!
 //! Metric names follow Prometheus' conventions for OpenTelemetry-style
 //! instruments: `sluice_` prefix, `_total` for counters, labels `pipeline`,
-//! `plugin`. A port that cannot be bound is logged and the daemon runs on.
+//! `plugin`. A port that cannot be bound is logged and the daemon runs on,
+//! trying it again every 2 s ([`start`]).
+//!
+//! Hardening (the API has no authentication; it listens on loopback unless
+//! `admin_allow_remote`):
+//! - a request that changes something (any method but GET and HEAD, i.e.
+//!   `POST /reload`) is refused with 403 unless its `Host` is an IP address,
+//!   `localhost` or this machine's host name (a DNS-rebinding page sends its own
+//!   name), and it carries no `Origin` other than `http://` + that `Host`, and
+//!   no `Sec-Fetch-Site: cross-site` (a cross-site page's POST carries both);
+//! - no route takes a body: a request declaring more than [`MAX_BODY`] bytes,
+//!   or a chunked body, gets 413 without being read;
+//! - one request per connection, its head read within [`HEAD_TIMEOUT`], the
+//!   whole exchange within [`CONNECTION_TIMEOUT`]; at most [`MAX_CONNECTIONS`]
+//!   at once (more are closed as they come, the longest-idle ones end by their
+//!   timeouts).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::obs::metrics::label;
@@ -41,6 +60,56 @@ pub struct AdminState {
     pub reload: Option<tokio::sync::mpsc::UnboundedSender<&'static str>>,
 }
 
+/// The answer to `GET /`, and the body of a 404.
+pub const ROUTES: &str = "\
+sluice admin API
+GET  /health     200 ok while the daemon serves (liveness)
+GET  /ready      200 once every pipeline runs; 503 while starting, reloading or stopping
+GET  /metrics    Prometheus text: pipeline, plugin and batch metrics
+GET  /pipelines  JSON: each pipeline's counters, whether it runs, its watermark
+GET  /plugins    JSON: each plugin file's status
+POST /reload     202: reload the config, as SIGHUP
+";
+
+/// The largest request body declared (`Content-Length`) that is accepted; no
+/// route reads one.
+pub const MAX_BODY: u64 = 4096;
+/// The request head (line and headers) must arrive within this from the connection's start.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed this long after it was accepted, whatever it does.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How often a busy admin address is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// Serves the API on `addr` ([`serve`]), logging `admin API listening on
+/// ADDR`; when the address cannot be bound (another daemon there), logs why
+/// and tries again every [`RETRY_EVERY`] in the background until it can.
+pub async fn start(addr: SocketAddr, state: Arc<AdminState>) {
+    let e = match serve(addr, state.clone()).await {
+        Ok(bound) => {
+            tracing::info!("admin API listening on {bound}");
+            return;
+        }
+        Err(e) => e,
+    };
+    tracing::error!(
+        "admin API not listening: cannot listen on {addr}: {e} (another daemon there? set [daemon] admin to another address, or \"off\"); trying again every {}s",
+        RETRY_EVERY.as_secs()
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RETRY_EVERY).await;
+            if let Ok(bound) = serve(addr, state.clone()).await {
+                tracing::info!("admin API listening on {bound} (it was busy)");
+                return;
+            }
+        }
+    });
+}
+
 /// Binds `addr` and serves the API on the current tokio runtime; returns the
 /// bound address (useful with port 0).
 ///
@@ -50,19 +119,143 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
+        .route("/", get(|| async { ROUTES }))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/pipelines", get(pipelines))
         .route("/plugins", get(plugins))
         .route("/reload", post(reload))
+        .fallback(|| async { (StatusCode::NOT_FOUND, format!("no such route\n\n{ROUTES}")) })
+        .layer(axum::middleware::from_fn(guard))
         .with_state(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("admin API stopped: {e}");
-        }
-    });
+    tokio::spawn(accept_loop(listener, app));
     Ok(bound)
+}
+
+/// Accepts connections, each served on its own task under the limits above.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // The last warning about the cap: at most one a minute.
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, as axum does.
+                tracing::debug!("admin API: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                warned = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "admin API: {MAX_CONNECTIONS} connections open, closing new ones until some end"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            drop(slot);
+        });
+    }
+}
+
+/// The checks every request passes before its route (see the module's doc).
+async fn guard(request: Request, next: Next) -> Response {
+    if let Err((status, why)) = check(request.method(), request.headers()) {
+        let mut response = (status, format!("{why}\n")).into_response();
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return response;
+    }
+    next.run(request).await
+}
+
+/// Whether a request with `method` and `headers` may go on; else the status
+/// and the reason.
+pub fn check(method: &Method, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let too_large = |what: &str| {
+        Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what}: no admin route takes a body larger than {MAX_BODY} bytes"),
+        ))
+    };
+    for length in headers.get_all(header::CONTENT_LENGTH) {
+        match length
+            .to_str()
+            .ok()
+            .and_then(|l| l.trim().parse::<u64>().ok())
+        {
+            Some(n) if n <= MAX_BODY => {}
+            _ => return too_large("Content-Length"),
+        }
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return too_large("Transfer-Encoding");
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return Ok(());
+    }
+    let forbidden = |why: String| Err((StatusCode::FORBIDDEN, why));
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return forbidden(format!("{method} needs a Host header"));
+    };
+    if !local_host(host) {
+        return forbidden(format!(
+            "{method} with Host {host:?}: only an IP address, localhost or this machine's name (see the README's \"Admin API\")"
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("http://{host}")));
+        if !same {
+            return forbidden(format!(
+                "{method} from the web page of another origin ({origin:?})"
+            ));
+        }
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|s| s.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return forbidden(format!("{method} from a cross-site web page"));
+    }
+    Ok(())
+}
+
+/// Whether the `Host` header value `host` (`NAME[:PORT]`) names this machine
+/// by address: an IP address, `localhost`, or the kernel's host name.
+fn local_host(host: &str) -> bool {
+    let name = if let Some(v6) = host.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((addr, rest)) if rest.is_empty() || rest.starts_with(':') => {
+                return addr.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .is_ok_and(|h| !h.trim().is_empty() && h.trim().eq_ignore_ascii_case(name))
 }
 
 async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -269,5 +462,97 @@ async fn reload(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     match &state.reload {
         Some(tx) if tx.send("POST /reload").is_ok() => (StatusCode::ACCEPTED, "reloading\n"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "reload is not available\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(headers: &[(&'static str, &str)]) -> Result<(), StatusCode> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, value.parse().unwrap());
+        }
+        check(&Method::POST, &map).map_err(|(status, _)| status)
+    }
+
+    #[test]
+    fn hosts_by_address_or_localhost_pass_names_do_not() {
+        for host in [
+            "127.0.0.1:9464",
+            "127.0.0.1",
+            "10.1.2.3:80",
+            "localhost:9464",
+            "LOCALHOST.:1",
+            "[::1]:9464",
+            "[::1]",
+        ] {
+            assert_eq!(post(&[("host", host)]), Ok(()), "{host}");
+        }
+        for host in [
+            "evil.example:9464",
+            "127.0.0.1.evil.example:9464",
+            "localhost.evil.example",
+            "[::1]x",
+            "[evil]:1",
+            "",
+        ] {
+            assert_eq!(
+                post(&[("host", host)]),
+                Err(StatusCode::FORBIDDEN),
+                "{host}"
+            );
+        }
+        assert_eq!(post(&[]), Err(StatusCode::FORBIDDEN));
+    }
+
+    #[test]
+    fn only_the_same_origin_and_no_cross_site_fetch() {
+        let host = ("host", "127.0.0.1:9464");
+        assert_eq!(post(&[host, ("origin", "http://127.0.0.1:9464")]), Ok(()));
+        assert_eq!(post(&[host, ("sec-fetch-site", "same-origin")]), Ok(()));
+        for (name, value) in [
+            ("origin", "http://evil.example"),
+            ("origin", "null"),
+            ("origin", "http://127.0.0.1:9465"),
+            ("sec-fetch-site", "cross-site"),
+        ] {
+            assert_eq!(
+                post(&[host, (name, value)]),
+                Err(StatusCode::FORBIDDEN),
+                "{name}: {value}"
+            );
+        }
+        // GET is not checked: scrapers use whatever name they were given.
+        let mut map = HeaderMap::new();
+        map.insert("host", "metrics.example".parse().unwrap());
+        map.insert("origin", "http://evil.example".parse().unwrap());
+        assert!(check(&Method::GET, &map).is_ok());
+    }
+
+    #[test]
+    fn bodies_are_bounded_for_every_method() {
+        let host = ("host", "127.0.0.1:9464");
+        assert_eq!(post(&[host, ("content-length", "4096")]), Ok(()));
+        for (name, value) in [
+            ("content-length", "4097"),
+            ("content-length", "10000000000"),
+            ("content-length", "-1"),
+            ("content-length", "x"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            assert_eq!(
+                post(&[host, (name, value)]),
+                Err(StatusCode::PAYLOAD_TOO_LARGE),
+                "{name}: {value}"
+            );
+        }
+        let mut map = HeaderMap::new();
+        map.insert("content-length", "5000".parse().unwrap());
+        assert_eq!(
+            check(&Method::GET, &map).map_err(|(s, _)| s),
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        );
     }
 }

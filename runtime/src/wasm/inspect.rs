@@ -57,7 +57,8 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
         Err(e) => {
             let _ = writeln!(
                 text,
-                "verdict:  cannot run: not a valid WebAssembly component: {e:#}"
+                "verdict:  cannot run: not a valid WebAssembly component{}: {e:#}",
+                crate::wasm::plugin::core_module_hint(&bytes)
             );
             return Report {
                 text,

@@ -185,9 +185,13 @@ impl PluginHost {
             Some(cache) => cache.get_or_compile(&self.engine, bytes, &content),
             None => Component::new(&self.engine, bytes).map(|c| (c, Origin::Compiled)),
         };
-        let (component, origin) = compiled
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+        let (component, origin) = compiled.map_err(anyhow::Error::from).with_context(|| {
+            format!(
+                "{} is not a valid WebAssembly component{}",
+                path.display(),
+                core_module_hint(bytes)
+            )
+        })?;
         self.link(path, &component, content, origin, started)
     }
 
@@ -722,9 +726,12 @@ fn classify(
     if memory.hit {
         return CallError::OutOfMemory(limits.memory_bytes);
     }
-    let cause = match error.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => format!("{error:#}"),
+    // The cause first: a host call's own refusal (e.g. "plugins may not
+    // block or sleep"), not wasmtime's "error while executing at wasm
+    // backtrace" with the frames before it; then where, briefly.
+    let (cause, at) = match error.downcast_ref::<Trap>() {
+        Some(trap) => (trap.to_string(), String::new()),
+        None => (error.root_cause().to_string(), where_in_wasm(&error)),
     };
     let said = stderr.recent();
     let said: Vec<&str> = said
@@ -733,9 +740,35 @@ fn classify(
         .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
         .collect();
     if said.is_empty() {
-        CallError::Trap(cause)
+        CallError::Trap(format!("{cause}{at}"))
     } else {
-        CallError::Trap(format!("{cause}: {}", said.join(" ")))
+        // What the guest said (a panic message) is the cause; the trap is
+        // how it ended.
+        CallError::Trap(format!("{} ({cause}){at}", said.join(" ")))
+    }
+}
+
+/// `" (at f ← g ← …)"`: the innermost wasm frames of `error`'s backtrace,
+/// by name when the module has names; empty without a backtrace.
+fn where_in_wasm(error: &wasmtime::Error) -> String {
+    let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return String::new();
+    };
+    let frames: Vec<String> = backtrace
+        .frames()
+        .iter()
+        .take(4)
+        .map(|f| {
+            f.func_name().map_or_else(
+                || format!("wasm function {}", f.func_index()),
+                str::to_string,
+            )
+        })
+        .collect();
+    if frames.is_empty() {
+        String::new()
+    } else {
+        format!(" (at {})", frames.join(" ← "))
     }
 }
 
@@ -798,5 +831,17 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         // Tables hold function references; a million entries is far beyond any
         // real plugin and bounds a runaway one.
         Ok(desired <= 1 << 20)
+    }
+}
+
+/// `": this is a core WebAssembly module, …"` with what to do, when `bytes`
+/// are a core module (what `wasm32-unknown-unknown` or `wasm32-wasip1`
+/// builds) rather than a component; else empty.
+pub fn core_module_hint(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(b"\0asm\x01\0\0\0") {
+        ": this is a core WebAssembly module, not a component: build it for \
+         wasm32-wasip2, or wrap it with `wasm-tools component new`"
+    } else {
+        ""
     }
 }

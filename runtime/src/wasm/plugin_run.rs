@@ -18,6 +18,16 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 
+/// `eprintln!` that does not panic when stderr is closed (`sluice plugin run …
+/// 2>&1 >/dev/null | head -1`): the line is dropped instead.
+#[macro_export]
+macro_rules! eprintln_or_drop {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use sluice_plugin_sdk::Batch;
 
 use crate::decode::Decoder;
@@ -216,6 +226,30 @@ fn run_aggregator(
         Ok(())
     };
     let mut row = [None];
+    // Without --field, an aggregator that fails on every event is most likely
+    // one that takes a field's value: said once, with the first event's fields.
+    let mut first_fields: Option<Vec<String>> = None;
+    let mut hinted = options.field.is_some();
+    let mut hint = |report: &RunReport, fields: &Option<Vec<String>>, diag: &mut dyn Write| {
+        if hinted || report.failed == 0 || report.failed < report.records_in - report.skipped {
+            return Ok::<_, std::io::Error>(());
+        }
+        hinted = true;
+        let pointers = fields.as_ref().map_or_else(String::new, |f| {
+            let list: Vec<String> = f.iter().take(8).map(|k| format!("/{k}")).collect();
+            format!(
+                " (this input's fields: {}{})",
+                list.join(", "),
+                if f.len() > 8 { ", …" } else { "" }
+            )
+        });
+        writeln!(
+            diag,
+            "hint: every event failed, and there is no --field: this aggregator gets each whole \
+             event. In the daemon an aggregate gets one field of it (its `field`); give it with \
+             --field /NAME{pointers}"
+        )
+    };
     for (i, line) in input.split(b'\n').enumerate() {
         let mut line = line?;
         if line.last() == Some(&b'\r') {
@@ -245,13 +279,20 @@ fn run_aggregator(
             }
             values.push(row[0].take());
         }
+        if first_fields.is_none()
+            && let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&line)
+        {
+            first_fields = Some(map.keys().cloned().collect());
+        }
         batch.push(key.as_deref(), &line, ts);
         lines.push(line_no);
         if batch.len() >= options.batch {
             flush(&mut batch, &mut lines, &mut values, &mut report, diag)?;
+            hint(&report, &first_fields, diag)?;
         }
     }
     flush(&mut batch, &mut lines, &mut values, &mut report, diag)?;
+    hint(&report, &first_fields, diag)?;
     // As the daemon writes it into a window row: parsed, then compact (null
     // when `finish` fails or returns no JSON; the reason is logged).
     let result = udf.finish(&state).remove(0).to_string();

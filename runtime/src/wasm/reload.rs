@@ -91,7 +91,9 @@ pub struct PluginStatus {
     pub reloads: u64,
     /// Refused reloads since start.
     pub reload_failures: u64,
-    /// The last refused reload: when, which content, why.
+    /// The last refused reload (when, which content, why), while the file
+    /// is not a version that runs; cleared when a new version goes in or the
+    /// running version's file is put back (`history` keeps it).
     pub last_error: Option<ReloadEvent>,
     /// Whether the file is missing (the running version keeps serving).
     pub file_missing: bool,
@@ -200,7 +202,21 @@ impl PluginSlot {
         {
             let mut status = self.status.lock().expect("status lock");
             status.file_missing = false;
-            if content == self.current.load().content || status.refused_content == Some(content) {
+            if content == self.current.load().content {
+                // The running version's file is back (a refused file was
+                // replaced by it): nothing is wrong any more. The history
+                // keeps the refusal.
+                if status.last_error.take().is_some() {
+                    status.refused_content = None;
+                    tracing::info!(
+                        plugin = %status.name,
+                        version = %status.version,
+                        "plugin file is the running version again"
+                    );
+                }
+                return false;
+            }
+            if status.refused_content == Some(content) {
                 return false;
             }
         }
@@ -218,6 +234,7 @@ impl PluginSlot {
                 status.load_ms = plugin.load_time.as_secs_f64() * 1e3;
                 status.reloads += 1;
                 status.refused_content = None;
+                status.last_error = None;
                 push_history(
                     &mut status.history,
                     ReloadEvent {
@@ -226,6 +243,9 @@ impl PluginSlot {
                         error: None,
                     },
                 );
+                // In before the line that says so (a reader of the log may
+                // send the next record as soon as it sees it).
+                self.current.store(plugin.clone());
                 tracing::info!(
                     plugin = %plugin.name,
                     from = %old.version,
@@ -234,7 +254,6 @@ impl PluginSlot {
                     cached = status.from_cache,
                     "plugin reloaded: partitions switch at their next batch"
                 );
-                self.current.store(plugin);
                 true
             }
             Err(reason) => {
@@ -561,9 +580,9 @@ fn watch_loop(
 }
 
 /// Calls `changed` when the file at `path` may have new content (written,
-/// replaced by a rename, created). Watches the file's folder, so an editor that
-/// saves by renaming a new file over it is seen too. Stops when the watcher
-/// returned is dropped.
+/// replaced by a rename, created), once per burst of events ([`WATCH_QUIET`]).
+/// Watches the file's folder, so an editor that saves by renaming a new file
+/// over it is seen too. Stops when the watcher returned is dropped.
 ///
 /// # Errors
 /// The folder cannot be watched.
@@ -577,6 +596,7 @@ pub fn watch_file(
     };
     let canonical_dir = std::fs::canonicalize(&dir)?;
     let name = path.file_name().map(|n| n.to_os_string());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && may_change_content(&event.kind)
@@ -585,9 +605,32 @@ pub fn watch_file(
                     && p.parent() == Some(canonical_dir.as_path())
             })
         {
-            changed();
+            let _ = tx.send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    // One call per burst: a save is often several events (`sed -i` and
+    // editors write a temporary file and rename it over: a rename seen as
+    // "from", "to" and "both"). Ends when the watcher (and its sender) is
+    // dropped.
+    std::thread::Builder::new()
+        .name("sluice-watch-file".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                loop {
+                    match rx.recv_timeout(WATCH_QUIET) {
+                        Ok(()) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                changed();
+            }
+        })
+        .map_err(notify::Error::io)?;
     Ok(watcher)
 }
+
+/// How long [`watch_file`] waits for a burst of events to end before it
+/// reports one change.
+pub const WATCH_QUIET: Duration = Duration::from_millis(100);
