@@ -22,7 +22,8 @@
 //! | 404, 405 + `Allow: POST` | another path; another method than `POST` |
 //! | 413 | the body is longer than `max_body_bytes` (RFC 9110 §15.5.14); nothing is taken |
 //! | 503 + `Retry-After: 1` | a partition queue the request needs is full (RFC 9110 §10.2.3); nothing is taken |
-//! | 500 | with `ack = "sink"`: a sink could not write or sync, or the pipeline stopped; the records may or may not be in the sinks |
+//! | 503 | the pipeline has stopped (on an error or shutting down); part of the request may have been taken first |
+//! | 500 | with `ack = "sink"`: a sink could not write or sync, or the pipeline stopped; the records may or may not be in the sinks. Also when the records were taken but the dead-letter sink had stopped |
 //!
 //! A request is taken whole or not at all: its records go to the partition
 //! queues under one lock, each partition's share as one chunk, only when
@@ -467,6 +468,15 @@ async fn ingest(
         Err(Refused::Stopped(e)) => {
             return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
         }
+        Err(Refused::DeadLetter(e)) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the records are in the pipeline, the lines it could not decode are not: {e}\n"
+                ),
+            )
+                .into_response();
+        }
     }
     if source.ack == AckMode::Sink {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -624,8 +634,11 @@ fn decode_body(spec: &SourceSpec, body: &[u8]) -> Result<Decoded, String> {
 enum Refused {
     /// A queue it needs is full.
     Full,
-    /// The pipeline stopped (a worker is gone), or its dead-letter sink did.
+    /// The pipeline stopped (a worker is gone): nothing was taken.
     Stopped(String),
+    /// The records were taken, but the dead-letter sink stopped before it
+    /// took the lines that could not be decoded.
+    DeadLetter(String),
 }
 
 impl Shared {
@@ -673,7 +686,7 @@ impl Shared {
             .collect();
         if let Err(e) = self.dead_letter.send(&dead) {
             self.stats.failed.fetch_add(refused, Ordering::Relaxed);
-            return Err(Refused::Stopped(format!("{e:#}")));
+            return Err(Refused::DeadLetter(format!("{e:#}")));
         }
         self.stats.rejected.fetch_add(refused, Ordering::Relaxed);
         Ok(())
