@@ -811,6 +811,11 @@ impl Claims {
                 );
                 format!("sinks {a} and {b} both write to stdout: use one")
             }
+            Claim::Listen { proto, address } if other == who && other_pipeline != pipeline => {
+                format!(
+                    "{who} is read by pipelines `{other_pipeline}` and `{pipeline}`: each pipeline runs its own copy of its source, and two copies cannot both listen on {proto} {address}; give each pipeline a source of its own (on its own address)"
+                )
+            }
             Claim::Listen { proto, address }
                 if (other_pipeline.as_str(), other.as_str()) != (pipeline, who) =>
             {

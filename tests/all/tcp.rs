@@ -478,7 +478,7 @@ fn socket_wordcount_example_counts_words() {
             "plugins_dir = \"@PLUGINS@\"",
         ),
         (
-            "state_dir = \"../../target/state\"",
+            "state_dir = \"../../target/state-wordcount\"",
             "state_dir = \"state\"",
         ),
         ("admin = \"off\"", "admin = \"127.0.0.1:0\""),
