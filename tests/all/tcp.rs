@@ -538,3 +538,49 @@ fn socket_wordcount_example_counts_words() {
     .collect();
     assert_eq!(counts, want);
 }
+
+/// A sink that fails while a client stays connected and sends nothing more:
+/// the pipeline stops and the daemon exits 1 (before, the idle worker never
+/// noticed the dead sink and the daemon ran on until a signal).
+#[test]
+fn a_sink_that_fails_stops_the_daemon_while_a_client_stays_connected() {
+    let scratch = Scratch::new(
+        r#"
+[daemon]
+plugins_dir = "@PLUGINS@"
+admin = "off"
+
+[sources.in]
+type = "tcp"
+address = "127.0.0.1:0"
+format = "text"
+
+[sinks.out]
+type = "file"
+path = "/dev/full"
+
+[pipelines.p]
+source = "in"
+batch = { max_records = 1, interval = "10ms" }
+sinks = ["out"]
+"#,
+    );
+    let mut daemon = Running::start(scratch.command("run"));
+    let address = listening(&mut daemon, "tcp");
+    let mut client = TcpStream::connect(&address).unwrap();
+    client.write_all(b"one line\n").unwrap();
+    // The client stays connected, sending nothing, until the daemon is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon still runs a minute after its only sink failed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = daemon.finish();
+    drop(client);
+    assert_exit(&output, 1);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use sluice_plugin_sdk::{Batch, Event};
@@ -98,6 +98,9 @@ pub struct Worker {
     pub task: Option<u32>,
 }
 
+/// How often an idle worker looks at whether its sinks are still running.
+const SINK_CHECK: Duration = Duration::from_secs(1);
+
 impl Worker {
     /// Runs until every sender of `records` is gone, then flushes the open batch.
     ///
@@ -133,9 +136,23 @@ impl Worker {
             self.follow_chain(batcher);
             let received = match batcher.deadline() {
                 Some(deadline) => records.recv_deadline(deadline),
-                None => records
-                    .recv()
-                    .map_err(|_| flume::RecvTimeoutError::Disconnected),
+                // Nothing open: wait, looking now and then at the sinks (a
+                // sink that failed while no record comes would otherwise
+                // leave the pipeline running with a dead sink).
+                None => match records.recv_timeout(SINK_CHECK) {
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        if let Some(sink) = self
+                            .sinks
+                            .iter()
+                            .chain(self.dead_letter.sink())
+                            .find(|s| s.has_stopped())
+                        {
+                            anyhow::bail!("sink `{}` has stopped", sink.name);
+                        }
+                        continue;
+                    }
+                    other => other,
+                },
             };
             match received {
                 Ok(Chunk::Barrier(barrier)) => {

@@ -191,6 +191,17 @@ impl SinkHandle {
     /// # Errors
     /// The sink has stopped (after a write error, which it logged).
     pub fn send(&self, batch: Arc<Batch>) -> anyhow::Result<()> {
+        self.send_batch(batch)
+    }
+
+    /// Whether the sink's thread has ended (a write error, which it logged):
+    /// a worker with nothing to send checks this, so that a pipeline whose
+    /// sink failed stops even when no more records come (a quiet socket).
+    pub fn has_stopped(&self) -> bool {
+        self.tx.is_disconnected()
+    }
+
+    fn send_batch(&self, batch: Arc<Batch>) -> anyhow::Result<()> {
         self.tx
             .send(SinkMsg::Records(batch))
             .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))
