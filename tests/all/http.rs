@@ -414,3 +414,67 @@ fn http_csv_bodies_each_start_with_their_header_row() {
     let want = [("a", "1"), ("b", "2"), ("c", "3")].map(|(i, t)| (i.to_string(), t.to_string()));
     assert_eq!(got, want);
 }
+
+/// A client that half-closes after its request (HTTP/1.1 allows it) still
+/// gets its answer with `ack = "sink"`, and each record is written once; a
+/// client that stalls in the middle of its head is cut off.
+#[test]
+fn http_half_closed_clients_are_answered_and_stalled_heads_cut_off() {
+    let toml = Config::new()
+        .source("web", "http")
+        .set_str("address", "127.0.0.1:0")
+        .set_str("ack", "sink")
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "web", &["out"])
+        .batch(r#"{ max_records = 100, interval = "10ms" }"#)
+        .build();
+    let scratch = Scratch::new(&toml);
+    let mut daemon = Running::start(scratch.command("run"));
+    let addr = listening(&mut daemon);
+    // A head never finished: the server closes the connection (5 s).
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    for i in 0..20 {
+        let body = format!("{{\"hc\":{i}}}\n");
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "request {i} after a half-close: {response:?}"
+        );
+    }
+    let lines = scratch.read_lines("out.ndjson");
+    let mut got: Vec<String> = lines.clone();
+    got.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("{{\"hc\":{i}}}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each acknowledged record once");
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    // Closed by the server (EOF, or a reset): not left waiting for the
+    // read timeout's error.
+    let started = std::time::Instant::now();
+    let closed = match stalled.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    };
+    assert!(
+        closed && started.elapsed() < std::time::Duration::from_secs(29),
+        "a stalled head kept its connection"
+    );
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+}
