@@ -129,46 +129,19 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
         .fallback(|| async { (StatusCode::NOT_FOUND, format!("no such route\n\n{ROUTES}")) })
         .layer(axum::middleware::from_fn(guard))
         .with_state(state);
-    tokio::spawn(accept_loop(listener, app));
+    tokio::spawn(crate::http_serve::serve(
+        listener,
+        app,
+        crate::http_serve::Limits {
+            head: HEAD_TIMEOUT,
+            connection: CONNECTION_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            keep_alive: false,
+        },
+        "admin API".into(),
+        std::future::pending(),
+    ));
     Ok(bound)
-}
-
-/// Accepts connections, each served on its own task under the limits above.
-async fn accept_loop(listener: tokio::net::TcpListener, app: Router) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    // The last warning about the cap: at most one a minute.
-    let mut warned: Option<std::time::Instant> = None;
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: wait, as axum does.
-                tracing::debug!("admin API: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                warned = Some(std::time::Instant::now());
-                tracing::warn!(
-                    "admin API: {MAX_CONNECTIONS} connections open, closing new ones until some end"
-                );
-            }
-            drop(stream);
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-            drop(slot);
-        });
-    }
 }
 
 /// The checks every request passes before its route (see the module's doc).

@@ -118,60 +118,6 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// cannot hold the daemon's memory or file descriptors.
 const MAX_CONNECTIONS: usize = 256;
 
-/// Accepts connections until `shutdown`, each served on its own task under
-/// [`HEAD_TIMEOUT`], [`CONNECTION_TIMEOUT`] and [`MAX_CONNECTIONS`]; then
-/// waits for the connections still open (their requests are answered).
-///
-/// A client that half-closes its side after sending a request (HTTP/1.1
-/// allows it) still gets its answer (hyper's `half_close`): without it the
-/// request's handler was dropped after its records were taken, and the
-/// client, unanswered, sent them again.
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    mut shutdown: tokio::sync::oneshot::Receiver<()>,
-    source: String,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = tokio::task::JoinSet::new();
-    let mut warned: Option<std::time::Instant> = None;
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, as axum does.
-                    tracing::debug!(source = %source, "http accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        while connections.try_join_next().is_some() {}
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                warned = Some(std::time::Instant::now());
-                tracing::warn!(source = %source, "{MAX_CONNECTIONS} http connections open: closing new ones until some end");
-            }
-            drop(stream);
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .half_close(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
-}
-
 impl super::SourceConfig for HttpConfig {
     fn build(
         &self,
@@ -344,11 +290,19 @@ impl super::Source for HttpSource {
             .fallback(ingest)
             .with_state(shared.clone());
         let (shutdown, shutting_down) = tokio::sync::oneshot::channel::<()>();
-        let server = runtime.spawn(accept_loop(
+        let server = runtime.spawn(crate::http_serve::serve(
             listener,
             app,
-            shutting_down,
-            cx.spec.name.clone(),
+            crate::http_serve::Limits {
+                head: HEAD_TIMEOUT,
+                connection: CONNECTION_TIMEOUT,
+                max_connections: MAX_CONNECTIONS,
+                keep_alive: true,
+            },
+            format!("source `{}`", cx.spec.name),
+            async {
+                let _ = shutting_down.await;
+            },
         ));
         let stop = cx.stop;
         runtime.block_on(async {
