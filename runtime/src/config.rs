@@ -414,6 +414,52 @@ pub fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     fields.0.get()
 }
 
+/// A kind of component (a source or sink kind, `C` its config trait): its
+/// `type` name, the function that reads its table, and its own field names
+/// (for "`topics` is for kafka sources"). `source::KINDS` and `sink::KINDS`
+/// list them, one line a kind.
+pub struct Kind<C: ?Sized> {
+    /// The `type` value.
+    pub name: &'static str,
+    /// Reads the kind's own fields of a table into its config struct.
+    pub parse: fn(&ComponentTable, &ConfigSource) -> Result<Box<C>, ConfigError>,
+    /// The kind's own field names.
+    pub fields: fn() -> &'static [&'static str],
+}
+
+impl<C: ?Sized> fmt::Debug for Kind<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kind").field("name", &self.name).finish()
+    }
+}
+
+/// Reads `table` with the kind its `type` names among `kinds` (of `what`:
+/// `"source"`, `"sink"`).
+///
+/// # Errors
+/// An unknown `type` (listing the kinds), or a field the kind refuses, both
+/// located; an unknown field that another kind takes names that kind.
+pub fn read_kind<C: ?Sized>(
+    kinds: &[Kind<C>],
+    what: &str,
+    table: &ComponentTable,
+    source: &ConfigSource,
+) -> Result<Box<C>, ConfigError> {
+    let kind = kinds
+        .iter()
+        .find(|k| k.name == table.kind.get_ref())
+        .ok_or_else(|| unknown_kind(table, source, what, kinds.iter().map(|k| k.name)))?;
+    (kind.parse)(table, source).map_err(|mut e| {
+        e.message = hint_other_kind(
+            &e.message,
+            what,
+            kind.name,
+            kinds.iter().map(|k| (k.name, (k.fields)())),
+        );
+        e
+    })
+}
+
 /// The error for a `type` no kind of `what` (`"source"`, `"sink"`) has,
 /// listing the kinds there are.
 pub fn unknown_kind<'a>(

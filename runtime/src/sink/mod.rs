@@ -28,19 +28,9 @@ pub mod file;
 pub mod kafka;
 pub mod stdout;
 
-/// Reads a kind's table into its config struct.
-pub type ParseFn = fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SinkConfig>, ConfigError>;
-
-/// A kind of sink: its `type` name and the function that reads its table.
-#[derive(Debug, Clone, Copy)]
-pub struct Kind {
-    /// The `type` value.
-    pub name: &'static str,
-    /// Reads the kind's fields (all but `type`).
-    pub parse: ParseFn,
-    /// The kind's own field names.
-    pub fields: fn() -> &'static [&'static str],
-}
+/// A kind of sink: its `type` name and the function that reads its table
+/// (see [`crate::config::Kind`]).
+pub type Kind = crate::config::Kind<dyn SinkConfig>;
 
 /// Every kind of sink. A new kind: its file, and one line here.
 pub const KINDS: &[Kind] = &[
@@ -85,21 +75,7 @@ pub fn parse(
     table: &ComponentTable,
     source: &ConfigSource,
 ) -> Result<Box<dyn SinkConfig>, ConfigError> {
-    let kind = KINDS
-        .iter()
-        .find(|k| k.name == table.kind.get_ref())
-        .ok_or_else(|| {
-            crate::config::unknown_kind(table, source, "sink", KINDS.iter().map(|k| k.name))
-        })?;
-    (kind.parse)(table, source).map_err(|mut e| {
-        e.message = crate::config::hint_other_kind(
-            &e.message,
-            "sink",
-            kind.name,
-            KINDS.iter().map(|k| (k.name, (k.fields)())),
-        );
-        e
-    })
+    crate::config::read_kind(KINDS, "sink", table, source)
 }
 
 /// A sink's config, as its kind read it: checks itself and builds the sink.

@@ -64,19 +64,9 @@ pub mod udp;
 
 pub use file::is_gzip;
 
-/// Reads a kind's table into its config struct.
-pub type ParseFn = fn(&ComponentTable, &ConfigSource) -> Result<Box<dyn SourceConfig>, ConfigError>;
-
-/// A kind of source: its `type` name and the function that reads its table.
-#[derive(Debug, Clone, Copy)]
-pub struct Kind {
-    /// The `type` value.
-    pub name: &'static str,
-    /// Reads the kind's fields (all but `type` and [`DecodeConfig::FIELDS`]).
-    pub parse: ParseFn,
-    /// The kind's own field names.
-    pub fields: fn() -> &'static [&'static str],
-}
+/// A kind of source: its `type` name and the function that reads its table
+/// (see [`crate::config::Kind`]).
+pub type Kind = crate::config::Kind<dyn SourceConfig>;
 
 /// Every kind of source. A new kind: its file, and one line here.
 pub const KINDS: &[Kind] = &[
@@ -143,23 +133,9 @@ pub struct Parsed {
 /// # Errors
 /// An unknown `type`, or a field the kind refuses, located in the file.
 pub fn parse(table: &ComponentTable, source: &ConfigSource) -> Result<Parsed, ConfigError> {
-    let kind = KINDS
-        .iter()
-        .find(|k| k.name == table.kind.get_ref())
-        .ok_or_else(|| {
-            crate::config::unknown_kind(table, source, "source", KINDS.iter().map(|k| k.name))
-        })?;
     let (shared, _) = table.split(DecodeConfig::FIELDS);
     let decode: DecodeConfig = crate::config::deserialize_table(shared, source, &[])?;
-    let config = (kind.parse)(table, source).map_err(|mut e| {
-        e.message = crate::config::hint_other_kind(
-            &e.message,
-            "source",
-            kind.name,
-            KINDS.iter().map(|k| (k.name, (k.fields)())),
-        );
-        e
-    })?;
+    let config = crate::config::read_kind(KINDS, "source", table, source)?;
     Ok(Parsed { decode, config })
 }
 
