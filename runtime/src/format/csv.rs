@@ -72,6 +72,12 @@ pub enum ColumnType {
     Bool,
 }
 
+thread_local! {
+    /// This thread's csv-core reader and the delimiter it was built for.
+    static READER: std::cell::RefCell<Option<(u8, csv_core::Reader)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// A checked [`CsvOptions`], ready to split rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CsvFormat {
@@ -188,35 +194,51 @@ impl CsvFormat {
             // One empty field (csv-core takes empty input for the end of the data).
             return Ok(vec![String::new()]);
         }
-        let mut reader = csv_core::ReaderBuilder::new()
-            .delimiter(self.delimiter)
-            .terminator(csv_core::Terminator::Any(b'\n'))
-            .build();
-        // Unquoting only shortens: the output fits in the input's length
-        // (plus the terminator), and there is at most one field per byte + 1.
-        let mut out = vec![0u8; line.len() + 1];
-        let mut ends = vec![0usize; line.len() + 2];
-        let (r1, _, nout1, nend1) = reader.read_record(line, &mut out, &mut ends);
-        let (result, nout, nend) = match r1 {
-            csv_core::ReadRecordResult::InputEmpty => {
-                // The end of the line. (csv-core counts `ends` from the
-                // record's start across calls.)
-                let (r2, _, nout2, nend2) =
-                    reader.read_record(b"\n", &mut out[nout1..], &mut ends[nend1..]);
-                (r2, nout1 + nout2, nend1 + nend2)
+        // Building a reader builds its state machine: one per thread and
+        // delimiter, reset for each line. (csv-core's `Clone` of a reader
+        // loses the machine's tables, so it is not copied.)
+        let split = READER.with_borrow_mut(|cached| {
+            let reader = match cached {
+                Some((delimiter, reader)) if *delimiter == self.delimiter => {
+                    reader.reset();
+                    reader
+                }
+                _ => {
+                    let reader = csv_core::ReaderBuilder::new()
+                        .delimiter(self.delimiter)
+                        .terminator(csv_core::Terminator::Any(b'\n'))
+                        .build();
+                    &mut cached.insert((self.delimiter, reader)).1
+                }
+            };
+            // Unquoting only shortens: the output fits in the input's length
+            // (plus the terminator), and there is at most one field per byte + 1.
+            let mut out = vec![0u8; line.len() + 1];
+            let mut ends = vec![0usize; line.len() + 2];
+            let (r1, _, nout1, nend1) = reader.read_record(line, &mut out, &mut ends);
+            let (result, nout, nend) = match r1 {
+                csv_core::ReadRecordResult::InputEmpty => {
+                    // The end of the line. (csv-core counts `ends` from the
+                    // record's start across calls.)
+                    let (r2, _, nout2, nend2) =
+                        reader.read_record(b"\n", &mut out[nout1..], &mut ends[nend1..]);
+                    (r2, nout1 + nout2, nend1 + nend2)
+                }
+                other => (other, nout1, nend1),
+            };
+            match result {
+                csv_core::ReadRecordResult::Record => {}
+                csv_core::ReadRecordResult::InputEmpty => {
+                    return Err(
+                        "unterminated quoted field (RFC 4180 §2: a field that starts with `\"` ends with `\"`; a line break inside quotes is not supported)"
+                            .into(),
+                    );
+                }
+                other => return Err(format!("cannot split the row ({other:?})")),
             }
-            other => (other, nout1, nend1),
-        };
-        match result {
-            csv_core::ReadRecordResult::Record => {}
-            csv_core::ReadRecordResult::InputEmpty => {
-                return Err(
-                    "unterminated quoted field (RFC 4180 §2: a field that starts with `\"` ends with `\"`; a line break inside quotes is not supported)"
-                        .into(),
-                );
-            }
-            other => return Err(format!("cannot split the row ({other:?})")),
-        }
+            Ok((out, nout, ends, nend))
+        });
+        let (out, nout, ends, nend) = split?;
         let out = &out[..nout];
         let mut fields = Vec::with_capacity(nend);
         let mut start = 0;
