@@ -408,7 +408,10 @@ impl Output {
     }
 
     /// Refuses `event`: the host sends its original bytes to the dead-letter sink
-    /// with `reason`.
+    /// with `reason` (once, with the first reason, however often it is
+    /// rejected). A reject is about the input record; what the plugin also
+    /// forwards or emits for it is output all the same: forward and reject
+    /// one event and the sinks get the copy, the dead-letter sink the original.
     pub fn reject(&mut self, event: &Event<'_>, reason: impl Into<String>) {
         self.rejected.push(Rejection {
             index: end(event.index()),

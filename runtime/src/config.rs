@@ -819,7 +819,7 @@ pub struct AggregateConfig {
     /// The function.
     pub op: crate::aggregate::Op,
     /// JSON pointer to the value; none: the record itself (`count` only).
-    pub field: Option<String>,
+    pub field: Option<Spanned<String>>,
     /// Output field name; default `OP` or `OP_FIELD` (last pointer token).
     #[serde(rename = "as")]
     pub name: Option<String>,

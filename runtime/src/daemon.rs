@@ -246,6 +246,11 @@ impl Daemon {
             .map(|(name, l)| (name.clone(), l.stats.clone(), !l.ended))
             .collect();
         *self.admin.plugins.lock().expect("admin lock") = self.slots.clone();
+        *self.admin.sinks.lock().expect("admin lock") = self
+            .sinks
+            .iter()
+            .map(|(name, (_, sink))| (name.clone(), sink.stats.clone()))
+            .collect();
     }
 
     /// The sinks neither the current config nor a running pipeline uses.
@@ -275,7 +280,7 @@ impl Daemon {
     fn cancel_all(&self) {
         // A Kafka sink waiting for unreachable brokers stops waiting after a
         // while instead of holding the shutdown for ever.
-        crate::sink::kafka::daemon_stopping();
+        crate::sink::daemon_stopping();
         for live in self.live.values() {
             live.cancel.store(true, Ordering::Relaxed);
         }
@@ -612,6 +617,9 @@ async fn start(
     let admin = Arc::new(AdminState {
         pipelines: std::sync::Mutex::new(Vec::new()),
         plugins: std::sync::Mutex::new(topology.plugins.clone()),
+        sinks: std::sync::Mutex::new(Vec::new()),
+        state_dir: std::path::absolute(&topology.state_dir)
+            .unwrap_or_else(|_| topology.state_dir.clone()),
         ready: AtomicBool::new(false),
         reload,
     });
@@ -682,16 +690,20 @@ async fn finish(
     daemon.reloader = None;
     results.sort_by(|a, b| a.0.pipeline.cmp(&b.0.pipeline));
 
-    let mut summaries = Vec::new();
-    for (summary, result) in results {
-        summaries.push(summary);
-        if let Err(e) = result {
-            errors.push(e);
-        }
-    }
     for (name, (_, sink)) in std::mem::take(&mut daemon.sinks) {
         if let Err(e) = tokio::task::spawn_blocking(move || sink.finish()).await? {
             errors.push(e.context(format!("sink `{name}`")));
+        }
+    }
+    // The sinks have written all they will: what they wrote is final now.
+    let mut summaries = Vec::new();
+    for (mut summary, result) in results {
+        if let Some(live) = daemon.live.get(&summary.pipeline) {
+            summary.settle(&live.stats);
+        }
+        summaries.push(summary);
+        if let Err(e) = result {
+            errors.push(e);
         }
     }
     Ok(Outcome { summaries, errors })

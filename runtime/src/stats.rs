@@ -9,8 +9,16 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 pub struct Stats {
     /// Lines read from the source (empty lines not counted).
     pub records_in: AtomicU64,
-    /// Records written to the sinks (once per record, whatever the fan-out).
+    /// Records (or window rows) written and accepted by every sink of the
+    /// pipeline (once per record, whatever the fan-out): counted by the sink
+    /// threads when the last of them has written the batch, not when it is
+    /// handed to them.
     pub records_out: AtomicU64,
+    /// Records (or window rows) handed to the sinks that a sink stopped before
+    /// writing (a write error: the batch that failed and those queued behind
+    /// it). Not in `records_out`; with a checkpoint, the replay after a
+    /// restart writes them again.
+    pub unwritten: AtomicU64,
     /// Records sent to the dead-letter sink (or dropped for want of one): lines
     /// that could not be decoded, records a plugin refused, records of batches
     /// that failed under `on_error = "dead-letter"`.
@@ -41,6 +49,7 @@ impl Default for Stats {
         Stats {
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
+            unwritten: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             batches: AtomicU64::new(0),

@@ -505,12 +505,17 @@ fn window_kind(
 /// Reserves an output field name in a list of names taken (an error if taken).
 type ClaimName<'a> = dyn Fn(String, &mut Vec<String>) -> Result<String, ConfigError> + 'a;
 
+/// Numbers a JSON pointer (its text, and its place in the file if it has its
+/// own) among a window's pointers.
+type IndexOf<'a> =
+    dyn FnMut(&str, Option<std::ops::Range<usize>>) -> Result<usize, ConfigError> + 'a;
+
 /// The aggregates of a window: `index_of` numbers their JSON pointers,
 /// `claim` reserves their output names in `names`.
 fn aggregate_specs(
     aggregate: &toml::Spanned<Vec<config::AggregateConfig>>,
     source: &ConfigSource,
-    index_of: &mut dyn FnMut(&str) -> Result<usize, ConfigError>,
+    index_of: &mut IndexOf<'_>,
     names: &mut Vec<String>,
     claim: &ClaimName<'_>,
 ) -> Result<Vec<AggSpec>, ConfigError> {
@@ -544,7 +549,7 @@ fn aggregate_specs(
             ));
         }
         let field = match (&a.field, a.op) {
-            (Some(f), _) => Some(index_of(f)?),
+            (Some(f), _) => Some(index_of(f.get_ref(), Some(f.span()))?),
             (None, Op::Count | Op::Wasm) => None,
             (None, op) => {
                 return Err(source.error(
@@ -564,7 +569,7 @@ fn aggregate_specs(
             Some(f) => format!(
                 "{}_{}",
                 op_name,
-                Pointer::parse(f)
+                Pointer::parse(f.get_ref())
                     .ok()
                     .and_then(|p| p.last().map(str::to_string))
                     .unwrap_or_default()
@@ -609,16 +614,20 @@ fn build_window(
     let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let kind = window_kind(w, span.clone(), source)?;
     let mut pointers: Vec<Pointer> = Vec::new();
-    let mut index_of = |text: &str| -> Result<usize, ConfigError> {
-        let ptr = Pointer::parse(text).map_err(|e| source.error(span.clone(), e))?;
-        Ok(match pointers.iter().position(|q| *q == ptr) {
-            Some(i) => i,
-            None => {
-                pointers.push(ptr);
-                pointers.len() - 1
-            }
-        })
-    };
+    // A pointer is located at its own field when it has a place (an
+    // aggregate's `field`), else at the window.
+    let mut index_of =
+        |text: &str, at: Option<std::ops::Range<usize>>| -> Result<usize, ConfigError> {
+            let ptr = Pointer::parse(text)
+                .map_err(|e| source.error(at.unwrap_or_else(|| span.clone()), e))?;
+            Ok(match pointers.iter().position(|q| *q == ptr) {
+                Some(i) => i,
+                None => {
+                    pointers.push(ptr);
+                    pointers.len() - 1
+                }
+            })
+        };
     let mut names: Vec<String> = vec!["window_start".into(), "window_end".into()];
     let claim = |name: String, names: &mut Vec<String>| -> Result<String, ConfigError> {
         if names.contains(&name) {
@@ -644,7 +653,7 @@ fn build_window(
         GroupBy::Fields(list) => {
             let mut fields = Vec::new();
             for text in list {
-                let i = index_of(text)?;
+                let i = index_of(text, None)?;
                 // The last token names the field (`/a/x` → `x`); when two end
                 // alike, the whole path does (`a_x`, `b_x`).
                 let name = Pointer::parse(text)
@@ -942,7 +951,11 @@ impl PluginLoad<'_> {
         if !path.is_file() {
             return Err(source.error(
                 file.span(),
-                format!("plugin file not found: {}", path.display()),
+                format!(
+                    "plugin file not found: {}; {}",
+                    path.display(),
+                    plugins_present(path.parent().unwrap_or(at.plugins_dir))
+                ),
             ));
         }
         let slot = match at
@@ -1014,5 +1027,31 @@ impl PluginLoad<'_> {
             limits,
         });
         Ok((slot, label))
+    }
+}
+
+/// What a plugin folder holds, for a "plugin file not found" message: its
+/// `.wasm` files (at most 20, by name), or that it is empty or missing.
+fn plugins_present(dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return format!(
+            "the folder {} does not exist (set [daemon] plugins_dir, relative to the config file)",
+            dir.display()
+        );
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".wasm"))
+        .collect();
+    names.sort();
+    match names.len() {
+        0 => format!("{} holds no .wasm file", dir.display()),
+        n if n > 20 => format!(
+            "{} holds {n} .wasm files: {}, …",
+            dir.display(),
+            names[..20].join(", ")
+        ),
+        _ => format!("{} holds: {}", dir.display(), names.join(", ")),
     }
 }

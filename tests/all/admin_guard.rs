@@ -233,10 +233,12 @@ fn the_root_and_a_404_list_the_routes() {
         paths,
         [
             "/health",
+            "/about",
             "/ready",
             "/metrics",
             "/pipelines",
             "/plugins",
+            "/sinks",
             "/reload"
         ]
     );

@@ -53,11 +53,32 @@ fn missing_plugin_file_is_located() {
         "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nprocessors = [\n  {{ plugin = \"nope.wasm\" }},\n]\n"
     ));
     insta::assert_snapshot!(err, @r#"
-    error: sluice.toml:12:14: field `plugin`: plugin file not found: plugins/nope.wasm
+    error: sluice.toml:12:14: field `plugin`: plugin file not found: plugins/nope.wasm; the folder plugins does not exist (set [daemon] plugins_dir, relative to the config file)
        |
     12 |   { plugin = "nope.wasm" },
        |              ^
     "#);
+
+    // A folder that exists: the message lists the plugins it holds.
+    let err = validate_error(&format!(
+        "[daemon]\nplugins_dir = \"@PLUGINS@\"\n{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nprocessors = [{{ plugin = \"identiy.wasm\" }}]\n"
+    ));
+    let mut present: Vec<String> = std::fs::read_dir(plugins_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".wasm"))
+        .collect();
+    present.sort();
+    assert!(present.contains(&"identity.wasm".to_string()));
+    assert!(
+        err.contains(&format!(
+            "plugin file not found: {}; {} holds: {}",
+            plugins_dir().join("identiy.wasm").display(),
+            plugins_dir().display(),
+            present.join(", ")
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -187,3 +187,45 @@ fn overlong_lines_are_dead_lettered_and_skipped() {
         assert_eq!(count(&output, "p", "rejected"), 2);
     }
 }
+
+/// A record a plugin both forwards and rejects (it emits a record and
+/// dead-letters its input): the output goes on to the sink and the input to
+/// the dead-letter sink, each counted once (`out`, `rejected`). This is the
+/// defined behaviour (README, "Configuration"; the SDK's `Output::reject`).
+#[test]
+fn a_record_both_forwarded_and_rejected_goes_to_both_sinks() {
+    let scratch = Scratch::new(
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "in", &["out"])
+            .processor(
+                r#"{ plugin = "misbehave.wasm", config = { reject = "bad", also_forward = "true" } }"#,
+            )
+            .dead_letter("dlq")
+            .build(),
+    );
+    let lines: Vec<String> = (0..100)
+        .map(|i| {
+            let tag = if i % 10 == 3 { "bad" } else { "ok" };
+            format!("{{\"n\":{i},\"tag\":\"{tag}\"}}")
+        })
+        .collect();
+    scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(scratch.read_lines("out.ndjson"), lines);
+    let bad: Vec<&String> = lines.iter().filter(|l| l.contains("bad")).collect();
+    let dead: Vec<String> = scratch
+        .read_lines("dlq.ndjson")
+        .iter()
+        .map(|l| {
+            let d: Value = serde_json::from_str(l).unwrap();
+            d["original"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(dead.iter().collect::<Vec<_>>(), bad);
+    assert_eq!(count(&output, "p", "out"), 100);
+    assert_eq!(count(&output, "p", "rejected"), 10);
+}

@@ -29,6 +29,7 @@ mod reload;
 mod sandbox;
 mod service;
 mod shutdown;
+mod sink_faults;
 mod skips;
 mod sources;
 mod state_lock;

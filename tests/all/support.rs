@@ -588,6 +588,8 @@ pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
 pub fn try_http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Error, Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(addr)?;
+    // An API that does not answer fails the test instead of hanging it.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

@@ -78,3 +78,55 @@ fn top_without_a_daemon_exits_1() {
         "{stderr}"
     );
 }
+
+/// `sluice top --config F` talks only to F's daemon: when another daemon holds
+/// the admin port (F's then waits for it), top says whose it is and exits 1
+/// instead of showing the other daemon's figures.
+#[test]
+fn top_refuses_to_show_another_daemons_figures() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = identity_following_with_admin()
+        .daemon("admin", format!("\"127.0.0.1:{port}\""))
+        .build();
+    let (first, second) = (Scratch::new(&config), Scratch::new(&config));
+    for s in [&first, &second] {
+        s.write("in.ndjson", "{\"n\":1}\n");
+    }
+    let mut a = Running::start(first.command("run"));
+    assert_eq!(a.admin_addr(), format!("127.0.0.1:{port}"));
+    let mut b = Running::start(second.command("run"));
+    b.wait_for("admin API not listening");
+
+    let top = |scratch: &Scratch| {
+        Command::new(sluice_bin())
+            .args(["top", "--once", "--interval", "100ms", "--config"])
+            .arg(scratch.path("sluice.toml"))
+            .output()
+            .unwrap()
+    };
+    let output = top(&second);
+    assert_exit(&output, 1);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "belongs to another daemon (pid {}, state folder {})",
+            a.child.id(),
+            first.path("state").canonicalize().unwrap().display()
+        )),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+    // Its own daemon's config: the view.
+    let output = top(&first);
+    assert_exit(&output, 0);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with(&format!("sluice at 127.0.0.1:{port}")),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    drop(b);
+}

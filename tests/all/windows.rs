@@ -421,6 +421,14 @@ fn window_config_errors_are_located() {
             ),
             "unknown variant `median`",
         ),
+        (
+            // Located at the aggregate's field (line 9), not the window.
+            base(
+                "window = { kind = \"tumbling\", size = \"1h\" }",
+                "aggregate = [{ op = \"avg\", field = \"dep_delay\" }]",
+            ),
+            "sluice.toml:9:36: field `field`: JSON pointer \"dep_delay\" must start with `/`",
+        ),
     ];
     for (config, want) in cases {
         let scratch = Scratch::new(&config);

@@ -17,7 +17,8 @@
 //! `config.configure = "fail"` makes `configure` itself fail. `config.reject`
 //! (in any mode but `reject`) rejects the events whose payload contains it, in
 //! the batches that do not misbehave: a plugin that refuses some records and
-//! fails on others.
+//! fails on others. With `config.also_forward = "true"`, those rejected events
+//! are forwarded too (a plugin that emits a record and dead-letters its input).
 
 use sluice_plugin_sdk::{Batch, Config, Output, Processor, export_processor, log};
 
@@ -26,6 +27,7 @@ pub struct Misbehave {
     mode: String,
     trigger: String,
     reject: String,
+    also_forward: bool,
     bytes: usize,
 }
 
@@ -47,6 +49,7 @@ impl Processor for Misbehave {
             mode,
             trigger: config.get("trigger").unwrap_or("").to_string(),
             reject: config.get("reject").unwrap_or("").to_string(),
+            also_forward: config.get("also_forward") == Some("true"),
             bytes: config.parse("bytes")?.unwrap_or(1 << 30),
         })
     }
@@ -112,6 +115,9 @@ impl Processor for Misbehave {
                 out.reject(&event, "misbehave: rejected again");
             } else if refused(event.value()) {
                 out.reject(&event, "misbehave: rejected on purpose");
+                if self.also_forward {
+                    out.forward(&event);
+                }
             } else {
                 out.forward(&event);
             }

@@ -35,11 +35,15 @@ pub fn main(args: Args) -> ExitCode {
         once,
     } = args;
     {
-        let addr = match top_address(admin, config.as_deref()) {
+        let (addr, state_dir) = match top_address(admin, config.as_deref()) {
             Ok(a) => a,
             Err(code) => return code,
         };
-        match sluice::obs::top::run(&addr, interval, once) {
+        let checked = match &state_dir {
+            Some(dir) => sluice::obs::top::check_identity(&addr, dir),
+            None => Ok(()),
+        };
+        match checked.and_then(|()| sluice::obs::top::run(&addr, interval, once)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -58,27 +62,33 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// The admin API's address for `sluice top`.
-fn top_address(admin: Option<String>, config: Option<&Path>) -> Result<String, ExitCode> {
+/// The admin API's address for `sluice top`, and with `--config` the state
+/// folder of the daemon that should answer there (`--admin` wins: no check).
+fn top_address(
+    admin: Option<String>,
+    config: Option<&Path>,
+) -> Result<(String, Option<PathBuf>), ExitCode> {
     if let Some(admin) = admin {
-        return Ok(admin);
+        return Ok((admin, None));
     }
     let Some(path) = config else {
-        return Ok(sluice::topology::DEFAULT_ADMIN.to_string());
+        return Ok((sluice::topology::DEFAULT_ADMIN.to_string(), None));
     };
-    let (config, _) = Config::load(path).map_err(|e| {
+    let (config, source) = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
-    match config.daemon.admin.as_ref().map(|a| a.get_ref().as_str()) {
+    let state_dir = Some(sluice::config::state_dir(&config, &source));
+    let addr = match config.daemon.admin.as_ref().map(|a| a.get_ref().as_str()) {
         Some("off") => {
             eprintln!(
                 "error: {}: the admin API is off (`[daemon] admin = \"off\"`)",
                 path.display()
             );
-            Err(ExitCode::from(EXIT_CONFIG))
+            return Err(ExitCode::from(EXIT_CONFIG));
         }
-        Some(addr) => Ok(addr.to_string()),
-        None => Ok(sluice::topology::DEFAULT_ADMIN.to_string()),
-    }
+        Some(addr) => addr.to_string(),
+        None => sluice::topology::DEFAULT_ADMIN.to_string(),
+    };
+    Ok((addr, state_dir))
 }

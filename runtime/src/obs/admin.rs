@@ -4,10 +4,12 @@
 //! |---|---|
 //! | `GET /` | 200: these routes, as text (a 404 lists them too) |
 //! | `GET /health` | 200 `ok` while the process serves (liveness) |
+//! | `GET /about` | JSON: `pid`, `state_dir` (absolute), `version`: which daemon answers (`sluice top --config` checks it) |
 //! | `GET /ready` | 200 `ready` once every pipeline runs, 503 while starting, reloading or stopping |
 //! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters and batch histograms, per-plugin call durations, failures, memory, reloads (see [`crate::obs::metrics`]) |
 //! | `GET /pipelines` | JSON: each pipeline's counters and whether it runs |
 //! | `GET /plugins` | JSON: each plugin file's status (as `status.json`) |
+//! | `GET /sinks` | JSON: each sink's records written, write retries (a full disk), and whether it is blocked (cannot write or open: its pipelines wait) |
 //! | `POST /reload` | 202: reload the config, as SIGHUP does |
 //!
 //! Metric names follow Prometheus' conventions for OpenTelemetry-style
@@ -54,6 +56,11 @@ pub struct AdminState {
     pub pipelines: Mutex<Vec<(String, Arc<Stats>, bool)>>,
     /// The plugin slots of the running config.
     pub plugins: Mutex<Vec<Arc<PluginSlot>>>,
+    /// Every running sink: name and figures.
+    pub sinks: Mutex<Vec<(String, Arc<crate::sink::SinkStats>)>>,
+    /// The daemon's state folder, made absolute: which daemon this is (one
+    /// per state folder), for `GET /about` and `sluice top --config`.
+    pub state_dir: std::path::PathBuf,
     /// Every pipeline runs and no reload is under way.
     pub ready: AtomicBool,
     /// Where `POST /reload` sends its request (none: reload not available).
@@ -64,10 +71,12 @@ pub struct AdminState {
 pub const ROUTES: &str = "\
 sluice admin API
 GET  /health     200 ok while the daemon serves (liveness)
+GET  /about      JSON: which daemon answers (pid, state folder, version)
 GET  /ready      200 once every pipeline runs; 503 while starting, reloading or stopping
 GET  /metrics    Prometheus text: pipeline, plugin and batch metrics
 GET  /pipelines  JSON: each pipeline's counters, whether it runs, its watermark
 GET  /plugins    JSON: each plugin file's status
+GET  /sinks      JSON: each sink's records written, write retries, whether it is blocked
 POST /reload     202: reload the config, as SIGHUP
 ";
 
@@ -121,10 +130,12 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
     let app = Router::new()
         .route("/", get(|| async { ROUTES }))
         .route("/health", get(|| async { "ok\n" }))
+        .route("/about", get(about))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/pipelines", get(pipelines))
         .route("/plugins", get(plugins))
+        .route("/sinks", get(sinks))
         .route("/reload", post(reload))
         .fallback(|| async { (StatusCode::NOT_FOUND, format!("no such route\n\n{ROUTES}")) })
         .layer(axum::middleware::from_fn(guard))
@@ -231,6 +242,14 @@ fn local_host(host: &str) -> bool {
         .is_ok_and(|h| !h.trim().is_empty() && h.trim().eq_ignore_ascii_case(name))
 }
 
+async fn about(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "pid": std::process::id(),
+        "state_dir": state.state_dir,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
 async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
@@ -241,11 +260,15 @@ async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 /// The pipeline counters: name (Prometheus adds `sluice_` and `_total`;
 /// OpenTelemetry's name is `sluice.` and the name with dots) and help.
-pub const COUNTERS: [(&str, &str); 9] = [
+pub const COUNTERS: [(&str, &str); 10] = [
     ("records_in", "Records read by the pipeline's source."),
     (
         "records_out",
-        "Records (or window rows) written to the sinks.",
+        "Records (or window rows) written and accepted by every sink of the pipeline.",
+    ),
+    (
+        "records_unwritten",
+        "Records (or window rows) handed to a sink that stopped before writing them.",
     ),
     ("records_rejected", "Records sent to the dead-letter sink."),
     ("records_skipped", "Records dropped by on_error = \"skip\"."),
@@ -273,6 +296,7 @@ pub fn counter(stats: &Stats, name: &str) -> u64 {
     let c = match name {
         "records_in" => &stats.records_in,
         "records_out" => &stats.records_out,
+        "records_unwritten" => &stats.unwritten,
         "records_rejected" => &stats.rejected,
         "records_skipped" => &stats.skipped,
         "records_failed" => &stats.failed,
@@ -364,6 +388,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
             label(&p.version)
         );
     }
+    render_sinks(&state, &mut text);
     crate::obs::metrics::render_prometheus(&mut text);
     (
         [(
@@ -372,6 +397,55 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+/// The sinks' metrics, labelled `sink`.
+fn render_sinks(state: &AdminState, text: &mut String) {
+    let sinks = state.sinks.lock().expect("admin lock").clone();
+    for (metric, kind, help) in [
+        (
+            "sink_records_written_total",
+            "counter",
+            "Records (or window rows) the sink wrote, from every pipeline.",
+        ),
+        (
+            "sink_write_retries_total",
+            "counter",
+            "Writes tried again after a transient error (a full disk).",
+        ),
+        (
+            "sink_blocked",
+            "gauge",
+            "1 while the sink cannot write (retrying, or its output not open yet): its pipelines wait.",
+        ),
+    ] {
+        let _ = writeln!(text, "# HELP sluice_{metric} {help}");
+        let _ = writeln!(text, "# TYPE sluice_{metric} {kind}");
+        for (name, s) in &sinks {
+            let value = match metric {
+                "sink_records_written_total" => s.records_written.load(Ordering::Relaxed),
+                "sink_write_retries_total" => s.write_retries.load(Ordering::Relaxed),
+                _ => u64::from(s.blocked.load(Ordering::Relaxed)),
+            };
+            let _ = writeln!(text, "sluice_{metric}{{sink=\"{}\"}} {value}", label(name));
+        }
+    }
+}
+
+async fn sinks(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let sinks = state.sinks.lock().expect("admin lock").clone();
+    let list: Vec<serde_json::Value> = sinks
+        .iter()
+        .map(|(name, s)| {
+            serde_json::json!({
+                "sink": name,
+                "records_written": s.records_written.load(Ordering::Relaxed),
+                "write_retries": s.write_retries.load(Ordering::Relaxed),
+                "blocked": s.blocked.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    axum::Json(list)
 }
 
 async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

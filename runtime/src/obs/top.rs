@@ -162,6 +162,38 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
     out
 }
 
+/// Checks that the daemon answering at `addr` is the one whose state folder
+/// is `state_dir` (`sluice top --config`: another daemon may hold the port,
+/// the config's own then waiting for it).
+///
+/// # Errors
+/// The daemon cannot be reached, or it is another one (named by its pid and
+/// state folder).
+pub fn check_identity(addr: &str, state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let (status, body) = get(addr, "/about")?;
+    anyhow::ensure!(
+        status == 200,
+        "the admin API at {addr} does not say which daemon it is (GET /about: {status}): not this sluice's?"
+    );
+    let about: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| anyhow::anyhow!("GET http://{addr}/about: not JSON: {e}"))?;
+    let theirs = std::path::PathBuf::from(about["state_dir"].as_str().unwrap_or_default());
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let ours = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    anyhow::ensure!(
+        same(&theirs, &ours),
+        "the admin API at {addr} belongs to another daemon (pid {}, state folder {}), not the one of this config (state folder {}): was the port busy when it started? It tries it again every 2 s",
+        about["pid"],
+        theirs.display(),
+        ours.display()
+    );
+    Ok(())
+}
+
 /// Runs `sluice top`: with `once`, prints one view (rates over `interval`)
 /// and returns; else redraws it every `interval` until interrupted.
 ///

@@ -383,6 +383,8 @@ pub struct Summary {
     pub records_in: u64,
     /// See [`Stats::records_out`].
     pub records_out: u64,
+    /// See [`Stats::unwritten`].
+    pub unwritten: u64,
     /// See [`Stats::rejected`].
     pub rejected: u64,
     /// See [`Stats::skipped`].
@@ -407,6 +409,7 @@ impl Summary {
             pipeline: name.to_string(),
             records_in: stats.records_in.load(Ordering::Relaxed),
             records_out: stats.records_out.load(Ordering::Relaxed),
+            unwritten: stats.unwritten.load(Ordering::Relaxed),
             rejected: stats.rejected.load(Ordering::Relaxed),
             skipped: stats.skipped.load(Ordering::Relaxed),
             batches: stats.batches.load(Ordering::Relaxed),
@@ -416,6 +419,14 @@ impl Summary {
             dropped: stats.dropped.load(Ordering::Relaxed),
             elapsed,
         }
+    }
+
+    /// Reads again the counters the sinks keep (`records_out`, `unwritten`):
+    /// a pipeline's workers end before its sinks have written everything, so
+    /// the final figures are those read once the sinks have finished.
+    pub fn settle(&mut self, stats: &Stats) {
+        self.records_out = stats.records_out.load(Ordering::Relaxed);
+        self.unwritten = stats.unwritten.load(Ordering::Relaxed);
     }
 }
 
@@ -429,13 +440,14 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "pipeline={} in={} out={} rejected={} skipped={} failed={} late={} batches={} checkpoints={} dropped={} elapsed={:.3}s rate={:.0} records/s",
+            "pipeline={} in={} out={} rejected={} skipped={} failed={} unwritten={} late={} batches={} checkpoints={} dropped={} elapsed={:.3}s rate={:.0} records/s",
             self.pipeline,
             self.records_in,
             self.records_out,
             self.rejected,
             self.skipped,
             self.failed,
+            self.unwritten,
             self.late,
             self.batches,
             self.checkpoints,

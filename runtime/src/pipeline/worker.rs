@@ -558,17 +558,7 @@ impl Worker {
             }
             kept
         };
-        let written = output.len();
-        if written > 0 {
-            let output = Arc::new(output);
-            for sink in &self.sinks {
-                sink.send(output.clone())?;
-            }
-        }
-        self.stats
-            .records_out
-            .fetch_add(written as u64, Ordering::Relaxed);
-        Ok(())
+        crate::sink::deliver(&self.sinks, output, &self.stats)
     }
 }
 

@@ -76,19 +76,53 @@ impl super::Sink for FileSink {
                 .truncate(truncate)
                 .open(&self.path)
         } else {
-            // A FIFO (or a device) is opened for writing only: the open
-            // waits for a reader, and a reader that goes away fails the
-            // sink (EPIPE) instead of the records piling up unread in
-            // the pipe, as they would with the pipe open for reading
-            // too.
-            tracing::info!(sink = name, path = %self.path.display(), "not a regular file: waiting for a reader");
-            OpenOptions::new().write(true).open(&self.path)
+            open_for_a_reader(&self.path, name)
         }
         .with_context(|| format!("sink `{name}`: cannot open {}", self.path.display()))?;
         if let Some(Resume::CutTo(len)) = resume.filter(|_| regular) {
             cut_back(&file, len, name, &self.path)?;
         }
         Ok(Box::new(FileOutput::new(file, regular, name, &self.path)?))
+    }
+}
+
+/// Opens a FIFO (or a device) for writing only: a reader that goes away fails
+/// the sink (EPIPE) instead of the records piling up unread in the pipe, as
+/// they would with the pipe open for reading too. A FIFO with no reader yet
+/// is tried again every 100 ms (a non-blocking open, `ENXIO` until a reader
+/// comes: POSIX `open(2)`), until one comes or the daemon stops; the records
+/// wait in the sink's queue meanwhile.
+fn open_for_a_reader(path: &std::path::Path, name: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut told = false;
+    loop {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+        {
+            Ok(file) => {
+                // Writes block again (backpressure) once open.
+                rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())?;
+                if told {
+                    tracing::info!(sink = name, path = %path.display(), "a reader came: writing");
+                }
+                return Ok(file);
+            }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+                if super::stopping() {
+                    return Err(std::io::Error::other(
+                        "the daemon stopped while the FIFO had no reader",
+                    ));
+                }
+                if !told {
+                    told = true;
+                    tracing::info!(sink = name, path = %path.display(), "a FIFO with no reader: waiting for one (records wait)");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -154,8 +188,22 @@ impl Output for FileOutput {
         lines_of(batch, &mut self.buf);
         let lines = &self.buf;
         if let Err(e) = self.file.write_all(lines) {
-            // Take back the part that was written, then report.
-            let _ = self.file.set_len(self.len);
+            // Take back the part that was written (a FIFO's cannot be), and
+            // put the position back for a file not opened to append, so that
+            // the batch can be written again (a full disk is retried).
+            if self.regular {
+                use std::io::{Seek, SeekFrom};
+                let _ = self.file.set_len(self.len);
+                let _ = self.file.seek(SeekFrom::Start(self.len));
+                // A full disk or quota on a file is waited out (a device
+                // such as /dev/full stays full: it fails the sink).
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) {
+                    return Err(anyhow::Error::new(e).context(super::Retry("the disk is full")));
+                }
+            }
             return Err(e.into());
         }
         self.len += lines.len() as u64;

@@ -16,12 +16,15 @@ pub mod dead_letter;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use sluice_plugin_sdk::Batch;
 
 pub use crate::config::{BuildContext, Claim};
 use crate::config::{ComponentTable, ConfigError, ConfigSource};
+use crate::stats::Stats;
 
 pub mod blackhole;
 pub mod file;
@@ -99,12 +102,14 @@ pub struct Built {
 /// A sink, ready to open; one file per kind under `sink/`. Its `Debug` text
 /// is its identity: a config reload restarts nothing whose text is the same.
 pub trait Sink: fmt::Debug + Send + Sync + 'static {
-    /// Opens the output. With `resume` (a checkpointed pipeline resuming), a
-    /// sink that can be cut back to a checkpoint's length does so (see
-    /// [`Resume`]).
+    /// Opens the output, on the sink's own thread (an open may wait: a FIFO
+    /// for its reader; nothing else waits for it, and the records wait in the
+    /// sink's queue). With `resume` (a checkpointed pipeline resuming), a sink
+    /// that can be cut back to a checkpoint's length does so (see [`Resume`]).
+    /// An open that waits gives up once [`stopping`] says so.
     ///
     /// # Errors
-    /// The output cannot be opened.
+    /// The output cannot be opened, or the daemon stopped while it waited.
     fn open(&self, name: &str, resume: Option<Resume>) -> anyhow::Result<Box<dyn Output>>;
 
     /// The largest record (key + value + headers, bytes) the sink takes, if it
@@ -138,11 +143,107 @@ pub enum Resume {
     Keep,
 }
 
+/// Set when the daemon stops (SIGTERM, SIGINT).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// How long a sink that cannot write (a full disk, brokers away) goes on
+/// trying once the daemon is stopping, before it gives up on what it holds.
+pub const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// The daemon is stopping: a sink that waits for its output (a FIFO's reader)
+/// gives up at once, one that retries a write gives up after [`STOP_LIMIT`]
+/// (what it could not write is counted as unwritten; a checkpointed pipeline
+/// replays it at the next start).
+pub fn daemon_stopping() {
+    STOPPING.store(true, Ordering::Relaxed);
+    kafka::daemon_stopping();
+}
+
+/// Whether the daemon is stopping (see [`daemon_stopping`]): an open that
+/// waits (see [`Sink::open`]) gives up.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::Relaxed)
+}
+
+/// A sink's own figures, for the admin API (`/metrics`, `/sinks`).
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Records (or window rows) written, whichever pipeline sent them.
+    pub records_written: AtomicU64,
+    /// Writes tried again after a transient error (a full disk).
+    pub write_retries: AtomicU64,
+    /// The sink cannot write at the moment (opening and waiting, or retrying a
+    /// write): its queue fills and the pipelines feeding it wait.
+    pub blocked: AtomicBool,
+}
+
+/// One batch handed to every sink of a pipeline: counted as the pipeline's
+/// `records_out` once the last sink has written it, as `unwritten` if it was
+/// handed to all of them and a sink stopped before writing it (dropped
+/// unwritten). A batch that could not be handed to every sink is the
+/// sender's to count (the pipeline counts it as failed).
+#[derive(Debug)]
+struct Tally {
+    records: u64,
+    remaining: AtomicUsize,
+    handed: AtomicBool,
+    stats: Arc<Stats>,
+}
+
+impl Tally {
+    fn written(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.stats
+                .records_out
+                .fetch_add(self.records, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if *self.handed.get_mut() && *self.remaining.get_mut() > 0 {
+            self.stats
+                .unwritten
+                .fetch_add(self.records, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Hands `batch` to every sink in `sinks` (blocking while a queue is full)
+/// and counts it in `stats` as the sinks write it (see [`Stats::records_out`],
+/// [`Stats::unwritten`]). With no sink, the records are out at once.
+///
+/// # Errors
+/// A sink has stopped; the batch is then not counted here.
+pub fn deliver(sinks: &[SinkHandle], batch: Batch, stats: &Arc<Stats>) -> anyhow::Result<()> {
+    if sinks.is_empty() || batch.is_empty() {
+        stats
+            .records_out
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        return Ok(());
+    }
+    let tally = Arc::new(Tally {
+        records: batch.len() as u64,
+        remaining: AtomicUsize::new(sinks.len()),
+        handed: AtomicBool::new(false),
+        stats: stats.clone(),
+    });
+    let batch = Arc::new(batch);
+    for sink in sinks {
+        sink.tx
+            .send(SinkMsg::Records(batch.clone(), Some(tally.clone())))
+            .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", sink.name))?;
+    }
+    tally.handed.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
 /// What a sink's thread is sent.
 #[derive(Debug)]
 enum SinkMsg {
-    /// A batch.
-    Records(Arc<Batch>),
+    /// A batch, and how it is counted (none: the sender counts it itself).
+    Records(Arc<Batch>, Option<Arc<Tally>>),
     /// Write out everything sent before, to stable storage, and answer with the
     /// output's length in bytes (`None`: not a file).
     Sync(flume::Sender<anyhow::Result<Option<u64>>>),
@@ -179,7 +280,7 @@ impl SinkHandle {
 
     fn send_batch(&self, batch: Arc<Batch>) -> anyhow::Result<()> {
         self.tx
-            .send(SinkMsg::Records(batch))
+            .send(SinkMsg::Records(batch, None))
             .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))
     }
 
@@ -244,51 +345,90 @@ impl PendingSync {
 pub struct RunningSink {
     /// The handle the pipelines clone.
     pub handle: SinkHandle,
+    /// The sink's own figures.
+    pub stats: Arc<SinkStats>,
     thread: JoinHandle<anyhow::Result<()>>,
 }
 
+/// How long [`RunningSink::start`] waits for an output to open before it lets
+/// the open go on in the background (a FIFO waiting for its reader).
+const OPEN_WAIT: Duration = Duration::from_millis(500);
+
+/// The first wait before a write is tried again; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a write.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A sink that keeps failing to write logs it again at most this often.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(30);
+
 impl RunningSink {
-    /// Opens the sink's output and starts its thread. With `resume` (a
+    /// Starts the sink's thread, which opens its output. With `resume` (a
     /// checkpointed pipeline resuming), a file sink is not truncated; after a
     /// crash it is cut back to the length its checkpoint recorded: what was
     /// written after the checkpoint is written again by the replay.
     ///
+    /// Waits at most [`OPEN_WAIT`] for the open: an output that takes longer
+    /// (a FIFO waiting for its reader) opens in the background while the
+    /// records wait in the sink's queue, and nothing else (the admin API, the
+    /// other sinks) waits for it.
+    ///
     /// # Errors
-    /// The output file cannot be opened.
+    /// The output cannot be opened (found within [`OPEN_WAIT`]).
     pub fn start(name: &str, spec: &SinkSpec, resume: Option<Resume>) -> anyhow::Result<Self> {
-        let mut out = spec.0.open(name, resume)?;
         let (tx, rx) = flume::bounded::<SinkMsg>(SINK_QUEUE_BATCHES);
-        let sink_name = name.to_string();
+        let (opened_tx, opened_rx) = flume::bounded::<anyhow::Result<()>>(1);
+        let stats = Arc::new(SinkStats::default());
+        let sink = spec.0.clone();
+        let (sink_name, sink_stats) = (name.to_string(), stats.clone());
         let thread = std::thread::Builder::new()
             .name(format!("sink-{name}"))
             .spawn(move || {
-                let result = (|| {
-                    for msg in rx.iter() {
-                        match msg {
-                            SinkMsg::Records(batch) => out.write_batch(&batch)?,
-                            SinkMsg::Sync(reply) => {
-                                let synced = out.sync();
-                                let failed = synced.is_err();
-                                let _ = reply.send(synced);
-                                if failed {
-                                    anyhow::bail!("sync failed");
-                                }
-                            }
-                        }
+                sink_stats.blocked.store(true, Ordering::Relaxed);
+                let out = sink.open(&sink_name, resume);
+                sink_stats.blocked.store(false, Ordering::Relaxed);
+                let out = match out {
+                    Ok(out) => {
+                        let _ = opened_tx.send(Ok(()));
+                        out
                     }
-                    out.finish()
-                })();
+                    Err(e) => {
+                        // Whoever waits for the open reports it; once
+                        // nobody waits, the log says it.
+                        if let Err(flume::SendError(Err(e))) = opened_tx.send(Err(e)) {
+                            tracing::error!(sink = %sink_name, "sink failed: {e:#}");
+                            return Err(e);
+                        }
+                        return Err(anyhow::anyhow!("sink `{sink_name}` could not open"));
+                    }
+                };
+                drop(opened_tx);
+                let result = drain(out, &rx, &sink_name, &sink_stats);
                 if let Err(e) = &result {
                     tracing::error!(sink = %sink_name, "sink failed: {e:#}");
                 }
                 result
             })?;
+        match opened_rx.recv_timeout(OPEN_WAIT) {
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Ok(Ok(())) | Err(flume::RecvTimeoutError::Disconnected) => {}
+            Err(flume::RecvTimeoutError::Timeout) => {
+                tracing::info!(
+                    sink = name,
+                    "the sink's output is not open yet (a FIFO waiting for its reader?): records wait for it"
+                );
+            }
+        }
         Ok(RunningSink {
             handle: SinkHandle {
                 name: name.to_string(),
                 max_record_bytes: spec.0.max_record_bytes(),
                 tx,
             },
+            stats,
             thread,
         })
     }
@@ -299,11 +439,127 @@ impl RunningSink {
     /// # Errors
     /// A write or flush failed.
     pub fn finish(self) -> anyhow::Result<()> {
-        let RunningSink { handle, thread } = self;
+        let RunningSink { handle, thread, .. } = self;
         drop(handle);
         thread
             .join()
             .map_err(|_| anyhow::anyhow!("sink thread panicked"))?
+    }
+}
+
+/// The sink thread's loop: writes each batch it is sent (see [`write_retrying`]),
+/// syncs on request, and finishes the output once every sender is gone.
+fn drain(
+    mut out: Box<dyn Output>,
+    rx: &flume::Receiver<SinkMsg>,
+    name: &str,
+    stats: &SinkStats,
+) -> anyhow::Result<()> {
+    for msg in rx.iter() {
+        match msg {
+            SinkMsg::Records(batch, tally) => {
+                write_retrying(out.as_mut(), &batch, name, stats)?;
+                stats
+                    .records_written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if let Some(tally) = tally {
+                    tally.written();
+                }
+            }
+            SinkMsg::Sync(reply) => {
+                let synced = out.sync();
+                let failed = synced.is_err();
+                let _ = reply.send(synced);
+                if failed {
+                    anyhow::bail!("sync failed");
+                }
+            }
+        }
+    }
+    out.finish()
+}
+
+/// Marks a write error as one that may go away by itself (a database
+/// connection lost, a server restarting): attach it with
+/// `error.context(Retry("…"))` and the sink's thread writes the batch again,
+/// with back-off, instead of stopping (see [`is_transient`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Retry(pub &'static str);
+
+impl fmt::Display for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Whether a write error may go away by itself: the output marked it
+/// [`Retry`] (a file sink: its disk or quota full, `ENOSPC`/`EDQUOT`; a
+/// database connection lost).
+pub fn is_transient(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Retry>().is_some()
+}
+
+/// Writes `batch`; a transient error (see [`is_transient`]) is tried again,
+/// after 100 ms, doubling up to 5 s, for as long as it lasts: the sink's queue
+/// fills meanwhile and the pipelines wait (backpressure), and nothing is
+/// dropped. Once the daemon is stopping it gives up after [`STOP_LIMIT`].
+/// Logs the first failure, then every 30 s, and the recovery; counts the
+/// tries in [`SinkStats::write_retries`].
+///
+/// # Errors
+/// A write error that is not transient, or a transient one when giving up.
+fn write_retrying(
+    out: &mut dyn Output,
+    batch: &Batch,
+    name: &str,
+    stats: &SinkStats,
+) -> anyhow::Result<()> {
+    let mut delay = RETRY_FIRST;
+    let mut failing: Option<(Instant, u64)> = None;
+    let mut logged: Option<Instant> = None;
+    let mut stopping_since: Option<Instant> = None;
+    loop {
+        let error = match out.write_batch(batch) {
+            Ok(()) => {
+                if let Some((since, tries)) = failing {
+                    stats.blocked.store(false, Ordering::Relaxed);
+                    tracing::info!(
+                        sink = name,
+                        retries = tries,
+                        waited_s = since.elapsed().as_secs_f64(),
+                        "the sink writes again"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) if is_transient(&e) => e,
+            Err(e) => return Err(e),
+        };
+        if stopping() {
+            let since = *stopping_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= STOP_LIMIT {
+                return Err(error.context(format!(
+                    "the daemon is stopping and the sink could not write for {} s: giving up on the {} record(s) it holds",
+                    STOP_LIMIT.as_secs(),
+                    batch.len()
+                )));
+            }
+        }
+        let (_, tries) = failing.get_or_insert((Instant::now(), 0));
+        *tries += 1;
+        stats.write_retries.fetch_add(1, Ordering::Relaxed);
+        stats.blocked.store(true, Ordering::Relaxed);
+        if logged.is_none_or(|t| t.elapsed() >= RETRY_LOG_EVERY) {
+            logged = Some(Instant::now());
+            tracing::warn!(
+                sink = name,
+                retries = *tries,
+                "cannot write: {error:#}; trying again (up to every {} s) while the records wait",
+                RETRY_MAX.as_secs()
+            );
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(RETRY_MAX);
     }
 }
 
@@ -319,10 +575,13 @@ pub fn lines_of(batch: &Batch, buf: &mut Vec<u8>) {
 
 /// A sink's open output, driven by the sink's thread.
 pub trait Output: Send {
-    /// Writes a batch (all of it, or fails).
+    /// Writes a batch (all of it, or fails). A failed write leaves the output
+    /// as it was before the batch where it can (a file is cut back), so that
+    /// the batch can be written again: a transient error (see
+    /// [`is_transient`]) is tried again.
     ///
     /// # Errors
-    /// The write failed; the sink stops.
+    /// The write failed; unless transient, the sink stops.
     fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()>;
     /// Writes out what was written so far, durably; a file's length in bytes
     /// (`None` for other outputs), which a checkpoint records.

@@ -230,6 +230,9 @@ pub struct FileLines {
     inode: u64,
     /// A partial last line of a followed file, kept until its newline arrives.
     pending: Vec<u8>,
+    /// A read error that came inside a line: the part read was given out as a
+    /// rejected line first, the error comes at the next call.
+    failed: Option<io::Error>,
     /// Longest line accepted, in bytes.
     max_line: usize,
     /// Skipping the rest of an overlong line: its first bytes, and its length so far.
@@ -482,6 +485,7 @@ impl FileLines {
             position: offset,
             inode,
             pending: Vec::new(),
+            failed: None,
             max_line,
             skipping: None,
             carry: None,
@@ -617,6 +621,9 @@ impl Lines for FileLines {
             self.line_start = u64::MAX;
             return Ok(Read1::Line);
         }
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         if self.skipping.is_none() {
             self.line_start = self.position - self.pending.len() as u64;
         }
@@ -647,9 +654,23 @@ impl Lines for FileLines {
             }
             // Read at most one byte past the limit: enough to know a line is too long.
             let room = (self.max_line + 2).saturating_sub(buf.len());
-            let n = (&mut self.reader)
-                .take(room as u64)
-                .read_until(b'\n', buf)?;
+            let before = buf.len();
+            let n = match (&mut self.reader).take(room as u64).read_until(b'\n', buf) {
+                Ok(n) => n,
+                // The input broke off inside a line (a truncated gzip file):
+                // the part read goes to the dead-letter sink, counted, then
+                // the error stops the source.
+                Err(e) if !buf.is_empty() => {
+                    self.position += (buf.len() - before) as u64;
+                    let reason = format!(
+                        "the input failed inside this line ({e}): `original` holds the {} byte(s) read before",
+                        buf.len()
+                    );
+                    self.failed = Some(e);
+                    return Ok(Read1::Reject(reason));
+                }
+                Err(e) => return Err(e),
+            };
             self.position += n as u64;
             let len = line_len(buf);
             if len > self.max_line {
@@ -813,5 +834,40 @@ mod tests {
         let (_, line, first) = next(&mut resumed);
         assert_eq!((line.as_str(), first), ("5,6", false));
         assert_eq!(resumed.first_line().unwrap(), b"a,b");
+    }
+
+    /// A gzip file cut short: every whole line it decodes is read, the line it
+    /// breaks off in is rejected with what was read of it, then the error.
+    #[test]
+    fn a_truncated_gzip_rejects_its_partial_last_line() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.ndjson.gz");
+        let text: String = (0..2000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        let whole = gz.finish().unwrap();
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        let mut lines = FileLines::open(path, false, 1000).unwrap();
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        let (partial, reason) = loop {
+            match lines.next_line(&mut buf).unwrap() {
+                Read1::Line => got.push(String::from_utf8(buf.clone()).unwrap()),
+                Read1::Reject(reason) => break (String::from_utf8(buf.clone()).unwrap(), reason),
+                other => panic!("{other:?} after {} lines", got.len()),
+            }
+        };
+        assert!(lines.next_line(&mut buf).is_err());
+        // The whole lines are a prefix of the text, and the partial one
+        // continues it: nothing is lost or invented.
+        let read = got.iter().map(|l| format!("{l}\n")).collect::<String>() + &partial;
+        assert!(!got.is_empty() && !partial.is_empty());
+        assert!(text.starts_with(&read), "{partial:?}");
+        assert!(!partial.ends_with('\n'));
+        assert!(
+            reason.contains("the input failed inside this line"),
+            "{reason}"
+        );
     }
 }

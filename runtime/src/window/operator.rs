@@ -300,7 +300,7 @@ pub fn run(
     inputs: flume::Receiver<WindowMsg>,
     sinks: &[SinkHandle],
     dead_letter: &DeadLetter,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     restore: Option<WindowSnapshot>,
     checkpointed: bool,
     kafka: bool,
@@ -440,7 +440,7 @@ struct Operator<'a> {
     /// …and the others.
     parked: BTreeMap<u32, Task>,
     sinks: &'a [SinkHandle],
-    stats: &'a Stats,
+    stats: &'a Arc<Stats>,
     assigned: Vec<Window>,
     /// A new window's accumulators (the user-defined ones as their plugin's
     /// `create` made them).
@@ -911,14 +911,7 @@ impl Operator<'_> {
             let key = matches!(self.spec.grouping, Grouping::Key).then_some(group.as_slice());
             batch.push(key, &line, w.end.saturating_sub(1));
         }
-        let batch = Arc::new(batch);
-        for sink in self.sinks {
-            sink.send(batch.clone())?;
-        }
-        self.stats
-            .records_out
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        Ok(())
+        crate::sink::deliver(self.sinks, batch, self.stats)
     }
 
     fn drop_closed(&mut self, closed: &dyn Fn(&Window) -> bool) {
@@ -1026,7 +1019,7 @@ mod tests {
         rows: Vec<Row>,
         /// Dead-lettered records: (original, reason).
         dead: Vec<(String, String)>,
-        stats: Stats,
+        stats: Arc<Stats>,
     }
 
     fn ms(text: &Value) -> i64 {
@@ -1056,7 +1049,7 @@ mod tests {
         let out = FileSink::start("out");
         let dlq = FileSink::start("dlq");
         let dead_letter = DeadLetter::new("unit-window", Some(dlq.handle()));
-        let stats = Stats::default();
+        let stats = Arc::new(Stats::default());
         let (tx, rx) = flume::unbounded();
         for msg in msgs {
             tx.send(msg).unwrap();
@@ -1454,7 +1447,7 @@ mod tests {
             tx.send(msg).unwrap();
         }
         drop(tx);
-        let stats = Stats::default();
+        let stats = Arc::new(Stats::default());
         let sinks = [out.handle()];
         run(
             "unit-window",
