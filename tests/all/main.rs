@@ -24,6 +24,7 @@ mod otlp;
 mod packaging;
 mod plugin_check;
 mod plugin_run_pipes;
+mod postgres;
 mod prometheus;
 mod reload;
 mod sandbox;

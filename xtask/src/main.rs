@@ -42,6 +42,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("libclang-rt-14-dev-wasm32", "C plugins"),
     ("systemd", "systemd-analyze verify of the unit"),
     ("prometheus", "tests/all/prometheus.rs scrapes the daemon"),
+    (
+        "postgresql",
+        "tests/all/postgres.rs starts a throwaway cluster (initdb, pg_ctl)",
+    ),
 ];
 
 /// componentize-py and wasm-tools, into `target/toolchains/py` (a venv).

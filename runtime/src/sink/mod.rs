@@ -10,7 +10,9 @@
 //!   ever holds whole batches of whole lines;
 //! - `blackhole` ([`blackhole`]): discards everything (benchmarks);
 //! - `kafka` ([`kafka`]): one Kafka record per event, through an idempotent
-//!   producer; a sync waits for every delivery report.
+//!   producer; a sync waits for every delivery report;
+//! - `postgres` ([`postgres`]): one row per record, a batch per statement and
+//!   transaction, `append` or `upsert`.
 
 pub mod dead_letter;
 
@@ -29,6 +31,7 @@ use crate::stats::Stats;
 pub mod blackhole;
 pub mod file;
 pub mod kafka;
+pub mod postgres;
 pub mod stdout;
 
 /// A kind of sink: its `type` name and the function that reads its table
@@ -56,6 +59,11 @@ pub const KINDS: &[Kind] = &[
         name: "kafka",
         parse: parse_as::<kafka::KafkaConfig>,
         fields: crate::config::fields_of::<kafka::KafkaConfig>,
+    },
+    Kind {
+        name: "postgres",
+        parse: parse_as::<postgres::PostgresConfig>,
+        fields: crate::config::fields_of::<postgres::PostgresConfig>,
     },
 ];
 

@@ -1,0 +1,394 @@
+//! The `postgres` sink against a real PostgreSQL: a throwaway cluster made by
+//! `initdb` in a temporary folder and started by `pg_ctl` on a free port on
+//! 127.0.0.1, as the `postgres` account (the server refuses root), stopped at
+//! the end. No mock.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A PostgreSQL cluster of one test.
+pub struct Pg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// `/usr/lib/postgresql/VERSION/bin` of the newest version installed.
+fn pg_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+impl Pg {
+    /// Makes and starts a cluster (`None`, after a skip, without PostgreSQL
+    /// or when not root).
+    pub fn start(test: &str) -> Option<Pg> {
+        let Some(bin) = pg_bin() else {
+            skip(
+                test,
+                "PostgreSQL is not installed (`cargo xtask setup` installs it)",
+            );
+            return None;
+        };
+        if !rustix::process::geteuid().is_root() {
+            skip(
+                test,
+                "the PostgreSQL cluster is run as `postgres`: needs root",
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown to postgres");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Pg { dir, bin, port };
+        pg.as_postgres(
+            "initdb",
+            &[
+                "-D",
+                pg.data().to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        pg.up();
+        Some(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs one of the server's programs as `postgres`; panics with its
+    /// output unless it succeeds.
+    fn as_postgres(&self, program: &str, args: &[&str]) {
+        let output = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(program))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Starts the server (again) and waits until it takes connections.
+    pub fn up(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-l",
+                self.dir.path().join("log").to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server (`fast`: open transactions are rolled back).
+    pub fn down(&self) {
+        self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// The connection string of the `postgres` database.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// A client.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// A sink table of `[sinks.db]` for the config builder.
+fn pg_sink(config: Config, pg: &Pg, rest: &str) -> Config {
+    config
+        .sink("db", "postgres")
+        .set_str("url", &pg.url())
+        .set("table", "\"t\"")
+        .set("columns", rest)
+}
+
+/// The flights windows job (`update` mode: every change of a window is
+/// written again) into an `upsert` table, with `kill -9` five times during
+/// the run and a restart each time: the table then equals the windows
+/// computed here from the flights — none missing, none twice, none wrong.
+#[test]
+fn windows_into_postgres_survive_five_kill_9() {
+    const TEST: &str = "postgres::windows_into_postgres_survive_five_kill_9";
+    let Some(pg) = Pg::start(TEST) else { return };
+    let n = 120_000;
+    let config = pg_sink(
+        Config::new()
+            .file_source("in", "in.ndjson")
+            .key("/carrier")
+            .timestamp("/event_time"),
+        &pg,
+        "{ key = \"/key\", window_start = \"/window_start\", window_end = \"/window_end\", \
+         delayed = \"/delayed\", avg_dep_delay = \"/avg_dep_delay\", max_dep_delay = \"/max_dep_delay\", \
+         dep_delay_quantiles = \"/dep_delay_quantiles\" }",
+    )
+    .set_str("mode", "upsert")
+    .set("key", "[\"key\", \"window_start\"]")
+    .set(
+        "create_table",
+        "{ key = \"text\", window_start = \"text\", window_end = \"text\", delayed = \"bigint\", \
+         avg_dep_delay = \"double precision\", max_dep_delay = \"bigint\", dep_delay_quantiles = \"jsonb\" }",
+    )
+    .pipeline("p", "in", &["db"])
+    .partitions(2)
+    .batch(r#"{ max_records = 500, interval = "10ms" }"#)
+    .processor(r#"{ plugin = "flights_delay.wasm", config = { min_delay = 15 } }"#)
+    .window(r#"{ kind = "tumbling", size = "1h", watermark = "10m", output_mode = "update" }"#)
+    .aggregate(
+        r#"[{ op = "count", as = "delayed" }, { op = "avg", field = "/dep_delay", as = "avg_dep_delay" },
+           { op = "max", field = "/dep_delay", as = "max_dep_delay" },
+           { op = "wasm", plugin = "delay_quantiles.wasm", field = "/dep_delay", config = { quantiles = "0.5,0.9,0.99" }, as = "dep_delay_quantiles" }]"#,
+    )
+    .checkpoint("100ms")
+    .build();
+    let scratch = Scratch::new(&config);
+    scratch.write("in.ndjson", &(flights_lines(n).join("\n") + "\n"));
+
+    let mut client = pg.client();
+    let rows_now = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one("SELECT count(*) FROM t", &[])
+            .map(|r| r.get(0))
+            .unwrap_or(0)
+    };
+    let mut kills = 0;
+    for round in 0..5 {
+        let before = rows_now(&mut client);
+        let mut daemon = Running::start(scratch.command("run"));
+        daemon.wait_for("pipeline started");
+        // Kill once some rows have come since the start (or after 3 s).
+        let deadline = Instant::now() + Duration::from_millis(3000);
+        while rows_now(&mut client) <= before + 20 * (round + 1) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50 * round as u64));
+        if daemon.child.try_wait().unwrap().is_none() {
+            daemon.signal("KILL");
+            kills += 1;
+        }
+        let _ = daemon.finish();
+    }
+    assert!(kills >= 3, "only {kills} kills landed mid-run");
+    let output = scratch.run();
+    assert_exit(&output, 0);
+
+    let got: Vec<Value> = client
+        .query(
+            "SELECT key, window_start, window_end, delayed, avg_dep_delay, max_dep_delay, \
+             dep_delay_quantiles::text FROM t ORDER BY window_start, key",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            json!({
+                "key": r.get::<_, String>(0),
+                "window_start": r.get::<_, String>(1),
+                "window_end": r.get::<_, String>(2),
+                "delayed": r.get::<_, i64>(3),
+                "avg_dep_delay": r.get::<_, f64>(4),
+                "max_dep_delay": r.get::<_, i64>(5),
+                "dep_delay_quantiles": serde_json::from_str::<Value>(&r.get::<_, String>(6)).unwrap(),
+            })
+        })
+        .collect();
+    let mut want = crate::windows::hourly_windows(n);
+    want.sort_by(|a, b| {
+        (a["window_start"].as_str(), a["key"].as_str())
+            .cmp(&(b["window_start"].as_str(), b["key"].as_str()))
+    });
+    crate::windows::assert_rows(&got, &want);
+}
+
+/// PostgreSQL stopped for 20 s mid-run: the sink retries with back-off (the
+/// daemon stays up, the log and `/sinks` say so), and once the server is back
+/// every record is in the table, each once.
+#[test]
+fn postgres_down_for_20_s_loses_nothing() {
+    const TEST: &str = "postgres::postgres_down_for_20_s_loses_nothing";
+    let Some(pg) = Pg::start(TEST) else { return };
+    let config = pg_sink(
+        Config::new()
+            .admin()
+            .file_source("in", "in.ndjson")
+            .follow(),
+        &pg,
+        "{ n = \"/n\", tag = \"/tag\" }",
+    )
+    .set("create_table", "{ n = \"bigint\", tag = \"text\" }")
+    .pipeline("p", "in", &["db"])
+    .batch(r#"{ max_records = 100, interval = "10ms" }"#)
+    .build();
+    let scratch = Scratch::new(&config);
+    let lines = |from: usize, to: usize| -> Vec<String> {
+        (from..to)
+            .map(|n| format!("{{\"n\":{n},\"tag\":\"t{}\"}}", n % 7))
+            .collect()
+    };
+    scratch.write("in.ndjson", &(lines(0, 5_000).join("\n") + "\n"));
+    let mut daemon = Running::start(scratch.command("run"));
+    let addr = daemon.admin_addr();
+    // 0 until the sink has made the table.
+    let count = |pg: &Pg| -> i64 {
+        pg.client()
+            .query_one("SELECT count(*) FROM t", &[])
+            .map_or(0, |r| r.get(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&pg) < 5_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the first 5,000 rows did not come"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    pg.down();
+    scratch.append_lines("in.ndjson", &lines(5_000, 10_000));
+    daemon.wait_for("cannot write");
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited"
+    );
+    let (_, sinks) = http(&addr, "GET", "/sinks");
+    let sinks: Value = serde_json::from_str(&sinks).unwrap();
+    assert_eq!(sinks[0]["blocked"], true, "{sinks}");
+    assert!(sinks[0]["write_retries"].as_u64().unwrap() > 0, "{sinks}");
+
+    pg.up();
+    daemon.wait_for("the sink writes again");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&pg) < 10_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the rest did not come: {}",
+            count(&pg)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.signal("TERM");
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    let ns: Vec<i64> = pg
+        .client()
+        .query("SELECT n FROM t ORDER BY n", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ns, (0..10_000).collect::<Vec<i64>>());
+    assert_eq!(count_summary(&output), 10_000);
+}
+
+fn count_summary(output: &std::process::Output) -> u64 {
+    count(output, "p", "out")
+}
+
+/// A table or column that does not exist is a config error located at the
+/// sink's `table` (`validate`, before anything runs).
+#[test]
+fn a_missing_table_or_column_is_a_located_config_error() {
+    const TEST: &str = "postgres::a_missing_table_or_column_is_a_located_config_error";
+    let Some(pg) = Pg::start(TEST) else { return };
+    pg.client()
+        .batch_execute("CREATE TABLE present (n bigint)")
+        .unwrap();
+    for (table, want) in [
+        ("nope", "table nope does not exist in database \"postgres\""),
+        ("present", "table present has no column tag (it has: n)"),
+    ] {
+        let config = Config::new()
+            .file_source("in", "in.ndjson")
+            .sink("db", "postgres")
+            .set_str("url", &pg.url())
+            .set_str("table", table)
+            .set("columns", "{ n = \"/n\", tag = \"/tag\" }")
+            .pipeline("p", "in", &["db"])
+            .build();
+        let scratch = Scratch::new(&config);
+        scratch.write("in.ndjson", "");
+        let output = scratch.command("validate").output().unwrap();
+        assert_exit(&output, 2);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let line = line_of(&config, "table = ");
+        assert!(
+            stderr.contains(&format!("sluice.toml:{line}:")) && stderr.contains(want),
+            "{stderr}"
+        );
+    }
+}
