@@ -142,6 +142,22 @@ impl Broker {
     /// value), once at least `want` have come and nothing more came for 2 s —
     /// or at `timeout`.
     pub fn read_all(&self, topic: &str, want: usize, timeout: Duration) -> Vec<(String, String)> {
+        let mut n = 0;
+        self.read_until(topic, timeout, |_| {
+            n += 1;
+            n >= want
+        })
+    }
+
+    /// Every record of `topic` (all partitions, from the start) as (key,
+    /// value), once `enough` (told of each record as it comes) has said so
+    /// and nothing more came for 2 s — or at `timeout`.
+    pub fn read_until(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        mut enough: impl FnMut(&(String, String)) -> bool,
+    ) -> Vec<(String, String)> {
         let consumer: BaseConsumer = self
             .config()
             .set("group.id", "test-reader")
@@ -160,16 +176,17 @@ impl Broker {
         drop(tpl);
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
+        let mut done = false;
         let mut last = Instant::now();
-        while Instant::now() < deadline
-            && (out.len() < want || last.elapsed() < Duration::from_secs(2))
-        {
+        while Instant::now() < deadline && (!done || last.elapsed() < Duration::from_secs(2)) {
             if let Some(m) = consumer.poll(Duration::from_millis(100)) {
                 let m = m.unwrap();
-                out.push((
+                let record = (
                     String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                ));
+                );
+                done |= enough(&record);
+                out.push(record);
                 last = Instant::now();
             }
         }
@@ -466,13 +483,14 @@ fn kafka_to_kafka_windows_match_ground_truth() {
     assert!(dead[0]["timestamp_ms"].is_i64(), "and its Kafka timestamp");
 }
 
-/// Produces `records` in chunks of `chunk`, `pause` apart, on a thread: load
+/// Produces `records` to `topic` in chunks of `chunk`, `pause` apart, on a thread: load
 /// that goes on while daemons join, leave and die. Small chunks (100 flights
 /// are 2–3 hours of departures) make the checkpoints, taken while the source
 /// waits for more, fall inside hours whose windows the next chunk adds to: a
 /// state lost there shows in the windows.
 fn produce_slowly(
     broker: &Broker,
+    topic: &'static str,
     records: Vec<(i32, String, String)>,
     chunk: usize,
     pause: Duration,
@@ -487,7 +505,7 @@ fn produce_slowly(
             .unwrap();
         for part in records.chunks(chunk) {
             for (partition, key, value) in part {
-                let mut record = BaseRecord::to("flights")
+                let mut record = BaseRecord::to(topic)
                     .partition(*partition)
                     .key(key.as_str())
                     .payload(value.as_str());
@@ -585,7 +603,7 @@ fn kill_9_mid_stream_then_restart_misses_no_window() {
     let records = flights_and_flush(N);
     let ends = ends(&records);
     // About 10 s of load: the kills land while records flow.
-    let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
+    let producer = produce_slowly(&input, "flights", records, 100, Duration::from_millis(25));
     let scratch = Scratch::new(&config(&input, &output, "crash"));
     // Killed at a few points while records flow, restarted each time.
     let seed = std::time::SystemTime::now()
@@ -629,7 +647,7 @@ fn a_clean_rebalance_writes_nothing_twice() {
     };
     let records = flights_and_flush(N);
     let ends = ends(&records);
-    let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
+    let producer = produce_slowly(&input, "flights", records, 100, Duration::from_millis(25));
     // One daemon, then a second joins (the partitions are split: a
     // rebalance), then the first leaves (SIGTERM: another rebalance).
     let a = Scratch::new(&config(&input, &output, "clean"));
@@ -667,7 +685,7 @@ fn three_daemons_one_killed_end_with_the_windows_of_one() {
     let records = flights_and_flush(N);
     let ends = ends(&records);
     // About 15 s of load.
-    let producer = produce_slowly(&input, records, 100, Duration::from_millis(25));
+    let producer = produce_slowly(&input, "flights", records, 100, Duration::from_millis(25));
     let scratches: Vec<Scratch> = (0..3)
         .map(|_| Scratch::new(&config(&input, &output, "scale")))
         .collect();
