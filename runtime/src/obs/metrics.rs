@@ -216,6 +216,34 @@ pub struct Registry {
     /// `sluice.consumer.lag`: per (pipeline, topic, partition) of a Kafka
     /// source, the records between its position and the partition's end.
     consumer_lag: Mutex<BTreeMap<(String, String, i32), i64>>,
+    /// Per Kafka sink: `sluice.kafka.sink.resent` (records sent again after
+    /// their delivery failed) and `sluice.kafka.sink.new_producers` (producers
+    /// made to replace one that could not deliver).
+    kafka_sinks: Mutex<BTreeMap<String, [u64; 2]>>,
+}
+
+/// Counts `records` a Kafka sink sends again after their delivery failed.
+pub fn kafka_sink_resent(sink: &str, records: u64) {
+    let mut sinks = REGISTRY.kafka_sinks.lock().expect("metrics lock");
+    sinks.entry(sink.to_string()).or_default()[0] += records;
+}
+
+/// Counts a producer a Kafka sink made to replace one that could not deliver.
+pub fn kafka_sink_new_producer(sink: &str) {
+    let mut sinks = REGISTRY.kafka_sinks.lock().expect("metrics lock");
+    sinks.entry(sink.to_string()).or_default()[1] += 1;
+}
+
+/// Each Kafka sink that sent records again: (sink, records sent again, new
+/// producers).
+pub fn kafka_sinks() -> Vec<(String, u64, u64)> {
+    REGISTRY
+        .kafka_sinks
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|(sink, [resent, new])| (sink.clone(), *resent, *new))
+        .collect()
 }
 
 /// Records a Kafka partition's consumer lag (records), from librdkafka's
@@ -517,6 +545,24 @@ pub fn render_prometheus(text: &mut String) {
             label(pipeline),
             label(topic)
         );
+    }
+    let kafka_sinks = kafka_sinks();
+    for (name, what, value) in [
+        (
+            "sluice_kafka_sink_resent_total",
+            "Records a Kafka sink sent again after their delivery failed.",
+            (|s: &(String, u64, u64)| s.1) as fn(&(String, u64, u64)) -> u64,
+        ),
+        (
+            "sluice_kafka_sink_new_producers_total",
+            "Producers a Kafka sink made to replace one that could not deliver (fenced, unknown producer id, …).",
+            |s| s.2,
+        ),
+    ] {
+        help(text, name, "counter", what);
+        for s in &kafka_sinks {
+            let _ = writeln!(text, "{name}{{sink=\"{}\"}} {}", label(&s.0), value(s));
+        }
     }
     let plugins = plugins();
     let labels = |p: &PluginMetrics| {

@@ -208,6 +208,32 @@ pub fn observe(admin: Arc<AdminState>) {
             })
             .build();
     }
+    for (name, description, unit, new_producers) in [
+        (
+            "sluice.kafka.sink.resent",
+            "Records a Kafka sink sent again after their delivery failed.",
+            "{record}",
+            false,
+        ),
+        (
+            "sluice.kafka.sink.new_producers",
+            "Producers a Kafka sink made to replace one that could not deliver.",
+            "{producer}",
+            true,
+        ),
+    ] {
+        meter
+            .u64_observable_counter(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |observer| {
+                for (sink, resent, new) in crate::obs::metrics::kafka_sinks() {
+                    let value = if new_producers { new } else { resent };
+                    observer.observe(value, &[KeyValue::new("sink", sink)]);
+                }
+            })
+            .build();
+    }
     for (name, description, failures) in [
         ("sluice.config.reloads", "Config reloads applied.", false),
         (
