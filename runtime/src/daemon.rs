@@ -164,7 +164,7 @@ impl Daemon {
                         Some(len) if !c.finished && !c.stopped && c.exclusive.contains(s) => {
                             crate::sink::Resume::CutTo(*len)
                         }
-                        _ => crate::sink::Resume::Keep,
+                        _ => crate::sink::Resume::Keep(c.sinks.get(s).copied()),
                     };
                     out.sinks.insert(s.clone(), resume);
                 }
@@ -507,6 +507,9 @@ pub async fn run(
     // in meanwhile.
     let mut building: Option<tokio::task::JoinHandle<Result<Topology, String>>> = None;
     let mut again: Option<&'static str> = None;
+    // Sinks being closed (written out, synced) on blocking threads.
+    let mut closing: tokio::task::JoinSet<(String, anyhow::Result<()>)> =
+        tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             joined = daemon.waiting.join_next() => match joined {
@@ -534,11 +537,10 @@ pub async fn run(
                         live.ended = true;
                     }
                     daemon.refresh_admin();
-                    // A sink that a reload left without users is closed now.
+                    // A sink that a reload left without users is closed now,
+                    // off this loop (it may wait for space or a reader).
                     for (name, sink) in daemon.take_unused_sinks() {
-                        if let Err(e) = tokio::task::spawn_blocking(move || sink.finish()).await? {
-                            errors.push(e.context(format!("sink `{name}`")));
-                        }
+                        closing.spawn_blocking(move || (name, sink.finish()));
                     }
                     results.push((summary, result));
                 }
@@ -585,9 +587,7 @@ pub async fn run(
                     Err(reason) => tracing::error!("config reload refused, the running config stays: {reason}"),
                 }
                 for (name, sink) in daemon.take_unused_sinks() {
-                    if let Err(e) = tokio::task::spawn_blocking(move || sink.finish()).await? {
-                        errors.push(e.context(format!("sink `{name}`")));
-                    }
+                    closing.spawn_blocking(move || (name, sink.finish()));
                 }
                 if let (Some(why), Some(rebuild)) = (again.take(), rebuild.clone()) {
                     notifier.reloading();
@@ -599,6 +599,31 @@ pub async fn run(
     if !shutdown_done {
         // The inputs ended: the daemon stops by itself.
         notifier.stopping();
+    }
+    // The pipelines ended; the sinks write out what they hold. A signal now
+    // still counts: a sink that cannot write (a full disk, no reader, a
+    // database away) then gives up (see `sink::daemon_stopping`) instead of
+    // holding the daemon until it can.
+    for (name, (_, sink)) in std::mem::take(&mut daemon.sinks) {
+        closing.spawn_blocking(move || (name, sink.finish()));
+    }
+    loop {
+        tokio::select! {
+            done = closing.join_next() => match done {
+                None => break,
+                Some(done) => {
+                    let (name, result) = done?;
+                    if let Err(e) = result {
+                        errors.push(e.context(format!("sink `{name}`")));
+                    }
+                }
+            },
+            () = &mut shutdown, if !shutdown_done => {
+                shutdown_done = true;
+                tracing::info!("stopping: sinks that cannot write give up");
+                crate::sink::daemon_stopping();
+            }
+        }
     }
     if let Some(w) = watchdog {
         w.abort();

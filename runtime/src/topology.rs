@@ -167,6 +167,7 @@ impl Topology {
                 window,
             });
         }
+        check_exactly_once(config, source, &sinks, &pipelines)?;
         check_log_level(config, source)?;
         if let Some(endpoint) = &config.daemon.telemetry.otlp_endpoint {
             crate::obs::telemetry::check_endpoint(endpoint.get_ref()).map_err(|e| {
@@ -369,6 +370,51 @@ fn load_aggregators(
         }
     }
     Ok(instances)
+}
+
+/// A sink that commits at checkpoints (`exactly_once`) needs a checkpointed
+/// pipeline, and only one: its transactions follow that pipeline's
+/// checkpoints.
+fn check_exactly_once(
+    config: &Config,
+    source: &ConfigSource,
+    sinks: &BTreeMap<String, SinkSpec>,
+    pipelines: &[PipelineSpec],
+) -> Result<(), ConfigError> {
+    for (name, _) in sinks.iter().filter(|(_, s)| s.0.exactly_once()) {
+        let users: Vec<&PipelineSpec> = pipelines
+            .iter()
+            .filter(|p| p.sinks.contains(name) || p.dead_letter.as_ref() == Some(name))
+            .collect();
+        let span = config
+            .sinks
+            .get(name)
+            .map(toml::Spanned::span)
+            .unwrap_or_default();
+        if users.len() > 1 {
+            let names: Vec<&str> = users.iter().map(|p| p.name.as_str()).collect();
+            return Err(source.error(
+                span,
+                format!(
+                    "sink `{name}` has exactly_once: it commits at one pipeline's checkpoints, and {} pipelines use it ({})",
+                    users.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        if let Some(p) = users.first()
+            && p.checkpoint.is_none()
+        {
+            return Err(source.error(
+                span,
+                format!(
+                    "sink `{name}` has exactly_once: it commits at checkpoints, and pipeline `{}` has none (add `checkpoint = {{ interval = \"1s\" }}`)",
+                    p.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint settings of a pipeline whose source replays as `replay`.

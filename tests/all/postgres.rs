@@ -108,7 +108,7 @@ impl Pg {
     /// Starts the server (again) and waits until it takes connections.
     pub fn up(&self) {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_prepared_transactions=16",
             self.port,
             self.dir.path().display()
         );
@@ -355,6 +355,121 @@ fn postgres_down_for_20_s_loses_nothing() {
     assert_eq!(count_summary(&output), 10_000);
 }
 
+/// `append` with `exactly_once` (two-phase commit at checkpoints), `kill -9`
+/// five times mid-run: every input record is a row exactly once. The same
+/// job without `exactly_once` is run too, to show the kills land where they
+/// make duplicates (at-least-once).
+#[test]
+fn append_exactly_once_survives_five_kill_9() {
+    const TEST: &str = "postgres::append_exactly_once_survives_five_kill_9";
+    let Some(pg) = Pg::start(TEST) else { return };
+    let n: i64 = 60_000;
+    let input: String = (0..n)
+        .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "p".repeat(50)))
+        .collect();
+    let run = |table: &str, exactly_once: bool| -> Vec<i64> {
+        let config = Config::new()
+            .file_source("in", "in.ndjson")
+            .sink("db", "postgres")
+            .set_str("url", &pg.url())
+            .set_str("table", table)
+            .set("columns", "{ n = \"/n\" }")
+            .set("create_table", "{ n = \"bigint\" }")
+            .set("exactly_once", exactly_once)
+            .pipeline("p", "in", &["db"])
+            .partitions(2)
+            .batch(r#"{ max_records = 200, interval = "5ms" }"#)
+            .plugin("identity.wasm")
+            .checkpoint("150ms")
+            .build();
+        let scratch = Scratch::new(&config);
+        scratch.write("in.ndjson", &input);
+        let mut client = pg.client();
+        let rows = |client: &mut postgres::Client| -> i64 {
+            client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .map_or(0, |r| r.get(0))
+        };
+        for round in 1..=5 {
+            let mut daemon = Running::start(scratch.command("run"));
+            daemon.wait_for("pipeline started");
+            let target = n * round / 7;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while rows(&mut client) < target && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            daemon.signal("KILL");
+            let _ = daemon.finish();
+        }
+        let output = scratch.run();
+        assert_exit(&output, 0);
+        client
+            .query(&format!("SELECT n FROM {table} ORDER BY n"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let want: Vec<i64> = (0..n).collect();
+    assert_eq!(run("once", true), want);
+    let prepared: i64 = pg
+        .client()
+        .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0, "prepared transactions left over");
+    // The control: at-least-once, every record there, some twice.
+    let plain = run("plain", false);
+    let mut distinct = plain.clone();
+    distinct.dedup();
+    assert_eq!(distinct, want);
+    assert!(
+        plain.len() > want.len(),
+        "the kills made no duplicate without exactly_once"
+    );
+}
+
+/// `exactly_once` needs a checkpointed pipeline of its own.
+#[test]
+fn exactly_once_needs_a_checkpointed_pipeline_of_its_own() {
+    let base = |extra: &str, second: bool| {
+        let mut c = Config::new()
+            .file_source("in", "in.ndjson")
+            .sink("db", "postgres")
+            .set_str(
+                "url",
+                "host=127.0.0.1 port=1 user=nobody dbname=none connect_timeout=1",
+            )
+            .set_str("table", "t")
+            .set("columns", "{ n = \"/n\" }")
+            .set("create_table", "{ n = \"bigint\" }")
+            .set("exactly_once", true)
+            .pipeline("p", "in", &["db"]);
+        if !extra.is_empty() {
+            c = c.checkpoint(extra);
+        }
+        if second {
+            c = c.pipeline("q", "in", &["db"]).checkpoint("1s");
+        }
+        c.build()
+    };
+    for (config, want) in [
+        (base("", false), "pipeline `p` has none (add `checkpoint"),
+        (base("1s", true), "2 pipelines use it (p, q)"),
+    ] {
+        let scratch = Scratch::new(&config);
+        scratch.write("in.ndjson", "");
+        let output = scratch.command("validate").output().unwrap();
+        assert_exit(&output, 2);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let line = line_of(&config, "[sinks.db]");
+        assert!(
+            stderr.contains(&format!("sluice.toml:{line}:")) && stderr.contains(want),
+            "{stderr}"
+        );
+    }
+}
+
 fn count_summary(output: &std::process::Output) -> u64 {
     count(output, "p", "out")
 }
@@ -368,14 +483,25 @@ fn a_missing_table_or_column_is_a_located_config_error() {
     pg.client()
         .batch_execute("CREATE TABLE present (n bigint)")
         .unwrap();
-    for (table, want) in [
-        ("nope", "table nope does not exist in database \"postgres\""),
-        ("present", "table present has no column tag (it has: n)"),
+    let no_db = pg.url().replace("dbname=postgres", "dbname=nosuchdb");
+    for (url, table, want) in [
+        (
+            pg.url(),
+            "nope",
+            "table nope does not exist in database \"postgres\"",
+        ),
+        (
+            pg.url(),
+            "present",
+            "table present has no column tag (it has: n)",
+        ),
+        // The server answers and refuses: a config error too, at `url`.
+        (no_db, "present", "database \"nosuchdb\" does not exist"),
     ] {
         let config = Config::new()
             .file_source("in", "in.ndjson")
             .sink("db", "postgres")
-            .set_str("url", &pg.url())
+            .set_str("url", &url)
             .set_str("table", table)
             .set("columns", "{ n = \"/n\", tag = \"/tag\" }")
             .pipeline("p", "in", &["db"])
@@ -385,10 +511,51 @@ fn a_missing_table_or_column_is_a_located_config_error() {
         let output = scratch.command("validate").output().unwrap();
         assert_exit(&output, 2);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let line = line_of(&config, "table = ");
+        let line = line_of(
+            &config,
+            if url == pg.url() {
+                "table = "
+            } else {
+                "url = "
+            },
+        );
         assert!(
             stderr.contains(&format!("sluice.toml:{line}:")) && stderr.contains(want),
             "{stderr}"
         );
     }
+}
+
+/// Two records of one key in one batch, the key written differently (`"1"`
+/// and `1` into an integer key): one row, the later record's.
+#[test]
+fn an_upsert_batch_with_one_key_twice_keeps_the_last() {
+    const TEST: &str = "postgres::an_upsert_batch_with_one_key_twice_keeps_the_last";
+    let Some(pg) = Pg::start(TEST) else { return };
+    let config = pg_sink(
+        Config::new().file_source("in", "in.ndjson"),
+        &pg,
+        "{ k = \"/k\", v = \"/v\" }",
+    )
+    .set_str("mode", "upsert")
+    .set("key", "[\"k\"]")
+    .set("create_table", "{ k = \"bigint\", v = \"bigint\" }")
+    .pipeline("p", "in", &["db"])
+    .batch(r#"{ max_records = 100, interval = "1s" }"#)
+    .build();
+    let scratch = Scratch::new(&config);
+    scratch.write(
+        "in.ndjson",
+        "{\"k\":\"1\",\"v\":1}\n{\"k\":1,\"v\":2}\n{\"k\":2,\"v\":3}\n",
+    );
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let rows: Vec<(i64, i64)> = pg
+        .client()
+        .query("SELECT k, v FROM t ORDER BY k", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [(1, 2), (2, 3)]);
 }

@@ -229,3 +229,44 @@ fn counters_say_what_a_failed_sink_did_not_write() {
     assert!(unwritten > 0, "unwritten={unwritten}\n{stderr}");
     assert_eq!(out + unwritten + failed, records_in, "{stderr}");
 }
+
+/// A signal while the pipelines have ended but a sink still cannot write (its
+/// disk full): the sink gives up after its 30 s, the daemon exits 1, and the
+/// counters add up. Before, the signal went unheard and only freeing space
+/// ended the daemon.
+#[test]
+fn a_signal_reaches_a_sink_still_writing_out_after_the_input_ended() {
+    let scratch = Scratch::new(
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "disk/out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .batch(r#"{ max_records = 100, interval = "10ms" }"#)
+            .build(),
+    );
+    let Some(disk) = Tmpfs::mount(scratch.path("disk"), 1 << 20) else {
+        skip(
+            "sink_faults::a_signal_reaches_a_sink_still_writing_out_after_the_input_ended",
+            "cannot mount a tmpfs (needs root)",
+        );
+        return;
+    };
+    std::fs::write(disk.dir.join("filler"), vec![0u8; (1 << 20) - (64 << 10)]).unwrap();
+    // Fits in the sink's queue: the pipeline ends while the sink waits.
+    let lines = records(1_500);
+    scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("cannot write");
+    daemon.wait_for("pipeline ended");
+    let stopped = Instant::now();
+    daemon.signal("TERM");
+    let output = daemon.finish();
+    assert!(stopped.elapsed() < Duration::from_secs(60));
+    assert_exit(&output, 1);
+    let written = scratch.read_lines("disk/out.ndjson");
+    assert_eq!(written, lines[..written.len()]);
+    let (out, unwritten) = (count(&output, "p", "out"), count(&output, "p", "unwritten"));
+    assert_eq!(out, written.len() as u64);
+    assert_eq!(out + unwritten + count(&output, "p", "failed"), 1_500);
+    assert!(unwritten > 0);
+}

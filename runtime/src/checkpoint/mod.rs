@@ -540,6 +540,10 @@ impl Checkpointer {
             stopped: kind == BarrierKind::Stop,
         };
         self.store.save(&self.pipeline, &checkpoint)?;
+        // Saved: a sink that prepared its writes at the sync commits them.
+        for sink in &self.sinks {
+            let _ = sink.committed();
+        }
         self.last_id = checkpoint.id;
         self.last_at = Instant::now();
         self.last_batches = stats.batches.load(Ordering::Relaxed);

@@ -125,6 +125,12 @@ pub trait Sink: fmt::Debug + Send + Sync + 'static {
     fn max_record_bytes(&self) -> Option<usize> {
         None
     }
+
+    /// Whether the sink commits only at checkpoints (two-phase): its pipeline
+    /// must be checkpointed, and it must be that pipeline's alone.
+    fn exactly_once(&self) -> bool {
+        false
+    }
 }
 
 /// Batches waiting for one sink. Small: each entry is a whole batch.
@@ -146,9 +152,11 @@ pub enum Resume {
     /// After a crash: cut back to this length (bytes), what the checkpoint
     /// recorded.
     CutTo(u64),
-    /// After a stop or the end of the input: nothing was written after the
-    /// checkpoint; keep the file as it is (not truncated either).
-    Keep,
+    /// After a stop or the end of the input (or a sink another pipeline
+    /// shares): keep the output as it is (a file not truncated either). The
+    /// value the checkpoint recorded for the sink, if any (a postgres sink's
+    /// epoch).
+    Keep(Option<u64>),
 }
 
 /// Set when the daemon stops (SIGTERM, SIGINT).
@@ -255,6 +263,8 @@ enum SinkMsg {
     /// Write out everything sent before, to stable storage, and answer with the
     /// output's length in bytes (`None`: not a file).
     Sync(flume::Sender<anyhow::Result<Option<u64>>>),
+    /// The checkpoint the last sync was for is saved.
+    Committed,
 }
 
 /// A handle to a running sink; clone it to feed the sink from several workers.
@@ -301,6 +311,18 @@ impl SinkHandle {
     /// The sink has stopped, or the write or sync failed.
     pub fn sync(&self) -> anyhow::Result<Option<u64>> {
         self.start_sync()?.wait()
+    }
+
+    /// Tells the sink that the checkpoint its last sync was for is saved (the
+    /// second phase of a two-phase commit, see [`Output::committed`]); does
+    /// not wait.
+    ///
+    /// # Errors
+    /// The sink has stopped.
+    pub fn committed(&self) -> anyhow::Result<()> {
+        self.tx
+            .send(SinkMsg::Committed)
+            .map_err(|_| anyhow::anyhow!("sink `{}` has stopped", self.name))
     }
 
     /// [`SinkHandle::sync`] in two steps, so that several sinks sync at once:
@@ -482,6 +504,7 @@ fn drain(
                     anyhow::bail!("sync failed");
                 }
             }
+            SinkMsg::Committed => out.committed()?,
         }
     }
     out.finish()
@@ -597,6 +620,14 @@ pub trait Output: Send {
     /// # Errors
     /// The write or the sync failed.
     fn sync(&mut self) -> anyhow::Result<Option<u64>>;
+    /// The checkpoint of the last [`Output::sync`] is saved: a sink that
+    /// commits in two phases commits what that sync prepared.
+    ///
+    /// # Errors
+    /// The sink cannot go on.
+    fn committed(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Writes out everything; the sink is done.
     ///
     /// # Errors

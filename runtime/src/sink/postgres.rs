@@ -69,6 +69,24 @@ pub struct PostgresConfig {
     /// Column → SQL type: create the table with these columns if it does not
     /// exist (with `upsert`, `key` as its primary key).
     pub create_table: Option<Spanned<BTreeMap<String, String>>>,
+    /// Exactly-once after a crash, by two-phase commit: the rows between two
+    /// checkpoints are one transaction, prepared at the checkpoint and
+    /// committed once the checkpoint is saved. Needs a checkpointed pipeline
+    /// of its own and `max_prepared_transactions > 0` on the server.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// How long a connection (its handshake included) or a statement may
+    /// take before it counts as a lost connection (and is tried again on a
+    /// new one). Default 30s.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// How rows are written.
@@ -95,7 +113,7 @@ impl super::SinkConfig for PostgresConfig {
             )
         };
         let url = self.url.as_ref().ok_or_else(|| need("url"))?;
-        let mut connect: postgres::Config = url.get_ref().parse().map_err(|e| {
+        let mut connect: tokio_postgres::Config = url.get_ref().parse().map_err(|e| {
             cx.config
                 .error(url.span(), format!("not a connection string: {e}"))
         })?;
@@ -153,6 +171,16 @@ impl super::SinkConfig for PostgresConfig {
             (Mode::Append, None) => Vec::new(),
         };
         if let Some(create) = &self.create_table
+            && let Some((c, t)) = create.get_ref().iter().find(|(_, t)| !is_type_name(t))
+        {
+            return Err(cx.config.error(
+                create.span(),
+                format!(
+                    "column `{c}`: {t:?} is not a type name (letters, digits, _, spaces, (), [], commas)"
+                ),
+            ));
+        }
+        if let Some(create) = &self.create_table
             && let Some(c) = columns
                 .get_ref()
                 .keys()
@@ -172,6 +200,9 @@ impl super::SinkConfig for PostgresConfig {
             mode: self.mode,
             key,
             create_table: self.create_table.as_ref().map(|c| c.get_ref().clone()),
+            exactly_once: self.exactly_once,
+            name: cx.name.to_string(),
+            timeout: self.timeout,
         };
         // Look at the table now when the server answers, so that a missing
         // table or column is a located config error (`validate` too); a
@@ -181,6 +212,11 @@ impl super::SinkConfig for PostgresConfig {
                 Ok(Ok(Probe::Ok)) => {}
                 Ok(Ok(Probe::Wrong(message))) => {
                     return Err(cx.config.error(table.span(), message));
+                }
+                // The server answered, and refused: a wrong password, a
+                // database or role that does not exist.
+                Ok(Err(e)) if !super::is_transient(&e) => {
+                    return Err(cx.config.error(url.span(), format!("{e:#}")));
                 }
                 Ok(Err(e)) => tracing::warn!(
                     sink = cx.name,
@@ -195,6 +231,15 @@ impl super::SinkConfig for PostgresConfig {
             claims: Vec::new(),
         })
     }
+}
+
+/// Whether `text` can be an SQL type name (`double precision`,
+/// `numeric(10,2)`, `text[]`): nothing that could end the statement.
+fn is_type_name(text: &str) -> bool {
+    !text.trim().is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _(),[]".contains(c))
 }
 
 /// `name` or `schema.name` as a quoted SQL identifier (`"a""b"` for `a"b`).
@@ -212,8 +257,9 @@ fn quote(name: &str) -> String {
 }
 
 /// A postgres sink, built.
+#[derive(Clone)]
 pub struct PostgresSink {
-    connect: postgres::Config,
+    connect: tokio_postgres::Config,
     password_file: Option<PathBuf>,
     /// Quoted.
     table: String,
@@ -224,6 +270,12 @@ pub struct PostgresSink {
     mode: Mode,
     key: Vec<String>,
     create_table: Option<BTreeMap<String, String>>,
+    /// Two-phase commit at checkpoints (see [`PostgresConfig::exactly_once`]).
+    exactly_once: bool,
+    /// The sink's name, in the names of its prepared transactions.
+    name: String,
+    /// The longest a connection or a statement may take.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -248,7 +300,107 @@ impl std::fmt::Debug for PostgresSink {
             .field("mode", &self.mode)
             .field("key", &self.key)
             .field("create_table", &self.create_table)
+            .field("exactly_once", &self.exactly_once)
+            .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+/// A connection, and the runtime its I/O runs on (a current-thread runtime of
+/// the sink's own thread): every call is bounded by the sink's `timeout`, so
+/// a server that stops answering (stopped, or its machine gone) is a lost
+/// connection after that long, not a sink stuck forever.
+pub struct Conn {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    timeout: Duration,
+}
+
+impl Conn {
+    /// Connects (the TCP connection and the startup handshake within
+    /// `timeout`).
+    ///
+    /// # Errors
+    /// No answer within `timeout`, or a refusal; marked [`Retry`] unless the
+    /// server refused the login or the database (a wrong password, a role or
+    /// database that does not exist: SQLSTATE classes 28, 3D).
+    fn connect(config: &tokio_postgres::Config, timeout: Duration) -> anyhow::Result<Conn> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // The timer is made inside the runtime (it needs its time driver).
+        let connected = rt.block_on(async {
+            tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls)).await
+        });
+        let (client, connection) = match connected {
+            Err(_) => {
+                return Err(
+                    anyhow::anyhow!("PostgreSQL did not answer within {timeout:?}")
+                        .context(Retry("cannot connect to PostgreSQL")),
+                );
+            }
+            Ok(Err(e)) => {
+                let e = retry_if_connection(anyhow::Error::new(e));
+                return Err(e.context("cannot connect to PostgreSQL"));
+            }
+            Ok(Ok(pair)) => pair,
+        };
+        rt.spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Conn {
+            rt,
+            client,
+            timeout,
+        })
+    }
+
+    fn run<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> anyhow::Result<T> {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(self.timeout, call).await })
+        {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(
+                anyhow::anyhow!("PostgreSQL did not answer within {:?}", self.timeout)
+                    .context(Retry("the PostgreSQL connection stalled")),
+            ),
+        }
+    }
+
+    fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> anyhow::Result<tokio_postgres::Row> {
+        self.run(self.client.query_one(sql, params))
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+        self.run(self.client.query(sql, params))
+    }
+
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> anyhow::Result<u64> {
+        self.run(self.client.execute(sql, params))
+    }
+
+    fn batch_execute(&mut self, sql: &str) -> anyhow::Result<()> {
+        self.run(self.client.batch_execute(sql))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
     }
 }
 
@@ -260,24 +412,24 @@ enum Probe {
 }
 
 impl PostgresSink {
-    fn client(&self) -> anyhow::Result<postgres::Client> {
+    fn client(&self) -> anyhow::Result<Conn> {
+        self.client_within(self.timeout)
+    }
+
+    /// A connection whose calls each take at most `timeout`.
+    fn client_within(&self, timeout: Duration) -> anyhow::Result<Conn> {
         let mut config = self.connect.clone();
         if let Some(path) = &self.password_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             config.password(text.lines().next().unwrap_or_default());
         }
-        config
-            .connect(postgres::NoTls)
-            .map_err(|e| anyhow::Error::new(e).context(Retry("cannot connect to PostgreSQL")))
+        Conn::connect(&config, timeout)
     }
 
     /// The table's columns and their SQL types (`format_type`); none when the
     /// table does not exist.
-    fn table_types(
-        &self,
-        client: &mut postgres::Client,
-    ) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+    fn table_types(&self, client: &mut Conn) -> anyhow::Result<Option<BTreeMap<String, String>>> {
         let exists: Option<String> = client
             .query_one("SELECT to_regclass($1)::text", &[&self.table])?
             .get(0);
@@ -294,7 +446,19 @@ impl PostgresSink {
 
     /// Connects and checks that the table has every column.
     fn probe(&self) -> anyhow::Result<Probe> {
-        let mut client = self.client()?;
+        // A server that does not answer holds `validate`, a start or a
+        // reload up at most this long.
+        let mut client = self.client_within(self.timeout.min(CONNECT_TIMEOUT))?;
+        if self.exactly_once {
+            let max: String = client
+                .query_one("SELECT current_setting('max_prepared_transactions')", &[])?
+                .get(0);
+            if max.trim() == "0" {
+                return Ok(Probe::Wrong(
+                    "exactly_once needs prepared transactions, and the server allows none: set max_prepared_transactions (e.g. 16) in postgresql.conf and restart it".into(),
+                ));
+            }
+        }
         let Some(types) = self.table_types(&mut client)? else {
             return Ok(Probe::Wrong(format!(
                 "table {} does not exist in database {:?} (create it, or give its columns' types in `create_table`)",
@@ -318,7 +482,7 @@ impl PostgresSink {
     }
 
     /// Creates the table if `create_table` asks for it and it is missing.
-    fn create(&self, client: &mut postgres::Client) -> anyhow::Result<()> {
+    fn create(&self, client: &mut Conn) -> anyhow::Result<()> {
         let Some(types) = &self.create_table else {
             return Ok(());
         };
@@ -350,11 +514,30 @@ impl PostgresSink {
         }
         let names: Vec<String> = self.columns.iter().map(|(c, _)| quote(c)).collect();
         let names = names.join(", ");
-        let mut sql = format!(
-            "INSERT INTO {} ({names}) SELECT {names} FROM jsonb_to_recordset($1::text::jsonb) AS x({})",
-            self.table,
+        let rows = format!(
+            "jsonb_to_recordset($1::text::jsonb) AS x({})",
             record.join(", ")
         );
+        let mut sql = if self.mode == Mode::Upsert {
+            // The last row of each key in the batch, keys compared as SQL
+            // values (`1` and `"1"` into an integer key are one key), so that
+            // ON CONFLICT never meets a key twice in one statement.
+            let key: Vec<String> = self.key.iter().map(|c| quote(c)).collect();
+            let key = key.join(", ");
+            format!(
+                "INSERT INTO {} ({names}) SELECT DISTINCT ON ({key}) {names} \
+                 FROM ROWS FROM (jsonb_to_recordset($1::text::jsonb) AS ({})) \
+                 WITH ORDINALITY AS y({names}, \"sluice ordinality\") \
+                 ORDER BY {key}, \"sluice ordinality\" DESC",
+                self.table,
+                record.join(", ")
+            )
+        } else {
+            format!(
+                "INSERT INTO {} ({names}) SELECT {names} FROM {rows}",
+                self.table
+            )
+        };
         if self.mode == Mode::Upsert {
             let key: Vec<String> = self.key.iter().map(|c| quote(c)).collect();
             let set: Vec<String> = (self.columns.iter())
@@ -376,42 +559,74 @@ impl PostgresSink {
 }
 
 impl super::Sink for PostgresSink {
-    fn open(&self, _name: &str, _resume: Option<Resume>) -> anyhow::Result<Box<dyn Output>> {
-        let sink = PostgresSink {
-            connect: self.connect.clone(),
-            password_file: self.password_file.clone(),
-            table: self.table.clone(),
-            table_text: self.table_text.clone(),
-            columns: self.columns.clone(),
-            mode: self.mode,
-            key: self.key.clone(),
-            create_table: self.create_table.clone(),
+    fn open(&self, _name: &str, resume: Option<Resume>) -> anyhow::Result<Box<dyn Output>> {
+        // The epoch of the checkpoint resumed from: its prepared transaction
+        // and those before it are committed, later ones rolled back.
+        let resumed = match resume {
+            Some(Resume::CutTo(epoch) | Resume::Keep(Some(epoch))) => Some(epoch),
+            Some(Resume::Keep(None)) | None => None,
         };
         Ok(Box::new(PostgresOutput {
-            sink,
+            sink: self.clone(),
             client: None,
             statement: None,
             text: Vec::new(),
+            two_phase: self.exactly_once.then(|| TwoPhase {
+                resumed,
+                resolved: false,
+                epoch: 0,
+                open: false,
+                pending: Vec::new(),
+                prepared: None,
+            }),
         }))
     }
+
+    fn exactly_once(&self) -> bool {
+        self.exactly_once
+    }
+}
+
+/// The state of an `exactly_once` sink's transactions (Flink's
+/// `TwoPhaseCommitSinkFunction`, on PostgreSQL's `PREPARE TRANSACTION`): the
+/// rows since the last checkpoint are one open transaction; a checkpoint's
+/// sync prepares it under the name `sluice:TABLE:SINK:EPOCH` and records
+/// EPOCH in the checkpoint; once the checkpoint is saved, `COMMIT PREPARED`.
+/// After a crash, the prepared transactions up to the restored checkpoint's
+/// epoch are committed and later ones rolled back: each row lands once.
+struct TwoPhase {
+    /// The epoch of the checkpoint resumed from (none: a fresh start).
+    resumed: Option<u64>,
+    /// Prepared transactions left by an earlier run have been settled.
+    resolved: bool,
+    /// The epoch of the open transaction (the last one prepared + 1).
+    epoch: u64,
+    /// A transaction is open on the connection.
+    open: bool,
+    /// The batches written in the open transaction (JSON texts): a lost
+    /// connection loses the transaction, so they are written again.
+    pending: Vec<Vec<u8>>,
+    /// Prepared, waiting for its checkpoint to be saved.
+    prepared: Option<u64>,
 }
 
 /// A postgres sink's connection; made (again) when a batch comes.
 struct PostgresOutput {
     sink: PostgresSink,
-    client: Option<postgres::Client>,
+    client: Option<Conn>,
     /// The statement for the table's current columns.
     statement: Option<String>,
     /// The rows of the batch being written, as a JSON array.
     text: Vec<u8>,
+    /// With `exactly_once`.
+    two_phase: Option<TwoPhase>,
 }
 
 impl PostgresOutput {
     /// The batch's rows as a JSON array of objects (column → value; a value
-    /// the record lacks is null). With `upsert`, the last row of each key.
+    /// the record lacks is null).
     fn rows(&mut self, batch: &Batch) -> anyhow::Result<()> {
         let mut rows: Vec<serde_json::Map<String, Value>> = Vec::with_capacity(batch.len());
-        let mut at: BTreeMap<Vec<String>, usize> = BTreeMap::new();
         for event in batch {
             let value: Value = serde_json::from_slice(event.value()).with_context(|| {
                 format!(
@@ -419,18 +634,11 @@ impl PostgresOutput {
                     String::from_utf8_lossy(&event.value()[..event.value().len().min(200)])
                 )
             })?;
-            let row: serde_json::Map<String, Value> = (self.sink.columns.iter())
-                .map(|(c, p)| (c.clone(), value.pointer(p).cloned().unwrap_or(Value::Null)))
-                .collect();
-            if self.sink.mode == Mode::Upsert {
-                let key: Vec<String> = self.sink.key.iter().map(|k| row[k].to_string()).collect();
-                if let Some(&i) = at.get(&key) {
-                    rows[i] = row;
-                    continue;
-                }
-                at.insert(key, rows.len());
-            }
-            rows.push(row);
+            rows.push(
+                (self.sink.columns.iter())
+                    .map(|(c, p)| (c.clone(), value.pointer(p).cloned().unwrap_or(Value::Null)))
+                    .collect(),
+            );
         }
         self.text.clear();
         serde_json::to_writer(&mut self.text, &rows)?;
@@ -438,8 +646,8 @@ impl PostgresOutput {
     }
 
     /// A connection, with the table made (if asked) and the statement ready.
-    fn connected(&mut self) -> anyhow::Result<&mut postgres::Client> {
-        if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+    fn connected(&mut self) -> anyhow::Result<&mut Conn> {
+        if self.client.as_ref().is_none_or(Conn::is_closed) {
             self.client = None;
             let mut client = self.sink.client()?;
             self.sink.create(&mut client).map_err(retry_if_connection)?;
@@ -449,10 +657,91 @@ impl PostgresOutput {
                 .map_err(retry_if_connection)?
                 .with_context(|| format!("table {} does not exist", self.sink.table_text))?;
             self.statement = Some(self.sink.statement(&types)?);
+            if let Some(tp) = &mut self.two_phase {
+                settle(&self.sink, &mut client, tp).map_err(retry_if_connection)?;
+            }
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected"))
     }
+
+    /// `exactly_once`: writes the batch in the open transaction (beginning
+    /// one, and writing again the batches a lost connection took with it).
+    fn write_in_transaction(&mut self) -> anyhow::Result<()> {
+        self.connected()?;
+        let client = self.client.as_mut().expect("connected");
+        let statement = self.statement.as_deref().expect("prepared");
+        let tp = self.two_phase.as_mut().expect("two-phase");
+        if !tp.open {
+            client.batch_execute("BEGIN")?;
+            tp.open = true;
+            for text in &tp.pending {
+                client.execute(statement, &[&std::str::from_utf8(text).expect("JSON")])?;
+            }
+        }
+        client.execute(
+            statement,
+            &[&std::str::from_utf8(&self.text).expect("JSON")],
+        )?;
+        tp.pending.push(std::mem::take(&mut self.text));
+        Ok(())
+    }
+}
+
+/// The prepared transactions of `sink` on the server: (epoch, name).
+fn prepared(sink: &PostgresSink, client: &mut Conn) -> anyhow::Result<Vec<(u64, String)>> {
+    let prefix = gid(sink, 0);
+    let prefix = &prefix[..prefix.len() - 1];
+    let rows = client.query(
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1)",
+        &[&prefix],
+    )?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let name: String = r.get(0);
+            let epoch = name.strip_prefix(prefix)?.parse().ok()?;
+            Some((epoch, name))
+        })
+        .collect())
+}
+
+/// The name of the prepared transaction of `epoch`.
+fn gid(sink: &PostgresSink, epoch: u64) -> String {
+    format!("sluice:{}:{}:{epoch}", sink.table_text, sink.name)
+}
+
+/// A quoted SQL string literal (`PREPARE TRANSACTION` takes no parameter).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Settles, on the first connection, what an earlier run left prepared: the
+/// transactions up to the resumed checkpoint's epoch are committed (their
+/// checkpoint was saved), later ones rolled back (it was not); new epochs
+/// start after every epoch seen.
+fn settle(sink: &PostgresSink, client: &mut Conn, tp: &mut TwoPhase) -> anyhow::Result<()> {
+    if tp.resolved {
+        // A new connection after a lost one: the open transaction is gone
+        // (its batches are written again), a prepared one survives.
+        tp.open = false;
+        return Ok(());
+    }
+    let mut highest = tp.resumed.unwrap_or(0);
+    for (epoch, name) in prepared(sink, client)? {
+        highest = highest.max(epoch);
+        let keep = tp.resumed.is_some_and(|r| epoch <= r);
+        let verb = if keep {
+            "COMMIT PREPARED"
+        } else {
+            "ROLLBACK PREPARED"
+        };
+        tracing::info!(sink = %sink.name, epoch, "{verb} {name} (left by an earlier run)");
+        client.batch_execute(&format!("{verb} {}", literal(&name)))?;
+    }
+    tp.epoch = highest + 1;
+    tp.resolved = true;
+    Ok(())
 }
 
 /// Marks an error of the connection (not of the data) as one to retry: the
@@ -460,7 +749,7 @@ impl PostgresOutput {
 /// resources (class 53), or a serialization failure or deadlock (40001,
 /// 40P01) — PostgreSQL docs, "Appendix A. Error Codes".
 fn retry_if_connection(e: anyhow::Error) -> anyhow::Error {
-    let Some(pg) = e.downcast_ref::<postgres::Error>() else {
+    let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() else {
         return e;
     };
     let retry = pg.is_closed()
@@ -486,32 +775,82 @@ impl Output for PostgresOutput {
             return Ok(());
         }
         self.rows(batch)?;
-        self.connected()?;
-        let client = self.client.as_mut().expect("connected");
-        let statement = self.statement.as_deref().expect("prepared");
-        let text = std::str::from_utf8(&self.text).expect("JSON text");
-        match client.execute(statement, &[&text]) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = retry_if_connection(anyhow::Error::new(e));
-                if super::is_transient(&e) {
-                    // A new connection for the next try.
-                    self.client = None;
-                }
-                Err(e.context(format!("cannot write to table {}", self.sink.table_text)))
-            }
-        }
+        let written = if self.two_phase.is_some() {
+            self.write_in_transaction()
+        } else {
+            self.connected().map(|_| ()).and_then(|()| {
+                let client = self.client.as_mut().expect("connected");
+                let statement = self.statement.as_deref().expect("prepared");
+                let text = std::str::from_utf8(&self.text).expect("JSON text");
+                client.execute(statement, &[&text]).map(|_| ())
+            })
+        };
+        written.map_err(|e| self.failed(e))
     }
 
     fn sync(&mut self) -> anyhow::Result<Option<u64>> {
-        // Each batch was committed when written.
-        Ok(None)
+        // Without `exactly_once`, each batch was committed when written.
+        if self.two_phase.is_none() {
+            return Ok(None);
+        }
+        if let Err(e) = self.connected() {
+            return Err(self.failed(e));
+        }
+        let client = self.client.as_mut().expect("connected");
+        let tp = self.two_phase.as_mut().expect("two-phase");
+        if !tp.open {
+            // Nothing since the last checkpoint: it stands for this one too.
+            return Ok(Some(tp.epoch - 1));
+        }
+        let name = gid(&self.sink, tp.epoch);
+        client
+            .batch_execute(&format!("PREPARE TRANSACTION {}", literal(&name)))
+            .with_context(|| format!("cannot prepare transaction {name}"))?;
+        tp.open = false;
+        tp.pending.clear();
+        tp.prepared = Some(tp.epoch);
+        tp.epoch += 1;
+        Ok(Some(tp.epoch - 1))
+    }
+
+    fn committed(&mut self) -> anyhow::Result<()> {
+        let Some(tp) = &mut self.two_phase else {
+            return Ok(());
+        };
+        let Some(epoch) = tp.prepared.take() else {
+            return Ok(());
+        };
+        let name = gid(&self.sink, epoch);
+        let done = self
+            .client
+            .as_mut()
+            .context("no connection")
+            .and_then(|c| c.batch_execute(&format!("COMMIT PREPARED {}", literal(&name))));
+        if let Err(e) = done {
+            // It stays prepared; the next start commits it (its checkpoint
+            // is saved), so its rows are late, not lost.
+            tracing::warn!(sink = %self.sink.name, "cannot commit {name} now: {e:#}; the next start commits it");
+            self.client = None;
+        }
+        Ok(())
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
-        if let Some(client) = self.client.take() {
-            let _ = client.close();
-        }
+        // An open transaction (rows after the last checkpoint) is rolled back
+        // with the connection: a resumed run writes them again.
+        drop(self.client.take());
         Ok(())
+    }
+}
+
+impl PostgresOutput {
+    /// A write error, marked for a retry when the connection failed (the
+    /// connection is then dropped, and a new one made for the next try).
+    fn failed(&mut self, e: anyhow::Error) -> anyhow::Error {
+        let e = retry_if_connection(e);
+        if super::is_transient(&e) {
+            self.client = None;
+        }
+        e.context(format!("cannot write to table {}", self.sink.table_text))
     }
 }
