@@ -645,6 +645,7 @@ async fn start(
         sinks: std::sync::Mutex::new(Vec::new()),
         state_dir: std::path::absolute(&topology.state_dir)
             .unwrap_or_else(|_| topology.state_dir.clone()),
+        config_file: topology.config_file.clone(),
         ready: AtomicBool::new(false),
         reload,
     });

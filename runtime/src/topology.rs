@@ -38,6 +38,8 @@ pub struct Topology {
     uses: Vec<(Arc<PluginSlot>, Vec<StageUse>)>,
     /// Where the daemon keeps its state (see [`config::state_dir`]).
     pub state_dir: PathBuf,
+    /// The config file it was built from, absolute (`GET /about`).
+    pub config_file: PathBuf,
     /// Whether plugin files are watched and swapped in when they change.
     pub hot_reload: bool,
     /// Where the admin API listens, if anywhere.
@@ -184,6 +186,7 @@ impl Topology {
                 .collect(),
             plugins: at.loaded.into_values().collect(),
             state_dir: config::state_dir(config, source),
+            config_file: std::path::absolute(&source.file).unwrap_or_else(|_| source.file.clone()),
             hot_reload: config.daemon.hot_reload,
             admin: admin_address(config, source)?,
         })

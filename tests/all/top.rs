@@ -113,9 +113,10 @@ fn top_refuses_to_show_another_daemons_figures() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!(
-            "belongs to another daemon (pid {}, state folder {})",
+            "belongs to another daemon (pid {}, state folder {}, config {})",
             a.child.id(),
-            first.path("state").canonicalize().unwrap().display()
+            first.path("state").canonicalize().unwrap().display(),
+            first.path("sluice.toml").canonicalize().unwrap().display()
         )),
         "{stderr}"
     );

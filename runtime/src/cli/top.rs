@@ -39,9 +39,9 @@ pub fn main(args: Args) -> ExitCode {
             Ok(a) => a,
             Err(code) => return code,
         };
-        let checked = match &state_dir {
-            Some(dir) => sluice::obs::top::check_identity(&addr, dir),
-            None => Ok(()),
+        let checked = match (&config, &state_dir) {
+            (Some(file), Some(dir)) => sluice::obs::top::check_identity(&addr, file, dir),
+            _ => Ok(()),
         };
         match checked.and_then(|()| sluice::obs::top::run(&addr, interval, once)) {
             Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /` | 200: these routes, as text (a 404 lists them too) |
 //! | `GET /health` | 200 `ok` while the process serves (liveness) |
-//! | `GET /about` | JSON: `pid`, `state_dir` (absolute), `version`: which daemon answers (`sluice top --config` checks it) |
+//! | `GET /about` | JSON: `pid`, `config` and `state_dir` (absolute), `version`: which daemon answers (`sluice top --config` checks it) |
 //! | `GET /ready` | 200 `ready` once every pipeline runs, 503 while starting, reloading or stopping |
 //! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters and batch histograms, per-plugin call durations, failures, memory, reloads (see [`crate::obs::metrics`]) |
 //! | `GET /pipelines` | JSON: each pipeline's counters and whether it runs |
@@ -61,6 +61,8 @@ pub struct AdminState {
     /// The daemon's state folder, made absolute: which daemon this is (one
     /// per state folder), for `GET /about` and `sluice top --config`.
     pub state_dir: std::path::PathBuf,
+    /// The config file the daemon started with, absolute.
+    pub config_file: std::path::PathBuf,
     /// Every pipeline runs and no reload is under way.
     pub ready: AtomicBool,
     /// Where `POST /reload` sends its request (none: reload not available).
@@ -246,6 +248,7 @@ async fn about(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     axum::Json(serde_json::json!({
         "pid": std::process::id(),
         "state_dir": state.state_dir,
+        "config": state.config_file,
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

@@ -162,14 +162,19 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
     out
 }
 
-/// Checks that the daemon answering at `addr` is the one whose state folder
-/// is `state_dir` (`sluice top --config`: another daemon may hold the port,
-/// the config's own then waiting for it).
+/// Checks that the daemon answering at `addr` is the one of the config file
+/// `config` (`sluice top --config`: another daemon may hold the port, the
+/// config's own then waiting for it). The same file, or one with the same
+/// state folder `state_dir` (one daemon per state folder), is that daemon.
 ///
 /// # Errors
-/// The daemon cannot be reached, or it is another one (named by its pid and
-/// state folder).
-pub fn check_identity(addr: &str, state_dir: &std::path::Path) -> anyhow::Result<()> {
+/// The daemon cannot be reached, or it is another one (named by its pid,
+/// config file and state folder).
+pub fn check_identity(
+    addr: &str,
+    config: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     let (status, body) = get(addr, "/about")?;
     anyhow::ensure!(
         status == 200,
@@ -177,18 +182,21 @@ pub fn check_identity(addr: &str, state_dir: &std::path::Path) -> anyhow::Result
     );
     let about: serde_json::Value = serde_json::from_str(&body)
         .map_err(|e| anyhow::anyhow!("GET http://{addr}/about: not JSON: {e}"))?;
-    let theirs = std::path::PathBuf::from(about["state_dir"].as_str().unwrap_or_default());
+    let path_of = |key: &str| std::path::PathBuf::from(about[key].as_str().unwrap_or_default());
     let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
     {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
     };
-    let ours = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (their_config, their_state) = (path_of("config"), path_of("state_dir"));
+    let ours = absolute(state_dir);
     anyhow::ensure!(
-        same(&theirs, &ours),
-        "the admin API at {addr} belongs to another daemon (pid {}, state folder {}), not the one of this config (state folder {}): was the port busy when it started? It tries it again every 2 s",
+        same(&their_config, &absolute(config)) || same(&their_state, &ours),
+        "the admin API at {addr} belongs to another daemon (pid {}, state folder {}, config {}), not the one of this config (state folder {}): was the port busy when it started? It tries it again every 2 s",
         about["pid"],
-        theirs.display(),
+        their_state.display(),
+        their_config.display(),
         ours.display()
     );
     Ok(())
