@@ -66,7 +66,7 @@ const TABLE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("checkpoint
 
 /// Version of the [`Checkpoint`] layout; a checkpoint of another version is
 /// refused with a clear error rather than misread.
-const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 1;
 
 /// How often a pipeline checkpoints (`checkpoint = { interval, batches }`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
