@@ -257,6 +257,7 @@ fn run(repo: &Path, target: &str, options: &Options) -> Result<String, String> {
     };
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let _remove = RemovedOnDrop(scratch.clone());
     let libfuzzer = |log: &Path| {
         let mut cmd = Command::new(&binary);
         cmd.current_dir(repo)
@@ -325,7 +326,6 @@ fn run(repo: &Path, target: &str, options: &Options) -> Result<String, String> {
             .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
             .map_or("?".to_string(), |v| v.trim().to_string())
     };
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(format!(
         "{} executions in {} s, {} inputs in its corpus, no crash{}",
         stat("number_of_executed_units"),
@@ -337,6 +337,15 @@ fn run(repo: &Path, target: &str, options: &Options) -> Result<String, String> {
             format!(" ({} regression input(s) pass)", regressions.len())
         }
     ))
+}
+
+/// A folder removed when this is dropped, however the run ends.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The files in `dir` (none if it does not exist), sorted.
