@@ -25,6 +25,9 @@ fn main() {
     );
     println!("cargo:rustc-env=SLUICE_PLUGINS_DIR={}", out_dir.display());
     println!("cargo:rerun-if-env-changed=SLUICE_SKIP_PLUGIN_BUILD");
+    // `cargo xtask fuzz` adds coverage instrumentation through a rustc
+    // wrapper, which cargo does not track: rebuild when it comes or goes.
+    println!("cargo:rerun-if-env-changed=SLUICE_FUZZ_INSTRUMENT");
     for watched in ["plugins", "plugin-sdk", "wit"] {
         rerun_if_changed(&root.join(watched));
     }

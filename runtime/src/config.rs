@@ -1052,9 +1052,12 @@ fn field_before(prefix: &str) -> Option<&str> {
         let key = &inner[inner.rfind('"')? + 1..];
         return (!key.is_empty()).then_some(key);
     }
+    // After the last character that cannot be in a bare key (it may take
+    // more than one byte).
     let start = prefix
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '"'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rfind(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '"'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let key = prefix[start..].trim_matches('"');
     (!key.is_empty()).then_some(key)
 }
@@ -1209,6 +1212,20 @@ processors = [ { plugin = "x.wasm", memory_limit = 1048576, timeout = "20ms", co
             plugin_config_pairs(&p.processors[0].config),
             vec![("a".into(), "1".into()), ("b".into(), "two".into())]
         );
+    }
+
+    /// An error just after `KEY =` where KEY holds a character of more than
+    /// one byte (which TOML refuses in a bare key) is located, not a panic
+    /// (it sliced inside the character; found by the fuzz target `config`).
+    #[test]
+    fn an_error_after_a_key_with_a_multibyte_character_is_located() {
+        assert_eq!(field_before("deadmissiҝ_timtampy ="), Some("_timtampy"));
+        assert_eq!(field_before("  ké = "), None);
+        assert_eq!(field_before("\"ké\" ="), Some("ké"));
+        for text in ["deadmissiҝ_timtampy =,\n", "[daemon]\nadmin_ké = \n"] {
+            let e = parse(text).unwrap_err();
+            assert!(e.line >= 1 && !e.message.is_empty(), "{e}");
+        }
     }
 
     #[test]

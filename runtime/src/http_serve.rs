@@ -65,18 +65,30 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app.clone();
         connections.spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.head)
-                .keep_alive(limits.keep_alive)
-                .half_close(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(limits.connection, connection).await;
+            serve_connection(hyper_util::rt::TokioIo::new(stream), app, limits).await;
             drop(slot);
         });
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// Serves `app` on one connection, `io`, under `limits` (all but
+/// `max_connections`), until the client or a limit ends it. [`serve`] calls
+/// it for each connection it accepts; the fuzz target `admin` (fuzz/) for
+/// bytes in memory.
+pub async fn serve_connection<I>(io: I, app: axum::Router, limits: Limits)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.head)
+        .keep_alive(limits.keep_alive)
+        .half_close(true)
+        .serve_connection(io, service);
+    let _ = tokio::time::timeout(limits.connection, connection).await;
 }

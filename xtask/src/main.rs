@@ -7,14 +7,18 @@
 //!   example plugins' unit tests (`plugins/`, their own workspace).
 //! - `cargo xtask setup`: the set-up alone; prints the `PATH` that finds the
 //!   toolchains, for running single tests by hand.
+//! - `cargo xtask fuzz [--smoke]`: builds the fuzz targets (`fuzz/`) and runs
+//!   each for a while (see [`fuzz`]); CI runs `--smoke` after the tests.
 //!
 //! The set-up installs what the integration tests need, each step skipped when
 //! its pinned version is already there: the Rust target and components of
 //! `rust-toolchain.toml`; Debian packages (a C toolchain for librdkafka, clang
-//! and wasi-libc for C plugins, `systemd-analyze`, Prometheus) with `apt-get`;
+//! and wasi-libc for C plugins, `systemd-analyze`, Prometheus, libFuzzer) with `apt-get`;
 //! and into `target/toolchains/`: componentize-py and wasm-tools (Python venv),
 //! componentize-js (npm), wit-bindgen and cargo-deb (`cargo install --root`),
 //! the tansu Kafka broker (from PyPI). `.ci/run` calls `cargo xtask test` too.
+
+mod fuzz;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -45,6 +49,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     (
         "postgresql",
         "tests/all/postgres.rs starts a throwaway cluster (initdb, pg_ctl)",
+    ),
+    (
+        "libclang-rt-14-dev",
+        "libFuzzer, for the fuzz targets (cargo xtask fuzz)",
     ),
 ];
 
@@ -89,9 +97,13 @@ pub const TOOLS: &[&str] = &[
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if fuzz::is_wrapper_call(&args) {
+        return fuzz::rustc_wrapper(&args);
+    }
     let repo = repo();
     let result = match args.first().and_then(|a| a.to_str()) {
         Some("test") => test(&repo, &args[1..]),
+        Some("fuzz") => fuzz::fuzz(&repo, &args[1..]),
         Some("setup") => setup(&repo).map(|toolchains| {
             println!(
                 "export PATH={:?} SLUICE_REQUIRE_TOOLCHAINS=1",
@@ -99,7 +111,7 @@ fn main() -> ExitCode {
             );
         }),
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}\n{}", fuzz::USAGE);
             return ExitCode::from(2);
         }
     };
@@ -343,9 +355,8 @@ fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
-/// A cargo command for the tests: the toolchains on `PATH`, skips turned into
-/// failures, and none of the variables cargo set for this xtask.
-fn cargo_for_tests(toolchains: &Toolchains) -> Command {
+/// A cargo command without the variables cargo set for this xtask.
+fn clean_cargo() -> Command {
     let mut cmd = Command::new(cargo());
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
@@ -359,6 +370,13 @@ fn cargo_for_tests(toolchains: &Toolchains) -> Command {
             cmd.env_remove(&*key);
         }
     }
+    cmd
+}
+
+/// A cargo command for the tests: the toolchains on `PATH`, skips turned into
+/// failures, and none of the variables cargo set for this xtask.
+fn cargo_for_tests(toolchains: &Toolchains) -> Command {
+    let mut cmd = clean_cargo();
     cmd.env("PATH", toolchains.path())
         .env("SLUICE_REQUIRE_TOOLCHAINS", "1");
     cmd

@@ -129,7 +129,29 @@ pub async fn start(addr: SocketAddr, state: Arc<AdminState>) {
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    tokio::spawn(crate::http_serve::serve(
+        listener,
+        router(state),
+        LIMITS,
+        "admin API".into(),
+        std::future::pending(),
+    ));
+    Ok(bound)
+}
+
+/// The limits [`serve`] holds each connection to.
+pub const LIMITS: crate::http_serve::Limits = crate::http_serve::Limits {
+    head: HEAD_TIMEOUT,
+    connection: CONNECTION_TIMEOUT,
+    max_connections: MAX_CONNECTIONS,
+    keep_alive: false,
+};
+
+/// The API's routes, behind the [`check`] of every request: what [`serve`]
+/// serves on each connection (the fuzz target `admin` in fuzz/ feeds it
+/// requests through [`crate::http_serve::serve_connection`]).
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
         .route("/", get(|| async { ROUTES }))
         .route("/health", get(|| async { "ok\n" }))
         .route("/about", get(about))
@@ -141,20 +163,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
         .route("/reload", post(reload))
         .fallback(|| async { (StatusCode::NOT_FOUND, format!("no such route\n\n{ROUTES}")) })
         .layer(axum::middleware::from_fn(guard))
-        .with_state(state);
-    tokio::spawn(crate::http_serve::serve(
-        listener,
-        app,
-        crate::http_serve::Limits {
-            head: HEAD_TIMEOUT,
-            connection: CONNECTION_TIMEOUT,
-            max_connections: MAX_CONNECTIONS,
-            keep_alive: false,
-        },
-        "admin API".into(),
-        std::future::pending(),
-    ));
-    Ok(bound)
+        .with_state(state)
 }
 
 /// The checks every request passes before its route (see the module's doc).

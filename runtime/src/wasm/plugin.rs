@@ -566,30 +566,63 @@ impl Instance {
                 ));
             }
         };
-        let events = from_wit(output.events).map_err(CallError::Malformed)?;
-        let mut rejected = Vec::with_capacity(output.rejected.len());
-        let mut seen = vec![
-            false;
-            if output.rejected.is_empty() {
-                0
-            } else {
-                n as usize
-            }
-        ];
-        for r in output.rejected {
-            if r.index >= n {
-                return Err(CallError::Malformed(format!(
-                    "rejection of event {} in a batch of {n}",
-                    r.index
-                )));
-            }
-            // An event refused twice is dead-lettered once, with the first reason.
-            if !std::mem::replace(&mut seen[r.index as usize], true) {
-                rejected.push((r.index, r.reason));
-            }
-        }
-        Ok(Processed { events, rejected })
+        check_output(n, output)
     }
+}
+
+/// What a processor returned for a batch of `n` events, checked: the
+/// columns of its events agree, and every rejection names an input event
+/// (one refused twice is kept once, with its first reason).
+///
+/// # Errors
+/// [`CallError::Malformed`], saying what disagrees.
+fn check_output(n: u32, output: types::Output) -> Result<Processed, CallError> {
+    let events = from_wit(output.events).map_err(CallError::Malformed)?;
+    let mut rejected = Vec::with_capacity(output.rejected.len());
+    let mut seen = vec![
+        false;
+        if output.rejected.is_empty() {
+            0
+        } else {
+            n as usize
+        }
+    ];
+    for r in output.rejected {
+        if r.index >= n {
+            return Err(CallError::Malformed(format!(
+                "rejection of event {} in a batch of {n}",
+                r.index
+            )));
+        }
+        // An event refused twice is dead-lettered once, with the first reason.
+        if !std::mem::replace(&mut seen[r.index as usize], true) {
+            rejected.push((r.index, r.reason));
+        }
+    }
+    Ok(Processed { events, rejected })
+}
+
+/// The checks [`Instance::process`] makes of a processor's output, on
+/// columns given directly instead of lifted from a guest: `events` as the
+/// guest's `output.events`, `rejected` as its (index, reason) rejections,
+/// for an input batch of `n` events. The entry point of the fuzz target
+/// `guest_output` (fuzz/).
+///
+/// # Errors
+/// [`CallError::Malformed`], as [`Instance::process`] returns it.
+pub fn check_guest_output(
+    n: u32,
+    events: BatchParts,
+    rejected: Vec<(u32, String)>,
+) -> Result<Processed, CallError> {
+    let output = types::Output {
+        events: parts_to_wit(events),
+        rejected: rejected
+            .into_iter()
+            .map(|(index, reason)| types::Rejection { index, reason })
+            .collect(),
+    };
+    check_output(n, output)
 }
 
 impl Instance {
@@ -681,7 +714,11 @@ impl Instance {
 
 /// A batch as the WIT record, by moving its columns.
 fn to_wit(batch: Batch) -> types::EventBatch {
-    let parts = batch.into_parts();
+    parts_to_wit(batch.into_parts())
+}
+
+/// Columns as the WIT record, by moving them.
+fn parts_to_wit(parts: BatchParts) -> types::EventBatch {
     types::EventBatch {
         values: parts.values,
         value_ends: parts.value_ends,
@@ -843,5 +880,43 @@ pub fn core_module_hint(bytes: &[u8]) -> &'static str {
          wasm32-wasip2, or wrap it with `wasm-tools component new`"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(values: &[&str]) -> BatchParts {
+        let mut batch = Batch::new();
+        for v in values {
+            batch.push(None, v.as_bytes(), 0);
+        }
+        batch.into_parts()
+    }
+
+    #[test]
+    fn a_guest_output_is_checked_before_it_goes_on() {
+        let out = check_guest_output(
+            3,
+            parts(&["a", "bc"]),
+            vec![(2, "x".into()), (0, "y".into()), (2, "again".into())],
+        )
+        .unwrap();
+        assert_eq!(out.events, Batch::from_lines("a\nbc"));
+        assert_eq!(out.rejected, [(2, "x".into()), (0, "y".into())]);
+
+        assert_eq!(
+            check_guest_output(3, parts(&["a"]), vec![(3, "past".into())]).unwrap_err(),
+            CallError::Malformed("rejection of event 3 in a batch of 3".into())
+        );
+        let mut bad = parts(&["a", "bc"]);
+        bad.value_ends[1] = 9;
+        assert_eq!(
+            check_guest_output(3, bad, Vec::new()).unwrap_err(),
+            CallError::Malformed(
+                "malformed batch: value offsets end at 9 but the buffer holds 3 bytes".into()
+            )
+        );
     }
 }
