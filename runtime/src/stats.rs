@@ -2,7 +2,7 @@
 //! operator, checkpointer) and read by the admin API, the metrics and the
 //! summary. A leaf module: it depends on nothing of the crate.
 
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
 /// A pipeline's counters, shared by its threads.
 #[derive(Debug)]
@@ -60,4 +60,17 @@ impl Default for Stats {
             watermark_ms: AtomicI64::new(i64::MIN),
         }
     }
+}
+
+/// A sink's own figures, kept by its thread, read by the admin API
+/// (`/metrics`, `/sinks`).
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Records (or window rows) written, whichever pipeline sent them.
+    pub records_written: AtomicU64,
+    /// Writes tried again after a transient error (a full disk).
+    pub write_retries: AtomicU64,
+    /// The sink cannot write at the moment (opening and waiting, or retrying a
+    /// write): its queue fills and the pipelines feeding it wait.
+    pub blocked: AtomicBool,
 }

@@ -57,7 +57,7 @@ pub struct AdminState {
     /// The plugin slots of the running config.
     pub plugins: Mutex<Vec<Arc<PluginSlot>>>,
     /// Every running sink: name and figures.
-    pub sinks: Mutex<Vec<(String, Arc<crate::sink::SinkStats>)>>,
+    pub sinks: Mutex<Vec<(String, Arc<crate::stats::SinkStats>)>>,
     /// The daemon's state folder, made absolute: which daemon this is (one
     /// per state folder), for `GET /about` and `sluice top --config`.
     pub state_dir: std::path::PathBuf,

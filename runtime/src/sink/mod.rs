@@ -18,7 +18,7 @@ pub mod dead_letter;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -181,17 +181,7 @@ pub fn stopping() -> bool {
     STOPPING.load(Ordering::Relaxed)
 }
 
-/// A sink's own figures, for the admin API (`/metrics`, `/sinks`).
-#[derive(Debug, Default)]
-pub struct SinkStats {
-    /// Records (or window rows) written, whichever pipeline sent them.
-    pub records_written: AtomicU64,
-    /// Writes tried again after a transient error (a full disk).
-    pub write_retries: AtomicU64,
-    /// The sink cannot write at the moment (opening and waiting, or retrying a
-    /// write): its queue fills and the pipelines feeding it wait.
-    pub blocked: AtomicBool,
-}
+pub use crate::stats::SinkStats;
 
 /// One batch handed to every sink of a pipeline: counted as the pipeline's
 /// `records_out` once the last sink has written it, as `unwritten` if it was
@@ -485,26 +475,42 @@ fn drain(
     name: &str,
     stats: &SinkStats,
 ) -> anyhow::Result<()> {
+    // A sink that commits at checkpoints has written a batch only once the
+    // checkpoint after it is saved: until then its tallies wait here (and
+    // count as unwritten if the sink stops first).
+    let deferred = out.commits_at_checkpoints();
+    let mut uncommitted: Vec<(u64, Option<Arc<Tally>>)> = Vec::new();
+    let mut prepared: Vec<(u64, Option<Arc<Tally>>)> = Vec::new();
+    let written = |(records, tally): (u64, Option<Arc<Tally>>)| {
+        stats.records_written.fetch_add(records, Ordering::Relaxed);
+        if let Some(tally) = tally {
+            tally.written();
+        }
+    };
     for msg in rx.iter() {
         match msg {
             SinkMsg::Records(batch, tally) => {
                 write_retrying(out.as_mut(), &batch, name, stats)?;
-                stats
-                    .records_written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if let Some(tally) = tally {
-                    tally.written();
+                let done = (batch.len() as u64, tally);
+                if deferred {
+                    uncommitted.push(done);
+                } else {
+                    written(done);
                 }
             }
             SinkMsg::Sync(reply) => {
                 let synced = out.sync();
-                let failed = synced.is_err();
+                let failure = synced.as_ref().err().map(|e| format!("{e:#}"));
                 let _ = reply.send(synced);
-                if failed {
-                    anyhow::bail!("sync failed");
+                if let Some(e) = failure {
+                    anyhow::bail!("sync failed: {e}");
                 }
+                prepared.append(&mut uncommitted);
             }
-            SinkMsg::Committed => out.committed()?,
+            SinkMsg::Committed => {
+                out.committed()?;
+                prepared.drain(..).for_each(written);
+            }
         }
     }
     out.finish()
@@ -620,6 +626,12 @@ pub trait Output: Send {
     /// # Errors
     /// The write or the sync failed.
     fn sync(&mut self) -> anyhow::Result<Option<u64>>;
+    /// Whether what it writes becomes visible only at checkpoints (a
+    /// two-phase commit): its records count as written once
+    /// [`Output::committed`] says so, not when written.
+    fn commits_at_checkpoints(&self) -> bool {
+        false
+    }
     /// The checkpoint of the last [`Output::sync`] is saved: a sink that
     /// commits in two phases commits what that sync prepared.
     ///

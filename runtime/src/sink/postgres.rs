@@ -123,6 +123,10 @@ impl super::SinkConfig for PostgresConfig {
         if connect.get_application_name().is_none() {
             connect.application_name("sluice");
         }
+        if connect.get_options().is_none() {
+            // No NOTICE lines in the log ("relation … already exists").
+            connect.options("-c client_min_messages=warning");
+        }
         let password_file = self
             .password_file
             .as_ref()
@@ -149,7 +153,15 @@ impl super::SinkConfig for PostgresConfig {
             pointers.push((column.clone(), pointer.clone()));
         }
         let key = match (self.mode, &self.key) {
-            (Mode::Upsert, None) => return Err(need("key")),
+            (Mode::Upsert, None) => {
+                return Err(cx.error_at(
+                    "mode",
+                    format!(
+                        "sink `{}`: mode = \"upsert\" needs `key`, the conflict columns (a primary key or unique index)",
+                        cx.name
+                    ),
+                ));
+            }
             (Mode::Append, Some(k)) => {
                 return Err(cx.config.error(k.span(), "`key` is for mode = \"upsert\""));
             }
@@ -207,7 +219,7 @@ impl super::SinkConfig for PostgresConfig {
         // Look at the table now when the server answers, so that a missing
         // table or column is a located config error (`validate` too); a
         // server that does not answer is not: the sink retries at start.
-        if sink.create_table.is_none() {
+        {
             match std::thread::scope(|s| s.spawn(|| sink.probe()).join()) {
                 Ok(Ok(Probe::Ok)) => {}
                 Ok(Ok(Probe::Wrong(message))) => {
@@ -459,7 +471,14 @@ impl PostgresSink {
                 ));
             }
         }
-        let Some(types) = self.table_types(&mut client)? else {
+        let types = self.table_types(&mut client)?;
+        if self.create_table.is_some() {
+            // Made at start if missing; an existing one must have the columns.
+            if types.is_none() {
+                return Ok(Probe::Ok);
+            }
+        }
+        let Some(types) = types else {
             return Ok(Probe::Wrong(format!(
                 "table {} does not exist in database {:?} (create it, or give its columns' types in `create_table`)",
                 self.table_text,
@@ -811,6 +830,10 @@ impl Output for PostgresOutput {
         tp.prepared = Some(tp.epoch);
         tp.epoch += 1;
         Ok(Some(tp.epoch - 1))
+    }
+
+    fn commits_at_checkpoints(&self) -> bool {
+        self.two_phase.is_some()
     }
 
     fn committed(&mut self) -> anyhow::Result<()> {
