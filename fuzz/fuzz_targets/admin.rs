@@ -59,6 +59,9 @@ fn server() -> &'static (tokio::runtime::Runtime, axum::Router) {
                 ("w\"eird\\name\n".into(), Arc::default(), false),
             ]),
             plugins: Mutex::new(Vec::new()),
+            sinks: Mutex::new(vec![("out".into(), Arc::default())]),
+            state_dir: "/var/lib/sluice".into(),
+            config_file: "/etc/sluice/sluice.toml".into(),
             ready: AtomicBool::new(true),
             reload: Some(tx),
         });

@@ -254,7 +254,7 @@ pub fn run_window(
     }
     drop(tx);
     let dead_letter = sluice::sink::dead_letter::DeadLetter::new("fuzz", None);
-    let stats = sluice::stats::Stats::default();
+    let stats = std::sync::Arc::new(sluice::stats::Stats::default());
     sluice::window::operator::run(
         "fuzz",
         spec,
