@@ -32,6 +32,7 @@ mod shutdown;
 mod skips;
 mod sources;
 mod state_lock;
+mod stock;
 mod systemd;
 mod tcp;
 mod top;
