@@ -138,7 +138,11 @@ pub fn fields<'a, const N: usize>(
     names: &[&str; N],
 ) -> Option<[Option<Field<'a>>; N]> {
     let mut found = [None; N];
-    let mut s = Scanner { b: json, i: 0 };
+    let mut s = Scanner::<false> {
+        b: json,
+        i: 0,
+        high: 0,
+    };
     s.ws();
     s.expect(b'{')?;
     s.ws();
@@ -187,13 +191,15 @@ pub fn fields<'a, const N: usize>(
 /// borrowed from `json`: what a plugin that rewrites whole records (keep, drop
 /// or rename fields) needs, without deserialising the values.
 ///
-/// The record is checked as [`fields`] checks it. Unlike [`fields`], a key
+/// The record is checked as [`fields`] checks it, and as valid UTF-8 too
+/// (checked only when a string has a byte above 0x7F), so that a value
+/// copied from it is one serde_json would read. Unlike [`fields`], a key
 /// given twice is listed twice: a caller that must read the record as
 /// serde_json does (where the later one wins) looks for duplicates itself.
 ///
 /// Returns `None`, meaning "ask serde_json", when `json` is not exactly one
-/// JSON object, or a key has a backslash escape or is not UTF-8, or nesting is
-/// deeper than 64; `members` then holds no meaningful content.
+/// JSON object, or is not UTF-8, or a key has a backslash escape, or nesting
+/// is deeper than 64; `members` then holds no meaningful content.
 ///
 /// ```
 /// use sluice_plugin_sdk::scan::members;
@@ -206,7 +212,11 @@ pub fn fields<'a, const N: usize>(
 /// ```
 pub fn members<'a>(json: &'a [u8], members: &mut Vec<(&'a str, Field<'a>)>) -> Option<()> {
     members.clear();
-    let mut s = Scanner { b: json, i: 0 };
+    let mut s = Scanner::<true> {
+        b: json,
+        i: 0,
+        high: 0,
+    };
     s.ws();
     s.expect(b'{')?;
     s.ws();
@@ -234,18 +244,24 @@ pub fn members<'a>(json: &'a [u8], members: &mut Vec<(&'a str, Field<'a>)>) -> O
         }
     }
     s.ws();
-    (s.i == json.len()).then_some(())
+    if s.i != json.len() || (s.high != 0 && std::str::from_utf8(json).is_err()) {
+        return None;
+    }
+    Some(())
 }
 
 /// Nesting deeper than this is left to serde_json (whose own limit is 128).
 const MAX_DEPTH: u32 = 64;
 
-struct Scanner<'a> {
+/// `UTF8`: whether to note bytes above 0x7F in strings (`high`), so that a
+/// caller can check UTF-8 only when there are any; off for [`fields`].
+struct Scanner<'a, const UTF8: bool> {
     b: &'a [u8],
     i: usize,
+    high: u64,
 }
 
-impl<'a> Scanner<'a> {
+impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
@@ -412,11 +428,17 @@ impl<'a> Scanner<'a> {
             if special & HIGH != 0 {
                 break;
             }
+            if UTF8 {
+                self.high |= x & HIGH;
+            }
             self.i += 8;
         }
         while let Some(c) = self.peek() {
             if c == b'"' || c == b'\\' || c < 0x20 {
                 return;
+            }
+            if UTF8 {
+                self.high |= u64::from(c & 0x80);
             }
             self.i += 1;
         }
@@ -615,6 +637,8 @@ mod tests {
             br#"{"a":1,"a":2}"#.to_vec(),
             br#"{"a\u0041":1}"#.to_vec(),
             b"{\"\xff\":1}".to_vec(),
+            b"{\"a\":\"\xc3\xa9 \xff\"}".to_vec(),
+            "{\"a\":\"été, 8 bytes+ of text\"}".as_bytes().to_vec(),
             b"[]".to_vec(),
         ];
         for at in 0..base.len() {
@@ -630,10 +654,12 @@ mod tests {
         for input in &inputs {
             let text = String::from_utf8_lossy(input);
             let by_fields = fields(input, &["a"]).is_some();
+            let utf8 = std::str::from_utf8(input).is_ok();
             let Some(()) = members(input, &mut listed) else {
-                assert!(!by_fields, "{text}");
+                assert!(!by_fields || !utf8, "{text}");
                 continue;
             };
+            assert!(utf8, "{text}");
             let twice = listed
                 .iter()
                 .enumerate()

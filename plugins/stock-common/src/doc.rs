@@ -455,10 +455,7 @@ fn parse_object_into<'a>(
     members: &mut Members<'a>,
 ) -> Result<(), String> {
     members.clear();
-    if scan::members(json, found).is_some()
-        && !has_duplicate(found)
-        && std::str::from_utf8(json).is_ok()
-    {
+    if scan::members(json, found).is_some() && !has_duplicate(found) {
         members.extend(
             found
                 .iter()
@@ -486,22 +483,18 @@ fn parse_array(json: &[u8]) -> Result<Vec<Node<'_>>, String> {
         .collect())
 }
 
-/// Whether a key is given twice. A 256-bit filter on (length, first, middle
-/// and last byte) sends only candidates to an exact look-up.
-fn has_duplicate(found: &[(&str, Field<'_>)]) -> bool {
+/// Whether a key of `found` (from [`scan::members`]) is given twice. A
+/// 256-bit filter on (length, first and last byte) sends only candidates to
+/// an exact look-up.
+pub fn has_duplicate(found: &[(&str, Field<'_>)]) -> bool {
     let mut seen = [0u64; 4];
     for (i, (key, _)) in found.iter().enumerate() {
         let b = key.as_bytes();
-        let (first, mid, last) = match b {
-            [] => (0, 0, 0),
-            _ => (b[0], b[b.len() / 2], b[b.len() - 1]),
+        let (first, last) = match b {
+            [] => (0, 0),
+            _ => (b[0], b[b.len() - 1]),
         };
-        let h = (b.len() as u32)
-            .wrapping_mul(0x9E37)
-            .wrapping_add(u32::from(first).wrapping_mul(0x85EB))
-            .wrapping_add(u32::from(mid).wrapping_mul(0xC2B3))
-            .wrapping_add(u32::from(last).wrapping_mul(0x27D5));
-        let h = (h ^ (h >> 11)) as usize & 255;
+        let h = (b.len() * 37 + usize::from(first) * 5 + usize::from(last)) & 255;
         let (word, bit) = (h / 64, 1u64 << (h % 64));
         if seen[word] & bit != 0 && found[..i].iter().any(|(k, _)| k == key) {
             return true;

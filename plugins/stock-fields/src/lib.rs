@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 
+use sluice_plugin_sdk::scan::{self, Field};
 use sluice_plugin_sdk::{Batch, Config, Output, Processor, export_processor};
 use stock_common::doc::{Doc, Node, Scratch};
 use stock_common::pointer::Pointer;
@@ -28,6 +29,47 @@ pub struct Fields {
     drop: Vec<Pointer>,
     rename: Vec<(Pointer, Pointer)>,
     set: Vec<(Pointer, Vec<u8>)>,
+    /// When every pointer names a top-level member: the member names, for
+    /// [`Fields::flat`].
+    flat: Option<Flat>,
+}
+
+/// The edits as member names, when they are all top-level and need no
+/// escape in JSON (then no key of the output does: the scanner's keys have
+/// none either).
+struct Flat {
+    keep: Vec<String>,
+    /// Bit `n` set when a `keep` name is `n` bytes long (`n` < 64; longer
+    /// names set bit 63): most members are told apart by their length.
+    keep_lengths: u64,
+    drop: Vec<String>,
+    rename: Vec<(String, String)>,
+    set: Vec<(String, usize)>,
+}
+
+/// Reusable buffers of [`Fields::flat`].
+struct FlatScratch<'a> {
+    found: Vec<(&'a str, Field<'a>)>,
+    entries: Vec<(&'a str, &'a [u8])>,
+    slots: Vec<Option<&'a [u8]>>,
+}
+
+/// Bit of a name's length in [`Flat::keep_lengths`].
+fn length_bit(name: &str) -> u64 {
+    1 << name.len().min(63)
+}
+
+/// Whether `name` is written in JSON as it is, between quotes.
+fn plain(name: &str) -> bool {
+    name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// The position of `key` in `names`: length and first byte compared before
+/// the bytes.
+fn position(names: &[String], key: &str) -> Option<usize> {
+    names.iter().position(|n| {
+        n.len() == key.len() && n.as_bytes().first() == key.as_bytes().first() && n == key
+    })
 }
 
 const SETTINGS: [&str; 4] = ["keep", "drop", "rename", "set"];
@@ -74,18 +116,47 @@ impl Processor for Fields {
                 "nothing to do: set at least one of `keep`, `drop`, `rename`, `set`".into(),
             );
         }
+        let top = |p: &Pointer| p.top_level().filter(|n| plain(n)).map(str::to_string);
+        let flat = (|| {
+            let kept: Vec<String> = keep.iter().map(top).collect::<Option<_>>()?;
+            Some(Flat {
+                keep_lengths: kept.iter().map(|n| length_bit(n)).fold(0, |a, b| a | b),
+                keep: kept,
+                drop: drop.iter().map(top).collect::<Option<_>>()?,
+                rename: rename
+                    .iter()
+                    .map(|(a, b)| Some((top(a)?, top(b)?)))
+                    .collect::<Option<_>>()?,
+                set: set
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (p, _))| Some((top(p)?, i)))
+                    .collect::<Option<_>>()?,
+            })
+        })();
         Ok(Fields {
             keep,
             drop,
             rename,
             set,
+            flat,
         })
     }
 
     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), String> {
         let mut scratch = Scratch::default();
+        let mut flat = FlatScratch {
+            found: Vec::new(),
+            entries: Vec::new(),
+            slots: Vec::new(),
+        };
         let mut buf = Vec::with_capacity(256);
         for event in batch {
+            buf.clear();
+            if self.flat(event.value(), &mut flat, &mut buf) {
+                stock_common::emit(out, &event, &buf);
+                continue;
+            }
             match self.edit(event.value(), &mut scratch) {
                 Ok(doc) => {
                     buf.clear();
@@ -101,6 +172,78 @@ impl Processor for Fields {
 }
 
 impl Fields {
+    /// The fast path: when every pointer is top-level and the SDK's scanner
+    /// settles the record, the edits on its list of members (as
+    /// [`edit`](Self::edit) makes them on a [`Doc`], which it equals: tested),
+    /// written to `buf`. `false`: ask [`edit`](Self::edit).
+    fn flat<'a>(&'a self, json: &'a [u8], s: &mut FlatScratch<'a>, buf: &mut Vec<u8>) -> bool {
+        let Some(flat) = &self.flat else {
+            return false;
+        };
+        if scan::members(json, &mut s.found).is_none() || stock_common::doc::has_duplicate(&s.found)
+        {
+            return false;
+        }
+        let entries = &mut s.entries;
+        entries.clear();
+        if flat.keep.is_empty() {
+            entries.extend(s.found.iter().map(|(k, v)| (*k, v.raw())));
+        } else {
+            s.slots.clear();
+            s.slots.resize(flat.keep.len(), None);
+            for (key, value) in &s.found {
+                if flat.keep_lengths & length_bit(key) == 0 {
+                    continue;
+                }
+                if let Some(i) = position(&flat.keep, key) {
+                    s.slots[i] = Some(value.raw());
+                }
+            }
+            for (name, slot) in flat.keep.iter().zip(&s.slots) {
+                if let Some(value) = slot {
+                    entries.push((name, value));
+                }
+            }
+        }
+        if !flat.drop.is_empty() {
+            entries.retain(|(k, _)| position(&flat.drop, k).is_none());
+        }
+        for (old, new) in &flat.rename {
+            if old == new {
+                continue;
+            }
+            if let Some(mut at) = entries.iter().position(|(k, _)| k == old) {
+                if let Some(there) = entries.iter().position(|(k, _)| k == new) {
+                    entries.remove(there);
+                    if there < at {
+                        at -= 1;
+                    }
+                }
+                entries[at].0 = new;
+            }
+        }
+        for (name, i) in &flat.set {
+            let value: &[u8] = &self.set[*i].1;
+            match entries.iter_mut().find(|(k, _)| k == name) {
+                Some(entry) => entry.1 = value,
+                None => entries.push((name, value)),
+            }
+        }
+        buf.push(b'{');
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            // No key needs an escape (see `Flat`).
+            buf.push(b'"');
+            buf.extend_from_slice(key.as_bytes());
+            buf.extend_from_slice(b"\":");
+            buf.extend_from_slice(value);
+        }
+        buf.push(b'}');
+        true
+    }
+
     /// The record `json` with the edits applied.
     fn edit<'a>(&'a self, json: &'a [u8], scratch: &mut Scratch<'a>) -> Result<Doc<'a>, String> {
         let mut doc = Doc::parse(json, scratch)?;
@@ -219,6 +362,78 @@ mod tests {
                 .unwrap();
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    /// The fast path equals the record model's on every one-byte change of
+    /// two records, for configs of every kind of edit.
+    #[test]
+    fn flat_path_equals_the_record_model() {
+        let bases = [
+            r#"{"a":1,"b":"x","c":{"d":[1,2.50]},"e":null,"f":"\u00e9"}"#,
+            r#"{"carrier":"UA","flight":1545,"dest":"IAH","dep_delay":-2,"tailnum":"N1"}"#,
+        ];
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for base in bases {
+            let base = base.as_bytes();
+            inputs.push(base.to_vec());
+            for at in 0..base.len() {
+                for b in [b'"', b'\\', b'{', b'}', b',', b':', b' ', b'a', b'b', 0xff] {
+                    let mut changed = base.to_vec();
+                    changed[at] = b;
+                    inputs.push(changed);
+                }
+            }
+        }
+        inputs.push(br#"{"a":1,"b":2,"a":3}"#.to_vec());
+        let configs: [&[(&str, &str)]; 5] = [
+            &[("keep", r#"["/b", "/a", "/zz", "/a", "/carrier"]"#)],
+            &[("drop", r#"["/a", "/c", "/tailnum"]"#)],
+            &[(
+                "rename",
+                r#"{ "/a" = "/b", "/b" = "/c", "/e" = "/e", "/flight" = "/n" }"#,
+            )],
+            &[(
+                "set",
+                r#"{ "/a" = 7, "/new" = { x = "y" }, "/dest" = "LAX" }"#,
+            )],
+            &[
+                ("keep", r#"["/a", "/b", "/c", "/dest", "/flight"]"#),
+                ("drop", "/c"),
+                ("rename", r#"{ "/b" = "/a", "/flight" = "/number" }"#),
+                ("set", r#"{ "/v" = 1, "/number" = 0 }"#),
+            ],
+        ];
+        let mut fast = 0;
+        for config in configs {
+            let p = Fields::configure(&Config::from_pairs(config.iter().copied())).unwrap();
+            assert!(p.flat.is_some(), "{config:?}");
+            for input in &inputs {
+                let mut s = FlatScratch {
+                    found: Vec::new(),
+                    entries: Vec::new(),
+                    slots: Vec::new(),
+                };
+                let mut buf = Vec::new();
+                if !p.flat(input, &mut s, &mut buf) {
+                    continue;
+                }
+                fast += 1;
+                let mut scratch = Scratch::default();
+                let doc = p.edit(input, &mut scratch).unwrap();
+                let mut reference = Vec::new();
+                doc.write(&mut reference);
+                assert_eq!(
+                    String::from_utf8_lossy(&buf),
+                    String::from_utf8_lossy(&reference),
+                    "{config:?} on {}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+        assert!(fast > 200, "{fast}");
+        // A nested pointer: no fast path.
+        let nested = Fields::configure(&Config::from_pairs([("drop", "/c/d")])).unwrap();
+        assert!(nested.flat.is_none());
     }
 
     /// Every flight, projected to `flights_delay`'s seven fields: equal to
