@@ -1,6 +1,7 @@
-//! Builds the example plugins (`plugins/`, a workspace of its own) for
-//! `wasm32-wasip2` and copies the components to `target/plugins/`, where the
-//! example configs and the integration tests find them. The same idea as
+//! Builds the example and stock plugins (`plugins/`, a workspace of its own)
+//! for `wasm32-wasip2` and copies the components to `target/plugins/` (the
+//! stock ones to `target/plugins/stock/`), where the example configs, the
+//! integration tests and a `sluice` run from this tree find them. The same idea as
 //! wasmtime's `crates/test-programs/artifacts/build.rs`.
 //!
 //! Set `SLUICE_SKIP_PLUGIN_BUILD=1` to skip it (packaging the daemon alone).
@@ -69,23 +70,38 @@ fn main() {
     let status = cmd.status().expect("run cargo to build the plugins");
     assert!(status.success(), "building the plugins in plugins/ failed");
 
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let stock_dir = out_dir.join(STOCK);
+    std::fs::create_dir_all(&stock_dir).unwrap();
     let built = target_dir
         .join("plugins-build")
         .join(TARGET)
         .join("release");
     for entry in std::fs::read_dir(&built).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "wasm") {
-            let dest = out_dir.join(path.file_name().unwrap());
-            // Write to a temporary name and rename, so a daemon watching the folder
-            // never sees a half-copied file.
-            let tmp = dest.with_extension("wasm.tmp");
-            std::fs::copy(&path, &tmp).unwrap();
-            std::fs::rename(&tmp, &dest).unwrap();
-        }
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.ends_with(".wasm"))
+        else {
+            continue;
+        };
+        // The stock plugins (crates `stock-NAME`) go to stock/NAME.wasm, the
+        // folder `plugin = "stock/NAME.wasm"` is resolved in (see
+        // runtime/src/stock.rs); the example plugins to the top.
+        let dest = match name.strip_prefix("stock_") {
+            Some(stock) => stock_dir.join(stock),
+            None => out_dir.join(name),
+        };
+        // Write to a temporary name and rename, so a daemon watching the folder
+        // never sees a half-copied file.
+        let tmp = dest.with_extension("wasm.tmp");
+        std::fs::copy(&path, &tmp).unwrap();
+        std::fs::rename(&tmp, &dest).unwrap();
     }
 }
+
+/// The stock plugins' folder under the plugins folder.
+const STOCK: &str = "stock";
 
 /// The version of `package` in `lock` (a Cargo.lock), or `unknown`.
 fn locked_version(lock: &Path, package: &str) -> String {

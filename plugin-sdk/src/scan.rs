@@ -138,7 +138,11 @@ pub fn fields<'a, const N: usize>(
     names: &[&str; N],
 ) -> Option<[Option<Field<'a>>; N]> {
     let mut found = [None; N];
-    let mut s = Scanner { b: json, i: 0 };
+    let mut s = Scanner::<false> {
+        b: json,
+        i: 0,
+        high: 0,
+    };
     s.ws();
     s.expect(b'{')?;
     s.ws();
@@ -182,15 +186,82 @@ pub fn fields<'a, const N: usize>(
     (s.i == json.len()).then_some(found)
 }
 
+/// Scans `json`, one JSON object, and puts every top-level member into
+/// `members` (cleared first) as (key, value) in the order they are written,
+/// borrowed from `json`: what a plugin that rewrites whole records (keep, drop
+/// or rename fields) needs, without deserialising the values.
+///
+/// The record is checked as [`fields`] checks it, and as valid UTF-8 too
+/// (checked only when a string has a byte above 0x7F), so that a value
+/// copied from it is one serde_json would read. Unlike [`fields`], a key
+/// given twice is listed twice: a caller that must read the record as
+/// serde_json does (where the later one wins) looks for duplicates itself.
+///
+/// Returns `None`, meaning "ask serde_json", when `json` is not exactly one
+/// JSON object, or is not UTF-8, or a key has a backslash escape, or nesting
+/// is deeper than 64; `members` then holds no meaningful content.
+///
+/// ```
+/// use sluice_plugin_sdk::scan::members;
+///
+/// let mut found = Vec::new();
+/// members(br#"{"a":1,"b":{"c":[true]},"a":"x"}"#, &mut found).unwrap();
+/// let listed: Vec<(&str, &[u8])> = found.iter().map(|(k, v)| (*k, v.raw())).collect();
+/// assert_eq!(listed, [("a", &b"1"[..]), ("b", br#"{"c":[true]}"#), ("a", br#""x""#)]);
+/// assert!(members(b"[1]", &mut found).is_none());
+/// ```
+pub fn members<'a>(json: &'a [u8], members: &mut Vec<(&'a str, Field<'a>)>) -> Option<()> {
+    members.clear();
+    let mut s = Scanner::<true> {
+        b: json,
+        i: 0,
+        high: 0,
+    };
+    s.ws();
+    s.expect(b'{')?;
+    s.ws();
+    if s.peek()? == b'}' {
+        s.i += 1;
+    } else {
+        loop {
+            s.expect(b'"')?;
+            let start = s.i;
+            if s.string()? {
+                return None; // an escaped key: its text is serde_json's to give
+            }
+            let key = std::str::from_utf8(&json[start..s.i - 1]).ok()?;
+            s.ws();
+            s.expect(b':')?;
+            s.ws();
+            let value = s.value(MAX_DEPTH)?;
+            members.push((key, value));
+            s.ws();
+            match s.next()? {
+                b',' => s.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    if s.i != json.len() || (s.high != 0 && std::str::from_utf8(json).is_err()) {
+        return None;
+    }
+    Some(())
+}
+
 /// Nesting deeper than this is left to serde_json (whose own limit is 128).
 const MAX_DEPTH: u32 = 64;
 
-struct Scanner<'a> {
+/// `UTF8`: whether to note bytes above 0x7F in strings (`high`), so that a
+/// caller can check UTF-8 only when there are any; off for [`fields`].
+struct Scanner<'a, const UTF8: bool> {
     b: &'a [u8],
     i: usize,
+    high: u64,
 }
 
-impl<'a> Scanner<'a> {
+impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
@@ -357,11 +428,17 @@ impl<'a> Scanner<'a> {
             if special & HIGH != 0 {
                 break;
             }
+            if UTF8 {
+                self.high |= x & HIGH;
+            }
             self.i += 8;
         }
         while let Some(c) = self.peek() {
             if c == b'"' || c == b'\\' || c < 0x20 {
                 return;
+            }
+            if UTF8 {
+                self.high |= u64::from(c & 0x80);
             }
             self.i += 1;
         }
@@ -544,6 +621,81 @@ mod tests {
                 if let Some(n) = field.as_i64() {
                     assert_eq!(value.as_i64(), Some(n), "{text}: {name}");
                 }
+            }
+        }
+        assert!(accepted > 100, "{accepted} of {}", inputs.len());
+    }
+
+    /// `members` accepts exactly what `fields` accepts (except keys given
+    /// twice, which it lists), and lists what serde_json reads, in order.
+    #[test]
+    fn members_lists_what_serde_json_reads() {
+        let base = FLIGHT.as_bytes();
+        let mut inputs: Vec<Vec<u8>> = vec![
+            b"{}".to_vec(),
+            b" { \"a\" : 1 } ".to_vec(),
+            br#"{"a":1,"a":2}"#.to_vec(),
+            br#"{"a\u0041":1}"#.to_vec(),
+            b"{\"\xff\":1}".to_vec(),
+            b"{\"a\":\"\xc3\xa9 \xff\"}".to_vec(),
+            "{\"a\":\"été, 8 bytes+ of text\"}".as_bytes().to_vec(),
+            b"[]".to_vec(),
+        ];
+        for at in 0..base.len() {
+            for b in [b'"', b'\\', b'{', b'}', b',', b':', b' ', b'0', 0x01, 0xff] {
+                let mut changed = base.to_vec();
+                changed[at] = b;
+                inputs.push(changed);
+            }
+        }
+        inputs.push(base.to_vec());
+        let mut listed = Vec::new();
+        let mut accepted = 0;
+        for input in &inputs {
+            let text = String::from_utf8_lossy(input);
+            let by_fields = fields(input, &["a"]).is_some();
+            let utf8 = std::str::from_utf8(input).is_ok();
+            let Some(()) = members(input, &mut listed) else {
+                assert!(!by_fields || !utf8, "{text}");
+                continue;
+            };
+            assert!(utf8, "{text}");
+            let twice = listed
+                .iter()
+                .enumerate()
+                .any(|(i, (k, _))| listed[..i].iter().any(|(j, _)| j == k));
+            assert!(by_fields || twice, "{text}");
+            accepted += 1;
+            let Ok(values) = serde_json::from_slice::<Vec<serde_json::Value>>(
+                format!(
+                    "[{}]",
+                    listed
+                        .iter()
+                        .map(|(_, v)| String::from_utf8_lossy(v.raw()).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+                .as_bytes(),
+            ) else {
+                panic!("{text}: a listed value is not JSON");
+            };
+            if twice {
+                continue;
+            }
+            let reference: serde_json::Map<String, serde_json::Value> =
+                match serde_json::from_slice(input) {
+                    Ok(m) => m,
+                    Err(_) => continue, // not UTF-8 in a value: see the test above
+                };
+            let keys: Vec<&str> = listed.iter().map(|(k, _)| *k).collect();
+            let mut reference_keys: Vec<&str> = reference.keys().map(String::as_str).collect();
+            // serde_json's map is ordered by insertion (preserve_order) or by key.
+            let mut sorted = keys.clone();
+            sorted.sort_unstable();
+            reference_keys.sort_unstable();
+            assert_eq!(sorted, reference_keys, "{text}");
+            for ((key, _), value) in listed.iter().zip(&values) {
+                assert_eq!(reference.get(*key), Some(value), "{text}: {key}");
             }
         }
         assert!(accepted > 100, "{accepted} of {}", inputs.len());

@@ -996,12 +996,16 @@ impl PluginLoad<'_> {
     ) -> Result<(Arc<PluginSlot>, String), ConfigError> {
         let at = self;
         let source = at.source;
-        let path = config::resolve(at.plugins_dir, Path::new(file.get_ref()));
+        let written = Path::new(file.get_ref());
+        let path = crate::wasm::stock::locate(config::resolve(at.plugins_dir, written), written);
         if !path.is_file() {
+            let also = crate::wasm::stock::searched(written)
+                .map(|folders| format!(" (nor in the stock plugin folders: {folders})"))
+                .unwrap_or_default();
             return Err(source.error(
                 file.span(),
                 format!(
-                    "plugin file not found: {}; {}",
+                    "plugin file not found: {}{also}; {}",
                     path.display(),
                     plugins_present(path.parent().unwrap_or(at.plugins_dir))
                 ),

@@ -34,6 +34,7 @@ mod sink_faults;
 mod skips;
 mod sources;
 mod state_lock;
+mod stock;
 mod systemd;
 mod tcp;
 mod top;

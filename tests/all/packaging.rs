@@ -77,6 +77,26 @@ fn the_deb_installs_binary_unit_config_and_plugins() {
             plugins_dir().join("identity.wasm"),
         ),
         ("usr/share/doc/sluice/README.md", repo.join("README.md")),
+        (
+            "usr/lib/sluice/stock/jq.wasm",
+            plugins_dir().join("stock/jq.wasm"),
+        ),
+        (
+            "usr/lib/sluice/stock/fields.wasm",
+            plugins_dir().join("stock/fields.wasm"),
+        ),
+        (
+            "usr/lib/sluice/stock/parse.wasm",
+            plugins_dir().join("stock/parse.wasm"),
+        ),
+        (
+            "usr/lib/sluice/stock/mask.wasm",
+            plugins_dir().join("stock/mask.wasm"),
+        ),
+        (
+            "usr/lib/sluice/stock/sample.wasm",
+            plugins_dir().join("stock/sample.wasm"),
+        ),
     ] {
         let installed_path = root.join(installed);
         assert_eq!(
@@ -180,4 +200,41 @@ fn the_deb_installs_binary_unit_config_and_plugins() {
         .output()
         .unwrap();
     assert_exit(&output, 0);
+
+    // The installed binary finds the installed stock plugins
+    // (usr/bin/../lib/sluice/stock), not the build's: the stock folder of
+    // this tree is out of its reach, and the plugins folder has none.
+    let with_stock = std::fs::read_to_string(&relocated).unwrap().replace(
+        "processors = [ { plugin = \"identity.wasm\" } ]",
+        "processors = [ { plugin = \"stock/jq.wasm\", config = { program = \".\" } } ]",
+    );
+    assert!(
+        with_stock.contains("stock/jq.wasm"),
+        "the packaged config changed shape"
+    );
+    std::fs::write(&relocated, with_stock).unwrap();
+    let output = Command::new(&bin)
+        .arg("validate")
+        .arg("--config")
+        .arg(&relocated)
+        .env_remove("SLUICE_STOCK_DIR")
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let output = Command::new(&bin)
+        .args(["plugin", "check", "stock/jq.wasm", "--config", "program=."])
+        .current_dir(scratch.path())
+        .env_remove("SLUICE_STOCK_DIR")
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let installed = root
+        .join("usr/lib/sluice/stock/jq.wasm")
+        .canonicalize()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&installed.display().to_string()),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }

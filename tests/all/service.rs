@@ -217,7 +217,8 @@ pub(crate) fn elf_sections(bytes: &[u8]) -> Vec<String> {
 
 /// The README's by-hand install lines ("Run as a service"), run into a
 /// scratch root: they install the unit, the config and the plugin it names
-/// as the tree has them, and a binary without debug sections.
+/// as the tree has them, the stock plugins where the binary finds them, and
+/// a binary without debug sections.
 #[test]
 fn the_readme_install_steps_install_a_stripped_binary_and_what_the_unit_needs() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
@@ -234,21 +235,33 @@ fn the_readme_install_steps_install_a_stripped_binary_and_what_the_unit_needs() 
         .lines()
         .filter(|l| l.starts_with("install "))
         .collect();
-    assert_eq!(installs.len(), 4, "{block}");
+    assert_eq!(installs.len(), 5, "{block}");
+    // The stock plugins the glob names, as a shell would expand it.
+    let mut stock: Vec<String> = std::fs::read_dir(plugins_dir().join("stock"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+    stock.sort();
+    assert_eq!(stock.len(), 5, "{stock:?}");
     for line in installs {
         let args: Vec<String> = line
             .split_whitespace()
             .skip(1)
-            .map(|a| match a {
-                "target/release/sluice" => sluice_bin().to_string(),
-                "target/plugins/identity.wasm" => plugins_dir()
-                    .join("identity.wasm")
-                    .to_str()
-                    .unwrap()
-                    .to_string(),
-                a if a.starts_with('/') => format!("{}{a}", root.path().display()),
-                a if a.starts_with("dist/") => repo().join(a).to_str().unwrap().to_string(),
-                a => a.to_string(),
+            .flat_map(|a| match a {
+                "target/release/sluice" => vec![sluice_bin().to_string()],
+                "target/plugins/identity.wasm" => vec![
+                    plugins_dir()
+                        .join("identity.wasm")
+                        .to_str()
+                        .unwrap()
+                        .to_string(),
+                ],
+                "target/plugins/stock/*.wasm" => stock.clone(),
+                a if a.starts_with('/') => vec![format!("{}{a}", root.path().display())],
+                a if a.starts_with("dist/") => vec![repo().join(a).to_str().unwrap().to_string()],
+                a => vec![a.to_string()],
             })
             .collect();
         let status = Command::new("install")
@@ -268,6 +281,14 @@ fn the_readme_install_steps_install_a_stripped_binary_and_what_the_unit_needs() 
         (
             "etc/sluice/plugins/identity.wasm",
             plugins_dir().join("identity.wasm"),
+        ),
+        (
+            "usr/lib/sluice/stock/jq.wasm",
+            plugins_dir().join("stock/jq.wasm"),
+        ),
+        (
+            "usr/lib/sluice/stock/sample.wasm",
+            plugins_dir().join("stock/sample.wasm"),
         ),
     ] {
         assert_eq!(
@@ -295,4 +316,18 @@ fn the_readme_install_steps_install_a_stripped_binary_and_what_the_unit_needs() 
     );
     let version = Command::new(&bin).arg("--version").output().unwrap();
     assert_exit(&version, 0);
+    // It finds the stock plugins where they were installed.
+    let check = Command::new(&bin)
+        .args(["plugin", "check", "stock/sample.wasm", "--config", "n=2"])
+        .current_dir(r)
+        .env_remove("SLUICE_STOCK_DIR")
+        .output()
+        .unwrap();
+    assert_exit(&check, 0);
+    let installed = r
+        .join("usr/lib/sluice/stock/sample.wasm")
+        .canonicalize()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains(&installed.display().to_string()), "{text}");
 }

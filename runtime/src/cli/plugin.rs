@@ -14,7 +14,8 @@ pub enum PluginCommand {
     /// can run it (compile, link, processor world, `configure`). Exit 0 if it
     /// can, 1 if not.
     Check {
-        /// The component (`.wasm`).
+        /// The component (`.wasm`); `stock/NAME.wasm` is looked up in the
+        /// stock plugins' folder when there is no such file here.
         file: PathBuf,
         /// A setting passed to `configure`, as NAME=VALUE; repeatable.
         #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_setting)]
@@ -44,7 +45,8 @@ pub enum PluginCommand {
     /// daemon: output values to stdout, rejections and failures to stderr.
     /// Exit 0 when every batch ran (and, with --expect, the output matched).
     Run {
-        /// The component (`.wasm`).
+        /// The component (`.wasm`); `stock/NAME.wasm` is looked up in the
+        /// stock plugins' folder when there is no such file here.
         file: PathBuf,
         /// A setting passed to `configure`, as NAME=VALUE; repeatable.
         #[arg(long = "config", value_name = "NAME=VALUE", value_parser = parse_setting)]
@@ -84,6 +86,7 @@ pub enum PluginCommand {
 pub fn main(command: PluginCommand) -> ExitCode {
     match command {
         PluginCommand::Check { file, mut config } => {
+            let file = sluice::wasm::stock::locate(file.clone(), &file);
             let host = match PluginHost::new() {
                 Ok(h) => h,
                 Err(e) => {
@@ -112,7 +115,7 @@ pub fn main(command: PluginCommand) -> ExitCode {
             memory_limit,
             cache_dir,
         } => plugin_run(
-            &file,
+            &sluice::wasm::stock::locate(file.clone(), &file),
             {
                 config.sort();
                 config

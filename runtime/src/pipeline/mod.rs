@@ -342,6 +342,8 @@ impl PipelineSpec {
             WindowFeed {
                 spec: spec.clone(),
                 tx,
+                watermark_from_output: !self.source.decoder.has_timestamp()
+                    && !self.source.input.stamps_event_time(),
             },
             handle,
             control,

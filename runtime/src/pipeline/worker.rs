@@ -62,6 +62,12 @@ pub struct WindowFeed {
     pub spec: Arc<WindowSpec>,
     /// The operator's input.
     pub tx: flume::Sender<WindowMsg>,
+    /// Whether the watermark follows the event times of the chain's output
+    /// rather than those of its input: when the source stamps records with
+    /// the time they were read (no `timestamp`), the processors may set the
+    /// real event time (the stock `parse` plugin's `event_time`), and only
+    /// then can windows of old events close on time.
+    pub watermark_from_output: bool,
 }
 
 /// Everything one partition worker owns.
@@ -96,6 +102,16 @@ pub struct Worker {
     /// one Kafka partition's records only, so that its windows stay that
     /// partition's).
     pub task: Option<u32>,
+}
+
+/// The latest event time of `batch` that windows can take (others do not
+/// move the watermark).
+fn max_event_time(batch: &Batch) -> Option<i64> {
+    batch
+        .iter()
+        .map(|e| e.timestamp_ms())
+        .filter(|t| crate::window::TIME_RANGE.contains(t))
+        .max()
 }
 
 /// How often an idle worker looks at whether its sinks are still running.
@@ -317,13 +333,11 @@ impl Worker {
         let timer = self.metrics.start_batch(self.partition, input_len);
         // For the watermark (windowed pipelines only): the input's latest event
         // time; times windows cannot take do not move it.
-        let max_input_ts = self.window.as_ref().and_then(|_| {
-            batch
-                .iter()
-                .map(|e| e.timestamp_ms())
-                .filter(|t| crate::window::TIME_RANGE.contains(t))
-                .max()
-        });
+        let max_input_ts = self
+            .window
+            .as_ref()
+            .filter(|feed| !feed.watermark_from_output)
+            .and_then(|_| max_event_time(&batch));
         let mut refused: Vec<Refused> = Vec::new();
         let mut skipped = 0;
         let mut current = batch;
@@ -409,7 +423,13 @@ impl Worker {
         // figure of its batch is.
         drop(timer);
         let written = match &self.window {
-            Some(feed) => self.to_window(feed, current, max_input_ts),
+            Some(feed) => {
+                let max_ts = match feed.watermark_from_output {
+                    true => max_event_time(&current),
+                    false => max_input_ts,
+                };
+                self.to_window(feed, current, max_ts)
+            }
             None => self.write(current),
         };
         written.map_err(|error| BatchFailed {
@@ -828,6 +848,7 @@ mod tests {
         let window_feed = WindowFeed {
             spec,
             tx: window_tx,
+            watermark_from_output: false,
         };
         let (worker, stats) = worker(identity(), 1000, Vec::new(), None, Some(window_feed));
         let (ack, _acks) = flume::unbounded();
@@ -886,6 +907,7 @@ mod tests {
         let window_feed = WindowFeed {
             spec,
             tx: window_tx,
+            watermark_from_output: false,
         };
         let (worker, _stats) = worker(identity(), 1000, Vec::new(), None, Some(window_feed));
         let tasks = [Some(1), Some(1), Some(2), Some(1), Some(1)];
@@ -1128,6 +1150,7 @@ mod tests {
             Some(WindowFeed {
                 spec,
                 tx: window_tx,
+                watermark_from_output: false,
             }),
         );
         let input = vec![

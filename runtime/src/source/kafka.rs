@@ -221,6 +221,10 @@ impl super::Source for KafkaSource {
         true
     }
 
+    fn stamps_event_time(&self) -> bool {
+        true // the Kafka record's timestamp
+    }
+
     fn reset_note(&self) -> Option<String> {
         Some(format!(
             "it reads Kafka: it resumes from group `{}`'s committed offsets and its changelog topic, not from a local checkpoint (any was removed). To start it over, give it a new `group_id` and `changelog_topic`.",

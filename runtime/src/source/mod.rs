@@ -203,6 +203,14 @@ pub trait Source: fmt::Debug + Send + Sync + 'static {
     fn window_tasks(&self) -> bool {
         false
     }
+    /// Whether its records carry an event time of their own without a
+    /// `timestamp` pointer (a Kafka record's timestamp). When they do not
+    /// and no `timestamp` is set, a record's time is when it was read, and a
+    /// windowed pipeline's watermark follows the event times its processors
+    /// give their output instead (see [`crate::pipeline::worker::WindowFeed`]).
+    fn stamps_event_time(&self) -> bool {
+        false
+    }
     /// Runs until the input ends, `cx.stop()` turns true or a worker is gone.
     ///
     /// # Errors

@@ -1,8 +1,9 @@
 //! The WebAssembly host: compiling and caching components ([`compile_cache`]),
 //! instances with their limits and the guest's output ([`plugin`],
 //! [`guest_output`]), Wasm aggregators ([`udaf`]), hot reload ([`reload`]),
-//! and the `sluice plugin check | new | run` tools ([`inspect`],
-//! [`plugin_new`], [`plugin_run`]).
+//! the `sluice plugin check | new | run` tools ([`inspect`],
+//! [`plugin_new`], [`plugin_run`]), and where the stock plugins are found
+//! ([`stock`]).
 
 pub mod udaf;
 
@@ -19,3 +20,5 @@ pub mod inspect;
 pub mod guest_output;
 
 pub mod compile_cache;
+
+pub mod stock;

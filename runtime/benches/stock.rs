@@ -1,0 +1,187 @@
+//! The stock plugins against the hand-written Rust filter, side by side in
+//! one run: every flight (336,776, batches of 4,096) through each component
+//! in the daemon's host (deadlines on), the cases alternated round by round
+//! (A B C … A B C …, the order rotated), records/s and the ratio to the
+//! hand-written plugin taken per round, medians over the rounds.
+//!
+//! `cargo bench -p sluice --bench stock` (`SLUICE_BENCH_ROUNDS`, default 7).
+//! Measures the Wasm stage alone (lowering the batch, the guest, lifting
+//! its output), not the source's decode or the sinks.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice::wasm::plugin::{Limits, LogTags, PluginHost};
+use sluice_plugin_sdk::Batch;
+
+const BATCH: usize = 4096;
+
+/// The seven fields `flights_delay` projects.
+const SEVEN: &str =
+    r#"["/carrier", "/flight", "/origin", "/dest", "/dep_delay", "/arr_delay", "/event_time"]"#;
+
+struct Case {
+    name: &'static str,
+    file: &'static str,
+    config: Vec<(&'static str, &'static str)>,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "flights_delay, min_delay 15 (hand-written; 72,914 out)",
+            file: "flights_delay.wasm",
+            config: vec![("min_delay", "15")],
+        },
+        Case {
+            name: "flights_delay, min_delay -1e9 (hand-written projection; 328,521 out)",
+            file: "flights_delay.wasm",
+            config: vec![("min_delay", "-1e9")],
+        },
+        Case {
+            name: "fields: keep the same 7 fields (336,776 out)",
+            file: "stock/fields.wasm",
+            config: vec![("keep", SEVEN)],
+        },
+        Case {
+            name: "fields: drop 1 field (336,776 out)",
+            file: "stock/fields.wasm",
+            config: vec![("drop", "/tailnum")],
+        },
+        Case {
+            name: "jq: flights_delay's filter and projection (72,914 out)",
+            file: "stock/jq.wasm",
+            config: vec![(
+                "program",
+                "select(.dep_delay != null and .dep_delay >= 15) | {carrier, flight, origin, dest, dep_delay, arr_delay, event_time}",
+            )],
+        },
+        Case {
+            name: "jq: carrier UA, with a route field (58,665 out)",
+            file: "stock/jq.wasm",
+            config: vec![(
+                "program",
+                r#"select(.carrier == "UA") | .route = .origin + "-" + .dest"#,
+            )],
+        },
+    ]
+}
+
+fn flights() -> Vec<String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/flights-2013.ndjson.gz");
+    let file = std::fs::File::open(path).unwrap();
+    std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))
+        .lines()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
+    // of the kind and gets one quick round.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let rounds: usize = if quick {
+        1
+    } else {
+        std::env::var("SLUICE_BENCH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(7)
+    };
+    let mut lines = flights();
+    if quick {
+        lines.truncate(BATCH);
+    }
+    let batches: Vec<Batch> = lines
+        .chunks(BATCH)
+        .map(|chunk| {
+            let mut batch = Batch::with_capacity(chunk.len(), chunk.iter().map(String::len).sum());
+            for (i, line) in chunk.iter().enumerate() {
+                let carrier = &line[line.find("\"carrier\":\"").unwrap() + 11..][..2];
+                batch.push(Some(carrier.as_bytes()), line.as_bytes(), i as i64);
+            }
+            batch
+        })
+        .collect();
+    let host = PluginHost::new().unwrap();
+    let plugins = PathBuf::from(env!("SLUICE_PLUGINS_DIR"));
+    let limits = Limits {
+        memory_bytes: 1 << 30,
+        timeout: Duration::from_secs(60),
+    };
+    let cases = cases();
+    let mut instances: Vec<_> = cases
+        .iter()
+        .map(|case| {
+            let pairs: Vec<(String, String)> = case
+                .config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            host.load(&plugins.join(case.file))
+                .unwrap()
+                .instantiate(&pairs, limits, LogTags::default())
+                .unwrap()
+        })
+        .collect();
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut outputs = vec![0usize; cases.len()];
+    // One warm-up pass each, then the rounds.
+    for round in 0..=rounds {
+        for k in 0..cases.len() {
+            let c = (k + round) % cases.len();
+            // The copies the calls take are made before the clock starts.
+            let mut pass = batches.clone();
+            let start = Instant::now();
+            let mut out = 0;
+            for batch in &mut pass {
+                let output = instances[c].process(batch).unwrap();
+                assert!(output.rejected.is_empty(), "{}", cases[c].name);
+                out += output.events.len();
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            outputs[c] = out;
+            if round > 0 {
+                seconds[c].push(elapsed);
+            }
+        }
+    }
+    let n = lines.len() as f64;
+    let reference = 1; // the hand-written projection of (nearly) every flight
+    println!(
+        "{} flights, batches of {BATCH}, {rounds} rounds, medians; ratio = case time / hand-written projection time, per round",
+        lines.len()
+    );
+    println!("| case | records/s | ns/record | out | time vs hand-written projection |");
+    println!("|---|---:|---:|---:|---:|");
+    for (c, case) in cases.iter().enumerate() {
+        let t = median(seconds[c].clone());
+        let ratio = median(
+            seconds[c]
+                .iter()
+                .zip(&seconds[reference])
+                .map(|(a, b)| a / b)
+                .collect(),
+        );
+        println!(
+            "| {} | {:.0} | {:.0} | {} | {:.2}× |",
+            case.name,
+            n / t,
+            t / n * 1e9,
+            outputs[c],
+            ratio
+        );
+    }
+}
