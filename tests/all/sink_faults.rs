@@ -34,6 +34,27 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A pipeline `p` from `in.ndjson` to the file sink `out` on a tmpfs of
+/// `size` bytes at `disk/`, of which a `filler` file leaves `free` bytes;
+/// `config` is the start of the config (`None`, after a skip, when no tmpfs
+/// can be mounted).
+fn full_disk(test: &str, config: Config, size: usize, free: usize) -> Option<(Scratch, Tmpfs)> {
+    let scratch = Scratch::new(
+        &config
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "disk/out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .batch(r#"{ max_records = 100, interval = "10ms" }"#)
+            .build(),
+    );
+    let Some(disk) = Tmpfs::mount(scratch.path("disk"), size) else {
+        skip(test, "cannot mount a tmpfs (needs root)");
+        return None;
+    };
+    std::fs::write(disk.dir.join("filler"), vec![0u8; size - free]).unwrap();
+    Some((scratch, disk))
+}
+
 fn json(addr: &str, path: &str) -> Value {
     let (status, body) = http(addr, "GET", path);
     assert_eq!(status, 200, "{path}: {body}");
@@ -65,25 +86,12 @@ fn records(n: usize) -> Vec<String> {
 /// resumes, and the file holds every record once, in order.
 #[test]
 fn a_full_disk_makes_the_file_sink_wait_and_nothing_is_lost() {
-    let scratch = Scratch::new(
-        &Config::new()
-            .admin()
-            .file_source("in", "in.ndjson")
-            .file_sink("out", "disk/out.ndjson")
-            .pipeline("p", "in", &["out"])
-            .batch(r#"{ max_records = 100, interval = "10ms" }"#)
-            .build(),
-    );
-    let Some(disk) = Tmpfs::mount(scratch.path("disk"), 2 << 20) else {
-        skip(
-            "sink_faults::a_full_disk_makes_the_file_sink_wait_and_nothing_is_lost",
-            "cannot mount a tmpfs (needs root)",
-        );
+    const TEST: &str = "sink_faults::a_full_disk_makes_the_file_sink_wait_and_nothing_is_lost";
+    // Leave about 256 KiB free: the output (~1.2 MB) cannot fit.
+    let Some((scratch, disk)) = full_disk(TEST, Config::new().admin(), 2 << 20, 256 << 10) else {
         return;
     };
-    // Leave about 256 KiB free: the output (~1.2 MB) cannot fit.
     let filler = disk.dir.join("filler");
-    std::fs::write(&filler, vec![0u8; (2 << 20) - (256 << 10)]).unwrap();
     let lines = records(20_000);
     scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
 
@@ -236,22 +244,11 @@ fn counters_say_what_a_failed_sink_did_not_write() {
 /// ended the daemon.
 #[test]
 fn a_signal_reaches_a_sink_still_writing_out_after_the_input_ended() {
-    let scratch = Scratch::new(
-        &Config::new()
-            .file_source("in", "in.ndjson")
-            .file_sink("out", "disk/out.ndjson")
-            .pipeline("p", "in", &["out"])
-            .batch(r#"{ max_records = 100, interval = "10ms" }"#)
-            .build(),
-    );
-    let Some(disk) = Tmpfs::mount(scratch.path("disk"), 1 << 20) else {
-        skip(
-            "sink_faults::a_signal_reaches_a_sink_still_writing_out_after_the_input_ended",
-            "cannot mount a tmpfs (needs root)",
-        );
+    const TEST: &str =
+        "sink_faults::a_signal_reaches_a_sink_still_writing_out_after_the_input_ended";
+    let Some((scratch, _disk)) = full_disk(TEST, Config::new(), 1 << 20, 64 << 10) else {
         return;
     };
-    std::fs::write(disk.dir.join("filler"), vec![0u8; (1 << 20) - (64 << 10)]).unwrap();
     // Fits in the sink's queue: the pipeline ends while the sink waits.
     let lines = records(1_500);
     scratch.write("in.ndjson", &(lines.join("\n") + "\n"));

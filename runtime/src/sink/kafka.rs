@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -37,8 +37,8 @@ use crate::decode::{Pointer, extract_into};
 use crate::kafka::Throttle;
 
 /// How long a sink waits for the last acknowledgements once the daemon is
-/// stopping (a checkpoint's sync or the sink's finish).
-const FINISH_LIMIT: Duration = Duration::from_secs(30);
+/// stopping (a checkpoint's sync or the sink's finish): every sink's limit.
+const FINISH_LIMIT: Duration = super::STOP_LIMIT;
 
 /// The first pause before records whose delivery failed are sent again; it
 /// doubles after each round of resends that fails again with nothing
@@ -52,23 +52,6 @@ const RESEND_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// Rounds of resends in a row that fail with nothing delivered between
 /// them, after which the producer is replaced whatever the errors were.
 const FAILED_ROUNDS_BEFORE_NEW_PRODUCER: u32 = 5;
-
-/// When the daemon began to stop (SIGTERM, SIGINT).
-static STOPPED_AT: OnceLock<Instant> = OnceLock::new();
-
-/// The daemon is stopping: a sink still waiting for brokers gives up
-/// [`FINISH_LIMIT`] after the stop (nothing is lost: the offsets of what it
-/// could not deliver are not committed, so those records are read again at
-/// the next start).
-pub fn daemon_stopping() {
-    let _ = STOPPED_AT.set(Instant::now());
-}
-
-/// When a sink still waiting for brokers gives up: [`FINISH_LIMIT`] after
-/// the daemon began to stop; `None` while it runs.
-fn stop_deadline() -> Option<Instant> {
-    STOPPED_AT.get().map(|at| *at + FINISH_LIMIT)
-}
 
 /// The pause after `pause` when a round of resends fails again: twice as
 /// long, up to [`RESEND_PAUSE_MAX`].
@@ -385,7 +368,7 @@ impl KafkaOutput {
                     // room — or until a stopping daemon has waited long
                     // enough (the record's offset is not committed).
                     anyhow::ensure!(
-                        stop_deadline().is_none_or(|d| Instant::now() < d),
+                        super::stop_deadline().is_none_or(|d| Instant::now() < d),
                         "sink `{}`: the Kafka producer's queue stayed full for {FINISH_LIMIT:?} after the stop; its source offsets were not committed, so the records are read again at the next start",
                         self.name
                     );
@@ -536,7 +519,7 @@ impl KafkaOutput {
         loop {
             let (deadline, allowed) = match limit {
                 Some(limit) => (Some(started + limit), limit),
-                None => (stop_deadline(), FINISH_LIMIT),
+                None => (super::stop_deadline(), FINISH_LIMIT),
             };
             let wait = deadline.map_or(Duration::from_secs(1), |d| {
                 d.saturating_duration_since(Instant::now())

@@ -159,26 +159,33 @@ pub enum Resume {
     Keep(Option<u64>),
 }
 
-/// Set when the daemon stops (SIGTERM, SIGINT).
-static STOPPING: AtomicBool = AtomicBool::new(false);
+/// When the daemon began to stop (SIGTERM, SIGINT); unset while it runs.
+static STOPPED_AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-/// How long a sink that cannot write (a full disk, brokers away) goes on
-/// trying once the daemon is stopping, before it gives up on what it holds.
+/// How long a sink that cannot write (a full disk, brokers or a database
+/// away) goes on trying once the daemon is stopping, before it gives up on
+/// what it holds.
 pub const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 /// The daemon is stopping: a sink that waits for its output (a FIFO's reader)
-/// gives up at once, one that retries a write gives up after [`STOP_LIMIT`]
-/// (what it could not write is counted as unwritten; a checkpointed pipeline
-/// replays it at the next start).
+/// gives up at once, one that retries a write or waits for acknowledgements
+/// gives up [`STOP_LIMIT`] after the stop (what it could not write is counted
+/// as unwritten; a checkpointed pipeline replays it at the next start, a Kafka
+/// source reads again what it did not commit).
 pub fn daemon_stopping() {
-    STOPPING.store(true, Ordering::Relaxed);
-    kafka::daemon_stopping();
+    let _ = STOPPED_AT.set(Instant::now());
 }
 
 /// Whether the daemon is stopping (see [`daemon_stopping`]): an open that
 /// waits (see [`Sink::open`]) gives up.
 pub fn stopping() -> bool {
-    STOPPING.load(Ordering::Relaxed)
+    STOPPED_AT.get().is_some()
+}
+
+/// When a sink still trying gives up: [`STOP_LIMIT`] after the daemon began
+/// to stop; `None` while it runs.
+pub fn stop_deadline() -> Option<Instant> {
+    STOPPED_AT.get().map(|at| *at + STOP_LIMIT)
 }
 
 pub use crate::stats::SinkStats;
@@ -554,7 +561,6 @@ fn write_retrying(
     let mut delay = RETRY_FIRST;
     let mut failing: Option<(Instant, u64)> = None;
     let mut logged: Option<Instant> = None;
-    let mut stopping_since: Option<Instant> = None;
     loop {
         let error = match out.write_batch(batch) {
             Ok(()) => {
@@ -572,15 +578,12 @@ fn write_retrying(
             Err(e) if is_transient(&e) => e,
             Err(e) => return Err(e),
         };
-        if stopping() {
-            let since = *stopping_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= STOP_LIMIT {
-                return Err(error.context(format!(
-                    "the daemon is stopping and the sink could not write for {} s: giving up on the {} record(s) it holds",
-                    STOP_LIMIT.as_secs(),
-                    batch.len()
-                )));
-            }
+        if stop_deadline().is_some_and(|d| Instant::now() >= d) {
+            return Err(error.context(format!(
+                "the daemon stopped {} s ago and the sink still cannot write: giving up on this batch of {} record(s) and those queued behind it",
+                STOP_LIMIT.as_secs(),
+                batch.len()
+            )));
         }
         let (_, tries) = failing.get_or_insert((Instant::now(), 0));
         *tries += 1;
@@ -595,7 +598,9 @@ fn write_retrying(
                 RETRY_MAX.as_secs()
             );
         }
-        std::thread::sleep(delay);
+        // Not past the stop's deadline, if there is one.
+        let until_deadline = stop_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+        std::thread::sleep(until_deadline.map_or(delay, |left| delay.min(left)));
         delay = (delay * 2).min(RETRY_MAX);
     }
 }

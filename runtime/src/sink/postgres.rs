@@ -645,22 +645,35 @@ impl PostgresOutput {
     /// The batch's rows as a JSON array of objects (column → value; a value
     /// the record lacks is null).
     fn rows(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        let mut rows: Vec<serde_json::Map<String, Value>> = Vec::with_capacity(batch.len());
-        for event in batch {
+        // Written straight into the array's text: no copy of a value, no map
+        // per record.
+        self.text.clear();
+        self.text.push(b'[');
+        for (i, event) in batch.iter().enumerate() {
             let value: Value = serde_json::from_slice(event.value()).with_context(|| {
                 format!(
                     "a record is not JSON: {}",
                     String::from_utf8_lossy(&event.value()[..event.value().len().min(200)])
                 )
             })?;
-            rows.push(
-                (self.sink.columns.iter())
-                    .map(|(c, p)| (c.clone(), value.pointer(p).cloned().unwrap_or(Value::Null)))
-                    .collect(),
-            );
+            if i > 0 {
+                self.text.push(b',');
+            }
+            self.text.push(b'{');
+            for (j, (column, pointer)) in self.sink.columns.iter().enumerate() {
+                if j > 0 {
+                    self.text.push(b',');
+                }
+                serde_json::to_writer(&mut self.text, column)?;
+                self.text.push(b':');
+                serde_json::to_writer(
+                    &mut self.text,
+                    value.pointer(pointer).unwrap_or(&Value::Null),
+                )?;
+            }
+            self.text.push(b'}');
         }
-        self.text.clear();
-        serde_json::to_writer(&mut self.text, &rows)?;
+        self.text.push(b']');
         Ok(())
     }
 
