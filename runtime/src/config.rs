@@ -90,9 +90,13 @@ pub struct DaemonConfig {
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Base URL of an OTLP/HTTP receiver, e.g. `"http://127.0.0.1:4318"`:
-    /// traces go to `/v1/traces`, metrics to `/v1/metrics`. `http://` only.
-    /// Default: none (nothing exported).
+    /// traces go to `/v1/traces`, metrics to `/v1/metrics`. `http://` or
+    /// `https://`. Default: none (nothing exported).
     pub otlp_endpoint: Option<Spanned<String>>,
+    /// A PEM file of the CA certificates that sign an `https://` collector's
+    /// certificate (a private CA), trusted instead of Mozilla's roots.
+    /// Default: none.
+    pub ca_file: Option<Spanned<std::path::PathBuf>>,
     /// How often metrics are exported (they are also exported at shutdown).
     /// Default `"10s"`, at most a day.
     #[serde(default = "default_export_interval", deserialize_with = "de_duration")]
@@ -107,6 +111,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             otlp_endpoint: None,
+            ca_file: None,
             export_interval: default_export_interval(),
         }
     }

@@ -32,6 +32,7 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod format;
+pub mod http_client;
 pub mod http_serve;
 pub mod kafka;
 pub mod obs;

@@ -176,6 +176,10 @@ impl Topology {
                 source.error(endpoint.span(), format!("field `otlp_endpoint`: {e}"))
             })?;
         }
+        if let Some(ca_file) = &config.daemon.telemetry.ca_file {
+            crate::http_client::read_certificates(&config::resolve(&base, ca_file.get_ref()))
+                .map_err(|e| source.error(ca_file.span(), format!("field `ca_file`: {e:#}")))?;
+        }
         Ok(Topology {
             sinks,
             pipelines,

@@ -47,7 +47,15 @@ pub fn load(path: &Path, startup: Option<Startup<'_>>) -> Result<(Topology, Plug
         if let Some(endpoint) = &telemetry.otlp_endpoint
             && sluice::obs::telemetry::check_endpoint(endpoint.get_ref()).is_ok()
         {
-            match sluice::obs::telemetry::init(endpoint.get_ref(), telemetry.export_interval) {
+            match sluice::obs::telemetry::init(
+                endpoint.get_ref(),
+                telemetry.export_interval,
+                telemetry
+                    .ca_file
+                    .as_ref()
+                    .map(|f| sluice::config::resolve(&Config::base_dir(&source), f.get_ref()))
+                    .as_deref(),
+            ) {
                 Ok(t) => *startup.telemetry = Some(t),
                 Err(e) => {
                     eprintln!("error: cannot start the OTLP export: {e:#}");

@@ -4,12 +4,10 @@
 //! `/metrics` under its OpenTelemetry name (`sluice.records.in`, …).
 //!
 //! The exporters run on the SDK's own threads (batch span processor, periodic
-//! metric reader) and post with a small blocking HTTP/1.1 client on
-//! `std::net::TcpStream`: no async HTTP stack, no TLS (`http://` endpoints
-//! only — a collector on the same machine or network).
+//! metric reader) and post with the daemon's blocking HTTP client
+//! ([`crate::http_client`]): `http://` and `https://` collectors (TLS by
+//! rustls; a private CA from `ca_file`).
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,18 +28,19 @@ pub fn enabled() -> bool {
     crate::obs::metrics::otlp_enabled()
 }
 
-/// Checks an `otlp_endpoint`: an `http://HOST:PORT` URL with no path.
+/// Checks an `otlp_endpoint`: an `http://HOST:PORT` or `https://HOST:PORT`
+/// URL with no path.
 ///
 /// # Errors
 /// Why it is not one, as a sentence.
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
-        format!(
-            "{endpoint:?} is not an http:// URL (https is not supported: use a local collector)"
-        )
-    })?;
+    crate::http_client::check_url(endpoint)?;
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
     let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
+    if authority.contains(['/', '?', '#']) {
         return Err(format!(
             "{endpoint:?} must be a base URL such as \"http://127.0.0.1:4318\" (the /v1/traces and /v1/metrics paths are added)"
         ));
@@ -59,18 +58,25 @@ pub struct Telemetry {
 /// Starts the OTLP exporters to `endpoint` (checked by [`check_endpoint`])
 /// and installs them as OpenTelemetry's global providers. Call it before the
 /// topology is built: instruments and tracers are taken from the globals.
+/// `ca_file`: a PEM file of the CAs that sign the collector's certificate
+/// (`https://`), instead of Mozilla's roots.
 ///
 /// # Errors
-/// An exporter cannot be built.
-pub fn init(endpoint: &str, export_interval: Duration) -> anyhow::Result<Telemetry> {
+/// An exporter cannot be built; `ca_file` cannot be read.
+pub fn init(
+    endpoint: &str,
+    export_interval: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<Telemetry> {
     let base = endpoint.trim_end_matches('/');
+    let http = Http(crate::http_client::agent(HTTP_TIMEOUT, ca_file)?);
     let resource = Resource::builder()
         .with_service_name("sluice")
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
     let spans = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_http_client(StdHttp)
+        .with_http_client(http.clone())
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(format!("{base}/v1/traces"))
         .build()?;
@@ -80,7 +86,7 @@ pub fn init(endpoint: &str, export_interval: Duration) -> anyhow::Result<Telemet
         .build();
     let metrics = opentelemetry_otlp::MetricExporter::builder()
         .with_http()
-        .with_http_client(StdHttp)
+        .with_http_client(http.clone())
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(format!("{base}/v1/metrics"))
         .build()?;
@@ -259,15 +265,16 @@ pub fn observe(admin: Arc<AdminState>) {
     }
 }
 
-/// A blocking HTTP/1.1 client for the exporters (one connection per request).
-#[derive(Debug, Clone, Copy)]
-struct StdHttp;
+/// The exporters' HTTP client: the daemon's one client (see
+/// [`crate::http_client`]), blocking, with TLS for `https://` collectors.
+#[derive(Debug, Clone)]
+struct Http(ureq::Agent);
 
-/// Connect, write and read timeout of one export request.
+/// The longest an export request may take (connect, send, answer).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for StdHttp {
+impl opentelemetry_http::HttpClient for Http {
     async fn send_bytes(
         &self,
         request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
@@ -278,7 +285,7 @@ impl opentelemetry_http::HttpClient for StdHttp {
         // The SDK calls this from its exporter threads (a blocking executor):
         // blocking I/O here blocks no async runtime.
         let url = request.uri().to_string();
-        let result = post(request);
+        let result = post(&self.0, request);
         let failure = match &result {
             Ok(response) if response.status().is_success() => None,
             Ok(response) => Some(format!("HTTP {}", response.status())),
@@ -306,81 +313,25 @@ fn note_export(url: &str, failure: Option<String>) {
     }
 }
 
-/// Sends `request` and reads the whole response (`Connection: close`).
+/// Sends `request` and reads the whole answer (at most 1 MiB of body: a
+/// collector's answer is small).
 fn post(
+    agent: &ureq::Agent,
     request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
-) -> std::io::Result<opentelemetry_http::Response<opentelemetry_http::Bytes>> {
-    use std::io::{Error, ErrorKind};
-    let uri = request.uri();
-    let authority = uri
-        .authority()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "no host in the OTLP URL"))?
-        .as_str()
-        .to_string();
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&authority)?
-        .next()
-        .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("{authority} has no address")))?;
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    let mut head = format!(
-        "{} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        request.method(),
-        request.body().len()
-    );
-    for (name, value) in request.headers() {
-        if let Ok(value) = value.to_str() {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(request.body())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no HTTP response head"))?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no HTTP status"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let mut body = response[split + 4..].to_vec();
-    if chunked {
-        body = dechunk(&body);
-    }
-    opentelemetry_http::Response::builder()
-        .status(status)
-        .body(opentelemetry_http::Bytes::from(body))
-        .map_err(|e| Error::new(ErrorKind::InvalidData, e))
-}
-
-/// The body of a `Transfer-Encoding: chunked` message (what can be read of it).
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            return body;
-        };
-        let size = std::str::from_utf8(&data[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-            .unwrap_or(0);
-        data = &data[eol + 2..];
-        if size == 0 || data.len() < size {
-            return body;
-        }
-        body.extend_from_slice(&data[..size]);
-        data = data.get(size + 2..).unwrap_or_default();
-    }
+) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, ureq::Error> {
+    let (parts, body) = request.into_parts();
+    let request = ureq::http::Request::from_parts(parts, body.to_vec());
+    let mut response = agent.run(request)?;
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_vec()?;
+    let (parts, _) = response.into_parts();
+    Ok(opentelemetry_http::Response::from_parts(
+        parts,
+        opentelemetry_http::Bytes::from(body),
+    ))
 }
 
 #[cfg(test)]
@@ -391,14 +342,9 @@ mod tests {
     fn endpoints() {
         assert!(check_endpoint("http://127.0.0.1:4318").is_ok());
         assert!(check_endpoint("http://collector:4318/").is_ok());
-        assert!(check_endpoint("https://collector:4318").is_err());
+        assert!(check_endpoint("https://collector:4318").is_ok());
+        assert!(check_endpoint("ftp://collector:4318").is_err());
         assert!(check_endpoint("http://collector:4318/v1/traces").is_err());
         assert!(check_endpoint("http://").is_err());
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
-        assert_eq!(dechunk(b"0\r\n\r\n"), b"");
     }
 }
