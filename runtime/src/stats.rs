@@ -68,8 +68,12 @@ impl Default for Stats {
 pub struct SinkStats {
     /// Records (or window rows) written, whichever pipeline sent them.
     pub records_written: AtomicU64,
-    /// Writes tried again after a transient error (a full disk).
+    /// Writes tried again after a transient error (a full disk, a database
+    /// or an HTTP server away).
     pub write_retries: AtomicU64,
+    /// Records the output refused for good (a database constraint, an HTTP
+    /// 4xx), sent to the dead-letter sink.
+    pub records_refused: AtomicU64,
     /// The sink cannot write at the moment (opening and waiting, or retrying a
     /// write): its queue fills and the pipelines feeding it wait.
     pub blocked: AtomicBool,

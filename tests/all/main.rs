@@ -17,6 +17,7 @@ mod flights;
 mod formats;
 mod generator;
 mod http;
+mod http_sink;
 mod kafka;
 mod languages;
 mod logging;

@@ -559,3 +559,101 @@ fn an_upsert_batch_with_one_key_twice_keeps_the_last() {
         .collect();
     assert_eq!(rows, [(1, 2), (2, 3)]);
 }
+
+/// Rows the server refuses for their data — a `CHECK` and a `NOT NULL`
+/// constraint (SQLSTATE class 23), a value out of the column type's range
+/// (class 22) — go to the dead-letter sink with the server's message, and
+/// every other row of their batches is written; with `exactly_once` too
+/// (where the refusal would otherwise abort the open transaction). The bad
+/// records are chosen here by the table's rules, not by what sluice did.
+#[test]
+fn rows_the_database_refuses_are_dead_lettered_and_the_rest_written() {
+    const TEST: &str = "postgres::rows_the_database_refuses_are_dead_lettered_and_the_rest_written";
+    let Some(pg) = Pg::start(TEST) else { return };
+    // Every 7th record has a negative n (CHECK), every 11th none (NOT NULL),
+    // every 13th an s out of smallint's range (22003).
+    let n = 3_000i64;
+    let record = |i: i64| -> (String, bool) {
+        let v = if i % 7 == 0 { -i } else { i };
+        let s = if i % 13 == 0 { 40_000 } else { i % 100 };
+        let line = if i % 11 == 0 {
+            format!("{{\"i\":{i},\"s\":{s}}}")
+        } else {
+            format!("{{\"i\":{i},\"n\":{v},\"s\":{s}}}")
+        };
+        (line, i % 7 == 0 || i % 11 == 0 || i % 13 == 0)
+    };
+    let input: String = (1..=n).map(|i| record(i).0 + "\n").collect();
+    let bad: Vec<i64> = (1..=n).filter(|&i| record(i).1).collect();
+    let good: Vec<i64> = (1..=n).filter(|&i| !record(i).1).collect();
+    for (table, exactly_once) in [("refusing", false), ("refusing_once", true)] {
+        pg.client()
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (i bigint PRIMARY KEY, n bigint NOT NULL CHECK (n >= 0), s smallint)"
+            ))
+            .unwrap();
+        let mut config = Config::new()
+            .file_source("in", "in.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .sink("db", "postgres")
+            .set_str("url", &pg.url())
+            .set_str("table", table)
+            .set("columns", "{ i = \"/i\", n = \"/n\", s = \"/s\" }")
+            .set("exactly_once", exactly_once)
+            .pipeline("p", "in", &["db"])
+            .dead_letter("dlq")
+            .batch(r#"{ max_records = 250, interval = "5ms" }"#)
+            .plugin("identity.wasm");
+        if exactly_once {
+            config = config.checkpoint("100ms");
+        }
+        let config = config.build();
+        let scratch = Scratch::new(&config);
+        scratch.write("in.ndjson", &input);
+        let output = scratch.run();
+        assert_exit(&output, 0);
+        let rows: Vec<i64> = pg
+            .client()
+            .query(&format!("SELECT i FROM {table} ORDER BY i"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(rows, good, "{table}: the rows written");
+        let dead = scratch.read_json("dlq.ndjson");
+        let mut dead_i: Vec<i64> = dead
+            .iter()
+            .map(|d| {
+                let original: serde_json::Value =
+                    serde_json::from_str(d["original"].as_str().unwrap()).unwrap();
+                original["i"].as_i64().unwrap()
+            })
+            .collect();
+        dead_i.sort_unstable();
+        assert_eq!(dead_i, bad, "{table}: the dead letters");
+        for d in &dead {
+            let i = serde_json::from_str::<serde_json::Value>(d["original"].as_str().unwrap())
+                .unwrap()["i"]
+                .as_i64()
+                .unwrap();
+            let reason = d["reason"].as_str().unwrap();
+            assert_eq!(d["stage"], "sink:db");
+            // The server's own words: the first rule the row breaks.
+            let want = if i % 13 == 0 {
+                "SQLSTATE 22003"
+            } else if i % 11 == 0 {
+                "SQLSTATE 23502"
+            } else {
+                "SQLSTATE 23514"
+            };
+            assert!(reason.contains(want), "record {i}: {reason}");
+        }
+        assert_eq!(count(&output, "p", "out"), good.len() as u64);
+        assert_eq!(
+            count(&output, "p", "rejected"),
+            bad.len() as u64,
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -423,12 +423,15 @@ impl Summary {
         }
     }
 
-    /// Reads again the counters the sinks keep (`records_out`, `unwritten`):
+    /// Reads again the counters the sinks keep (`records_out`, `unwritten`,
+    /// and `rejected` for the records a sink refused):
     /// a pipeline's workers end before its sinks have written everything, so
     /// the final figures are those read once the sinks have finished.
     pub fn settle(&mut self, stats: &Stats) {
         self.records_out = stats.records_out.load(Ordering::Relaxed);
         self.unwritten = stats.unwritten.load(Ordering::Relaxed);
+        // Records a sink refused went to the dead-letter sink from its thread.
+        self.rejected = stats.rejected.load(Ordering::Relaxed);
     }
 }
 

@@ -578,7 +578,7 @@ impl Worker {
             }
             kept
         };
-        crate::sink::deliver(&self.sinks, output, &self.stats)
+        crate::sink::deliver(&self.sinks, output, &self.stats, &self.dead_letter)
     }
 }
 

@@ -12,13 +12,20 @@
 //! - `kafka` ([`kafka`]): one Kafka record per event, through an idempotent
 //!   producer; a sync waits for every delivery report;
 //! - `postgres` ([`postgres`]): one row per record, a batch per statement and
-//!   transaction, `append` or `upsert`.
+//!   transaction, `append` or `upsert`;
+//! - `http` ([`http`]): a batch per POST (or several, past `max_body_bytes`),
+//!   retried with back-off and an `Idempotency-Key`.
+//!
+//! A record an output refuses for good (a database constraint, an HTTP 4xx)
+//! goes to the sending pipeline's dead-letter sink (see
+//! [`Output::take_refused`]); a transient failure is tried again (see
+//! [`Retry`]).
 
 pub mod dead_letter;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,10 +33,12 @@ use sluice_plugin_sdk::Batch;
 
 pub use crate::config::{BuildContext, Claim};
 use crate::config::{ComponentTable, ConfigError, ConfigSource};
+use crate::sink::dead_letter::{DeadLetter, DeadRecord};
 use crate::stats::Stats;
 
 pub mod blackhole;
 pub mod file;
+pub mod http;
 pub mod kafka;
 pub mod postgres;
 pub mod stdout;
@@ -54,6 +63,11 @@ pub const KINDS: &[Kind] = &[
         name: "blackhole",
         parse: parse_as::<blackhole::BlackholeConfig>,
         fields: crate::config::fields_of::<blackhole::BlackholeConfig>,
+    },
+    Kind {
+        name: "http",
+        parse: parse_as::<http::HttpConfig>,
+        fields: crate::config::fields_of::<http::HttpConfig>,
     },
     Kind {
         name: "kafka",
@@ -200,15 +214,22 @@ struct Tally {
     records: u64,
     remaining: AtomicUsize,
     handed: AtomicBool,
+    /// The most records one sink refused (see [`Output::take_refused`]): they
+    /// went to the dead-letter sink, and are not in `records_out`.
+    refused: AtomicU64,
     stats: Arc<Stats>,
+    /// Where the records a sink refuses go: the sending pipeline's
+    /// dead-letter sink.
+    dead_letter: DeadLetter,
 }
 
 impl Tally {
     fn written(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.stats
-                .records_out
-                .fetch_add(self.records, Ordering::Relaxed);
+            self.stats.records_out.fetch_add(
+                self.records - self.refused.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -225,11 +246,18 @@ impl Drop for Tally {
 
 /// Hands `batch` to every sink in `sinks` (blocking while a queue is full)
 /// and counts it in `stats` as the sinks write it (see [`Stats::records_out`],
-/// [`Stats::unwritten`]). With no sink, the records are out at once.
+/// [`Stats::unwritten`]). With no sink, the records are out at once. A
+/// record a sink refuses (see [`Output::take_refused`]) goes to
+/// `dead_letter` with the sink's reason, and counts as `rejected`.
 ///
 /// # Errors
 /// A sink has stopped; the batch is then not counted here.
-pub fn deliver(sinks: &[SinkHandle], batch: Batch, stats: &Arc<Stats>) -> anyhow::Result<()> {
+pub fn deliver(
+    sinks: &[SinkHandle],
+    batch: Batch,
+    stats: &Arc<Stats>,
+    dead_letter: &DeadLetter,
+) -> anyhow::Result<()> {
     if sinks.is_empty() || batch.is_empty() {
         stats
             .records_out
@@ -240,7 +268,9 @@ pub fn deliver(sinks: &[SinkHandle], batch: Batch, stats: &Arc<Stats>) -> anyhow
         records: batch.len() as u64,
         remaining: AtomicUsize::new(sinks.len()),
         handed: AtomicBool::new(false),
+        refused: AtomicU64::new(0),
         stats: stats.clone(),
+        dead_letter: dead_letter.clone(),
     });
     let batch = Arc::new(batch);
     for sink in sinks {
@@ -498,7 +528,11 @@ fn drain(
         match msg {
             SinkMsg::Records(batch, tally) => {
                 write_retrying(out.as_mut(), &batch, name, stats)?;
-                let done = (batch.len() as u64, tally);
+                let refused = out.take_refused();
+                if !refused.is_empty() {
+                    dead_letter_refused(&batch, &refused, tally.as_deref(), name, stats)?;
+                }
+                let done = (batch.len() as u64 - refused.len() as u64, tally);
                 if deferred {
                     uncommitted.push(done);
                 } else {
@@ -523,6 +557,75 @@ fn drain(
     out.finish()
 }
 
+/// Sends the records of `batch` that the sink refused to the dead-letter sink
+/// of the pipeline that sent it (`tally`'s), stage `sink:NAME`; without a
+/// tally (the batch is itself dead letters) they are logged, not sent on.
+///
+/// # Errors
+/// The dead-letter sink has stopped.
+fn dead_letter_refused(
+    batch: &Batch,
+    refused: &[Refused],
+    tally: Option<&Tally>,
+    name: &str,
+    stats: &SinkStats,
+) -> anyhow::Result<()> {
+    stats
+        .records_refused
+        .fetch_add(refused.len() as u64, Ordering::Relaxed);
+    let stage = format!("sink:{name}");
+    let Some(tally) = tally else {
+        for r in refused {
+            let original = batch.get(r.index).map(|e| e.value()).unwrap_or_default();
+            tracing::warn!(
+                sink = name,
+                reason = %r.reason,
+                "a dead letter was refused by the dead-letter sink itself, and is dropped: {}",
+                String::from_utf8_lossy(&original[..original.len().min(1024)])
+            );
+        }
+        return Ok(());
+    };
+    if tally.dead_letter.sink().is_some_and(|dl| dl.name == name) {
+        anyhow::bail!("the sink refused records and is its own dead-letter sink");
+    }
+    tally
+        .refused
+        .fetch_max(refused.len() as u64, Ordering::Relaxed);
+    let records: Vec<DeadRecord<'_>> = refused
+        .iter()
+        .filter_map(|r| {
+            let event = batch.get(r.index)?;
+            Some(DeadRecord {
+                stage: &stage,
+                plugin: None,
+                partition: None,
+                reason: &r.reason,
+                key: event.key().unwrap_or_default(),
+                timestamp_ms: Some(event.timestamp_ms()),
+                original: event.value(),
+            })
+        })
+        .collect();
+    tally.dead_letter.send(&records)?;
+    tally
+        .stats
+        .rejected
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A record an output refused for good (a database constraint, an HTTP 4xx):
+/// it goes to the dead-letter sink with the reason, and the sink goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The record's index in the batch.
+    pub index: usize,
+    /// Why, in the words of whatever refused it (the database's error text,
+    /// the HTTP status and body).
+    pub reason: String,
+}
+
 /// Marks a write error as one that may go away by itself (a database
 /// connection lost, a server restarting): attach it with
 /// `error.context(Retry("…"))` and the sink's thread writes the batch again,
@@ -536,6 +639,19 @@ impl fmt::Display for Retry {
     }
 }
 
+/// How long the server that refused a write asked to wait before the next
+/// try (HTTP `Retry-After`): attach it under [`Retry`], as
+/// `error.context(RetryAfter(wait)).context(Retry("…"))`; the next try comes
+/// no sooner (see [`write_retrying`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryAfter(pub Duration);
+
+impl fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the server asks to wait {:?}", self.0)
+    }
+}
+
 /// Whether a write error may go away by itself: the output marked it
 /// [`Retry`] (a file sink: its disk or quota full, `ENOSPC`/`EDQUOT`; a
 /// database connection lost).
@@ -544,9 +660,11 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
 }
 
 /// Writes `batch`; a transient error (see [`is_transient`]) is tried again,
-/// after 100 ms, doubling up to 5 s, for as long as it lasts: the sink's queue
-/// fills meanwhile and the pipelines wait (backpressure), and nothing is
-/// dropped. Once the daemon is stopping it gives up after [`STOP_LIMIT`].
+/// after 100 ms, doubling up to 5 s, each wait drawn between half and all of
+/// it ("equal jitter", so that sinks failing together do not retry in step),
+/// or after the [`RetryAfter`] the error carries if that is longer, for as
+/// long as it lasts: the sink's queue fills meanwhile and the pipelines wait
+/// (backpressure), and nothing is dropped. Once the daemon is stopping it gives up after [`STOP_LIMIT`].
 /// Logs the first failure, then every 30 s, and the recovery; counts the
 /// tries in [`SinkStats::write_retries`].
 ///
@@ -598,11 +716,24 @@ fn write_retrying(
                 RETRY_MAX.as_secs()
             );
         }
+        let asked = error.downcast_ref::<RetryAfter>().map(|r| r.0);
+        let wait = jittered(delay).max(asked.unwrap_or_default());
         // Not past the stop's deadline, if there is one.
         let until_deadline = stop_deadline().map(|d| d.saturating_duration_since(Instant::now()));
-        std::thread::sleep(until_deadline.map_or(delay, |left| delay.min(left)));
+        std::thread::sleep(until_deadline.map_or(wait, |left| wait.min(left)));
         delay = (delay * 2).min(RETRY_MAX);
     }
+}
+
+/// A wait between `delay / 2` and `delay`, drawn at random ("equal jitter":
+/// AWS Architecture Blog, "Exponential Backoff And Jitter").
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // A fresh `RandomState` is randomly keyed: its hash is a random number.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(delay.subsec_nanos());
+    let fraction = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    delay / 2 + delay.mul_f64(fraction / 2.0)
 }
 
 /// Newline-terminated values of `batch`, into `buf` (cleared first).
@@ -625,6 +756,12 @@ pub trait Output: Send {
     /// # Errors
     /// The write failed; unless transient, the sink stops.
     fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()>;
+    /// The records of the last [`Output::write_batch`] that the output
+    /// refused for good (the rest were written): they go to the sending
+    /// pipeline's dead-letter sink. Called once after each write.
+    fn take_refused(&mut self) -> Vec<Refused> {
+        Vec::new()
+    }
     /// Writes out what was written so far, durably; a file's length in bytes
     /// (`None` for other outputs), which a checkpoint records.
     ///
@@ -650,4 +787,30 @@ pub trait Output: Send {
     /// # Errors
     /// The final write or sync failed.
     fn finish(&mut self) -> anyhow::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jittered_waits_stay_between_half_and_all() {
+        let delay = Duration::from_millis(800);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(delay)).collect();
+        assert!(waits.iter().all(|w| *w >= delay / 2 && *w <= delay));
+        // Drawn, not fixed: 200 draws are not all one value.
+        assert!(waits.iter().any(|w| *w != waits[0]));
+    }
+
+    #[test]
+    fn retry_after_is_found_under_retry() {
+        let e = anyhow::anyhow!("503")
+            .context(RetryAfter(Duration::from_secs(7)))
+            .context(Retry("try again"));
+        assert!(is_transient(&e));
+        assert_eq!(
+            e.downcast_ref::<RetryAfter>().map(|r| r.0),
+            Some(Duration::from_secs(7))
+        );
+    }
 }

@@ -29,8 +29,12 @@
 //! crash, a checkpointed pipeline writes again the rows since its last
 //! checkpoint: `upsert` rows converge to the same values (window rows in
 //! `update` mode have an exactly-once *effect*); `append` is at-least-once.
-//! An error the server gives for the data itself (a constraint, a value the
-//! column type refuses) stops the sink with the server's message.
+//! A row the server refuses for its data (SQLSTATE class 22, a value the
+//! column's type refuses; class 23, a constraint such as `NOT NULL` or a
+//! unique index) goes to the pipeline's dead-letter sink with the server's
+//! message, and the others of its batch are written: the batch is written
+//! again row by row, each under a savepoint (PostgreSQL docs, `SAVEPOINT`),
+//! in one transaction. A record that is not JSON is refused the same way.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,7 +46,7 @@ use serde_json::Value;
 use sluice_plugin_sdk::Batch;
 use toml::Spanned;
 
-use super::{Built, Output, Resume, Retry, SinkSpec};
+use super::{Built, Output, Refused, Resume, Retry, SinkSpec};
 use crate::config::{BuildContext, ConfigError};
 
 /// `[sinks.NAME] type = "postgres"`: the kind's own fields.
@@ -590,6 +594,8 @@ impl super::Sink for PostgresSink {
             client: None,
             statement: None,
             text: Vec::new(),
+            spans: Vec::new(),
+            refused: Vec::new(),
             two_phase: self.exactly_once.then(|| TwoPhase {
                 resumed,
                 resolved: false,
@@ -637,28 +643,40 @@ struct PostgresOutput {
     statement: Option<String>,
     /// The rows of the batch being written, as a JSON array.
     text: Vec<u8>,
+    /// Each row of `text`: its record's index in the batch, and its place.
+    spans: Vec<(usize, std::ops::Range<usize>)>,
+    /// The records of the batch refused (not JSON; refused by the server).
+    refused: Vec<Refused>,
     /// With `exactly_once`.
     two_phase: Option<TwoPhase>,
 }
 
 impl PostgresOutput {
     /// The batch's rows as a JSON array of objects (column → value; a value
-    /// the record lacks is null).
+    /// the record lacks is null), into `text`, with each row's place in it
+    /// and its record's index in `rows`; a record that is not JSON is
+    /// refused.
     fn rows(&mut self, batch: &Batch) -> anyhow::Result<()> {
         // Written straight into the array's text: no copy of a value, no map
         // per record.
         self.text.clear();
+        self.spans.clear();
         self.text.push(b'[');
-        for (i, event) in batch.iter().enumerate() {
-            let value: Value = serde_json::from_slice(event.value()).with_context(|| {
-                format!(
-                    "a record is not JSON: {}",
-                    String::from_utf8_lossy(&event.value()[..event.value().len().min(200)])
-                )
-            })?;
-            if i > 0 {
+        for event in batch {
+            let value: Value = match serde_json::from_slice(event.value()) {
+                Ok(value) => value,
+                Err(e) => {
+                    self.refused.push(Refused {
+                        index: event.index(),
+                        reason: format!("not a JSON record: {e}"),
+                    });
+                    continue;
+                }
+            };
+            if !self.spans.is_empty() {
                 self.text.push(b',');
             }
+            let start = self.text.len();
             self.text.push(b'{');
             for (j, (column, pointer)) in self.sink.columns.iter().enumerate() {
                 if j > 0 {
@@ -672,8 +690,54 @@ impl PostgresOutput {
                 )?;
             }
             self.text.push(b'}');
+            self.spans.push((event.index(), start..self.text.len()));
         }
         self.text.push(b']');
+        Ok(())
+    }
+
+    /// Writes the batch's rows one by one, each under a savepoint, in the
+    /// transaction open on `client`: a row the server refuses for its data
+    /// (see [`data_error`]) is rolled back alone and refused with the
+    /// server's message. Leaves the accepted rows' JSON array in `text`.
+    ///
+    /// # Errors
+    /// Any other error (the transaction is then lost).
+    fn write_row_by_row(&mut self) -> anyhow::Result<()> {
+        let client = self.client.as_mut().expect("connected");
+        let statement = self.statement.as_deref().expect("prepared");
+        let mut accepted = Vec::with_capacity(self.text.len());
+        accepted.push(b'[');
+        let mut one = Vec::new();
+        for (index, span) in &self.spans {
+            let row = &self.text[span.clone()];
+            one.clear();
+            one.push(b'[');
+            one.extend_from_slice(row);
+            one.push(b']');
+            client.batch_execute("SAVEPOINT sluice_row")?;
+            match client.execute(statement, &[&std::str::from_utf8(&one).expect("JSON")]) {
+                Ok(_) => {
+                    client.batch_execute("RELEASE SAVEPOINT sluice_row")?;
+                    if accepted.len() > 1 {
+                        accepted.push(b',');
+                    }
+                    accepted.extend_from_slice(row);
+                }
+                Err(e) => match data_error(&e) {
+                    Some(reason) => {
+                        client.batch_execute("ROLLBACK TO SAVEPOINT sluice_row")?;
+                        self.refused.push(Refused {
+                            index: *index,
+                            reason: format!("table {}: {reason}", self.sink.table_text),
+                        });
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+        accepted.push(b']');
+        self.text = accepted;
         Ok(())
     }
 
@@ -711,12 +775,60 @@ impl PostgresOutput {
                 client.execute(statement, &[&std::str::from_utf8(text).expect("JSON")])?;
             }
         }
-        client.execute(
+        let written = client.execute(
             statement,
             &[&std::str::from_utf8(&self.text).expect("JSON")],
-        )?;
+        );
+        if let Err(e) = written {
+            if data_error(&e).is_none() {
+                return Err(e);
+            }
+            // The statement failed, and the transaction with it: begin it
+            // again with the batches before, then this batch row by row.
+            client.batch_execute("ROLLBACK")?;
+            client.batch_execute("BEGIN")?;
+            for text in &tp.pending {
+                client.execute(statement, &[&std::str::from_utf8(text).expect("JSON")])?;
+            }
+            self.write_row_by_row()?;
+        }
+        let tp = self.two_phase.as_mut().expect("two-phase");
         tp.pending.push(std::mem::take(&mut self.text));
         Ok(())
+    }
+
+    /// Without `exactly_once`: the batch in one statement (its own
+    /// transaction); if the server refuses a row for its data, row by row in
+    /// one transaction.
+    fn write_autocommit(&mut self) -> anyhow::Result<()> {
+        self.connected()?;
+        let client = self.client.as_mut().expect("connected");
+        let statement = self.statement.as_deref().expect("prepared");
+        let text = std::str::from_utf8(&self.text).expect("JSON text");
+        match client.execute(statement, &[&text]) {
+            Ok(_) => Ok(()),
+            Err(e) if data_error(&e).is_some() => {
+                client.batch_execute("BEGIN")?;
+                let refused_before = self.refused.len();
+                match self.write_row_by_row().and_then(|()| {
+                    self.client
+                        .as_mut()
+                        .expect("connected")
+                        .batch_execute("COMMIT")
+                }) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        // Nothing of the batch is in: it is written again.
+                        self.refused.truncate(refused_before);
+                        if let Some(c) = self.client.as_mut() {
+                            let _ = c.batch_execute("ROLLBACK");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -776,6 +888,24 @@ fn settle(sink: &PostgresSink, client: &mut Conn, tp: &mut TwoPhase) -> anyhow::
     Ok(())
 }
 
+/// The server's message when `e` is a refusal of the data itself: SQLSTATE
+/// class 22 (data exception: a value the column's type refuses) or 23
+/// (integrity constraint violation) — PostgreSQL docs, "Appendix A. Error
+/// Codes".
+fn data_error(e: &anyhow::Error) -> Option<String> {
+    let db = e.downcast_ref::<tokio_postgres::Error>()?.as_db_error()?;
+    let code = db.code().code();
+    if !(code.starts_with("22") || code.starts_with("23")) {
+        return None;
+    }
+    let mut reason = format!("{} (SQLSTATE {code})", db.message());
+    if let Some(detail) = db.detail() {
+        reason.push_str(": ");
+        reason.push_str(detail);
+    }
+    Some(reason)
+}
+
 /// Marks an error of the connection (not of the data) as one to retry: the
 /// server went away or restarts (SQLSTATE class 08, 57P01–57P03), is out of
 /// resources (class 53), or a serialization failure or deadlock (40001,
@@ -803,21 +933,28 @@ fn retry_if_connection(e: anyhow::Error) -> anyhow::Error {
 
 impl Output for PostgresOutput {
     fn write_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        // A batch tried again after a failure starts afresh.
+        self.refused.clear();
         if batch.is_empty() {
             return Ok(());
         }
         self.rows(batch)?;
+        if self.spans.is_empty() {
+            return Ok(());
+        }
         let written = if self.two_phase.is_some() {
             self.write_in_transaction()
         } else {
-            self.connected().map(|_| ()).and_then(|()| {
-                let client = self.client.as_mut().expect("connected");
-                let statement = self.statement.as_deref().expect("prepared");
-                let text = std::str::from_utf8(&self.text).expect("JSON text");
-                client.execute(statement, &[&text]).map(|_| ())
-            })
+            self.write_autocommit()
         };
-        written.map_err(|e| self.failed(e))
+        written.map_err(|e| {
+            self.refused.clear();
+            self.failed(e)
+        })
+    }
+
+    fn take_refused(&mut self) -> Vec<Refused> {
+        std::mem::take(&mut self.refused)
     }
 
     fn sync(&mut self) -> anyhow::Result<Option<u64>> {

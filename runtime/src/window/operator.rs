@@ -911,7 +911,7 @@ impl Operator<'_> {
             let key = matches!(self.spec.grouping, Grouping::Key).then_some(group.as_slice());
             batch.push(key, &line, w.end.saturating_sub(1));
         }
-        crate::sink::deliver(self.sinks, batch, self.stats)
+        crate::sink::deliver(self.sinks, batch, self.stats, self.dead_letter)
     }
 
     fn drop_closed(&mut self, closed: &dyn Fn(&Window) -> bool) {
