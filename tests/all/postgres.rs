@@ -657,3 +657,69 @@ fn rows_the_database_refuses_are_dead_lettered_and_the_rest_written() {
         );
     }
 }
+
+/// `examples/postgres/sluice.toml`, pointed at a server started here, on the
+/// whole flights file: the table holds every window of the main job, each
+/// once, with the values computed here from the NDJSON (`timestamptz`
+/// columns read back in UTC).
+#[test]
+fn the_postgres_example_fills_its_table() {
+    const TEST: &str = "postgres::the_postgres_example_fills_its_table";
+    let Some(pg) = Pg::start(TEST) else { return };
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/postgres/sluice.toml"),
+    )
+    .unwrap();
+    let config = example
+        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace("\"../../target/state-postgres\"", "\"state\"")
+        .replace(
+            "\"../data/flights-2013.ndjson.gz\"",
+            &format!("{:?}", flights_gz()),
+        )
+        .replace("\"../../target/postgres-out/", "\"out/")
+        .replace(
+            "\"host=127.0.0.1 port=5432 user=sluice dbname=flights\"",
+            &format!("{:?}", pg.url()),
+        );
+    assert!(
+        config.contains("@PLUGINS@") && config.contains(&pg.url()),
+        "example config changed shape"
+    );
+    let scratch = Scratch::new(&config);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "hourly", "in"), 336_776);
+    let got: Vec<Value> = pg
+        .client()
+        .query(
+            "SELECT carrier, \
+               to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+               to_char(window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+               delayed, avg_dep_delay, max_dep_delay, dep_delay_quantiles::text \
+             FROM flights_hourly ORDER BY window_start, carrier",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            json!({
+                "key": r.get::<_, String>(0),
+                "window_start": r.get::<_, String>(1),
+                "window_end": r.get::<_, String>(2),
+                "delayed": r.get::<_, i64>(3),
+                "avg_dep_delay": r.get::<_, f64>(4),
+                "max_dep_delay": r.get::<_, i64>(5),
+                "dep_delay_quantiles": serde_json::from_str::<Value>(&r.get::<_, String>(6)).unwrap(),
+            })
+        })
+        .collect();
+    let mut want = crate::windows::hourly_windows(usize::MAX);
+    want.sort_by(|a, b| {
+        (a["window_start"].as_str(), a["key"].as_str())
+            .cmp(&(b["window_start"].as_str(), b["key"].as_str()))
+    });
+    assert_eq!(want.len(), 32_839);
+    crate::windows::assert_rows(&got, &want);
+    assert!(scratch.read_lines("out/dead-letter.ndjson").is_empty());
+}

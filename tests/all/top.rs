@@ -41,6 +41,13 @@ fn top_once_shows_pipelines_and_plugins() {
         ["p", "running", &lines, &lines, "0", "0", "0.0", "0.0", "-"],
         "{view}"
     );
+    let sink: Vec<&str> = view
+        .lines()
+        .find(|l| l.starts_with("out "))
+        .unwrap_or_else(|| panic!("no sink row in:\n{view}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(sink, ["out", "ok", &lines, "0.0", "0", "0"], "{view}");
     let version = sluice::wasm::plugin::content_version(
         &std::fs::read(plugins_dir().join("identity.wasm")).unwrap(),
     );

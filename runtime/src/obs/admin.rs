@@ -423,7 +423,12 @@ fn render_sinks(state: &AdminState, text: &mut String) {
         (
             "sink_write_retries_total",
             "counter",
-            "Writes tried again after a transient error (a full disk).",
+            "Writes tried again after a transient error (a full disk, a database or HTTP server away).",
+        ),
+        (
+            "sink_records_refused_total",
+            "counter",
+            "Records the sink's destination refused for good (a constraint, an HTTP 4xx), sent to the dead-letter sink.",
         ),
         (
             "sink_blocked",
@@ -437,6 +442,7 @@ fn render_sinks(state: &AdminState, text: &mut String) {
             let value = match metric {
                 "sink_records_written_total" => s.records_written.load(Ordering::Relaxed),
                 "sink_write_retries_total" => s.write_retries.load(Ordering::Relaxed),
+                "sink_records_refused_total" => s.records_refused.load(Ordering::Relaxed),
                 _ => u64::from(s.blocked.load(Ordering::Relaxed)),
             };
             let _ = writeln!(text, "sluice_{metric}{{sink=\"{}\"}} {value}", label(name));
@@ -453,6 +459,7 @@ async fn sinks(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 "sink": name,
                 "records_written": s.records_written.load(Ordering::Relaxed),
                 "write_retries": s.write_retries.load(Ordering::Relaxed),
+                "records_refused": s.records_refused.load(Ordering::Relaxed),
                 "blocked": s.blocked.load(Ordering::Relaxed),
             })
         })

@@ -1,6 +1,6 @@
 //! `sluice top`: a terminal view of a running daemon, read from its admin API —
-//! each pipeline's counters and rates, each plugin's running version and
-//! reloads.
+//! each pipeline's counters and rates, each sink's writes, retries and
+//! refusals, each plugin's running version and reloads.
 //!
 //! Rates are the difference of two samples of the counters over the time
 //! between them. The client is a few lines of HTTP/1.1 over
@@ -58,9 +58,11 @@ pub struct Sample {
     pub pipelines: Vec<Value>,
     /// `GET /plugins`.
     pub plugins: Vec<Value>,
+    /// `GET /sinks` (empty from a daemon without it).
+    pub sinks: Vec<Value>,
 }
 
-/// Reads `/ready`, `/pipelines` and `/plugins`.
+/// Reads `/ready`, `/pipelines`, `/sinks` and `/plugins`.
 ///
 /// # Errors
 /// The daemon cannot be reached, or an answer is not the JSON expected.
@@ -76,6 +78,7 @@ pub fn sample(addr: &str) -> anyhow::Result<Sample> {
         ready,
         pipelines: json("/pipelines")?,
         plugins: json("/plugins")?,
+        sinks: json("/sinks").unwrap_or_default(),
     })
 }
 
@@ -135,6 +138,36 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
             rate_of("records_out"),
             // Windowed pipelines: the event time the windows have reached.
             p["watermark"].as_str().unwrap_or("-"),
+        );
+    }
+    if !after.sinks.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>12} {:>10} {:>10} {:>10}",
+            "SINK", "STATE", "WRITTEN", "WRITTEN/s", "RETRIES", "REFUSED"
+        );
+    }
+    for s in &after.sinks {
+        let old = before.sinks.iter().find(|o| o["sink"] == s["sink"]);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>12} {:>10.1} {:>10} {:>10}",
+            s["sink"].as_str().unwrap_or("?"),
+            // Blocked: cannot write now (retrying, or not open yet).
+            if s["blocked"] == true {
+                "blocked"
+            } else {
+                "ok"
+            },
+            counter(s, "records_written"),
+            old.map_or(0.0, |o| rate(
+                counter(o, "records_written"),
+                counter(s, "records_written"),
+                elapsed
+            )),
+            counter(s, "write_retries"),
+            counter(s, "records_refused"),
         );
     }
     let _ = writeln!(out);
@@ -260,6 +293,10 @@ mod tests {
                 "reloads": 2, "reload_failures": 1,
                 "last_error": { "error": "does not compile\nmore" }
             })],
+            sinks: vec![serde_json::json!({
+                "sink": "db", "records_written": records_in * 3, "write_retries": 4,
+                "records_refused": 2, "blocked": true
+            })],
         };
         let view = render(
             "127.0.0.1:9464",
@@ -295,6 +332,13 @@ mod tests {
                 "compile"
             ]
         );
+        let sink: Vec<&str> = view
+            .lines()
+            .find(|l| l.starts_with("db "))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(sink, ["db", "blocked", "90", "30.0", "4", "2"]);
         assert!(view.starts_with("sluice at 127.0.0.1:9464: ready — 1 pipeline(s), 1 plugin(s)"));
     }
 }
