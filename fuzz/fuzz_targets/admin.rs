@@ -33,7 +33,7 @@ sluice_fuzz::fuzz_target!(|data| {
     };
     let answer = runtime.block_on(async {
         let mut io = io;
-        sluice::http_serve::serve_connection(&mut io, app.clone(), LIMITS).await;
+        sluice::http_serve::serve_connection(&mut io, app.clone(), LIMITS, None).await;
         io.output
     });
     if !answer.is_empty() {
@@ -64,6 +64,7 @@ fn server() -> &'static (tokio::runtime::Runtime, axum::Router) {
             config_file: "/etc/sluice/sluice.toml".into(),
             ready: AtomicBool::new(true),
             reload: Some(tx),
+            tap_token: None,
         });
         (runtime, router(state))
     })

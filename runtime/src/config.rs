@@ -76,6 +76,11 @@ pub struct DaemonConfig {
     /// Allow `admin` on an address other than loopback. Default `false`.
     #[serde(default)]
     pub admin_allow_remote: bool,
+    /// A file holding the token (its first line) a client off the loopback
+    /// must show (`Authorization: Bearer TOKEN`) to tap records (`GET /tap`:
+    /// records are user data); relative to the config file. Default: none
+    /// (taps from the loopback only).
+    pub admin_token_file: Option<Spanned<PathBuf>>,
     /// Log level, or `tracing` filter directives (`"warn,sluice=debug"`), read
     /// at start. `RUST_LOG`, when set, takes precedence. Default `"info"`.
     pub log_level: Option<Spanned<String>>,
@@ -125,6 +130,7 @@ impl Default for DaemonConfig {
             hot_reload: true,
             admin: None,
             admin_allow_remote: false,
+            admin_token_file: None,
             log_level: None,
             telemetry: TelemetryConfig::default(),
         }

@@ -648,6 +648,7 @@ async fn start(
         config_file: topology.config_file.clone(),
         ready: AtomicBool::new(false),
         reload,
+        tap_token: topology.tap_token.clone(),
     });
     if crate::obs::telemetry::enabled() {
         crate::obs::telemetry::observe(admin.clone());

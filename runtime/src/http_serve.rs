@@ -66,8 +66,9 @@ pub async fn serve(
             continue;
         };
         let app = app.clone();
+        let peer = stream.peer_addr().ok();
         connections.spawn(async move {
-            serve_connection(hyper_util::rt::TokioIo::new(stream), app, limits).await;
+            serve_connection(hyper_util::rt::TokioIo::new(stream), app, limits, peer).await;
             drop(slot);
         });
     }
@@ -75,14 +76,49 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// Serves `app` on one connection, `io`, under `limits` (all but
-/// `max_connections`), until the client or a limit ends it. [`serve`] calls
-/// it for each connection it accepts; the fuzz target `admin` (fuzz/) for
-/// bytes in memory.
-pub async fn serve_connection<I>(io: I, app: axum::Router, limits: Limits)
-where
+/// When the connection a request came on is closed (see
+/// [`Limits::connection`]); a request extension, so that a handler that
+/// streams its answer for longer (a tap) can move it.
+#[derive(Debug, Clone)]
+pub struct ConnectionDeadline(Arc<(std::sync::Mutex<Instant>, tokio::sync::Notify)>);
+
+impl ConnectionDeadline {
+    /// Closes the connection at `at` instead (sooner or later).
+    pub fn set(&self, at: Instant) {
+        *self.0.0.lock().expect("deadline lock") = at;
+        self.0.1.notify_one();
+    }
+
+    fn get(&self) -> Instant {
+        *self.0.0.lock().expect("deadline lock")
+    }
+}
+
+/// The address of the client a request came from (none: not a TCP
+/// connection); a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::SocketAddr>);
+
+/// Serves `app` on one connection, `io`, from `peer`, under `limits` (all
+/// but `max_connections`), until the client or a limit ends it. [`serve`]
+/// calls it for each connection it accepts; the fuzz target `admin` (fuzz/)
+/// for bytes in memory. Each request carries the connection's
+/// [`ConnectionDeadline`] and [`Peer`] as extensions.
+pub async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    limits: Limits,
+    peer: Option<std::net::SocketAddr>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
 {
+    let deadline = ConnectionDeadline(Arc::new((
+        std::sync::Mutex::new(Instant::now() + limits.connection),
+        tokio::sync::Notify::new(),
+    )));
+    let app = app
+        .layer(axum::Extension(deadline.clone()))
+        .layer(axum::Extension(Peer(peer)));
     let service = hyper_util::service::TowerToHyperService::new(app);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -90,5 +126,18 @@ where
         .keep_alive(limits.keep_alive)
         .half_close(true)
         .serve_connection(io, service);
-    let _ = tokio::time::timeout(limits.connection, connection).await;
+    tokio::pin!(connection);
+    loop {
+        let at = deadline.get();
+        tokio::select! {
+            _ = &mut connection => return,
+            () = tokio::time::sleep_until(at.into()) => {
+                if deadline.get() <= Instant::now() {
+                    return;
+                }
+            }
+            // Moved: wait for the new deadline.
+            () = deadline.0.1.notified() => {}
+        }
+    }
 }

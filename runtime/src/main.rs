@@ -37,6 +37,10 @@ enum Command {
     /// pipeline's counters and rates (records/s between two samples), each
     /// plugin's version and reloads. Exit 1 if the daemon cannot be reached.
     Top(cli::top::Args),
+    /// Print a sample of the records passing a point of a running daemon's
+    /// pipeline (the source, a stage's output, the window, a sink, the dead
+    /// letters), one JSON line each, from its admin API.
+    Tap(cli::tap::Args),
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cli::validate::main(args),
         Command::Checkpoints(args) => cli::checkpoints::main(args),
         Command::Top(args) => cli::top::main(args),
+        Command::Tap(args) => cli::tap::main(args),
         Command::Plugin { command } => cli::plugin::main(command),
     }
 }

@@ -44,6 +44,9 @@ pub struct Topology {
     pub hot_reload: bool,
     /// Where the admin API listens, if anywhere.
     pub admin: Option<std::net::SocketAddr>,
+    /// The token a client off the loopback shows to tap records
+    /// (`[daemon] admin_token_file`, read when the config is built).
+    pub tap_token: Option<String>,
 }
 
 /// The admin API's address when the config names none.
@@ -193,6 +196,7 @@ impl Topology {
             config_file: std::path::absolute(&source.file).unwrap_or_else(|_| source.file.clone()),
             hot_reload: config.daemon.hot_reload,
             admin: admin_address(config, source)?,
+            tap_token: admin_token(config, &base, source)?,
         })
     }
 }
@@ -475,6 +479,38 @@ fn check_log_level(config: &Config, source: &ConfigSource) -> Result<(), ConfigE
             ),
         )),
     }
+}
+
+/// `[daemon] admin_token_file`: its first line, which must not be empty.
+fn admin_token(
+    config: &Config,
+    base: &std::path::Path,
+    source: &ConfigSource,
+) -> Result<Option<String>, ConfigError> {
+    let Some(file) = &config.daemon.admin_token_file else {
+        return Ok(None);
+    };
+    let path = config::resolve(base, file.get_ref());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        source.error(
+            file.span(),
+            format!(
+                "field `admin_token_file`: cannot read {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.len() < 16 {
+        return Err(source.error(
+            file.span(),
+            format!(
+                "field `admin_token_file`: the token in {} is shorter than 16 characters",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(token))
 }
 
 /// `[daemon] admin`: an address, loopback unless `admin_allow_remote`.

@@ -239,10 +239,17 @@ fn the_root_and_a_404_list_the_routes() {
             "/pipelines",
             "/plugins",
             "/sinks",
+            "/tap",
             "/reload"
         ]
     );
     for (method, path) in routes {
+        // A tap streams until its time is up.
+        let path = if path == "/tap" {
+            "/tap?seconds=1"
+        } else {
+            path
+        };
         let (status, body) = http(&addr, method, path);
         assert!(
             status == 200 || status == 202,

@@ -37,6 +37,7 @@ mod sources;
 mod state_lock;
 mod stock;
 mod systemd;
+mod tap;
 mod tcp;
 mod top;
 mod windows;

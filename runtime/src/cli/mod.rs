@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 pub mod checkpoints;
 pub mod plugin;
 pub mod run;
+pub mod tap;
 pub mod top;
 pub mod validate;
 

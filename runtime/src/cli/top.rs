@@ -64,7 +64,7 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 
 /// The admin API's address for `sluice top`, and with `--config` the state
 /// folder of the daemon that should answer there (`--admin` wins: no check).
-fn top_address(
+pub(crate) fn top_address(
     admin: Option<String>,
     config: Option<&Path>,
 ) -> Result<(String, Option<PathBuf>), ExitCode> {

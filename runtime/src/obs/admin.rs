@@ -10,6 +10,7 @@
 //! | `GET /pipelines` | JSON: each pipeline's counters and whether it runs |
 //! | `GET /plugins` | JSON: each plugin file's status (as `status.json`) |
 //! | `GET /sinks` | JSON: each sink's records written, write retries (a full disk), and whether it is blocked (cannot write or open: its pipelines wait) |
+//! | `GET /tap?pipeline=P&at=POINT` | NDJSON, streamed: a sample of the records passing a point of a pipeline (see [`crate::obs::tap`] and [`tap`]) |
 //! | `POST /reload` | 202: reload the config, as SIGHUP does |
 //!
 //! Metric names follow Prometheus' conventions for OpenTelemetry-style
@@ -67,6 +68,9 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// Where `POST /reload` sends its request (none: reload not available).
     pub reload: Option<tokio::sync::mpsc::UnboundedSender<&'static str>>,
+    /// The bearer token a client off the loopback must show to tap records
+    /// (`[daemon] admin_token_file`); none: such a client cannot tap.
+    pub tap_token: Option<String>,
 }
 
 /// The answer to `GET /`, and the body of a 404.
@@ -79,6 +83,8 @@ GET  /metrics    Prometheus text: pipeline, plugin and batch metrics
 GET  /pipelines  JSON: each pipeline's counters, whether it runs, its watermark
 GET  /plugins    JSON: each plugin file's status
 GET  /sinks      JSON: each sink's records written, write retries, whether it is blocked
+GET  /tap        NDJSON, streamed: records passing a point (?pipeline=P&at=source|N:PLUGIN|window|sink:NAME|dead_letter
+                 &partition=N&sample=N&limit=N&max_records=N&max_bytes=N&seconds=N)
 POST /reload     202: reload the config, as SIGHUP
 ";
 
@@ -160,6 +166,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/pipelines", get(pipelines))
         .route("/plugins", get(plugins))
         .route("/sinks", get(sinks))
+        .route("/tap", get(tap))
         .route("/reload", post(reload))
         .fallback(|| async { (StatusCode::NOT_FOUND, format!("no such route\n\n{ROUTES}")) })
         .layer(axum::middleware::from_fn(guard))
@@ -450,6 +457,177 @@ fn render_sinks(state: &AdminState, text: &mut String) {
     }
 }
 
+/// The longest a tap streams, seconds (its default is 10 minutes).
+pub const TAP_MAX_SECONDS: u64 = 24 * 3600;
+
+/// `GET /tap`: streams, as NDJSON, a sample of the records passing a point of
+/// a pipeline (see [`crate::obs::tap`] for the lines). Query parameters:
+/// `pipeline` (may be left out when there is one), `at` (default `source`),
+/// `partition`, `sample` (every N-th record, `N` or `1/N`; default 1),
+/// `limit` (lines, then the answer ends), `max_records` a second (default
+/// 100, at most 10,000), `max_bytes` a second (default 1 MiB), `seconds`
+/// (the answer ends after it; default 600, at most a day). 400 for a
+/// pipeline or point that does not exist (the message lists them); from a
+/// client off the loopback (`admin_allow_remote`), 401 unless it shows
+/// `Authorization: Bearer TOKEN` of `[daemon] admin_token_file` (records are
+/// user data).
+async fn tap(
+    State(state): State<Arc<AdminState>>,
+    axum::Extension(deadline): axum::Extension<crate::http_serve::ConnectionDeadline>,
+    axum::Extension(peer): axum::Extension<crate::http_serve::Peer>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    use crate::obs::tap::{DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, LIMIT_MAX_RECORDS, Point};
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message + "\n").into_response();
+    let remote = peer.0.is_some_and(|p| !p.ip().is_loopback());
+    if remote {
+        let shown = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match &state.tap_token {
+            Some(token)
+                if shown.is_some_and(|s| constant_time_eq(s.as_bytes(), token.as_bytes())) => {}
+            Some(_) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    "a tap from off this machine needs `Authorization: Bearer TOKEN`, the token of [daemon] admin_token_file\n",
+                )
+                    .into_response();
+            }
+            None => {
+                return (
+                    StatusCode::FORBIDDEN,
+                    "taps are for this machine only: set [daemon] admin_token_file to allow them from elsewhere with a token\n",
+                )
+                    .into_response();
+            }
+        }
+    }
+    let query = parse_query(uri.query().unwrap_or_default());
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let number = |name: &str, default: u64| -> Result<u64, String> {
+        match param(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| format!("`{name}` must be a whole number, not {v:?}")),
+        }
+    };
+    let names: Vec<String> = (state.pipelines.lock().expect("admin lock").iter())
+        .map(|(n, _, _)| n.clone())
+        .collect();
+    let pipeline = match param("pipeline") {
+        Some(p) if names.iter().any(|n| n == p) => p.to_string(),
+        None if names.len() == 1 => names[0].clone(),
+        other => {
+            return bad(format!(
+                "{}: the pipelines are {}",
+                other.map_or("give `pipeline`".into(), |p| format!("no pipeline {p:?}")),
+                names.join(", ")
+            ));
+        }
+    };
+    let at = param("at").unwrap_or("source");
+    let point = match Point::parse(at) {
+        Ok(point) => point,
+        Err(e) => return bad(e),
+    };
+    let hub = crate::obs::tap::hub(&pipeline);
+    if let Err(e) = hub.points().check(&point, at) {
+        return bad(e);
+    }
+    let sample = match param("sample") {
+        None => Ok(1),
+        Some(v) => v
+            .strip_prefix("1/")
+            .unwrap_or(v)
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`sample` is N or 1/N (every N-th record), not {v:?}")),
+    };
+    let request = (|| {
+        Ok::<_, String>(crate::obs::tap::TapRequest {
+            point,
+            partition: match param("partition") {
+                None => None,
+                Some(_) => Some(number("partition", 0)? as usize),
+            },
+            sample: sample?,
+            limit: match param("limit") {
+                None => None,
+                Some(_) => Some(number("limit", 0)?.max(1)),
+            },
+            max_records: number("max_records", DEFAULT_MAX_RECORDS)?.clamp(1, LIMIT_MAX_RECORDS),
+            max_bytes: number("max_bytes", DEFAULT_MAX_BYTES)?.max(1),
+        })
+    })();
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return bad(e),
+    };
+    let seconds = match number("seconds", 600) {
+        Ok(s) => s.clamp(1, TAP_MAX_SECONDS),
+        Err(e) => return bad(e),
+    };
+    deadline.set(std::time::Instant::now() + Duration::from_secs(seconds));
+    hub.prune();
+    let lines = hub.subscribe(request);
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from_stream(lines.into_stream()),
+    )
+        .into_response()
+}
+
+/// `a` and `b` equal, in a time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// The pairs of a query string (`a=1&b=x%3Ay`), percent- and `+`-decoded.
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    let decode = |text: &str| {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len()
+                    && bytes[i + 1].is_ascii_hexdigit()
+                    && bytes[i + 2].is_ascii_hexdigit() =>
+                {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+                    out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
 async fn sinks(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let sinks = state.sinks.lock().expect("admin lock").clone();
     let list: Vec<serde_json::Value> = sinks
@@ -534,6 +712,23 @@ async fn reload(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_strings_are_decoded() {
+        assert_eq!(
+            parse_query("pipeline=hourly&at=sink%3Aout&x=a+b&bad=%zz&end=%4"),
+            [
+                ("pipeline".into(), "hourly".into()),
+                ("at".into(), "sink:out".into()),
+                ("x".into(), "a b".into()),
+                ("bad".into(), "%zz".into()),
+                ("end".into(), "%4".into()),
+            ]
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
 
     fn post(headers: &[(&'static str, &str)]) -> Result<(), StatusCode> {
         let mut map = HeaderMap::new();

@@ -1,6 +1,7 @@
 //! Observability and operations: the admin HTTP API ([`admin`]), metrics
 //! ([`metrics`], Prometheus text and OTLP through [`telemetry`]), systemd
-//! notification ([`systemd`]) and `sluice top` ([`top`]).
+//! notification ([`systemd`]), `sluice top` ([`top`]) and taps on the
+//! records passing a point of a pipeline ([`tap`]).
 
 pub mod top;
 
@@ -11,3 +12,5 @@ pub mod systemd;
 pub mod metrics;
 
 pub mod admin;
+
+pub mod tap;

@@ -170,6 +170,12 @@ impl PipelineSpec {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let dead_letter =
             DeadLetter::new(&self.name, self.dead_letter.as_ref().map(sink).transpose()?);
+        dead_letter.tap().set_points(crate::obs::tap::Points {
+            stages: self.chain.stages.iter().map(|s| s.label.clone()).collect(),
+            window: self.window.is_some(),
+            sinks: self.sinks.clone(),
+            dead_letter: self.dead_letter.is_some(),
+        });
         // Set when a worker stops on an error, so the source stops too.
         let failed = Arc::new(AtomicBool::new(false));
         let restored = resume.as_ref().and_then(|r| r.checkpoint.clone());

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::checkpoint::{Ack, Barrier};
 use crate::config::OnError;
+use crate::obs::tap::Point;
 use crate::pipeline::batcher::BatchLimits;
 use crate::pipeline::batcher::Batcher;
 use crate::pipeline::processor::Stage;
@@ -338,6 +339,16 @@ impl Worker {
             .as_ref()
             .filter(|feed| !feed.watermark_from_output)
             .and_then(|_| max_event_time(&batch));
+        let watched = self.dead_letter.tap().watched();
+        if watched {
+            let seen = crate::obs::tap::Seen {
+                pipeline: &self.pipeline,
+                at: "source",
+                partition: Some(self.partition),
+                plugin_version: None,
+            };
+            self.dead_letter.tap().offer(&Point::Source, seen, &batch);
+        }
         let mut refused: Vec<Refused> = Vec::new();
         let mut skipped = 0;
         let mut current = batch;
@@ -410,6 +421,17 @@ impl Worker {
                 }
             }
             current = output.events;
+            if watched {
+                let seen = crate::obs::tap::Seen {
+                    pipeline: &self.pipeline,
+                    at: &stage.spec().label,
+                    partition: Some(self.partition),
+                    plugin_version: Some(&stage.plugin().version),
+                };
+                self.dead_letter
+                    .tap()
+                    .offer(&Point::Stage(index), seen, &current);
+            }
         }
         self.dead_letter_refused(&refused)
             .map_err(|error| BatchFailed {

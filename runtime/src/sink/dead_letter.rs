@@ -44,6 +44,9 @@ pub struct DeadRecord<'a> {
 pub struct DeadLetter {
     pipeline: String,
     sink: Option<SinkHandle>,
+    /// The pipeline's taps (see [`crate::obs::tap`]): the dead letters are
+    /// its `dead_letter` point, and its workers find the hub here.
+    tap: Arc<crate::obs::tap::Hub>,
 }
 
 fn bytes_field(obj: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
@@ -63,7 +66,18 @@ impl DeadLetter {
         DeadLetter {
             pipeline: pipeline.to_string(),
             sink,
+            tap: crate::obs::tap::hub(pipeline),
         }
+    }
+
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// The pipeline's taps.
+    pub fn tap(&self) -> &crate::obs::tap::Hub {
+        &self.tap
     }
 
     /// The dead-letter sink, if the pipeline has one.
@@ -79,7 +93,8 @@ impl DeadLetter {
         if records.is_empty() {
             return Ok(());
         }
-        let Some(sink) = &self.sink else {
+        let watched = self.tap.watched();
+        if self.sink.is_none() {
             // No dead-letter sink: the log is the record of what was not processed.
             for r in records {
                 tracing::warn!(
@@ -90,8 +105,10 @@ impl DeadLetter {
                     String::from_utf8_lossy(&r.original[..r.original.len().min(1024)])
                 );
             }
-            return Ok(());
-        };
+            if !watched {
+                return Ok(());
+            }
+        }
         let mut batch = Batch::with_capacity(records.len(), records.len() * 256);
         let mut buf = Vec::with_capacity(256);
         for r in records {
@@ -119,7 +136,19 @@ impl DeadLetter {
                 r.timestamp_ms.unwrap_or_else(now_ms),
             );
         }
-        sink.send(Arc::new(batch))
+        if watched {
+            let seen = crate::obs::tap::Seen {
+                pipeline: &self.pipeline,
+                at: "dead_letter",
+                ..Default::default()
+            };
+            self.tap
+                .offer(&crate::obs::tap::Point::DeadLetter, seen, &batch);
+        }
+        match &self.sink {
+            Some(sink) => sink.send(Arc::new(batch)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -258,6 +258,22 @@ pub fn deliver(
     stats: &Arc<Stats>,
     dead_letter: &DeadLetter,
 ) -> anyhow::Result<()> {
+    let tap = dead_letter.tap();
+    if tap.watched() {
+        for sink in sinks {
+            let at = format!("sink:{}", sink.name);
+            let seen = crate::obs::tap::Seen {
+                pipeline: dead_letter.pipeline(),
+                at: &at,
+                ..Default::default()
+            };
+            tap.offer(
+                &crate::obs::tap::Point::Sink(sink.name.clone()),
+                seen,
+                &batch,
+            );
+        }
+    }
     if sinks.is_empty() || batch.is_empty() {
         stats
             .records_out

@@ -911,6 +911,15 @@ impl Operator<'_> {
             let key = matches!(self.spec.grouping, Grouping::Key).then_some(group.as_slice());
             batch.push(key, &line, w.end.saturating_sub(1));
         }
+        let tap = self.dead_letter.tap();
+        if tap.watched() {
+            let seen = crate::obs::tap::Seen {
+                pipeline: self.dead_letter.pipeline(),
+                at: "window",
+                ..Default::default()
+            };
+            tap.offer(&crate::obs::tap::Point::Window, seen, &batch);
+        }
         crate::sink::deliver(self.sinks, batch, self.stats, self.dead_letter)
     }
 
