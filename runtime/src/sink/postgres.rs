@@ -13,14 +13,18 @@
 //! create_table = { key = "text", window_start = "timestamptz", delayed = "bigint" }  # optional
 //! ```
 //!
-//! How a batch is written: its rows go to the server as one JSON array in one
-//! statement, `INSERT INTO t (cols) SELECT cols FROM
-//! jsonb_to_recordset($1::text::jsonb) AS x(col type, …)` — the server
-//! converts each value with the column's own type (PostgreSQL docs, "JSON
-//! Functions": `jsonb_to_recordset`), so a batch is one round trip and one
-//! transaction: all of its rows are in the table, or none. `upsert` adds `ON
-//! CONFLICT (key) DO UPDATE SET col = EXCLUDED.col` (PostgreSQL docs,
-//! "INSERT … ON CONFLICT"); within a batch, the last row of a key wins.
+//! How a batch is written, one round trip and one transaction (all of its
+//! rows are in the table, or none), the server converting each value with
+//! the column's own type:
+//! - `append`: `COPY t (cols) FROM STDIN`, the rows in COPY's text format
+//!   (PostgreSQL docs, `COPY`, "Text Format": a JSON string is its text, a
+//!   number or boolean its JSON text, an object or array its JSON, a null or
+//!   missing value `\N`);
+//! - `upsert`: the rows as one JSON array in one statement, `INSERT INTO t
+//!   (cols) SELECT … FROM jsonb_to_recordset($1::text::jsonb) AS x(col type,
+//!   …) ON CONFLICT (key) DO UPDATE SET col = EXCLUDED.col` (PostgreSQL docs,
+//!   "JSON Functions" and "INSERT … ON CONFLICT"); within a batch, the last
+//!   row of a key wins.
 //!
 //! Delivery: a batch the server did not take because the connection failed
 //! (the server down or restarting, a network error) is sent again on a new
@@ -415,6 +419,18 @@ impl Conn {
         self.run(self.client.batch_execute(sql))
     }
 
+    /// `COPY … FROM STDIN` with `data` (COPY's text format).
+    fn copy_in(&mut self, sql: &str, data: &[u8]) -> anyhow::Result<u64> {
+        use futures_util::SinkExt as _;
+        let client = &self.client;
+        self.run(async move {
+            let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
+            futures_util::pin_mut!(sink);
+            sink.send(bytes::Bytes::copy_from_slice(data)).await?;
+            sink.finish().await
+        })
+    }
+
     fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -528,6 +544,14 @@ impl PostgresSink {
 
     /// The statement that writes a batch, given the table's column types.
     fn statement(&self, types: &BTreeMap<String, String>) -> anyhow::Result<String> {
+        if self.mode == Mode::Append {
+            let names: Vec<String> = self.columns.iter().map(|(c, _)| quote(c)).collect();
+            return Ok(format!(
+                "COPY {} ({}) FROM STDIN",
+                self.table,
+                names.join(", ")
+            ));
+        }
         let mut record = Vec::new();
         for (column, _) in &self.columns {
             let ty = types
@@ -661,7 +685,10 @@ impl PostgresOutput {
         // per record.
         self.text.clear();
         self.spans.clear();
-        self.text.push(b'[');
+        let copy = self.sink.mode == Mode::Append;
+        if !copy {
+            self.text.push(b'[');
+        }
         for event in batch {
             let value: Value = match serde_json::from_slice(event.value()) {
                 Ok(value) => value,
@@ -673,6 +700,18 @@ impl PostgresOutput {
                     continue;
                 }
             };
+            let start = self.text.len();
+            if copy {
+                for (j, (_, pointer)) in self.sink.columns.iter().enumerate() {
+                    if j > 0 {
+                        self.text.push(b'\t');
+                    }
+                    copy_field(&mut self.text, value.pointer(pointer))?;
+                }
+                self.text.push(b'\n');
+                self.spans.push((event.index(), start..self.text.len()));
+                continue;
+            }
             if !self.spans.is_empty() {
                 self.text.push(b',');
             }
@@ -692,7 +731,9 @@ impl PostgresOutput {
             self.text.push(b'}');
             self.spans.push((event.index(), start..self.text.len()));
         }
-        self.text.push(b']');
+        if !copy {
+            self.text.push(b']');
+        }
         Ok(())
     }
 
@@ -706,20 +747,27 @@ impl PostgresOutput {
     fn write_row_by_row(&mut self) -> anyhow::Result<()> {
         let client = self.client.as_mut().expect("connected");
         let statement = self.statement.as_deref().expect("prepared");
+        let copy = self.sink.mode == Mode::Append;
         let mut accepted = Vec::with_capacity(self.text.len());
-        accepted.push(b'[');
+        if !copy {
+            accepted.push(b'[');
+        }
         let mut one = Vec::new();
         for (index, span) in &self.spans {
             let row = &self.text[span.clone()];
             one.clear();
-            one.push(b'[');
-            one.extend_from_slice(row);
-            one.push(b']');
+            if copy {
+                one.extend_from_slice(row);
+            } else {
+                one.push(b'[');
+                one.extend_from_slice(row);
+                one.push(b']');
+            }
             client.batch_execute("SAVEPOINT sluice_row")?;
-            match client.execute(statement, &[&std::str::from_utf8(&one).expect("JSON")]) {
-                Ok(_) => {
+            match write_text(client, copy, statement, &one) {
+                Ok(()) => {
                     client.batch_execute("RELEASE SAVEPOINT sluice_row")?;
-                    if accepted.len() > 1 {
+                    if !copy && accepted.len() > 1 {
                         accepted.push(b',');
                     }
                     accepted.extend_from_slice(row);
@@ -736,7 +784,9 @@ impl PostgresOutput {
                 },
             }
         }
-        accepted.push(b']');
+        if !copy {
+            accepted.push(b']');
+        }
         self.text = accepted;
         Ok(())
     }
@@ -768,17 +818,15 @@ impl PostgresOutput {
         let client = self.client.as_mut().expect("connected");
         let statement = self.statement.as_deref().expect("prepared");
         let tp = self.two_phase.as_mut().expect("two-phase");
+        let copy = self.sink.mode == Mode::Append;
         if !tp.open {
             client.batch_execute("BEGIN")?;
             tp.open = true;
             for text in &tp.pending {
-                client.execute(statement, &[&std::str::from_utf8(text).expect("JSON")])?;
+                write_text(client, copy, statement, text)?;
             }
         }
-        let written = client.execute(
-            statement,
-            &[&std::str::from_utf8(&self.text).expect("JSON")],
-        );
+        let written = write_text(client, copy, statement, &self.text);
         if let Err(e) = written {
             if data_error(&e).is_none() {
                 return Err(e);
@@ -788,7 +836,7 @@ impl PostgresOutput {
             client.batch_execute("ROLLBACK")?;
             client.batch_execute("BEGIN")?;
             for text in &tp.pending {
-                client.execute(statement, &[&std::str::from_utf8(text).expect("JSON")])?;
+                write_text(client, copy, statement, text)?;
             }
             self.write_row_by_row()?;
         }
@@ -804,9 +852,9 @@ impl PostgresOutput {
         self.connected()?;
         let client = self.client.as_mut().expect("connected");
         let statement = self.statement.as_deref().expect("prepared");
-        let text = std::str::from_utf8(&self.text).expect("JSON text");
-        match client.execute(statement, &[&text]) {
-            Ok(_) => Ok(()),
+        let copy = self.sink.mode == Mode::Append;
+        match write_text(client, copy, statement, &self.text) {
+            Ok(()) => Ok(()),
             Err(e) if data_error(&e).is_some() => {
                 client.batch_execute("BEGIN")?;
                 let refused_before = self.refused.len();
@@ -830,6 +878,40 @@ impl PostgresOutput {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Writes rows: with `copy`, `text` is COPY text for the `COPY` `statement`;
+/// else a JSON array, the parameter of `statement`.
+fn write_text(client: &mut Conn, copy: bool, statement: &str, text: &[u8]) -> anyhow::Result<()> {
+    if copy {
+        client.copy_in(statement, text).map(|_| ())
+    } else {
+        let json = std::str::from_utf8(text).expect("JSON text");
+        client.execute(statement, &[&json]).map(|_| ())
+    }
+}
+
+/// One field in COPY's text format (PostgreSQL docs, `COPY`, "Text
+/// Format"): `\N` for a missing or null value, a string's text, any other
+/// value's JSON text; backslash, newline, carriage return and tab escaped.
+fn copy_field(out: &mut Vec<u8>, value: Option<&Value>) -> anyhow::Result<()> {
+    let escape = |out: &mut Vec<u8>, text: &[u8]| {
+        for &b in text {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                _ => out.push(b),
+            }
+        }
+    };
+    match value {
+        None | Some(Value::Null) => out.extend_from_slice(b"\\N"),
+        Some(Value::String(s)) => escape(out, s.as_bytes()),
+        Some(other) => escape(out, &serde_json::to_vec(other)?),
+    }
+    Ok(())
 }
 
 /// The prepared transactions of `sink` on the server: (epoch, name).
@@ -1025,5 +1107,29 @@ impl PostgresOutput {
             self.client = None;
         }
         e.context(format!("cannot write to table {}", self.sink.table_text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn copy_fields_escape_and_null() {
+        let field = |v: Option<Value>| {
+            let mut out = Vec::new();
+            copy_field(&mut out, v.as_ref()).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(field(None), "\\N");
+        assert_eq!(field(Some(Value::Null)), "\\N");
+        assert_eq!(field(Some(json!("a\tb\nc\\d\re"))), "a\\tb\\nc\\\\d\\re");
+        assert_eq!(field(Some(json!(42))), "42");
+        assert_eq!(field(Some(json!(true))), "true");
+        assert_eq!(
+            field(Some(json!({"p50": 1, "s": "x\ty"}))),
+            "{\"p50\":1,\"s\":\"x\\\\ty\"}"
+        );
     }
 }
