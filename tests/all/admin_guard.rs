@@ -239,6 +239,7 @@ fn the_root_and_a_404_list_the_routes() {
             "/pipelines",
             "/plugins",
             "/sinks",
+            "/stages",
             "/tap",
             "/reload"
         ]

@@ -10,6 +10,7 @@ mod aggregator;
 mod checkpoints;
 mod config_errors;
 mod config_reload;
+mod console;
 mod dead_letter;
 mod directory;
 mod failures;

@@ -54,6 +54,18 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "libclang-rt-14-dev",
         "libFuzzer, for the fuzz targets (cargo xtask fuzz)",
     ),
+    (
+        "chromium",
+        "tests/all/console.rs loads the web console in a headless browser",
+    ),
+    (
+        "chromium-driver",
+        "tests/all/console.rs drives the browser over WebDriver",
+    ),
+    (
+        "openssl",
+        "tests/all/http_sink.rs makes a CA for its TLS receiver",
+    ),
 ];
 
 /// componentize-py and wasm-tools, into `target/toolchains/py` (a venv).

@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /` | 200: these routes, as text (a 404 lists them too) |
+//! | `GET /` | 200: the web console to a browser (`Accept: text/html`, [`CONSOLE`]); else these routes, as text (a 404 lists them too) |
 //! | `GET /health` | 200 `ok` while the process serves (liveness) |
 //! | `GET /about` | JSON: `pid`, `config` and `state_dir` (absolute), `version`: which daemon answers (`sluice top --config` checks it) |
 //! | `GET /ready` | 200 `ready` once every pipeline runs, 503 while starting, reloading or stopping |
@@ -10,6 +10,7 @@
 //! | `GET /pipelines` | JSON: each pipeline's counters and whether it runs |
 //! | `GET /plugins` | JSON: each plugin file's status (as `status.json`) |
 //! | `GET /sinks` | JSON: each sink's records written, write retries (a full disk), and whether it is blocked (cannot write or open: its pipelines wait) |
+//! | `GET /stages` | JSON: each stage's plugin version, calls, p50/p99 call time, traps (see [`stages`]) |
 //! | `GET /tap?pipeline=P&at=POINT` | NDJSON, streamed: a sample of the records passing a point of a pipeline (see [`crate::obs::tap`] and [`tap`]) |
 //! | `POST /reload` | 202: reload the config, as SIGHUP does |
 //!
@@ -83,6 +84,7 @@ GET  /metrics    Prometheus text: pipeline, plugin and batch metrics
 GET  /pipelines  JSON: each pipeline's counters, whether it runs, its watermark
 GET  /plugins    JSON: each plugin file's status
 GET  /sinks      JSON: each sink's records written, write retries, whether it is blocked
+GET  /stages     JSON: each stage's plugin version, calls, p50/p99 call time, failures
 GET  /tap        NDJSON, streamed: records passing a point (?pipeline=P&at=source|N:PLUGIN|window|sink:NAME|dead_letter
                  &partition=N&sample=N&limit=N&max_records=N&max_bytes=N&seconds=N)
 POST /reload     202: reload the config, as SIGHUP
@@ -158,7 +160,7 @@ pub const LIMITS: crate::http_serve::Limits = crate::http_serve::Limits {
 /// requests through [`crate::http_serve::serve_connection`]).
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
-        .route("/", get(|| async { ROUTES }))
+        .route("/", get(root))
         .route("/health", get(|| async { "ok\n" }))
         .route("/about", get(about))
         .route("/ready", get(ready))
@@ -167,6 +169,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/plugins", get(plugins))
         .route("/sinks", get(sinks))
         .route("/tap", get(tap))
+        .route("/stages", get(stages))
         .route("/reload", post(reload))
         .fallback(|| async { (StatusCode::NOT_FOUND, format!("no such route\n\n{ROUTES}")) })
         .layer(axum::middleware::from_fn(guard))
@@ -457,6 +460,31 @@ fn render_sinks(state: &AdminState, text: &mut String) {
     }
 }
 
+/// The web console (`console.html`, embedded): one page of plain HTML and
+/// JavaScript that reads the JSON routes.
+pub const CONSOLE: &str = include_str!("console.html");
+
+/// `GET /`: the web console to a browser (`Accept: text/html`), the routes
+/// as text to anything else (curl, scripts).
+async fn root(headers: HeaderMap) -> Response {
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if html {
+        (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            CONSOLE,
+        )
+            .into_response()
+    } else {
+        ROUTES.into_response()
+    }
+}
+
 /// The longest a tap streams, seconds (its default is 10 minutes).
 pub const TAP_MAX_SECONDS: u64 = 24 * 3600;
 
@@ -681,10 +709,52 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                         .into(),
                 );
             }
+            // Its flow, as taps name the points: the stages' labels, whether
+            // it has windows, its sinks and its dead-letter sink.
+            let points = crate::obs::tap::hub(name).points();
+            obj.insert(
+                "flow".into(),
+                serde_json::json!({
+                    "stages": points.stages,
+                    "window": points.window,
+                    "sinks": points.sinks,
+                    "dead_letter": points.dead_letter,
+                }),
+            );
             serde_json::Value::Object(obj)
         })
         .collect();
     axum::Json(list)
+}
+
+/// `GET /stages`: each (pipeline, stage, plugin version) that ran: calls,
+/// their p50 and p99 duration (ms, estimated from the histogram's buckets as
+/// Prometheus' `histogram_quantile`; null before the first call), traps,
+/// timeouts and out-of-memory failures, the largest linear memory reached.
+async fn stages() -> impl IntoResponse {
+    let mut list: Vec<(Vec<String>, serde_json::Value)> = crate::obs::metrics::plugins()
+        .iter()
+        .map(|p| {
+            let [pipeline, stage, plugin, version] = p.labels().clone();
+            let ms = |q: f64| p.call_duration.quantile(q).map(|s| s * 1000.0);
+            let value = serde_json::json!({
+                "pipeline": pipeline,
+                "stage": stage,
+                "plugin": plugin,
+                "version": version,
+                "calls": p.call_duration.count(),
+                "p50_ms": ms(0.5),
+                "p99_ms": ms(0.99),
+                "traps": p.traps.load(Ordering::Relaxed),
+                "timeouts": p.timeouts.load(Ordering::Relaxed),
+                "out_of_memory": p.out_of_memory.load(Ordering::Relaxed),
+                "memory_high_water_bytes": p.memory_high_water.load(Ordering::Relaxed),
+            });
+            (vec![pipeline, stage, version], value)
+        })
+        .collect();
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    axum::Json(list.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
 }
 
 async fn plugins(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

@@ -105,6 +105,34 @@ impl Histogram {
         f64::from_bits(self.sum.load(Ordering::Relaxed))
     }
 
+    /// The `q`-quantile (0–1) of the observations, estimated as Prometheus'
+    /// `histogram_quantile` does: linear within the bucket it falls in (the
+    /// first bucket from 0; in the last, open one, its lower bound). `None`
+    /// without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = (self.buckets.iter())
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let Some(&upper) = self.bounds.get(i) else {
+                    return Some(lower);
+                };
+                let within = (rank - below as f64) / n as f64;
+                return Some(lower + (upper - lower) * within.clamp(0.0, 1.0));
+            }
+            below += n;
+        }
+        self.bounds.last().copied()
+    }
+
     /// Writes the `_bucket`, `_sum` and `_count` series of `name` with the
     /// (already rendered) `labels`, e.g. `pipeline="p"`.
     fn render(&self, text: &mut String, name: &str, labels: &str) {
@@ -188,6 +216,11 @@ impl PluginMetrics {
     /// Raises the memory high-water mark to `bytes` if higher.
     pub fn memory(&self, bytes: u64) {
         self.memory_high_water.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// The series' `pipeline`, `stage`, `plugin` and `version`.
+    pub fn labels(&self) -> &[String; 4] {
+        &self.labels
     }
 
     /// The OpenTelemetry attributes of this series.
@@ -639,4 +672,27 @@ pub(crate) static TRACES: std::sync::atomic::AtomicBool = std::sync::atomic::Ato
 /// the observable instruments registered.
 pub fn otlp_enabled() -> bool {
     TRACES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket() {
+        static BOUNDS: &[f64] = &[1.0, 2.0, 4.0];
+        let h = Histogram::new("test.q", "s", "test", BOUNDS, Vec::new());
+        assert_eq!(h.quantile(0.5), None);
+        // 10 in (0,1], 10 in (1,2], 0 in (2,4], 1 above 4.
+        for _ in 0..10 {
+            h.observe(0.5);
+            h.observe(1.5);
+        }
+        h.observe(9.0);
+        // Rank 10.5 of 21: half a bucket into (1,2].
+        assert!((h.quantile(0.5).unwrap() - 1.05).abs() < 1e-9);
+        // Rank 21: the open bucket, at its lower bound.
+        assert_eq!(h.quantile(1.0), Some(4.0));
+        assert!((h.quantile(0.1).unwrap() - 0.21).abs() < 1e-9);
+    }
 }
