@@ -8,7 +8,9 @@
 //! `events.ndjson`; `rust-aggregator` (`--kind aggregator`) is a window
 //! aggregator (the `n` most frequent values of a field). In the files, `{{name}}` becomes the plugin name,
 //! `{{name_snake}}` the same with `_` for `-`, and (Rust) `{{sdk}}` the
-//! `sluice-plugin-sdk` dependency.
+//! `sluice-plugin-sdk` dependency. Python and JavaScript projects also get a
+//! copy of their SDK (`sdk/python/sluice_sdk/`, `sdk/js/sluice.js`), embedded
+//! here too, so that a new project builds and tests offline.
 
 use std::path::{Path, PathBuf};
 
@@ -98,6 +100,10 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
             ),
             ("app.py", include_str!("../../../templates/python/app.py")),
             (
+                "test_app.py",
+                include_str!("../../../templates/python/test_app.py"),
+            ),
+            (
                 "build.sh",
                 include_str!("../../../templates/python/build.sh"),
             ),
@@ -140,6 +146,27 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
 ];
+
+/// The SDK each language's project gets a copy of (path in the project, file),
+/// written as it is (no `{{…}}` filling): the project builds and tests offline,
+/// with no package to install but the language's toolchain.
+pub const SDKS: &[(&str, &[(&str, &str)])] = &[(
+    "python",
+    &[
+        (
+            "sluice_sdk/__init__.py",
+            include_str!("../../../sdk/python/sluice_sdk/__init__.py"),
+        ),
+        (
+            "sluice_sdk/_component.py",
+            include_str!("../../../sdk/python/sluice_sdk/_component.py"),
+        ),
+        (
+            "sluice_sdk/py.typed",
+            include_str!("../../../sdk/python/sluice_sdk/py.typed"),
+        ),
+    ],
+)];
 
 /// The languages there are templates for.
 pub fn languages() -> Vec<&'static str> {
@@ -206,6 +233,10 @@ pub fn create(name: &str, lang: &str, dir: &Path, sdk: &str) -> anyhow::Result<V
     };
     for (rel, text) in files {
         write(rel, &fill(text))?;
+    }
+    let sdk_files = SDKS.iter().filter(|(l, _)| *l == lang).flat_map(|(_, f)| *f);
+    for (rel, text) in sdk_files {
+        write(rel, text)?;
     }
     write("wit/plugin.wit", WIT)?;
     Ok(written)
