@@ -198,10 +198,11 @@ class Event:
 
     __slots__ = ("_batch", "index", "value")
 
-    def __init__(self, batch: Batch, index: int, value: bytes) -> None:
-        self._batch = batch
-        self.index = index
-        self.value = value
+    # No __init__: the batch sets the slots, which is cheaper per event than a
+    # call (events are made only by batches).
+    _batch: Batch
+    index: int
+    value: bytes
 
     @property
     def key(self) -> bytes | None:
@@ -337,10 +338,15 @@ class Batch:
 
     def __iter__(self) -> Iterator[Event]:
         values = self._values
+        new = Event
         start = 0
         i = 0
         for end in self._value_ends:
-            yield Event(self, i, values[start:end])
+            event = new()
+            event._batch = self
+            event.index = i
+            event.value = values[start:end]
+            yield event
             start = end
             i += 1
 
@@ -350,7 +356,11 @@ class Batch:
             index += len(ends)
         if not 0 <= index < len(ends):
             raise IndexError(f"event {index} of a batch of {len(ends)}")
-        return Event(self, index, self._values[(ends[index - 1] if index else 0) : ends[index]])
+        event = Event()
+        event._batch = self
+        event.index = index
+        event.value = self._values[(ends[index - 1] if index else 0) : ends[index]]
+        return event
 
     def values(self) -> list[bytes]:
         """Every event's value, in order."""
