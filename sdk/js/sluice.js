@@ -498,7 +498,11 @@ log.warn = (message) => log("warn", message);
 log.error = (message) => log("error", message);
 
 function useHost(host) {
-  if (host && typeof host.log === "function") hostLog = host.log;
+  if (host === undefined) return;
+  if (host === null || typeof host.log !== "function") {
+    throw new TypeError('host: expected the module "sluice:plugin/host@0.1.0" (with its log function)');
+  }
+  hostLog = host.log;
 }
 
 // The text the host gets for an exception (a thrown string is the `err` of a

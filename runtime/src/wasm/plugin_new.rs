@@ -122,6 +122,18 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
             ),
             ("README.md", include_str!("../../../templates/js/README.md")),
             ("app.js", include_str!("../../../templates/js/app.js")),
+            (
+                "processor.js",
+                include_str!("../../../templates/js/processor.js"),
+            ),
+            (
+                "processor.test.js",
+                include_str!("../../../templates/js/processor.test.js"),
+            ),
+            (
+                "package.json",
+                include_str!("../../../templates/js/package.json"),
+            ),
             ("build.sh", include_str!("../../../templates/js/build.sh")),
             (
                 "events.ndjson",
@@ -150,23 +162,32 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
 /// The SDK each language's project gets a copy of (path in the project, file),
 /// written as it is (no `{{…}}` filling): the project builds and tests offline,
 /// with no package to install but the language's toolchain.
-pub const SDKS: &[(&str, &[(&str, &str)])] = &[(
-    "python",
-    &[
-        (
-            "sluice_sdk/__init__.py",
-            include_str!("../../../sdk/python/sluice_sdk/__init__.py"),
-        ),
-        (
-            "sluice_sdk/_component.py",
-            include_str!("../../../sdk/python/sluice_sdk/_component.py"),
-        ),
-        (
-            "sluice_sdk/py.typed",
-            include_str!("../../../sdk/python/sluice_sdk/py.typed"),
-        ),
-    ],
-)];
+pub const SDKS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "python",
+        &[
+            (
+                "sluice_sdk/__init__.py",
+                include_str!("../../../sdk/python/sluice_sdk/__init__.py"),
+            ),
+            (
+                "sluice_sdk/_component.py",
+                include_str!("../../../sdk/python/sluice_sdk/_component.py"),
+            ),
+            (
+                "sluice_sdk/py.typed",
+                include_str!("../../../sdk/python/sluice_sdk/py.typed"),
+            ),
+        ],
+    ),
+    (
+        "js",
+        &[
+            ("sluice.js", include_str!("../../../sdk/js/sluice.js")),
+            ("sluice.d.ts", include_str!("../../../sdk/js/sluice.d.ts")),
+        ],
+    ),
+];
 
 /// The languages there are templates for.
 pub fn languages() -> Vec<&'static str> {
@@ -234,10 +255,69 @@ pub fn create(name: &str, lang: &str, dir: &Path, sdk: &str) -> anyhow::Result<V
     for (rel, text) in files {
         write(rel, &fill(text))?;
     }
-    let sdk_files = SDKS.iter().filter(|(l, _)| *l == lang).flat_map(|(_, f)| *f);
+    let sdk_files = SDKS
+        .iter()
+        .filter(|(l, _)| *l == lang)
+        .flat_map(|(_, f)| *f);
     for (rel, text) in sdk_files {
         write(rel, text)?;
     }
     write("wit/plugin.wit", WIT)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Python and JavaScript projects get the SDK byte for byte (no `{{…}}`
+    /// filling), beside the template's files.
+    #[test]
+    fn python_and_js_projects_get_a_copy_of_their_sdk() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (lang, sdk_files) in [
+            (
+                "python",
+                &[
+                    (
+                        "sluice_sdk/__init__.py",
+                        "sdk/python/sluice_sdk/__init__.py",
+                    ),
+                    (
+                        "sluice_sdk/_component.py",
+                        "sdk/python/sluice_sdk/_component.py",
+                    ),
+                    ("sluice_sdk/py.typed", "sdk/python/sluice_sdk/py.typed"),
+                ][..],
+            ),
+            (
+                "js",
+                &[
+                    ("sluice.js", "sdk/js/sluice.js"),
+                    ("sluice.d.ts", "sdk/js/sluice.d.ts"),
+                ][..],
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let project = dir.path().join("p");
+            let written = create("my-plugin", lang, &project, "").unwrap();
+            for (rel, source) in sdk_files {
+                let copy = std::fs::read(project.join(rel)).unwrap();
+                assert_eq!(
+                    copy,
+                    std::fs::read(root.join(source)).unwrap(),
+                    "{lang}: {rel}"
+                );
+                assert!(written.contains(&project.join(rel)), "{lang}: {rel}");
+            }
+            for path in &written {
+                let text = std::fs::read_to_string(path).unwrap();
+                assert!(
+                    !text.contains("{{name"),
+                    "{}: an unfilled placeholder",
+                    path.display()
+                );
+            }
+        }
+    }
 }
