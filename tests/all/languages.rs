@@ -248,6 +248,36 @@ fn template_rust_aggregator() {
     );
 }
 
+/// The unit tests of a new project in `dir` (`test`, run there), before any
+/// build: their summary must count `passed`, none failed or skipped.
+fn unit_tests_pass(lang: &str, dir: &Path, test: &[&str], passed: &str) {
+    let unit = Command::new(test[0])
+        .args(&test[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let report =
+        String::from_utf8_lossy(&unit.stdout).into_owned() + &String::from_utf8_lossy(&unit.stderr);
+    assert!(
+        unit.status.success(),
+        "{lang} template's unit tests:\n{report}"
+    );
+    assert!(
+        report.contains(passed),
+        "{lang}: `{passed}` not in\n{report}"
+    );
+    if test[0] == "node" {
+        for want in ["# fail 0", "# skipped 0", "# todo 0", "# cancelled 0"] {
+            assert!(report.contains(want), "{lang}: `{want}` not in\n{report}");
+        }
+    } else {
+        for bad in [" failed", " skipped", "xfail", "deselected", " error"] {
+            assert!(!report.contains(bad), "{lang}: `{bad}` in\n{report}");
+        }
+    }
+    assert!(!dir.join("out").exists(), "the unit tests built something");
+}
+
 /// `sluice plugin new --lang LANG` on the SDK: the project's own unit tests
 /// pass before anything is built (`test` in the project folder, whose
 /// summary must count `tests` passed and none failed or skipped); then its
@@ -272,25 +302,7 @@ fn template_on_sdk(lang: &str, tools: &[&str], test: &[&str], passed: &str) {
         String::from_utf8_lossy(&new.stderr)
     );
 
-    let unit = Command::new(test[0])
-        .args(&test[1..])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    let report =
-        String::from_utf8_lossy(&unit.stdout).into_owned() + &String::from_utf8_lossy(&unit.stderr);
-    assert!(
-        unit.status.success(),
-        "{lang} template's unit tests:\n{report}"
-    );
-    assert!(
-        report.contains(passed),
-        "{lang}: `{passed}` not in\n{report}"
-    );
-    for bad in ["failed", "# fail 1", "skipped 1", "# skipped 1"] {
-        assert!(!report.contains(bad), "{lang}: `{bad}` in\n{report}");
-    }
-    assert!(!dir.join("out").exists(), "the unit tests built something");
+    unit_tests_pass(lang, &dir, test, passed);
 
     build_new(lang, "processor", &dir);
     plugin_run_expect(lang, &scratch, &dir);
@@ -329,6 +341,84 @@ fn template_on_sdk(lang: &str, tools: &[&str], test: &[&str], passed: &str) {
     assert!(
         dead[0].contains("not a JSON object") && dead[0].contains("[1]"),
         "{dead:?}"
+    );
+}
+
+/// The aggregator template on an SDK: its unit tests pass before any build,
+/// and its component computes the top-2 destinations of the sample events,
+/// counted by hand (BOS 3, LAX 2, SFO 1; the null skipped).
+fn aggregator_on_sdk(lang: &str, tools: &[&str], test: &[&str], passed: &str) {
+    let name = format!("languages::template_{lang}_aggregator");
+    if let Some(reason) = missing(tools) {
+        skip(
+            &name,
+            &format!("{reason} (see templates/{lang}-aggregator/README.md)"),
+        );
+        return;
+    }
+    let scratch = Scratch::new("");
+    let dir = scratch.path("my-top");
+    let new = Command::new(sluice_bin())
+        .args([
+            "plugin",
+            "new",
+            "my-top",
+            "--lang",
+            lang,
+            "--kind",
+            "aggregator",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    unit_tests_pass(lang, &dir, test, passed);
+    build_new(lang, "aggregator", &dir);
+    std::fs::write(
+        scratch.path("expected"),
+        "[{\"value\":\"BOS\",\"count\":3},{\"value\":\"LAX\",\"count\":2}]\n",
+    )
+    .unwrap();
+    let run = Command::new(sluice_bin())
+        .args(["plugin", "run"])
+        .arg(dir.join("out/my-top.wasm"))
+        .args(["--field", "/dest", "--config", "n=2", "--expect"])
+        .arg(scratch.path("expected"))
+        .arg("--cache-dir")
+        .arg(repo().join("target/plugin-run-cache"))
+        .stdin(std::fs::File::open(dir.join("events.ndjson")).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{lang} aggregator template: {stderr}");
+    assert!(
+        stderr.contains("in=7 out=1 rejected=0 failed=0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn template_python_aggregator() {
+    aggregator_on_sdk(
+        "python",
+        &["componentize-py", "pytest"],
+        &["pytest", "-p", "no:cacheprovider"],
+        "3 passed",
+    );
+}
+
+#[test]
+fn template_javascript_aggregator() {
+    aggregator_on_sdk(
+        "js",
+        &["componentize-js", "node"],
+        &["node", "--test"],
+        "# pass 3",
     );
 }
 

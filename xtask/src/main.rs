@@ -432,15 +432,15 @@ mod tests {
         let dir = repo().join("tests/all");
         for entry in std::fs::read_dir(&dir).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-            // `template_on_sdk(` takes its tool list as the first `&[…]` of
-            // the lines after it.
+            // `template_on_sdk(` and `aggregator_on_sdk(` take their tool
+            // list as the first `&[…]` of the lines after them.
             let mut after_call = false;
             for line in text.lines() {
                 let list_line = after_call && line.trim().starts_with("&[");
                 if list_line {
                     after_call = false;
                 }
-                if line.trim_end().ends_with("template_on_sdk(") {
+                if line.trim_end().ends_with("_on_sdk(") {
                     after_call = true;
                 }
                 for part in line.split("which(\"").skip(1) {

@@ -5,8 +5,9 @@
 //! Every processor template is the same small processor ("tag": adds `"tag":
 //! <config tag>` to each JSON object, refuses anything else) with a `build.sh`,
 //! a README (toolchain, build, `sluice plugin run`, deploy) and a sample
-//! `events.ndjson`; `rust-aggregator` (`--kind aggregator`) is a window
-//! aggregator (the `n` most frequent values of a field). In the files, `{{name}}` becomes the plugin name,
+//! `events.ndjson`; `rust-aggregator`, `python-aggregator` and `js-aggregator`
+//! (`--kind aggregator`) are a window aggregator (the `n` most frequent values
+//! of a field). In the files, `{{name}}` becomes the plugin name,
 //! `{{name_snake}}` the same with `_` for `-`, and (Rust) `{{sdk}}` the
 //! `sluice-plugin-sdk` dependency. Python and JavaScript projects also get a
 //! copy of their SDK (`sdk/python/sluice_sdk/`, `sdk/js/sluice.js`), embedded
@@ -110,6 +111,72 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
             (
                 "events.ndjson",
                 include_str!("../../../templates/python/events.ndjson"),
+            ),
+        ],
+    ),
+    (
+        "python-aggregator",
+        &[
+            (
+                ".gitignore",
+                include_str!("../../../templates/python/.gitignore"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/python-aggregator/README.md"),
+            ),
+            (
+                "app.py",
+                include_str!("../../../templates/python-aggregator/app.py"),
+            ),
+            (
+                "test_app.py",
+                include_str!("../../../templates/python-aggregator/test_app.py"),
+            ),
+            (
+                "build.sh",
+                include_str!("../../../templates/python-aggregator/build.sh"),
+            ),
+            (
+                "events.ndjson",
+                include_str!("../../../templates/python-aggregator/events.ndjson"),
+            ),
+        ],
+    ),
+    (
+        "js-aggregator",
+        &[
+            (
+                ".gitignore",
+                include_str!("../../../templates/js/.gitignore"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/js-aggregator/README.md"),
+            ),
+            (
+                "app.js",
+                include_str!("../../../templates/js-aggregator/app.js"),
+            ),
+            (
+                "aggregator.js",
+                include_str!("../../../templates/js-aggregator/aggregator.js"),
+            ),
+            (
+                "aggregator.test.js",
+                include_str!("../../../templates/js-aggregator/aggregator.test.js"),
+            ),
+            (
+                "package.json",
+                include_str!("../../../templates/js/package.json"),
+            ),
+            (
+                "build.sh",
+                include_str!("../../../templates/js-aggregator/build.sh"),
+            ),
+            (
+                "events.ndjson",
+                include_str!("../../../templates/js-aggregator/events.ndjson"),
             ),
         ],
     ),
@@ -276,6 +343,14 @@ mod tests {
     fn python_and_js_projects_get_a_copy_of_their_sdk() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         for (lang, sdk_files) in [
+            (
+                "python-aggregator",
+                &[(
+                    "sluice_sdk/__init__.py",
+                    "sdk/python/sluice_sdk/__init__.py",
+                )][..],
+            ),
+            ("js-aggregator", &[("sluice.js", "sdk/js/sluice.js")][..]),
             (
                 "python",
                 &[

@@ -56,9 +56,11 @@ __all__ = [
     "Record",
     "Rejection",
     "aggregate",
+    "dump_json",
     "export_aggregator",
     "export_processor",
     "log",
+    "parse_json",
     "run",
 ]
 
