@@ -322,9 +322,11 @@ pub fn create(name: &str, lang: &str, dir: &Path, sdk: &str) -> anyhow::Result<V
     for (rel, text) in files {
         write(rel, &fill(text))?;
     }
+    // `python-aggregator` takes the `python` SDK.
+    let base = lang.split('-').next().unwrap_or(lang);
     let sdk_files = SDKS
         .iter()
-        .filter(|(l, _)| *l == lang)
+        .filter(|(l, _)| *l == base)
         .flat_map(|(_, f)| *f);
     for (rel, text) in sdk_files {
         write(rel, text)?;
