@@ -114,13 +114,14 @@ def same_outputs(components):
     return first.count(b"\n")
 
 
-def wasm_cost(components, rounds):
+def wasm_cost(components, rounds, binary=None):
     plugins = ",".join("%s=%s" % kv for kv in components.items())
     env = dict(os.environ, WASM_COST_SIZES="256,4096", WASM_COST_ROUNDS=str(rounds),
                WASM_COST_PLUGINS=plugins)
     log("cargo bench -p sluice --bench wasm_cost (batch 256 and 4096, %d rounds)" % rounds)
-    r = subprocess.run(["cargo", "bench", "-p", "sluice", "--bench", "wasm_cost"],
-                       cwd=common.ROOT, env=env, capture_output=True, text=True)
+    cmd = [binary, "--bench"] if binary else ["cargo", "bench", "-p", "sluice", "--bench",
+                                              "wasm_cost"]
+    r = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit("wasm_cost failed:\n" + r.stderr[-4000:])
     cells = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
@@ -146,6 +147,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default="5f4453c", help="git revision of the 'before' plugins")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--wasm-cost", metavar="BIN",
+                    help="an already built wasm_cost bench executable "
+                         "(target/release/deps/wasm_cost-*) instead of `cargo bench`")
     args = ap.parse_args()
     for tool in ("componentize-py", "componentize-js"):
         if shutil.which(tool) is None:
@@ -160,8 +164,9 @@ def main():
                                         cwd=common.ROOT, capture_output=True,
                                         text=True).stdout.strip(),
             "rounds": args.rounds, "outputs_equal_lines": lines,
+            "wasm_cost": args.wasm_cost or "cargo bench -p sluice --bench wasm_cost",
             "at": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())}
-    result = {"_meta": meta, "wasm_cost": wasm_cost(components, args.rounds)}
+    result = {"_meta": meta, "wasm_cost": wasm_cost(components, args.rounds, args.wasm_cost)}
     meta["machine_after"] = common.machine()
     with open(OUT, "w") as f:
         json.dump(result, f, indent=1)
