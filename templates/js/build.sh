@@ -13,6 +13,10 @@ fi
 command -v "$cjs" >/dev/null || { echo "componentize-js not found (npm install @bytecodealliance/componentize-js, see README.md)" >&2; exit 1; }
 # -d: leave out the WASI features the plugin does not use, so that the component
 # imports only sluice:plugin.
+# componentize-js loads only modules under its working folder: run it here.
+cd "$here"
+# app.js is the entry; componentize-js bundles what it imports (processor.js,
+# the SDK in sluice.js).
 "$cjs" "$here/app.js" --wit "$here/wit" --world-name processor \
   -d stdio random clocks http fetch-event -o "$out/{{name}}.wasm"
 echo "built $out/{{name}}.wasm ($(wc -c < "$out/{{name}}.wasm" | tr -d " ") bytes)"

@@ -30,6 +30,7 @@ mod postgres;
 mod prometheus;
 mod reload;
 mod sandbox;
+mod sdk;
 mod service;
 mod shutdown;
 mod sink_faults;

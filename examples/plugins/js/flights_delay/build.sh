@@ -10,6 +10,10 @@ wit="$(cd "$here/../../../../wit" && pwd)"
 cjs="${COMPONENTIZE_JS:-componentize-js}"
 command -v "$cjs" >/dev/null || { echo "componentize-js not found (npm install @bytecodealliance/componentize-js)" >&2; exit 1; }
 # -d: leave out the WASI features the plugin does not use (fewer imports).
-"$cjs" "$here/flights_delay.js" --wit "$wit" --world-name processor \
+# app.js is the entry: it imports flights_delay.js and the SDK
+# (sdk/js/sluice.js), which componentize-js bundles in. It loads only modules
+# under its working folder: run it from the repository's root.
+cd "$here/../../../.."
+"$cjs" "$here/app.js" --wit "$wit" --world-name processor \
   -d stdio random clocks http fetch-event -o "$out/flights_delay.wasm"
 echo "built $out/flights_delay.wasm ($(stat -c %s "$out/flights_delay.wasm") bytes)"

@@ -10,9 +10,10 @@
 // - not JSON, or not a flight (a field missing or of the wrong type): rejected with
 //   the reason, so it lands in the dead-letter sink.
 //
-// Built with componentize-js against ../../../../wit (world `processor`): the
-// world's exports are this module's exported functions; a thrown string is the
-// `err` of a `result`.
+// Written on the JavaScript SDK (sdk/js/sluice.js): this module is plain
+// JavaScript that `node --test` runs (flights_delay.test.js); app.js is the
+// component's entry, built with componentize-js against ../../../../wit (world
+// `processor`).
 
 const FIELDS = ["carrier", "flight", "origin", "dest", "dep_delay", "arr_delay", "event_time"];
 const I64_MIN = -(2n ** 63n);
@@ -24,12 +25,9 @@ const INTEGER = /^(0|-?[1-9][0-9]*)$/;
 // scanned.
 const KEY = /"(carrier|flight|origin|dest|dep_delay|arr_delay|event_time)"\s*:|\\u/g;
 
-let minDelay = 0;
-
 // Strict UTF-8 (serde_json refuses invalid UTF-8), and a BOM is kept so that
 // JSON.parse refuses it as serde_json does.
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-const encoder = new TextEncoder();
 
 class NotAFlight extends Error {}
 
@@ -164,111 +162,41 @@ function parseFlight(bytes) {
   };
 }
 
-// Like Rust's `str::parse::<f64>` on the trimmed value.
-function parseF64(raw) {
-  const t = raw.trim();
-  if (/^[+-]?(inf|infinity)$/i.test(t)) return t[0] === "-" ? -Infinity : Infinity;
-  if (/^[+-]?nan$/i.test(t)) return NaN;
-  if (!/^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/.test(t)) {
-    throw `config \`min_delay\`: cannot parse \`${raw}\`: invalid float literal`;
+export class FlightsDelay {
+  constructor(config) {
+    this.minDelay = config.float("min_delay", 0);
   }
-  return Number(t);
-}
 
-export function configure(config) {
-  let value = 0;
-  for (const [name, raw] of config) {
-    if (name === "min_delay") {
-      value = parseF64(raw);
-      break;
-    }
-  }
-  minDelay = value;
-}
-
-// A growable byte buffer for the packed output columns.
-class Bytes {
-  constructor(size) {
-    this.buf = new Uint8Array(size);
-    this.len = 0;
-  }
-  reserve(n) {
-    if (this.len + n > this.buf.length) {
-      const b = new Uint8Array(Math.max(this.buf.length * 2, this.len + n));
-      b.set(this.buf.subarray(0, this.len));
-      this.buf = b;
-    }
-  }
-  pushString(s) {
-    this.reserve(s.length * 3);
-    this.len += encoder.encodeInto(s, this.buf.subarray(this.len)).written;
-  }
-  pushBytes(b) {
-    this.reserve(b.length);
-    this.buf.set(b, this.len);
-    this.len += b.length;
-  }
-  bytes() {
-    return this.buf.slice(0, this.len);
-  }
-}
-
-export function process(batch) {
-  const { values, valueEnds, keys, keyEnds, timestamps } = batch;
-  const outValues = new Bytes(Math.max(1024, values.length >> 2));
-  const outKeys = new Bytes(1024);
-  const outValueEnds = [];
-  const outKeyEnds = [];
-  const outTimes = [];
-  const rejected = [];
-  let vstart = 0;
-  let kstart = 0;
-  for (let i = 0; i < valueEnds.length; i++) {
-    const vend = valueEnds[i];
-    const kend = keyEnds[i];
-    const value = values.subarray(vstart, vend);
-    const key = keys.subarray(kstart, kend);
-    vstart = vend;
-    kstart = kend;
-    let fl;
-    try {
-      fl = parseFlight(value);
-    } catch (e) {
-      if (e instanceof NotAFlight) {
-        rejected.push({ index: i, reason: e.message });
-        continue;
+  process(batch, out) {
+    const minDelay = this.minDelay;
+    for (const event of batch) {
+      let fl;
+      try {
+        fl = parseFlight(event.value);
+      } catch (e) {
+        if (e instanceof NotAFlight) {
+          out.reject(event, e.message);
+          continue;
+        }
+        if (e instanceof RangeError || (typeof InternalError !== "undefined" && e instanceof InternalError)) {
+          out.reject(event, `invalid JSON: ${e.message}`);
+          continue;
+        }
+        throw e;
       }
-      if (e instanceof RangeError || (typeof InternalError !== "undefined" && e instanceof InternalError)) {
-        rejected.push({ index: i, reason: `invalid JSON: ${e.message}` });
-        continue;
-      }
-      throw e;
+      if (fl.dep === null || !(fl.dep.value >= minDelay)) continue;
+      out.emit(
+        '{"carrier":' + JSON.stringify(fl.carrier) +
+          ',"flight":' + fl.flight +
+          ',"origin":' + JSON.stringify(fl.origin) +
+          ',"dest":' + JSON.stringify(fl.dest) +
+          ',"dep_delay":' + fl.dep.source +
+          ',"arr_delay":' + (fl.arr === null ? "null" : fl.arr.source) +
+          ',"event_time":' + JSON.stringify(fl.eventTime) +
+          "}",
+        event.key,
+        event.timestamp,
+      );
     }
-    if (fl.dep === null || !(fl.dep.value >= minDelay)) continue;
-    outValues.pushString(
-      '{"carrier":' + JSON.stringify(fl.carrier) +
-        ',"flight":' + fl.flight +
-        ',"origin":' + JSON.stringify(fl.origin) +
-        ',"dest":' + JSON.stringify(fl.dest) +
-        ',"dep_delay":' + fl.dep.source +
-        ',"arr_delay":' + (fl.arr === null ? "null" : fl.arr.source) +
-        ',"event_time":' + JSON.stringify(fl.eventTime) +
-        "}"
-    );
-    outValueEnds.push(outValues.len);
-    outKeys.pushBytes(key);
-    outKeyEnds.push(outKeys.len);
-    outTimes.push(timestamps[i]);
   }
-  return {
-    events: {
-      values: outValues.bytes(),
-      valueEnds: new Uint32Array(outValueEnds),
-      keys: outKeys.bytes(),
-      keyEnds: new Uint32Array(outKeyEnds),
-      timestamps: new BigInt64Array(outTimes),
-      headers: [],
-    },
-    rejected,
-  };
 }

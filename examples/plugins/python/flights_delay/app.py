@@ -11,16 +11,15 @@ fields.
 - not JSON, or not a flight (a field missing or of the wrong type): rejected with
   the reason, so it lands in the dead-letter sink.
 
-Built with componentize-py against ../../../../wit (world `processor`).
+Written on the Python SDK (sdk/python), built with componentize-py against
+../../../../wit (world `processor`); `pytest` runs test_app.py without building.
 """
 
 import json
 import re
 from json.encoder import encode_basestring as _quote  # C speed-up, no ASCII escaping
 
-import wit_world
-from wit_world.imports.types import EventBatch, Output, Rejection
-from componentize_py_types import Err
+import sluice_sdk as sluice
 
 _FIELDS = ("carrier", "flight", "origin", "dest", "dep_delay", "arr_delay", "event_time")
 _I64_MIN = -(1 << 63)
@@ -159,79 +158,38 @@ def _num(v):
     return str(v)
 
 
-def _parse_f64(raw):
-    """Like Rust's `str::parse::<f64>` on the trimmed value."""
-    text = raw.strip()
-    if not text.isascii() or "_" in text:
-        raise ValueError("invalid float literal")
-    return float(text)
+class FlightsDelay(sluice.Processor):
+    def __init__(self, config: sluice.Config) -> None:
+        self.min_delay = config.float("min_delay", 0.0)
 
-
-# The configured threshold. Module state, not an attribute: componentize-py makes a
-# new `WitWorld` object for every call of an export.
-_min_delay = 0.0
-
-
-class WitWorld(wit_world.WitWorld):
-    def configure(self, config):
-        global _min_delay
-        min_delay = 0.0
-        for name, raw in config:
-            if name == "min_delay":
-                try:
-                    min_delay = _parse_f64(raw)
-                except ValueError as e:
-                    raise Err(f"config `min_delay`: cannot parse `{raw}`: {e}")
-                break
-        _min_delay = min_delay
-
-    def process(self, batch: EventBatch) -> Output:
-        values, value_ends = batch.values, batch.value_ends
-        keys, key_ends, times = batch.keys, batch.key_ends, batch.timestamps
-        min_delay = _min_delay
-
-        out_values = []
-        out_ends = []
-        out_keys = bytearray()
-        out_key_ends = []
-        out_times = []
-        rejected = []
-        size = 0
-        vstart = kstart = 0
-        for i, vend in enumerate(value_ends):
-            value = values[vstart:vend]
-            vstart = vend
-            kend = key_ends[i]
-            kfrom = kstart
-            kstart = kend
+    def process(self, batch: sluice.Batch, out: sluice.Output) -> None:
+        min_delay = self.min_delay
+        emit = out.emit
+        for event in batch:
             try:
-                carrier, flight, origin, dest, dep, arr, event_time = _flight(value)
+                carrier, flight, origin, dest, dep, arr, event_time = _flight(event.value)
             except NotAFlight as e:
-                rejected.append(Rejection(i, str(e)))
+                out.reject(event, str(e))
                 continue
             except RecursionError:
-                rejected.append(Rejection(i, "invalid JSON: nested too deeply"))
+                out.reject(event, "invalid JSON: nested too deeply")
                 continue
             if dep is None or not float(dep) >= min_delay:
                 continue
-            text = (
-                '{"carrier":' + _quote(carrier)
-                + ',"flight":' + str(flight)
-                + ',"origin":' + _quote(origin)
-                + ',"dest":' + _quote(dest)
-                + ',"dep_delay":' + _num(dep)
-                + ',"arr_delay":' + _num(arr)
-                + ',"event_time":' + _quote(event_time)
-                + "}"
-            ).encode("utf-8")
-            out_values.append(text)
-            size += len(text)
-            out_ends.append(size)
-            out_keys += keys[kfrom:kend]
-            out_key_ends.append(len(out_keys))
-            out_times.append(times[i])
+            emit(
+                (
+                    '{"carrier":' + _quote(carrier)
+                    + ',"flight":' + str(flight)
+                    + ',"origin":' + _quote(origin)
+                    + ',"dest":' + _quote(dest)
+                    + ',"dep_delay":' + _num(dep)
+                    + ',"arr_delay":' + _num(arr)
+                    + ',"event_time":' + _quote(event_time)
+                    + "}"
+                ).encode("utf-8"),
+                event.key,
+                event.timestamp_ms,
+            )
 
-        events = EventBatch(
-            b"".join(out_values), out_ends, bytes(out_keys), out_key_ends, out_times, []
-        )
-        return Output(events, rejected)
+
+WitWorld = sluice.export_processor(FlightsDelay)

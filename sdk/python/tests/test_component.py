@@ -1,0 +1,168 @@
+"""The glue to componentize-py's bindings, against stand-ins for the modules it
+generates (`wit_world`, `componentize_py_types`), as its generated code calls
+them: the world's class is instantiated anew for every export call."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pytest
+
+import sluice_sdk as sluice
+from sluice_sdk import Batch, Config, Error, Output
+
+
+@dataclass
+class EventBatch:
+    values: bytes
+    value_ends: list[int]
+    keys: bytes
+    key_ends: list[int]
+    timestamps: list[int]
+    headers: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Header:
+    index: int
+    name: str
+    value: bytes
+
+
+@dataclass
+class Rejection:
+    index: int
+    reason: str
+
+
+@dataclass
+class WitOutput:
+    events: EventBatch
+    rejected: list[Rejection]
+
+
+class Err(Exception):
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+@pytest.fixture
+def component() -> Iterator[tuple[Any, list[tuple[Any, str]]]]:
+    logged: list[tuple[Any, str]] = []
+    host = types.ModuleType("wit_world.imports.host")
+    host.Level = types.SimpleNamespace(  # type: ignore[attr-defined]
+        TRACE="T", DEBUG="D", INFO="I", WARN="W", ERROR="E"
+    )
+    host.log = lambda level, message: logged.append((level, message))  # type: ignore[attr-defined]
+    wit_types = types.ModuleType("wit_world.imports.types")
+    wit_types.EventBatch = EventBatch  # type: ignore[attr-defined]
+    wit_types.Header = Header  # type: ignore[attr-defined]
+    wit_types.Rejection = Rejection  # type: ignore[attr-defined]
+    wit_types.Output = WitOutput  # type: ignore[attr-defined]
+    imports = types.ModuleType("wit_world.imports")
+    imports.host = host  # type: ignore[attr-defined]
+    imports.types = wit_types  # type: ignore[attr-defined]
+    world = types.ModuleType("wit_world")
+    world.WitWorld = type("WitWorld", (), {})  # type: ignore[attr-defined]
+    world.imports = imports  # type: ignore[attr-defined]
+    cpt = types.ModuleType("componentize_py_types")
+    cpt.Err = Err  # type: ignore[attr-defined]
+    fakes = {
+        "wit_world": world,
+        "wit_world.imports": imports,
+        "wit_world.imports.host": host,
+        "wit_world.imports.types": wit_types,
+        "componentize_py_types": cpt,
+    }
+    sys.modules.update(fakes)
+    glue = importlib.reload(importlib.import_module("sluice_sdk._component"))
+    assert glue.IN_COMPONENT
+    try:
+        yield glue, logged
+    finally:
+        for name in fakes:
+            del sys.modules[name]
+        importlib.reload(glue)
+        sluice.log._host = None
+
+
+class Upper(sluice.Processor):
+    def __init__(self, config: Config) -> None:
+        self.suffix = config.get("suffix", "") or ""
+        if self.suffix == "!":
+            raise Error("config `suffix`: no shouting")
+        sluice.log.info(f"configured with {self.suffix!r}")
+
+    def process(self, batch: Batch, out: Output) -> None:
+        for event in batch:
+            if event.value == b"boom":
+                raise KeyError("boom")
+            if not event.value:
+                out.reject(event, "empty")
+                continue
+            out.emit(event.value.upper() + self.suffix.encode(), event.key, event.timestamp_ms,
+                     event.headers)
+
+
+def test_processor_world(component: tuple[Any, list[tuple[Any, str]]]) -> None:
+    glue, logged = component
+    world = glue.processor_world(Upper, sluice.log)
+    batch = EventBatch(b"abcd", [2, 2, 4], b"KX", [1, 1, 2], [1, 2, 3], [Header(2, "h", b"v")])
+    with pytest.raises(Err, match="before configure"):
+        world().process(batch)
+    world().configure([("suffix", "?")])
+    assert logged == [("I", "configured with '?'")]
+    got = world().process(batch)
+    assert got.events == EventBatch(
+        b"AB?CD?", [3, 6], b"KX", [1, 2], [1, 3], [Header(1, "h", b"v")]
+    )
+    assert got.rejected == [Rejection(1, "empty")]
+    # Errors become the `err` of the result: Error's text as it is, any other
+    # exception with its type.
+    with pytest.raises(Err) as refused:
+        world().configure([("suffix", "!")])
+    assert refused.value.value == "config `suffix`: no shouting"
+    with pytest.raises(Err) as failed:
+        world().process(EventBatch(b"boom", [4], b"", [0], [0]))
+    assert failed.value.value == "KeyError: 'boom'"
+
+
+class Sum(sluice.Aggregator[float]):
+    def create(self) -> float:
+        return 0.0
+
+    def add(self, state: float, event: sluice.Event) -> float:
+        value = event.json()
+        if not isinstance(value, (int, float)):
+            raise Error(f"not a number: {event.text()}")
+        return state + value
+
+    def merge(self, a: float, b: float) -> float:
+        return a + b
+
+    def finish(self, state: float) -> Any:
+        return {"sum": state}
+
+
+def test_aggregator_world(component: tuple[Any, list[tuple[Any, str]]]) -> None:
+    glue, _ = component
+    world = glue.aggregator_world(Sum, sluice.log)
+    world().configure([])
+    empty = world().create()
+    assert empty == b"0.0"
+    batch = EventBatch(b"1232.5", [1, 2, 3, 6], b"", [0, 0, 0, 0], [0, 0, 0, 0])
+    states = world().accumulate([empty, b"10"], batch, [0, 1, 0, 1])
+    assert states == [b"4.0", b"14.5"]
+    assert world().merge(states[0], states[1]) == b"18.5"
+    assert world().finish(states) == ['{"sum":4.0}', '{"sum":14.5}']
+    with pytest.raises(Err, match='not a number: "x"'):
+        world().accumulate([empty], EventBatch(b'"x"', [3], b"", [0], [0]), [0])
+    with pytest.raises(Err, match="JSONDecodeError: Expecting value"):
+        world().accumulate([empty], EventBatch(b"x", [1], b"", [0], [0]), [0])
+    with pytest.raises(Err, match="group 3 of 1"):
+        world().accumulate([empty], EventBatch(b"1", [1], b"", [0], [0]), [3])
