@@ -817,6 +817,16 @@ impl Claims {
                     ),
                 ));
             }
+            if let Some((out, other)) = self.out_dirs.iter().find(|(d, _)| key.starts_with(d)) {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} reads the files of {}, and {other} writes its files into {}: they would be read as input",
+                        path.display(),
+                        out.display()
+                    ),
+                ));
+            }
             if let Some((file, other)) = self
                 .files
                 .iter()
@@ -836,6 +846,16 @@ impl Claims {
         }
         if let Claim::OutputDirectory(path) = &claim {
             let key = file_identity(path);
+            if let Some((dir, (_, other))) = self.dirs.iter().find(|(d, _)| d.starts_with(&key)) {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} writes its files into {}, and {other} reads the files of {}: they would be read as input",
+                        path.display(),
+                        dir.display()
+                    ),
+                ));
+            }
             if let Some((other_dir, other)) = self
                 .out_dirs
                 .iter()

@@ -454,6 +454,16 @@ fn config_errors_are_located() {
             "give each its own directory",
         ),
         (
+            Config::new()
+                .file_source("in", "lake-in")
+                .sink("lake", "parquet")
+                .set_str("path", "lake-in/")
+                .pipeline("p", "in", &["lake"])
+                .build(),
+            "path = \"lake-in/\"",
+            "they would be read as input",
+        ),
+        (
             with_pipeline(base().set("exactly_once", true)),
             "[sinks.lake]",
             "pipeline `p` has none (add `checkpoint",
@@ -462,6 +472,7 @@ fn config_errors_are_located() {
     for (config, at, want) in cases {
         let scratch = Scratch::new(&config);
         scratch.write("in.ndjson", "");
+        std::fs::create_dir_all(scratch.path("lake-in")).unwrap();
         let output = scratch.command("validate").output().unwrap();
         assert_exit(&output, 2);
         let stderr = String::from_utf8_lossy(&output.stderr);
