@@ -345,6 +345,9 @@ pub enum Claim {
         /// The file-name glob, if any.
         pattern: Option<String>,
     },
+    /// A directory a sink writes its files into (a parquet sink's): no other
+    /// sink may write into it, nor into a folder inside it.
+    OutputDirectory(PathBuf),
     /// The daemon's standard input (one pipeline may read it).
     Stdin,
     /// The daemon's standard output (one sink may write it).

@@ -816,6 +816,8 @@ struct Claims {
     files: BTreeMap<PathBuf, String>,
     /// Directories read, by identity: the file-name glob and who reads.
     dirs: BTreeMap<PathBuf, (Option<String>, String)>,
+    /// Directories sinks write files into, by identity: who writes.
+    out_dirs: BTreeMap<PathBuf, String>,
     /// Other claims: the pipeline (sources) or sink that holds each.
     held: BTreeMap<Claim, (String, String)>,
 }
@@ -855,6 +857,16 @@ impl Claims {
                     ),
                 ));
             }
+            if let Some((out, other)) = self.out_dirs.iter().find(|(d, _)| key.starts_with(d)) {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} reads the files of {}, and {other} writes its files into {}: they would be read as input",
+                        path.display(),
+                        out.display()
+                    ),
+                ));
+            }
             if let Some((file, other)) = self
                 .files
                 .iter()
@@ -872,8 +884,57 @@ impl Claims {
             self.dirs.insert(key, (pattern.clone(), who.to_string()));
             return Ok(());
         }
+        if let Claim::OutputDirectory(path) = &claim {
+            let key = file_identity(path);
+            if let Some((dir, (_, other))) = self.dirs.iter().find(|(d, _)| d.starts_with(&key)) {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} writes its files into {}, and {other} reads the files of {}: they would be read as input",
+                        path.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+            if let Some((other_dir, other)) = self
+                .out_dirs
+                .iter()
+                .find(|(d, o)| *o != who && (key.starts_with(d) || d.starts_with(&key)))
+            {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} writes its files into {}, and {other} into {}: give each its own directory",
+                        path.display(),
+                        other_dir.display()
+                    ),
+                ));
+            }
+            if let Some((file, other)) = self.files.iter().find(|(f, _)| f.starts_with(&key)) {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} writes its files into {}, and {other} uses {} in it",
+                        path.display(),
+                        file.display()
+                    ),
+                ));
+            }
+            self.out_dirs.insert(key, who.to_string());
+            return Ok(());
+        }
         if let Claim::File(path) = &claim {
             let key = file_identity(path);
+            if let Some((dir, other)) = self.out_dirs.iter().find(|(d, _)| key.starts_with(d)) {
+                return Err(source.error(
+                    span,
+                    format!(
+                        "{who} uses {}, in {}, which {other} writes its files into",
+                        path.display(),
+                        dir.display()
+                    ),
+                ));
+            }
             if let Some((dir, (_, other))) = self
                 .dirs
                 .iter()

@@ -24,6 +24,7 @@ mod languages;
 mod logging;
 mod otlp;
 mod packaging;
+mod parquet;
 mod plugin_check;
 mod plugin_run_pipes;
 mod postgres;

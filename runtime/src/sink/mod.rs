@@ -14,7 +14,9 @@
 //! - `postgres` ([`postgres`]): one row per record, a batch per statement and
 //!   transaction, `append` or `upsert`;
 //! - `http` ([`http`]): a batch per POST (or several, past `max_body_bytes`),
-//!   retried with back-off and an `Idempotency-Key`.
+//!   retried with back-off and an `Idempotency-Key`;
+//! - `parquet` ([`parquet`]): Parquet files in Hive-style partition folders,
+//!   each renamed into place once whole (at checkpoints with `exactly_once`).
 //!
 //! A record an output refuses for good (a database constraint, an HTTP 4xx)
 //! goes to the sending pipeline's dead-letter sink (see
@@ -40,6 +42,7 @@ pub mod blackhole;
 pub mod file;
 pub mod http;
 pub mod kafka;
+pub mod parquet;
 pub mod postgres;
 pub mod stdout;
 
@@ -78,6 +81,11 @@ pub const KINDS: &[Kind] = &[
         name: "postgres",
         parse: parse_as::<postgres::PostgresConfig>,
         fields: crate::config::fields_of::<postgres::PostgresConfig>,
+    },
+    Kind {
+        name: "parquet",
+        parse: parse_as::<parquet::ParquetConfig>,
+        fields: crate::config::fields_of::<parquet::ParquetConfig>,
     },
 ];
 
