@@ -193,6 +193,15 @@ fn the_console_shows_the_running_flights_job_its_taps_and_dead_letters() {
                  && t.includes("version {version}") && rate !== null && parseFloat(rate.textContent) > 0;"#
         ),
     );
+    // The charts of the last minutes and the stage's breaker.
+    browser.wait_until(
+        "the batch duration and watermark charts, the breaker's state",
+        r#"const c = (t) => document.querySelector(`[data-pipeline="p"] [data-chart="${t}"]`);
+           const b = c("mean batch duration"), w = c("watermark (event time)");
+           return b !== null && /last [0-9]/.test(b.textContent)
+             && w !== null && /last 2013-/.test(w.textContent)
+             && document.body.innerText.includes("breaker closed");"#,
+    );
     // The screenshot, kept for CI.
     let png = browser.session_call("GET", "/screenshot", Value::Null);
     use base64::Engine as _;

@@ -7,7 +7,7 @@
 //! | `GET /about` | JSON: `pid`, `config` and `state_dir` (absolute), `version`: which daemon answers (`sluice top --config` checks it) |
 //! | `GET /ready` | 200 `ready` once every pipeline runs, 503 while starting, reloading or stopping |
 //! | `GET /metrics` | Prometheus text format 0.0.4: per-pipeline counters and batch histograms, per-plugin call durations, failures, memory, reloads (see [`crate::obs::metrics`]) |
-//! | `GET /pipelines` | JSON: each pipeline's counters and whether it runs |
+//! | `GET /pipelines` | JSON: each pipeline's counters, whether it runs, its watermark, batch durations, Kafka lag and flow |
 //! | `GET /plugins` | JSON: each plugin file's status (as `status.json`) |
 //! | `GET /sinks` | JSON: each sink's records written, write retries (a full disk), and whether it is blocked (cannot write or open: its pipelines wait) |
 //! | `GET /stages` | JSON: each stage's plugin version, calls, p50/p99 call time, traps (see [`stages`]) |
@@ -695,6 +695,21 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                     crate::time::rfc3339(watermark).into()
                 },
             );
+            // Its micro-batches' durations (the chain and the dead-letter
+            // sink, see `PipelineMetrics::batch_duration`): count and sum
+            // (seconds; a client takes the mean over an interval from two
+            // readings) and p50/p99 (ms) since start.
+            let m = crate::obs::metrics::pipeline(name);
+            let ms = |q: f64| m.batch_duration.quantile(q).map(|s| s * 1000.0);
+            obj.insert(
+                "batch_duration".into(),
+                serde_json::json!({
+                    "count": m.batch_duration.count(),
+                    "sum_seconds": m.batch_duration.sum(),
+                    "p50_ms": ms(0.5),
+                    "p99_ms": ms(0.99),
+                }),
+            );
             // A Kafka source's lag per assigned partition (records behind
             // the partition's end), from librdkafka's statistics.
             let lags = crate::obs::metrics::consumer_lags(name);
@@ -730,7 +745,9 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 /// `GET /stages`: each (pipeline, stage, plugin version) that ran: calls,
 /// their p50 and p99 duration (ms, estimated from the histogram's buckets as
 /// Prometheus' `histogram_quantile`; null before the first call), traps,
-/// timeouts and out-of-memory failures, the largest linear memory reached.
+/// timeouts and out-of-memory failures, the largest linear memory reached,
+/// the partitions whose circuit breaker is open or half-open now
+/// (`breakers_open`) and the times one opened (`breaker_opened`).
 async fn stages() -> impl IntoResponse {
     let mut list: Vec<(Vec<String>, serde_json::Value)> = crate::obs::metrics::plugins()
         .iter()
@@ -749,6 +766,8 @@ async fn stages() -> impl IntoResponse {
                 "timeouts": p.timeouts.load(Ordering::Relaxed),
                 "out_of_memory": p.out_of_memory.load(Ordering::Relaxed),
                 "memory_high_water_bytes": p.memory_high_water.load(Ordering::Relaxed),
+                "breakers_open": p.breakers_open.load(Ordering::Relaxed),
+                "breaker_opened": p.breaker_opened.load(Ordering::Relaxed),
             });
             (vec![pipeline, stage, version], value)
         })

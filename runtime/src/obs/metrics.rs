@@ -197,6 +197,12 @@ pub struct PluginMetrics {
     /// `sluice.plugin.memory.high_water` (By): the largest linear memory any
     /// instance of this version reached.
     pub memory_high_water: AtomicU64,
+    /// `sluice.plugin.breakers.open`: partitions whose circuit breaker for
+    /// this version is open or half-open now (a gauge, 0 to `partitions`).
+    pub breakers_open: AtomicU64,
+    /// `sluice.plugin.breaker.opened`: times a breaker of this version
+    /// opened (or opened again after a failed trial batch).
+    pub breaker_opened: AtomicU64,
 }
 
 impl PluginMetrics {
@@ -376,6 +382,8 @@ pub fn plugin(pipeline: &str, stage: &str, plugin: &str, version: &str) -> Arc<P
                 timeouts: AtomicU64::new(0),
                 out_of_memory: AtomicU64::new(0),
                 memory_high_water: AtomicU64::new(0),
+                breakers_open: AtomicU64::new(0),
+                breaker_opened: AtomicU64::new(0),
             })
         })
         .clone()
@@ -641,6 +649,18 @@ pub fn render_prometheus(text: &mut String) {
             "gauge",
             "The largest linear memory an instance of the plugin reached.",
             |p| p.memory_high_water.load(Ordering::Relaxed),
+        ),
+        (
+            "sluice_plugin_breakers_open",
+            "gauge",
+            "Partitions whose circuit breaker for the plugin is open or half-open.",
+            |p| p.breakers_open.load(Ordering::Relaxed),
+        ),
+        (
+            "sluice_plugin_breaker_opened_total",
+            "counter",
+            "Times a circuit breaker of the plugin opened.",
+            |p| p.breaker_opened.load(Ordering::Relaxed),
         ),
     ] {
         help(text, name, kind, what);

@@ -23,6 +23,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use sluice_plugin_sdk::Batch;
@@ -329,7 +330,7 @@ impl Stage {
     }
 
     fn note_failure(&mut self, error: &CallError, reopen: bool) {
-        if self.breaker.failure(error, reopen) {
+        if self.breaker.failure(error, reopen, &self.metrics) {
             tracing::warn!(
                 pipeline = %self.pipeline,
                 stage = %self.spec.label,
@@ -380,6 +381,9 @@ struct Breaker {
     /// The cooldown ended: the next batch is the one trial.
     half_open: bool,
     last_error: String,
+    /// While open or half-open: the instruments whose `breakers_open` gauge
+    /// this breaker raised (lowered again when it closes, resets or drops).
+    reported: Option<Arc<PluginMetrics>>,
 }
 
 impl Breaker {
@@ -390,6 +394,14 @@ impl Breaker {
             open_until: None,
             half_open: false,
             last_error: String::new(),
+            reported: None,
+        }
+    }
+
+    /// Lowers the `breakers_open` gauge this breaker raised, if it did.
+    fn release(&mut self) {
+        if let Some(metrics) = self.reported.take() {
+            metrics.breakers_open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -411,11 +423,12 @@ impl Breaker {
     fn success(&mut self) {
         self.failures_in_a_row = 0;
         self.half_open = false;
+        self.release();
     }
 
     /// Counts a poison record (or, with `reopen`, a failed trial batch);
-    /// returns whether the breaker opened now.
-    fn failure(&mut self, error: &CallError, reopen: bool) -> bool {
+    /// returns whether the breaker opened now (counted in `metrics`).
+    fn failure(&mut self, error: &CallError, reopen: bool, metrics: &Arc<PluginMetrics>) -> bool {
         self.failures_in_a_row += 1;
         self.half_open = false;
         if !reopen && self.failures_in_a_row < self.config.failures {
@@ -423,6 +436,11 @@ impl Breaker {
         }
         self.last_error = error.to_string();
         self.open_until = Some(Instant::now() + self.config.cooldown);
+        metrics.breaker_opened.fetch_add(1, Ordering::Relaxed);
+        if self.reported.is_none() {
+            metrics.breakers_open.fetch_add(1, Ordering::Relaxed);
+            self.reported = Some(metrics.clone());
+        }
         true
     }
 
@@ -430,6 +448,13 @@ impl Breaker {
         self.failures_in_a_row = 0;
         self.open_until = None;
         self.half_open = false;
+        self.release();
+    }
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -771,6 +796,33 @@ mod tests {
         }
         let out = run(&mut stage, &records(1, &[]));
         assert!(out.failed[0].1.starts_with(OPEN), "open again");
+    }
+
+    #[test]
+    fn the_breakers_open_gauge_follows_the_breaker() {
+        // A pipeline name of its own: the instruments are global.
+        let spec = stage_spec(
+            slot("misbehave"),
+            &[("mode", "fail"), ("trigger", "POISON")],
+            OnError::DeadLetter,
+            breaker(1),
+        );
+        let mut stage = Stage::new("unit-breaker-gauge", 0, spec).expect("the stage starts");
+        let metrics = stage.metrics.clone();
+        let open = || metrics.breakers_open.load(Ordering::Relaxed);
+        let opened = || metrics.breaker_opened.load(Ordering::Relaxed);
+        assert_eq!((open(), opened()), (0, 0));
+        run(&mut stage, &records(1, &[0]));
+        assert_eq!((open(), opened()), (1, 1), "opened");
+        run(&mut stage, &records(1, &[]));
+        assert_eq!((open(), opened()), (1, 1), "still open, not counted again");
+        end_cooldown(&mut stage);
+        run(&mut stage, &records(1, &[]));
+        assert_eq!((open(), opened()), (0, 1), "a good trial batch closed it");
+        run(&mut stage, &records(1, &[0]));
+        assert_eq!((open(), opened()), (1, 2), "opened again");
+        drop(stage);
+        assert_eq!(open(), 0, "a stage that goes away lowers its gauge");
     }
 
     #[test]
