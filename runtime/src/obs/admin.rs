@@ -220,7 +220,7 @@ pub fn check(method: &Method, headers: &HeaderMap) -> Result<(), (StatusCode, St
     };
     if !local_host(host) {
         return forbidden(format!(
-            "{method} with Host {host:?}: only an IP address, localhost or this machine's name (see the README's \"Admin API\")"
+            "{method} with Host {host:?}: only an IP address, localhost or this machine's name (see docs/operations/admin-api.md)"
         ));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
