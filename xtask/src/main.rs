@@ -126,6 +126,9 @@ pub const TOOLS: &[&str] = &[
     "setpriv",
     "tansu",
     "mdbook",
+    "chromium",
+    "chromedriver",
+    "openssl",
 ];
 
 fn main() -> ExitCode {
