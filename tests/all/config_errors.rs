@@ -279,24 +279,25 @@ fn one_file_by_a_symlink_or_through_a_missing_folder_is_one_file() {
     assert!(err.contains("is not a directory"), "{err}");
 }
 
-/// The annotated config in README.md parses: the documentation shows real fields.
+/// The annotated config of the book's configuration reference parses: the
+/// documentation shows real fields (tests/all/docs.rs also validates it).
 #[test]
-fn the_readme_config_parses() {
-    let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+fn the_reference_config_parses() {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/configuration.md"),
     )
     .unwrap();
-    let after = readme
+    let after = page
         .split("Every field, with its default:")
         .nth(1)
-        .expect("the README's config section");
+        .expect("the reference's config section");
     let block = after
         .split("```toml\n")
         .nth(1)
         .and_then(|b| b.split("```").next())
         .expect("a toml block");
     let source = sluice::config::ConfigSource {
-        file: "README.md".into(),
+        file: "docs/reference/configuration.md".into(),
         text: block.to_string(),
     };
     let config = sluice::config::Config::parse(&source).unwrap_or_else(|e| panic!("{e}"));

@@ -13,6 +13,7 @@ mod config_reload;
 mod console;
 mod dead_letter;
 mod directory;
+mod docs;
 mod failures;
 mod flights;
 mod formats;

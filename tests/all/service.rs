@@ -1,4 +1,5 @@
-//! The systemd service as installed by the README's by-hand steps, without
+//! The systemd service as installed by the book's by-hand steps
+//! (docs/operations/service.md), without
 //! systemd as PID 1: `dist/systemd/sluice.service`'s `ExecStartPre=` and
 //! `ExecStart=` lines run as systemd would run them on a fresh install — as an
 //! unprivileged user of the `DynamicUser` range, with `UMask=0077`, the
@@ -72,7 +73,7 @@ fn the_unit_starts_on_a_fresh_install_and_serves() {
             "needs root and setpriv (util-linux) to run as the unit's dynamic user",
         );
     }
-    // The fresh install (README, "Run as a service", by hand), under a scratch root.
+    // The fresh install (the book's docs/operations/service.md, by hand), under a scratch root.
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -215,19 +216,19 @@ pub(crate) fn elf_sections(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The README's by-hand install lines ("Run as a service"), run into a
+/// The book's by-hand install lines (docs/operations/service.md), run into a
 /// scratch root: they install the unit, the config and the plugin it names
 /// as the tree has them, the stock plugins where the binary finds them, and
 /// a binary without debug sections.
 #[test]
-fn the_readme_install_steps_install_a_stripped_binary_and_what_the_unit_needs() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let block = readme
-        .split("The service is not enabled by the package. By hand:")
+fn the_book_install_steps_install_a_stripped_binary_and_what_the_unit_needs() {
+    let page = std::fs::read_to_string(repo().join("docs/operations/service.md")).unwrap();
+    let block = page
+        .split("\n## By hand\n")
         .nth(1)
         .and_then(|rest| rest.split("```sh\n").nth(1))
         .and_then(|rest| rest.split("```").next())
-        .expect("the README's by-hand install steps");
+        .expect("the book's by-hand install steps");
     let root = tempfile::tempdir().unwrap();
     // What every system has.
     std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();

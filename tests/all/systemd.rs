@@ -77,7 +77,7 @@ fn the_service_manager_hears_ready_watchdog_reloading_and_stopping() {
 
 /// `systemd-analyze verify` accepts the unit (with `ExecStart` pointed at the
 /// binary under test; the tool checks that it exists and is executable) and
-/// the README's drop-in.
+/// the book's drop-in (docs/operations/service.md).
 #[test]
 fn the_unit_file_verifies() {
     let unit = std::fs::read_to_string(
@@ -96,18 +96,18 @@ fn the_unit_file_verifies() {
     let scratch = Scratch::new("");
     let path = scratch.path("sluice.service");
     std::fs::write(&path, unit.replace("/usr/bin/sluice", sluice_bin())).unwrap();
-    // With the README's drop-in (its "Run as a service"), which the tool reads
-    // from sluice.service.d/ beside the unit.
-    let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    // With the book's drop-in (docs/operations/service.md), which the tool
+    // reads from sluice.service.d/ beside the unit.
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations/service.md"),
     )
     .unwrap();
-    let drop_in = readme
+    let drop_in = page
         .split("Grant access with a drop-in")
         .nth(1)
         .and_then(|rest| rest.split("```ini\n").nth(1))
         .and_then(|rest| rest.split("```").next())
-        .expect("the README's drop-in");
+        .expect("the book's drop-in");
     assert!(drop_in.contains("ReadWritePaths="), "{drop_in}");
     std::fs::create_dir(scratch.path("sluice.service.d")).unwrap();
     std::fs::write(scratch.path("sluice.service.d/override.conf"), drop_in).unwrap();

