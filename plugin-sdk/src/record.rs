@@ -71,9 +71,35 @@ pub struct Record<'a, const N: usize> {
     event: Option<Event<'a>>,
     names: [&'a str; N],
     slots: [Slot<'a>; N],
+    /// Where each member is, for the first [`SPANS`]: an edit of a field not
+    /// named is a splice too.
+    spans: [Span; SPANS],
     outline: Outline,
     /// A key anywhere in the record has an escape.
     escaped_keys: bool,
+}
+
+/// Members whose places a [`Record`] keeps beyond the named ones.
+const SPANS: usize = 32;
+
+/// One member's offsets in the record.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    key_start: u32,
+    key_end: u32,
+    value_start: u32,
+    value_end: u32,
+}
+
+/// Where one member is, with its neighbours' ends.
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    key_start: usize,
+    key_end: usize,
+    value_start: usize,
+    value_end: usize,
+    prev_end: Option<usize>,
+    next_start: Option<usize>,
 }
 
 /// Where one named field was found: the last member with its name.
@@ -82,14 +108,8 @@ struct Slot<'a> {
     field: Option<Field<'a>>,
     /// The member is given twice or more.
     twice: bool,
-    key_start: usize,
-    key_end: usize,
-    value_start: usize,
-    value_end: usize,
-    /// The previous member's value end, if there is one.
-    prev_end: Option<usize>,
-    /// The next member's key start, if there is one.
-    next_start: Option<usize>,
+    /// Its index among the members (its place is in `spans` below [`SPANS`]).
+    index: usize,
 }
 
 impl<'a, const N: usize> Record<'a, N> {
@@ -101,15 +121,20 @@ impl<'a, const N: usize> Record<'a, N> {
     /// serde_json's message, or `"not a JSON object"`.
     pub fn parse(json: &'a [u8], names: &[&'a str; N]) -> Result<Self, String> {
         let mut slots = [Slot::default(); N];
+        let mut spans = [Span::default(); SPANS];
+        let mut count = 0;
         let mut escaped_keys = false;
-        let mut prev_end = None;
-        // The slot whose `next_start` the next member gives.
-        let mut waiting: Option<usize> = None;
         let outline = scan::walk(json, |m| {
-            if let Some(w) = waiting.take() {
-                slots[w].next_start = Some(m.key_start);
-            }
             escaped_keys |= m.key_escaped;
+            if let Some(span) = spans.get_mut(count) {
+                // Offsets fit: a batch holds at most 4 GiB of values.
+                *span = Span {
+                    key_start: m.key_start as u32,
+                    key_end: m.key_end as u32,
+                    value_start: m.value_start as u32,
+                    value_end: m.value_end as u32,
+                };
+            }
             // Length and first byte first: most keys are told apart without
             // a call to `memcmp`.
             let found = if m.key_escaped {
@@ -125,16 +150,10 @@ impl<'a, const N: usize> Record<'a, N> {
                 *slot = Slot {
                     field: Some(m.value),
                     twice: slot.field.is_some(),
-                    key_start: m.key_start,
-                    key_end: m.key_end,
-                    value_start: m.value_start,
-                    value_end: m.value_end,
-                    prev_end,
-                    next_start: None,
+                    index: count,
                 };
-                waiting = Some(i);
             }
-            prev_end = Some(m.value_end);
+            count += 1;
             true
         })
         .ok_or_else(|| refusal(json))?;
@@ -143,6 +162,7 @@ impl<'a, const N: usize> Record<'a, N> {
             event: None,
             names: *names,
             slots,
+            spans,
             outline,
             escaped_keys,
         })
@@ -182,6 +202,7 @@ impl<'a, const N: usize> Record<'a, N> {
             known: Some(Known {
                 names: &self.names,
                 slots: &self.slots,
+                spans: &self.spans[..self.outline.members.min(SPANS)],
                 outline: self.outline,
                 escaped_keys: self.escaped_keys,
             }),
@@ -402,8 +423,51 @@ impl Op<'_> {
 struct Known<'r> {
     names: &'r [&'r str],
     slots: &'r [Slot<'r>],
+    spans: &'r [Span],
     outline: Outline,
     escaped_keys: bool,
+}
+
+impl Known<'_> {
+    /// Where member `name` is (`Some(None)`: absent) and whether it is
+    /// given twice; `None` when the record cannot say (not a named field,
+    /// and more members than it kept the places of).
+    fn locate(&self, json: &[u8], name: &str) -> Option<(Option<Pos>, bool)> {
+        if let Some(s) = self.names.iter().position(|n| *n == name) {
+            let slot = &self.slots[s];
+            return match slot.field {
+                None => Some((None, false)),
+                Some(_) => Some((Some(self.pos(slot.index)?), slot.twice)),
+            };
+        }
+        if self.outline.members > self.spans.len() {
+            return None;
+        }
+        let name = name.as_bytes();
+        let mut found = None;
+        let mut twice = false;
+        for (i, span) in self.spans.iter().enumerate() {
+            let key = &json[span.key_start as usize + 1..span.key_end as usize - 1];
+            if key.len() == name.len() && key == name {
+                twice |= found.is_some();
+                found = Some(self.pos(i)?);
+            }
+        }
+        Some((found, twice))
+    }
+
+    /// Member `i`'s place; `None` past the places kept.
+    fn pos(&self, i: usize) -> Option<Pos> {
+        let span = self.spans.get(i)?;
+        Some(Pos {
+            key_start: span.key_start as usize,
+            key_end: span.key_end as usize,
+            value_start: span.value_start as usize,
+            value_end: span.value_end as usize,
+            prev_end: i.checked_sub(1).map(|p| self.spans[p].value_end as usize),
+            next_start: self.spans.get(i + 1).map(|n| n.key_start as usize),
+        })
+    }
 }
 
 /// Edits of one record, written as a new record in one pass: made by
@@ -560,60 +624,58 @@ impl<'r> Edit<'r> {
     /// The edit from the record's slots, without another pass: `None` when a
     /// name edited was not one of the record's, so the slots cannot say.
     fn splice(&self, known: &Known<'r>, buf: &mut Vec<u8>) -> Option<Result<(), String>> {
-        // Each edit's slot, in the order of the record.
-        let mut edited = [(0usize, 0usize, 0usize); INLINE]; // (key start, slot, op)
+        let json = self.json;
+        // Each edited member present, in the order of the record; whether
+        // each edit's name is absent (a set appends).
+        let mut edited = [(0usize, 0usize); INLINE]; // (op, index into `at`)
+        let mut at = [None::<Pos>; INLINE];
         let mut count = 0;
         for (o, op) in self.ops[..self.len].iter().enumerate() {
-            let s = known.names.iter().position(|n| *n == op.name)?;
+            let (pos, twice) = known.locate(json, op.name)?;
+            if twice {
+                return Some(self.through_serde(buf));
+            }
             if let Act::Rename(to) = op.act {
-                let t = known.names.iter().position(|n| *n == to)?;
-                if known.slots[t].field.is_some() && known.slots[s].field.is_some() {
+                let (target, _) = known.locate(json, to)?;
+                if target.is_some() && pos.is_some() {
                     return Some(self.through_serde(buf));
                 }
             }
-            let slot = &known.slots[s];
-            if slot.twice {
-                return Some(self.through_serde(buf));
-            }
-            if slot.field.is_some() {
-                edited[count] = (slot.key_start, s, o);
+            at[o] = pos;
+            if pos.is_some() {
+                edited[count] = (o, o);
                 count += 1;
             }
         }
         let edited = &mut edited[..count];
-        edited.sort_unstable_by_key(|e| e.0);
+        edited.sort_unstable_by_key(|&(_, i)| at[i].map_or(0, |p| p.key_start));
 
-        let json = self.json;
         let mut w = Writer::open(buf);
         let outline = known.outline;
         let mut from = (outline.members > 0).then_some(outline.first);
-        for &(key_start, s, o) in edited.iter() {
-            let slot = &known.slots[s];
-            if let (Some(f), Some(prev_end)) = (from, slot.prev_end)
-                && f < key_start
+        for &(o, i) in edited.iter() {
+            let Some(pos) = at[i] else { continue };
+            if let (Some(f), Some(prev_end)) = (from, pos.prev_end)
+                && f < pos.key_start
             {
                 w.piece(&json[f..prev_end]);
             }
             w.edited(
                 json,
-                slot.key_start,
-                slot.key_end,
-                slot.value_start,
-                slot.value_end,
+                pos.key_start,
+                pos.key_end,
+                pos.value_start,
+                pos.value_end,
                 &self.ops[o].act,
             );
-            from = slot.next_start;
+            from = pos.next_start;
         }
         if let Some(f) = from {
             w.piece(&json[f..outline.last]);
         }
-        for op in &self.ops[..self.len] {
+        for (o, op) in self.ops[..self.len].iter().enumerate() {
             if let Act::Set(value) = op.act
-                && known
-                    .names
-                    .iter()
-                    .position(|n| *n == op.name)
-                    .is_some_and(|s| known.slots[s].field.is_none())
+                && at[o].is_none()
             {
                 w.append(op.name, value);
             }
@@ -975,6 +1037,23 @@ mod tests {
                     .set("s", "q\"\n\u{e9}");
             }),
             "{\"a\":1,\"b\":{\"x\": [1]},\"s\":\"q\\\"\\n\u{e9}\"}"
+        );
+        // More members than a record keeps the places of: a second pass.
+        let wide: String = format!(
+            "{{{}}}",
+            (0..40)
+                .map(|i| format!("\"k{i}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let want = wide
+            .replace("\"k35\":35,", "")
+            .replace("\"k3\":3", "\"k3\":true");
+        assert_eq!(
+            both(&wide, &["k0"], |e| {
+                e.remove("k35").set("k3", true);
+            }),
+            want
         );
         // Nothing edited: the members as they were, the outside trimmed.
         assert_eq!(both(" {\"a\" :1} \n", &["a"], |_| {}), "{\"a\" :1}");
