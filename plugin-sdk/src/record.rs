@@ -985,8 +985,8 @@ mod tests {
         String::from_utf8(buf).unwrap()
     }
 
-    /// The same bytes from a record that named the edited fields (a splice)
-    /// and from a record that did not (a second pass).
+    /// The same bytes from a record's edit (a splice) and from an event's
+    /// (a pass that writes as it reads).
     fn both(json: &str, names: &[&str], f: impl Fn(&mut Edit<'_>) + Copy) -> String {
         let spliced = edited(json, names, f);
         let streamed = edited(json, &[], f);

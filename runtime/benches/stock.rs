@@ -10,7 +10,8 @@
 //! by a part of its name, default the hand-written projection).
 //!
 //! Also the SDK's ways of writing one edit (`flights_gain`, `way = …`): the
-//! template's record edit, the same with a second pass, a `serde_json::Map`
+//! template's record edit, the same with the edited fields named too, a
+//! `serde_json::Map`
 //! (the template before), and by hand with the field scanner.
 //! Measures the Wasm stage alone (lowering the batch, the guest, lifting
 //! its output), not the source's decode or the sinks.
@@ -65,14 +66,14 @@ fn cases() -> Vec<Case> {
             )],
         },
         Case {
-            name: "flights_gain, way edit: Record + Edit, as the template (327,346 out)",
+            name: "flights_gain, way edit: Record of the fields read + Edit, as the template (327,346 out)",
             file: "flights_gain.wasm",
             config: vec![("way", "edit")],
         },
         Case {
-            name: "flights_gain, way edit-rescan: edited fields not named, 2 passes (327,346 out)",
+            name: "flights_gain, way edit-all-named: the edited fields named too (327,346 out)",
             file: "flights_gain.wasm",
-            config: vec![("way", "edit-rescan")],
+            config: vec![("way", "edit-all-named")],
         },
         Case {
             name: "flights_gain, way serde: serde_json::Map + push_json, the template before (327,346 out)",

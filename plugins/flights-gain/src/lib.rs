@@ -7,9 +7,8 @@
 //!
 //! Config `way`:
 //! - `edit` (default): the way the template teaches — [`Event::record`] with
-//!   the fields read and edited named, typed reads, an [`Edit`] pushed;
-//! - `edit-rescan`: the same with only the fields read named, so the edit
-//!   makes a second pass;
+//!   the fields read named, typed reads, an [`Edit`] pushed;
+//! - `edit-all-named`: the same with the edited fields named too;
 //! - `serde`: the way the template taught before — a `serde_json::Map`,
 //!   `insert`, `shift_remove`, [`Output::push_json`];
 //! - `scan`: by hand with [`scan::fields`] and offsets into the record,
@@ -27,7 +26,7 @@ use sluice_plugin_sdk::{Batch, Config, Event, Output, Processor, export_processo
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
     Edit,
-    EditRescan,
+    EditAllNamed,
     Serde,
     Scan,
 }
@@ -41,7 +40,7 @@ impl Processor for FlightsGain {
     fn configure(config: &Config) -> Result<Self, String> {
         let way = match config.get("way").unwrap_or("edit") {
             "edit" => Way::Edit,
-            "edit-rescan" => Way::EditRescan,
+            "edit-all-named" => Way::EditAllNamed,
             "serde" => Way::Serde,
             "scan" => Way::Scan,
             other => return Err(format!("unknown way {other:?}")),
@@ -54,7 +53,7 @@ impl Processor for FlightsGain {
         for event in batch {
             match self.way {
                 Way::Edit => edit(&event, out),
-                Way::EditRescan => edit_rescan(&event, out),
+                Way::EditAllNamed => edit_all_named(&event, out),
                 Way::Serde => serde(&event, out)?,
                 Way::Scan => {
                     if !scan_by_hand(&event, out, &mut buf) {
@@ -79,7 +78,7 @@ fn delay(field: Option<scan::Field<'_>>, name: &str) -> Result<Option<i64>, Stri
     }
 }
 
-fn edit(event: &Event<'_>, out: &mut Output) {
+fn edit_all_named(event: &Event<'_>, out: &mut Output) {
     let record = match event.record(&["dep_delay", "arr_delay", "gain", "tailnum"]) {
         Ok(record) => record,
         Err(reason) => return out.reject(event, reason),
@@ -96,7 +95,7 @@ fn edit(event: &Event<'_>, out: &mut Output) {
     }
 }
 
-fn edit_rescan(event: &Event<'_>, out: &mut Output) {
+fn edit(event: &Event<'_>, out: &mut Output) {
     let record = match event.record(&["dep_delay", "arr_delay"]) {
         Ok(record) => record,
         Err(reason) => return out.reject(event, reason),
@@ -232,7 +231,7 @@ mod tests {
             serde_json::from_slice::<Value>(first.value()).unwrap(),
             want
         );
-        for way in ["edit", "edit-rescan", "scan"] {
+        for way in ["edit", "edit-all-named", "scan"] {
             assert!(run(way, &batch) == reference, "{way}");
         }
     }
@@ -265,7 +264,7 @@ mod tests {
             ]
         );
         assert_eq!(reference.rejected.len(), 1);
-        for way in ["edit", "edit-rescan", "scan"] {
+        for way in ["edit", "edit-all-named", "scan"] {
             let got = run(way, &batch);
             let got_values: Vec<Value> = got
                 .events

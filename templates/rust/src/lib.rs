@@ -33,8 +33,8 @@ impl Processor for Tag {
 
     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), String> {
         for event in batch {
-            // One pass: checks that the value is a JSON object and finds the
-            // fields named here. Name the fields you read *and* those you edit.
+            // One pass: checks that the value is a JSON object, finds the
+            // fields named here and keeps where every member is (for edits).
             let record = match event.record(&["tag"]) {
                 Ok(record) => record,
                 Err(reason) => {
