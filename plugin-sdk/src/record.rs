@@ -92,17 +92,6 @@ struct Span {
     value_end: u32,
 }
 
-/// Where one member is, with its neighbours' ends.
-#[derive(Debug, Clone, Copy)]
-struct Pos {
-    key_start: usize,
-    key_end: usize,
-    value_start: usize,
-    value_end: usize,
-    prev_end: Option<usize>,
-    next_start: Option<usize>,
-}
-
 /// Where one named field was found: the last member with its name.
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot<'a> {
@@ -110,7 +99,7 @@ struct Slot<'a> {
     /// The member is given twice or more.
     twice: bool,
     /// Its index among the members (its place is in `spans` below [`SPANS`]).
-    index: usize,
+    index: u32,
 }
 
 impl<'a, const N: usize> Record<'a, N> {
@@ -120,6 +109,7 @@ impl<'a, const N: usize> Record<'a, N> {
     /// # Errors
     /// When `json` is not exactly one JSON object: `"invalid JSON: …"` with
     /// serde_json's message, or `"not a JSON object"`.
+    #[inline]
     pub fn parse(json: &'a [u8], names: &[&'a str; N]) -> Result<Self, String> {
         let mut slots = [Slot::default(); N];
         let mut spans = [Span::default(); SPANS];
@@ -151,7 +141,7 @@ impl<'a, const N: usize> Record<'a, N> {
                 *slot = Slot {
                     field: Some(m.value),
                     twice: slot.field.is_some(),
-                    index: count,
+                    index: count as u32,
                 };
             }
             count += 1;
@@ -232,6 +222,7 @@ impl<'a> Event<'a> {
     ///
     /// # Errors
     /// As [`Record::parse`]: pass the message to [`Output::reject`].
+    #[inline]
     pub fn record<const N: usize>(&self, names: &[&'a str; N]) -> Result<Record<'a, N>, String> {
         let mut record = Record::parse(self.value(), names)?;
         record.event = Some(*self);
@@ -430,19 +421,13 @@ struct Known<'r> {
 }
 
 impl Known<'_> {
-    /// Where member `name` is (`Some(None)`: absent) and whether it is
-    /// given twice; `None` when the record cannot say (not a named field,
-    /// and more members than it kept the places of).
-    fn locate(&self, json: &[u8], name: &str) -> Option<(Option<Pos>, bool)> {
+    /// Which member is `name` (`Some(None)`: absent) and whether it is
+    /// given twice. The record has at most [`SPANS`] members.
+    #[inline]
+    fn find(&self, json: &[u8], name: &str) -> (Option<usize>, bool) {
         if let Some(s) = self.names.iter().position(|n| *n == name) {
             let slot = &self.slots[s];
-            return match slot.field {
-                None => Some((None, false)),
-                Some(_) => Some((Some(self.pos(slot.index)?), slot.twice)),
-            };
-        }
-        if self.outline.members > self.spans.len() {
-            return None;
+            return (slot.field.map(|_| slot.index as usize), slot.twice);
         }
         let name = name.as_bytes();
         // A key's length (quotes included) and first byte first: most keys
@@ -456,26 +441,12 @@ impl Known<'_> {
             {
                 continue;
             }
-            let key = &json[span.key_start as usize + 1..span.key_end as usize - 1];
-            if key == name {
+            if &json[span.key_start as usize + 1..span.key_end as usize - 1] == name {
                 twice |= found.is_some();
-                found = Some(self.pos(i)?);
+                found = Some(i);
             }
         }
-        Some((found, twice))
-    }
-
-    /// Member `i`'s place; `None` past the places kept.
-    fn pos(&self, i: usize) -> Option<Pos> {
-        let span = self.spans.get(i)?;
-        Some(Pos {
-            key_start: span.key_start as usize,
-            key_end: span.key_end as usize,
-            value_start: span.value_start as usize,
-            value_end: span.value_end as usize,
-            prev_end: i.checked_sub(1).map(|p| self.spans[p].value_end as usize),
-            next_start: self.spans.get(i + 1).map(|n| n.key_start as usize),
-        })
+        (found, twice)
     }
 }
 
@@ -586,9 +557,9 @@ impl<'r> Edit<'r> {
         if let Some(known) = &self.known
             && self.more.is_empty()
             && !known.escaped_keys
-            && let Some(done) = self.splice(known, buf)
+            && known.outline.members <= SPANS
         {
-            return done;
+            return self.splice(known, buf);
         }
         let start = buf.len();
         match self.stream(buf) {
@@ -613,6 +584,28 @@ impl<'r> Edit<'r> {
             };
             [Some(op.name), to]
         };
+        if self.more.is_empty() {
+            let ops = &self.ops[..self.len];
+            for (i, a) in ops.iter().enumerate() {
+                if let Act::Rename(to) = a.act
+                    && to == a.name
+                {
+                    return true;
+                }
+                for b in &ops[i + 1..] {
+                    if a.name == b.name {
+                        return true;
+                    }
+                    let (at, bt) = (names(a)[1], names(b)[1]);
+                    if at.is_some_and(|t| t == b.name || Some(t) == bt)
+                        || bt.is_some_and(|t| t == a.name)
+                    {
+                        return true;
+                    }
+                }
+            }
+            return false;
+        }
         for (i, a) in self.all().enumerate() {
             for b in self.all().skip(i + 1) {
                 for x in names(a).into_iter().flatten() {
@@ -630,67 +623,69 @@ impl<'r> Edit<'r> {
         false
     }
 
-    /// The edit from the record's slots, without another pass: `None` when a
-    /// name edited was not one of the record's, so the slots cannot say.
-    fn splice(&self, known: &Known<'r>, buf: &mut Vec<u8>) -> Option<Result<(), String>> {
+    /// The edit from the places the record kept, without another pass.
+    fn splice(&self, known: &Known<'r>, buf: &mut Vec<u8>) -> Result<(), String> {
         let json = self.json;
-        // Each edited member present, in the order of the record; whether
-        // each edit's name is absent (a set appends).
-        let mut edited = [(0usize, 0usize); INLINE]; // (op, index into `at`)
-        let mut at = [None::<Pos>; INLINE];
+        let spans = known.spans;
+        // The edited members present (member, edit), and the edits whose
+        // name is absent (a set appends).
+        let mut edited = [(0usize, 0usize); INLINE];
         let mut count = 0;
+        let mut absent = [false; INLINE];
         for (o, op) in self.ops[..self.len].iter().enumerate() {
-            let (pos, twice) = known.locate(json, op.name)?;
+            let (at, twice) = known.find(json, op.name);
             if twice {
-                return Some(self.through_serde(buf));
+                return self.through_serde(buf);
             }
-            if let Act::Rename(to) = op.act {
-                let (target, _) = known.locate(json, to)?;
-                if target.is_some() && pos.is_some() {
-                    return Some(self.through_serde(buf));
+            if let Act::Rename(to) = op.act
+                && at.is_some()
+                && known.find(json, to).0.is_some()
+            {
+                return self.through_serde(buf);
+            }
+            match at {
+                Some(m) => {
+                    edited[count] = (m, o);
+                    count += 1;
                 }
-            }
-            at[o] = pos;
-            if pos.is_some() {
-                edited[count] = (o, o);
-                count += 1;
+                None => absent[o] = true,
             }
         }
         let edited = &mut edited[..count];
-        edited.sort_unstable_by_key(|&(_, i)| at[i].map_or(0, |p| p.key_start));
+        edited.sort_unstable_by_key(|&(m, _)| m);
 
         let mut w = Writer::open(buf);
-        let outline = known.outline;
-        let mut from = (outline.members > 0).then_some(outline.first);
-        for &(o, i) in edited.iter() {
-            let Some(pos) = at[i] else { continue };
-            if let (Some(f), Some(prev_end)) = (from, pos.prev_end)
-                && f < pos.key_start
+        // Where the run of untouched members not yet written starts.
+        let mut from = spans.first().map(|s| s.key_start as usize);
+        for &(m, o) in edited.iter() {
+            let span = spans[m];
+            if let Some(f) = from
+                && f < span.key_start as usize
             {
-                w.piece(&json[f..prev_end]);
+                w.piece(&json[f..spans[m - 1].value_end as usize]);
             }
             w.edited(
                 json,
-                pos.key_start,
-                pos.key_end,
-                pos.value_start,
-                pos.value_end,
+                span.key_start as usize,
+                span.key_end as usize,
+                span.value_start as usize,
+                span.value_end as usize,
                 &self.ops[o].act,
             );
-            from = pos.next_start;
+            from = spans.get(m + 1).map(|s| s.key_start as usize);
         }
         if let Some(f) = from {
-            w.piece(&json[f..outline.last]);
+            w.piece(&json[f..known.outline.last]);
         }
         for (o, op) in self.ops[..self.len].iter().enumerate() {
             if let Act::Set(value) = op.act
-                && at[o].is_none()
+                && absent[o]
             {
                 w.append(op.name, value);
             }
         }
         w.close();
-        Some(Ok(()))
+        Ok(())
     }
 
     /// The edit in one pass over the record, checking it: `None` when the
