@@ -87,9 +87,28 @@ const SPANS: usize = 32;
 #[derive(Debug, Clone, Copy, Default)]
 struct Span {
     key_start: u32,
-    key_end: u32,
-    value_start: u32,
     value_end: u32,
+}
+
+impl Span {
+    /// Just after the key's closing quote (a key without escapes).
+    fn key_end(&self, json: &[u8]) -> usize {
+        let from = self.key_start as usize + 1;
+        from + json[from..].iter().position(|&b| b == b'"').unwrap_or(0) + 1
+    }
+
+    /// Where the value starts: after the key, whitespace, `:`, whitespace.
+    fn value_start(&self, json: &[u8]) -> usize {
+        let mut i = self.key_end(json);
+        while json[i] != b':' {
+            i += 1;
+        }
+        i += 1;
+        while matches!(json[i], b' ' | b'\n' | b'\t' | b'\r') {
+            i += 1;
+        }
+        i
+    }
 }
 
 /// Where one named field was found: the last member with its name.
@@ -111,6 +130,15 @@ impl<'a, const N: usize> Record<'a, N> {
     /// serde_json's message, or `"not a JSON object"`.
     #[inline]
     pub fn parse(json: &'a [u8], names: &[&'a str; N]) -> Result<Self, String> {
+        Self::read(json, names, None)
+    }
+
+    #[inline(always)]
+    fn read(
+        json: &'a [u8],
+        names: &[&'a str; N],
+        event: Option<Event<'a>>,
+    ) -> Result<Self, String> {
         let mut slots = [Slot::default(); N];
         let mut spans = [Span::default(); SPANS];
         let mut count = 0;
@@ -121,8 +149,6 @@ impl<'a, const N: usize> Record<'a, N> {
                 // Offsets fit: a batch holds at most 4 GiB of values.
                 *span = Span {
                     key_start: m.key_start as u32,
-                    key_end: m.key_end as u32,
-                    value_start: m.value_start as u32,
                     value_end: m.value_end as u32,
                 };
             }
@@ -150,7 +176,7 @@ impl<'a, const N: usize> Record<'a, N> {
         .ok_or_else(|| refusal(json))?;
         Ok(Record {
             json,
-            event: None,
+            event,
             names: *names,
             slots,
             spans,
@@ -224,9 +250,7 @@ impl<'a> Event<'a> {
     /// As [`Record::parse`]: pass the message to [`Output::reject`].
     #[inline]
     pub fn record<const N: usize>(&self, names: &[&'a str; N]) -> Result<Record<'a, N>, String> {
-        let mut record = Record::parse(self.value(), names)?;
-        record.event = Some(*self);
-        Ok(record)
+        Record::read(self.value(), names, Some(*self))
     }
 
     /// Starts an edit of the value without reading any field first (see
@@ -421,27 +445,32 @@ struct Known<'r> {
 }
 
 impl Known<'_> {
-    /// Which member is `name` (`Some(None)`: absent) and whether it is
-    /// given twice. The record has at most [`SPANS`] members.
+    /// Which member is `name` (`None`: absent) and whether it is given
+    /// twice. The record has at most [`SPANS`] members.
     #[inline]
     fn find(&self, json: &[u8], name: &str) -> (Option<usize>, bool) {
         if let Some(s) = self.names.iter().position(|n| *n == name) {
             let slot = &self.slots[s];
             return (slot.field.map(|_| slot.index as usize), slot.twice);
         }
+        // The keys here have no escapes, so none holds a `"` or a `\`.
+        if name.contains(['"', '\\']) {
+            return (None, false);
+        }
         let name = name.as_bytes();
-        // A key's length (quotes included) and first byte first: most keys
-        // are told apart without a call to `memcmp`.
-        let (len, first) = (name.len() as u32 + 2, name.first().copied());
+        // The first byte and the closing quote first: most keys are told
+        // apart without a call to `memcmp`.
+        let first = name.first().copied();
         let mut found = None;
         let mut twice = false;
         for (i, span) in self.spans.iter().enumerate() {
-            if span.key_end - span.key_start != len
-                || json.get(span.key_start as usize + 1).copied() != first.or(Some(b'"'))
+            let key = span.key_start as usize + 1;
+            if json.get(key).copied() != first.or(Some(b'"'))
+                || json.get(key + name.len()) != Some(&b'"')
             {
                 continue;
             }
-            if &json[span.key_start as usize + 1..span.key_end as usize - 1] == name {
+            if &json[key..key + name.len()] == name {
                 twice |= found.is_some();
                 found = Some(i);
             }
@@ -667,8 +696,8 @@ impl<'r> Edit<'r> {
             w.edited(
                 json,
                 span.key_start as usize,
-                span.key_end as usize,
-                span.value_start as usize,
+                span.key_end(json),
+                span.value_start(json),
                 span.value_end as usize,
                 &self.ops[o].act,
             );
