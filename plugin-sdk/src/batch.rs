@@ -153,6 +153,35 @@ impl Batch {
         self.headers.clear();
     }
 
+    /// The values buffer, for writing a value in place; [`close_value`]
+    /// makes what was written after the last event's end an event.
+    ///
+    /// [`close_value`]: Self::close_value
+    pub(crate) fn values_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.values
+    }
+
+    /// Ends the event whose value was written into [`values_mut`] since the
+    /// previous one.
+    ///
+    /// [`values_mut`]: Self::values_mut
+    pub(crate) fn close_value<'h>(
+        &mut self,
+        key: Option<&[u8]>,
+        timestamp_ms: i64,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    ) {
+        self.value_ends.push(end(self.values.len()));
+        if let Some(key) = key {
+            self.keys.extend_from_slice(key);
+        }
+        self.key_ends.push(end(self.keys.len()));
+        self.timestamps.push(timestamp_ms);
+        for (name, value) in headers {
+            self.push_header(name, value);
+        }
+    }
+
     /// Appends a copy of `event` (key, value, event time and headers).
     pub fn push_event(&mut self, event: &Event<'_>) {
         self.push(event.key(), event.value(), event.timestamp_ms());

@@ -37,10 +37,12 @@
 mod batch;
 mod config;
 pub mod log;
+pub mod record;
 pub mod scan;
 
 pub use batch::{Batch, BatchParts, Event, Header, Iter, Output, Rejection};
 pub use config::Config;
+pub use record::{Edit, FieldValue, ObjectWriter, Record};
 
 /// A processing function over micro-batches (map, filter, flat-map, or any mix).
 ///

@@ -58,6 +58,10 @@ pub struct Field<'a> {
 }
 
 impl<'a> Field<'a> {
+    pub(crate) fn new(raw: &'a [u8], kind: Kind, escaped: bool) -> Self {
+        Field { raw, kind, escaped }
+    }
+
     /// The value's JSON text exactly as written in the record (a string with its
     /// quotes and escapes; no surrounding whitespace). Copying it into an output
     /// is what serde_json would write for a string without escapes
@@ -92,6 +96,143 @@ impl<'a> Field<'a> {
         (self.kind == Kind::Bool).then(|| self.raw == b"true")
     }
 
+    /// The number when serde_json would read it as an integer that fits a
+    /// `u64` (`0` to 18446744073709551615, no sign, fraction or exponent).
+    pub fn as_u64(&self) -> Option<u64> {
+        if self.kind != Kind::Number || self.raw.first() == Some(&b'-') {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &d in self.raw {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        }
+        Some(n)
+    }
+
+    /// Any number as an `f64`: an integer converted (as serde_json's
+    /// `Value::as_f64` does), anything else parsed and correctly rounded
+    /// (serde_json without its `float_roundtrip` feature may be one unit in
+    /// the last place off). `None` for other kinds and for a number too large
+    /// for an `f64` (serde_json refuses to read those as numbers).
+    pub fn as_f64(&self) -> Option<f64> {
+        if let Some(n) = self.as_i64() {
+            return Some(n as f64);
+        }
+        if self.kind != Kind::Number {
+            return None;
+        }
+        // The text is a JSON number, which Rust's float syntax includes.
+        let text = std::str::from_utf8(self.raw).ok()?;
+        text.parse::<f64>().ok().filter(|f| f.is_finite())
+    }
+
+    /// A string's contents, unescaped: borrowed from the record when the
+    /// string has no escape, else unescaped by serde_json into a new
+    /// `String`. `None` for other kinds, and for text serde_json refuses as a
+    /// `String` (not UTF-8, a lone surrogate such as `"\ud800"`).
+    pub fn str(&self) -> Option<std::borrow::Cow<'a, str>> {
+        if self.kind != Kind::String {
+            return None;
+        }
+        if !self.escaped {
+            return std::str::from_utf8(&self.raw[1..self.raw.len() - 1])
+                .ok()
+                .map(std::borrow::Cow::Borrowed);
+        }
+        serde_json::from_slice::<String>(self.raw)
+            .ok()
+            .map(std::borrow::Cow::Owned)
+    }
+
+    /// Whether the value is a string with a backslash escape (its
+    /// [`as_str`](Self::as_str) is `None`, its [`str`](Self::str) allocates).
+    pub fn is_escaped(&self) -> bool {
+        self.escaped
+    }
+
+    /// The member `name` of an object value (the last one when the key is
+    /// given twice, as serde_json reads it); `None` when the value is not an
+    /// object or has no such member. One pass over the object's text.
+    pub fn get(&self, name: &str) -> Option<Field<'a>> {
+        if self.kind != Kind::Object {
+            return None;
+        }
+        let mut found = None;
+        walk(self.raw, |m| {
+            if key_is(m.key, m.key_escaped, name) {
+                found = Some(m.value);
+            }
+            true
+        })?;
+        found
+    }
+
+    /// Element `index` of an array value; `None` when the value is not an
+    /// array or is shorter.
+    pub fn at(&self, index: usize) -> Option<Field<'a>> {
+        if self.kind != Kind::Array {
+            return None;
+        }
+        let mut s = Scanner::<false> {
+            b: self.raw,
+            i: 1,
+            high: 0,
+        };
+        s.ws();
+        if s.peek()? == b']' {
+            return None;
+        }
+        let mut n = 0;
+        loop {
+            let value = s.value(RECORD_DEPTH)?;
+            if n == index {
+                return Some(value);
+            }
+            n += 1;
+            s.ws();
+            match s.next()? {
+                b',' => s.ws(),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The value at a JSON Pointer (RFC 6901) below this one: `""` is the
+    /// value itself, `"/a/0/b"` member `a`, its element 0, that one's member
+    /// `b` (`~1` stands for `/` and `~0` for `~` in a name). `None` when a step
+    /// is missing or the pointer does not start with `/`.
+    pub fn pointer(&self, pointer: &str) -> Option<Field<'a>> {
+        if pointer.is_empty() {
+            return Some(*self);
+        }
+        let mut here = *self;
+        for step in pointer.strip_prefix('/')?.split('/') {
+            let name: std::borrow::Cow<'_, str> = if step.contains('~') {
+                step.replace("~1", "/").replace("~0", "~").into()
+            } else {
+                step.into()
+            };
+            here = match here.kind {
+                Kind::Object => here.get(&name)?,
+                Kind::Array => {
+                    // RFC 6901: digits, no leading zero (but "0").
+                    if name.is_empty()
+                        || (name.len() > 1 && name.starts_with('0'))
+                        || !name.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        return None;
+                    }
+                    here.at(name.parse().ok()?)?
+                }
+                _ => return None,
+            };
+        }
+        Some(here)
+    }
+
     /// The number when serde_json would read it as an integer that fits an
     /// `i64`. `None` for other kinds, a fraction or an exponent (`15.0`, `1e3`),
     /// `-0` (a float to serde_json) and integers out of range.
@@ -120,6 +261,122 @@ impl<'a> Field<'a> {
             Some((magnitude as i64).wrapping_neg())
         }
     }
+}
+
+/// A member of an object as [`walk`] finds it: byte offsets into the scanned
+/// text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member<'a> {
+    /// The key's opening quote.
+    pub(crate) key_start: usize,
+    /// Just after the key's closing quote.
+    pub(crate) key_end: usize,
+    /// The key's text between its quotes, escapes and all.
+    pub(crate) key: &'a [u8],
+    /// Whether the key has a backslash escape.
+    pub(crate) key_escaped: bool,
+    /// The value (its offsets are `value_start..value_end`).
+    pub(crate) value: Field<'a>,
+    pub(crate) value_start: usize,
+    pub(crate) value_end: usize,
+}
+
+/// The outline of an object [`walk`] accepted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Outline {
+    /// The first member's key start and the last member's value end (both 0
+    /// for an empty object).
+    pub(crate) first: usize,
+    pub(crate) last: usize,
+    /// How many members (a key given twice counts twice).
+    pub(crate) members: usize,
+}
+
+/// Nesting that [`walk`] allows below the object itself: serde_json refuses
+/// its 128th level (`remaining_depth` starts at 128), so 127 levels in all.
+pub(crate) const RECORD_DEPTH: u32 = 126;
+
+/// One pass over `json`, a JSON object, calling `each` on every top-level
+/// member in order; `each` returns `false` to stop early (then `walk` returns
+/// `None` too). The record is checked as serde_json checks it when skipping
+/// values (grammar, escapes, control characters, trailing bytes, nesting) and
+/// as UTF-8. Keys with escapes are passed on as written.
+#[inline]
+pub(crate) fn walk<'a>(
+    json: &'a [u8],
+    mut each: impl FnMut(&Member<'a>) -> bool,
+) -> Option<Outline> {
+    let mut s = Scanner::<true> {
+        b: json,
+        i: 0,
+        high: 0,
+    };
+    let mut outline = Outline::default();
+    s.ws();
+    s.expect(b'{')?;
+    s.ws();
+    if s.peek()? == b'}' {
+        s.i += 1;
+    } else {
+        loop {
+            let key_start = s.i;
+            s.expect(b'"')?;
+            let key_escaped = s.string()?;
+            let key_end = s.i;
+            s.ws();
+            s.expect(b':')?;
+            s.ws();
+            let value_start = s.i;
+            let value = s.value(RECORD_DEPTH)?;
+            let member = Member {
+                key_start,
+                key_end,
+                key: &json[key_start + 1..key_end - 1],
+                key_escaped,
+                value,
+                value_start,
+                value_end: s.i,
+            };
+            if outline.members == 0 {
+                outline.first = key_start;
+            }
+            outline.members += 1;
+            outline.last = s.i;
+            if !each(&member) {
+                return None;
+            }
+            s.ws();
+            match s.next()? {
+                b',' => s.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    if s.i != json.len() || (s.high != 0 && std::str::from_utf8(json).is_err()) {
+        return None;
+    }
+    Some(outline)
+}
+
+/// Whether a key as written (between its quotes) is `name`: compared as
+/// bytes, or unescaped by serde_json when it has an escape (rare; allocates).
+#[inline]
+pub(crate) fn key_is(key: &[u8], escaped: bool, name: &str) -> bool {
+    if !escaped {
+        return key == name.as_bytes();
+    }
+    unescape_key(key).is_some_and(|k| k == name)
+}
+
+#[cold]
+fn unescape_key(key: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(key.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(key);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
 }
 
 /// Scans `json`, one JSON object, and returns the values of its top-level
@@ -255,33 +512,33 @@ const MAX_DEPTH: u32 = 64;
 
 /// `UTF8`: whether to note bytes above 0x7F in strings (`high`), so that a
 /// caller can check UTF-8 only when there are any; off for [`fields`].
-struct Scanner<'a, const UTF8: bool> {
-    b: &'a [u8],
-    i: usize,
-    high: u64,
+pub(crate) struct Scanner<'a, const UTF8: bool> {
+    pub(crate) b: &'a [u8],
+    pub(crate) i: usize,
+    pub(crate) high: u64,
 }
 
 impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     #[inline]
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
     #[inline]
-    fn next(&mut self) -> Option<u8> {
+    pub(crate) fn next(&mut self) -> Option<u8> {
         let c = self.peek()?;
         self.i += 1;
         Some(c)
     }
 
     #[inline]
-    fn expect(&mut self, c: u8) -> Option<()> {
+    pub(crate) fn expect(&mut self, c: u8) -> Option<()> {
         (self.next()? == c).then_some(())
     }
 
     /// JSON whitespace, as serde_json skips it.
     #[inline]
-    fn ws(&mut self) {
+    pub(crate) fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
             self.i += 1;
         }
@@ -291,7 +548,7 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     /// of nesting are allowed. Inlined (arrays and objects are not): a call
     /// returning a `Field` per field cost a fifth of the scan.
     #[inline(always)]
-    fn value(&mut self, depth: u32) -> Option<Field<'a>> {
+    pub(crate) fn value(&mut self, depth: u32) -> Option<Field<'a>> {
         let start = self.i;
         let mut escaped = false;
         let kind = match self.peek()? {
@@ -386,7 +643,7 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     /// closing one; whether it had an escape. Bytes above 0x7F are not checked
     /// here (serde_json does not check them in a string it skips either).
     #[inline]
-    fn string(&mut self) -> Option<bool> {
+    pub(crate) fn string(&mut self) -> Option<bool> {
         let mut escaped = false;
         loop {
             self.skip_plain();

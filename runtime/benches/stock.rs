@@ -4,7 +4,15 @@
 //! (A B C … A B C …, the order rotated), records/s and the ratio to the
 //! hand-written plugin taken per round, medians over the rounds.
 //!
-//! `cargo bench -p sluice --bench stock` (`SLUICE_BENCH_ROUNDS`, default 7).
+//! `cargo bench -p sluice --bench stock` (`SLUICE_BENCH_ROUNDS`, default 7;
+//! `SLUICE_BENCH_CASES=a,b`: only the cases whose name contains one of
+//! these; `SLUICE_BENCH_REFERENCE`: the case the ratios are taken against,
+//! by a part of its name, default the hand-written projection).
+//!
+//! Also the SDK's ways of writing one edit (`flights_gain`, `way = …`): the
+//! template's record edit, the same with the edited fields named too, a
+//! `serde_json::Map`
+//! (the template before), and by hand with the field scanner.
 //! Measures the Wasm stage alone (lowering the batch, the guest, lifting
 //! its output), not the source's decode or the sinks.
 
@@ -56,6 +64,26 @@ fn cases() -> Vec<Case> {
                 "program",
                 "select(.dep_delay != null and .dep_delay >= 15) | {carrier, flight, origin, dest, dep_delay, arr_delay, event_time}",
             )],
+        },
+        Case {
+            name: "flights_gain, way edit: Record of the fields read + Edit, as the template (327,346 out)",
+            file: "flights_gain.wasm",
+            config: vec![("way", "edit")],
+        },
+        Case {
+            name: "flights_gain, way edit-all-named: the edited fields named too (327,346 out)",
+            file: "flights_gain.wasm",
+            config: vec![("way", "edit-all-named")],
+        },
+        Case {
+            name: "flights_gain, way serde: serde_json::Map + push_json, the template before (327,346 out)",
+            file: "flights_gain.wasm",
+            config: vec![("way", "serde")],
+        },
+        Case {
+            name: "flights_gain, way scan: by hand with scan::fields and offsets (327,346 out)",
+            file: "flights_gain.wasm",
+            config: vec![("way", "scan")],
         },
         Case {
             name: "jq: carrier UA, with a route field (58,665 out)",
@@ -121,7 +149,11 @@ fn main() {
         memory_bytes: 1 << 30,
         timeout: Duration::from_secs(60),
     };
-    let cases = cases();
+    let only = std::env::var("SLUICE_BENCH_CASES").unwrap_or_default();
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| only.is_empty() || only.split(',').any(|o| c.name.contains(o)))
+        .collect();
     let mut instances: Vec<_> = cases
         .iter()
         .map(|case| {
@@ -159,12 +191,19 @@ fn main() {
         }
     }
     let n = lines.len() as f64;
-    let reference = 1; // the hand-written projection of (nearly) every flight
+    // By default the hand-written projection of (nearly) every flight.
+    let wanted = std::env::var("SLUICE_BENCH_REFERENCE")
+        .unwrap_or_else(|_| "hand-written projection".to_string());
+    let reference = cases
+        .iter()
+        .position(|c| c.name.contains(&wanted))
+        .unwrap_or(0);
     println!(
-        "{} flights, batches of {BATCH}, {rounds} rounds, medians; ratio = case time / hand-written projection time, per round",
-        lines.len()
+        "{} flights, batches of {BATCH}, {rounds} rounds, medians; ratio = case time / reference time, per round; reference: {}",
+        lines.len(),
+        cases[reference].name
     );
-    println!("| case | records/s | ns/record | out | time vs hand-written projection |");
+    println!("| case | records/s | ns/record | out | time vs reference |");
     println!("|---|---:|---:|---:|---:|");
     for (c, case) in cases.iter().enumerate() {
         let t = median(seconds[c].clone());

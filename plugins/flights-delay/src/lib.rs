@@ -11,7 +11,8 @@
 //!   with the reason, so it lands in the dead-letter sink.
 //!
 //! Most flights are read with the SDK's field scanner
-//! ([`sluice_plugin_sdk::scan`]) and projected by copying the fields' text;
+//! ([`sluice_plugin_sdk::scan`]) and projected by copying the fields' text
+//! into a new object ([`Output::object`]);
 //! whatever it does not settle (an escaped string, a float, an error) goes
 //! through serde_json, the reference, which the scanner's results must match
 //! byte for byte (tested below on every flight of the dataset and on mutated
@@ -64,13 +65,9 @@ impl Processor for FlightsDelay {
     }
 
     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), String> {
-        let mut projected = Vec::with_capacity(192);
         for event in batch {
-            projected.clear();
-            match self.scan(&event, &mut projected) {
-                Some(true) => out.push(event.key(), &projected, event.timestamp_ms()),
-                Some(false) => {}
-                None => self.parse(&event, out)?,
+            if self.scan(&event, out).is_none() {
+                self.parse(&event, out)?;
             }
         }
         Ok(())
@@ -89,12 +86,15 @@ const FIELDS: [&str; 7] = [
 ];
 
 impl FlightsDelay {
-    /// The fast path: `Some(true)` with the projection in `projected` when the
-    /// flight is kept, `Some(false)` when it is dropped, `None` when only
+    /// The fast path: `Some(true)` when the flight is kept (its projection
+    /// pushed to `out`), `Some(false)` when it is dropped, `None` when only
     /// serde_json can say ([`parse`](Self::parse)): a string with an escape,
     /// a number that is not an integer serde_json reads exactly, a field
-    /// missing or of the wrong type, anything that is not valid JSON.
-    fn scan<'a>(&self, event: &Event<'a>, projected: &mut Vec<u8>) -> Option<bool> {
+    /// missing, given twice or of the wrong type, anything that is not valid
+    /// JSON. `out` is untouched unless the answer is `Some(true)`.
+    fn scan<'a>(&self, event: &Event<'a>, out: &mut Output) -> Option<bool> {
+        // `Event::fields`, not `Event::record`: `Flight` refuses a field given
+        // twice, and `fields` answers `None` for one.
         let [
             carrier,
             flight,
@@ -106,17 +106,12 @@ impl FlightsDelay {
         ] = event.fields(&FIELDS)?;
         // Strings without escapes and integers are written by serde_json exactly
         // as they are read: their text is copied.
-        let text = |field: Option<Field<'a>>| {
-            let field = field?;
-            field.as_str()?;
-            Some(field.raw())
-        };
-        let int = |field: Field<'a>| field.as_i64().map(|_| field.raw());
+        let text = |field: Option<Field<'a>>| field.filter(|f| f.as_str().is_some());
         // An absent `Option` field is `None`, as serde reads `Flight`.
         let optional = |field: Option<Field<'a>>| match field {
             None => Some(None),
             Some(f) if f.is_null() => Some(None),
-            Some(f) => f.as_i64().map(|n| Some((n, f.raw()))),
+            Some(f) => f.as_i64().map(|n| Some((n, f))),
         };
         let (carrier, origin, dest, event_time) = (
             text(carrier)?,
@@ -124,31 +119,21 @@ impl FlightsDelay {
             text(dest)?,
             text(event_time)?,
         );
-        let flight = int(flight?)?;
-        let arr_delay = optional(arr_delay)?.map_or(&b"null"[..], |(_, raw)| raw);
+        let flight = flight.filter(|f| f.as_i64().is_some())?;
+        let arr_delay = optional(arr_delay)?.map(|(_, field)| field);
         let Some((delay, dep_delay)) = optional(dep_delay)? else {
             return Some(false); // cancelled
         };
         if delay as f64 >= self.min_delay {
-            for part in [
-                &br#"{"carrier":"#[..],
-                carrier,
-                br#","flight":"#,
-                flight,
-                br#","origin":"#,
-                origin,
-                br#","dest":"#,
-                dest,
-                br#","dep_delay":"#,
-                dep_delay,
-                br#","arr_delay":"#,
-                arr_delay,
-                br#","event_time":"#,
-                event_time,
-                b"}",
-            ] {
-                projected.extend_from_slice(part);
-            }
+            out.object()
+                .field("carrier", carrier)
+                .field("flight", flight)
+                .field("origin", origin)
+                .field("dest", dest)
+                .field("dep_delay", dep_delay)
+                .field("arr_delay", arr_delay)
+                .field("event_time", event_time)
+                .push(event.key(), event.timestamp_ms());
             return Some(true);
         }
         Some(false)
@@ -304,12 +289,12 @@ mod tests {
         // And every flight takes the fast path.
         let p = FlightsDelay::configure(&Config::from_pairs([("min_delay", "15")])).unwrap();
         let mut batch = Batch::new();
-        let mut projected = Vec::new();
+        let mut out = Output::new();
         for line in &lines {
             batch.clear();
             batch.push(None, line, 0);
             let event = batch.get(0).unwrap();
-            let scanned = p.scan(&event, &mut projected);
+            let scanned = p.scan(&event, &mut out);
             assert!(scanned.is_some(), "{}", String::from_utf8_lossy(line));
         }
     }

@@ -1,22 +1,25 @@
 //! {{name}}: a sluice processing plugin (a WebAssembly component of the
 //! `sluice:plugin/processor` world, `wit/plugin.wit`).
 //!
-//! It tags events: every event whose value is a JSON object is passed on with one
-//! more field, `"tag": <config tag>`, appended at the end (compact JSON, the rest
-//! of the object byte for byte), with its key and event time; anything else is
-//! refused with the reason "not a JSON object" (the daemon sends it to the
-//! dead-letter sink).
+//! It tags events: every event whose value is a JSON object is passed on with
+//! its field `"tag"` set to the configured tag (replaced if there is one,
+//! appended at the end otherwise; the other fields byte for byte), with its
+//! key, event time and headers; anything else is refused with the reason (the
+//! daemon sends it to the dead-letter sink).
 //!
 //! Config: `tag` (a string, default "hello").
+//!
+//! The records are read and edited with the SDK's `Record` and `Edit`: one
+//! pass over each record, no parse into a map, nothing allocated — the fast
+//! way, about 3× faster than `serde_json::Map` + `push_json`. For a complex
+//! case, `event.json::<T>()` still parses with serde_json.
 
-use serde_json::{Map, Value};
 use sluice_plugin_sdk::{Batch, Config, Output, Processor, export_processor};
 
 /// The processor. The daemon builds one per partition worker with `configure`, then
 /// calls `process` once per micro-batch.
 pub struct Tag {
-    /// `"tag":"<tag>"}`, JSON-escaped once here rather than once per event.
-    field: Vec<u8>,
+    tag: String,
 }
 
 impl Processor for Tag {
@@ -24,30 +27,31 @@ impl Processor for Tag {
         // Every value arrives as a string; use `config.parse::<T>("name")` for
         // numbers and booleans. Return `Err(reason)` to refuse a config: the stage
         // then does not start, and the daemon says why.
-        let tag = config.get("tag").unwrap_or("hello");
-        let quoted = serde_json::to_string(tag).map_err(|e| e.to_string())?;
-        Ok(Tag {
-            field: format!("\"tag\":{quoted}}}").into_bytes(),
-        })
+        let tag = config.get("tag").unwrap_or("hello").to_string();
+        Ok(Tag { tag })
     }
 
     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<(), String> {
-        let mut value = Vec::new();
         for event in batch {
-            // Parse to check that it is a JSON object (and whether it is empty).
-            let Ok(object) = event.json::<Map<String, Value>>() else {
-                out.reject(&event, "not a JSON object");
-                continue;
+            // One pass: checks that the value is a JSON object, finds the
+            // fields named here and keeps where every member is (for edits).
+            let record = match event.record(&["tag"]) {
+                Ok(record) => record,
+                Err(reason) => {
+                    out.reject(&event, reason); // e.g. "not a JSON object"
+                    continue;
+                }
             };
-            // The original bytes without the closing `}`, then the new field.
-            let text = event.value().trim_ascii();
-            value.clear();
-            value.extend_from_slice(&text[..text.len() - 1]);
-            if !object.is_empty() {
-                value.push(b',');
+            // Typed reads: `str()`, `as_i64()`, `as_f64()`, `as_bool()`,
+            // `is_null()`, `raw()` (the JSON text), `pointer("/a/b")`.
+            let [tag] = record.fields();
+            if tag.and_then(|t| t.str()).as_deref() == Some(self.tag.as_str()) {
+                out.forward(&event); // tagged already: passed on as it is
+                continue;
             }
-            value.extend_from_slice(&self.field);
-            out.push(event.key(), &value, event.timestamp_ms());
+            // Edits: `set(name, value)`, `remove(name)`, `rename(from, to)`,
+            // written into the output in one pass.
+            record.edit().set("tag", self.tag.as_str()).push_to(out)?;
         }
         // An `Err` here would fail the whole batch (the stage's `on_error` policy
         // applies); to refuse single events, use `out.reject` as above.
@@ -76,6 +80,14 @@ mod tests {
         let refused: Vec<u32> = out.rejected.iter().map(|r| r.index).collect();
         assert_eq!(refused, [2, 3]);
         assert_eq!(out.rejected[0].reason, "not a JSON object");
+        assert!(out.rejected[1].reason.starts_with("invalid JSON"));
+    }
+
+    #[test]
+    fn replaces_a_tag_in_place() {
+        let out = run(&[("tag", "x")], "{\"tag\":\"old\",\"a\":1}\n{\"tag\":\"x\", \"b\":2}");
+        let values: Vec<&[u8]> = out.events.iter().map(|e| e.value()).collect();
+        assert_eq!(values, [&br#"{"tag":"x","a":1}"#[..], br#"{"tag":"x", "b":2}"#]);
     }
 
     #[test]

@@ -1,0 +1,1510 @@
+//! Typed reads and in-place edits of a record's JSON without a full parse:
+//! the fast way to write a plugin, and the way the templates teach.
+//!
+//! A [`Record`] is one pass over an event's value (a JSON object) that checks
+//! all of it as serde_json would and keeps the named top-level fields — their
+//! text borrowed from the event, typed on demand with [`Field::as_i64`],
+//! [`as_f64`](Field::as_f64), [`str`](Field::str), [`as_bool`](Field::as_bool),
+//! [`is_null`](Field::is_null), [`raw`](Field::raw) — and where every member
+//! is (the first 32, and the named ones). An
+//! [`Edit`] of it sets, removes, renames and appends fields and writes the new
+//! record straight into the output batch: the fields it does not touch are
+//! copied as byte runs, nothing is parsed into a map, nothing is allocated.
+//!
+//! ```
+//! use sluice_plugin_sdk::{Batch, Output};
+//!
+//! let batch = Batch::from_lines(r#"{"id":7,"dep_delay":12,"arr_delay":-3,"tailnum":"N1"}"#);
+//! let mut out = Output::new();
+//! for event in &batch {
+//!     // One pass: checks the record, finds the fields named, keeps where
+//!     // every member is (for the edit).
+//!     let record = match event.record(&["dep_delay", "arr_delay"]) {
+//!         Ok(record) => record,
+//!         Err(reason) => {
+//!             out.reject(&event, reason); // not a JSON object: serde_json's message
+//!             continue;
+//!         }
+//!     };
+//!     let [dep, arr] = record.fields();
+//!     let (Some(dep), Some(arr)) = (dep.and_then(|f| f.as_i64()), arr.and_then(|f| f.as_i64()))
+//!     else {
+//!         continue; // cancelled: dropped
+//!     };
+//!     record
+//!         .edit()
+//!         .set("gain", dep - arr)
+//!         .remove("tailnum")
+//!         .push_or_reject(&mut out);
+//! }
+//! assert_eq!(
+//!     out.events.get(0).unwrap().value(),
+//!     br#"{"id":7,"dep_delay":12,"arr_delay":-3,"gain":15}"#
+//! );
+//! ```
+//!
+//! **What is exact.** A record is accepted when serde_json accepts it (as a
+//! value it skips: grammar, escapes, control characters, nothing after the
+//! object, nesting under 128 levels) and it is UTF-8; otherwise the error is
+//! serde_json's message. Keys are compared unescaped; a key given twice reads
+//! as its last value, as in a `serde_json::Map`. An edit's output parses (with
+//! serde_json) equal to the same edit applied to the record parsed as a
+//! `serde_json::Map` — `insert` for [`Edit::set`], `shift_remove` for
+//! [`Edit::remove`], remove-then-insert for [`Edit::rename`] — which the tests
+//! check on random records. The untouched members keep their bytes and order;
+//! a set field keeps its place, a new one is appended at the end, a renamed
+//! one keeps its place. The rare cases that one pass cannot settle (an edited
+//! key given twice or written with an escape, a rename onto a key that is
+//! there too, two edits of one name) are done that way, through a
+//! `serde_json::Map`: slower, the same result.
+
+use std::borrow::Cow;
+
+use crate::batch::{Event, Output};
+use crate::scan::{self, Field, Kind, Outline};
+
+/// An event's value read as a JSON object, with the top-level fields named
+/// when it was made: see [the module](self). Made by [`Event::record`] (or
+/// [`Record::parse`]); `N` is the number of names.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a, const N: usize> {
+    json: &'a [u8],
+    event: Option<Event<'a>>,
+    names: [&'a str; N],
+    slots: [Slot<'a>; N],
+    /// Where each member is, for the first [`SPANS`]: an edit of a field not
+    /// named is a splice too.
+    spans: [Span; SPANS],
+    outline: Outline,
+    /// A key anywhere in the record has an escape.
+    escaped_keys: bool,
+}
+
+/// Members whose places a [`Record`] keeps beyond the named ones.
+const SPANS: usize = 32;
+
+/// One member's offsets in the record.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    key_start: u32,
+    value_end: u32,
+}
+
+impl Span {
+    /// Just after the key's closing quote (a key without escapes).
+    fn key_end(&self, json: &[u8]) -> usize {
+        let from = self.key_start as usize + 1;
+        from + json[from..].iter().position(|&b| b == b'"').unwrap_or(0) + 1
+    }
+
+    /// Where the value starts: after the key, whitespace, `:`, whitespace.
+    fn value_start(&self, json: &[u8]) -> usize {
+        let mut i = self.key_end(json);
+        while json[i] != b':' {
+            i += 1;
+        }
+        i += 1;
+        while matches!(json[i], b' ' | b'\n' | b'\t' | b'\r') {
+            i += 1;
+        }
+        i
+    }
+}
+
+/// Where one named field was found: the last member with its name.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot<'a> {
+    field: Option<Field<'a>>,
+    /// The member is given twice or more.
+    twice: bool,
+    /// Its index among the members (its place is in `spans` below [`SPANS`]).
+    index: u32,
+}
+
+impl<'a, const N: usize> Record<'a, N> {
+    /// Reads `json` as one JSON object and keeps its top-level fields named
+    /// in `names`.
+    ///
+    /// # Errors
+    /// When `json` is not exactly one JSON object: `"invalid JSON: …"` with
+    /// serde_json's message, or `"not a JSON object"`.
+    #[inline]
+    pub fn parse(json: &'a [u8], names: &[&'a str; N]) -> Result<Self, String> {
+        Self::read(json, names, None)
+    }
+
+    #[inline(always)]
+    fn read(
+        json: &'a [u8],
+        names: &[&'a str; N],
+        event: Option<Event<'a>>,
+    ) -> Result<Self, String> {
+        let mut slots = [Slot::default(); N];
+        let mut spans = [Span::default(); SPANS];
+        let mut count = 0;
+        let mut escaped_keys = false;
+        let outline = scan::walk(json, |m| {
+            escaped_keys |= m.key_escaped;
+            if let Some(span) = spans.get_mut(count) {
+                // Offsets fit: a batch holds at most 4 GiB of values.
+                *span = Span {
+                    key_start: m.key_start as u32,
+                    value_end: m.value_end as u32,
+                };
+            }
+            // Length and first byte first: most keys are told apart without
+            // a call to `memcmp`.
+            let found = if m.key_escaped {
+                names.iter().position(|n| scan::key_is(m.key, true, n))
+            } else {
+                names.iter().position(|n| {
+                    let n = n.as_bytes();
+                    n.len() == m.key.len() && n.first() == m.key.first() && n == m.key
+                })
+            };
+            if let Some(i) = found {
+                let slot = &mut slots[i];
+                *slot = Slot {
+                    field: Some(m.value),
+                    twice: slot.field.is_some(),
+                    index: count as u32,
+                };
+            }
+            count += 1;
+            true
+        })
+        .ok_or_else(|| refusal(json))?;
+        Ok(Record {
+            json,
+            event,
+            names: *names,
+            slots,
+            spans,
+            outline,
+            escaped_keys,
+        })
+    }
+
+    /// The named fields' values, in the order of the names; `None` for a field
+    /// that is absent.
+    pub fn fields(&self) -> [Option<Field<'a>>; N] {
+        std::array::from_fn(|i| self.slots[i].field)
+    }
+
+    /// The value of `name` if it is one of the names this record was made
+    /// with (`None` when absent or not named: it was not looked for).
+    pub fn field(&self, name: &str) -> Option<Field<'a>> {
+        let i = self.names.iter().position(|n| *n == name)?;
+        self.slots[i].field
+    }
+
+    /// The whole record as a [`Field`] (an object): for
+    /// [`Field::get`] or [`Field::pointer`] (`"/a/0/b"`) below the top level,
+    /// one more pass over the part it goes through.
+    pub fn as_field(&self) -> Field<'a> {
+        let text = self.json.trim_ascii();
+        Field::new(text, Kind::Object, false)
+    }
+
+    /// The record's text, as given.
+    pub fn json(&self) -> &'a [u8] {
+        self.json
+    }
+
+    /// Starts an edit of this record (see [`Edit`]).
+    pub fn edit(&self) -> Edit<'_> {
+        Edit {
+            json: self.json,
+            event: self.event,
+            known: Some(Known {
+                names: &self.names,
+                slots: &self.slots,
+                spans: &self.spans[..self.outline.members.min(SPANS)],
+                outline: self.outline,
+                escaped_keys: self.escaped_keys,
+            }),
+            ops: [Op::NONE; INLINE],
+            len: 0,
+            more: Vec::new(),
+        }
+    }
+}
+
+/// Why `json` is not a record: serde_json's message when it is not JSON.
+#[cold]
+fn refusal(json: &[u8]) -> String {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+        Err(e) => format!("invalid JSON: {e}"),
+        Ok(_) if std::str::from_utf8(json).is_err() => "invalid JSON: not UTF-8".to_string(),
+        Ok(_) if json.trim_ascii_start().first() != Some(&b'{') => "not a JSON object".to_string(),
+        Ok(_) => "invalid JSON: nested too deeply".to_string(),
+    }
+}
+
+impl<'a> Event<'a> {
+    /// Reads the value as one JSON object, keeping the top-level fields
+    /// named in `names`: [`Record::parse`] on [`value`](Self::value). An
+    /// [`Edit`] of the record keeps this event's key, event time and headers.
+    ///
+    /// # Errors
+    /// As [`Record::parse`]: pass the message to [`Output::reject`].
+    #[inline]
+    pub fn record<const N: usize>(&self, names: &[&'a str; N]) -> Result<Record<'a, N>, String> {
+        Record::read(self.value(), names, Some(*self))
+    }
+
+    /// Starts an edit of the value without reading any field first (see
+    /// [`Edit`]): one pass, when the edit is written, that checks the record
+    /// and writes the new one. To read fields too, make a
+    /// [`record`](Self::record) and edit that, so that the record is read once.
+    pub fn edit(&self) -> Edit<'a> {
+        Edit {
+            json: self.value(),
+            event: Some(*self),
+            known: None,
+            ops: [Op::NONE; INLINE],
+            len: 0,
+            more: Vec::new(),
+        }
+    }
+}
+
+/// A value to write into a record: made from a Rust value with `into()`
+/// (`i64`, `u64` and the smaller integers, `f64`, `f32`, `bool`, `&str`,
+/// `&String`, `Option<T>` (`None` is `null`), a [`Field`] (its text, copied),
+/// `()` for `null`), or from JSON text with [`FieldValue::json`]. Written as
+/// serde_json writes the same value (a non-finite float as `null`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FieldValue<'v>(Value<'v>);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value<'v> {
+    Null,
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(&'v str),
+    /// JSON text, checked.
+    Raw(&'v [u8]),
+}
+
+impl<'v> FieldValue<'v> {
+    /// `null`.
+    pub const NULL: FieldValue<'static> = FieldValue(Value::Null);
+
+    /// A value given as JSON text (an object, an array, anything), written
+    /// as it is.
+    ///
+    /// # Errors
+    /// When `text` is not exactly one JSON value (surrounding whitespace is
+    /// allowed and dropped).
+    pub fn json(text: &'v [u8]) -> Result<Self, String> {
+        let text = text.trim_ascii();
+        let mut s = scan::Scanner::<true> {
+            b: text,
+            i: 0,
+            high: 0,
+        };
+        match s.value(scan::RECORD_DEPTH) {
+            Some(_) if s.i == text.len() && (s.high == 0 || std::str::from_utf8(text).is_ok()) => {
+                Ok(FieldValue(Value::Raw(text)))
+            }
+            _ => Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+                    Err(e) => format!("invalid JSON: {e}"),
+                    Ok(_) => "invalid JSON".to_string(),
+                },
+            ),
+        }
+    }
+
+    /// Writes the value's JSON text at the end of `buf`.
+    pub fn write(&self, buf: &mut Vec<u8>) {
+        // Writing these into a `Vec` cannot fail.
+        let _ = match self.0 {
+            Value::Null => {
+                buf.extend_from_slice(b"null");
+                Ok(())
+            }
+            Value::Bool(b) => {
+                buf.extend_from_slice(if b { b"true" } else { b"false" });
+                Ok(())
+            }
+            Value::I64(n) => serde_json::to_writer(&mut *buf, &n),
+            Value::U64(n) => serde_json::to_writer(&mut *buf, &n),
+            Value::F64(n) => serde_json::to_writer(&mut *buf, &n),
+            Value::Str(s) => serde_json::to_writer(&mut *buf, s),
+            Value::Raw(text) => {
+                buf.extend_from_slice(text);
+                Ok(())
+            }
+        };
+    }
+
+    /// The value as a `serde_json::Value` (the slow path and the tests).
+    fn to_value(self) -> serde_json::Value {
+        match self.0 {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => b.into(),
+            Value::I64(n) => n.into(),
+            Value::U64(n) => n.into(),
+            Value::F64(n) => n.into(),
+            Value::Str(s) => s.into(),
+            Value::Raw(text) => serde_json::from_slice(text).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+macro_rules! from_int {
+    ($variant:ident, $wide:ty: $($t:ty),*) => {$(
+        impl From<$t> for FieldValue<'_> {
+            fn from(n: $t) -> Self {
+                FieldValue(Value::$variant(<$wide>::from(n)))
+            }
+        }
+    )*};
+}
+from_int!(I64, i64: i8, i16, i32, i64);
+from_int!(U64, u64: u8, u16, u32, u64);
+from_int!(F64, f64: f32, f64);
+
+impl From<bool> for FieldValue<'_> {
+    fn from(b: bool) -> Self {
+        FieldValue(Value::Bool(b))
+    }
+}
+
+impl From<()> for FieldValue<'_> {
+    fn from((): ()) -> Self {
+        FieldValue(Value::Null)
+    }
+}
+
+impl<'v> From<&'v str> for FieldValue<'v> {
+    fn from(s: &'v str) -> Self {
+        FieldValue(Value::Str(s))
+    }
+}
+
+impl<'v> From<&'v String> for FieldValue<'v> {
+    fn from(s: &'v String) -> Self {
+        FieldValue(Value::Str(s))
+    }
+}
+
+impl<'v> From<&'v Cow<'v, str>> for FieldValue<'v> {
+    fn from(s: &'v Cow<'v, str>) -> Self {
+        FieldValue(Value::Str(s))
+    }
+}
+
+impl<'v> From<Field<'v>> for FieldValue<'v> {
+    fn from(f: Field<'v>) -> Self {
+        FieldValue(Value::Raw(f.raw()))
+    }
+}
+
+impl<'v, T: Into<FieldValue<'v>>> From<Option<T>> for FieldValue<'v> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(FieldValue(Value::Null), Into::into)
+    }
+}
+
+/// Edits kept without allocating; more go to a `Vec`.
+const INLINE: usize = 8;
+
+#[derive(Debug, Clone, Copy)]
+struct Op<'r> {
+    name: &'r str,
+    act: Act<'r>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Act<'r> {
+    Set(FieldValue<'r>),
+    Remove,
+    Rename(&'r str),
+}
+
+impl Op<'_> {
+    const NONE: Op<'static> = Op {
+        name: "",
+        act: Act::Remove,
+    };
+}
+
+/// What a [`Record`] found, for its edit.
+#[derive(Debug, Clone, Copy)]
+struct Known<'r> {
+    names: &'r [&'r str],
+    slots: &'r [Slot<'r>],
+    spans: &'r [Span],
+    outline: Outline,
+    escaped_keys: bool,
+}
+
+impl Known<'_> {
+    /// Which member is `name` (`None`: absent) and whether it is given
+    /// twice. The record has at most [`SPANS`] members.
+    #[inline]
+    fn find(&self, json: &[u8], name: &str) -> (Option<usize>, bool) {
+        if let Some(s) = self.names.iter().position(|n| *n == name) {
+            let slot = &self.slots[s];
+            return (slot.field.map(|_| slot.index as usize), slot.twice);
+        }
+        // The keys here have no escapes, so none holds a `"` or a `\`.
+        if name.contains(['"', '\\']) {
+            return (None, false);
+        }
+        let name = name.as_bytes();
+        // The first byte and the closing quote first: most keys are told
+        // apart without a call to `memcmp`.
+        let first = name.first().copied();
+        let mut found = None;
+        let mut twice = false;
+        for (i, span) in self.spans.iter().enumerate() {
+            let key = span.key_start as usize + 1;
+            if json.get(key).copied() != first.or(Some(b'"'))
+                || json.get(key + name.len()) != Some(&b'"')
+            {
+                continue;
+            }
+            if &json[key..key + name.len()] == name {
+                twice |= found.is_some();
+                found = Some(i);
+            }
+        }
+        (found, twice)
+    }
+}
+
+/// Edits of one record, written as a new record in one pass: made by
+/// [`Record::edit`] (or [`Event::edit`]), written by [`push_to`](Self::push_to),
+/// [`push_or_reject`](Self::push_or_reject) or [`write`](Self::write).
+///
+/// The edits apply in order, as they would to a `serde_json::Map` of the
+/// record (see [the module](self)): [`set`](Self::set) replaces a field's
+/// value in place or appends the field, [`remove`](Self::remove) drops it,
+/// [`rename`](Self::rename) gives it a new key in place (dropping any other
+/// field with that key).
+#[derive(Debug, Clone)]
+pub struct Edit<'r> {
+    json: &'r [u8],
+    event: Option<Event<'r>>,
+    known: Option<Known<'r>>,
+    ops: [Op<'r>; INLINE],
+    len: usize,
+    more: Vec<Op<'r>>,
+}
+
+impl<'r> Edit<'r> {
+    fn op(&mut self, op: Op<'r>) -> &mut Self {
+        if self.len < INLINE {
+            self.ops[self.len] = op;
+            self.len += 1;
+        } else {
+            self.more.push(op);
+        }
+        self
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Op<'r>> {
+        self.ops[..self.len].iter().chain(&self.more)
+    }
+
+    /// Sets field `name` to `value` (`5`, `"text"`, `true`, `None`, a
+    /// [`Field`], [`FieldValue::json`]): its value replaced in place, or the
+    /// field appended at the end of the object.
+    pub fn set(&mut self, name: &'r str, value: impl Into<FieldValue<'r>>) -> &mut Self {
+        self.op(Op {
+            name,
+            act: Act::Set(value.into()),
+        })
+    }
+
+    /// Removes field `name` (nothing when it is absent).
+    pub fn remove(&mut self, name: &'r str) -> &mut Self {
+        self.op(Op {
+            name,
+            act: Act::Remove,
+        })
+    }
+
+    /// Renames field `from` to `to`, in place (nothing when `from` is
+    /// absent; another field called `to` is dropped).
+    pub fn rename(&mut self, from: &'r str, to: &'r str) -> &mut Self {
+        self.op(Op {
+            name: from,
+            act: Act::Rename(to),
+        })
+    }
+
+    /// Appends the edited record to `out` as an event with the original's
+    /// key, event time and headers (none, a time of 0, for a record made by
+    /// [`Record::parse`]).
+    ///
+    /// # Errors
+    /// When the value is not a JSON object (only an edit made by
+    /// [`Event::edit`] has not checked that yet): serde_json's message, as
+    /// [`Record::parse`] gives it. `out` is then unchanged.
+    pub fn push_to(&self, out: &mut Output) -> Result<(), String> {
+        let start = out.events.values_len();
+        if let Err(e) = self.write(out.events.values_mut()) {
+            out.events.values_mut().truncate(start);
+            return Err(e);
+        }
+        match self.event {
+            Some(event) => {
+                out.events
+                    .close_value(event.key(), event.timestamp_ms(), event.headers());
+            }
+            None => out.events.close_value(None, 0, std::iter::empty()),
+        }
+        Ok(())
+    }
+
+    /// [`push_to`](Self::push_to), or, when the value is not a JSON object,
+    /// [`Output::reject`] of the event with the reason.
+    pub fn push_or_reject(&self, out: &mut Output) {
+        if let Err(reason) = self.push_to(out)
+            && let Some(event) = self.event
+        {
+            out.reject(&event, reason);
+        }
+    }
+
+    /// Writes the edited record's JSON text at the end of `buf`.
+    ///
+    /// # Errors
+    /// As [`push_to`](Self::push_to); `buf` then holds a partial write after
+    /// its former end.
+    pub fn write(&self, buf: &mut Vec<u8>) -> Result<(), String> {
+        if self.conflicting() {
+            return self.through_serde(buf);
+        }
+        if let Some(known) = &self.known
+            && self.more.is_empty()
+            && !known.escaped_keys
+            && known.outline.members <= SPANS
+        {
+            return self.splice(known, buf);
+        }
+        let start = buf.len();
+        match self.stream(buf) {
+            Some(done) => done,
+            None => {
+                buf.truncate(start);
+                self.through_serde(buf)
+            }
+        }
+    }
+
+    /// Two edits of one name (a rename's target counts): left to serde_json.
+    fn conflicting(&self) -> bool {
+        let n = self.len + self.more.len();
+        if n <= 1 {
+            return false;
+        }
+        let names = |op: &Op<'r>| {
+            let to = match op.act {
+                Act::Rename(to) => Some(to),
+                _ => None,
+            };
+            [Some(op.name), to]
+        };
+        if self.more.is_empty() {
+            let ops = &self.ops[..self.len];
+            for (i, a) in ops.iter().enumerate() {
+                if let Act::Rename(to) = a.act
+                    && to == a.name
+                {
+                    return true;
+                }
+                for b in &ops[i + 1..] {
+                    if a.name == b.name {
+                        return true;
+                    }
+                    let (at, bt) = (names(a)[1], names(b)[1]);
+                    if at.is_some_and(|t| t == b.name || Some(t) == bt)
+                        || bt.is_some_and(|t| t == a.name)
+                    {
+                        return true;
+                    }
+                }
+            }
+            return false;
+        }
+        for (i, a) in self.all().enumerate() {
+            for b in self.all().skip(i + 1) {
+                for x in names(a).into_iter().flatten() {
+                    if names(b).into_iter().flatten().any(|y| x == y) {
+                        return true;
+                    }
+                }
+            }
+            if let Act::Rename(to) = a.act
+                && to == a.name
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The edit from the places the record kept, without another pass.
+    fn splice(&self, known: &Known<'r>, buf: &mut Vec<u8>) -> Result<(), String> {
+        let json = self.json;
+        let spans = known.spans;
+        // The edited members present (member, edit), and the edits whose
+        // name is absent (a set appends).
+        let mut edited = [(0usize, 0usize); INLINE];
+        let mut count = 0;
+        let mut absent = [false; INLINE];
+        for (o, op) in self.ops[..self.len].iter().enumerate() {
+            let (at, twice) = known.find(json, op.name);
+            if twice {
+                return self.through_serde(buf);
+            }
+            if let Act::Rename(to) = op.act
+                && at.is_some()
+                && known.find(json, to).0.is_some()
+            {
+                return self.through_serde(buf);
+            }
+            match at {
+                Some(m) => {
+                    edited[count] = (m, o);
+                    count += 1;
+                }
+                None => absent[o] = true,
+            }
+        }
+        let edited = &mut edited[..count];
+        edited.sort_unstable_by_key(|&(m, _)| m);
+
+        let mut w = Writer::open(buf);
+        // Where the run of untouched members not yet written starts.
+        let mut from = spans.first().map(|s| s.key_start as usize);
+        for &(m, o) in edited.iter() {
+            let span = spans[m];
+            if let Some(f) = from
+                && f < span.key_start as usize
+            {
+                w.piece(&json[f..spans[m - 1].value_end as usize]);
+            }
+            w.edited(
+                json,
+                span.key_start as usize,
+                span.key_end(json),
+                span.value_start(json),
+                span.value_end as usize,
+                &self.ops[o].act,
+            );
+            from = spans.get(m + 1).map(|s| s.key_start as usize);
+        }
+        if let Some(f) = from {
+            w.piece(&json[f..known.outline.last]);
+        }
+        for (o, op) in self.ops[..self.len].iter().enumerate() {
+            if let Act::Set(value) = op.act
+                && absent[o]
+            {
+                w.append(op.name, value);
+            }
+        }
+        w.close();
+        Ok(())
+    }
+
+    /// The edit in one pass over the record, checking it: `None` when the
+    /// pass finds what it cannot settle (an edited key with an escape or
+    /// given twice, a rename onto a key that is there too).
+    fn stream(&self, buf: &mut Vec<u8>) -> Option<Result<(), String>> {
+        let json = self.json;
+        let n = self.len + self.more.len();
+        // Per edit: seen its name, seen its rename's target.
+        let mut seen = [(false, false); INLINE];
+        let mut seen_more = vec![(false, false); self.more.len()];
+        let mut undecided = false;
+        let mut w = Writer::open(buf);
+        let mut run: Option<(usize, usize)> = None;
+        let walked = scan::walk(json, |m| {
+            let mut hit = None;
+            for (o, op) in self.all().enumerate() {
+                let flags = if o < INLINE {
+                    &mut seen[o]
+                } else {
+                    &mut seen_more[o - INLINE]
+                };
+                if scan::key_is(m.key, m.key_escaped, op.name) {
+                    if m.key_escaped || flags.0 || flags.1 {
+                        undecided = true;
+                        return false;
+                    }
+                    flags.0 = true;
+                    hit = Some(op);
+                } else if let Act::Rename(to) = op.act
+                    && scan::key_is(m.key, m.key_escaped, to)
+                {
+                    if m.key_escaped || flags.0 || flags.1 {
+                        undecided = true;
+                        return false;
+                    }
+                    flags.1 = true;
+                }
+            }
+            match hit {
+                None => {
+                    run = Some(match run {
+                        Some((start, _)) => (start, m.value_end),
+                        None => (m.key_start, m.value_end),
+                    });
+                }
+                Some(op) => {
+                    if let Some((start, end)) = run.take() {
+                        w.piece(&json[start..end]);
+                    }
+                    w.edited(
+                        json,
+                        m.key_start,
+                        m.key_end,
+                        m.value_start,
+                        m.value_end,
+                        &op.act,
+                    );
+                }
+            }
+            true
+        });
+        if undecided {
+            return None;
+        }
+        if walked.is_none() {
+            return Some(Err(refusal(json)));
+        }
+        if let Some((start, end)) = run {
+            w.piece(&json[start..end]);
+        }
+        let flags = |o: usize| {
+            if o < INLINE {
+                seen[o]
+            } else {
+                seen_more[o - INLINE]
+            }
+        };
+        for o in 0..n {
+            let (name_seen, target_seen) = flags(o);
+            let op = self.all().nth(o)?;
+            match op.act {
+                Act::Rename(_) if name_seen && target_seen => return None,
+                Act::Set(value) if !name_seen => w.append(op.name, value),
+                _ => {}
+            }
+        }
+        w.close();
+        Some(Ok(()))
+    }
+
+    /// The edit on a `serde_json::Map`: the reference, and the way for what a
+    /// pass cannot settle.
+    #[cold]
+    fn through_serde(&self, buf: &mut Vec<u8>) -> Result<(), String> {
+        let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(self.json)
+            .map_err(|e| {
+                if scan::walk(self.json, |_| true).is_none() {
+                    refusal(self.json)
+                } else {
+                    format!("invalid JSON: {e}") // a lone surrogate, 1e400
+                }
+            })?;
+        for op in self.all() {
+            apply(&mut map, op);
+        }
+        serde_json::to_writer(buf, &map).map_err(|e| e.to_string())
+    }
+}
+
+/// One edit on a map, as [`Edit`] documents it.
+fn apply(map: &mut serde_json::Map<String, serde_json::Value>, op: &Op<'_>) {
+    match op.act {
+        Act::Set(value) => {
+            map.insert(op.name.to_string(), value.to_value());
+        }
+        Act::Remove => {
+            map.shift_remove(op.name);
+        }
+        Act::Rename(to) => {
+            if let Some(value) = map.shift_remove(op.name) {
+                map.insert(to.to_string(), value);
+            }
+        }
+    }
+}
+
+/// Writes an object: `{`, pieces separated by commas, `}`.
+struct Writer<'b> {
+    buf: &'b mut Vec<u8>,
+    any: bool,
+}
+
+impl<'b> Writer<'b> {
+    fn open(buf: &'b mut Vec<u8>) -> Self {
+        buf.push(b'{');
+        Writer { buf, any: false }
+    }
+
+    #[inline]
+    fn comma(&mut self) {
+        if self.any {
+            self.buf.push(b',');
+        }
+        self.any = true;
+    }
+
+    /// Members copied as they are.
+    #[inline]
+    fn piece(&mut self, text: &[u8]) {
+        self.comma();
+        self.buf.extend_from_slice(text);
+    }
+
+    /// A member, edited.
+    #[inline]
+    fn edited(
+        &mut self,
+        json: &[u8],
+        key_start: usize,
+        key_end: usize,
+        value_start: usize,
+        value_end: usize,
+        act: &Act<'_>,
+    ) {
+        match *act {
+            Act::Remove => {}
+            Act::Set(value) => {
+                self.comma();
+                self.buf.extend_from_slice(&json[key_start..value_start]);
+                value.write(self.buf);
+            }
+            Act::Rename(to) => {
+                self.comma();
+                write_key(self.buf, to);
+                self.buf.extend_from_slice(&json[key_end..value_end]);
+            }
+        }
+    }
+
+    /// A new member.
+    #[inline]
+    fn append(&mut self, name: &str, value: FieldValue<'_>) {
+        self.comma();
+        write_key(self.buf, name);
+        self.buf.push(b':');
+        value.write(self.buf);
+    }
+
+    fn close(self) {
+        self.buf.push(b'}');
+    }
+}
+
+/// A key, quoted and escaped as serde_json writes it.
+#[inline]
+fn write_key(buf: &mut Vec<u8>, name: &str) {
+    if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(name.as_bytes());
+        buf.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *buf, name);
+    }
+}
+
+/// A new JSON object written straight into an [`Output`]: made by
+/// [`Output::object`], filled with [`field`](Self::field), emitted with
+/// [`push`](Self::push). Dropped without `push`, it leaves `out` as it was.
+///
+/// ```
+/// use sluice_plugin_sdk::Output;
+///
+/// let mut out = Output::new();
+/// out.object().field("carrier", "UA").field("delay", 15).field("note", None::<&str>).push(None, 0);
+/// assert_eq!(out.events.get(0).unwrap().value(), br#"{"carrier":"UA","delay":15,"note":null}"#);
+/// ```
+#[derive(Debug)]
+pub struct ObjectWriter<'o> {
+    out: &'o mut Output,
+    start: usize,
+    done: bool,
+}
+
+impl Output {
+    /// Starts a new event whose value is a JSON object (see [`ObjectWriter`]).
+    pub fn object(&mut self) -> ObjectWriter<'_> {
+        let start = self.events.values_len();
+        self.events.values_mut().push(b'{');
+        ObjectWriter {
+            out: self,
+            start,
+            done: false,
+        }
+    }
+}
+
+impl ObjectWriter<'_> {
+    /// Appends field `name` with `value` (the caller keeps names unique).
+    pub fn field<'v>(&mut self, name: &str, value: impl Into<FieldValue<'v>>) -> &mut Self {
+        let buf = self.out.events.values_mut();
+        if buf.len() > self.start + 1 {
+            buf.push(b',');
+        }
+        write_key(buf, name);
+        buf.push(b':');
+        value.into().write(buf);
+        self
+    }
+
+    /// Emits the object as an event with `key` and event time `timestamp_ms`.
+    pub fn push(&mut self, key: Option<&[u8]>, timestamp_ms: i64) {
+        if self.done {
+            return;
+        }
+        self.out.events.values_mut().push(b'}');
+        self.out
+            .events
+            .close_value(key, timestamp_ms, std::iter::empty());
+        self.done = true;
+    }
+}
+
+impl Drop for ObjectWriter<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.out.events.values_mut().truncate(self.start);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Batch;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value as Json};
+
+    const FLIGHT: &str = r#"{"year":2013,"carrier":"UA","flight":1545,"tailnum":"N14228","dep_delay":2,"arr_delay":-11,"event_time":"2013-01-01T10:17:00.000Z"}"#;
+
+    fn edited(json: &str, names: &[&str], f: impl Fn(&mut Edit<'_>)) -> String {
+        let names: Vec<&str> = names.to_vec();
+        let mut buf = Vec::new();
+        match names.len() {
+            0 => {
+                let batch = Batch::from_lines(json);
+                let mut e = batch.get(0).unwrap().edit();
+                f(&mut e);
+                e.write(&mut buf).unwrap();
+            }
+            _ => {
+                let mut padded = [""; 4];
+                padded[..names.len()].copy_from_slice(&names);
+                let record = Record::parse(json.as_bytes(), &padded).unwrap();
+                let mut e = record.edit();
+                f(&mut e);
+                e.write(&mut buf).unwrap();
+            }
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// The same bytes from a record's edit (a splice) and from an event's
+    /// (a pass that writes as it reads).
+    fn both(json: &str, names: &[&str], f: impl Fn(&mut Edit<'_>) + Copy) -> String {
+        let spliced = edited(json, names, f);
+        let streamed = edited(json, &[], f);
+        assert_eq!(spliced, streamed, "{json}");
+        spliced
+    }
+
+    #[test]
+    fn edits_keep_untouched_bytes_and_order() {
+        let all = ["tailnum", "dep_delay", "gain", "year"];
+        assert_eq!(
+            both(FLIGHT, &all, |e| {
+                e.set("gain", 13).remove("tailnum").set("dep_delay", "late");
+            }),
+            r#"{"year":2013,"carrier":"UA","flight":1545,"dep_delay":"late","arr_delay":-11,"event_time":"2013-01-01T10:17:00.000Z","gain":13}"#
+        );
+        // The first and the last member removed, whitespace kept inside.
+        assert_eq!(
+            both(
+                r#" { "a" : 1 , "b" : [ 2 ] , "c" : 3 } "#,
+                &["a", "c"],
+                |e| {
+                    e.remove("a").remove("c");
+                }
+            ),
+            r#"{"b" : [ 2 ]}"#
+        );
+        assert_eq!(
+            both(r#"{"a":1}"#, &["a"], |e| {
+                e.remove("a");
+            }),
+            "{}"
+        );
+        assert_eq!(
+            both("{}", &["a"], |e| {
+                e.set("a", None::<i64>).set("b", 1.5);
+            }),
+            r#"{"a":null,"b":1.5}"#
+        );
+        assert_eq!(
+            both(r#"{"a":1,"b":2}"#, &["a", "z"], |e| {
+                e.rename("a", "z");
+            }),
+            r#"{"z":1,"b":2}"#
+        );
+        assert_eq!(
+            both(r#"{"a":1,"b":2}"#, &["b"], |e| {
+                e.set("b", FieldValue::json(br#" {"x": [1]} "#).unwrap())
+                    .set("s", "q\"\n\u{e9}");
+            }),
+            "{\"a\":1,\"b\":{\"x\": [1]},\"s\":\"q\\\"\\n\u{e9}\"}"
+        );
+        // More members than a record keeps the places of: a second pass.
+        let wide: String = format!(
+            "{{{}}}",
+            (0..40)
+                .map(|i| format!("\"k{i}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let want = wide
+            .replace("\"k35\":35,", "")
+            .replace("\"k3\":3", "\"k3\":true");
+        assert_eq!(
+            both(&wide, &["k0"], |e| {
+                e.remove("k35").set("k3", true);
+            }),
+            want
+        );
+        // Nothing edited: the members as they were, the outside trimmed.
+        assert_eq!(both(" {\"a\" :1} \n", &["a"], |_| {}), "{\"a\" :1}");
+    }
+
+    #[test]
+    fn what_one_pass_cannot_settle_goes_through_serde_json() {
+        // An escaped key edited, a key given twice, a rename onto a key that is there.
+        type Case = (&'static str, fn(&mut Edit<'_>), Json);
+        let cases: [Case; 4] = [
+            (
+                r#"{"\u0061":1,"b":2}"#,
+                |e| {
+                    e.set("a", 5);
+                },
+                serde_json::json!({"a":5,"b":2}),
+            ),
+            (
+                r#"{"a":1,"b":2,"a":3}"#,
+                |e| {
+                    e.remove("a");
+                },
+                serde_json::json!({"b":2}),
+            ),
+            (
+                r#"{"a":1,"b":2}"#,
+                |e| {
+                    e.rename("a", "b");
+                },
+                serde_json::json!({"b":1}),
+            ),
+            (
+                r#"{"a":1,"b":2}"#,
+                |e| {
+                    e.set("a", 5).rename("a", "c").set("a", 6);
+                },
+                serde_json::json!({"b":2,"c":5,"a":6}),
+            ),
+        ];
+        for (json, f, want) in cases {
+            for names in [&["a", "b", "c"][..], &[]] {
+                let got: Json = serde_json::from_str(&edited(json, names, f)).unwrap();
+                assert_eq!(got, want, "{json} {names:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_give_serde_json_reasons() {
+        let batch = Batch::from_lines("[1]\n{\"a\":\n{\"a\":1}x\n{\"a\":1}");
+        let mut out = Output::new();
+        for event in &batch {
+            event.edit().set("b", true).push_or_reject(&mut out);
+        }
+        let reasons: Vec<&str> = out.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons[0], "not a JSON object");
+        assert!(
+            reasons[1].starts_with("invalid JSON: EOF"),
+            "{}",
+            reasons[1]
+        );
+        assert!(
+            reasons[2].starts_with("invalid JSON: trailing"),
+            "{}",
+            reasons[2]
+        );
+        assert_eq!(reasons.len(), 3);
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.events.get(0).unwrap().value(), br#"{"a":1,"b":true}"#);
+        assert_eq!(
+            batch.get(0).unwrap().record(&["a"]).unwrap_err(),
+            reasons[0]
+        );
+    }
+
+    #[test]
+    fn push_to_keeps_key_time_and_headers() {
+        let mut batch = Batch::new();
+        batch.push(Some(b"k"), br#"{"a":1}"#, 42);
+        batch.push_header("h", b"v");
+        let event = batch.get(0).unwrap();
+        let mut out = Output::new();
+        event
+            .record(&["a"])
+            .unwrap()
+            .edit()
+            .set("a", 2)
+            .push_to(&mut out)
+            .unwrap();
+        let got = out.events.get(0).unwrap();
+        assert_eq!(got.value(), br#"{"a":2}"#);
+        assert_eq!((got.key(), got.timestamp_ms()), (Some(&b"k"[..]), 42));
+        assert_eq!(got.headers().collect::<Vec<_>>(), [("h", &b"v"[..])]);
+    }
+
+    #[test]
+    fn nesting_limit_is_serde_jsons() {
+        for depth in [125, 126, 127, 128, 129] {
+            let json = format!(
+                "{}{}",
+                "{\"a\":".repeat(depth),
+                "1".to_string() + &"}".repeat(depth)
+            );
+            let serde = serde_json::from_str::<Json>(&json).is_ok();
+            let ours = Record::parse(json.as_bytes(), &["a"]).is_ok();
+            assert_eq!(ours, serde, "depth {depth}");
+        }
+    }
+
+    #[test]
+    fn typed_reads_and_pointers() {
+        let json = br#"{"s":"a\u00e9\n","n":-12,"u":18446744073709551615,"f":2.5e3,"b":true,"z":null,"o":{"x":[10,{"y/z":"deep"}]}}"#;
+        let record = Record::parse(json, &["s", "n", "u", "f", "b", "z", "o", "missing"]).unwrap();
+        let [s, n, u, f, b, z, o, missing] = record.fields();
+        assert_eq!(s.unwrap().str().unwrap(), "a\u{e9}\n");
+        assert_eq!(s.unwrap().as_str(), None);
+        assert_eq!(n.unwrap().as_i64(), Some(-12));
+        assert_eq!(n.unwrap().as_u64(), None);
+        assert_eq!(u.unwrap().as_u64(), Some(u64::MAX));
+        assert_eq!(f.unwrap().as_f64(), Some(2500.0));
+        assert_eq!(f.unwrap().as_i64(), None);
+        assert_eq!(b.unwrap().as_bool(), Some(true));
+        assert!(z.unwrap().is_null());
+        assert_eq!(missing, None);
+        assert_eq!(
+            o.unwrap().pointer("/x/1/y~1z").unwrap().str().unwrap(),
+            "deep"
+        );
+        assert_eq!(
+            record.as_field().pointer("/o/x/0").unwrap().as_i64(),
+            Some(10)
+        );
+        assert_eq!(record.as_field().pointer("/o/x/2"), None);
+        assert_eq!(record.as_field().pointer("/o/x/01"), None);
+        assert_eq!(record.field("n").unwrap().raw(), b"-12");
+    }
+
+    #[test]
+    fn object_writer_rolls_back_when_dropped() {
+        let mut out = Output::new();
+        {
+            let mut o = out.object();
+            o.field("a", 1);
+        }
+        out.object()
+            .field("a", 2)
+            .field("b\"", "x")
+            .push(Some(b"k"), 7);
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.events.get(0).unwrap().value(), br#"{"a":2,"b\"":"x"}"#);
+        assert_eq!(out.events.values_len(), 17);
+    }
+
+    /// Every one-byte change of a record: accepted exactly when serde_json
+    /// accepts it as an object of UTF-8 text.
+    #[test]
+    fn accepts_what_serde_json_accepts() {
+        let base = br#"{"a":[1,-2.5e3,{"b":null}],"c\u0041":"\u00e9\"x","d":true}"#;
+        let mut accepted = 0;
+        for at in 0..base.len() {
+            for b in [
+                b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b' ', b'0', b'-', b'.', b'e',
+                b'u', 0x01, 0xc3, 0xff,
+            ] {
+                let mut input = base.to_vec();
+                input[at] = b;
+                let mut shorter = base.to_vec();
+                shorter.remove(at);
+                for input in [input, shorter] {
+                    let serde = serde_json::from_slice::<serde::de::IgnoredAny>(&input).is_ok()
+                        && std::str::from_utf8(&input).is_ok()
+                        && input.trim_ascii_start().first() == Some(&b'{');
+                    let ours = Record::parse(&input, &["a"]);
+                    assert_eq!(ours.is_ok(), serde, "{}", String::from_utf8_lossy(&input));
+                    accepted += usize::from(serde);
+                }
+            }
+        }
+        assert!(accepted > 100, "{accepted}");
+    }
+
+    // ---- Property tests: random records and edits, serde_json the oracle.
+
+    const KEYS: [&str; 8] = ["a", "b", "c", "ab", "\u{e9}", "q\"", "t\\n", "x y"];
+
+    fn leaf() -> impl Strategy<Value = Json> {
+        prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::from),
+            any::<i64>().prop_map(Json::from),
+            any::<u64>().prop_map(Json::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Json::from),
+            "[a-z\"\\\\/\u{e9}\u{1F600}\n\t\u{1} ]{0,6}".prop_map(Json::from),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Json> {
+        leaf().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
+                prop::collection::vec((prop::sample::select(&KEYS[..]), inner), 0..4).prop_map(
+                    |members| Json::Object(
+                        members
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect()
+                    )
+                ),
+            ]
+        })
+    }
+
+    /// JSON text of `v` with choices from `seed`: whitespace, `\u` escapes
+    /// (surrogate pairs above U+FFFF), `\/`.
+    fn roll(seed: &mut u64, n: u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 33) % n
+    }
+
+    fn write(v: &Json, seed: &mut u64, out: &mut String) {
+        let ws = |out: &mut String, r: u64| out.push_str(["", "", " ", "\n\t "][r as usize % 4]);
+        match v {
+            Json::String(s) => {
+                out.push('"');
+                for c in s.chars() {
+                    match (c, roll(seed, 4)) {
+                        ('"', _) => out.push_str("\\\""),
+                        ('\\', _) => out.push_str("\\\\"),
+                        ('/', 0) => out.push_str("\\/"),
+                        (c, 0) | (c @ '\0'..='\u{1f}', _) => {
+                            let mut units = [0u16; 2];
+                            for u in c.encode_utf16(&mut units) {
+                                out.push_str(&format!("\\u{u:04X}"));
+                            }
+                        }
+                        (c, _) => out.push(c),
+                    }
+                }
+                out.push('"');
+            }
+            Json::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    ws(out, roll(seed, 4));
+                    write(item, seed, out);
+                }
+                ws(out, roll(seed, 4));
+                out.push(']');
+            }
+            Json::Object(members) => {
+                out.push('{');
+                for (i, (k, item)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    ws(out, roll(seed, 4));
+                    write(&Json::String(k.clone()), seed, out);
+                    ws(out, roll(seed, 4));
+                    out.push(':');
+                    write(item, seed, out);
+                }
+                ws(out, roll(seed, 4));
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    /// Equal, floats within an ulp or so: serde_json without
+    /// `float_roundtrip` may read a float's text an ulp off, and the
+    /// serde_json path writes what it read.
+    fn same(a: &Json, b: &Json) -> bool {
+        match (a, b) {
+            (Json::Number(x), Json::Number(y)) if x.is_f64() || y.is_f64() => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                (x - y).abs() <= x.abs().max(y.abs()) * 4.0 * f64::EPSILON
+            }
+            (Json::Array(x), Json::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+            }
+            (Json::Object(x), Json::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+            }
+            _ => a == b,
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum TestOp {
+        Set(&'static str, Json),
+        Remove(&'static str),
+        Rename(&'static str, &'static str),
+    }
+
+    fn op() -> impl Strategy<Value = TestOp> {
+        let key = || prop::sample::select(&KEYS[..]);
+        // Floats set by an edit are written by ryu and read back by
+        // serde_json, which may be an ulp off: exact binary fractions only.
+        let small = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::from),
+            any::<i64>().prop_map(Json::from),
+            any::<u64>().prop_map(Json::from),
+            any::<i32>().prop_map(|n| Json::from(f64::from(n) / 8.0)),
+            "[a-z\"\\\\\u{e9}\n]{0,4}".prop_map(Json::from),
+            value(),
+        ];
+        prop_oneof![
+            (key(), small).prop_map(|(k, v)| TestOp::Set(k, v)),
+            key().prop_map(TestOp::Remove),
+            (key(), key()).prop_map(|(a, b)| TestOp::Rename(a, b)),
+        ]
+    }
+
+    fn apply_ops<'e>(e: &mut Edit<'e>, ops: &'e [TestOp], texts: &'e [String]) {
+        for (op, text) in ops.iter().zip(texts) {
+            match op {
+                TestOp::Set(k, Json::Null) => e.set(k, ()),
+                TestOp::Set(k, Json::Bool(b)) => e.set(k, *b),
+                TestOp::Set(k, Json::Number(n)) if n.is_i64() => e.set(k, n.as_i64().unwrap()),
+                TestOp::Set(k, Json::Number(n)) if n.is_u64() => e.set(k, n.as_u64().unwrap()),
+                TestOp::Set(k, Json::Number(n)) => e.set(k, n.as_f64().unwrap()),
+                TestOp::Set(k, Json::String(s)) => e.set(k, s.as_str()),
+                TestOp::Set(k, _) => e.set(k, FieldValue::json(text.as_bytes()).unwrap()),
+                TestOp::Remove(k) => e.remove(k),
+                TestOp::Rename(a, b) => e.rename(a, b),
+            };
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn reads_and_edits_agree_with_serde_json(
+            members in prop::collection::vec((prop::sample::select(&KEYS[..]), value()), 0..7),
+            ops in prop::collection::vec(op(), 0..5),
+            seed in any::<u64>(),
+            named in 0usize..=KEYS.len(),
+        ) {
+            // The record's text, perhaps with a key twice (serde_json keeps the last).
+            let mut seed = seed;
+            let mut text = String::from("{");
+            for (i, (k, v)) in members.iter().enumerate() {
+                if i > 0 { text.push(','); }
+                write(&Json::String(k.to_string()), &mut seed, &mut text);
+                text.push(':');
+                write(v, &mut seed, &mut text);
+            }
+            text.push('}');
+            let oracle: Map<String, Json> = serde_json::from_str(&text).unwrap();
+
+            // Reads.
+            let record = Record::parse(text.as_bytes(), &KEYS).unwrap();
+            for (name, field) in KEYS.iter().zip(record.fields()) {
+                let want = oracle.get(*name);
+                prop_assert_eq!(field.is_some(), want.is_some(), "{} in {}", name, text);
+                let (Some(field), Some(want)) = (field, want) else { continue };
+                let got: Json = serde_json::from_slice(field.raw()).unwrap();
+                prop_assert_eq!(&got, want);
+                let text = field.str();
+                prop_assert_eq!(text.as_deref(), want.as_str());
+                prop_assert_eq!(field.as_i64(), want.as_i64());
+                prop_assert_eq!(field.as_u64(), want.as_u64());
+                prop_assert_eq!(field.as_bool(), want.as_bool());
+                prop_assert_eq!(field.is_null(), want.is_null());
+                match (field.as_f64(), want.as_f64()) {
+                    (Some(a), Some(b)) => prop_assert!((a - b).abs() <= b.abs() * 1e-15, "{} {}", a, b),
+                    (a, b) => prop_assert_eq!(a.is_some(), b.is_some()),
+                }
+                if let Json::Object(inner) = want {
+                    for k in KEYS {
+                        let got = field.get(k).map(|f| serde_json::from_slice::<Json>(f.raw()).unwrap());
+                        prop_assert_eq!(got.as_ref(), inner.get(k));
+                    }
+                }
+            }
+
+            // Edits: the same ops on the oracle map.
+            let texts: Vec<String> = ops.iter().map(|op| match op {
+                TestOp::Set(_, v) => { let mut t = String::new(); write(v, &mut seed, &mut t); t }
+                _ => String::new(),
+            }).collect();
+            let mut want = oracle.clone();
+            for op in &ops {
+                match op {
+                    TestOp::Set(k, v) => { want.insert(k.to_string(), v.clone()); }
+                    TestOp::Remove(k) => { want.shift_remove(*k); }
+                    TestOp::Rename(a, b) => {
+                        if let Some(v) = want.shift_remove(*a) { want.insert(b.to_string(), v); }
+                    }
+                }
+            }
+            let mut partial = KEYS;
+            for k in partial.iter_mut().skip(named) { *k = "not a key"; }
+            let partial_record = Record::parse(text.as_bytes(), &partial).unwrap();
+            let batch = Batch::from_lines(&text.replace('\n', " "));
+            let event = batch.get(0).unwrap();
+            let outputs = [
+                { let mut e = record.edit(); apply_ops(&mut e, &ops, &texts); let mut b = Vec::new(); e.write(&mut b).unwrap(); b },
+                { let mut e = partial_record.edit(); apply_ops(&mut e, &ops, &texts); let mut b = Vec::new(); e.write(&mut b).unwrap(); b },
+                { let mut e = event.edit(); apply_ops(&mut e, &ops, &texts); let mut b = Vec::new(); e.write(&mut b).unwrap(); b },
+            ];
+            for out in &outputs {
+                let got: Map<String, Json> = serde_json::from_slice(out)
+                    .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(out))))?;
+                prop_assert!(
+                    same(&Json::Object(got.clone()), &Json::Object(want.clone())),
+                    "{} -> {}: {:?} != {:?}", text, String::from_utf8_lossy(out), got, want
+                );
+            }
+        }
+    }
+}
