@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
-"""Writes target/dedup-in/flights-with-duplicates.ndjson: the bundled flights
-with every 10th one repeated 5 minutes later (a retry of the same flight
-record): its `event_time` 5 minutes on, placed where that time falls in the
-event-time sorted file. tests/all/state.rs makes the same input.
+"""Writes to standard output the bundled flights with every 10th one repeated
+5 minutes later (a retry of the same flight record): its `event_time` 5
+minutes on, placed where that time falls in the event-time sorted file.
+tests/all/state.rs makes the same input.
 
-    python3 examples/dedup/make_input.py
+    python3 examples/dedup/make_input.py | sluice run --config examples/dedup/sluice.toml
+    python3 examples/dedup/make_input.py > flights-with-duplicates.ndjson
 """
 
 import datetime
 import gzip
 import json
 import pathlib
+import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCE = HERE / "../data/flights-2013.ndjson.gz"
-OUT = HERE / "../../target/dedup-in/flights-with-duplicates.ndjson"
 LATER = datetime.timedelta(minutes=5)
 
 
@@ -31,9 +32,9 @@ def repeat(line: str) -> str:
 
 
 def main() -> None:
-    OUT.parent.mkdir(parents=True, exist_ok=True)
+    out = sys.stdout
     pending: list[tuple[datetime.datetime, str]] = []
-    with gzip.open(SOURCE, "rt") as src, open(OUT, "w") as out:
+    with gzip.open(SOURCE, "rt") as src:
         for i, line in enumerate(src):
             line = line.rstrip("\n")
             t = event_time(json.loads(line))
@@ -44,7 +45,6 @@ def main() -> None:
                 pending.append((t + LATER, repeat(line)))
         for _, line in pending:
             out.write(line + "\n")
-    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":

@@ -151,30 +151,28 @@ fn flights_with_duplicates() -> (String, Vec<String>) {
     (input, originals)
 }
 
-/// `examples/dedup/sluice.toml` with its input in the scratch folder.
-fn dedup_config(checkpoint: &str) -> String {
+/// `examples/dedup/sluice.toml` with its paths in the scratch folder: as it
+/// is (reading its standard input), or reading the file `in.ndjson` with
+/// `checkpoint = { interval }` (a pipe cannot be read again).
+fn dedup_config(checkpoint: Option<&str>) -> String {
     let example = std::fs::read_to_string(repo().join("examples/dedup/sluice.toml")).unwrap();
-    let config = example
+    let mut config = example
         .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
         .replace("\"../../target/state-dedup\"", "\"state\"")
         .replace(
-            "\"../../target/dedup-in/flights-with-duplicates.ndjson\"",
-            "\"in.ndjson\"",
-        )
-        .replace(
             "\"../../target/dedup-out/flights.ndjson\"",
             "\"out.ndjson\"",
-        )
-        .replace(
-            "checkpoint = { interval = \"1s\" }",
-            &format!("checkpoint = {{ interval = {checkpoint:?} }}"),
         );
     assert!(
-        config.contains("\"in.ndjson\"")
+        config.contains("type = \"stdin\"")
             && config.contains("\"out.ndjson\"")
-            && config.contains(checkpoint),
+            && config.ends_with("sinks = [\"flights\"]\n"),
         "the example config changed shape"
     );
+    if let Some(interval) = checkpoint {
+        config = config.replace("type = \"stdin\"", "type = \"file\"\npath = \"in.ndjson\"");
+        config.push_str(&format!("checkpoint = {{ interval = {interval:?} }}\n"));
+    }
     config
 }
 
@@ -187,15 +185,17 @@ const FLIGHTS: u64 = 336_776;
 /// Every 10th flight of 336,776 is repeated.
 const REPEATS: u64 = 33_677;
 
-/// `examples/dedup`: exactly the original flights come out, each once, each
-/// the first (original) record of its flight.
+/// `examples/dedup`, its input on standard input: exactly the original
+/// flights come out, each once, each the first (original) record of its
+/// flight.
 #[test]
 fn dedup_example_passes_each_flight_exactly_once() {
     let (input, originals) = flights_with_duplicates();
-    let scratch = Scratch::new(&dedup_config("1s"));
+    let scratch = Scratch::new(&dedup_config(None));
     scratch.write("in.ndjson", &input);
     drop(input);
-    let output = scratch.run();
+    let input = std::fs::File::open(scratch.path("in.ndjson")).unwrap();
+    let output = scratch.command("run").stdin(input).output().unwrap();
     assert_exit(&output, 0);
     assert_eq!(count(&output, "dedup", "in"), FLIGHTS + REPEATS);
     assert_eq!(count(&output, "dedup", "duplicates"), REPEATS);
@@ -217,7 +217,7 @@ fn dedup_example_passes_each_flight_exactly_once() {
 #[test]
 fn dedup_state_survives_kill_9_with_checkpoints() {
     let (input, originals) = flights_with_duplicates();
-    let scratch = Scratch::new(&dedup_config("50ms"));
+    let scratch = Scratch::new(&dedup_config(Some("50ms")));
     scratch.write("in.ndjson", &input);
     drop(input);
     let mut rng = Rng::new();
