@@ -28,6 +28,9 @@ pub struct Config {
     pub sinks: BTreeMap<String, Spanned<ComponentTable>>,
     /// Named pipelines (`[pipelines.NAME]`).
     pub pipelines: BTreeMap<String, Spanned<PipelineConfig>>,
+    /// Named lookup tables (`[tables.NAME]`), each read by `table::TableConfig`
+    /// (the `join` stage looks records up in them).
+    pub tables: BTreeMap<String, Spanned<ComponentTable>>,
 }
 
 /// The file as serde reads it in a first pass: sources and sinks only as
@@ -43,6 +46,8 @@ struct RawConfig {
     sinks: BTreeMap<String, Spanned<RawComponent>>,
     #[serde(default)]
     pipelines: BTreeMap<String, Spanned<PipelineConfig>>,
+    #[serde(default)]
+    tables: BTreeMap<String, Spanned<serde::de::IgnoredAny>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,11 +234,12 @@ impl DecodeConfig {
 /// still located in the file (read `type` first, then the table).
 #[derive(Debug, Clone)]
 pub struct ComponentTable {
-    /// `"sources"` or `"sinks"`.
+    /// `"sources"`, `"sinks"` or `"tables"`.
     pub section: &'static str,
     /// The name after the section (`[sources.NAME]`).
     pub name: String,
-    /// The `type` field (`"file"`, `"kafka"`, …).
+    /// The `type` field (`"file"`, `"kafka"`, …); `"table"` for a
+    /// `[tables.NAME]` (which has none).
     pub kind: Spanned<String>,
     /// Where the table is in the file.
     pub span: Range<usize>,
@@ -588,12 +594,19 @@ impl Default for BatchConfig {
     }
 }
 
-/// One entry of `processors = [ … ]`: a Wasm plugin and its settings.
+/// One entry of `processors = [ … ]`: a Wasm plugin and its settings, or a
+/// built-in stage (`join`, `dedup`) on host-owned state. Exactly one of
+/// `plugin`, `join` and `dedup` is given; the other fields are the plugin's
+/// (but `on_error`, which every stage takes).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorConfig {
     /// The component file, looked up in `daemon.plugins_dir` (or a path).
-    pub plugin: Spanned<String>,
+    pub plugin: Option<Spanned<String>>,
+    /// A lookup join against a `[tables.NAME]` (see [`JoinConfig`]).
+    pub join: Option<Spanned<JoinConfig>>,
+    /// Deduplication within a watermark (see [`DedupConfig`]).
+    pub dedup: Option<Spanned<DedupConfig>>,
     /// Passed to the plugin's `configure` as (name, value) string pairs; numbers and
     /// booleans are passed in their TOML text form.
     #[serde(default)]
@@ -605,11 +618,75 @@ pub struct ProcessorConfig {
     /// between `"10ms"` and `"1h"`. Default `"1s"`.
     #[serde(default = "default_timeout", deserialize_with = "de_timeout")]
     pub timeout: Duration,
-    /// This stage's error policy; default: the pipeline's `on_error`.
+    /// This stage's error policy; default: the pipeline's `on_error`. For a
+    /// built-in stage: what happens to a record that is not JSON, or that a
+    /// full dedup state cannot take.
     pub on_error: Option<OnError>,
     /// When to stop calling a plugin that keeps failing.
     #[serde(default)]
     pub circuit_breaker: BreakerConfig,
+}
+
+/// `join = { table = "airports", on = "/dest", as = "/dest_airport", kind = "left" }`:
+/// looks the value at `on` up in a lookup table and inserts the row found (a
+/// JSON object) at `as` (Spark's stream-static join, with the table swapped
+/// when its file changes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// The `[tables.NAME]` to look up in.
+    pub table: Spanned<String>,
+    /// JSON pointer to the record's lookup key: a string matches a table key
+    /// equal to it, another value its JSON text (`1545`); absent or null
+    /// matches nothing.
+    pub on: Spanned<String>,
+    /// JSON pointer where the row is inserted (objects on the way are
+    /// created; a value already there is replaced).
+    #[serde(rename = "as")]
+    pub target: Spanned<String>,
+    /// `left` (default): a record without a match passes unchanged;
+    /// `inner`: it is dropped and counted (`records_unmatched`).
+    #[serde(default)]
+    pub kind: JoinKind,
+}
+
+/// Which records a join keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinKind {
+    /// Every record; a matched one gets the row.
+    #[default]
+    Left,
+    /// Matched records only.
+    Inner,
+}
+
+/// `dedup = { key = ["/carrier", "/flight"], within = "1h" }`: Spark's
+/// `dropDuplicatesWithinWatermark` (see `pipeline::builtin::Dedup`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// JSON pointers whose values, together, identify a record (at most 32).
+    pub key: Spanned<Vec<Spanned<String>>>,
+    /// The watermark delay and how long a key is remembered: a key's state
+    /// lives until the watermark (the largest event time seen by the
+    /// partition, minus `within`) passes its first event time plus
+    /// `within`; a record older than the watermark is dropped as late.
+    /// Between 1ms and 366days.
+    #[serde(deserialize_with = "de_within")]
+    pub within: Duration,
+    /// Most keys one partition's state may hold; a record that would add
+    /// one more goes to the stage's error policy. Default 1000000.
+    #[serde(default = "default_max_keys", deserialize_with = "de_positive")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    1_000_000
+}
+
+fn de_within<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_window_len(d).map(|d| d.unwrap_or_default())
 }
 
 /// `circuit_breaker = { … }` of a processor. A failed batch is bisected until
@@ -703,6 +780,26 @@ pub struct PipelineConfig {
     /// `checkpoint.rs`); needs a source that can be read again from a
     /// position (a file, Kafka, a generator with `start`). Off when absent.
     pub checkpoint: Option<Spanned<CheckpointConfig>>,
+}
+
+impl PipelineConfig {
+    /// Where entry `index` of `processors` is in the file: its first field
+    /// (an entry has no span of its own).
+    pub fn processors_span(&self, index: usize) -> Range<usize> {
+        let Some(p) = self.processors.get(index) else {
+            return self.source.span();
+        };
+        [
+            p.plugin.as_ref().map(Spanned::span),
+            p.join.as_ref().map(Spanned::span),
+            p.dedup.as_ref().map(Spanned::span),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|s| s.start)
+        .or_else(|| p.config.values().next().map(Spanned::span))
+        .unwrap_or_else(|| self.source.span())
+    }
 }
 
 /// `checkpoint = { interval = "1s", batches = 100 }`: a checkpoint whenever
@@ -1131,6 +1228,21 @@ impl Config {
             sources: tables("sources", raw.sources),
             sinks: tables("sinks", raw.sinks),
             pipelines: raw.pipelines,
+            tables: raw
+                .tables
+                .into_iter()
+                .map(|(name, t)| {
+                    let span = t.span();
+                    let table = ComponentTable {
+                        section: "tables",
+                        name: name.clone(),
+                        kind: Spanned::new(span.clone(), "table".to_string()),
+                        span: span.clone(),
+                        text: text.clone(),
+                    };
+                    (name, Spanned::new(span, table))
+                })
+                .collect(),
         })
     }
 
@@ -1220,6 +1332,7 @@ processors = [ { plugin = "x.wasm", memory_limit = 1048576, timeout = "20ms", co
         let p = c.pipelines["p"].get_ref();
         assert_eq!(p.batch.max_bytes, 1024);
         assert_eq!(p.batch.interval, Duration::from_millis(1500));
+        assert_eq!(p.processors[0].plugin.as_ref().unwrap().get_ref(), "x.wasm");
         assert_eq!(p.processors[0].memory_limit, 1 << 20);
         assert_eq!(p.processors[0].timeout, Duration::from_millis(20));
         assert_eq!(

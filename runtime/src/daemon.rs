@@ -87,6 +87,8 @@ struct Daemon {
     /// The sinks the current config uses.
     config_sinks: Vec<String>,
     reloader: Option<Reloader>,
+    /// Watchers of the lookup table files of the current config.
+    table_watchers: Vec<notify::RecommendedWatcher>,
     state_dir: PathBuf,
     hot_reload: bool,
     /// The checkpoint store, once a checkpointed pipeline needs it.
@@ -299,6 +301,23 @@ impl Daemon {
         Ok(())
     }
 
+    /// (Re)starts the watchers of the lookup table files (with hot reload).
+    fn watch_tables(&mut self, tables: &[Arc<crate::table::TableSlot>]) -> anyhow::Result<()> {
+        self.table_watchers.clear();
+        if self.hot_reload {
+            for table in tables {
+                self.table_watchers.push(table.watch().map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot watch the file of table `{}` ({}): {e}",
+                        table.spec.name,
+                        table.spec.path.display()
+                    )
+                })?);
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a reloaded topology: starts the new pipelines, swaps the chain of
     /// the changed ones in place, drains the removed ones. Refused as a whole
     /// (nothing changes) when it changes what cannot change in place.
@@ -432,6 +451,9 @@ impl Daemon {
         self.refresh_admin();
         if let Err(e) = self.watch_plugins() {
             errors.push(format!("plugin watcher: {e:#}"));
+        }
+        if let Err(e) = self.watch_tables(&new.tables) {
+            errors.push(format!("{e:#}"));
         }
         let summary =
             format!("{started} started, {changed} changed, {removed} removed, {same} unchanged");
@@ -664,6 +686,7 @@ async fn start(
         slots: topology.plugins.clone(),
         config_sinks: topology.sinks.keys().cloned().collect(),
         reloader: None,
+        table_watchers: Vec::new(),
         state_dir: topology.state_dir.clone(),
         hot_reload: topology.hot_reload,
         store: None,
@@ -671,6 +694,7 @@ async fn start(
     };
     // Watch the plugin files from before the first batch, so no change is missed.
     daemon.watch_plugins()?;
+    daemon.watch_tables(&topology.tables)?;
     let mut resumes = daemon.resumes(&topology.pipelines)?;
     // Checkpointed pipelines an earlier run read to the end of their input.
     let finished = (resumes.pipelines.iter())

@@ -47,6 +47,11 @@ impl fmt::Display for Pointer {
 }
 
 impl Pointer {
+    /// The reference tokens, unescaped.
+    pub fn tokens(&self) -> &[String] {
+        &self.0
+    }
+
     /// The last reference token (`dep_delay` of `/a/dep_delay`), if any.
     pub fn last(&self) -> Option<&str> {
         self.0.last().map(String::as_str)
@@ -74,6 +79,11 @@ impl Decoder {
     /// A decoder extracting the key and the event time at these pointers.
     pub fn new(key: Option<Pointer>, timestamp: Option<Pointer>) -> Self {
         Decoder { key, timestamp }
+    }
+
+    /// The key pointer, if set.
+    pub fn key_pointer(&self) -> Option<&Pointer> {
+        self.key.as_ref()
     }
 
     /// Whether a key pointer is set (else a Kafka source takes the Kafka key).

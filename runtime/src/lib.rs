@@ -41,6 +41,7 @@ pub mod sink;
 pub mod source;
 pub mod state_lock;
 pub mod stats;
+pub mod table;
 pub mod time;
 pub mod topology;
 pub mod wasm;

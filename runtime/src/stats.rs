@@ -28,8 +28,13 @@ pub struct Stats {
     /// Micro-batches processed.
     pub batches: AtomicU64,
     /// Records too late for every window they belong to (also counted in
-    /// `rejected` when dead-lettered).
+    /// `rejected` when dead-lettered), and records a `dedup` stage dropped
+    /// as older than its watermark.
     pub late: AtomicU64,
+    /// Records a `dedup` stage dropped as duplicates of one it passed.
+    pub duplicates: AtomicU64,
+    /// Records an inner `join` dropped for want of a match in its table.
+    pub unmatched: AtomicU64,
     /// Checkpoints taken.
     pub checkpoints: AtomicU64,
     /// The window operator's watermark, ms since the epoch; `i64::MIN`: none.
@@ -56,6 +61,8 @@ impl Default for Stats {
             late: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            unmatched: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(i64::MIN),
         }

@@ -15,10 +15,12 @@ use crate::config::{
 };
 use crate::decode::{MAX_POINTERS, Pointer};
 use crate::pipeline::batcher::BatchLimits;
-use crate::pipeline::processor::StageSpec;
+use crate::pipeline::builtin::{DedupSpec, JoinSpec};
+use crate::pipeline::processor::{StageSpec, StepSpec};
 use crate::pipeline::{Chain, PipelineSpec};
 use crate::sink::SinkSpec;
 use crate::source::{Replay, SourceSpec};
+use crate::table::{TableSlot, TableSpec};
 use crate::wasm::plugin::{Limits, LogTags, PluginHost, World};
 use crate::wasm::reload::{PluginSlot, StageUse};
 use crate::window::WindowKind;
@@ -33,6 +35,8 @@ pub struct Topology {
     pub pipelines: Vec<PipelineSpec>,
     /// One slot per plugin file, shared by every stage that runs it.
     pub plugins: Vec<Arc<PluginSlot>>,
+    /// The lookup tables (`[tables.NAME]`), loaded.
+    pub tables: Vec<Arc<TableSlot>>,
     /// The stages that use each slot, handed to the slots by
     /// [`Topology::commit_uses`] once this topology is the one that runs.
     uses: Vec<(Arc<PluginSlot>, Vec<StageUse>)>,
@@ -95,6 +99,11 @@ impl Topology {
         // a listening socket), and who holds it.
         let mut claims = Claims::default();
         check_names(config, source)?;
+        let mut tables = BTreeMap::new();
+        for (name, table) in &config.tables {
+            let (spec, loaded) = TableSpec::build(table.get_ref(), source, &base)?;
+            tables.insert(name.clone(), TableSlot::new(spec, loaded));
+        }
 
         for (name, spanned) in &config.pipelines {
             let p = spanned.get_ref();
@@ -134,7 +143,7 @@ impl Topology {
                     format!("partitions must be between 1 and {MAX_PARTITIONS}"),
                 ));
             }
-            instances += partitions * p.processors.len();
+            instances += partitions * p.processors.iter().filter(|s| s.plugin.is_some()).count();
             if instances > MAX_INSTANCES {
                 return Err(source.error(
                     p.partitions.span(),
@@ -147,7 +156,15 @@ impl Topology {
             let (sink_names, dead_letter) =
                 pipeline_sinks(config, source, &base, name, p, &mut sinks, &mut claims)?;
 
-            let stages = build_stages(&mut at, p, name, dead_letter.is_some(), source)?;
+            let stages = build_stages(
+                &mut at,
+                p,
+                name,
+                dead_letter.is_some(),
+                source,
+                &tables,
+                src_spec.decoder.key_pointer(),
+            )?;
 
             let mut window = build_window(p, dead_letter.is_some(), source)?;
             instances += load_aggregators(&mut at, window.as_mut(), p, name)?;
@@ -192,6 +209,7 @@ impl Topology {
                 .map(|(path, slot)| (slot.clone(), at.uses.remove(path).unwrap_or_default()))
                 .collect(),
             plugins: at.loaded.into_values().collect(),
+            tables: tables.into_values().collect(),
             state_dir: config::state_dir(config, source),
             config_file: std::path::absolute(&source.file).unwrap_or_else(|_| source.file.clone()),
             hot_reload: config.daemon.hot_reload,
@@ -299,14 +317,17 @@ fn pipeline_sinks(
 }
 
 /// The processor chain of pipeline `name`: each plugin loaded (or reused) and
-/// configured once.
+/// configured once; each built-in stage checked against its table or the
+/// partitioning.
 fn build_stages(
     at: &mut PluginLoad<'_>,
     p: &PipelineConfig,
     name: &str,
     has_dead_letter: bool,
     source: &ConfigSource,
-) -> Result<Vec<Arc<StageSpec>>, ConfigError> {
+    tables: &BTreeMap<String, Arc<TableSlot>>,
+    source_key: Option<&Pointer>,
+) -> Result<Vec<StepSpec>, ConfigError> {
     let default_policy = p.on_error.unwrap_or(if has_dead_letter {
         OnError::DeadLetter
     } else {
@@ -315,35 +336,151 @@ fn build_stages(
     let mut stages = Vec::new();
     for (index, proc_cfg) in p.processors.iter().enumerate() {
         let on_error = proc_cfg.on_error.unwrap_or(default_policy);
+        let place = match (&proc_cfg.plugin, &proc_cfg.join, &proc_cfg.dedup) {
+            (Some(plugin), None, None) => plugin.span(),
+            (None, Some(join), None) => join.span(),
+            (None, None, Some(dedup)) => dedup.span(),
+            (None, None, None) => {
+                return Err(source.error(
+                    p.processors_span(index),
+                    "a processor needs one of `plugin`, `join` or `dedup`",
+                ));
+            }
+            _ => {
+                return Err(source.error(
+                    p.processors_span(index),
+                    "a processor is one of `plugin`, `join` or `dedup`, not several: give each its own entry of `processors`",
+                ));
+            }
+        };
         if on_error == OnError::DeadLetter && !has_dead_letter {
             return Err(source.error(
-                proc_cfg.plugin.span(),
+                place,
                 "on_error = \"dead-letter\" needs the pipeline's `dead_letter` sink",
             ));
         }
+        if proc_cfg.plugin.is_none() && !proc_cfg.config.is_empty() {
+            return Err(source.error(
+                place,
+                "`config` is for plugin stages; a built-in stage takes its settings in its own table",
+            ));
+        }
+        if let Some(join) = &proc_cfg.join {
+            stages.push(StepSpec::Join(Arc::new(build_join(
+                join.get_ref(),
+                index,
+                on_error,
+                tables,
+                source,
+            )?)));
+            continue;
+        }
+        if let Some(dedup) = &proc_cfg.dedup {
+            stages.push(StepSpec::Dedup(Arc::new(build_dedup(
+                dedup, index, on_error, p, source_key, source,
+            )?)));
+            continue;
+        }
+        let plugin = proc_cfg.plugin.as_ref().expect("checked above");
         let limits = Limits {
             memory_bytes: proc_cfg.memory_limit,
             timeout: proc_cfg.timeout,
         };
         let pairs = config::plugin_config_pairs(&proc_cfg.config);
         let (slot, label) = at.load(
-            &proc_cfg.plugin,
+            plugin,
             World::Processor,
             |plugin| format!("{index}:{}", plugin.name),
             name,
             &pairs,
             limits,
         )?;
-        stages.push(Arc::new(StageSpec {
+        stages.push(StepSpec::Plugin(Arc::new(StageSpec {
             label,
             slot,
             config: pairs,
             limits,
             on_error,
             breaker: proc_cfg.circuit_breaker,
-        }));
+        })));
     }
     Ok(stages)
+}
+
+fn pointer(text: &toml::Spanned<String>, source: &ConfigSource) -> Result<Pointer, ConfigError> {
+    Pointer::parse(text.get_ref()).map_err(|e| source.error(text.span(), e))
+}
+
+/// A `join` stage: its table must be a `[tables.NAME]` of the config.
+fn build_join(
+    join: &config::JoinConfig,
+    index: usize,
+    on_error: OnError,
+    tables: &BTreeMap<String, Arc<TableSlot>>,
+    source: &ConfigSource,
+) -> Result<JoinSpec, ConfigError> {
+    let table = tables.get(join.table.get_ref()).ok_or_else(|| {
+        source.error(
+            join.table.span(),
+            format!(
+                "no table named `{}` (known: {})",
+                join.table.get_ref(),
+                known(tables)
+            ),
+        )
+    })?;
+    Ok(JoinSpec {
+        label: format!("{index}:join:{}", join.table.get_ref()),
+        table: table.clone(),
+        on: pointer(&join.on, source)?,
+        target: pointer(&join.target, source)?,
+        kind: join.kind,
+        on_error,
+    })
+}
+
+/// A `dedup` stage. Its state is per partition, so the records of one dedup
+/// key must all come to one partition: with more than one, the source's
+/// `key` (what routes records) must be one of the dedup key's pointers (as
+/// Spark shuffles by the deduplication columns).
+fn build_dedup(
+    dedup: &toml::Spanned<config::DedupConfig>,
+    index: usize,
+    on_error: OnError,
+    p: &PipelineConfig,
+    source_key: Option<&Pointer>,
+    source: &ConfigSource,
+) -> Result<DedupSpec, ConfigError> {
+    let config = dedup.get_ref();
+    let keys = config
+        .key
+        .get_ref()
+        .iter()
+        .map(|k| pointer(k, source))
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() || keys.len() > MAX_POINTERS {
+        return Err(source.error(
+            config.key.span(),
+            format!("a dedup key is 1 to {MAX_POINTERS} JSON pointers"),
+        ));
+    }
+    if *p.partitions.get_ref() > 1 && !source_key.is_some_and(|k| keys.contains(k)) {
+        return Err(source.error(
+            config.key.span(),
+            format!(
+                "dedup state is kept per partition, so duplicates must reach the same one: with {} partitions the source's `key` (now {}) must be one of the dedup key's pointers, or use partitions = 1",
+                p.partitions.get_ref(),
+                source_key.map_or("none".to_string(), |k| format!("`{k}`"))
+            ),
+        ));
+    }
+    Ok(DedupSpec {
+        label: format!("{index}:dedup"),
+        keys,
+        within_ms: i64::try_from(config.within.as_millis()).unwrap_or(i64::MAX),
+        max_keys: config.max_keys,
+        on_error,
+    })
 }
 
 /// Loads the Wasm aggregators (`op = "wasm"`) of a window; returns how many

@@ -37,10 +37,10 @@ fn rows(scratch: &Scratch) -> Vec<Value> {
 
 /// A small generator seeded from the clock (the seed is printed, to replay a
 /// failure).
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -48,7 +48,7 @@ impl Rng {
         eprintln!("checkpoint crash test seed: {seed}");
         Rng(seed | 1)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         // xorshift64*
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;

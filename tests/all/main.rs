@@ -38,6 +38,7 @@ mod shutdown;
 mod sink_faults;
 mod skips;
 mod sources;
+mod state;
 mod state_lock;
 mod stock;
 mod systemd;

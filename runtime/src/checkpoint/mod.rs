@@ -1,11 +1,13 @@
-//! Checkpoints: a pipeline's source position, window state and sink lengths,
+//! Checkpoints: a pipeline's source position, window state, the state of its
+//! built-in stages (`dedup`) and sink lengths,
 //! written together, atomically, to an embedded store (redb) in the state
 //! directory, so that a restarted daemon resumes where the last checkpoint
 //! left off — no window lost, none counted twice.
 //!
 //! ```text
 //! source: every `interval` (or `batches` batches) ── flush ──► Barrier ──► every partition
-//!   worker p: closes its open batch, runs it, then passes the barrier on
+//!   worker p: closes its open batch, runs it, acks the state of its built-in
+//!             stages (`dedup`, if any), then passes the barrier on
 //!     └─► window operator: once it has the barrier of every partition, snapshots
 //!         its windows and watermark ──► Ack ──► source
 //!   source: asks each sink to write out and fsync (its length in bytes),
@@ -57,6 +59,21 @@ pub struct WindowSnapshot {
     /// Per partition, the largest event time seen (ms).
     pub partitions: Vec<Option<i64>>,
 }
+
+/// One partition's `dedup` state at a checkpoint (see
+/// `pipeline::builtin::DedupState`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupSnapshot {
+    /// The largest event time the stage had seen on the partition (ms).
+    pub max_ts: Option<i64>,
+    /// The live keys (a JSON array of the key values) and their first event
+    /// time (ms), in the order they came.
+    pub keys: Vec<(String, i64)>,
+}
+
+/// The built-in stages' state at a checkpoint: state name (the partition
+/// and the stage, `DedupSpec::state_name`) → state.
+pub type StageSnapshots = BTreeMap<String, DedupSnapshot>;
 
 /// The file, in the state directory, that holds every pipeline's checkpoint.
 pub const STORE_FILE: &str = "checkpoints.redb";
@@ -207,6 +224,9 @@ pub struct Checkpoint {
     /// watermark are its own, as a Kafka Streams task's).
     #[serde(default)]
     pub tasks: BTreeMap<String, WindowSnapshot>,
+    /// The state of the built-in stages (`dedup`) of every partition.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stages: StageSnapshots,
     /// The input was read to its end and every window emitted.
     pub finished: bool,
     /// Taken as the pipeline stopped (a signal, a reload that removed it): it
@@ -438,6 +458,12 @@ pub enum Ack {
     /// The window operator, with its state at the barrier: per task (see
     /// [`crate::window::operator::Task`]).
     Window(Box<BTreeMap<u32, WindowSnapshot>>),
+    /// A partition worker whose chain keeps state (`dedup`), with that state
+    /// at the barrier. Sent before the worker passes the barrier on, so on
+    /// the (FIFO) ack channel it comes before the [`Ack::Worker`] or
+    /// [`Ack::Window`] that completes the barrier: it is collected, not
+    /// counted.
+    Stages(Box<StageSnapshots>),
 }
 
 /// The source's side of checkpointing: when to take one, and taking it.
@@ -554,9 +580,11 @@ impl Checkpointer {
         drop(barrier);
         let expected = if self.windowed { 1 } else { self.partitions };
         let mut tasks = BTreeMap::new();
+        let mut stages = StageSnapshots::new();
         let mut received = 0;
         while received < expected {
             match acks.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ack::Stages(state)) => stages.extend(*state),
                 Ok(Ack::Worker) => received += 1,
                 Ok(Ack::Window(snapshot)) => {
                     tasks = *snapshot;
@@ -606,6 +634,7 @@ impl Checkpointer {
                 .into_iter()
                 .filter_map(|(task, w)| Some((self.task_names.get(&task)?.clone(), w)))
                 .collect(),
+            stages,
             finished: kind == BarrierKind::End,
             stopped: kind == BarrierKind::Stop,
         };
@@ -695,6 +724,7 @@ mod tests {
             exclusive: BTreeSet::from(["out".to_string()]),
             window: None,
             tasks: BTreeMap::new(),
+            stages: StageSnapshots::new(),
             finished: false,
             stopped: false,
         }
@@ -1037,20 +1067,25 @@ mod tests {
                 max_bytes: 1 << 30,
                 interval: Duration::from_secs(3600),
             },
-            stages: vec![stage_spec(
+            stages: vec![crate::pipeline::processor::StepSpec::Plugin(stage_spec(
                 slot("identity"),
                 &[],
                 OnError::Stop,
                 BreakerConfig::default(),
-            )],
+            ))],
         });
         let stats = Arc::new(Stats::default());
         let worker = crate::pipeline::worker::Worker {
             pipeline: "unit-checkpoint".into(),
             partition: 0,
             chain: Arc::new(arc_swap::ArcSwap::new(chain.clone())),
-            stages: crate::pipeline::processor::Stage::chain("unit-checkpoint", 0, &chain.stages)
-                .unwrap(),
+            stages: crate::pipeline::processor::Step::chain(
+                "unit-checkpoint",
+                0,
+                &chain.stages,
+                &Default::default(),
+            )
+            .unwrap(),
             running: chain,
             refused: None,
             window: None,

@@ -282,7 +282,7 @@ async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 /// The pipeline counters: name (Prometheus adds `sluice_` and `_total`;
 /// OpenTelemetry's name is `sluice.` and the name with dots) and help.
-pub const COUNTERS: [(&str, &str); 10] = [
+pub const COUNTERS: [(&str, &str); 12] = [
     ("records_in", "Records read by the pipeline's source."),
     (
         "records_out",
@@ -300,11 +300,19 @@ pub const COUNTERS: [(&str, &str); 10] = [
     ),
     (
         "records_late",
-        "Records too late for every window they belong to.",
+        "Records too late for every window they belong to, or older than a dedup stage's watermark.",
     ),
     (
         "records_dropped",
         "Records dropped because the pipeline was full and the source cannot wait (UDP).",
+    ),
+    (
+        "records_duplicate",
+        "Records a dedup stage dropped as duplicates.",
+    ),
+    (
+        "records_unmatched",
+        "Records an inner join dropped for want of a match in its table.",
     ),
     ("batches", "Micro-batches processed."),
     (
@@ -324,6 +332,8 @@ pub fn counter(stats: &Stats, name: &str) -> u64 {
         "records_failed" => &stats.failed,
         "records_late" => &stats.late,
         "records_dropped" => &stats.dropped,
+        "records_duplicate" => &stats.duplicates,
+        "records_unmatched" => &stats.unmatched,
         "checkpoints" => &stats.checkpoints,
         _ => &stats.batches,
     };

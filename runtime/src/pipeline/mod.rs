@@ -11,6 +11,8 @@ pub mod processor;
 
 pub mod batcher;
 
+pub mod builtin;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 use crate::checkpoint::{Checkpoint, CheckpointSpec, Checkpointer, Store};
-use crate::pipeline::processor::Stage;
+use crate::pipeline::processor::Step;
 use crate::pipeline::worker::{WindowFeed, Worker};
 use crate::sink::SinkHandle;
 use crate::sink::dead_letter::DeadLetter;
@@ -171,7 +173,12 @@ impl PipelineSpec {
         let dead_letter =
             DeadLetter::new(&self.name, self.dead_letter.as_ref().map(sink).transpose()?);
         dead_letter.tap().set_points(crate::obs::tap::Points {
-            stages: self.chain.stages.iter().map(|s| s.label.clone()).collect(),
+            stages: self
+                .chain
+                .stages
+                .iter()
+                .map(|s| s.label().to_string())
+                .collect(),
             window: self.window.is_some(),
             sinks: self.sinks.clone(),
             dead_letter: self.dead_letter.is_some(),
@@ -185,13 +192,14 @@ impl PipelineSpec {
                 checkpoint = c.id,
                 position = %c.position,
                 open_windows = c.window.as_ref().map_or(0, |w| w.fixed.len() + w.sessions.len()),
+                dedup_keys = c.stages.values().map(|s| s.keys.len()).sum::<usize>(),
                 finished = c.finished,
                 "resuming from checkpoint"
             );
         }
-        let (restored_window, resume_at) = match restored {
-            Some(c) => (c.window.clone(), Some(c.position.clone())),
-            None => (None, None),
+        let (restored_window, resume_at, restored_stages) = match restored {
+            Some(c) => (c.window.clone(), Some(c.position.clone()), c.stages),
+            None => (None, None, Default::default()),
         };
         let checkpointed = self.checkpoint.is_some() && resume.is_some();
         let kafka = self.source.input.window_tasks();
@@ -241,7 +249,7 @@ impl PipelineSpec {
             None => None,
         };
         for partition in 0..self.partitions {
-            let stages = Stage::chain(&self.name, partition, &self.chain.stages)?;
+            let stages = Step::chain(&self.name, partition, &self.chain.stages, &restored_stages)?;
             let worker = Worker {
                 pipeline: self.name.clone(),
                 partition,
@@ -407,6 +415,10 @@ pub struct Summary {
     pub checkpoints: u64,
     /// See [`Stats::dropped`].
     pub dropped: u64,
+    /// See [`Stats::duplicates`].
+    pub duplicates: u64,
+    /// See [`Stats::unmatched`].
+    pub unmatched: u64,
     /// Wall time since the pipeline started.
     pub elapsed: Duration,
 }
@@ -425,6 +437,8 @@ impl Summary {
             failed: stats.failed.load(Ordering::Relaxed),
             checkpoints: stats.checkpoints.load(Ordering::Relaxed),
             dropped: stats.dropped.load(Ordering::Relaxed),
+            duplicates: stats.duplicates.load(Ordering::Relaxed),
+            unmatched: stats.unmatched.load(Ordering::Relaxed),
             elapsed,
         }
     }
@@ -451,7 +465,7 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "pipeline={} in={} out={} rejected={} skipped={} failed={} unwritten={} late={} batches={} checkpoints={} dropped={} elapsed={:.3}s rate={:.0} records/s",
+            "pipeline={} in={} out={} rejected={} skipped={} failed={} unwritten={} late={} batches={} checkpoints={} dropped={} duplicates={} unmatched={} elapsed={:.3}s rate={:.0} records/s",
             self.pipeline,
             self.records_in,
             self.records_out,
@@ -463,6 +477,8 @@ impl fmt::Display for Summary {
             self.batches,
             self.checkpoints,
             self.dropped,
+            self.duplicates,
+            self.unmatched,
             secs,
             rate
         )

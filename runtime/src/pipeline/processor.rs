@@ -30,8 +30,116 @@ use sluice_plugin_sdk::Batch;
 
 use crate::config::{BreakerConfig, OnError};
 use crate::obs::metrics::PluginMetrics;
+use crate::pipeline::builtin::{DedupSpec, DedupState, JoinSpec};
 use crate::wasm::plugin::{CallError, Instance, Limits, LogTags, Plugin, Processed};
 use crate::wasm::reload::PluginSlot;
+
+/// One step of a configured chain: a Wasm plugin stage, or a built-in stage
+/// (see [`crate::pipeline::builtin`]).
+#[derive(Debug, Clone)]
+pub enum StepSpec {
+    /// `{ plugin = "…" }`.
+    Plugin(Arc<StageSpec>),
+    /// `{ join = { … } }`.
+    Join(Arc<JoinSpec>),
+    /// `{ dedup = { … } }`.
+    Dedup(Arc<DedupSpec>),
+}
+
+impl StepSpec {
+    /// How logs, taps and dead letters name the step (`0:flights_delay`,
+    /// `1:join:airports`, `2:dedup`).
+    pub fn label(&self) -> &str {
+        match self {
+            StepSpec::Plugin(s) => &s.label,
+            StepSpec::Join(s) => &s.label,
+            StepSpec::Dedup(s) => &s.label,
+        }
+    }
+
+    /// A text that differs when the step's configuration differs.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            StepSpec::Plugin(s) => format!(
+                "{:?}|{:?}|{:?}|{:?}|{:?}",
+                s.slot.path, s.config, s.limits, s.on_error, s.breaker
+            ),
+            // The table slot itself: a config reload loads the tables again,
+            // and the chain then takes the new slots (whose files are watched).
+            StepSpec::Join(j) => format!(
+                "join {:p}|{}|{}|{:?}|{:?}",
+                Arc::as_ptr(&j.table),
+                j.on,
+                j.target,
+                j.kind,
+                j.on_error
+            ),
+            StepSpec::Dedup(d) => format!(
+                "dedup {:?}|{}|{}|{:?}",
+                d.keys, d.within_ms, d.max_keys, d.on_error
+            ),
+        }
+    }
+}
+
+/// One step of one partition worker's chain.
+// A handful per worker, in a Vec: their size does not matter, and the plugin
+// stage stays unboxed (its path is unchanged).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Step {
+    /// A plugin stage with its instance.
+    Plugin(Stage),
+    /// A lookup join (stateless here: the table is shared).
+    Join(Arc<JoinSpec>),
+    /// A deduplication with this partition's state.
+    Dedup(Arc<DedupSpec>, DedupState),
+}
+
+impl Step {
+    /// One step per spec, for partition `partition` of `pipeline`; a `dedup`
+    /// takes its state from `restored` (by [`DedupSpec::state_name`]) when
+    /// there.
+    ///
+    /// # Errors
+    /// A plugin stage's instance cannot be made or configured; the message
+    /// names it.
+    pub fn chain(
+        pipeline: &str,
+        partition: usize,
+        specs: &[StepSpec],
+        restored: &crate::checkpoint::StageSnapshots,
+    ) -> anyhow::Result<Vec<Step>> {
+        specs
+            .iter()
+            .map(|spec| {
+                Ok(match spec {
+                    StepSpec::Plugin(spec) => Step::Plugin(
+                        Stage::new(pipeline, partition, spec.clone())
+                            .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.label))?,
+                    ),
+                    StepSpec::Join(spec) => Step::Join(spec.clone()),
+                    StepSpec::Dedup(spec) => Step::Dedup(
+                        spec.clone(),
+                        restored
+                            .get(&spec.state_name(partition))
+                            .map(DedupState::restore)
+                            .unwrap_or_default(),
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    /// How logs, taps and dead letters name the step.
+    pub fn label(&self) -> &str {
+        match self {
+            Step::Plugin(s) => &s.spec().label,
+            Step::Join(s) => &s.label,
+            Step::Dedup(s, _) => &s.label,
+        }
+    }
+}
 
 /// A configured stage, shared by the partition workers of a pipeline.
 #[derive(Debug)]
@@ -108,24 +216,6 @@ impl Stage {
         };
         stage.instance = Some(stage.instantiate(&stage.plugin.clone())?);
         Ok(stage)
-    }
-
-    /// One stage per spec, for partition `partition` of `pipeline`.
-    ///
-    /// # Errors
-    /// A stage's instance cannot be made or configured; the message names it.
-    pub fn chain(
-        pipeline: &str,
-        partition: usize,
-        specs: &[Arc<StageSpec>],
-    ) -> anyhow::Result<Vec<Stage>> {
-        specs
-            .iter()
-            .map(|spec| {
-                Stage::new(pipeline, partition, spec.clone())
-                    .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.label))
-            })
-            .collect()
     }
 
     /// The shared spec.

@@ -19,8 +19,8 @@ use crate::config::OnError;
 use crate::obs::tap::Point;
 use crate::pipeline::batcher::BatchLimits;
 use crate::pipeline::batcher::Batcher;
-use crate::pipeline::processor::Stage;
-use crate::pipeline::processor::StageSpec;
+use crate::pipeline::builtin;
+use crate::pipeline::processor::{Step, StepSpec};
 use crate::sink::SinkHandle;
 use crate::sink::dead_letter::{DeadLetter, DeadRecord};
 use crate::source::Chunk;
@@ -35,23 +35,14 @@ pub struct Chain {
     /// When a micro-batch closes.
     pub limits: BatchLimits,
     /// The processor chain.
-    pub stages: Vec<Arc<StageSpec>>,
+    pub stages: Vec<StepSpec>,
 }
 
 impl Chain {
     /// A text that differs when the chain differs (limits, and each stage's
     /// plugin file, config, limits, policy and breaker).
     pub fn fingerprint(&self) -> String {
-        let stages: Vec<String> = self
-            .stages
-            .iter()
-            .map(|s| {
-                format!(
-                    "{:?}|{:?}|{:?}|{:?}|{:?}",
-                    s.slot.path, s.config, s.limits, s.on_error, s.breaker
-                )
-            })
-            .collect();
+        let stages: Vec<String> = self.stages.iter().map(StepSpec::fingerprint).collect();
         format!("{:?}|{stages:?}", self.limits)
     }
 }
@@ -85,8 +76,9 @@ pub struct Worker {
     /// A newer chain whose stages could not start here, and when (retried
     /// after [`crate::pipeline::processor::RETRY_REFUSED`]).
     pub refused: Option<(Arc<Chain>, std::time::Instant)>,
-    /// The processor chain, one instance per stage.
-    pub stages: Vec<Stage>,
+    /// The processor chain, one instance per stage (and its state, for a
+    /// built-in stage that keeps some).
+    pub stages: Vec<Step>,
     /// The window operator the output goes to, when the pipeline has windows.
     pub window: Option<WindowFeed>,
     /// Where output goes (fan-out: every sink gets every record).
@@ -243,6 +235,21 @@ impl Worker {
     /// Everything before `barrier` has been processed: passes it on to the
     /// window operator, or acknowledges it.
     fn pass_barrier(&self, barrier: Barrier) -> anyhow::Result<()> {
+        // The state of the built-in stages first: on the ack channel it comes
+        // before what completes the barrier.
+        let state: crate::checkpoint::StageSnapshots = self
+            .stages
+            .iter()
+            .filter_map(|step| match step {
+                Step::Dedup(spec, state) => {
+                    Some((spec.state_name(self.partition), state.snapshot()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !state.is_empty() {
+            let _ = barrier.ack.send(Ack::Stages(Box::new(state)));
+        }
         match &self.window {
             Some(feed) => feed.tx.send(WindowMsg::Barrier(barrier)).map_err(|_| {
                 anyhow!(
@@ -286,8 +293,27 @@ impl Worker {
             return;
         }
         let latest = arc_swap::Guard::into_inner(latest);
-        match Stage::chain(&self.pipeline, self.partition, &latest.stages) {
-            Ok(stages) => {
+        match Step::chain(
+            &self.pipeline,
+            self.partition,
+            &latest.stages,
+            &Default::default(),
+        ) {
+            Ok(mut stages) => {
+                // A dedup stage keeps its state across the reload (matched by
+                // its key pointers).
+                for step in &mut stages {
+                    if let Step::Dedup(spec, state) = step {
+                        let name = spec.state_name(self.partition);
+                        for old in &mut self.stages {
+                            if let Step::Dedup(old_spec, old_state) = old
+                                && old_spec.state_name(self.partition) == name
+                            {
+                                std::mem::swap(state, old_state);
+                            }
+                        }
+                    }
+                }
                 batcher.set_limits(latest.limits);
                 self.stages = stages;
                 self.running = latest;
@@ -352,7 +378,82 @@ impl Worker {
         let mut refused: Vec<Refused> = Vec::new();
         let mut skipped = 0;
         let mut current = batch;
-        for (index, stage) in self.stages.iter_mut().enumerate() {
+        for (index, step) in self.stages.iter_mut().enumerate() {
+            let stage = match step {
+                Step::Plugin(stage) => stage,
+                Step::Join(..) | Step::Dedup(..) => {
+                    let mut span = timer.stage(step.label());
+                    let (output, on_error) = match step {
+                        Step::Join(spec) => (builtin::join(spec, &current), spec.on_error),
+                        Step::Dedup(spec, state) => (state.process(spec, &current), spec.on_error),
+                        Step::Plugin(_) => unreachable!("matched above"),
+                    };
+                    let label = step.label();
+                    let stats = &self.stats;
+                    stats
+                        .duplicates
+                        .fetch_add(output.duplicates, Ordering::Relaxed);
+                    stats.late.fetch_add(output.late, Ordering::Relaxed);
+                    stats
+                        .unmatched
+                        .fetch_add(output.unmatched, Ordering::Relaxed);
+                    if let Some((_, reason)) = output.refused.first() {
+                        span.fail(&format!(
+                            "{} record(s) refused ({on_error:?}): {reason}",
+                            output.refused.len()
+                        ));
+                        match on_error {
+                            OnError::Skip => {
+                                tracing::warn!(
+                                    pipeline = %self.pipeline,
+                                    stage = %label,
+                                    partition = self.partition,
+                                    records = output.refused.len(),
+                                    "records skipped (on_error = \"skip\"): {reason}"
+                                );
+                                skipped += output.refused.len();
+                            }
+                            OnError::DeadLetter => {
+                                for (i, reason) in output.refused {
+                                    if let Some(event) = current.get(i as usize) {
+                                        refused.push(Refused::of(index, None, &event, reason));
+                                    }
+                                }
+                            }
+                            OnError::Stop => {
+                                let reason = reason.clone();
+                                timer.fail(&reason);
+                                tracing::error!(
+                                    pipeline = %self.pipeline,
+                                    stage = %label,
+                                    partition = self.partition,
+                                    "record refused, stopping the pipeline (on_error = \"stop\"): {reason}"
+                                );
+                                return Err(BatchFailed {
+                                    error: anyhow!(
+                                        "pipeline `{}` stopped (on_error = \"stop\"): stage {label} refused a record: {reason}",
+                                        self.pipeline
+                                    ),
+                                    unaccounted: input_len,
+                                });
+                            }
+                        }
+                    }
+                    current = output.events;
+                    if watched {
+                        let seen = crate::obs::tap::Seen {
+                            pipeline: &self.pipeline,
+                            at: label,
+                            partition: Some(self.partition),
+                            plugin_version: None,
+                        };
+                        self.dead_letter
+                            .tap()
+                            .offer(&Point::Stage(index), seen, &current);
+                    }
+                    continue;
+                }
+            };
             let mut span = timer.stage(&stage.spec().label);
             let processed = stage.process(&mut current);
             // After the call: the stage may have switched to a reloaded version.
@@ -395,7 +496,7 @@ impl Worker {
             }
             for (i, reason) in output.rejected {
                 if let Some(event) = current.get(i as usize) {
-                    refused.push(Refused::of(index, stage.plugin(), &event, reason));
+                    refused.push(Refused::of(index, Some(stage.plugin()), &event, reason));
                 }
             }
             match stage.spec().on_error {
@@ -415,7 +516,7 @@ impl Worker {
                 OnError::DeadLetter | OnError::Stop => {
                     for (i, reason) in output.failed {
                         if let Some(event) = current.get(i as usize) {
-                            refused.push(Refused::of(index, stage.plugin(), &event, reason));
+                            refused.push(Refused::of(index, Some(stage.plugin()), &event, reason));
                         }
                     }
                 }
@@ -509,17 +610,17 @@ impl Worker {
     fn dead_letter_refused(&self, refused: &[Refused]) -> anyhow::Result<()> {
         let records: Vec<DeadRecord<'_>> = refused
             .iter()
-            .map(|r| {
-                let spec = self.stages[r.stage].spec();
-                DeadRecord {
-                    stage: &spec.label,
-                    plugin: Some((&r.plugin.name, &r.plugin.version)),
-                    partition: Some(self.partition),
-                    reason: &r.reason,
-                    key: &r.key,
-                    timestamp_ms: Some(r.timestamp_ms),
-                    original: &r.original,
-                }
+            .map(|r| DeadRecord {
+                stage: self.stages[r.stage].label(),
+                plugin: r
+                    .plugin
+                    .as_ref()
+                    .map(|p| (p.name.as_str(), p.version.as_str())),
+                partition: Some(self.partition),
+                reason: &r.reason,
+                key: &r.key,
+                timestamp_ms: Some(r.timestamp_ms),
+                original: &r.original,
             })
             .collect();
         self.dead_letter.send(&records)?;
@@ -618,8 +719,8 @@ struct BatchFailed {
 struct Refused {
     /// Index of the stage in the chain.
     stage: usize,
-    /// The plugin version that ran the batch.
-    plugin: Arc<Plugin>,
+    /// The plugin version that ran the batch (none for a built-in stage).
+    plugin: Option<Arc<Plugin>>,
     reason: String,
     key: Vec<u8>,
     timestamp_ms: i64,
@@ -628,10 +729,10 @@ struct Refused {
 }
 
 impl Refused {
-    fn of(stage: usize, plugin: &Arc<Plugin>, event: &Event<'_>, reason: String) -> Self {
+    fn of(stage: usize, plugin: Option<&Arc<Plugin>>, event: &Event<'_>, reason: String) -> Self {
         Refused {
             stage,
-            plugin: plugin.clone(),
+            plugin: plugin.cloned(),
             reason,
             key: event.key().unwrap_or_default().to_vec(),
             timestamp_ms: event.timestamp_ms(),
@@ -677,14 +778,15 @@ mod tests {
     ) -> (Worker, Arc<Stats>) {
         let running = Arc::new(Chain {
             limits: limits(max_records),
-            stages: specs,
+            stages: specs.into_iter().map(StepSpec::Plugin).collect(),
         });
         let stats = Arc::new(Stats::default());
         let worker = Worker {
             pipeline: PIPELINE.into(),
             partition: 0,
             chain: Arc::new(ArcSwap::new(running.clone())),
-            stages: Stage::chain(PIPELINE, 0, &running.stages).expect("the chain starts"),
+            stages: Step::chain(PIPELINE, 0, &running.stages, &Default::default())
+                .expect("the chain starts"),
             running,
             refused: None,
             window,
@@ -1130,12 +1232,12 @@ mod tests {
         // A config reload: the chain now upper-cases.
         chain.store(Arc::new(Chain {
             limits: limits(1000),
-            stages: vec![stage_spec(
+            stages: vec![StepSpec::Plugin(stage_spec(
                 slot("uppercase"),
                 &[],
                 OnError::Stop,
                 BreakerConfig::default(),
-            )],
+            ))],
         }));
         tx.send(Chunk::Records(vec![record(2, "c"), record(3, "d")]))
             .unwrap();

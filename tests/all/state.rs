@@ -1,0 +1,404 @@
+//! Built-in stages on host-owned state: lookup tables and the `join` stage,
+//! and the `dedup` stage with its state in the checkpoints. The examples run
+//! on the real data, their output checked against ground truth computed here
+//! from the input files (not by sluice's code).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::checkpoints::Rng;
+use crate::support::*;
+use crate::windows::{HOUR, assert_rows, time};
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `faa` → `name` of examples/data/airports.csv, read by hand (it has a
+/// header row and no quoted field).
+fn airport_names() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(repo().join("examples/data/airports.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("faa,name,lat,lon,alt,tz,dst,tzone"),
+        "the header"
+    );
+    lines
+        .map(|l| {
+            assert!(!l.contains('"'), "a quoted field: {l}");
+            let fields: Vec<&str> = l.split(',').collect();
+            assert_eq!(fields.len(), 8, "{l}");
+            (fields[0].to_string(), fields[1].to_string())
+        })
+        .collect()
+}
+
+fn event_ms(record: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(record["event_time"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// The rows of examples/join: per hour of departure and destination airport
+/// name (null where the airport has no row), the flights and their mean
+/// departure delay (null delays skipped; null when none is left).
+fn expected_delays_by_airport() -> Vec<Value> {
+    let names = airport_names();
+    // (window start, name) → (flights, delay sum, delays)
+    let mut windows: BTreeMap<(i64, Option<String>), (u64, i64, u64)> = BTreeMap::new();
+    for line in flights_lines(usize::MAX) {
+        let r: Value = serde_json::from_str(&line).unwrap();
+        let start = event_ms(&r).div_euclid(HOUR) * HOUR;
+        let name = names.get(r["dest"].as_str().unwrap()).cloned();
+        let w = windows.entry((start, name)).or_default();
+        w.0 += 1;
+        if let Some(d) = r["dep_delay"].as_i64() {
+            w.1 += d;
+            w.2 += 1;
+        }
+    }
+    windows
+        .into_iter()
+        .map(|((start, name), (flights, sum, n))| {
+            json!({
+                "window_start": time(start),
+                "window_end": time(start + HOUR),
+                "name": name,
+                "flights": flights,
+                "avg_dep_delay": if n == 0 { Value::Null } else { json!(sum as f64 / n as f64) },
+            })
+        })
+        .collect()
+}
+
+fn by_window_and_name(rows: &mut [Value]) {
+    rows.sort_by(|a, b| {
+        (a["window_start"].as_str(), a["name"].as_str())
+            .cmp(&(b["window_start"].as_str(), b["name"].as_str()))
+    });
+}
+
+/// `examples/join/sluice.toml`: flights ⋈ airports (left, on `/dest`), then
+/// hourly windows per destination airport name.
+#[test]
+fn join_example_windows_match_ground_truth() {
+    let mut want = expected_delays_by_airport();
+    let example = std::fs::read_to_string(repo().join("examples/join/sluice.toml")).unwrap();
+    let config = example
+        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace("\"../../target/state-join\"", "\"state\"")
+        .replace(
+            "\"../data/flights-2013.ndjson.gz\"",
+            &format!("{:?}", flights_gz()),
+        )
+        .replace(
+            "\"../data/airports.csv\"",
+            &format!("{:?}", repo().join("examples/data/airports.csv")),
+        )
+        .replace("\"../../target/join-out/", "\"out/");
+    assert!(
+        config.contains("@PLUGINS@") && config.contains("\"out/delays-by-airport.ndjson\""),
+        "the example config changed shape"
+    );
+    let scratch = Scratch::new(&config);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let p = "delays_by_airport";
+    assert_eq!(count(&output, p, "in"), 336_776);
+    assert_eq!(count(&output, p, "late"), 0);
+    assert_eq!(count(&output, p, "unmatched"), 0, "a left join keeps them");
+    assert_eq!(count(&output, p, "out"), want.len() as u64);
+    let mut got = scratch.read_json("out/delays-by-airport.ndjson");
+    by_window_and_name(&mut got);
+    by_window_and_name(&mut want);
+    assert_rows(&got, &want);
+    // The unmatched destinations (SJU, BQN, STT, PSE) are there, without a name.
+    assert!(got.iter().any(|r| r["name"].is_null()));
+    assert!(got.iter().any(|r| r["name"] == "Los Angeles Intl"));
+}
+
+/// The flights with every 10th one repeated 5 minutes later in event time —
+/// the same flight record, its `event_time` 5 minutes on, placed where that
+/// time falls in the (event-time sorted) file (as examples/dedup/make_input.py
+/// writes them); and the original lines.
+fn flights_with_duplicates() -> (String, Vec<String>) {
+    let originals = flights_lines(usize::MAX);
+    let mut input = String::with_capacity(originals.len() * 480);
+    let mut pending: std::collections::VecDeque<(i64, String)> = Default::default();
+    for (i, line) in originals.iter().enumerate() {
+        let mut r: Value = serde_json::from_str(line).unwrap();
+        let t = event_ms(&r);
+        while pending.front().is_some_and(|(at, _)| *at <= t) {
+            input.push_str(&pending.pop_front().unwrap().1);
+            input.push('\n');
+        }
+        input.push_str(line);
+        input.push('\n');
+        if i % 10 == 9 {
+            let later = t + 5 * 60_000;
+            r["event_time"] = json!(time(later));
+            r["event_time_ms"] = json!(later);
+            pending.push_back((later, r.to_string()));
+        }
+    }
+    for (_, line) in pending {
+        input.push_str(&line);
+        input.push('\n');
+    }
+    (input, originals)
+}
+
+/// `examples/dedup/sluice.toml` with its paths in the scratch folder: as it
+/// is (reading its standard input), or reading the file `in.ndjson` with
+/// `checkpoint = { interval }` (a pipe cannot be read again).
+fn dedup_config(checkpoint: Option<&str>) -> String {
+    let example = std::fs::read_to_string(repo().join("examples/dedup/sluice.toml")).unwrap();
+    let mut config = example
+        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace("\"../../target/state-dedup\"", "\"state\"")
+        .replace(
+            "\"../../target/dedup-out/flights.ndjson\"",
+            "\"out.ndjson\"",
+        );
+    assert!(
+        config.contains("type = \"stdin\"")
+            && config.contains("\"out.ndjson\"")
+            && config.ends_with("sinks = [\"flights\"]\n"),
+        "the example config changed shape"
+    );
+    if let Some(interval) = checkpoint {
+        config = config.replace("type = \"stdin\"", "type = \"file\"\npath = \"in.ndjson\"");
+        config.push_str(&format!("checkpoint = {{ interval = {interval:?} }}\n"));
+    }
+    config
+}
+
+fn sorted(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort_unstable();
+    lines
+}
+
+const FLIGHTS: u64 = 336_776;
+/// Every 10th flight of 336,776 is repeated.
+const REPEATS: u64 = 33_677;
+
+/// `examples/dedup`, its input on standard input: exactly the original
+/// flights come out, each once, each the first (original) record of its
+/// flight.
+#[test]
+fn dedup_example_passes_each_flight_exactly_once() {
+    let (input, originals) = flights_with_duplicates();
+    let scratch = Scratch::new(&dedup_config(None));
+    scratch.write("in.ndjson", &input);
+    drop(input);
+    let input = std::fs::File::open(scratch.path("in.ndjson")).unwrap();
+    let output = scratch.command("run").stdin(input).output().unwrap();
+    assert_exit(&output, 0);
+    assert_eq!(count(&output, "dedup", "in"), FLIGHTS + REPEATS);
+    assert_eq!(count(&output, "dedup", "duplicates"), REPEATS);
+    assert_eq!(count(&output, "dedup", "late"), 0);
+    assert_eq!(count(&output, "dedup", "out"), FLIGHTS);
+    let got = scratch.read_lines("out.ndjson");
+    assert_eq!(got.len() as u64, FLIGHTS);
+    assert!(
+        sorted(got) == sorted(originals),
+        "the output is not the original flights"
+    );
+}
+
+/// The dedup job with checkpoints every 50 ms, killed with SIGKILL five times
+/// at random points and restarted: the output is what an uninterrupted run
+/// writes (`dedup_example_passes_each_flight_exactly_once`: the original
+/// flights, each once) — no duplicate let through after a restart (the state
+/// was restored), no flight lost.
+#[test]
+fn dedup_state_survives_kill_9_with_checkpoints() {
+    let (input, originals) = flights_with_duplicates();
+    let scratch = Scratch::new(&dedup_config(Some("50ms")));
+    scratch.write("in.ndjson", &input);
+    drop(input);
+    let mut rng = Rng::new();
+    let (mut kills, mut resumed_with_state) = (0, 0);
+    while kills < 5 {
+        let mut daemon = Running::start(scratch.command("run"));
+        daemon.wait_for("pipeline started");
+        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
+        if daemon.child.try_wait().unwrap().is_some() {
+            break; // finished before the kill
+        }
+        daemon.child.kill().unwrap();
+        let output = daemon.finish();
+        assert_eq!(output.status.code(), None, "killed by a signal");
+        let log = String::from_utf8_lossy(&output.stderr);
+        if log.contains("resuming from checkpoint") && !log.contains("dedup_keys=0 ") {
+            resumed_with_state += 1;
+        }
+        kills += 1;
+    }
+    assert!(kills >= 5, "the job finished after {kills} kill(s)");
+    assert!(
+        resumed_with_state >= 2,
+        "only {resumed_with_state} restarts resumed a dedup state"
+    );
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("resuming from checkpoint"));
+    let got = scratch.read_lines("out.ndjson");
+    assert_eq!(got.len() as u64, FLIGHTS, "no duplicate, no loss");
+    assert!(
+        sorted(got) == sorted(originals),
+        "the output is not the original flights"
+    );
+}
+
+/// A followed input through `join` (inner) and `dedup`, with the admin API:
+/// the table file replaced while the daemon runs is swapped in, a broken one
+/// keeps the table it replaced; `/pipelines` counts the duplicates and the
+/// unmatched.
+#[test]
+fn a_changed_table_file_is_swapped_in_and_a_broken_one_keeps_the_old_table() {
+    let config = Config::new()
+        .admin()
+        .table("tables.codes")
+        .set_str("path", "codes.ndjson")
+        .set_str("key", "/code")
+        .file_source("in", "in.ndjson")
+        .follow()
+        .key("/id")
+        .timestamp("/t")
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "in", &["out"])
+        .partitions(2)
+        .batch(r#"{ max_records = 10, interval = "10ms" }"#)
+        .processor(r#"{ join = { table = "codes", on = "/c", as = "/info", kind = "inner" } }"#)
+        .processor(r#"{ dedup = { key = ["/id"], within = "1m" } }"#);
+    let scratch = Scratch::new(&config.build());
+    scratch.write("codes.ndjson", "{\"code\":\"a\",\"v\":1}\n");
+    scratch.write("in.ndjson", "");
+    let mut daemon = Running::start(scratch.command("run"));
+    let addr = daemon.admin_addr();
+    daemon.wait_for("pipeline started");
+    let line = |id: u32, c: &str| format!(r#"{{"id":{id},"c":"{c}","t":{}}}"#, 1000 + id);
+    // 1 and 2 match; 3 does not (inner: dropped); 1 again: a duplicate.
+    scratch.append_lines(
+        "in.ndjson",
+        &[line(1, "a"), line(2, "a"), line(3, "b"), line(1, "a")],
+    );
+    scratch.wait_for_lines("out.ndjson", 2);
+
+    // A new file, renamed over the old: `b` now matches, `a` no longer.
+    scratch.write("codes.tmp", "{\"code\":\"b\",\"v\":2}\n");
+    std::fs::rename(scratch.path("codes.tmp"), scratch.path("codes.ndjson")).unwrap();
+    daemon.wait_for("lookup table reloaded");
+    scratch.append_lines("in.ndjson", &[line(4, "b"), line(5, "a")]);
+    scratch.wait_for_lines("out.ndjson", 3);
+
+    // A broken file: the table stays as it was.
+    scratch.write("codes.tmp", "{\"code\":\"c\"}\nnot json\n");
+    std::fs::rename(scratch.path("codes.tmp"), scratch.path("codes.ndjson")).unwrap();
+    daemon.wait_for("lookup table file cannot be loaded, the old table stays");
+    scratch.append_lines("in.ndjson", &[line(6, "b"), line(7, "c")]);
+    scratch.wait_for_lines("out.ndjson", 4);
+
+    let (_, body) = http(&addr, "GET", "/pipelines");
+    let pipelines: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(pipelines[0]["records_duplicate"], 1);
+    assert_eq!(pipelines[0]["records_unmatched"], 3, "3, 5 and 7");
+    daemon.signal("TERM");
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("line 2: invalid JSON"), "{log}");
+    let mut got: Vec<(u64, Value)> = scratch
+        .read_json("out.ndjson")
+        .into_iter()
+        .map(|r| (r["id"].as_u64().unwrap(), r["info"].clone()))
+        .collect();
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        got,
+        vec![
+            (1, json!({"code": "a", "v": 1})),
+            (2, json!({"code": "a", "v": 1})),
+            (4, json!({"code": "b", "v": 2})),
+            (6, json!({"code": "b", "v": 2})),
+        ]
+    );
+    assert_eq!(count(&output, "p", "duplicates"), 1);
+    assert_eq!(count(&output, "p", "unmatched"), 3);
+}
+
+/// `sluice validate` loads the tables: a missing file, a key column the
+/// header does not have, an unknown table and a dedup key that does not
+/// route are located errors.
+#[test]
+fn validate_checks_tables_joins_and_dedup_keys() {
+    let base = Config::new()
+        .table("tables.airports")
+        .set_str("path", "airports.csv")
+        .set_str("key", "faa")
+        .file_source("in", "in.ndjson")
+        .key("/carrier")
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "in", &["out"]);
+    let cases: [(Config, Option<&str>, &str, &str); 5] = [
+        (
+            base.clone()
+                .processor(r#"{ join = { table = "airports", on = "/dest", as = "/a" } }"#),
+            None,
+            "",
+            "",
+        ),
+        (
+            base.clone()
+                .table("tables.airports")
+                .set_str("path", "nowhere.csv")
+                .table("pipelines.p"),
+            Some("path = \"nowhere.csv\""),
+            "cannot read",
+            "nowhere.csv",
+        ),
+        (
+            base.clone().table("tables.airports").set_str("key", "code"),
+            Some("key = \"code\""),
+            "key column `code` is not in the header",
+            "columns: faa, name",
+        ),
+        (
+            base.clone()
+                .processor(r#"{ join = { table = "airport", on = "/dest", as = "/a" } }"#),
+            Some("table = \"airport\""),
+            "no table named `airport`",
+            "known: `airports`",
+        ),
+        (
+            base.clone()
+                .partitions(2)
+                .processor(r#"{ dedup = { key = ["/flight"], within = "1h" } }"#),
+            Some("key = [\"/flight\"]"),
+            "dedup state is kept per partition",
+            "now `/carrier`",
+        ),
+    ];
+    for (config, line, message, detail) in cases {
+        let text = config.build();
+        let scratch = Scratch::new(&text);
+        scratch.write("airports.csv", "faa,name\nJFK,Kennedy\n");
+        scratch.write("in.ndjson", "");
+        let output = scratch.command("validate").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match line {
+            None => assert_exit(&output, 0),
+            Some(needle) => {
+                assert_exit(&output, 2);
+                let at = format!("sluice.toml:{}:", line_of(&text, needle));
+                assert!(stderr.contains(&at), "{at} in:\n{stderr}");
+                assert!(stderr.contains(message), "{message:?} in:\n{stderr}");
+                assert!(stderr.contains(detail), "{detail:?} in:\n{stderr}");
+            }
+        }
+    }
+}
