@@ -185,6 +185,26 @@ pub fn observe(admin: Arc<AdminState>) {
             }
         })
         .build();
+    meter
+        .u64_observable_gauge("sluice.plugin.breakers.open")
+        .with_unit("{partition}")
+        .with_description("Partitions whose circuit breaker for the plugin is open or half-open.")
+        .with_callback(|observer| {
+            for p in crate::obs::metrics::plugins() {
+                observer.observe(p.breakers_open.load(Ordering::Relaxed), &p.attributes());
+            }
+        })
+        .build();
+    meter
+        .u64_observable_counter("sluice.plugin.breaker.opened")
+        .with_unit("{opening}")
+        .with_description("Times a circuit breaker of the plugin opened.")
+        .with_callback(|observer| {
+            for p in crate::obs::metrics::plugins() {
+                observer.observe(p.breaker_opened.load(Ordering::Relaxed), &p.attributes());
+            }
+        })
+        .build();
     for (name, description, failures) in [
         (
             "sluice.plugin.reloads",
