@@ -284,10 +284,18 @@ impl Subscriber {
     /// limit reached or its client gone).
     fn take(&self, seen: Seen<'_>, batch: &Batch) -> bool {
         let sample = self.request.sample.max(1);
-        for event in batch {
+        let len = batch.len();
+        for (i, event) in batch.into_iter().enumerate() {
             let n = self.seen.fetch_add(1, Ordering::Relaxed);
             if !n.is_multiple_of(sample) {
                 continue;
+            }
+            if !self.budget_open() {
+                // This second's budget is spent: the rest of the batch is
+                // only counted (for the sampling), not formatted — a record
+                // is turned into its line only when it can be sent.
+                self.seen.fetch_add((len - i - 1) as u64, Ordering::Relaxed);
+                return true;
             }
             let line = line(seen, &event);
             if !self.within_budget(line.len() as u64) {
@@ -311,6 +319,16 @@ impl Subscriber {
             }
         }
         true
+    }
+
+    /// Whether this second's budget has room for one more record (the
+    /// byte budget is checked once the line is made).
+    fn budget_open(&self) -> bool {
+        let mut budget = self.budget.lock().expect("tap budget");
+        if budget.0.elapsed() >= Duration::from_secs(1) {
+            *budget = (Instant::now(), 0, 0);
+        }
+        budget.1 < self.request.max_records && budget.2 < self.request.max_bytes
     }
 
     fn within_budget(&self, bytes: u64) -> bool {
