@@ -202,6 +202,12 @@ fn the_console_shows_the_running_flights_job_its_taps_and_dead_letters() {
              && w !== null && /last 2013-/.test(w.textContent)
              && document.body.innerText.includes("breaker closed");"#,
     );
+    // Some minutes' worth of charts before the screenshot: four readings.
+    browser.wait_until(
+        "four readings in the records/s chart",
+        r#"const l = document.querySelector('[data-pipeline="p"] [data-chart^="records/s"] polyline');
+           return l !== null && l.getAttribute("points").trim().split(" ").length >= 4;"#,
+    );
     // The screenshot, kept for CI.
     let png = browser.session_call("GET", "/screenshot", Value::Null);
     use base64::Engine as _;
