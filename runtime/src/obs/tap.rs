@@ -337,6 +337,10 @@ impl Subscriber {
             *budget = (Instant::now(), 0, 0);
         }
         if budget.1 + 1 > self.request.max_records || budget.2 + bytes > self.request.max_bytes {
+            // The second is spent: a line that does not fit closes it, so
+            // that `budget_open` stops the formatting of more lines until
+            // the next second (a sliver of bytes left would not do).
+            budget.2 = self.request.max_bytes;
             return false;
         }
         budget.1 += 1;
@@ -504,6 +508,27 @@ mod tests {
         });
         hub.offer(&Point::Source, AT, &batch(5));
         assert!(lines(&other).is_empty());
+    }
+
+    #[test]
+    fn a_line_past_the_byte_budget_closes_the_second() {
+        // Small, big, small: the big one does not fit and closes the
+        // second, so the last small one (which would fit) is not even made.
+        let mut b = Batch::default();
+        b.push(None, br#"{"n":0}"#, 0);
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(500));
+        b.push(None, big.as_bytes(), 0);
+        b.push(None, br#"{"n":2}"#, 0);
+        let small = line(AT, &b.get(0).unwrap()).len() as u64;
+        let hub = Hub::default();
+        let rx = hub.subscribe(TapRequest {
+            max_bytes: small * 5 / 2,
+            ..request(Point::Source)
+        });
+        hub.offer(&Point::Source, AT, &b);
+        let got = lines(&rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["value"]["n"], 0);
     }
 
     #[test]
