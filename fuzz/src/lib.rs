@@ -151,7 +151,10 @@ pub fn build(source: &ConfigSource) -> Result<Topology, String> {
     for pipeline in config.pipelines.values_mut() {
         let pipeline = pipeline.get_mut();
         for processor in &mut pipeline.processors {
-            relative(processor.plugin.get_mut());
+            // Built-in stages (`join`, `dedup`) have no plugin.
+            if let Some(plugin) = &mut processor.plugin {
+                relative(plugin.get_mut());
+            }
         }
         if let Some(aggregate) = &mut pipeline.aggregate {
             for a in aggregate.get_mut() {
