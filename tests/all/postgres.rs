@@ -254,24 +254,36 @@ fn windows_into_postgres_survive_five_kill_9() {
         )
         .unwrap()
         .iter()
-        .map(|r| {
-            json!({
-                "key": r.get::<_, String>(0),
-                "window_start": r.get::<_, String>(1),
-                "window_end": r.get::<_, String>(2),
-                "delayed": r.get::<_, i64>(3),
-                "avg_dep_delay": r.get::<_, f64>(4),
-                "max_dep_delay": r.get::<_, i64>(5),
-                "dep_delay_quantiles": serde_json::from_str::<Value>(&r.get::<_, String>(6)).unwrap(),
-            })
-        })
+        .map(window_row)
         .collect();
+    let want = hourly_windows_in_order(n);
+    crate::windows::assert_rows(&got, &want);
+}
+
+/// A window row read back as (key, window_start, window_end, delayed,
+/// avg_dep_delay, max_dep_delay, dep_delay_quantiles as text), as the
+/// windows tests' ground truth shapes it.
+fn window_row(r: &postgres::Row) -> Value {
+    json!({
+        "key": r.get::<_, String>(0),
+        "window_start": r.get::<_, String>(1),
+        "window_end": r.get::<_, String>(2),
+        "delayed": r.get::<_, i64>(3),
+        "avg_dep_delay": r.get::<_, f64>(4),
+        "max_dep_delay": r.get::<_, i64>(5),
+        "dep_delay_quantiles": serde_json::from_str::<Value>(&r.get::<_, String>(6)).unwrap(),
+    })
+}
+
+/// The ground truth of the first `n` flights' hourly windows, ordered as the
+/// queries above order the table (window start, then key).
+fn hourly_windows_in_order(n: usize) -> Vec<Value> {
     let mut want = crate::windows::hourly_windows(n);
     want.sort_by(|a, b| {
         (a["window_start"].as_str(), a["key"].as_str())
             .cmp(&(b["window_start"].as_str(), b["key"].as_str()))
     });
-    crate::windows::assert_rows(&got, &want);
+    want
 }
 
 /// PostgreSQL stopped for 20 s mid-run: the sink retries with back-off (the
@@ -702,23 +714,9 @@ fn the_postgres_example_fills_its_table() {
         )
         .unwrap()
         .iter()
-        .map(|r| {
-            json!({
-                "key": r.get::<_, String>(0),
-                "window_start": r.get::<_, String>(1),
-                "window_end": r.get::<_, String>(2),
-                "delayed": r.get::<_, i64>(3),
-                "avg_dep_delay": r.get::<_, f64>(4),
-                "max_dep_delay": r.get::<_, i64>(5),
-                "dep_delay_quantiles": serde_json::from_str::<Value>(&r.get::<_, String>(6)).unwrap(),
-            })
-        })
+        .map(window_row)
         .collect();
-    let mut want = crate::windows::hourly_windows(usize::MAX);
-    want.sort_by(|a, b| {
-        (a["window_start"].as_str(), a["key"].as_str())
-            .cmp(&(b["window_start"].as_str(), b["key"].as_str()))
-    });
+    let want = hourly_windows_in_order(usize::MAX);
     assert_eq!(want.len(), 32_839);
     crate::windows::assert_rows(&got, &want);
     assert!(scratch.read_lines("out/dead-letter.ndjson").is_empty());
