@@ -57,28 +57,45 @@ impl Rng {
     }
 }
 
-#[test]
-fn kill_9_at_random_points_loses_and_doubles_no_window() {
-    let scratch = Scratch::new(&config(flights_gz().to_str().unwrap(), 2, false).build());
-    let want = expected_fixed(&delayed(usize::MAX), HOUR, HOUR);
+/// Runs `scratch`'s job and kills it with SIGKILL once it has started, after
+/// a random pause (ms, in `pause`), up to `times` times; stops early when a
+/// run ends before its kill. Returns the kills and how many of the killed
+/// runs' logs `resumed` accepts (e.g. "resumed from a checkpoint with state").
+pub(crate) fn kill_9_repeatedly(
+    scratch: &Scratch,
+    times: usize,
+    pause: std::ops::Range<u64>,
+    resumed: impl Fn(&str) -> bool,
+) -> (usize, usize) {
     let mut rng = Rng::new();
-    let (mut kills, mut resumed_mid_input) = (0, 0);
-    while kills < 6 {
+    let (mut kills, mut resumed_runs) = (0, 0);
+    while kills < times {
         let mut daemon = Running::start(scratch.command("run"));
         daemon.wait_for("pipeline started");
-        std::thread::sleep(Duration::from_millis(20 + rng.below(250)));
+        std::thread::sleep(Duration::from_millis(
+            pause.start + rng.below(pause.end - pause.start),
+        ));
         if daemon.child.try_wait().unwrap().is_some() {
             break; // finished before the kill
         }
         daemon.child.kill().unwrap();
         let output = daemon.finish();
         assert_eq!(output.status.code(), None, "killed by a signal");
-        let log = String::from_utf8_lossy(&output.stderr);
-        if log.contains("resuming from checkpoint") && !log.contains("offset=0 ") {
-            resumed_mid_input += 1;
+        if resumed(&String::from_utf8_lossy(&output.stderr)) {
+            resumed_runs += 1;
         }
         kills += 1;
     }
+    (kills, resumed_runs)
+}
+
+#[test]
+fn kill_9_at_random_points_loses_and_doubles_no_window() {
+    let scratch = Scratch::new(&config(flights_gz().to_str().unwrap(), 2, false).build());
+    let want = expected_fixed(&delayed(usize::MAX), HOUR, HOUR);
+    let (kills, resumed_mid_input) = kill_9_repeatedly(&scratch, 6, 20..270, |log| {
+        log.contains("resuming from checkpoint") && !log.contains("offset=0 ")
+    });
     assert!(
         kills >= 6,
         "the job finished after {kills} kill(s): too fast to test"

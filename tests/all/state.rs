@@ -4,11 +4,10 @@
 //! from the input files (not by sluice's code).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::checkpoints::Rng;
+use crate::checkpoints::kill_9_repeatedly;
 use crate::support::*;
 use crate::windows::{HOUR, assert_rows, time};
 
@@ -220,24 +219,9 @@ fn dedup_state_survives_kill_9_with_checkpoints() {
     let scratch = Scratch::new(&dedup_config(Some("50ms")));
     scratch.write("in.ndjson", &input);
     drop(input);
-    let mut rng = Rng::new();
-    let (mut kills, mut resumed_with_state) = (0, 0);
-    while kills < 5 {
-        let mut daemon = Running::start(scratch.command("run"));
-        daemon.wait_for("pipeline started");
-        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
-        if daemon.child.try_wait().unwrap().is_some() {
-            break; // finished before the kill
-        }
-        daemon.child.kill().unwrap();
-        let output = daemon.finish();
-        assert_eq!(output.status.code(), None, "killed by a signal");
-        let log = String::from_utf8_lossy(&output.stderr);
-        if log.contains("resuming from checkpoint") && !log.contains("dedup_keys=0 ") {
-            resumed_with_state += 1;
-        }
-        kills += 1;
-    }
+    let (kills, resumed_with_state) = kill_9_repeatedly(&scratch, 5, 100..500, |log| {
+        log.contains("resuming from checkpoint") && !log.contains("dedup_keys=0 ")
+    });
     assert!(kills >= 5, "the job finished after {kills} kill(s)");
     assert!(
         resumed_with_state >= 2,
