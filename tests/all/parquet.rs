@@ -159,7 +159,10 @@ fn windows_with_five_kill_9(python: &Path, n: usize, exactly_once: bool) -> Vec<
              delayed = \"int64\", avg_dep_delay = \"double\", max_dep_delay = \"int64\", \
              dep_delay_quantiles = \"json\" }",
         )
-        .set("partition_by", "{ field = \"/window_start\", date = \"dt\" }")
+        .set(
+            "partition_by",
+            "{ field = \"/window_start\", date = \"dt\" }",
+        )
         .set("roll_rows", 200)
         .set("exactly_once", exactly_once)
         .pipeline("p", "in", &["lake"])
@@ -167,11 +170,7 @@ fn windows_with_five_kill_9(python: &Path, n: usize, exactly_once: bool) -> Vec<
         .batch(r#"{ max_records = 500, interval = "10ms" }"#)
         .processor(r#"{ plugin = "flights_delay.wasm", config = { min_delay = 15 } }"#)
         .window(r#"{ kind = "tumbling", size = "1h", watermark = "10m", output_mode = "append" }"#)
-        .aggregate(
-            r#"[{ op = "count", as = "delayed" }, { op = "avg", field = "/dep_delay", as = "avg_dep_delay" },
-               { op = "max", field = "/dep_delay", as = "max_dep_delay" },
-               { op = "wasm", plugin = "delay_quantiles.wasm", field = "/dep_delay", config = { quantiles = "0.5,0.9,0.99" }, as = "dep_delay_quantiles" }]"#,
-        )
+        .aggregate(crate::windows::HOURLY_AGGREGATES)
         .checkpoint("100ms")
         .build();
     let scratch = Scratch::new(&config);

@@ -209,9 +209,7 @@ fn windows_into_postgres_survive_five_kill_9() {
     .processor(r#"{ plugin = "flights_delay.wasm", config = { min_delay = 15 } }"#)
     .window(r#"{ kind = "tumbling", size = "1h", watermark = "10m", output_mode = "update" }"#)
     .aggregate(
-        r#"[{ op = "count", as = "delayed" }, { op = "avg", field = "/dep_delay", as = "avg_dep_delay" },
-           { op = "max", field = "/dep_delay", as = "max_dep_delay" },
-           { op = "wasm", plugin = "delay_quantiles.wasm", field = "/dep_delay", config = { quantiles = "0.5,0.9,0.99" }, as = "dep_delay_quantiles" }]"#,
+crate::windows::HOURLY_AGGREGATES,
     )
     .checkpoint("100ms")
     .build();

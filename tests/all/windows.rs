@@ -537,6 +537,12 @@ fn a_record_without_event_time_can_be_dead_lettered() {
     );
 }
 
+/// The main job's aggregates (`examples/flights/sluice.toml`), whose rows
+/// [`hourly_windows`] computes.
+pub(crate) const HOURLY_AGGREGATES: &str = r#"[{ op = "count", as = "delayed" }, { op = "avg", field = "/dep_delay", as = "avg_dep_delay" },
+  { op = "max", field = "/dep_delay", as = "max_dep_delay" },
+  { op = "wasm", plugin = "delay_quantiles.wasm", field = "/dep_delay", config = { quantiles = "0.5,0.9,0.99" }, as = "dep_delay_quantiles" }]"#;
+
 /// The windows of the main job (`examples/flights/sluice.toml`) over the
 /// first `n` flights, computed here: per carrier and hour, the delayed
 /// flights' count, mean and worst delay and p50/p90/p99.
