@@ -126,6 +126,21 @@ fn sluice_tap_shows_the_source_the_stage_and_the_window_of_the_flights_job() {
         assert!(l["value"]["dep_delay"].as_f64().unwrap() >= 15.0, "{l}");
     }
     assert_eq!(window.len(), 5);
+    // A tap that runs out of time ends cleanly (exit 0), not as a broken
+    // stream; a point the pipeline does not have is refused with its points.
+    let timed = tap(&admin, &["--at", "dead_letter", "--duration", "1s"])
+        .wait_with_output()
+        .unwrap();
+    assert!(timed.status.success(), "{timed:?}");
+    let nowhere = tap(&admin, &["--at", "nowhere"])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(nowhere.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(
+        err.contains("this pipeline's points: source, 0:flights_delay, window"),
+        "{err}"
+    );
     daemon.signal("TERM");
     assert_exit(&daemon.finish(), 0);
     let written: BTreeSet<String> = scratch

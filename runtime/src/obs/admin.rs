@@ -573,11 +573,16 @@ async fn tap(
         }
     };
     let at = param("at").unwrap_or("source");
+    let hub = crate::obs::tap::hub(&pipeline);
     let point = match Point::parse(at) {
         Ok(point) => point,
-        Err(e) => return bad(e),
+        Err(e) => {
+            return bad(format!(
+                "{e}; this pipeline's points: {}",
+                hub.points().names().join(", ")
+            ));
+        }
     };
-    let hub = crate::obs::tap::hub(&pipeline);
     if let Err(e) = hub.points().check(&point, at) {
         return bad(e);
     }
@@ -615,15 +620,22 @@ async fn tap(
         Ok(s) => s.clamp(1, TAP_MAX_SECONDS),
         Err(e) => return bad(e),
     };
-    deadline.set(std::time::Instant::now() + Duration::from_secs(seconds));
+    // The answer ends by itself after `seconds` (a whole chunked body, which
+    // a client reads as a clean end); the connection's deadline, a little
+    // later, is only the backstop.
+    let seconds = Duration::from_secs(seconds);
+    deadline.set(std::time::Instant::now() + seconds + Duration::from_secs(5));
     hub.prune();
-    let lines = hub.subscribe(request);
+    let lines = futures_util::StreamExt::take_until(
+        hub.subscribe(request).into_stream(),
+        tokio::time::sleep(seconds),
+    );
     (
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        axum::body::Body::from_stream(lines.into_stream()),
+        axum::body::Body::from_stream(lines),
     )
         .into_response()
 }
