@@ -625,6 +625,35 @@ pub struct ProcessorConfig {
     /// When to stop calling a plugin that keeps failing.
     #[serde(default)]
     pub circuit_breaker: BreakerConfig,
+    /// Keyed processors only: how long a key's state lives after it was last
+    /// written, in processing time (Flink's `StateTtlConfig` with
+    /// `OnCreateAndWrite` and `NeverReturnExpired`; Spark's TTL for
+    /// `transformWithState`): an expired state is never handed to the
+    /// plugin. Between 1ms and 366days; default: no expiry.
+    #[serde(default, deserialize_with = "de_opt_within")]
+    pub state_ttl: Option<Duration>,
+    /// Keyed processors only: how far the watermark that fires event-time
+    /// timers stays behind the largest event time the partition has seen
+    /// (Flink's bounded out-of-orderness). Default `"0s"`.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub watermark: Option<Duration>,
+    /// Keyed processors only: most bytes of state (keys, values and timers)
+    /// one partition keeps; a record of a new key that would go past it is
+    /// refused (the stage's `on_error`). Default `"256MiB"`.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub state_memory: Option<u64>,
+}
+
+fn de_opt_within<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_within(d).map(Some)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_lag(d).map(Some)
+}
+
+fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
 }
 
 /// `join = { table = "airports", on = "/dest", as = "/dest_airport", kind = "left" }`:

@@ -147,6 +147,8 @@ pub(crate) fn stage_spec(
         },
         on_error,
         breaker,
+        keyed: None,
+        tables: None,
     })
 }
 

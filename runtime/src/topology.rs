@@ -16,6 +16,7 @@ use crate::config::{
 use crate::decode::{MAX_POINTERS, Pointer};
 use crate::pipeline::batcher::BatchLimits;
 use crate::pipeline::builtin::{DedupSpec, JoinSpec};
+use crate::pipeline::keyed::KeyedSpec;
 use crate::pipeline::processor::{StageSpec, StepSpec};
 use crate::pipeline::{Chain, PipelineSpec};
 use crate::sink::SinkSpec;
@@ -164,6 +165,7 @@ impl Topology {
                 source,
                 &tables,
                 src_spec.decoder.key_pointer(),
+                src_spec.input.window_tasks(),
             )?;
 
             let mut window = build_window(p, dead_letter.is_some(), source)?;
@@ -327,6 +329,7 @@ fn build_stages(
     source: &ConfigSource,
     tables: &BTreeMap<String, Arc<TableSlot>>,
     source_key: Option<&Pointer>,
+    kafka: bool,
 ) -> Result<Vec<StepSpec>, ConfigError> {
     let default_policy = p.on_error.unwrap_or(if has_dead_letter {
         OnError::DeadLetter
@@ -395,6 +398,7 @@ fn build_stages(
             &pairs,
             limits,
         )?;
+        let keyed = keyed_spec(proc_cfg, &slot, plugin, p, source_key, kafka, source)?;
         stages.push(StepSpec::Plugin(Arc::new(StageSpec {
             label,
             slot,
@@ -402,9 +406,74 @@ fn build_stages(
             limits,
             on_error,
             breaker: proc_cfg.circuit_breaker,
+            tables: keyed.map(|_| Arc::new(tables.clone())),
+            keyed,
         })));
     }
     Ok(stages)
+}
+
+/// A keyed processor's settings, or `None` for a plain processor (which may
+/// not have them). A keyed processor's state is per partition and per record
+/// key: with more than one partition, the source must route by a key (its
+/// `key`), so that a key's records all reach the partition that holds its
+/// state (Flink's `keyBy`, Kafka Streams' co-partitioning).
+fn keyed_spec(
+    proc_cfg: &config::ProcessorConfig,
+    slot: &Arc<PluginSlot>,
+    plugin: &toml::Spanned<String>,
+    p: &PipelineConfig,
+    source_key: Option<&Pointer>,
+    kafka: bool,
+    source: &ConfigSource,
+) -> Result<Option<KeyedSpec>, ConfigError> {
+    let keyed = slot.current().world() == World::Keyed;
+    if !keyed {
+        let given: Vec<&str> = [
+            ("state_ttl", proc_cfg.state_ttl.is_some()),
+            ("watermark", proc_cfg.watermark.is_some()),
+            ("state_memory", proc_cfg.state_memory.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if !given.is_empty() {
+            return Err(source.error(
+                plugin.span(),
+                format!(
+                    "`{}` is for keyed processors (sluice:plugin/keyed-processor components); this plugin is a {}",
+                    given.join("`, `"),
+                    slot.current().world()
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    if kafka {
+        // Not yet: the state would stay with the daemon when a rebalance
+        // moves its Kafka partition (the changelog that moves it is to come).
+        return Err(source.error(
+            plugin.span(),
+            "a keyed processor cannot read a Kafka source yet: its state is kept per daemon partition and would not move with a Kafka partition on a rebalance; read a file, stdin or another source",
+        ));
+    }
+    if source_key.is_none() && *p.partitions.get_ref() > 1 {
+        return Err(source.error(
+            plugin.span(),
+            format!(
+                "a keyed processor keeps state per record key and partition: with {} partitions the source needs a `key` (the JSON pointer records are keyed and routed by), or use partitions = 1",
+                p.partitions.get_ref()
+            ),
+        ));
+    }
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    Ok(Some(KeyedSpec {
+        ttl_ms: proc_cfg.state_ttl.map(ms),
+        watermark_ms: proc_cfg.watermark.map_or(0, ms),
+        memory_bytes: proc_cfg
+            .state_memory
+            .unwrap_or(KeyedSpec::default().memory_bytes),
+    }))
 }
 
 fn pointer(text: &toml::Spanned<String>, source: &ConfigSource) -> Result<Pointer, ConfigError> {
@@ -1265,7 +1334,9 @@ impl PluginLoad<'_> {
         };
         at.loaded.insert(path.clone(), slot.clone());
         let plugin = slot.current();
-        if plugin.world() != world {
+        // A keyed processor is a processor stage too.
+        if plugin.world() != world && !(world == World::Processor && plugin.world() == World::Keyed)
+        {
             let hint = match world {
                 World::Processor => {
                     "processors = [ … ] takes sluice:plugin/processor components; use an aggregator in `aggregate = [{ op = \"wasm\", plugin = \"…\" }]`"
@@ -1273,6 +1344,7 @@ impl PluginLoad<'_> {
                 World::Aggregator => {
                     "`op = \"wasm\"` takes a sluice:plugin/aggregator component; use a processor in `processors = [ … ]`"
                 }
+                World::Keyed => "a keyed processor goes in `processors = [ … ]`",
             };
             return Err(source.error(
                 file.span(),

@@ -71,9 +71,57 @@ pub struct DedupSnapshot {
     pub keys: Vec<(String, i64)>,
 }
 
-/// The built-in stages' state at a checkpoint: state name (the partition
-/// and the stage, `DedupSpec::state_name`) → state.
-pub type StageSnapshots = BTreeMap<String, DedupSnapshot>;
+/// One partition's keyed-processor state at a checkpoint (see
+/// `pipeline::keyed::KeyedState`): every live key's state bytes and the
+/// timers. Keys and values are base64 (RFC 4648 §4) in the JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedSnapshot {
+    /// The largest event time the stage had seen on the partition (ms).
+    pub max_ts: Option<i64>,
+    /// (key, state, when it was last written: wall clock, ms since the
+    /// epoch), sorted by key.
+    pub entries: Vec<(B64, B64, i64)>,
+    /// Event-time timers as (time ms, key), in time order.
+    pub event_timers: Vec<(i64, B64)>,
+    /// Processing-time timers as (time ms, key), in time order.
+    pub processing_timers: Vec<(i64, B64)>,
+}
+
+/// Bytes written as a base64 string (standard alphabet, padded) in JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct B64(pub Vec<u8>);
+
+impl Serialize for B64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(B64)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The state of one stage of one partition at a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StageSnapshot {
+    /// A `dedup` stage's (the form checkpoints had before keyed stages).
+    Dedup(DedupSnapshot),
+    /// A keyed processor's.
+    Keyed(KeyedSnapshot),
+}
+
+/// The stages' state at a checkpoint: state name (the partition and the
+/// stage, `DedupSpec::state_name`, `KeyedSpec::state_name`) → state.
+pub type StageSnapshots = BTreeMap<String, StageSnapshot>;
 
 /// The file, in the state directory, that holds every pipeline's checkpoint.
 pub const STORE_FILE: &str = "checkpoints.redb";
@@ -1095,6 +1143,7 @@ mod tests {
             metrics: crate::obs::metrics::pipeline("unit-checkpoint"),
             stop: Arc::new(AtomicBool::new(false)),
             task: None,
+            saved_and_stopped: false,
         };
         let (tx, rx) = flume::unbounded();
         let thread = std::thread::spawn(move || worker.run(rx));

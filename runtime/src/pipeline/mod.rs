@@ -13,6 +13,8 @@ pub mod batcher;
 
 pub mod builtin;
 
+pub mod keyed;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -192,7 +194,14 @@ impl PipelineSpec {
                 checkpoint = c.id,
                 position = %c.position,
                 open_windows = c.window.as_ref().map_or(0, |w| w.fixed.len() + w.sessions.len()),
-                dedup_keys = c.stages.values().map(|s| s.keys.len()).sum::<usize>(),
+                dedup_keys = c.stages.values().map(|s| match s {
+                    crate::checkpoint::StageSnapshot::Dedup(d) => d.keys.len(),
+                    crate::checkpoint::StageSnapshot::Keyed(_) => 0,
+                }).sum::<usize>(),
+                keyed_keys = c.stages.values().map(|s| match s {
+                    crate::checkpoint::StageSnapshot::Keyed(k) => k.entries.len(),
+                    crate::checkpoint::StageSnapshot::Dedup(_) => 0,
+                }).sum::<usize>(),
                 finished = c.finished,
                 "resuming from checkpoint"
             );
@@ -264,6 +273,7 @@ impl PipelineSpec {
                 metrics: crate::obs::metrics::pipeline(&self.name),
                 stop: failed.clone(),
                 task: None,
+                saved_and_stopped: false,
             };
             let (tx, rx) = flume::bounded((self.queue_records / source::CHUNK_RECORDS).max(1));
             senders.push(tx);

@@ -31,6 +31,8 @@ use sluice_plugin_sdk::Batch;
 use crate::config::{BreakerConfig, OnError};
 use crate::obs::metrics::PluginMetrics;
 use crate::pipeline::builtin::{DedupSpec, DedupState, JoinSpec};
+use crate::pipeline::keyed::{KeyedSpec, KeyedState, now_ms};
+use crate::wasm::keyed::{KeyedCall, KeyedReturn, TableSet};
 use crate::wasm::plugin::{CallError, Instance, Limits, LogTags, Plugin, Processed};
 use crate::wasm::reload::PluginSlot;
 
@@ -114,17 +116,25 @@ impl Step {
             .iter()
             .map(|spec| {
                 Ok(match spec {
-                    StepSpec::Plugin(spec) => Step::Plugin(
-                        Stage::new(pipeline, partition, spec.clone())
-                            .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.label))?,
-                    ),
+                    StepSpec::Plugin(spec) => {
+                        let mut stage = Stage::new(pipeline, partition, spec.clone())
+                            .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.label))?;
+                        if let Some(crate::checkpoint::StageSnapshot::Keyed(k)) =
+                            restored.get(&stage.state_name())
+                        {
+                            stage.set_keyed_state(KeyedState::restore(k));
+                        }
+                        Step::Plugin(stage)
+                    }
                     StepSpec::Join(spec) => Step::Join(spec.clone()),
                     StepSpec::Dedup(spec) => Step::Dedup(
                         spec.clone(),
-                        restored
-                            .get(&spec.state_name(partition))
-                            .map(DedupState::restore)
-                            .unwrap_or_default(),
+                        match restored.get(&spec.state_name(partition)) {
+                            Some(crate::checkpoint::StageSnapshot::Dedup(d)) => {
+                                DedupState::restore(d)
+                            }
+                            _ => DedupState::default(),
+                        },
                     ),
                 })
             })
@@ -156,6 +166,10 @@ pub struct StageSpec {
     pub on_error: OnError,
     /// When to stop calling a failing plugin.
     pub breaker: BreakerConfig,
+    /// A keyed processor's settings (`None` for a plain processor).
+    pub keyed: Option<KeyedSpec>,
+    /// The tables a keyed processor's `tables` import reads.
+    pub tables: Option<Arc<TableSet>>,
 }
 
 /// What one stage made of a batch, bisecting it when it failed.
@@ -187,6 +201,17 @@ pub struct Stage {
     bisect_budget: usize,
     /// The instruments of the version this stage runs.
     metrics: Arc<PluginMetrics>,
+    /// A keyed processor's state on this partition.
+    keyed: Option<KeyedState>,
+}
+
+/// Why a keyed stage runs without a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// A pause in the input: processing-time timers that are due fire.
+    Tick,
+    /// The end of the input: every event-time timer fires.
+    End,
 }
 
 /// How long a partition waits before trying again a new version (or chain) it
@@ -213,7 +238,11 @@ impl Stage {
             instance: None,
             bisect_budget: 0,
             metrics,
+            keyed: None,
         };
+        if stage.spec.keyed.is_some() {
+            stage.keyed = Some(KeyedState::default());
+        }
         stage.instance = Some(stage.instantiate(&stage.plugin.clone())?);
         Ok(stage)
     }
@@ -229,7 +258,7 @@ impl Stage {
     }
 
     fn instantiate(&self, plugin: &Plugin) -> Result<Instance, CallError> {
-        plugin.instantiate(
+        let mut instance = plugin.instantiate(
             &self.spec.config,
             self.spec.limits,
             LogTags {
@@ -239,7 +268,122 @@ impl Stage {
                 version: plugin.version.clone(),
                 partition: self.partition,
             },
-        )
+        )?;
+        if let Some(tables) = &self.spec.tables {
+            instance.set_tables(tables.clone());
+        }
+        Ok(instance)
+    }
+
+    /// Whether this is a keyed processor's stage.
+    pub fn is_keyed(&self) -> bool {
+        self.keyed.is_some()
+    }
+
+    /// The name of this stage's keyed state in a checkpoint, for its partition.
+    pub fn state_name(&self) -> String {
+        KeyedSpec::state_name(self.partition, &self.plugin.name)
+    }
+
+    /// A keyed stage's state for a checkpoint (`None` for a plain one).
+    pub fn keyed_snapshot(&self) -> Option<(String, crate::checkpoint::StageSnapshot)> {
+        let (spec, state) = (self.spec.keyed.as_ref()?, self.keyed.as_ref()?);
+        Some((
+            self.state_name(),
+            crate::checkpoint::StageSnapshot::Keyed(state.snapshot(spec, now_ms())),
+        ))
+    }
+
+    /// Takes up a keyed state (restored from a checkpoint, or carried over
+    /// from the chain a config reload replaced).
+    pub fn set_keyed_state(&mut self, state: KeyedState) {
+        if self.keyed.is_some() {
+            self.keyed = Some(state);
+        }
+    }
+
+    /// Hands the keyed state over (for the chain that replaces this one).
+    pub fn take_keyed_state(&mut self) -> Option<KeyedState> {
+        self.keyed.take()
+    }
+
+    /// Whether a keyed stage has a processing-time timer due now.
+    pub fn processing_due(&self) -> bool {
+        self.keyed
+            .as_ref()
+            .is_some_and(|k| k.processing_due(now_ms()))
+    }
+
+    /// One `process-keyed` call on the instance (made when there is none).
+    fn call_keyed(&mut self, call: KeyedCall) -> Result<KeyedReturn, CallError> {
+        let instance = match &mut self.instance {
+            Some(i) => i,
+            None => {
+                let plugin = self.plugin.clone();
+                self.instance.insert(self.instantiate(&plugin)?)
+            }
+        };
+        let started = Instant::now();
+        let result = instance.process_keyed(call);
+        self.metrics
+            .call_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.memory(instance.memory_high_water());
+        if let Err(e) = &result {
+            self.metrics.count_failure(e);
+            if e.poisons_instance() {
+                self.instance = None;
+            }
+        }
+        result
+    }
+
+    /// A keyed stage's batch (or, with `flush`, its timers alone): see
+    /// [`KeyedState::process`]. Under `on_error = "stop"` a failed call is
+    /// returned.
+    ///
+    /// # Errors
+    /// Only under `on_error = "stop"`: the failed call.
+    pub fn process_keyed(
+        &mut self,
+        batch: &Batch,
+        flush: Option<Flush>,
+    ) -> Result<StageOutput, CallError> {
+        self.follow_slot();
+        let spec = self.spec.keyed.expect("a keyed stage");
+        let mut state = self.keyed.take().unwrap_or_default();
+        let stop = self.spec.on_error == OnError::Stop;
+        let budget = self.spec.breaker.bisect_limit;
+        let now = now_ms();
+        let result = state
+            .process(&spec, batch, now, stop, budget, &mut |c| self.call_keyed(c))
+            .and_then(|mut out| {
+                if flush == Some(Flush::End) {
+                    let end = state.finish(&spec, now, stop, &mut |c| self.call_keyed(c))?;
+                    for event in &end.events {
+                        out.events.push_event(&event);
+                    }
+                    out.timers_fired += end.timers_fired;
+                    out.timers_failed += end.timers_failed;
+                }
+                Ok(out)
+            });
+        self.keyed = Some(state);
+        let out = result?;
+        if out.timers_failed > 0 {
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                stage = %self.spec.label,
+                partition = self.partition,
+                timers = out.timers_failed,
+                "timers failed and were dropped"
+            );
+        }
+        Ok(StageOutput {
+            events: out.events,
+            rejected: out.rejected,
+            failed: out.failed,
+        })
     }
 
     /// At a batch boundary: moves to the version in the slot if it changed.
@@ -326,6 +470,9 @@ impl Stage {
     /// # Errors
     /// Only under `on_error = "stop"`: the failed call.
     pub fn process(&mut self, batch: &mut Batch) -> Result<StageOutput, CallError> {
+        if self.keyed.is_some() {
+            return self.process_keyed(batch, None);
+        }
         self.follow_slot();
         if self.spec.on_error == OnError::Stop {
             let processed = self.run(batch)?;
@@ -729,6 +876,8 @@ mod tests {
                 },
                 on_error: OnError::DeadLetter,
                 breaker: breaker(1000),
+                keyed: None,
+                tables: None,
             };
             // A pipeline of its own: its own counters.
             let pipeline = format!("unit-processor-{mode}");

@@ -14,13 +14,13 @@ use sluice_plugin_sdk::{Batch, Event};
 
 use arc_swap::ArcSwap;
 
-use crate::checkpoint::{Ack, Barrier};
+use crate::checkpoint::{Ack, Barrier, BarrierKind};
 use crate::config::OnError;
 use crate::obs::tap::Point;
 use crate::pipeline::batcher::BatchLimits;
 use crate::pipeline::batcher::Batcher;
 use crate::pipeline::builtin;
-use crate::pipeline::processor::{Step, StepSpec};
+use crate::pipeline::processor::{Flush, Step, StepSpec};
 use crate::sink::SinkHandle;
 use crate::sink::dead_letter::{DeadLetter, DeadRecord};
 use crate::source::Chunk;
@@ -95,6 +95,9 @@ pub struct Worker {
     /// one Kafka partition's records only, so that its windows stay that
     /// partition's).
     pub task: Option<u32>,
+    /// A stop barrier saved the state: the end of the input that follows
+    /// fires no timer.
+    pub saved_and_stopped: bool,
 }
 
 /// The latest event time of `batch` that windows can take (others do not
@@ -150,6 +153,13 @@ impl Worker {
                 // leave the pipeline running with a dead sink).
                 None => match records.recv_timeout(SINK_CHECK) {
                     Err(flume::RecvTimeoutError::Timeout) => {
+                        // A pause: processing-time timers that are due fire.
+                        if self.stages.iter().any(|s| match s {
+                            Step::Plugin(stage) => stage.processing_due(),
+                            _ => false,
+                        }) {
+                            self.flush_or_count(Flush::Tick)?;
+                        }
                         if let Some(sink) = self
                             .sinks
                             .iter()
@@ -167,6 +177,14 @@ impl Worker {
                 Ok(Chunk::Barrier(barrier)) => {
                     if !batcher.is_empty() {
                         self.process_or_count(batcher.take())?;
+                    }
+                    match barrier.kind {
+                        // The end of the input: keyed stages fire every
+                        // event-time timer before their state is saved.
+                        BarrierKind::End => self.flush_or_count(Flush::End)?,
+                        // Stopping: the timers are saved, not fired.
+                        BarrierKind::Stop => self.saved_and_stopped = true,
+                        BarrierKind::Periodic => {}
                     }
                     self.pass_barrier(barrier)?;
                 }
@@ -226,6 +244,13 @@ impl Worker {
                     if !batcher.is_empty() {
                         self.process_or_count(batcher.take())?;
                     }
+                    // The input ended (or, without checkpoints, the daemon
+                    // stops: the state would be lost anyway): as the window
+                    // operator emits every window, keyed stages fire every
+                    // event-time timer. Not after a stop barrier saved them.
+                    if !self.saved_and_stopped {
+                        self.flush_or_count(Flush::End)?;
+                    }
                     return Ok(());
                 }
             }
@@ -241,9 +266,11 @@ impl Worker {
             .stages
             .iter()
             .filter_map(|step| match step {
-                Step::Dedup(spec, state) => {
-                    Some((spec.state_name(self.partition), state.snapshot()))
-                }
+                Step::Dedup(spec, state) => Some((
+                    spec.state_name(self.partition),
+                    crate::checkpoint::StageSnapshot::Dedup(state.snapshot()),
+                )),
+                Step::Plugin(stage) => stage.keyed_snapshot(),
                 _ => None,
             })
             .collect();
@@ -301,8 +328,22 @@ impl Worker {
         ) {
             Ok(mut stages) => {
                 // A dedup stage keeps its state across the reload (matched by
-                // its key pointers).
+                // its key pointers), a keyed one too (by its plugin).
                 for step in &mut stages {
+                    if let Step::Plugin(stage) = step
+                        && stage.is_keyed()
+                    {
+                        let name = stage.state_name();
+                        for old in &mut self.stages {
+                            if let Step::Plugin(old) = old
+                                && old.is_keyed()
+                                && old.state_name() == name
+                                && let Some(state) = old.take_keyed_state()
+                            {
+                                stage.set_keyed_state(state);
+                            }
+                        }
+                    }
                     if let Step::Dedup(spec, state) = step {
                         let name = spec.state_name(self.partition);
                         for old in &mut self.stages {
@@ -335,6 +376,20 @@ impl Worker {
         }
     }
 
+    /// Runs the keyed stages without a batch (`flush`), the rest of the
+    /// chain on what they emit; a failure counts nothing more as failed.
+    fn flush_or_count(&mut self, flush: Flush) -> anyhow::Result<()> {
+        if !self
+            .stages
+            .iter()
+            .any(|s| matches!(s, Step::Plugin(stage) if stage.is_keyed()))
+        {
+            return Ok(());
+        }
+        self.run_chain(Batch::new(), Some(flush))
+            .map_err(|failed| failed.error)
+    }
+
     /// [`Worker::process`], counting the batch as failed when it fails.
     fn process_or_count(&mut self, batch: Batch) -> anyhow::Result<()> {
         self.process(batch).map_err(|failed| {
@@ -353,7 +408,15 @@ impl Worker {
         if batch.is_empty() {
             return Ok(());
         }
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.run_chain(batch, None)
+    }
+
+    /// [`Worker::process`]; with `flush`, `batch` is empty and the keyed
+    /// stages run their timers alone (see [`Flush`]).
+    fn run_chain(&mut self, batch: Batch, flush: Option<Flush>) -> Result<(), BatchFailed> {
+        if flush.is_none() {
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
         let input_len = batch.len();
         // Size now; duration and the batch span when this is dropped (before
         // the hand-off to the sinks, or on a failure).
@@ -454,8 +517,15 @@ impl Worker {
                     continue;
                 }
             };
+            if current.is_empty() && !stage.is_keyed() {
+                continue;
+            }
             let mut span = timer.stage(&stage.spec().label);
-            let processed = stage.process(&mut current);
+            let processed = if stage.is_keyed() {
+                stage.process_keyed(&current, flush)
+            } else {
+                stage.process(&mut current)
+            };
             // After the call: the stage may have switched to a reloaded version.
             span.plugin(stage.plugin());
             let output = match processed {
@@ -796,6 +866,7 @@ mod tests {
             metrics: crate::obs::metrics::pipeline(PIPELINE),
             stop: Arc::new(AtomicBool::new(false)),
             task: None,
+            saved_and_stopped: false,
         };
         (worker, stats)
     }

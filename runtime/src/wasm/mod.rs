@@ -15,6 +15,8 @@ pub mod plugin_new;
 
 pub mod plugin;
 
+pub mod keyed;
+
 pub mod inspect;
 
 pub mod guest_output;

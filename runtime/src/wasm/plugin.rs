@@ -50,6 +50,7 @@ mod aggregator_bindings {
     });
 }
 
+use crate::wasm::keyed::{KeyedBindings, KeyedProcessorPre};
 pub use aggregator_bindings::{Aggregator as AggregatorBindings, AggregatorPre};
 use bindings::sluice::plugin::{host, types};
 pub use bindings::{Processor as ProcessorBindings, ProcessorPre};
@@ -131,6 +132,7 @@ impl PluginHost {
         }
         linker.allow_shadowing(false);
         host::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
+        crate::wasm::keyed::add_to_linker(&mut linker)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -219,14 +221,17 @@ impl PluginHost {
             })?;
         let pre = match ProcessorPre::new(pre.clone()) {
             Ok(p) => Pre::Processor(p),
-            Err(processor_err) => match AggregatorPre::new(pre) {
+            Err(processor_err) => match AggregatorPre::new(pre.clone()) {
                 Ok(a) => Pre::Aggregator(a),
-                Err(_) => {
-                    return Err(anyhow::Error::from(processor_err).context(format!(
-                        "{} is not a sluice:plugin/processor component (exports `configure` and `process`) nor a sluice:plugin/aggregator one (`configure`, `create`, `accumulate`, `merge`, `finish`)",
-                        path.display()
-                    )));
-                }
+                Err(_) => match KeyedProcessorPre::new(pre) {
+                    Ok(k) => Pre::Keyed(k),
+                    Err(_) => {
+                        return Err(anyhow::Error::from(processor_err).context(format!(
+                            "{} is not a sluice:plugin/processor component (exports `configure` and `process`), nor a sluice:plugin/aggregator one (`configure`, `create`, `accumulate`, `merge`, `finish`), nor a sluice:plugin/keyed-processor@0.2.0 one (`configure`, `process-keyed`)",
+                            path.display()
+                        )));
+                    }
+                },
             },
         };
         let name = path
@@ -285,6 +290,9 @@ pub enum World {
     Processor,
     /// `sluice:plugin/aggregator`: a user-defined aggregate of a window.
     Aggregator,
+    /// `sluice:plugin/keyed-processor@0.2.0`: a stage of the processor chain
+    /// whose per-key state and timers the host owns.
+    Keyed,
 }
 
 impl std::fmt::Display for World {
@@ -292,6 +300,7 @@ impl std::fmt::Display for World {
         f.write_str(match self {
             World::Processor => "sluice:plugin/processor",
             World::Aggregator => "sluice:plugin/aggregator",
+            World::Keyed => "sluice:plugin/keyed-processor@0.2.0",
         })
     }
 }
@@ -301,12 +310,14 @@ impl std::fmt::Display for World {
 enum Pre {
     Processor(ProcessorPre<StoreState>),
     Aggregator(AggregatorPre<StoreState>),
+    Keyed(KeyedProcessorPre<StoreState>),
 }
 
 /// A live instance's exports, by world.
 enum Bindings {
     Processor(ProcessorBindings),
     Aggregator(AggregatorBindings),
+    Keyed(KeyedBindings),
 }
 
 impl Plugin {
@@ -315,6 +326,7 @@ impl Plugin {
         match self.pre {
             Pre::Processor(_) => World::Processor,
             Pre::Aggregator(_) => World::Aggregator,
+            Pre::Keyed(_) => World::Keyed,
         }
     }
 }
@@ -361,6 +373,8 @@ pub struct StoreState {
     table: ResourceTable,
     memory: MemoryLimiter,
     tags: LogTags,
+    /// What the `tables` import (package 0.2.0) reads; none: no table.
+    pub(crate) tables: Option<Arc<crate::wasm::keyed::TableSet>>,
 }
 
 impl WasiView for StoreState {
@@ -372,26 +386,40 @@ impl WasiView for StoreState {
     }
 }
 
-impl host::Host for StoreState {
-    fn log(&mut self, level: host::Level, message: String) {
+impl StoreState {
+    /// Writes a plugin's log message at `level`, tagged with where it runs.
+    pub(crate) fn log_at(&mut self, level: tracing::Level, message: &str) {
         let t = &self.tags;
         match level {
-            host::Level::Trace => {
+            tracing::Level::TRACE => {
                 tracing::trace!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
             }
-            host::Level::Debug => {
+            tracing::Level::DEBUG => {
                 tracing::debug!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
             }
-            host::Level::Info => {
+            tracing::Level::INFO => {
                 tracing::info!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
             }
-            host::Level::Warn => {
+            tracing::Level::WARN => {
                 tracing::warn!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
             }
-            host::Level::Error => {
+            tracing::Level::ERROR => {
                 tracing::error!(target: "sluice::plugin", pipeline = %t.pipeline, stage = %t.stage, plugin = %t.plugin, version = %t.version, partition = t.partition, "{message}")
             }
         }
+    }
+}
+
+impl host::Host for StoreState {
+    fn log(&mut self, level: host::Level, message: String) {
+        let level = match level {
+            host::Level::Trace => tracing::Level::TRACE,
+            host::Level::Debug => tracing::Level::DEBUG,
+            host::Level::Info => tracing::Level::INFO,
+            host::Level::Warn => tracing::Level::WARN,
+            host::Level::Error => tracing::Level::ERROR,
+        };
+        self.log_at(level, &message);
     }
 }
 
@@ -484,6 +512,7 @@ impl Plugin {
                     high_water: 0,
                 },
                 tags,
+                tables: None,
             },
         );
         store.limiter(|s| &mut s.memory);
@@ -494,6 +523,7 @@ impl Plugin {
         let bindings = match &self.pre {
             Pre::Processor(pre) => pre.instantiate(&mut store).map(Bindings::Processor),
             Pre::Aggregator(pre) => pre.instantiate(&mut store).map(Bindings::Aggregator),
+            Pre::Keyed(pre) => pre.instantiate(&mut store).map(Bindings::Keyed),
         };
         let mut instance = match bindings {
             Ok(bindings) => Instance {
@@ -510,6 +540,7 @@ impl Plugin {
         let configured = match &instance.bindings {
             Bindings::Processor(b) => b.call_configure(&mut instance.store, config),
             Bindings::Aggregator(b) => b.call_configure(&mut instance.store, config),
+            Bindings::Keyed(b) => b.call_configure(&mut instance.store, config),
         };
         match configured {
             Ok(Ok(())) => Ok(instance),
@@ -525,6 +556,51 @@ impl Plugin {
 }
 
 impl Instance {
+    /// The world of the component this instance runs.
+    pub fn world(&self) -> World {
+        match self.bindings {
+            Bindings::Processor(_) => World::Processor,
+            Bindings::Aggregator(_) => World::Aggregator,
+            Bindings::Keyed(_) => World::Keyed,
+        }
+    }
+
+    /// The store, e.g. to hand the host state what an import needs.
+    pub(crate) fn store_mut(&mut self) -> &mut Store<StoreState> {
+        &mut self.store
+    }
+
+    /// Runs `call` on the keyed-processor exports under the deadline and
+    /// memory limit.
+    pub(crate) fn keyed_call<T>(
+        &mut self,
+        call: impl FnOnce(
+            &crate::wasm::keyed::KeyedBindings,
+            &mut Store<StoreState>,
+        ) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, CallError> {
+        let Bindings::Keyed(bindings) = &self.bindings else {
+            return Err(CallError::Malformed(format!(
+                "a {} component cannot run as a keyed processor",
+                self.world()
+            )));
+        };
+        self.stderr.clear();
+        self.store.data_mut().memory.hit = false;
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        match call(bindings, &mut self.store) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(reason)) => Err(CallError::Plugin(reason)),
+            Err(e) => Err(classify(
+                e,
+                self.limits,
+                &self.store.data().memory,
+                &self.stderr,
+            )),
+        }
+    }
+
     /// The largest linear memory this instance has had, in bytes.
     pub fn memory_high_water(&self) -> u64 {
         self.store.data().memory.high_water as u64
@@ -546,9 +622,10 @@ impl Instance {
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));
         let Bindings::Processor(bindings) = &self.bindings else {
             *batch = from_wit(input).expect("the host's own batch is well-formed");
-            return Err(CallError::Malformed(
-                "an aggregator component cannot run as a processor".into(),
-            ));
+            return Err(CallError::Malformed(format!(
+                "a {} component cannot run as a processor",
+                self.world()
+            )));
         };
         let result = bindings.call_process(&mut self.store, &input);
         let n = input.value_ends.len() as u32;
@@ -636,9 +713,10 @@ impl Instance {
         ) -> wasmtime::Result<Result<T, String>>,
     ) -> Result<T, CallError> {
         let Bindings::Aggregator(bindings) = &self.bindings else {
-            return Err(CallError::Malformed(
-                "a processor component cannot run as an aggregator".into(),
-            ));
+            return Err(CallError::Malformed(format!(
+                "a {} component cannot run as an aggregator",
+                self.world()
+            )));
         };
         self.stderr.clear();
         self.store.data_mut().memory.hit = false;

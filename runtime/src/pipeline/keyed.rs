@@ -1,0 +1,931 @@
+//! The state and timers of a keyed-processor stage (a component of the
+//! `sluice:plugin/keyed-processor@0.2.0` world), owned by the host, one
+//! [`KeyedState`] per partition, and the rules by which a batch and the
+//! timers reach the plugin ([`KeyedState::process`]).
+//!
+//! The model is Flink's `KeyedProcessFunction` on a keyed stream (per-key
+//! value state, event-time and processing-time timers) and Spark's
+//! `transformWithState`, with the plugin sandboxed and stateless: every call
+//! carries the states of the keys it touches, and returns their changes.
+//!
+//! Rules:
+//! - **Key**: the record key (set by the source's `key`, or a Kafka message
+//!   key). A record without one is refused (the stage's `on_error`): Kafka
+//!   Streams drops such records from keyed operations; sluice never drops
+//!   silently.
+//! - **Watermark**: per partition, the largest event time the stage has
+//!   seen minus the stage's `watermark` delay (Flink's bounded
+//!   out-of-orderness), moved record by record, never back.
+//! - **Event-time timers** fire when `time <= watermark`, in time order,
+//!   after the record that moved the watermark there (Flink fires timers when
+//!   the watermark that follows a record arrives): the host cuts the batch
+//!   after that record, calls the plugin with the records so far, then with
+//!   the due timers. A timer set during a call is known when the call
+//!   returns; one already due then fires before the next record. At the end
+//!   of the input every event-time timer fires (Flink's final watermark,
+//!   `Long.MAX_VALUE`, at the end of a bounded input).
+//! - **Processing-time timers** fire when the wall clock reaches them, at
+//!   the start of a batch.
+//! - **One timer per (key, domain, time)**: setting it twice keeps one
+//!   (Flink's `TimerService`).
+//! - **TTL** (`state_ttl`): a state not written for that long (wall clock)
+//!   is never handed to the plugin again (Flink's `OnCreateAndWrite` +
+//!   `NeverReturnExpired`; Spark's TTL is processing time too); it is
+//!   dropped at the next checkpoint or when the state is full.
+//! - **Errors**: a failed call changes no state and no timer; a failed call
+//!   of records is bisected until the records that fail alone are found
+//!   (they go to the stage's `on_error`), so the rest runs as if they were
+//!   not there. A failed timer call is retried one timer at a time; a timer
+//!   that fails alone is logged, counted and dropped.
+//! - **Bound**: `state_memory` bytes per partition (keys, values, timers,
+//!   with a fixed overhead per entry); a record of a new key that would go
+//!   past it is refused, after expired states are dropped. The check is made
+//!   before each call on the bytes held then: what one call writes is
+//!   counted after it, so one call's growth can pass the bound.
+
+use std::collections::{BTreeSet, HashMap};
+
+use sluice_plugin_sdk::Batch;
+
+use crate::checkpoint::{B64, KeyedSnapshot};
+use crate::wasm::keyed::{CallTimer, KeyedCall, KeyedReturn, TimeDomain, TimerChange};
+use crate::wasm::plugin::CallError;
+
+/// Bytes counted per state entry beyond its key and value (the map's slot,
+/// the vectors' headers, the write time).
+const ENTRY_OVERHEAD: usize = 64;
+/// Bytes counted per timer beyond its key.
+const TIMER_OVERHEAD: usize = 48;
+/// Most timers handed to one call.
+const TIMERS_PER_CALL: usize = 4096;
+/// Most rounds of timer calls at one watermark (a timer handler may set a
+/// timer that is due at once; a plugin that always does would loop).
+const TIMER_ROUNDS: usize = 64;
+
+/// A keyed stage's settings (from the processor's config entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedSpec {
+    /// `state_ttl` in ms; `None`: states never expire.
+    pub ttl_ms: Option<i64>,
+    /// `watermark`: the delay behind the largest event time, ms.
+    pub watermark_ms: i64,
+    /// `state_memory`: most bytes of state one partition keeps.
+    pub memory_bytes: u64,
+}
+
+impl Default for KeyedSpec {
+    fn default() -> Self {
+        KeyedSpec {
+            ttl_ms: None,
+            watermark_ms: 0,
+            memory_bytes: 256 << 20,
+        }
+    }
+}
+
+impl KeyedSpec {
+    /// The name a partition's state is saved under in a checkpoint: the
+    /// partition and the plugin's file stem (not the stage's place in the
+    /// chain, so adding a stage before it keeps its state; not its version,
+    /// so a new version receives the old one's state).
+    pub fn state_name(partition: usize, plugin: &str) -> String {
+        format!("p{partition} keyed {plugin}")
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Vec<u8>,
+    /// Wall clock of the last write, ms since the epoch.
+    written_ms: i64,
+}
+
+/// What a keyed stage made of a batch (or of timers alone).
+#[derive(Debug, Default)]
+pub struct KeyedOutput {
+    /// Records passed on: the plugin's output, in call order.
+    pub events: Batch,
+    /// (input index, reason) of records the plugin refused.
+    pub rejected: Vec<(u32, String)>,
+    /// (input index, reason) of records refused here (no key, a full state)
+    /// or isolated as making the plugin fail.
+    pub failed: Vec<(u32, String)>,
+    /// Timers that fired and were handled.
+    pub timers_fired: u64,
+    /// Timers dropped because their call failed alone.
+    pub timers_failed: u64,
+}
+
+/// One partition's keyed state: every key's state bytes and timers, and the
+/// watermark.
+#[derive(Debug, Default)]
+pub struct KeyedState {
+    entries: HashMap<Vec<u8>, Entry>,
+    event_timers: BTreeSet<(i64, Vec<u8>)>,
+    processing_timers: BTreeSet<(i64, Vec<u8>)>,
+    max_ts: Option<i64>,
+    bytes: usize,
+}
+
+/// How the stage calls the plugin: one `process-keyed` call.
+pub type Call<'a> = dyn FnMut(KeyedCall) -> Result<KeyedReturn, CallError> + 'a;
+
+impl KeyedState {
+    /// The state saved in `snapshot`.
+    pub fn restore(snapshot: &KeyedSnapshot) -> Self {
+        let mut state = KeyedState {
+            max_ts: snapshot.max_ts,
+            ..KeyedState::default()
+        };
+        for (key, value, written_ms) in &snapshot.entries {
+            state.put(key.0.clone(), value.0.clone(), *written_ms);
+        }
+        for (time, key) in &snapshot.event_timers {
+            state.set_timer(TimeDomain::EventTime, *time, &key.0);
+        }
+        for (time, key) in &snapshot.processing_timers {
+            state.set_timer(TimeDomain::ProcessingTime, *time, &key.0);
+        }
+        state
+    }
+
+    /// The live state for a checkpoint (expired states left out), keys
+    /// sorted.
+    pub fn snapshot(&self, spec: &KeyedSpec, now: i64) -> KeyedSnapshot {
+        let mut entries: Vec<(B64, B64, i64)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !expired(spec, e, now))
+            .map(|(k, e)| (B64(k.clone()), B64(e.value.clone()), e.written_ms))
+            .collect();
+        entries.sort();
+        let timers = |set: &BTreeSet<(i64, Vec<u8>)>| {
+            set.iter()
+                .map(|(t, k)| (*t, B64(k.clone())))
+                .collect::<Vec<_>>()
+        };
+        KeyedSnapshot {
+            max_ts: self.max_ts,
+            entries,
+            event_timers: timers(&self.event_timers),
+            processing_timers: timers(&self.processing_timers),
+        }
+    }
+
+    /// Keys with a state (expired ones included until dropped).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key has a state.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of state counted against `state_memory`.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Timers set, both domains.
+    pub fn timers(&self) -> usize {
+        self.event_timers.len() + self.processing_timers.len()
+    }
+
+    /// The state of `key`, unless it expired.
+    pub fn get(&self, spec: &KeyedSpec, key: &[u8], now: i64) -> Option<&[u8]> {
+        self.entries
+            .get(key)
+            .filter(|e| !expired(spec, e, now))
+            .map(|e| e.value.as_slice())
+    }
+
+    /// The watermark: the largest event time seen minus the delay.
+    pub fn watermark(&self, spec: &KeyedSpec) -> i64 {
+        self.max_ts
+            .map_or(i64::MIN, |m| m.saturating_sub(spec.watermark_ms))
+    }
+
+    /// Whether a processing-time timer is due at `now`.
+    pub fn processing_due(&self, now: i64) -> bool {
+        self.processing_timers
+            .first()
+            .is_some_and(|(t, _)| *t <= now)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>, written_ms: i64) {
+        let add = key.len() + value.len() + ENTRY_OVERHEAD;
+        if let Some(old) = self
+            .entries
+            .insert(key.clone(), Entry { value, written_ms })
+        {
+            self.bytes -= key.len() + old.value.len() + ENTRY_OVERHEAD;
+        }
+        self.bytes += add;
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(old) = self.entries.remove(key) {
+            self.bytes -= key.len() + old.value.len() + ENTRY_OVERHEAD;
+        }
+    }
+
+    fn timer_set(&mut self, domain: TimeDomain) -> &mut BTreeSet<(i64, Vec<u8>)> {
+        match domain {
+            TimeDomain::EventTime => &mut self.event_timers,
+            TimeDomain::ProcessingTime => &mut self.processing_timers,
+        }
+    }
+
+    fn set_timer(&mut self, domain: TimeDomain, time: i64, key: &[u8]) {
+        if self.timer_set(domain).insert((time, key.to_vec())) {
+            self.bytes += key.len() + TIMER_OVERHEAD;
+        }
+    }
+
+    fn delete_timer(&mut self, domain: TimeDomain, time: i64, key: &[u8]) {
+        if self.timer_set(domain).remove(&(time, key.to_vec())) {
+            self.bytes -= key.len() + TIMER_OVERHEAD;
+        }
+    }
+
+    /// Drops every expired state.
+    fn drop_expired(&mut self, spec: &KeyedSpec, now: i64) {
+        if spec.ttl_ms.is_none() {
+            return;
+        }
+        let dead: Vec<Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| expired(spec, e, now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dead {
+            self.remove(&key);
+        }
+    }
+
+    /// Applies what a successful call returned: `keys` are the call's.
+    fn apply(&mut self, keys: &[Vec<u8>], ret: &mut KeyedReturn, now: i64) {
+        for (group, value) in std::mem::take(&mut ret.updates) {
+            let key = &keys[group as usize];
+            match value {
+                Some(value) => self.put(key.clone(), value, now),
+                None => self.remove(key),
+            }
+        }
+        for change in std::mem::take(&mut ret.timers) {
+            match change {
+                TimerChange::Set(t) => self.set_timer(t.domain, t.time, &keys[t.group as usize]),
+                TimerChange::Delete(t) => {
+                    self.delete_timer(t.domain, t.time, &keys[t.group as usize])
+                }
+            }
+        }
+    }
+
+    /// Runs `batch` through the plugin (`call`) under the rules of the
+    /// module: processing-time timers due at `now` first, then the records,
+    /// cut where the watermark passes an event-time timer, then the timers
+    /// due at the batch's final watermark. `stop`: the stage's `on_error` is
+    /// `stop` (a failed call is returned, not bisected). `bisect_budget`:
+    /// most failed calls a bisection may make.
+    ///
+    /// # Errors
+    /// Only with `stop`: the first failed call; the state is then as it was
+    /// after the last successful call.
+    pub fn process(
+        &mut self,
+        spec: &KeyedSpec,
+        batch: &Batch,
+        now: i64,
+        stop: bool,
+        bisect_budget: usize,
+        call: &mut Call<'_>,
+    ) -> Result<KeyedOutput, CallError> {
+        let mut run = Run {
+            spec,
+            now,
+            stop,
+            budget: bisect_budget,
+            out: KeyedOutput {
+                events: Batch::with_capacity(batch.len(), batch.values_len()),
+                ..KeyedOutput::default()
+            },
+        };
+        self.fire(&mut run, TimeDomain::ProcessingTime, now, call)?;
+        let mut start = 0;
+        let mut watermark = self.watermark(spec);
+        for (i, event) in batch.iter().enumerate() {
+            let ts = event.timestamp_ms();
+            self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+            let moved = self.watermark(spec);
+            if self.event_timers.first().is_some_and(|(t, _)| *t <= moved) {
+                let part: Vec<usize> = (start..=i).collect();
+                self.run_events(&mut run, batch, &part, watermark, call)?;
+                start = i + 1;
+                self.fire(&mut run, TimeDomain::EventTime, moved, call)?;
+                watermark = moved;
+            }
+        }
+        if start < batch.len() {
+            let part: Vec<usize> = (start..batch.len()).collect();
+            self.run_events(&mut run, batch, &part, watermark, call)?;
+        }
+        let watermark = self.watermark(spec);
+        self.fire(&mut run, TimeDomain::EventTime, watermark, call)?;
+        Ok(run.out)
+    }
+
+    /// At the end of the input: every event-time timer fires (the final
+    /// watermark), in time order.
+    ///
+    /// # Errors
+    /// As [`KeyedState::process`].
+    pub fn finish(
+        &mut self,
+        spec: &KeyedSpec,
+        now: i64,
+        stop: bool,
+        call: &mut Call<'_>,
+    ) -> Result<KeyedOutput, CallError> {
+        let mut run = Run {
+            spec,
+            now,
+            stop,
+            budget: 0,
+            out: KeyedOutput::default(),
+        };
+        self.fire(&mut run, TimeDomain::EventTime, i64::MAX, call)?;
+        Ok(run.out)
+    }
+
+    /// Calls the plugin with the records `indices` of `batch` (in order),
+    /// each with its key's state; bisects a failed call.
+    fn run_events(
+        &mut self,
+        run: &mut Run<'_>,
+        batch: &Batch,
+        indices: &[usize],
+        watermark: i64,
+        call: &mut Call<'_>,
+    ) -> Result<(), CallError> {
+        let mut input = KeyedCall {
+            watermark,
+            now: run.now,
+            events: Batch::with_capacity(indices.len(), 0),
+            ..KeyedCall::default()
+        };
+        let mut groups: HashMap<&[u8], u32> = HashMap::new();
+        let mut taken: Vec<usize> = Vec::with_capacity(indices.len());
+        let mut new_bytes = 0usize;
+        for &i in indices {
+            let Some(event) = batch.get(i) else { continue };
+            let key = match event.key() {
+                Some(k) if !k.is_empty() => k,
+                _ => {
+                    run.out.failed.push((
+                        i as u32,
+                        "no record key: a keyed processor keeps state per record key (set `key` on the source, or key the Kafka messages)".into(),
+                    ));
+                    continue;
+                }
+            };
+            let group = match groups.get(key) {
+                Some(g) => *g,
+                None => {
+                    let state = self.get(run.spec, key, run.now).map(<[u8]>::to_vec);
+                    if state.is_none() && !self.entries.contains_key(key) {
+                        let want = self.bytes + new_bytes + key.len() + ENTRY_OVERHEAD;
+                        if want as u64 > run.spec.memory_bytes {
+                            self.drop_expired(run.spec, run.now);
+                        }
+                        let want = self.bytes + new_bytes + key.len() + ENTRY_OVERHEAD;
+                        if want as u64 > run.spec.memory_bytes {
+                            run.out.failed.push((
+                                i as u32,
+                                format!(
+                                    "keyed state full: this partition holds {} bytes of state for {} keys, state_memory = {} (raise it, set a state_ttl, or have the plugin clear states it no longer needs)",
+                                    self.bytes,
+                                    self.entries.len(),
+                                    run.spec.memory_bytes
+                                ),
+                            ));
+                            continue;
+                        }
+                        new_bytes += key.len() + ENTRY_OVERHEAD;
+                    }
+                    let g = input.keys.len() as u32;
+                    input.keys.push(key.to_vec());
+                    input.states.push(state);
+                    groups.insert(key, g);
+                    g
+                }
+            };
+            input.events.push_event(&event);
+            input.groups.push(group);
+            taken.push(i);
+        }
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let keys = input.keys.clone();
+        match call(input) {
+            Ok(mut ret) => {
+                self.apply(&keys, &mut ret, run.now);
+                for (j, reason) in ret.rejected {
+                    run.out.rejected.push((taken[j as usize] as u32, reason));
+                }
+                for event in &ret.events {
+                    run.out.events.push_event(&event);
+                }
+                Ok(())
+            }
+            Err(error) if run.stop => Err(error),
+            Err(error) if taken.len() == 1 => {
+                run.out.failed.push((taken[0] as u32, error.to_string()));
+                Ok(())
+            }
+            Err(error) if run.budget == 0 => {
+                let reason =
+                    format!("{error} (not isolated: the bisection budget of this batch is spent)");
+                run.out
+                    .failed
+                    .extend(taken.iter().map(|&i| (i as u32, reason.clone())));
+                Ok(())
+            }
+            Err(_) => {
+                run.budget -= 1;
+                let (left, right) = taken.split_at(taken.len() / 2);
+                self.run_events(run, batch, left, watermark, call)?;
+                self.run_events(run, batch, right, watermark, call)
+            }
+        }
+    }
+
+    /// Fires the timers of `domain` due at `at` (`time <= at`), in time
+    /// order, in calls of at most [`TIMERS_PER_CALL`], until none is due.
+    fn fire(
+        &mut self,
+        run: &mut Run<'_>,
+        domain: TimeDomain,
+        at: i64,
+        call: &mut Call<'_>,
+    ) -> Result<(), CallError> {
+        for _ in 0..TIMER_ROUNDS {
+            let mut due: Vec<(i64, Vec<u8>)> = Vec::new();
+            let set = self.timer_set(domain);
+            while due.len() < TIMERS_PER_CALL && set.first().is_some_and(|(t, _)| *t <= at) {
+                due.push(set.pop_first().expect("a first timer"));
+            }
+            if due.is_empty() {
+                return Ok(());
+            }
+            for (_, key) in &due {
+                self.bytes -= key.len() + TIMER_OVERHEAD;
+            }
+            match self.call_timers(run, domain, &due, call) {
+                Ok(()) => {}
+                Err(error) if run.stop => return Err(error),
+                Err(_) => {
+                    // One timer at a time: the ones that fail alone are
+                    // dropped.
+                    for timer in &due {
+                        if let Err(error) =
+                            self.call_timers(run, domain, std::slice::from_ref(timer), call)
+                        {
+                            run.out.timers_failed += 1;
+                            tracing::error!(
+                                key = %String::from_utf8_lossy(&timer.1),
+                                time = timer.0,
+                                ?domain,
+                                "a timer failed and is dropped: {error}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One call with `due` timers (time order) and their keys' states.
+    fn call_timers(
+        &mut self,
+        run: &mut Run<'_>,
+        domain: TimeDomain,
+        due: &[(i64, Vec<u8>)],
+        call: &mut Call<'_>,
+    ) -> Result<(), CallError> {
+        let mut input = KeyedCall {
+            watermark: self.watermark(run.spec),
+            now: run.now,
+            ..KeyedCall::default()
+        };
+        let mut groups: HashMap<&[u8], u32> = HashMap::new();
+        for (time, key) in due {
+            let group = *groups.entry(key.as_slice()).or_insert_with(|| {
+                input.keys.push(key.clone());
+                input
+                    .states
+                    .push(self.get(run.spec, key, run.now).map(<[u8]>::to_vec));
+                input.keys.len() as u32 - 1
+            });
+            input.fired.push(CallTimer {
+                group,
+                domain,
+                time: *time,
+            });
+        }
+        let keys = input.keys.clone();
+        let mut ret = call(input)?;
+        self.apply(&keys, &mut ret, run.now);
+        run.out.timers_fired += due.len() as u64;
+        for event in &ret.events {
+            run.out.events.push_event(&event);
+        }
+        Ok(())
+    }
+}
+
+/// One batch's run through the state.
+struct Run<'s> {
+    spec: &'s KeyedSpec,
+    now: i64,
+    stop: bool,
+    budget: usize,
+    out: KeyedOutput,
+}
+
+fn expired(spec: &KeyedSpec, entry: &Entry, now: i64) -> bool {
+    spec.ttl_ms
+        .is_some_and(|ttl| entry.written_ms.saturating_add(ttl) <= now)
+}
+
+/// The wall clock in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: i64 = 100;
+
+    /// A native stand-in for a keyed plugin: per key, the time of its last
+    /// record (8 bytes LE); each record comes out as `KEY:GAP` (`-` for the
+    /// first); an event-time timer at last + IDLE emits `idle:KEY:TIME`. A
+    /// record whose value is `poison` fails the call.
+    fn gaps(calls: &mut usize) -> impl FnMut(KeyedCall) -> Result<KeyedReturn, CallError> + '_ {
+        move |call: KeyedCall| {
+            *calls += 1;
+            let mut last: Vec<Option<i64>> = call
+                .states
+                .iter()
+                .map(|s| {
+                    s.as_ref()
+                        .map(|b| i64::from_le_bytes(b[..8].try_into().unwrap()))
+                })
+                .collect();
+            let mut changed = vec![false; last.len()];
+            let mut ret = KeyedReturn::default();
+            for (i, event) in call.events.iter().enumerate() {
+                if event.value() == b"poison" {
+                    return Err(CallError::Plugin("poison".into()));
+                }
+                let g = call.groups[i] as usize;
+                let key = String::from_utf8(call.keys[g].clone()).unwrap();
+                let ts = event.timestamp_ms();
+                let gap = last[g].map_or("-".to_string(), |l| (ts - l).to_string());
+                if let Some(l) = last[g] {
+                    ret.timers.push(TimerChange::Delete(CallTimer {
+                        group: g as u32,
+                        domain: TimeDomain::EventTime,
+                        time: l + IDLE,
+                    }));
+                }
+                ret.timers.push(TimerChange::Set(CallTimer {
+                    group: g as u32,
+                    domain: TimeDomain::EventTime,
+                    time: ts + IDLE,
+                }));
+                last[g] = Some(ts);
+                changed[g] = true;
+                ret.events
+                    .push(Some(key.as_bytes()), format!("{key}:{gap}").as_bytes(), ts);
+            }
+            for t in &call.fired {
+                let key = String::from_utf8(call.keys[t.group as usize].clone()).unwrap();
+                ret.events.push(
+                    Some(key.as_bytes()),
+                    format!("idle:{key}:{}", t.time).as_bytes(),
+                    t.time,
+                );
+            }
+            for (g, c) in changed.iter().enumerate() {
+                if *c {
+                    ret.updates
+                        .push((g as u32, last[g].map(|l| l.to_le_bytes().to_vec())));
+                }
+            }
+            Ok(ret)
+        }
+    }
+
+    fn batch(records: &[(&str, &str, i64)]) -> Batch {
+        let mut b = Batch::new();
+        for (key, value, ts) in records {
+            b.push(Some(key.as_bytes()), value.as_bytes(), *ts);
+        }
+        b
+    }
+
+    fn values(b: &Batch) -> Vec<String> {
+        b.iter()
+            .map(|e| String::from_utf8(e.value().to_vec()).unwrap())
+            .collect()
+    }
+
+    /// Runs `records` cut into batches of `size`, then the end of the input.
+    fn run_in(records: &[(&str, &str, i64)], size: usize, spec: &KeyedSpec) -> Vec<String> {
+        let mut state = KeyedState::default();
+        let mut calls = 0;
+        let mut call = gaps(&mut calls);
+        let mut out = Vec::new();
+        for part in records.chunks(size) {
+            let o = state
+                .process(spec, &batch(part), 0, false, 64, &mut call)
+                .unwrap();
+            out.extend(values(&o.events));
+        }
+        out.extend(values(
+            &state.finish(spec, 0, false, &mut call).unwrap().events,
+        ));
+        out
+    }
+
+    /// Records in event-time order: a at 0, 10, 200 (a gap past IDLE), b at
+    /// 50, 300.
+    const SORTED: [(&str, &str, i64); 5] = [
+        ("a", "", 0),
+        ("a", "", 10),
+        ("b", "", 50),
+        ("a", "", 200),
+        ("b", "", 300),
+    ];
+
+    #[test]
+    fn a_timer_fires_after_the_record_that_moves_the_watermark_past_it() {
+        // Worked by hand, record by record: a's timer at 110 is due once the
+        // watermark reaches 110, i.e. after a's own record at 200, which
+        // deletes it first: no idle for a at 110. b's timer at 150 is due
+        // after that record too, so b's idle comes after `a:190`. Then b at
+        // 300 (gap 250) moves the watermark to a's timer at 300; the end of
+        // the input fires b's at 400.
+        let expected = [
+            "a:-",
+            "a:10",
+            "b:-",
+            "a:190",
+            "idle:b:150",
+            "b:250",
+            "idle:a:300",
+            "idle:b:400",
+        ];
+        for size in [1, 2] {
+            assert_eq!(
+                run_in(&SORTED, size, &KeyedSpec::default()),
+                expected,
+                "{size}"
+            );
+        }
+        // In one call, the timers set by its records are known only after
+        // it: b's at 150 was deleted by b's record at 300 in the same call.
+        let one_call = [
+            "a:-",
+            "a:10",
+            "b:-",
+            "a:190",
+            "b:250",
+            "idle:a:300",
+            "idle:b:400",
+        ];
+        assert_eq!(run_in(&SORTED, 5, &KeyedSpec::default()), one_call);
+    }
+
+    #[test]
+    fn batching_does_not_change_the_output_when_timers_are_further_than_a_batch() {
+        // 40 keys, records 7 ms apart, a gap past IDLE here and there.
+        let mut records = Vec::new();
+        let keys: Vec<String> = (0..40).map(|k| format!("k{k}")).collect();
+        for i in 0..400i64 {
+            let k = ((i * 7919) % 40) as usize;
+            records.push((keys[k].as_str(), "", i * 7));
+        }
+        let spec = KeyedSpec::default();
+        // Record by record: the rules exactly.
+        let whole = run_in(&records, 1, &spec);
+        // Batches of up to 13 records span under IDLE of event time here.
+        for size in [2, 3, 5, 8, 13] {
+            assert_eq!(run_in(&records, size, &spec), whole, "batches of {size}");
+        }
+        // Every record comes out once, and every key ends with an idle record.
+        assert_eq!(whole.iter().filter(|v| !v.starts_with("idle")).count(), 400);
+        for k in &keys {
+            assert!(whole.iter().any(|v| v.starts_with(&format!("idle:{k}:"))));
+        }
+    }
+
+    #[test]
+    fn a_restored_snapshot_goes_on_as_if_nothing_happened() {
+        let spec = KeyedSpec::default();
+        let whole = run_in(&SORTED, 1, &spec);
+        for cut in 1..SORTED.len() {
+            let mut calls = 0;
+            let mut first = KeyedState::default();
+            let mut out = Vec::new();
+            {
+                let mut call = gaps(&mut calls);
+                let o = first
+                    .process(&spec, &batch(&SORTED[..cut]), 0, false, 64, &mut call)
+                    .unwrap();
+                out.extend(values(&o.events));
+            }
+            // Through JSON, as a checkpoint stores it.
+            let json = serde_json::to_string(&first.snapshot(&spec, 0)).unwrap();
+            let mut second = KeyedState::restore(&serde_json::from_str(&json).unwrap());
+            let mut call = gaps(&mut calls);
+            for part in SORTED[cut..].chunks(1) {
+                let o = second
+                    .process(&spec, &batch(part), 0, false, 64, &mut call)
+                    .unwrap();
+                out.extend(values(&o.events));
+            }
+            out.extend(values(
+                &second.finish(&spec, 0, false, &mut call).unwrap().events,
+            ));
+            assert_eq!(out, whole, "restored after {cut} records");
+        }
+    }
+
+    #[test]
+    fn a_poison_record_is_isolated_and_changes_no_state() {
+        let spec = KeyedSpec::default();
+        let mut with_poison: Vec<(&str, &str, i64)> = SORTED.to_vec();
+        with_poison.insert(2, ("a", "poison", 20));
+        let mut state = KeyedState::default();
+        let mut calls = 0;
+        let mut call = gaps(&mut calls);
+        let out = state
+            .process(&spec, &batch(&with_poison), 0, false, 64, &mut call)
+            .unwrap();
+        assert_eq!(out.failed.len(), 1);
+        assert_eq!(out.failed[0].0, 2);
+        assert!(out.failed[0].1.contains("poison"), "{}", out.failed[0].1);
+        // The rest as without it: a's gap from 10 to 200 is 190.
+        let mut got = values(&out.events);
+        got.extend(values(
+            &state.finish(&spec, 0, false, &mut call).unwrap().events,
+        ));
+        assert_eq!(got, run_in(&SORTED, 6, &spec));
+        // With `stop`, the failed call comes back.
+        let mut state = KeyedState::default();
+        let err = state
+            .process(&spec, &batch(&with_poison), 0, true, 64, &mut call)
+            .unwrap_err();
+        assert_eq!(err, CallError::Plugin("poison".into()));
+    }
+
+    #[test]
+    fn a_record_without_a_key_is_refused_and_the_rest_goes_on() {
+        let mut b = Batch::new();
+        b.push(None, b"x", 1);
+        b.push(Some(b"a"), b"y", 2);
+        b.push(Some(b""), b"z", 3);
+        let mut state = KeyedState::default();
+        let mut calls = 0;
+        let out = state
+            .process(
+                &KeyedSpec::default(),
+                &b,
+                0,
+                false,
+                64,
+                &mut gaps(&mut calls),
+            )
+            .unwrap();
+        let failed: Vec<u32> = out.failed.iter().map(|f| f.0).collect();
+        assert_eq!(failed, vec![0, 2]);
+        assert!(out.failed[0].1.contains("no record key"));
+        assert_eq!(values(&out.events), ["a:-"]);
+    }
+
+    #[test]
+    fn an_expired_state_is_not_handed_to_the_plugin() {
+        let spec = KeyedSpec {
+            ttl_ms: Some(1_000),
+            ..KeyedSpec::default()
+        };
+        let mut state = KeyedState::default();
+        let mut calls = 0;
+        let mut call = gaps(&mut calls);
+        let at = |state: &mut KeyedState, call: &mut Call<'_>, now: i64, ts: i64| {
+            values(
+                &state
+                    .process(&spec, &batch(&[("a", "", ts)]), now, false, 64, call)
+                    .unwrap()
+                    .events,
+            )
+        };
+        assert_eq!(at(&mut state, &mut call, 10_000, 0), ["a:-"]);
+        // Written at 10,000; alive until 11,000 (exclusive).
+        assert_eq!(at(&mut state, &mut call, 10_999, 5), ["a:5"]);
+        // Rewritten at 10,999: expired at 11,999.
+        assert!(state.get(&spec, b"a", 11_998).is_some());
+        assert_eq!(at(&mut state, &mut call, 11_999, 9), ["a:-"]);
+        // A checkpoint leaves expired states out.
+        assert_eq!(state.snapshot(&spec, 20_000).entries.len(), 0);
+    }
+
+    #[test]
+    fn a_full_state_refuses_records_of_new_keys_only() {
+        // Room for two keys of one byte with 8-byte states and their timers.
+        let one = 1 + 8 + ENTRY_OVERHEAD + 1 + TIMER_OVERHEAD;
+        let spec = KeyedSpec {
+            memory_bytes: (2 * one) as u64,
+            ..KeyedSpec::default()
+        };
+        let mut state = KeyedState::default();
+        let mut calls = 0;
+        let mut call = gaps(&mut calls);
+        let first = state
+            .process(
+                &spec,
+                &batch(&[("a", "", 0), ("b", "", 1)]),
+                0,
+                false,
+                64,
+                &mut call,
+            )
+            .unwrap();
+        assert_eq!(values(&first.events), ["a:-", "b:-"]);
+        assert_eq!(state.bytes(), 2 * one);
+        let out = state
+            .process(
+                &spec,
+                &batch(&[("c", "", 2), ("a", "", 3)]),
+                0,
+                false,
+                64,
+                &mut call,
+            )
+            .unwrap();
+        assert_eq!(values(&out.events), ["a:3"]);
+        assert_eq!(out.failed.len(), 1);
+        assert_eq!(out.failed[0].0, 0);
+        assert!(
+            out.failed[0].1.contains("keyed state full"),
+            "{}",
+            out.failed[0].1
+        );
+        assert_eq!(state.bytes(), 2 * one);
+    }
+
+    #[test]
+    fn processing_time_timers_fire_when_the_clock_reaches_them() {
+        let spec = KeyedSpec::default();
+        let mut state = KeyedState::default();
+        // One call sets a processing-time timer at 5,000 for `a`.
+        let mut set = |call: KeyedCall| -> Result<KeyedReturn, CallError> {
+            let mut ret = KeyedReturn::default();
+            if call.fired.is_empty() {
+                ret.timers.push(TimerChange::Set(CallTimer {
+                    group: 0,
+                    domain: TimeDomain::ProcessingTime,
+                    time: 5_000,
+                }));
+            } else {
+                for t in &call.fired {
+                    assert_eq!(t.domain, TimeDomain::ProcessingTime);
+                    ret.events
+                        .push(None, format!("fired {}", t.time).as_bytes(), t.time);
+                }
+            }
+            Ok(ret)
+        };
+        state
+            .process(&spec, &batch(&[("a", "", 0)]), 1_000, false, 64, &mut set)
+            .unwrap();
+        assert!(!state.processing_due(4_999));
+        assert!(state.processing_due(5_000));
+        let out = state
+            .process(&spec, &Batch::new(), 5_000, false, 64, &mut set)
+            .unwrap();
+        assert_eq!(values(&out.events), ["fired 5000"]);
+        assert_eq!(out.timers_fired, 1);
+        assert_eq!(state.timers(), 0);
+    }
+}
