@@ -86,6 +86,10 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
         .all(|f| exports.iter().any(|(n, _)| n == f))
     {
         crate::wasm::plugin::World::Aggregator.to_string()
+    } else if exports.iter().any(|(n, _)| n == "configure")
+        && exports.iter().any(|(n, _)| n == "process-keyed")
+    {
+        crate::wasm::plugin::World::Keyed.to_string()
     } else if exports.iter().any(|(n, _)| n.starts_with("wasi:cli/run@")) {
         "wasi:cli/command (a program, not a sluice plugin)".to_string()
     } else {

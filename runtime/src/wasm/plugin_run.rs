@@ -87,6 +87,9 @@ pub fn run(
     if plugin.world() == crate::wasm::plugin::World::Aggregator {
         return run_aggregator(&plugin, options, input, out, diag, keep_output);
     }
+    if plugin.world() == crate::wasm::plugin::World::Keyed {
+        return run_keyed(&plugin, options, input, out, diag, keep_output);
+    }
     let tags = LogTags::standalone("plugin-run", &plugin);
     let mut instance = plugin
         .instantiate(&options.config, options.limits, tags.clone())
@@ -95,7 +98,6 @@ pub fn run(
     let mut batch = Batch::new();
     // Input line number of each event of the batch.
     let mut lines: Vec<u64> = Vec::new();
-    let mut line_no = 0u64;
     let mut flush = |batch: &mut Batch,
                      lines: &mut Vec<u64>,
                      report: &mut RunReport,
@@ -144,6 +146,37 @@ pub fn run(
         lines.clear();
         Ok(())
     };
+    for_each_event(
+        input,
+        options,
+        &mut report,
+        diag,
+        |line_no, key, ts, line, report, diag| {
+            batch.push(key, line, ts);
+            lines.push(line_no);
+            if batch.len() >= options.batch {
+                flush(&mut batch, &mut lines, report, out, diag)?;
+            }
+            Ok(())
+        },
+    )?;
+    flush(&mut batch, &mut lines, &mut report, out, diag)?;
+    out.flush()?;
+    Ok(report)
+}
+
+/// Calls `each(line number, key, event time, line, …)` for every event of
+/// `input` (blank lines skipped, a final `\r` cut), decoded with the
+/// options' `--key`/`--timestamp`; a line that does not decode is reported on
+/// `diag` and counted as skipped, not passed on.
+fn for_each_event<D: Write>(
+    input: impl BufRead,
+    options: &RunOptions,
+    report: &mut RunReport,
+    diag: &mut D,
+    mut each: impl FnMut(u64, Option<&[u8]>, i64, &[u8], &mut RunReport, &mut D) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut line_no = 0u64;
     for line in input.split(b'\n') {
         let mut line = line?;
         line_no += 1;
@@ -167,15 +200,111 @@ pub fn run(
             },
             None => (None, 0),
         };
-        batch.push(key.as_deref(), &line, ts);
-        lines.push(line_no);
         report.records_in += 1;
-        if batch.len() >= options.batch {
-            flush(&mut batch, &mut lines, &mut report, out, diag)?;
-        }
+        each(line_no, key.as_deref(), ts, &line, report, diag)?;
     }
-    flush(&mut batch, &mut lines, &mut report, out, diag)?;
+    Ok(())
+}
+
+/// [`run`] for a keyed processor: the daemon's keyed state
+/// ([`crate::pipeline::keyed::KeyedState`]) over one partition, a batch per
+/// `--batch` lines, the end of the input firing every event-time timer; the
+/// state of each key is printed on `diag` at the end (`state: KEY = VALUE`,
+/// in key order, the value as text when it is UTF-8).
+fn run_keyed(
+    plugin: &crate::wasm::plugin::Plugin,
+    options: &RunOptions,
+    input: impl BufRead,
+    out: &mut impl Write,
+    diag: &mut impl Write,
+    keep_output: bool,
+) -> anyhow::Result<RunReport> {
+    use crate::pipeline::keyed::{KeyedOutput, KeyedSpec, KeyedState, now_ms};
+    let tags = LogTags::standalone("plugin-run", &plugin);
+    let start = || {
+        plugin
+            .instantiate(&options.config, options.limits, tags.clone())
+            .map_err(|e| {
+                anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version)
+            })
+    };
+    let mut instance = start()?;
+    let spec = KeyedSpec::default();
+    let mut state = KeyedState::default();
+    let mut report = RunReport::default();
+    let mut batch = Batch::new();
+    let mut lines: Vec<u64> = Vec::new();
+    let emit = |got: KeyedOutput,
+                lines: &[u64],
+                report: &mut RunReport,
+                out: &mut dyn Write,
+                diag: &mut dyn Write|
+     -> anyhow::Result<()> {
+        for (index, reason) in &got.rejected {
+            writeln!(diag, "rejected: line {}: {reason}", lines[*index as usize])?;
+        }
+        report.rejected += got.rejected.len() as u64;
+        for (index, reason) in &got.failed {
+            writeln!(diag, "failed: line {}: {reason}", lines[*index as usize])?;
+        }
+        report.failed += got.failed.len() as u64;
+        for event in &got.events {
+            report.records_out += 1;
+            if keep_output {
+                report.output.push(event.value().to_vec());
+            } else {
+                out.write_all(event.value())?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    };
+    let mut call = |c| {
+        let result = instance.process_keyed(c);
+        if let Err(e) = &result
+            && e.poisons_instance()
+            && let Ok(fresh) = start()
+        {
+            instance = fresh;
+        }
+        result
+    };
+    for_each_event(
+        input,
+        options,
+        &mut report,
+        diag,
+        |line_no, key, ts, line, report, diag| {
+            batch.push(key, line, ts);
+            lines.push(line_no);
+            if batch.len() >= options.batch {
+                let got = state.process(&spec, &batch, now_ms(), false, 64, &mut call)?;
+                emit(got, &lines, report, out, diag)?;
+                batch.clear();
+                lines.clear();
+            }
+            Ok(())
+        },
+    )?;
+    let got = state.process(&spec, &batch, now_ms(), false, 64, &mut call)?;
+    emit(got, &lines, &mut report, out, diag)?;
+    let got = state.finish(&spec, now_ms(), false, &mut call)?;
+    emit(got, &[], &mut report, out, diag)?;
     out.flush()?;
+    let snapshot = state.snapshot(&spec, now_ms());
+    for (key, value, _) in &snapshot.entries {
+        let text = |b: &[u8]| match std::str::from_utf8(b) {
+            Ok(t) => t.to_string(),
+            Err(_) => format!("0x{}", crate::wasm::compile_cache::hex(b)),
+        };
+        writeln!(diag, "state: {} = {}", text(&key.0), text(&value.0))?;
+    }
+    writeln!(
+        diag,
+        "state: {} key(s), {} timer(s) left",
+        snapshot.entries.len(),
+        snapshot.event_timers.len() + snapshot.processing_timers.len()
+    )?;
     Ok(report)
 }
 
