@@ -782,6 +782,9 @@ pub struct PipelineConfig {
     /// Default 1.
     #[serde(default = "default_partitions")]
     pub partitions: Spanned<usize>,
+    /// How records are spread over the partitions: `key` (default) or
+    /// `balance`.
+    pub partition_by: Option<Spanned<PartitionMode>>,
     /// Micro-batch limits.
     #[serde(default)]
     pub batch: BatchConfig,
@@ -829,6 +832,23 @@ impl PipelineConfig {
         .or_else(|| p.config.values().next().map(Spanned::span))
         .unwrap_or_else(|| self.source.span())
     }
+}
+
+/// `partition_by` of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionMode {
+    /// By `toPositive(murmur2(key)) % partitions` (Kafka's default
+    /// partitioner): a key's records reach one worker, in order, as keyed
+    /// state (`dedup`, keyed processors) needs; keyless records round-robin.
+    #[default]
+    Key,
+    /// Round-robin, record by record, whatever the key: even load when no
+    /// stage needs a key's records together (a skewed key — 67% of the
+    /// flights keyed by `dest` on one of two workers — no longer caps the
+    /// pipeline at one core). Records keep their key (windows still group
+    /// by it: the window operator is the pipeline's).
+    Balance,
 }
 
 /// `checkpoint = { interval = "1s", batches = 100 }`: a checkpoint whenever

@@ -47,6 +47,41 @@ pub struct Stats {
     /// cannot wait (UDP: a datagram cannot be pushed back). Also counted in
     /// `records_in`.
     pub dropped: AtomicU64,
+    /// Records each partition worker took in (one entry per partition): how
+    /// evenly the router spread them (see [`Stats::skew`]).
+    pub partition_records: Box<[AtomicU64]>,
+}
+
+impl Stats {
+    /// Counters for a pipeline of `partitions` partition workers.
+    pub fn with_partitions(partitions: usize) -> Self {
+        Stats {
+            partition_records: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            ..Stats::default()
+        }
+    }
+
+    /// Records per partition worker so far.
+    pub fn partition_counts(&self) -> Vec<u64> {
+        self.partition_records
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+
+    /// How unevenly the partitions got their records: the busiest
+    /// partition's count over the mean (1.0: even; `partitions`: all on
+    /// one). The busiest worker bounds the pipeline, so 1.33 on two
+    /// partitions means the second core does half the first's work. `None`
+    /// before any record, or with one partition.
+    pub fn skew(counts: &[u64]) -> Option<f64> {
+        let total: u64 = counts.iter().sum();
+        if counts.len() < 2 || total == 0 {
+            return None;
+        }
+        let max = *counts.iter().max().expect("not empty") as f64;
+        Some(max / (total as f64 / counts.len() as f64))
+    }
 }
 
 impl Default for Stats {
@@ -65,6 +100,7 @@ impl Default for Stats {
             unmatched: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(i64::MIN),
+            partition_records: Box::new([]),
         }
     }
 }

@@ -172,11 +172,13 @@ impl Topology {
             instances += load_aggregators(&mut at, window.as_mut(), p, name)?;
             let window = window.map(Arc::new);
             let checkpoint = checkpoint_spec(p, src_spec.input.replay(), source)?;
+            let balance = check_partition_by(p, &stages, src_spec.input.window_tasks(), source)?;
             pipelines.push(PipelineSpec {
                 checkpoint,
                 name: name.clone(),
                 source: src_spec,
                 partitions,
+                balance,
                 chain: Arc::new(Chain {
                     limits: BatchLimits {
                         max_records: p.batch.max_records,
@@ -411,6 +413,44 @@ fn build_stages(
         })));
     }
     Ok(stages)
+}
+
+/// Whether the pipeline's `partition_by` is `balance`, which no stage that
+/// keeps state per key allows (a key's records must reach the worker that
+/// holds its state), nor a Kafka source (whose records are spread by Kafka
+/// partition: its `partition_by`).
+fn check_partition_by(
+    p: &PipelineConfig,
+    stages: &[StepSpec],
+    kafka: bool,
+    source: &ConfigSource,
+) -> Result<bool, ConfigError> {
+    let Some(mode) = &p.partition_by else {
+        return Ok(false);
+    };
+    if *mode.get_ref() != config::PartitionMode::Balance {
+        return Ok(false);
+    }
+    if kafka {
+        return Err(source.error(
+            mode.span(),
+            "partition_by = \"balance\" is for other sources: a Kafka source spreads its records by Kafka partition (or key), set with its own `partition_by`",
+        ));
+    }
+    let keyed = stages.iter().find_map(|s| match s {
+        StepSpec::Dedup(d) => Some(d.label.clone()),
+        StepSpec::Plugin(s) if s.keyed.is_some() => Some(s.label.clone()),
+        _ => None,
+    });
+    if let Some(label) = keyed {
+        return Err(source.error(
+            mode.span(),
+            format!(
+                "partition_by = \"balance\" spreads a key's records over every partition, but stage {label} keeps state per key: use partition_by = \"key\" (the default)"
+            ),
+        ));
+    }
+    Ok(true)
 }
 
 /// A keyed processor's settings, or `None` for a plain processor (which may

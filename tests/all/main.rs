@@ -26,6 +26,7 @@ mod logging;
 mod otlp;
 mod packaging;
 mod parquet;
+mod partitions;
 mod plugin_check;
 mod plugin_run_pipes;
 mod postgres;

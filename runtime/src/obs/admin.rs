@@ -717,6 +717,16 @@ async fn pipelines(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                     crate::time::rfc3339(watermark).into()
                 },
             );
+            // Records per partition worker, and how uneven (see
+            // `Stats::skew`; null with one partition or no record yet).
+            let counts = stats.partition_counts();
+            obj.insert(
+                "skew".into(),
+                crate::stats::Stats::skew(&counts).map_or(serde_json::Value::Null, |s| {
+                    ((s * 100.0).round() / 100.0).into()
+                }),
+            );
+            obj.insert("partition_records".into(), counts.into());
             // Its micro-batches' durations (the chain and the dead-letter
             // sink, see `PipelineMetrics::batch_duration`): count and sum
             // (seconds; a client takes the mean over an interval from two

@@ -51,6 +51,8 @@ pub struct PipelineSpec {
     pub source: SourceSpec,
     /// Number of partition workers.
     pub partitions: usize,
+    /// `partition_by = "balance"`: records go round-robin, whatever the key.
+    pub balance: bool,
     /// Batch limits and processor chain: what a config reload may change in a
     /// running pipeline.
     pub chain: Arc<Chain>,
@@ -159,7 +161,7 @@ impl PipelineSpec {
         cancel: Arc<AtomicBool>,
         resume: Option<Resume>,
     ) -> anyhow::Result<RunningPipeline> {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::with_partitions(self.partitions));
         let chain = Arc::new(ArcSwap::new(self.chain.clone()));
         let sink = |name: &String| {
             sinks
@@ -288,7 +290,7 @@ impl PipelineSpec {
         drop(window);
 
         let spec = self.source.clone();
-        let router = Router::new(self.partitions);
+        let router = Router::new(self.partitions).balanced(self.balance);
         let source_stats = stats.clone();
         let pipeline = self.name.clone();
         let source = std::thread::Builder::new()
@@ -390,6 +392,16 @@ impl RunningPipeline {
             }
         }
         let summary = Summary::of(&self.name, &self.stats, self.started.elapsed());
+        if let Some(skew) = Stats::skew(&summary.partition_records)
+            && skew >= SKEW_WARNING
+        {
+            tracing::warn!(
+                pipeline = %self.name,
+                partition_records = ?summary.partition_records,
+                skew = format!("{skew:.2}"),
+                "the partitions got their records unevenly: the busiest worker had {skew:.2}× the mean, and it bounds the pipeline (a skewed key; partition_by = \"balance\" spreads records evenly when no stage needs a key's records together)"
+            );
+        }
         (summary, result)
     }
 }
@@ -429,6 +441,8 @@ pub struct Summary {
     pub duplicates: u64,
     /// See [`Stats::unmatched`].
     pub unmatched: u64,
+    /// See [`Stats::partition_records`].
+    pub partition_records: Vec<u64>,
     /// Wall time since the pipeline started.
     pub elapsed: Duration,
 }
@@ -449,6 +463,7 @@ impl Summary {
             dropped: stats.dropped.load(Ordering::Relaxed),
             duplicates: stats.duplicates.load(Ordering::Relaxed),
             unmatched: stats.unmatched.load(Ordering::Relaxed),
+            partition_records: stats.partition_counts(),
             elapsed,
         }
     }
@@ -491,9 +506,19 @@ impl fmt::Display for Summary {
             self.unmatched,
             secs,
             rate
-        )
+        )?;
+        // With several partitions: how evenly they were loaded.
+        if let Some(skew) = Stats::skew(&self.partition_records) {
+            let counts: Vec<String> = self.partition_records.iter().map(u64::to_string).collect();
+            write!(f, " partition_records={} skew={skew:.2}", counts.join("/"))?;
+        }
+        Ok(())
     }
 }
+
+/// The skew ([`Stats::skew`]) at which a finished pipeline warns: the
+/// busiest partition had half as much again as the mean.
+pub const SKEW_WARNING: f64 = 1.25;
 
 /// The shape a checkpoint must match to be restored, field by field: the
 /// source's input, format, key and timestamp, the partition count, the window

@@ -416,6 +416,9 @@ impl Worker {
     fn run_chain(&mut self, batch: Batch, flush: Option<Flush>) -> Result<(), BatchFailed> {
         if flush.is_none() {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = self.stats.partition_records.get(self.partition) {
+                c.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
         }
         let input_len = batch.len();
         // Size now; duration and the batch span when this is dropped (before

@@ -45,6 +45,7 @@ pub fn murmur2(data: &[u8]) -> u32 {
 pub struct Router {
     partitions: usize,
     next_keyless: usize,
+    balance: bool,
 }
 
 impl Router {
@@ -53,7 +54,16 @@ impl Router {
         Router {
             partitions: partitions.max(1),
             next_keyless: 0,
+            balance: false,
         }
+    }
+
+    /// With `balance`, every record goes round-robin, keyed or not (the
+    /// pipeline's `partition_by = "balance"`: no per-key order or state is
+    /// needed, and a skewed key no longer loads one worker).
+    pub fn balanced(mut self, balance: bool) -> Self {
+        self.balance = balance;
+        self
     }
 
     /// Number of partitions.
@@ -65,6 +75,11 @@ impl Router {
     /// An empty key is a key, hashed like any other.
     pub fn route(&mut self, key: Option<&[u8]>) -> usize {
         match key {
+            _ if self.balance => {
+                let p = self.next_keyless;
+                self.next_keyless = (p + 1) % self.partitions;
+                p
+            }
             None => {
                 let p = self.next_keyless;
                 self.next_keyless = (p + 1) % self.partitions;
@@ -114,6 +129,31 @@ mod tests {
             (0..5).all(|_| r.route(Some(b"")) == empty),
             "an empty key is a key"
         );
+    }
+
+    #[test]
+    fn balance_spreads_one_hot_key_evenly() {
+        let mut r = Router::new(2).balanced(true);
+        let got: Vec<usize> = (0..6).map(|_| r.route(Some(b"ATL"))).collect();
+        assert_eq!(got, vec![0, 1, 0, 1, 0, 1]);
+        let mut counts = [0u64; 3];
+        let mut r = Router::new(3).balanced(true);
+        for i in 0..300u32 {
+            let key = if i % 10 == 0 { None } else { Some(&b"hot"[..]) };
+            counts[r.route(key)] += 1;
+        }
+        assert_eq!(counts, [100, 100, 100]);
+        assert_eq!(crate::stats::Stats::skew(&counts), Some(1.0));
+    }
+
+    #[test]
+    fn skew_is_the_busiest_partition_over_the_mean() {
+        use crate::stats::Stats;
+        // Two thirds of the records on one of two workers (flights by dest).
+        assert_eq!(Stats::skew(&[200, 100]), Some(200.0 / 150.0));
+        assert_eq!(Stats::skew(&[0, 0, 9]), Some(3.0));
+        assert_eq!(Stats::skew(&[5]), None);
+        assert_eq!(Stats::skew(&[0, 0]), None);
     }
 
     proptest! {
