@@ -2,7 +2,7 @@
 //! that a keyed plugin's unit tests run natively (`cargo test`), without a
 //! component or a daemon.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::batch::{Batch, Output, Rejection};
 use crate::config::Config;
@@ -280,8 +280,9 @@ impl<P: KeyedProcessor> KeyedHarness<P> {
                 now: self.now,
                 ..KeyedCall::default()
             };
+            let mut groups = HashMap::new();
             for (domain, time, key) in &due {
-                let group = self.group(&mut call, key);
+                let group = self.group(&mut call, &mut groups, key);
                 call.fired.push((
                     group,
                     Timer {
@@ -314,26 +315,30 @@ impl<P: KeyedProcessor> KeyedHarness<P> {
             now: self.now,
             ..KeyedCall::default()
         };
+        let mut groups = HashMap::new();
         for i in range {
             let Some(event) = batch.get(i) else { break };
             let key = event.key().unwrap_or_default();
-            let group = self.group(&mut call, key);
+            let group = self.group(&mut call, &mut groups, key);
             call.groups.push(group);
             call.events.push_event(&event);
         }
         self.call(call)
     }
 
-    /// The index of `key` in the call's keys, added with its state.
-    fn group(&self, call: &mut KeyedCall, key: &[u8]) -> u32 {
-        match call.keys.iter().position(|k| k == key) {
-            Some(g) => g as u32,
-            None => {
-                call.keys.push(key.to_vec());
-                call.states.push(self.states.get(key).cloned());
-                (call.keys.len() - 1) as u32
-            }
-        }
+    /// The index of `key` in the call's keys (`groups` maps them), added
+    /// with its state.
+    fn group<'k>(
+        &self,
+        call: &mut KeyedCall,
+        groups: &mut HashMap<&'k [u8], u32>,
+        key: &'k [u8],
+    ) -> u32 {
+        *groups.entry(key).or_insert_with(|| {
+            call.keys.push(key.to_vec());
+            call.states.push(self.states.get(key).cloned());
+            (call.keys.len() - 1) as u32
+        })
     }
 
     /// Runs `call` and applies what it returns.
