@@ -182,6 +182,57 @@ impl Batch {
         }
     }
 
+    /// Gives `key` to the events from index `from` on that have none (the
+    /// keyed glue: a record emitted without a key gets its group's).
+    pub(crate) fn fill_keys(&mut self, from: usize, key: &[u8]) {
+        let n = self.len();
+        if key.is_empty() || from >= n {
+            return;
+        }
+        let base = if from == 0 {
+            0
+        } else {
+            self.key_ends[from - 1] as usize
+        };
+        let mut prev = base;
+        let keyless = self.key_ends[from..].iter().any(|&e| {
+            let empty = e as usize == prev;
+            prev = e as usize;
+            empty
+        });
+        if !keyless {
+            return;
+        }
+        let tail = self.keys.split_off(base);
+        let mut prev = 0;
+        for i in from..n {
+            let e = self.key_ends[i] as usize - base;
+            let own = &tail[prev..e];
+            prev = e;
+            self.keys
+                .extend_from_slice(if own.is_empty() { key } else { own });
+            self.key_ends[i] = end(self.keys.len());
+        }
+    }
+
+    /// Builds a batch from columns the host made (well-formed; every
+    /// accessor is bounds-checked anyway).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn from_parts_unchecked(parts: BatchParts) -> Self {
+        Batch {
+            values: parts.values,
+            value_ends: parts.value_ends,
+            keys: parts.keys,
+            key_ends: parts.key_ends,
+            timestamps: parts.timestamps,
+            headers: parts
+                .headers
+                .into_iter()
+                .map(|(index, name, value)| Header { index, name, value })
+                .collect(),
+        }
+    }
+
     /// Appends a copy of `event` (key, value, event time and headers).
     pub fn push_event(&mut self, event: &Event<'_>) {
         self.push(event.key(), event.value(), event.timestamp_ms());
@@ -545,6 +596,35 @@ mod tests {
         let mut bad = parts;
         bad.headers[0].0 = 2;
         assert!(Batch::from_parts(bad).is_err());
+    }
+
+    #[test]
+    fn fill_keys_gives_a_key_to_the_keyless_events_of_the_tail() {
+        let mut batch = Batch::new();
+        batch.push(None, b"0", 0);
+        batch.push(Some(b"a"), b"1", 0);
+        batch.push(None, b"2", 0);
+        batch.push(Some(b"bb"), b"3", 0);
+        batch.push(None, b"4", 0);
+        batch.push_header("h", b"v");
+        batch.fill_keys(2, b"kk");
+        let keys: Vec<Option<&[u8]>> = batch.iter().map(|e| e.key()).collect();
+        assert_eq!(
+            keys,
+            [None, Some(&b"a"[..]), Some(b"kk"), Some(b"bb"), Some(b"kk")]
+        );
+        assert_eq!(batch.get(4).unwrap().headers().count(), 1);
+        assert_eq!(
+            Batch::from_parts(batch.clone().into_parts()).unwrap(),
+            batch
+        );
+        let before = batch.clone();
+        batch.fill_keys(1, b"zz"); // every event from 1 on has a key
+        batch.fill_keys(5, b"zz"); // none from 5 on
+        assert_eq!(batch, before);
+        batch.fill_keys(0, b"z");
+        assert_eq!(batch.get(0).unwrap().key(), Some(&b"z"[..]));
+        assert_eq!(batch.get(1).unwrap().key(), Some(&b"a"[..]));
     }
 
     #[test]

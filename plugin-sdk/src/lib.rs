@@ -4,7 +4,11 @@
 //! (`wit/plugin.wit`). With this crate you implement one trait, [`Processor`], and
 //! call one macro, [`export_processor!`]; you never see the generated bindings.
 //! A user-defined aggregate of event-time windows (the `aggregator` world) is
-//! the same with [`Aggregator`] and [`export_aggregator!`].
+//! the same with [`Aggregator`] and [`export_aggregator!`]; a keyed processor
+//! with per-key state and timers that the host keeps (the `keyed-processor`
+//! world of `wit/0.2.0/plugin.wit`) with [`KeyedProcessor`] and
+//! [`export_keyed_processor!`], unit-tested with [`KeyedHarness`] (see
+//! [`keyed`]).
 //!
 //! ```
 //! use sluice_plugin_sdk::{export_processor, Batch, Config, Output, Processor};
@@ -36,12 +40,16 @@
 
 mod batch;
 mod config;
+mod harness;
+pub mod keyed;
 pub mod log;
 pub mod record;
 pub mod scan;
 
 pub use batch::{Batch, BatchParts, Event, Header, Iter, Output, Rejection};
 pub use config::Config;
+pub use harness::KeyedHarness;
+pub use keyed::{KeyedContext, KeyedProcessor, TimeDomain, Timer};
 pub use record::{Edit, FieldValue, ObjectWriter, Record};
 
 /// A processing function over micro-batches (map, filter, flat-map, or any mix).
@@ -221,6 +229,42 @@ macro_rules! export_processor {
     };
 }
 
+/// Exports a [`KeyedProcessor`] implementation as the component's
+/// `keyed-processor` world (`wit/0.2.0/plugin.wit`).
+///
+/// Call it once, at the crate root of a `cdylib` crate. On targets other than
+/// wasm32 it expands to nothing, so the same crate builds and tests natively
+/// (with [`KeyedHarness`]).
+#[macro_export]
+macro_rules! export_keyed_processor {
+    ($processor:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            static __SLUICE_KEYED: ::std::sync::Mutex<::std::option::Option<$processor>> =
+                ::std::sync::Mutex::new(::std::option::Option::None);
+
+            struct __SluiceGuest;
+
+            impl $crate::__private::KeyedGuest for __SluiceGuest {
+                fn configure(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::configure_keyed::<$processor>(&__SLUICE_KEYED, config)
+                }
+
+                fn process_keyed(
+                    input: $crate::__private::KeyedInput,
+                ) -> ::std::result::Result<$crate::__private::KeyedOutput, ::std::string::String>
+                {
+                    $crate::__private::process_keyed::<$processor>(&__SLUICE_KEYED, input)
+                }
+            }
+
+    $crate::__private::export_keyed_world!(__SluiceGuest with_types_in $crate::__private::keyed_bindings);
+        };
+    };
+}
+
 /// The generated bindings and the glue the macro expands to. Not a public API.
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -250,20 +294,88 @@ pub mod __private {
         });
     }
 
+    /// The `keyed-processor` world of package 0.2.0: its own `types` and
+    /// `host` (a package version is self-contained).
+    #[allow(missing_docs, unsafe_code, clippy::all)]
+    pub mod keyed_bindings {
+        wit_bindgen::generate!({
+            path: "../wit/0.2.0",
+            world: "keyed-processor",
+            pub_export_macro: true,
+            export_macro_name: "export_keyed_world",
+            default_bindings_module: "sluice_plugin_sdk::__private::keyed_bindings",
+        });
+    }
+
     pub use aggregator_bindings::Guest as AggregatorGuest;
     pub use aggregator_bindings::export_aggregator_world;
     pub use bindings::Guest;
     pub use bindings::export;
     pub use bindings::sluice::plugin::types::{EventBatch, Output};
+    pub use keyed_bindings::Guest as KeyedGuest;
+    pub use keyed_bindings::export_keyed_world;
+    pub use keyed_bindings::sluice::plugin::types::{KeyedInput, KeyedOutput};
 
-    use crate::{Aggregator, Batch, Config, Processor};
+    use crate::log::Level;
+    use crate::{Aggregator, Batch, Config, KeyedProcessor, Processor};
     use std::sync::Mutex;
+
+    /// `log` through package 0.1.0's `host` import (processors, aggregators).
+    fn log_v1(level: Level, message: &str) {
+        use bindings::sluice::plugin::host::{self, Level as L};
+        let level = match level {
+            Level::Trace => L::Trace,
+            Level::Debug => L::Debug,
+            Level::Info => L::Info,
+            Level::Warn => L::Warn,
+            Level::Error => L::Error,
+        };
+        host::log(level, message);
+    }
+
+    /// `log` through package 0.2.0's `host` import (keyed processors).
+    fn log_v2(level: Level, message: &str) {
+        use keyed_bindings::sluice::plugin::host::{self, Level as L};
+        let level = match level {
+            Level::Trace => L::Trace,
+            Level::Debug => L::Debug,
+            Level::Info => L::Info,
+            Level::Warn => L::Warn,
+            Level::Error => L::Error,
+        };
+        host::log(level, message);
+    }
+
+    /// Builds a fresh keyed processor from the host's config pairs.
+    pub fn configure_keyed<P: KeyedProcessor>(
+        slot: &Mutex<Option<P>>,
+        config: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        crate::log::set_sink(log_v2);
+        let processor = P::configure(&Config::from_pairs(config))?;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(processor);
+        Ok(())
+    }
+
+    /// Runs one `process-keyed` call through the configured keyed processor.
+    pub fn process_keyed<P: KeyedProcessor>(
+        slot: &Mutex<Option<P>>,
+        input: KeyedInput,
+    ) -> Result<KeyedOutput, String> {
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let processor = guard
+            .as_mut()
+            .ok_or_else(|| "process-keyed called before configure".to_string())?;
+        let call = crate::keyed::KeyedCall::from_wit(input);
+        crate::keyed::run(processor, call).map(crate::keyed::KeyedReturn::into_wit)
+    }
 
     /// Builds a fresh aggregator from the host's config pairs.
     pub fn configure_aggregator<A: Aggregator>(
         slot: &Mutex<Option<A>>,
         config: Vec<(String, String)>,
     ) -> Result<(), String> {
+        crate::log::set_sink(log_v1);
         let aggregator = A::configure(&Config::from_pairs(config))?;
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(aggregator);
         Ok(())
@@ -309,6 +421,7 @@ pub mod __private {
         slot: &Mutex<Option<P>>,
         config: Vec<(String, String)>,
     ) -> Result<(), String> {
+        crate::log::set_sink(log_v1);
         let processor = P::configure(&Config::from_pairs(config))?;
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(processor);
         Ok(())

@@ -3,6 +3,11 @@
 //! In a component these go through the host's `log` import, which tags each line
 //! with the pipeline, the stage and the plugin; natively (in a plugin's unit tests)
 //! they print to stderr.
+//!
+//! A component of package 0.1.0 (a processor, an aggregator) logs through
+//! that package's `host` import, a keyed processor through package 0.2.0's:
+//! the export macro's `configure` picks the one of its world, so that a
+//! component imports only what its world has.
 
 /// Severity of a log message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,19 +24,23 @@ pub enum Level {
     Error,
 }
 
+/// The world's `log` import, set by the export macro's `configure`.
+#[cfg(target_arch = "wasm32")]
+static SINK: std::sync::OnceLock<fn(Level, &str)> = std::sync::OnceLock::new();
+
+/// Sends the log to `sink` (the `host` import of the component's world).
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn set_sink(sink: fn(Level, &str)) {
+    let _ = SINK.set(sink);
+}
+
 /// Writes `message` to the daemon's log at `level`.
 pub fn log(level: Level, message: &str) {
     #[cfg(target_arch = "wasm32")]
-    {
-        use crate::__private::bindings::sluice::plugin::host::{self, Level as L};
-        let level = match level {
-            Level::Trace => L::Trace,
-            Level::Debug => L::Debug,
-            Level::Info => L::Info,
-            Level::Warn => L::Warn,
-            Level::Error => L::Error,
-        };
-        host::log(level, message);
+    match SINK.get() {
+        Some(sink) => sink(level, message),
+        // Before `configure` (nothing of the plugin runs then): stderr.
+        None => eprintln!("[{level:?}] {message}"),
     }
     #[cfg(not(target_arch = "wasm32"))]
     eprintln!("[{level:?}] {message}");

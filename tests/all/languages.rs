@@ -248,6 +248,105 @@ fn template_rust_aggregator() {
     );
 }
 
+/// The keyed template (`--kind keyed`, Rust): the WIT of package 0.2.0 in
+/// `wit/0.2.0/`, its own unit tests (through the SDK's `KeyedHarness`) pass
+/// before any build, and `build.sh` makes a component of the
+/// `keyed-processor` world (what `sluice plugin check` lists of it: its
+/// exports and the 0.2.0 imports).
+#[test]
+fn template_rust_keyed() {
+    let test = "languages::template_rust_keyed";
+    if let Some(reason) = missing(&["cargo"]) {
+        skip(
+            test,
+            &format!("{reason} (see templates/rust-keyed/README.md)"),
+        );
+        return;
+    }
+    let scratch = Scratch::new("");
+    let dir = scratch.path("my-counter");
+    let new = Command::new(sluice_bin())
+        .args(["plugin", "new", "my-counter", "--kind", "keyed", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("wit/0.2.0/plugin.wit")).unwrap(),
+        std::fs::read_to_string(repo().join("wit/0.2.0/plugin.wit")).unwrap()
+    );
+    assert!(!dir.join("wit/plugin.wit").exists());
+
+    // `cargo test` in the project, natively, with the target folder kept
+    // warm as for build.sh.
+    let mut test_cmd = Command::new("cargo");
+    test_cmd.arg("test").current_dir(&dir);
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+    ] {
+        test_cmd.env_remove(var);
+    }
+    test_cmd.env("CARGO_TARGET_DIR", repo().join("target/template-build"));
+    let unit = test_cmd.output().unwrap();
+    let report =
+        String::from_utf8_lossy(&unit.stdout).into_owned() + &String::from_utf8_lossy(&unit.stderr);
+    assert!(
+        unit.status.success(),
+        "keyed template's unit tests:\n{report}"
+    );
+    assert!(
+        report.contains("test result: ok. 2 passed; 0 failed; 0 ignored"),
+        "{report}"
+    );
+    assert!(!dir.join("out").exists(), "the unit tests built something");
+
+    build_new("rust", "keyed", &dir);
+    let check = Command::new(sluice_bin())
+        .args(["plugin", "check"])
+        .arg(dir.join("out/my-counter.wasm"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    for want in [
+        "  configure: func(config: list<tuple<string, string>>) -> result<_, string>",
+        "  process-keyed: func(input: record { keys: list<list<u8>>, states: list<option<list<u8>>>,",
+        "  sluice:plugin/types@0.2.0",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("  process: func"), "{out}");
+}
+
+/// `--kind keyed` in another language than Rust says there is none yet.
+#[test]
+fn keyed_template_is_rust_only() {
+    let scratch = Scratch::new("");
+    let new = Command::new(sluice_bin())
+        .args([
+            "plugin", "new", "k", "--lang", "python", "--kind", "keyed", "--dir",
+        ])
+        .arg(scratch.path("k"))
+        .output()
+        .unwrap();
+    assert!(!new.status.success());
+    let stderr = String::from_utf8_lossy(&new.stderr);
+    assert!(
+        stderr
+            .contains("--kind keyed: there is a keyed template for rust only so far (not python)"),
+        "{stderr}"
+    );
+    assert!(!scratch.path("k").exists());
+}
+
 /// The unit tests of a new project in `dir` (`test`, run there), before any
 /// build: their summary must count `passed`, none failed or skipped.
 fn unit_tests_pass(lang: &str, dir: &Path, test: &[&str], passed: &str) {

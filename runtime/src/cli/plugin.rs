@@ -30,7 +30,8 @@ pub enum PluginCommand {
         #[arg(long, default_value = "rust")]
         lang: String,
         /// processor (the "tag" processor) | aggregator (a top-n values
-        /// aggregator for windows: rust, python, js).
+        /// aggregator for windows: rust, python, js) | keyed (a keyed
+        /// processor with a state per key, counting each key's events: rust).
         #[arg(long, default_value = "processor")]
         kind: String,
         /// Where to write it; default `./NAME`.
@@ -158,15 +159,24 @@ fn new(
             eprintln!("error: aggregator templates exist for rust, python and js");
             return ExitCode::from(EXIT_CONFIG);
         }
+        "keyed" if lang == "rust" => "rust-keyed".to_string(),
+        "keyed" => {
+            eprintln!(
+                "error: --kind keyed: there is a keyed template for rust only so far (not {lang})"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
         other => {
-            eprintln!("error: --kind {other}: use processor or aggregator");
+            eprintln!("error: --kind {other}: use processor, aggregator or keyed");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let next = if kind == "aggregator" {
-        "sluice plugin run out/{name}.wasm --field /dest --config n=2 < events.ndjson"
-    } else {
-        "sluice plugin run out/{name}.wasm --config tag=x < events.ndjson"
+    let next = match kind.as_str() {
+        "aggregator" => {
+            "./build.sh && sluice plugin run out/{name}.wasm --field /dest --config n=2 < events.ndjson"
+        }
+        "keyed" => "cargo test && ./build.sh",
+        _ => "./build.sh && sluice plugin run out/{name}.wasm --config tag=x < events.ndjson",
     };
     match sluice::wasm::plugin_new::create(&name, &template, &dir, &sdk) {
         Ok(files) => {
@@ -174,7 +184,7 @@ fn new(
                 println!("wrote {}", f.display());
             }
             println!(
-                "next: cd {} && ./build.sh && {}",
+                "next: cd {} && {}",
                 dir.display(),
                 next.replace("{name}", &name)
             );

@@ -1,13 +1,15 @@
-//! `sluice plugin new NAME --lang rust|python|js|c [--kind aggregator]`: writes a ready-to-build
-//! plugin project from the templates in `templates/` (embedded in the binary),
-//! with the WIT contract in `wit/plugin.wit`.
+//! `sluice plugin new NAME --lang rust|python|js|c [--kind aggregator|keyed]`: writes a
+//! ready-to-build plugin project from the templates in `templates/` (embedded
+//! in the binary), with the WIT contract in `wit/plugin.wit` (a keyed
+//! processor's, package 0.2.0, in `wit/0.2.0/plugin.wit`).
 //!
 //! Every processor template is the same small processor ("tag": adds `"tag":
 //! <config tag>` to each JSON object, refuses anything else) with a `build.sh`,
 //! a README (toolchain, build, `sluice plugin run`, deploy) and a sample
 //! `events.ndjson`; `rust-aggregator`, `python-aggregator` and `js-aggregator`
 //! (`--kind aggregator`) are a window aggregator (the `n` most frequent values
-//! of a field). In the files, `{{name}}` becomes the plugin name,
+//! of a field); `rust-keyed` (`--kind keyed`) is a keyed processor with a
+//! state per key (it counts each key's events). In the files, `{{name}}` becomes the plugin name,
 //! `{{name_snake}}` the same with `_` for `-`, and (Rust) `{{sdk}}` the
 //! `sluice-plugin-sdk` dependency. Python and JavaScript projects also get a
 //! copy of their SDK (`sdk/python/sluice_sdk/`, `sdk/js/sluice.js`), embedded
@@ -15,8 +17,12 @@
 
 use std::path::{Path, PathBuf};
 
-/// The WIT contract, written into every project.
+/// The WIT contract, written into every project but a keyed one.
 pub const WIT: &str = include_str!("../../../wit/plugin.wit");
+
+/// The WIT contract of package 0.2.0 (the `keyed-processor` world), written
+/// into a keyed project.
+pub const WIT_0_2_0: &str = include_str!("../../../wit/0.2.0/plugin.wit");
 
 /// Languages and their files (path in the project, template text).
 pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
@@ -85,6 +91,40 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
             (
                 "src/lib.rs",
                 include_str!("../../../templates/rust-aggregator/src/lib.rs"),
+            ),
+        ],
+    ),
+    (
+        "rust-keyed",
+        &[
+            (
+                ".cargo/config.toml",
+                include_str!("../../../templates/rust/.cargo/config.toml"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../../templates/rust/.gitignore"),
+            ),
+            (
+                "Cargo.toml",
+                include_str!("../../../templates/rust-keyed/Cargo.toml"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/rust-keyed/README.md"),
+            ),
+            ("build.sh", include_str!("../../../templates/rust/build.sh")),
+            (
+                "events.ndjson",
+                include_str!("../../../templates/rust-keyed/events.ndjson"),
+            ),
+            (
+                "rust-toolchain.toml",
+                include_str!("../../../templates/rust/rust-toolchain.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../../templates/rust-keyed/src/lib.rs"),
             ),
         ],
     ),
@@ -331,13 +371,44 @@ pub fn create(name: &str, lang: &str, dir: &Path, sdk: &str) -> anyhow::Result<V
     for (rel, text) in sdk_files {
         write(rel, text)?;
     }
-    write("wit/plugin.wit", WIT)?;
+    if lang.ends_with("-keyed") {
+        write("wit/0.2.0/plugin.wit", WIT_0_2_0)?;
+    } else {
+        write("wit/plugin.wit", WIT)?;
+    }
     Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A keyed project gets the 0.2.0 contract (and not 0.1.0's), its
+    /// placeholders filled.
+    #[test]
+    fn a_keyed_project_gets_the_wit_of_package_0_2_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("p");
+        let written = create("my-counter", "rust-keyed", &project, "{ path = \"sdk\" }").unwrap();
+        let wit = std::fs::read_to_string(project.join("wit/0.2.0/plugin.wit")).unwrap();
+        assert!(wit.contains("package sluice:plugin@0.2.0;"));
+        assert!(!project.join("wit/plugin.wit").exists());
+        assert!(written.contains(&project.join("wit/0.2.0/plugin.wit")));
+        let cargo = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+        assert!(cargo.contains("name = \"my-counter\""), "{cargo}");
+        assert!(
+            cargo.contains("sluice-plugin-sdk = { path = \"sdk\" }"),
+            "{cargo}"
+        );
+        for path in &written {
+            let text = std::fs::read_to_string(path).unwrap();
+            assert!(
+                !text.contains("{{"),
+                "{}: an unfilled placeholder",
+                path.display()
+            );
+        }
+    }
 
     /// Python and JavaScript projects get the SDK byte for byte (no `{{…}}`
     /// filling), beside the template's files.
