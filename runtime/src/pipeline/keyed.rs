@@ -314,26 +314,26 @@ impl KeyedState {
             },
         };
         self.fire(&mut run, TimeDomain::ProcessingTime, now, call)?;
-        let mut start = 0;
-        let mut watermark = self.watermark(spec);
-        for (i, event) in batch.iter().enumerate() {
-            let ts = event.timestamp_ms();
-            self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
-            let moved = self.watermark(spec);
-            if self.event_timers.first().is_some_and(|(t, _)| *t <= moved) {
-                let part: Vec<usize> = (start..=i).collect();
-                self.run_events(&mut run, batch, &part, watermark, call)?;
-                start = i + 1;
-                self.fire(&mut run, TimeDomain::EventTime, moved, call)?;
-                watermark = moved;
-            }
-        }
-        if start < batch.len() {
-            let part: Vec<usize> = (start..batch.len()).collect();
-            self.run_events(&mut run, batch, &part, watermark, call)?;
-        }
-        let watermark = self.watermark(spec);
-        self.fire(&mut run, TimeDomain::EventTime, watermark, call)?;
+        // The largest event time and the watermark after each record of
+        // the batch (they move record by record).
+        let mut max_ts = self.max_ts;
+        let (upto, after): (Vec<Option<i64>>, Vec<i64>) = batch
+            .iter()
+            .map(|event| {
+                let ts = event.timestamp_ms();
+                max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
+                (
+                    max_ts,
+                    max_ts.map_or(i64::MIN, |m| m.saturating_sub(spec.watermark_ms)),
+                )
+            })
+            .unzip();
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let marks = Marks {
+            upto: &upto,
+            after: &after,
+        };
+        self.run_records(&mut run, batch, &all, &marks, call)?;
         Ok(run.out)
     }
 
@@ -360,16 +360,97 @@ impl KeyedState {
         Ok(run.out)
     }
 
-    /// Calls the plugin with the records `indices` of `batch` (in order),
-    /// each with its key's state; bisects a failed call.
-    fn run_events(
+    /// Runs the records `indices` of `batch` (in order) through the plugin
+    /// in parts, each ending at the record that moves the watermark past a
+    /// known timer, the timers due then fired after it. When a timer a call
+    /// sets is due at a record before the part's last, the call's result is
+    /// dropped (nothing was applied: a call is a function of its input) and
+    /// the part is run again up to that record, so the timer fires before the
+    /// next one, as if the host had known it. A failed call is bisected, each
+    /// half run the same way.
+    fn run_records(
         &mut self,
         run: &mut Run<'_>,
         batch: &Batch,
         indices: &[usize],
-        watermark: i64,
+        marks: &Marks<'_>,
         call: &mut Call<'_>,
     ) -> Result<(), CallError> {
+        let after = marks.after;
+        let mut rest = indices;
+        while !rest.is_empty() {
+            let end = match self.event_timers.first() {
+                Some((t, _)) => rest
+                    .iter()
+                    .position(|&i| after[i] >= *t)
+                    .unwrap_or(rest.len() - 1),
+                None => rest.len() - 1,
+            };
+            let mut part = &rest[..=end];
+            let watermark = self.watermark(run.spec);
+            loop {
+                let (prepared, refused) = self.prepare(run, batch, part, watermark);
+                let Some((input, taken)) = prepared else {
+                    run.out.failed.extend(refused);
+                    break;
+                };
+                let keys = input.keys.clone();
+                match call(input) {
+                    Ok(mut ret) => {
+                        if let Some(due) = earliest_new_event_timer(&ret.timers)
+                            && let Some(cut) =
+                                part[..part.len() - 1].iter().position(|&i| after[i] >= due)
+                        {
+                            part = &part[..=cut];
+                            continue;
+                        }
+                        run.out.failed.extend(refused);
+                        self.take(run, &keys, &taken, &mut ret);
+                    }
+                    Err(error) if run.stop => return Err(error),
+                    Err(error) if taken.len() == 1 => {
+                        run.out.failed.extend(refused);
+                        run.out.failed.push((taken[0] as u32, error.to_string()));
+                    }
+                    Err(error) if run.budget == 0 => {
+                        run.out.failed.extend(refused);
+                        let reason = format!(
+                            "{error} (not isolated: the bisection budget of this batch is spent)"
+                        );
+                        run.out
+                            .failed
+                            .extend(taken.iter().map(|&i| (i as u32, reason.clone())));
+                    }
+                    Err(_) => {
+                        // Each half refuses its own records left out.
+                        run.budget -= 1;
+                        let (left, right) = part.split_at(part.len() / 2);
+                        self.run_records(run, batch, left, marks, call)?;
+                        self.run_records(run, batch, right, marks, call)?;
+                    }
+                }
+                break;
+            }
+            let last = *part.last().expect("a part is not empty");
+            self.max_ts = marks.upto[last];
+            self.fire(run, TimeDomain::EventTime, after[last], call)?;
+            rest = &rest[part.len()..];
+        }
+        Ok(())
+    }
+
+    /// The call for the records `indices` of `batch` and the indices it
+    /// took (`None` when no record is left), and the records left out with
+    /// why: records without a key, and records of new keys a full state
+    /// cannot take.
+    fn prepare(
+        &mut self,
+        run: &Run<'_>,
+        batch: &Batch,
+        indices: &[usize],
+        watermark: i64,
+    ) -> (Option<(KeyedCall, Vec<usize>)>, Vec<(u32, String)>) {
+        let mut refused = Vec::new();
         let mut input = KeyedCall {
             watermark,
             now: run.now,
@@ -384,7 +465,7 @@ impl KeyedState {
             let key = match event.key() {
                 Some(k) if !k.is_empty() => k,
                 _ => {
-                    run.out.failed.push((
+                    refused.push((
                         i as u32,
                         "no record key: a keyed processor keeps state per record key (set `key` on the source, or key the Kafka messages)".into(),
                     ));
@@ -402,7 +483,7 @@ impl KeyedState {
                         }
                         let want = self.bytes + new_bytes + key.len() + ENTRY_OVERHEAD;
                         if want as u64 > run.spec.memory_bytes {
-                            run.out.failed.push((
+                            refused.push((
                                 i as u32,
                                 format!(
                                     "keyed state full: this partition holds {} bytes of state for {} keys, state_memory = {} (raise it, set a state_ttl, or have the plugin clear states it no longer needs)",
@@ -426,40 +507,23 @@ impl KeyedState {
             input.groups.push(group);
             taken.push(i);
         }
-        if taken.is_empty() {
-            return Ok(());
+        ((!taken.is_empty()).then_some((input, taken)), refused)
+    }
+
+    /// Applies a successful call of the records `taken` and keeps its output.
+    fn take(
+        &mut self,
+        run: &mut Run<'_>,
+        keys: &[Vec<u8>],
+        taken: &[usize],
+        ret: &mut KeyedReturn,
+    ) {
+        self.apply(keys, ret, run.now);
+        for (j, reason) in std::mem::take(&mut ret.rejected) {
+            run.out.rejected.push((taken[j as usize] as u32, reason));
         }
-        let keys = input.keys.clone();
-        match call(input) {
-            Ok(mut ret) => {
-                self.apply(&keys, &mut ret, run.now);
-                for (j, reason) in ret.rejected {
-                    run.out.rejected.push((taken[j as usize] as u32, reason));
-                }
-                for event in &ret.events {
-                    run.out.events.push_event(&event);
-                }
-                Ok(())
-            }
-            Err(error) if run.stop => Err(error),
-            Err(error) if taken.len() == 1 => {
-                run.out.failed.push((taken[0] as u32, error.to_string()));
-                Ok(())
-            }
-            Err(error) if run.budget == 0 => {
-                let reason =
-                    format!("{error} (not isolated: the bisection budget of this batch is spent)");
-                run.out
-                    .failed
-                    .extend(taken.iter().map(|&i| (i as u32, reason.clone())));
-                Ok(())
-            }
-            Err(_) => {
-                run.budget -= 1;
-                let (left, right) = taken.split_at(taken.len() / 2);
-                self.run_events(run, batch, left, watermark, call)?;
-                self.run_events(run, batch, right, watermark, call)
-            }
+        for event in &ret.events {
+            run.out.events.push_event(&event);
         }
     }
 
@@ -546,6 +610,25 @@ impl KeyedState {
         }
         Ok(())
     }
+}
+
+/// The earliest event-time timer that `changes` set, even if they deleted
+/// it again: set by a record and deleted by a later one, it was due in
+/// between when a record there moved the watermark past it.
+fn earliest_new_event_timer(changes: &[TimerChange]) -> Option<i64> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            TimerChange::Set(t) if t.domain == TimeDomain::EventTime => Some(t.time),
+            _ => None,
+        })
+        .min()
+}
+
+/// Per record of a batch: the largest event time and the watermark after it.
+struct Marks<'b> {
+    upto: &'b [Option<i64>],
+    after: &'b [i64],
 }
 
 /// One batch's run through the state.
@@ -695,29 +778,17 @@ mod tests {
             "idle:a:300",
             "idle:b:400",
         ];
-        for size in [1, 2] {
+        for size in [1, 2, 3, 5] {
             assert_eq!(
                 run_in(&SORTED, size, &KeyedSpec::default()),
                 expected,
                 "{size}"
             );
         }
-        // In one call, the timers set by its records are known only after
-        // it: b's at 150 was deleted by b's record at 300 in the same call.
-        let one_call = [
-            "a:-",
-            "a:10",
-            "b:-",
-            "a:190",
-            "b:250",
-            "idle:a:300",
-            "idle:b:400",
-        ];
-        assert_eq!(run_in(&SORTED, 5, &KeyedSpec::default()), one_call);
     }
 
     #[test]
-    fn batching_does_not_change_the_output_when_timers_are_further_than_a_batch() {
+    fn batching_does_not_change_the_output() {
         // 40 keys, records 7 ms apart, a gap past IDLE here and there.
         let mut records = Vec::new();
         let keys: Vec<String> = (0..40).map(|k| format!("k{k}")).collect();
@@ -728,8 +799,9 @@ mod tests {
         let spec = KeyedSpec::default();
         // Record by record: the rules exactly.
         let whole = run_in(&records, 1, &spec);
-        // Batches of up to 13 records span under IDLE of event time here.
-        for size in [2, 3, 5, 8, 13] {
+        // Batches that span more event time than IDLE too: a call whose own
+        // timer comes due inside it is cut there and run again.
+        for size in [2, 3, 5, 8, 13, 50, 400] {
             assert_eq!(run_in(&records, size, &spec), whole, "batches of {size}");
         }
         // Every record comes out once, and every key ends with an idle record.
