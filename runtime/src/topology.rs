@@ -164,8 +164,7 @@ impl Topology {
                 dead_letter.is_some(),
                 source,
                 &tables,
-                src_spec.decoder.key_pointer(),
-                src_spec.input.window_tasks(),
+                &src_spec,
             )?;
 
             let mut window = build_window(p, dead_letter.is_some(), source)?;
@@ -330,9 +329,10 @@ fn build_stages(
     has_dead_letter: bool,
     source: &ConfigSource,
     tables: &BTreeMap<String, Arc<TableSlot>>,
-    source_key: Option<&Pointer>,
-    kafka: bool,
+    src: &SourceSpec,
 ) -> Result<Vec<StepSpec>, ConfigError> {
+    let source_key = src.decoder.key_pointer();
+    let kafka = src.input.window_tasks();
     let default_policy = p.on_error.unwrap_or(if has_dead_letter {
         OnError::DeadLetter
     } else {

@@ -449,7 +449,7 @@ impl KeyedState {
         batch: &Batch,
         indices: &[usize],
         watermark: i64,
-    ) -> (Option<(KeyedCall, Vec<usize>)>, Vec<(u32, String)>) {
+    ) -> Prepared {
         let mut refused = Vec::new();
         let mut input = KeyedCall {
             watermark,
@@ -624,6 +624,10 @@ fn earliest_new_event_timer(changes: &[TimerChange]) -> Option<i64> {
         })
         .min()
 }
+
+/// A call ready to make with the batch indices it holds (`None`: no record
+/// left), and the records refused before it, with why.
+type Prepared = (Option<(KeyedCall, Vec<usize>)>, Vec<(u32, String)>);
 
 /// Per record of a batch: the largest event time and the watermark after it.
 struct Marks<'b> {

@@ -220,7 +220,7 @@ fn run_keyed(
     keep_output: bool,
 ) -> anyhow::Result<RunReport> {
     use crate::pipeline::keyed::{KeyedOutput, KeyedSpec, KeyedState, now_ms};
-    let tags = LogTags::standalone("plugin-run", &plugin);
+    let tags = LogTags::standalone("plugin-run", plugin);
     let start = || {
         plugin
             .instantiate(&options.config, options.limits, tags.clone())
