@@ -344,28 +344,29 @@ export class Batch {
   }
 }
 
-// A growable byte buffer.
+// A growable byte buffer. (Few calls per push: in a component, JavaScript is
+// interpreted, and a call costs more than the work of a short push.)
 class Bytes {
   constructor(size) {
     this.buf = new Uint8Array(size);
     this.len = 0;
   }
-  reserve(n) {
-    if (this.len + n > this.buf.length) {
-      const b = new Uint8Array(Math.max(this.buf.length * 2, this.len + n));
-      b.set(this.buf.subarray(0, this.len));
-      this.buf = b;
-    }
+  grow(n) {
+    const b = new Uint8Array(Math.max(this.buf.length * 2, this.len + n));
+    b.set(this.buf.subarray(0, this.len));
+    this.buf = b;
   }
   pushString(s) {
     // UTF-8 takes at most 3 bytes per UTF-16 unit.
-    this.reserve(s.length * 3);
+    if (this.len + s.length * 3 > this.buf.length) this.grow(s.length * 3);
     this.len += encoder.encodeInto(s, this.buf.subarray(this.len)).written;
   }
   pushBytes(b) {
-    this.reserve(b.length);
+    const n = b.length;
+    if (n === 0) return;
+    if (this.len + n > this.buf.length) this.grow(n);
     this.buf.set(b, this.len);
-    this.len += b.length;
+    this.len += n;
   }
   bytes() {
     return this.buf.slice(0, this.len);
@@ -398,14 +399,17 @@ export class Output {
    * comes from (`event.key`, `event.timestampMs`).
    */
   emit(value, key = null, timestampMs = 0, headers = undefined) {
-    if (typeof value === "string") this.valueBytes.pushString(value);
-    else this.valueBytes.pushBytes(asBytes(value));
-    this.valueEnds.push(this.valueBytes.len);
+    const vb = this.valueBytes;
+    if (typeof value === "string") vb.pushString(value);
+    else vb.pushBytes(value instanceof Uint8Array ? value : asBytes(value));
+    this.valueEnds.push(vb.len);
+    const kb = this.keyBytes;
     if (key !== null && key !== undefined) {
-      if (typeof key === "string") this.keyBytes.pushString(key);
-      else this.keyBytes.pushBytes(asBytes(key));
+      if (key instanceof Uint8Array) kb.pushBytes(key);
+      else if (typeof key === "string") kb.pushString(key);
+      else kb.pushBytes(asBytes(key));
     }
-    this.keyEnds.push(this.keyBytes.len);
+    this.keyEnds.push(kb.len);
     this.timestamps.push(typeof timestampMs === "bigint" ? timestampMs : BigInt(timestampMs));
     if (headers !== undefined && headers.length > 0) {
       const index = this.valueEnds.length - 1;
@@ -425,7 +429,8 @@ export class Output {
 
   /** Passes `event` on unchanged: value, key, event time and headers. */
   forward(event) {
-    this.emit(event.value, event.key, event.timestamp, event.headers);
+    const b = event.batch;
+    this.emit(event.value, event.key, b.timestamps[event.index], b.headers.length > 0 ? b.headersOf(event.index) : undefined);
   }
 
   /**

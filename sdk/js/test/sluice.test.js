@@ -97,6 +97,28 @@ test("output packs what was emitted", () => {
   assert.equal(out.length, 4);
 });
 
+test("forward and empty keys without headers", () => {
+  // A batch without headers, keys on some events only; every kind of empty key
+  // is no key.
+  const src = new Batch([{ value: "a", key: "k", timestampMs: 1 }, { value: "bc", timestampMs: 2 }, { value: "d", key: "xyz", timestampMs: 3 }]);
+  const out = new Output(2);
+  for (const event of src) out.forward(event);
+  out.emit("e", "", 4);
+  out.emit("f", new Uint8Array(0), 5n);
+  out.emit("g", new DataView(enc("m").buffer), 6);
+  const wit = out.toWit();
+  assert.equal(dec(wit.events.values), "abcdefg");
+  assert.deepEqual([...wit.events.valueEnds], [1, 3, 4, 5, 6, 7]);
+  assert.equal(dec(wit.events.keys), "kxyzm");
+  assert.deepEqual([...wit.events.keyEnds], [1, 1, 4, 4, 4, 5]);
+  assert.deepEqual([...wit.events.timestamps], [1n, 2n, 3n, 4n, 5n, 6n]);
+  assert.deepEqual(wit.events.headers, []);
+  assert.deepEqual(
+    out.records().map((r) => [dec(r.value), r.key === null ? null : dec(r.key), r.timestampMs, r.headers.length]),
+    [["a", "k", 1, 0], ["bc", null, 2, 0], ["d", "xyz", 3, 0], ["e", null, 4, 0], ["f", null, 5, 0], ["g", "m", 6, 0]],
+  );
+});
+
 test("config reads and reports name and value", () => {
   const config = new Config([["min_delay", "fifteen"], ["limit", " 3 "], ["on", "true"], ["x", "1.5e3"]]);
   assert.equal(config.get("limit"), " 3 ");

@@ -43,6 +43,7 @@ import sys
 from abc import ABC, abstractmethod
 from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Generic, Iterable, Iterator, NamedTuple, Sequence, TypeVar, Union
 
 __all__ = [
@@ -209,10 +210,13 @@ class Event:
     @property
     def key(self) -> bytes | None:
         """The key, or None when the event has none (an empty key is none)."""
-        ends = self._batch._key_ends
+        batch = self._batch
         i = self.index
-        key = self._batch._keys[(ends[i - 1] if i else 0) : ends[i]]
-        return key or None
+        ends = batch._key_ends
+        end = ends[i]
+        start = ends[i - 1] if i else 0
+        # No slice (a new bytes object) for an event without a key.
+        return batch._keys[start:end] if end > start else None
 
     @property
     def timestamp_ms(self) -> int:
@@ -417,16 +421,13 @@ class Output:
 
     The output's columns grow in lists and are packed once, when the call ends."""
 
-    __slots__ = ("_values", "_value_ends", "_vsize", "_keys", "_key_ends", "_ksize",
-                 "_timestamps", "_headers", "rejected")
+    __slots__ = ("_values", "_keys", "_timestamps", "_headers", "rejected")
 
+    # One entry per emitted event in each list (an empty key for none); the end
+    # offsets are computed once, in `_columns`, not per event.
     def __init__(self) -> None:
         self._values: list[bytes] = []
-        self._value_ends: list[int] = []
-        self._vsize = 0
         self._keys: list[bytes] = []
-        self._key_ends: list[int] = []
-        self._ksize = 0
         self._timestamps: list[int] = []
         self._headers: list[tuple[int, str, bytes]] = []
         self.rejected: list[Rejection] = []
@@ -444,15 +445,10 @@ class Output:
         event it comes from."""
         if type(value) is not bytes:
             value = _as_bytes(value)
+        if type(key) is not bytes:
+            key = _as_bytes(key) if key else b""
         self._values.append(value)
-        self._vsize += len(value)
-        self._value_ends.append(self._vsize)
-        if key:
-            if type(key) is not bytes:
-                key = _as_bytes(key)
-            self._keys.append(key)
-            self._ksize += len(key)
-        self._key_ends.append(self._ksize)
+        self._keys.append(key)
         self._timestamps.append(timestamp_ms)
         if headers:
             index = len(self._timestamps) - 1
@@ -471,7 +467,14 @@ class Output:
 
     def forward(self, event: Event) -> None:
         """Passes `event` on unchanged: value, key, event time and headers."""
-        self.emit(event.value, event.key, event.timestamp_ms, event.headers)
+        batch = event._batch
+        i = event.index
+        self.emit(
+            event.value,
+            event.key,
+            batch._timestamps[i],
+            batch._headers_of(i) if batch._headers else (),
+        )
 
     def reject(self, event: Event | int, reason: str) -> None:
         """Refuses an input event (an `Event` or its index): the host sends its
@@ -481,19 +484,12 @@ class Output:
 
     def __len__(self) -> int:
         """Events emitted so far."""
-        return len(self._value_ends)
+        return len(self._values)
 
     @property
     def events(self) -> Batch:
         """The events emitted so far, as a batch (for tests)."""
-        return Batch.from_columns(
-            b"".join(self._values),
-            self._value_ends,
-            b"".join(self._keys),
-            self._key_ends,
-            self._timestamps,
-            self._headers,
-        )
+        return Batch.from_columns(*self._columns())
 
     def values(self) -> list[bytes]:
         """The values emitted so far, in order (for tests)."""
@@ -508,11 +504,13 @@ class Output:
         return [parse_json(v) for v in self._values]
 
     def _columns(self) -> tuple[bytes, list[int], bytes, list[int], list[int], list[tuple[int, str, bytes]]]:
+        values = self._values
+        keys = self._keys
         return (
-            b"".join(self._values),
-            self._value_ends,
-            b"".join(self._keys),
-            self._key_ends,
+            b"".join(values),
+            list(accumulate(map(len, values))),
+            b"".join(keys),
+            list(accumulate(map(len, keys))),
             self._timestamps,
             self._headers,
         )

@@ -94,6 +94,30 @@ def test_output_packs_what_was_emitted() -> None:
     assert headers == [(0, "h", b"1"), (3, "x", b"y")]
 
 
+def test_forward_and_empty_keys_without_headers() -> None:
+    # A batch without headers, keys on some events only; every kind of empty key
+    # is no key.
+    src = Batch([Record(b"a", b"k", 1), Record(b"bc", None, 2), Record(b"d", b"xyz", 3)])
+    out = Output()
+    for event in src:
+        out.forward(event)
+    out.emit(b"e", key="", timestamp_ms=4)
+    out.emit(b"f", key=bytearray(), timestamp_ms=5)
+    out.emit(b"g", key=memoryview(b"m"), timestamp_ms=6)
+    assert out.records() == [
+        Record(b"a", b"k", 1, ()),
+        Record(b"bc", None, 2, ()),
+        Record(b"d", b"xyz", 3, ()),
+        Record(b"e", None, 4, ()),
+        Record(b"f", None, 5, ()),
+        Record(b"g", b"m", 6, ()),
+    ]
+    values, value_ends, keys, key_ends, times, headers = out._columns()
+    assert (values, value_ends) == (b"abcdefg", [1, 3, 4, 5, 6, 7])
+    assert (keys, key_ends) == (b"kxyzm", [1, 1, 4, 4, 4, 5])
+    assert times == [1, 2, 3, 4, 5, 6] and headers == []
+
+
 def test_emit_json_refuses_what_is_not_json_and_emits_nothing() -> None:
     out = Output()
     with pytest.raises(ValueError):
