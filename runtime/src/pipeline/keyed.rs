@@ -122,6 +122,8 @@ pub struct KeyedOutput {
 pub struct KeyedState {
     entries: HashMap<Vec<u8>, Entry>,
     event_timers: BTreeSet<(i64, Vec<u8>)>,
+    /// The event-time timers again, by key: whether a key has one due.
+    event_by_key: HashMap<Vec<u8>, BTreeSet<i64>>,
     processing_timers: BTreeSet<(i64, Vec<u8>)>,
     max_ts: Option<i64>,
     bytes: usize,
@@ -240,13 +242,45 @@ impl KeyedState {
     fn set_timer(&mut self, domain: TimeDomain, time: i64, key: &[u8]) {
         if self.timer_set(domain).insert((time, key.to_vec())) {
             self.bytes += key.len() + TIMER_OVERHEAD;
+            if domain == TimeDomain::EventTime {
+                match self.event_by_key.get_mut(key) {
+                    Some(times) => {
+                        times.insert(time);
+                    }
+                    None => {
+                        self.event_by_key
+                            .insert(key.to_vec(), BTreeSet::from([time]));
+                    }
+                }
+            }
         }
     }
 
     fn delete_timer(&mut self, domain: TimeDomain, time: i64, key: &[u8]) {
         if self.timer_set(domain).remove(&(time, key.to_vec())) {
             self.bytes -= key.len() + TIMER_OVERHEAD;
+            if domain == TimeDomain::EventTime {
+                self.unindex(time, key);
+            }
         }
+    }
+
+    /// Drops an event-time timer from the index by key.
+    fn unindex(&mut self, time: i64, key: &[u8]) {
+        if let Some(times) = self.event_by_key.get_mut(key) {
+            times.remove(&time);
+            if times.is_empty() {
+                self.event_by_key.remove(key);
+            }
+        }
+    }
+
+    /// Whether `key` has an event-time timer due at `watermark`.
+    fn key_due(&self, key: &[u8], watermark: i64) -> bool {
+        self.event_by_key
+            .get(key)
+            .and_then(|times| times.first())
+            .is_some_and(|t| *t <= watermark)
     }
 
     /// Drops every expired state.
@@ -377,16 +411,22 @@ impl KeyedState {
         call: &mut Call<'_>,
     ) -> Result<(), CallError> {
         let after = marks.after;
+        let key_of = |i: usize| batch.get(i).and_then(|e| e.key()).unwrap_or_default();
         let mut rest = indices;
         while !rest.is_empty() {
+            // The part ends before the first record whose key has a known
+            // timer due at the watermark before it (timers due before the
+            // part's first record have fired).
             let end = match self.event_timers.first() {
-                Some((t, _)) => rest
-                    .iter()
-                    .position(|&i| after[i] >= *t)
-                    .unwrap_or(rest.len() - 1),
-                None => rest.len() - 1,
+                Some((earliest, _)) => (1..rest.len())
+                    .find(|&pos| {
+                        let before = after[rest[pos - 1]];
+                        *earliest <= before && self.key_due(key_of(rest[pos]), before)
+                    })
+                    .unwrap_or(rest.len()),
+                None => rest.len(),
             };
-            let mut part = &rest[..=end];
+            let mut part = &rest[..end];
             let watermark = self.watermark(run.spec);
             loop {
                 let (prepared, refused) = self.prepare(run, batch, part, watermark);
@@ -397,11 +437,8 @@ impl KeyedState {
                 let keys = input.keys.clone();
                 match call(input) {
                     Ok(mut ret) => {
-                        if let Some(due) = earliest_new_event_timer(&ret.timers)
-                            && let Some(cut) =
-                                part[..part.len() - 1].iter().position(|&i| after[i] >= due)
-                        {
-                            part = &part[..=cut];
+                        if let Some(cut) = first_missed(&ret.timers, &keys, part, after, key_of) {
+                            part = &part[..cut];
                             continue;
                         }
                         run.out.failed.extend(refused);
@@ -545,8 +582,11 @@ impl KeyedState {
             if due.is_empty() {
                 return Ok(());
             }
-            for (_, key) in &due {
+            for (time, key) in &due {
                 self.bytes -= key.len() + TIMER_OVERHEAD;
+                if domain == TimeDomain::EventTime {
+                    self.unindex(*time, key);
+                }
             }
             match self.call_timers(run, domain, &due, call) {
                 Ok(()) => {}
@@ -612,17 +652,40 @@ impl KeyedState {
     }
 }
 
-/// The earliest event-time timer that `changes` set, even if they deleted
-/// it again: set by a record and deleted by a later one, it was due in
-/// between when a record there moved the watermark past it.
-fn earliest_new_event_timer(changes: &[TimerChange]) -> Option<i64> {
-    changes
-        .iter()
-        .filter_map(|c| match c {
-            TimerChange::Set(t) if t.domain == TimeDomain::EventTime => Some(t.time),
-            _ => None,
-        })
-        .min()
+/// Where a call of the records `part` should have been cut: the first
+/// position (≥ 1) of a record whose key got, from this call, an event-time
+/// timer due at the watermark before that record (`after` of the record
+/// before it) — the timer should have fired first. A timer set then deleted
+/// by the call counts too (it was due in between); one set by a record after
+/// that position gives a cut that was not needed, and the run again finds
+/// nothing to cut. `None`: the call's result stands.
+fn first_missed<'b>(
+    changes: &[TimerChange],
+    keys: &[Vec<u8>],
+    part: &[usize],
+    after: &[i64],
+    key_of: impl Fn(usize) -> &'b [u8],
+) -> Option<usize> {
+    // Per key of the call, its earliest event-time timer set by the call.
+    let mut earliest: HashMap<&[u8], i64> = HashMap::new();
+    for change in changes {
+        if let TimerChange::Set(t) = change
+            && t.domain == TimeDomain::EventTime
+        {
+            let e = earliest
+                .entry(keys[t.group as usize].as_slice())
+                .or_insert(t.time);
+            *e = (*e).min(t.time);
+        }
+    }
+    if earliest.is_empty() {
+        return None;
+    }
+    (1..part.len()).find(|&pos| {
+        earliest
+            .get(key_of(part[pos]))
+            .is_some_and(|t| *t <= after[part[pos - 1]])
+    })
 }
 
 /// A call ready to make with the batch indices it holds (`None`: no record
@@ -658,6 +721,8 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     const IDLE: i64 = 100;
@@ -730,6 +795,17 @@ mod tests {
         b
     }
 
+    /// Each key's outputs (`KEY:…` and `idle:KEY:…`), in order: what the
+    /// rules fix (the order between keys is free).
+    fn per_key(out: &[String]) -> BTreeMap<String, Vec<String>> {
+        let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for v in out {
+            let key = v.trim_start_matches("idle:").split(':').next().unwrap();
+            keys.entry(key.to_string()).or_default().push(v.clone());
+        }
+        keys
+    }
+
     fn values(b: &Batch) -> Vec<String> {
         b.iter()
             .map(|e| String::from_utf8(e.value().to_vec()).unwrap())
@@ -738,6 +814,15 @@ mod tests {
 
     /// Runs `records` cut into batches of `size`, then the end of the input.
     fn run_in(records: &[(&str, &str, i64)], size: usize, spec: &KeyedSpec) -> Vec<String> {
+        run_counting(records, size, spec).0
+    }
+
+    /// [`run_in`], and the plugin calls it took.
+    fn run_counting(
+        records: &[(&str, &str, i64)],
+        size: usize,
+        spec: &KeyedSpec,
+    ) -> (Vec<String>, usize) {
         let mut state = KeyedState::default();
         let mut calls = 0;
         let mut call = gaps(&mut calls);
@@ -751,7 +836,8 @@ mod tests {
         out.extend(values(
             &state.finish(spec, 0, false, &mut call).unwrap().events,
         ));
-        out
+        drop(call);
+        (out, calls)
     }
 
     /// Records in event-time order: a at 0, 10, 200 (a gap past IDLE), b at
@@ -782,10 +868,14 @@ mod tests {
             "idle:a:300",
             "idle:b:400",
         ];
-        for size in [1, 2, 3, 5] {
+        // Record by record, the order is fixed...
+        assert_eq!(run_in(&SORTED, 1, &KeyedSpec::default()), expected);
+        // ...in bigger batches, each key's: a timer fires before its key's
+        // next record, other keys' records may come first.
+        for size in [2, 3, 5] {
             assert_eq!(
-                run_in(&SORTED, size, &KeyedSpec::default()),
-                expected,
+                per_key(&run_in(&SORTED, size, &KeyedSpec::default())),
+                per_key(&expected.map(str::to_string)),
                 "{size}"
             );
         }
@@ -806,13 +896,33 @@ mod tests {
         // Batches that span more event time than IDLE too: a call whose own
         // timer comes due inside it is cut there and run again.
         for size in [2, 3, 5, 8, 13, 50, 400] {
-            assert_eq!(run_in(&records, size, &spec), whole, "batches of {size}");
+            assert_eq!(
+                per_key(&run_in(&records, size, &spec)),
+                per_key(&whole),
+                "batches of {size}"
+            );
         }
         // Every record comes out once, and every key ends with an idle record.
         assert_eq!(whole.iter().filter(|v| !v.starts_with("idle")).count(), 400);
         for k in &keys {
             assert!(whole.iter().any(|v| v.starts_with(&format!("idle:{k}:"))));
         }
+    }
+
+    #[test]
+    fn a_timer_due_mid_batch_cuts_it_only_before_a_record_of_its_key() {
+        // z's timer at 100 is due after a@120; the record after it is a's,
+        // which z's timer cannot change: one call for the four records, one
+        // for the timer.
+        let records = [("z", "", 0), ("a", "", 50), ("a", "", 120), ("a", "", 130)];
+        let (out, calls) = run_counting(&records, 4, &KeyedSpec::default());
+        assert_eq!(out[..4], ["z:-", "a:-", "a:70", "a:10"]);
+        assert_eq!(out[4], "idle:z:100");
+        assert_eq!(calls, 2 + 1, "records, z's timer, then the end: a's");
+        // A record of z after it: cut there, z's timer first.
+        let records = [("z", "", 0), ("a", "", 50), ("a", "", 120), ("z", "", 130)];
+        let (out, _) = run_counting(&records, 4, &KeyedSpec::default());
+        assert_eq!(out[..5], ["z:-", "a:-", "a:70", "idle:z:100", "z:130"]);
     }
 
     #[test]
@@ -866,7 +976,7 @@ mod tests {
         got.extend(values(
             &state.finish(&spec, 0, false, &mut call).unwrap().events,
         ));
-        assert_eq!(got, run_in(&SORTED, 6, &spec));
+        assert_eq!(per_key(&got), per_key(&run_in(&SORTED, 1, &spec)));
         // With `stop`, the failed call comes back.
         let mut state = KeyedState::default();
         let err = state
