@@ -207,3 +207,120 @@ export function aggregate(
   batch: Batch | Iterable<BatchItem>,
   config?: Config | Iterable<[string, string]> | Record<string, string>,
 ): string;
+
+// --- Keyed processors: the keyed-processor world of wit/0.2.0/plugin.wit ---
+
+/** The watermark before any event: -2^63. */
+export const WATERMARK_MIN: number;
+
+export type TimeDomainName = "event-time" | "processing-time";
+export const TimeDomain: { readonly EVENT_TIME: "event-time"; readonly PROCESSING_TIME: "processing-time" };
+
+/** A timer of a key: when it fires (ms since the Unix epoch) and on which clock. */
+export interface Timer {
+  time: number;
+  domain: TimeDomainName;
+}
+
+/** `key` as text for a message, as Rust's `escape_ascii` writes it. */
+export function escapeKey(key: Uint8Array): string;
+
+/** One key's view of a call. `S` is the key's state, a JSON value. */
+export class KeyedContext<S = any> {
+  /** The key (the record key's bytes). */
+  readonly key: Uint8Array;
+  /** The key as text (throws TypeError when it is not UTF-8). */
+  keyText(): string;
+  /** The key's state (decoded once per call; changed in place, it is written back); undefined when none. */
+  readonly state: S | undefined;
+  /** Sets the key's state; undefined or null clears it. */
+  setState(value: S | undefined | null): void;
+  /** Deletes the key's state; its timers stay. */
+  clearState(): void;
+  setEventTimer(timeMs: number | bigint): void;
+  deleteEventTimer(timeMs: number | bigint): void;
+  setProcessingTimer(timeMs: number | bigint): void;
+  deleteProcessingTimer(timeMs: number | bigint): void;
+  /** The watermark before the call's first event (ms). */
+  readonly watermark: number;
+  /** The host's clock when the call started (ms). */
+  readonly now: number;
+}
+
+/** A keyed processing function with per-key state and timers. */
+export class KeyedProcessor<S = any> {
+  constructor(config: Config);
+  readonly config: Config;
+  /** One event of the key `ctx.key`; throwing fails the whole call. */
+  process(ctx: KeyedContext<S>, event: Event, out: Output): void;
+  /** A timer of the key `ctx.key` fired. Default: nothing. */
+  onTimer(ctx: KeyedContext<S>, timer: Timer, out: Output): void;
+}
+export type KeyedProcessorClass = new (config: Config) => KeyedProcessor<any>;
+
+/** A timer set (`set` true) or deleted, of the call's key `group`. */
+export interface TimerChange {
+  set: boolean;
+  group: number;
+  timer: Timer;
+}
+
+/** One `process-keyed` call's input, in plain JavaScript. */
+export interface KeyedInput {
+  keys: Uint8Array[];
+  states: (Uint8Array | undefined)[];
+  events?: Batch | Iterable<BatchItem>;
+  groups?: ArrayLike<number>;
+  fired?: { group: number; time: number | bigint; domain: TimeDomainName }[];
+  watermark?: bigint;
+  now?: bigint;
+}
+
+/** What one call returns: the output, the changed states (value undefined deletes), the timer changes in order. */
+export interface KeyedResult {
+  out: Output;
+  updates: { group: number; value: Uint8Array | undefined }[];
+  timers: TimerChange[];
+}
+
+/** Runs one `process-keyed` call, as the component does; throws SluiceError when it fails. */
+export function runKeyed(processor: KeyedProcessor<any>, input: KeyedInput): KeyedResult;
+
+export function exportKeyedProcessor(
+  cls: KeyedProcessorClass,
+  host?: Host,
+): {
+  configure(config: [string, string][]): void;
+  processKeyed(input: any): any;
+};
+
+/** The daemon's part for a keyed processor, in memory (for tests). */
+export class KeyedHarness<S = any> {
+  constructor(
+    processor: KeyedProcessorClass | KeyedProcessor<S>,
+    config?: Config | Iterable<[string, string]> | Record<string, string>,
+    options?: { watermarkDelay?: number; repeatCalls?: boolean },
+  );
+  readonly processor: KeyedProcessor<S>;
+  watermarkDelay: number;
+  repeatCalls: boolean;
+  /** Everything emitted so far. */
+  output: Output;
+  /** Calls made so far (a repeat counted once). */
+  readonly calls: number;
+  push(key: string | Bytes, value: string | Bytes, timestampMs?: number, headers?: [string, string | Bytes][]): this;
+  readonly watermark: number;
+  readonly now: number;
+  run(): void;
+  advanceWatermark(timeMs: number): void;
+  setNow(nowMs: number): void;
+  finish(): void;
+  takeOutput(): Output;
+  state(key: string | Bytes): S | undefined;
+  stateBytes(key: string | Bytes): Uint8Array | undefined;
+  setStateBytes(key: string | Bytes, data: string | Bytes | undefined | null): void;
+  /** Every key (as text) with its state bytes as text. */
+  states(): Record<string, string>;
+  timers(key: string | Bytes): Timer[];
+  timerCount(): number;
+}

@@ -391,26 +391,37 @@ export class Output {
     this.headers = [];
     /** The refused input events, in the order they were refused. @type {{index: number, reason: string}[]} */
     this.rejected = [];
+    // What an event emitted without a key or a time gets: none and 0, but in
+    // a keyed processor the key being processed and the time of its event or
+    // timer.
+    this.defaultKey = null;
+    this.defaultTime = 0n;
   }
 
   /**
    * Emits a new event. `value` and `key` are strings (written as UTF-8) or
    * bytes; usually `key` and `timestampMs` are those of the input event it
-   * comes from (`event.key`, `event.timestampMs`).
+   * comes from (`event.key`, `event.timestampMs`). Without a key the event
+   * has none, without a time its time is 0 — but in a `KeyedProcessor` it
+   * gets the key being processed, and the time of the event (`process`) or
+   * timer (`onTimer`).
    */
-  emit(value, key = null, timestampMs = 0, headers = undefined) {
+  emit(value, key = null, timestampMs = undefined, headers = undefined) {
     const vb = this.valueBytes;
     if (typeof value === "string") vb.pushString(value);
     else vb.pushBytes(value instanceof Uint8Array ? value : asBytes(value));
     this.valueEnds.push(vb.len);
     const kb = this.keyBytes;
-    if (key !== null && key !== undefined) {
+    if (key !== null && key !== undefined && key.length !== 0) {
       if (key instanceof Uint8Array) kb.pushBytes(key);
       else if (typeof key === "string") kb.pushString(key);
       else kb.pushBytes(asBytes(key));
+    } else if (this.defaultKey !== null) {
+      kb.pushBytes(this.defaultKey);
     }
     this.keyEnds.push(kb.len);
-    this.timestamps.push(typeof timestampMs === "bigint" ? timestampMs : BigInt(timestampMs));
+    if (timestampMs === undefined || timestampMs === null) this.timestamps.push(this.defaultTime);
+    else this.timestamps.push(typeof timestampMs === "bigint" ? timestampMs : BigInt(timestampMs));
     if (headers !== undefined && headers.length > 0) {
       const index = this.valueEnds.length - 1;
       for (const [name, v] of headers) this.headers.push({ index, name: String(name), value: asBytes(v) });
@@ -421,7 +432,7 @@ export class Output {
    * Emits a new event whose value is `value` as JSON text; throws (and emits
    * nothing) when it cannot be written as JSON.
    */
-  emitJson(value, key = null, timestampMs = 0, headers = undefined) {
+  emitJson(value, key = null, timestampMs = undefined, headers = undefined) {
     const text = JSON.stringify(value);
     if (text === undefined) throw new TypeError(`cannot write ${typeof value} as JSON`);
     this.emit(text, key, timestampMs, headers);
@@ -672,4 +683,625 @@ export function aggregate(aggregator, batch, config = []) {
     data = a.encode(a.add(a.decode(data), event));
   }
   return finishText(a, a.decode(data));
+}
+
+// ---------------------------------------------------------------------------
+// Keyed processors: the `keyed-processor` world of `wit/0.2.0/plugin.wit`.
+//
+// The host keys the stream by the record key and owns every key's state (as
+// bytes: here, the JSON text of a value) and timers; a call hands the plugin a
+// part of a micro-batch (or timers that fired) with the states of the keys it
+// touches, and takes back their changes. `runKeyed` is one such call in plain
+// JavaScript: the component's glue and `KeyedHarness` both go through it.
+
+/** The watermark before any event: the minimum s64, as a number (-2^63). */
+export const WATERMARK_MIN = -(2 ** 63);
+const S64_MIN = -(2n ** 63n);
+const S64_MAX = 2n ** 63n - 1n;
+const MAX_TIMER_ROUNDS = 10000;
+
+/** The clocks a timer follows (Flink's `TimeDomain`), as the WIT names them. */
+export const TimeDomain = Object.freeze({
+  /** Fires once the key's partition watermark reaches the timer's time. */
+  EVENT_TIME: "event-time",
+  /** Fires once the host's wall clock (ms since the Unix epoch) reaches it. */
+  PROCESSING_TIME: "processing-time",
+});
+
+/**
+ * `key` as text for a message, as Rust's `escape_ascii` writes it: printable
+ * ASCII as is, `"` `'` `\` and control bytes escaped, the rest as `\xNN`.
+ */
+export function escapeKey(key) {
+  let s = "";
+  for (const b of key) {
+    if (b === 0x22 || b === 0x27 || b === 0x5c) s += "\\" + String.fromCharCode(b);
+    else if (b === 0x09) s += "\\t";
+    else if (b === 0x0a) s += "\\n";
+    else if (b === 0x0d) s += "\\r";
+    else if (b >= 0x20 && b < 0x7f) s += String.fromCharCode(b);
+    else s += "\\x" + b.toString(16).padStart(2, "0");
+  }
+  return s;
+}
+
+function timeBig(timeMs) {
+  let t;
+  if (typeof timeMs === "bigint") t = timeMs;
+  else if (typeof timeMs === "number" && Number.isInteger(timeMs)) t = BigInt(timeMs);
+  else throw new TypeError(`a timer's time is a whole number of ms, not ${String(timeMs)}`);
+  if (t < S64_MIN || t > S64_MAX) throw new RangeError(`timer time ${t} is out of the s64 range`);
+  return t;
+}
+
+/**
+ * One key's view of a call, given to `KeyedProcessor.process` and `onTimer`:
+ * its key, its state and its timers, and the call's watermark and clock. The
+ * same object serves every event of its key in a call.
+ */
+export class KeyedContext {
+  constructor(key, group, raw, call) {
+    /** The key (the record key's bytes). @type {Uint8Array} */
+    this.key = key;
+    this.group = group;
+    this.raw = raw;
+    this.value = undefined;
+    this.loaded = false;
+    this.call = call;
+  }
+
+  /** The key as text (throws TypeError when it is not UTF-8). */
+  keyText() {
+    return utf8.decode(this.key);
+  }
+
+  /**
+   * The key's state, `undefined` when it has none (never set, cleared, or
+   * expired by the stage's `state_ttl`). Decoded from its JSON bytes the first
+   * time a call asks, then kept for the rest of the call: an object changed in
+   * place is written back at the end of the call. A state whose bytes are not
+   * JSON reads as `undefined`, and the whole call then fails, naming the key,
+   * whatever `process` does.
+   */
+  get state() {
+    if (!this.loaded) this.#load();
+    return this.value;
+  }
+
+  /** Sets the key's state (a JSON value); `undefined` or `null` clears it. */
+  setState(value) {
+    this.value = value === null ? undefined : value;
+    this.loaded = true;
+  }
+
+  /** Deletes the key's state (Flink's `ValueState.clear`); its timers stay. */
+  clearState() {
+    this.value = undefined;
+    this.loaded = true;
+  }
+
+  /**
+   * Registers an event-time timer: `onTimer` runs once the watermark reaches
+   * `timeMs` (at once after this call if it already has). Setting one that
+   * exists keeps one.
+   */
+  setEventTimer(timeMs) {
+    this.#timer(true, timeMs, TimeDomain.EVENT_TIME);
+  }
+
+  /** Deletes the event-time timer at `timeMs` (nothing when there is none). */
+  deleteEventTimer(timeMs) {
+    this.#timer(false, timeMs, TimeDomain.EVENT_TIME);
+  }
+
+  /** Registers a processing-time timer: `onTimer` runs once the host's clock reaches `timeMs`. */
+  setProcessingTimer(timeMs) {
+    this.#timer(true, timeMs, TimeDomain.PROCESSING_TIME);
+  }
+
+  /** Deletes the processing-time timer at `timeMs` (nothing when there is none). */
+  deleteProcessingTimer(timeMs) {
+    this.#timer(false, timeMs, TimeDomain.PROCESSING_TIME);
+  }
+
+  /**
+   * The partition's event-time watermark before the call's first event, ms
+   * since the Unix epoch (a number): the largest event time seen minus the
+   * stage's `watermark` delay (`WATERMARK_MIN` before any event).
+   */
+  get watermark() {
+    return Number(this.call.watermark);
+  }
+
+  /** The host's wall clock when the call started, ms since the Unix epoch (a number). */
+  get now() {
+    return Number(this.call.now);
+  }
+
+  #timer(set, timeMs, domain) {
+    this.call.timers.push({ set, group: this.group, timer: { time: Number(timeBig(timeMs)), domain } });
+  }
+
+  #load() {
+    this.loaded = true;
+    this.value = undefined;
+    if (this.raw === undefined || this.raw === null) return;
+    try {
+      this.value = JSON.parse(utf8.decode(this.raw));
+    } catch (e) {
+      if (this.call.failure === null) {
+        this.call.failure =
+          `the state of key "${escapeKey(this.key)}" does not decode as this plugin's state ` +
+          `(an incompatible version's?): ${e.message}`;
+      }
+    }
+  }
+
+  // [changed, new bytes or undefined to delete]
+  update() {
+    if (!this.loaded) return [false, undefined];
+    if (this.value === undefined) return [this.raw !== undefined && this.raw !== null, undefined];
+    let text;
+    try {
+      text = JSON.stringify(this.value);
+    } catch (e) {
+      throw new SluiceError(`the new state of key "${escapeKey(this.key)}" cannot be encoded as JSON: ${e.message}`);
+    }
+    if (text === undefined) {
+      throw new SluiceError(`the new state of key "${escapeKey(this.key)}" cannot be encoded as JSON: ${typeof this.value}`);
+    }
+    const bytes = encoder.encode(text);
+    return [!(this.raw && sameBytes(bytes, this.raw)), bytes];
+  }
+}
+
+function sameBytes(a, b) {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * A keyed processing function with per-key state and timers (the component's
+ * `keyed-processor` world; Flink's `KeyedProcessFunction`). Subclass it and
+ * give `process(ctx, event, out)`, and `onTimer(ctx, timer, out)` if you set
+ * timers. A key's state is a JSON value: the host keeps its JSON bytes. The
+ * host makes one instance per partition worker (the constructor gets the
+ * config), and may replace it, or make a call again with the same input, at
+ * any time: what must last goes in the key's state, not in `this`.
+ */
+export class KeyedProcessor {
+  constructor(config) {
+    this.config = config;
+  }
+  /** One event of the key `ctx.key`. Throwing fails the whole call. */
+  process(_ctx, _event, _out) {
+    throw new SluiceError("KeyedProcessor.process is not implemented");
+  }
+  /** A timer of the key `ctx.key` fired (deleted before this call). Default: nothing. */
+  onTimer(_ctx, _timer, _out) {}
+}
+
+/**
+ * Runs one `process-keyed` call through `processor`, as the component does:
+ * `process` for each event of `input.events` (a Batch; event `i` of key
+ * `input.keys[input.groups[i]]`), then `onTimer` for each fired timer
+ * (`{ group, time, domain }`), each with its key's context (`input.states[g]`
+ * the state bytes of key `g`, or undefined). Returns `{ out, updates: [{ group,
+ * value }] (value undefined deletes), timers: [{ set, group, timer: { time,
+ * domain } }] }`; throws `SluiceError` (with the text the host gets) when the
+ * call fails.
+ */
+export function runKeyed(processor, input) {
+  const keys = input.keys;
+  const states = input.states;
+  const events = input.events instanceof Batch ? input.events : new Batch(input.events ?? []);
+  const groups = input.groups ?? [];
+  const fired = input.fired ?? [];
+  const nkeys = keys.length;
+  if (states.length !== nkeys || groups.length !== events.length) {
+    throw new SluiceError(
+      `malformed keyed input: ${nkeys} keys, ${states.length} states, ${events.length} events, ${groups.length} groups`,
+    );
+  }
+  const call = {
+    watermark: input.watermark ?? BigInt(WATERMARK_MIN),
+    now: input.now ?? 0n,
+    timers: [],
+    failure: null,
+  };
+  const contexts = new Array(nkeys).fill(null);
+  const context = (group) => {
+    if (!(group >= 0 && group < nkeys)) throw new SluiceError(`malformed keyed input: group ${group} of ${nkeys} keys`);
+    let ctx = contexts[group];
+    if (ctx === null) ctx = contexts[group] = new KeyedContext(asBytes(keys[group]), group, states[group], call);
+    return ctx;
+  };
+  // A state that did not decode fails the call, before the plugin's own
+  // error (which it may have caused).
+  const check = (error) => {
+    if (call.failure !== null) throw new SluiceError(call.failure);
+    if (error !== undefined) throw new SluiceError(failure(error));
+  };
+  const out = new Output(Math.max(1024, events.values.length >> 2));
+  let i = 0;
+  for (const event of events) {
+    const ctx = context(groups[i++]);
+    out.defaultKey = ctx.key;
+    out.defaultTime = event.timestamp;
+    try {
+      processor.process(ctx, event, out);
+    } catch (e) {
+      check(e);
+    }
+    check(undefined);
+  }
+  for (const t of fired) {
+    const ctx = context(t.group);
+    out.defaultKey = ctx.key;
+    out.defaultTime = BigInt(t.time);
+    try {
+      processor.onTimer(ctx, { time: Number(t.time), domain: t.domain }, out);
+    } catch (e) {
+      check(e);
+    }
+    check(undefined);
+  }
+  out.defaultKey = null;
+  out.defaultTime = 0n;
+  const updates = [];
+  for (const ctx of contexts) {
+    if (ctx === null) continue;
+    const [changed, value] = ctx.update();
+    if (changed) updates.push({ group: ctx.group, value });
+  }
+  return { out, updates, timers: call.timers };
+}
+
+/**
+ * The exports of the keyed-processor world for a `KeyedProcessor` subclass:
+ * `export const { configure, processKeyed } = exportKeyedProcessor(MyProcessor, host)`,
+ * where `host` is `import * as host from "sluice:plugin/host@0.2.0"` (for `log`).
+ */
+export function exportKeyedProcessor(cls, host = undefined) {
+  useHost(host);
+  let instance = null;
+  return {
+    configure(pairs) {
+      guard(() => {
+        instance = new cls(new Config(pairs));
+      });
+    },
+    processKeyed(input) {
+      return guard(() => {
+        if (instance === null) throw new SluiceError("process-keyed called before configure");
+        const r = runKeyed(instance, {
+          keys: input.keys,
+          states: input.states,
+          events: Batch.fromColumns(input.events, false),
+          groups: input.groups,
+          fired: input.fired,
+          watermark: input.watermark,
+          now: input.now,
+        });
+        const wit = r.out.toWit();
+        return {
+          events: wit.events,
+          rejected: wit.rejected,
+          updates: r.updates,
+          timers: r.timers.map((c) => ({
+            tag: c.set ? "set" : "delete",
+            val: { group: c.group, domain: c.timer.domain, time: BigInt(c.timer.time) },
+          })),
+        };
+      });
+    },
+  };
+}
+
+// A key's bytes as a string that orders as the bytes do (one char per byte).
+function keyId(bytes) {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 4096) s += String.fromCharCode(...bytes.subarray(i, i + 4096));
+  return s;
+}
+
+function idBytes(id) {
+  return Uint8Array.from(id, (c) => c.charCodeAt(0));
+}
+
+function sameResult(a, b) {
+  const show = (r) =>
+    JSON.stringify([
+      r.out.records().map((x) => [keyId(x.value), x.key === null ? null : keyId(x.key), x.timestampMs,
+        x.headers.map(([n, v]) => [n, keyId(v)])]),
+      r.out.rejected,
+      r.updates.map((u) => [u.group, u.value === undefined ? null : keyId(u.value)]),
+      r.timers,
+    ]);
+  const [x, y] = [show(a), show(b)];
+  return x === y ? null : [x, y];
+}
+
+/**
+ * Runs a `KeyedProcessor` as the daemon does, in memory, so its unit tests run
+ * under `node --test`: it keeps every key's state (as the bytes the host
+ * keeps) and timers, feeds queued events in calls, moves the watermark and
+ * fires timers, and collects the output. The rules are the Python SDK's
+ * `KeyedHarness`'s (docs/plugins/js.md): the watermark is the largest event
+ * time run minus `watermarkDelay` (or `advanceWatermark`'s), never back; a
+ * call ends at the event that moves it to a known event-time timer, which
+ * fires before the next event; a call whose own new event-time timer is due
+ * at one of its events before its last is dropped and made again up to that
+ * event; each call is made twice (`repeatCalls`) and must return the same;
+ * timers fire in time then key order, those set by firing ones that are due
+ * too in later rounds; processing-time timers fire on `setNow`; `finish`
+ * fires every event-time timer; a failed call changes nothing and throws.
+ */
+export class KeyedHarness {
+  constructor(processor, config = [], { watermarkDelay = 0, repeatCalls = true } = {}) {
+    this.processor = typeof processor === "function" ? new processor(makeConfig(config)) : processor;
+    this.watermarkDelay = watermarkDelay;
+    this.repeatCalls = repeatCalls;
+    /** Everything the processor emitted so far, in order. */
+    this.output = new Output();
+    /** Calls made so far (a repeat counted once). */
+    this.calls = 0;
+    this.statesById = new Map();
+    // id -> { domain, time, id }
+    this.timerMap = new Map();
+    this.maxTime = null;
+    this.advanced = WATERMARK_MIN;
+    this.clock = 0;
+    this.queued = [];
+    this.fed = 0;
+  }
+
+  /** Queues an event of `key` for the next `run`; returns the harness. */
+  push(key, value, timestampMs = 0, headers = []) {
+    const k = asBytes(key);
+    if (k.length === 0) throw new RangeError("an event of a keyed processor needs a key (the daemon refuses one without)");
+    this.queued.push({ value, key: k, timestampMs: Number(timestampMs), headers });
+    return this;
+  }
+
+  /** The watermark. */
+  get watermark() {
+    const seen = this.maxTime === null ? WATERMARK_MIN : Math.max(WATERMARK_MIN, this.maxTime - this.watermarkDelay);
+    return Math.max(seen, this.advanced);
+  }
+
+  /** The clock `setNow` set (0 unless set). */
+  get now() {
+    return this.clock;
+  }
+
+  /** Processes the queued events as one micro-batch; throws the first failed call's error. */
+  run() {
+    const batch = this.queued;
+    this.queued = [];
+    const upto = [];
+    const after = [];
+    let m = this.maxTime;
+    for (const r of batch) {
+      m = m === null ? r.timestampMs : Math.max(m, r.timestampMs);
+      upto.push(m);
+      after.push(Math.max(WATERMARK_MIN, m - this.watermarkDelay, this.advanced));
+    }
+    let start = 0;
+    while (start < batch.length) {
+      const first = this.#firstTimer(TimeDomain.EVENT_TIME);
+      let end = batch.length - 1;
+      if (first !== null) {
+        for (let j = start; j < batch.length; j++) {
+          if (after[j] >= first) {
+            end = j;
+            break;
+          }
+        }
+      }
+      const watermark = this.watermark;
+      let ids;
+      let result;
+      for (;;) {
+        [ids, result] = this.#callEvents(batch.slice(start, end + 1), watermark);
+        let due = null;
+        for (const c of result.timers) {
+          if (c.set && c.timer.domain === TimeDomain.EVENT_TIME && (due === null || c.timer.time < due)) due = c.timer.time;
+        }
+        let cut = null;
+        if (due !== null) {
+          for (let j = start; j < end; j++) {
+            if (after[j] >= due) {
+              cut = j;
+              break;
+            }
+          }
+        }
+        if (cut === null) break;
+        end = cut;
+      }
+      this.#apply(ids, result, end + 1 - start);
+      this.maxTime = upto[end];
+      this.#fire(TimeDomain.EVENT_TIME, this.watermark);
+      start = end + 1;
+    }
+  }
+
+  /** Raises the watermark to `timeMs` (when it is below) and fires the event-time timers it reaches. */
+  advanceWatermark(timeMs) {
+    this.advanced = Math.max(this.advanced, timeMs);
+    this.#fire(TimeDomain.EVENT_TIME, this.watermark);
+  }
+
+  /** Sets the host's clock (`ctx.now`) and fires the processing-time timers it reaches. */
+  setNow(nowMs) {
+    this.clock = nowMs;
+    this.#fire(TimeDomain.PROCESSING_TIME, nowMs);
+  }
+
+  /** The end of the input: runs what is queued, then fires every event-time timer. */
+  finish() {
+    this.run();
+    this.#fire(TimeDomain.EVENT_TIME, Infinity);
+  }
+
+  /** Takes what the processor emitted so far, leaving it empty. */
+  takeOutput() {
+    const out = this.output;
+    this.output = new Output();
+    return out;
+  }
+
+  /** The state of `key`, decoded (undefined when it has none). */
+  state(key) {
+    const raw = this.statesById.get(keyId(asBytes(key)));
+    return raw === undefined ? undefined : JSON.parse(utf8.decode(raw));
+  }
+
+  /** The state of `key` as the bytes the host keeps (undefined when none). */
+  stateBytes(key) {
+    return this.statesById.get(keyId(asBytes(key)));
+  }
+
+  /** Sets (or with undefined/null deletes) the state bytes of `key`. */
+  setStateBytes(key, data) {
+    const id = keyId(asBytes(key));
+    if (data === undefined || data === null) this.statesById.delete(id);
+    else this.statesById.set(id, asBytes(data));
+  }
+
+  /** Every key (as text) with its state bytes as text. */
+  states() {
+    return Object.fromEntries([...this.statesById].map(([id, v]) => [utf8.decode(idBytes(id)), utf8.decode(v)]));
+  }
+
+  /** The timers of `key` (`{ time, domain }`), event-time ones first, each in time order. */
+  timers(key) {
+    const id = keyId(asBytes(key));
+    const order = (d) => (d === TimeDomain.EVENT_TIME ? 0 : 1);
+    return [...this.timerMap.values()]
+      .filter((t) => t.id === id)
+      .sort((a, b) => order(a.domain) - order(b.domain) || a.time - b.time)
+      .map((t) => ({ time: t.time, domain: t.domain }));
+  }
+
+  /** Timers of every key. */
+  timerCount() {
+    return this.timerMap.size;
+  }
+
+  #firstTimer(domain) {
+    let first = null;
+    for (const t of this.timerMap.values()) if (t.domain === domain && (first === null || t.time < first)) first = t.time;
+    return first;
+  }
+
+  #call(ids, events, groups, fired, watermark) {
+    const keys = ids.map(idBytes);
+    const states = ids.map((id) => this.statesById.get(id));
+    const once = () => {
+      const r = runKeyed(this.processor, {
+        keys,
+        states,
+        events,
+        groups,
+        fired,
+        watermark: BigInt(watermark),
+        now: BigInt(this.clock),
+      });
+      const seen = new Set();
+      const kept = [];
+      for (const x of r.out.rejected) {
+        if (!(x.index >= 0 && x.index < events.length)) {
+          throw new SluiceError(`malformed keyed output: rejection of event ${x.index} in a call of ${events.length}`);
+        }
+        if (!seen.has(x.index)) {
+          seen.add(x.index);
+          kept.push(x);
+        }
+      }
+      r.out.rejected = kept;
+      return r;
+    };
+    this.calls += 1;
+    const result = once();
+    if (this.repeatCalls) {
+      const diff = sameResult(result, once());
+      if (diff !== null) {
+        throw new SluiceError(
+          "the same call made twice returned different results: a call may be made again with the same " +
+            `input, so its output must depend on its input only (first: ${diff[0]}; again: ${diff[1]})`,
+        );
+      }
+    }
+    return result;
+  }
+
+  #callEvents(part, watermark) {
+    const ids = [];
+    const index = new Map();
+    const groups = [];
+    for (const r of part) {
+      const id = keyId(r.key);
+      let g = index.get(id);
+      if (g === undefined) {
+        g = ids.length;
+        index.set(id, g);
+        ids.push(id);
+      }
+      groups.push(g);
+    }
+    return [ids, this.#call(ids, new Batch(part), groups, [], watermark)];
+  }
+
+  #apply(ids, result, events) {
+    for (const r of result.out.records()) this.output.emit(r.value, r.key, r.timestampMs, r.headers);
+    for (const x of result.out.rejected) this.output.reject(this.fed + x.index, x.reason);
+    this.fed += events;
+    for (const u of result.updates) {
+      if (u.value === undefined) this.statesById.delete(ids[u.group]);
+      else this.statesById.set(ids[u.group], u.value);
+    }
+    for (const c of result.timers) {
+      const id = ids[c.group];
+      const tid = `${c.timer.domain}\u0000${c.timer.time}\u0000${id}`;
+      if (c.set) this.timerMap.set(tid, { domain: c.timer.domain, time: c.timer.time, id });
+      else this.timerMap.delete(tid);
+    }
+  }
+
+  #fire(domain, at) {
+    for (let round = 0; round < MAX_TIMER_ROUNDS; round++) {
+      const due = [...this.timerMap.entries()]
+        .filter(([, t]) => t.domain === domain && t.time <= at)
+        .sort(([, a], [, b]) => a.time - b.time || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      if (due.length === 0) return;
+      for (const [tid] of due) this.timerMap.delete(tid);
+      const ids = [];
+      const index = new Map();
+      const fired = [];
+      for (const [, t] of due) {
+        let g = index.get(t.id);
+        if (g === undefined) {
+          g = ids.length;
+          index.set(t.id, g);
+          ids.push(t.id);
+        }
+        fired.push({ group: g, time: t.time, domain });
+      }
+      let result;
+      try {
+        result = this.#call(ids, new Batch([]), [], fired, this.watermark);
+      } catch (e) {
+        // A failed call changes nothing: the timers are still set.
+        for (const [tid, t] of due) this.timerMap.set(tid, t);
+        throw e;
+      }
+      this.#apply(ids, result, 0);
+    }
+    throw new SluiceError(
+      `timers still due after ${MAX_TIMER_ROUNDS} rounds: does onTimer set a timer at or before the watermark each time?`,
+    );
+  }
 }

@@ -326,13 +326,13 @@ fn template_rust_keyed() {
     assert!(!out.contains("  process: func"), "{out}");
 }
 
-/// `--kind keyed` in another language than Rust says there is none yet.
+/// `--kind keyed` in a language with no keyed template says which have one.
 #[test]
-fn keyed_template_is_rust_only() {
+fn keyed_templates_are_rust_python_and_js() {
     let scratch = Scratch::new("");
     let new = Command::new(sluice_bin())
         .args([
-            "plugin", "new", "k", "--lang", "python", "--kind", "keyed", "--dir",
+            "plugin", "new", "k", "--lang", "c", "--kind", "keyed", "--dir",
         ])
         .arg(scratch.path("k"))
         .output()
@@ -340,8 +340,7 @@ fn keyed_template_is_rust_only() {
     assert!(!new.status.success());
     let stderr = String::from_utf8_lossy(&new.stderr);
     assert!(
-        stderr
-            .contains("--kind keyed: there is a keyed template for rust only so far (not python)"),
+        stderr.contains("--kind keyed: keyed templates exist for rust, python and js (not c)"),
         "{stderr}"
     );
     assert!(!scratch.path("k").exists());
@@ -546,4 +545,174 @@ fn template_javascript() {
 #[test]
 fn template_c() {
     template_builds_and_runs("c", &["clang", "wit-bindgen", "wasm-tools"]);
+}
+
+/// `sluice plugin run --key /user` of the built keyed template `dir` over
+/// `input`, with `args`; its output must be `expected` (lines). Returns whether
+/// it exited 0, and its stderr.
+fn keyed_run(
+    dir: &Path,
+    scratch: &Scratch,
+    input: &Path,
+    args: &[&str],
+    expected: &[&str],
+) -> (bool, String) {
+    std::fs::write(scratch.path("expected"), expected.join("\n") + "\n").unwrap();
+    let run = Command::new(sluice_bin())
+        .args(["plugin", "run"])
+        .arg(dir.join("out/my-counter.wasm"))
+        .args(["--key", "/user", "--memory-limit", "256MiB"])
+        .args(args)
+        .arg("--expect")
+        .arg(scratch.path("expected"))
+        .arg("--cache-dir")
+        .arg(repo().join("target/plugin-run-cache"))
+        .stdin(std::fs::File::open(input).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(
+        stderr.contains("output matches"),
+        "{}: {stderr}",
+        dir.display()
+    );
+    (run.status.success(), stderr)
+}
+
+/// The keyed template on an SDK (`--kind keyed`): the WIT of package 0.2.0
+/// in `wit/0.2.0/`, its unit tests (through the SDK's harness) pass before
+/// any build, and the component `build.sh` makes runs in `sluice plugin run`
+/// with the records keyed by `/user`. The counts, worked out by hand: the
+/// sample events give ada 1, bob 1, ada 2, ada 3, and `[1]` has no key (the
+/// daemon refuses it before the plugin); with event times and
+/// `forget_minutes = 1`, ada's timer (01:00) fires after bob's event at
+/// 01:10, so ada starts again from 1 at 01:20; at the end of the input the
+/// last timers clear both keys. The output is the same whatever the batch
+/// size.
+fn keyed_on_sdk(lang: &str, tools: &[&str], test: &[&str], passed: &str) {
+    let name = format!("languages::template_{lang}_keyed");
+    if let Some(reason) = missing(tools) {
+        skip(
+            &name,
+            &format!("{reason} (see templates/{lang}-keyed/README.md)"),
+        );
+        return;
+    }
+    let scratch = Scratch::new("");
+    let dir = scratch.path("my-counter");
+    let new = Command::new(sluice_bin())
+        .args([
+            "plugin",
+            "new",
+            "my-counter",
+            "--lang",
+            lang,
+            "--kind",
+            "keyed",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("wit/0.2.0/plugin.wit")).unwrap(),
+        std::fs::read_to_string(repo().join("wit/0.2.0/plugin.wit")).unwrap()
+    );
+    assert!(!dir.join("wit/plugin.wit").exists());
+    unit_tests_pass(lang, &dir, test, passed);
+    build_new(lang, "keyed", &dir);
+
+    // `[1]` has no key: a failed record, which fails the run (exit 1).
+    let (ok, stderr) = keyed_run(
+        &dir,
+        &scratch,
+        &dir.join("events.ndjson"),
+        &[],
+        &[
+            r#"{"user":"ada","page":"/","seen":1}"#,
+            r#"{"user":"bob","page":"/","seen":1}"#,
+            r#"{"user":"ada","page":"/docs","seen":2}"#,
+            r#"{"user":"ada","page":"/blog","seen":3}"#,
+        ],
+    );
+    assert!(!ok, "{stderr}");
+    for want in [
+        "in=5 out=4 rejected=0 failed=1",
+        "failed: line 4: no record key",
+        "state: ada = {\"n\":3,\"last_ms\":0}",
+        "state: bob = {\"n\":1,\"last_ms\":0}",
+        "state: 2 key(s), 0 timer(s) left",
+    ] {
+        assert!(stderr.contains(want), "{lang}: `{want}` not in\n{stderr}");
+    }
+
+    let timed = [
+        r#"{"user":"ada","t":"2024-01-01T00:00:00Z"}"#,
+        r#"{"user":"bob","t":"2024-01-01T00:00:30Z"}"#,
+        r#"{"user":"bob","t":"2024-01-01T00:01:10Z"}"#,
+        r#"{"user":"ada","t":"2024-01-01T00:01:20Z"}"#,
+        r#"{"user":"bob","t":"2024-01-01T00:01:20Z"}"#,
+    ];
+    let input = scratch.path("timed.ndjson");
+    std::fs::write(&input, timed.join("\n") + "\n").unwrap();
+    let seen = [1, 1, 2, 1, 3];
+    let expected: Vec<String> = timed
+        .iter()
+        .zip(seen)
+        .map(|(line, n)| format!("{},\"seen\":{n}}}", &line[..line.len() - 1]))
+        .collect();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    for batch in ["1", "2", "1000"] {
+        let (ok, stderr) = keyed_run(
+            &dir,
+            &scratch,
+            &input,
+            &[
+                "--timestamp",
+                "/t",
+                "--config",
+                "forget_minutes=1",
+                "--batch",
+                batch,
+            ],
+            &expected,
+        );
+        assert!(ok, "{lang}, batch {batch}: {stderr}");
+        for want in [
+            "in=5 out=5 rejected=0 failed=0",
+            "state: 0 key(s), 0 timer(s) left",
+        ] {
+            assert!(
+                stderr.contains(want),
+                "{lang}, batch {batch}: `{want}` not in\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn template_python_keyed() {
+    keyed_on_sdk(
+        "python",
+        &["componentize-py", "pytest"],
+        &["pytest", "-p", "no:cacheprovider"],
+        // test_app.py: three tests.
+        "3 passed",
+    );
+}
+
+#[test]
+fn template_javascript_keyed() {
+    keyed_on_sdk(
+        "js",
+        &["componentize-js", "node"],
+        &["node", "--test"],
+        // processor.test.js: three tests.
+        "# pass 3",
+    );
 }

@@ -31,7 +31,8 @@ pub enum PluginCommand {
         lang: String,
         /// processor (the "tag" processor) | aggregator (a top-n values
         /// aggregator for windows: rust, python, js) | keyed (a keyed
-        /// processor with a state per key, counting each key's events: rust).
+        /// processor with a state per key, counting each key's events: rust,
+        /// python, js).
         #[arg(long, default_value = "processor")]
         kind: String,
         /// Where to write it; default `./NAME`.
@@ -159,10 +160,10 @@ fn new(
             eprintln!("error: aggregator templates exist for rust, python and js");
             return ExitCode::from(EXIT_CONFIG);
         }
-        "keyed" if lang == "rust" => "rust-keyed".to_string(),
+        "keyed" if ["rust", "python", "js"].contains(&lang.as_str()) => format!("{lang}-keyed"),
         "keyed" => {
             eprintln!(
-                "error: --kind keyed: there is a keyed template for rust only so far (not {lang})"
+                "error: --kind keyed: keyed templates exist for rust, python and js (not {lang})"
             );
             return ExitCode::from(EXIT_CONFIG);
         }
@@ -175,7 +176,13 @@ fn new(
         "aggregator" => {
             "./build.sh && sluice plugin run out/{name}.wasm --field /dest --config n=2 < events.ndjson"
         }
-        "keyed" => "cargo test && ./build.sh",
+        "keyed" if lang == "rust" => "cargo test && ./build.sh",
+        "keyed" if lang == "python" => {
+            "python -m pytest && ./build.sh && sluice plugin run out/{name}.wasm --key /user < events.ndjson"
+        }
+        "keyed" => {
+            "node --test && ./build.sh && sluice plugin run out/{name}.wasm --key /user < events.ndjson"
+        }
         _ => "./build.sh && sluice plugin run out/{name}.wasm --config tag=x < events.ndjson",
     };
     match sluice::wasm::plugin_new::create(&name, &template, &dir, &sdk) {

@@ -8,8 +8,8 @@
 //! a README (toolchain, build, `sluice plugin run`, deploy) and a sample
 //! `events.ndjson`; `rust-aggregator`, `python-aggregator` and `js-aggregator`
 //! (`--kind aggregator`) are a window aggregator (the `n` most frequent values
-//! of a field); `rust-keyed` (`--kind keyed`) is a keyed processor with a
-//! state per key (it counts each key's events). In the files, `{{name}}` becomes the plugin name,
+//! of a field); `rust-keyed`, `python-keyed` and `js-keyed` (`--kind keyed`)
+//! are a keyed processor with a state per key (it counts each key's events). In the files, `{{name}}` becomes the plugin name,
 //! `{{name_snake}}` the same with `_` for `-`, and (Rust) `{{sdk}}` the
 //! `sluice-plugin-sdk` dependency. Python and JavaScript projects also get a
 //! copy of their SDK (`sdk/python/sluice_sdk/`, `sdk/js/sluice.js`), embedded
@@ -184,6 +184,69 @@ pub const TEMPLATES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "python-keyed",
+        &[
+            (
+                ".gitignore",
+                include_str!("../../../templates/python/.gitignore"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/python-keyed/README.md"),
+            ),
+            (
+                "app.py",
+                include_str!("../../../templates/python-keyed/app.py"),
+            ),
+            (
+                "test_app.py",
+                include_str!("../../../templates/python-keyed/test_app.py"),
+            ),
+            (
+                "build.sh",
+                include_str!("../../../templates/python-keyed/build.sh"),
+            ),
+            (
+                "events.ndjson",
+                include_str!("../../../templates/python-keyed/events.ndjson"),
+            ),
+        ],
+    ),
+    (
+        "js-keyed",
+        &[
+            (
+                ".gitignore",
+                include_str!("../../../templates/js/.gitignore"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/js-keyed/README.md"),
+            ),
+            ("app.js", include_str!("../../../templates/js-keyed/app.js")),
+            (
+                "processor.js",
+                include_str!("../../../templates/js-keyed/processor.js"),
+            ),
+            (
+                "processor.test.js",
+                include_str!("../../../templates/js-keyed/processor.test.js"),
+            ),
+            (
+                "package.json",
+                include_str!("../../../templates/js/package.json"),
+            ),
+            (
+                "build.sh",
+                include_str!("../../../templates/js-keyed/build.sh"),
+            ),
+            (
+                "events.ndjson",
+                include_str!("../../../templates/js-keyed/events.ndjson"),
+            ),
+        ],
+    ),
+    (
         "js-aggregator",
         &[
             (
@@ -280,6 +343,10 @@ pub const SDKS: &[(&str, &[(&str, &str)])] = &[
             (
                 "sluice_sdk/_component.py",
                 include_str!("../../../sdk/python/sluice_sdk/_component.py"),
+            ),
+            (
+                "sluice_sdk/_keyed.py",
+                include_str!("../../../sdk/python/sluice_sdk/_keyed.py"),
             ),
             (
                 "sluice_sdk/py.typed",
@@ -435,6 +502,7 @@ mod tests {
                         "sluice_sdk/_component.py",
                         "sdk/python/sluice_sdk/_component.py",
                     ),
+                    ("sluice_sdk/_keyed.py", "sdk/python/sluice_sdk/_keyed.py"),
                     ("sluice_sdk/py.typed", "sdk/python/sluice_sdk/py.typed"),
                 ][..],
             ),

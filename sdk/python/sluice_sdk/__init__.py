@@ -27,7 +27,10 @@ pytest), nothing needs the bindings: build a `Batch`, call `run` (or your
 `process` with an `Output`), and look at the output. `log` prints to stderr there.
 
 A window aggregate (the `aggregator` world) is the same with `Aggregator` and
-`export_aggregator`.
+`export_aggregator`. A keyed processor with per-key state and timers kept by the
+host (the `keyed-processor` world of `wit/0.2.0/plugin.wit`) subclasses
+`KeyedProcessor` and exports it with `export_keyed_processor`; `KeyedHarness`
+plays the host's part in tests.
 
 The host hands over a batch as a few packed columns (all values in one buffer,
 their end offsets, likewise the keys). An `Event` is a light view of one row:
@@ -52,17 +55,27 @@ __all__ = [
     "Config",
     "Error",
     "Event",
+    "KeyedContext",
+    "KeyedHarness",
+    "KeyedProcessor",
+    "KeyedResult",
     "Output",
     "Processor",
     "Record",
     "Rejection",
+    "TimeDomain",
+    "Timer",
+    "TimerChange",
+    "WATERMARK_MIN",
     "aggregate",
     "dump_json",
     "export_aggregator",
+    "export_keyed_processor",
     "export_processor",
     "log",
     "parse_json",
     "run",
+    "run_keyed",
 ]
 
 __version__ = "0.1.0"
@@ -421,7 +434,8 @@ class Output:
 
     The output's columns grow in lists and are packed once, when the call ends."""
 
-    __slots__ = ("_values", "_keys", "_timestamps", "_headers", "rejected")
+    __slots__ = ("_values", "_keys", "_timestamps", "_headers", "rejected",
+                 "_default_key", "_default_time")
 
     # One entry per emitted event in each list (an empty key for none); the end
     # offsets are computed once, in `_columns`, not per event.
@@ -432,24 +446,31 @@ class Output:
         self._headers: list[tuple[int, str, bytes]] = []
         self.rejected: list[Rejection] = []
         """The refused input events, in the order they were refused."""
+        # What an event emitted without a key or a time gets: none and 0, but
+        # in a keyed processor the key being processed and the time of its
+        # event or timer.
+        self._default_key = b""
+        self._default_time = 0
 
     def emit(
         self,
         value: Bytes | str,
         key: Bytes | str | None = None,
-        timestamp_ms: int = 0,
+        timestamp_ms: int | None = None,
         headers: Iterable[tuple[str, Bytes]] = (),
     ) -> None:
         """Emits a new event (`value` and `key` as bytes, or str as UTF-8).
         Usually `key=event.key, timestamp_ms=event.timestamp_ms` of the input
-        event it comes from."""
+        event it comes from. Without a key the event has none, without a time
+        its time is 0 — but in a `KeyedProcessor` it gets the key being
+        processed, and the time of the event (`process`) or timer (`on_timer`)."""
         if type(value) is not bytes:
             value = _as_bytes(value)
         if type(key) is not bytes:
             key = _as_bytes(key) if key else b""
         self._values.append(value)
-        self._keys.append(key)
-        self._timestamps.append(timestamp_ms)
+        self._keys.append(key or self._default_key)
+        self._timestamps.append(self._default_time if timestamp_ms is None else timestamp_ms)
         if headers:
             index = len(self._timestamps) - 1
             self._headers.extend((index, str(n), _as_bytes(v)) for n, v in headers)
@@ -458,7 +479,7 @@ class Output:
         self,
         value: Any,
         key: Bytes | str | None = None,
-        timestamp_ms: int = 0,
+        timestamp_ms: int | None = None,
         headers: Iterable[tuple[str, Bytes]] = (),
     ) -> None:
         """Emits a new event whose value is `value` written as compact JSON.
@@ -672,3 +693,18 @@ def export_aggregator(cls: type[Aggregator[Any]]) -> type:
     from . import _component
 
     return _component.aggregator_world(cls, log)
+
+
+# The keyed-processor world (wit/0.2.0): after everything it uses is defined.
+from ._keyed import (  # noqa: E402
+    WATERMARK_MIN,
+    KeyedContext,
+    KeyedHarness,
+    KeyedProcessor,
+    KeyedResult,
+    TimeDomain,
+    Timer,
+    TimerChange,
+    export_keyed_processor,
+    run_keyed,
+)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import Aggregator, Batch, Config, Output, Processor, _failure
+from ._keyed import KeyedProcessor, TimeDomain, Timer, run_keyed
 
 if TYPE_CHECKING:
     from . import _Log
@@ -170,5 +171,66 @@ def aggregator_world(cls: type[Aggregator[Any]], log: _Log) -> type:
 
         def finish(self, states: list[bytes]) -> list[str]:
             return list(_guard(lambda: finish(states)))
+
+    return WitWorld
+
+
+def keyed_world(cls: type[KeyedProcessor[Any]], log: _Log) -> type:
+    if not IN_COMPONENT:
+        return _native("keyed-processor")
+    _host_log(log)
+    slot: list[KeyedProcessor[Any]] = []
+    domain = {
+        _wit.TimeDomain.EVENT_TIME: TimeDomain.EVENT_TIME,
+        _wit.TimeDomain.PROCESSING_TIME: TimeDomain.PROCESSING_TIME,
+    }
+    wit_domain = {v: k for k, v in domain.items()}
+
+    def configure(pairs: list[tuple[str, str]]) -> None:
+        processor = cls(Config(pairs))
+        slot[:] = [processor]
+
+    def process_keyed(input: Any) -> Any:
+        if not slot:
+            raise Err("process-keyed called before configure")
+        fired = [(t.group, Timer(t.time, domain[t.domain])) for t in input.fired]
+        result = run_keyed(
+            slot[0],
+            input.keys,
+            input.states,
+            _batch(input.events),
+            input.groups,
+            fired,
+            input.watermark,
+            input.now,
+        )
+        values, value_ends, keys, key_ends, timestamps, headers = result.out._columns()
+        events = _wit.EventBatch(
+            values,
+            value_ends,
+            keys,
+            key_ends,
+            timestamps,
+            [_wit.Header(i, n, v) for i, n, v in headers],
+        )
+        timers = [
+            (_wit.TimerChange_Set if c.set else _wit.TimerChange_Delete)(
+                _wit.Timer(c.group, wit_domain[c.timer.domain], c.timer.time)
+            )
+            for c in result.timers
+        ]
+        return _wit.KeyedOutput(
+            events,
+            [_wit.Rejection(r.index, r.reason) for r in result.out.rejected],
+            [_wit.StateUpdate(g, v) for g, v in result.updates],
+            timers,
+        )
+
+    class WitWorld(wit_world.WitWorld):  # type: ignore[misc, unused-ignore]
+        def configure(self, config: list[tuple[str, str]]) -> None:
+            _guard(lambda: configure(config))
+
+        def process_keyed(self, input: Any) -> Any:
+            return _guard(lambda: process_keyed(input))
 
     return WitWorld

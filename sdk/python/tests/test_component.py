@@ -4,6 +4,7 @@ them: the world's class is instantiated anew for every export call."""
 
 from __future__ import annotations
 
+import enum
 import importlib
 import sys
 import types
@@ -45,6 +46,53 @@ class WitOutput:
     rejected: list[Rejection]
 
 
+class TimeDomain(enum.Enum):
+    EVENT_TIME = 0
+    PROCESSING_TIME = 1
+
+
+@dataclass
+class WitTimer:
+    group: int
+    domain: TimeDomain
+    time: int
+
+
+@dataclass
+class TimerChange_Set:
+    value: WitTimer
+
+
+@dataclass
+class TimerChange_Delete:
+    value: WitTimer
+
+
+@dataclass
+class StateUpdate:
+    group: int
+    value: bytes | None
+
+
+@dataclass
+class KeyedInput:
+    keys: list[bytes]
+    states: list[bytes | None]
+    events: EventBatch
+    groups: list[int]
+    fired: list[WitTimer]
+    watermark: int
+    now: int
+
+
+@dataclass
+class KeyedOutput:
+    events: EventBatch
+    rejected: list[Rejection]
+    updates: list[StateUpdate]
+    timers: list[Any]
+
+
 class Err(Exception):
     def __init__(self, value: str) -> None:
         super().__init__(value)
@@ -64,6 +112,12 @@ def component() -> Iterator[tuple[Any, list[tuple[Any, str]]]]:
     wit_types.Header = Header  # type: ignore[attr-defined]
     wit_types.Rejection = Rejection  # type: ignore[attr-defined]
     wit_types.Output = WitOutput  # type: ignore[attr-defined]
+    wit_types.TimeDomain = TimeDomain  # type: ignore[attr-defined]
+    wit_types.Timer = WitTimer  # type: ignore[attr-defined]
+    wit_types.TimerChange_Set = TimerChange_Set  # type: ignore[attr-defined]
+    wit_types.TimerChange_Delete = TimerChange_Delete  # type: ignore[attr-defined]
+    wit_types.StateUpdate = StateUpdate  # type: ignore[attr-defined]
+    wit_types.KeyedOutput = KeyedOutput  # type: ignore[attr-defined]
     imports = types.ModuleType("wit_world.imports")
     imports.host = host  # type: ignore[attr-defined]
     imports.types = wit_types  # type: ignore[attr-defined]
@@ -166,3 +220,65 @@ def test_aggregator_world(component: tuple[Any, list[tuple[Any, str]]]) -> None:
         world().accumulate([empty], EventBatch(b"x", [1], b"", [0], [0]), [0])
     with pytest.raises(Err, match="group 3 of 1"):
         world().accumulate([empty], EventBatch(b"1", [1], b"", [0], [0]), [3])
+
+
+class Gaps(sluice.KeyedProcessor[dict[str, int]]):
+    """Per key: the ms since its previous event, and a timer an hour after."""
+
+    def process(self, ctx: sluice.KeyedContext[dict[str, int]], event: sluice.Event,
+                out: Output) -> None:
+        t = event.timestamp_ms
+        state = ctx.state
+        if state is not None:
+            out.emit_json({"gap": t - state["last"]})
+            ctx.delete_event_timer(state["last"] + 3_600_000)
+        ctx.set_state({"last": t})
+        ctx.set_event_timer(t + 3_600_000)
+
+    def on_timer(self, ctx: sluice.KeyedContext[dict[str, int]], timer: sluice.Timer,
+                 out: Output) -> None:
+        out.emit_json({"idle": timer.time, "watermark": ctx.watermark, "now": ctx.now})
+        ctx.clear_state()
+
+
+def test_keyed_world(component: tuple[Any, list[tuple[Any, str]]]) -> None:
+    glue, _ = component
+    world = glue.keyed_world(Gaps, sluice.log)
+    inp = KeyedInput(
+        keys=[b"N1", b"N2"],
+        states=[b'{"last":1000}', None],
+        events=EventBatch(b"{}{}{}", [2, 4, 6], b"N1N2N1", [2, 4, 6], [5000, 6000, 9000]),
+        groups=[0, 1, 0],
+        fired=[],
+        watermark=-(2**63),
+        now=7,
+    )
+    with pytest.raises(Err, match="before configure"):
+        world().process_keyed(inp)
+    world().configure([])
+    got = world().process_keyed(inp)
+    # N1: 5000 - 1000, then 9000 - 5000; N2 has no previous event.
+    assert got.events == EventBatch(
+        b'{"gap":4000}{"gap":4000}', [12, 24], b"N1N1", [2, 4], [5000, 9000], []
+    )
+    assert got.rejected == []
+    assert got.updates == [StateUpdate(0, b'{"last":9000}'), StateUpdate(1, b'{"last":6000}')]
+    e = TimeDomain.EVENT_TIME
+    assert got.timers == [
+        TimerChange_Delete(WitTimer(0, e, 3_601_000)),
+        TimerChange_Set(WitTimer(0, e, 3_605_000)),
+        TimerChange_Set(WitTimer(1, e, 3_606_000)),
+        TimerChange_Delete(WitTimer(0, e, 3_605_000)),
+        TimerChange_Set(WitTimer(0, e, 3_609_000)),
+    ]
+    fired = KeyedInput([b"N2"], [b'{"last":6000}'], EventBatch(b"", [], b"", [], []), [],
+                       [WitTimer(0, e, 3_606_000)], 3_700_000, 8)
+    got = world().process_keyed(fired)
+    assert got.events == EventBatch(
+        b'{"idle":3606000,"watermark":3700000,"now":8}', [44], b"N2", [2], [3_606_000], []
+    )
+    assert got.updates == [StateUpdate(0, None)] and got.timers == []
+    with pytest.raises(Err) as failed:
+        world().process_keyed(KeyedInput([b"N3"], [b"[]"], EventBatch(b"{}", [2], b"N3", [2], [1]),
+                                         [0], [], 0, 0))
+    assert failed.value.value == "TypeError: list indices must be integers or slices, not str"
