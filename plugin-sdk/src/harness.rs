@@ -28,7 +28,13 @@ const MAX_TIMER_ROUNDS: usize = 10_000;
 ///   `process-keyed` in arrival order, each key's state once per call. It
 ///   cuts them into parts where an event moves the watermark to or past a
 ///   known event-time timer (one set by an earlier call), so that timer
-///   fires before the next event. A call's [`watermark`] is the one before
+///   fires before the next event. (The daemon is finer: it cuts only before
+///   an event of the timer's own key, and when a call sets a timer that an
+///   event of the same key later in that call makes due, it runs the call
+///   again up to that event. The harness does neither: keep the events you
+///   push in one `run` within less event time than your timers' delays, or
+///   `run` them one by one, to see the daemon's per-key order.) A call's
+///   [`watermark`] is the one before
 ///   its first event; its [`now`] is the harness's clock
 ///   ([`set_now`](Self::set_now), 0 unless set).
 /// - **Timers**: at most one per (key, domain, time); set and delete apply
