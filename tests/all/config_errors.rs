@@ -27,7 +27,7 @@ fn unknown_field_is_located() {
         "[daemon]\nplugins_dir = \"plugins\"\n{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\npartitons = 2\n"
     ));
     insta::assert_snapshot!(err, @r#"
-    error: sluice.toml:13:1: unknown field `partitons`, expected one of `source`, `partitions`, `batch`, `processors`, `sinks`, `dead_letter`, `on_error`, `queue_records`, `window`, `aggregate`, `checkpoint`
+    error: sluice.toml:13:1: unknown field `partitons`, expected one of `source`, `partitions`, `partition_by`, `batch`, `processors`, `sinks`, `dead_letter`, `on_error`, `queue_records`, `window`, `aggregate`, `checkpoint`
        |
     13 | partitons = 2
        | ^
