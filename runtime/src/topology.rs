@@ -400,7 +400,14 @@ fn build_stages(
             &pairs,
             limits,
         )?;
-        let keyed = keyed_spec(proc_cfg, &slot, plugin, p, source_key, kafka, source)?;
+        let mut keyed = keyed_spec(proc_cfg, &slot, plugin, source_key, kafka, source)?;
+        if let Some(k) = &mut keyed {
+            // The keyed stages of this plugin before it: each its own state.
+            k.instance = stages
+                .iter()
+                .filter(|s| matches!(s, StepSpec::Plugin(s) if s.keyed.is_some() && Arc::ptr_eq(&s.slot, &slot)))
+                .count();
+        }
         stages.push(StepSpec::Plugin(Arc::new(StageSpec {
             label,
             slot,
@@ -462,7 +469,6 @@ fn keyed_spec(
     proc_cfg: &config::ProcessorConfig,
     slot: &Arc<PluginSlot>,
     plugin: &toml::Spanned<String>,
-    p: &PipelineConfig,
     source_key: Option<&Pointer>,
     kafka: bool,
     source: &ConfigSource,
@@ -497,13 +503,10 @@ fn keyed_spec(
             "a keyed processor cannot read a Kafka source yet: its state is kept per daemon partition and would not move with a Kafka partition on a rebalance; read a file, stdin or another source",
         ));
     }
-    if source_key.is_none() && *p.partitions.get_ref() > 1 {
+    if source_key.is_none() {
         return Err(source.error(
             plugin.span(),
-            format!(
-                "a keyed processor keeps state per record key and partition: with {} partitions the source needs a `key` (the JSON pointer records are keyed and routed by), or use partitions = 1",
-                p.partitions.get_ref()
-            ),
+            "a keyed processor keeps state per record key: the source needs a `key` (the JSON pointer records are keyed and routed by); without one every record would be refused",
         ));
     }
     let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
@@ -513,6 +516,7 @@ fn keyed_spec(
         memory_bytes: proc_cfg
             .state_memory
             .unwrap_or(KeyedSpec::default().memory_bytes),
+        instance: 0,
     }))
 }
 

@@ -291,7 +291,11 @@ fn validate_refuses_keyed_settings_where_they_cannot_work() {
     let cases = [
         (
             base(file, r#"{ plugin = "plane_gaps.wasm" }"#, 2),
-            "with 2 partitions the source needs a `key`",
+            "the source needs a `key`",
+        ),
+        (
+            base(file, r#"{ plugin = "plane_gaps.wasm" }"#, 1),
+            "without one every record would be refused",
         ),
         (
             base(file, r#"{ plugin = "identity.wasm", state_ttl = "1h" }"#, 1),

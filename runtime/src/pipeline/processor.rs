@@ -282,7 +282,10 @@ impl Stage {
 
     /// The name of this stage's keyed state in a checkpoint, for its partition.
     pub fn state_name(&self) -> String {
-        KeyedSpec::state_name(self.partition, &self.plugin.name)
+        self.spec
+            .keyed
+            .unwrap_or_default()
+            .state_name(self.partition, &self.plugin.name)
     }
 
     /// A keyed stage's state for a checkpoint (`None` for a plain one).

@@ -180,8 +180,12 @@ impl Worker {
                     }
                     match barrier.kind {
                         // The end of the input: keyed stages fire every
-                        // event-time timer before their state is saved.
-                        BarrierKind::End => self.flush_or_count(Flush::End)?,
+                        // event-time timer before their state is saved (and
+                        // not again when the input closes).
+                        BarrierKind::End => {
+                            self.flush_or_count(Flush::End)?;
+                            self.saved_and_stopped = true;
+                        }
                         // Stopping: the timers are saved, not fired.
                         BarrierKind::Stop => self.saved_and_stopped = true,
                         BarrierKind::Periodic => {}
@@ -341,6 +345,7 @@ impl Worker {
                                 && let Some(state) = old.take_keyed_state()
                             {
                                 stage.set_keyed_state(state);
+                                break;
                             }
                         }
                     }
