@@ -261,6 +261,25 @@ impl PipelineSpec {
         };
         for partition in 0..self.partitions {
             let stages = Step::chain(&self.name, partition, &self.chain.stages, &restored_stages)?;
+            // A keyed state in the checkpoint that no stage takes up (its
+            // plugin renamed or removed) is dropped: say so.
+            for (name, snapshot) in &restored_stages {
+                if let crate::checkpoint::StageSnapshot::Keyed(k) = snapshot
+                    && name.starts_with(&format!("p{partition} keyed "))
+                    && !stages.iter().any(|s| {
+                        matches!(s, Step::Plugin(stage) if stage.is_keyed() && &stage.state_name() == name)
+                    })
+                {
+                    tracing::warn!(
+                        pipeline = %self.name,
+                        partition,
+                        state = %name,
+                        keys = k.entries.len(),
+                        timers = k.event_timers.len() + k.processing_timers.len(),
+                        "the checkpoint holds a keyed state that no stage of the chain takes up (its plugin was renamed or removed): it is dropped"
+                    );
+                }
+            }
             let worker = Worker {
                 pipeline: self.name.clone(),
                 partition,
