@@ -310,13 +310,23 @@ fn windows_into_parquet_survive_five_kill_9() {
     // Every field of every window equal (floats within 1e-9).
     crate::windows::assert_rows(&got, &want);
 
-    // The control: at-least-once, every window there, some twice.
-    let plain = windows_with_five_kill_9(&python, n, false);
-    let (missing, duplicated) = missing_and_duplicated(&plain, &want);
-    assert_eq!(missing, 0, "at-least-once lost windows");
+    // The control: at-least-once, every window there, some twice. Whether a
+    // kill lands after a file rolled and before the checkpoint that covers
+    // it is timing: on a loaded machine five kills can all miss, so up to
+    // three runs of five.
+    let mut duplicated = 0;
+    for _ in 0..3 {
+        let plain = windows_with_five_kill_9(&python, n, false);
+        let (missing, twice) = missing_and_duplicated(&plain, &want);
+        assert_eq!(missing, 0, "at-least-once lost windows");
+        duplicated = twice;
+        if duplicated > 0 {
+            break;
+        }
+    }
     assert!(
         duplicated > 0,
-        "the kills made no duplicate without exactly_once"
+        "15 kills made no duplicate without exactly_once"
     );
 }
 
