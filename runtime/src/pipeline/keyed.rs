@@ -520,7 +520,7 @@ impl KeyedState {
         };
         let mut groups: HashMap<&[u8], u32> = HashMap::new();
         let mut taken: Vec<usize> = Vec::with_capacity(indices.len());
-        let mut new_bytes = 0usize;
+        let (mut new_bytes, mut new_keys) = (0usize, 0usize);
         for &i in indices {
             let Some(event) = batch.get(i) else { continue };
             let key = match event.key() {
@@ -547,15 +547,16 @@ impl KeyedState {
                             refused.push((
                                 i as u32,
                                 format!(
-                                    "keyed state full: this partition holds {} bytes of state for {} keys, state_memory = {} (raise it, set a state_ttl, or have the plugin clear states it no longer needs)",
-                                    self.bytes,
-                                    self.entries.len(),
+                                    "keyed state full: this partition holds {} bytes of state for {} keys (with the new keys of this batch), state_memory = {} (raise it, set a state_ttl, or have the plugin clear states it no longer needs)",
+                                    self.bytes + new_bytes,
+                                    self.entries.len() + new_keys,
                                     run.spec.memory_bytes
                                 ),
                             ));
                             continue;
                         }
                         new_bytes += key.len() + ENTRY_OVERHEAD;
+                        new_keys += 1;
                     }
                     let g = input.keys.len() as u32;
                     input.keys.push(key.to_vec());

@@ -275,6 +275,15 @@ fn run_keyed(
         &mut report,
         diag,
         |line_no, key, ts, line, report, diag| {
+            if key.is_none_or(<[u8]>::is_empty) {
+                // As the daemon: refused before the plugin, dead-lettered.
+                writeln!(
+                    diag,
+                    "rejected: line {line_no}: no record key (a keyed processor keeps state per key: pass --key; the daemon dead-letters such records)"
+                )?;
+                report.rejected += 1;
+                return Ok(());
+            }
             batch.push(key, line, ts);
             lines.push(line_no);
             if batch.len() >= options.batch {
