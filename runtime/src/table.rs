@@ -273,6 +273,26 @@ fn table_error(
     )
 }
 
+/// The daemon's lookup tables by name, as stages and plugins read them.
+pub type TableSet = std::collections::BTreeMap<String, Arc<TableSlot>>;
+
+impl crate::wasm::keyed::TableLookup for TableSet {
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String> {
+        let slot = self.get(table).ok_or_else(|| {
+            let known: Vec<&str> = self.keys().map(String::as_str).collect();
+            format!(
+                "no table `{table}` (the daemon's tables: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?;
+        Ok(slot.current().get(key).map(str::to_string))
+    }
+}
+
 /// A table that runs: the current [`Table`], swapped whole when its file
 /// changes. Shared by every `join` stage that reads it.
 #[derive(Debug)]

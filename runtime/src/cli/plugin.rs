@@ -305,15 +305,30 @@ fn plugin_run(
     let stdin = std::io::stdin().lock();
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut stderr = std::io::stderr().lock();
-    let report = match sluice::wasm::plugin_run::run(
-        &host,
-        file,
-        &options,
-        stdin,
-        &mut stdout,
-        &mut stderr,
-        expected.is_some(),
-    ) {
+    // A keyed processor runs on the pipeline's keyed state; the others as
+    // the wasm module runs them.
+    let ran = host.load(file).and_then(|plugin| {
+        if plugin.world() == sluice::wasm::plugin::World::Keyed {
+            sluice::pipeline::keyed::run_plugin(
+                &plugin,
+                &options,
+                stdin,
+                &mut stdout,
+                &mut stderr,
+                expected.is_some(),
+            )
+        } else {
+            sluice::wasm::plugin_run::run_loaded(
+                &plugin,
+                &options,
+                stdin,
+                &mut stdout,
+                &mut stderr,
+                expected.is_some(),
+            )
+        }
+    });
+    let report = match ran {
         Ok(r) => r,
         Err(e) => {
             sluice::eprintln_or_drop!("error: {e:#}");

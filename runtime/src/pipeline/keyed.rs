@@ -771,6 +771,118 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// `sluice plugin run` for a keyed processor (as
+/// [`crate::wasm::plugin_run::run`] for the others): the daemon's keyed state
+/// ([`crate::pipeline::keyed::KeyedState`]) over one partition, a batch per
+/// `--batch` lines, the end of the input firing every event-time timer; the
+/// state of each key is printed on `diag` at the end (`state: KEY = VALUE`,
+/// in key order, the value as text when it is UTF-8).
+pub fn run_plugin(
+    plugin: &crate::wasm::plugin::Plugin,
+    options: &crate::wasm::plugin_run::RunOptions,
+    input: impl std::io::BufRead,
+    out: &mut impl std::io::Write,
+    diag: &mut impl std::io::Write,
+    keep_output: bool,
+) -> anyhow::Result<crate::wasm::plugin_run::RunReport> {
+    use crate::wasm::plugin_run::{RunReport, for_each_event};
+    let tags = crate::wasm::plugin::LogTags::standalone("plugin-run", plugin);
+    let start = || {
+        plugin
+            .instantiate(&options.config, options.limits, tags.clone())
+            .map_err(|e| {
+                anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version)
+            })
+    };
+    let mut instance = start()?;
+    let spec = KeyedSpec::default();
+    let mut state = KeyedState::default();
+    let mut report = RunReport::default();
+    let mut batch = Batch::new();
+    let mut lines: Vec<u64> = Vec::new();
+    let emit = |got: KeyedOutput,
+                lines: &[u64],
+                report: &mut RunReport,
+                out: &mut dyn std::io::Write,
+                diag: &mut dyn std::io::Write|
+     -> anyhow::Result<()> {
+        for (index, reason) in &got.rejected {
+            writeln!(diag, "rejected: line {}: {reason}", lines[*index as usize])?;
+        }
+        report.rejected += got.rejected.len() as u64;
+        for (index, reason) in &got.failed {
+            writeln!(diag, "failed: line {}: {reason}", lines[*index as usize])?;
+        }
+        report.failed += got.failed.len() as u64;
+        for event in &got.events {
+            report.records_out += 1;
+            if keep_output {
+                report.output.push(event.value().to_vec());
+            } else {
+                out.write_all(event.value())?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    };
+    let mut call = |c| {
+        let result = instance.process_keyed(c);
+        if let Err(e) = &result
+            && e.poisons_instance()
+            && let Ok(fresh) = start()
+        {
+            instance = fresh;
+        }
+        result
+    };
+    for_each_event(
+        input,
+        options,
+        &mut report,
+        diag,
+        |line_no, key, ts, line, report, diag| {
+            if key.is_none_or(<[u8]>::is_empty) {
+                // As the daemon: refused before the plugin, dead-lettered.
+                writeln!(
+                    diag,
+                    "rejected: line {line_no}: no record key (a keyed processor keeps state per key: pass --key; the daemon dead-letters such records)"
+                )?;
+                report.rejected += 1;
+                return Ok(());
+            }
+            batch.push(key, line, ts);
+            lines.push(line_no);
+            if batch.len() >= options.batch {
+                let got = state.process(&spec, &batch, now_ms(), false, 64, &mut call)?;
+                emit(got, &lines, report, out, diag)?;
+                batch.clear();
+                lines.clear();
+            }
+            Ok(())
+        },
+    )?;
+    let got = state.process(&spec, &batch, now_ms(), false, 64, &mut call)?;
+    emit(got, &lines, &mut report, out, diag)?;
+    let got = state.finish(&spec, now_ms(), false, &mut call)?;
+    emit(got, &[], &mut report, out, diag)?;
+    out.flush()?;
+    let snapshot = state.snapshot(&spec, now_ms());
+    for (key, value, _) in &snapshot.entries {
+        let text = |b: &[u8]| match std::str::from_utf8(b) {
+            Ok(t) => t.to_string(),
+            Err(_) => format!("0x{}", crate::wasm::compile_cache::hex(b)),
+        };
+        writeln!(diag, "state: {} = {}", text(&key.0), text(&value.0))?;
+    }
+    writeln!(
+        diag,
+        "state: {} key(s), {} timer(s) left",
+        snapshot.entries.len(),
+        snapshot.event_timers.len() + snapshot.processing_timers.len()
+    )?;
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -32,7 +32,8 @@ use crate::config::{BreakerConfig, OnError};
 use crate::obs::metrics::PluginMetrics;
 use crate::pipeline::builtin::{DedupSpec, DedupState, JoinSpec};
 use crate::pipeline::keyed::{KeyedSpec, KeyedState, now_ms};
-use crate::wasm::keyed::{KeyedCall, KeyedReturn, TableSet};
+use crate::table::TableSet;
+use crate::wasm::keyed::{KeyedCall, KeyedReturn};
 use crate::wasm::plugin::{CallError, Instance, Limits, LogTags, Plugin, Processed};
 use crate::wasm::reload::PluginSlot;
 

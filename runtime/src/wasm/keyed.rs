@@ -5,13 +5,11 @@
 //! [`KeyedReturn`]) that the keyed stage ([`crate::pipeline::keyed`]) builds
 //! and applies. The state and the timers themselves are the stage's.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sluice_plugin_sdk::{Batch, BatchParts};
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::table::TableSlot;
 use crate::wasm::plugin::{CallError, Instance, StoreState};
 
 /// The host's bindings of the `keyed-processor` world.
@@ -25,8 +23,17 @@ pub(crate) mod bindings {
 use bindings::sluice::plugin::{host, tables, types};
 pub use bindings::{KeyedProcessor as KeyedBindings, KeyedProcessorPre};
 
-/// The lookup tables a plugin may read through the `tables` import, by name.
-pub type TableSet = BTreeMap<String, Arc<TableSlot>>;
+/// What the `tables` import reads: the daemon's lookup tables by name
+/// (`crate::table::TableSet` implements it; defined here so that this module
+/// needs nothing of the tables').
+pub trait TableLookup: Send + Sync {
+    /// The row of `table` whose key is `key`, as a JSON object's text;
+    /// `None` when the table has no such key.
+    ///
+    /// # Errors
+    /// No table of that name; the message names the ones there are.
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
+}
 
 /// Adds the imports of package 0.2.0 (`host`, `tables`) to `linker`, beside
 /// 0.1.0's: a component built against either resolves.
@@ -56,27 +63,10 @@ impl types::Host for StoreState {}
 
 impl tables::Host for StoreState {
     fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, String> {
-        let slot = self
-            .tables
-            .as_ref()
-            .and_then(|t| t.get(&table))
-            .ok_or_else(|| {
-                let known: Vec<&str> = self
-                    .tables
-                    .iter()
-                    .flat_map(|t| t.keys())
-                    .map(String::as_str)
-                    .collect();
-                format!(
-                    "no table `{table}` (the daemon's tables: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )
-            })?;
-        Ok(slot.current().get(&key).map(str::to_string))
+        match &self.tables {
+            Some(tables) => tables.lookup(&table, &key),
+            None => Err(format!("no table `{table}` (the daemon's tables: none)")),
+        }
     }
 }
 
@@ -294,7 +284,7 @@ impl Instance {
     }
 
     /// Gives this instance's `tables` import the daemon's tables.
-    pub fn set_tables(&mut self, tables: Arc<TableSet>) {
+    pub fn set_tables(&mut self, tables: Arc<dyn TableLookup>) {
         self.store_mut().data_mut().tables = Some(tables);
     }
 }

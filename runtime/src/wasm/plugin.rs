@@ -374,7 +374,7 @@ pub struct StoreState {
     memory: MemoryLimiter,
     tags: LogTags,
     /// What the `tables` import (package 0.2.0) reads; none: no table.
-    pub(crate) tables: Option<Arc<crate::wasm::keyed::TableSet>>,
+    pub(crate) tables: Option<Arc<dyn crate::wasm::keyed::TableLookup>>,
 }
 
 impl WasiView for StoreState {

@@ -84,13 +84,33 @@ pub fn run(
     keep_output: bool,
 ) -> anyhow::Result<RunReport> {
     let plugin = host.load(file)?;
+    run_loaded(&plugin, options, input, out, diag, keep_output)
+}
+
+/// [`run`] for a plugin already loaded.
+///
+/// # Errors
+/// As [`run`]; a keyed processor is refused (its runner,
+/// `pipeline::keyed::run_plugin`, is the pipeline's).
+pub fn run_loaded(
+    plugin: &crate::wasm::plugin::Plugin,
+    options: &RunOptions,
+    input: impl BufRead,
+    out: &mut impl Write,
+    diag: &mut impl Write,
+    keep_output: bool,
+) -> anyhow::Result<RunReport> {
     if plugin.world() == crate::wasm::plugin::World::Aggregator {
-        return run_aggregator(&plugin, options, input, out, diag, keep_output);
+        return run_aggregator(plugin, options, input, out, diag, keep_output);
     }
     if plugin.world() == crate::wasm::plugin::World::Keyed {
-        return run_keyed(&plugin, options, input, out, diag, keep_output);
+        // Keyed state is the pipeline's (this module sits below it).
+        anyhow::bail!(
+            "{} is a keyed processor: run it with sluice::pipeline::keyed::run_plugin",
+            plugin.name
+        );
     }
-    let tags = LogTags::standalone("plugin-run", &plugin);
+    let tags = LogTags::standalone("plugin-run", plugin);
     let mut instance = plugin
         .instantiate(&options.config, options.limits, tags.clone())
         .map_err(|e| anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version))?;
@@ -169,7 +189,7 @@ pub fn run(
 /// `input` (blank lines skipped, a final `\r` cut), decoded with the
 /// options' `--key`/`--timestamp`; a line that does not decode is reported on
 /// `diag` and counted as skipped, not passed on.
-fn for_each_event<D: Write>(
+pub fn for_each_event<D: Write>(
     input: impl BufRead,
     options: &RunOptions,
     report: &mut RunReport,
@@ -204,117 +224,6 @@ fn for_each_event<D: Write>(
         each(line_no, key.as_deref(), ts, &line, report, diag)?;
     }
     Ok(())
-}
-
-/// [`run`] for a keyed processor: the daemon's keyed state
-/// ([`crate::pipeline::keyed::KeyedState`]) over one partition, a batch per
-/// `--batch` lines, the end of the input firing every event-time timer; the
-/// state of each key is printed on `diag` at the end (`state: KEY = VALUE`,
-/// in key order, the value as text when it is UTF-8).
-fn run_keyed(
-    plugin: &crate::wasm::plugin::Plugin,
-    options: &RunOptions,
-    input: impl BufRead,
-    out: &mut impl Write,
-    diag: &mut impl Write,
-    keep_output: bool,
-) -> anyhow::Result<RunReport> {
-    use crate::pipeline::keyed::{KeyedOutput, KeyedSpec, KeyedState, now_ms};
-    let tags = LogTags::standalone("plugin-run", plugin);
-    let start = || {
-        plugin
-            .instantiate(&options.config, options.limits, tags.clone())
-            .map_err(|e| {
-                anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version)
-            })
-    };
-    let mut instance = start()?;
-    let spec = KeyedSpec::default();
-    let mut state = KeyedState::default();
-    let mut report = RunReport::default();
-    let mut batch = Batch::new();
-    let mut lines: Vec<u64> = Vec::new();
-    let emit = |got: KeyedOutput,
-                lines: &[u64],
-                report: &mut RunReport,
-                out: &mut dyn Write,
-                diag: &mut dyn Write|
-     -> anyhow::Result<()> {
-        for (index, reason) in &got.rejected {
-            writeln!(diag, "rejected: line {}: {reason}", lines[*index as usize])?;
-        }
-        report.rejected += got.rejected.len() as u64;
-        for (index, reason) in &got.failed {
-            writeln!(diag, "failed: line {}: {reason}", lines[*index as usize])?;
-        }
-        report.failed += got.failed.len() as u64;
-        for event in &got.events {
-            report.records_out += 1;
-            if keep_output {
-                report.output.push(event.value().to_vec());
-            } else {
-                out.write_all(event.value())?;
-                out.write_all(b"\n")?;
-            }
-        }
-        Ok(())
-    };
-    let mut call = |c| {
-        let result = instance.process_keyed(c);
-        if let Err(e) = &result
-            && e.poisons_instance()
-            && let Ok(fresh) = start()
-        {
-            instance = fresh;
-        }
-        result
-    };
-    for_each_event(
-        input,
-        options,
-        &mut report,
-        diag,
-        |line_no, key, ts, line, report, diag| {
-            if key.is_none_or(<[u8]>::is_empty) {
-                // As the daemon: refused before the plugin, dead-lettered.
-                writeln!(
-                    diag,
-                    "rejected: line {line_no}: no record key (a keyed processor keeps state per key: pass --key; the daemon dead-letters such records)"
-                )?;
-                report.rejected += 1;
-                return Ok(());
-            }
-            batch.push(key, line, ts);
-            lines.push(line_no);
-            if batch.len() >= options.batch {
-                let got = state.process(&spec, &batch, now_ms(), false, 64, &mut call)?;
-                emit(got, &lines, report, out, diag)?;
-                batch.clear();
-                lines.clear();
-            }
-            Ok(())
-        },
-    )?;
-    let got = state.process(&spec, &batch, now_ms(), false, 64, &mut call)?;
-    emit(got, &lines, &mut report, out, diag)?;
-    let got = state.finish(&spec, now_ms(), false, &mut call)?;
-    emit(got, &[], &mut report, out, diag)?;
-    out.flush()?;
-    let snapshot = state.snapshot(&spec, now_ms());
-    for (key, value, _) in &snapshot.entries {
-        let text = |b: &[u8]| match std::str::from_utf8(b) {
-            Ok(t) => t.to_string(),
-            Err(_) => format!("0x{}", crate::wasm::compile_cache::hex(b)),
-        };
-        writeln!(diag, "state: {} = {}", text(&key.0), text(&value.0))?;
-    }
-    writeln!(
-        diag,
-        "state: {} key(s), {} timer(s) left",
-        snapshot.entries.len(),
-        snapshot.event_timers.len() + snapshot.processing_timers.len()
-    )?;
-    Ok(report)
 }
 
 /// [`run`] for an aggregator: every event in one window, run through the
