@@ -320,6 +320,15 @@ impl Stage {
 
     /// One `process-keyed` call on the instance (made when there is none).
     fn call_keyed(&mut self, call: KeyedCall) -> Result<KeyedReturn, CallError> {
+        self.call(|instance| instance.process_keyed(call))
+    }
+
+    /// One call on the instance (made when there is none), timed and
+    /// counted; an instance the call poisoned is dropped.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Instance) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
         let instance = match &mut self.instance {
             Some(i) => i,
             None => {
@@ -328,7 +337,7 @@ impl Stage {
             }
         };
         let started = Instant::now();
-        let result = instance.process_keyed(call);
+        let result = f(instance);
         self.metrics
             .call_duration
             .observe(started.elapsed().as_secs_f64());
@@ -444,26 +453,7 @@ impl Stage {
     /// # Errors
     /// The call failed; see [`CallError`].
     pub fn run(&mut self, batch: &mut Batch) -> Result<Processed, CallError> {
-        let instance = match &mut self.instance {
-            Some(i) => i,
-            None => {
-                let plugin = self.plugin.clone();
-                self.instance.insert(self.instantiate(&plugin)?)
-            }
-        };
-        let started = Instant::now();
-        let result = instance.process(batch);
-        self.metrics
-            .call_duration
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.memory(instance.memory_high_water());
-        if let Err(e) = &result {
-            self.metrics.count_failure(e);
-            if e.poisons_instance() {
-                self.instance = None;
-            }
-        }
-        result
+        self.call(|instance| instance.process(batch))
     }
 
     /// Runs a batch at a batch boundary: picks up a swapped-in version, then runs

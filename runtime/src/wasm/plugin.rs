@@ -589,7 +589,15 @@ impl Instance {
         self.store.data_mut().memory.hit = false;
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));
-        match call(bindings, &mut self.store) {
+        let result = call(bindings, &mut self.store);
+        self.settle(result)
+    }
+
+    /// A call's result under the instance's limits: a returned error is the
+    /// plugin's, a wasmtime error is classified (timeout, out of memory,
+    /// trap with what the guest wrote to stderr).
+    fn settle<T>(&self, result: wasmtime::Result<Result<T, String>>) -> Result<T, CallError> {
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(reason)) => Err(CallError::Plugin(reason)),
             Err(e) => Err(classify(
@@ -722,16 +730,8 @@ impl Instance {
         self.store.data_mut().memory.hit = false;
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));
-        match call(bindings, &mut self.store) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(reason)) => Err(CallError::Plugin(reason)),
-            Err(e) => Err(classify(
-                e,
-                self.limits,
-                &self.store.data().memory,
-                &self.stderr,
-            )),
-        }
+        let result = call(bindings, &mut self.store);
+        self.settle(result)
     }
 
     /// Aggregator `create`: an empty window's accumulator.
