@@ -70,7 +70,7 @@ fn wasm_keyed(host: &PluginHost, path: &Path) -> Pass {
             .unwrap();
         let spec = KeyedSpec::default();
         let mut state = KeyedState::default();
-        let mut call = |c| instance.process_keyed(c);
+        let mut call = |c: &mut sluice::wasm::keyed::KeyedCall| instance.process_keyed(c);
         let mut out = 0;
         for batch in batches {
             out += state

@@ -142,7 +142,7 @@ pub struct KeyedState {
 }
 
 /// How the stage calls the plugin: one `process-keyed` call.
-pub type Call<'a> = dyn FnMut(KeyedCall) -> Result<KeyedReturn, CallError> + 'a;
+pub type Call<'a> = dyn FnMut(&mut KeyedCall) -> Result<KeyedReturn, CallError> + 'a;
 
 impl KeyedState {
     /// The state saved in `snapshot`.
@@ -152,7 +152,7 @@ impl KeyedState {
             ..KeyedState::default()
         };
         for (key, value, written_ms) in &snapshot.entries {
-            state.put(key.0.clone(), value.0.clone(), *written_ms);
+            state.put(&key.0, value.0.clone(), *written_ms);
         }
         for (time, key) in &snapshot.event_timers {
             state.set_timer(TimeDomain::EventTime, *time, &key.0);
@@ -227,15 +227,20 @@ impl KeyedState {
             .is_some_and(|(t, _)| *t <= now)
     }
 
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>, written_ms: i64) {
-        let add = key.len() + value.len() + ENTRY_OVERHEAD;
-        if let Some(old) = self
-            .entries
-            .insert(key.clone(), Entry { value, written_ms })
-        {
-            self.bytes -= key.len() + old.value.len() + ENTRY_OVERHEAD;
+    /// Sets `key`'s state; the key is copied only when it is new.
+    fn put(&mut self, key: &[u8], value: Vec<u8>, written_ms: i64) {
+        self.bytes += value.len();
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                self.bytes -= entry.value.len();
+                *entry = Entry { value, written_ms };
+            }
+            None => {
+                self.bytes += key.len() + ENTRY_OVERHEAD;
+                self.entries
+                    .insert(key.to_vec(), Entry { value, written_ms });
+            }
         }
-        self.bytes += add;
     }
 
     fn remove(&mut self, key: &[u8]) {
@@ -316,7 +321,7 @@ impl KeyedState {
         for (group, value) in std::mem::take(&mut ret.updates) {
             let key = &keys[group as usize];
             match value {
-                Some(value) => self.put(key.clone(), value, now),
+                Some(value) => self.put(key, value, now),
                 None => self.remove(key),
             }
         }
@@ -448,20 +453,21 @@ impl KeyedState {
             let watermark = self.watermark(run.spec);
             loop {
                 let (prepared, refused) = self.prepare(run, batch, part, watermark);
-                let Some((input, taken)) = prepared else {
+                let Some((mut input, taken)) = prepared else {
                     run.out.failed.extend(refused);
                     break;
                 };
-                let keys = input.keys.clone();
-                match call(input) {
+                match call(&mut input) {
                     Ok(mut ret) => {
-                        if let Some(cut) = first_missed(&ret.timers, &keys, part, after, key_of) {
+                        if let Some(cut) =
+                            first_missed(&ret.timers, &input.keys, part, after, key_of)
+                        {
                             part = &part[..cut];
                             cut_here = true;
                             continue;
                         }
                         run.out.failed.extend(refused);
-                        self.take(run, &keys, &taken, &mut ret);
+                        self.take(run, &input.keys, &taken, &mut ret);
                     }
                     Err(error) if run.stop => return Err(error),
                     Err(error) if taken.len() == 1 => {
@@ -693,8 +699,8 @@ impl KeyedState {
                 time: *time,
             });
         }
-        let keys = input.keys.clone();
-        let mut ret = call(input)?;
+        let mut ret = call(&mut input)?;
+        let keys = input.keys;
         self.apply(&keys, &mut ret, run.now);
         run.out.timers_fired += due.len() as u64;
         for event in &ret.events {
@@ -825,7 +831,7 @@ pub fn run_plugin(
         }
         Ok(())
     };
-    let mut call = |c| {
+    let mut call = |c: &mut crate::wasm::keyed::KeyedCall| {
         let result = instance.process_keyed(c);
         if let Err(e) = &result
             && e.poisons_instance()
@@ -895,8 +901,10 @@ mod tests {
     /// record (8 bytes LE); each record comes out as `KEY:GAP` (`-` for the
     /// first); an event-time timer at last + IDLE emits `idle:KEY:TIME`. A
     /// record whose value is `poison` fails the call.
-    fn gaps(calls: &mut usize) -> impl FnMut(KeyedCall) -> Result<KeyedReturn, CallError> + '_ {
-        move |call: KeyedCall| {
+    fn gaps(
+        calls: &mut usize,
+    ) -> impl FnMut(&mut KeyedCall) -> Result<KeyedReturn, CallError> + '_ {
+        move |call: &mut KeyedCall| {
             *calls += 1;
             let mut last: Vec<Option<i64>> = call
                 .states
@@ -1114,7 +1122,7 @@ mod tests {
         let mut out = Vec::new();
         {
             let mut plugin = gaps(&mut calls);
-            let mut call = |c: KeyedCall| {
+            let mut call = |c: &mut KeyedCall| {
                 handed += c.events.len();
                 plugin(c)
             };
@@ -1305,7 +1313,7 @@ mod tests {
         let spec = KeyedSpec::default();
         let mut state = KeyedState::default();
         // One call sets a processing-time timer at 5,000 for `a`.
-        let mut set = |call: KeyedCall| -> Result<KeyedReturn, CallError> {
+        let mut set = |call: &mut KeyedCall| -> Result<KeyedReturn, CallError> {
             let mut ret = KeyedReturn::default();
             if call.fired.is_empty() {
                 ret.timers.push(TimerChange::Set(CallTimer {

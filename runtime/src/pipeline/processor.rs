@@ -319,7 +319,7 @@ impl Stage {
     }
 
     /// One `process-keyed` call on the instance (made when there is none).
-    fn call_keyed(&mut self, call: KeyedCall) -> Result<KeyedReturn, CallError> {
+    fn call_keyed(&mut self, call: &mut KeyedCall) -> Result<KeyedReturn, CallError> {
         self.call(|instance| instance.process_keyed(call))
     }
 

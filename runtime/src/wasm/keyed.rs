@@ -254,19 +254,21 @@ fn check_keyed_output(
 
 impl Instance {
     /// Calls `process-keyed` with `call`, under the deadline and the memory
-    /// limit, and checks what comes back.
+    /// limit, and checks what comes back. The call's columns are moved into
+    /// the guest's input; its `keys` are given back (the caller applies the
+    /// returned changes to them), the rest is left empty.
     ///
     /// # Errors
     /// See [`CallError`]; an instance of another world gives
     /// [`CallError::Malformed`].
-    pub fn process_keyed(&mut self, call: KeyedCall) -> Result<KeyedReturn, CallError> {
+    pub fn process_keyed(&mut self, call: &mut KeyedCall) -> Result<KeyedReturn, CallError> {
         let events = call.groups.len() as u32;
         let groups = call.keys.len() as u32;
         let input = types::KeyedInput {
-            keys: call.keys,
-            states: call.states,
-            events: batch_to_wit(call.events),
-            groups: call.groups,
+            keys: std::mem::take(&mut call.keys),
+            states: std::mem::take(&mut call.states),
+            events: batch_to_wit(std::mem::take(&mut call.events)),
+            groups: std::mem::take(&mut call.groups),
             fired: call
                 .fired
                 .iter()
@@ -279,8 +281,9 @@ impl Instance {
             watermark: call.watermark,
             now: call.now,
         };
-        let out = self.keyed_call(|b, s| b.call_process_keyed(s, &input))?;
-        check_keyed_output(events, groups, out)
+        let out = self.keyed_call(|b, s| b.call_process_keyed(s, &input));
+        call.keys = input.keys;
+        check_keyed_output(events, groups, out?)
     }
 
     /// Gives this instance's `tables` import the daemon's tables.
