@@ -428,27 +428,22 @@ pub(crate) fn run<P: KeyedProcessor>(
             )
         })
     };
-    for (event, &group) in events.iter().zip(&groups) {
-        let g = group_of(group)?;
-        let key = keys[g].as_slice();
-        let start = out.events.len();
-        let mut ctx = KeyedContext {
-            key,
-            group,
-            slot: &mut slots[g],
-            timers: &mut timers,
-            failure: &mut failure,
-            watermark,
-            now,
-        };
-        let result = processor.process(&mut ctx, &event, &mut out);
-        if let Some(reason) = failure {
-            return Err(reason);
-        }
-        result?;
-        out.events.fill_keys(start, key);
+    // The events in order, then the fired timers: each with its key's
+    // context; what a handler emits without a key gets that key.
+    enum Work<'b> {
+        Event(crate::Event<'b>),
+        Timer(Timer),
     }
-    for (group, timer) in fired {
+    let work = events
+        .iter()
+        .zip(&groups)
+        .map(|(event, &group)| (group, Work::Event(event)))
+        .chain(
+            fired
+                .into_iter()
+                .map(|(group, timer)| (group, Work::Timer(timer))),
+        );
+    for (group, item) in work {
         let g = group_of(group)?;
         let key = keys[g].as_slice();
         let start = out.events.len();
@@ -461,7 +456,10 @@ pub(crate) fn run<P: KeyedProcessor>(
             watermark,
             now,
         };
-        let result = processor.on_timer(&mut ctx, timer, &mut out);
+        let result = match item {
+            Work::Event(event) => processor.process(&mut ctx, &event, &mut out),
+            Work::Timer(timer) => processor.on_timer(&mut ctx, timer, &mut out),
+        };
         if let Some(reason) = failure {
             return Err(reason);
         }
