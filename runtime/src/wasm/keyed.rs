@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use sluice_plugin_sdk::{Batch, BatchParts};
+use sluice_plugin_sdk::Batch;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::wasm::plugin::{CallError, Instance, StoreState};
@@ -150,36 +150,7 @@ fn timer_from_wit(t: types::Timer) -> CallTimer {
     }
 }
 
-fn batch_to_wit(batch: Batch) -> types::EventBatch {
-    let parts = batch.into_parts();
-    types::EventBatch {
-        values: parts.values,
-        value_ends: parts.value_ends,
-        keys: parts.keys,
-        key_ends: parts.key_ends,
-        timestamps: parts.timestamps,
-        headers: parts
-            .headers
-            .into_iter()
-            .map(|(index, name, value)| types::Header { index, name, value })
-            .collect(),
-    }
-}
-
-fn batch_from_wit(batch: types::EventBatch) -> Result<Batch, String> {
-    Batch::from_parts(BatchParts {
-        values: batch.values,
-        value_ends: batch.value_ends,
-        keys: batch.keys,
-        key_ends: batch.key_ends,
-        timestamps: batch.timestamps,
-        headers: batch
-            .headers
-            .into_iter()
-            .map(|h| (h.index, h.name, h.value))
-            .collect(),
-    })
-}
+crate::wasm::plugin::batch_conversions!();
 
 /// Checks what a keyed processor returned for a call of `events` events and
 /// `groups` keys: the output batch's columns agree, every rejection names an
@@ -193,7 +164,7 @@ fn check_keyed_output(
     groups: u32,
     out: types::KeyedOutput,
 ) -> Result<KeyedReturn, CallError> {
-    let batch = batch_from_wit(out.events).map_err(CallError::Malformed)?;
+    let batch = from_wit(out.events).map_err(CallError::Malformed)?;
     let mut seen = vec![
         false;
         if out.rejected.is_empty() {
@@ -267,7 +238,7 @@ impl Instance {
         let input = types::KeyedInput {
             keys: std::mem::take(&mut call.keys),
             states: std::mem::take(&mut call.states),
-            events: batch_to_wit(std::mem::take(&mut call.events)),
+            events: to_wit(std::mem::take(&mut call.events)),
             groups: std::mem::take(&mut call.groups),
             fired: call
                 .fired

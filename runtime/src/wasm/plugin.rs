@@ -790,42 +790,54 @@ impl Instance {
     }
 }
 
-/// A batch as the WIT record, by moving its columns.
-fn to_wit(batch: Batch) -> types::EventBatch {
-    parts_to_wit(batch.into_parts())
-}
+/// `to_wit`, `parts_to_wit` and `from_wit` between a [`Batch`] and the
+/// `event-batch` record of the generated `types` module in scope: one per
+/// WIT package version (the records are alike, their Rust types are not).
+macro_rules! batch_conversions {
+    () => {
+        /// A batch as the WIT record, by moving its columns.
+        #[allow(dead_code)]
+        fn to_wit(batch: sluice_plugin_sdk::Batch) -> types::EventBatch {
+            parts_to_wit(batch.into_parts())
+        }
 
-/// Columns as the WIT record, by moving them.
-fn parts_to_wit(parts: BatchParts) -> types::EventBatch {
-    types::EventBatch {
-        values: parts.values,
-        value_ends: parts.value_ends,
-        keys: parts.keys,
-        key_ends: parts.key_ends,
-        timestamps: parts.timestamps,
-        headers: parts
-            .headers
-            .into_iter()
-            .map(|(index, name, value)| types::Header { index, name, value })
-            .collect(),
-    }
-}
+        /// Columns as the WIT record, by moving them.
+        fn parts_to_wit(parts: sluice_plugin_sdk::BatchParts) -> types::EventBatch {
+            types::EventBatch {
+                values: parts.values,
+                value_ends: parts.value_ends,
+                keys: parts.keys,
+                key_ends: parts.key_ends,
+                timestamps: parts.timestamps,
+                headers: parts
+                    .headers
+                    .into_iter()
+                    .map(|(index, name, value)| types::Header { index, name, value })
+                    .collect(),
+            }
+        }
 
-/// A WIT batch back as a [`Batch`], by moving its columns, checking they agree.
-fn from_wit(batch: types::EventBatch) -> Result<Batch, String> {
-    Batch::from_parts(BatchParts {
-        values: batch.values,
-        value_ends: batch.value_ends,
-        keys: batch.keys,
-        key_ends: batch.key_ends,
-        timestamps: batch.timestamps,
-        headers: batch
-            .headers
-            .into_iter()
-            .map(|h| (h.index, h.name, h.value))
-            .collect(),
-    })
+        /// A WIT batch back as a [`Batch`], by moving its columns, checking
+        /// they agree.
+        fn from_wit(batch: types::EventBatch) -> Result<sluice_plugin_sdk::Batch, String> {
+            sluice_plugin_sdk::Batch::from_parts(sluice_plugin_sdk::BatchParts {
+                values: batch.values,
+                value_ends: batch.value_ends,
+                keys: batch.keys,
+                key_ends: batch.key_ends,
+                timestamps: batch.timestamps,
+                headers: batch
+                    .headers
+                    .into_iter()
+                    .map(|h| (h.index, h.name, h.value))
+                    .collect(),
+            })
+        }
+    };
 }
+pub(crate) use batch_conversions;
+
+batch_conversions!();
 
 /// Turns a wasmtime error into a [`CallError`], with what the guest wrote to
 /// stderr (a Rust panic message) when it wrote anything.
