@@ -5,7 +5,8 @@
 //! The input's first byte picks the source's settings (format, pointers,
 //! `missing_timestamp`, the CSV options); the rest is the input, cut into
 //! lines as a file source cuts them. With `format = "csv"` and no
-//! `csv.header`, the first line is the header row.
+//! `csv.header`, the first line is the header row. JSON lines are decoded
+//! twice, by the scanner and by serde_json alone: the answers must agree.
 
 #![no_main]
 
@@ -30,6 +31,15 @@ sluice_fuzz::fuzz_target!(|data| {
         }
         if line.is_empty() {
             continue;
+        }
+        // The JSON scanner answers as serde_json does, or leaves it to it.
+        if spec.format == sluice::config::Format::Json {
+            assert_eq!(
+                spec.decoder.decode(line),
+                spec.decoder.decode_serde(line),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
         match decoder.decode(spec, line) {
             Ok(event) => {

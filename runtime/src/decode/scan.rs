@@ -1,0 +1,399 @@
+//! A validating JSON scanner that finds the values at a few JSON pointers
+//! without building anything: the fast path of [`super::extract_into`] and
+//! [`super::Decoder::decode`].
+//!
+//! It checks the grammar of RFC 8259 (§2–§7: values, objects, arrays,
+//! numbers, strings and their escapes, whitespace) over the whole line and
+//! records the byte range of the value each pointer (RFC 6901) names. It
+//! answers only when it is sure the line is JSON: anything it leaves to
+//! serde_json — an escaped member name on a pointer's way, a `\u` escape of a
+//! surrogate, nesting deeper than [`MAX_DEPTH`], a number with an exponent
+//! (it may be out of f64's range, which serde_json refuses) — or any error makes it
+//! answer "unsure" (`false`), and the caller decodes the line with serde_json,
+//! whose verdict (and error message) counts. So a line this scanner accepts
+//! is one serde_json accepts, with the same values found (a property test
+//! and the `decode` fuzz target compare the two).
+//!
+//! The input is UTF-8 already (checked by the caller), so the scanner works
+//! on bytes: inside a string every byte from 0x20 up is allowed (RFC 8259 §7),
+//! outside strings only ASCII forms a token.
+
+use std::ops::Range;
+
+/// Longest number the scanner accepts itself: far below the 309 digits
+/// where an integer leaves f64's range.
+pub const MAX_NUMBER_LEN: usize = 200;
+
+/// Deepest nesting the scanner follows (serde_json stops at 128); deeper lines
+/// go to serde_json.
+pub const MAX_DEPTH: usize = 64;
+
+/// Scans `text` as one JSON value with optional whitespace around it and
+/// stores in `found[i]` the byte range of the value `paths[i]` (a pointer's
+/// unescaped reference tokens) names, `None` where nothing is there. When a
+/// member name occurs twice in an object, a pointer's value is the last one
+/// found, as in [`super::extract_into`]'s serde_json walk.
+///
+/// Returns `false` when the text is not JSON or holds something the scanner
+/// leaves to serde_json (see the module docs); `found` is then meaningless.
+pub fn scan(text: &[u8], paths: &[&[String]], found: &mut [Option<Range<usize>>]) -> bool {
+    debug_assert!(paths.len() <= 32 && found.len() == paths.len());
+    for f in found.iter_mut() {
+        *f = None;
+    }
+    let mut s = Scanner {
+        b: text,
+        i: 0,
+        paths,
+        found,
+    };
+    s.ws();
+    let all = if paths.len() == 32 {
+        u32::MAX
+    } else {
+        (1u32 << paths.len()) - 1
+    };
+    if s.value(all, 0).is_none() {
+        return false;
+    }
+    s.ws();
+    s.i == text.len()
+}
+
+struct Scanner<'a, 'p> {
+    b: &'a [u8],
+    i: usize,
+    paths: &'a [&'p [String]],
+    found: &'a mut [Option<Range<usize>>],
+}
+
+impl Scanner<'_, '_> {
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// One value. `active`: the paths that matched every token up to here
+    /// (`depth` tokens); those with exactly `depth` tokens end at this value.
+    fn value(&mut self, active: u32, depth: usize) -> Option<()> {
+        let (mut ends, mut deeper) = (0u32, 0u32);
+        let mut rest = active;
+        while rest != 0 {
+            let i = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            if self.paths[i].len() == depth {
+                ends |= 1 << i;
+            } else {
+                deeper |= 1 << i;
+            }
+        }
+        let start = self.i;
+        match self.peek()? {
+            b'{' => self.object(deeper, depth)?,
+            b'[' => self.array(deeper, depth)?,
+            b'"' => {
+                self.string()?;
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return None,
+        }
+        let mut rest = ends;
+        while rest != 0 {
+            let i = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            self.found[i] = Some(start..self.i);
+        }
+        Some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?` (RFC 8259 §6).
+    /// serde_json also refuses a number beyond f64's range (`1e400`), even in
+    /// a member it skips: numbers with an exponent, or of more than
+    /// [`MAX_NUMBER_LEN`] characters, are left to it.
+    fn number(&mut self) -> Option<()> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if !self.peek()?.is_ascii_digit() {
+                return None;
+            }
+            self.digits();
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) || self.i - start > MAX_NUMBER_LEN {
+            return None;
+        }
+        Some(())
+    }
+
+    #[inline]
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+    }
+
+    /// A string starting at its quote; returns whether it holds an escape.
+    /// Control characters must be escaped (RFC 8259 §7); a `\u` escape of a
+    /// surrogate is left to serde_json.
+    fn string(&mut self) -> Option<bool> {
+        self.i += 1;
+        let mut escaped = false;
+        loop {
+            // The common case: a run of plain bytes.
+            let run = self.b[self.i..]
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            self.i += run;
+            match self.b[self.i] {
+                b'"' => {
+                    self.i += 1;
+                    return Some(escaped);
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.i += 1;
+                    match self.peek()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                        b'u' => {
+                            let hex = self.b.get(self.i + 1..self.i + 5)?;
+                            let mut code = 0u32;
+                            for &h in hex {
+                                code = code * 16 + (h as char).to_digit(16)?;
+                            }
+                            if (0xD800..=0xDFFF).contains(&code) {
+                                return None;
+                            }
+                            self.i += 5;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None, // an unescaped control character
+            }
+        }
+    }
+
+    fn object(&mut self, deeper: u32, depth: usize) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let name_start = self.i + 1;
+            let escaped = self.string()?;
+            let name = &self.b[name_start..self.i - 1];
+            let mut next = 0u32;
+            if deeper != 0 {
+                if escaped {
+                    return None; // matching an escaped name: serde_json's job
+                }
+                let mut rest = deeper;
+                while rest != 0 {
+                    let i = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    if self.paths[i][depth].as_bytes() == name {
+                        next |= 1 << i;
+                    }
+                }
+            }
+            self.ws();
+            if self.peek()? != b':' {
+                return None;
+            }
+            self.i += 1;
+            self.ws();
+            self.value(next, depth + 1)?;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn array(&mut self, deeper: u32, depth: usize) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(());
+        }
+        let mut index = 0usize;
+        loop {
+            let mut next = 0u32;
+            let mut rest = deeper;
+            while rest != 0 {
+                let i = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                if index_token(&self.paths[i][depth]) == Some(index) {
+                    next |= 1 << i;
+                }
+            }
+            self.value(next, depth + 1)?;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                    index += 1;
+                }
+                b']' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The array index a reference token names: decimal digits without a leading
+/// zero (RFC 6901 §4), else none.
+fn index_token(token: &str) -> Option<usize> {
+    let b = token.as_bytes();
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) || (b.len() > 1 && b[0] == b'0') {
+        return None;
+    }
+    token.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(ps: &[&str]) -> Vec<Vec<String>> {
+        ps.iter()
+            .map(|p| crate::decode::Pointer::parse(p).unwrap().tokens().to_vec())
+            .collect()
+    }
+
+    fn found(text: &str, ps: &[&str]) -> Option<Vec<Option<String>>> {
+        let owned = paths(ps);
+        let refs: Vec<&[String]> = owned.iter().map(Vec::as_slice).collect();
+        let mut out = vec![None; ps.len()];
+        scan(text.as_bytes(), &refs, &mut out).then(|| {
+            out.into_iter()
+                .map(|r| r.map(|r| text[r].to_string()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn finds_values_at_pointers() {
+        let line = r#" {"x":[1,{"y":2}],"a":{"z":null,"b":"UA"},"t":["no", 12.5 ]} "#;
+        assert_eq!(
+            found(line, &["/a/b", "/t/1", "/x/1", "/none", "/a/b/c", ""]).unwrap(),
+            vec![
+                Some(r#""UA""#.into()),
+                Some("12.5".into()),
+                Some(r#"{"y":2}"#.into()),
+                None,
+                None,
+                Some(line.trim().into()),
+            ]
+        );
+        // The last of a repeated name counts; "01" is no index.
+        assert_eq!(
+            found(r#"{"k":1,"k":[true,false]}"#, &["/k", "/k/1", "/k/01"]).unwrap(),
+            vec![Some("[true,false]".into()), Some("false".into()), None]
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_json() {
+        for bad in [
+            "",
+            "  ",
+            "{",
+            r#"{"a":1,}"#,
+            "[1,]",
+            "[01]",
+            "-",
+            "1.",
+            "1e",
+            ".5",
+            "+1",
+            "tru",
+            "nul",
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            "\"a\tb\"",
+            r#""\x""#,
+            r#""\u12G4""#,
+            "{} {}",
+            "[1] x",
+            "'a'",
+            "NaN",
+        ] {
+            assert_eq!(found(bad, &["/a"]), None, "{bad:?}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(bad).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn leaves_surrogates_escaped_names_and_deep_nesting_to_serde() {
+        assert_eq!(found(r#"{"a":"\ud83d\ude00"}"#, &["/a"]), None);
+        assert_eq!(found(r#"{"b":1e5,"a":1}"#, &["/a"]), None);
+        assert_eq!(found(r#"{"\u0061":1}"#, &["/a"]), None);
+        // An escaped name off every pointer's way is fine.
+        assert_eq!(
+            found(r#"{"x":{"\u0062\n":1},"a":2}"#, &["/a"]),
+            Some(vec![Some("2".into())])
+        );
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert_eq!(found(&deep, &["/a"]), None);
+        assert!(serde_json::from_str::<serde_json::Value>(&deep).is_ok());
+    }
+}
