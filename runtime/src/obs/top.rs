@@ -112,8 +112,8 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<20} {:<8} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}  WATERMARK",
-        "PIPELINE", "STATE", "IN", "OUT", "REJECTED", "FAILED", "IN/s", "OUT/s"
+        "{:<20} {:<8} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>6}  WATERMARK",
+        "PIPELINE", "STATE", "IN", "OUT", "REJECTED", "FAILED", "IN/s", "OUT/s", "SKEW"
     );
     for p in &after.pipelines {
         let name = p["pipeline"].as_str().unwrap_or("?");
@@ -124,7 +124,7 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
         let rate_of = |c: &str| old.map_or(0.0, |o| rate(counter(o, c), counter(p, c), elapsed));
         let _ = writeln!(
             out,
-            "{name:<20} {:<8} {:>12} {:>12} {:>10} {:>10} {:>10.1} {:>10.1}  {}",
+            "{name:<20} {:<8} {:>12} {:>12} {:>10} {:>10} {:>10.1} {:>10.1} {:>6}  {}",
             if p["running"] == true {
                 "running"
             } else {
@@ -136,6 +136,11 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
             counter(p, "records_failed"),
             rate_of("records_in"),
             rate_of("records_out"),
+            // The busiest partition's records over the mean (1.00: even);
+            // `-` with one partition or before any record.
+            p["skew"]
+                .as_f64()
+                .map_or_else(|| "-".to_string(), |s| format!("{s:.2}")),
             // Windowed pipelines: the event time the windows have reached.
             p["watermark"].as_str().unwrap_or("-"),
         );
@@ -286,7 +291,8 @@ mod tests {
             ready: true,
             pipelines: vec![serde_json::json!({
                 "pipeline": "p", "running": true, "records_in": records_in,
-                "records_out": records_in / 2, "records_rejected": 1, "records_failed": 0
+                "records_out": records_in / 2, "records_rejected": 1, "records_failed": 0,
+                "skew": 1.25
             })],
             plugins: vec![serde_json::json!({
                 "name": "identity", "version": "sha256:0123456789ab", "since": "2026-01-01T00:00:00Z",
@@ -311,7 +317,9 @@ mod tests {
             .collect();
         assert_eq!(
             row,
-            ["p", "running", "30", "15", "1", "0", "10.0", "5.0", "-"]
+            [
+                "p", "running", "30", "15", "1", "0", "10.0", "5.0", "1.25", "-"
+            ]
         );
         let plugin: Vec<&str> = view
             .lines()
