@@ -72,7 +72,6 @@ fn hot_paths(c: &mut Criterion) {
                     d.key.as_deref().unwrap_or_default(),
                     line.as_bytes(),
                     d.timestamp_ms.unwrap_or(0),
-                    &[],
                     now,
                     |batch| closed += batch.len(),
                 );

@@ -214,6 +214,14 @@ pub struct DecodeConfig {
     /// types and null values (see [`crate::format::csv::CsvOptions`]).
     #[serde(default)]
     pub csv: Option<Spanned<crate::format::csv::CsvOptions>>,
+    /// Threads that decode lines in parallel (JSON validation, key, event
+    /// time, partition) while the source's own thread only reads and cuts
+    /// lines; records reach each partition in input order all the same (see
+    /// [`crate::source::parallel`]). Default: the machine's cores (at most
+    /// 4) for `format = "json"` on `file`, `dir` and `generator` sources, 0
+    /// (the source's thread decodes) elsewhere. JSON only.
+    #[serde(default)]
+    pub decode_threads: Option<Spanned<usize>>,
 }
 
 impl DecodeConfig {
@@ -225,6 +233,7 @@ impl DecodeConfig {
         "timestamp",
         "missing_timestamp",
         "csv",
+        "decode_threads",
     ];
 }
 

@@ -1160,7 +1160,7 @@ mod tests {
         };
         let before = lines(0..7);
         let bytes: u64 = before.iter().map(|r| r.value.len() as u64 + 1).sum();
-        tx.send(Chunk::Records(before)).unwrap();
+        tx.send(Chunk::Records(before.into())).unwrap();
         let mut cp = checkpointer(store.clone(), 1, false, vec![out.handle()]);
         let taken = cp
             .take(BarrierKind::Periodic, position(70), &stats, &mut |b| {
@@ -1170,7 +1170,7 @@ mod tests {
             .expect("a checkpoint");
         assert_eq!(taken.sinks["out"], bytes);
         assert_eq!(stats.batches.load(Ordering::Relaxed), 1);
-        tx.send(Chunk::Records(lines(7..10))).unwrap();
+        tx.send(Chunk::Records(lines(7..10).into())).unwrap();
         drop(tx);
         thread.join().unwrap().unwrap();
         drop(cp);

@@ -10,6 +10,7 @@ use std::fmt;
 
 mod scan;
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use serde::Deserialize;
@@ -71,10 +72,11 @@ pub struct Decoder {
 
 /// A decoded line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
+pub struct Decoded<'a> {
     /// Key bytes, or `None` when the pointer finds nothing or `null`. An empty
-    /// string is a key (it is hashed like any other), as in Kafka.
-    pub key: Option<Vec<u8>>,
+    /// string is a key (it is hashed like any other), as in Kafka. Borrowed
+    /// from the line when it is a JSON string without escapes.
+    pub key: Option<Cow<'a, [u8]>>,
     /// Event time (ms since the Unix epoch), or `None` when the record has none.
     pub timestamp_ms: Option<i64>,
 }
@@ -106,7 +108,7 @@ impl Decoder {
     /// # Errors
     /// A reason for the dead-letter sink: the JSON error with its column, or an
     /// event time that is neither an RFC 3339 string nor a number.
-    pub fn decode(&self, line: &[u8]) -> Result<Decoded, String> {
+    pub fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, String> {
         if let Some(decoded) = self.decode_fast(line) {
             return decoded;
         }
@@ -115,8 +117,8 @@ impl Decoder {
 
     /// [`Decoder::decode`] by the scanner (see `scan`): `None` when the
     /// scanner is unsure (or the line is not JSON) and serde_json decides.
-    /// Allocates only the key.
-    fn decode_fast(&self, line: &[u8]) -> Option<Result<Decoded, String>> {
+    /// Allocates nothing for a key that is a string without escapes.
+    fn decode_fast<'a>(&self, line: &'a [u8]) -> Option<Result<Decoded<'a>, String>> {
         std::str::from_utf8(line).ok()?;
         let (k, t) = (self.key.as_ref(), self.timestamp.as_ref());
         let paths: [&[String]; 2] = [
@@ -132,12 +134,14 @@ impl Decoder {
             None | Some(b"null") => None,
             // A string without escapes is its own bytes.
             Some(text) if text[0] == b'"' && !text.contains(&b'\\') => {
-                Some(text[1..text.len() - 1].to_vec())
+                Some(Cow::Borrowed(&text[1..text.len() - 1]))
             }
-            Some(text) => match serde_json::from_slice::<Value>(text).ok()? {
-                Value::String(s) => Some(s.into_bytes()),
-                other => Some(other.to_string().into_bytes()),
-            },
+            Some(text) => Some(Cow::Owned(
+                match serde_json::from_slice::<Value>(text).ok()? {
+                    Value::String(s) => s.into_bytes(),
+                    other => other.to_string().into_bytes(),
+                },
+            )),
         };
         let timestamp_ms = match time_at.filter(|_| t.is_some()).map(|r| &line[r]) {
             None | Some(b"null") => None,
@@ -159,7 +163,7 @@ impl Decoder {
     /// # Errors
     /// As [`Decoder::decode`].
     #[doc(hidden)]
-    pub fn decode_serde(&self, line: &[u8]) -> Result<Decoded, String> {
+    pub fn decode_serde(&self, line: &[u8]) -> Result<Decoded<'static>, String> {
         let mut paths: Vec<&Pointer> = Vec::with_capacity(2);
         if let Some(k) = &self.key {
             paths.push(k);
@@ -183,7 +187,7 @@ impl Decoder {
     ///
     /// # Errors
     /// An event time that is neither an RFC 3339 string nor a number.
-    pub fn decode_value(&self, value: &Value) -> Result<Decoded, String> {
+    pub fn decode_value(&self, value: &Value) -> Result<Decoded<'static>, String> {
         let at = |p: &Option<Pointer>| {
             p.as_ref()
                 .and_then(|p| p.0.iter().try_fold(value, |v, token| step(v, token)))
@@ -192,11 +196,14 @@ impl Decoder {
         Self::decoded(at(&self.key), at(&self.timestamp))
     }
 
-    fn decoded(key_value: Option<Value>, time_value: Option<Value>) -> Result<Decoded, String> {
+    fn decoded(
+        key_value: Option<Value>,
+        time_value: Option<Value>,
+    ) -> Result<Decoded<'static>, String> {
         let key = match key_value {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.into_bytes()),
-            Some(other) => Some(other.to_string().into_bytes()),
+            Some(Value::String(s)) => Some(Cow::Owned(s.into_bytes())),
+            Some(other) => Some(Cow::Owned(other.to_string().into_bytes())),
         };
         let timestamp_ms = match time_value {
             None | Some(Value::Null) => None,
@@ -649,7 +656,7 @@ mod tests {
         let line = br#"{"a":{"t":5}}"#;
         assert_eq!(d.decode_serde(line).unwrap().timestamp_ms, Some(5));
         assert_eq!(d.decode(line).unwrap().timestamp_ms, Some(5));
-        assert_eq!(d.decode(line).unwrap().key.unwrap(), br#"{"t":5}"#);
+        assert_eq!(d.decode(line).unwrap().key.unwrap().as_ref(), br#"{"t":5}"#);
     }
 
     #[test]
@@ -661,7 +668,7 @@ mod tests {
         assert_eq!(
             d.decode_value(&value).unwrap(),
             Decoded {
-                key: Some(b"x".to_vec()),
+                key: Some(b"x".to_vec().into()),
                 timestamp_ms: Some(1_704_067_200_000)
             }
         );
@@ -691,7 +698,7 @@ mod tests {
         assert_eq!(
             d.decode(br#"{"k":15,"t":1357035420000}"#).unwrap(),
             Decoded {
-                key: Some(b"15".to_vec()),
+                key: Some(b"15".to_vec().into()),
                 timestamp_ms: Some(1_357_035_420_000)
             }
         );
@@ -699,7 +706,7 @@ mod tests {
             d.decode(br#"{"k":{"b":1},"t":"2013-01-01T05:17:00-05:00"}"#)
                 .unwrap(),
             Decoded {
-                key: Some(br#"{"b":1}"#.to_vec()),
+                key: Some(br#"{"b":1}"#.to_vec().into()),
                 timestamp_ms: Some(1_357_035_420_000)
             }
         );
@@ -713,17 +720,29 @@ mod tests {
         // Same pointer for both.
         let same = dec("/t", "/t");
         assert_eq!(same.decode(br#"{"t":"5"}"#).unwrap().timestamp_ms, Some(5));
-        assert_eq!(same.decode(br#"{"t":"5"}"#).unwrap().key.unwrap(), b"5");
+        assert_eq!(
+            same.decode(br#"{"t":"5"}"#).unwrap().key.unwrap().as_ref(),
+            b"5"
+        );
         let key_only = Decoder::new(Some(Pointer::parse("/k").unwrap()), None);
         assert_eq!(
-            key_only.decode(br#"{"k":""}"#).unwrap().key.unwrap(),
+            key_only
+                .decode(br#"{"k":""}"#)
+                .unwrap()
+                .key
+                .unwrap()
+                .as_ref(),
             b"",
             "an empty key is a key"
         );
         // Escaped tokens.
         let esc = dec("/a~1b", "/m~0n");
         assert_eq!(
-            esc.decode(br#"{"a/b":"K","m~n":7}"#).unwrap().key.unwrap(),
+            esc.decode(br#"{"a/b":"K","m~n":7}"#)
+                .unwrap()
+                .key
+                .unwrap()
+                .as_ref(),
             b"K"
         );
     }

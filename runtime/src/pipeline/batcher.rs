@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_plugin_sdk::Batch;
+use sluice_plugin_sdk::{Batch, Event};
 
 /// When a batch closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl Batcher {
         };
     }
 
-    /// Adds a record (with its headers, as (name, value) pairs); calls `emit`
+    /// Adds a record without headers (an empty key: none); calls `emit`
     /// with each batch this closes (zero, one or two: the open batch when this
     /// record does not fit in it, and a batch made full by this record).
     pub fn push(
@@ -64,21 +64,35 @@ impl Batcher {
         key: &[u8],
         value: &[u8],
         timestamp_ms: i64,
-        headers: &[(String, Vec<u8>)],
         now: Instant,
         mut emit: impl FnMut(Batch),
     ) {
-        let size = key.len() + value.len();
+        self.make_room(key.len() + value.len(), now, &mut emit);
+        self.batch.push(Some(key), value, timestamp_ms);
+        self.close_if_full(emit);
+    }
+
+    /// Adds a copy of `event` (key, value, event time and headers), as
+    /// [`Batcher::push`] does.
+    pub fn push_event(&mut self, event: &Event<'_>, now: Instant, mut emit: impl FnMut(Batch)) {
+        let size = event.key().map_or(0, <[u8]>::len) + event.value().len();
+        self.make_room(size, now, &mut emit);
+        self.batch.push_event(event);
+        self.close_if_full(emit);
+    }
+
+    /// Closes the open batch when a record of `size` bytes would push it
+    /// past `max_bytes`; opens one if none is.
+    fn make_room(&mut self, size: usize, now: Instant, emit: &mut impl FnMut(Batch)) {
         if !self.batch.is_empty() && self.batch.byte_size() + size > self.limits.max_bytes {
             emit(self.take());
         }
         if self.batch.is_empty() {
             self.opened = Some(now);
         }
-        self.batch.push(Some(key), value, timestamp_ms);
-        for (name, value) in headers {
-            self.batch.push_header(name, value);
-        }
+    }
+
+    fn close_if_full(&mut self, mut emit: impl FnMut(Batch)) {
         if self.batch.len() >= self.limits.max_records
             || self.batch.byte_size() >= self.limits.max_bytes
         {
@@ -125,8 +139,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Batcher::new(limits(10, 1000));
         assert_eq!(b.deadline(), None);
-        b.push(b"k", b"v", 0, &[], t0, |_| panic!("not full"));
-        b.push(b"k", b"v", 0, &[], t0 + Duration::from_millis(50), |_| {
+        b.push(b"k", b"v", 0, t0, |_| panic!("not full"));
+        b.push(b"k", b"v", 0, t0 + Duration::from_millis(50), |_| {
             panic!("not full")
         });
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
@@ -139,8 +153,8 @@ mod tests {
         let mut b = Batcher::new(limits(10, 8));
         let mut out = Vec::new();
         let now = Instant::now();
-        b.push(b"", b"abc", 0, &[], now, |x| out.push(x));
-        b.push(b"", b"0123456789", 1, &[], now, |x| out.push(x));
+        b.push(b"", b"abc", 0, now, |x| out.push(x));
+        b.push(b"", b"0123456789", 1, now, |x| out.push(x));
         let lens: Vec<usize> = out.iter().map(Batch::len).collect();
         assert_eq!(lens, vec![1, 1]);
         assert!(b.is_empty());
@@ -160,7 +174,7 @@ mod tests {
             let now = Instant::now();
             for (i, size) in sizes.iter().enumerate() {
                 let value = vec![b'x'; *size];
-                b.push(&(i as u32).to_le_bytes(), &value, i as i64, &[], now, |x| batches.push(x));
+                b.push(&(i as u32).to_le_bytes(), &value, i as i64, now, |x| batches.push(x));
             }
             batches.push(b.take());
             let mut seen = Vec::new();

@@ -201,27 +201,20 @@ impl Worker {
                 }
                 Ok(Chunk::Records(chunk)) => {
                     let now = Instant::now();
-                    let mut chunk = chunk.into_iter();
-                    while let Some(record) = chunk.next() {
-                        if record.task != self.task && !batcher.is_empty() {
+                    for i in 0..chunk.len() {
+                        let (event, task) = chunk.get(i).expect("i < len");
+                        if task != self.task && !batcher.is_empty() {
                             closed.push(batcher.take());
                         }
-                        let mut pending = Some(record);
+                        let mut pending = Some(event);
                         loop {
                             // A batch closed before this record's task began is
                             // still the previous task's: it runs first.
                             if closed.is_empty()
-                                && let Some(record) = pending.take()
+                                && let Some(event) = pending.take()
                             {
-                                self.task = record.task;
-                                batcher.push(
-                                    &record.key,
-                                    &record.value,
-                                    record.timestamp_ms,
-                                    &record.headers,
-                                    now,
-                                    |b| closed.push(b),
-                                );
+                                self.task = task;
+                                batcher.push_event(&event, now, |b| closed.push(b));
                             }
                             if closed.is_empty() {
                                 break;
@@ -232,7 +225,7 @@ impl Worker {
                                 // not yet batched and the rest of the chunk are
                                 // not processed.
                                 let rest = closed.iter().map(Batch::len).sum::<usize>()
-                                    + chunk.len()
+                                    + (chunk.len() - i - 1)
                                     + usize::from(pending.is_some());
                                 self.stats.failed.fetch_add(
                                     (failed.unaccounted + rest) as u64,
@@ -957,8 +950,8 @@ mod tests {
         let input = records(0..10, &[]);
         worker
             .run(feed(vec![
-                Chunk::Records(input[..4].to_vec()),
-                Chunk::Records(input[4..].to_vec()),
+                Chunk::Records(input[..4].to_vec().into()),
+                Chunk::Records(input[4..].to_vec().into()),
             ]))
             .unwrap();
         assert_eq!(out.finish(), values(&input));
@@ -977,7 +970,7 @@ mod tests {
         let (tx, rx) = flume::unbounded();
         let thread = std::thread::spawn(move || worker.run(rx));
         let before = records(0..5, &[]);
-        tx.send(Chunk::Records(before.clone())).unwrap();
+        tx.send(Chunk::Records(before.clone().into())).unwrap();
         let (ack_tx, ack_rx) = flume::unbounded();
         tx.send(Chunk::Barrier(Barrier {
             id: 1,
@@ -1000,7 +993,7 @@ mod tests {
         assert_eq!(count(&stats.batches), 1);
 
         let after = records(5..8, &[]);
-        tx.send(Chunk::Records(after.clone())).unwrap();
+        tx.send(Chunk::Records(after.clone().into())).unwrap();
         drop(tx);
         thread.join().unwrap().unwrap();
         assert_eq!(out.finish(), values(&[before, after].concat()));
@@ -1016,7 +1009,7 @@ mod tests {
         let (tx, rx) = flume::unbounded();
         let thread = std::thread::spawn(move || worker.run(rx));
         let before = records(0..5, &[]);
-        tx.send(Chunk::Records(before.clone())).unwrap();
+        tx.send(Chunk::Records(before.clone().into())).unwrap();
         let (done_tx, done_rx) = flume::unbounded();
         tx.send(Chunk::Deliver(done_tx)).unwrap();
         done_rx
@@ -1028,7 +1021,7 @@ mod tests {
         assert_eq!(count(&stats.batches), 1);
 
         let after = records(5..8, &[]);
-        tx.send(Chunk::Records(after.clone())).unwrap();
+        tx.send(Chunk::Records(after.clone().into())).unwrap();
         drop(tx);
         thread.join().unwrap().unwrap();
         assert_eq!(out.finish(), values(&[before, after].concat()));
@@ -1065,9 +1058,9 @@ mod tests {
         let after = records(4..6, &[]);
         worker
             .run(feed(vec![
-                Chunk::Records(before.clone()),
+                Chunk::Records(before.clone().into()),
                 Chunk::Barrier(barrier),
-                Chunk::Records(after.clone()),
+                Chunk::Records(after.clone().into()),
             ]))
             .unwrap();
         let msgs: Vec<WindowMsg> = window_rx.drain().collect();
@@ -1124,8 +1117,8 @@ mod tests {
             .collect();
         worker
             .run(feed(vec![
-                Chunk::Records(input[..2].to_vec()),
-                Chunk::Records(input[2..].to_vec()),
+                Chunk::Records(input[..2].to_vec().into()),
+                Chunk::Records(input[2..].to_vec().into()),
             ]))
             .unwrap();
         let batches: Vec<(Option<u32>, Vec<String>)> = window_rx
@@ -1160,7 +1153,7 @@ mod tests {
         let bad = [2, 13, 14];
         let input = records(0..20, &bad);
         worker
-            .run(feed(vec![Chunk::Records(input.clone())]))
+            .run(feed(vec![Chunk::Records(input.clone().into())]))
             .unwrap();
         let good: Vec<String> = (0..20)
             .filter(|i| !bad.contains(i))
@@ -1206,7 +1199,7 @@ mod tests {
         );
         let bad = [0, 9];
         worker
-            .run(feed(vec![Chunk::Records(records(0..12, &bad))]))
+            .run(feed(vec![Chunk::Records(records(0..12, &bad).into())]))
             .unwrap();
         let good: Vec<String> = (0..12)
             .filter(|i| !bad.contains(i))
@@ -1227,8 +1220,8 @@ mod tests {
         let input = records(0..20, &[7]);
         let error = worker
             .run(feed(vec![
-                Chunk::Records(input[..12].to_vec()),
-                Chunk::Records(input[12..].to_vec()),
+                Chunk::Records(input[..12].to_vec().into()),
+                Chunk::Records(input[12..].to_vec().into()),
             ]))
             .unwrap_err();
         assert!(
@@ -1258,7 +1251,9 @@ mod tests {
             .enumerate()
             .map(|(i, v)| record(i, v))
             .collect();
-        worker.run(feed(vec![Chunk::Records(input)])).unwrap();
+        worker
+            .run(feed(vec![Chunk::Records(input.into())]))
+            .unwrap();
         assert_eq!(out.finish(), ["a", "b", "c", "d"]);
         let dead: Vec<Value> = dlq.finish().iter().map(|l| json(l)).collect();
         let originals: Vec<&str> = dead
@@ -1279,7 +1274,9 @@ mod tests {
         let dlq = FileSink::start("dlq");
         let (worker, stats) = worker(identity(), 10, vec![out.handle()], Some(dlq.handle()), None);
         let input = vec![record(0, "a"), record(1, "b\nc"), record(2, "d")];
-        worker.run(feed(vec![Chunk::Records(input)])).unwrap();
+        worker
+            .run(feed(vec![Chunk::Records(input.into())]))
+            .unwrap();
         assert_eq!(out.finish(), ["a", "d"]);
         let dead = dlq.finish();
         assert_eq!(dead.len(), 1);
@@ -1298,7 +1295,7 @@ mod tests {
         let chain = worker.chain.clone();
         let (tx, rx) = flume::unbounded();
         let thread = std::thread::spawn(move || worker.run(rx));
-        tx.send(Chunk::Records(vec![record(0, "a"), record(1, "b")]))
+        tx.send(Chunk::Records(vec![record(0, "a"), record(1, "b")].into()))
             .unwrap();
         let (ack, acks) = flume::unbounded();
         tx.send(Chunk::Barrier(Barrier {
@@ -1318,7 +1315,7 @@ mod tests {
                 BreakerConfig::default(),
             ))],
         }));
-        tx.send(Chunk::Records(vec![record(2, "c"), record(3, "d")]))
+        tx.send(Chunk::Records(vec![record(2, "c"), record(3, "d")].into()))
             .unwrap();
         drop(tx);
         thread.join().unwrap().unwrap();
@@ -1362,7 +1359,9 @@ mod tests {
             record(2, r#"{"v":"x"}"#),
             record(3, r#"{"v":2.5}"#),
         ];
-        worker.run(feed(vec![Chunk::Records(input)])).unwrap();
+        worker
+            .run(feed(vec![Chunk::Records(input.into())]))
+            .unwrap();
         let dead: Vec<Value> = dlq.finish().iter().map(|l| json(l)).collect();
         let originals: Vec<&str> = dead
             .iter()
@@ -1412,7 +1411,7 @@ mod tests {
                     let chunk = records(next..next + n, &[]);
                     next += n;
                     all.extend(values(&chunk));
-                    Chunk::Records(chunk)
+                    Chunk::Records(chunk.into())
                 })
                 .collect();
             worker.run(feed(msgs)).unwrap();

@@ -44,6 +44,10 @@ pub struct DirSource {
 }
 
 impl super::Source for DirSource {
+    fn parallel_decode(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         match &self.pattern {
             Some(p) => self.dir.join(p).display().to_string(),

@@ -187,6 +187,10 @@ impl std::fmt::Debug for FileSource {
 }
 
 impl super::Source for FileSource {
+    fn parallel_decode(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

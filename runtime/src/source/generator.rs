@@ -353,6 +353,10 @@ fn push_int(buf: &mut Vec<u8>, negative: bool, magnitude: u64) {
 }
 
 impl super::Source for GeneratorSource {
+    fn parallel_decode(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         "generator".into()
     }

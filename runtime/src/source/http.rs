@@ -636,13 +636,7 @@ fn decode_body(spec: &SourceSpec, body: &[u8]) -> Result<Decoded, String> {
             continue;
         }
         match decoder.decode(spec, line) {
-            Ok(event) => out.records.push(Record {
-                key: event.key.unwrap_or_default(),
-                value: event.value.unwrap_or_else(|| line.to_vec()),
-                timestamp_ms: event.timestamp_ms.unwrap_or_else(super::now_ms),
-                headers: Vec::new(),
-                task: None,
-            }),
+            Ok(event) => out.records.push(event.into_record(line)),
             Err(reason) => out.rejected.push((reason, line.to_vec())),
         }
     }
@@ -681,7 +675,7 @@ impl Shared {
             return Err(Refused::Full);
         }
         for (share, tx) in shares.into_iter().zip(&queues.senders) {
-            if !share.is_empty() && tx.try_send(Chunk::Records(share)).is_err() {
+            if !share.is_empty() && tx.try_send(Chunk::Records(share.into())).is_err() {
                 // Not full (it had room, and only we send): disconnected.
                 return Err(Refused::Stopped("the pipeline has stopped".into()));
             }

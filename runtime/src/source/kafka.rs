@@ -678,7 +678,7 @@ impl Side {
             .timestamp_ms
             .filter(|_| self.spec.decoder.has_timestamp());
         if !self.spec.decoder.has_key() {
-            key = message.key().map(<[u8]>::to_vec);
+            key = message.key().map(std::borrow::Cow::Borrowed);
         }
         if !self.spec.decoder.has_timestamp() {
             timestamp_ms = kafka_time;
@@ -691,7 +691,7 @@ impl Side {
         };
         let headers = crate::kafka::headers_of(message);
         let record = Record {
-            key: key.unwrap_or_default(),
+            key: key.map(std::borrow::Cow::into_owned).unwrap_or_default(),
             value: event.value.unwrap_or_else(|| value.to_vec()),
             timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
             headers,

@@ -31,7 +31,10 @@
 //! slow worker or sink slows the source down (backpressure). A line that cannot
 //! be decoded goes to the dead-letter sink; empty lines are skipped.
 
+pub mod parallel;
+mod records;
 pub mod router;
+pub use records::Records;
 
 use std::fmt;
 use std::io::{self, Read};
@@ -211,6 +214,12 @@ pub trait Source: fmt::Debug + Send + Sync + 'static {
     fn stamps_event_time(&self) -> bool {
         false
     }
+    /// Whether it reads one big input on one thread, so that decoding its
+    /// lines on more threads pays (file, dir, generator): the default of
+    /// `decode_threads` (see [`parallel`]).
+    fn parallel_decode(&self) -> bool {
+        false
+    }
     /// Runs until the input ends, `cx.stop()` turns true or a worker is gone.
     ///
     /// # Errors
@@ -262,7 +271,9 @@ pub const CHUNK_RECORDS: usize = 256;
 /// shutdown and new data.
 pub(crate) const POLL: Duration = Duration::from_millis(100);
 
-/// One decoded record on its way to a partition worker.
+/// One decoded record on its way to a partition worker, owned: what a source
+/// that keeps records one by one (Kafka, HTTP, UDP) builds; a chunk packs them
+/// ([`Records`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Key bytes; empty when the record has none.
@@ -282,8 +293,8 @@ pub struct Record {
 /// after the last record before the checkpoint, or a request to deliver.
 #[derive(Debug)]
 pub enum Chunk {
-    /// Records, in order.
-    Records(Vec<Record>),
+    /// Records, in order, packed.
+    Records(Records),
     /// Process what came before, then pass the barrier on.
     Barrier(Barrier),
     /// Process what came before, hand the output to the sinks, have every
@@ -328,6 +339,9 @@ pub struct SourceSpec {
     pub missing_timestamp: crate::config::MissingTimestamp,
     /// With `format = "csv"`: how rows are split and typed.
     pub csv: Option<Arc<CsvFormat>>,
+    /// Decoder threads beside the source's own (0: it decodes itself); see
+    /// [`parallel`].
+    pub decode_threads: usize,
 }
 
 impl SourceSpec {
@@ -404,6 +418,19 @@ impl SourceSpec {
             }
             _ => None,
         };
+        let decode_threads = match &d.decode_threads {
+            Some(n) if d.format != Format::Json && *n.get_ref() > 0 => {
+                return Err(config.error(n.span(), "`decode_threads` is for format = \"json\""));
+            }
+            Some(n) if *n.get_ref() > 64 => {
+                return Err(config.error(n.span(), "`decode_threads` is at most 64"));
+            }
+            Some(n) => *n.get_ref(),
+            None if d.format == Format::Json && built.source.parallel_decode() => {
+                parallel::auto_threads()
+            }
+            None => 0,
+        };
         let spec = SourceSpec {
             name: name.to_string(),
             input: built.source,
@@ -412,6 +439,7 @@ impl SourceSpec {
             max_line_bytes: usize::try_from(d.max_line_bytes).unwrap_or(usize::MAX),
             missing_timestamp,
             csv,
+            decode_threads,
         };
         Ok((spec, built.claims))
     }
@@ -448,6 +476,13 @@ pub trait Lines: Send {
     /// Whether the next line would need a read from the input (a system call,
     /// perhaps a wait): the moment to hand pending records to the workers.
     fn drained(&self) -> bool;
+    /// Whether reading on when [`Lines::drained`] may wait for the input
+    /// (a pipe or socket polled for up to [`POLL`]): then lines being
+    /// decoded in parallel are forwarded first, not after the wait. A file
+    /// answers at once (`Idle` at its end).
+    fn waits_when_drained(&self) -> bool {
+        false
+    }
     /// A partial line still waiting for its newline (a followed file).
     fn unterminated(&self) -> Option<&[u8]> {
         None
@@ -491,9 +526,10 @@ pub trait Lines: Send {
 
 /// A line's record parts, decoded by the source's format.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// The key at the `key` pointer, if set and found.
-    pub key: Option<Vec<u8>>,
+pub struct Event<'a> {
+    /// The key at the `key` pointer, if set and found (borrowed from the
+    /// line when it is a JSON string without escapes).
+    pub key: Option<std::borrow::Cow<'a, [u8]>>,
     /// The event time at the `timestamp` pointer (ms since the Unix epoch),
     /// if set and found.
     pub timestamp_ms: Option<i64>,
@@ -567,7 +603,7 @@ impl LineDecoder {
     /// The reason for the dead-letter sink: invalid JSON, a CSV row that
     /// does not fit its header or types, a line that is not syslog, a bad
     /// event time, or (`missing_timestamp = "dead-letter"`) none.
-    pub fn decode(&self, spec: &SourceSpec, line: &[u8]) -> Result<Event, String> {
+    pub fn decode<'a>(&self, spec: &SourceSpec, line: &'a [u8]) -> Result<Event<'a>, String> {
         let (decoded, value) = match spec.format {
             Format::Text => {
                 return Ok(Event {
@@ -638,9 +674,9 @@ pub(crate) fn strip_eol(buf: &mut Vec<u8>) {
     }
 }
 
-/// Records waiting to be sent, per partition.
+/// Records waiting to be sent, per partition, packed as they arrive.
 pub struct Outbox {
-    pending: Vec<Vec<Record>>,
+    pending: Vec<Records>,
     senders: Vec<flume::Sender<Chunk>>,
     stats: Arc<Stats>,
 }
@@ -653,9 +689,7 @@ impl Outbox {
     /// An empty outbox for these partition channels.
     pub fn new(senders: Vec<flume::Sender<Chunk>>, stats: Arc<Stats>) -> Self {
         Outbox {
-            pending: (0..senders.len())
-                .map(|_| Vec::with_capacity(CHUNK_RECORDS))
-                .collect(),
+            pending: (0..senders.len()).map(|_| Records::default()).collect(),
             senders,
             stats,
         }
@@ -667,11 +701,53 @@ impl Outbox {
     /// # Errors
     /// The worker is gone.
     pub fn push(&mut self, partition: usize, record: Record) -> Result<(), WorkerGone> {
-        self.pending[partition].push(record);
+        self.pending[partition].push_record(&record);
+        self.flush_full(partition)
+    }
+
+    /// Queues a record without headers or task for `partition`, copying
+    /// `key` (empty: none) and `value` into the chunk: no allocation per
+    /// record. Sends a full chunk as [`Outbox::push`] does.
+    ///
+    /// # Errors
+    /// The worker is gone.
+    pub fn push_parts(
+        &mut self,
+        partition: usize,
+        key: &[u8],
+        value: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<(), WorkerGone> {
+        self.pending[partition].push(key, value, timestamp_ms);
+        self.flush_full(partition)
+    }
+
+    fn flush_full(&mut self, partition: usize) -> Result<(), WorkerGone> {
         if self.pending[partition].len() >= CHUNK_RECORDS {
             self.flush(partition)?;
         }
         Ok(())
+    }
+
+    /// Sends `records` to `partition` as one chunk, after what is pending
+    /// there (blocking while the worker's channel is full).
+    ///
+    /// # Errors
+    /// The worker is gone.
+    pub fn send_records(&mut self, partition: usize, records: Records) -> Result<(), WorkerGone> {
+        self.flush(partition)?;
+        let n = records.len() as u64;
+        self.senders[partition]
+            .send(Chunk::Records(records))
+            .map_err(|_| {
+                self.stats.failed.fetch_add(n, Ordering::Relaxed);
+                WorkerGone
+            })
+    }
+
+    /// An empty chunk for `partition`, sized like the one it follows.
+    fn fresh(&self, partition: usize) -> Records {
+        Records::with_capacity(CHUNK_RECORDS, self.pending[partition].values_len())
     }
 
     /// Sends `partition`'s pending records.
@@ -682,10 +758,8 @@ impl Outbox {
         if self.pending[partition].is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(
-            &mut self.pending[partition],
-            Vec::with_capacity(CHUNK_RECORDS),
-        );
+        let fresh = self.fresh(partition);
+        let chunk = std::mem::replace(&mut self.pending[partition], fresh);
         // Blocks while the worker's channel is full: backpressure.
         self.senders[partition]
             .send(Chunk::Records(chunk))
@@ -713,7 +787,7 @@ impl Outbox {
         if self.pending[partition].len() >= CHUNK_RECORDS && !self.try_flush(partition)? {
             return Ok(Some(record));
         }
-        self.pending[partition].push(record);
+        self.pending[partition].push_record(&record);
         if self.pending[partition].len() >= CHUNK_RECORDS {
             self.try_flush(partition)?;
         }
@@ -729,12 +803,10 @@ impl Outbox {
         if self.pending[partition].is_empty() {
             return Ok(true);
         }
-        let chunk = std::mem::take(&mut self.pending[partition]);
+        let fresh = self.fresh(partition);
+        let chunk = std::mem::replace(&mut self.pending[partition], fresh);
         match self.senders[partition].try_send(Chunk::Records(chunk)) {
-            Ok(()) => {
-                self.pending[partition] = Vec::with_capacity(CHUNK_RECORDS);
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(flume::TrySendError::Full(Chunk::Records(chunk))) => {
                 self.pending[partition] = chunk;
                 Ok(false)
@@ -918,17 +990,41 @@ fn read_loop(
     let header_row = LineDecoder::header_row(spec);
     let mut until_check = CHECKPOINT_CHECK_LINES;
     let mut ended = Ended::Stopped;
+    let mut pool = match spec.decode_threads {
+        0 => None,
+        n => Some(parallel::DecodePool::start(spec, router, n)?),
+    };
+    // Every line read so far forwarded (to the workers or the dead-letter
+    // sink): before a checkpoint, a line dead-lettered here, an idle input.
+    macro_rules! drain {
+        () => {
+            if let Some(pool) = pool.as_mut()
+                && pool.drain(outbox, dead_letter, stats)?.is_err()
+            {
+                ended = Ended::WorkerGone;
+                break;
+            }
+        };
+    }
     // On stop, lines already taken from an input that cannot give them back are
     // still processed.
     while !stop() || lines.holds_taken_lines() {
-        if lines.drained() && outbox.flush_all().is_err() {
-            ended = Ended::WorkerGone;
-            break;
+        if lines.drained() {
+            if lines.waits_when_drained() {
+                drain!();
+            }
+            if outbox.flush_all().is_err() {
+                ended = Ended::WorkerGone;
+                break;
+            }
         }
         if let Some(cp) = checkpointer.as_deref_mut() {
             until_check -= 1;
             if until_check == 0 {
                 until_check = CHECKPOINT_CHECK_LINES;
+                if cp.due(stats) {
+                    drain!();
+                }
                 checkpoint_if_due(cp, lines, outbox, stats)?;
             }
         }
@@ -941,6 +1037,7 @@ fn read_loop(
                 break;
             }
             Read1::Idle => {
+                drain!();
                 if outbox.flush_all().is_err() {
                     ended = Ended::WorkerGone;
                     break;
@@ -954,6 +1051,7 @@ fn read_loop(
             Read1::Pending => continue,
             Read1::Line => {}
             Read1::TooLong(len) => {
+                drain!();
                 stats.records_in.fetch_add(1, Ordering::Relaxed);
                 let reason = format!(
                     "line of {len} bytes is longer than max_line_bytes ({}); `original` holds its first {} bytes",
@@ -967,6 +1065,7 @@ fn read_loop(
                 continue;
             }
             Read1::Reject(reason) => {
+                drain!();
                 stats.records_in.fetch_add(1, Ordering::Relaxed);
                 reject_line(dead_letter, stats, &reason, &buf)?;
                 continue;
@@ -991,15 +1090,34 @@ fn read_loop(
                 }
             }
         }
-        let Some((partition, record)) =
+        if let Some(pool) = pool.as_mut() {
+            if pool.push_line(&buf, outbox, dead_letter, stats)?.is_err() {
+                ended = Ended::WorkerGone;
+                break;
+            }
+            continue;
+        }
+        let Some((partition, event)) =
             route_line(spec, &decoder, router, &buf, dead_letter, stats)?
         else {
             continue;
         };
-        if outbox.push(partition, record).is_err() {
+        let pushed = outbox.push_parts(
+            partition,
+            event.key.as_deref().unwrap_or_default(),
+            event.value.as_deref().unwrap_or(&buf),
+            event.timestamp_ms.unwrap_or_else(now_ms),
+        );
+        if pushed.is_err() {
             ended = Ended::WorkerGone;
             break; // the pipeline stopped on an error: stop reading
         }
+    }
+    if let Some(pool) = pool.as_mut()
+        && ended != Ended::WorkerGone
+        && pool.drain(outbox, dead_letter, stats)?.is_err()
+    {
+        ended = Ended::WorkerGone;
     }
     lines.release();
     if let Some(partial) = lines.unterminated() {
@@ -1024,14 +1142,14 @@ fn read_loop(
 ///
 /// # Errors
 /// The dead-letter sink stopped.
-pub(crate) fn route_line(
+pub(crate) fn route_line<'l>(
     spec: &SourceSpec,
     decoder: &LineDecoder,
     router: &mut Router,
-    line: &[u8],
+    line: &'l [u8],
     dead_letter: &DeadLetter,
     stats: &Stats,
-) -> anyhow::Result<Option<(usize, Record)>> {
+) -> anyhow::Result<Option<(usize, Event<'l>)>> {
     if is_blank(spec, line) {
         return Ok(None);
     }
@@ -1044,15 +1162,24 @@ pub(crate) fn route_line(
         }
     };
     let partition = router.route(event.key.as_deref());
-    let record = Record {
-        key: event.key.unwrap_or_default(),
-        // exact-size copy; the reader's buffer keeps its capacity
-        value: event.value.unwrap_or_else(|| line.to_vec()),
-        timestamp_ms: event.timestamp_ms.unwrap_or_else(now_ms),
-        headers: Vec::new(),
-        task: None,
-    };
-    Ok(Some((partition, record)))
+    Ok(Some((partition, event)))
+}
+
+impl Event<'_> {
+    /// The record of `line` decoded as `self`: an event time stamped now
+    /// when it has none (a copy of the line unless the format made a value).
+    pub fn into_record(self, line: &[u8]) -> Record {
+        Record {
+            key: self
+                .key
+                .map(std::borrow::Cow::into_owned)
+                .unwrap_or_default(),
+            value: self.value.unwrap_or_else(|| line.to_vec()),
+            timestamp_ms: self.timestamp_ms.unwrap_or_else(now_ms),
+            headers: Vec::new(),
+            task: None,
+        }
+    }
 }
 
 /// Blank lines are not records: empty ones always, whitespace-only ones in

@@ -88,6 +88,17 @@ impl Router {
             Some(key) => ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions,
         }
     }
+
+    /// As [`Router::route`], but what goes round-robin (keyless records;
+    /// every record when balanced) goes by `seq`, the record's place in the
+    /// input, instead of the router's own counter: for decoder threads that
+    /// each route a part of the input ([`super::parallel`]).
+    pub fn route_at(&self, key: Option<&[u8]>, seq: u64) -> usize {
+        match key {
+            Some(key) if !self.balance => ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions,
+            _ => (seq % self.partitions as u64) as usize,
+        }
+    }
 }
 
 #[cfg(test)]

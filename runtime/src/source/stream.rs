@@ -187,6 +187,10 @@ impl<R: Read + AsFd + Send> Lines for StreamLines<R> {
         !self.buf[self.start..].contains(&b'\n')
     }
 
+    fn waits_when_drained(&self) -> bool {
+        true
+    }
+
     fn line_is_first(&self) -> bool {
         self.given == 1
     }

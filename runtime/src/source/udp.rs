@@ -184,12 +184,12 @@ fn receive(socket: &UdpSocket, cx: super::SourceContext<'_>) -> anyhow::Result<(
         if let Some(line) = datagram.strip_suffix(b"\n") {
             datagram = line.strip_suffix(b"\r").unwrap_or(line);
         }
-        let Some((partition, record)) =
+        let Some((partition, event)) =
             super::route_line(spec, &decoder, &mut router, datagram, &dead_letter, &stats)?
         else {
             continue;
         };
-        match outbox.offer(partition, record) {
+        match outbox.offer(partition, event.into_record(datagram)) {
             Ok(None) => {}
             Ok(Some(_dropped)) => drops.drop_one(&spec.name, &stats),
             Err(super::WorkerGone) => return Ok(()),

@@ -1,0 +1,142 @@
+//! A chunk of records on its way from a source to a partition worker, in the
+//! packed form a plugin receives ([`Batch`]: one buffer of values, one of
+//! keys, offsets, event times, headers), so that a source adds a record
+//! with two copies into buffers it reuses and no allocation of its own, and
+//! a worker moves it into its batch without a per-record allocation either.
+
+use sluice_plugin_sdk::{Batch, Event};
+
+use super::Record;
+
+/// Records in order, packed. An empty key means "no key", as in
+/// [`Record::key`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    events: Batch,
+    /// Each record's window task (Kafka sources, see [`Record::task`]);
+    /// empty while no record has one.
+    tasks: Vec<Option<u32>>,
+}
+
+impl Records {
+    /// An empty chunk with room for `records` records and `bytes` bytes of
+    /// values.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Records {
+            events: Batch::with_capacity(records, bytes),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Appends a record without headers or task: a copy of `key` and
+    /// `value` into the chunk's buffers.
+    pub fn push(&mut self, key: &[u8], value: &[u8], timestamp_ms: i64) {
+        self.events.push(Some(key), value, timestamp_ms);
+        if !self.tasks.is_empty() {
+            self.tasks.push(None);
+        }
+    }
+
+    /// Appends `record` with its headers and task.
+    pub fn push_record(&mut self, record: &Record) {
+        self.events
+            .push(Some(&record.key), &record.value, record.timestamp_ms);
+        for (name, value) in &record.headers {
+            self.events.push_header(name, value);
+        }
+        if record.task.is_some() || !self.tasks.is_empty() {
+            // The records before the first with a task have none.
+            self.tasks.resize(self.events.len() - 1, None);
+            self.tasks.push(record.task);
+        }
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Bytes of all values.
+    pub fn values_len(&self) -> usize {
+        self.events.values_len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Record `index`: its key, value, event time and headers, and its task.
+    pub fn get(&self, index: usize) -> Option<(Event<'_>, Option<u32>)> {
+        let event = self.events.get(index)?;
+        Some((event, self.tasks.get(index).copied().flatten()))
+    }
+
+    /// The records as owned [`Record`]s (copies; for tests and the rare
+    /// caller that keeps single records).
+    pub fn to_records(&self) -> Vec<Record> {
+        (0..self.len())
+            .filter_map(|i| self.get(i))
+            .map(|(event, task)| Record {
+                key: event.key().unwrap_or_default().to_vec(),
+                value: event.value().to_vec(),
+                timestamp_ms: event.timestamp_ms(),
+                headers: event
+                    .headers()
+                    .map(|(n, v)| (n.to_string(), v.to_vec()))
+                    .collect(),
+                task,
+            })
+            .collect()
+    }
+}
+
+impl From<Vec<Record>> for Records {
+    fn from(records: Vec<Record>) -> Self {
+        let bytes = records.iter().map(|r| r.value.len()).sum();
+        let mut packed = Records::with_capacity(records.len(), bytes);
+        for record in &records {
+            packed.push_record(record);
+        }
+        packed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str, value: &str, task: Option<u32>, headers: &[(&str, &str)]) -> Record {
+        Record {
+            key: key.into(),
+            value: value.into(),
+            timestamp_ms: value.len() as i64,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            task,
+        }
+    }
+
+    #[test]
+    fn records_come_back_as_they_went_in() {
+        let input = vec![
+            record("", "keyless", None, &[]),
+            record("k", "{\"a\":1}", None, &[("h", "1"), ("g", "")]),
+            record("k2", "", Some(3), &[]),
+            record("k3", "x", None, &[]),
+        ];
+        let packed = Records::from(input.clone());
+        assert_eq!(packed.len(), 4);
+        assert_eq!(packed.to_records(), input);
+        assert_eq!(packed.get(2).unwrap().1, Some(3));
+        assert_eq!(packed.get(3).unwrap().1, None);
+        let mut plain = Records::default();
+        plain.push(b"a", b"b", 1);
+        assert_eq!(plain.to_records(), vec![record("a", "b", None, &[])]);
+        assert!(plain.get(1).is_none());
+        let first = vec![record("k", "v", Some(1), &[]), record("k", "w", None, &[])];
+        assert_eq!(Records::from(first.clone()).to_records(), first);
+    }
+}
