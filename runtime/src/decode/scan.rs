@@ -171,11 +171,8 @@ impl Scanner<'_, '_> {
         let mut escaped = false;
         loop {
             // The common case: a run of plain bytes.
-            let run = self.b[self.i..]
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-            self.i += run;
-            match self.b[self.i] {
+            self.i += plain_run(&self.b[self.i..]);
+            match *self.b.get(self.i)? {
                 b'"' => {
                     self.i += 1;
                     return Some(escaped);
@@ -296,6 +293,38 @@ impl Scanner<'_, '_> {
     }
 }
 
+/// Bytes of `b` before its first `"`, `\\` or control character (< 0x20),
+/// or its length: eight bytes at a time (SWAR). For each kind, `(x - 0x01…)
+/// & !x & 0x80…` flags the bytes of `x` that are zero (after the XOR with
+/// the byte looked for) or, with `0x20…`, below 0x20; a borrow can only flag
+/// bytes above a flagged one, so the lowest flag is exact.
+#[inline]
+fn plain_run(b: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(word) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        let flags = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (x.wrapping_sub(ONES * 0x20) & !x))
+            & HIGH;
+        if flags != 0 {
+            return i + (flags.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
 /// The array index a reference token names: decimal digits without a leading
 /// zero (RFC 6901 §4), else none.
 fn index_token(token: &str) -> Option<usize> {
@@ -325,6 +354,33 @@ mod tests {
                 .map(|r| r.map(|r| text[r].to_string()))
                 .collect()
         })
+    }
+
+    #[test]
+    fn plain_run_stops_at_the_first_special_byte() {
+        let slow = |b: &[u8]| {
+            b.iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(b.len())
+        };
+        // Every special byte at every place of runs up to 20 bytes long, after
+        // plain ASCII, UTF-8 and bytes just above the specials.
+        for fill in [b'a', 0xC3, 0x21, 0x5D, 0x7F, 0xFF] {
+            for len in 0..20 {
+                for special in [b'"', b'\\', 0x00, 0x1F, 0x0A] {
+                    for at in 0..=len {
+                        let mut b = vec![fill; len];
+                        if at < len {
+                            b[at] = special;
+                        }
+                        assert_eq!(plain_run(&b), slow(&b), "{b:?}");
+                        // A second special after the first changes nothing.
+                        b.push(special);
+                        assert_eq!(plain_run(&b), slow(&b), "{b:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
