@@ -86,6 +86,25 @@ pub struct KeyedHarness<P: KeyedProcessor> {
     /// Events handed to calls so far: the index of the next one.
     fed: u32,
     output: Output,
+    tables: HarnessTables,
+}
+
+/// The lookup tables a [`KeyedHarness`] answers
+/// [`KeyedContext::lookup`](crate::KeyedContext::lookup) from: table name →
+/// key → row (the text of a JSON object).
+#[derive(Debug, Default)]
+pub(crate) struct HarnessTables(BTreeMap<String, BTreeMap<String, String>>);
+
+impl crate::keyed::Tables for HarnessTables {
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String> {
+        let rows = self.0.get(table).ok_or_else(|| {
+            format!(
+                "no table `{table}` (the harness has: {})",
+                self.0.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        Ok(rows.get(key).cloned())
+    }
 }
 
 impl<P: KeyedProcessor> KeyedHarness<P> {
@@ -102,7 +121,25 @@ impl<P: KeyedProcessor> KeyedHarness<P> {
             queued: Batch::new(),
             fed: 0,
             output: Output::new(),
+            tables: HarnessTables::default(),
         }
+    }
+
+    /// Gives the processor a lookup table `name` (as a `[tables.NAME]` of the
+    /// daemon's config would): its rows by key, each row the text of a JSON
+    /// object, for [`KeyedContext::lookup`](crate::KeyedContext::lookup).
+    pub fn table<K: Into<String>, V: Into<String>>(
+        mut self,
+        name: &str,
+        rows: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.tables.0.insert(
+            name.to_string(),
+            rows.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
     }
 
     /// A harness around the processor [`KeyedProcessor::configure`] makes of
@@ -351,7 +388,7 @@ impl<P: KeyedProcessor> KeyedHarness<P> {
     fn call(&mut self, call: KeyedCall) -> Result<(), String> {
         let n = call.events.len() as u32;
         let keys = call.keys.clone();
-        let returned = keyed::run(&mut self.processor, call)?;
+        let returned = keyed::run(&mut self.processor, call, &self.tables)?;
         for event in &returned.out.events {
             self.output.events.push_event(&event);
         }
@@ -402,6 +439,50 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Emits the name in its key's row of table `planes`, or `-`.
+    struct Lookup;
+
+    impl KeyedProcessor for Lookup {
+        type State = u8;
+        fn configure(_: &Config) -> Result<Self, String> {
+            Ok(Lookup)
+        }
+        fn process(
+            &mut self,
+            ctx: &mut crate::KeyedContext<'_, u8>,
+            event: &crate::Event<'_>,
+            out: &mut Output,
+        ) -> Result<(), String> {
+            #[derive(serde::Deserialize)]
+            struct Row {
+                name: String,
+            }
+            let key = String::from_utf8_lossy(ctx.key()).into_owned();
+            let row: Option<Row> = ctx.lookup_as("planes", &key)?;
+            let name = row.map_or("-".to_string(), |r| r.name);
+            out.push(None, name.as_bytes(), event.timestamp_ms());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lookup_reads_the_tables_given_to_the_harness() {
+        let mut h = KeyedHarness::new(Lookup).table("planes", [("N1", r#"{"name":"Boeing"}"#)]);
+        h.push(b"N1", b"{}", 1).push(b"N2", b"{}", 2);
+        h.run().unwrap();
+        assert_eq!(values(h.output()), ["N1@1:Boeing", "N2@2:-"]);
+        let mut bad = KeyedHarness::new(Lookup).table("planes", [("N1", "[1]")]);
+        bad.push(b"N1", b"{}", 1);
+        assert!(
+            bad.run()
+                .unwrap_err()
+                .contains(r#"row "N1" of table `planes`"#)
+        );
+        let mut none = KeyedHarness::new(Lookup);
+        none.push(b"N1", b"{}", 1);
+        assert!(none.run().unwrap_err().contains("no table `planes`"));
     }
 
     fn harness(on_timer: &str) -> KeyedHarness<Script> {

@@ -200,6 +200,7 @@ pub struct Timer {
 /// [`KeyedProcessor::on_timer`].
 #[derive(Debug)]
 pub struct KeyedContext<'a, S> {
+    tables: &'a dyn Tables,
     key: &'a [u8],
     group: u32,
     slot: &'a mut Slot<S>,
@@ -290,6 +291,39 @@ impl<'a, S: Serialize + DeserializeOwned> KeyedContext<'a, S> {
     /// (a plugin has no clock of its own).
     pub fn now(&self) -> i64 {
         self.now
+    }
+
+    /// The row of the daemon's lookup table `table` (`[tables.NAME]` in its
+    /// config) whose key is `key`, as the text of a JSON object; `None`
+    /// when the table has no such key. The table is the one the built-in
+    /// `join` stage sees, as it is when the call starts (a changed file is
+    /// swapped in between batches). A key is matched as text: a number
+    /// key column matches its JSON text (`"1"`).
+    ///
+    /// # Errors
+    /// The daemon has no table of that name (in a
+    /// [`KeyedHarness`](crate::KeyedHarness): none given with
+    /// [`table`](crate::KeyedHarness::table)).
+    pub fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String> {
+        self.tables.lookup(table, key)
+    }
+
+    /// [`lookup`](Self::lookup), the row deserialized as `T`.
+    ///
+    /// # Errors
+    /// As `lookup`, or the row does not deserialize as `T` (the table and
+    /// key are named).
+    pub fn lookup_as<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<T>, String> {
+        self.lookup(table, key)?
+            .map(|row| {
+                serde_json::from_str(&row)
+                    .map_err(|e| format!("row {key:?} of table `{table}`: {e}"))
+            })
+            .transpose()
     }
 
     fn timer(&mut self, set: bool, time: i64, domain: TimeDomain) {
@@ -383,12 +417,20 @@ pub(crate) struct KeyedReturn {
     pub timers: Vec<TimerChange>,
 }
 
+/// Where [`KeyedContext::lookup`] reads the daemon's lookup tables: the
+/// host's `tables` import in a component (WIT `sluice:plugin/tables@0.2.0`),
+/// the tables given to a [`KeyedHarness`](crate::KeyedHarness) natively.
+pub(crate) trait Tables: std::fmt::Debug {
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
+}
+
 /// Runs one `process-keyed` call through `processor`: the glue of
 /// [`export_keyed_processor!`](crate::export_keyed_processor) and of
 /// [`KeyedHarness`](crate::KeyedHarness).
 pub(crate) fn run<P: KeyedProcessor>(
     processor: &mut P,
     call: KeyedCall,
+    tables: &dyn Tables,
 ) -> Result<KeyedReturn, String> {
     let KeyedCall {
         keys,
@@ -448,6 +490,7 @@ pub(crate) fn run<P: KeyedProcessor>(
         let key = keys[g].as_slice();
         let start = out.events.len();
         let mut ctx = KeyedContext {
+            tables,
             key,
             group,
             slot: &mut slots[g],
@@ -480,12 +523,22 @@ pub(crate) fn run<P: KeyedProcessor>(
 }
 
 #[cfg(target_arch = "wasm32")]
-mod wit {
+pub(crate) mod wit {
     //! Between the generated `keyed-processor` types and [`KeyedCall`] /
     //! [`KeyedReturn`].
     use super::{KeyedCall, KeyedReturn, TimeDomain, Timer, TimerChange};
     use crate::__private::keyed_bindings::sluice::plugin::types as w;
     use crate::batch::{Batch, BatchParts};
+
+    /// The host's `tables` import.
+    #[derive(Debug)]
+    pub(crate) struct HostTables;
+
+    impl super::Tables for HostTables {
+        fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String> {
+            crate::__private::keyed_bindings::sluice::plugin::tables::lookup(table, key)
+        }
+    }
 
     fn domain(d: w::TimeDomain) -> TimeDomain {
         match d {
@@ -752,7 +805,12 @@ pub(crate) mod tests {
                 ("d", "set:3;read"),
             ],
         );
-        let r = run(&mut Script::default(), c).unwrap();
+        let r = run(
+            &mut Script::default(),
+            c,
+            &crate::harness::HarnessTables::default(),
+        )
+        .unwrap();
         // a and b: once each; c has no state; d was set before any read.
         assert_eq!(DECODED.with(Cell::get), 2);
         assert_eq!(
@@ -801,7 +859,12 @@ pub(crate) mod tests {
                 ("set-then-cleared", "set:1;clear"),
             ],
         );
-        let r = run(&mut Script::default(), c).unwrap();
+        let r = run(
+            &mut Script::default(),
+            c,
+            &crate::harness::HarnessTables::default(),
+        )
+        .unwrap();
         // Only `gone` (deleted), `new` and `cleared-then-set` changed bytes.
         assert_eq!(
             r.updates,
@@ -823,7 +886,12 @@ pub(crate) mod tests {
                 ("a", "pdel:20;timer:10"),
             ],
         );
-        let r = run(&mut Script::default(), c).unwrap();
+        let r = run(
+            &mut Script::default(),
+            c,
+            &crate::harness::HarnessTables::default(),
+        )
+        .unwrap();
         let e = |time| Timer {
             time,
             domain: TimeDomain::EventTime,
@@ -852,7 +920,12 @@ pub(crate) mod tests {
             &[("k1", None), ("k2", None)],
             &[("k1", "emit;emitkey:x;emit"), ("k2", "forward;emit")],
         );
-        let r = run(&mut Script::default(), c).unwrap();
+        let r = run(
+            &mut Script::default(),
+            c,
+            &crate::harness::HarnessTables::default(),
+        )
+        .unwrap();
         assert_eq!(
             values(&r.out),
             owned(&[
@@ -890,7 +963,7 @@ pub(crate) mod tests {
         let mut script = Script {
             on_timer: "clear".into(),
         };
-        let r = run(&mut script, c).unwrap();
+        let r = run(&mut script, c, &crate::harness::HarnessTables::default()).unwrap();
         assert_eq!(
             values(&r.out),
             owned(&[("b", "fired:e:30:none"), ("a", "fired:p:40:4")])
@@ -898,7 +971,12 @@ pub(crate) mod tests {
         // a's state deleted; b had none.
         assert_eq!(r.updates, vec![(0, None)]);
         let c = call(&[("a", None)], &[("a", "watermark;now")]);
-        let r = run(&mut Script::default(), c).unwrap();
+        let r = run(
+            &mut Script::default(),
+            c,
+            &crate::harness::HarnessTables::default(),
+        )
+        .unwrap();
         assert_eq!(values(&r.out), owned(&[("a", "500"), ("a", "1000")]));
     }
 
@@ -908,7 +986,12 @@ pub(crate) mod tests {
             &[("a", None), ("b", None)],
             &[("a", "forward"), ("b", "reject"), ("a", "reject;forward")],
         );
-        let r = run(&mut Script::default(), c).unwrap();
+        let r = run(
+            &mut Script::default(),
+            c,
+            &crate::harness::HarnessTables::default(),
+        )
+        .unwrap();
         let rejected: Vec<(u32, &str)> = r
             .out
             .rejected
@@ -920,7 +1003,12 @@ pub(crate) mod tests {
 
         let c = call(&[("a", None)], &[("a", "set:1;emit"), ("a", "fail")]);
         assert_eq!(
-            run(&mut Script::default(), c).unwrap_err(),
+            run(
+                &mut Script::default(),
+                c,
+                &crate::harness::HarnessTables::default()
+            )
+            .unwrap_err(),
             "failed on purpose"
         );
     }
@@ -933,7 +1021,12 @@ pub(crate) mod tests {
             &[("ok", Some("1")), ("N14228", Some("{\"last_ms\":5}"))],
             &[("ok", "read"), ("N14228", "read;set:2;emit")],
         );
-        let err = run(&mut Script::default(), c).unwrap_err();
+        let err = run(
+            &mut Script::default(),
+            c,
+            &crate::harness::HarnessTables::default(),
+        )
+        .unwrap_err();
         assert!(
             err.starts_with("the state of key \"N14228\" does not decode as this plugin's state"),
             "{err}"
@@ -944,12 +1037,22 @@ pub(crate) mod tests {
         c.keys[0] = vec![0xff, b'a'];
         // `fail` comes before the read: the plugin's own error.
         assert_eq!(
-            run(&mut Script::default(), c).unwrap_err(),
+            run(
+                &mut Script::default(),
+                c,
+                &crate::harness::HarnessTables::default()
+            )
+            .unwrap_err(),
             "failed on purpose"
         );
         let mut c = call(&[("x", Some("true"))], &[("x", "read;fail")]);
         c.keys[0] = vec![0xff, b'a'];
-        let err = run(&mut Script::default(), c).unwrap_err();
+        let err = run(
+            &mut Script::default(),
+            c,
+            &crate::harness::HarnessTables::default(),
+        )
+        .unwrap_err();
         assert!(err.starts_with("the state of key \"\\xffa\""), "{err}");
     }
 
@@ -958,12 +1061,23 @@ pub(crate) mod tests {
         let mut c = call(&[("a", None)], &[("a", "emit")]);
         c.groups[0] = 3;
         assert!(
-            run(&mut Script::default(), c)
-                .unwrap_err()
-                .contains("group 3 of 1 keys")
+            run(
+                &mut Script::default(),
+                c,
+                &crate::harness::HarnessTables::default()
+            )
+            .unwrap_err()
+            .contains("group 3 of 1 keys")
         );
         let mut c = call(&[("a", None)], &[]);
         c.states.clear();
-        assert!(run(&mut Script::default(), c).is_err());
+        assert!(
+            run(
+                &mut Script::default(),
+                c,
+                &crate::harness::HarnessTables::default()
+            )
+            .is_err()
+        );
     }
 }

@@ -367,7 +367,8 @@ pub mod __private {
             .as_mut()
             .ok_or_else(|| "process-keyed called before configure".to_string())?;
         let call = crate::keyed::KeyedCall::from_wit(input);
-        crate::keyed::run(processor, call).map(crate::keyed::KeyedReturn::into_wit)
+        crate::keyed::run(processor, call, &crate::keyed::wit::HostTables)
+            .map(crate::keyed::KeyedReturn::into_wit)
     }
 
     /// Builds a fresh aggregator from the host's config pairs.

@@ -386,3 +386,68 @@ fn validate_checks_tables_joins_and_dedup_keys() {
         }
     }
 }
+
+/// A keyed plugin reads a lookup table through the host's `tables` import
+/// (`plugins/dest-names`, `KeyedContext::lookup` in the Rust SDK): each of
+/// 20,000 flights, keyed by destination on 2 partitions, gets its airport's
+/// name from `[tables.airports]` (null for a code the table lacks) and the
+/// number of flights to it before; the ground truth reads the CSV by hand.
+#[test]
+fn a_keyed_plugin_reads_a_lookup_table() {
+    let lines = flights_lines(20_000);
+    let names = airport_names();
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut want: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let flight: Value = serde_json::from_str(line).unwrap();
+            let dest = flight["dest"].as_str().unwrap().to_string();
+            let before = seen.entry(dest.clone()).or_insert(0);
+            let row = json!({ "dest": dest, "dest_name": names.get(&dest), "before": *before });
+            *before += 1;
+            row.to_string()
+        })
+        .collect();
+    want.sort();
+    let unnamed = want
+        .iter()
+        .filter(|r| r.contains("\"dest_name\":null"))
+        .count();
+    assert!(
+        unnamed > 0 && unnamed < want.len(),
+        "{unnamed} of {}",
+        want.len()
+    );
+    let scratch = Scratch::new(
+        &Config::new()
+            .table("tables.airports")
+            .set_str(
+                "path",
+                repo().join("examples/data/airports.csv").to_str().unwrap(),
+            )
+            .set_str("key", "faa")
+            .file_source("in", "in.ndjson")
+            .key("/dest")
+            .timestamp("/event_time")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .partitions(2)
+            .processor(r#"{ plugin = "dest_names.wasm" }"#)
+            .build(),
+    );
+    scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let mut got: Vec<String> = scratch
+        .read_json("out.ndjson")
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "first difference: {:?}",
+        got.iter().zip(&want).find(|(g, w)| g != w)
+    );
+}
