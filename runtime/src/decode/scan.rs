@@ -87,17 +87,8 @@ impl Scanner<'_, '_> {
     /// One value. `active`: the paths that matched every token up to here
     /// (`depth` tokens); those with exactly `depth` tokens end at this value.
     fn value(&mut self, active: u32, depth: usize) -> Option<()> {
-        let (mut ends, mut deeper) = (0u32, 0u32);
-        let mut rest = active;
-        while rest != 0 {
-            let i = rest.trailing_zeros() as usize;
-            rest &= rest - 1;
-            if self.paths[i].len() == depth {
-                ends |= 1 << i;
-            } else {
-                deeper |= 1 << i;
-            }
-        }
+        let ends = select(active, |i| self.paths[i].len() == depth);
+        let deeper = active & !ends;
         let start = self.i;
         match self.peek()? {
             b'{' => self.object(deeper, depth)?,
@@ -111,13 +102,41 @@ impl Scanner<'_, '_> {
             b'-' | b'0'..=b'9' => self.number()?,
             _ => return None,
         }
-        let mut rest = ends;
-        while rest != 0 {
-            let i = rest.trailing_zeros() as usize;
-            rest &= rest - 1;
+        for i in bits(ends) {
             self.found[i] = Some(start..self.i);
         }
         Some(())
+    }
+
+    /// Steps into an object or array (at its opening byte) `depth` deep;
+    /// true when it closes at once (`{}`, `[]`).
+    fn open(&mut self, depth: usize, close: u8) -> Option<bool> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        let empty = self.peek()? == close;
+        if empty {
+            self.i += 1;
+        }
+        Some(empty)
+    }
+
+    /// After a member or element: true at the closing byte, false after a
+    /// comma (another must follow).
+    fn closes(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let c = self.peek()?;
+        self.i += 1;
+        if c == close {
+            return Some(true);
+        }
+        if c != b',' {
+            return None;
+        }
+        self.ws();
+        Some(false)
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
@@ -202,13 +221,7 @@ impl Scanner<'_, '_> {
     }
 
     fn object(&mut self, deeper: u32, depth: usize) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.i += 1;
+        if self.open(depth, b'}')? {
             return Some(());
         }
         loop {
@@ -218,20 +231,10 @@ impl Scanner<'_, '_> {
             let name_start = self.i + 1;
             let escaped = self.string()?;
             let name = &self.b[name_start..self.i - 1];
-            let mut next = 0u32;
-            if deeper != 0 {
-                if escaped {
-                    return None; // matching an escaped name: serde_json's job
-                }
-                let mut rest = deeper;
-                while rest != 0 {
-                    let i = rest.trailing_zeros() as usize;
-                    rest &= rest - 1;
-                    if self.paths[i][depth].as_bytes() == name {
-                        next |= 1 << i;
-                    }
-                }
+            if deeper != 0 && escaped {
+                return None; // matching an escaped name: serde_json's job
             }
+            let next = select(deeper, |i| self.paths[i][depth].as_bytes() == name);
             self.ws();
             if self.peek()? != b':' {
                 return None;
@@ -239,57 +242,26 @@ impl Scanner<'_, '_> {
             self.i += 1;
             self.ws();
             self.value(next, depth + 1)?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.closes(b'}')? {
+                return Some(());
             }
         }
     }
 
     fn array(&mut self, deeper: u32, depth: usize) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
+        if self.open(depth, b']')? {
             return Some(());
         }
-        let mut index = 0usize;
-        loop {
-            let mut next = 0u32;
-            let mut rest = deeper;
-            while rest != 0 {
-                let i = rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                if index_token(&self.paths[i][depth]) == Some(index) {
-                    next |= 1 << i;
-                }
-            }
+        for index in 0usize.. {
+            let next = select(deeper, |i| {
+                index_token(&self.paths[i][depth]) == Some(index)
+            });
             self.value(next, depth + 1)?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                    index += 1;
-                }
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.closes(b']')? {
+                return Some(());
             }
         }
+        unreachable!("an array ends or fails before usize::MAX elements")
     }
 }
 
@@ -323,6 +295,23 @@ fn plain_run(b: &[u8]) -> usize {
         i += 1;
     }
     i
+}
+
+/// The indexes of the bits set in `mask`, lowest first.
+fn bits(mask: u32) -> impl Iterator<Item = usize> {
+    let mut rest = mask;
+    std::iter::from_fn(move || {
+        (rest != 0).then(|| {
+            let i = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            i
+        })
+    })
+}
+
+/// The bits of `mask` whose index passes `keep`.
+fn select(mask: u32, keep: impl Fn(usize) -> bool) -> u32 {
+    bits(mask).filter(|&i| keep(i)).fold(0, |m, i| m | 1 << i)
 }
 
 /// The array index a reference token names: decimal digits without a leading
