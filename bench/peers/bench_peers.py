@@ -183,8 +183,8 @@ def bench(runs=5, peers=None, pathway_threads=PATHWAY_THREADS, bytewax_workers=B
     ref = load_rows([os.path.join(sd, "out", "hourly.ndjson")])
     result = {"runs": runs, "peers": peers, "systems": list(systems_),
               "versions": versions(),
-              "config": dict({"sluice": "examples/flights/windows.toml's job, partitions = 2, "
-                                        "binary %s" % common.SLUICE},
+              "sluice_bin": common.SLUICE,
+              "config": dict({"sluice": "partitions = 2 (windows.toml)"},
                              **{name: s[1] for name, s in systems_.items()}),
               "equality": {}, "sluice_summary": s0["summary"],
               "machine_before": common.machine()}
