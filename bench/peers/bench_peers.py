@@ -19,7 +19,8 @@
 Each peer runs with 1 and with 2 threads (Pathway: PATHWAY_THREADS) / workers
 (Bytewax: `-w`, workers of one process), each setting a system of its own
 (`pathway-1t`, `pathway-2t`, `bytewax-1w`, `bytewax-2w`), checked and timed alike;
-`best` names, per peer, the setting with the lower median wall time.
+BENCHMARKS.md quotes, per peer, the setting with the lower wall ÷ sluice ratio
+(the one that flatters the peer).
 
 Usage: python3 bench/peers/bench_peers.py [--runs N] [--peers pathway,bytewax,spark]
        [--pathway-threads 1,2] [--bytewax-workers 1,2]      (creates bench/.venv)
@@ -214,10 +215,6 @@ def bench(runs=5, peers=None, pathway_threads=PATHWAY_THREADS, bytewax_workers=B
         name: {k: round(common.med([b[k] / a[k] for a, b in zip(rs["sluice"], rs[name])]), 2)
                for k in ("wall_s", "peak_rss_mib")}
         for name in systems_}
-    result["best"] = {}
-    for peer in peers:
-        names = [n for n, s in systems_.items() if s[0] == peer]
-        result["best"][peer] = min(names, key=lambda n: result[n]["median"]["wall_s"])
     result["machine_after"] = common.machine()
     return result
 
