@@ -378,7 +378,7 @@ def write(results, out, md_path):
     A("# sluice benchmarks")
     A("")
     A("Measured by `bench/run.py` (one command; it makes `bench/.venv` with pyspark, "
-      "matplotlib and psutil from PyPI). Everything below is generated from "
+      "pathway, bytewax, matplotlib and psutil from PyPI). Everything below is generated from "
       "[`%s/results.json`](%s/results.json) by `bench/report.py`; absolute numbers are "
       "**this machine's**, on 2 cores shared with other builds, so they are noisy: "
       "compare the ratios, which are taken within one run, with the implementations "
@@ -387,7 +387,7 @@ def write(results, out, md_path):
     A("```sh")
     A("cargo build --release -p sluice        # also builds the example plugins (runtime/build.rs)")
     A("python3 bench/run.py                   # everything (~15 min here); --quick: fewer runs")
-    A("python3 bench/run.py --only spark      # one section: flights,spark,wasm,reload,slowsink,latency")
+    A("python3 bench/run.py --only spark      # one section: flights,spark,peers,wasm,reload,slowsink,latency")
     A("python3 bench/run.py --report-only     # rewrite this file and the plots from results.json")
     A("```")
     A("")
