@@ -79,6 +79,29 @@ def plots(results, out):
         plt.close(fig)
         made["spark"] = "sluice_vs_spark.png"
 
+    pe = results.get("peers")
+    if pe and "sluice" in pe:
+        names = ["sluice"] + pe["systems"]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, key, label in zip(axes, ["wall_s", "peak_rss_mib"],
+                                  ["process wall time (s)", "peak RSS, process tree (MiB, log)"]):
+            vals = [pe[n]["median"][key] for n in names]
+            ax.bar(names, vals, color=["#2a7"] + ["#e73"] * (len(names) - 1))
+            for i, v in enumerate(vals):
+                ax.text(i, v, fmt(v, 2 if key != "peak_rss_mib" else 0), ha="center",
+                        va="bottom", fontsize=8)
+            if key == "peak_rss_mib":
+                ax.set_yscale("log")
+            ax.set_title(label)
+            ax.tick_params(axis="x", labelsize=8, rotation=20)
+        fig.suptitle("Flights windows job: sluice vs its peers, medians of %d alternated runs "
+                     "(load average %s → %s)" % (pe["runs"], pe["_meta"]["machine_before"]["loadavg"][0],
+                                                 pe["_meta"]["machine_after"]["loadavg"][0]))
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "sluice_vs_peers.png"), dpi=90)
+        plt.close(fig)
+        made["peers"] = "sluice_vs_peers.png"
+
     ss = results.get("slowsink")
     if ss:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -489,6 +512,9 @@ def write(results, out, md_path):
     pe = results.get("peers")
     if pe:
         peers_section(pe, A)
+        if "peers" in made:
+            A("![sluice vs its peers](%s/%s)" % (REL, made["peers"]))
+            A("")
 
     # ---------------- wasm
     w = results.get("wasm")
