@@ -23,7 +23,8 @@ BENCHMARKS.md quotes, per peer, the setting with the lower wall ÷ sluice ratio
 (the one that flatters the peer).
 
 Usage: python3 bench/peers/bench_peers.py [--runs N] [--peers pathway,bytewax,spark]
-       [--pathway-threads 1,2] [--bytewax-workers 1,2]      (creates bench/.venv)
+       [--pathway-threads 1,2] [--bytewax-workers 1,2] [--sluice PATH --plugins DIR]
+       (creates bench/.venv)
 Prints JSON; bench/run.py calls it as the `peers` section.
 """
 
@@ -225,7 +226,13 @@ def main():
     ap.add_argument("--peers", default=",".join(PEERS), help="pathway,bytewax[,spark]")
     ap.add_argument("--pathway-threads", default=",".join(map(str, PATHWAY_THREADS)))
     ap.add_argument("--bytewax-workers", default=",".join(map(str, BYTEWAX_WORKERS)))
+    ap.add_argument("--sluice", help="the sluice binary (env SLUICE_BIN)")
+    ap.add_argument("--plugins", help="its plugins folder (env SLUICE_PLUGINS)")
     args = ap.parse_args()
+    if args.sluice:
+        os.environ["SLUICE_BIN"] = common.SLUICE = os.path.abspath(args.sluice)
+    if args.plugins:
+        os.environ["SLUICE_PLUGINS"] = common.PLUGINS = os.path.abspath(args.plugins)
     common.ensure_venv()
     ints = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731
     print(json.dumps(bench(args.runs, args.peers.split(","), ints(args.pathway_threads),
