@@ -12,26 +12,31 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-SLUICE = os.path.join(TARGET, "release", "sluice")
-PLUGINS = os.path.join(TARGET, "plugins")
+# A sluice binary and plugins built elsewhere (e.g. a saved release build) can be
+# named with SLUICE_BIN and SLUICE_PLUGINS (run.py: --sluice, --plugins).
+SLUICE = os.environ.get("SLUICE_BIN") or os.path.join(TARGET, "release", "sluice")
+PLUGINS = os.environ.get("SLUICE_PLUGINS") or os.path.join(TARGET, "plugins")
 WORK = os.path.join(TARGET, "bench-work")           # scratch, rebuilt each run
 FLIGHTS = os.path.join(ROOT, "examples", "data", "flights-2013.ndjson.gz")
 VENV = os.path.join(ROOT, "bench", ".venv")
 VENV_PY = os.path.join(VENV, "bin", "python")
-REQUIREMENTS = ["pyspark==4.3.0", "matplotlib", "psutil"]
+# The peers are pinned: their figures in BENCHMARKS.md name these versions.
+REQUIREMENTS = ["pyspark==4.3.0", "pathway==0.33.0", "bytewax==0.21.1", "matplotlib", "psutil"]
 N_FLIGHTS = 336_776
 
 
 def ensure_venv():
-    """Create bench/.venv with pyspark, matplotlib and psutil, and re-run this
-    script under it (PyPI only, through pip)."""
+    """Create bench/.venv with REQUIREMENTS (pyspark, pathway, bytewax, matplotlib,
+    psutil), and re-run this script under it (PyPI only, through pip)."""
     if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
         return
     if not os.path.exists(VENV_PY):
-        print("bench: creating %s (pyspark, matplotlib, psutil)" % VENV, file=sys.stderr)
+        print("bench: creating %s (%s)" % (VENV, ", ".join(REQUIREMENTS)), file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-    ok = subprocess.run([VENV_PY, "-c", "import pyspark, matplotlib, psutil"],
-                        capture_output=True).returncode == 0
+    pins = [r.split("==") for r in REQUIREMENTS if "==" in r]
+    check = ("import matplotlib, psutil\nfrom importlib.metadata import version\n"
+             "assert all(version(n) == v for n, v in %r)" % (pins,))
+    ok = subprocess.run([VENV_PY, "-c", check], capture_output=True).returncode == 0
     if not ok:
         subprocess.run([VENV_PY, "-m", "pip", "install", "-q"] + REQUIREMENTS, check=True)
     os.execv(VENV_PY, [VENV_PY] + sys.argv)
@@ -120,7 +125,9 @@ def med(xs):
 
 def need_build():
     if not os.path.exists(SLUICE) or not os.path.isdir(PLUGINS):
-        sys.exit("build first: cargo build --release -p sluice (CARGO_TARGET_DIR=%s)" % TARGET)
+        sys.exit("build first: cargo build --release -p sluice (CARGO_TARGET_DIR=%s), "
+                 "or name a build with --sluice/--plugins (SLUICE_BIN/SLUICE_PLUGINS): "
+                 "%s, %s" % (TARGET, SLUICE, PLUGINS))
 
 
 def fresh_dir(path):

@@ -79,6 +79,29 @@ def plots(results, out):
         plt.close(fig)
         made["spark"] = "sluice_vs_spark.png"
 
+    pe = results.get("peers")
+    if pe and "sluice" in pe:
+        names = ["sluice"] + pe["systems"]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, key, label in zip(axes, ["wall_s", "peak_rss_mib"],
+                                  ["process wall time (s)", "peak RSS, process tree (MiB, log)"]):
+            vals = [pe[n]["median"][key] for n in names]
+            ax.bar(names, vals, color=["#2a7"] + ["#e73"] * (len(names) - 1))
+            for i, v in enumerate(vals):
+                ax.text(i, v, fmt(v, 2 if key != "peak_rss_mib" else 0), ha="center",
+                        va="bottom", fontsize=8)
+            if key == "peak_rss_mib":
+                ax.set_yscale("log")
+            ax.set_title(label)
+            ax.tick_params(axis="x", labelsize=8, rotation=20)
+        fig.suptitle("Flights windows job: sluice vs its peers, medians of %d alternated runs "
+                     "(load average %s → %s)" % (pe["runs"], pe["_meta"]["machine_before"]["loadavg"][0],
+                                                 pe["_meta"]["machine_after"]["loadavg"][0]))
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "sluice_vs_peers.png"), dpi=90)
+        plt.close(fig)
+        made["peers"] = "sluice_vs_peers.png"
+
     ss = results.get("slowsink")
     if ss:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -149,6 +172,110 @@ def wasm_analysis(w):
     return rows
 
 
+# ------------------------------------------------------------------ peers
+
+PEER_NAMES = {"pathway": "Pathway", "bytewax": "Bytewax", "spark": "Spark"}
+
+
+def _median(xs):
+    import statistics
+    return statistics.median(xs) if xs else None
+
+
+def peers_best(pe):
+    """Per peer, its setting with the lowest wall ÷ sluice ratio (the figure quoted)."""
+    out = {}
+    for peer in pe["peers"]:
+        names = [n for n in pe["systems"] if n.split("-")[0] == peer]
+        out[peer] = min(names, key=lambda n: pe["ratio_over_sluice"][n]["wall_s"])
+    return out
+
+
+def peers_section(pe, A):
+    v = pe["versions"]
+    A("## sluice vs Pathway and Bytewax (the flights windows job)")
+    A("")
+    A("Machine: " + machine_line(pe["_meta"]))
+    A("")
+    A("`python3 bench/run.py --only peers --peers %s` (or `python3 "
+      "bench/peers/bench_peers.py --runs N --peers %s`; `--sluice PATH --plugins DIR` "
+      "measure a build made elsewhere). The job of `examples/flights/windows.toml` "
+      "(the `flights_delay` filter, `dep_delay >= 15`, then per carrier 1-hour tumbling "
+      "event-time windows on `event_time` with a 10-minute watermark, count / avg / max of "
+      "`dep_delay`) written for each peer: [Pathway](bench/peers/flights_windows_pathway.py) "
+      "%s, [Bytewax](bench/peers/flights_windows_bytewax.py) %s%s; Python %s." % (
+          ",".join(pe["peers"]), ",".join(pe["peers"]), v.get("pathway"), v.get("bytewax"),
+          ", [Spark](bench/spark/flights_windows.py) (PySpark %s)" % v.get("pyspark")
+          if "spark" in pe["peers"] else "", v.get("python")))
+    A("")
+    A("- **Pathway**: `pw.io.jsonlines.read(mode=\"static\")` with a schema, the filter, "
+      "`windowby(tumbling(1 h), instance=carrier, behavior=exactly_once_behavior(shift=10 "
+      "min))` (each window written once, when the watermark passes its end: Pathway's "
+      "append mode), `pw.io.jsonlines.write`. Pathway's readers do not inflate gzip (nor "
+      "read a pipe in static mode), so the script first inflates the file with Python's "
+      "`gzip` (zlib) inside the timed process (%s s of its wall time, median; counted). "
+      "Static mode ingests the whole file as one commit, so nothing is late within it "
+      "(sluice: 4,096-record batches)." % fmt(
+          _median([x for n in pe.get("systems", []) if n.startswith("pathway") and n in pe
+                   for x in pe[n]["inflate_s"]]), 2))
+    A("- **Bytewax**: a one-partition source that reads the gzip file's lines with Python's "
+      "`gzip`, batches of 1,000 (as Bytewax's `FileSource`), `json.loads` and the plugin's "
+      "checks in a `filter_map`, `fold_window` with `TumblingWindower(1 h, aligned to the "
+      "epoch)` and `EventClock(wait 10 min)` whose system clock is held constant, so the "
+      "watermark follows event time only (as sluice's does, per key rather than per "
+      "partition), a `FileSink`. Its workers (`-w`) are threads of one Python process.")
+    A("- Each peer runs with 1 and with 2 threads / workers, each setting timed as a "
+      "system of its own; the ratio quoted (in bold, and in the summary) is the peer's "
+      "setting with the lower ratio.")
+    A("- Equality, before any timing: window rows normalised to (start, end, key) → "
+      "(count, avg, max), times as epoch ms, sorted; count and max equal as numbers, avg "
+      "within 1e-9 relative; a mismatch aborts with a diff.")
+    A("")
+    for name, eq in pe["equality"].items():
+        peer = name.split("-")[0]
+        A("- **%s: %s.** sluice wrote %s windows, %s %s; only in sluice %s, only in %s %s, "
+          "values differing %s; largest avg relative difference %.1e; %s delayed flights in "
+          "the windows." % (
+              name, "EQUAL" if eq["equal"] else "NOT EQUAL", fmt_int(eq["sluice_windows"]), name,
+              fmt_int(eq[peer + "_windows"]), eq["only_in_sluice"], name,
+              eq["only_in_" + peer], eq["value_differences"], eq["max_avg_rel_diff"],
+              fmt_int(eq["delayed_flights_in_windows"])))
+    A("")
+    A("sluice's summary: `late=%s rejected=%s out=%s`; binary `%s`." % (
+        pe["sluice_summary"].get("late"), pe["sluice_summary"].get("rejected"),
+        pe["sluice_summary"].get("out"), pe.get("sluice_bin")))
+    A("")
+    if "sluice" not in pe:
+        return
+    A("%d runs each, alternated (%s, then again), medians; ratio = median of the pairwise "
+      "ratios within a round. *Wall* is the whole process (interpreter, runtime and JVM "
+      "start-up included); *job* is sluice's `elapsed`, Pathway's `pw.run()` (after the "
+      "inflate), Spark's `start()` → end of the query, Bytewax's wall (it has no separate "
+      "job time); RSS is the peak of the **sum over the process tree**, sampled every 20 ms."
+      % (pe["runs"], ", ".join(["sluice"] + pe["systems"])))
+    A("")
+    A("| system | setting | wall (s) | job (s) | records/s (wall) | peak RSS, tree (MiB) | wall ÷ sluice | RSS ÷ sluice |")
+    A("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name in ["sluice"] + pe["systems"]:
+        m = pe[name]["median"]
+        r = pe["ratio_over_sluice"].get(name, {"wall_s": 1, "peak_rss_mib": 1})
+        best = name in peers_best(pe).values()
+        A("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            ("**%s**" % name) if best else name, pe["config"].get(name, "").replace("|", "/"),
+            fmt(m["wall_s"], 2), fmt(m["job_s"], 2), fmt_int(m["records_per_s_wall"]),
+            fmt(m["peak_rss_mib"], 0),
+            ("**%s×**" % r["wall_s"]) if best else "%s×" % r["wall_s"],
+            "%s×" % r["peak_rss_mib"]))
+    A("")
+    A("All runs, wall (s): " + "; ".join("%s %s" % (n, pe[n]["wall_s"])
+                                        for n in ["sluice"] + pe["systems"]) + ".")
+    infl = [x for n in pe["systems"] if n.startswith("pathway") for x in pe[n]["inflate_s"]]
+    if infl:
+        A("")
+        A("Pathway's inflate (s, in its wall time): %s." % infl)
+    A("")
+
+
 # ------------------------------------------------------------------ summary
 
 def summary(results):
@@ -170,6 +297,19 @@ def summary(results):
                          fmt(s["spark"]["median"]["peak_rss_mib"], 0),
                          fmt(s["sluice"]["median"]["peak_rss_mib"], 0)))
         out.append(line)
+    pe = results.get("peers")
+    if pe and "sluice" in pe:
+        parts = []
+        for peer, best in peers_best(pe).items():
+            parts.append("%s **%s×** (%s s; %s)" % (
+                PEER_NAMES.get(peer, peer), pe["ratio_over_sluice"][best]["wall_s"],
+                fmt(pe[best]["median"]["wall_s"], 2), best))
+        out.append("**sluice vs Pathway and Bytewax** (flights windows job, one alternated run): "
+                   "outputs **%s**; wall time ÷ sluice's (%s s): %s; load average %s → %s." % (
+                       "equal" if all(e["equal"] for e in pe["equality"].values()) else "NOT equal",
+                       fmt(pe["sluice"]["median"]["wall_s"], 2), ", ".join(parts),
+                       pe["_meta"]["machine_before"]["loadavg"],
+                       pe["_meta"]["machine_after"]["loadavg"]))
     f = results.get("flights")
     if f:
         out.append("**Flights job** (336,776 flights, 2 partitions): filter %s records/s, "
@@ -261,7 +401,7 @@ def write(results, out, md_path):
     A("# sluice benchmarks")
     A("")
     A("Measured by `bench/run.py` (one command; it makes `bench/.venv` with pyspark, "
-      "matplotlib and psutil from PyPI). Everything below is generated from "
+      "pathway, bytewax, matplotlib and psutil from PyPI). Everything below is generated from "
       "[`%s/results.json`](%s/results.json) by `bench/report.py`; absolute numbers are "
       "**this machine's**, on 2 cores shared with other builds, so they are noisy: "
       "compare the ratios, which are taken within one run, with the implementations "
@@ -270,7 +410,7 @@ def write(results, out, md_path):
     A("```sh")
     A("cargo build --release -p sluice        # also builds the example plugins (runtime/build.rs)")
     A("python3 bench/run.py                   # everything (~15 min here); --quick: fewer runs")
-    A("python3 bench/run.py --only spark      # one section: flights,spark,wasm,reload,slowsink,latency")
+    A("python3 bench/run.py --only spark      # one section: flights,spark,peers,wasm,reload,slowsink,latency")
     A("python3 bench/run.py --report-only     # rewrite this file and the plots from results.json")
     A("```")
     A("")
@@ -367,6 +507,14 @@ def write(results, out, md_path):
             if "spark" in made:
                 A("![sluice vs Spark](%s/%s)" % (REL, made["spark"]))
                 A("")
+
+    # ---------------- peers
+    pe = results.get("peers")
+    if pe:
+        peers_section(pe, A)
+        if "peers" in made:
+            A("![sluice vs its peers](%s/%s)" % (REL, made["peers"]))
+            A("")
 
     # ---------------- wasm
     w = results.get("wasm")

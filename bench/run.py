@@ -3,9 +3,11 @@
 
     export CARGO_TARGET_DIR=...   # optional, default target/
     cargo build --release -p sluice
-    python3 bench/run.py [--quick] [--only flights,spark,wasm,reload,slowsink,latency]
+    python3 bench/run.py [--quick] [--only flights,spark,peers,wasm,reload,slowsink,latency]
+                         [--sluice PATH --plugins DIR]   # a build made elsewhere
 
-Creates bench/.venv (pyspark, matplotlib, psutil from PyPI) and re-runs itself in it.
+Creates bench/.venv (pyspark, pathway, bytewax, matplotlib, psutil from PyPI) and
+re-runs itself in it.
 Sections (each result in docs/bench/results.json; sections not run keep their
 previous result, so `--only` refreshes part of the report):
 
@@ -14,6 +16,9 @@ previous result, so `--only` refreshes part of the report):
 - spark:   bench/spark/bench_spark.py — the windows job in PySpark Structured
   Streaming, its output checked equal to sluice's before any timing, then alternated
   timing runs;
+- peers:   bench/peers/bench_peers.py — the same windows job in Pathway and Bytewax
+  (and Spark too with `--peers pathway,bytewax,spark`), each output checked equal to
+  sluice's before any timing, then alternated timing runs, ratios peer ÷ sluice;
 - wasm:    runtime/benches/wasm_cost.rs — native Rust vs the Rust component vs the
   Python/JavaScript/C components (built by examples/plugins/*/build.sh when their
   toolchains are found), batch sizes 1…16384, ~125-byte and 1-KB records;
@@ -41,7 +46,7 @@ import common  # noqa: E402
 OUT = os.path.join(common.ROOT, "docs", "bench")
 TOOLCHAIN_PATHS = ["/opt/sluice-toolchains/py/bin", "/opt/sluice-toolchains/js/node_modules/.bin",
                    os.path.expanduser("~/.cargo/bin")]
-SECTIONS = ["flights", "spark", "wasm", "reload", "slowsink", "latency"]
+SECTIONS = ["flights", "spark", "peers", "wasm", "reload", "slowsink", "latency"]
 
 
 def log(msg):
@@ -92,6 +97,14 @@ def bench_spark_section(runs):
     sys.path.insert(0, os.path.join(common.ROOT, "bench", "spark"))
     import bench_spark
     return bench_spark.bench(runs)
+
+
+# ---------------------------------------------------------------- peers
+
+def bench_peers_section(runs, peers):
+    sys.path.insert(0, os.path.join(common.ROOT, "bench", "peers"))
+    import bench_peers
+    return bench_peers.bench(runs, peers)
 
 
 # ---------------------------------------------------------------- wasm vs native
@@ -376,7 +389,19 @@ def main():
                          "BENCHMARKS.md goes to the repository root only with the default)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite BENCHMARKS.md and plots from docs/bench/results.json")
+    ap.add_argument("--peers", default="pathway,bytewax",
+                    help="the peers section's systems: pathway,bytewax[,spark]")
+    ap.add_argument("--sluice", help="the sluice binary to measure (default "
+                    "$CARGO_TARGET_DIR/release/sluice; env SLUICE_BIN)")
+    ap.add_argument("--plugins", help="its plugins folder (default $CARGO_TARGET_DIR/plugins; "
+                    "env SLUICE_PLUGINS)")
     args = ap.parse_args()
+    # Through the environment, so that the re-run in the venv and the scripts
+    # started from here see them too.
+    if args.sluice:
+        os.environ["SLUICE_BIN"] = common.SLUICE = os.path.abspath(args.sluice)
+    if args.plugins:
+        os.environ["SLUICE_PLUGINS"] = common.PLUGINS = os.path.abspath(args.plugins)
     common.ensure_venv()
     out = os.path.abspath(args.out)
     results_path = os.path.join(out, "results.json")
@@ -399,6 +424,8 @@ def main():
                 r = bench_flights(runs)
             elif section == "spark":
                 r = bench_spark_section(runs)
+            elif section == "peers":
+                r = bench_peers_section(runs, args.peers.split(","))
             elif section == "wasm":
                 r = bench_wasm(args.quick)
             elif section == "reload":
