@@ -1,7 +1,8 @@
 //! The changelog: a compacted Kafka topic holding, per source partition, the
-//! window state and the offset it belongs with (Kafka Streams' state-store
-//! changelog), so that the daemon that takes a partition over restores it.
-//! Read when partitions are assigned, written at each checkpoint.
+//! window state and the keyed processors' state, and the offset they belong
+//! with (Kafka Streams' state-store changelog), so that the daemon that takes
+//! a partition over restores it. Read when partitions are assigned, written
+//! at each checkpoint.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::WindowSnapshot;
+use super::{KeyedSnapshot, WindowSnapshot};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::kafka::{Quiet, QuietLog, ensure_topic, wait_delivered};
@@ -46,14 +47,26 @@ impl ProducerContext for ChangelogReports {
     }
 }
 
-/// One changelog record: a Kafka partition's window state and the offset of
-/// the first record it has not seen.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One changelog record: a Kafka partition's state — its windows, and the
+/// keys and timers of each keyed processor — and the offset of the first
+/// record it has not seen. State and offset are one record, so a daemon that
+/// restores them always gets a state that has seen exactly the records
+/// before that offset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TaskState {
     /// The next offset to read in the source partition.
     pub offset: i64,
     /// Its windows and watermark (`None`: no window open yet).
     pub window: Option<WindowSnapshot>,
+    /// The partition's state in each keyed processor of the chain: the
+    /// stage's name (`keyed PLUGIN`, `keyed PLUGIN#2`: see
+    /// `pipeline::keyed::KeyedSpec::stage_name`) → its keys, timers and
+    /// largest event time (Kafka Streams' changelog of a task's state store;
+    /// here in the task's one record, with its offset). Empty for a
+    /// pipeline without keyed processors (and in records written before
+    /// them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keyed: BTreeMap<String, KeyedSnapshot>,
     /// What the state depends on (format, key and timestamp, window,
     /// aggregates; see [`crate::checkpoint::Checkpoint::shape`]): a state saved
     /// with another is not restored.
@@ -199,7 +212,7 @@ impl Changelog {
                 Some(value) => {
                     let state: TaskState = serde_json::from_slice(value).with_context(|| {
                         format!(
-                            "changelog topic `{}`: the record at offset {} is not a sluice window state",
+                            "changelog topic `{}`: the record at offset {} is not a sluice partition state",
                             self.topic,
                             message.offset()
                         )

@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 use crate::checkpoint::{Checkpoint, CheckpointSpec, Checkpointer, Store};
-use crate::pipeline::processor::Step;
+use crate::pipeline::processor::{Step, StepSpec};
 use crate::pipeline::worker::{WindowFeed, Worker};
 use crate::sink::SinkHandle;
 use crate::sink::dead_letter::DeadLetter;
@@ -312,6 +312,11 @@ impl PipelineSpec {
         let router = Router::new(self.partitions).balanced(self.balance);
         let source_stats = stats.clone();
         let pipeline = self.name.clone();
+        let keyed = self
+            .chain
+            .stages
+            .iter()
+            .any(|s| matches!(s, StepSpec::Plugin(s) if s.keyed.is_some()));
         let source = std::thread::Builder::new()
             .name(format!("{}-source", self.name))
             .spawn(move || {
@@ -327,6 +332,7 @@ impl PipelineSpec {
                     checkpointer,
                     resume: resume_at,
                     window: window_control,
+                    keyed,
                 })
             })?;
         Ok(RunningPipeline {
