@@ -321,3 +321,72 @@ fn three_daemons_one_killed_keep_every_planes_state() {
     );
     eprintln!("{keyless} flights without a tail number (dead-lettered, not checked here)");
 }
+
+/// A partition state larger than a Kafka record (3 MB here, librdkafka's
+/// `message.max.bytes` is 1 MB) goes through the real broker's changelog in
+/// parts, and comes back whole; a later state goes to the other set of
+/// parts, and a small one in one record again.
+#[test]
+fn a_state_larger_than_a_kafka_record_goes_through_the_changelog_in_parts() {
+    use sluice::checkpoint::changelog::{Changelog, TaskState};
+    use sluice::checkpoint::{B64, KeyedSnapshot};
+    let test = "a_state_larger_than_a_kafka_record_goes_through_the_changelog_in_parts";
+    let Some(broker) = Broker::start(test) else {
+        return;
+    };
+    let state = |offset: i64, keys: usize| TaskState {
+        offset,
+        keyed: BTreeMap::from([(
+            "keyed plane_gaps".to_string(),
+            KeyedSnapshot {
+                max_ts: Some(offset),
+                entries: (0..keys)
+                    .map(|k| {
+                        (
+                            B64(format!("N{k:06}").into_bytes()),
+                            B64(vec![b'x'; 32]),
+                            k as i64,
+                        )
+                    })
+                    .collect(),
+                event_timers: (0..keys)
+                    .map(|k| (k as i64, B64(format!("N{k:06}").into_bytes())))
+                    .collect(),
+                processing_timers: Vec::new(),
+            },
+        )]),
+        ..TaskState::default()
+    };
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &broker.addr);
+    let changelog = Changelog::open(&config, "big-changelog").unwrap();
+    let keys = vec!["p/flights/0".to_string(), "p/flights/1".to_string()];
+    let timeout = Duration::from_secs(60);
+    for (round, keys_in_state) in [(1, 30_000), (2, 40_000), (3, 10)] {
+        let big = state(round * 1_000, keys_in_state);
+        let small = state(round, 1);
+        let bytes = serde_json::to_vec(&big).unwrap().len();
+        changelog
+            .write(
+                &[
+                    (keys[0].clone(), big.clone()),
+                    (keys[1].clone(), small.clone()),
+                ],
+                timeout,
+            )
+            .unwrap();
+        // Another daemon's reader, as one taking the partitions over.
+        let reader = Changelog::open(&config, "big-changelog").unwrap();
+        let read = reader.read(&keys, timeout).unwrap();
+        eprintln!("round {round}: a state of {bytes} bytes");
+        assert_eq!(
+            serde_json::to_string(&read[&keys[0]]).unwrap(),
+            serde_json::to_string(&big).unwrap(),
+            "round {round}"
+        );
+        assert_eq!(
+            serde_json::to_string(&read[&keys[1]]).unwrap(),
+            serde_json::to_string(&small).unwrap()
+        );
+    }
+}

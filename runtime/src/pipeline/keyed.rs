@@ -1254,6 +1254,7 @@ mod tests {
                     (second_spec.stage_name("gaps"), other.snapshot(&spec, 0)),
                 ]),
                 shape: BTreeMap::new(),
+                parts: None,
             };
             let read = through_the_changelog(&record);
             assert_eq!(read.offset, cut as i64);

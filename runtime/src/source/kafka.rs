@@ -611,6 +611,7 @@ impl Side {
                             window: checkpoint.tasks.get(&format!("{t}/{p}")).cloned(),
                             keyed: keyed_states_of(&checkpoint.stages, t, *p),
                             shape: self.state_shape(),
+                            parts: None,
                         },
                     )
                 })
