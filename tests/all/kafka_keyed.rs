@@ -390,3 +390,41 @@ fn a_state_larger_than_a_kafka_record_goes_through_the_changelog_in_parts() {
         );
     }
 }
+
+/// A reload cannot add a keyed processor to a running Kafka pipeline (or
+/// take its last one away): the source tags records with their partition
+/// and moves keyed state through the changelog only when the chain it
+/// started with is keyed. The reload is refused, naming why, and the
+/// running config stays.
+#[test]
+fn a_reload_that_makes_a_kafka_pipeline_keyed_is_refused() {
+    let test = "a_reload_that_makes_a_kafka_pipeline_keyed_is_refused";
+    let Some(input) = Broker::start(test) else {
+        return;
+    };
+    let output = Broker::start(test).unwrap();
+    input.create_topic("flights", PARTITIONS as i32);
+    output.create_topic("planes", 1);
+    let keyed = config(&input, &output, "reload");
+    let plain = keyed.replace(
+        r#"{ plugin = "plane_gaps.wasm", config = { idle_minutes = 10080 }, watermark = "0s" }"#,
+        r#"{ plugin = "identity.wasm" }"#,
+    );
+    assert_ne!(plain, keyed);
+    let scratch = Scratch::new(&plain);
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("Kafka consumer started");
+    scratch.write_config(&keyed);
+    daemon.signal("HUP");
+    daemon.wait_for("config reload refused");
+    daemon.signal("TERM");
+    let out = daemon.finish();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("config reload refused")
+            && l.contains("keyed processors on a Kafka source")
+            && l.contains("needs a restart")),
+        "{log}"
+    );
+}
