@@ -1,16 +1,19 @@
 //! What the Kafka source and sink share: client configuration, topic
-//! creation, and the window-state changelog.
+//! creation, and the changelog of window and keyed state.
 //!
 //! The changelog (Kafka Streams' design, "state stores … backed by a
-//! compacted changelog topic"): at every checkpoint of a windowed pipeline that
-//! reads Kafka, the window state of each assigned Kafka partition is written to
-//! a compacted topic, keyed `pipeline/topic/partition`, together with the
-//! offset the state has seen up to. A daemon that is assigned the partition —
-//! after a restart, or taking it over from another daemon of its group — reads
-//! the latest record of that key, takes up the state and reads the partition
-//! from that offset. State and offset travel in one record, so they always
-//! agree: no window counts a record twice or misses one, whatever daemon ends
-//! up with the partition.
+//! compacted changelog topic"): at every checkpoint of a windowed or keyed
+//! pipeline that reads Kafka, the window state and the keyed processors'
+//! state of each assigned Kafka partition are written to a compacted topic,
+//! keyed `pipeline/topic/partition`, together with the offset the state has
+//! seen up to (a state larger than a Kafka record in parts, the record that
+//! points to them last: `checkpoint::changelog::encode`). A daemon that is
+//! assigned the partition — after a restart, or taking it over from another
+//! daemon of its group — reads the latest record of that key, takes up the
+//! state and reads the partition from that offset. State and offset travel
+//! in one record, so they always agree: no window counts a record twice or
+//! misses one, no keyed state change is lost or applied twice, whatever
+//! daemon ends up with the partition.
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -400,7 +400,15 @@ fn build_stages(
             &pairs,
             limits,
         )?;
-        let mut keyed = keyed_spec(proc_cfg, &slot, plugin, source_key, kafka, source)?;
+        let mut keyed = keyed_spec(
+            proc_cfg,
+            &slot,
+            plugin,
+            source_key,
+            kafka,
+            src.input.keyed_refusal(),
+            source,
+        )?;
         if let Some(k) = &mut keyed {
             // The keyed stages of this plugin before it: each its own state.
             k.instance = stages
@@ -464,13 +472,17 @@ fn check_partition_by(
 /// not have them). A keyed processor's state is per partition and per record
 /// key: with more than one partition, the source must route by a key (its
 /// `key`), so that a key's records all reach the partition that holds its
-/// state (Flink's `keyBy`, Kafka Streams' co-partitioning).
+/// state (Flink's `keyBy`, Kafka Streams' co-partitioning). On a Kafka source
+/// the state is kept per Kafka partition (and moves with it through the
+/// changelog): a record without a `key` pointer is keyed by its message key,
+/// and the source must keep `partition_by = "source"` (`kafka_refusal`).
 fn keyed_spec(
     proc_cfg: &config::ProcessorConfig,
     slot: &Arc<PluginSlot>,
     plugin: &toml::Spanned<String>,
     source_key: Option<&Pointer>,
     kafka: bool,
+    kafka_refusal: Option<String>,
     source: &ConfigSource,
 ) -> Result<Option<KeyedSpec>, ConfigError> {
     let keyed = slot.current().world() == World::Keyed;
@@ -495,15 +507,14 @@ fn keyed_spec(
         }
         return Ok(None);
     }
-    if kafka {
-        // Not yet: the state would stay with the daemon when a rebalance
-        // moves its Kafka partition (the changelog that moves it is to come).
-        return Err(source.error(
-            plugin.span(),
-            "a keyed processor cannot read a Kafka source yet: its state is kept per daemon partition and would not move with a Kafka partition on a rebalance; read a file, stdin or another source",
-        ));
+    // A Kafka source: the state is kept per Kafka partition and moves with
+    // it through the changelog, which needs each partition's records on one
+    // worker (as windows do).
+    if let Some(refusal) = kafka_refusal {
+        return Err(source.error(plugin.span(), refusal));
     }
-    if source_key.is_none() {
+    // A Kafka record without a `key` pointer is keyed by its message key.
+    if source_key.is_none() && !kafka {
         return Err(source.error(
             plugin.span(),
             "a keyed processor keeps state per record key: the source needs a `key` (the JSON pointer records are keyed and routed by); without one every record would be refused",

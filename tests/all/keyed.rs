@@ -22,7 +22,7 @@ fn repo() -> std::path::PathBuf {
 
 /// A record, its object's keys sorted, as text: to compare outputs as sets
 /// whatever the order of a record's fields.
-fn canonical(value: &Value) -> String {
+pub(crate) fn canonical(value: &Value) -> String {
     fn sort(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
@@ -53,7 +53,16 @@ fn canonical(value: &Value) -> String {
 ///   gets `minutes_since_prev` (whole minutes since the plane's previous
 ///   departure, null for its first), replaces the plane's timer by one at
 ///   its time + 7 days; a timer emits an idle record.
-fn expected(lines: &[String], partitions: usize) -> (Vec<String>, usize) {
+pub(crate) fn expected(lines: &[String], partitions: usize) -> (Vec<String>, usize) {
+    let (out, keyless) = expected_in_order(lines, partitions);
+    let mut out: Vec<String> = out.iter().map(canonical).collect();
+    out.sort_unstable();
+    (out, keyless)
+}
+
+/// [`expected`]'s records in the order the rules give them (each key's
+/// records in its order; the order between partitions is free).
+pub(crate) fn expected_in_order(lines: &[String], partitions: usize) -> (Vec<Value>, usize) {
     #[derive(Default)]
     struct Partition {
         max_ts: Option<i64>,
@@ -109,8 +118,6 @@ fn expected(lines: &[String], partitions: usize) -> (Vec<String>, usize) {
             out.push(idle(&k, part.last[&k], at));
         }
     }
-    let mut out: Vec<String> = out.iter().map(canonical).collect();
-    out.sort_unstable();
     (out, keyless)
 }
 
@@ -303,11 +310,11 @@ fn validate_refuses_keyed_settings_where_they_cannot_work() {
         ),
         (
             base(
-                "[sources.s]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = [\"t\"]\ngroup_id = \"g\"",
+                "[sources.s]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = [\"t\"]\ngroup_id = \"g\"\npartition_by = \"key\"",
                 r#"{ plugin = "plane_gaps.wasm" }"#,
-                1,
+                2,
             ),
-            "a keyed processor cannot read a Kafka source yet",
+            "the Kafka source must keep partition_by = \"source\"",
         ),
     ];
     for (config, message) in cases {
@@ -319,6 +326,20 @@ fn validate_refuses_keyed_settings_where_they_cannot_work() {
         assert!(stderr.contains(message), "{message}: {stderr}");
         let at = format!("sluice.toml:{}:", line_of(&config, "plugin = "));
         assert!(stderr.contains(&at), "{at} in:\n{stderr}");
+    }
+    // On Kafka (keyed by the message key, or by a `key` pointer), the state
+    // is kept per Kafka partition: it validates.
+    for key in ["", "\nkey = \"/tailnum\"\nformat = \"json\""] {
+        let ok = base(
+            &format!(
+                "[sources.s]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = [\"t\"]\ngroup_id = \"g\"{key}"
+            ),
+            r#"{ plugin = "plane_gaps.wasm" }"#,
+            2,
+        );
+        let scratch = Scratch::new(&ok);
+        let output = scratch.command("validate").output().unwrap();
+        assert_exit(&output, 0);
     }
     // Keyed by tail number, the same plugin validates with 2 partitions.
     let ok = base(

@@ -21,6 +21,7 @@ mod generator;
 mod http;
 mod http_sink;
 mod kafka;
+mod kafka_keyed;
 mod keyed;
 mod keyed_guest;
 mod languages;

@@ -123,6 +123,25 @@ pub enum StageSnapshot {
 /// stage, `DedupSpec::state_name`, `KeyedSpec::state_name`) → state.
 pub type StageSnapshots = BTreeMap<String, StageSnapshot>;
 
+/// What the names of [`task_state_name`] start with.
+const TASK_PREFIX: &str = "task:";
+
+/// The name under which a partition worker hands the checkpointer the state
+/// of stage `stage` (e.g. `keyed plane_gaps`) for a Kafka partition's task
+/// `task` (the source's id of the partition): `task:ID STAGE`. The
+/// checkpointer knows which partition a task is, and saves the state as
+/// `TOPIC/PARTITION STAGE` (see [`task_of_state`]).
+pub fn task_state_name(task: u32, stage: &str) -> String {
+    format!("{TASK_PREFIX}{task} {stage}")
+}
+
+/// The task id and the stage of a state named by [`task_state_name`];
+/// `None` for any other name.
+pub fn task_of_state(name: &str) -> Option<(u32, &str)> {
+    let (task, stage) = name.strip_prefix(TASK_PREFIX)?.split_once(' ')?;
+    Some((task.parse().ok()?, stage))
+}
+
 /// The file, in the state directory, that holds every pipeline's checkpoint.
 pub const STORE_FILE: &str = "checkpoints.redb";
 
@@ -272,7 +291,9 @@ pub struct Checkpoint {
     /// watermark are its own, as a Kafka Streams task's).
     #[serde(default)]
     pub tasks: BTreeMap<String, WindowSnapshot>,
-    /// The state of the built-in stages (`dedup`) of every partition.
+    /// The state of the stateful stages (`dedup`, keyed processors) of every
+    /// partition; a Kafka partition's keyed state is under
+    /// `TOPIC/PARTITION keyed PLUGIN` (and in the changelog).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stages: StageSnapshots,
     /// The input was read to its end and every window emitted.
@@ -682,7 +703,19 @@ impl Checkpointer {
                 .into_iter()
                 .filter_map(|(task, w)| Some((self.task_names.get(&task)?.clone(), w)))
                 .collect(),
-            stages,
+            stages: stages
+                .into_iter()
+                .filter_map(|(name, state)| {
+                    match task_of_state(&name) {
+                        // A Kafka partition's keyed state: under its
+                        // partition's name, as its windows are.
+                        Some((task, stage)) => {
+                            Some((format!("{} {stage}", self.task_names.get(&task)?), state))
+                        }
+                        None => Some((name, state)),
+                    }
+                })
+                .collect(),
             finished: kind == BarrierKind::End,
             stopped: kind == BarrierKind::Stop,
         };

@@ -98,10 +98,25 @@ impl KeyedSpec {
     /// so a new version receives the old one's state); a second stage of
     /// the same plugin has `#2` after it, and so on.
     pub fn state_name(&self, partition: usize, plugin: &str) -> String {
+        format!("p{partition} {}", self.stage_name(plugin))
+    }
+
+    /// The name of the stage's state without its partition: `keyed PLUGIN`
+    /// (`keyed PLUGIN#2` for a second stage of the same plugin). A Kafka
+    /// partition's changelog record keeps its keyed states under these names
+    /// ([`crate::checkpoint::changelog::TaskState::keyed`]).
+    pub fn stage_name(&self, plugin: &str) -> String {
         match self.instance {
-            0 => format!("p{partition} keyed {plugin}"),
-            n => format!("p{partition} keyed {plugin}#{}", n + 1),
+            0 => format!("keyed {plugin}"),
+            n => format!("keyed {plugin}#{}", n + 1),
         }
+    }
+
+    /// The name a Kafka partition's state is handed to the checkpointer
+    /// under, by the worker that holds it (see
+    /// [`crate::checkpoint::task_state_name`]).
+    pub fn task_state_name(&self, task: u32, plugin: &str) -> String {
+        crate::checkpoint::task_state_name(task, &self.stage_name(plugin))
     }
 }
 
@@ -140,6 +155,15 @@ pub struct KeyedState {
     max_ts: Option<i64>,
     bytes: usize,
 }
+
+/// A keyed stage's states on one partition worker, by task: `None` for the
+/// worker's partition itself (every source but Kafka), `Some(id)` for each
+/// Kafka partition the worker reads (`id`: the source's task id of the
+/// partition), so that a Kafka partition's state — keys, timers and
+/// watermark — is its own and can move to another daemon with it (Kafka
+/// Streams keeps one state store per task, a task per input partition;
+/// Flink's key groups play that part there).
+pub type TaskStates = std::collections::BTreeMap<Option<u32>, KeyedState>;
 
 /// How the stage calls the plugin: one `process-keyed` call.
 pub type Call<'a> = dyn FnMut(&mut KeyedCall) -> Result<KeyedReturn, CallError> + 'a;
@@ -1183,6 +1207,115 @@ mod tests {
             ));
             assert_eq!(out, whole, "restored after {cut} records");
         }
+    }
+
+    /// The changelog record of a Kafka partition (offset, windows, keyed
+    /// states) as the broker stores it: JSON bytes.
+    fn through_the_changelog(
+        task: &crate::checkpoint::changelog::TaskState,
+    ) -> crate::checkpoint::changelog::TaskState {
+        let bytes = serde_json::to_vec(task).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn a_partition_state_moved_through_its_changelog_record_goes_on_as_if_nothing_happened() {
+        // Two stages of one plugin, so two states in one record; the first
+        // daemon runs the records before `cut` (with a processing-time
+        // timer set, which must travel too), the one that takes the
+        // partition over restores the record and runs the rest.
+        let spec = KeyedSpec::default();
+        let second_spec = KeyedSpec {
+            instance: 1,
+            ..spec
+        };
+        let whole = run_in(&SORTED, 1, &spec);
+        for cut in 1..SORTED.len() {
+            let mut calls = 0;
+            let mut first = KeyedState::default();
+            let mut out = Vec::new();
+            {
+                let mut call = gaps(&mut calls);
+                for part in SORTED[..cut].chunks(1) {
+                    let o = first
+                        .process(&spec, &batch(part), 0, false, 64, &mut call)
+                        .unwrap();
+                    out.extend(values(&o.events));
+                }
+            }
+            first.set_timer(TimeDomain::ProcessingTime, 9_000, b"a");
+            let mut other = KeyedState::default();
+            other.put(b"z", b"zz".to_vec(), 5);
+            let record = crate::checkpoint::changelog::TaskState {
+                offset: cut as i64,
+                window: None,
+                keyed: BTreeMap::from([
+                    (spec.stage_name("gaps"), first.snapshot(&spec, 0)),
+                    (second_spec.stage_name("gaps"), other.snapshot(&spec, 0)),
+                ]),
+                shape: BTreeMap::new(),
+                parts: None,
+            };
+            let read = through_the_changelog(&record);
+            assert_eq!(read.offset, cut as i64);
+            assert_eq!(read.keyed, record.keyed, "every key, value and timer");
+            assert_eq!(
+                read.keyed.keys().collect::<Vec<_>>(),
+                ["keyed gaps", "keyed gaps#2"]
+            );
+            let mut second = KeyedState::restore(&read.keyed["keyed gaps"]);
+            assert_eq!(second.len(), first.len());
+            assert_eq!(second.timers(), first.timers());
+            assert_eq!(second.watermark(&spec), first.watermark(&spec));
+            assert!(second.processing_due(9_000) && !second.processing_due(8_999));
+            assert_eq!(
+                KeyedState::restore(&read.keyed["keyed gaps#2"]).get(&spec, b"z", 0),
+                Some(&b"zz"[..])
+            );
+            second.delete_timer(TimeDomain::ProcessingTime, 9_000, b"a");
+            let mut call = gaps(&mut calls);
+            for part in SORTED[cut..].chunks(1) {
+                let o = second
+                    .process(&spec, &batch(part), 0, false, 64, &mut call)
+                    .unwrap();
+                out.extend(values(&o.events));
+            }
+            out.extend(values(
+                &second.finish(&spec, 0, false, &mut call).unwrap().events,
+            ));
+            assert_eq!(out, whole, "moved after {cut} records");
+        }
+    }
+
+    #[test]
+    fn a_changelog_record_without_keyed_state_reads_as_none() {
+        // A record a windowed pipeline wrote before keyed processors.
+        let old = r#"{"offset":42,"window":null,"shape":{}}"#;
+        let read: crate::checkpoint::changelog::TaskState = serde_json::from_str(old).unwrap();
+        assert_eq!(read.offset, 42);
+        assert!(read.keyed.is_empty());
+        // And a record without keyed state is written without the field.
+        let text = serde_json::to_string(&read).unwrap();
+        assert!(!text.contains("keyed"), "{text}");
+    }
+
+    #[test]
+    fn a_kafka_partition_state_is_named_by_its_task_then_its_partition() {
+        let spec = KeyedSpec {
+            instance: 1,
+            ..KeyedSpec::default()
+        };
+        let name = spec.task_state_name(7, "plane_gaps");
+        assert_eq!(name, "task:7 keyed plane_gaps#2");
+        assert_eq!(
+            crate::checkpoint::task_of_state(&name),
+            Some((7, "keyed plane_gaps#2"))
+        );
+        // A partition worker's own state is not a task's.
+        assert_eq!(
+            crate::checkpoint::task_of_state(&spec.state_name(0, "plane_gaps")),
+            None
+        );
     }
 
     #[test]

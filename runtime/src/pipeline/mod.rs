@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
 use crate::checkpoint::{Checkpoint, CheckpointSpec, Checkpointer, Store};
-use crate::pipeline::processor::Step;
+use crate::pipeline::processor::{Step, StepSpec};
 use crate::pipeline::worker::{WindowFeed, Worker};
 use crate::sink::SinkHandle;
 use crate::sink::dead_letter::DeadLetter;
@@ -94,7 +94,22 @@ impl PipelineSpec {
             ("queue_records", self.queue_records.to_string()),
             ("window or aggregate", format!("{:?}", self.window)),
             ("checkpoint", format!("{:?}", self.checkpoint)),
+            // A Kafka source tags records with their partition's task, and
+            // moves keyed state through the changelog, only when the chain
+            // it started with has a keyed processor.
+            (
+                "keyed processors on a Kafka source",
+                (self.source.input.window_tasks() && self.has_keyed()).to_string(),
+            ),
         ]
+    }
+
+    /// Whether the chain has a keyed processor.
+    pub fn has_keyed(&self) -> bool {
+        self.chain
+            .stages
+            .iter()
+            .any(|s| matches!(s, StepSpec::Plugin(s) if s.keyed.is_some()))
     }
 
     /// What a checkpoint must match to be restored (see [`Checkpoint::shape`]).
@@ -312,6 +327,7 @@ impl PipelineSpec {
         let router = Router::new(self.partitions).balanced(self.balance);
         let source_stats = stats.clone();
         let pipeline = self.name.clone();
+        let keyed = self.has_keyed();
         let source = std::thread::Builder::new()
             .name(format!("{}-source", self.name))
             .spawn(move || {
@@ -327,6 +343,7 @@ impl PipelineSpec {
                     checkpointer,
                     resume: resume_at,
                     window: window_control,
+                    keyed,
                 })
             })?;
         Ok(RunningPipeline {

@@ -31,7 +31,7 @@ use sluice_plugin_sdk::Batch;
 use crate::config::{BreakerConfig, OnError};
 use crate::obs::metrics::PluginMetrics;
 use crate::pipeline::builtin::{DedupSpec, DedupState, JoinSpec};
-use crate::pipeline::keyed::{KeyedSpec, KeyedState, now_ms};
+use crate::pipeline::keyed::{KeyedSpec, KeyedState, TaskStates, now_ms};
 use crate::table::TableSet;
 use crate::wasm::keyed::{KeyedCall, KeyedReturn};
 use crate::wasm::plugin::{CallError, Instance, Limits, LogTags, Plugin, Processed};
@@ -123,7 +123,10 @@ impl Step {
                         if let Some(crate::checkpoint::StageSnapshot::Keyed(k)) =
                             restored.get(&stage.state_name())
                         {
-                            stage.set_keyed_state(KeyedState::restore(k));
+                            stage.set_keyed_state(TaskStates::from([(
+                                None,
+                                KeyedState::restore(k),
+                            )]));
                         }
                         Step::Plugin(stage)
                     }
@@ -202,8 +205,9 @@ pub struct Stage {
     bisect_budget: usize,
     /// The instruments of the version this stage runs.
     metrics: Arc<PluginMetrics>,
-    /// A keyed processor's state on this partition.
-    keyed: Option<KeyedState>,
+    /// A keyed processor's states on this partition: one per task (see
+    /// [`TaskStates`]).
+    keyed: Option<TaskStates>,
 }
 
 /// Why a keyed stage runs without a batch.
@@ -242,7 +246,7 @@ impl Stage {
             keyed: None,
         };
         if stage.spec.keyed.is_some() {
-            stage.keyed = Some(KeyedState::default());
+            stage.keyed = Some(TaskStates::new());
         }
         stage.instance = Some(stage.instantiate(&stage.plugin.clone())?);
         Ok(stage)
@@ -289,33 +293,91 @@ impl Stage {
             .state_name(self.partition, &self.plugin.name)
     }
 
-    /// A keyed stage's state for a checkpoint (`None` for a plain one).
-    pub fn keyed_snapshot(&self) -> Option<(String, crate::checkpoint::StageSnapshot)> {
-        let (spec, state) = (self.spec.keyed.as_ref()?, self.keyed.as_ref()?);
-        Some((
-            self.state_name(),
-            crate::checkpoint::StageSnapshot::Keyed(state.snapshot(spec, now_ms())),
-        ))
+    /// A keyed stage's states for a checkpoint (none for a plain stage):
+    /// the partition's own under [`Stage::state_name`], each Kafka
+    /// partition's under [`KeyedSpec::task_state_name`].
+    pub fn keyed_snapshot(&self) -> Vec<(String, crate::checkpoint::StageSnapshot)> {
+        let (Some(spec), Some(states)) = (self.spec.keyed.as_ref(), self.keyed.as_ref()) else {
+            return Vec::new();
+        };
+        let now = now_ms();
+        states
+            .iter()
+            .map(|(task, state)| {
+                let name = match task {
+                    None => self.state_name(),
+                    Some(task) => spec.task_state_name(*task, &self.plugin.name),
+                };
+                (
+                    name,
+                    crate::checkpoint::StageSnapshot::Keyed(state.snapshot(spec, now)),
+                )
+            })
+            .collect()
     }
 
-    /// Takes up a keyed state (restored from a checkpoint, or carried over
+    /// Takes up keyed states (restored from a checkpoint, or carried over
     /// from the chain a config reload replaced).
-    pub fn set_keyed_state(&mut self, state: KeyedState) {
+    pub fn set_keyed_state(&mut self, states: TaskStates) {
         if self.keyed.is_some() {
-            self.keyed = Some(state);
+            self.keyed = Some(states);
         }
     }
 
-    /// Hands the keyed state over (for the chain that replaces this one).
-    pub fn take_keyed_state(&mut self) -> Option<KeyedState> {
+    /// Hands the keyed states over (for the chain that replaces this one).
+    pub fn take_keyed_state(&mut self) -> Option<TaskStates> {
         self.keyed.take()
+    }
+
+    /// Takes up the state of Kafka partition task `task` from `states` (the
+    /// stage's name, [`KeyedSpec::stage_name`] → its state, as a changelog
+    /// record holds them): an empty one when `states` has none for this
+    /// stage. Returns the keys restored.
+    pub fn restore_task(
+        &mut self,
+        task: u32,
+        states: &std::collections::BTreeMap<String, crate::checkpoint::KeyedSnapshot>,
+    ) -> usize {
+        let Some(spec) = self.spec.keyed else {
+            return 0;
+        };
+        let name = spec.stage_name(&self.plugin.name);
+        let Some(tasks) = self.keyed.as_mut() else {
+            return 0;
+        };
+        let state = states
+            .get(&name)
+            .map(KeyedState::restore)
+            .unwrap_or_default();
+        let keys = state.len();
+        tasks.insert(Some(task), state);
+        keys
+    }
+
+    /// Drops the states of Kafka partition tasks `tasks` (their partitions
+    /// went to another daemon, which restores them from the changelog).
+    pub fn forget_tasks(&mut self, tasks: &[u32]) {
+        if let Some(states) = self.keyed.as_mut() {
+            for task in tasks {
+                states.remove(&Some(*task));
+            }
+        }
+    }
+
+    /// The tasks this keyed stage holds a state for (empty for a plain one).
+    pub fn keyed_tasks(&self) -> Vec<Option<u32>> {
+        self.keyed
+            .as_ref()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Whether a keyed stage has a processing-time timer due now.
     pub fn processing_due(&self) -> bool {
+        let now = now_ms();
         self.keyed
             .as_ref()
-            .is_some_and(|k| k.processing_due(now_ms()))
+            .is_some_and(|s| s.values().any(|k| k.processing_due(now)))
     }
 
     /// One `process-keyed` call on the instance (made when there is none).
@@ -351,20 +413,26 @@ impl Stage {
         result
     }
 
-    /// A keyed stage's batch (or, with `flush`, its timers alone): see
-    /// [`KeyedState::process`]. Under `on_error = "stop"` a failed call is
-    /// returned.
+    /// A keyed stage's batch (or, with `flush`, its timers alone), on the
+    /// state of `task` (`None`: the partition's own; `Some`: a Kafka
+    /// partition's, made empty when new): see [`KeyedState::process`]. Under
+    /// `on_error = "stop"` a failed call is returned.
     ///
     /// # Errors
     /// Only under `on_error = "stop"`: the failed call.
     pub fn process_keyed(
         &mut self,
         batch: &Batch,
+        task: Option<u32>,
         flush: Option<Flush>,
     ) -> Result<StageOutput, CallError> {
         self.follow_slot();
         let spec = self.spec.keyed.expect("a keyed stage");
-        let mut state = self.keyed.take().unwrap_or_default();
+        let mut state = self
+            .keyed
+            .as_mut()
+            .and_then(|s| s.remove(&task))
+            .unwrap_or_default();
         let stop = self.spec.on_error == OnError::Stop;
         let budget = self.spec.breaker.bisect_limit;
         let now = now_ms();
@@ -381,7 +449,7 @@ impl Stage {
                 }
                 Ok(out)
             });
-        self.keyed = Some(state);
+        self.keyed.get_or_insert_default().insert(task, state);
         let out = result?;
         if out.timers_failed > 0 {
             tracing::warn!(
@@ -465,7 +533,7 @@ impl Stage {
     /// Only under `on_error = "stop"`: the failed call.
     pub fn process(&mut self, batch: &mut Batch) -> Result<StageOutput, CallError> {
         if self.keyed.is_some() {
-            return self.process_keyed(batch, None);
+            return self.process_keyed(batch, None, None);
         }
         self.follow_slot();
         if self.spec.on_error == OnError::Stop {

@@ -192,6 +192,36 @@ impl Worker {
                     }
                     self.pass_barrier(barrier)?;
                 }
+                Ok(Chunk::Restore(task, states)) => {
+                    if !batcher.is_empty() {
+                        self.process_or_count(batcher.take())?;
+                    }
+                    for step in &mut self.stages {
+                        if let Step::Plugin(stage) = step
+                            && stage.is_keyed()
+                        {
+                            let keys = stage.restore_task(task, &states);
+                            tracing::debug!(
+                                pipeline = %self.pipeline,
+                                partition = self.partition,
+                                stage = %stage.spec().label,
+                                task,
+                                keys,
+                                "keyed state of a Kafka partition taken up"
+                            );
+                        }
+                    }
+                }
+                Ok(Chunk::Forget(tasks)) => {
+                    if !batcher.is_empty() {
+                        self.process_or_count(batcher.take())?;
+                    }
+                    for step in &mut self.stages {
+                        if let Step::Plugin(stage) = step {
+                            stage.forget_tasks(&tasks);
+                        }
+                    }
+                }
                 Ok(Chunk::Deliver(done)) => {
                     if !batcher.is_empty() {
                         self.process_or_count(batcher.take())?;
@@ -267,9 +297,12 @@ impl Worker {
                     spec.state_name(self.partition),
                     crate::checkpoint::StageSnapshot::Dedup(state.snapshot()),
                 )),
-                Step::Plugin(stage) => stage.keyed_snapshot(),
                 _ => None,
             })
+            .chain(self.stages.iter().flat_map(|step| match step {
+                Step::Plugin(stage) => stage.keyed_snapshot(),
+                _ => Vec::new(),
+            }))
             .collect();
         if !state.is_empty() {
             let _ = barrier.ack.send(Ack::Stages(Box::new(state)));
@@ -375,17 +408,32 @@ impl Worker {
     }
 
     /// Runs the keyed stages without a batch (`flush`), the rest of the
-    /// chain on what they emit; a failure counts nothing more as failed.
+    /// chain on what they emit, once per task a keyed stage holds a state
+    /// for (each Kafka partition's timers are its own); a failure counts
+    /// nothing more as failed.
     fn flush_or_count(&mut self, flush: Flush) -> anyhow::Result<()> {
-        if !self
+        // A task without a state yet has no timer to fire.
+        let mut tasks: Vec<Option<u32>> = self
             .stages
             .iter()
-            .any(|s| matches!(s, Step::Plugin(stage) if stage.is_keyed()))
-        {
-            return Ok(());
+            .flat_map(|step| match step {
+                Step::Plugin(stage) => stage.keyed_tasks(),
+                _ => Vec::new(),
+            })
+            .collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        let open = self.task;
+        for task in tasks {
+            self.task = task;
+            let ran = self.run_chain(Batch::new(), Some(flush));
+            if let Err(failed) = ran {
+                self.task = open;
+                return Err(failed.error);
+            }
         }
-        self.run_chain(Batch::new(), Some(flush))
-            .map_err(|failed| failed.error)
+        self.task = open;
+        Ok(())
     }
 
     /// [`Worker::process`], counting the batch as failed when it fails.
@@ -523,7 +571,7 @@ impl Worker {
             }
             let mut span = timer.stage(&stage.spec().label);
             let processed = if stage.is_keyed() {
-                stage.process_keyed(&current, flush)
+                stage.process_keyed(&current, self.task, flush)
             } else {
                 stage.process(&mut current)
             };

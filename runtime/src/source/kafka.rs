@@ -221,6 +221,12 @@ impl super::Source for KafkaSource {
         true
     }
 
+    fn keyed_refusal(&self) -> Option<String> {
+        (self.0.partition_by == PartitionBy::Key).then(|| {
+            "a keyed processor keeps its state per Kafka partition, so that the state moves with the partition on a rebalance: the Kafka source must keep partition_by = \"source\" (the default)".to_string()
+        })
+    }
+
     fn stamps_event_time(&self) -> bool {
         true // the Kafka record's timestamp
     }
@@ -245,6 +251,7 @@ impl super::Source for KafkaSource {
             cx.stop,
             checkpointer,
             cx.window,
+            cx.keyed,
         )
     }
 }
@@ -292,6 +299,9 @@ struct Side {
     checkpointer: Checkpointer,
     /// The window operator's input, for a windowed pipeline.
     window: Option<flume::Sender<WindowMsg>>,
+    /// The chain has a keyed processor: records carry their partition's
+    /// task, and each partition's keyed state moves through the changelog.
+    keyed: bool,
     changelog: Option<Changelog>,
     assigned: BTreeMap<(String, i32), Assigned>,
     next_task: u32,
@@ -418,7 +428,7 @@ impl Side {
                         .collect();
                     if !changed.is_empty() {
                         self.fail(anyhow::anyhow!(
-                            "pipeline `{}`: the window state in changelog topic `{}` was saved with another window or aggregates and cannot be resumed:{}\nUndo the change, or start the windows over with a new `changelog_topic` and `group_id`",
+                            "pipeline `{}`: the state in changelog topic `{}` was saved with another window or aggregates and cannot be resumed:{}\nUndo the change, or start the state over with a new `changelog_topic` and `group_id`",
                             self.pipeline,
                             changelog.topic,
                             changed.iter().map(|c| format!("\n  {c}")).collect::<String>()
@@ -435,6 +445,7 @@ impl Side {
                             .get_mut(&(topic.clone(), *partition))
                             .expect("just assigned");
                         a.next = Some(state.offset);
+                        let task = a.task;
                         let _ = assignment.set_partition_offset(
                             topic,
                             *partition,
@@ -444,23 +455,32 @@ impl Side {
                             .window
                             .as_ref()
                             .map_or(0, |w| w.fixed.len() + w.sessions.len());
+                        let keys: usize = state.keyed.values().map(|k| k.entries.len()).sum();
+                        let timers: usize = state
+                            .keyed
+                            .values()
+                            .map(|k| k.event_timers.len() + k.processing_timers.len())
+                            .sum();
                         tracing::info!(
                             pipeline = %self.pipeline,
                             topic = %topic,
                             partition,
                             offset = state.offset,
                             open_windows = windows,
+                            keyed_keys = keys,
+                            keyed_timers = timers,
                             "partition assigned: state restored from the changelog"
                         );
+                        if self.keyed {
+                            self.restore_keyed(*partition, task, state.keyed);
+                        }
                         if let (Some(window), Some(tx)) = (state.window, &self.window) {
-                            let _ = tx.send(WindowMsg::Restore(a.task, Box::new(window)));
+                            let _ = tx.send(WindowMsg::Restore(task, Box::new(window)));
                         }
                     }
                 }
                 Err(e) => {
-                    self.fail(
-                        e.context("cannot restore the window state of the assigned partitions"),
-                    );
+                    self.fail(e.context("cannot restore the state of the assigned partitions"));
                 }
             }
         }
@@ -470,6 +490,29 @@ impl Side {
             "Kafka partitions assigned"
         );
         assignment
+    }
+
+    /// Hands Kafka partition `partition`'s keyed state (from its changelog
+    /// record) to the worker that will get its records, as task `task`:
+    /// after the records already queued for that worker, before any of the
+    /// partition's.
+    fn restore_keyed(
+        &mut self,
+        partition: i32,
+        task: u32,
+        states: BTreeMap<String, crate::checkpoint::KeyedSnapshot>,
+    ) {
+        let worker = usize::try_from(partition).unwrap_or(0) % self.outbox.senders.len();
+        if self.outbox.flush(worker).is_err()
+            || self.outbox.senders[worker]
+                .send(Chunk::Restore(task, Box::new(states)))
+                .is_err()
+        {
+            self.fail(anyhow::anyhow!(
+                "pipeline `{}`: a partition worker stopped before the keyed state of partition {partition} could be restored",
+                self.pipeline
+            ));
+        }
     }
 
     /// Partitions revoked: checkpoints (and commits) everything read from
@@ -499,6 +542,15 @@ impl Side {
                 crate::obs::metrics::forget_consumer_lag(&self.pipeline, &part.0, part.1);
                 tasks.push(a.task);
                 self.checkpointer.task_names.remove(&a.task);
+            }
+        }
+        if self.keyed && !tasks.is_empty() {
+            // After what was read from them: their records are processed
+            // on the state they belong to, then the state is dropped.
+            if self.outbox.flush_all().is_ok() {
+                for tx in &self.outbox.senders {
+                    let _ = tx.send(Chunk::Forget(tasks.clone()));
+                }
             }
         }
         if let Some(tx) = &self.window
@@ -557,7 +609,9 @@ impl Side {
                         TaskState {
                             offset: *next,
                             window: checkpoint.tasks.get(&format!("{t}/{p}")).cloned(),
+                            keyed: keyed_states_of(&checkpoint.stages, t, *p),
                             shape: self.state_shape(),
+                            parts: None,
                         },
                     )
                 })
@@ -632,7 +686,7 @@ impl Side {
 
     /// Hands one polled record to its worker.
     fn handle(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<bool> {
-        let windowed = self.window.is_some();
+        let tasked = self.window.is_some() || self.keyed;
         // A few assigned partitions: found by comparison, with no key to
         // allocate per record.
         let Some(a) = self
@@ -644,7 +698,7 @@ impl Side {
             return Ok(true); // fetched before its partition was revoked
         };
         a.next = Some(message.offset() + 1);
-        let task = windowed.then_some(a.task);
+        let task = tasked.then_some(a.task);
         let Some(value) = message.payload() else {
             return Ok(true); // a tombstone: no event
         };
@@ -701,6 +755,26 @@ impl Side {
     }
 }
 
+/// The keyed states of Kafka partition `topic`/`partition` among a
+/// checkpoint's stage states (saved as `TOPIC/PARTITION keyed PLUGIN`), by
+/// stage name (`keyed PLUGIN`).
+fn keyed_states_of(
+    stages: &crate::checkpoint::StageSnapshots,
+    topic: &str,
+    partition: i32,
+) -> BTreeMap<String, crate::checkpoint::KeyedSnapshot> {
+    let prefix = format!("{topic}/{partition} ");
+    stages
+        .iter()
+        .filter_map(|(name, state)| match state {
+            crate::checkpoint::StageSnapshot::Keyed(k) => {
+                Some((name.strip_prefix(&prefix)?.to_string(), k.clone()))
+            }
+            crate::checkpoint::StageSnapshot::Dedup(_) => None,
+        })
+        .collect()
+}
+
 /// Runs a Kafka source until `stop()` turns true or the pipeline fails.
 /// `checkpointer` decides when offsets are committed; `window` is the
 /// window operator's input of a windowed pipeline (which then keeps its state
@@ -721,11 +795,12 @@ pub fn run(
     stop: &dyn Fn() -> bool,
     checkpointer: Checkpointer,
     window: Option<flume::Sender<WindowMsg>>,
+    keyed: bool,
 ) -> anyhow::Result<()> {
     let base = crate::kafka::client_config(&input.brokers, &input.properties);
-    let changelog = match &window {
-        Some(_) => Some(Changelog::open(&base, &input.changelog_topic)?),
-        None => None,
+    let changelog = match window.is_some() || keyed {
+        true => Some(Changelog::open(&base, &input.changelog_topic)?),
+        false => None,
     };
     let side = Arc::new(Mutex::new(Side {
         pipeline: pipeline.to_string(),
@@ -737,6 +812,7 @@ pub fn run(
         stats: stats.clone(),
         checkpointer,
         window,
+        keyed,
         changelog,
         assigned: BTreeMap::new(),
         next_task: 0,

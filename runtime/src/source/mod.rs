@@ -206,6 +206,12 @@ pub trait Source: fmt::Debug + Send + Sync + 'static {
     fn window_tasks(&self) -> bool {
         false
     }
+    /// Why a keyed processor cannot keep its state per partition of this
+    /// source (a Kafka source spreading a partition's records over the
+    /// workers by key), or `None`.
+    fn keyed_refusal(&self) -> Option<String> {
+        None
+    }
     /// Whether its records carry an event time of their own without a
     /// `timestamp` pointer (a Kafka record's timestamp). When they do not
     /// and no `timestamp` is set, a record's time is when it was read, and a
@@ -256,6 +262,11 @@ pub struct SourceContext<'a> {
     pub resume: Option<Position>,
     /// The window operator's input, for a source with window tasks.
     pub window: Option<flume::Sender<WindowMsg>>,
+    /// Whether the chain has a keyed processor: a Kafka source then tags
+    /// each record with its partition's task and moves the keyed state of
+    /// each partition through the changelog ([`Chunk::Restore`],
+    /// [`Chunk::Forget`]).
+    pub keyed: bool,
 }
 
 /// Bytes of an overlong line kept for the dead-letter record.
@@ -305,6 +316,18 @@ pub enum Chunk {
     /// windows holds its records in window state, not in its sinks, so it is
     /// never sent one.
     Deliver(flume::Sender<anyhow::Result<()>>),
+    /// A Kafka source was assigned a partition: process what came before,
+    /// then take up the keyed state of its task (the source's task id) from
+    /// the partition's changelog record (stage name, as
+    /// `KeyedSpec::stage_name`, → state; empty: the partition starts
+    /// without state). Sent before any record of the partition.
+    Restore(
+        u32,
+        Box<std::collections::BTreeMap<String, crate::checkpoint::KeyedSnapshot>>,
+    ),
+    /// A Kafka source gave these partition tasks up (a rebalance): process
+    /// what came before, then drop their keyed states.
+    Forget(Vec<u32>),
 }
 
 impl Chunk {
@@ -312,7 +335,7 @@ impl Chunk {
     pub fn len(&self) -> usize {
         match self {
             Chunk::Records(r) => r.len(),
-            Chunk::Barrier(_) | Chunk::Deliver(_) => 0,
+            Chunk::Barrier(_) | Chunk::Deliver(_) | Chunk::Restore(..) | Chunk::Forget(_) => 0,
         }
     }
 

@@ -308,6 +308,7 @@ fn read_connection(shared: &Shared<'_>, stream: TcpStream, peer: SocketAddr) -> 
             checkpointer: None,
             resume: None,
             window: None,
+            keyed: false,
         },
         Box::new(lines),
     )
