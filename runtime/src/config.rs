@@ -219,7 +219,7 @@ pub struct DecodeConfig {
     /// lines; records reach each partition in input order all the same (see
     /// [`crate::source::parallel`]). Default: the machine's cores (at most
     /// 4) for `format = "json"` on `file`, `dir` and `generator` sources, 0
-    /// (the source's thread decodes) elsewhere. JSON only.
+    /// for `stdin`; refused on the other kinds. JSON only.
     #[serde(default)]
     pub decode_threads: Option<Spanned<usize>>,
 }

@@ -78,3 +78,58 @@ fn balance_spreads_a_skewed_key_evenly_and_the_summary_says_how_even() {
         "{stderr}"
     );
 }
+
+/// With parallel decode, `balance` still deals records out evenly when the
+/// input is double-spaced (blank lines take no turn), and keyless records
+/// spread over every partition whatever the pattern of keyed lines.
+#[test]
+fn parallel_decode_balances_double_spaced_and_keyless_records() {
+    let n = 40_000;
+    let double_spaced: String = (0..n)
+        .map(|i| format!("{{\"i\":{i},\"k\":\"hot\"}}\n\n"))
+        .collect();
+    // Every other record keyless: the keyless ones must not all land on the
+    // partitions of even (or odd) line numbers.
+    let alternating: String = (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("{{\"i\":{i},\"k\":\"hot\"}}\n")
+            } else {
+                format!("{{\"i\":{i}}}\n")
+            }
+        })
+        .collect();
+    for (input, balance) in [(&double_spaced, true), (&alternating, false)] {
+        let mut config = Config::new()
+            .file_source("f", "in.ndjson")
+            .key("/k")
+            .set("decode_threads", 2)
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "f", &["out"])
+            .partitions(4)
+            .plugin("identity.wasm");
+        if balance {
+            config = config.set("partition_by", "\"balance\"");
+        }
+        let scratch = Scratch::new(&config.build());
+        scratch.write("in.ndjson", input);
+        let output = scratch.run();
+        assert_exit(&output, 0);
+        let counts: Vec<usize> = summaries(&output.stderr)["p"]["partition_records"]
+            .split('/')
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert_eq!(counts.iter().sum::<usize>(), n);
+        if balance {
+            assert_eq!(counts, [n / 4; 4]);
+        } else {
+            // The keyed half all goes to murmur2("hot") % 4; the keyless
+            // half spreads: each partition gets at least 80% of an even share.
+            let hot = (sluice::source::router::murmur2(b"hot") & 0x7fff_ffff) as usize % 4;
+            for (p, &c) in counts.iter().enumerate() {
+                let keyless = if p == hot { c - n / 2 } else { c };
+                assert!(keyless * 4 * 10 >= n / 2 * 8, "{counts:?}");
+            }
+        }
+    }
+}

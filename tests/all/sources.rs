@@ -186,3 +186,116 @@ fn logs_can_be_json() {
     assert_eq!(started["level"], "INFO");
     assert_eq!(count(&output, "p", "in"), 1);
 }
+
+/// `decode_threads = n` on a JSON file source, keyed by `/tailnum`.
+fn parallel_config(path: &str, threads: usize, partitions: usize) -> String {
+    Config::new()
+        .file_source("f", path)
+        .key("/tailnum")
+        .set("decode_threads", threads)
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "f", &["out"])
+        .partitions(partitions)
+        .batch(r#"{ max_records = 100, interval = "10ms" }"#)
+        .plugin("identity.wasm")
+        .build()
+}
+
+/// Parallel decode: an input that fails to read (a gzip file with garbage
+/// after its member) still has every line read before the failure processed,
+/// with lines in the decoders' hands as with none (`decode_threads = 0`).
+#[test]
+fn lines_decoded_in_parallel_are_processed_when_the_input_fails() {
+    use std::io::Write as _;
+    let lines = flights_lines(5_000);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    let mut bytes = gz.finish().unwrap();
+    bytes.extend_from_slice(&[0u8; 512]);
+    let mut want = lines.clone();
+    want.sort_unstable();
+    for threads in [0, 2, 4] {
+        let scratch = Scratch::new(&parallel_config("in.ndjson.gz", threads, 3));
+        std::fs::write(scratch.path("in.ndjson.gz"), &bytes).unwrap();
+        let output = scratch.run();
+        assert_exit(&output, 1);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("read failed"), "{stderr}");
+        let mut got = scratch.read_lines("out.ndjson");
+        got.sort_unstable();
+        assert_eq!(got.len(), want.len(), "decode_threads = {threads}");
+        assert!(got == want, "decode_threads = {threads}");
+    }
+}
+
+/// A `file` source on a named pipe hands each line on while the writer
+/// still writes (the decoders' partial block is forwarded before a read
+/// that waits), not when it closes.
+#[test]
+fn a_named_pipe_delivers_its_lines_while_the_writer_still_writes() {
+    let scratch = Scratch::new(&parallel_config("pipe", 2, 1));
+    let pipe = scratch.path("pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &pipe,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let daemon = Running::start(scratch.command("run"));
+    // Opening for writing waits for the daemon to open it for reading.
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+    let lines = flights_lines(3);
+    for (i, line) in lines.iter().enumerate() {
+        writeln!(writer, "{line}").unwrap();
+        writer.flush().unwrap();
+        let start = std::time::Instant::now();
+        while scratch.read_lines("out.ndjson").len() < i + 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "line {} not out after 10 s while the writer is open",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(writer);
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    assert_eq!(scratch.read_lines("out.ndjson"), lines);
+}
+
+/// `decode_threads` where it cannot apply (a socket source decodes per
+/// connection) or on a format other than JSON is a located config error.
+#[test]
+fn decode_threads_is_refused_where_it_cannot_apply() {
+    for (table, want) in [
+        (
+            "type = \"tcp\"\naddress = \"127.0.0.1:0\"\ndecode_threads = 2\n",
+            "`decode_threads` is for file, dir, generator and stdin sources",
+        ),
+        (
+            "type = \"file\"\npath = \"in.csv\"\nformat = \"csv\"\ndecode_threads = 2\n",
+            "`decode_threads` is for format = \"json\"",
+        ),
+        (
+            "type = \"stdin\"\ndecode_threads = 65\n",
+            "`decode_threads` is at most 64",
+        ),
+    ] {
+        let text = format!(
+            "[sources.s]\n{table}\n[sinks.out]\ntype = \"blackhole\"\n\n[pipelines.p]\nsource = \"s\"\nsinks = [\"out\"]\n"
+        );
+        let scratch = Scratch::new(&text);
+        scratch.write("in.csv", "a,b\n");
+        let output = scratch.command("validate").output().unwrap();
+        assert_exit(&output, 2);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let at = format!("sluice.toml:{}:", line_of(&text, "decode_threads"));
+        assert!(
+            stderr.contains(&at) && stderr.contains(want),
+            "{want}: {stderr}"
+        );
+    }
+}

@@ -8,7 +8,12 @@ use crate::support::*;
 #[test]
 fn top_once_shows_pipelines_and_plugins() {
     const LINES: usize = 25;
-    let scratch = Scratch::new(&identity_following_with_admin().partitions(2).build());
+    let scratch = Scratch::new(
+        &identity_following_with_admin()
+            .partitions(2)
+            .set("partition_by", "\"balance\"")
+            .build(),
+    );
     let lines: String = (0..LINES).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     scratch.write("in.ndjson", &lines);
     let mut daemon = Running::start(scratch.command("run"));
@@ -36,8 +41,8 @@ fn top_once_shows_pipelines_and_plugins() {
         .split_whitespace()
         .collect();
     let lines = LINES.to_string();
-    // Keyless records go round-robin over the 2 partitions: the busiest has
-    // ceil(25 / 2) = 13 records, over a mean of 12.5.
+    // Balanced, records go round-robin over the 2 partitions: the busiest
+    // has ceil(25 / 2) = 13 records, over a mean of 12.5.
     let skew = format!("{:.2}", LINES.div_ceil(2) as f64 / (LINES as f64 / 2.0));
     assert_eq!(
         row,

@@ -44,8 +44,8 @@ pub struct DirSource {
 }
 
 impl super::Source for DirSource {
-    fn parallel_decode(&self) -> bool {
-        true
+    fn parallel_decode(&self) -> Option<bool> {
+        Some(true)
     }
 
     fn describe(&self) -> String {

@@ -187,8 +187,8 @@ impl std::fmt::Debug for FileSource {
 }
 
 impl super::Source for FileSource {
-    fn parallel_decode(&self) -> bool {
-        true
+    fn parallel_decode(&self) -> Option<bool> {
+        Some(true)
     }
 
     fn describe(&self) -> String {
@@ -254,6 +254,9 @@ pub struct FileLines {
     /// Where the line last returned starts (`u64::MAX` for a carried line,
     /// which belongs to the file before).
     line_start: u64,
+    /// Not a regular file (a named pipe, a character device): a read may
+    /// wait for a writer.
+    blocking: bool,
 }
 
 /// A followed file's wake-up: a write, create, rename or removal of the file
@@ -497,6 +500,7 @@ impl FileLines {
             polls: false,
             gzip,
             line_start: u64::MAX,
+            blocking: !meta.is_file(),
         })
     }
 
@@ -619,6 +623,10 @@ impl Read for Gunzip {
 }
 
 impl Lines for FileLines {
+    fn waits_when_drained(&self) -> bool {
+        self.blocking
+    }
+
     fn next_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Read1> {
         if let Some(line) = self.carry.take() {
             *buf = line;

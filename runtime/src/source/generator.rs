@@ -353,8 +353,8 @@ fn push_int(buf: &mut Vec<u8>, negative: bool, magnitude: u64) {
 }
 
 impl super::Source for GeneratorSource {
-    fn parallel_decode(&self) -> bool {
-        true
+    fn parallel_decode(&self) -> Option<bool> {
+        Some(true)
     }
 
     fn describe(&self) -> String {

@@ -220,11 +220,14 @@ pub trait Source: fmt::Debug + Send + Sync + 'static {
     fn stamps_event_time(&self) -> bool {
         false
     }
-    /// Whether it reads one big input on one thread, so that decoding its
-    /// lines on more threads pays (file, dir, generator): the default of
-    /// `decode_threads` (see [`parallel`]).
-    fn parallel_decode(&self) -> bool {
-        false
+    /// Whether `decode_threads` (see [`parallel`]) applies, and its default:
+    /// `Some(true)` for a kind that reads one big input on one thread, where
+    /// more threads pay (file, dir, generator: on by default); `Some(false)`
+    /// where it may be set (stdin); `None` where it cannot (a socket source
+    /// runs a read loop per connection; Kafka, HTTP and UDP decode in their
+    /// own loops): `decode_threads` above 0 is refused there.
+    fn parallel_decode(&self) -> Option<bool> {
+        None
     }
     /// Runs until the input ends, `cx.stop()` turns true or a worker is gone.
     ///
@@ -448,8 +451,17 @@ impl SourceSpec {
             Some(n) if *n.get_ref() > 64 => {
                 return Err(config.error(n.span(), "`decode_threads` is at most 64"));
             }
+            Some(n) if *n.get_ref() > 0 && built.source.parallel_decode().is_none() => {
+                return Err(config.error(
+                    n.span(),
+                    format!(
+                        "`decode_threads` is for file, dir, generator and stdin sources, not {}",
+                        built.source.describe()
+                    ),
+                ));
+            }
             Some(n) => *n.get_ref(),
-            None if d.format == Format::Json && built.source.parallel_decode() => {
+            None if d.format == Format::Json && built.source.parallel_decode() == Some(true) => {
                 parallel::auto_threads()
             }
             None => 0,
@@ -1006,17 +1018,56 @@ fn read_loop(
     dead_letter: &DeadLetter,
     stats: &Stats,
     stop: &dyn Fn() -> bool,
+    checkpointer: Option<&mut Checkpointer>,
+) -> anyhow::Result<Ended> {
+    let mut pool = match spec.decode_threads {
+        0 => None,
+        n => Some(parallel::DecodePool::start(spec, router, n)?),
+    };
+    let result = read_lines(
+        spec,
+        lines,
+        router,
+        outbox,
+        dead_letter,
+        stats,
+        stop,
+        checkpointer,
+        &mut pool,
+    );
+    // The lines handed to the decoders were read: they are forwarded
+    // whatever ended the reading (the input failing too), as the lines a
+    // source's own thread decoded are.
+    if let Some(pool) = pool.as_mut()
+        && !matches!(result, Ok(Ended::WorkerGone))
+    {
+        match pool.drain(outbox, dead_letter, stats) {
+            Ok(Ok(())) => {}
+            Ok(Err(WorkerGone)) if result.is_ok() => return Ok(Ended::WorkerGone),
+            Err(e) if result.is_ok() => return Err(e),
+            Ok(Err(WorkerGone)) | Err(_) => {} // the first error is the one told
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_lines(
+    spec: &SourceSpec,
+    lines: &mut dyn Lines,
+    router: &mut Router,
+    outbox: &mut Outbox,
+    dead_letter: &DeadLetter,
+    stats: &Stats,
+    stop: &dyn Fn() -> bool,
     mut checkpointer: Option<&mut Checkpointer>,
+    pool: &mut Option<parallel::DecodePool>,
 ) -> anyhow::Result<Ended> {
     let mut buf = Vec::with_capacity(1024);
     let mut decoder = LineDecoder::new(spec);
     let header_row = LineDecoder::header_row(spec);
     let mut until_check = CHECKPOINT_CHECK_LINES;
     let mut ended = Ended::Stopped;
-    let mut pool = match spec.decode_threads {
-        0 => None,
-        n => Some(parallel::DecodePool::start(spec, router, n)?),
-    };
     // Every line read so far forwarded (to the workers or the dead-letter
     // sink): before a checkpoint, a line dead-lettered here, an idle input.
     macro_rules! drain {
@@ -1045,10 +1096,12 @@ fn read_loop(
             until_check -= 1;
             if until_check == 0 {
                 until_check = CHECKPOINT_CHECK_LINES;
+                // Due is decided once: the blocks in flight are forwarded
+                // before the checkpoint's barrier, never after it.
                 if cp.due(stats) {
                     drain!();
+                    checkpoint_if_due(cp, lines, outbox, stats)?;
                 }
-                checkpoint_if_due(cp, lines, outbox, stats)?;
             }
         }
         match lines
@@ -1114,6 +1167,11 @@ fn read_loop(
             }
         }
         if let Some(pool) = pool.as_mut() {
+            // Blank lines are no records (and take no place in the blocks'
+            // numbering: see Router::route_at).
+            if is_blank(spec, &buf) {
+                continue;
+            }
             if pool.push_line(&buf, outbox, dead_letter, stats)?.is_err() {
                 ended = Ended::WorkerGone;
                 break;

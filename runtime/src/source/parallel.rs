@@ -8,9 +8,11 @@
 //! The source thread waits for every block in flight ([`DecodePool::drain`])
 //! before anything that must see all lines read so far: a checkpoint (its
 //! position counts them as processed), a line it dead-letters itself (an
-//! overlong one), an idle input, the end. Keyless records (and every record
-//! with `partition_by = "balance"`) go round-robin by their line's place in
-//! the input ([`Router::route_at`]), not by a counter one thread would keep.
+//! overlong one), an idle input, the end, and a read error (what was read is
+//! forwarded, as one thread would have). With `partition_by = "balance"`
+//! records go round-robin by their place among the non-blank lines; keyless
+//! records by a hash of it ([`Router::route_at`]): no counter one thread
+//! would keep.
 //!
 //! On by default for `format = "json"` on the kinds that read one big input
 //! (file, dir, generator; a pipe or socket gets it when set): as many decoder threads as the machine has

@@ -89,16 +89,29 @@ impl Router {
         }
     }
 
-    /// As [`Router::route`], but what goes round-robin (keyless records;
-    /// every record when balanced) goes by `seq`, the record's place in the
-    /// input, instead of the router's own counter: for decoder threads that
-    /// each route a part of the input ([`super::parallel`]).
+    /// As [`Router::route`] for decoder threads that each route a part of
+    /// the input ([`super::parallel`]), without the router's own counter:
+    /// `seq` is the line's place among the input's non-blank lines. Balanced,
+    /// every record goes to `seq % partitions` (even, as round-robin, unless
+    /// lines are dead-lettered); a keyless record to a hash of `seq` (an
+    /// even spread whatever the pattern of keyed and keyless lines, where
+    /// `seq % partitions` would send every other line's keyless record to one
+    /// partition).
     pub fn route_at(&self, key: Option<&[u8]>, seq: u64) -> usize {
+        let n = self.partitions as u64;
         match key {
-            Some(key) if !self.balance => ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions,
-            _ => (seq % self.partitions as u64) as usize,
+            _ if self.balance => (seq % n) as usize,
+            Some(key) => ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions,
+            None => (mix(seq) % n) as usize,
         }
     }
+}
+
+/// SplitMix64's finalizer: a bijection of u64 whose outputs spread evenly.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 #[cfg(test)]
@@ -128,6 +141,30 @@ mod tests {
                 std::str::from_utf8(input)
             );
         }
+    }
+
+    #[test]
+    fn route_at_spreads_keyless_and_balanced_records_whatever_their_pattern() {
+        let router = Router::new(4);
+        // Every other line keyless: the keyless ones still spread over all 4.
+        let mut counts = [0usize; 4];
+        for seq in (0..40_000u64).filter(|s| s % 2 == 1) {
+            counts[router.route_at(None, seq)] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (4_500..5_500).contains(&c)),
+            "{counts:?}"
+        );
+        let balanced = Router::new(4).balanced(true);
+        let mut counts = [0usize; 4];
+        for seq in 0..40_000u64 {
+            counts[balanced.route_at(Some(b"hot"), seq)] += 1;
+        }
+        assert_eq!(counts, [10_000; 4]);
+        assert_eq!(
+            router.route_at(Some(b"k"), 7),
+            Router::new(4).route(Some(b"k"))
+        );
     }
 
     #[test]

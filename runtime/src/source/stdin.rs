@@ -31,6 +31,10 @@ impl super::SourceConfig for StdinConfig {
 pub struct Stdin;
 
 impl super::Source for Stdin {
+    fn parallel_decode(&self) -> Option<bool> {
+        Some(false)
+    }
+
     fn describe(&self) -> String {
         "stdin".into()
     }
