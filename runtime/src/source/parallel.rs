@@ -356,9 +356,13 @@ mod tests {
     /// Lines of many keys, keyless ones, blank ones, bad JSON, escaped keys;
     /// with each line's expected fate computed here: (partition, key, line)
     /// or a rejection.
-    fn input(partitions: usize) -> (Vec<String>, Vec<Vec<Record>>, Vec<String>) {
+    /// (lines, keyed records per partition, keyless records, rejected lines).
+    type Input = (Vec<String>, Vec<Vec<Record>>, Vec<Record>, Vec<String>);
+
+    fn input(partitions: usize) -> Input {
         let mut lines = Vec::new();
         let mut expected = vec![Vec::new(); partitions];
+        let mut keyless = Vec::new();
         let mut rejected = Vec::new();
         for i in 0..5_000u64 {
             let (line, key) = match i % 11 {
@@ -382,29 +386,31 @@ mod tests {
                 1 => {}
                 2 => rejected.push(line.clone()),
                 _ => {
-                    let p = match &key {
-                        Some(k) => (murmur2(k.as_bytes()) & 0x7fff_ffff) as usize % partitions,
-                        None => i as usize % partitions,
-                    };
-                    expected[p].push(Record {
-                        key: key.unwrap_or_default().into_bytes(),
+                    let record = Record {
+                        key: key.clone().unwrap_or_default().into_bytes(),
                         value: line.clone().into_bytes(),
                         timestamp_ms: i as i64,
                         headers: Vec::new(),
                         task: None,
-                    });
+                    };
+                    match &key {
+                        Some(k) => expected
+                            [(murmur2(k.as_bytes()) & 0x7fff_ffff) as usize % partitions]
+                            .push(record),
+                        None => keyless.push(record),
+                    }
                 }
             }
             lines.push(line);
         }
-        (lines, expected, rejected)
+        (lines, expected, keyless, rejected)
     }
 
     #[test]
     fn each_partition_gets_its_records_in_input_order() {
         for threads in [1, 2, 3] {
             let partitions = 3;
-            let (lines, expected, rejected) = input(partitions);
+            let (lines, expected, expected_keyless, rejected) = input(partitions);
             let spec = spec(threads);
             let stats = Arc::new(Stats::default());
             let (senders, receivers): (Vec<_>, Vec<_>) =
@@ -430,6 +436,10 @@ mod tests {
                 .unwrap();
             drop(pool);
             drop(outbox);
+            // Keyed records: exactly their partition's sequence. Keyless
+            // ones (spread by a hash of their place): each once, and in input
+            // order within whichever partition took it.
+            let mut keyless = Vec::new();
             for (p, rx) in receivers.into_iter().enumerate() {
                 let got: Vec<Record> = rx
                     .drain()
@@ -438,9 +448,19 @@ mod tests {
                         other => panic!("{other:?}"),
                     })
                     .collect();
-                assert_eq!(got, expected[p], "partition {p}, {threads} thread(s)");
+                let (keyed, unkeyed): (Vec<Record>, Vec<Record>) =
+                    got.into_iter().partition(|r| !r.key.is_empty());
+                assert_eq!(keyed, expected[p], "partition {p}, {threads} thread(s)");
+                assert!(
+                    unkeyed.is_sorted_by_key(|r| r.timestamp_ms),
+                    "partition {p}"
+                );
+                keyless.extend(unkeyed);
             }
-            let records: usize = expected.iter().map(Vec::len).sum();
+            keyless.sort_by_key(|r| r.timestamp_ms);
+            assert_eq!(keyless, expected_keyless);
+            let records: usize =
+                expected.iter().map(Vec::len).sum::<usize>() + expected_keyless.len();
             assert_eq!(
                 stats.records_in.load(Ordering::Relaxed) as usize,
                 records + rejected.len()
