@@ -483,6 +483,35 @@ fn kafka_to_kafka_windows_match_ground_truth() {
     assert!(dead[0]["timestamp_ms"].is_i64(), "and its Kafka timestamp");
 }
 
+/// Starts a daemon in each scratch folder (one consumer group), waits until
+/// each has had its partitions assigned, then, 3 s into the load, kills with
+/// SIGKILL the one whose last assignment was not empty; returns the others.
+pub fn start_and_kill_one(scratches: &[Scratch]) -> Vec<Running> {
+    let mut daemons: Vec<Running> = scratches
+        .iter()
+        .map(|s| Running::start(s.command("run")))
+        .collect();
+    for d in &mut daemons {
+        d.wait_for("Kafka partitions assigned");
+    }
+    // Under load, the daemon that was assigned partitions last is killed.
+    std::thread::sleep(Duration::from_secs(3));
+    let victim = daemons
+        .iter()
+        .position(|d| {
+            d.log
+                .iter()
+                .rev()
+                .find(|l| l.contains("Kafka partitions assigned"))
+                .is_some_and(|l| !l.contains("partitions=[]"))
+        })
+        .expect("a daemon with partitions");
+    let killed = daemons.remove(victim);
+    killed.signal("KILL");
+    let _ = killed.finish();
+    daemons
+}
+
 /// Produces `records` to `topic` in chunks of `chunk`, `pause` apart, on a thread: load
 /// that goes on while daemons join, leave and die. Small chunks (100 flights
 /// are 2–3 hours of departures) make the checkpoints, taken while the source
@@ -843,28 +872,7 @@ fn three_daemons_one_killed_end_with_the_windows_of_one() {
     let scratches: Vec<Scratch> = (0..3)
         .map(|_| Scratch::new(&config(&input, &output, "scale")))
         .collect();
-    let mut daemons: Vec<Running> = scratches
-        .iter()
-        .map(|s| Running::start(s.command("run")))
-        .collect();
-    for d in &mut daemons {
-        d.wait_for("Kafka partitions assigned");
-    }
-    // Under load, the daemon that was assigned partitions last is killed.
-    std::thread::sleep(Duration::from_secs(3));
-    let victim = daemons
-        .iter()
-        .position(|d| {
-            d.log
-                .iter()
-                .rev()
-                .find(|l| l.contains("Kafka partitions assigned"))
-                .is_some_and(|l| !l.contains("partitions=[]"))
-        })
-        .expect("a daemon with partitions");
-    let killed = daemons.remove(victim);
-    killed.signal("KILL");
-    let _ = killed.finish();
+    let daemons = start_and_kill_one(&scratches);
     let at_kill = input.committed("scale", "flights");
     eprintln!("killed at committed offsets {at_kill:?} of {ends:?}");
     assert_ne!(at_kill, ends, "the kill landed while records flowed");

@@ -29,7 +29,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use serde_json::Value;
 
-use crate::kafka::Broker;
+use crate::kafka::{Broker, start_and_kill_one};
 use crate::keyed::{canonical, expected_in_order};
 use crate::support::*;
 
@@ -218,28 +218,7 @@ fn three_daemons_one_killed_keep_every_planes_state() {
     let scratches: Vec<Scratch> = (0..3)
         .map(|_| Scratch::new(&config(&input, &output, "planes")))
         .collect();
-    let mut daemons: Vec<Running> = scratches
-        .iter()
-        .map(|s| Running::start(s.command("run")))
-        .collect();
-    for d in &mut daemons {
-        d.wait_for("Kafka partitions assigned");
-    }
-    // Under load, the daemon that was assigned partitions last is killed.
-    std::thread::sleep(Duration::from_secs(3));
-    let victim = daemons
-        .iter()
-        .position(|d| {
-            d.log
-                .iter()
-                .rev()
-                .find(|l| l.contains("Kafka partitions assigned"))
-                .is_some_and(|l| !l.contains("partitions=[]"))
-        })
-        .expect("a daemon with partitions");
-    let killed = daemons.remove(victim);
-    killed.signal("KILL");
-    let _ = killed.finish();
+    let daemons = start_and_kill_one(&scratches);
     let at_kill = input.committed("planes", "flights");
     eprintln!("killed at committed offsets {at_kill:?} of {ends:?}");
     assert_ne!(at_kill, ends, "the kill landed while records flowed");

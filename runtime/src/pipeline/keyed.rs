@@ -1177,6 +1177,28 @@ mod tests {
         assert_eq!(second.state_name(3, "plane_gaps"), "p3 keyed plane_gaps#2");
     }
 
+    /// The output of `state` going on with `records` one by one, then the
+    /// end of the input.
+    fn rest_of(
+        state: &mut KeyedState,
+        spec: &KeyedSpec,
+        records: &[(&str, &str, i64)],
+        calls: &mut usize,
+    ) -> Vec<String> {
+        let mut call = gaps(calls);
+        let mut out = Vec::new();
+        for part in records.chunks(1) {
+            let o = state
+                .process(spec, &batch(part), 0, false, 64, &mut call)
+                .unwrap();
+            out.extend(values(&o.events));
+        }
+        out.extend(values(
+            &state.finish(spec, 0, false, &mut call).unwrap().events,
+        ));
+        out
+    }
+
     #[test]
     fn a_restored_snapshot_goes_on_as_if_nothing_happened() {
         let spec = KeyedSpec::default();
@@ -1195,16 +1217,7 @@ mod tests {
             // Through JSON, as a checkpoint stores it.
             let json = serde_json::to_string(&first.snapshot(&spec, 0)).unwrap();
             let mut second = KeyedState::restore(&serde_json::from_str(&json).unwrap());
-            let mut call = gaps(&mut calls);
-            for part in SORTED[cut..].chunks(1) {
-                let o = second
-                    .process(&spec, &batch(part), 0, false, 64, &mut call)
-                    .unwrap();
-                out.extend(values(&o.events));
-            }
-            out.extend(values(
-                &second.finish(&spec, 0, false, &mut call).unwrap().events,
-            ));
+            out.extend(rest_of(&mut second, &spec, &SORTED[cut..], &mut calls));
             assert_eq!(out, whole, "restored after {cut} records");
         }
     }
@@ -1273,16 +1286,7 @@ mod tests {
                 Some(&b"zz"[..])
             );
             second.delete_timer(TimeDomain::ProcessingTime, 9_000, b"a");
-            let mut call = gaps(&mut calls);
-            for part in SORTED[cut..].chunks(1) {
-                let o = second
-                    .process(&spec, &batch(part), 0, false, 64, &mut call)
-                    .unwrap();
-                out.extend(values(&o.events));
-            }
-            out.extend(values(
-                &second.finish(&spec, 0, false, &mut call).unwrap().events,
-            ));
+            out.extend(rest_of(&mut second, &spec, &SORTED[cut..], &mut calls));
             assert_eq!(out, whole, "moved after {cut} records");
         }
     }
