@@ -273,7 +273,7 @@ fn decode_threads_is_refused_where_it_cannot_apply() {
     for (table, want) in [
         (
             "type = \"tcp\"\naddress = \"127.0.0.1:0\"\ndecode_threads = 2\n",
-            "`decode_threads` is for file, dir, generator and stdin sources",
+            "`decode_threads` is for file, generator and stdin sources",
         ),
         (
             "type = \"file\"\npath = \"in.csv\"\nformat = \"csv\"\ndecode_threads = 2\n",

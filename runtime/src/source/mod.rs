@@ -455,7 +455,7 @@ impl SourceSpec {
                 return Err(config.error(
                     n.span(),
                     format!(
-                        "`decode_threads` is for file, dir, generator and stdin sources, not {}",
+                        "`decode_threads` is for file, generator and stdin sources, not {}",
                         built.source.describe()
                     ),
                 ));
