@@ -136,22 +136,30 @@ impl Decoder {
             Some(text) if text[0] == b'"' && !text.contains(&b'\\') => {
                 Some(Cow::Borrowed(&text[1..text.len() - 1]))
             }
-            Some(text) => Some(Cow::Owned(
-                match serde_json::from_slice::<Value>(text).ok()? {
-                    Value::String(s) => s.into_bytes(),
-                    other => other.to_string().into_bytes(),
-                },
-            )),
+            Some(text) => key_bytes(serde_json::from_slice(text).ok()?).map(Cow::Owned),
         };
         let timestamp_ms = match time_at.filter(|_| t.is_some()).map(|r| &line[r]) {
             None | Some(b"null") => None,
-            Some(text) => Some(match fast_event_time(text) {
-                Some(ms) => ms,
-                None => match parse_event_time(&serde_json::from_slice::<Value>(text).ok()?) {
-                    Ok(ms) => ms,
+            Some(text) => {
+                let ms = match text {
+                    // An integer in range, or a string without escapes.
+                    [b'-' | b'0'..=b'9', digits @ ..] if digits.iter().all(u8::is_ascii_digit) => {
+                        std::str::from_utf8(text).ok()?.parse().ok().map(Ok)
+                    }
+                    [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => {
+                        Some(event_time_of_str(std::str::from_utf8(inner).ok()?))
+                    }
+                    _ => None,
+                };
+                let ms = match ms {
+                    Some(ms) => ms,
+                    None => parse_event_time(&serde_json::from_slice(text).ok()?),
+                };
+                match ms {
+                    Ok(ms) => Some(ms),
                     Err(reason) => return Some(Err(reason)),
-                },
-            }),
+                }
+            }
         };
         Some(Ok(Decoded { key, timestamp_ms }))
     }
@@ -200,11 +208,7 @@ impl Decoder {
         key_value: Option<Value>,
         time_value: Option<Value>,
     ) -> Result<Decoded<'static>, String> {
-        let key = match key_value {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(Cow::Owned(s.into_bytes())),
-            Some(other) => Some(Cow::Owned(other.to_string().into_bytes())),
-        };
+        let key = key_value.and_then(key_bytes).map(Cow::Owned);
         let timestamp_ms = match time_value {
             None | Some(Value::Null) => None,
             Some(v) => Some(parse_event_time(&v)?),
@@ -302,25 +306,25 @@ fn extract_serde(
         .map_err(|e| format!("invalid JSON: {e}"))
 }
 
-/// The event time of a JSON text found by the scanner when it is an integer
-/// in range or a string without escapes that is one or an RFC 3339
-/// date-time: the cases [`parse_event_time`] answers without error; `None`
-/// for the rest (it then decides, with its error message).
-fn fast_event_time(text: &[u8]) -> Option<i64> {
-    match text[0] {
-        b'-' | b'0'..=b'9' if text.iter().skip(1).all(u8::is_ascii_digit) => {
-            std::str::from_utf8(text).ok()?.parse().ok()
-        }
-        b'"' if !text.contains(&b'\\') => {
-            let s = std::str::from_utf8(&text[1..text.len() - 1]).ok()?;
-            s.parse::<i64>().ok().or_else(|| {
-                chrono::DateTime::parse_from_rfc3339(s)
-                    .ok()
-                    .map(|t| t.timestamp_millis())
-            })
-        }
-        _ => None,
+/// A key's bytes from its JSON value: a string as its text, another value
+/// as its JSON text; `null` is no key.
+fn key_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.into_bytes()),
+        other => Some(other.to_string().into_bytes()),
     }
+}
+
+/// The event time a JSON string holds: ms since the Unix epoch as digits, or
+/// an RFC 3339 date-time.
+fn event_time_of_str(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("event time {s:?} is not RFC 3339 nor epoch ms: {e}"))
 }
 
 /// An event time from a JSON value: a number of milliseconds since the Unix epoch
@@ -341,14 +345,7 @@ pub fn parse_event_time(value: &Value) -> Result<i64, String> {
             .ok_or_else(|| {
                 format!("event time {n} is out of range (epoch ms as a 64-bit integer)")
             }),
-        Value::String(s) => {
-            if let Ok(ms) = s.parse::<i64>() {
-                return Ok(ms);
-            }
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map(|t| t.timestamp_millis())
-                .map_err(|e| format!("event time {s:?} is not RFC 3339 nor epoch ms: {e}"))
-        }
+        Value::String(s) => event_time_of_str(s),
         other => Err(format!("event time {other} is not RFC 3339 nor epoch ms")),
     }
 }
