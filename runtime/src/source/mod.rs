@@ -1167,11 +1167,6 @@ fn read_lines(
             }
         }
         if let Some(pool) = pool.as_mut() {
-            // Blank lines are no records (and take no place in the blocks'
-            // numbering: see Router::route_at).
-            if is_blank(spec, &buf) {
-                continue;
-            }
             if pool.push_line(&buf, outbox, dead_letter, stats)?.is_err() {
                 ended = Ended::WorkerGone;
                 break;
@@ -1193,12 +1188,6 @@ fn read_lines(
             ended = Ended::WorkerGone;
             break; // the pipeline stopped on an error: stop reading
         }
-    }
-    if let Some(pool) = pool.as_mut()
-        && ended != Ended::WorkerGone
-        && pool.drain(outbox, dead_letter, stats)?.is_err()
-    {
-        ended = Ended::WorkerGone;
     }
     lines.release();
     if let Some(partial) = lines.unterminated() {
@@ -1266,8 +1255,13 @@ impl Event<'_> {
 /// Blank lines are not records: empty ones always, whitespace-only ones in
 /// JSON and syslog (where they hold no value). Neither is counted.
 fn is_blank(spec: &SourceSpec, line: &[u8]) -> bool {
+    is_blank_in(spec.format, line)
+}
+
+/// [`is_blank`] for a line of `format`.
+fn is_blank_in(format: Format, line: &[u8]) -> bool {
     line.is_empty()
-        || (matches!(spec.format, Format::Json | Format::Syslog)
+        || (matches!(format, Format::Json | Format::Syslog)
             && line.iter().all(u8::is_ascii_whitespace))
 }
 

@@ -24,9 +24,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use super::router::Router;
-use super::{
-    CHUNK_RECORDS, LineDecoder, Outbox, Records, SourceSpec, WorkerGone, is_blank, now_ms,
-};
+use super::{CHUNK_RECORDS, LineDecoder, Outbox, Records, SourceSpec, WorkerGone, now_ms};
 use crate::sink::dead_letter::DeadLetter;
 use crate::stats::Stats;
 
@@ -80,6 +78,8 @@ struct Helper {
 
 /// Decoder threads and the blocks in flight (see the module docs).
 pub struct DecodePool {
+    /// The source's format: what a blank line is.
+    format: crate::config::Format,
     helpers: Vec<Helper>,
     /// Helper index of each block in flight, oldest first.
     in_flight: VecDeque<usize>,
@@ -120,6 +120,7 @@ impl DecodePool {
             });
         }
         Ok(DecodePool {
+            format: spec.format,
             helpers,
             in_flight: VecDeque::new(),
             next: 0,
@@ -131,7 +132,9 @@ impl DecodePool {
 
     /// Adds a line (not yet decoded) to the block being filled; a full
     /// block goes to a decoder, and the oldest decoded blocks are forwarded
-    /// when too many are in flight.
+    /// when too many are in flight. A blank line is no record: it is
+    /// dropped here, and takes no place in the blocks' numbering (see
+    /// [`Router::route_at`]).
     ///
     /// # Errors
     /// A worker is gone (`Ok(Err(WorkerGone))`), or the dead-letter sink
@@ -143,6 +146,9 @@ impl DecodePool {
         dead_letter: &DeadLetter,
         stats: &Stats,
     ) -> anyhow::Result<Result<(), WorkerGone>> {
+        if super::is_blank_in(self.format, line) {
+            return Ok(Ok(()));
+        }
         if self.filling.ends.is_empty() && self.filling.data.capacity() == 0 {
             self.filling = self.spare.pop().unwrap_or_default();
         }
@@ -280,13 +286,10 @@ fn decode_block(
         .map(|_| vec![Records::with_capacity(per_chunk, bytes)])
         .collect();
     let mut rejects = Vec::new();
-    let mut counted = 0;
+    // Every line of a block is a record (blank ones were left out).
+    let counted = block.ends.len() as u64;
     for i in 0..block.ends.len() {
         let line = block.line(i);
-        if is_blank(spec, line) {
-            continue;
-        }
-        counted += 1;
         match decoder.decode(spec, line) {
             Ok(event) => {
                 let p = router.route_at(event.key.as_deref(), block.first_seq + i as u64);

@@ -85,8 +85,14 @@ impl Router {
                 self.next_keyless = (p + 1) % self.partitions;
                 p
             }
-            Some(key) => ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions,
+            Some(key) => self.hashed(key),
         }
+    }
+
+    /// Kafka's partitioner: `murmur2(key)` without its sign bit, modulo the
+    /// partitions.
+    fn hashed(&self, key: &[u8]) -> usize {
+        ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions
     }
 
     /// As [`Router::route`] for decoder threads that each route a part of
@@ -101,7 +107,7 @@ impl Router {
         let n = self.partitions as u64;
         match key {
             _ if self.balance => (seq % n) as usize,
-            Some(key) => ((murmur2(key) & 0x7fff_ffff) as usize) % self.partitions,
+            Some(key) => self.hashed(key),
             None => (mix(seq) % n) as usize,
         }
     }
