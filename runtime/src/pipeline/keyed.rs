@@ -845,13 +845,7 @@ pub fn run_plugin(
         }
         report.failed += got.failed.len() as u64;
         for event in &got.events {
-            report.records_out += 1;
-            if keep_output {
-                report.output.push(event.value().to_vec());
-            } else {
-                out.write_all(event.value())?;
-                out.write_all(b"\n")?;
-            }
+            report.emit(event.value(), lines, keep_output, out, diag)?;
         }
         Ok(())
     };

@@ -69,6 +69,41 @@ pub struct RunReport {
     pub output: Vec<Vec<u8>>,
 }
 
+impl RunReport {
+    /// Takes one output value of the plugin's call over `lines` (the input
+    /// lines, for the message): written to `out` as a line (or kept, with
+    /// `keep_output`), or counted as `broken` when it holds a line break,
+    /// which the daemon would dead-letter.
+    ///
+    /// # Errors
+    /// `out` or `diag` cannot be written.
+    pub fn emit(
+        &mut self,
+        value: &[u8],
+        lines: &[u64],
+        keep_output: bool,
+        out: &mut dyn Write,
+        diag: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        if value.contains(&b'\n') {
+            self.broken += 1;
+            return writeln!(
+                diag,
+                "broken: an output of {} contains a line break (the daemon dead-letters it)",
+                span(lines)
+            );
+        }
+        self.records_out += 1;
+        if keep_output {
+            self.output.push(value.to_vec());
+            Ok(())
+        } else {
+            out.write_all(value)?;
+            out.write_all(b"\n")
+        }
+    }
+}
+
 /// Runs the plugin at `file` over `input`; output values go to `out` (unless
 /// `keep_output`), diagnostics to `diag`.
 ///
@@ -134,22 +169,7 @@ pub fn run_loaded(
                 }
                 report.rejected += processed.rejected.len() as u64;
                 for event in &processed.events {
-                    if event.value().contains(&b'\n') {
-                        writeln!(
-                            diag,
-                            "broken: an output of {} contains a line break (the daemon dead-letters it)",
-                            span(lines)
-                        )?;
-                        report.broken += 1;
-                        continue;
-                    }
-                    report.records_out += 1;
-                    if keep_output {
-                        report.output.push(event.value().to_vec());
-                    } else {
-                        out.write_all(event.value())?;
-                        out.write_all(b"\n")?;
-                    }
+                    report.emit(event.value(), lines, keep_output, out, diag)?;
                 }
             }
             Err(e) => {
