@@ -115,26 +115,44 @@ fn files_added_while_running_are_read_once_each() {
 
 #[test]
 fn kill_9_and_restart_reads_nothing_twice() {
+    const PER_FILE: usize = 3000;
     let scratch = Scratch::new(&config("path = \"in/\"", true));
     std::fs::create_dir(scratch.path("in")).unwrap();
     let names: Vec<String> = (0..60).map(|i| format!("f{i:02}.ndjson")).collect();
     for name in &names {
-        scratch.write(&format!("in/{name}"), &records(name, 0, 1000));
+        scratch.write(&format!("in/{name}"), &records(name, 0, PER_FILE));
     }
     let (mut kills, mut resumed_with_files_done) = (0, 0);
-    let mut last = 0;
-    // At least 4 kills, and more (up to 10) until a restart has resumed with
-    // files already read: under load a kill can land before the first
-    // checkpoint that records a finished file.
-    while kills < 10 && (kills < 4 || resumed_with_files_done == 0) {
-        let mut daemon = Running::start(scratch.command("run"));
+    // Kills alternate between two points, so that the test does not depend
+    // on how fast the job runs: at an arbitrary point (3,000 records out
+    // since the start, wherever the checkpoints are), and just after a
+    // checkpoint that records more finished files than the run resumed
+    // with (the checkpoint's debug line), so that some restart resumes
+    // with files already read.
+    while kills < 8 && (kills < 4 || resumed_with_files_done == 0) {
+        let mut command = scratch.command("run");
+        command.env("RUST_LOG", "info,sluice::checkpoint=debug");
+        let mut daemon = Running::start(command);
         daemon.wait_for("pipeline started");
-        // Some progress since the last run, then SIGKILL.
-        let target = last + 3000;
-        while scratch.read_lines("out.ndjson").len() < target
-            && daemon.child.try_wait().unwrap().is_none()
+        let resumed = daemon
+            .log
+            .iter()
+            .find(|l| l.contains("resuming from checkpoint"))
+            .map_or(0, |l| files_read(l));
+        if resumed > 0 {
+            resumed_with_files_done += 1;
+        }
+        if kills % 2 == 0 {
+            let base = scratch.read_lines("out.ndjson").len();
+            while scratch.read_lines("out.ndjson").len() < base + 3000
+                && daemon.child.try_wait().unwrap().is_none()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        } else if !daemon
+            .wait_until_or_exit(|l| l.contains("checkpoint pipeline=") && files_read(l) > resumed)
         {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            daemon.child.wait().unwrap(); // stderr closed: it ends
         }
         if daemon.child.try_wait().unwrap().is_some() {
             break; // finished before the kill
@@ -142,14 +160,6 @@ fn kill_9_and_restart_reads_nothing_twice() {
         daemon.child.kill().unwrap();
         let output = daemon.finish();
         assert_eq!(output.status.code(), None, "killed by a signal");
-        let log = String::from_utf8_lossy(&output.stderr);
-        if log
-            .lines()
-            .any(|l| l.contains("resuming from checkpoint") && !l.contains(": 0 files read"))
-        {
-            resumed_with_files_done += 1;
-        }
-        last = scratch.read_lines("out.ndjson").len();
         kills += 1;
     }
     eprintln!("{kills} kills, {resumed_with_files_done} resumed with files read");
@@ -163,13 +173,23 @@ fn kill_9_and_restart_reads_nothing_twice() {
     );
     let output = scratch.run();
     assert_exit(&output, 0);
-    let want: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 1000)).collect();
+    let want: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), PER_FILE)).collect();
     assert_each_once(&scratch, &want);
     // Run again: every file is read, nothing more comes out.
     let output = scratch.run();
     assert_exit(&output, 0);
     assert_eq!(count(&output, "p", "in"), 0);
     assert_each_once(&scratch, &want);
+}
+
+/// The `N` of `…: N files read` in a log line (0 when absent).
+fn files_read(line: &str) -> usize {
+    line.split(" files read")
+        .next()
+        .filter(|_| line.contains(" files read"))
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]

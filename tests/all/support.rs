@@ -482,6 +482,24 @@ impl Running {
         }
     }
 
+    /// Reads stderr lines until one satisfies `found` (true) or the daemon
+    /// exits (false); panics after 60 s of silence.
+    pub fn wait_until_or_exit(&mut self, found: impl Fn(&str) -> bool) -> bool {
+        loop {
+            match self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) => {
+                    let hit = found(&line);
+                    self.log.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(_) => panic!("nothing awaited in the log:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
     /// Waits for the admin API's log line; its address (`127.0.0.1:PORT`).
     pub fn admin_addr(&mut self) -> String {
         const LISTENING: &str = "admin API listening on ";
