@@ -647,10 +647,15 @@ pub struct ProcessorConfig {
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub watermark: Option<Duration>,
     /// Keyed processors only: most bytes of state (keys, values and timers)
-    /// one partition keeps; a record of a new key that would go past it is
-    /// refused (the stage's `on_error`). Default `"256MiB"`.
+    /// one partition keeps in memory; past it, states spill to disk (see
+    /// `state_spill`). Default `"256MiB"`.
     #[serde(default, deserialize_with = "de_opt_size")]
     pub state_memory: Option<u64>,
+    /// Keyed processors only: whether states past `state_memory` go to a
+    /// file on disk, least recently used first (`true`, the default), or a
+    /// record of a new key past it is refused (`false`).
+    #[serde(default)]
+    pub state_spill: Option<bool>,
 }
 
 fn de_opt_within<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

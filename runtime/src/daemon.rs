@@ -494,6 +494,9 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     // One daemon per state folder, held until this returns.
     let _state_lock = crate::state_lock::StateLock::acquire(&topology.state_dir)?;
+    // Keyed states past their `state_memory` spill to files here (unnamed,
+    // gone with the process).
+    crate::pipeline::spill::set_dir(topology.state_dir.join("spill"));
     let Started {
         mut daemon,
         admin,

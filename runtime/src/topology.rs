@@ -491,6 +491,7 @@ fn keyed_spec(
             ("state_ttl", proc_cfg.state_ttl.is_some()),
             ("watermark", proc_cfg.watermark.is_some()),
             ("state_memory", proc_cfg.state_memory.is_some()),
+            ("state_spill", proc_cfg.state_spill.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -527,6 +528,7 @@ fn keyed_spec(
         memory_bytes: proc_cfg
             .state_memory
             .unwrap_or(KeyedSpec::default().memory_bytes),
+        spill: proc_cfg.state_spill.unwrap_or(true),
         instance: 0,
     }))
 }

@@ -43,10 +43,11 @@
 //!   before each call on the bytes held then: what one call writes is
 //!   counted after it, so one call's growth can pass the bound.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sluice_plugin_sdk::Batch;
 
+use super::spill::Spill;
 use crate::checkpoint::{B64, KeyedSnapshot};
 use crate::wasm::keyed::{CallTimer, KeyedCall, KeyedReturn, TimeDomain, TimerChange};
 use crate::wasm::plugin::CallError;
@@ -60,6 +61,11 @@ const ENTRY_OVERHEAD: usize = 200;
 /// Bytes counted per timer beyond its key: a set entry, and the by-key
 /// index's entry with its own copy of the key.
 const TIMER_OVERHEAD: usize = 250;
+/// Bytes counted per removed key whose spill row awaits deletion.
+const GONE_OVERHEAD: usize = 64;
+/// An eviction brings the state down to this share of `state_memory`
+/// (percent), so that evictions come in rounds, not at every call.
+const EVICT_TO_PERCENT: u64 = 75;
 /// Most timers handed to one call.
 const TIMERS_PER_CALL: usize = 4096;
 /// Most rounds of timer calls at one watermark (a timer handler may set a
@@ -73,8 +79,11 @@ pub struct KeyedSpec {
     pub ttl_ms: Option<i64>,
     /// `watermark`: the delay behind the largest event time, ms.
     pub watermark_ms: i64,
-    /// `state_memory`: most bytes of state one partition keeps.
+    /// `state_memory`: most bytes of state one partition keeps in memory.
     pub memory_bytes: u64,
+    /// `state_spill`: past `memory_bytes`, the least recently used states
+    /// go to a file on disk (else a record of a new key is refused).
+    pub spill: bool,
     /// Which keyed stage of this plugin in the chain it is (0: the first):
     /// two stages of one plugin keep two states.
     pub instance: usize,
@@ -86,6 +95,7 @@ impl Default for KeyedSpec {
             ttl_ms: None,
             watermark_ms: 0,
             memory_bytes: 256 << 20,
+            spill: true,
             instance: 0,
         }
     }
@@ -125,6 +135,15 @@ struct Entry {
     value: Vec<u8>,
     /// Wall clock of the last write, ms since the epoch.
     written_ms: i64,
+    /// Changed since it was read from the spill file (or never there): an
+    /// eviction writes it out.
+    dirty: bool,
+    /// The spill file has a row for the key (maybe an older value): a
+    /// removal must delete it.
+    on_disk: bool,
+    /// The call count ([`KeyedState::tick`]) when it was last handed to the
+    /// plugin: the least recently used are evicted first.
+    used: u64,
 }
 
 /// What a keyed stage made of a batch (or of timers alone).
@@ -147,7 +166,18 @@ pub struct KeyedOutput {
 /// watermark.
 #[derive(Debug, Default)]
 pub struct KeyedState {
+    /// The states held in memory: every key's when nothing was spilled.
     entries: HashMap<Vec<u8>, Entry>,
+    /// The states evicted to disk (created at the first eviction).
+    spill: Option<Spill>,
+    /// Keys removed from memory whose spill row is stale: deleted from the
+    /// file at the next eviction, never read from it meanwhile.
+    gone: HashSet<Vec<u8>>,
+    /// The spill file failed: the state stays in memory, and new keys past
+    /// the bound are refused.
+    spill_broken: bool,
+    /// Calls so far (see [`Entry::used`]).
+    tick: u64,
     event_timers: BTreeSet<(i64, Vec<u8>)>,
     /// The event-time timers again, by key: whether a key has one due.
     event_by_key: HashMap<Vec<u8>, BTreeSet<i64>>,
@@ -189,38 +219,61 @@ impl KeyedState {
 
     /// The live state for a checkpoint (expired states left out), keys
     /// sorted.
-    pub fn snapshot(&self, spec: &KeyedSpec, now: i64) -> KeyedSnapshot {
+    ///
+    /// # Errors
+    /// The spill file cannot be read.
+    pub fn snapshot(&self, spec: &KeyedSpec, now: i64) -> anyhow::Result<KeyedSnapshot> {
         let mut entries: Vec<(B64, B64, i64)> = self
             .entries
             .iter()
             .filter(|(_, e)| !expired(spec, e, now))
             .map(|(k, e)| (B64(k.clone()), B64(e.value.clone()), e.written_ms))
             .collect();
+        if let Some(spill) = &self.spill {
+            spill.for_each(|key, (value, written_ms)| {
+                let live = spec
+                    .ttl_ms
+                    .is_none_or(|ttl| written_ms.saturating_add(ttl) > now);
+                if live && !self.entries.contains_key(key) && !self.gone.contains(key) {
+                    entries.push((B64(key.to_vec()), B64(value), written_ms));
+                }
+            })?;
+        }
         entries.sort();
         let timers = |set: &BTreeSet<(i64, Vec<u8>)>| {
             set.iter()
                 .map(|(t, k)| (*t, B64(k.clone())))
                 .collect::<Vec<_>>()
         };
-        KeyedSnapshot {
+        Ok(KeyedSnapshot {
             max_ts: self.max_ts,
             entries,
             event_timers: timers(&self.event_timers),
             processing_timers: timers(&self.processing_timers),
-        }
+        })
     }
 
-    /// Keys with a state (expired ones included until dropped).
+    /// Keys with a state, in memory and spilled (expired ones included
+    /// until dropped).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        let spilled = self.spill.as_ref().map_or(0, |s| s.keys() as usize);
+        let shadowed = self.entries.values().filter(|e| e.on_disk).count() + self.gone.len();
+        self.entries.len() + spilled - shadowed
+    }
+
+    /// Keys whose state is spilled to disk (and not in memory).
+    pub fn spilled(&self) -> usize {
+        let spilled = self.spill.as_ref().map_or(0, |s| s.keys() as usize);
+        let shadowed = self.entries.values().filter(|e| e.on_disk).count() + self.gone.len();
+        spilled - shadowed
     }
 
     /// Whether no key has a state.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// Bytes of state counted against `state_memory`.
+    /// Bytes of state in memory, counted against `state_memory`.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -230,7 +283,8 @@ impl KeyedState {
         self.event_timers.len() + self.processing_timers.len()
     }
 
-    /// The state of `key`, unless it expired.
+    /// The state of `key` held in memory, unless it expired (see
+    /// [`KeyedState::load`] for spilled ones).
     pub fn get(&self, spec: &KeyedSpec, key: &[u8], now: i64) -> Option<&[u8]> {
         self.entries
             .get(key)
@@ -254,15 +308,31 @@ impl KeyedState {
     /// Sets `key`'s state; the key is copied only when it is new.
     fn put(&mut self, key: &[u8], value: Vec<u8>, written_ms: i64) {
         self.bytes += value.len();
+        let used = self.tick;
         match self.entries.get_mut(key) {
             Some(entry) => {
                 self.bytes -= entry.value.len();
-                *entry = Entry { value, written_ms };
+                entry.value = value;
+                entry.written_ms = written_ms;
+                entry.dirty = true;
+                entry.used = used;
             }
             None => {
                 self.bytes += key.len() + ENTRY_OVERHEAD;
-                self.entries
-                    .insert(key.to_vec(), Entry { value, written_ms });
+                let on_disk = self.gone.remove(key);
+                if on_disk {
+                    self.bytes -= key.len() + GONE_OVERHEAD;
+                }
+                self.entries.insert(
+                    key.to_vec(),
+                    Entry {
+                        value,
+                        written_ms,
+                        dirty: true,
+                        on_disk,
+                        used,
+                    },
+                );
             }
         }
     }
@@ -270,7 +340,120 @@ impl KeyedState {
     fn remove(&mut self, key: &[u8]) {
         if let Some(old) = self.entries.remove(key) {
             self.bytes -= key.len() + old.value.len() + ENTRY_OVERHEAD;
+            if old.on_disk {
+                self.bytes += key.len() + GONE_OVERHEAD;
+                self.gone.insert(key.to_vec());
+            }
         }
+    }
+
+    /// Reads the spilled states of `keys` into memory (once each; a key in
+    /// memory or removed is not read). Returns the keys that could not be
+    /// read, with why.
+    fn load<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) -> Result<(), String> {
+        let Some(spill) = &self.spill else {
+            return Ok(());
+        };
+        let mut wanted: Vec<&[u8]> = keys
+            .filter(|k| !self.entries.contains_key(*k) && !self.gone.contains(*k))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let found = spill
+            .get_many(wanted.iter().copied())
+            .map_err(|e| format!("keyed state: the spill file cannot be read: {e:#}"))?;
+        for (key, found) in wanted.into_iter().zip(found) {
+            if let Some((value, written_ms)) = found {
+                self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
+                self.entries.insert(
+                    key.to_vec(),
+                    Entry {
+                        value,
+                        written_ms,
+                        dirty: false,
+                        on_disk: true,
+                        used: self.tick,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether states past the bound go to disk (not when the spill file
+    /// failed, or `state_spill = false`).
+    fn spills(&self, spec: &KeyedSpec) -> bool {
+        spec.spill && !self.spill_broken
+    }
+
+    /// When the state in memory is past `state_memory`: evicts the least
+    /// recently used states to the spill file (writing those changed since
+    /// they were read from it) until it is at [`EVICT_TO_PERCENT`] of it,
+    /// and deletes the rows of removed keys. Timers stay in memory. A spill
+    /// file that fails is logged, and the state stays in memory from then
+    /// on (new keys past the bound are then refused).
+    fn evict(&mut self, spec: &KeyedSpec) {
+        if !self.spills(spec) || self.bytes as u64 <= spec.memory_bytes {
+            return;
+        }
+        if self.spill.is_none() {
+            match Spill::open() {
+                Ok(spill) => {
+                    tracing::info!(
+                        keys = self.entries.len(),
+                        bytes = self.bytes,
+                        state_memory = spec.memory_bytes,
+                        "keyed state past state_memory: the least recently used states spill to disk"
+                    );
+                    self.spill = Some(spill);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "keyed state cannot spill to disk, it stays in memory and new keys past state_memory are refused: {e:#}"
+                    );
+                    self.spill_broken = true;
+                    return;
+                }
+            }
+        }
+        let target = (spec.memory_bytes / 100 * EVICT_TO_PERCENT) as usize;
+        let gone_bytes: usize = self.gone.iter().map(|k| k.len() + GONE_OVERHEAD).sum();
+        let mut by_use: Vec<(u64, &Vec<u8>, &Entry)> =
+            self.entries.iter().map(|(k, e)| (e.used, k, e)).collect();
+        by_use.sort_unstable_by_key(|(used, _, _)| *used);
+        let mut left = self.bytes - gone_bytes;
+        let mut evicted: Vec<&Vec<u8>> = Vec::new();
+        for (_, key, entry) in by_use {
+            if left <= target {
+                break;
+            }
+            left -= key.len() + entry.value.len() + ENTRY_OVERHEAD;
+            evicted.push(key);
+        }
+        let puts = evicted.iter().filter_map(|k| {
+            let e = &self.entries[*k];
+            e.dirty
+                .then_some((k.as_slice(), e.value.as_slice(), e.written_ms))
+        });
+        let spill = self.spill.as_mut().expect("opened above");
+        if let Err(e) = spill.write(puts, self.gone.iter().map(Vec::as_slice)) {
+            tracing::error!(
+                "keyed state cannot spill to disk, it stays in memory and new keys past state_memory are refused: {e:#}"
+            );
+            self.spill_broken = true;
+            return;
+        }
+        let evicted: Vec<Vec<u8>> = evicted.into_iter().cloned().collect();
+        for key in &evicted {
+            if let Some(old) = self.entries.remove(key) {
+                self.bytes -= key.len() + old.value.len() + ENTRY_OVERHEAD;
+            }
+        }
+        self.gone.clear();
+        self.bytes -= gone_bytes;
     }
 
     fn timer_set(&mut self, domain: TimeDomain) -> &mut BTreeSet<(i64, Vec<u8>)> {
@@ -388,6 +571,7 @@ impl KeyedState {
                 ..KeyedOutput::default()
             },
         };
+        self.tick += 1;
         self.fire(&mut run, TimeDomain::ProcessingTime, now, call)?;
         // The largest event time and the watermark after each record of
         // the batch (they move record by record).
@@ -409,6 +593,7 @@ impl KeyedState {
             after: &after,
         };
         self.run_records(&mut run, batch, &all, &marks, call)?;
+        self.evict(spec);
         Ok(run.out)
     }
 
@@ -551,6 +736,14 @@ impl KeyedState {
         let mut groups: HashMap<&[u8], u32> = HashMap::new();
         let mut taken: Vec<usize> = Vec::with_capacity(indices.len());
         let (mut new_bytes, mut new_keys) = (0usize, 0usize);
+        let key_of = |i: usize| batch.get(i).and_then(|e| e.key()).filter(|k| !k.is_empty());
+        if let Err(reason) = self.load(indices.iter().filter_map(|&i| key_of(i))) {
+            // The spilled states cannot be read: every record of the call
+            // is refused with why (none can be run on a state it lacks).
+            refused.extend(indices.iter().map(|&i| (i as u32, reason.clone())));
+            return (None, refused);
+        }
+        let spills = self.spills(run.spec);
         for &i in indices {
             let Some(event) = batch.get(i) else { continue };
             let key = match event.key() {
@@ -567,7 +760,10 @@ impl KeyedState {
                 Some(g) => *g,
                 None => {
                     let state = self.get(run.spec, key, run.now).map(<[u8]>::to_vec);
-                    if state.is_none() && !self.entries.contains_key(key) {
+                    if let Some(entry) = self.entries.get_mut(key) {
+                        entry.used = self.tick;
+                    }
+                    if state.is_none() && !self.entries.contains_key(key) && !spills {
                         let want = self.bytes + new_bytes + key.len() + ENTRY_OVERHEAD;
                         if want as u64 > run.spec.memory_bytes {
                             self.drop_expired(run.spec, run.now);
@@ -663,6 +859,13 @@ impl KeyedState {
             }
             initial = initial.saturating_sub(due.len());
             if due.is_empty() {
+                return Ok(());
+            }
+            if let Err(reason) = self.load(due.iter().map(|(_, k)| k.as_slice())) {
+                // Tried again at the next batch: a timer is not lost to a
+                // spill file that cannot be read now.
+                tracing::error!(?domain, timers = due.len(), "timers wait: {reason}");
+                self.timer_set(domain).extend(due);
                 return Ok(());
             }
             for (time, key) in &due {
@@ -890,7 +1093,7 @@ pub fn run_plugin(
     let got = state.finish(&spec, now_ms(), false, &mut call)?;
     emit(got, &[], &mut report, out, diag)?;
     out.flush()?;
-    let snapshot = state.snapshot(&spec, now_ms());
+    let snapshot = state.snapshot(&spec, now_ms())?;
     for (key, value, _) in &snapshot.entries {
         let text = |b: &[u8]| match std::str::from_utf8(b) {
             Ok(t) => t.to_string(),
@@ -1209,7 +1412,7 @@ mod tests {
                 out.extend(values(&o.events));
             }
             // Through JSON, as a checkpoint stores it.
-            let json = serde_json::to_string(&first.snapshot(&spec, 0)).unwrap();
+            let json = serde_json::to_string(&first.snapshot(&spec, 0).unwrap()).unwrap();
             let mut second = KeyedState::restore(&serde_json::from_str(&json).unwrap());
             out.extend(rest_of(&mut second, &spec, &SORTED[cut..], &mut calls));
             assert_eq!(out, whole, "restored after {cut} records");
@@ -1257,8 +1460,11 @@ mod tests {
                 offset: cut as i64,
                 window: None,
                 keyed: BTreeMap::from([
-                    (spec.stage_name("gaps"), first.snapshot(&spec, 0)),
-                    (second_spec.stage_name("gaps"), other.snapshot(&spec, 0)),
+                    (spec.stage_name("gaps"), first.snapshot(&spec, 0).unwrap()),
+                    (
+                        second_spec.stage_name("gaps"),
+                        other.snapshot(&spec, 0).unwrap(),
+                    ),
                 ]),
                 shape: BTreeMap::new(),
                 parts: None,
@@ -1392,7 +1598,132 @@ mod tests {
         assert!(state.get(&spec, b"a", 11_998).is_some());
         assert_eq!(at(&mut state, &mut call, 11_999, 9), ["a:-"]);
         // A checkpoint leaves expired states out.
-        assert_eq!(state.snapshot(&spec, 20_000).entries.len(), 0);
+        assert_eq!(state.snapshot(&spec, 20_000).unwrap().entries.len(), 0);
+    }
+
+    /// A counter per key that a record `clear` removes: the output is
+    /// `KEY:COUNT` per record (`KEY:cleared` for a clear).
+    fn counter(call: &mut KeyedCall) -> Result<KeyedReturn, CallError> {
+        let mut count: Vec<Option<u64>> = call
+            .states
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|b| u64::from_le_bytes(b[..8].try_into().unwrap()))
+            })
+            .collect();
+        let mut changed = vec![false; count.len()];
+        let mut ret = KeyedReturn::default();
+        for (i, event) in call.events.iter().enumerate() {
+            let g = call.groups[i] as usize;
+            let key = String::from_utf8(call.keys[g].clone()).unwrap();
+            changed[g] = true;
+            let out = if event.value() == b"clear" {
+                count[g] = None;
+                format!("{key}:cleared")
+            } else {
+                let n = count[g].unwrap_or(0) + 1;
+                count[g] = Some(n);
+                format!("{key}:{n}")
+            };
+            ret.events.push(Some(key.as_bytes()), out.as_bytes(), 0);
+        }
+        for (g, c) in changed.iter().enumerate() {
+            if *c {
+                ret.updates.push((
+                    g as u32,
+                    count[g].map(|n| {
+                        let mut v = n.to_le_bytes().to_vec();
+                        v.extend_from_slice(&[7u8; 120]);
+                        v
+                    }),
+                ));
+            }
+        }
+        Ok(ret)
+    }
+
+    #[test]
+    fn a_state_past_its_memory_spills_to_disk_and_reads_back_the_same() {
+        // 3,000 keys, each seen four times in rounds, every 7th key cleared
+        // in the second round: run all in memory, then with room for ~100
+        // states, which evicts to disk, reads back, and deletes spilled
+        // keys. The outputs and the final states must be the same.
+        let keys: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+        let mut records: Vec<(&str, &str, i64)> = Vec::new();
+        for round in 0..4 {
+            for (i, key) in keys.iter().enumerate() {
+                let value = if round == 1 && i % 7 == 0 {
+                    "clear"
+                } else {
+                    ""
+                };
+                records.push((key, value, 0));
+            }
+        }
+        let run = |spec: &KeyedSpec| {
+            let mut state = KeyedState::default();
+            let mut out = Vec::new();
+            let mut most = 0;
+            for part in records.chunks(250) {
+                let o = state
+                    .process(spec, &batch(part), 0, false, 64, &mut counter)
+                    .unwrap();
+                assert!(o.failed.is_empty(), "{:?}", o.failed);
+                out.extend(values(&o.events));
+                most = most.max(state.bytes());
+            }
+            (out, state, most)
+        };
+        let unbounded = KeyedSpec::default();
+        let (want, whole, _) = run(&unbounded);
+        // The ground truth of the counter, from the records themselves.
+        assert_eq!(want.len(), 12_000);
+        assert_eq!(want[3000], "k0:cleared");
+        assert_eq!(want[3001], "k1:2");
+        assert_eq!(want[9000], "k0:2");
+        assert_eq!(want[9001], "k1:4");
+        let bound = 100 * (3 + 128 + ENTRY_OVERHEAD) as u64;
+        let small = KeyedSpec {
+            memory_bytes: bound,
+            ..KeyedSpec::default()
+        };
+        let (got, spilled, most) = run(&small);
+        let first = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert!(
+            got.len() == want.len() && first.is_none(),
+            "{} outputs, {} wanted; first difference at {first:?}: {:?}",
+            got.len(),
+            want.len(),
+            first.map(|i| (&got[i], &want[i]))
+        );
+        assert!(spilled.spilled() > 2000, "{} spilled", spilled.spilled());
+        // Within the bound after each batch, but for what one batch adds.
+        assert!(
+            most as u64 <= bound + 250 * (3 + 128 + ENTRY_OVERHEAD) as u64,
+            "{most} bytes in memory"
+        );
+        assert_eq!(spilled.len(), whole.len());
+        assert_eq!(whole.len(), 3000 - 3000 / 7 + 3000 / 7);
+        assert_eq!(
+            spilled.snapshot(&small, 0).unwrap(),
+            whole.snapshot(&unbounded, 0).unwrap()
+        );
+        // Restored from the snapshot, the state spills again and goes on.
+        let mut restored = KeyedState::restore(&spilled.snapshot(&small, 0).unwrap());
+        let o = restored
+            .process(
+                &small,
+                &batch(&[("k5", "", 0), ("k7", "clear", 0)]),
+                0,
+                false,
+                64,
+                &mut counter,
+            )
+            .unwrap();
+        assert_eq!(values(&o.events), ["k5:5", "k7:cleared"]);
+        assert!(restored.bytes() as u64 <= bound);
+        assert_eq!(restored.len(), whole.len() - 1);
     }
 
     #[test]
@@ -1401,6 +1732,7 @@ mod tests {
         let one = 1 + 8 + ENTRY_OVERHEAD + 1 + TIMER_OVERHEAD;
         let spec = KeyedSpec {
             memory_bytes: (2 * one) as u64,
+            spill: false,
             ..KeyedSpec::default()
         };
         let mut state = KeyedState::default();

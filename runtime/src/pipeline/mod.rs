@@ -14,6 +14,7 @@ pub mod batcher;
 pub mod builtin;
 
 pub mod keyed;
+pub mod spill;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -296,9 +296,14 @@ impl Stage {
     /// A keyed stage's states for a checkpoint (none for a plain stage):
     /// the partition's own under [`Stage::state_name`], each Kafka
     /// partition's under [`KeyedSpec::task_state_name`].
-    pub fn keyed_snapshot(&self) -> Vec<(String, crate::checkpoint::StageSnapshot)> {
+    ///
+    /// # Errors
+    /// A spill file cannot be read.
+    pub fn keyed_snapshot(
+        &self,
+    ) -> anyhow::Result<Vec<(String, crate::checkpoint::StageSnapshot)>> {
         let (Some(spec), Some(states)) = (self.spec.keyed.as_ref(), self.keyed.as_ref()) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let now = now_ms();
         states
@@ -308,10 +313,10 @@ impl Stage {
                     None => self.state_name(),
                     Some(task) => spec.task_state_name(*task, &self.plugin.name),
                 };
-                (
+                Ok((
                     name,
-                    crate::checkpoint::StageSnapshot::Keyed(state.snapshot(spec, now)),
-                )
+                    crate::checkpoint::StageSnapshot::Keyed(state.snapshot(spec, now)?),
+                ))
             })
             .collect()
     }

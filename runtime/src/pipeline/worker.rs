@@ -289,7 +289,7 @@ impl Worker {
     fn pass_barrier(&self, barrier: Barrier) -> anyhow::Result<()> {
         // The state of the built-in stages first: on the ack channel it comes
         // before what completes the barrier.
-        let state: crate::checkpoint::StageSnapshots = self
+        let mut state: crate::checkpoint::StageSnapshots = self
             .stages
             .iter()
             .filter_map(|step| match step {
@@ -299,11 +299,12 @@ impl Worker {
                 )),
                 _ => None,
             })
-            .chain(self.stages.iter().flat_map(|step| match step {
-                Step::Plugin(stage) => stage.keyed_snapshot(),
-                _ => Vec::new(),
-            }))
             .collect();
+        for step in &self.stages {
+            if let Step::Plugin(stage) = step {
+                state.extend(stage.keyed_snapshot()?);
+            }
+        }
         if !state.is_empty() {
             let _ = barrier.ack.send(Ack::Stages(Box::new(state)));
         }
