@@ -25,6 +25,9 @@ use redb::{
 
 const TABLE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("states");
 
+/// One write transaction in this many is durable (see [`Spill::write`]).
+const DURABLE_EVERY: u64 = 16;
+
 /// redb's page cache per spill file, bytes.
 pub const CACHE_BYTES: usize = 4 << 20;
 
@@ -40,6 +43,8 @@ pub fn set_dir(dir: PathBuf) {
 pub struct Spill {
     db: redb::Database,
     keys: u64,
+    /// Write transactions so far.
+    writes: u64,
 }
 
 impl std::fmt::Debug for Spill {
@@ -80,7 +85,11 @@ impl Spill {
             .set_cache_size(CACHE_BYTES)
             .create_with_backend(redb::backends::FileBackend::new(file)?)
             .context("cannot set up a spill file")?;
-        Ok(Spill { db, keys: 0 })
+        Ok(Spill {
+            db,
+            keys: 0,
+            writes: 0,
+        })
     }
 
     /// Keys held on disk.
@@ -119,7 +128,14 @@ impl Spill {
         puts: impl IntoIterator<Item = (&'k [u8], &'k [u8], i64)>,
         deletes: impl IntoIterator<Item = &'k [u8]>,
     ) -> anyhow::Result<()> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        // Nothing here must outlive the process: commits skip the fsync,
+        // but for one in DURABLE_EVERY, which lets redb reuse the pages
+        // freed since (it frees pages only at a durable commit).
+        self.writes += 1;
+        if self.writes % DURABLE_EVERY != 0 {
+            tx.set_durability(redb::Durability::None)?;
+        }
         {
             let mut table = tx.open_table(TABLE)?;
             for (key, value, written_ms) in puts {
