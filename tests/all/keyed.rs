@@ -217,6 +217,40 @@ fn keyed_state_survives_kill_9_with_checkpoints() {
     assert!(got == want, "{}", first_difference(&got, &want));
 }
 
+/// The example with `state_memory` below what its planes take (~530 KB a
+/// partition, timers included), checkpoints every 50 ms, killed twice: the
+/// states spill to disk and are read back, and checkpoints save them
+/// (spilled ones included), so the output is still the ground truth.
+#[test]
+fn keyed_state_past_state_memory_spills_and_survives_kill_9() {
+    let lines = flights_lines(usize::MAX);
+    let (want, _) = expected(&lines, 2);
+    let config = example_config(
+        flights_gz().to_str().unwrap(),
+        "checkpoint = { interval = \"50ms\" }\n",
+    )
+    .replace(
+        "watermark = \"0s\" }",
+        "watermark = \"0s\", state_memory = \"384KiB\" }",
+    );
+    assert!(
+        config.contains("384KiB"),
+        "the example config changed shape"
+    );
+    let scratch = Scratch::new(&config);
+    let (kills, _) = kill_9_repeatedly(&scratch, 2, 300..1500, |_| true);
+    assert!(kills >= 2, "the job finished after {kills} kill(s)");
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("the least recently used states spill to disk"),
+        "{log}"
+    );
+    let got = got(&scratch, "out/planes.ndjson");
+    assert!(got == want, "{}", first_difference(&got, &want));
+}
+
 /// `wasm` with a custom section appended: a valid component with other
 /// bytes — another build of the same logic.
 fn another_build(wasm: &[u8]) -> Vec<u8> {
