@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import Aggregator, Batch, Config, Output, Processor, _failure
+from . import Aggregator, Batch, Config, Error, Output, Processor, _failure
 from ._keyed import KeyedProcessor, TimeDomain, Timer, run_keyed
 
 if TYPE_CHECKING:
@@ -67,6 +67,27 @@ def _host_log(log: _Log) -> None:
         _host.log(levels[level], message)
 
     log._host = write
+
+
+def _host_tables() -> Callable[[str, str], str | None]:
+    """The keyed-processor world's `tables` import (`sluice:plugin/tables`), an
+    unknown table's `Err` as an `Error` with the host's text. Imported here, not
+    above: the other worlds have no such import."""
+    try:
+        from wit_world.imports import tables  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        tables = None
+
+    def lookup(table: str, key: str) -> str | None:
+        if tables is None:
+            raise Error("no lookup tables: the component's world has no `tables` import")
+        try:
+            row: str | None = tables.lookup(table, key)
+        except Err as e:
+            raise Error(str(e.value)) from None
+        return row
+
+    return lookup
 
 
 def _guard(call: Callable[[], Any]) -> Any:
@@ -185,6 +206,7 @@ def keyed_world(cls: type[KeyedProcessor[Any]], log: _Log) -> type:
         _wit.TimeDomain.PROCESSING_TIME: TimeDomain.PROCESSING_TIME,
     }
     wit_domain = {v: k for k, v in domain.items()}
+    lookup = _host_tables()
 
     def configure(pairs: list[tuple[str, str]]) -> None:
         processor = cls(Config(pairs))
@@ -203,6 +225,7 @@ def keyed_world(cls: type[KeyedProcessor[Any]], log: _Log) -> type:
             fired,
             input.watermark,
             input.now,
+            lookup,
         )
         values, value_ends, keys, key_ends, timestamps, headers = result.out._columns()
         events = _wit.EventBatch(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Generic, Iterable, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, NamedTuple, Sequence, TypeVar
 
 from . import Batch, Bytes, Config, Error, Event, Output, Record, _as_bytes, _failure, dump_json, parse_json
 
@@ -76,16 +76,27 @@ def escape_key(key: bytes) -> str:
     return "".join(out)
 
 
+Lookup = Callable[[str, str], str | None]
+"""What answers `KeyedContext.lookup`: (table, key) to the row's JSON text,
+`None` when the table has no such key; raises `Error` (the host's text) when
+there is no such table."""
+
+
+def _no_tables(table: str, key: str) -> str | None:
+    raise Error(f"no table `{table}` (no tables given)")
+
+
 class _Call:
     """What the contexts of one call share."""
 
-    __slots__ = ("watermark", "now", "timers", "failure")
+    __slots__ = ("watermark", "now", "timers", "failure", "tables")
 
-    def __init__(self, watermark: int, now: int) -> None:
+    def __init__(self, watermark: int, now: int, tables: Lookup = _no_tables) -> None:
         self.watermark = watermark
         self.now = now
         self.timers: list[TimerChange] = []
         self.failure: str | None = None
+        self.tables = tables
 
 
 class KeyedContext(Generic[S]):
@@ -163,6 +174,40 @@ class KeyedContext(Generic[S]):
         (a plugin has no clock of its own)."""
         return self._call.now
 
+    def lookup(self, table: str, key: str | Bytes) -> dict[str, Any] | None:
+        """The row of the daemon's lookup table `table` (`[tables.NAME]` in its
+        config) whose key is `key`, parsed from its JSON text (a `dict`);
+        `None` when the table has no such key. The table is the one the
+        built-in `join` stage sees, as it is when the call starts (a changed
+        file is swapped in between batches). A key is matched as text (`bytes`,
+        such as `ctx.key`, are decoded as UTF-8): a number key column matches
+        its JSON text (`"1"`).
+
+        Raises `Error` with the daemon's text when it has no table of that name
+        (in a `KeyedHarness`: none given with `tables=` or `table`), or when
+        the row is not a JSON object (the table and key are named). Not caught,
+        it fails the call, as any exception."""
+        text = self.lookup_text(table, key)
+        if text is None:
+            return None
+        try:
+            row = parse_json(text)
+        except ValueError as e:
+            raise Error(f"row {_quote(key)} of table `{table}`: {e}") from None
+        if not isinstance(row, dict):
+            raise Error(f"row {_quote(key)} of table `{table}`: not a JSON object: {text}")
+        return row
+
+    def lookup_text(self, table: str, key: str | Bytes) -> str | None:
+        """As `lookup`, the row as the JSON text the daemon gives (not parsed)."""
+        if not isinstance(table, str):
+            raise TypeError(f"a table's name is a str, not {type(table).__name__}")
+        if not isinstance(key, str):
+            if not isinstance(key, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a lookup key is a str (or UTF-8 bytes), not {type(key).__name__}")
+            key = str(key, "utf-8")
+        return self._call.tables(table, key)
+
     def _timer(self, set_: bool, time_ms: int, domain: TimeDomain) -> None:
         if type(time_ms) is not int:
             if isinstance(time_ms, bool) or not isinstance(time_ms, int):
@@ -204,6 +249,12 @@ class KeyedContext(Generic[S]):
 
     def __repr__(self) -> str:
         return f"KeyedContext(key={self.key!r})"
+
+
+def _quote(key: str | Bytes) -> str:
+    # As Rust's `{key:?}` of a str writes it, near enough.
+    text = key if isinstance(key, str) else str(key, "utf-8", "replace")
+    return dump_json(text).decode("utf-8")
 
 
 class KeyedProcessor(ABC, Generic[S]):
@@ -259,19 +310,22 @@ def run_keyed(
     fired: Sequence[tuple[int, Timer]] = (),
     watermark: int = WATERMARK_MIN,
     now: int = 0,
+    tables: Lookup | None = None,
 ) -> KeyedResult:
     """Runs one `process-keyed` call through `processor`, as the component
     does: `process` for each event of `events` (event `i` of key
     `keys[groups[i]]`), then `on_timer` for each fired (key index, timer), each
     with the context of its key (`states[g]` the bytes of key `g`'s state).
-    Raises `Error` when the call fails (the text the host gets)."""
+    `tables(table, key)` answers `KeyedContext.lookup` (the row's JSON text or
+    `None`; raises `Error` when there is no such table); without it, no table
+    is known. Raises `Error` when the call fails (the text the host gets)."""
     nkeys = len(keys)
     if len(states) != nkeys or len(groups) != len(events):
         raise Error(
             f"malformed keyed input: {nkeys} keys, {len(states)} states, "
             f"{len(events)} events, {len(groups)} groups"
         )
-    call = _Call(watermark, now)
+    call = _Call(watermark, now, tables or _no_tables)
     contexts: list[KeyedContext[Any] | None] = [None] * nkeys
     out = Output()
 
@@ -362,6 +416,9 @@ class KeyedHarness(Generic[S]):
       daemon, the harness does not retry the events in smaller parts, and
       drops the queued events not yet handed over. An event without a key is
       refused by `push` (the daemon refuses it before the plugin).
+    - Tables: `KeyedContext.lookup` reads the tables given with `tables=`
+      (name to rows by key) or `table(name, rows)`, as the daemon's
+      `[tables.NAME]`; a table not given is an `Error`, as in the daemon.
     """
 
     def __init__(
@@ -371,6 +428,7 @@ class KeyedHarness(Generic[S]):
         *,
         watermark_delay: int = 0,
         repeat_calls: bool = True,
+        tables: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if isinstance(processor, type):
             processor = processor(config if isinstance(config, Config) else Config(config))
@@ -388,6 +446,37 @@ class KeyedHarness(Generic[S]):
         self._fed = 0
         self.calls = 0
         """Calls made so far (each repeat counted once)."""
+        self._tables: dict[str, dict[str, str]] = {}
+        for name, rows in (tables or {}).items():
+            self.table(name, rows)
+
+    def table(self, name: str, rows: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> KeyedHarness[S]:
+        """Gives the processor a lookup table `name` (as a `[tables.NAME]` of
+        the daemon's config would), replacing one of that name, for
+        `KeyedContext.lookup`: its rows by key (a `str`; a number key column's
+        keys are their JSON text, `"1"`), each a `dict` (written as JSON) or
+        the JSON text of an object (`str` or `bytes`, kept as is). Returns the
+        harness."""
+        pairs = rows.items() if isinstance(rows, Mapping) else rows
+        table: dict[str, str] = {}
+        for key, row in pairs:
+            if not isinstance(key, str):
+                raise TypeError(f"table `{name}`: a key is a str, not {type(key).__name__}")
+            if isinstance(row, (bytes, bytearray, memoryview)):
+                table[key] = str(row, "utf-8")
+            elif isinstance(row, str):
+                table[key] = row
+            else:
+                table[key] = dump_json(row).decode("utf-8")
+        self._tables[name] = table
+        return self
+
+    def _lookup(self, table: str, key: str) -> str | None:
+        rows = self._tables.get(table)
+        if rows is None:
+            known = ", ".join(sorted(self._tables)) or "none"
+            raise Error(f"no table `{table}` (the harness has: {known})")
+        return rows.get(key)
 
     def push(
         self,
@@ -542,7 +631,9 @@ class KeyedHarness(Generic[S]):
         states = [self._states.get(k) for k in keys]
 
         def once() -> KeyedResult:
-            result = run_keyed(self.processor, keys, states, events, groups, fired, watermark, self._now)
+            result = run_keyed(
+                self.processor, keys, states, events, groups, fired, watermark, self._now, self._lookup
+            )
             n = len(events)
             seen = set()
             kept = []

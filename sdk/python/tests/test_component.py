@@ -118,9 +118,19 @@ def component() -> Iterator[tuple[Any, list[tuple[Any, str]]]]:
     wit_types.TimerChange_Delete = TimerChange_Delete  # type: ignore[attr-defined]
     wit_types.StateUpdate = StateUpdate  # type: ignore[attr-defined]
     wit_types.KeyedOutput = KeyedOutput  # type: ignore[attr-defined]
+    # The daemon's tables as the host's `tables` import answers: one table.
+    tables = types.ModuleType("wit_world.imports.tables")
+
+    def lookup(table: str, key: str) -> str | None:
+        if table != "airports":
+            raise Err(f"no table `{table}` (the daemon's tables: airports)")
+        return {"JFK": '{"name":"John F Kennedy Intl","tz":-5}'}.get(key)
+
+    tables.lookup = lookup  # type: ignore[attr-defined]
     imports = types.ModuleType("wit_world.imports")
     imports.host = host  # type: ignore[attr-defined]
     imports.types = wit_types  # type: ignore[attr-defined]
+    imports.tables = tables  # type: ignore[attr-defined]
     world = types.ModuleType("wit_world")
     world.WitWorld = type("WitWorld", (), {})  # type: ignore[attr-defined]
     world.imports = imports  # type: ignore[attr-defined]
@@ -131,6 +141,7 @@ def component() -> Iterator[tuple[Any, list[tuple[Any, str]]]]:
         "wit_world.imports": imports,
         "wit_world.imports.host": host,
         "wit_world.imports.types": wit_types,
+        "wit_world.imports.tables": tables,
         "componentize_py_types": cpt,
     }
     sys.modules.update(fakes)
@@ -282,3 +293,40 @@ def test_keyed_world(component: tuple[Any, list[tuple[Any, str]]]) -> None:
         world().process_keyed(KeyedInput([b"N3"], [b"[]"], EventBatch(b"{}", [2], b"N3", [2], [1]),
                                          [0], [], 0, 0))
     assert failed.value.value == "TypeError: list indices must be integers or slices, not str"
+
+
+class Dests(sluice.KeyedProcessor[Any]):
+    """Each event's value names a table and a key (`TABLE:KEY`): emits the
+    row's `name` with the key's UTC offset applied to the event time (hours),
+    or `-` when the table has no such key."""
+
+    def process(self, ctx: sluice.KeyedContext[Any], event: sluice.Event, out: Output) -> None:
+        table, _, key = event.text().partition(":")
+        row = ctx.lookup(table, key)
+        if row is None:
+            out.emit("-")
+        else:
+            out.emit(f"{row['name']}@{event.timestamp_ms // 3_600_000 + row['tz']}")
+
+
+def test_keyed_world_lookup_reads_the_hosts_tables(component: tuple[Any, list[tuple[Any, str]]]) -> None:
+    glue, _ = component
+    world = glue.keyed_world(Dests, sluice.log)
+    world().configure([])
+
+    def inp(values: list[bytes]) -> KeyedInput:
+        ends: list[int] = []
+        for v in values:
+            ends.append((ends[-1] if ends else 0) + len(v))
+        n = len(values)
+        return KeyedInput([b"N1"], [None], EventBatch(b"".join(values), ends, b"N1" * n,
+                          [2 * (i + 1) for i in range(n)], [36_000_000] * n),
+                          [0] * n, [], 0, 0)
+
+    got = world().process_keyed(inp([b"airports:JFK", b"airports:LAX"]))
+    # 10 h UTC, UTC-5: 5.
+    assert got.events.values == b"John F Kennedy Intl@5-"
+    # An unknown table: the host's `err`, as the call's error with its text.
+    with pytest.raises(Err) as failed:
+        world().process_keyed(inp([b"planes:N1"]))
+    assert failed.value.value == "no table `planes` (the daemon's tables: airports)"

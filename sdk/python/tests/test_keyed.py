@@ -340,3 +340,112 @@ def test_harness_makes_each_call_twice_and_refuses_output_kept_in_self() -> None
     h = KeyedHarness(Leaky, repeat_calls=False)
     h.push("a", "", 1).push("a", "", 2).run()
     assert h.output.json() == [1, 2]
+
+
+# Lookup tables (`ctx.lookup`): the daemon's `[tables.NAME]`, given to the
+# harness with `tables=` or `table(name, rows)`.
+
+AIRPORTS = {
+    "JFK": {"name": "John F Kennedy Intl", "tz": -5},
+    "LAX": {"name": "Los Angeles Intl", "tz": -8},
+}
+
+
+class Arrivals(KeyedProcessor[int]):
+    """Per plane (the key): each flight (`{"dest": CODE}`, its event time the
+    arrival in UTC) with its destination's name and local hour of arrival from
+    table `airports`, and the plane's count of flights with a known
+    destination so far (the state). An unknown destination emits `"?"`. The
+    config's `table` names the table (default `airports`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.table = config.get("table", "airports") or "airports"
+
+    def process(self, ctx: KeyedContext[int], event: Event, out: Output) -> None:
+        dest = event.json()["dest"]
+        row = ctx.lookup(self.table, dest)
+        if row is None:
+            out.emit_json({"dest": dest, "name": "?"})
+            return
+        n = (ctx.state or 0) + 1
+        ctx.set_state(n)
+        hour = (event.timestamp_ms // 3_600_000 + row["tz"]) % 24
+        out.emit_json({"dest": dest, "name": row["name"], "local_hour": hour, "n": n})
+
+
+def test_lookup_enriches_each_event_from_a_table_given_to_the_harness() -> None:
+    h = KeyedHarness(Arrivals, tables={"airports": AIRPORTS})
+    # 10:00 UTC at JFK (UTC-5) is 05:00; 02:30 UTC at LAX (UTC-8) is 18:30 the
+    # day before; 23:00 UTC at JFK is 18:00.
+    h.push("N1", '{"dest":"JFK"}', 10 * 3_600_000)
+    h.push("N2", '{"dest":"LAX"}', 2 * 3_600_000 + 1_800_000)
+    h.push("N1", '{"dest":"XXX"}', 11 * 3_600_000)
+    h.push("N1", '{"dest":"JFK"}', 23 * 3_600_000)
+    h.run()
+    assert h.output.json() == [
+        {"dest": "JFK", "name": "John F Kennedy Intl", "local_hour": 5, "n": 1},
+        {"dest": "LAX", "name": "Los Angeles Intl", "local_hour": 18, "n": 1},
+        {"dest": "XXX", "name": "?"},
+        {"dest": "JFK", "name": "John F Kennedy Intl", "local_hour": 18, "n": 2},
+    ]
+    assert [r.key for r in h.output.records()] == [b"N1", b"N2", b"N1", b"N1"]
+    # The unknown destination counts nothing.
+    assert h.state("N1") == 2 and h.state("N2") == 1
+
+
+def test_lookup_of_an_absent_key_is_none_and_rows_are_given_as_dicts_or_text() -> None:
+    class Probe(KeyedProcessor[Any]):
+        """Emits [lookup, lookup_text] of the event's `TABLE:KEY`, and
+        lookup_text of its table with the key as bytes (`ctx.key`, read as its
+        UTF-8 text)."""
+
+        def process(self, ctx: KeyedContext[Any], event: Event, out: Output) -> None:
+            table, _, key = event.text().partition(":")
+            out.emit_json([ctx.lookup(table, key), ctx.lookup_text(table, key), ctx.lookup_text(table, ctx.key)])
+
+    h = KeyedHarness(Probe).table("planes", [("N1", '{"seats": 180}'), ("N2", b'{"seats":2}')])
+    h.table("codes", {"1": {"code": "A"}, "é": ["not", "an", "object"]})
+    h.push("N2", "planes:N1").push("é", "planes:N9").push("N1", "codes:1").run()
+    assert h.output.json() == [
+        # The text as given; the key N2's row.
+        [{"seats": 180}, '{"seats": 180}', '{"seats":2}'],
+        # No plane N9, nor "é".
+        [None, None, None],
+        # A dict is written as compact JSON; codes has no key N1.
+        [{"code": "A"}, '{"code":"A"}', None],
+    ]
+    # A row that is not a JSON object fails the call, naming the row and table.
+    with pytest.raises(Error, match='^row "é" of table `codes`: not a JSON object: \\["not","an","object"\\]$'):
+        KeyedHarness(Probe).table("codes", {"é": ["not", "an", "object"]}).push("k", "codes:é").run()
+    with pytest.raises(Error, match='^row "x" of table `codes`: Expecting property name'):
+        KeyedHarness(Probe).table("codes", {"x": "{bad"}).push("k", "codes:x").run()
+
+
+def test_lookup_of_an_unknown_table_raises_with_the_hosts_text() -> None:
+    h = KeyedHarness(Arrivals, {"table": "airport"}, tables={"airports": AIRPORTS, "planes": {}})
+    h.push("N1", '{"dest":"JFK"}', 1)
+    with pytest.raises(Error, match="^no table `airport` \\(the harness has: airports, planes\\)$"):
+        h.run()
+    # The failed call changed nothing.
+    assert h.output.json() == [] and h.state("N1") is None
+    with pytest.raises(Error, match="^no table `airports` \\(the harness has: none\\)$"):
+        KeyedHarness(Arrivals).push("N1", '{"dest":"JFK"}', 1).run()
+
+    # The plugin may catch it (an `Error`) and go on.
+    class Careful(KeyedProcessor[Any]):
+        def process(self, ctx: KeyedContext[Any], event: Event, out: Output) -> None:
+            try:
+                ctx.lookup("nope", "k")
+            except Error as e:
+                out.emit(str(e))
+
+    h1 = KeyedHarness(Careful)
+    h1.push("k", "").run()
+    assert h1.output.values() == [b"no table `nope` (the harness has: none)"]
+    # `run_keyed` without `tables`: no table is known.
+    assert run_keyed(Careful(Config()), [b"k"], [None], Batch([Record(b"", b"k")]), [0]).out.values() == [
+        b"no table `nope` (no tables given)"
+    ]
+    h2 = KeyedHarness(Careful, tables={"a": {}})
+    h2.push("k", "").run()
+    assert h2.output.values() == [b"no table `nope` (the harness has: a)"]
