@@ -245,6 +245,16 @@ export class KeyedContext<S = any> {
   readonly watermark: number;
   /** The host's clock when the call started (ms). */
   readonly now: number;
+  /**
+   * The row of the daemon's lookup table `table` (`[tables.NAME]`) whose key
+   * is `key` (text; bytes such as `ctx.key` are read as UTF-8), parsed from
+   * its JSON text; null when the table has no such key. Throws SluiceError
+   * with the daemon's text when it has no such table, or when the row is not
+   * a JSON object.
+   */
+  lookup<R extends object = Record<string, any>>(table: string, key: string | Bytes): R | null;
+  /** As `lookup`, the row as the JSON text the daemon gives (not parsed); null when none. */
+  lookupText(table: string, key: string | Bytes): string | null;
 }
 
 /** A keyed processing function with per-key state and timers. */
@@ -274,6 +284,8 @@ export interface KeyedInput {
   fired?: { group: number; time: number | bigint; domain: TimeDomainName }[];
   watermark?: bigint;
   now?: bigint;
+  /** Answers `ctx.lookup`: the row's JSON text, null/undefined when none; throws SluiceError for an unknown table. */
+  tables?: (table: string, key: string) => string | null | undefined;
 }
 
 /** What one call returns: the output, the changed states (value undefined deletes), the timer changes in order. */
@@ -286,9 +298,15 @@ export interface KeyedResult {
 /** Runs one `process-keyed` call, as the component does; throws SluiceError when it fails. */
 export function runKeyed(processor: KeyedProcessor<any>, input: KeyedInput): KeyedResult;
 
+/** The `sluice:plugin/tables@0.2.0` import (what `import * as tables from "sluice:plugin/tables@0.2.0"` gives). */
+export interface Tables {
+  lookup(table: string, key: string): string | undefined;
+}
+
 export function exportKeyedProcessor(
   cls: KeyedProcessorClass,
   host?: Host,
+  tables?: Tables,
 ): {
   configure(config: [string, string][]): void;
   processKeyed(input: any): any;
@@ -299,7 +317,12 @@ export class KeyedHarness<S = any> {
   constructor(
     processor: KeyedProcessorClass | KeyedProcessor<S>,
     config?: Config | Iterable<[string, string]> | Record<string, string>,
-    options?: { watermarkDelay?: number; repeatCalls?: boolean },
+    options?: {
+      watermarkDelay?: number;
+      repeatCalls?: boolean;
+      /** Lookup tables for `ctx.lookup`: name to rows by key (see `table`). */
+      tables?: Record<string, TableRows> | Map<string, TableRows>;
+    },
   );
   readonly processor: KeyedProcessor<S>;
   watermarkDelay: number;
@@ -323,4 +346,16 @@ export class KeyedHarness<S = any> {
   states(): Record<string, string>;
   timers(key: string | Bytes): Timer[];
   timerCount(): number;
+  /**
+   * Gives the processor a lookup table `name` (as a `[tables.NAME]` of the
+   * daemon's config), replacing one of that name: its rows by key, each an
+   * object (written as JSON) or the JSON text of one. Returns the harness.
+   */
+  table(name: string, rows: TableRows): this;
 }
+
+/** A lookup table's rows by key: each row an object, or its JSON text. */
+export type TableRows =
+  | Record<string, object | string>
+  | Map<string, object | string>
+  | Iterable<[string, object | string]>;

@@ -818,6 +818,48 @@ export class KeyedContext {
     return Number(this.call.now);
   }
 
+  /**
+   * The row of the daemon's lookup table `table` (`[tables.NAME]` in its
+   * config) whose key is `key`, parsed from its JSON text (an object); `null`
+   * when the table has no such key. The table is the one the built-in `join`
+   * stage sees, as it is when the call starts (a changed file is swapped in
+   * between batches). A key is matched as text (bytes, such as `ctx.key`, are
+   * decoded as UTF-8): a number key column matches its JSON text (`"1"`).
+   * Throws `SluiceError` with the daemon's text when it has no table of that
+   * name (in a `KeyedHarness`: none given with `tables` or `table`), or when
+   * the row is not a JSON object (the table and key are named). Not caught,
+   * it fails the call, as any exception.
+   */
+  lookup(table, key) {
+    const text = this.lookupText(table, key);
+    if (text === null) return null;
+    const name = JSON.stringify(typeof key === "string" ? key : utf8.decode(asBytes(key)));
+    let row;
+    try {
+      row = JSON.parse(text);
+    } catch (e) {
+      throw new SluiceError(`row ${name} of table \`${table}\`: ${e.message}`);
+    }
+    if (row === null || typeof row !== "object" || Array.isArray(row)) {
+      throw new SluiceError(`row ${name} of table \`${table}\`: not a JSON object: ${text}`);
+    }
+    return row;
+  }
+
+  /** As `lookup`, the row as the JSON text the daemon gives (not parsed); `null` when none. */
+  lookupText(table, key) {
+    if (typeof table !== "string") throw new TypeError(`a table's name is a string, not ${table === null ? "null" : typeof table}`);
+    let k = key;
+    if (typeof k !== "string") {
+      if (!(k instanceof Uint8Array || ArrayBuffer.isView(k) || k instanceof ArrayBuffer)) {
+        throw new TypeError(`a lookup key is a string (or UTF-8 bytes), not ${k === null ? "null" : typeof k}`);
+      }
+      k = utf8.decode(asBytes(k));
+    }
+    const row = this.call.tables(table, k);
+    return row === undefined || row === null ? null : String(row);
+  }
+
   #timer(set, timeMs, domain) {
     this.call.timers.push({ set, group: this.group, timer: { time: Number(timeBig(timeMs)), domain } });
   }
@@ -882,15 +924,21 @@ export class KeyedProcessor {
   onTimer(_ctx, _timer, _out) {}
 }
 
+function noTables(table) {
+  throw new SluiceError(`no table \`${table}\` (no tables given)`);
+}
+
 /**
  * Runs one `process-keyed` call through `processor`, as the component does:
  * `process` for each event of `input.events` (a Batch; event `i` of key
  * `input.keys[input.groups[i]]`), then `onTimer` for each fired timer
  * (`{ group, time, domain }`), each with its key's context (`input.states[g]`
- * the state bytes of key `g`, or undefined). Returns `{ out, updates: [{ group,
- * value }] (value undefined deletes), timers: [{ set, group, timer: { time,
- * domain } }] }`; throws `SluiceError` (with the text the host gets) when the
- * call fails.
+ * the state bytes of key `g`, or undefined). `input.tables(table, key)`
+ * answers `KeyedContext.lookup` (the row's JSON text, or null/undefined when
+ * none; throws `SluiceError` when there is no such table); without it, no
+ * table is known. Returns `{ out, updates: [{ group, value }] (value undefined
+ * deletes), timers: [{ set, group, timer: { time, domain } }] }`; throws
+ * `SluiceError` (with the text the host gets) when the call fails.
  */
 export function runKeyed(processor, input) {
   const keys = input.keys;
@@ -909,6 +957,7 @@ export function runKeyed(processor, input) {
     now: input.now ?? 0n,
     timers: [],
     failure: null,
+    tables: input.tables ?? noTables,
   };
   const contexts = new Array(nkeys).fill(null);
   const context = (group) => {
@@ -960,11 +1009,14 @@ export function runKeyed(processor, input) {
 
 /**
  * The exports of the keyed-processor world for a `KeyedProcessor` subclass:
- * `export const { configure, processKeyed } = exportKeyedProcessor(MyProcessor, host)`,
- * where `host` is `import * as host from "sluice:plugin/host@0.2.0"` (for `log`).
+ * `export const { configure, processKeyed } = exportKeyedProcessor(MyProcessor, host, tables)`,
+ * where `host` is `import * as host from "sluice:plugin/host@0.2.0"` (for `log`)
+ * and `tables` is `import * as tables from "sluice:plugin/tables@0.2.0"` (for
+ * `ctx.lookup`; without it, a lookup throws).
  */
-export function exportKeyedProcessor(cls, host = undefined) {
+export function exportKeyedProcessor(cls, host = undefined, tables = undefined) {
   useHost(host);
+  const lookup = hostTables(tables);
   let instance = null;
   return {
     configure(pairs) {
@@ -983,6 +1035,7 @@ export function exportKeyedProcessor(cls, host = undefined) {
           fired: input.fired,
           watermark: input.watermark,
           now: input.now,
+          tables: lookup,
         });
         const wit = r.out.toWit();
         return {
@@ -996,6 +1049,32 @@ export function exportKeyedProcessor(cls, host = undefined) {
         };
       });
     },
+  };
+}
+
+// The `tables` import's `lookup` (jco's bindings throw the `err` of its result:
+// a ComponentError whose `payload` is the host's text), its errors as
+// SluiceError with the host's text.
+function hostTables(tables) {
+  if (tables === undefined) {
+    return (table) => {
+      throw new SluiceError(
+        `no table \`${table}\`: the plugin gave exportKeyedProcessor no \`tables\` ` +
+          '(import * as tables from "sluice:plugin/tables@0.2.0")',
+      );
+    };
+  }
+  if (tables === null || typeof tables.lookup !== "function") {
+    throw new TypeError('tables: expected the module "sluice:plugin/tables@0.2.0" (with its lookup function)');
+  }
+  return (table, key) => {
+    try {
+      return tables.lookup(table, key);
+    } catch (e) {
+      if (typeof e === "string") throw new SluiceError(e);
+      if (e !== null && typeof e === "object" && "payload" in e) throw new SluiceError(String(e.payload));
+      throw e;
+    }
   };
 }
 
@@ -1037,9 +1116,11 @@ function sameResult(a, b) {
  * timers fire in time then key order, those set by firing ones that are due
  * too in later rounds; processing-time timers fire on `setNow`; `finish`
  * fires every event-time timer; a failed call changes nothing and throws.
+ * `ctx.lookup` reads the tables given with the `tables` option (name to rows
+ * by key) or `table(name, rows)`; a table not given throws, as in the daemon.
  */
 export class KeyedHarness {
-  constructor(processor, config = [], { watermarkDelay = 0, repeatCalls = true } = {}) {
+  constructor(processor, config = [], { watermarkDelay = 0, repeatCalls = true, tables = {} } = {}) {
     this.processor = typeof processor === "function" ? new processor(makeConfig(config)) : processor;
     this.watermarkDelay = watermarkDelay;
     this.repeatCalls = repeatCalls;
@@ -1055,6 +1136,26 @@ export class KeyedHarness {
     this.clock = 0;
     this.queued = [];
     this.fed = 0;
+    this.tableMap = new Map();
+    for (const [name, rows] of tables instanceof Map ? tables : Object.entries(tables ?? {})) this.table(name, rows);
+  }
+
+  /**
+   * Gives the processor a lookup table `name` (as a `[tables.NAME]` of the
+   * daemon's config would), replacing one of that name, for `ctx.lookup`: its
+   * rows by key (an object, a Map or [key, row] pairs; a number key column's
+   * keys are their JSON text, "1"), each an object (written as JSON) or the
+   * JSON text of one (a string or UTF-8 bytes, kept as is). Returns the harness.
+   */
+  table(name, rows) {
+    const pairs = rows !== null && typeof rows === "object" && typeof rows[Symbol.iterator] === "function" ? rows : Object.entries(rows);
+    const table = new Map();
+    for (const [key, row] of pairs) {
+      if (typeof key !== "string") throw new TypeError(`table \`${name}\`: a key is a string, not ${typeof key}`);
+      table.set(key, typeof row === "string" ? row : row instanceof Uint8Array ? utf8.decode(row) : JSON.stringify(row));
+    }
+    this.tableMap.set(name, table);
+    return this;
   }
 
   /** Queues an event of `key` for the next `run`; returns the harness. */
@@ -1191,6 +1292,15 @@ export class KeyedHarness {
     return this.timerMap.size;
   }
 
+  #lookup(table, key) {
+    const rows = this.tableMap.get(table);
+    if (rows === undefined) {
+      const known = [...this.tableMap.keys()].sort().join(", ") || "none";
+      throw new SluiceError(`no table \`${table}\` (the harness has: ${known})`);
+    }
+    return rows.get(key) ?? null;
+  }
+
   #firstTimer(domain) {
     let first = null;
     for (const t of this.timerMap.values()) if (t.domain === domain && (first === null || t.time < first)) first = t.time;
@@ -1209,6 +1319,7 @@ export class KeyedHarness {
         fired,
         watermark: BigInt(watermark),
         now: BigInt(this.clock),
+        tables: (table, key) => this.#lookup(table, key),
       });
       const seen = new Set();
       const kept = [];

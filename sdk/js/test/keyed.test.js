@@ -223,3 +223,160 @@ test("harness: a failure changes nothing; rejections count pushed events; calls 
   once.push("a", "", 1).push("a", "", 2).run();
   assert.deepEqual(once.output.json(), [1, 2]);
 });
+
+// Lookup tables (`ctx.lookup`): the daemon's `[tables.NAME]`, given to the
+// harness with the `tables` option or `table(name, rows)`.
+
+const AIRPORTS = {
+  JFK: { name: "John F Kennedy Intl", tz: -5 },
+  LAX: { name: "Los Angeles Intl", tz: -8 },
+};
+
+// Per plane (the key): each flight ({"dest": CODE}, its event time the arrival
+// in UTC) with its destination's name and local hour of arrival from table
+// `airports` (or the config's `table`), and the plane's count of flights with
+// a known destination so far (the state). An unknown destination emits "?".
+class Arrivals extends KeyedProcessor {
+  process(ctx, event, out) {
+    const dest = event.json().dest;
+    const row = ctx.lookup(this.config.get("table", "airports"), dest);
+    if (row === null) {
+      out.emitJson({ dest, name: "?" });
+      return;
+    }
+    const n = (ctx.state ?? 0) + 1;
+    ctx.setState(n);
+    const hour = (((Math.floor(event.timestampMs / 3_600_000) + row.tz) % 24) + 24) % 24;
+    out.emitJson({ dest, name: row.name, local_hour: hour, n });
+  }
+}
+
+test("lookup enriches each event from a table given to the harness", () => {
+  const h = new KeyedHarness(Arrivals, [], { tables: { airports: AIRPORTS } });
+  // 10:00 UTC at JFK (UTC-5) is 05:00; 02:30 UTC at LAX (UTC-8) is 18:30 the
+  // day before; 23:00 UTC at JFK is 18:00.
+  h.push("N1", '{"dest":"JFK"}', 10 * 3_600_000);
+  h.push("N2", '{"dest":"LAX"}', 2 * 3_600_000 + 1_800_000);
+  h.push("N1", '{"dest":"XXX"}', 11 * 3_600_000);
+  h.push("N1", '{"dest":"JFK"}', 23 * 3_600_000);
+  h.run();
+  assert.deepEqual(h.output.json(), [
+    { dest: "JFK", name: "John F Kennedy Intl", local_hour: 5, n: 1 },
+    { dest: "LAX", name: "Los Angeles Intl", local_hour: 18, n: 1 },
+    { dest: "XXX", name: "?" },
+    { dest: "JFK", name: "John F Kennedy Intl", local_hour: 18, n: 2 },
+  ]);
+  assert.deepEqual(h.output.records().map((r) => dec(r.key)), ["N1", "N2", "N1", "N1"]);
+  // The unknown destination counts nothing.
+  assert.equal(h.state("N1"), 2);
+  assert.equal(h.state("N2"), 1);
+});
+
+// Emits [lookup, lookupText] of the event's `TABLE:KEY`, and lookupText of its
+// table with the key as bytes (`ctx.key`, read as UTF-8).
+class Probe extends KeyedProcessor {
+  process(ctx, event, out) {
+    const [table, key] = event.text().split(":");
+    out.emitJson([ctx.lookup(table, key), ctx.lookupText(table, key), ctx.lookupText(table, ctx.key)]);
+  }
+}
+
+test("lookup of an absent key is null; rows are given as objects or JSON text", () => {
+  const h = new KeyedHarness(Probe).table("planes", [["N1", '{"seats": 180}'], ["N2", enc('{"seats":2}')]]);
+  h.table("codes", new Map([["1", { code: "A" }], ["é", ["not", "an", "object"]]]));
+  h.push("N2", "planes:N1").push("é", "planes:N9").push("N1", "codes:1").run();
+  assert.deepEqual(h.output.json(), [
+    // The text as given; the key N2's row.
+    [{ seats: 180 }, '{"seats": 180}', '{"seats":2}'],
+    // No plane N9, nor "é".
+    [null, null, null],
+    // An object is written as JSON; codes has no key N1.
+    [{ code: "A" }, '{"code":"A"}', null],
+  ]);
+  // A row that is not a JSON object fails the call, naming the row and table.
+  assert.throws(
+    () => new KeyedHarness(Probe).table("codes", { é: ["not", "an", "object"] }).push("k", "codes:é").run(),
+    (e) => e instanceof SluiceError && e.message === 'row "é" of table `codes`: not a JSON object: ["not","an","object"]',
+  );
+  assert.throws(
+    () => new KeyedHarness(Probe).table("codes", { x: "{bad" }).push("k", "codes:x").run(),
+    (e) => e instanceof SluiceError && e.message.startsWith('row "x" of table `codes`: '),
+  );
+});
+
+test("lookup of an unknown table throws with the host's text", () => {
+  const h = new KeyedHarness(Arrivals, { table: "airport" }, { tables: { airports: AIRPORTS, planes: {} } });
+  h.push("N1", '{"dest":"JFK"}', 1);
+  assert.throws(() => h.run(), (e) => e instanceof SluiceError && e.message === "no table `airport` (the harness has: airports, planes)");
+  // The failed call changed nothing.
+  assert.deepEqual(h.output.json(), []);
+  assert.equal(h.state("N1"), undefined);
+  assert.throws(
+    () => new KeyedHarness(Arrivals).push("N1", '{"dest":"JFK"}', 1).run(),
+    (e) => e.message === "no table `airports` (the harness has: none)",
+  );
+  // The plugin may catch it and go on.
+  class Careful extends KeyedProcessor {
+    process(ctx, _event, out) {
+      try {
+        ctx.lookup("nope", "k");
+      } catch (e) {
+        out.emit(e.message);
+      }
+    }
+  }
+  const got = runKeyed(new Careful(new Map()), { keys: [enc("k")], states: [undefined], events: new Batch([{ value: "", key: "k" }]), groups: [0] });
+  assert.deepEqual(got.out.values().map(dec), ["no table `nope` (no tables given)"]);
+});
+
+test("the component glue reads the host's tables import", () => {
+  // jco's bindings of `lookup: func(...) -> result<option<string>, string>`:
+  // the row's text or undefined; the `err` thrown (a ComponentError whose
+  // payload is the host's text).
+  const tables = {
+    lookup(table, key) {
+      if (table !== "airports") {
+        const e = new Error("Err");
+        e.payload = `no table \`${table}\` (the daemon's tables: airports)`;
+        throw e;
+      }
+      return key === "JFK" ? JSON.stringify(AIRPORTS.JFK) : undefined;
+    },
+  };
+  const world = exportKeyedProcessor(Arrivals, undefined, tables);
+  world.configure([]);
+  const input = (values) => ({
+    keys: [enc("N1")],
+    states: [undefined],
+    events: columns(values),
+    groups: Uint32Array.from(values, () => 0),
+    fired: [],
+    watermark: -(2n ** 63n),
+    now: 0n,
+  });
+  const got = world.processKeyed(input(['{"dest":"JFK"}', '{"dest":"LAX"}']));
+  assert.equal(dec(got.events.values), '{"dest":"JFK","name":"John F Kennedy Intl","local_hour":5,"n":1}{"dest":"LAX","name":"?"}');
+  assert.deepEqual(got.updates.map((u) => [u.group, dec(u.value)]), [[0, "1"]]);
+  const wrong = exportKeyedProcessor(Arrivals, undefined, tables);
+  wrong.configure([["table", "planes"]]);
+  assert.throws(() => wrong.processKeyed(input(['{"dest":"JFK"}'])), (e) => e === "no table `planes` (the daemon's tables: airports)");
+  // Without the import, a lookup fails the call and says what is missing.
+  const bare = exportKeyedProcessor(Arrivals);
+  bare.configure([]);
+  assert.throws(() => bare.processKeyed(input(['{"dest":"JFK"}'])), (e) => typeof e === "string" && e.includes('import * as tables from "sluice:plugin/tables@0.2.0"'));
+  assert.throws(() => exportKeyedProcessor(Arrivals, undefined, {}), TypeError);
+});
+
+// A batch's WIT columns (as the host sends them), values of key N1 at 10:00 UTC.
+function columns(values) {
+  const bytes = values.map(enc);
+  let end = 0;
+  return {
+    values: enc(values.join("")),
+    valueEnds: Uint32Array.from(bytes, (b) => (end += b.length)),
+    keys: enc("N1".repeat(values.length)),
+    keyEnds: Uint32Array.from(values, (_, i) => 2 * (i + 1)),
+    timestamps: BigInt64Array.from(values, () => 36_000_000n),
+    headers: [],
+  };
+}
