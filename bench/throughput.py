@@ -19,6 +19,11 @@ wall seconds of the process):
 - filter-p1 / filter-p2: the flights x10 through flights_delay.wasm into a
               file, `partition_by = "balance"`, 1 and 2 partitions (a
               plugin-heavy job: what a second partition adds);
+- jq-p1 / jq-p2: the flights (336,776, uncompressed) through the stock jq
+              plugin (a route, the gain and a delay class per flight),
+              `partition_by = "balance"`, 1 and 2 partitions: a
+              plugin-heavy job, where the plugin, not decode, takes the
+              time — what a second partition adds;
 - cat:        `cat` of the identity input into a file (the floor).
 
 A and B (two sluice binaries, default target/release/sluice for both) run in
@@ -111,6 +116,23 @@ def flights10_input():
     return path, 3_367_760
 
 
+def flights1_input():
+    path = os.path.join(WORK, "flights1.ndjson")
+    if not os.path.exists(path):
+        gz = os.path.join(ROOT, "examples", "data", "flights-2013.ndjson.gz")
+        with open(path + ".tmp", "wb") as out:
+            subprocess.run(["zcat", gz], stdout=out, check=True)
+        os.rename(path + ".tmp", path)
+    return path, 336_776
+
+
+# The plugin-heavy job's program: per flight, a route, the time gained in the
+# air, and the delay class (stock jq, a jq interpreter in Wasm).
+JQ = ('.route = .origin + "-" + .dest | .gain = ((.dep_delay // 0) - (.arr_delay // 0)) '
+      '| .class = (if (.dep_delay // 0) > 60 then "long" elif (.dep_delay // 0) > 15 '
+      'then "late" else "on time" end)')
+
+
 def config(name, input_path, key, ts, partitions, source_extra="", pipeline_extra=""):
     text = HEAD.format(plugins=PLUGINS, work=WORK, name=name, input=input_path, key=key, ts=ts,
                        partitions=partitions, source_extra=source_extra,
@@ -140,6 +162,13 @@ def jobs(only):
                 "filter-p%d" % p, f10, "/carrier", "/event_time", p,
                 pipeline_extra='partition_by = "balance"\nprocessors = [ { plugin = '
                 '"flights_delay.wasm", config = { min_delay = 15 } } ]')])
+    if not only or {"jq-p1", "jq-p2"} & set(only):
+        f1, n_f1 = flights1_input()
+        for p in (1, 2):
+            all_jobs["jq-p%d" % p] = (n_f1, ["run", "--config", config(
+                "jq-p%d" % p, f1, "/carrier", "/event_time", p,
+                pipeline_extra='partition_by = "balance"\nprocessors = [ { plugin = '
+                '"stock/jq.wasm", config = { program = \'%s\' } } ]' % JQ)])
     all_jobs["cat"] = (n_ident, None)
     return {k: v for k, v in all_jobs.items() if not only or k in only}
 
