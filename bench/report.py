@@ -4,6 +4,7 @@
 """
 
 import os
+import sys
 
 REL = "docs/bench"  # the plots' folder, relative to BENCHMARKS.md (set by write)
 
@@ -682,8 +683,27 @@ def write(results, out, md_path):
     text = text.replace(WASM_NOTES_PLACEHOLDER + "\n", "")
     if notes:
         text += "\n" + notes + "\n"
+    text += kept_sections(md_path, text)
     with open(md_path, "w") as fh:
         fh.write(text)
+
+
+def kept_sections(md_path, text):
+    """The `## ` sections of the BENCHMARKS.md being replaced that neither the
+    generated report nor bench/NOTES.md has (hand-written there), so that a run
+    never drops them; each is named on stderr, to be moved into NOTES.md."""
+    if not os.path.exists(md_path):
+        return ""
+    have = {line for line in text.splitlines() if line.startswith("## ")}
+    old = open(md_path).read().split("\n## ")
+    kept = []
+    for part in old[1:]:
+        heading = "## " + part.splitlines()[0]
+        if heading not in have:
+            print("report: kept from the old %s (not generated, not in bench/NOTES.md): %s"
+                  % (os.path.basename(md_path), heading), file=sys.stderr)
+            kept.append("## " + part.rstrip("\n") + "\n")
+    return "".join("\n" + k for k in kept)
 
 
 WASM_NOTES_PLACEHOLDER = "<!-- wasm notes -->"
