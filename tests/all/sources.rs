@@ -266,6 +266,72 @@ fn a_named_pipe_delivers_its_lines_while_the_writer_still_writes() {
     assert_eq!(scratch.read_lines("out.ndjson"), lines);
 }
 
+/// A followed named pipe whose writer closed: the daemon keeps reading it
+/// (a second writer's lines come through) and stops at SIGTERM, instead of
+/// taking the pipe's length (0) for a truncation and waiting in open() for a
+/// writer, where no signal reached it.
+#[test]
+fn a_followed_named_pipe_takes_a_second_writer_and_stops_on_sigterm() {
+    let scratch = Scratch::new(
+        &Config::new()
+            .file_source("f", "pipe")
+            .set("follow", true)
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "f", &["out"])
+            .batch(r#"{ max_records = 100, interval = "10ms" }"#)
+            .build(),
+    );
+    let pipe = scratch.path("pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &pipe,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let mut daemon = Running::start(scratch.command("run"));
+    let lines = flights_lines(4);
+    let wait_for_out = |n: usize| {
+        let start = std::time::Instant::now();
+        while scratch.read_lines("out.ndjson").len() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{n} lines not out after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for (k, part) in lines.chunks(2).enumerate() {
+        // Each writer opens, writes, and closes the pipe.
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+        for line in part {
+            writeln!(writer, "{line}").unwrap();
+        }
+        drop(writer);
+        wait_for_out(2 * (k + 1));
+        // The daemon idles with no writer: give it a few polls.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    daemon.signal("TERM");
+    let start = std::time::Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no exit 20 s after SIGTERM with the pipe's writer gone"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    assert_eq!(scratch.read_lines("out.ndjson"), lines);
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains("replaced or truncated"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// `decode_threads` where it cannot apply (a socket source decodes per
 /// connection) or on a format other than JSON is a located config error.
 #[test]

@@ -510,7 +510,12 @@ impl FileLines {
         let Ok(meta) = std::fs::metadata(&self.path) else {
             return Ok(()); // gone for now (mid-rotation): keep waiting
         };
-        if inode_of(&meta) != self.inode || meta.len() < self.position {
+        // A FIFO or a device has no length to be truncated to (a FIFO's
+        // writer closing reads as the end, and a new writer goes on): only a
+        // replaced path is reopened. Reopening a FIFO would wait in open()
+        // for a writer, out of reach of a signal.
+        let truncated = meta.is_file() && meta.len() < self.position;
+        if inode_of(&meta) != self.inode || truncated {
             tracing::info!(path = %self.path.display(), "file replaced or truncated: reading it from the start");
             let partial = std::mem::take(&mut self.pending);
             let (wake, polls) = (self.wake.take(), self.polls);
