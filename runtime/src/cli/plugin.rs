@@ -67,6 +67,12 @@ pub enum PluginCommand {
         /// from (as an aggregate's `field`).
         #[arg(long)]
         field: Option<String>,
+        /// Keyed processors: a lookup table for the `tables` import, as
+        /// NAME=PATH,key=KEY (a `[tables.NAME]`: a CSV file with a header
+        /// row, KEY a column; any other file NDJSON, KEY a JSON pointer);
+        /// repeatable.
+        #[arg(long = "table", value_name = "NAME=PATH,key=KEY", value_parser = parse_table)]
+        tables: Vec<(String, PathBuf, String)>,
         /// Compare the output with this file (one value per line) instead of
         /// printing it; exit 1 on the first difference.
         #[arg(long, value_name = "FILE")]
@@ -112,6 +118,7 @@ pub fn main(command: PluginCommand) -> ExitCode {
             timestamp,
             batch,
             field,
+            tables,
             expect,
             timeout,
             memory_limit,
@@ -124,6 +131,7 @@ pub fn main(command: PluginCommand) -> ExitCode {
             },
             (key, timestamp, field),
             batch,
+            &tables,
             expect,
             Limits {
                 memory_bytes: memory_limit,
@@ -229,6 +237,20 @@ fn user_cache_dir() -> Option<PathBuf> {
         .map(|d| d.join("sluice"))
 }
 
+/// `NAME=PATH,key=KEY` (see `--table`).
+fn parse_table(s: &str) -> Result<(String, PathBuf, String), String> {
+    let bad = || format!("expected NAME=PATH,key=KEY, got `{s}`");
+    let (name, rest) = s
+        .split_once('=')
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(bad)?;
+    let (path, key) = rest
+        .rsplit_once(",key=")
+        .filter(|(p, k)| !p.is_empty() && !k.is_empty())
+        .ok_or_else(bad)?;
+    Ok((name.to_string(), PathBuf::from(path), key.to_string()))
+}
+
 fn parse_setting(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
@@ -254,6 +276,7 @@ fn plugin_run(
     config: Vec<(String, String)>,
     (key, timestamp, field): (Option<String>, Option<String>, Option<String>),
     batch: usize,
+    tables: &[(String, PathBuf, String)],
     expect: Option<PathBuf>,
     limits: Limits,
     cache_dir: Option<PathBuf>,
@@ -295,12 +318,20 @@ fn plugin_run(
     if let Some(dir) = cache_dir {
         host = host.with_compile_cache(&dir);
     }
+    let tables = match load_tables(tables) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --table {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let options = sluice::wasm::plugin_run::RunOptions {
         config,
         decoder,
         batch: batch.max(1),
         field,
         limits,
+        tables,
     };
     let stdin = std::io::stdin().lock();
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
@@ -308,6 +339,13 @@ fn plugin_run(
     // A keyed processor runs on the pipeline's keyed state; the others as
     // the wasm module runs them.
     let ran = host.load(file).and_then(|plugin| {
+        if options.tables.is_some() && plugin.world() != sluice::wasm::plugin::World::Keyed {
+            anyhow::bail!(
+                "--table is for keyed processors (the `tables` import of the keyed-processor world); {} is a {}",
+                plugin.name,
+                plugin.world()
+            );
+        }
         if plugin.world() == sluice::wasm::plugin::World::Keyed {
             sluice::pipeline::keyed::run_plugin(
                 &plugin,
@@ -365,4 +403,41 @@ fn plugin_run(
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The `--table` files loaded as the daemon loads `[tables.NAME]` (format
+/// by extension: `.csv` is CSV, any other NDJSON); `None` without any.
+fn load_tables(
+    tables: &[(String, PathBuf, String)],
+) -> Result<Option<std::sync::Arc<sluice::table::TableSet>>, String> {
+    use sluice::table::{TableFormat, TableSlot, TableSpec};
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let mut set = sluice::table::TableSet::new();
+    for (name, path, key) in tables {
+        let format = if path.extension().is_some_and(|e| e == "csv") {
+            TableFormat::Csv
+        } else {
+            sluice::decode::Pointer::parse(key).map_err(|e| format!("{name}: key: {e}"))?;
+            TableFormat::Json
+        };
+        let spec = TableSpec {
+            name: name.clone(),
+            path: path.clone(),
+            format,
+            key: key.clone(),
+            csv: Default::default(),
+        };
+        let table = spec
+            .load()
+            .map_err(|e| format!("{name}: {}: {e}", path.display()))?;
+        if set
+            .insert(name.clone(), TableSlot::new(spec, table))
+            .is_some()
+        {
+            return Err(format!("{name}: given twice"));
+        }
+    }
+    Ok(Some(std::sync::Arc::new(set)))
 }

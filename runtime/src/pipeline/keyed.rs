@@ -1021,11 +1021,15 @@ pub fn run_plugin(
     use crate::wasm::plugin_run::{RunReport, for_each_event};
     let tags = crate::wasm::plugin::LogTags::standalone("plugin-run", plugin);
     let start = || {
-        plugin
+        let mut instance = plugin
             .instantiate(&options.config, options.limits, tags.clone())
             .map_err(|e| {
                 anyhow::anyhow!("{} ({}) does not start: {e}", plugin.name, plugin.version)
-            })
+            })?;
+        if let Some(tables) = &options.tables {
+            instance.set_tables(tables.clone());
+        }
+        anyhow::Ok(instance)
     };
     let mut instance = start()?;
     let spec = KeyedSpec::default();

@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub field: Option<crate::decode::Pointer>,
     /// Memory limit and deadline of the instance.
     pub limits: Limits,
+    /// Keyed processors: what the `tables` import reads (`--table`).
+    pub tables: Option<std::sync::Arc<crate::table::TableSet>>,
 }
 
 /// What a run did.
