@@ -251,6 +251,53 @@ fn keyed_state_past_state_memory_spills_and_survives_kill_9() {
     assert!(got == want, "{}", first_difference(&got, &want));
 }
 
+/// A million keys, far more state than `state_memory` (8 MiB against
+/// ~330 MB held in memory): `plugins/key-count` counts each key's records
+/// with a 100-byte filler in its state, over every key once, then every
+/// tenth key again. The states spill to disk and are read back: the first
+/// pass gives n=1 for every record, the second n=2, in input order (one
+/// partition).
+#[test]
+fn a_million_keys_spill_past_state_memory_and_count_right() {
+    const KEYS: usize = 1_000_000;
+    let mut input = String::with_capacity(KEYS * 30);
+    for i in 0..KEYS {
+        input.push_str(&format!("{{\"k\":\"k{i:07}\"}}\n"));
+    }
+    for i in (0..KEYS).step_by(10) {
+        input.push_str(&format!("{{\"k\":\"k{i:07}\"}}\n"));
+    }
+    let scratch = Scratch::new(
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .key("/k")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .processor(
+                r#"{ plugin = "key_count.wasm", state_memory = "8MiB", config = { pad_bytes = 100 } }"#,
+            )
+            .build(),
+    );
+    scratch.write("in.ndjson", &input);
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("the least recently used states spill to disk"),
+        "{log}"
+    );
+    let out = std::fs::read_to_string(scratch.path("out.ndjson")).unwrap();
+    let mut lines = out.lines();
+    let first = lines
+        .by_ref()
+        .take(KEYS)
+        .filter(|l| *l == r#"{"n":1}"#)
+        .count();
+    let second = lines.by_ref().filter(|l| *l == r#"{"n":2}"#).count();
+    assert_eq!((first, second), (KEYS, KEYS / 10));
+    assert_eq!(out.lines().count(), KEYS + KEYS / 10);
+}
+
 /// `wasm` with a custom section appended: a valid component with other
 /// bytes — another build of the same logic.
 fn another_build(wasm: &[u8]) -> Vec<u8> {
