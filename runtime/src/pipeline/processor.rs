@@ -63,9 +63,18 @@ impl StepSpec {
     /// A text that differs when the step's configuration differs.
     pub fn fingerprint(&self) -> String {
         match self {
+            // A keyed plugin's tables by their slots, as a join's below: a
+            // reload loads them again and only the new slots are watched.
             StepSpec::Plugin(s) => format!(
-                "{:?}|{:?}|{:?}|{:?}|{:?}",
-                s.slot.path, s.config, s.limits, s.on_error, s.breaker
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                s.slot.path,
+                s.config,
+                s.limits,
+                s.on_error,
+                s.breaker,
+                s.tables
+                    .as_ref()
+                    .map(|t| t.values().map(Arc::as_ptr).collect::<Vec<_>>())
             ),
             // The table slot itself: a config reload loads the tables again,
             // and the chain then takes the new slots (whose files are watched).
