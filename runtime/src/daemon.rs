@@ -88,7 +88,7 @@ struct Daemon {
     config_sinks: Vec<String>,
     reloader: Option<Reloader>,
     /// Watchers of the lookup table files of the current config.
-    table_watchers: Vec<notify::RecommendedWatcher>,
+    table_watchers: Vec<crate::table::TableWatch>,
     state_dir: PathBuf,
     hot_reload: bool,
     /// The checkpoint store, once a checkpointed pipeline needs it.
@@ -301,20 +301,19 @@ impl Daemon {
         Ok(())
     }
 
-    /// (Re)starts the watchers of the lookup table files (with hot reload).
+    /// (Re)starts what keeps the lookup tables up to date: the watchers of
+    /// their files (with hot reload), and the followers of Kafka tables
+    /// (always; a Kafka table is read to its end here, before the pipelines
+    /// that use it run). The old ones are dropped only when every new one
+    /// started.
     fn watch_tables(&mut self, tables: &[Arc<crate::table::TableSlot>]) -> anyhow::Result<()> {
-        self.table_watchers.clear();
-        if self.hot_reload {
-            for table in tables {
-                self.table_watchers.push(table.watch().map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot watch the file of table `{}` ({}): {e}",
-                        table.spec.name,
-                        table.spec.path.display()
-                    )
-                })?);
+        let mut watchers = Vec::new();
+        for table in tables {
+            if self.hot_reload || table.is_kafka() {
+                watchers.push(table.watch()?);
             }
         }
+        self.table_watchers = watchers;
         Ok(())
     }
 
@@ -374,6 +373,11 @@ impl Daemon {
             }
         }
 
+        // The new tables first: a Kafka table is read to its end before a
+        // chain that uses it runs; when one cannot be, nothing changes.
+        if let Err(e) = self.watch_tables(&new.tables) {
+            return Err(format!("{e:#}"));
+        }
         new.commit_uses();
         let (mut started, mut changed, mut removed, mut same) = (0, 0, 0, 0);
         let names: Vec<&str> = new.pipelines.iter().map(|p| p.name.as_str()).collect();
@@ -451,9 +455,6 @@ impl Daemon {
         self.refresh_admin();
         if let Err(e) = self.watch_plugins() {
             errors.push(format!("plugin watcher: {e:#}"));
-        }
-        if let Err(e) = self.watch_tables(&new.tables) {
-            errors.push(format!("{e:#}"));
         }
         let summary =
             format!("{started} started, {changed} changed, {removed} removed, {same} unchanged");

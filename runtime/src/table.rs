@@ -15,6 +15,22 @@
 //! the reason is logged and counted ([`TableSlot::failed_reloads`]). A later
 //! row with the same key replaces an earlier one (as a compacted topic
 //! would).
+//!
+//! A table can also be a **Kafka topic** (Kafka Streams' `GlobalKTable`):
+//!
+//! ```toml
+//! [tables.airports]
+//! topic = "airports"              # every partition, from the beginning
+//! brokers = "127.0.0.1:9092"
+//! # key = "/faa"                  # default: the message key
+//! ```
+//!
+//! The daemon reads the topic to its end before any pipeline starts
+//! ([`TableSlot::watch`]), then follows it on a thread of its own: a record
+//! sets its key's row (its value, a JSON object), a tombstone (no value)
+//! deletes it, and the changes are swapped in as a new table at most every
+//! [`KAFKA_PUBLISH_EVERY`]. Use a compacted topic (`cleanup.policy=compact`),
+//! so that it keeps the latest row of every key.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,25 +61,60 @@ pub enum TableFormat {
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// The file, relative to the config file. A `.gz` file is not read.
-    pub path: Spanned<PathBuf>,
-    /// `csv` or `json`. Default: `csv` for a `.csv` file, else `json`.
+    /// Exactly one of `path` and `topic`.
+    pub path: Option<Spanned<PathBuf>>,
+    /// A Kafka topic whose records are the rows (every partition, from the
+    /// beginning, then followed): value a JSON object, no value (a
+    /// tombstone) deletes the key's row.
+    pub topic: Option<Spanned<String>>,
+    /// With `topic`: the bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: Option<Spanned<String>>,
+    /// With `topic`: librdkafka consumer properties, passed through (as a
+    /// Kafka source's).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, Spanned<toml::Value>>,
+    /// `csv` or `json` (files). Default: `csv` for a `.csv` file, else `json`.
     pub format: Option<Spanned<TableFormat>>,
     /// The key of each row: a column name (CSV) or a JSON pointer (NDJSON,
     /// e.g. `/faa`). A string key is its text, another value its JSON text.
-    pub key: Spanned<String>,
+    /// Required for a file; for a topic, a pointer into the value, and by
+    /// default the message key.
+    pub key: Option<Spanned<String>>,
     /// CSV only: column types and null values, as a source's `csv` table
     /// (a header row is required: `header` cannot be given).
     #[serde(default)]
     pub csv: Option<CsvOptions>,
 }
 
+/// Where a Kafka table's rows come from (`topic`, `brokers`, `properties`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaTable {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+    /// librdkafka properties, passed through.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// Most time a Kafka table's changes wait before they are swapped in.
+pub const KAFKA_PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Longest a Kafka table's first read (to the end of the topic) may take
+/// before the daemon gives up starting.
+pub const KAFKA_BOOTSTRAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What a table is read with, checked.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
     /// The table's name.
     pub name: String,
-    /// The file, absolute or relative to the daemon's folder.
+    /// The file, absolute or relative to the daemon's folder (empty for a
+    /// Kafka table).
     pub path: PathBuf,
+    /// A Kafka table: its topic (then `path`, `format` and `csv` are not
+    /// used, and an empty `key` means the message key).
+    pub kafka: Option<KafkaTable>,
     /// How it is read.
     pub format: TableFormat,
     /// Column name (CSV) or JSON pointer (NDJSON).
@@ -137,7 +188,41 @@ impl TableSpec {
     ) -> Result<(TableSpec, Table), ConfigError> {
         let (_, own) = table.split(&[]);
         let config: TableConfig = crate::config::deserialize_table(own, source, &[])?;
-        let path = crate::config::resolve(base, config.path.get_ref());
+        if let Some(topic) = &config.topic {
+            return Self::build_kafka(table, &config, topic, source);
+        }
+        for (field, given) in [
+            ("brokers", config.brokers.is_some()),
+            ("properties", !config.properties.is_empty()),
+        ] {
+            if given {
+                return Err(table_error(
+                    table,
+                    source,
+                    field,
+                    &format!("`{field}` is for a table read from a Kafka `topic`"),
+                ));
+            }
+        }
+        let Some(path) = &config.path else {
+            return Err(source.error(
+                table.span.clone(),
+                format!(
+                    "table `{}` needs a `path` (a CSV or NDJSON file) or a Kafka `topic`",
+                    table.name
+                ),
+            ));
+        };
+        let Some(key) = &config.key else {
+            return Err(source.error(
+                table.span.clone(),
+                format!(
+                    "table `{}` needs a `key`: a column (CSV) or a JSON pointer (NDJSON)",
+                    table.name
+                ),
+            ));
+        };
+        let path = crate::config::resolve(base, path.get_ref());
         let format = match &config.format {
             Some(f) => *f.get_ref(),
             None if path.extension().is_some_and(|e| e == "csv") => TableFormat::Csv,
@@ -158,24 +243,90 @@ impl TableSpec {
             }
         }
         if format == TableFormat::Json {
-            crate::decode::Pointer::parse(config.key.get_ref())
-                .map_err(|e| source.error(config.key.span(), e))?;
+            crate::decode::Pointer::parse(key.get_ref())
+                .map_err(|e| source.error(key.span(), e))?;
         }
         let spec = TableSpec {
             name: table.name.clone(),
             path,
+            kafka: None,
             format,
-            key: config.key.get_ref().clone(),
+            key: key.get_ref().clone(),
             csv,
         };
         let loaded = spec.load().map_err(|e| match e {
-            LoadError::Key(m) => source.error(config.key.span(), m),
+            LoadError::Key(m) => source.error(key.span(), m),
             LoadError::File(m) => source.error(
-                config.path.span(),
+                config.path.as_ref().expect("a file table").span(),
                 format!("table `{}`: {}: {m}", spec.name, spec.path.display()),
             ),
         })?;
         Ok((spec, loaded))
+    }
+
+    /// A `topic` table: checked here, read when the daemon starts it
+    /// ([`TableSlot::watch`]), so `sluice validate` needs no broker.
+    fn build_kafka(
+        table: &ComponentTable,
+        config: &TableConfig,
+        topic: &Spanned<String>,
+        source: &ConfigSource,
+    ) -> Result<(TableSpec, Table), ConfigError> {
+        for (field, given) in [
+            ("path", config.path.is_some()),
+            ("format", config.format.is_some()),
+            ("csv", config.csv.is_some()),
+        ] {
+            if given {
+                return Err(table_error(
+                    table,
+                    source,
+                    field,
+                    &format!("`{field}` is for a table read from a file, not a Kafka `topic`"),
+                ));
+            }
+        }
+        let Some(brokers) = &config.brokers else {
+            return Err(source.error(
+                topic.span(),
+                format!(
+                    "table `{}` reads a Kafka topic: it needs `brokers` (`host:port[,host:port…]`)",
+                    table.name
+                ),
+            ));
+        };
+        if topic.get_ref().is_empty() {
+            return Err(source.error(topic.span(), "`topic` is empty"));
+        }
+        if let Some(key) = &config.key {
+            crate::decode::Pointer::parse(key.get_ref())
+                .map_err(|e| source.error(key.span(), e))?;
+        }
+        let properties = crate::kafka::properties_from_config(
+            &config.properties,
+            &["group.id", "enable.auto.commit", "enable.partition.eof"],
+            source,
+        )?;
+        if let Err(e) = crate::kafka::check_properties(&properties) {
+            return Err(table_error(table, source, "properties", &e));
+        }
+        let spec = TableSpec {
+            name: table.name.clone(),
+            path: PathBuf::new(),
+            kafka: Some(KafkaTable {
+                brokers: brokers.get_ref().clone(),
+                topic: topic.get_ref().clone(),
+                properties,
+            }),
+            format: TableFormat::Json,
+            key: config
+                .key
+                .as_ref()
+                .map(|k| k.get_ref().clone())
+                .unwrap_or_default(),
+            csv: CsvOptions::default(),
+        };
+        Ok((spec, Table::default()))
     }
 
     /// Reads the file into a [`Table`].
@@ -183,6 +334,12 @@ impl TableSpec {
     /// # Errors
     /// See [`LoadError`].
     pub fn load(&self) -> Result<Table, LoadError> {
+        if let Some(kafka) = &self.kafka {
+            return Err(LoadError::File(format!(
+                "table `{}` is read from Kafka topic `{}`, not a file",
+                self.name, kafka.topic
+            )));
+        }
         let text = std::fs::read_to_string(&self.path)
             .map_err(|e| LoadError::File(format!("cannot read: {e}")))?;
         match self.format {
@@ -345,15 +502,222 @@ impl TableSlot {
         }
     }
 
-    /// Watches the file and reloads the table when it changes, until the
-    /// watcher returned is dropped.
+    /// Keeps the table up to date until the handle returned is dropped: a
+    /// file is watched and read again when it changes; a Kafka topic is read
+    /// to its end first (this waits for it, at most
+    /// [`KAFKA_BOOTSTRAP_TIMEOUT`]), then followed on a thread.
     ///
     /// # Errors
-    /// The file's folder cannot be watched.
-    pub fn watch(self: &Arc<Self>) -> notify::Result<notify::RecommendedWatcher> {
+    /// The file's folder cannot be watched; the topic cannot be read to its
+    /// end (no broker, no such topic).
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<TableWatch> {
+        if self.spec.kafka.is_some() {
+            return Ok(TableWatch::Kafka(KafkaFollower::start(self.clone())?));
+        }
         let slot = self.clone();
-        crate::wasm::reload::watch_file(&self.spec.path, move || {
+        let watcher = crate::wasm::reload::watch_file(&self.spec.path, move || {
             slot.reload();
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot watch the file of table `{}` ({}): {e}",
+                self.spec.name,
+                self.spec.path.display()
+            )
+        })?;
+        Ok(TableWatch::File(watcher))
+    }
+
+    /// Whether the table is read from Kafka (followed whatever `hot_reload`
+    /// says: a topic is a stream, not a file to reload).
+    pub fn is_kafka(&self) -> bool {
+        self.spec.kafka.is_some()
+    }
+
+    fn publish(&self, rows: &HashMap<String, Box<str>>) {
+        self.current.store(Arc::new(Table { rows: rows.clone() }));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What keeps a table up to date (see [`TableSlot::watch`]); dropping it
+/// stops that.
+#[derive(Debug)]
+pub enum TableWatch {
+    /// A file's watcher.
+    File(notify::RecommendedWatcher),
+    /// A Kafka topic's follower thread.
+    Kafka(KafkaFollower),
+}
+
+/// The thread that follows a Kafka table's topic.
+#[derive(Debug)]
+pub struct KafkaFollower {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for KafkaFollower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Applies one record of a Kafka table's topic to `rows`: the row key is
+/// the message key (UTF-8), or the value at the table's `key` pointer; a
+/// record without a value (a tombstone) deletes the message key's row.
+/// Returns whether `rows` changed; a record that cannot be a row is logged
+/// and skipped.
+fn apply_kafka_record<M: rdkafka::message::Message>(
+    spec: &TableSpec,
+    rows: &mut HashMap<String, Box<str>>,
+    message: &M,
+) -> bool {
+    let skip = |why: &str| {
+        tracing::warn!(
+            table = %spec.name,
+            partition = message.partition(),
+            offset = message.offset(),
+            "lookup table record skipped: {why}"
+        );
+        false
+    };
+    let message_key = message.key().map(std::str::from_utf8);
+    let Some(payload) = message.payload() else {
+        return match message_key {
+            Some(Ok(key)) => rows.remove(key).is_some(),
+            _ => skip("a tombstone without a UTF-8 key"),
+        };
+    };
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return skip("the value is not UTF-8");
+    };
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return skip(&format!("the value is not JSON: {e}")),
+    };
+    if !value.is_object() {
+        return skip("a table row must be a JSON object");
+    }
+    let key = if spec.key.is_empty() {
+        match message_key {
+            Some(Ok(key)) => key.to_string(),
+            _ => return skip("no UTF-8 message key (set `key` to take it from the value)"),
+        }
+    } else {
+        match value.pointer(&spec.key).and_then(key_text) {
+            Some(key) => key.into_owned(),
+            None => return skip(&format!("no value at key `{}`", spec.key)),
+        }
+    };
+    let row: Box<str> = serde_json::to_string(&value)
+        .expect("a JSON object serializes")
+        .into();
+    rows.insert(key, row);
+    true
+}
+
+impl KafkaFollower {
+    /// Reads `slot`'s topic to its end (every partition, from the
+    /// beginning) into the slot, then follows it on a thread.
+    fn start(slot: Arc<TableSlot>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        use rdkafka::error::KafkaError;
+        use rdkafka::{Offset, TopicPartitionList};
+        let kafka = slot.spec.kafka.clone().expect("a Kafka table");
+        let name = slot.spec.name.clone();
+        let what = || format!("table `{name}` (Kafka topic `{}`)", kafka.topic);
+        let consumer: BaseConsumer<crate::kafka::Quiet> =
+            crate::kafka::client_config(&kafka.brokers, &kafka.properties)
+                .set("group.id", format!("sluice-table-{name}"))
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .set("fetch.wait.max.ms", "100")
+                .create_with_context(crate::kafka::Quiet {
+                    client: "lookup table",
+                    ..Default::default()
+                })
+                .with_context(|| format!("{}: cannot make a consumer", what()))?;
+        let deadline = std::time::Instant::now() + KAFKA_BOOTSTRAP_TIMEOUT;
+        let partitions: Vec<i32> = loop {
+            let found = consumer
+                .fetch_metadata(Some(&kafka.topic), crate::kafka::REQUEST_TIMEOUT)
+                .ok()
+                .and_then(|md| {
+                    md.topics()
+                        .iter()
+                        .find(|t| t.name() == kafka.topic && t.error().is_none())
+                        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+                })
+                .filter(|p| !p.is_empty());
+            match found {
+                Some(p) => break p,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                None => anyhow::bail!(
+                    "{}: no such topic on {} (or no broker answered) within {KAFKA_BOOTSTRAP_TIMEOUT:?}",
+                    what(),
+                    kafka.brokers
+                ),
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(&kafka.topic, *p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let mut rows: HashMap<String, Box<str>> = HashMap::new();
+        let mut at_end = std::collections::BTreeSet::new();
+        while at_end.len() < partitions.len() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{}: not read to its end within {KAFKA_BOOTSTRAP_TIMEOUT:?}",
+                what()
+            );
+            match consumer.poll(std::time::Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => tracing::debug!(table = %name, "lookup table topic: {e}"),
+                Some(Ok(message)) => {
+                    apply_kafka_record(&slot.spec, &mut rows, &message);
+                }
+            }
+        }
+        slot.publish(&rows);
+        tracing::info!(table = %name, topic = %kafka.topic, rows = rows.len(), "lookup table read from Kafka");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("table-{name}"))
+            .spawn(move || {
+                let mut changed = false;
+                let mut published = std::time::Instant::now();
+                while !flag.load(Ordering::Relaxed) {
+                    match consumer.poll(std::time::Duration::from_millis(100)) {
+                        None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+                        Some(Err(e)) => tracing::debug!(table = %name, "lookup table topic: {e}"),
+                        Some(Ok(message)) => {
+                            changed |= apply_kafka_record(&slot.spec, &mut rows, &message);
+                        }
+                    }
+                    if changed && published.elapsed() >= KAFKA_PUBLISH_EVERY {
+                        slot.publish(&rows);
+                        tracing::info!(table = %name, rows = rows.len(), "lookup table updated from Kafka");
+                        changed = false;
+                        published = std::time::Instant::now();
+                    }
+                }
+            })?;
+        Ok(KafkaFollower {
+            stop,
+            thread: Some(thread),
         })
     }
 }
@@ -366,6 +730,7 @@ mod tests {
         TableSpec {
             name: "t".into(),
             path: path.to_path_buf(),
+            kafka: None,
             format,
             key: key.into(),
             csv: CsvOptions::default(),

@@ -138,6 +138,20 @@ impl Broker {
         producer.flush(Duration::from_secs(60)).unwrap();
     }
 
+    /// Produces a tombstone (a record without a value) for `key`.
+    pub fn produce_tombstone(&self, topic: &str, partition: i32, key: &str) {
+        let producer: BaseProducer = self.config().create().unwrap();
+        producer
+            .send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(partition)
+                    .key(key),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
     /// Every record of `topic` (all partitions, from the start) as (key,
     /// value), once at least `want` have come and nothing more came for 2 s —
     /// or at `timeout`.
@@ -1228,4 +1242,104 @@ fn a_changed_window_is_not_restored_from_the_changelog() {
             && log.contains("window: Tumbling { size: 3600000 }"),
         "{log}"
     );
+}
+
+/// A lookup table read from a Kafka topic (`[tables.NAME] topic = …`, Kafka
+/// Streams' GlobalKTable): the airports of examples/data/airports.csv as
+/// records keyed by code on 2 partitions, then a rename (ATL) and a
+/// tombstone (MIA),
+/// are read to the end before the pipeline runs; a `join` of 2,000 flights
+/// finds each destination's latest row (the ground truth from the CSV with
+/// the rename and the deletion applied). A rename produced while the daemon
+/// runs reaches the flights read after the table says it was updated.
+#[test]
+fn a_lookup_table_follows_a_kafka_topic() {
+    let Some(broker) = Broker::start("kafka::a_lookup_table_follows_a_kafka_topic") else {
+        return;
+    };
+    broker.create_topic("airports", 2);
+    let names = crate::state::airport_names();
+    let part = |key: &str| (key.bytes().map(u32::from).sum::<u32>() % 2) as i32;
+    let row = |faa: &str, name: &str| serde_json::json!({ "faa": faa, "name": name }).to_string();
+    let mut records: Vec<(i32, String, String)> = names
+        .iter()
+        .map(|(faa, name)| (part(faa), faa.clone(), row(faa, name)))
+        .collect();
+    records.push((part("ATL"), "ATL".into(), row("ATL", "Atlanta (renamed)")));
+    broker.produce("airports", &records);
+    broker.produce_tombstone("airports", part("MIA"), "MIA");
+    let mut want_names = names.clone();
+    want_names.insert("ATL".into(), "Atlanta (renamed)".into());
+    want_names.remove("MIA");
+
+    let config = format!(
+        "[tables.airports]\ntopic = \"airports\"\nbrokers = \"{}\"\n\n{}",
+        broker.addr,
+        Config::new()
+            .file_source("in", "in.ndjson")
+            .follow()
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .batch(r#"{ max_records = 100, interval = "10ms" }"#)
+            .processor(
+                r#"{ join = { table = "airports", on = "/dest", as = "/dest_airport", kind = "left" } }"#
+            )
+            .build()
+    );
+    let scratch = Scratch::new(&config);
+    let flights = flights_lines(4_000);
+    scratch.write("in.ndjson", &(flights[..2_000].join("\n") + "\n"));
+    let output = scratch.command("validate").output().unwrap();
+    assert_exit(&output, 0);
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("pipeline started");
+    assert!(
+        daemon
+            .log
+            .iter()
+            .any(|l| l.contains("lookup table read from Kafka")
+                && l.contains(&format!("rows={}", want_names.len()))),
+        "{}",
+        daemon.log.join("\n")
+    );
+    scratch.wait_for_lines("out.ndjson", 2_000);
+    // While it runs: ORD renamed.
+    broker.produce(
+        "airports",
+        &[(part("ORD"), "ORD".into(), row("ORD", "O'Hare (renamed)"))],
+    );
+    daemon.wait_for("lookup table updated from Kafka");
+    scratch.append_lines("in.ndjson", &flights[2_000..]);
+    scratch.wait_for_lines("out.ndjson", 4_000);
+    daemon.signal("TERM");
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    let out = scratch.read_json("out.ndjson");
+    assert_eq!(out.len(), 4_000);
+    let mut renamed_seen = 0;
+    for (i, (record, line)) in out.iter().zip(&flights).enumerate() {
+        let flight: Value = serde_json::from_str(line).unwrap();
+        let dest = flight["dest"].as_str().unwrap();
+        let name = if i >= 2_000 && dest == "ORD" {
+            renamed_seen += 1;
+            Some("O'Hare (renamed)".to_string())
+        } else {
+            want_names.get(dest).cloned()
+        };
+        assert_eq!(record["dest"], flight["dest"], "record {i}: order");
+        assert_eq!(
+            record.get("dest_airport").map(|a| a["name"].clone()),
+            name.map(Value::from),
+            "record {i} (dest {dest})"
+        );
+    }
+    assert!(renamed_seen > 0, "no flight to ORD after the rename");
+    for dest in ["ATL", "MIA"] {
+        assert!(
+            flights[..2_000]
+                .iter()
+                .any(|l| l.contains(&format!("\"dest\":\"{dest}\""))),
+            "no flight to {dest}: the rename or the tombstone is not tested"
+        );
+    }
 }

@@ -17,7 +17,7 @@ fn repo() -> std::path::PathBuf {
 
 /// `faa` → `name` of examples/data/airports.csv, read by hand (it has a
 /// header row and no quoted field).
-fn airport_names() -> BTreeMap<String, String> {
+pub(crate) fn airport_names() -> BTreeMap<String, String> {
     let text = std::fs::read_to_string(repo().join("examples/data/airports.csv")).unwrap();
     let mut lines = text.lines();
     assert_eq!(
@@ -382,7 +382,43 @@ fn validate_checks_tables_joins_and_dedup_keys() {
         .key("/carrier")
         .file_sink("out", "out.ndjson")
         .pipeline("p", "in", &["out"]);
-    let cases: [(Config, Option<&str>, &str, &str); 5] = [
+    let kafka = |extra: &[(&str, &str)]| {
+        let mut c = Config::new()
+            .table("tables.airports")
+            .set_str("topic", "airports");
+        for (k, v) in extra {
+            c = c.set_str(k, v);
+        }
+        c.file_source("in", "in.ndjson")
+            .key("/carrier")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .processor(r#"{ join = { table = "airports", on = "/dest", as = "/a" } }"#)
+    };
+    let cases: [(Config, Option<&str>, &str, &str); 9] = [
+        // A Kafka table validates without a broker (it is read at start).
+        (kafka(&[("brokers", "127.0.0.1:9")]), None, "", ""),
+        (
+            kafka(&[]),
+            Some("topic = \"airports\""),
+            "it needs `brokers`",
+            "table `airports` reads a Kafka topic",
+        ),
+        (
+            kafka(&[("brokers", "127.0.0.1:9"), ("path", "airports.csv")]),
+            Some("path = \"airports.csv\""),
+            "`path` is for a table read from a file",
+            "not a Kafka `topic`",
+        ),
+        (
+            base.clone()
+                .table("tables.airports")
+                .set_str("brokers", "127.0.0.1:9")
+                .table("pipelines.p"),
+            Some("brokers = \"127.0.0.1:9\""),
+            "`brokers` is for a table read from a Kafka `topic`",
+            "",
+        ),
         (
             base.clone()
                 .processor(r#"{ join = { table = "airports", on = "/dest", as = "/a" } }"#),

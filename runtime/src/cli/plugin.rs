@@ -425,6 +425,7 @@ fn load_tables(
         let spec = TableSpec {
             name: name.clone(),
             path: path.clone(),
+            kafka: None,
             format,
             key: key.clone(),
             csv: Default::default(),

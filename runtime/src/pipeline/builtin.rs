@@ -370,6 +370,7 @@ mod tests {
         let spec = TableSpec {
             name: "airports".into(),
             path: file,
+            kafka: None,
             format: TableFormat::Csv,
             key: "faa".into(),
             csv: Default::default(),
