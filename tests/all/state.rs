@@ -369,6 +369,55 @@ fn a_keyed_plugin_sees_a_changed_table_after_a_config_reload() {
     assert_eq!(before, [json!(0), json!(1)]);
 }
 
+/// A keyed plugin that fails every call (here: it reads a table the config
+/// does not have) is handled as a plain stage is: the first failure of a
+/// batch is logged, the records that fail alone count toward the circuit
+/// breaker, and once it opens the next batches go to the dead-letter sink
+/// without a call, with the breaker's reason; nothing is lost.
+#[test]
+fn a_keyed_plugin_that_always_fails_trips_its_circuit_breaker() {
+    let lines = flights_lines(1_000);
+    let scratch = Scratch::new(
+        &Config::new()
+            .file_source("in", "in.ndjson")
+            .key("/dest")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "in", &["out"])
+            .dead_letter("dlq")
+            .batch(r#"{ max_records = 100, interval = "10ms" }"#)
+            .processor(
+                r#"{ plugin = "dest_names.wasm", circuit_breaker = { failures = 2, cooldown = "1h" } }"#,
+            )
+            .build(),
+    );
+    scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
+    let output = scratch.run();
+    assert_exit(&output, 0);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("batch failed, isolating the records that cause it"),
+        "{log}"
+    );
+    assert!(log.contains("circuit breaker opened"), "{log}");
+    assert!(scratch.read_lines("out.ndjson").is_empty());
+    let dead = scratch.read_json("dlq.ndjson");
+    assert_eq!(dead.len(), 1_000, "every record dead-lettered once");
+    let reason = |r: &Value| r["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason(&dead[0]).contains("no table `airports`"),
+        "{}",
+        dead[0]
+    );
+    let refused = dead
+        .iter()
+        .filter(|r| reason(r).contains("circuit breaker open"))
+        .count();
+    // The first batch is bisected (the breaker opens within it); the nine
+    // after it are refused whole.
+    assert!(refused >= 900, "{refused} refused by the open breaker");
+}
+
 /// `sluice validate` loads the tables: a missing file, a key column the
 /// header does not have, an unknown table and a dedup key that does not
 /// route are located errors.

@@ -450,11 +450,50 @@ impl Stage {
         let stop = self.spec.on_error == OnError::Stop;
         let budget = self.spec.breaker.bisect_limit;
         let now = now_ms();
+        // The circuit breaker, as for a plain stage: while open, the batch
+        // goes to the error policy without a call (its timers wait).
+        if !stop && let Some(reason) = self.breaker.refuses() {
+            self.keyed.get_or_insert_default().insert(task, state);
+            return Ok(StageOutput {
+                failed: (0..batch.len())
+                    .map(|i| (i as u32, reason.clone()))
+                    .collect(),
+                ..StageOutput::default()
+            });
+        }
+        let trial = self.breaker.half_open;
+        let records = batch.len();
+        let mut logged = false;
+        // Each call: a success closes the count; a call of one record (or one
+        // timer) that fails is a poison record toward the breaker, and the
+        // first failure of the batch is logged, as a plain stage's.
+        let mut call = |c: &mut KeyedCall| {
+            // (Counted before: the call takes the events.)
+            let inputs = c.events.len() + c.fired.len();
+            let result = self.call_keyed(c);
+            match &result {
+                Ok(_) => self.breaker.success(),
+                Err(error) if !stop => {
+                    if !logged {
+                        logged = true;
+                        self.log_failure(records, error);
+                        if trial {
+                            self.note_failure(error, true);
+                        }
+                    }
+                    if inputs == 1 {
+                        self.note_failure(error, false);
+                    }
+                }
+                Err(_) => {}
+            }
+            result
+        };
         let result = state
-            .process(&spec, batch, now, stop, budget, &mut |c| self.call_keyed(c))
+            .process(&spec, batch, now, stop, budget, &mut call)
             .and_then(|mut out| {
                 if flush == Some(Flush::End) {
-                    let end = state.finish(&spec, now, stop, &mut |c| self.call_keyed(c))?;
+                    let end = state.finish(&spec, now, stop, &mut call)?;
                     for event in &end.events {
                         out.events.push_event(&event);
                     }
