@@ -370,6 +370,26 @@ fn build_stages(
                 "`config` is for plugin stages; a built-in stage takes its settings in its own table",
             ));
         }
+        if proc_cfg.plugin.is_none() {
+            let given: Vec<&str> = [
+                ("state_ttl", proc_cfg.state_ttl.is_some()),
+                ("watermark", proc_cfg.watermark.is_some()),
+                ("state_memory", proc_cfg.state_memory.is_some()),
+                ("state_spill", proc_cfg.state_spill.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if !given.is_empty() {
+                return Err(source.error(
+                    place,
+                    format!(
+                        "`{}` is for keyed processors (sluice:plugin/keyed-processor plugins), not a built-in stage",
+                        given.join("`, `")
+                    ),
+                ));
+            }
+        }
         if let Some(join) = &proc_cfg.join {
             stages.push(StepSpec::Join(Arc::new(build_join(
                 join.get_ref(),

@@ -369,6 +369,74 @@ fn a_keyed_plugin_sees_a_changed_table_after_a_config_reload() {
     assert_eq!(before, [json!(0), json!(1)]);
 }
 
+/// A config reload that changes only a keyed stage's settings applies
+/// them (the chain is swapped, the state carried over): here
+/// `state_memory` down to 16 KiB with `state_spill = false`, so that new
+/// keys are refused while the old keys go on counting. The records come
+/// right after the reload: the first of them already take the new chain.
+#[test]
+fn a_reload_that_changes_only_keyed_settings_applies_them() {
+    let config = |extra: &str| {
+        Config::new()
+            .file_source("in", "in.ndjson")
+            .follow()
+            .key("/k")
+            .file_sink("out", "out.ndjson")
+            .file_sink("dlq", "dlq.ndjson")
+            .pipeline("p", "in", &["out"])
+            .dead_letter("dlq")
+            .batch(r#"{ max_records = 50, interval = "10ms" }"#)
+            .processor(&format!(
+                r#"{{ plugin = "key_count.wasm", config = {{ pad_bytes = 1000 }}{extra} }}"#
+            ))
+            .build()
+    };
+    let scratch = Scratch::new(&config(""));
+    scratch.write("in.ndjson", "");
+    let mut daemon = Running::start(scratch.command("run"));
+    daemon.wait_for("pipeline started");
+    let keys = |from: usize, to: usize| -> Vec<String> {
+        (from..to).map(|i| format!(r#"{{"k":"k{i}"}}"#)).collect()
+    };
+    scratch.append_lines("in.ndjson", &keys(0, 100));
+    scratch.wait_for_lines("out.ndjson", 100);
+    scratch.write_config(&config(r#", state_memory = "16KiB", state_spill = false"#));
+    daemon.signal("HUP");
+    daemon.wait_for("config reloaded");
+    assert!(
+        daemon
+            .log
+            .iter()
+            .any(|l| l.contains("config reloaded") && l.contains("1 changed")),
+        "{}",
+        daemon.log.join("\n")
+    );
+    // 100 new keys (refused) and the first 50 again (counted on).
+    let mut more = keys(100, 200);
+    more.extend(keys(0, 50));
+    scratch.append_lines("in.ndjson", &more);
+    scratch.wait_for_lines("dlq.ndjson", 100);
+    scratch.wait_for_lines("out.ndjson", 150);
+    daemon.signal("TERM");
+    let output = daemon.finish();
+    assert_exit(&output, 0);
+    let dead = scratch.read_json("dlq.ndjson");
+    assert_eq!(dead.len(), 100);
+    assert!(
+        dead.iter()
+            .all(|r| r["reason"].as_str().unwrap().contains("keyed state full")),
+        "{}",
+        dead[0]
+    );
+    let out = scratch.read_lines("out.ndjson");
+    assert_eq!(out.len(), 150);
+    assert!(
+        out[100..].iter().all(|l| l == r#"{"n":2}"#),
+        "{:?}",
+        &out[100..]
+    );
+}
+
 /// A keyed plugin that fails every call (here: it reads a table the config
 /// does not have) is handled as a plain stage is: the first failure of a
 /// batch is logged, the records that fail alone count toward the circuit
@@ -444,7 +512,15 @@ fn validate_checks_tables_joins_and_dedup_keys() {
             .pipeline("p", "in", &["out"])
             .processor(r#"{ join = { table = "airports", on = "/dest", as = "/a" } }"#)
     };
-    let cases: [(Config, Option<&str>, &str, &str); 9] = [
+    let cases: [(Config, Option<&str>, &str, &str); 10] = [
+        (
+            base.clone().processor(
+                r#"{ dedup = { key = ["/carrier"], within = "1h" }, state_spill = true }"#,
+            ),
+            Some("state_spill = true"),
+            "`state_spill` is for keyed processors",
+            "not a built-in stage",
+        ),
         // A Kafka table validates without a broker (it is read at start).
         (kafka(&[("brokers", "127.0.0.1:9")]), None, "", ""),
         (

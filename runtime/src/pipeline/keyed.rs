@@ -173,9 +173,13 @@ pub struct KeyedState {
     /// Keys removed from memory whose spill row is stale: deleted from the
     /// file at the next eviction, never read from it meanwhile.
     gone: HashSet<Vec<u8>>,
-    /// The spill file failed: the state stays in memory, and new keys past
-    /// the bound are refused.
+    /// The spill file failed before anything was written to it: the state
+    /// stays in memory, and new keys past the bound are refused.
     spill_broken: bool,
+    /// The spill file failed while it held states (redb refuses every read
+    /// after a failed write): the stage cannot go on without them, and its
+    /// next call fails the pipeline with this reason.
+    spill_dead: Option<String>,
     /// Calls so far (see [`Entry::used`]).
     tick: u64,
     event_timers: BTreeSet<(i64, Vec<u8>)>,
@@ -362,9 +366,14 @@ impl KeyedState {
         if wanted.is_empty() {
             return Ok(());
         }
-        let found = spill
-            .get_many(wanted.iter().copied())
-            .map_err(|e| format!("keyed state: the spill file cannot be read: {e:#}"))?;
+        let found = match spill.get_many(wanted.iter().copied()) {
+            Ok(found) => found,
+            Err(e) => {
+                let reason = format!("keyed state: the spill file cannot be read: {e:#}");
+                self.spill_dead = Some(reason.clone());
+                return Err(reason);
+            }
+        };
         for (key, found) in wanted.into_iter().zip(found) {
             if let Some((value, written_ms)) = found {
                 self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
@@ -439,11 +448,21 @@ impl KeyedState {
                 .then_some((k.as_slice(), e.value.as_slice(), e.written_ms))
         });
         let spill = self.spill.as_mut().expect("opened above");
+        let held = spill.keys() > 0;
         if let Err(e) = spill.write(puts, self.gone.iter().map(Vec::as_slice)) {
-            tracing::error!(
-                "keyed state cannot spill to disk, it stays in memory and new keys past state_memory are refused: {e:#}"
-            );
-            self.spill_broken = true;
+            if held {
+                // What the file holds cannot be read any more.
+                self.spill_dead = Some(format!(
+                    "keyed state: the spill file failed while it held {} states (a full disk?): {e:#}",
+                    spill.keys()
+                ));
+            } else {
+                tracing::error!(
+                    "keyed state cannot spill to disk, it stays in memory and new keys past state_memory are refused: {e:#}"
+                );
+                self.spill = None;
+                self.spill_broken = true;
+            }
             return;
         }
         let evicted: Vec<Vec<u8>> = evicted.into_iter().cloned().collect();
@@ -572,6 +591,7 @@ impl KeyedState {
             },
         };
         self.tick += 1;
+        self.fail_if_dead()?;
         self.fire(&mut run, TimeDomain::ProcessingTime, now, call)?;
         // The largest event time and the watermark after each record of
         // the batch (they move record by record).
@@ -594,7 +614,20 @@ impl KeyedState {
         };
         self.run_records(&mut run, batch, &all, &marks, call)?;
         self.evict(spec);
+        self.fail_if_dead()?;
         Ok(run.out)
+    }
+
+    /// A spill file that failed while holding states fails the stage (see
+    /// `spill_dead`): a `Trap`, which the worker takes as a batch that
+    /// cannot go on, whatever `on_error` says.
+    fn fail_if_dead(&self) -> Result<(), CallError> {
+        match &self.spill_dead {
+            Some(reason) => Err(CallError::Trap(format!(
+                "{reason}; the pipeline stops (a restart resumes from the last checkpoint)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// At the end of the input: every event-time timer fires (the final
@@ -616,7 +649,9 @@ impl KeyedState {
             budget: 0,
             out: KeyedOutput::default(),
         };
+        self.fail_if_dead()?;
         self.fire(&mut run, TimeDomain::EventTime, i64::MAX, call)?;
+        self.fail_if_dead()?;
         Ok(run.out)
     }
 
@@ -770,10 +805,15 @@ impl KeyedState {
                         }
                         let want = self.bytes + new_bytes + key.len() + ENTRY_OVERHEAD;
                         if want as u64 > run.spec.memory_bytes {
+                            let spill = if self.spill_broken {
+                                "; its spill file failed (see the log), so it cannot spill to disk"
+                            } else {
+                                ""
+                            };
                             refused.push((
                                 i as u32,
                                 format!(
-                                    "keyed state full: this partition holds {} bytes of state for {} keys (with the new keys of this batch), state_memory = {} (raise it, set a state_ttl, or have the plugin clear states it no longer needs)",
+                                    "keyed state full: this partition holds {} bytes of state for {} keys (with the new keys of this batch), state_memory = {}{spill} (raise it, set a state_ttl, or have the plugin clear states it no longer needs)",
                                     self.bytes + new_bytes,
                                     self.entries.len() + new_keys,
                                     run.spec.memory_bytes
@@ -874,7 +914,11 @@ impl KeyedState {
                     self.unindex(*time, key);
                 }
             }
-            match self.call_timers(run, domain, &due, call) {
+            let called = self.call_timers(run, domain, &due, call);
+            // States read back for the timers go out again before the next
+            // round, so that timers firing together keep to the bound.
+            self.evict(run.spec);
+            match called {
                 Ok(()) => {}
                 Err(error) if run.stop => return Err(error),
                 Err(_) => {
@@ -1728,6 +1772,105 @@ mod tests {
         assert_eq!(values(&o.events), ["k5:5", "k7:cleared"]);
         assert!(restored.bytes() as u64 <= bound);
         assert_eq!(restored.len(), whole.len() - 1);
+    }
+
+    /// Event-time timers on 2,000 spilled keys, all due at the end of the
+    /// input: each round of timer calls reads its keys' states back, and the
+    /// state is brought under the bound again before the next round, so
+    /// the end of the input does not load the whole state into memory.
+    #[test]
+    fn timers_firing_together_keep_the_state_within_its_bound() {
+        let keys: Vec<String> = (0..2000).map(|i| format!("k{i}")).collect();
+        // All at event time 0: every idle timer (at 100) is due only at the
+        // end of the input.
+        let records: Vec<(&str, &str, i64)> = keys.iter().map(|k| (k.as_str(), "", 0)).collect();
+        let spec = KeyedSpec {
+            memory_bytes: 64 << 10,
+            ..KeyedSpec::default()
+        };
+        let mut state = KeyedState::default();
+        let mut calls = 0;
+        let mut call = gaps(&mut calls);
+        let mut fired = 0;
+        for part in records.chunks(500) {
+            fired += state
+                .process(&spec, &batch(part), 0, false, 64, &mut call)
+                .unwrap()
+                .timers_fired;
+        }
+        assert!(state.spilled() > 1000, "{} spilled", state.spilled());
+        let end = state.finish(&spec, 0, false, &mut call).unwrap();
+        assert_eq!((fired, end.timers_fired), (0, 2000));
+        assert!(
+            state.bytes() as u64 <= spec.memory_bytes,
+            "{} bytes in memory after the timers, bound {}",
+            state.bytes(),
+            spec.memory_bytes
+        );
+    }
+
+    /// A spill file that fails once it holds states (a full disk: redb then
+    /// refuses every read) fails the stage with the reason, whatever the
+    /// error policy: going on would hand the plugin empty states.
+    #[test]
+    fn a_spill_file_that_fails_while_holding_states_fails_the_stage() {
+        let keys: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+        let records: Vec<(&str, &str, i64)> = keys.iter().map(|k| (k.as_str(), "", 0)).collect();
+        let spec = KeyedSpec {
+            memory_bytes: 16 << 10,
+            ..KeyedSpec::default()
+        };
+        let mut state = KeyedState::default();
+        state
+            .process(&spec, &batch(&records[..1000]), 0, false, 64, &mut counter)
+            .unwrap();
+        assert!(state.spilled() > 0);
+        state.spill.as_mut().unwrap().fail_after = Some(0);
+        let err = state
+            .process(&spec, &batch(&records[1000..]), 0, false, 64, &mut counter)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("the spill file failed while it held")
+                && text.contains("No space left on device")
+                && text.contains("the pipeline stops"),
+            "{text}"
+        );
+        // And it stays failed.
+        assert!(
+            state
+                .process(&spec, &batch(&records[..1]), 0, false, 64, &mut counter)
+                .is_err()
+        );
+    }
+
+    /// The first write failing (nothing on disk yet) keeps the state in
+    /// memory, and new keys past the bound are refused, as without spill.
+    #[test]
+    fn a_spill_file_that_fails_before_holding_states_falls_back_to_refusal() {
+        let keys: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+        let records: Vec<(&str, &str, i64)> = keys.iter().map(|k| (k.as_str(), "", 0)).collect();
+        let spec = KeyedSpec {
+            memory_bytes: 16 << 10,
+            ..KeyedSpec::default()
+        };
+        let mut state = KeyedState::default();
+        state.spill = Some(Spill::open().unwrap());
+        state.spill.as_mut().unwrap().fail_after = Some(0);
+        let out = state
+            .process(&spec, &batch(&records[..200]), 0, false, 64, &mut counter)
+            .unwrap();
+        assert!(out.failed.is_empty());
+        assert!(state.spill.is_none() && state.spill_broken);
+        let out = state
+            .process(&spec, &batch(&records[200..]), 0, false, 64, &mut counter)
+            .unwrap();
+        assert_eq!(out.failed.len(), 200);
+        assert!(
+            out.failed[0].1.contains("keyed state full"),
+            "{}",
+            out.failed[0].1
+        );
     }
 
     #[test]

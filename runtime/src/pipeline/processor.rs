@@ -65,13 +65,17 @@ impl StepSpec {
         match self {
             // A keyed plugin's tables by their slots, as a join's below: a
             // reload loads them again and only the new slots are watched.
+            // A keyed stage's settings too (watermark, TTL, memory, spill):
+            // a reload that changes only them swaps the chain in (the state
+            // carries over).
             StepSpec::Plugin(s) => format!(
-                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
                 s.slot.path,
                 s.config,
                 s.limits,
                 s.on_error,
                 s.breaker,
+                s.keyed,
                 s.tables
                     .as_ref()
                     .map(|t| t.values().map(Arc::as_ptr).collect::<Vec<_>>())

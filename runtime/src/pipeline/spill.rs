@@ -45,6 +45,9 @@ pub struct Spill {
     keys: u64,
     /// Write transactions so far.
     writes: u64,
+    /// Tests: writes after this many fail (a full disk).
+    #[cfg(test)]
+    pub(crate) fail_after: Option<u64>,
 }
 
 impl std::fmt::Debug for Spill {
@@ -89,6 +92,8 @@ impl Spill {
             db,
             keys: 0,
             writes: 0,
+            #[cfg(test)]
+            fail_after: None,
         })
     }
 
@@ -128,6 +133,10 @@ impl Spill {
         puts: impl IntoIterator<Item = (&'k [u8], &'k [u8], i64)>,
         deletes: impl IntoIterator<Item = &'k [u8]>,
     ) -> anyhow::Result<()> {
+        #[cfg(test)]
+        if self.fail_after.is_some_and(|n| self.writes >= n) {
+            anyhow::bail!("No space left on device (os error 28) (injected by a test)");
+        }
         let mut tx = self.db.begin_write()?;
         // Nothing here must outlive the process: commits skip the fsync,
         // but for one in DURABLE_EVERY, which lets redb reuse the pages

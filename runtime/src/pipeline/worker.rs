@@ -230,6 +230,12 @@ impl Worker {
                     let _ = done.send(self.sync_sinks());
                 }
                 Ok(Chunk::Records(chunk)) => {
+                    // The first records after a pause start a batch: a chain
+                    // reloaded during the pause takes them (not only the
+                    // batch after).
+                    if batcher.is_empty() {
+                        self.follow_chain(batcher);
+                    }
                     let now = Instant::now();
                     for i in 0..chunk.len() {
                         let (event, task) = chunk.get(i).expect("i < len");
@@ -585,6 +591,13 @@ impl Worker {
                     timer.fail(&error.to_string());
                     let spec = stage.spec();
                     let plugin = stage.plugin();
+                    // Under another policy, only a stage that cannot go on
+                    // (a keyed state whose spill file failed) fails a batch.
+                    let why = if spec.on_error == OnError::Stop {
+                        "on_error = \"stop\""
+                    } else {
+                        "the stage cannot go on"
+                    };
                     tracing::error!(
                         pipeline = %self.pipeline,
                         stage = %spec.label,
@@ -592,11 +605,11 @@ impl Worker {
                         version = %plugin.version,
                         partition = self.partition,
                         records = current.len(),
-                        "batch failed, stopping the pipeline (on_error = \"stop\"): {error}"
+                        "batch failed, stopping the pipeline ({why}): {error}"
                     );
                     return Err(BatchFailed {
                         error: anyhow!(
-                            "pipeline `{}` stopped (on_error = \"stop\"): stage {} ({} {}) failed on a batch of {} record(s): {error}",
+                            "pipeline `{}` stopped ({why}): stage {} ({} {}) failed on a batch of {} record(s): {error}",
                             self.pipeline,
                             spec.label,
                             plugin.name,
