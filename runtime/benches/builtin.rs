@@ -72,6 +72,7 @@ fn airports() -> Arc<TableSlot> {
     let spec = TableSpec {
         name: "airports".into(),
         path: repo().join("examples/data/airports.csv"),
+        kafka: None,
         format: TableFormat::Csv,
         key: "faa".into(),
         csv: Default::default(),

@@ -1854,8 +1854,10 @@ mod tests {
             memory_bytes: 16 << 10,
             ..KeyedSpec::default()
         };
-        let mut state = KeyedState::default();
-        state.spill = Some(Spill::open().unwrap());
+        let mut state = KeyedState {
+            spill: Some(Spill::open().unwrap()),
+            ..KeyedState::default()
+        };
         state.spill.as_mut().unwrap().fail_after = Some(0);
         let out = state
             .process(&spec, &batch(&records[..200]), 0, false, 64, &mut counter)

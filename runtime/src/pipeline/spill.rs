@@ -142,7 +142,7 @@ impl Spill {
         // but for one in DURABLE_EVERY, which lets redb reuse the pages
         // freed since (it frees pages only at a durable commit).
         self.writes += 1;
-        if self.writes % DURABLE_EVERY != 0 {
+        if !self.writes.is_multiple_of(DURABLE_EVERY) {
             tx.set_durability(redb::Durability::None)?;
         }
         {
