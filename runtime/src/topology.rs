@@ -371,15 +371,7 @@ fn build_stages(
             ));
         }
         if proc_cfg.plugin.is_none() {
-            let given: Vec<&str> = [
-                ("state_ttl", proc_cfg.state_ttl.is_some()),
-                ("watermark", proc_cfg.watermark.is_some()),
-                ("state_memory", proc_cfg.state_memory.is_some()),
-                ("state_spill", proc_cfg.state_spill.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(name, set)| set.then_some(name))
-            .collect();
+            let given = keyed_settings_given(proc_cfg);
             if !given.is_empty() {
                 return Err(source.error(
                     place,
@@ -507,15 +499,7 @@ fn keyed_spec(
 ) -> Result<Option<KeyedSpec>, ConfigError> {
     let keyed = slot.current().world() == World::Keyed;
     if !keyed {
-        let given: Vec<&str> = [
-            ("state_ttl", proc_cfg.state_ttl.is_some()),
-            ("watermark", proc_cfg.watermark.is_some()),
-            ("state_memory", proc_cfg.state_memory.is_some()),
-            ("state_spill", proc_cfg.state_spill.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect();
+        let given = keyed_settings_given(proc_cfg);
         if !given.is_empty() {
             return Err(source.error(
                 plugin.span(),
@@ -551,6 +535,20 @@ fn keyed_spec(
         spill: proc_cfg.state_spill.unwrap_or(true),
         instance: 0,
     }))
+}
+
+/// The keyed-processor settings a processor entry gives (in the order of
+/// the docs), for the errors of an entry that is not a keyed processor.
+fn keyed_settings_given(proc_cfg: &config::ProcessorConfig) -> Vec<&'static str> {
+    [
+        ("state_ttl", proc_cfg.state_ttl.is_some()),
+        ("watermark", proc_cfg.watermark.is_some()),
+        ("state_memory", proc_cfg.state_memory.is_some()),
+        ("state_spill", proc_cfg.state_spill.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
 }
 
 fn pointer(text: &toml::Spanned<String>, source: &ConfigSource) -> Result<Pointer, ConfigError> {

@@ -35,6 +35,25 @@ pub(crate) fn airport_names() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// What `plugins/dest-names` gives for `lines` (flights) in input order,
+/// from the CSV read by hand: `{"dest", "dest_name" (null when the table has
+/// no row), "before": flights to it before}`.
+fn dest_names_truth(lines: &[String]) -> Vec<String> {
+    let names = airport_names();
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    lines
+        .iter()
+        .map(|line| {
+            let flight: Value = serde_json::from_str(line).unwrap();
+            let dest = flight["dest"].as_str().unwrap().to_string();
+            let before = seen.entry(dest.clone()).or_insert(0);
+            let row = json!({ "dest": dest, "dest_name": names.get(&dest), "before": *before });
+            *before += 1;
+            row.to_string()
+        })
+        .collect()
+}
+
 fn event_ms(record: &Value) -> i64 {
     chrono::DateTime::parse_from_rfc3339(record["event_time"].as_str().unwrap())
         .unwrap()
@@ -610,19 +629,7 @@ fn validate_checks_tables_joins_and_dedup_keys() {
 #[test]
 fn a_keyed_plugin_reads_a_lookup_table() {
     let lines = flights_lines(20_000);
-    let names = airport_names();
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    let mut want: Vec<String> = lines
-        .iter()
-        .map(|line| {
-            let flight: Value = serde_json::from_str(line).unwrap();
-            let dest = flight["dest"].as_str().unwrap().to_string();
-            let before = seen.entry(dest.clone()).or_insert(0);
-            let row = json!({ "dest": dest, "dest_name": names.get(&dest), "before": *before });
-            *before += 1;
-            row.to_string()
-        })
-        .collect();
+    let mut want = dest_names_truth(&lines);
     want.sort();
     let unnamed = want
         .iter()
@@ -675,19 +682,7 @@ fn a_keyed_plugin_reads_a_lookup_table() {
 #[test]
 fn plugin_run_gives_a_keyed_plugin_its_tables() {
     let lines = flights_lines(2_000);
-    let names = airport_names();
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    let want: Vec<String> = lines
-        .iter()
-        .map(|line| {
-            let flight: Value = serde_json::from_str(line).unwrap();
-            let dest = flight["dest"].as_str().unwrap().to_string();
-            let before = seen.entry(dest.clone()).or_insert(0);
-            let row = json!({ "dest": dest, "dest_name": names.get(&dest), "before": *before });
-            *before += 1;
-            row.to_string()
-        })
-        .collect();
+    let want = dest_names_truth(&lines);
     let scratch = Scratch::new("");
     scratch.write("in.ndjson", &(lines.join("\n") + "\n"));
     let airports = repo().join("examples/data/airports.csv");
