@@ -585,6 +585,7 @@ impl KeyedState {
             now,
             stop,
             budget: bisect_budget,
+            limit: bisect_budget,
             out: KeyedOutput {
                 events: Batch::with_capacity(batch.len(), batch.values_len()),
                 ..KeyedOutput::default()
@@ -647,6 +648,7 @@ impl KeyedState {
             now,
             stop,
             budget: 0,
+            limit: 0,
             out: KeyedOutput::default(),
         };
         self.fail_if_dead()?;
@@ -720,8 +722,10 @@ impl KeyedState {
                     }
                     Err(error) if run.budget == 0 => {
                         run.out.failed.extend(refused);
+                        // The wording of a plain stage's (processor.rs).
                         let reason = format!(
-                            "{error} (not isolated: the bisection budget of this batch is spent)"
+                            "{error} (not isolated: bisection of this batch stopped after {} failed calls)",
+                            run.limit
                         );
                         run.out
                             .failed
@@ -1033,6 +1037,9 @@ struct Run<'s> {
     now: i64,
     stop: bool,
     budget: usize,
+    /// The budget the batch started with (`bisect_limit`), for the reason
+    /// of records left not isolated.
+    limit: usize,
     out: KeyedOutput,
 }
 
