@@ -456,6 +456,54 @@ fn a_reload_that_changes_only_keyed_settings_applies_them() {
     );
 }
 
+/// The keyed state's gauges on `/metrics`: keys (in memory and spilled),
+/// spilled keys, bytes in memory, timers, spill failed — per pipeline, stage
+/// and partition, reported at most once a second.
+#[test]
+fn keyed_state_gauges_show_the_keys_and_what_spilled() {
+    let config = Config::new()
+        .admin()
+        .file_source("in", "in.ndjson")
+        .follow()
+        .key("/k")
+        .file_sink("out", "out.ndjson")
+        .pipeline("p", "in", &["out"])
+        .batch(r#"{ max_records = 500, interval = "10ms" }"#)
+        .processor(
+            r#"{ plugin = "key_count.wasm", state_memory = "256KiB", config = { pad_bytes = 1000 } }"#,
+        );
+    let scratch = Scratch::new(&config.build());
+    scratch.write("in.ndjson", "");
+    let mut daemon = Running::start(scratch.command("run"));
+    let addr = daemon.admin_addr();
+    daemon.wait_for("pipeline started");
+    let keys: Vec<String> = (0..2000).map(|i| format!(r#"{{"k":"k{i}"}}"#)).collect();
+    scratch.append_lines("in.ndjson", &keys);
+    scratch.wait_for_lines("out.ndjson", 2000);
+    // Past the once-a-second report: one more record of a new key.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    scratch.append_lines("in.ndjson", &[r#"{"k":"last"}"#.to_string()]);
+    scratch.wait_for_lines("out.ndjson", 2001);
+    let (_, body) = http(&addr, "GET", "/metrics");
+    let gauge = |name: &str| -> u64 {
+        let prefix = format!("{name}{{pipeline=\"p\",stage=\"0:key_count\",partition=\"0\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(gauge("sluice_keyed_keys"), 2001);
+    let spilled = gauge("sluice_keyed_spilled_keys");
+    assert!(spilled > 1000 && spilled < 2001, "{spilled} spilled");
+    let memory = gauge("sluice_keyed_memory_bytes");
+    assert!(memory > 0 && memory <= 256 << 10, "{memory} bytes");
+    assert_eq!(gauge("sluice_keyed_timers"), 0);
+    assert_eq!(gauge("sluice_keyed_spill_failed"), 0);
+    daemon.signal("TERM");
+    assert_exit(&daemon.finish(), 0);
+}
+
 /// A keyed plugin that fails every call (here: it reads a table the config
 /// does not have) is handled as a plain stage is: the first failure of a
 /// batch is logged, the records that fail alone count toward the circuit

@@ -259,7 +259,86 @@ pub struct Registry {
     /// their delivery failed) and `sluice.kafka.sink.new_producers` (producers
     /// made to replace one that could not deliver).
     kafka_sinks: Mutex<BTreeMap<String, [u64; 2]>>,
+    /// Per (pipeline, stage, partition) of a keyed stage: see
+    /// [`KeyedStateGauges`].
+    keyed: Mutex<BTreeMap<(String, String, usize), KeyedStateGauges>>,
 }
+
+/// A keyed stage's state on one partition worker (every Kafka partition it
+/// holds together), as last reported (at most once a second).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyedStateGauges {
+    /// `sluice.keyed.keys`: keys with a state, in memory and spilled.
+    pub keys: u64,
+    /// `sluice.keyed.spilled_keys`: keys whose state is on disk only.
+    pub spilled_keys: u64,
+    /// `sluice.keyed.memory` (By): bytes counted against `state_memory`.
+    pub memory_bytes: u64,
+    /// `sluice.keyed.timers`: timers set, both domains.
+    pub timers: u64,
+    /// `sluice.keyed.spill_failed`: 1 once the spill file failed.
+    pub spill_failed: u64,
+}
+
+/// Sets a keyed stage's gauges on one partition.
+pub fn keyed_state(pipeline: &str, stage: &str, partition: usize, gauges: KeyedStateGauges) {
+    REGISTRY
+        .keyed
+        .lock()
+        .expect("metrics lock")
+        .insert((pipeline.to_string(), stage.to_string(), partition), gauges);
+}
+
+/// Every keyed stage's gauges: ((pipeline, stage, partition), gauges).
+pub fn keyed_states() -> Vec<((String, String, usize), KeyedStateGauges)> {
+    REGISTRY
+        .keyed
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// The keyed gauges: (OpenTelemetry name, Prometheus name, unit, help,
+/// which field).
+pub const KEYED_GAUGES: [(&str, &str, &str, &str, fn(&KeyedStateGauges) -> u64); 5] = [
+    (
+        "sluice.keyed.keys",
+        "sluice_keyed_keys",
+        "{key}",
+        "Keys with a state in a keyed stage's partition, in memory and spilled.",
+        |g| g.keys,
+    ),
+    (
+        "sluice.keyed.spilled_keys",
+        "sluice_keyed_spilled_keys",
+        "{key}",
+        "Keys whose state a keyed stage's partition holds on disk only (past state_memory).",
+        |g| g.spilled_keys,
+    ),
+    (
+        "sluice.keyed.memory",
+        "sluice_keyed_memory_bytes",
+        "By",
+        "Bytes of keyed state held in memory, counted against state_memory.",
+        |g| g.memory_bytes,
+    ),
+    (
+        "sluice.keyed.timers",
+        "sluice_keyed_timers",
+        "{timer}",
+        "Timers set in a keyed stage's partition, both domains.",
+        |g| g.timers,
+    ),
+    (
+        "sluice.keyed.spill_failed",
+        "sluice_keyed_spill_failed",
+        "1",
+        "1 once a keyed stage's spill file failed on this partition.",
+        |g| g.spill_failed,
+    ),
+];
 
 /// Counts `records` a Kafka sink sends again after their delivery failed.
 pub fn kafka_sink_resent(sink: &str, records: u64) {
@@ -586,6 +665,19 @@ pub fn render_prometheus(text: &mut String) {
             label(pipeline),
             label(topic)
         );
+    }
+    let keyed = keyed_states();
+    for (_, name, _, what, value) in KEYED_GAUGES {
+        help(text, name, "gauge", what);
+        for ((pipeline, stage, partition), g) in &keyed {
+            let _ = writeln!(
+                text,
+                "{name}{{pipeline=\"{}\",stage=\"{}\",partition=\"{partition}\"}} {}",
+                label(pipeline),
+                label(stage),
+                value(g)
+            );
+        }
     }
     let kafka_sinks = kafka_sinks();
     for (name, what, value) in [

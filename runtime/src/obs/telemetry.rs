@@ -185,6 +185,25 @@ pub fn observe(admin: Arc<AdminState>) {
             }
         })
         .build();
+    for (name, _, unit, help, value) in crate::obs::metrics::KEYED_GAUGES {
+        meter
+            .u64_observable_gauge(name)
+            .with_unit(unit)
+            .with_description(help)
+            .with_callback(move |observer| {
+                for ((pipeline, stage, partition), g) in crate::obs::metrics::keyed_states() {
+                    observer.observe(
+                        value(&g),
+                        &[
+                            KeyValue::new("pipeline", pipeline),
+                            KeyValue::new("stage", stage),
+                            KeyValue::new("partition", partition as i64),
+                        ],
+                    );
+                }
+            })
+            .build();
+    }
     meter
         .u64_observable_gauge("sluice.plugin.breakers.open")
         .with_unit("{partition}")

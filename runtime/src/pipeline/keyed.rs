@@ -272,6 +272,12 @@ impl KeyedState {
         spilled - shadowed
     }
 
+    /// Whether the spill file failed (the state then stays in memory, or
+    /// the stage fails).
+    pub fn spill_failed(&self) -> bool {
+        self.spill_broken || self.spill_dead.is_some()
+    }
+
     /// Whether no key has a state.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -221,6 +221,8 @@ pub struct Stage {
     /// A keyed processor's states on this partition: one per task (see
     /// [`TaskStates`]).
     keyed: Option<TaskStates>,
+    /// When the keyed state's gauges were last reported.
+    keyed_reported: Option<Instant>,
 }
 
 /// Why a keyed stage runs without a batch.
@@ -257,6 +259,7 @@ impl Stage {
             bisect_budget: 0,
             metrics,
             keyed: None,
+            keyed_reported: None,
         };
         if stage.spec.keyed.is_some() {
             stage.keyed = Some(TaskStates::new());
@@ -507,6 +510,7 @@ impl Stage {
                 Ok(out)
             });
         self.keyed.get_or_insert_default().insert(task, state);
+        self.report_keyed();
         let out = result?;
         if out.timers_failed > 0 {
             tracing::warn!(
@@ -522,6 +526,31 @@ impl Stage {
             rejected: out.rejected,
             failed: out.failed,
         })
+    }
+
+    /// Reports the keyed state's gauges (every task of the partition
+    /// together), at most once a second: counting the keys walks the states
+    /// held in memory.
+    fn report_keyed(&mut self) {
+        if self
+            .keyed_reported
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.keyed_reported = Some(Instant::now());
+        let Some(states) = &self.keyed else {
+            return;
+        };
+        let mut g = crate::obs::metrics::KeyedStateGauges::default();
+        for state in states.values() {
+            g.keys += state.len() as u64;
+            g.spilled_keys += state.spilled() as u64;
+            g.memory_bytes += state.bytes() as u64;
+            g.timers += state.timers() as u64;
+            g.spill_failed |= u64::from(state.spill_failed());
+        }
+        crate::obs::metrics::keyed_state(&self.pipeline, &self.spec.label, self.partition, g);
     }
 
     /// At a batch boundary: moves to the version in the slot if it changed.
