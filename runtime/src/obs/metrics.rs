@@ -300,9 +300,18 @@ pub fn keyed_states() -> Vec<((String, String, usize), KeyedStateGauges)> {
         .collect()
 }
 
-/// The keyed gauges: (OpenTelemetry name, Prometheus name, unit, help,
-/// which field).
-pub const KEYED_GAUGES: [(&str, &str, &str, &str, fn(&KeyedStateGauges) -> u64); 5] = [
+/// One keyed gauge: (OpenTelemetry name, Prometheus name, unit, help, which
+/// field).
+pub type KeyedGauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&KeyedStateGauges) -> u64,
+);
+
+/// The keyed gauges.
+pub const KEYED_GAUGES: [KeyedGauge; 5] = [
     (
         "sluice.keyed.keys",
         "sluice_keyed_keys",
