@@ -779,6 +779,7 @@ impl Signals {
     /// The handlers cannot be installed.
     pub fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
+        crate::kafka::watch_stop_signals()?;
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,

@@ -33,6 +33,30 @@ use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
 /// How long a metadata or admin request may take before it is an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+static STOP: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Whether SIGTERM or SIGINT has come (see [`watch_stop_signals`]): a
+/// blocking wait on a broker at start-up or in a config reload (a Kafka
+/// lookup table read to its end) gives up, since the daemon's signal loop
+/// cannot run meanwhile.
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Registers actions for SIGTERM and SIGINT that set [`stop_requested`]
+/// (signal-hook's `flag`), beside tokio's own handlers, which still receive
+/// the signals.
+///
+/// # Errors
+/// The actions cannot be registered.
+pub fn watch_stop_signals() -> std::io::Result<()> {
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&STOP))?;
+    }
+    Ok(())
+}
+
 /// A librdkafka client configuration: `bootstrap.servers` and the user's
 /// pass-through `properties` (which win over nothing sluice sets itself: the
 /// callers set their own keys after this).
@@ -125,7 +149,11 @@ impl QuietLog {
     /// A librdkafka error event (`ClientContext::error`); partition-end
     /// events are not errors.
     pub fn error(&self, client: &str, error: &KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        // The end of a partition, which readers that ask for it
+        // (`enable.partition.eof`) also get as a global error: not an error.
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        {
             return;
         }
         if let Some(held) = self.admit(&format!("{:?}", error.rdkafka_error_code())) {

@@ -298,6 +298,12 @@ impl TableSpec {
         if topic.get_ref().is_empty() {
             return Err(source.error(topic.span(), "`topic` is empty"));
         }
+        if brokers.get_ref().trim().is_empty() {
+            return Err(source.error(
+                brokers.span(),
+                "`brokers` is empty: give `host:port[,host:port…]`",
+            ));
+        }
         if let Some(key) = &config.key {
             crate::decode::Pointer::parse(key.get_ref())
                 .map_err(|e| source.error(key.span(), e))?;
@@ -645,7 +651,9 @@ impl KafkaFollower {
         let deadline = std::time::Instant::now() + KAFKA_BOOTSTRAP_TIMEOUT;
         let partitions: Vec<i32> = loop {
             let found = consumer
-                .fetch_metadata(Some(&kafka.topic), crate::kafka::REQUEST_TIMEOUT)
+                // Short tries, retried up to the deadline: a stop signal is
+                // looked at between them.
+                .fetch_metadata(Some(&kafka.topic), std::time::Duration::from_secs(1))
                 .ok()
                 .and_then(|md| {
                     md.topics()
@@ -654,6 +662,11 @@ impl KafkaFollower {
                         .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
                 })
                 .filter(|p| !p.is_empty());
+            anyhow::ensure!(
+                !crate::kafka::stop_requested(),
+                "{}: a stop signal came while the daemon waited for its broker",
+                what()
+            );
             match found {
                 Some(p) => break p,
                 None if std::time::Instant::now() < deadline => {
@@ -674,6 +687,11 @@ impl KafkaFollower {
         let mut rows: HashMap<String, Box<str>> = HashMap::new();
         let mut at_end = std::collections::BTreeSet::new();
         while at_end.len() < partitions.len() {
+            anyhow::ensure!(
+                !crate::kafka::stop_requested(),
+                "{}: a stop signal came while it was read to its end",
+                what()
+            );
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,
                 "{}: not read to its end within {KAFKA_BOOTSTRAP_TIMEOUT:?}",

@@ -504,6 +504,45 @@ fn keyed_state_gauges_show_the_keys_and_what_spilled() {
     assert_exit(&daemon.finish(), 0);
 }
 
+/// A Kafka lookup table whose broker does not answer keeps the daemon from
+/// starting (up to a minute), but SIGTERM ends that wait at once: the
+/// signal loop cannot run meanwhile, so the wait looks at a flag the signal
+/// sets. The daemon exits 1, naming the table.
+#[test]
+fn sigterm_ends_the_wait_for_a_kafka_tables_broker() {
+    let scratch = Scratch::new(
+        &Config::new()
+            .table("tables.airports")
+            .set_str("topic", "airports")
+            .set_str("brokers", "127.0.0.1:9")
+            .file_source("in", "in.ndjson")
+            .file_sink("out", "out.ndjson")
+            .pipeline("p", "in", &["out"])
+            .processor(r#"{ join = { table = "airports", on = "/dest", as = "/a" } }"#)
+            .build(),
+    );
+    scratch.write("in.ndjson", "");
+    let mut daemon = Running::start(scratch.command("run"));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still waiting");
+    daemon.signal("TERM");
+    let start = std::time::Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no exit 10 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = daemon.finish();
+    assert_exit(&output, 1);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("table `airports` (Kafka topic `airports`): a stop signal came"),
+        "{stderr}"
+    );
+}
+
 /// A keyed plugin that fails every call (here: it reads a table the config
 /// does not have) is handled as a plain stage is: the first failure of a
 /// batch is logged, the records that fail alone count toward the circuit
@@ -579,7 +618,13 @@ fn validate_checks_tables_joins_and_dedup_keys() {
             .pipeline("p", "in", &["out"])
             .processor(r#"{ join = { table = "airports", on = "/dest", as = "/a" } }"#)
     };
-    let cases: [(Config, Option<&str>, &str, &str); 10] = [
+    let cases: [(Config, Option<&str>, &str, &str); 11] = [
+        (
+            kafka(&[("brokers", "")]),
+            Some("brokers = \"\""),
+            "`brokers` is empty",
+            "host:port",
+        ),
         (
             base.clone().processor(
                 r#"{ dedup = { key = ["/carrier"], within = "1h" }, state_spill = true }"#,
