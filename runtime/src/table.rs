@@ -56,6 +56,17 @@ pub enum TableFormat {
     Json,
 }
 
+impl TableFormat {
+    /// A file's format when none is given: CSV for a `.csv` file, else NDJSON.
+    pub fn of_path(path: &Path) -> Self {
+        if path.extension().is_some_and(|e| e == "csv") {
+            TableFormat::Csv
+        } else {
+            TableFormat::Json
+        }
+    }
+}
+
 /// `[tables.NAME]` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,8 +236,7 @@ impl TableSpec {
         let path = crate::config::resolve(base, path.get_ref());
         let format = match &config.format {
             Some(f) => *f.get_ref(),
-            None if path.extension().is_some_and(|e| e == "csv") => TableFormat::Csv,
-            None => TableFormat::Json,
+            None => TableFormat::of_path(&path),
         };
         let csv = config.csv.clone().unwrap_or_default();
         if let Some(options) = &config.csv {

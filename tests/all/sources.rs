@@ -235,14 +235,7 @@ fn lines_decoded_in_parallel_are_processed_when_the_input_fails() {
 fn a_named_pipe_delivers_its_lines_while_the_writer_still_writes() {
     let scratch = Scratch::new(&parallel_config("pipe", 2, 1));
     let pipe = scratch.path("pipe");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &pipe,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    mkfifo(&pipe);
     let daemon = Running::start(scratch.command("run"));
     // Opening for writing waits for the daemon to open it for reading.
     let mut writer = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
@@ -282,14 +275,7 @@ fn a_followed_named_pipe_takes_a_second_writer_and_stops_on_sigterm() {
             .build(),
     );
     let pipe = scratch.path("pipe");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &pipe,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    mkfifo(&pipe);
     let mut daemon = Running::start(scratch.command("run"));
     let lines = flights_lines(4);
     let wait_for_out = |n: usize| {
@@ -314,14 +300,10 @@ fn a_followed_named_pipe_takes_a_second_writer_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(300));
     }
     daemon.signal("TERM");
-    let start = std::time::Instant::now();
-    while daemon.child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no exit 20 s after SIGTERM with the pipe's writer gone"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.exits_within(
+        Duration::from_secs(20),
+        "SIGTERM with the pipe's writer gone",
+    );
     let output = daemon.finish();
     assert_exit(&output, 0);
     assert_eq!(scratch.read_lines("out.ndjson"), lines);

@@ -500,6 +500,16 @@ impl Running {
         }
     }
 
+    /// Waits (polling) until the daemon exits; panics with `what` if it
+    /// still runs after `limit`.
+    pub fn exits_within(&mut self, limit: std::time::Duration, what: &str) {
+        let start = std::time::Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < limit, "no exit within {limit:?}: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the admin API's log line; its address (`127.0.0.1:PORT`).
     pub fn admin_addr(&mut self) -> String {
         const LISTENING: &str = "admin API listening on ";
@@ -701,4 +711,16 @@ fn toml_strings_are_escaped() {
     let parsed: toml::Value =
         toml::from_str(&format!("v = {}", toml_string("a\"b\\c\nd\te"))).unwrap();
     assert_eq!(parsed["v"].as_str(), Some("a\"b\\c\nd\te"));
+}
+
+/// Makes a named pipe (FIFO) at `path`, mode 0600.
+pub fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
 }

@@ -416,12 +416,10 @@ fn load_tables(
     }
     let mut set = sluice::table::TableSet::new();
     for (name, path, key) in tables {
-        let format = if path.extension().is_some_and(|e| e == "csv") {
-            TableFormat::Csv
-        } else {
+        let format = TableFormat::of_path(path);
+        if format == TableFormat::Json {
             sluice::decode::Pointer::parse(key).map_err(|e| format!("{name}: key: {e}"))?;
-            TableFormat::Json
-        };
+        }
         let spec = TableSpec {
             name: name.clone(),
             path: path.clone(),

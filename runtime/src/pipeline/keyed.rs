@@ -260,16 +260,15 @@ impl KeyedState {
     /// Keys with a state, in memory and spilled (expired ones included
     /// until dropped).
     pub fn len(&self) -> usize {
-        let spilled = self.spill.as_ref().map_or(0, |s| s.keys() as usize);
-        let shadowed = self.entries.values().filter(|e| e.on_disk).count() + self.gone.len();
-        self.entries.len() + spilled - shadowed
+        self.entries.len() + self.spilled()
     }
 
-    /// Keys whose state is spilled to disk (and not in memory).
+    /// Keys whose state is spilled to disk (and not in memory): the file's
+    /// rows but those of keys in memory (an older copy) or removed.
     pub fn spilled(&self) -> usize {
-        let spilled = self.spill.as_ref().map_or(0, |s| s.keys() as usize);
+        let rows = self.spill.as_ref().map_or(0, |s| s.keys() as usize);
         let shadowed = self.entries.values().filter(|e| e.on_disk).count() + self.gone.len();
-        spilled - shadowed
+        rows - shadowed
     }
 
     /// Whether the spill file failed (the state then stays in memory, or
