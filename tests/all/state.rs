@@ -238,7 +238,7 @@ fn dedup_state_survives_kill_9_with_checkpoints() {
     let scratch = Scratch::new(&dedup_config(Some("50ms")));
     scratch.write("in.ndjson", &input);
     drop(input);
-    let (kills, resumed_with_state) = kill_9_repeatedly(&scratch, 5, 100..500, |log| {
+    let (kills, resumed_with_state) = kill_9_repeatedly(&scratch, 5, 300..900, |log| {
         log.contains("resuming from checkpoint") && !log.contains("dedup_keys=0 ")
     });
     assert!(kills >= 5, "the job finished after {kills} kill(s)");
