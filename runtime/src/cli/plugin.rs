@@ -409,7 +409,7 @@ fn plugin_run(
 /// by extension: `.csv` is CSV, any other NDJSON); `None` without any.
 fn load_tables(
     tables: &[(String, PathBuf, String)],
-) -> Result<Option<std::sync::Arc<sluice::table::TableSet>>, String> {
+) -> Result<Option<std::sync::Arc<dyn sluice::wasm::keyed::TableLookup>>, String> {
     use sluice::table::{TableFormat, TableSlot, TableSpec};
     if tables.is_empty() {
         return Ok(None);

@@ -34,7 +34,7 @@ use crate::decode::Decoder;
 use crate::wasm::plugin::{Limits, LogTags, PluginHost};
 
 /// How to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// Pairs passed to `configure`.
     pub config: Vec<(String, String)>,
@@ -47,7 +47,7 @@ pub struct RunOptions {
     /// Memory limit and deadline of the instance.
     pub limits: Limits,
     /// Keyed processors: what the `tables` import reads (`--table`).
-    pub tables: Option<std::sync::Arc<crate::table::TableSet>>,
+    pub tables: Option<std::sync::Arc<dyn crate::wasm::keyed::TableLookup>>,
 }
 
 /// What a run did.
