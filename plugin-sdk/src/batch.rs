@@ -241,6 +241,79 @@ impl Batch {
         }
     }
 
+    /// Appends copies of `other`'s events `range` (keys, values, event times
+    /// and headers), as [`push_event`](Self::push_event) on each would, with
+    /// one copy per column instead of one per event: the host's worker moves
+    /// a source's chunk into its batch this way.
+    ///
+    /// # Panics
+    /// When `range` is not within `0..other.len()`, or a column would grow
+    /// past 4 GiB.
+    pub fn extend_from(&mut self, other: &Batch, range: std::ops::Range<usize>) {
+        if range.is_empty() {
+            assert!(range.start <= other.len(), "range past the batch's end");
+            return;
+        }
+        let (first, last) = (range.start, range.end - 1);
+        let start_of = |ends: &[u32]| if first == 0 { 0 } else { ends[first - 1] };
+        // Values, then keys: the bytes in one copy, the ends shifted.
+        let (from, to) = (start_of(&other.value_ends), other.value_ends[last]);
+        let shift = i64::from(end(self.values.len())) - i64::from(from);
+        self.values
+            .extend_from_slice(&other.values[from as usize..to as usize]);
+        self.value_ends.extend(
+            other.value_ends[range.clone()]
+                .iter()
+                .map(|&e| end((i64::from(e) + shift) as usize)),
+        );
+        let (from, to) = (start_of(&other.key_ends), other.key_ends[last]);
+        let shift = i64::from(end(self.keys.len())) - i64::from(from);
+        self.keys
+            .extend_from_slice(&other.keys[from as usize..to as usize]);
+        self.key_ends.extend(
+            other.key_ends[range.clone()]
+                .iter()
+                .map(|&e| end((i64::from(e) + shift) as usize)),
+        );
+        self.timestamps
+            .extend_from_slice(&other.timestamps[range.clone()]);
+        if !other.headers.is_empty() {
+            let at = self.len() - range.len();
+            let lo = other
+                .headers
+                .partition_point(|h| (h.index as usize) < first);
+            let hi = other
+                .headers
+                .partition_point(|h| (h.index as usize) <= last);
+            self.headers
+                .extend(other.headers[lo..hi].iter().map(|h| Header {
+                    index: end(h.index as usize - first + at),
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                }));
+        }
+    }
+
+    /// Key + value bytes of events `range` (what [`byte_size`](Self::byte_size)
+    /// counts), from the offsets alone.
+    ///
+    /// # Panics
+    /// When `range` is not within `0..self.len()`.
+    pub fn byte_size_of(&self, range: std::ops::Range<usize>) -> usize {
+        if range.is_empty() {
+            return 0;
+        }
+        let span = |ends: &[u32]| {
+            let from = if range.start == 0 {
+                0
+            } else {
+                ends[range.start - 1]
+            };
+            (ends[range.end - 1] - from) as usize
+        };
+        span(&self.value_ends) + span(&self.key_ends)
+    }
+
     /// Splits the batch into its columns, without copying.
     pub fn into_parts(self) -> BatchParts {
         BatchParts {
@@ -555,6 +628,52 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// An event of a generated batch: key (empty: none), value, time, headers.
+    type Gen = (Vec<u8>, Vec<u8>, i64, Vec<(String, Vec<u8>)>);
+
+    fn batch_of(events: &[Gen]) -> Batch {
+        let mut batch = Batch::new();
+        for (key, value, ts, headers) in events {
+            batch.push(Some(key), value, *ts);
+            for (name, value) in headers {
+                batch.push_header(name, value);
+            }
+        }
+        batch
+    }
+
+    proptest! {
+        /// `extend_from` of any range onto any batch equals `push_event` of
+        /// each event of the range, and `byte_size_of` equals the sum of
+        /// the events' key and value lengths.
+        #[test]
+        fn extend_from_is_push_event_of_each(
+            before in prop::collection::vec(
+                (prop::collection::vec(any::<u8>(), 0..4), prop::collection::vec(any::<u8>(), 0..8),
+                 any::<i64>(), prop::collection::vec(("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)), 0..2)),
+                0..5),
+            other in prop::collection::vec(
+                (prop::collection::vec(any::<u8>(), 0..4), prop::collection::vec(any::<u8>(), 0..8),
+                 any::<i64>(), prop::collection::vec(("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)), 0..2)),
+                0..8),
+            cut in (0usize..9, 0usize..9),
+        ) {
+            let other_batch = batch_of(&other);
+            let (a, b) = (cut.0.min(other.len()), cut.1.min(other.len()));
+            let range = a.min(b)..a.max(b);
+            let mut bulk = batch_of(&before);
+            bulk.extend_from(&other_batch, range.clone());
+            let mut each = batch_of(&before);
+            for i in range.clone() {
+                each.push_event(&other_batch.get(i).unwrap());
+            }
+            prop_assert_eq!(&bulk, &each);
+            let bytes: usize = other[range.clone()].iter().map(|(k, v, _, _)| k.len() + v.len()).sum();
+            prop_assert_eq!(other_batch.byte_size_of(range), bytes);
+        }
+    }
 
     #[test]
     fn events_read_back_as_pushed() {

@@ -81,6 +81,49 @@ impl Batcher {
         self.close_if_full(emit);
     }
 
+    /// Adds copies of `events`' records from `range.start` on, as
+    /// [`Batcher::push_event`] on each would, but with one copy per column
+    /// ([`Batch::extend_from`]) for the run of records that fit the open
+    /// batch. Returns the index of the first record not added: it stops at
+    /// `range.end`, at a batch made full (closed and given to `emit`), or
+    /// before a record that does not fit (the next call closes the batch
+    /// first). At least one record is added when `range` is not empty;
+    /// `emit` is called at most twice (the open batch that the first
+    /// record does not fit in, and a batch made full).
+    pub fn push_events(
+        &mut self,
+        events: &Batch,
+        range: std::ops::Range<usize>,
+        now: Instant,
+        mut emit: impl FnMut(Batch),
+    ) -> usize {
+        let start = range.start;
+        if range.is_empty() {
+            return start;
+        }
+        // The first record: as push_event (it may close the open batch, and
+        // it always goes in).
+        self.make_room(events.byte_size_of(start..start + 1), now, &mut emit);
+        // How many of the next records fit: below max_records, and each
+        // within max_bytes (a batch that is not empty never passes it).
+        let room = self.limits.max_records - self.batch.len();
+        let mut bytes = self.batch.byte_size() + events.byte_size_of(start..start + 1);
+        let mut stop = start + 1;
+        while stop < range.end && stop - start < room && bytes < self.limits.max_bytes {
+            let size = events.byte_size_of(stop..stop + 1);
+            if bytes + size > self.limits.max_bytes {
+                break;
+            }
+            bytes += size;
+            stop += 1;
+        }
+        self.batch.extend_from(events, start..stop);
+        // Full: closed at the record push_event would close it at. (When
+        // the next record does not fit, the next call's make_room closes it.)
+        self.close_if_full(emit);
+        stop
+    }
+
     /// Closes the open batch when a record of `size` bytes would push it
     /// past `max_bytes`; opens one if none is.
     fn make_room(&mut self, size: usize, now: Instant, emit: &mut impl FnMut(Batch)) {
@@ -187,6 +230,46 @@ mod tests {
                 }
             }
             prop_assert_eq!(seen, (0..sizes.len()).collect::<Vec<_>>());
+        }
+
+        /// `push_events` over chunks cut anywhere closes the same batches,
+        /// at the same records, as `push_event` record by record.
+        #[test]
+        fn push_events_closes_what_push_event_closes(
+            sizes in proptest::collection::vec((0usize..5, 0usize..40), 0..300),
+            cuts in proptest::collection::vec(1usize..50, 1..10),
+            max_records in 1usize..20,
+            max_bytes in 1usize..200,
+        ) {
+            let mut input = Batch::new();
+            for (i, (key, value)) in sizes.iter().enumerate() {
+                input.push(Some(&vec![b'k'; *key]), &vec![b'v'; *value], i as i64);
+                if i % 7 == 3 {
+                    input.push_header("h", &[i as u8]);
+                }
+            }
+            let now = Instant::now();
+            let mut each = Batcher::new(limits(max_records, max_bytes));
+            let mut expected = Vec::new();
+            for event in &input {
+                each.push_event(&event, now, |x| expected.push(x));
+            }
+            expected.push(each.take());
+            let mut bulk = Batcher::new(limits(max_records, max_bytes));
+            let mut got = Vec::new();
+            let (mut at, mut cut) = (0, cuts.iter().cycle());
+            while at < input.len() {
+                let end = (at + cut.next().unwrap()).min(input.len());
+                let mut i = at;
+                while i < end {
+                    let next = bulk.push_events(&input, i..end, now, |x| got.push(x));
+                    prop_assert!(next > i);
+                    i = next;
+                }
+                at = end;
+            }
+            got.push(bulk.take());
+            prop_assert_eq!(got, expected);
         }
     }
 }

@@ -237,38 +237,23 @@ impl Worker {
                         self.follow_chain(batcher);
                     }
                     let now = Instant::now();
-                    for i in 0..chunk.len() {
-                        let (event, task) = chunk.get(i).expect("i < len");
+                    let mut i = 0;
+                    while i < chunk.len() {
+                        // A run of records of one task goes into the batcher
+                        // in bulk (one copy per column per batch).
+                        let task = chunk.task(i);
+                        let run_end = chunk.task_run_end(i);
                         if task != self.task && !batcher.is_empty() {
                             closed.push(batcher.take());
                         }
-                        let mut pending = Some(event);
-                        loop {
-                            // A batch closed before this record's task began is
-                            // still the previous task's: it runs first.
-                            if closed.is_empty()
-                                && let Some(event) = pending.take()
-                            {
-                                self.task = task;
-                                batcher.push_event(&event, now, |b| closed.push(b));
-                            }
-                            if closed.is_empty() {
-                                break;
-                            }
-                            let batch = closed.remove(0);
-                            if let Err(failed) = self.process(batch) {
-                                // This batch, any other closed one, the record
-                                // not yet batched and the rest of the chunk are
-                                // not processed.
-                                let rest = closed.iter().map(Batch::len).sum::<usize>()
-                                    + (chunk.len() - i - 1)
-                                    + usize::from(pending.is_some());
-                                self.stats.failed.fetch_add(
-                                    (failed.unaccounted + rest) as u64,
-                                    Ordering::Relaxed,
-                                );
-                                return Err(failed.error);
-                            }
+                        // A batch closed before this run's task began is
+                        // still the previous task's: it runs first.
+                        self.run_closed(&mut closed, chunk.len() - i)?;
+                        self.task = task;
+                        while i < run_end {
+                            i = batcher
+                                .push_events(chunk.events(), i..run_end, now, |b| closed.push(b));
+                            self.run_closed(&mut closed, chunk.len() - i)?;
                         }
                     }
                 }
@@ -457,6 +442,25 @@ impl Worker {
     /// the dead-letter sink and what came out to the sinks. Nothing is sent
     /// before the whole chain has run, so a batch that stops the pipeline is
     /// counted once, as failed.
+    /// Processes the batches in `closed`, oldest first. On a failure, the
+    /// batches after the failed one and the chunk's `unbatched` records (not
+    /// yet in the batcher) are counted as failed with what the failed batch
+    /// left unaccounted; the batcher's open batch is counted by
+    /// [`Worker::run`].
+    fn run_closed(&mut self, closed: &mut Vec<Batch>, unbatched: usize) -> anyhow::Result<()> {
+        while !closed.is_empty() {
+            let batch = closed.remove(0);
+            if let Err(failed) = self.process(batch) {
+                let rest = closed.iter().map(Batch::len).sum::<usize>() + unbatched;
+                self.stats
+                    .failed
+                    .fetch_add((failed.unaccounted + rest) as u64, Ordering::Relaxed);
+                return Err(failed.error);
+            }
+        }
+        Ok(())
+    }
+
     fn process(&mut self, batch: Batch) -> Result<(), BatchFailed> {
         if batch.is_empty() {
             return Ok(());

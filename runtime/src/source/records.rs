@@ -66,6 +66,29 @@ impl Records {
         self.events.is_empty()
     }
 
+    /// The records' keys, values, event times and headers, packed (what
+    /// [`crate::pipeline`]'s batcher copies from in bulk).
+    pub fn events(&self) -> &Batch {
+        &self.events
+    }
+
+    /// Record `index`'s task (`None` also past the end).
+    pub fn task(&self, index: usize) -> Option<u32> {
+        self.tasks.get(index).copied().flatten()
+    }
+
+    /// The end of the run of records from `start` on that share its task
+    /// (`len()` at most).
+    pub fn task_run_end(&self, start: usize) -> usize {
+        if self.tasks.is_empty() {
+            return self.len();
+        }
+        let task = self.task(start);
+        (start..self.len())
+            .find(|&i| self.task(i) != task)
+            .unwrap_or(self.len())
+    }
+
     /// Record `index`: its key, value, event time and headers, and its task.
     pub fn get(&self, index: usize) -> Option<(Event<'_>, Option<u32>)> {
         let event = self.events.get(index)?;
