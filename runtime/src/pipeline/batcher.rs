@@ -106,7 +106,10 @@ impl Batcher {
         self.make_room(events.byte_size_of(start..start + 1), now, &mut emit);
         // How many of the next records fit: below max_records, and each
         // within max_bytes (a batch that is not empty never passes it).
-        let room = self.limits.max_records - self.batch.len();
+        // A reload may have lowered max_records below what the open batch
+        // holds: then no room, and the first record alone goes in (and
+        // closes it), as with push_event.
+        let room = self.limits.max_records.saturating_sub(self.batch.len());
         let mut bytes = self.batch.byte_size() + events.byte_size_of(start..start + 1);
         let mut stop = start + 1;
         while stop < range.end && stop - start < room && bytes < self.limits.max_bytes {
@@ -240,6 +243,7 @@ mod tests {
             cuts in proptest::collection::vec(1usize..50, 1..10),
             max_records in 1usize..20,
             max_bytes in 1usize..200,
+            new_limits in (1usize..20, 1usize..200),
         ) {
             let mut input = Batch::new();
             for (i, (key, value)) in sizes.iter().enumerate() {
@@ -249,9 +253,16 @@ mod tests {
                 }
             }
             let now = Instant::now();
+            // Halfway, the limits change (a config reload), possibly below
+            // what the open batch holds.
+            let half = input.len() / 2;
+            let later = limits(new_limits.0, new_limits.1);
             let mut each = Batcher::new(limits(max_records, max_bytes));
             let mut expected = Vec::new();
-            for event in &input {
+            for (i, event) in input.iter().enumerate() {
+                if i == half {
+                    each.set_limits(later);
+                }
                 each.push_event(&event, now, |x| expected.push(x));
             }
             expected.push(each.take());
@@ -259,7 +270,13 @@ mod tests {
             let mut got = Vec::new();
             let (mut at, mut cut) = (0, cuts.iter().cycle());
             while at < input.len() {
-                let end = (at + cut.next().unwrap()).min(input.len());
+                if at == half {
+                    bulk.set_limits(later);
+                }
+                let mut end = (at + cut.next().unwrap()).min(input.len());
+                if at < half && end > half {
+                    end = half;
+                }
                 let mut i = at;
                 while i < end {
                     let next = bulk.push_events(&input, i..end, now, |x| got.push(x));
