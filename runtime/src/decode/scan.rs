@@ -53,7 +53,13 @@ pub fn scan(text: &[u8], paths: &[&[String]], found: &mut [Option<Range<usize>>]
     } else {
         (1u32 << paths.len()) - 1
     };
-    if s.value(all, 0).is_none() {
+    let flat = paths.iter().all(|p| p.len() == 1);
+    let scanned = if flat && s.peek() == Some(b'{') {
+        s.top_object(all)
+    } else {
+        s.value(all, 0)
+    };
+    if scanned.is_none() {
         return false;
     }
     s.ws();
@@ -71,6 +77,9 @@ impl Scanner<'_, '_> {
     #[inline]
     fn ws(&mut self) {
         while let Some(&c) = self.b.get(self.i) {
+            if c > b' ' {
+                break;
+            }
             if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
                 self.i += 1;
             } else {
@@ -242,6 +251,48 @@ impl Scanner<'_, '_> {
             self.i += 1;
             self.ws();
             self.value(next, depth + 1)?;
+            if self.closes(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// [`Scanner::object`] at the top, for paths of one token each (the
+    /// common case: a key and an event time at the top of the record): one
+    /// loop over the members, strings and numbers skipped in it, only
+    /// nested values through [`Scanner::value`].
+    fn top_object(&mut self, active: u32) -> Option<()> {
+        if self.open(0, b'}')? {
+            return Some(());
+        }
+        loop {
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let name_start = self.i + 1;
+            let escaped = self.string()?;
+            let name = &self.b[name_start..self.i - 1];
+            if active != 0 && escaped {
+                return None; // matching an escaped name: serde_json's job
+            }
+            let next = select(active, |i| self.paths[i][0].as_bytes() == name);
+            self.ws();
+            if self.peek()? != b':' {
+                return None;
+            }
+            self.i += 1;
+            self.ws();
+            let start = self.i;
+            match self.peek()? {
+                b'"' => {
+                    self.string()?;
+                }
+                b'-' | b'0'..=b'9' => self.number()?,
+                _ => self.value(0, 1)?,
+            }
+            for i in bits(next) {
+                self.found[i] = Some(start..self.i);
+            }
             if self.closes(b'}')? {
                 return Some(());
             }
