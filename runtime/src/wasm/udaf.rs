@@ -196,6 +196,22 @@ impl Udf {
         }
     }
 
+    /// Event `event` of a group whose accumulator (`bytes` long) is at the
+    /// memory limit (see [`OUT_OF_MEMORY_IN_A_ROW`]).
+    fn at_limit(&self, event: usize, bytes: usize) -> Failed {
+        Failed {
+            event,
+            reason: format!(
+                "aggregate {} ({} {}): not tried: {OUT_OF_MEMORY_IN_A_ROW} records of this group in a row ran out of memory, so its accumulator ({bytes} bytes) is at the plugin's memory limit ({}); raise `memory_limit`, or aggregate a smaller value (`field`)",
+                self.spec.label,
+                self.plugin.name,
+                self.plugin.version,
+                bytesize::ByteSize(self.spec.limits.memory_bytes)
+            ),
+            plugin: (self.plugin.name.clone(), self.plugin.version.clone()),
+        }
+    }
+
     /// Adds events to accumulators: `pairs` lists (accumulator, event index
     /// in `events`), `states[a]` is accumulator `a`'s bytes, updated in place.
     /// `values` holds the events' extracted fields, `width` per event. Returns
@@ -254,15 +270,46 @@ impl Udf {
         }
         // One by one: only the events that fail alone are left out.
         let mut failed = Vec::new();
+        // A group whose records run out of memory one after the other is at
+        // the memory limit itself (a record rarely is): after
+        // OUT_OF_MEMORY_IN_A_ROW of them, the rest of its records in this
+        // batch fail without a call each. Such a call replaces the instance
+        // and copies the whole accumulator in, so at a few records a second
+        // the batch would otherwise never end.
+        let mut in_a_row: BTreeMap<u32, usize> = BTreeMap::new();
         for &(group, i) in pairs {
+            let streak = in_a_row.get(&group).copied().unwrap_or(0);
+            if streak >= OUT_OF_MEMORY_IN_A_ROW {
+                failed.push(self.at_limit(i, states[group as usize].len()));
+                continue;
+            }
             let (batch, _) = input(&[(group, i)]);
             if batch.is_empty() {
                 continue;
             }
             let state = std::slice::from_ref(&states[group as usize]);
             match self.call(|inst| inst.accumulate(state, batch, &[0])) {
-                Ok(mut new) => states[group as usize] = new.remove(0),
-                Err(e) => failed.push(self.failed(i, &e)),
+                Ok(mut new) => {
+                    states[group as usize] = new.remove(0);
+                    in_a_row.remove(&group);
+                }
+                Err(e) => {
+                    if matches!(e, CallError::OutOfMemory(_)) {
+                        in_a_row.insert(group, streak + 1);
+                        if streak + 1 == OUT_OF_MEMORY_IN_A_ROW {
+                            tracing::error!(
+                                pipeline = %self.pipeline,
+                                stage = %self.spec.label,
+                                version = %self.plugin.version,
+                                accumulator_bytes = state[0].len(),
+                                "{OUT_OF_MEMORY_IN_A_ROW} records of one group in a row ran out of memory: its accumulator is at the aggregator's memory limit, and the rest of the batch's records of that group fail without a call ({e})"
+                            );
+                        }
+                    } else {
+                        in_a_row.remove(&group);
+                    }
+                    failed.push(self.failed(i, &e));
+                }
             }
         }
         failed
@@ -344,6 +391,12 @@ impl Udf {
 
 /// Windows per `finish` call: bounds one call's work (it has the deadline).
 pub const FINISH_CHUNK: usize = 1024;
+
+/// Records of one group in a row, within a batch retried record by record,
+/// that may run out of memory before the group's other records in that batch
+/// fail without a call ([`Udf::accumulate`]). A circuit breaker per group and
+/// batch: the next batch tries the group again.
+pub const OUT_OF_MEMORY_IN_A_ROW: usize = 4;
 
 fn push(batch: &mut Batch, event: &Event<'_>, value: &[u8]) {
     batch.push(event.key(), value, event.timestamp_ms());
