@@ -255,25 +255,29 @@ impl Batch {
             return;
         }
         let (first, last) = (range.start, range.end - 1);
-        let start_of = |ends: &[u32]| if first == 0 { 0 } else { ends[first - 1] };
         // Values, then keys: the bytes in one copy, the ends shifted.
-        let (from, to) = (start_of(&other.value_ends), other.value_ends[last]);
-        let shift = i64::from(end(self.values.len())) - i64::from(from);
-        self.values
-            .extend_from_slice(&other.values[from as usize..to as usize]);
-        self.value_ends.extend(
-            other.value_ends[range.clone()]
-                .iter()
-                .map(|&e| end((i64::from(e) + shift) as usize)),
+        let append =
+            |bytes: &mut Vec<u8>, ends: &mut Vec<u32>, from_bytes: &[u8], from_ends: &[u32]| {
+                let from = if first == 0 { 0 } else { from_ends[first - 1] };
+                let shift = i64::from(end(bytes.len())) - i64::from(from);
+                bytes.extend_from_slice(&from_bytes[from as usize..from_ends[last] as usize]);
+                ends.extend(
+                    from_ends[range.clone()]
+                        .iter()
+                        .map(|&e| end((i64::from(e) + shift) as usize)),
+                );
+            };
+        append(
+            &mut self.values,
+            &mut self.value_ends,
+            &other.values,
+            &other.value_ends,
         );
-        let (from, to) = (start_of(&other.key_ends), other.key_ends[last]);
-        let shift = i64::from(end(self.keys.len())) - i64::from(from);
-        self.keys
-            .extend_from_slice(&other.keys[from as usize..to as usize]);
-        self.key_ends.extend(
-            other.key_ends[range.clone()]
-                .iter()
-                .map(|&e| end((i64::from(e) + shift) as usize)),
+        append(
+            &mut self.keys,
+            &mut self.key_ends,
+            &other.keys,
+            &other.key_ends,
         );
         self.timestamps
             .extend_from_slice(&other.timestamps[range.clone()]);
