@@ -51,6 +51,18 @@ fn top_once_shows_pipelines_and_plugins() {
         ],
         "{view}"
     );
+    // The records each partition took: the pipeline's second row.
+    let mut parts: Vec<usize> = view
+        .lines()
+        .filter(|l| l.starts_with("p "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no partitions row in:\n{view}"))
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    parts.sort_unstable();
+    assert_eq!(parts, [LINES / 2, LINES.div_ceil(2)], "{view}");
     let sink: Vec<&str> = view
         .lines()
         .find(|l| l.starts_with("out "))

@@ -145,6 +145,35 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
             p["watermark"].as_str().unwrap_or("-"),
         );
     }
+    // Pipelines of several partitions: the records each worker took, in
+    // partition order (the counts the skew is computed from).
+    let split: Vec<&Value> = after
+        .pipelines
+        .iter()
+        .filter(|p| {
+            p["partition_records"]
+                .as_array()
+                .is_some_and(|a| a.len() > 1)
+        })
+        .collect();
+    if !split.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{:<20} RECORDS PER PARTITION (0, 1, …)", "PIPELINE");
+    }
+    for p in split {
+        let counts: Vec<String> = p["partition_records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c.as_u64().unwrap_or(0).to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<20} {}",
+            p["pipeline"].as_str().unwrap_or("?"),
+            counts.join(" ")
+        );
+    }
     if !after.sinks.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(
@@ -292,7 +321,7 @@ mod tests {
             pipelines: vec![serde_json::json!({
                 "pipeline": "p", "running": true, "records_in": records_in,
                 "records_out": records_in / 2, "records_rejected": 1, "records_failed": 0,
-                "skew": 1.25
+                "skew": 1.25, "partition_records": [records_in / 4, records_in / 4 * 3]
             })],
             plugins: vec![serde_json::json!({
                 "name": "identity", "version": "sha256:0123456789ab", "since": "2026-01-01T00:00:00Z",
@@ -321,6 +350,15 @@ mod tests {
                 "p", "running", "30", "15", "1", "0", "10.0", "5.0", "1.25", "-"
             ]
         );
+        // The partitions' rows come after the pipelines': the second "p".
+        let parts: Vec<&str> = view
+            .lines()
+            .filter(|l| l.starts_with("p "))
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(parts, ["p", "7", "21"], "{view}");
         let plugin: Vec<&str> = view
             .lines()
             .find(|l| l.starts_with("identity "))
