@@ -110,7 +110,7 @@ fn plugin_run_fails_on_what_the_daemon_would_not_pass() {
     );
     assert!(stderr.contains("skipped: line 2: event time"), "{stderr}");
     assert!(
-        stderr.contains("in=1 out=1 rejected=0 failed=0 skipped=1 broken=0"),
+        stderr.contains("in=2 out=1 rejected=0 failed=0 skipped=1 broken=0"),
         "{stderr}"
     );
 }

@@ -53,7 +53,8 @@ pub struct RunOptions {
 /// What a run did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RunReport {
-    /// Input events.
+    /// Input lines that are not blank (those `skipped` included), as the
+    /// daemon's `records_in` counts lines read.
     pub records_in: u64,
     /// Output events.
     pub records_out: u64,
@@ -228,6 +229,8 @@ pub fn for_each_event<D: Write>(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        // Every line read, as the daemon's `in` (a skipped one included).
+        report.records_in += 1;
         let (key, ts) = match &options.decoder {
             Some(decoder) => match decoder.decode(&line) {
                 Ok(d) => (d.key, d.timestamp_ms.unwrap_or(0)),
@@ -242,7 +245,6 @@ pub fn for_each_event<D: Write>(
             },
             None => (None, 0),
         };
-        report.records_in += 1;
         each(line_no, key.as_deref(), ts, &line, report, diag)?;
     }
     Ok(())
