@@ -202,19 +202,15 @@ impl TableSpec {
         if let Some(topic) = &config.topic {
             return Self::build_kafka(table, &config, topic, source);
         }
-        for (field, given) in [
-            ("brokers", config.brokers.is_some()),
-            ("properties", !config.properties.is_empty()),
-        ] {
-            if given {
-                return Err(table_error(
-                    table,
-                    source,
-                    field,
-                    &format!("`{field}` is for a table read from a Kafka `topic`"),
-                ));
-            }
-        }
+        refuse_given(
+            table,
+            source,
+            &[
+                ("brokers", config.brokers.is_some()),
+                ("properties", !config.properties.is_empty()),
+            ],
+            "a table read from a Kafka `topic`",
+        )?;
         let Some(path) = &config.path else {
             return Err(source.error(
                 table.span.clone(),
@@ -282,20 +278,16 @@ impl TableSpec {
         topic: &Spanned<String>,
         source: &ConfigSource,
     ) -> Result<(TableSpec, Table), ConfigError> {
-        for (field, given) in [
-            ("path", config.path.is_some()),
-            ("format", config.format.is_some()),
-            ("csv", config.csv.is_some()),
-        ] {
-            if given {
-                return Err(table_error(
-                    table,
-                    source,
-                    field,
-                    &format!("`{field}` is for a table read from a file, not a Kafka `topic`"),
-                ));
-            }
-        }
+        refuse_given(
+            table,
+            source,
+            &[
+                ("path", config.path.is_some()),
+                ("format", config.format.is_some()),
+                ("csv", config.csv.is_some()),
+            ],
+            "a table read from a file, not a Kafka `topic`",
+        )?;
         let Some(brokers) = &config.brokers else {
             return Err(source.error(
                 topic.span(),
@@ -444,6 +436,25 @@ fn table_error(
         table.field_span(field).unwrap_or(table.span.clone()),
         message,
     )
+}
+
+/// The first of `fields` (name, whether the table gives it) that is given,
+/// as an error located at it: "`NAME` is for {kind}".
+fn refuse_given(
+    table: &ComponentTable,
+    source: &ConfigSource,
+    fields: &[(&str, bool)],
+    kind: &str,
+) -> Result<(), ConfigError> {
+    match fields.iter().find(|(_, given)| *given) {
+        Some((field, _)) => Err(table_error(
+            table,
+            source,
+            field,
+            &format!("`{field}` is for {kind}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The daemon's lookup tables by name, as stages and plugins read them.

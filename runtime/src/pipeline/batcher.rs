@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_plugin_sdk::{Batch, Event};
+use sluice_plugin_sdk::Batch;
 
 /// When a batch closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +73,15 @@ impl Batcher {
     }
 
     /// Adds a copy of `event` (key, value, event time and headers), as
-    /// [`Batcher::push`] does.
-    pub fn push_event(&mut self, event: &Event<'_>, now: Instant, mut emit: impl FnMut(Batch)) {
+    /// [`Batcher::push`] does: the record-by-record model
+    /// [`Batcher::push_events`] is tested against (the worker uses that).
+    #[cfg(test)]
+    pub fn push_event(
+        &mut self,
+        event: &sluice_plugin_sdk::Event<'_>,
+        now: Instant,
+        mut emit: impl FnMut(Batch),
+    ) {
         let size = event.key().map_or(0, <[u8]>::len) + event.value().len();
         self.make_room(size, now, &mut emit);
         self.batch.push_event(event);
@@ -82,7 +89,7 @@ impl Batcher {
     }
 
     /// Adds copies of `events`' records from `range.start` on, as
-    /// [`Batcher::push_event`] on each would, but with one copy per column
+    /// `push_event` on each would (a batch closes at the same records), but with one copy per column
     /// ([`Batch::extend_from`]) for the run of records that fit the open
     /// batch. Returns the index of the first record not added: it stops at
     /// `range.end`, at a batch made full (closed and given to `emit`), or
