@@ -815,7 +815,10 @@ pub struct PipelineConfig {
     /// `dead_letter` is set, else `skip`.
     pub on_error: Option<OnError>,
     /// Capacity, in records, of each bounded channel between the source and a
-    /// partition worker. Default 8192.
+    /// partition worker. Default 8192. The channel holds `queue_records / 256`
+    /// chunks of at most 256 records or 64 KiB (a larger record is a chunk of its
+    /// own), so records of over 256 bytes fill it with fewer than
+    /// `queue_records`: at most 2 MiB of records per partition by default.
     #[serde(default = "default_queue", deserialize_with = "de_positive")]
     pub queue_records: usize,
     /// Event-time windows after the processor chain; needs `aggregate`.

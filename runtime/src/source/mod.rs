@@ -281,6 +281,14 @@ pub(crate) const TOO_LONG_PREFIX: usize = 1024;
 /// no latency.
 pub const CHUNK_RECORDS: usize = 256;
 
+/// Bytes of keys and values after which a chunk is full even with fewer than
+/// [`CHUNK_RECORDS`] records (a record larger than this is a chunk of its own).
+/// A worker's channel holds `queue_records / CHUNK_RECORDS` chunks, so this
+/// bounds its memory by bytes too: 2 MiB of records per partition at the
+/// default `queue_records`, where a bound in records alone let 8,192 records
+/// of any size wait (8 GiB of 1 MiB lines).
+pub const CHUNK_BYTES: usize = 64 << 10;
+
 /// How often a waiting source (end of a followed file, quiet stdin) checks for
 /// shutdown and new data.
 pub(crate) const POLL: Duration = Duration::from_millis(100);
@@ -758,7 +766,7 @@ impl Outbox {
     }
 
     fn flush_full(&mut self, partition: usize) -> Result<(), WorkerGone> {
-        if self.pending[partition].len() >= CHUNK_RECORDS {
+        if self.pending[partition].is_full() {
             self.flush(partition)?;
         }
         Ok(())
@@ -782,7 +790,8 @@ impl Outbox {
 
     /// An empty chunk for `partition`, sized like the one it follows.
     fn fresh(&self, partition: usize) -> Records {
-        Records::with_capacity(CHUNK_RECORDS, self.pending[partition].values_len())
+        let bytes = self.pending[partition].values_len().min(CHUNK_BYTES);
+        Records::with_capacity(CHUNK_RECORDS, bytes)
     }
 
     /// Sends `partition`'s pending records.
@@ -819,11 +828,11 @@ impl Outbox {
         partition: usize,
         record: Record,
     ) -> Result<Option<Record>, WorkerGone> {
-        if self.pending[partition].len() >= CHUNK_RECORDS && !self.try_flush(partition)? {
+        if self.pending[partition].is_full() && !self.try_flush(partition)? {
             return Ok(Some(record));
         }
         self.pending[partition].push_record(&record);
-        if self.pending[partition].len() >= CHUNK_RECORDS {
+        if self.pending[partition].is_full() {
             self.try_flush(partition)?;
         }
         Ok(None)

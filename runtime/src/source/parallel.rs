@@ -24,7 +24,9 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use super::router::Router;
-use super::{CHUNK_RECORDS, LineDecoder, Outbox, Records, SourceSpec, WorkerGone, now_ms};
+use super::{
+    CHUNK_BYTES, CHUNK_RECORDS, LineDecoder, Outbox, Records, SourceSpec, WorkerGone, now_ms,
+};
 use crate::sink::dead_letter::DeadLetter;
 use crate::stats::Stats;
 
@@ -59,9 +61,9 @@ impl Block {
     }
 }
 
-/// A block decoded: chunks per partition (of at most
-/// [`super::CHUNK_RECORDS`], as the source's own chunks, so that a full
-/// partition channel holds as much as ever), the lines that could not be
+/// A block decoded: chunks per partition (full at [`super::CHUNK_RECORDS`]
+/// records or [`super::CHUNK_BYTES`] bytes, as the source's own chunks, so that
+/// a full partition channel holds as much as ever), the lines that could not be
 /// decoded (line index, reason), how many lines were records.
 struct Decoded {
     block: Block,
@@ -281,7 +283,7 @@ fn decode_block(
 ) -> Decoded {
     let partitions = router.partitions();
     let per_chunk = (block.ends.len() / partitions + 1).min(CHUNK_RECORDS);
-    let bytes = block.data.len() / block.ends.len().max(1) * per_chunk;
+    let bytes = (block.data.len() / block.ends.len().max(1) * per_chunk).min(CHUNK_BYTES);
     let mut parts: Vec<Vec<Records>> = (0..partitions)
         .map(|_| vec![Records::with_capacity(per_chunk, bytes)])
         .collect();
@@ -294,7 +296,7 @@ fn decode_block(
             Ok(event) => {
                 let p = router.route_at(event.key.as_deref(), block.first_seq + i as u64);
                 let chunks = &mut parts[p];
-                if chunks.last().is_some_and(|c| c.len() >= CHUNK_RECORDS) {
+                if chunks.last().is_some_and(Records::is_full) {
                     chunks.push(Records::with_capacity(per_chunk, bytes));
                 }
                 chunks.last_mut().expect("one at least").push(

@@ -66,6 +66,12 @@ impl Records {
         self.events.is_empty()
     }
 
+    /// Whether the chunk is full: [`super::CHUNK_RECORDS`] records or
+    /// [`super::CHUNK_BYTES`] bytes of keys and values.
+    pub fn is_full(&self) -> bool {
+        self.len() >= super::CHUNK_RECORDS || self.events.byte_size() >= super::CHUNK_BYTES
+    }
+
     /// The records' keys, values, event times and headers, packed (what
     /// [`crate::pipeline`]'s batcher copies from in bulk).
     pub fn events(&self) -> &Batch {
@@ -161,5 +167,46 @@ mod tests {
         assert!(plain.get(1).is_none());
         let first = vec![record("k", "v", Some(1), &[]), record("k", "w", None, &[])];
         assert_eq!(Records::from(first.clone()).to_records(), first);
+    }
+
+    /// A worker's channel is bounded in chunks; a chunk is full at 256 records
+    /// or 64 KiB of keys and values, so large records make smaller chunks.
+    #[test]
+    fn the_outbox_cuts_chunks_at_256_records_or_64_kib() {
+        use std::sync::Arc;
+
+        use crate::source::{Chunk, Outbox};
+        use crate::stats::Stats;
+
+        let (tx, rx) = flume::unbounded();
+        let mut outbox = Outbox::new(vec![tx], Arc::new(Stats::default()));
+        let sent = |outbox: &mut Outbox| {
+            outbox.flush(0).unwrap();
+            rx.drain()
+                .map(|chunk| match chunk {
+                    Chunk::Records(r) => (r.len(), r.events().byte_size()),
+                    other => panic!("not records: {other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        // 600 small records (1-byte key, 9-byte value): 256 + 256 + 88.
+        for _ in 0..600 {
+            outbox.push_parts(0, b"k", b"123456789", 0).unwrap();
+        }
+        assert_eq!(sent(&mut outbox), [(256, 2560), (256, 2560), (88, 880)]);
+        // 100 records of 1 KiB + a 1-byte key: 64 × 1025 B = 65,600 B is the
+        // first count at or over 65,536 B.
+        let value = vec![b'x'; 1024];
+        for _ in 0..100 {
+            outbox.push_parts(0, b"k", &value, 0).unwrap();
+        }
+        assert_eq!(sent(&mut outbox), [(64, 65_600), (36, 36 * 1025)]);
+        // A record larger than 64 KiB is a chunk of its own.
+        let big = vec![b'y'; 100 << 10];
+        outbox.push_parts(0, b"k", b"1", 0).unwrap();
+        outbox.push_parts(0, b"k", &big, 0).unwrap();
+        outbox.push_parts(0, b"k", &big, 0).unwrap();
+        let one = 1 + (100 << 10);
+        assert_eq!(sent(&mut outbox), [(2, 2 + one), (1, one)]);
     }
 }
