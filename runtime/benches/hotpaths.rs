@@ -64,17 +64,32 @@ fn hot_paths(c: &mut Criterion) {
             interval: Duration::from_secs(1),
         };
         let now = Instant::now();
+        // As a partition worker gets them: chunks of 256 records (the source's
+        // `CHUNK_RECORDS`), each appended run by run with `push_events`.
+        let chunks: Vec<sluice_plugin_sdk::Batch> = lines
+            .chunks(256)
+            .zip(decoded.chunks(256))
+            .map(|(lines, decoded)| {
+                let mut chunk = sluice_plugin_sdk::Batch::new();
+                for (line, d) in lines.iter().zip(decoded) {
+                    chunk.push(
+                        Some(d.key.as_deref().unwrap_or_default()),
+                        line.as_bytes(),
+                        d.timestamp_ms.unwrap_or(0),
+                    );
+                }
+                chunk
+            })
+            .collect();
         b.iter(|| {
             let mut batcher = Batcher::new(limits);
             let mut closed = 0;
-            for (line, d) in lines.iter().zip(&decoded) {
-                batcher.push(
-                    d.key.as_deref().unwrap_or_default(),
-                    line.as_bytes(),
-                    d.timestamp_ms.unwrap_or(0),
-                    now,
-                    |batch| closed += batch.len(),
-                );
+            for chunk in &chunks {
+                let mut at = 0;
+                while at < chunk.len() {
+                    at = batcher
+                        .push_events(chunk, at..chunk.len(), now, |batch| closed += batch.len());
+                }
             }
             std::hint::black_box(closed)
         })

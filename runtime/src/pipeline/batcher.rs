@@ -59,6 +59,9 @@ impl Batcher {
     /// Adds a record without headers (an empty key: none); calls `emit`
     /// with each batch this closes (zero, one or two: the open batch when this
     /// record does not fit in it, and a batch made full by this record).
+    /// The tests' way in; the worker appends chunks with
+    /// [`Batcher::push_events`].
+    #[cfg(test)]
     pub fn push(
         &mut self,
         key: &[u8],
