@@ -33,6 +33,11 @@ pub struct Batcher {
     limits: BatchLimits,
     batch: Batch,
     opened: Option<Instant>,
+    /// Records and value bytes of the last batch taken: the room a new batch
+    /// is given when its first record comes.
+    last_size: (usize, usize),
+    /// Whether the open batch (empty) has not been given that room yet.
+    roomless: bool,
 }
 
 impl Batcher {
@@ -42,6 +47,8 @@ impl Batcher {
             limits,
             batch: Batch::new(),
             opened: None,
+            last_size: (0, 0),
+            roomless: false,
         };
         batcher.set_limits(limits);
         batcher
@@ -145,6 +152,11 @@ impl Batcher {
         }
         if self.batch.is_empty() {
             self.opened = Some(now);
+            if self.roomless {
+                let (records, bytes) = self.last_size;
+                self.batch = Batch::with_capacity(records, bytes);
+                self.roomless = false;
+            }
         }
     }
 
@@ -168,12 +180,17 @@ impl Batcher {
         self.batch.is_empty()
     }
 
-    /// Closes the open batch (possibly empty) and returns it.
+    /// Closes the open batch (possibly empty) and returns it. The next batch
+    /// gets its room (as much as this one held) when its first record comes,
+    /// not now: a worker runs the batch taken first, so that one batch's
+    /// buffers, not two, are held while it runs.
     pub fn take(&mut self) -> Batch {
         self.opened = None;
-        let capacity = self.batch.len();
-        let bytes = self.batch.values_len();
-        std::mem::replace(&mut self.batch, Batch::with_capacity(capacity, bytes))
+        if !self.batch.is_empty() {
+            self.last_size = (self.batch.len(), self.batch.values_len());
+            self.roomless = true;
+        }
+        std::mem::take(&mut self.batch)
     }
 }
 
