@@ -170,9 +170,9 @@ mod tests {
     }
 
     /// A worker's channel is bounded in chunks; a chunk is full at 256 records
-    /// or 64 KiB of keys and values, so large records make smaller chunks.
+    /// or 256 KiB of keys and values, so large records make smaller chunks.
     #[test]
-    fn the_outbox_cuts_chunks_at_256_records_or_64_kib() {
+    fn the_outbox_cuts_chunks_at_256_records_or_256_kib() {
         use std::sync::Arc;
 
         use crate::source::{Chunk, Outbox};
@@ -194,19 +194,19 @@ mod tests {
             outbox.push_parts(0, b"k", b"123456789", 0).unwrap();
         }
         assert_eq!(sent(&mut outbox), [(256, 2560), (256, 2560), (88, 880)]);
-        // 100 records of 1 KiB + a 1-byte key: 64 × 1025 B = 65,600 B is the
-        // first count at or over 65,536 B.
-        let value = vec![b'x'; 1024];
+        // 100 records of 4 KiB + a 1-byte key: 64 × 4,097 B = 262,208 B is
+        // the first count at or over 262,144 B.
+        let value = vec![b'x'; 4096];
         for _ in 0..100 {
             outbox.push_parts(0, b"k", &value, 0).unwrap();
         }
-        assert_eq!(sent(&mut outbox), [(64, 65_600), (36, 36 * 1025)]);
-        // A record larger than 64 KiB is a chunk of its own.
-        let big = vec![b'y'; 100 << 10];
+        assert_eq!(sent(&mut outbox), [(64, 262_208), (36, 36 * 4097)]);
+        // A record larger than 256 KiB is a chunk of its own.
+        let big = vec![b'y'; 300 << 10];
         outbox.push_parts(0, b"k", b"1", 0).unwrap();
         outbox.push_parts(0, b"k", &big, 0).unwrap();
         outbox.push_parts(0, b"k", &big, 0).unwrap();
-        let one = 1 + (100 << 10);
+        let one = 1 + (300 << 10);
         assert_eq!(sent(&mut outbox), [(2, 2 + one), (1, one)]);
     }
 }
