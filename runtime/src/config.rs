@@ -816,11 +816,11 @@ pub struct PipelineConfig {
     pub on_error: Option<OnError>,
     /// Capacity, in records, of each bounded channel between the source and a
     /// partition worker. Default 8192. The channel holds `queue_records / 256`
-    /// chunks of at most 256 records or 256 KiB (a larger record is a chunk of
-    /// its own), so records of over 1 KiB fill it with fewer than
-    /// `queue_records`: by default at most 8 MiB of records per partition, or
-    /// 32 records when each is larger than 256 KiB. (The HTTP source sends each
-    /// request's share as one chunk, bounded by its `max_body`.)
+    /// chunks (at least one), each closed at 256 records or at the record that
+    /// takes it to 256 KiB, so records of over 1 KiB fill it with fewer than
+    /// `queue_records`: about 8 MiB per partition by default, at most 32 ×
+    /// (256 KiB + the largest record). (The HTTP source sends each request's
+    /// share as one chunk, bounded by its `max_body`.)
     #[serde(default = "default_queue", deserialize_with = "de_positive")]
     pub queue_records: usize,
     /// Event-time windows after the processor chain; needs `aggregate`.

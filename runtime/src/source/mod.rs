@@ -282,10 +282,11 @@ pub(crate) const TOO_LONG_PREFIX: usize = 1024;
 pub const CHUNK_RECORDS: usize = 256;
 
 /// Bytes of keys and values after which a chunk is full even with fewer than
-/// [`CHUNK_RECORDS`] records (a record larger than this is a chunk of its own).
-/// A worker's channel holds `queue_records / CHUNK_RECORDS` chunks, so this
-/// bounds its memory by bytes too: 8 MiB of records per partition at the
-/// default `queue_records` (or 32 records, when each is larger than this),
+/// [`CHUNK_RECORDS`] records (checked after each record: a chunk holds at most
+/// this plus one record). A worker's channel holds `queue_records /
+/// CHUNK_RECORDS` chunks, so this bounds its memory by bytes too: about 8 MiB
+/// per partition at the default `queue_records`, at most 32 × (256 KiB + the
+/// largest record),
 /// where a bound in records alone let 8,192 records of any size wait (8 GiB
 /// of 1 MiB lines). Smaller chunks cost a worker wake-up each: at 64 KiB, a
 /// job of 2 KiB records without plugins took 23% more CPU.

@@ -201,7 +201,8 @@ mod tests {
             outbox.push_parts(0, b"k", &value, 0).unwrap();
         }
         assert_eq!(sent(&mut outbox), [(64, 262_208), (36, 36 * 4097)]);
-        // A record larger than 256 KiB is a chunk of its own.
+        // A record over 256 KiB closes the chunk it joins; alone, it is a
+        // chunk of its own.
         let big = vec![b'y'; 300 << 10];
         outbox.push_parts(0, b"k", b"1", 0).unwrap();
         outbox.push_parts(0, b"k", &big, 0).unwrap();
