@@ -147,32 +147,24 @@ pub fn render(addr: &str, before: &Sample, after: &Sample) -> String {
     }
     // Pipelines of several partitions: the records each worker took, in
     // partition order (the counts the skew is computed from).
-    let split: Vec<&Value> = after
+    let split: Vec<(&str, &Vec<Value>)> = after
         .pipelines
         .iter()
-        .filter(|p| {
-            p["partition_records"]
-                .as_array()
-                .is_some_and(|a| a.len() > 1)
+        .filter_map(|p| {
+            let counts = p["partition_records"].as_array()?;
+            (counts.len() > 1).then(|| (p["pipeline"].as_str().unwrap_or("?"), counts))
         })
         .collect();
     if !split.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(out, "{:<20} RECORDS PER PARTITION (0, 1, …)", "PIPELINE");
     }
-    for p in split {
-        let counts: Vec<String> = p["partition_records"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    for (pipeline, counts) in split {
+        let counts: Vec<String> = counts
+            .iter()
             .map(|c| c.as_u64().unwrap_or(0).to_string())
             .collect();
-        let _ = writeln!(
-            out,
-            "{:<20} {}",
-            p["pipeline"].as_str().unwrap_or("?"),
-            counts.join(" ")
-        );
+        let _ = writeln!(out, "{pipeline:<20} {}", counts.join(" "));
     }
     if !after.sinks.is_empty() {
         let _ = writeln!(out);

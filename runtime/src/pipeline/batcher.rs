@@ -33,11 +33,9 @@ pub struct Batcher {
     limits: BatchLimits,
     batch: Batch,
     opened: Option<Instant>,
-    /// Records and value bytes of the last batch taken: the room a new batch
-    /// is given when its first record comes.
-    last_size: (usize, usize),
-    /// Whether the open batch (empty) has not been given that room yet.
-    roomless: bool,
+    /// Records and value bytes of the last batch taken, until the next batch
+    /// gets that much room (when its first record comes).
+    room: Option<(usize, usize)>,
 }
 
 impl Batcher {
@@ -47,8 +45,7 @@ impl Batcher {
             limits,
             batch: Batch::new(),
             opened: None,
-            last_size: (0, 0),
-            roomless: false,
+            room: None,
         };
         batcher.set_limits(limits);
         batcher
@@ -152,10 +149,8 @@ impl Batcher {
         }
         if self.batch.is_empty() {
             self.opened = Some(now);
-            if self.roomless {
-                let (records, bytes) = self.last_size;
+            if let Some((records, bytes)) = self.room.take() {
                 self.batch = Batch::with_capacity(records, bytes);
-                self.roomless = false;
             }
         }
     }
@@ -187,8 +182,7 @@ impl Batcher {
     pub fn take(&mut self) -> Batch {
         self.opened = None;
         if !self.batch.is_empty() {
-            self.last_size = (self.batch.len(), self.batch.values_len());
-            self.roomless = true;
+            self.room = Some((self.batch.len(), self.batch.values_len()));
         }
         std::mem::take(&mut self.batch)
     }
