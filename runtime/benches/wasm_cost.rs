@@ -10,14 +10,16 @@
 //! - `WASM_COST_SIZES`: batch sizes (default `1,4,16,64,256,1024,4096,16384`);
 //! - `WASM_COST_BUDGET_MS`: time per cell and round (default 150);
 //! - `WASM_COST_ROUNDS`: rounds (default 3); each round runs every implementation
-//!   once per size, in turn (A B C … A B C …), the figure is the median of rounds.
+//!   once per size, in turn (A B C … A B C …), the figure is the median of rounds;
+//! - `WASM_COST_SHAPES`: record shapes (default `small,1kb`; also `flight`).
 //!
 //! *native flights_delay (serde only)* is the plugin's serde_json path alone (its
 //! code before the SDK's field scanner), beside the plugin as it is.
 //!
 //! Records: real flights (examples/data), as two shapes: `small`, the seven
 //! fields flights_delay reads (~125 bytes, the smallest valid flight), and `1kb`,
-//! the whole flight padded with a `note` field to 1,024 bytes. Prints one JSON
+//! the whole flight padded with a `note` field to 1,024 bytes; and, when asked
+//! for, `flight`, each flight as it is in the file (~430 bytes, 24 fields). Prints one JSON
 //! object per cell on stdout: impl, shape, batch, records_per_s (median), rounds;
 //! and, per shape, the host's own per-record work before any plugin sees a record
 //! (the source's decode of key and event time, `"impl": "host decode"`, batch 0).
@@ -54,6 +56,7 @@ fn shape(flights: &[serde_json::Value], kind: &str) -> Vec<(String, String, i64)
                     "event_time": f["event_time"],
                 })
                 .to_string(),
+                "flight" => f.to_string(),
                 _ => {
                     let mut obj = f.clone();
                     let base = obj.to_string().len() + r#","note":"""#.len();
@@ -167,7 +170,8 @@ fn main() {
 
     let max = *sizes.iter().max().unwrap();
     let all = flights(max.max(4096));
-    for kind in ["small", "1kb"] {
+    for kind in env_or("WASM_COST_SHAPES", "small,1kb").split(',') {
+        let kind = kind.trim();
         let records = shape(&all, kind);
         let bytes = records.iter().map(|r| r.1.len()).sum::<usize>() / records.len();
         let decoder = Decoder::new(
