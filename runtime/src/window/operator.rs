@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sluice_plugin_sdk::Batch;
 
 use crate::aggregate::{Acc, Op};
@@ -879,20 +879,29 @@ impl Operator<'_> {
         let mut batch = Batch::with_capacity(out.len(), out.len() * 160);
         let mut line = Vec::with_capacity(256);
         for (w, group, accs) in &out {
-            let mut obj = Map::new();
-            obj.insert("window_start".into(), Value::from(rfc3339(w.start)));
-            obj.insert("window_end".into(), Value::from(rfc3339(w.end)));
+            // Written member by member (a `Map` built and serialised per row
+            // cost ~4x as much); the names are distinct (the topology checks),
+            // so the text is what serialising the object would give.
+            line.clear();
+            line.extend_from_slice(b"{\"window_start\":");
+            serde_json::to_writer(&mut line, &rfc3339(w.start))?;
+            line.extend_from_slice(b",\"window_end\":");
+            serde_json::to_writer(&mut line, &rfc3339(w.end))?;
+            let member = |line: &mut Vec<u8>, name: &str, value: &Value| {
+                line.push(b',');
+                serde_json::to_writer(&mut *line, name)?;
+                line.push(b':');
+                serde_json::to_writer(&mut *line, value)
+            };
             match &self.spec.grouping {
                 Grouping::Key => {
-                    obj.insert(
-                        "key".into(),
-                        Value::from(String::from_utf8_lossy(group).into_owned()),
-                    );
+                    line.extend_from_slice(b",\"key\":");
+                    serde_json::to_writer(&mut line, &String::from_utf8_lossy(group))?;
                 }
                 Grouping::Fields(fields) => {
                     let vals: Vec<Value> = serde_json::from_slice(group).unwrap_or_default();
-                    for ((name, _), v) in fields.iter().zip(vals) {
-                        obj.insert(name.clone(), v);
+                    for ((name, _), v) in fields.iter().zip(&vals) {
+                        member(&mut line, name, v)?;
                     }
                 }
             }
@@ -901,10 +910,9 @@ impl Operator<'_> {
                     Some((_, values)) => values.next().unwrap_or(Value::Null),
                     None => acc.finish(),
                 };
-                obj.insert(agg.name.clone(), value);
+                member(&mut line, &agg.name, &value)?;
             }
-            line.clear();
-            serde_json::to_writer(&mut line, &Value::Object(obj))?;
+            line.push(b'}');
             // Keyed by its group when grouped by key (so a Kafka sink keeps a
             // group's windows in one partition); its time is the window's
             // last instant.
