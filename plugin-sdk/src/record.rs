@@ -305,10 +305,16 @@ impl<'v> FieldValue<'v> {
     /// as it is.
     ///
     /// # Errors
-    /// When `text` is not exactly one JSON value (surrounding whitespace is
-    /// allowed and dropped).
+    /// When `text` is not exactly one JSON value (surrounding JSON
+    /// whitespace — space, tab, line feed, carriage return — is allowed and
+    /// dropped).
     pub fn json(text: &'v [u8]) -> Result<Self, String> {
-        let text = text.trim_ascii();
+        // JSON's whitespace only (RFC 8259 §2): not `trim_ascii`, which also
+        // drops a form feed, and would let `"\x0c1"` pass as `1`.
+        let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+        let start = text.iter().position(|c| !ws(c)).unwrap_or(text.len());
+        let end = text.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+        let text = &text[start..end];
         let mut s = scan::Scanner::<true> {
             b: text,
             i: 0,
@@ -1079,6 +1085,21 @@ mod tests {
             }),
             "{\"a\":1,\"b\":{\"x\": [1]},\"s\":\"q\\\"\\n\u{e9}\"}"
         );
+        // Whitespace around a JSON value is JSON's: a form feed is not.
+        for (text, ok) in [
+            (&b" \t1\r\n"[..], true),
+            (b"\x0c1", false),
+            (b"1\x0c", false),
+            (b" ", false),
+            (b"", false),
+        ] {
+            assert_eq!(FieldValue::json(text).is_ok(), ok, "{text:?}");
+            assert_eq!(
+                serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok(),
+                ok,
+                "{text:?}"
+            );
+        }
         // More members than a record keeps the places of: a second pass.
         let wide: String = format!(
             "{{{}}}",
