@@ -681,33 +681,18 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     /// character), eight at a time.
     #[inline]
     fn skip_plain(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-            let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-            let quote = x ^ (ONES * u64::from(b'"'));
-            let backslash = x ^ (ONES * u64::from(b'\\'));
-            // A byte is zero in `quote`/`backslash`, or below 0x20 in `x`.
-            let special = (quote.wrapping_sub(ONES) & !quote)
-                | (backslash.wrapping_sub(ONES) & !backslash)
-                | (x.wrapping_sub(ONES * 0x20) & !x);
-            let special = special & HIGH;
-            if special != 0 {
-                // The lowest flag is exact (a false one, from a borrow, only
-                // ever sits above a true one): step to that byte at once,
-                // not one byte at a time.
-                let plain = special.trailing_zeros() / 8;
-                if UTF8 {
-                    let before = (1u64 << (plain * 8)) - 1;
-                    self.high |= x & HIGH & before;
+        // The first step apart from the loop: most strings end within it,
+        // and in Wasm each entry into a loop costs an epoch check.
+        match self.plain8() {
+            Some(true) => return,
+            Some(false) => loop {
+                match self.plain8() {
+                    Some(true) => return,
+                    Some(false) => {}
+                    None => break,
                 }
-                self.i += plain as usize;
-                return;
-            }
-            if UTF8 {
-                self.high |= x & HIGH;
-            }
-            self.i += 8;
+            },
+            None => {}
         }
         while let Some(c) = self.peek() {
             if c == b'"' || c == b'\\' || c < 0x20 {
@@ -718,6 +703,41 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
             }
             self.i += 1;
         }
+    }
+
+    /// Eight bytes of a string at once: `Some(true)` when one is a `"`, a
+    /// `\\` or a control character (the scan then stands on the first such),
+    /// `Some(false)` when none is (the scan is past them), `None` when fewer
+    /// than eight are left.
+    #[inline(always)]
+    fn plain8(&mut self) -> Option<bool> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let chunk = self.b.get(self.i..self.i + 8)?;
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        // A byte is zero in `quote`/`backslash`, or below 0x20 in `x`.
+        let special = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (x.wrapping_sub(ONES * 0x20) & !x);
+        let special = special & HIGH;
+        if special != 0 {
+            // The lowest flag is exact (a false one, from a borrow, only
+            // ever sits above a true one): step to that byte at once.
+            let plain = special.trailing_zeros() / 8;
+            if UTF8 {
+                let before = (1u64 << (plain * 8)) - 1;
+                self.high |= x & HIGH & before;
+            }
+            self.i += plain as usize;
+            return Some(true);
+        }
+        if UTF8 {
+            self.high |= x & HIGH;
+        }
+        self.i += 8;
+        Some(false)
     }
 
     /// A number, as the JSON grammar (and serde_json) has it.
@@ -747,23 +767,42 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
 
     #[inline]
     fn digits(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-            let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ (ONES * 0x30);
-            // A byte is a digit when `x` is below 10 in it: adding 0x76 to
-            // its low seven bits sets its high bit otherwise (no carry
-            // crosses bytes: 0x7F + 0x76 < 0x100).
-            let other = (((x & !HIGH) + ONES * 0x76) | x) & HIGH;
-            if other != 0 {
-                self.i += (other.trailing_zeros() / 8) as usize;
-                return;
-            }
-            self.i += 8;
+        // As `skip_plain`: the first step apart from the loop.
+        match self.digits8() {
+            Some(true) => return,
+            Some(false) => loop {
+                match self.digits8() {
+                    Some(true) => return,
+                    Some(false) => {}
+                    None => break,
+                }
+            },
+            None => {}
         }
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
             self.i += 1;
         }
+    }
+
+    /// Eight bytes of a number at once: `Some(true)` when one is not a digit
+    /// (the scan then stands on the first such), `Some(false)` when all are
+    /// (the scan is past them), `None` when fewer than eight are left.
+    #[inline(always)]
+    fn digits8(&mut self) -> Option<bool> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let chunk = self.b.get(self.i..self.i + 8)?;
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ (ONES * 0x30);
+        // A byte is a digit when `x` is below 10 in it: adding 0x76 to its
+        // low seven bits sets its high bit otherwise (no carry crosses
+        // bytes: 0x7F + 0x76 < 0x100).
+        let other = (((x & !HIGH) + ONES * 0x76) | x) & HIGH;
+        if other != 0 {
+            self.i += (other.trailing_zeros() / 8) as usize;
+            return Some(true);
+        }
+        self.i += 8;
+        Some(false)
     }
 
     #[inline]
