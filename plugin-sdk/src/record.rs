@@ -83,6 +83,10 @@ pub struct Record<'a, const N: usize> {
     /// Where each member is, for the first [`SPANS`]: an edit of a field not
     /// named is a splice too.
     spans: [Span; SPANS],
+    /// The length of each of those members' keys (255 for 255 and longer,
+    /// 0xFF past the last member): an edit finds a field not named by its
+    /// key's length first, eight members at a time.
+    key_lens: [u8; SPANS],
     outline: Outline,
     /// A key anywhere in the record has an escape.
     escaped_keys: bool,
@@ -149,6 +153,7 @@ impl<'a, const N: usize> Record<'a, N> {
     ) -> Result<Self, String> {
         let mut slots = [Slot::default(); N];
         let mut spans = [Span::default(); SPANS];
+        let mut key_lens = [0xFF; SPANS];
         let mut count = 0;
         let mut escaped_keys = false;
         let outline = scan::walk(json, |m| {
@@ -159,6 +164,7 @@ impl<'a, const N: usize> Record<'a, N> {
                     key_start: m.key_start as u32,
                     value_end: m.value_end as u32,
                 };
+                key_lens[count] = m.key.len().min(255) as u8;
             }
             // Length and first byte first: most keys are told apart without
             // a call to `memcmp`.
@@ -188,6 +194,7 @@ impl<'a, const N: usize> Record<'a, N> {
             names: *names,
             slots,
             spans,
+            key_lens,
             outline,
             escaped_keys,
         })
@@ -228,6 +235,7 @@ impl<'a, const N: usize> Record<'a, N> {
                 names: &self.names,
                 slots: &self.slots,
                 spans: &self.spans[..self.outline.members.min(SPANS)],
+                key_lens: &self.key_lens,
                 outline: self.outline,
                 escaped_keys: self.escaped_keys,
             }),
@@ -454,6 +462,7 @@ struct Known<'r> {
     names: &'r [&'r str],
     slots: &'r [Slot<'r>],
     spans: &'r [Span],
+    key_lens: &'r [u8; SPANS],
     outline: Outline,
     escaped_keys: bool,
 }
@@ -472,11 +481,40 @@ impl Known<'_> {
             return (None, false);
         }
         let name = name.as_bytes();
+        let mut found = None;
+        let mut twice = false;
+        if name.len() < 255 {
+            // The members whose key has the name's length, eight at a time
+            // (a byte equal to it is zero in `x`): most names match one or
+            // none, and no loop visits every member.
+            const ONES: u64 = 0x0101_0101_0101_0101;
+            const HIGH: u64 = 0x8080_8080_8080_8080;
+            for (w, lens) in self.key_lens.chunks_exact(8).enumerate() {
+                let x = u64::from_le_bytes(lens.try_into().unwrap_or([0xFF; 8]))
+                    ^ (ONES * name.len() as u64);
+                // Flags every zero byte, and maybe bytes above one (a
+                // borrow): each is checked below.
+                let mut candidates = x.wrapping_sub(ONES) & !x & HIGH;
+                while candidates != 0 {
+                    let i = w * 8 + (candidates.trailing_zeros() / 8) as usize;
+                    candidates &= candidates - 1;
+                    let Some(span) = self.spans.get(i) else {
+                        break;
+                    };
+                    let key = span.key_start as usize + 1;
+                    if json.get(key..key + name.len()) == Some(name)
+                        && json.get(key + name.len()) == Some(&b'"')
+                    {
+                        twice |= found.is_some();
+                        found = Some(i);
+                    }
+                }
+            }
+            return (found, twice);
+        }
         // The first byte and the closing quote first: most keys are told
         // apart without a call to `memcmp`.
         let first = name.first().copied();
-        let mut found = None;
-        let mut twice = false;
         for (i, span) in self.spans.iter().enumerate() {
             let key = span.key_start as usize + 1;
             if json.get(key).copied() != first.or(Some(b'"'))
@@ -1038,6 +1076,50 @@ mod tests {
         let streamed = edited(json, &[], f);
         assert_eq!(spliced, streamed, "{json}");
         spliced
+    }
+
+    /// An edit finds fields not named among up to 32 members by their key's
+    /// length, eight at a time: every member of a wide record, a key given
+    /// twice, absent names of every length and keys of 255 bytes and more.
+    #[test]
+    fn edits_find_unnamed_fields_among_many_members() {
+        let long = "k".repeat(300);
+        let mut keys: Vec<String> = (0..26)
+            .map(|i| "x".repeat(1 + i % 9) + &i.to_string())
+            .collect();
+        keys.push(keys[3].clone()); // given twice
+        keys.push(long.clone());
+        keys.push("k".repeat(255));
+        keys.push("k".repeat(254));
+        let json = format!(
+            "{{{}}}",
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| format!("\"{k}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut names: Vec<String> = keys.clone();
+        names.extend((0..12).map(|n| "y".repeat(n)));
+        names.push("k".repeat(256));
+        for name in &names {
+            // An edit keeps the names it is given: `both` wants them for
+            // every lifetime.
+            let name: &'static str = Box::leak(name.clone().into_boxed_str());
+            let removed = both(&json, &[], |e| {
+                e.remove(name);
+            });
+            let mut want: Map<String, Json> = serde_json::from_str(&json).unwrap();
+            want.shift_remove(name);
+            let got: Map<String, Json> = serde_json::from_str(&removed).unwrap();
+            assert_eq!(got, want, "{name}");
+            let set = both(&json, &[], |e| {
+                e.set(name, true);
+            });
+            let got: Map<String, Json> = serde_json::from_str(&set).unwrap();
+            assert_eq!(got.get(name), Some(&Json::Bool(true)), "{name}");
+            assert_eq!(got.len(), want.len() + 1, "{name}");
+        }
     }
 
     #[test]
