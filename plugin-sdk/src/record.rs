@@ -62,7 +62,7 @@
 //! members, so an edit is a splice of what its one pass found; a record with
 //! more members, an edit of more than 8 fields or a key with an escape make
 //! the edit a second pass (one that writes as it reads). On the flights, in
-//! the Wasm host, the template's way costs 1.18× a hand-written plugin that
+//! the Wasm host, the template's way costs 1.32× a hand-written plugin that
 //! cuts the record at offsets, and a sixth of a `serde_json::Map` parse and
 //! `push_json` (BENCHMARKS.md, "The SDK's record edits").
 
