@@ -706,7 +706,7 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     }
 
     /// Eight bytes of a string at once: `Some(true)` when one is a `"`, a
-    /// `\\` or a control character (the scan then stands on the first such),
+    /// `\` or a control character (the scan then stands on the first such),
     /// `Some(false)` when none is (the scan is past them), `None` when fewer
     /// than eight are left.
     #[inline(always)]
