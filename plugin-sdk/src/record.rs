@@ -487,8 +487,7 @@ impl Known<'_> {
             // The members whose key has the name's length, eight at a time
             // (a byte equal to it is zero in `x`): most names match one or
             // none, and no loop visits every member.
-            const ONES: u64 = 0x0101_0101_0101_0101;
-            const HIGH: u64 = 0x8080_8080_8080_8080;
+            use scan::{HIGH, ONES};
             for (w, lens) in self.key_lens.chunks_exact(8).enumerate() {
                 let x = u64::from_le_bytes(lens.try_into().unwrap_or([0xFF; 8]))
                     ^ (ONES * name.len() as u64);

@@ -516,6 +516,11 @@ pub fn members<'a>(json: &'a [u8], members: &mut Vec<(&'a str, Field<'a>)>) -> O
     Some(())
 }
 
+/// A one in each byte of a word, and each byte's high bit: for the
+/// eight-bytes-at-a-time tests here and in [`crate::record`].
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
+pub(crate) const HIGH: u64 = 0x8080_8080_8080_8080;
+
 /// Nesting deeper than this is left to serde_json (whose own limit is 128).
 const MAX_DEPTH: u32 = 64;
 
@@ -681,18 +686,8 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     /// character), eight at a time.
     #[inline]
     fn skip_plain(&mut self) {
-        // The first step apart from the loop: most strings end within it,
-        // and in Wasm each entry into a loop costs an epoch check.
-        match self.plain8() {
-            Some(true) => return,
-            Some(false) => loop {
-                match self.plain8() {
-                    Some(true) => return,
-                    Some(false) => {}
-                    None => break,
-                }
-            },
-            None => {}
+        if self.eights(Self::plain8) {
+            return;
         }
         while let Some(c) = self.peek() {
             if c == b'"' || c == b'\\' || c < 0x20 {
@@ -705,14 +700,31 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
         }
     }
 
+    /// Takes `step` (eight bytes at a time) until it stops on a byte (`true`)
+    /// or fewer than eight are left (`false`). The first step is apart from
+    /// the loop: most strings and numbers end within it, and in Wasm each
+    /// entry into a loop costs an epoch check.
+    #[inline(always)]
+    fn eights(&mut self, step: fn(&mut Self) -> Option<bool>) -> bool {
+        match step(self) {
+            Some(true) => true,
+            Some(false) => loop {
+                match step(self) {
+                    Some(true) => return true,
+                    Some(false) => {}
+                    None => return false,
+                }
+            },
+            None => false,
+        }
+    }
+
     /// Eight bytes of a string at once: `Some(true)` when one is a `"`, a
     /// `\` or a control character (the scan then stands on the first such),
     /// `Some(false)` when none is (the scan is past them), `None` when fewer
     /// than eight are left.
     #[inline(always)]
     fn plain8(&mut self) -> Option<bool> {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
         let chunk = self.b.get(self.i..self.i + 8)?;
         let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
         let quote = x ^ (ONES * u64::from(b'"'));
@@ -767,17 +779,8 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
 
     #[inline]
     fn digits(&mut self) {
-        // As `skip_plain`: the first step apart from the loop.
-        match self.digits8() {
-            Some(true) => return,
-            Some(false) => loop {
-                match self.digits8() {
-                    Some(true) => return,
-                    Some(false) => {}
-                    None => break,
-                }
-            },
-            None => {}
+        if self.eights(Self::digits8) {
+            return;
         }
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
             self.i += 1;
@@ -789,8 +792,6 @@ impl<'a, const UTF8: bool> Scanner<'a, UTF8> {
     /// (the scan is past them), `None` when fewer than eight are left.
     #[inline(always)]
     fn digits8(&mut self) -> Option<bool> {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
         let chunk = self.b.get(self.i..self.i + 8)?;
         let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) ^ (ONES * 0x30);
         // A byte is a digit when `x` is below 10 in it: adding 0x76 to its
