@@ -45,6 +45,7 @@ pub mod keyed;
 pub mod log;
 pub mod record;
 pub mod scan;
+pub mod time;
 
 pub use batch::{Batch, BatchParts, Event, Header, Iter, Output, Rejection};
 pub use config::Config;

@@ -242,7 +242,9 @@ fn timestamps_against_date() {
     );
     assert_eq!(rfc3339_ms(i64::MAX), None);
     // Every day of 1900–2100 round-trips.
-    for day in time::days_from_civil(1900, 1, 1)..time::days_from_civil(2100, 1, 1) {
+    for day in sluice_plugin_sdk::time::days_from_civil(1900, 1, 1)
+        ..sluice_plugin_sdk::time::days_from_civil(2100, 1, 1)
+    {
         let text = rfc3339_ms(day * 86_400_000).unwrap();
         assert_eq!(
             parse(Format::Rfc3339, &text),

@@ -46,54 +46,8 @@ pub fn parse(format: Format, text: &str) -> Option<i64> {
     }
 }
 
-/// Days from 1970-01-01 to `y-m-d` of the proleptic Gregorian calendar
-/// (Howard Hinnant's `days_from_civil`).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count (the inverse of [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-/// Milliseconds of a date and time, checked (seconds 0–60: a leap second is
-/// read as the next second's start).
-fn ms_of(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64, ms: i64) -> Option<i64> {
-    if !(1..=12).contains(&mo)
-        || d < 1
-        || d > days_in_month(y, mo)
-        || !(0..24).contains(&h)
-        || !(0..60).contains(&mi)
-        || !(0..=60).contains(&s)
-    {
-        return None;
-    }
-    Some((((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60 + s) * 1000 + ms)
-}
+// The calendar arithmetic is the SDK's (also the daemon's).
+use sluice_plugin_sdk::time::{civil_from_days, utc_ms};
 
 /// A run of exactly `n` ASCII digits.
 fn digits(s: &[u8], n: usize) -> Option<i64> {
@@ -139,7 +93,7 @@ fn clf(text: &str) -> Option<i64> {
         b"Dec",
     ];
     let month = MONTHS.iter().position(|m| *m == &b[3..6])? as i64 + 1;
-    let at = ms_of(
+    let at = utc_ms(
         digits(&b[7..], 4)?,
         month,
         digits(b, 2)?,
@@ -179,7 +133,7 @@ fn rfc3339(text: &str) -> Option<i64> {
         b"Z" | b"z" => 0,
         _ => offset(rest, true)?,
     };
-    let at = ms_of(
+    let at = utc_ms(
         digits(b, 4)?,
         digits(&b[5..], 2)?,
         digits(&b[8..], 2)?,

@@ -333,9 +333,9 @@ fn event_time_of_str(s: &str) -> Result<i64, String> {
 /// The common shapes of an RFC 3339 time in UTC, `YYYY-MM-DDTHH:MM:SSZ` and
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as ms since the Unix epoch, without chrono's
 /// general parser (a tenth of the host's decode of a flight). `None` for
-/// anything else, a leap second (`:60`) included, which chrono then reads:
-/// where this answers, chrono answers the same (a test compares the two on
-/// random and mutated times).
+/// anything else, which chrono then reads: where this answers, chrono
+/// answers the same, a leap second (`:60`) included (a test compares the two
+/// on random and mutated times).
 fn utc_millis(b: &[u8]) -> Option<i64> {
     if !(b.len() == 20 || (b.len() == 24 && b[19] == b'.'))
         || b[b.len() - 1] != b'Z'
@@ -363,28 +363,7 @@ fn utc_millis(b: &[u8]) -> Option<i64> {
     } else {
         0
     };
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days_in_month = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    // Days from 1970-01-01 to the date (the proleptic Gregorian calendar),
-    // counted in 400-year eras starting in March, so that a leap day is an
-    // era's year's last (H. Hinnant, "chrono-Compatible Low-Level Date
-    // Algorithms", days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + ms)
+    sluice_plugin_sdk::time::utc_ms(year, month, day, hour, minute, second, ms)
 }
 
 /// An event time from a JSON value: a number of milliseconds since the Unix epoch
