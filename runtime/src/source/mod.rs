@@ -287,8 +287,8 @@ pub const CHUNK_RECORDS: usize = 256;
 /// CHUNK_RECORDS` chunks, so this bounds its memory by bytes too: about 8 MiB
 /// per partition at the default `queue_records`, at most 32 × (256 KiB + the
 /// largest record), where a bound in records alone let 8,192 records of any
-/// size wait (8 GiB of 1 MiB lines). Smaller chunks cost a worker wake-up each: at 64 KiB, a
-/// job of 2 KiB records without plugins took 23% more CPU.
+/// size wait (8 GiB of 1 MiB lines). Smaller chunks cost a worker wake-up
+/// each: at 64 KiB, a job of 2 KiB records without plugins took 23% more CPU.
 pub const CHUNK_BYTES: usize = 256 << 10;
 
 /// How often a waiting source (end of a followed file, quiet stdin) checks for
