@@ -50,10 +50,11 @@
 //! as its last value, as in a `serde_json::Map`. An edit's output parses (with
 //! serde_json) equal to the same edit applied to the record parsed as a
 //! `serde_json::Map` — `insert` for [`Edit::set`], `shift_remove` for
-//! [`Edit::remove`], remove-then-insert for [`Edit::rename`] — which the tests
-//! check on random records. The untouched members keep their bytes and order;
-//! a set field keeps its place, a new one is appended at the end, a renamed
-//! one keeps its place. The rare cases that one pass cannot settle (an edited
+//! [`Edit::remove`], for [`Edit::rename`] the value moved to the new key at
+//! the field's index (any other field with that key dropped) — member for
+//! member and in order, which the tests check on random records. The
+//! untouched members keep their bytes and order; a set field keeps its
+//! place, a new one is appended at the end, a renamed one keeps its place. The rare cases that one pass cannot settle (an edited
 //! key given twice or written with an escape, a rename onto a key that is
 //! there too, two edits of one name) are done that way, through a
 //! `serde_json::Map`: slower, the same result.
@@ -315,7 +316,9 @@ impl<'v> FieldValue<'v> {
     /// # Errors
     /// When `text` is not exactly one JSON value (surrounding JSON
     /// whitespace — space, tab, line feed, carriage return — is allowed and
-    /// dropped).
+    /// dropped), or is one that serde_json does not read as a
+    /// `serde_json::Value`: a number beyond f64's range (`1e400`), a lone
+    /// surrogate escape (`"\ud800"`). The message is serde_json's.
     pub fn json(text: &'v [u8]) -> Result<Self, String> {
         // JSON's whitespace only (RFC 8259 §2): not `trim_ascii`, which also
         // drops a form feed, and would let `"\x0c1"` pass as `1`.
@@ -330,6 +333,16 @@ impl<'v> FieldValue<'v> {
         };
         match s.value(scan::RECORD_DEPTH) {
             Some(_) if s.i == text.len() && (s.high == 0 || std::str::from_utf8(text).is_ok()) => {
+                // The scan accepts what serde_json accepts when skipping a
+                // value; a `serde_json::Value` refuses a number out of
+                // f64's range and a lone surrogate too, and the record's
+                // other edit paths (through a `serde_json::Map`) read it as
+                // one: so that each path writes the same, those go now.
+                if may_not_be_a_value(text)
+                    && let Err(e) = serde_json::from_slice::<serde_json::Value>(text)
+                {
+                    return Err(format!("invalid JSON: {e}"));
+                }
                 Ok(FieldValue(Value::Raw(text)))
             }
             _ => Err(
@@ -431,6 +444,32 @@ impl<'v, T: Into<FieldValue<'v>>> From<Option<T>> for FieldValue<'v> {
     fn from(v: Option<T>) -> Self {
         v.map_or(FieldValue(Value::Null), Into::into)
     }
+}
+
+/// Whether JSON text that the scan accepted may still be refused as a
+/// `serde_json::Value`: it has an exponent, a run of over 300 digits (f64
+/// ends near 1.8e308) or a `\u` escape (a lone surrogate). Strings can make
+/// this say yes for nothing (`"1e"`); then the check costs a parse.
+fn may_not_be_a_value(text: &[u8]) -> bool {
+    let mut digits = 0;
+    let mut last = 0u8;
+    for &c in text {
+        if c.is_ascii_digit() {
+            digits += 1;
+            if digits > 300 {
+                return true;
+            }
+        } else {
+            if (c | 0x20 == b'e' && (last.is_ascii_digit() || last == b'.'))
+                || (c == b'u' && last == b'\\')
+            {
+                return true;
+            }
+            digits = 0;
+        }
+        last = c;
+    }
+    false
 }
 
 /// Edits kept without allocating; more go to a `Vec`.
@@ -886,9 +925,20 @@ fn apply(map: &mut serde_json::Map<String, serde_json::Value>, op: &Op<'_>) {
             map.shift_remove(op.name);
         }
         Act::Rename(to) => {
-            if let Some(value) = map.shift_remove(op.name) {
-                map.insert(to.to_string(), value);
+            // In place, as the one-pass ways do: the field keeps its index
+            // and any other field called `to` goes (a `Map`'s own
+            // remove-then-insert would move it to the end).
+            let Some(mut at) = map.keys().position(|k| k == op.name) else {
+                return;
+            };
+            let Some(value) = map.shift_remove(op.name) else {
+                return;
+            };
+            if let Some(other) = map.keys().position(|k| k == to) {
+                map.shift_remove(to);
+                at -= usize::from(other < at);
             }
+            map.shift_insert(at, to.to_string(), value);
         }
     }
 }
@@ -1181,6 +1231,41 @@ mod tests {
                 "{text:?}"
             );
         }
+        // What a `serde_json::Value` refuses, though serde_json skips it:
+        // refused here, so the splice and the `Map` path cannot differ.
+        let long = "9".repeat(400);
+        for text in [
+            "1e400",
+            "[1, -1E999]",
+            "{\"x\":0.5e+400}",
+            long.as_str(),
+            "\"\\ud800\"",
+            "1e300",
+            "\"1e400\"",
+            "\"\\u00e9 \\ud83d\\ude00\"",
+            "[\"\\\\u\", 12.5]",
+            &"9".repeat(300),
+        ] {
+            let value = serde_json::from_slice::<Json>(text.as_bytes());
+            assert_eq!(
+                FieldValue::json(text.as_bytes()).is_ok(),
+                value.is_ok(),
+                "{text}"
+            );
+            if let Ok(v) = value {
+                assert_eq!(
+                    FieldValue::json(text.as_bytes()).unwrap().to_value(),
+                    v,
+                    "{text}"
+                );
+            }
+        }
+        assert!(
+            FieldValue::json(b"1e400")
+                .unwrap_err()
+                .contains("number out of range")
+        );
+
         // More members than a record keeps the places of: a second pass.
         let wide: String = format!(
             "{{{}}}",
@@ -1204,42 +1289,65 @@ mod tests {
 
     #[test]
     fn what_one_pass_cannot_settle_goes_through_serde_json() {
-        // An escaped key edited, a key given twice, a rename onto a key that is there.
-        type Case = (&'static str, fn(&mut Edit<'_>), Json);
-        let cases: [Case; 4] = [
+        // An escaped key edited, a key given twice, a rename onto a key that
+        // is there; what serde_json writes, member for member (a renamed
+        // field keeps its place there too).
+        type Case = (&'static str, fn(&mut Edit<'_>), &'static str);
+        let cases: [Case; 7] = [
             (
                 r#"{"\u0061":1,"b":2}"#,
                 |e| {
                     e.set("a", 5);
                 },
-                serde_json::json!({"a":5,"b":2}),
+                r#"{"a":5,"b":2}"#,
             ),
             (
                 r#"{"a":1,"b":2,"a":3}"#,
                 |e| {
                     e.remove("a");
                 },
-                serde_json::json!({"b":2}),
+                r#"{"b":2}"#,
             ),
             (
                 r#"{"a":1,"b":2}"#,
                 |e| {
                     e.rename("a", "b");
                 },
-                serde_json::json!({"b":1}),
+                r#"{"b":1}"#,
             ),
             (
                 r#"{"a":1,"b":2}"#,
                 |e| {
                     e.set("a", 5).rename("a", "c").set("a", 6);
                 },
-                serde_json::json!({"b":2,"c":5,"a":6}),
+                r#"{"c":5,"b":2,"a":6}"#,
+            ),
+            // serde_json keeps a twice-given key at its first place.
+            (
+                r#"{"a":1,"a":3,"b":2}"#,
+                |e| {
+                    e.rename("a", "c");
+                },
+                r#"{"c":3,"b":2}"#,
+            ),
+            (
+                r#"{"a":1,"b":2,"c":3}"#,
+                |e| {
+                    e.rename("a", "c");
+                },
+                r#"{"c":1,"b":2}"#,
+            ),
+            (
+                r#"{"c":0,"a":1,"b":2}"#,
+                |e| {
+                    e.rename("a", "c");
+                },
+                r#"{"c":1,"b":2}"#,
             ),
         ];
         for (json, f, want) in cases {
             for names in [&["a", "b", "c"][..], &[]] {
-                let got: Json = serde_json::from_str(&edited(json, names, f)).unwrap();
-                assert_eq!(got, want, "{json} {names:?}");
+                assert_eq!(edited(json, names, f), want, "{json} {names:?}");
             }
         }
     }
@@ -1484,8 +1592,9 @@ mod tests {
             (Json::Array(x), Json::Array(y)) => {
                 x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
             }
+            // Member for member, in order.
             (Json::Object(x), Json::Object(y)) => {
-                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+                x.len() == y.len() && x.iter().zip(y).all(|((k, v), (l, w))| k == l && same(v, w))
             }
             _ => a == b,
         }
@@ -1592,9 +1701,15 @@ mod tests {
                 match op {
                     TestOp::Set(k, v) => { want.insert(k.to_string(), v.clone()); }
                     TestOp::Remove(k) => { want.shift_remove(*k); }
-                    TestOp::Rename(a, b) => {
-                        if let Some(v) = want.shift_remove(*a) { want.insert(b.to_string(), v); }
+                    // In place: the pairs rebuilt, `a`'s key changed, any other `b` dropped.
+                    TestOp::Rename(a, b) if want.contains_key(*a) => {
+                        want = want.into_iter().filter_map(|(k, v)| match k {
+                            k if k == *a => Some((b.to_string(), v)),
+                            k if k == *b => None,
+                            k => Some((k, v)),
+                        }).collect();
                     }
+                    TestOp::Rename(..) => {}
                 }
             }
             let mut partial = KEYS;
