@@ -84,10 +84,9 @@ pub struct Record<'a, const N: usize> {
     /// Where each member is, for the first [`SPANS`]: an edit of a field not
     /// named is a splice too.
     spans: [Span; SPANS],
-    /// The length of each of those members' keys (255 for 255 and longer,
-    /// 0xFF past the last member): an edit finds a field not named by its
-    /// key's length first, eight members at a time.
-    key_lens: [u8; SPANS],
+    /// Each of those members' key [`tag`]: an edit finds a field not named
+    /// by its tag first, eight members at a time.
+    key_tags: [u8; SPANS],
     outline: Outline,
     /// A key anywhere in the record has an escape.
     escaped_keys: bool,
@@ -95,6 +94,15 @@ pub struct Record<'a, const N: usize> {
 
 /// Members whose places a [`Record`] keeps beyond the named ones.
 const SPANS: usize = 32;
+
+/// A key (as written, without its quotes) in one byte: its length's low five
+/// bits and its first byte's low three. Keys with different tags differ;
+/// keys with the same tag are compared. On the flights every key has a tag
+/// of its own.
+#[inline(always)]
+fn tag(key: &[u8]) -> u8 {
+    (key.len() as u8 & 31) | key.first().map_or(0, |b| b << 5)
+}
 
 /// One member's offsets in the record.
 #[derive(Debug, Clone, Copy, Default)]
@@ -154,23 +162,29 @@ impl<'a, const N: usize> Record<'a, N> {
     ) -> Result<Self, String> {
         let mut slots = [Slot::default(); N];
         let mut spans = [Span::default(); SPANS];
-        let mut key_lens = [0xFF; SPANS];
+        let mut key_tags = [0; SPANS];
         let mut count = 0;
         let mut escaped_keys = false;
+        // The names' lengths, one bit each (64 and longer share bit 63): most
+        // keys are told apart from every name by their length alone.
+        let lengths = names.iter().fold(0u64, |m, n| m | 1 << n.len().min(63));
         let outline = scan::walk(json, |m| {
             escaped_keys |= m.key_escaped;
-            if let Some(span) = spans.get_mut(count) {
-                // Offsets fit: a batch holds at most 4 GiB of values.
-                *span = Span {
-                    key_start: m.key_start as u32,
-                    value_end: m.value_end as u32,
-                };
-                key_lens[count] = m.key.len().min(255) as u8;
-            }
+            // Past the first SPANS members the places are overwritten: a
+            // record with more is never spliced (see `Edit::write`).
+            let at = count % SPANS;
+            // Offsets fit: a batch holds at most 4 GiB of values.
+            spans[at] = Span {
+                key_start: m.key_start as u32,
+                value_end: m.value_end as u32,
+            };
+            key_tags[at] = tag(m.key);
             // Length and first byte first: most keys are told apart without
             // a call to `memcmp`.
             let found = if m.key_escaped {
                 names.iter().position(|n| scan::key_is(m.key, true, n))
+            } else if lengths & 1 << m.key.len().min(63) == 0 {
+                None
             } else {
                 names.iter().position(|n| {
                     let n = n.as_bytes();
@@ -195,7 +209,7 @@ impl<'a, const N: usize> Record<'a, N> {
             names: *names,
             slots,
             spans,
-            key_lens,
+            key_tags,
             outline,
             escaped_keys,
         })
@@ -236,7 +250,7 @@ impl<'a, const N: usize> Record<'a, N> {
                 names: &self.names,
                 slots: &self.slots,
                 spans: &self.spans[..self.outline.members.min(SPANS)],
-                key_lens: &self.key_lens,
+                key_tags: &self.key_tags,
                 outline: self.outline,
                 escaped_keys: self.escaped_keys,
             }),
@@ -501,7 +515,7 @@ struct Known<'r> {
     names: &'r [&'r str],
     slots: &'r [Slot<'r>],
     spans: &'r [Span],
-    key_lens: &'r [u8; SPANS],
+    key_tags: &'r [u8; SPANS],
     outline: Outline,
     escaped_keys: bool,
 }
@@ -515,55 +529,42 @@ impl Known<'_> {
             let slot = &self.slots[s];
             return (slot.field.map(|_| slot.index as usize), slot.twice);
         }
-        // The keys here have no escapes, so none holds a `"` or a `\`.
-        if name.contains(['"', '\\']) {
-            return (None, false);
-        }
         let name = name.as_bytes();
         let mut found = None;
         let mut twice = false;
-        if name.len() < 255 {
-            // The members whose key has the name's length, eight at a time
-            // (a byte equal to it is zero in `x`): most names match one or
-            // none, and no loop visits every member.
-            use scan::{HIGH, ONES};
-            for (w, lens) in self.key_lens.chunks_exact(8).enumerate() {
-                let x = u64::from_le_bytes(lens.try_into().unwrap_or([0xFF; 8]))
-                    ^ (ONES * name.len() as u64);
-                // Flags every zero byte, and maybe bytes above one (a
-                // borrow): each is checked below.
-                let mut candidates = x.wrapping_sub(ONES) & !x & HIGH;
-                while candidates != 0 {
-                    let i = w * 8 + (candidates.trailing_zeros() / 8) as usize;
-                    candidates &= candidates - 1;
-                    let Some(span) = self.spans.get(i) else {
-                        break;
-                    };
-                    let key = span.key_start as usize + 1;
-                    if json.get(key..key + name.len()) == Some(name)
-                        && json.get(key + name.len()) == Some(&b'"')
-                    {
-                        twice |= found.is_some();
-                        found = Some(i);
-                    }
+        // The members whose key has the name's tag, eight at a time (a byte
+        // equal to it is zero in `x`): most names match one member or none,
+        // and no loop visits every member.
+        use scan::{HIGH, ONES};
+        let wanted = ONES * u64::from(tag(name));
+        // A fixed count of steps, unrolled: no loop to run (in Wasm each
+        // turn of one is an epoch check). The tags past the last member are
+        // 0; a match there finds no span below.
+        for w in 0..SPANS / 8 {
+            let tags: [u8; 8] = std::array::from_fn(|b| self.key_tags[w * 8 + b]);
+            let x = u64::from_le_bytes(tags) ^ wanted;
+            // Flags every zero byte, and maybe bytes above one (a borrow),
+            // and bytes past the last member: each is checked below.
+            let mut candidates = x.wrapping_sub(ONES) & !x & HIGH;
+            while candidates != 0 {
+                let i = w * 8 + (candidates.trailing_zeros() / 8) as usize;
+                candidates &= candidates - 1;
+                let Some(span) = self.spans.get(i) else {
+                    break;
+                };
+                let key = span.key_start as usize + 1;
+                if json.get(key + name.len()) == Some(&b'"')
+                    && json.get(key..key + name.len()) == Some(name)
+                {
+                    twice |= found.is_some();
+                    found = Some(i);
                 }
             }
-            return (found, twice);
         }
-        // The first byte and the closing quote first: most keys are told
-        // apart without a call to `memcmp`.
-        let first = name.first().copied();
-        for (i, span) in self.spans.iter().enumerate() {
-            let key = span.key_start as usize + 1;
-            if json.get(key).copied() != first.or(Some(b'"'))
-                || json.get(key + name.len()) != Some(&b'"')
-            {
-                continue;
-            }
-            if &json[key..key + name.len()] == name {
-                twice |= found.is_some();
-                found = Some(i);
-            }
+        // The keys here have no escapes, so none holds a `"` or a `\`: a
+        // name with one matched text that runs past a key's end.
+        if found.is_some() && name.iter().any(|&b| b == b'"' || b == b'\\') {
+            return (None, false);
         }
         (found, twice)
     }
@@ -783,14 +784,18 @@ impl<'r> Edit<'r> {
             {
                 w.piece(&json[f..spans[m - 1].value_end as usize]);
             }
-            w.edited(
-                json,
-                span.key_start as usize,
-                span.key_end(json),
-                span.value_start(json),
-                span.value_end as usize,
-                &self.ops[o].act,
-            );
+            // A removal needs no more of the member: its key's end and its
+            // value's start are looked for only for the others.
+            if !matches!(self.ops[o].act, Act::Remove) {
+                w.edited(
+                    json,
+                    span.key_start as usize,
+                    span.key_end(json),
+                    span.value_start(json),
+                    span.value_end as usize,
+                    &self.ops[o].act,
+                );
+            }
             from = spans.get(m + 1).map(|s| s.key_start as usize);
         }
         if let Some(f) = from {
@@ -1151,23 +1156,57 @@ mod tests {
         let mut names: Vec<String> = keys.clone();
         names.extend((0..12).map(|n| "y".repeat(n)));
         names.push("k".repeat(256));
-        for name in &names {
+        // Names that share a key's tag (length mod 32, first byte mod 8)
+        // and are not that key.
+        names.extend([
+            "xxxx".to_string(),
+            "pxx".to_string(),
+            "x".repeat(33),
+            "xxx\u{e9}".to_string(),
+        ]);
+        check_edits(&json, &names);
+
+        // A name that is a key's text and what follows it, up to a quote, and
+        // has the key's tag (34 bytes, as "ab"): set, it is a new member.
+        let second = "c".repeat(27);
+        let json = format!("{{\"ab\":1,\"{second}\":2}}");
+        check_edits(&json, &[format!("ab\":1,\"{second}"), "ab\\".to_string()]);
+    }
+
+    /// Removes and sets each name in `json`, through a record that names
+    /// none of them (its edit a splice) and through an event's edit (one
+    /// pass), against the same edits of a `serde_json::Map`, in order.
+    fn check_edits(json: &str, names: &[String]) {
+        let ordered = |text: &str| -> Vec<(String, Json)> {
+            serde_json::from_str::<Map<String, Json>>(text)
+                .unwrap()
+                .into_iter()
+                .collect()
+        };
+        for name in names {
             // An edit keeps the names it is given: `both` wants them for
             // every lifetime.
             let name: &'static str = Box::leak(name.clone().into_boxed_str());
-            let removed = both(&json, &[], |e| {
+            let mut want: Map<String, Json> = serde_json::from_str(json).unwrap();
+            want.shift_remove(name);
+            let removed = both(json, &["not named"], |e| {
                 e.remove(name);
             });
-            let mut want: Map<String, Json> = serde_json::from_str(&json).unwrap();
-            want.shift_remove(name);
-            let got: Map<String, Json> = serde_json::from_str(&removed).unwrap();
-            assert_eq!(got, want, "{name}");
-            let set = both(&json, &[], |e| {
+            assert_eq!(
+                ordered(&removed),
+                want.clone().into_iter().collect::<Vec<_>>(),
+                "{name}"
+            );
+            let mut want: Map<String, Json> = serde_json::from_str(json).unwrap();
+            want.insert(name.to_string(), Json::Bool(true));
+            let set = both(json, &["not named"], |e| {
                 e.set(name, true);
             });
-            let got: Map<String, Json> = serde_json::from_str(&set).unwrap();
-            assert_eq!(got.get(name), Some(&Json::Bool(true)), "{name}");
-            assert_eq!(got.len(), want.len() + 1, "{name}");
+            assert_eq!(
+                ordered(&set),
+                want.into_iter().collect::<Vec<_>>(),
+                "{name}"
+            );
         }
     }
 

@@ -6,7 +6,8 @@
 //!
 //! `cargo bench -p sluice --bench stock` (`SLUICE_BENCH_ROUNDS`, default 7;
 //! `SLUICE_BENCH_CASES=a,b`: only the cases whose name contains one of
-//! these; `SLUICE_BENCH_REFERENCE`: the case the ratios are taken against,
+//! these; `SLUICE_BENCH_GAIN=label=path.wasm,…`: other builds of
+//! flights_gain run the template's way too; `SLUICE_BENCH_REFERENCE`: the case the ratios are taken against,
 //! by a part of its name, default the hand-written projection).
 //!
 //! Also the SDK's ways of writing one edit (`flights_gain`, `way = …`): the
@@ -96,6 +97,26 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// `SLUICE_BENCH_GAIN=label=path.wasm[@way],…`: other builds of flights_gain
+/// (an SDK change against the SDK before it), each run the template's way
+/// (`way = edit`, or the way given) beside the cases above.
+fn other_builds() -> Vec<Case> {
+    let spec = std::env::var("SLUICE_BENCH_GAIN").unwrap_or_default();
+    spec.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (label, path) = s.split_once('=').expect("SLUICE_BENCH_GAIN: label=path");
+            let (path, way) = path.split_once('@').unwrap_or((path, "edit"));
+            let leak = |s: &str| -> &'static str { Box::leak(s.into()) };
+            Case {
+                name: leak(&format!("flights_gain {label}, way {way} ({path})")),
+                file: leak(path),
+                config: vec![("way", leak(way))],
+            }
+        })
+        .collect()
+}
+
 fn flights() -> Vec<String> {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/flights-2013.ndjson.gz");
@@ -152,6 +173,7 @@ fn main() {
     let only = std::env::var("SLUICE_BENCH_CASES").unwrap_or_default();
     let cases: Vec<Case> = cases()
         .into_iter()
+        .chain(other_builds())
         .filter(|c| only.is_empty() || only.split(',').any(|o| c.name.contains(o)))
         .collect();
     let mut instances: Vec<_> = cases
@@ -162,6 +184,7 @@ fn main() {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
+            // A path of its own (`SLUICE_BENCH_GAIN`) or one under the plugins folder.
             host.load(&plugins.join(case.file))
                 .unwrap()
                 .instantiate(&pairs, limits, LogTags::default())
