@@ -59,12 +59,14 @@
 //! there too, two edits of one name) are done that way, through a
 //! `serde_json::Map`: slower, the same result.
 //!
-//! **What it costs.** The record keeps 8 bytes per member for its first 32
-//! members, so an edit is a splice of what its one pass found; a record with
-//! more members, an edit of more than 8 fields or a key with an escape make
-//! the edit a second pass (one that writes as it reads). On the flights, in
-//! the Wasm host, the template's way costs 1.32× a hand-written plugin that
-//! cuts the record at offsets, and a sixth of a `serde_json::Map` parse and
+//! **What it costs.** The record keeps 9 bytes per member for its first 32
+//! members (where it is, and a one-byte tag of its key), so an edit is a
+//! splice of what its one pass found; a record with more members, an edit
+//! of more than 8 fields or a key with an escape make the edit a second pass
+//! (one that writes as it reads). On the flights, in the Wasm host, the
+//! template's way costs about 1.25× a hand-written plugin that cuts the
+//! record at offsets (1.11–1.36× from run to run on a noisy machine; 1.16×
+//! counted in instructions), and a sixth of a `serde_json::Map` parse and
 //! `push_json` (BENCHMARKS.md, "The SDK's record edits").
 
 use std::borrow::Cow;
@@ -332,7 +334,9 @@ impl<'v> FieldValue<'v> {
     /// whitespace — space, tab, line feed, carriage return — is allowed and
     /// dropped), or is one that serde_json does not read as a
     /// `serde_json::Value`: a number beyond f64's range (`1e400`), a lone
-    /// surrogate escape (`"\ud800"`). The message is serde_json's.
+    /// surrogate escape (`"\ud800"`). The message is serde_json's, but for
+    /// a value nested 127 levels deep: serde_json reads it alone, not as a
+    /// record's member, so it is refused too.
     pub fn json(text: &'v [u8]) -> Result<Self, String> {
         // JSON's whitespace only (RFC 8259 §2): not `trim_ascii`, which also
         // drops a form feed, and would let `"\x0c1"` pass as `1`.
@@ -362,7 +366,12 @@ impl<'v> FieldValue<'v> {
             _ => Err(
                 match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
                     Err(e) => format!("invalid JSON: {e}"),
-                    Ok(_) => "invalid JSON".to_string(),
+                    // serde_json reads 127 levels alone, but not as a
+                    // record's member, one level down.
+                    Ok(_) => {
+                        "invalid JSON: nested too deeply for a record's member (126 levels at most)"
+                            .to_string()
+                    }
                 },
             ),
         }
@@ -1303,6 +1312,19 @@ mod tests {
             FieldValue::json(b"1e400")
                 .unwrap_err()
                 .contains("number out of range")
+        );
+        // 126 levels below a record's member are what serde_json reads; 127
+        // it reads alone, not in a record.
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        assert!(FieldValue::json(nested(126).as_bytes()).is_ok());
+        let record = format!("{{\"k\":{}}}", nested(126));
+        assert!(serde_json::from_str::<Json>(&record).is_ok());
+        let record = format!("{{\"k\":{}}}", nested(127));
+        assert!(serde_json::from_str::<Json>(&record).is_err());
+        assert!(
+            FieldValue::json(nested(127).as_bytes())
+                .unwrap_err()
+                .contains("nested too deeply")
         );
 
         // More members than a record keeps the places of: a second pass.
