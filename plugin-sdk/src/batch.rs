@@ -444,6 +444,7 @@ impl<'a> Event<'a> {
     }
 
     /// The payload bytes (usually UTF-8 JSON).
+    #[inline]
     pub fn value(&self) -> &'a [u8] {
         slice(&self.batch.values, &self.batch.value_ends, self.index)
     }

@@ -378,6 +378,7 @@ impl<'v> FieldValue<'v> {
     }
 
     /// Writes the value's JSON text at the end of `buf`.
+    #[inline]
     pub fn write(&self, buf: &mut Vec<u8>) {
         // Writing these into a `Vec` cannot fail.
         let _ = match self.0 {
@@ -532,7 +533,7 @@ struct Known<'r> {
 impl Known<'_> {
     /// Which member is `name` (`None`: absent) and whether it is given
     /// twice. The record has at most [`SPANS`] members.
-    #[inline]
+    #[inline(always)]
     fn find(&self, json: &[u8], name: &str) -> (Option<usize>, bool) {
         if let Some(s) = self.names.iter().position(|n| *n == name) {
             let slot = &self.slots[s];
@@ -599,6 +600,7 @@ pub struct Edit<'r> {
 }
 
 impl<'r> Edit<'r> {
+    #[inline(always)]
     fn op(&mut self, op: Op<'r>) -> &mut Self {
         if self.len < INLINE {
             self.ops[self.len] = op;
@@ -624,6 +626,7 @@ impl<'r> Edit<'r> {
     }
 
     /// Removes field `name` (nothing when it is absent).
+    #[inline]
     pub fn remove(&mut self, name: &'r str) -> &mut Self {
         self.op(Op {
             name,
@@ -1008,7 +1011,7 @@ impl<'b> Writer<'b> {
     }
 
     /// A new member.
-    #[inline]
+    #[inline(always)]
     fn append(&mut self, name: &str, value: FieldValue<'_>) {
         self.comma();
         write_key(self.buf, name);
@@ -1022,7 +1025,7 @@ impl<'b> Writer<'b> {
 }
 
 /// A key, quoted and escaped as serde_json writes it.
-#[inline]
+#[inline(always)]
 fn write_key(buf: &mut Vec<u8>, name: &str) {
     if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         buf.push(b'"');
