@@ -6,8 +6,10 @@
 //!
 //! `cargo bench -p sluice --bench stock` (`SLUICE_BENCH_ROUNDS`, default 7;
 //! `SLUICE_BENCH_CASES=a,b`: only the cases whose name contains one of
-//! these; `SLUICE_BENCH_GAIN=label=path.wasm,…`: other builds of
-//! flights_gain run the template's way too; `SLUICE_BENCH_REFERENCE`: the case the ratios are taken against,
+//! these; `SLUICE_BENCH_GAIN=label=path.wasm[@way],…`: other builds of
+//! flights_gain run beside the others; `SLUICE_BENCH_CLOCK=cpu`: the
+//! thread's time on a CPU instead of the wall clock, for a busy machine;
+//! `SLUICE_BENCH_REFERENCE`: the case the ratios are taken against,
 //! by a part of its name, default the hand-written projection).
 //!
 //! Also the SDK's ways of writing one edit (`flights_gain`, `way = …`): the
@@ -127,6 +129,21 @@ fn flights() -> Vec<String> {
         .collect()
 }
 
+/// This thread's time on a CPU so far, in seconds: the first field of
+/// Linux's `/proc/thread-self/schedstat` (nanoseconds), which a busy machine
+/// does not inflate by the time the thread waits for a core. The guest runs
+/// on the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .expect("SLUICE_BENCH_CLOCK=cpu needs Linux's /proc/thread-self/schedstat");
+    let ns: f64 = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("schedstat: the first field is nanoseconds on a CPU");
+    ns / 1e9
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -191,6 +208,7 @@ fn main() {
                 .unwrap()
         })
         .collect();
+    let cpu_clock = std::env::var("SLUICE_BENCH_CLOCK").is_ok_and(|c| c == "cpu");
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut outputs = vec![0usize; cases.len()];
     // One warm-up pass each, then the rounds.
@@ -200,13 +218,17 @@ fn main() {
             // The copies the calls take are made before the clock starts.
             let mut pass = batches.clone();
             let start = Instant::now();
+            let cpu_start = cpu_clock.then(thread_cpu_seconds);
             let mut out = 0;
             for batch in &mut pass {
                 let output = instances[c].process(batch).unwrap();
                 assert!(output.rejected.is_empty(), "{}", cases[c].name);
                 out += output.events.len();
             }
-            let elapsed = start.elapsed().as_secs_f64();
+            let elapsed = match cpu_start {
+                Some(cpu_start) => thread_cpu_seconds() - cpu_start,
+                None => start.elapsed().as_secs_f64(),
+            };
             outputs[c] = out;
             if round > 0 {
                 seconds[c].push(elapsed);
