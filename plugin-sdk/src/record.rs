@@ -190,9 +190,7 @@ impl<'a, const N: usize> Record<'a, N> {
             } else {
                 names.iter().position(|n| {
                     let n = n.as_bytes();
-                    n.len() == m.key.len()
-                        && n.first() == m.key.first()
-                        && scan::same_bytes(n, m.key)
+                    n.len() == m.key.len() && n.first() == m.key.first() && n == m.key
                 })
             };
             if let Some(i) = found {
@@ -566,9 +564,7 @@ impl Known<'_> {
                 };
                 let key = span.key_start as usize + 1;
                 if json.get(key + name.len()) == Some(&b'"')
-                    && json
-                        .get(key..key + name.len())
-                        .is_some_and(|k| scan::same_bytes(k, name))
+                    && json.get(key..key + name.len()) == Some(name)
                 {
                     twice |= found.is_some();
                     found = Some(i);

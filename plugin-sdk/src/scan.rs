@@ -248,26 +248,6 @@ impl<'a> Field<'a> {
     }
 }
 
-/// Whether `a` and `b` are the same bytes. Keys and names are short: up to
-/// 16 bytes this is two overlapping loads of each and no call, where `==`
-/// calls `memcmp` (in Wasm, a byte loop with an epoch check per byte).
-#[inline(always)]
-pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(std::array::from_fn(|i| s[at + i]));
-    let half = |s: &[u8], at: usize| u32::from_le_bytes(std::array::from_fn(|i| s[at + i]));
-    match n {
-        0 => true,
-        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
-        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
-        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        _ => a == b,
-    }
-}
-
 /// The value of a run of ASCII digits (`None` for another byte, or past
 /// `u64::MAX`). Up to 19 digits cannot overflow, so they take no checked
 /// multiply: on wasm32 that is a call to a 128-bit multiply (`__multi3`).
@@ -461,7 +441,7 @@ pub fn fields<'a, const N: usize>(
             if lengths & 1 << key.len().min(63) != 0
                 && let Some(slot) = names.iter().position(|n| {
                     let n = n.as_bytes();
-                    n.len() == key.len() && n.first() == key.first() && same_bytes(n, key)
+                    n.len() == key.len() && n.first() == key.first() && n == key
                 })
             {
                 if found[slot].is_some() {
@@ -883,26 +863,6 @@ mod tests {
         assert_eq!(s.unwrap().as_str(), None, "escaped");
         assert_eq!(x.unwrap().kind(), Kind::Number);
         assert_eq!(x.unwrap().as_i64(), None, "a float");
-    }
-
-    #[test]
-    fn same_bytes_is_slice_equality() {
-        // Every length to 20, a difference at every place (and none), and
-        // lengths that differ.
-        for n in 0..=20usize {
-            let a: Vec<u8> = (0..n as u8).map(|i| b'a' + i).collect();
-            assert!(same_bytes(&a, &a.clone()), "{n}");
-            for at in 0..n {
-                let mut b = a.clone();
-                b[at] ^= 0x20;
-                assert!(!same_bytes(&a, &b), "{n} {at}");
-                assert!(!same_bytes(&b, &a), "{n} {at}");
-            }
-            assert!(!same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0);
-            let mut longer = a.clone();
-            longer.push(b'z');
-            assert!(!same_bytes(&a, &longer), "{n}");
-        }
     }
 
     #[test]
