@@ -64,10 +64,10 @@
 //! splice of what its one pass found; a record with more members, an edit
 //! of more than 8 fields or a key with an escape make the edit a second pass
 //! (one that writes as it reads). On the flights, in the Wasm host, the
-//! template's way costs about 1.25× a hand-written plugin that cuts the
-//! record at offsets (1.11–1.36× from run to run on a noisy machine; 1.16×
-//! counted in instructions), and a sixth of a `serde_json::Map` parse and
-//! `push_json` (BENCHMARKS.md, "The SDK's record edits").
+//! template's way costs 1.21–1.24× a hand-written plugin that cuts the
+//! record at offsets (1.17× counted in instructions), and a sixth of a
+//! `serde_json::Map` parse and `push_json` (BENCHMARKS.md, "The record
+//! edit's lookup, the session after").
 
 use std::borrow::Cow;
 
