@@ -54,10 +54,11 @@
 //! the field's index (any other field with that key dropped) — member for
 //! member and in order, which the tests check on random records. The
 //! untouched members keep their bytes and order; a set field keeps its
-//! place, a new one is appended at the end, a renamed one keeps its place. The rare cases that one pass cannot settle (an edited
-//! key given twice or written with an escape, a rename onto a key that is
-//! there too, two edits of one name) are done that way, through a
-//! `serde_json::Map`: slower, the same result.
+//! place, a new one is appended at the end, a renamed one keeps its place.
+//! The rare cases that one pass cannot settle (an edited key given twice or
+//! written with an escape, a rename onto a key that is there too, two edits
+//! of one name) are done that way, through a `serde_json::Map`: slower, the
+//! same result.
 //!
 //! **What it costs.** The record keeps 9 bytes per member for its first 32
 //! members (where it is, and a one-byte tag of its key), so an edit is a
