@@ -484,12 +484,11 @@ fn may_not_be_a_value(text: &[u8]) -> bool {
             if digits > 300 {
                 return true;
             }
+        } else if (c | 0x20 == b'e' && (last.is_ascii_digit() || last == b'.'))
+            || (c == b'u' && last == b'\\')
+        {
+            return true;
         } else {
-            if (c | 0x20 == b'e' && (last.is_ascii_digit() || last == b'.'))
-                || (c == b'u' && last == b'\\')
-            {
-                return true;
-            }
             digits = 0;
         }
         last = c;

@@ -249,21 +249,19 @@ impl<'a> Field<'a> {
 }
 
 /// The value of a run of ASCII digits (`None` for another byte, or past
-/// `u64::MAX`). Up to 19 digits cannot overflow, so they take no checked
+/// `u64::MAX`). The first 19 digits cannot overflow, so they take no checked
 /// multiply: on wasm32 that is a call to a 128-bit multiply (`__multi3`).
 #[inline]
 fn digits_value(digits: &[u8]) -> Option<u64> {
+    let (safe, rest) = digits.split_at(digits.len().min(19));
     let mut n: u64 = 0;
-    if digits.len() <= 19 {
-        for &d in digits {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            n = n * 10 + u64::from(d - b'0');
+    for &d in safe {
+        if !d.is_ascii_digit() {
+            return None;
         }
-        return Some(n);
+        n = n * 10 + u64::from(d - b'0');
     }
-    for &d in digits {
+    for &d in rest {
         if !d.is_ascii_digit() {
             return None;
         }
