@@ -71,6 +71,9 @@
 //! edit's lookup, the session after").
 
 use std::borrow::Cow;
+use std::cell::Cell;
+
+use arrayvec::ArrayVec;
 
 use crate::batch::{Event, Output};
 use crate::scan::{self, Field, Kind, Outline};
@@ -78,25 +81,70 @@ use crate::scan::{self, Field, Kind, Outline};
 /// An event's value read as a JSON object, with the top-level fields named
 /// when it was made: see [the module](self). Made by [`Event::record`] (or
 /// [`Record::parse`]); `N` is the number of names.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Record<'a, const N: usize> {
     json: &'a [u8],
     event: Option<Event<'a>>,
     names: [&'a str; N],
     slots: [Slot<'a>; N],
-    /// Where each member is, for the first [`SPANS`]: an edit of a field not
-    /// named is a splice too.
-    spans: [Span; SPANS],
-    /// Each of those members' key [`tag`]: an edit finds a field not named
-    /// by its tag first, eight members at a time.
+    /// Where the first [`SPANS`] members are: an edit of a field not named
+    /// is a splice too. Always `Some` but while dropped.
+    places: Option<Box<Places>>,
+}
+
+/// Members whose places a [`Record`] keeps beyond the named ones.
+const SPANS: usize = 32;
+
+/// The places of a record's first [`SPANS`] members, in a box: making,
+/// returning and moving a [`Record`] copies a pointer, not room for 32
+/// places (in Wasm a copy that large is a call to the host's
+/// `memory.copy`). A dropped record gives its box back to a one-box spare
+/// ([`SPARE`]), so a plugin that reads one record after another allocates
+/// once.
+#[derive(Debug, Clone)]
+struct Places {
+    spans: ArrayVec<Span, SPANS>,
+    /// Each member's key [`tag`], past `spans.len()` left from an earlier
+    /// record: an edit finds a field not named by its tag first, eight
+    /// members at a time, and takes a match only below `spans.len()`.
     key_tags: [u8; SPANS],
     outline: Outline,
     /// A key anywhere in the record has an escape.
     escaped_keys: bool,
 }
 
-/// Members whose places a [`Record`] keeps beyond the named ones.
-const SPANS: usize = 32;
+thread_local! {
+    /// The box of the last record dropped (a guest runs on one thread).
+    static SPARE: Cell<Option<Box<Places>>> = const { Cell::new(None) };
+}
+
+impl Places {
+    #[inline(always)]
+    fn take() -> Box<Places> {
+        match SPARE.with(Cell::take) {
+            Some(mut places) => {
+                places.spans.clear();
+                places.escaped_keys = false;
+                places
+            }
+            None => Box::new(Places {
+                spans: ArrayVec::new_const(),
+                key_tags: [0; SPANS],
+                outline: Outline::default(),
+                escaped_keys: false,
+            }),
+        }
+    }
+}
+
+impl<const N: usize> Drop for Record<'_, N> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(places) = self.places.take() {
+            SPARE.with(|spare| spare.set(Some(places)));
+        }
+    }
+}
 
 /// A key (as written, without its quotes) in one byte: its length's low five
 /// bits and its first byte's low three. Keys with different tags differ;
@@ -163,25 +211,31 @@ impl<'a, const N: usize> Record<'a, N> {
         names: &[&'a str; N],
         event: Option<Event<'a>>,
     ) -> Result<Self, String> {
-        let mut slots = [Slot::default(); N];
-        let mut spans = [Span::default(); SPANS];
-        let mut key_tags = [0; SPANS];
+        // Made first and filled in place: moving it would copy its room
+        // for every member's place (in Wasm, a call to the host's
+        // `memory.copy` for each record).
+        let mut record = Record {
+            json,
+            event,
+            names: *names,
+            slots: [Slot::default(); N],
+            places: Some(Places::take()),
+        };
         let mut count = 0;
-        let mut escaped_keys = false;
         // The names' lengths, one bit each (64 and longer share bit 63): most
         // keys are told apart from every name by their length alone.
         let lengths = names.iter().fold(0u64, |m, n| m | 1 << n.len().min(63));
+        let places = record.places.as_deref_mut().expect("a record's places");
         let outline = scan::walk(json, |m| {
-            escaped_keys |= m.key_escaped;
-            // Past the first SPANS members the places are overwritten: a
-            // record with more is never spliced (see `Edit::write`).
-            let at = count % SPANS;
+            places.escaped_keys |= m.key_escaped;
+            // The first SPANS members' places; a record with more is never
+            // spliced (see `Edit::write`), and its tags are overwritten.
             // Offsets fit: a batch holds at most 4 GiB of values.
-            spans[at] = Span {
+            let _ = places.spans.try_push(Span {
                 key_start: m.key_start as u32,
                 value_end: m.value_end as u32,
-            };
-            key_tags[at] = tag(m.key);
+            });
+            places.key_tags[count % SPANS] = tag(m.key);
             // Length and first byte first: most keys are told apart without
             // a call to `memcmp`.
             let found = if m.key_escaped {
@@ -195,7 +249,7 @@ impl<'a, const N: usize> Record<'a, N> {
                 })
             };
             if let Some(i) = found {
-                let slot = &mut slots[i];
+                let slot = &mut record.slots[i];
                 *slot = Slot {
                     field: Some(m.value),
                     twice: slot.field.is_some(),
@@ -206,16 +260,8 @@ impl<'a, const N: usize> Record<'a, N> {
             true
         })
         .ok_or_else(|| refusal(json))?;
-        Ok(Record {
-            json,
-            event,
-            names: *names,
-            slots,
-            spans,
-            key_tags,
-            outline,
-            escaped_keys,
-        })
+        places.outline = outline;
+        Ok(record)
     }
 
     /// The named fields' values, in the order of the names; `None` for a field
@@ -246,19 +292,19 @@ impl<'a, const N: usize> Record<'a, N> {
 
     /// Starts an edit of this record (see [`Edit`]).
     pub fn edit(&self) -> Edit<'_> {
+        let places = self.places.as_deref().expect("a record's places");
         Edit {
             json: self.json,
             event: self.event,
             known: Some(Known {
                 names: &self.names,
                 slots: &self.slots,
-                spans: &self.spans[..self.outline.members.min(SPANS)],
-                key_tags: &self.key_tags,
-                outline: self.outline,
-                escaped_keys: self.escaped_keys,
+                spans: &places.spans,
+                key_tags: &places.key_tags,
+                outline: places.outline,
+                escaped_keys: places.escaped_keys,
             }),
-            ops: [Op::NONE; INLINE],
-            len: 0,
+            ops: ArrayVec::new_const(),
             more: Vec::new(),
         }
     }
@@ -296,8 +342,7 @@ impl<'a> Event<'a> {
             json: self.value(),
             event: Some(*self),
             known: None,
-            ops: [Op::NONE; INLINE],
-            len: 0,
+            ops: ArrayVec::new_const(),
             more: Vec::new(),
         }
     }
@@ -512,13 +557,6 @@ enum Act<'r> {
     Rename(&'r str),
 }
 
-impl Op<'_> {
-    const NONE: Op<'static> = Op {
-        name: "",
-        act: Act::Remove,
-    };
-}
-
 /// What a [`Record`] found, for its edit.
 #[derive(Debug, Clone, Copy)]
 struct Known<'r> {
@@ -594,25 +632,21 @@ pub struct Edit<'r> {
     json: &'r [u8],
     event: Option<Event<'r>>,
     known: Option<Known<'r>>,
-    ops: [Op<'r>; INLINE],
-    len: usize,
+    ops: ArrayVec<Op<'r>, INLINE>,
     more: Vec<Op<'r>>,
 }
 
 impl<'r> Edit<'r> {
     #[inline(always)]
     fn op(&mut self, op: Op<'r>) -> &mut Self {
-        if self.len < INLINE {
-            self.ops[self.len] = op;
-            self.len += 1;
-        } else {
-            self.more.push(op);
+        if let Err(full) = self.ops.try_push(op) {
+            self.more.push(full.element());
         }
         self
     }
 
     fn all(&self) -> impl Iterator<Item = &Op<'r>> {
-        self.ops[..self.len].iter().chain(&self.more)
+        self.ops[..].iter().chain(&self.more)
     }
 
     /// Sets field `name` to `value` (`5`, `"text"`, `true`, `None`, a
@@ -712,7 +746,7 @@ impl<'r> Edit<'r> {
 
     /// Two edits of one name (a rename's target counts): left to serde_json.
     fn conflicting(&self) -> bool {
-        let n = self.len + self.more.len();
+        let n = self.ops.len() + self.more.len();
         if n <= 1 {
             return false;
         }
@@ -724,7 +758,7 @@ impl<'r> Edit<'r> {
             [Some(op.name), to]
         };
         if self.more.is_empty() {
-            let ops = &self.ops[..self.len];
+            let ops = &self.ops[..];
             for (i, a) in ops.iter().enumerate() {
                 for b in &ops[i + 1..] {
                     if a.name == b.name {
@@ -761,7 +795,7 @@ impl<'r> Edit<'r> {
         let mut edited = [(0usize, 0usize); INLINE];
         let mut count = 0;
         let mut absent = [false; INLINE];
-        for (o, op) in self.ops[..self.len].iter().enumerate() {
+        for (o, op) in self.ops[..].iter().enumerate() {
             let (at, twice) = known.find(json, op.name);
             if twice {
                 return self.through_serde(buf);
@@ -810,7 +844,7 @@ impl<'r> Edit<'r> {
         if let Some(f) = from {
             w.piece(&json[f..known.outline.last]);
         }
-        for (o, op) in self.ops[..self.len].iter().enumerate() {
+        for (o, op) in self.ops[..].iter().enumerate() {
             if let Act::Set(value) = op.act
                 && absent[o]
             {
@@ -826,7 +860,7 @@ impl<'r> Edit<'r> {
     /// given twice, a rename onto a key that is there too).
     fn stream(&self, buf: &mut Vec<u8>) -> Option<Result<(), String>> {
         let json = self.json;
-        let n = self.len + self.more.len();
+        let n = self.ops.len() + self.more.len();
         // Per edit: seen its name, seen its rename's target.
         let mut seen = [(false, false); INLINE];
         let mut seen_more = vec![(false, false); self.more.len()];
@@ -1180,6 +1214,66 @@ mod tests {
         let second = "c".repeat(27);
         let json = format!("{{\"ab\":1,\"{second}\":2}}");
         check_edits(&json, &[format!("ab\":1,\"{second}"), "ab\\".to_string()]);
+    }
+
+    /// A record's places come from the last record dropped: a shorter
+    /// record after a longer one finds none of the longer one's members,
+    /// and two records alive at once each keep their own.
+    #[test]
+    fn records_reuse_places_without_stale_members() {
+        let long = format!(
+            "{{{}}}",
+            (0..20)
+                .map(|i| format!("\"k{i:02}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let edit = |json: &str, f: &dyn Fn(&mut Edit<'_>)| {
+            let record = Record::parse(json.as_bytes(), &["x"]).unwrap();
+            let mut e = record.edit();
+            f(&mut e);
+            let mut buf = Vec::new();
+            e.write(&mut buf).unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        // The long record's places are given back, then the short one's
+        // take them: `k05` (its tag and its place are still there) is absent.
+        assert!(
+            edit(&long, &|e| {
+                e.remove("k05");
+            })
+            .contains("\"k04\":4,\"k06\":6")
+        );
+        assert_eq!(
+            edit(r#"{"x":1}"#, &|e| {
+                e.remove("k05");
+            }),
+            r#"{"x":1}"#
+        );
+        assert_eq!(
+            edit(r#"{"x":1}"#, &|e| {
+                e.set("k05", 2);
+            }),
+            r#"{"x":1,"k05":2}"#
+        );
+        assert_eq!(
+            edit(r#"{"k05":7,"x":1}"#, &|e| {
+                e.rename("k05", "y");
+            }),
+            r#"{"y":7,"x":1}"#
+        );
+        // Two at once: the second makes places of its own.
+        let a = Record::parse(long.as_bytes(), &["k00"]).unwrap();
+        let b = Record::parse(br#"{"k19":"b"}"#, &["k00"]).unwrap();
+        let (mut wa, mut wb) = (Vec::new(), Vec::new());
+        a.edit().set("k19", "a").write(&mut wa).unwrap();
+        b.edit().remove("k19").write(&mut wb).unwrap();
+        assert!(
+            String::from_utf8(wa)
+                .unwrap()
+                .ends_with(r#""k18":18,"k19":"a"}"#)
+        );
+        assert_eq!(wb, b"{}");
     }
 
     /// Removes and sets each name in `json`, through a record that names
