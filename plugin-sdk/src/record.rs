@@ -306,6 +306,7 @@ impl<'a, const N: usize> Record<'a, N> {
             }),
             ops: ArrayVec::new_const(),
             more: Vec::new(),
+            check_values: false,
         }
     }
 }
@@ -344,13 +345,15 @@ impl<'a> Event<'a> {
             known: None,
             ops: ArrayVec::new_const(),
             more: Vec::new(),
+            check_values: false,
         }
     }
 }
 
 /// A value to write into a record: made from a Rust value with `into()`
 /// (`i64`, `u64` and the smaller integers, `f64`, `f32`, `bool`, `&str`,
-/// `&String`, `Option<T>` (`None` is `null`), a [`Field`] (its text, copied),
+/// `&String`, `Option<T>` (`None` is `null`), a [`Field`] (its text, copied;
+/// an [`Edit`] refuses one that a `serde_json::Value` refuses, `1e400`),
 /// `()` for `null`), or from JSON text with [`FieldValue::json`]. Written as
 /// serde_json writes the same value (a non-finite float as `null`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -366,6 +369,9 @@ enum Value<'v> {
     Str(&'v str),
     /// JSON text, checked.
     Raw(&'v [u8]),
+    /// JSON text of a [`Field`]: checked by the scan that found it, not yet
+    /// for what a `serde_json::Value` refuses (see [`Edit::write`]).
+    Field(&'v [u8]),
 }
 
 impl<'v> FieldValue<'v> {
@@ -440,7 +446,7 @@ impl<'v> FieldValue<'v> {
             Value::U64(n) => serde_json::to_writer(&mut *buf, &n),
             Value::F64(n) => serde_json::to_writer(&mut *buf, &n),
             Value::Str(s) => serde_json::to_writer(&mut *buf, s),
-            Value::Raw(text) => {
+            Value::Raw(text) | Value::Field(text) => {
                 buf.extend_from_slice(text);
                 Ok(())
             }
@@ -456,7 +462,9 @@ impl<'v> FieldValue<'v> {
             Value::U64(n) => n.into(),
             Value::F64(n) => n.into(),
             Value::Str(s) => s.into(),
-            Value::Raw(text) => serde_json::from_slice(text).unwrap_or(serde_json::Value::Null),
+            Value::Raw(text) | Value::Field(text) => {
+                serde_json::from_slice(text).unwrap_or(serde_json::Value::Null)
+            }
         }
     }
 }
@@ -506,7 +514,7 @@ impl<'v> From<&'v Cow<'v, str>> for FieldValue<'v> {
 
 impl<'v> From<Field<'v>> for FieldValue<'v> {
     fn from(f: Field<'v>) -> Self {
-        FieldValue(Value::Raw(f.raw()))
+        FieldValue(Value::Field(f.raw()))
     }
 }
 
@@ -634,6 +642,9 @@ pub struct Edit<'r> {
     known: Option<Known<'r>>,
     ops: ArrayVec<Op<'r>, INLINE>,
     more: Vec<Op<'r>>,
+    /// A value set from a [`Field`] may be one a `serde_json::Value`
+    /// refuses: [`write`](Self::write) checks before it writes.
+    check_values: bool,
 }
 
 impl<'r> Edit<'r> {
@@ -653,9 +664,14 @@ impl<'r> Edit<'r> {
     /// [`Field`], [`FieldValue::json`]): its value replaced in place, or the
     /// field appended at the end of the object.
     pub fn set(&mut self, name: &'r str, value: impl Into<FieldValue<'r>>) -> &mut Self {
+        let value = value.into();
+        // Known at compile time for all but a `Field`'s value.
+        if let Value::Field(text) = value.0 {
+            self.check_values |= may_not_be_a_value(text);
+        }
         self.op(Op {
             name,
-            act: Act::Set(value.into()),
+            act: Act::Set(value),
         })
     }
 
@@ -691,7 +707,10 @@ impl<'r> Edit<'r> {
     /// # Errors
     /// When the value is not a JSON object (only an edit made by
     /// [`Event::edit`] has not checked that yet): serde_json's message, as
-    /// [`Record::parse`] gives it. `out` is then unchanged.
+    /// [`Record::parse`] gives it. When a value set from a [`Field`] is one
+    /// a `serde_json::Value` refuses, as [`FieldValue::json`] refuses it
+    /// (`1e400`, a lone surrogate): `field "NAME": invalid JSON: …`. `out`
+    /// is then unchanged.
     pub fn push_to(&self, out: &mut Output) -> Result<(), String> {
         let start = out.events.values_len();
         if let Err(e) = self.write(out.events.values_mut()) {
@@ -724,6 +743,11 @@ impl<'r> Edit<'r> {
     /// As [`push_to`](Self::push_to); `buf` then holds a partial write after
     /// its former end.
     pub fn write(&self, buf: &mut Vec<u8>) -> Result<(), String> {
+        if self.check_values
+            && let Some(refused) = self.refused_value()
+        {
+            return Err(refused);
+        }
         if self.conflicting() {
             return self.through_serde(buf);
         }
@@ -742,6 +766,21 @@ impl<'r> Edit<'r> {
                 self.through_serde(buf)
             }
         }
+    }
+
+    /// The first value set from a [`Field`] that a `serde_json::Value`
+    /// refuses, with serde_json's reason: every path refuses it, as the
+    /// ones through a `serde_json::Map` must.
+    #[cold]
+    fn refused_value(&self) -> Option<String> {
+        self.all().find_map(|op| match op.act {
+            Act::Set(FieldValue(Value::Field(text))) if may_not_be_a_value(text) => {
+                serde_json::from_slice::<serde_json::Value>(text)
+                    .err()
+                    .map(|e| format!("field {:?}: invalid JSON: {e}", op.name))
+            }
+            _ => None,
+        })
     }
 
     /// Two edits of one name (a rename's target counts): left to serde_json.
@@ -1541,6 +1580,76 @@ mod tests {
             batch.get(0).unwrap().record(&["a"]).unwrap_err(),
             reasons[0]
         );
+    }
+
+    /// A value set from a field is refused when a `serde_json::Value`
+    /// refuses it, on every path, with serde_json's reason; other fields'
+    /// text is copied as it is.
+    #[test]
+    fn values_from_fields_are_refused_as_serde_json_refuses_them() {
+        // (record, field to copy into "b": its text, what serde_json says)
+        for (json, from) in [
+            (r#"{"a":1e400,"b":0}"#, "a"),
+            (r#"{"a":"\ud800","b":0}"#, "a"),
+            (r#"{"a":[1,-1E999],"b":0}"#, "a"),
+            (r#"{"a":1.5e3,"b":0}"#, "a"),
+            (r#"{"a":"1e400","b":0}"#, "a"),
+            (r#"{"a":"\u00e9","b":0}"#, "a"),
+        ] {
+            let text = Record::parse(json.as_bytes(), &[from]).unwrap().fields()[0]
+                .unwrap()
+                .raw();
+            let want = serde_json::from_slice::<Json>(text)
+                .map_err(|e| format!("field \"b\": invalid JSON: {e}"));
+            let edited = |names: &[&str], twice: bool| -> Result<String, String> {
+                let record = match names {
+                    [] => Record::parse(json.as_bytes(), &["a", "b"]).unwrap(),
+                    _ => Record::parse(json.as_bytes(), &["a", "x"]).unwrap(),
+                };
+                let field = record.fields()[0];
+                let mut edit = record.edit();
+                edit.set("b", field);
+                if twice {
+                    // Two edits of "b": through a `serde_json::Map`.
+                    edit.set("b", field);
+                }
+                let mut buf = Vec::new();
+                edit.write(&mut buf)?;
+                Ok(String::from_utf8(buf).unwrap())
+            };
+            // The event's one-pass edit too.
+            let batch = Batch::from_lines(json);
+            let event = batch.get(0).unwrap();
+            let record = event.record(&["a"]).unwrap();
+            let mut out = Output::new();
+            event
+                .edit()
+                .set("b", record.fields()[0])
+                .push_or_reject(&mut out);
+            for (way, got) in [
+                ("splice, named", edited(&[], false)),
+                ("splice, not named", edited(&["x"], false)),
+                ("through a map", edited(&[], true)),
+                (
+                    "one pass",
+                    match out.rejected.first() {
+                        Some(r) => Err(r.reason.clone()),
+                        None => Ok(
+                            String::from_utf8(out.events.get(0).unwrap().value().to_vec()).unwrap(),
+                        ),
+                    },
+                ),
+            ] {
+                match (&want, got) {
+                    (Err(want), Err(got)) => assert_eq!(&got, want, "{json} {way}"),
+                    (Ok(value), Ok(got)) => {
+                        let got: Json = serde_json::from_str(&got).unwrap();
+                        assert_eq!(&got["b"], value, "{json} {way}");
+                    }
+                    (want, got) => panic!("{json} {way}: {got:?}, want {want:?}"),
+                }
+            }
+        }
     }
 
     #[test]
