@@ -61,14 +61,14 @@
 //! same result.
 //!
 //! **What it costs.** The record keeps 9 bytes per member for its first 32
-//! members (where it is, and a one-byte tag of its key), so an edit is a
-//! splice of what its one pass found; a record with more members, an edit
-//! of more than 8 fields or a key with an escape make the edit a second pass
-//! (one that writes as it reads). On the flights, in the Wasm host, the
-//! template's way costs 1.21–1.24× a hand-written plugin that cuts the
-//! record at offsets (1.17× counted in instructions), and a sixth of a
-//! `serde_json::Map` parse and `push_json` (BENCHMARKS.md, "The record
-//! edit's lookup, the session after").
+//! members (where it is, and a one-byte tag of its key), in a box that the
+//! next record reuses, so an edit is a splice of what its one pass found; a
+//! record with more members, an edit of more than 8 fields or a key with an
+//! escape make the edit a second pass (one that writes as it reads). On the
+//! flights, in the Wasm host, the template's way costs 1.14× a hand-written
+//! plugin that cuts the record at offsets, counted in instructions (0.98–1.17×
+//! in time over four runs), and an eighth of a `serde_json::Map` parse and
+//! `push_json` (BENCHMARKS.md, "No large copies per record").
 
 use std::borrow::Cow;
 use std::cell::Cell;
