@@ -211,9 +211,7 @@ impl<'a, const N: usize> Record<'a, N> {
         names: &[&'a str; N],
         event: Option<Event<'a>>,
     ) -> Result<Self, String> {
-        // Made first and filled in place: moving it would copy its room
-        // for every member's place (in Wasm, a call to the host's
-        // `memory.copy` for each record).
+        // Small to move: the members' places are in the box (see `Places`).
         let mut record = Record {
             json,
             event,
