@@ -121,7 +121,9 @@ thread_local! {
 impl Places {
     #[inline(always)]
     fn take() -> Box<Places> {
-        match SPARE.with(Cell::take) {
+        // `try_with`: a record made or dropped while the thread's locals
+        // are torn down (one kept in another thread-local) goes without.
+        match SPARE.try_with(Cell::take).ok().flatten() {
             Some(mut places) => {
                 places.spans.clear();
                 places.escaped_keys = false;
@@ -141,7 +143,7 @@ impl<const N: usize> Drop for Record<'_, N> {
     #[inline(always)]
     fn drop(&mut self) {
         if let Some(places) = self.places.take() {
-            SPARE.with(|spare| spare.set(Some(places)));
+            let _ = SPARE.try_with(|spare| spare.set(Some(places)));
         }
     }
 }
@@ -547,6 +549,13 @@ fn may_not_be_a_value(text: &[u8]) -> bool {
     false
 }
 
+/// Whether a [`Field`]'s text may be one a `serde_json::Value` refuses:
+/// [`may_not_be_a_value`], or a byte above 0x7F (`scan::fields` does not
+/// check values as UTF-8; a [`Record`]'s do).
+fn field_may_be_refused(text: &[u8]) -> bool {
+    !text.is_ascii() || may_not_be_a_value(text)
+}
+
 /// Edits kept without allocating; more go to a `Vec`.
 const INLINE: usize = 8;
 
@@ -665,7 +674,7 @@ impl<'r> Edit<'r> {
         let value = value.into();
         // Known at compile time for all but a `Field`'s value.
         if let Value::Field(text) = value.0 {
-            self.check_values |= may_not_be_a_value(text);
+            self.check_values |= field_may_be_refused(text);
         }
         self.op(Op {
             name,
@@ -772,7 +781,7 @@ impl<'r> Edit<'r> {
     #[cold]
     fn refused_value(&self) -> Option<String> {
         self.all().find_map(|op| match op.act {
-            Act::Set(FieldValue(Value::Field(text))) if may_not_be_a_value(text) => {
+            Act::Set(FieldValue(Value::Field(text))) if field_may_be_refused(text) => {
                 serde_json::from_slice::<serde_json::Value>(text)
                     .err()
                     .map(|e| format!("field {:?}: invalid JSON: {e}", op.name))
@@ -1648,6 +1657,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `scan::fields` does not check values as UTF-8: such a field's text is
+    /// refused on every path too, with serde_json's reason.
+    #[test]
+    fn values_from_fields_that_are_not_utf8_are_refused() {
+        let [a] = scan::fields(b"{\"a\":\"\xff\"}", &["a"]).unwrap();
+        let a = a.unwrap();
+        let want = serde_json::from_slice::<Json>(a.raw())
+            .map(|_| ())
+            .map_err(|e| format!("field \"b\": invalid JSON: {e}"));
+        assert!(want.is_err());
+        let json = br#"{"b":0,"c":1}"#;
+        for (names, twice) in [(["b"], false), (["x"], false), (["b"], true)] {
+            let record = Record::parse(json, &names).unwrap();
+            let mut edit = record.edit();
+            edit.set("b", a);
+            if twice {
+                edit.set("b", a); // through a `serde_json::Map`
+            }
+            assert_eq!(edit.write(&mut Vec::new()), want, "{names:?} {twice}");
+        }
+        let batch = Batch::from_lines(std::str::from_utf8(json).unwrap());
+        let event = batch.get(0).unwrap();
+        assert_eq!(event.edit().set("b", a).write(&mut Vec::new()), want);
+    }
+
+    /// A record dropped while its thread's locals are torn down (kept in
+    /// another thread-local) gives its places back to no one, and does not
+    /// abort the process.
+    #[test]
+    fn a_record_in_a_thread_local_outlives_the_spare() {
+        use std::cell::RefCell;
+        thread_local! {
+            static KEEP: RefCell<Option<Record<'static, 1>>> = const { RefCell::new(None) };
+        }
+        std::thread::spawn(|| {
+            // KEEP first, so that it is torn down after the spare.
+            KEEP.with(|_| ());
+            let kept = Record::parse(br#"{"a":1}"#, &["a"]).unwrap();
+            drop(Record::parse(br#"{"b":1}"#, &["b"]).unwrap());
+            KEEP.with(|k| *k.borrow_mut() = Some(kept));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
