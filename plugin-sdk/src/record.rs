@@ -716,8 +716,8 @@ impl<'r> Edit<'r> {
     /// [`Event::edit`] has not checked that yet): serde_json's message, as
     /// [`Record::parse`] gives it. When a value set from a [`Field`] is one
     /// a `serde_json::Value` refuses, as [`FieldValue::json`] refuses it
-    /// (`1e400`, a lone surrogate): `field "NAME": invalid JSON: …`. `out`
-    /// is then unchanged.
+    /// (`1e400`, a lone surrogate, text that is not UTF-8):
+    /// `field "NAME": invalid JSON: …`. `out` is then unchanged.
     pub fn push_to(&self, out: &mut Output) -> Result<(), String> {
         let start = out.events.values_len();
         if let Err(e) = self.write(out.events.values_mut()) {
