@@ -9,7 +9,8 @@
 //! is (the first 32, and the named ones). An
 //! [`Edit`] of it sets, removes, renames and appends fields and writes the new
 //! record straight into the output batch: the fields it does not touch are
-//! copied as byte runs, nothing is parsed into a map, nothing is allocated.
+//! copied as byte runs, nothing is parsed into a map, and nothing is
+//! allocated for up to 8 edits (more go to a `Vec`).
 //!
 //! ```
 //! use sluice_plugin_sdk::{Batch, Output};
@@ -22,7 +23,7 @@
 //!     let record = match event.record(&["dep_delay", "arr_delay"]) {
 //!         Ok(record) => record,
 //!         Err(reason) => {
-//!             out.reject(&event, reason); // not a JSON object: serde_json's message
+//!             out.reject(&event, reason); // "not a JSON object", or serde_json's message
 //!             continue;
 //!         }
 //!     };
@@ -66,9 +67,10 @@
 //! record with more members, an edit of more than 8 fields or a key with an
 //! escape make the edit a second pass (one that writes as it reads). On the
 //! flights, in the Wasm host, the template's way costs 1.14× a hand-written
-//! plugin that cuts the record at offsets, counted in instructions (0.98–1.17×
-//! in time over four runs), and an eighth of a `serde_json::Map` parse and
-//! `push_json` (BENCHMARKS.md, "No large copies per record").
+//! plugin that cuts the record at offsets, counted in instructions
+//! (0.98–1.17× in time over four runs), and about a seventh of a
+//! `serde_json::Map` parse and `push_json` (BENCHMARKS.md, "No large copies
+//! per record").
 
 use std::borrow::Cow;
 use std::cell::Cell;
