@@ -111,8 +111,6 @@ struct Places {
     /// members at a time, and takes a match only below `spans.len()`.
     key_tags: [u8; SPANS],
     outline: Outline,
-    /// A key anywhere in the record has an escape.
-    escaped_keys: bool,
 }
 
 thread_local! {
@@ -128,14 +126,12 @@ impl Places {
         match SPARE.try_with(Cell::take).ok().flatten() {
             Some(mut places) => {
                 places.spans.clear();
-                places.escaped_keys = false;
                 places
             }
             None => Box::new(Places {
                 spans: ArrayVec::new_const(),
                 key_tags: [0; SPANS],
                 outline: Outline::default(),
-                escaped_keys: false,
             }),
         }
     }
@@ -229,7 +225,6 @@ impl<'a, const N: usize> Record<'a, N> {
         let lengths = names.iter().fold(0u64, |m, n| m | 1 << n.len().min(63));
         let places = record.places.as_deref_mut().expect("a record's places");
         let outline = scan::walk(json, |m| {
-            places.escaped_keys |= m.key_escaped;
             // The first SPANS members' places; a record with more is never
             // spliced (see `Edit::write`), and its tags are overwritten.
             // Offsets fit: a batch holds at most 4 GiB of values.
@@ -304,7 +299,6 @@ impl<'a, const N: usize> Record<'a, N> {
                 spans: &places.spans,
                 key_tags: &places.key_tags,
                 outline: places.outline,
-                escaped_keys: places.escaped_keys,
             }),
             ops: ArrayVec::new_const(),
             more: Vec::new(),
@@ -582,7 +576,6 @@ struct Known<'r> {
     spans: &'r [Span],
     key_tags: &'r [u8; SPANS],
     outline: Outline,
-    escaped_keys: bool,
 }
 
 impl Known<'_> {
@@ -762,7 +755,7 @@ impl<'r> Edit<'r> {
         }
         if let Some(known) = &self.known
             && self.more.is_empty()
-            && !known.escaped_keys
+            && !known.outline.escaped_keys
             && known.outline.members <= SPANS
         {
             return self.splice(known, buf);

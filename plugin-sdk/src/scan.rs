@@ -297,6 +297,8 @@ pub(crate) struct Outline {
     pub(crate) last: usize,
     /// How many members (a key given twice counts twice).
     pub(crate) members: usize,
+    /// A key has a backslash escape.
+    pub(crate) escaped_keys: bool,
 }
 
 /// Nesting that [`walk`] allows below the object itself: serde_json refuses
@@ -349,6 +351,7 @@ pub(crate) fn walk<'a>(
             }
             outline.members += 1;
             outline.last = s.i;
+            outline.escaped_keys |= key_escaped;
             if !each(&member) {
                 return None;
             }
