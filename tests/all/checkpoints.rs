@@ -61,17 +61,39 @@ impl Rng {
 /// a random pause (ms, in `pause`), up to `times` times; stops early when a
 /// run ends before its kill. Returns the kills and how many of the killed
 /// runs' logs `resumed` accepts (e.g. "resumed from a checkpoint with state").
+///
+/// The first run's pause starts only once it has saved a checkpoint past its
+/// start (the daemon's debug line for each checkpoint, the first one being
+/// the start's), so every later run has something to resume from however
+/// slow the machine: under load a debug build's checkpoint can take longer
+/// than the whole pause (a keyed one took 270–380 ms on a quiet machine,
+/// the barrier waiting for the batches ahead of it), and a test that needs
+/// restarts with state then saw none. The later runs are killed at random
+/// points, before their own first checkpoint too.
 pub(crate) fn kill_9_repeatedly(
     scratch: &Scratch,
     times: usize,
     pause: std::ops::Range<u64>,
     resumed: impl Fn(&str) -> bool,
 ) -> (usize, usize) {
+    const CHECKPOINT_SAVED: &str = "sluice::checkpoint: checkpoint ";
     let mut rng = Rng::new();
     let (mut kills, mut resumed_runs) = (0, 0);
     while kills < times {
-        let mut daemon = Running::start(scratch.command("run"));
+        let mut command = scratch.command("run");
+        command.env("RUST_LOG", "info,sluice::checkpoint=debug");
+        let mut daemon = Running::start(command);
         daemon.wait_for("pipeline started");
+        if kills == 0 {
+            let mut saved = daemon.count(CHECKPOINT_SAVED);
+            let running = daemon.wait_until_or_exit(|line| {
+                saved += usize::from(line.contains(CHECKPOINT_SAVED));
+                saved >= 2
+            });
+            if !running {
+                break; // finished before its first periodic checkpoint
+            }
+        }
         std::thread::sleep(Duration::from_millis(
             pause.start + rng.below(pause.end - pause.start),
         ));

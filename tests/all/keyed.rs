@@ -203,9 +203,9 @@ fn keyed_state_survives_kill_9_with_checkpoints() {
         flights_gz().to_str().unwrap(),
         "checkpoint = { interval = \"50ms\" }\n",
     ));
-    // The job takes ~4 s in a debug build here: five pauses of up to 600 ms
-    // (3 s) leave it unfinished; 300–1,500 ms let it finish first on a quiet
-    // machine.
+    // The job takes ~10 s in a debug build here with these checkpoints (each
+    // 270–380 ms): five pauses of up to 600 ms after the first run's first
+    // checkpoint leave it unfinished.
     let (kills, resumed_with_state) = kill_9_repeatedly(&scratch, 5, 150..600, |log| {
         log.contains("resuming from checkpoint") && !log.contains("keyed_keys=0 ")
     });

@@ -484,7 +484,7 @@ impl Running {
 
     /// Reads stderr lines until one satisfies `found` (true) or the daemon
     /// exits (false); panics after 60 s of silence.
-    pub fn wait_until_or_exit(&mut self, found: impl Fn(&str) -> bool) -> bool {
+    pub fn wait_until_or_exit(&mut self, mut found: impl FnMut(&str) -> bool) -> bool {
         loop {
             match self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
                 Ok(line) => {
