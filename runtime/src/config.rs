@@ -1259,6 +1259,22 @@ impl Config {
             file: path.to_path_buf(),
             text,
         };
+        let text =
+            interpolate(&source.text, |name| std::env::var_os(name)).map_err(|(at, message)| {
+                let mut e = source.error(at..at, message);
+                // A `${` inside a string: name the field the string is the
+                // value of.
+                let line_start = source.text[..at].rfind('\n').map_or(0, |i| i + 1);
+                let prefix = &source.text[line_start..at];
+                if !e.message.starts_with("field `")
+                    && let Some(quote) = prefix.rfind(['"', '\''])
+                    && let Some(field) = field_before(&prefix[..quote])
+                {
+                    e.message = format!("field `{field}`: {}", e.message);
+                }
+                e
+            })?;
+        let source = ConfigSource { text, ..source };
         let config = Self::parse(&source)?;
         Ok((config, source))
     }
@@ -1323,6 +1339,96 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."))
     }
+}
+
+/// Replaces each `${NAME}` and `${NAME:-DEFAULT}` in a config file's text with
+/// the value of the environment variable `NAME` (for `:-`, DEFAULT when
+/// `NAME` is unset or empty, as in POSIX sh); `$${` stands for a literal
+/// `${`. This is Vector's syntax for environment variables in a config
+/// (vector.dev, "Configuration: Environment variables"); unlike Vector, an
+/// unset variable without a default is an error, not an empty string. It
+/// runs over the whole text (comments too) before TOML parsing; a `$` not
+/// followed by `{` is left as it is.
+///
+/// `var` looks a name up (`std::env::var_os` in the daemon). A name is
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+///
+/// # Errors
+/// `(byte offset of the `${`, message)`: an unset variable without a
+/// default, a value that is not UTF-8 or holds a line break (it would move
+/// every later line of the file, and error locations with it), or a `${`
+/// without a valid name and closing `}`.
+pub fn interpolate(
+    text: &str,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    let mut from = 0;
+    while let Some(found) = text[from..].find("${") {
+        let at = from + found;
+        if text[..at].ends_with('$') {
+            // `$${`: a literal `${`.
+            out.push_str(&text[rest..at - 1]);
+            out.push_str("${");
+            rest = at + 2;
+            from = at + 2;
+            continue;
+        }
+        out.push_str(&text[rest..at]);
+        let inner_start = at + 2;
+        let close = text[inner_start..]
+            .find(['}', '\n'])
+            .map(|i| inner_start + i)
+            .filter(|&i| text.as_bytes()[i] == b'}')
+            .ok_or_else(|| (at, "`${` without its closing `}` on the same line (write `$${` for a literal `${`)".to_string()))?;
+        let inner = &text[inner_start..close];
+        let (name, default) = match inner.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (inner, None),
+        };
+        let valid = name
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        if name.is_empty() || !valid {
+            return Err((
+                at,
+                format!(
+                    "`${{{inner}}}`: not an environment variable's name (`${{NAME}}` or `${{NAME:-DEFAULT}}`; `$${{` for a literal `${{`)"
+                ),
+            ));
+        }
+        let value = match var(name) {
+            Some(v) if !(v.is_empty() && default.is_some()) => v
+                .into_string()
+                .map_err(|_| (at, format!("environment variable `{name}` is not UTF-8")))?,
+            _ => match default {
+                Some(default) => default.to_string(),
+                None => {
+                    return Err((
+                        at,
+                        format!(
+                            "environment variable `{name}` is not set (`${{{name}:-DEFAULT}}` gives a default)"
+                        ),
+                    ));
+                }
+            },
+        };
+        if value.contains(['\n', '\r']) {
+            return Err((
+                at,
+                format!(
+                    "environment variable `{name}` holds a line break, which a config value cannot take"
+                ),
+            ));
+        }
+        out.push_str(&value);
+        rest = close + 1;
+        from = close + 1;
+    }
+    out.push_str(&text[rest..]);
+    Ok(out)
 }
 
 /// The state folder of `config`: `daemon.state_dir` (relative to the config
@@ -1434,5 +1540,70 @@ processors = [ { plugin = "x.wasm", memory_limit = 1048576, timeout = "20ms", co
         let e = parse("[daemon]\nplugin_dir = \"x\"\n").unwrap_err();
         assert_eq!((e.line, e.column), (2, 1), "{e}");
         assert!(e.message.contains("unknown field `plugin_dir`"), "{e}");
+    }
+
+    /// `${NAME}`, `${NAME:-DEFAULT}` and `$${`, against a fixed
+    /// environment: the expected texts are written out by hand.
+    #[test]
+    fn environment_variables_are_interpolated() {
+        let env = |name: &str| match name {
+            "DIR" => Some("/srv/t".into()),
+            "EMPTY" => Some("".into()),
+            "TWO_LINES" => Some("a\nb".into()),
+            _ => None,
+        };
+        let ok = |text: &str| interpolate(text, env).unwrap();
+        assert_eq!(ok("p = \"${DIR}/plugins\""), "p = \"/srv/t/plugins\"");
+        assert_eq!(ok("p = \"${UNSET:-../t}/x\""), "p = \"../t/x\"");
+        assert_eq!(ok("p = \"${DIR:-../t}\""), "p = \"/srv/t\"");
+        assert_eq!(
+            ok("p = \"${EMPTY:-d}\" q = \"${EMPTY}\""),
+            "p = \"d\" q = \"\""
+        );
+        assert_eq!(
+            ok("re = \"^a$ $x $${DIR} $$\""),
+            "re = \"^a$ $x ${DIR} $$\""
+        );
+        assert_eq!(ok("${DIR}${DIR}"), "/srv/t/srv/t");
+        assert_eq!(ok("é ${DIR:-é}"), "é /srv/t");
+        let err = |text: &str| interpolate(text, env).unwrap_err();
+        let (at, message) = err("a = 1\nb = \"${NOPE}\"");
+        assert_eq!(at, 11);
+        assert!(message.contains("`NOPE` is not set"), "{message}");
+        assert!(err("b = \"${TWO_LINES}\"").1.contains("line break"));
+        assert!(err("b = \"${DIR\"\n}").1.contains("without its closing"));
+        assert!(
+            err("b = \"${1X}\"")
+                .1
+                .contains("not an environment variable")
+        );
+        assert!(err("b = \"${}\"").1.contains("not an environment variable"));
+        assert!(
+            err("b = \"${A B}\"")
+                .1
+                .contains("not an environment variable")
+        );
+    }
+
+    /// A config file with an unset variable: the error names the file, the
+    /// line and column of the `${`, and the field.
+    #[test]
+    fn an_unset_variable_is_a_located_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let var = "SLUICE_TEST_SURELY_UNSET_VARIABLE";
+        std::fs::write(
+            &path,
+            format!("[daemon]\nadmin = \"off\"\nplugins_dir = \"${{{var}}}/plugins\"\n"),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert_eq!((e.line, e.column), (3, 16), "{e}");
+        assert!(
+            e.message.starts_with(&format!(
+                "field `plugins_dir`: environment variable `{var}` is not set"
+            )),
+            "{e}"
+        );
     }
 }

@@ -131,9 +131,12 @@ fn every_example_config_validates() {
             if config.extension().is_none_or(|e| e != "toml") {
                 continue;
             }
+            // The example configs' plugins_dir is
+            // `${CARGO_TARGET_DIR:-../../target}/plugins`: this build's.
             let output = std::process::Command::new(sluice_bin())
                 .args(["validate", "--config"])
                 .arg(&config)
+                .env("CARGO_TARGET_DIR", plugins_dir().parent().unwrap())
                 .output()
                 .unwrap();
             assert!(
@@ -147,6 +150,39 @@ fn every_example_config_validates() {
     }
     // flights: sluice, delayed, windows; kafka: load, hourly.
     assert!(checked >= 5, "{checked} example configs");
+}
+
+/// `${NAME}` in a config: the example configs follow `CARGO_TARGET_DIR`
+/// (an empty one has no plugins: the error names the path built from it),
+/// and an unset variable without a default is a located error.
+#[test]
+fn environment_variables_in_a_config() {
+    let empty = tempfile::tempdir().unwrap();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/sluice.toml");
+    let output = std::process::Command::new(sluice_bin())
+        .args(["validate", "--config"])
+        .arg(&example)
+        .env("CARGO_TARGET_DIR", empty.path())
+        .output()
+        .unwrap();
+    assert_exit(&output, 2);
+    let err = String::from_utf8(output.stderr).unwrap();
+    let wanted = empty.path().join("plugins/flights_delay.wasm");
+    assert!(
+        err.contains(&format!("plugin file not found: {}", wanted.display())),
+        "{err}"
+    );
+
+    let err = validate_error(&format!(
+        "[daemon]\nplugins_dir = \"${{SLUICE_TEST_UNSET}}/plugins\"\n{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\n"
+    ));
+    insta::assert_snapshot!(err, @r#"
+    error: sluice.toml:2:16: field `plugins_dir`: environment variable `SLUICE_TEST_UNSET` is not set (`${SLUICE_TEST_UNSET:-DEFAULT}` gives a default)
+      |
+    2 | plugins_dir = "${SLUICE_TEST_UNSET}/plugins"
+      |                ^
+    "#);
 }
 
 #[test]

@@ -54,7 +54,10 @@ fn flights_job_matches_ground_truth() {
     )
     .unwrap();
     let config = example
-        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace(
+            "\"${CARGO_TARGET_DIR:-../../target}/plugins\"",
+            "\"@PLUGINS@\"",
+        )
         .replace(
             "\"../data/flights-2013.ndjson.gz\"",
             &format!("{:?}", flights_gz()),
@@ -113,7 +116,10 @@ fn main_job_windows_match_ground_truth() {
     )
     .unwrap();
     let config = example
-        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace(
+            "\"${CARGO_TARGET_DIR:-../../target}/plugins\"",
+            "\"@PLUGINS@\"",
+        )
         .replace("\"../../target/state\"", "\"state\"")
         .replace(
             "\"../data/flights-2013.ndjson.gz\"",

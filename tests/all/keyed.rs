@@ -146,7 +146,10 @@ fn first_difference(got: &[String], want: &[String]) -> String {
 fn example_config(input: &str, extra: &str) -> String {
     let example = std::fs::read_to_string(repo().join("examples/keyed/sluice.toml")).unwrap();
     let config = example
-        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace(
+            "\"${CARGO_TARGET_DIR:-../../target}/plugins\"",
+            "\"@PLUGINS@\"",
+        )
         .replace("\"../../target/state-planes\"", "\"state\"")
         .replace("\"../data/flights-2013.ndjson.gz\"", &format!("{input:?}"))
         .replace("\"../../target/planes-out/", "\"out/");

@@ -681,7 +681,10 @@ fn the_postgres_example_fills_its_table() {
     )
     .unwrap();
     let config = example
-        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace(
+            "\"${CARGO_TARGET_DIR:-../../target}/plugins\"",
+            "\"@PLUGINS@\"",
+        )
         .replace("\"../../target/state-postgres\"", "\"state\"")
         .replace(
             "\"../data/flights-2013.ndjson.gz\"",

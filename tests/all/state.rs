@@ -106,7 +106,10 @@ fn join_example_windows_match_ground_truth() {
     let mut want = expected_delays_by_airport();
     let example = std::fs::read_to_string(repo().join("examples/join/sluice.toml")).unwrap();
     let config = example
-        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace(
+            "\"${CARGO_TARGET_DIR:-../../target}/plugins\"",
+            "\"@PLUGINS@\"",
+        )
         .replace("\"../../target/state-join\"", "\"state\"")
         .replace(
             "\"../data/flights-2013.ndjson.gz\"",
@@ -175,7 +178,10 @@ fn flights_with_duplicates() -> (String, Vec<String>) {
 fn dedup_config(checkpoint: Option<&str>) -> String {
     let example = std::fs::read_to_string(repo().join("examples/dedup/sluice.toml")).unwrap();
     let mut config = example
-        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace(
+            "\"${CARGO_TARGET_DIR:-../../target}/plugins\"",
+            "\"@PLUGINS@\"",
+        )
         .replace("\"../../target/state-dedup\"", "\"state\"")
         .replace(
             "\"../../target/dedup-out/flights.ndjson\"",

@@ -172,7 +172,10 @@ fn access_log_example_windows_equal_the_ground_truth() {
 
     let example = std::fs::read_to_string(repo().join("examples/access-log/sluice.toml")).unwrap();
     let config = example
-        .replace("\"../../target/plugins\"", "\"@PLUGINS@\"")
+        .replace(
+            "\"${CARGO_TARGET_DIR:-../../target}/plugins\"",
+            "\"@PLUGINS@\"",
+        )
         .replace("\"../../target/state-access-log\"", "\"state\"")
         .replace("\"../data/access-2009.log\"", "\"access.log\"")
         .replace(

@@ -474,7 +474,7 @@ fn socket_wordcount_example_counts_words() {
     // when the lines are read) and the test's plugins and state folders.
     let config = [
         (
-            "plugins_dir = \"../../target/plugins\"",
+            "plugins_dir = \"${CARGO_TARGET_DIR:-../../target}/plugins\"",
             "plugins_dir = \"@PLUGINS@\"",
         ),
         (
