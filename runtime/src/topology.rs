@@ -1473,7 +1473,7 @@ impl PluginLoad<'_> {
 fn plugins_present(dir: &Path) -> String {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return format!(
-            "the folder {} does not exist (set [daemon] plugins_dir, relative to the config file)",
+            "the folder {} does not exist (set [daemon] plugins_dir, relative to the config file; a `${{NAME}}` in it is the environment variable's value)",
             dir.display()
         );
     };

@@ -53,7 +53,7 @@ fn missing_plugin_file_is_located() {
         "{GOOD_TAIL}\n[pipelines.p]\nsource = \"in\"\nsinks = [\"out\"]\nprocessors = [\n  {{ plugin = \"nope.wasm\" }},\n]\n"
     ));
     insta::assert_snapshot!(err, @r#"
-    error: sluice.toml:12:14: field `plugin`: plugin file not found: plugins/nope.wasm; the folder plugins does not exist (set [daemon] plugins_dir, relative to the config file)
+    error: sluice.toml:12:14: field `plugin`: plugin file not found: plugins/nope.wasm; the folder plugins does not exist (set [daemon] plugins_dir, relative to the config file; a `${NAME}` in it is the environment variable's value)
        |
     12 |   { plugin = "nope.wasm" },
        |              ^
