@@ -86,6 +86,12 @@ pub struct DaemonConfig {
     /// records are user data); relative to the config file. Default: none
     /// (taps from the loopback only).
     pub admin_token_file: Option<Spanned<PathBuf>>,
+    /// Bound on the compile cache (`STATE_DIR/compiled/`), bytes: past it,
+    /// after a plugin is compiled and stored, the least recently used
+    /// entries are removed (see [`crate::wasm::compile_cache`]). Default
+    /// `"1GiB"`.
+    #[serde(default = "default_compile_cache_max", deserialize_with = "de_size")]
+    pub compile_cache_max: u64,
     /// Log level, or `tracing` filter directives (`"warn,sluice=debug"`), read
     /// at start. `RUST_LOG`, when set, takes precedence. Default `"info"`.
     pub log_level: Option<Spanned<String>>,
@@ -137,9 +143,14 @@ impl Default for DaemonConfig {
             admin_allow_remote: false,
             admin_token_file: None,
             log_level: None,
+            compile_cache_max: default_compile_cache_max(),
             telemetry: TelemetryConfig::default(),
         }
     }
+}
+
+fn default_compile_cache_max() -> u64 {
+    crate::wasm::compile_cache::DEFAULT_MAX_BYTES
 }
 
 fn default_true() -> bool {

@@ -419,3 +419,37 @@ fn last_error_clears_when_a_good_file_is_back() {
     assert_eq!(rig.status()["reload_failures"], 2);
     rig.finish();
 }
+
+/// `compile_cache_max` below one entry: validating a config of two plugins
+/// compiles them and keeps only the last entry stored (the others are
+/// removed, each with a log line), run after run.
+#[test]
+fn the_compile_cache_keeps_to_compile_cache_max() {
+    let scratch = Scratch::new(
+        &Config::new()
+            .daemon("compile_cache_max", "\"1KiB\"")
+            .source("in", "stdin")
+            .sink("out", "stdout")
+            .pipeline("p", "in", &["out"])
+            .processor(r#"{ plugin = "identity.wasm" }"#)
+            .processor(r#"{ plugin = "uppercase.wasm" }"#)
+            .build(),
+    );
+    let entries = || -> Vec<String> {
+        std::fs::read_dir(scratch.path("state/compiled"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".cwasm"))
+            .collect()
+    };
+    for _ in 0..2 {
+        let output = scratch.command("validate").output().unwrap();
+        assert_exit(&output, 0);
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            log.contains("compile cache past compile_cache_max"),
+            "{log}"
+        );
+        assert_eq!(entries().len(), 1, "{:?}", entries());
+    }
+}

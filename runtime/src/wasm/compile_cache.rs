@@ -44,11 +44,20 @@ const HEADER: usize = MAGIC.len() + 32 + 32;
 /// device at that path.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
+/// Default bound on the bytes of the entries kept (`[daemon]
+/// compile_cache_max`): room for ~1,800 compiled Rust plugins (~0.55 MB each)
+/// or ~25 Python ones.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
 /// Where compiled components are kept, for one engine.
 #[derive(Clone)]
 pub struct CompileCache {
     dir: PathBuf,
     engine_key: String,
+    /// Bound on the bytes of the `.cwasm` entries kept: past it, after a
+    /// store, the least recently used entries are removed (see
+    /// [`CompileCache::prune`]).
+    max_bytes: u64,
     /// The MAC key, once read or made.
     key: std::sync::Arc<std::sync::OnceLock<Option<[u8; 32]>>>,
 }
@@ -58,6 +67,7 @@ impl std::fmt::Debug for CompileCache {
         f.debug_struct("CompileCache")
             .field("dir", &self.dir)
             .field("engine_key", &self.engine_key)
+            .field("max_bytes", &self.max_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -118,8 +128,16 @@ impl CompileCache {
         CompileCache {
             dir: dir.join("compiled"),
             engine_key: format!("{:016x}", hasher.finish()),
+            max_bytes: DEFAULT_MAX_BYTES,
             key: std::sync::Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// The same cache bounded to `max_bytes` of entries (default
+    /// [`DEFAULT_MAX_BYTES`]).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// The MAC key: read from `compiled/.key`, or made there (0600). `None` when
@@ -193,7 +211,17 @@ impl CompileCache {
     ) -> wasmtime::Result<(Component, Origin)> {
         let path = self.entry_path(content);
         match self.load(engine, &path, content) {
-            Ok(Some(component)) => return Ok((component, Origin::Cached)),
+            Ok(Some(component)) => {
+                // Used now: the last entry to go when the cache is pruned.
+                let touched = std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                if let Err(e) = touched {
+                    tracing::debug!(entry = %path.display(), "cannot mark the compile cache entry used: {e}");
+                }
+                return Ok((component, Origin::Cached));
+            }
             Ok(None) => {}
             Err(reason) => tracing::warn!(
                 entry = %path.display(),
@@ -208,10 +236,63 @@ impl CompileCache {
             );
         }
         let component = Component::new(engine, wasm)?;
-        if let Err(e) = self.store(&component, &path, content) {
-            tracing::warn!(entry = %path.display(), "cannot write compile cache entry: {e:#}");
+        match self.store(&component, &path, content) {
+            Ok(()) => self.prune(&path),
+            Err(e) => {
+                tracing::warn!(entry = %path.display(), "cannot write compile cache entry: {e:#}")
+            }
         }
         Ok((component, Origin::Compiled))
+    }
+
+    /// Removes the least recently used entries (by modification time: set
+    /// when an entry is written, and again each time it is loaded) until the
+    /// entries left take at most `max_bytes`, never `keep` (the entry just
+    /// written), as ccache and sccache bound theirs. Entries of every engine
+    /// count (another sluice version's too). A removed entry costs one
+    /// compilation when it is needed again; a component loaded from it is
+    /// unaffected (loading copies the bytes). Errors are logged, not returned.
+    fn prune(&self, keep: &Path) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                meta.is_file()
+                    .then(|| Some((meta.modified().ok()?, meta.len(), e.path())))
+                    .flatten()
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        if total <= self.max_bytes {
+            return;
+        }
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    total -= len;
+                    tracing::info!(
+                        entry = %path.display(),
+                        bytes = len,
+                        max_bytes = self.max_bytes,
+                        "compile cache past compile_cache_max: removed its least recently used entry"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %path.display(), "cannot remove compile cache entry: {e}")
+                }
+            }
+        }
     }
 
     /// A valid entry's component; `Ok(None)` when there is no entry; `Err` with
@@ -297,6 +378,56 @@ mod tests {
         let cache = CompileCache::new(dir.path(), &engine);
         let content: [u8; 32] = Sha256::digest(EMPTY_COMPONENT).into();
         (dir, engine, cache, content)
+    }
+
+    /// [`EMPTY_COMPONENT`] with a custom section named `name`: another
+    /// `.wasm`, so another entry.
+    fn another_component(name: &str) -> (Vec<u8>, [u8; 32]) {
+        let mut wasm = EMPTY_COMPONENT.to_vec();
+        wasm.push(0); // custom section id
+        wasm.push(name.len() as u8 + 1); // its size (< 128: one LEB128 byte)
+        wasm.push(name.len() as u8);
+        wasm.extend_from_slice(name.as_bytes());
+        let content = Sha256::digest(&wasm).into();
+        (wasm, content)
+    }
+
+    /// Bounded to two and a half entries: the third entry written removes
+    /// the least recently *used* one (b: a, written before it, was loaded
+    /// since), not the oldest written; the one just written stays even
+    /// when alone it is over the bound.
+    #[test]
+    fn past_its_bound_the_least_recently_used_entry_goes() {
+        let (dir, engine, cache, _) = setup();
+        let [a, b, c, d] = ["a", "b", "c", "d"].map(another_component);
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
+        let compile = |cache: &CompileCache, (wasm, content): &(Vec<u8>, [u8; 32])| {
+            let (_, origin) = cache.get_or_compile(&engine, wasm, content).unwrap();
+            pause();
+            origin
+        };
+        assert_eq!(compile(&cache, &a), Origin::Compiled);
+        let size = std::fs::metadata(cache.entry_path(&a.1)).unwrap().len();
+        let cache = cache.with_max_bytes(size * 5 / 2);
+        assert_eq!(compile(&cache, &b), Origin::Compiled);
+        assert_eq!(compile(&cache, &a), Origin::Cached);
+        assert_eq!(compile(&cache, &c), Origin::Compiled);
+        let kept = |e: &(Vec<u8>, [u8; 32])| cache.entry_path(&e.1).exists();
+        assert_eq!((kept(&a), kept(&b), kept(&c)), (true, false, true));
+        assert_eq!(compile(&cache, &b), Origin::Compiled, "b is compiled again");
+        assert_eq!((kept(&a), kept(&b), kept(&c)), (false, true, true));
+        // A bound below one entry: only the entry just written is left.
+        let tiny = cache.with_max_bytes(1);
+        assert_eq!(compile(&tiny, &d), Origin::Compiled);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("compiled"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".cwasm"))
+            .collect();
+        assert_eq!(
+            left,
+            [tiny.entry_path(&d.1).file_name().unwrap().to_str().unwrap()]
+        );
     }
 
     #[test]

@@ -163,6 +163,13 @@ impl PluginHost {
         self
     }
 
+    /// Bounds the compile cache (if any) to `max_bytes` of entries (see
+    /// [`CompileCache::with_max_bytes`]).
+    pub fn with_compile_cache_max(mut self, max_bytes: u64) -> Self {
+        self.cache = self.cache.map(|c| c.with_max_bytes(max_bytes));
+        self
+    }
+
     /// Reads, compiles (or takes from the compile cache) and links the component
     /// at `path`.
     ///
