@@ -10,20 +10,25 @@ sluice_fuzz::fuzz_target!(|data| {
     };
     // `${NAME}` interpolation first, as `Config::load` does, against an
     // environment where names of even length are set: it keeps every line
-    // where it was, or fails at a place in the text.
-    let text = match sluice::config::interpolate(text, |name| {
-        (name.len() % 2 == 0).then(|| std::ffi::OsString::from("v$"))
-    }) {
-        Ok(out) => {
-            assert_eq!(out.matches('\n').count(), text.matches('\n').count());
-            out
+    // where it was, or fails at a place in the text; the build's errors are
+    // then placed in the text as written.
+    let source = match sluice::config::ConfigSource::interpolated(
+        sluice_fuzz::config_source("").file,
+        text.to_string(),
+        |name| (name.len() % 2 == 0).then(|| std::ffi::OsString::from("v$")),
+    ) {
+        Ok(source) => {
+            assert_eq!(
+                source.text.matches('\n').count(),
+                text.matches('\n').count()
+            );
+            source
         }
-        Err((at, message)) => {
-            assert!(at < text.len() && text[at..].starts_with("${") && !message.is_empty());
+        Err(e) => {
+            assert!(e.line >= 1 && !e.message.is_empty(), "{e}");
             return;
         }
     };
-    let source = sluice_fuzz::config_source(&text);
     match sluice_fuzz::build(&source) {
         Ok(topology) => {
             sluice_fuzz::debug(format_args!("ok: {} pipeline(s)", topology.pipelines.len()));

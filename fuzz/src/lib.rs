@@ -134,6 +134,7 @@ pub fn config_source(text: &str) -> ConfigSource {
     ConfigSource {
         file: files().join("sluice.toml"),
         text: text.to_string(),
+        written: None,
     }
 }
 

@@ -1188,26 +1188,112 @@ impl std::error::Error for ConfigError {}
 pub struct ConfigSource {
     /// Where it was read from.
     pub file: PathBuf,
-    /// Its contents.
+    /// Its contents, as parsed: with each `${NAME}` replaced (see
+    /// [`interpolate`]).
     pub text: String,
+    /// The file as written, when `${…}`s were replaced in `text`: errors
+    /// show its lines and columns, not `text`'s (which may hold secrets, and
+    /// whose columns move after a replacement). `None`: `text` is the file.
+    pub written: Option<std::sync::Arc<Written>>,
+}
+
+/// A config file as written, and where each `${…}` in it was replaced.
+#[derive(Debug)]
+pub struct Written {
+    /// The file's text.
+    pub text: String,
+    /// Each replacement, in order.
+    pub substitutions: Vec<Substitution>,
+}
+
+/// One `${…}` (or `$${`) replaced in a config's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Substitution {
+    /// Byte range of the `${…}` in the file as written.
+    pub written: Range<usize>,
+    /// Byte range of what replaced it in the text parsed.
+    pub parsed: Range<usize>,
+    /// The variable's name (`None` for a `$${`).
+    pub name: Option<String>,
+}
+
+impl Written {
+    /// The offset in the written file of byte `at` of the parsed text, and
+    /// the variable whose value holds it (if one does: the offset is then
+    /// its `${`).
+    fn place(&self, at: usize) -> (usize, Option<&str>) {
+        let i = self.substitutions.partition_point(|s| s.parsed.start <= at);
+        let Some(s) = i.checked_sub(1).map(|i| &self.substitutions[i]) else {
+            return (at, None);
+        };
+        if at < s.parsed.end {
+            (s.written.start, s.name.as_deref())
+        } else {
+            (at - s.parsed.end + s.written.end, None)
+        }
+    }
 }
 
 impl ConfigSource {
+    /// The source of a config file whose text (as written) is `text`, with
+    /// each `${NAME}` replaced from `var` (see [`interpolate`]).
+    ///
+    /// # Errors
+    /// As [`interpolate`]'s, located at the `${`.
+    pub fn interpolated(
+        file: PathBuf,
+        text: String,
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<ConfigSource, ConfigError> {
+        let source = ConfigSource {
+            file,
+            text,
+            written: None,
+        };
+        let (text, substitutions) = interpolate_mapped(&source.text, var)
+            .map_err(|(at, message)| source.error(at..at, message))?;
+        if substitutions.is_empty() {
+            return Ok(source);
+        }
+        Ok(ConfigSource {
+            file: source.file,
+            text,
+            written: Some(std::sync::Arc::new(Written {
+                text: source.text,
+                substitutions,
+            })),
+        })
+    }
+
     /// A located error for the byte range `span`; the message is prefixed with
     /// the field name found at that place (`field `interval`: …`).
     pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        let message = message.into();
+        let mut message = message.into();
         let start = span.start.min(self.text.len());
-        let before = &self.text[..start];
+        let (text, start) = match &self.written {
+            None => (self.text.as_str(), start),
+            Some(written) => {
+                let (start, variable) = written.place(start);
+                if let Some(name) = variable {
+                    message = format!(
+                        "{message} (in the value of `${{{name}}}`, which TOML reads as written in its place)"
+                    );
+                }
+                (written.text.as_str(), start.min(written.text.len()))
+            }
+        };
+        let before = &text[..start];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = self.text[line_start..start].chars().count() + 1;
-        let source_line = self.text[line_start..]
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let message = match field_before(&self.text[line_start..start]) {
+        let column = text[line_start..start].chars().count() + 1;
+        let source_line = text[line_start..].lines().next().unwrap_or("").to_string();
+        let prefix = &text[line_start..start];
+        // At a value, or inside a string value (a `${` in one, say).
+        let field = field_before(prefix).or_else(|| {
+            let quote = prefix.rfind(['"', '\''])?;
+            field_before(&prefix[..quote])
+        });
+        let message = match field {
             Some(field) if !message.contains(&format!("`{field}`")) => {
                 format!("field `{field}`: {message}")
             }
@@ -1266,26 +1352,8 @@ impl Config {
             message: format!("cannot read the config file: {e}"),
             source_line: None,
         })?;
-        let source = ConfigSource {
-            file: path.to_path_buf(),
-            text,
-        };
-        let text =
-            interpolate(&source.text, |name| std::env::var_os(name)).map_err(|(at, message)| {
-                let mut e = source.error(at..at, message);
-                // A `${` inside a string: name the field the string is the
-                // value of.
-                let line_start = source.text[..at].rfind('\n').map_or(0, |i| i + 1);
-                let prefix = &source.text[line_start..at];
-                if !e.message.starts_with("field `")
-                    && let Some(quote) = prefix.rfind(['"', '\''])
-                    && let Some(field) = field_before(&prefix[..quote])
-                {
-                    e.message = format!("field `{field}`: {}", e.message);
-                }
-                e
-            })?;
-        let source = ConfigSource { text, ..source };
+        let source =
+            ConfigSource::interpolated(path.to_path_buf(), text, |name| std::env::var_os(name))?;
         let config = Self::parse(&source)?;
         Ok((config, source))
     }
@@ -1373,7 +1441,19 @@ pub fn interpolate(
     text: &str,
     var: impl Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<String, (usize, String)> {
+    interpolate_mapped(text, var).map(|(text, _)| text)
+}
+
+/// [`interpolate`], and where each replacement was made.
+///
+/// # Errors
+/// As [`interpolate`].
+pub fn interpolate_mapped(
+    text: &str,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<(String, Vec<Substitution>), (usize, String)> {
     let mut out = String::with_capacity(text.len());
+    let mut substitutions = Vec::new();
     let mut rest = 0;
     let mut from = 0;
     while let Some(found) = text[from..].find("${") {
@@ -1381,6 +1461,11 @@ pub fn interpolate(
         if text[..at].ends_with('$') {
             // `$${`: a literal `${`.
             out.push_str(&text[rest..at - 1]);
+            substitutions.push(Substitution {
+                written: at - 1..at + 2,
+                parsed: out.len()..out.len() + 2,
+                name: None,
+            });
             out.push_str("${");
             rest = at + 2;
             from = at + 2;
@@ -1398,6 +1483,12 @@ pub fn interpolate(
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
+        if default.is_some_and(|d| d.contains("${")) {
+            return Err((
+                at,
+                "a `${` in a default: defaults are plain text, not nested (`$${` for a literal `${`)".to_string(),
+            ));
+        }
         let valid = name
             .chars()
             .enumerate()
@@ -1434,12 +1525,17 @@ pub fn interpolate(
                 ),
             ));
         }
+        substitutions.push(Substitution {
+            written: at..close + 1,
+            parsed: out.len()..out.len() + value.len(),
+            name: Some(name.to_string()),
+        });
         out.push_str(&value);
         rest = close + 1;
         from = close + 1;
     }
     out.push_str(&text[rest..]);
-    Ok(out)
+    Ok((out, substitutions))
 }
 
 /// The state folder of `config`: `daemon.state_dir` (relative to the config
@@ -1497,6 +1593,7 @@ mod tests {
         Config::parse(&ConfigSource {
             file: PathBuf::from("t.toml"),
             text: text.to_string(),
+            written: None,
         })
     }
 
@@ -1615,6 +1712,66 @@ processors = [ { plugin = "x.wasm", memory_limit = 1048576, timeout = "20ms", co
                 "field `plugins_dir`: environment variable `{var}` is not set"
             )),
             "{e}"
+        );
+    }
+
+    /// Errors after a replacement are placed in the file as written, and
+    /// show its line, not the value: a later field's column is the file's
+    /// (the value is longer than its `${…}`), an error inside a value is at
+    /// its `${` with the variable named, and a secret in the line is not
+    /// shown.
+    #[test]
+    fn errors_after_a_replacement_are_placed_in_the_file_as_written() {
+        let env = |name: &str| match name {
+            "OUT" => Some("a_much_longer_sink_name".into()),
+            "TOKEN" => Some("s3cr3t".into()),
+            "P" => Some("C:\\data".into()),
+            _ => None,
+        };
+        let check = |text: &str| {
+            let source =
+                ConfigSource::interpolated(PathBuf::from("t.toml"), text.to_string(), env).unwrap();
+            Config::parse(&source).unwrap_err()
+        };
+        let e = check("[pipelines.p]\nsource = \"in\"\nsinks = [\"${OUT}\", \"$${X}\"]\nbad = 1\n");
+        assert_eq!((e.line, e.column), (4, 1), "{e}");
+        // A value TOML refuses: at its `${`, the variable named.
+        let e = check("[sources.s]\ntype = \"file\"\npath = \"${P}\"\n");
+        assert_eq!((e.line, e.column), (3, 9), "{e}");
+        assert!(e.message.starts_with("field `path`: "), "{e}");
+        assert!(
+            e.message
+                .ends_with("(in the value of `${P}`, which TOML reads as written in its place)"),
+            "{e}"
+        );
+        // A later error on a line with a secret: the file's line and column.
+        let e = check("[daemon]\nadmin = \"${TOKEN}\" nope\n");
+        assert_eq!(
+            e.source_line.as_deref(),
+            Some("admin = \"${TOKEN}\" nope"),
+            "{e}"
+        );
+        assert_eq!((e.line, e.column), (2, 20), "{e}");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        // The places themselves, value by value.
+        let (parsed, subs) = interpolate_mapped("a${OUT}b$${c}${TOKEN}", env).unwrap();
+        assert_eq!(parsed, "aa_much_longer_sink_nameb${c}s3cr3t");
+        let written = Written {
+            text: String::new(),
+            substitutions: subs,
+        };
+        assert_eq!(written.place(0), (0, None));
+        assert_eq!(written.place(1), (1, Some("OUT")));
+        assert_eq!(written.place(23), (1, Some("OUT")));
+        assert_eq!(written.place(24), (7, None)); // b
+        assert_eq!(written.place(25), (8, None)); // the `$${`
+        assert_eq!(written.place(27), (11, None)); // c
+        assert_eq!(written.place(29), (13, Some("TOKEN")));
+        assert!(
+            interpolate("${A:-${B}}", env)
+                .unwrap_err()
+                .1
+                .contains("a `${` in a default")
         );
     }
 }

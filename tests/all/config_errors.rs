@@ -335,6 +335,7 @@ fn the_reference_config_parses() {
     let source = sluice::config::ConfigSource {
         file: "docs/reference/configuration.md".into(),
         text: block.to_string(),
+        written: None,
     };
     let config = sluice::config::Config::parse(&source).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.pipelines.len(), 1);
