@@ -1250,7 +1250,7 @@ impl ConfigSource {
             text,
             written: None,
         };
-        let (text, substitutions) = interpolate_mapped(&source.text, var)
+        let (text, substitutions) = interpolate(&source.text, var)
             .map_err(|(at, message)| source.error(at..at, message))?;
         if substitutions.is_empty() {
             return Ok(source);
@@ -1430,7 +1430,8 @@ impl Config {
 /// followed by `{` is left as it is.
 ///
 /// `var` looks a name up (`std::env::var_os` in the daemon). A name is
-/// `[A-Za-z_][A-Za-z0-9_]*`.
+/// `[A-Za-z_][A-Za-z0-9_]*`. Returns the text to parse and where each
+/// replacement was made (for [`ConfigSource::error`]).
 ///
 /// # Errors
 /// `(byte offset of the `${`, message)`: an unset variable without a
@@ -1440,24 +1441,13 @@ impl Config {
 pub fn interpolate(
     text: &str,
     var: impl Fn(&str) -> Option<std::ffi::OsString>,
-) -> Result<String, (usize, String)> {
-    interpolate_mapped(text, var).map(|(text, _)| text)
-}
-
-/// [`interpolate`], and where each replacement was made.
-///
-/// # Errors
-/// As [`interpolate`].
-pub fn interpolate_mapped(
-    text: &str,
-    var: impl Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<(String, Vec<Substitution>), (usize, String)> {
     let mut out = String::with_capacity(text.len());
     let mut substitutions = Vec::new();
+    // Bytes before `rest` are in `out` already.
     let mut rest = 0;
-    let mut from = 0;
-    while let Some(found) = text[from..].find("${") {
-        let at = from + found;
+    while let Some(found) = text[rest..].find("${") {
+        let at = rest + found;
         if text[..at].ends_with('$') {
             // `$${`: a literal `${`.
             out.push_str(&text[rest..at - 1]);
@@ -1468,7 +1458,6 @@ pub fn interpolate_mapped(
             });
             out.push_str("${");
             rest = at + 2;
-            from = at + 2;
             continue;
         }
         out.push_str(&text[rest..at]);
@@ -1532,7 +1521,6 @@ pub fn interpolate_mapped(
         });
         out.push_str(&value);
         rest = close + 1;
-        from = close + 1;
     }
     out.push_str(&text[rest..]);
     Ok((out, substitutions))
@@ -1660,7 +1648,7 @@ processors = [ { plugin = "x.wasm", memory_limit = 1048576, timeout = "20ms", co
             "TWO_LINES" => Some("a\nb".into()),
             _ => None,
         };
-        let ok = |text: &str| interpolate(text, env).unwrap();
+        let ok = |text: &str| interpolate(text, env).unwrap().0;
         assert_eq!(ok("p = \"${DIR}/plugins\""), "p = \"/srv/t/plugins\"");
         assert_eq!(ok("p = \"${UNSET:-../t}/x\""), "p = \"../t/x\"");
         assert_eq!(ok("p = \"${DIR:-../t}\""), "p = \"/srv/t\"");
@@ -1754,7 +1742,7 @@ processors = [ { plugin = "x.wasm", memory_limit = 1048576, timeout = "20ms", co
         assert_eq!((e.line, e.column), (2, 20), "{e}");
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         // The places themselves, value by value.
-        let (parsed, subs) = interpolate_mapped("a${OUT}b$${c}${TOKEN}", env).unwrap();
+        let (parsed, subs) = interpolate("a${OUT}b$${c}${TOKEN}", env).unwrap();
         assert_eq!(parsed, "aa_much_longer_sink_nameb${c}s3cr3t");
         let written = Written {
             text: String::new(),

@@ -70,8 +70,10 @@ pub fn load(path: &Path, startup: Option<Startup<'_>>) -> Result<(Topology, Plug
             eprintln!("error: cannot start the WebAssembly engine: {e:#}");
             ExitCode::FAILURE
         })?
-        .with_compile_cache(&sluice::config::state_dir(&config, &source))
-        .with_compile_cache_max(config.daemon.compile_cache_max);
+        .with_compile_cache(
+            &sluice::config::state_dir(&config, &source),
+            config.daemon.compile_cache_max,
+        );
     let topology = Topology::build(&config, &source, &host, &[]).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)

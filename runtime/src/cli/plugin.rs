@@ -316,7 +316,7 @@ fn plugin_run(
         }
     };
     if let Some(dir) = cache_dir {
-        host = host.with_compile_cache(&dir);
+        host = host.with_compile_cache(&dir, sluice::wasm::compile_cache::DEFAULT_MAX_BYTES);
     }
     let tables = match load_tables(tables) {
         Ok(t) => t,

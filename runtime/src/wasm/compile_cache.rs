@@ -260,10 +260,8 @@ impl CompileCache {
             .filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
             .filter_map(|e| {
-                let meta = e.metadata().ok()?;
-                meta.is_file()
-                    .then(|| Some((meta.modified().ok()?, meta.len(), e.path())))
-                    .flatten()
+                let meta = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
             })
             .collect();
         let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();

@@ -156,17 +156,10 @@ impl PluginHost {
         })
     }
 
-    /// Uses a compile cache in `state_dir` from now on (see
-    /// [`crate::wasm::compile_cache`]).
-    pub fn with_compile_cache(mut self, state_dir: &Path) -> Self {
-        self.cache = Some(CompileCache::new(state_dir, &self.engine));
-        self
-    }
-
-    /// Bounds the compile cache (if any) to `max_bytes` of entries (see
-    /// [`CompileCache::with_max_bytes`]).
-    pub fn with_compile_cache_max(mut self, max_bytes: u64) -> Self {
-        self.cache = self.cache.map(|c| c.with_max_bytes(max_bytes));
+    /// Uses a compile cache in `state_dir` from now on, bounded to
+    /// `max_bytes` of entries (see [`crate::wasm::compile_cache`]).
+    pub fn with_compile_cache(mut self, state_dir: &Path, max_bytes: u64) -> Self {
+        self.cache = Some(CompileCache::new(state_dir, &self.engine).with_max_bytes(max_bytes));
         self
     }
 
