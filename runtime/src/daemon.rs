@@ -91,6 +91,7 @@ struct Daemon {
     table_watchers: Vec<crate::table::TableWatch>,
     state_dir: PathBuf,
     hot_reload: bool,
+    compile_cache_max: u64,
     /// The checkpoint store, once a checkpointed pipeline needs it.
     store: Option<Arc<Store>>,
     waiting: tokio::task::JoinSet<(Summary, anyhow::Result<()>)>,
@@ -321,8 +322,14 @@ impl Daemon {
     /// the changed ones in place, drains the removed ones. Refused as a whole
     /// (nothing changes) when it changes what cannot change in place.
     fn apply(&mut self, new: Topology) -> Result<String, String> {
-        if new.state_dir != self.state_dir || new.hot_reload != self.hot_reload {
-            return Err("[daemon] state_dir and hot_reload take effect on a restart only".into());
+        if new.state_dir != self.state_dir
+            || new.hot_reload != self.hot_reload
+            || new.compile_cache_max != self.compile_cache_max
+        {
+            return Err(
+                "[daemon] state_dir, hot_reload and compile_cache_max take effect on a restart only"
+                    .into(),
+            );
         }
         for (name, spec) in &new.sinks {
             if let Some((running, _)) = self.sinks.get(name)
@@ -693,6 +700,7 @@ async fn start(
         table_watchers: Vec::new(),
         state_dir: topology.state_dir.clone(),
         hot_reload: topology.hot_reload,
+        compile_cache_max: topology.compile_cache_max,
         store: None,
         waiting: tokio::task::JoinSet::new(),
     };

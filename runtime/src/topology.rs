@@ -47,6 +47,9 @@ pub struct Topology {
     pub config_file: PathBuf,
     /// Whether plugin files are watched and swapped in when they change.
     pub hot_reload: bool,
+    /// `[daemon] compile_cache_max`: the plugin host's cache is made with it
+    /// at start, so a reload cannot change it.
+    pub compile_cache_max: u64,
     /// Where the admin API listens, if anywhere.
     pub admin: Option<std::net::SocketAddr>,
     /// The token a client off the loopback shows to tap records
@@ -216,6 +219,7 @@ impl Topology {
             state_dir: config::state_dir(config, source),
             config_file: std::path::absolute(&source.file).unwrap_or_else(|_| source.file.clone()),
             hot_reload: config.daemon.hot_reload,
+            compile_cache_max: config.daemon.compile_cache_max,
             admin: admin_address(config, source)?,
             tap_token: admin_token(config, &base, source)?,
         })

@@ -132,6 +132,17 @@ fn sighup_swaps_the_chain_adds_and_removes_pipelines() {
         "nothing of it applied"
     );
     assert_eq!(rig.probe(), "b");
+    // A daemon setting the plugin host was made with: refused too.
+    let cache = b.clone().daemon("compile_cache_max", "\"1MiB\"");
+    rig.reload(&cache.build(), REFUSED, 3);
+    assert!(
+        rig.last(REFUSED).contains(
+            "[daemon] state_dir, hot_reload and compile_cache_max take effect on a restart only"
+        ),
+        "{}",
+        rig.last(REFUSED)
+    );
+    assert_eq!(rig.probe(), "b");
 
     // A pipeline added, then removed.
     rig.reload(&with_second(b.clone()).build(), RELOADED, 2);
