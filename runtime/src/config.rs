@@ -1194,11 +1194,11 @@ pub struct ConfigSource {
     /// The file as written, when `${…}`s were replaced in `text`: errors
     /// show its lines and columns, not `text`'s (which may hold secrets, and
     /// whose columns move after a replacement). `None`: `text` is the file.
-    pub written: Option<std::sync::Arc<Written>>,
+    pub written: Option<Written>,
 }
 
 /// A config file as written, and where each `${…}` in it was replaced.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Written {
     /// The file's text.
     pub text: String,
@@ -1258,10 +1258,10 @@ impl ConfigSource {
         Ok(ConfigSource {
             file: source.file,
             text,
-            written: Some(std::sync::Arc::new(Written {
+            written: Some(Written {
                 text: source.text,
                 substitutions,
-            })),
+            }),
         })
     }
 
