@@ -20,6 +20,13 @@ pub struct Batch {
     key_ends: Vec<u32>,
     timestamps: Vec<i64>,
     headers: Vec<Header>,
+    /// The top-level members the host's scanner found in each event's value,
+    /// four `u16` offsets each (see [`Batch::push_indexed`]); empty while no
+    /// event has any.
+    members: Vec<u16>,
+    /// End (exclusive, in `u16`s) of each event's members in `members`;
+    /// empty while no event has any.
+    member_ends: Vec<u32>,
 }
 
 /// One header of one event (see the WIT `header` record).
@@ -49,6 +56,12 @@ pub struct BatchParts {
     pub timestamps: Vec<i64>,
     /// Headers as (event index, name, value), sorted by event index.
     pub headers: Vec<(u32, String, Vec<u8>)>,
+    /// The events' top-level members, four offsets each (see
+    /// [`Batch::push_indexed`]), concatenated.
+    pub members: Vec<u16>,
+    /// End (exclusive, in `u16`s) of each event's members in `members`;
+    /// empty when no event has any, else one per event.
+    pub member_ends: Vec<u32>,
 }
 
 fn end(len: usize) -> u32 {
@@ -70,6 +83,8 @@ impl Batch {
             key_ends: Vec::with_capacity(events),
             timestamps: Vec::with_capacity(events),
             headers: Vec::new(),
+            members: Vec::new(),
+            member_ends: Vec::new(),
         }
     }
 
@@ -92,6 +107,52 @@ impl Batch {
         }
         self.key_ends.push(end(self.keys.len()));
         self.timestamps.push(timestamp_ms);
+        if !self.member_ends.is_empty() {
+            self.member_ends.push(end(self.members.len()));
+        }
+    }
+
+    /// Appends an event with the top-level members a validating scan of its
+    /// value found: four byte offsets into `value` per member, in order —
+    /// the name's start and end (inside its quotes), the value's start and
+    /// end — as package 0.3.0's `event-batch` carries them
+    /// (`wit/0.3.0/plugin.wit`). [`Event::fields`] then reads them instead of
+    /// scanning the value, so they must be true: the host pushes them only
+    /// for a value its scanner checked to be one JSON object serde_json
+    /// accepts, with no escaped member name.
+    pub fn push_indexed(
+        &mut self,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: i64,
+        members: &[u16],
+    ) {
+        if self.member_ends.is_empty() {
+            self.member_ends.resize(self.len(), 0);
+        }
+        self.members.extend_from_slice(members);
+        self.values.extend_from_slice(value);
+        self.value_ends.push(end(self.values.len()));
+        if let Some(key) = key {
+            self.keys.extend_from_slice(key);
+        }
+        self.key_ends.push(end(self.keys.len()));
+        self.timestamps.push(timestamp_ms);
+        self.member_ends.push(end(self.members.len()));
+    }
+
+    /// The members of event `index` (see [`push_indexed`](Self::push_indexed)):
+    /// empty when it has none.
+    pub(crate) fn members_of(&self, index: usize) -> &[u16] {
+        // Checked, not indexed: a batch from the host is taken as it comes.
+        let Some(&to) = self.member_ends.get(index) else {
+            return &[];
+        };
+        let from = match index.checked_sub(1) {
+            Some(before) => self.member_ends.get(before).copied().unwrap_or(0),
+            None => 0,
+        };
+        self.members.get(from as usize..to as usize).unwrap_or(&[])
     }
 
     /// Adds a header to the event most recently pushed.
@@ -151,6 +212,8 @@ impl Batch {
         self.key_ends.clear();
         self.timestamps.clear();
         self.headers.clear();
+        self.members.clear();
+        self.member_ends.clear();
     }
 
     /// The values buffer, for writing a value in place; [`close_value`]
@@ -177,6 +240,9 @@ impl Batch {
         }
         self.key_ends.push(end(self.keys.len()));
         self.timestamps.push(timestamp_ms);
+        if !self.member_ends.is_empty() {
+            self.member_ends.push(end(self.members.len()));
+        }
         for (name, value) in headers {
             self.push_header(name, value);
         }
@@ -230,12 +296,20 @@ impl Batch {
                 .into_iter()
                 .map(|(index, name, value)| Header { index, name, value })
                 .collect(),
+            members: parts.members,
+            member_ends: parts.member_ends,
         }
     }
 
-    /// Appends a copy of `event` (key, value, event time and headers).
+    /// Appends a copy of `event` (key, value, event time, headers and
+    /// members).
     pub fn push_event(&mut self, event: &Event<'_>) {
-        self.push(event.key(), event.value(), event.timestamp_ms());
+        let members = event.batch.members_of(event.index);
+        if members.is_empty() {
+            self.push(event.key(), event.value(), event.timestamp_ms());
+        } else {
+            self.push_indexed(event.key(), event.value(), event.timestamp_ms(), members);
+        }
         for (name, value) in event.headers() {
             self.push_header(name, value);
         }
@@ -279,10 +353,38 @@ impl Batch {
             &other.keys,
             &other.key_ends,
         );
+        let at = self.len() - range.len();
+        // Members, when the range has any: as the values, one copy and the
+        // ends shifted (so that the result equals `push_event` of each).
+        let (from, to) = if other.member_ends.is_empty() {
+            (0, 0)
+        } else {
+            let from = if first == 0 {
+                0
+            } else {
+                other.member_ends[first - 1]
+            };
+            (from, other.member_ends[last])
+        };
+        if to > from {
+            if self.member_ends.is_empty() {
+                self.member_ends.resize(at, 0);
+            }
+            let shift = i64::from(end(self.members.len())) - i64::from(from);
+            self.members
+                .extend_from_slice(&other.members[from as usize..to as usize]);
+            self.member_ends.extend(
+                other.member_ends[range.clone()]
+                    .iter()
+                    .map(|&e| end((i64::from(e) + shift) as usize)),
+            );
+        } else if !self.member_ends.is_empty() {
+            let e = end(self.members.len());
+            self.member_ends.resize(self.len(), e);
+        }
         self.timestamps
             .extend_from_slice(&other.timestamps[range.clone()]);
         if !other.headers.is_empty() {
-            let at = self.len() - range.len();
             let lo = other
                 .headers
                 .partition_point(|h| (h.index as usize) < first);
@@ -331,6 +433,8 @@ impl Batch {
                 .into_iter()
                 .map(|h| (h.index, h.name, h.value))
                 .collect(),
+            members: self.members,
+            member_ends: self.member_ends,
         }
     }
 
@@ -360,6 +464,12 @@ impl Batch {
             }
             last = *index;
         }
+        if !parts.member_ends.is_empty() {
+            if parts.member_ends.len() != n {
+                return Err("malformed batch: member offsets".into());
+            }
+            check_ends("member", &parts.member_ends, parts.members.len())?;
+        }
         Ok(Batch {
             values: parts.values,
             value_ends: parts.value_ends,
@@ -371,6 +481,8 @@ impl Batch {
                 .into_iter()
                 .map(|(index, name, value)| Header { index, name, value })
                 .collect(),
+            members: parts.members,
+            member_ends: parts.member_ends,
         })
     }
 }
@@ -473,11 +585,19 @@ impl<'a> Event<'a> {
 
     /// The named top-level fields of the payload, a JSON object, without
     /// deserialising it: [`scan::fields`](crate::scan::fields) on
-    /// [`value`](Self::value). `None` means "ask [`json`](Self::json)".
+    /// [`value`](Self::value), or, when the host handed over the members its
+    /// decoder found (package 0.3.0), a look through those without a second
+    /// scan (the same answer). `None` means "ask [`json`](Self::json)".
     pub fn fields<const N: usize>(
         &self,
         names: &[&str; N],
     ) -> Option<[Option<crate::scan::Field<'a>>; N]> {
+        let members = self.batch.members_of(self.index);
+        if !members.is_empty()
+            && let Some(found) = crate::scan::fields_indexed(self.value(), members, names)
+        {
+            return Some(found);
+        }
         crate::scan::fields(self.value(), names)
     }
 
@@ -578,8 +698,8 @@ impl Output {
     }
 
     #[cfg(target_arch = "wasm32")]
-    pub(crate) fn into_wit(self) -> crate::__private::Output {
-        use crate::__private::bindings::sluice::plugin::types as wit;
+    pub(crate) fn into_wit(self) -> crate::__private::ProcessorOutput {
+        use crate::__private::processor_bindings::sluice::plugin::types as wit;
         let parts = self.events.into_parts();
         wit::Output {
             events: wit::EventBatch {
@@ -593,6 +713,8 @@ impl Output {
                     .into_iter()
                     .map(|(index, name, value)| wit::Header { index, name, value })
                     .collect(),
+                members: Vec::new(),
+                member_ends: Vec::new(),
             },
             rejected: self
                 .rejected
@@ -626,6 +748,32 @@ impl Batch {
                     value: h.value,
                 })
                 .collect(),
+            members: Vec::new(),
+            member_ends: Vec::new(),
+        }
+    }
+
+    /// A batch of package 0.3.0, with the members the host found.
+    pub(crate) fn from_wit_indexed(batch: crate::__private::ProcessorBatch) -> Self {
+        // The host builds well-formed batches; a malformed one is a host bug, and
+        // every accessor is bounds-checked anyway.
+        Batch {
+            values: batch.values,
+            value_ends: batch.value_ends,
+            keys: batch.keys,
+            key_ends: batch.key_ends,
+            timestamps: batch.timestamps,
+            headers: batch
+                .headers
+                .into_iter()
+                .map(|h| Header {
+                    index: h.index,
+                    name: h.name,
+                    value: h.value,
+                })
+                .collect(),
+            members: batch.members,
+            member_ends: batch.member_ends,
         }
     }
 }
@@ -635,13 +783,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// An event of a generated batch: key (empty: none), value, time, headers.
-    type Gen = (Vec<u8>, Vec<u8>, i64, Vec<(String, Vec<u8>)>);
+    /// An event of a generated batch: key (empty: none), value, time,
+    /// headers, members (none: pushed without).
+    type Gen = (Vec<u8>, Vec<u8>, i64, Vec<(String, Vec<u8>)>, Vec<u16>);
 
     fn batch_of(events: &[Gen]) -> Batch {
         let mut batch = Batch::new();
-        for (key, value, ts, headers) in events {
-            batch.push(Some(key), value, *ts);
+        for (key, value, ts, headers, members) in events {
+            if members.is_empty() {
+                batch.push(Some(key), value, *ts);
+            } else {
+                batch.push_indexed(Some(key), value, *ts, members);
+            }
             for (name, value) in headers {
                 batch.push_header(name, value);
             }
@@ -651,17 +804,19 @@ mod tests {
 
     proptest! {
         /// `extend_from` of any range onto any batch equals `push_event` of
-        /// each event of the range, and `byte_size_of` equals the sum of
-        /// the events' key and value lengths.
+        /// each event of the range (members included), and `byte_size_of`
+        /// equals the sum of the events' key and value lengths.
         #[test]
         fn extend_from_is_push_event_of_each(
             before in prop::collection::vec(
                 (prop::collection::vec(any::<u8>(), 0..4), prop::collection::vec(any::<u8>(), 0..8),
-                 any::<i64>(), prop::collection::vec(("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)), 0..2)),
+                 any::<i64>(), prop::collection::vec(("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)), 0..2),
+                 prop::collection::vec(any::<u16>(), 0..3).prop_map(|m| m.repeat(4))),
                 0..5),
             other in prop::collection::vec(
                 (prop::collection::vec(any::<u8>(), 0..4), prop::collection::vec(any::<u8>(), 0..8),
-                 any::<i64>(), prop::collection::vec(("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)), 0..2)),
+                 any::<i64>(), prop::collection::vec(("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)), 0..2),
+                 prop::collection::vec(any::<u16>(), 0..3).prop_map(|m| m.repeat(4))),
                 0..8),
             cut in (0usize..9, 0usize..9),
         ) {
@@ -675,7 +830,10 @@ mod tests {
                 each.push_event(&other_batch.get(i).unwrap());
             }
             prop_assert_eq!(&bulk, &each);
-            let bytes: usize = other[range.clone()].iter().map(|(k, v, _, _)| k.len() + v.len()).sum();
+            for (i, event) in (range.start..).zip(bulk.iter().skip(before.len())) {
+                prop_assert_eq!(bulk.members_of(event.index()), &other[i].4[..]);
+            }
+            let bytes: usize = other[range.clone()].iter().map(|(k, v, _, _, _)| k.len() + v.len()).sum();
             prop_assert_eq!(other_batch.byte_size_of(range), bytes);
         }
     }

@@ -575,6 +575,7 @@ pub(crate) mod wit {
                         .into_iter()
                         .map(|h| (h.index, h.name, h.value))
                         .collect(),
+                    ..Default::default()
                 }),
                 groups: input.groups,
                 fired: input

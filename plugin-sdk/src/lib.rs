@@ -210,7 +210,7 @@ macro_rules! export_processor {
 
             struct __SluiceGuest;
 
-            impl $crate::__private::Guest for __SluiceGuest {
+            impl $crate::__private::ProcessorGuest for __SluiceGuest {
                 fn configure(
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
@@ -218,14 +218,14 @@ macro_rules! export_processor {
                 }
 
                 fn process(
-                    batch: $crate::__private::EventBatch,
-                ) -> ::std::result::Result<$crate::__private::Output, ::std::string::String>
+                    batch: $crate::__private::ProcessorBatch,
+                ) -> ::std::result::Result<$crate::__private::ProcessorOutput, ::std::string::String>
                 {
                     $crate::__private::process::<$processor>(&__SLUICE_INSTANCE, batch)
                 }
             }
 
-    $crate::__private::export!(__SluiceGuest with_types_in $crate::__private::bindings);
+    $crate::__private::export_processor_world!(__SluiceGuest with_types_in $crate::__private::processor_bindings);
         };
     };
 }
@@ -270,16 +270,10 @@ macro_rules! export_keyed_processor {
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod __private {
-    #[allow(missing_docs, unsafe_code, clippy::all)]
-    pub mod bindings {
-        wit_bindgen::generate!({
-            path: "../wit",
-            world: "processor",
-            pub_export_macro: true,
-            default_bindings_module: "sluice_plugin_sdk::__private::bindings",
-        });
-    }
-
+    /// Package 0.1.0's `aggregator` world (`wit/plugin.wit`), with its own
+    /// `types` and `host`. Processors are exported through
+    /// [`processor_bindings`] (0.3.0); 0.1.0's `processor` world is no longer
+    /// built by this SDK (the host still runs it).
     #[allow(missing_docs, unsafe_code, clippy::all)]
     pub mod aggregator_bindings {
         wit_bindgen::generate!({
@@ -288,10 +282,19 @@ pub mod __private {
             pub_export_macro: true,
             export_macro_name: "export_aggregator_world",
             default_bindings_module: "sluice_plugin_sdk::__private::aggregator_bindings",
-            with: {
-                "sluice:plugin/types@0.1.0": crate::__private::bindings::sluice::plugin::types,
-                "sluice:plugin/host@0.1.0": crate::__private::bindings::sluice::plugin::host,
-            },
+        });
+    }
+
+    /// The `processor` world of package 0.3.0 (`wit/0.3.0/plugin.wit`): the
+    /// batches carry the members the host's decoder found.
+    #[allow(missing_docs, unsafe_code, clippy::all)]
+    pub mod processor_bindings {
+        wit_bindgen::generate!({
+            path: "../wit/0.3.0",
+            world: "processor",
+            pub_export_macro: true,
+            export_macro_name: "export_processor_world",
+            default_bindings_module: "sluice_plugin_sdk::__private::processor_bindings",
         });
     }
 
@@ -310,20 +313,36 @@ pub mod __private {
 
     pub use aggregator_bindings::Guest as AggregatorGuest;
     pub use aggregator_bindings::export_aggregator_world;
-    pub use bindings::Guest;
-    pub use bindings::export;
-    pub use bindings::sluice::plugin::types::{EventBatch, Output};
+    pub use aggregator_bindings::sluice::plugin::types::EventBatch;
     pub use keyed_bindings::Guest as KeyedGuest;
     pub use keyed_bindings::export_keyed_world;
     pub use keyed_bindings::sluice::plugin::types::{KeyedInput, KeyedOutput};
+    pub use processor_bindings::Guest as ProcessorGuest;
+    pub use processor_bindings::export_processor_world;
+    pub use processor_bindings::sluice::plugin::types::{
+        EventBatch as ProcessorBatch, Output as ProcessorOutput,
+    };
 
     use crate::log::Level;
     use crate::{Aggregator, Batch, Config, KeyedProcessor, Processor};
     use std::sync::Mutex;
 
-    /// `log` through package 0.1.0's `host` import (processors, aggregators).
+    /// `log` through package 0.1.0's `host` import (aggregators).
     fn log_v1(level: Level, message: &str) {
-        use bindings::sluice::plugin::host::{self, Level as L};
+        use aggregator_bindings::sluice::plugin::host::{self, Level as L};
+        let level = match level {
+            Level::Trace => L::Trace,
+            Level::Debug => L::Debug,
+            Level::Info => L::Info,
+            Level::Warn => L::Warn,
+            Level::Error => L::Error,
+        };
+        host::log(level, message);
+    }
+
+    /// `log` through package 0.3.0's `host` import (processors).
+    fn log_v3(level: Level, message: &str) {
+        use processor_bindings::sluice::plugin::host::{self, Level as L};
         let level = match level {
             Level::Trace => L::Trace,
             Level::Debug => L::Debug,
@@ -423,7 +442,7 @@ pub mod __private {
         slot: &Mutex<Option<P>>,
         config: Vec<(String, String)>,
     ) -> Result<(), String> {
-        crate::log::set_sink(log_v1);
+        crate::log::set_sink(log_v3);
         let processor = P::configure(&Config::from_pairs(config))?;
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(processor);
         Ok(())
@@ -432,13 +451,13 @@ pub mod __private {
     /// Runs one batch through the configured processor.
     pub fn process<P: Processor>(
         slot: &Mutex<Option<P>>,
-        batch: EventBatch,
-    ) -> Result<Output, String> {
+        batch: ProcessorBatch,
+    ) -> Result<ProcessorOutput, String> {
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
         let processor = guard
             .as_mut()
             .ok_or_else(|| "process called before configure".to_string())?;
-        let batch = Batch::from_wit(batch);
+        let batch = Batch::from_wit_indexed(batch);
         let mut out = crate::Output::with_capacity(batch.len(), batch.values_len());
         processor.process(&batch, &mut out)?;
         Ok(out.into_wit())

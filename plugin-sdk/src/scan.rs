@@ -389,6 +389,48 @@ fn unescape_key(key: &[u8]) -> Option<String> {
     serde_json::from_slice(&quoted).ok()
 }
 
+/// [`fields`] from the members a validating scan of `json` already found
+/// (the host's: four offsets per top-level member, see
+/// [`crate::Batch::push_indexed`]), without scanning `json` again: the same
+/// answer, since such a record is one JSON object serde_json accepts with no
+/// escaped name. `None` when an offset is out of range or a named field is
+/// given twice: the caller then scans (and gets `None` too for the latter).
+pub(crate) fn fields_indexed<'a, const N: usize>(
+    json: &'a [u8],
+    members: &[u16],
+    names: &[&str; N],
+) -> Option<[Option<Field<'a>>; N]> {
+    let mut found = [None; N];
+    let lengths = names.iter().fold(0u64, |m, n| m | 1 << n.len().min(63));
+    for m in members.chunks_exact(4) {
+        let (ns, ne) = (usize::from(m[0]), usize::from(m[1]));
+        if lengths & 1 << (ne.wrapping_sub(ns)).min(63) == 0 {
+            continue;
+        }
+        let key = json.get(ns..ne)?;
+        let Some(slot) = names.iter().position(|n| {
+            let n = n.as_bytes();
+            n.len() == key.len() && n.first() == key.first() && n == key
+        }) else {
+            continue;
+        };
+        if found[slot].is_some() {
+            return None;
+        }
+        let raw = json.get(usize::from(m[2])..usize::from(m[3]))?;
+        let (kind, escaped) = match raw.first()? {
+            b'"' => (Kind::String, raw.contains(&b'\\')),
+            b'n' => (Kind::Null, false),
+            b't' | b'f' => (Kind::Bool, false),
+            b'[' => (Kind::Array, false),
+            b'{' => (Kind::Object, false),
+            _ => (Kind::Number, false),
+        };
+        found[slot] = Some(Field { raw, kind, escaped });
+    }
+    Some(found)
+}
+
 /// Scans `json`, one JSON object, and returns the values of its top-level
 /// fields named in `names`, in the same order (`None` for a field that is
 /// absent), borrowed from `json`.
@@ -1139,5 +1181,69 @@ mod tests {
             }
         }
         assert!(accepted > 100, "{accepted} of {}", inputs.len());
+    }
+
+    /// An object written with its members' offsets known by construction
+    /// (the ground truth of what a host's scan lists): `(key, value)` pairs,
+    /// `ws` the whitespace put around every token.
+    fn object_with_members(pairs: &[(&str, &str)], ws: &str) -> (String, Vec<u16>) {
+        let mut text = format!("{ws}{{{ws}");
+        let mut members = Vec::new();
+        for (i, (key, value)) in pairs.iter().enumerate() {
+            if i > 0 {
+                text.push_str(&format!(",{ws}"));
+            }
+            text.push('"');
+            let name_start = text.len();
+            text.push_str(key);
+            let name_end = text.len();
+            text.push_str(&format!("\"{ws}:{ws}"));
+            let value_start = text.len();
+            text.push_str(value);
+            let value_end = text.len();
+            text.push_str(ws);
+            members.extend([name_start, name_end, value_start, value_end].map(|o| o as u16));
+        }
+        text.push_str(&format!("}}{ws}"));
+        (text, members)
+    }
+
+    proptest::proptest! {
+        /// Given the members a host found, `fields` answers as its scan does:
+        /// the same values, kinds and escapes; `None` for a name given twice.
+        #[test]
+        fn fields_from_members_equal_fields_by_scan(
+            picks in proptest::collection::vec((0usize..6, 0usize..10), 0..8),
+            ws in proptest::sample::select(vec!["", " ", "\n\t "]),
+        ) {
+            const KEYS: [&str; 6] = ["a", "carrier", "dep_delay", "x y", "", "é"];
+            const VALUES: [&str; 10] = [
+                "1", "-2.5", r#""s""#, r#""e\"x""#, "null", "true", r#"[1,{"a":2}]"#,
+                r#"{"k":"v"}"#, r#""é""#, "0",
+            ];
+            let pairs: Vec<(&str, &str)> = picks.iter().map(|&(k, v)| (KEYS[k], VALUES[v])).collect();
+            let (text, members) = object_with_members(&pairs, ws);
+            let names = ["a", "carrier", "dep_delay", "é", "absent"];
+            let scanned = fields(text.as_bytes(), &names);
+            proptest::prop_assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), "{}", text);
+            proptest::prop_assert_eq!(fields_indexed(text.as_bytes(), &members, &names), scanned, "{}", text);
+            // And through a batch, as a guest reads it.
+            let mut batch = crate::Batch::new();
+            batch.push_indexed(None, text.as_bytes(), 0, &members);
+            proptest::prop_assert_eq!(batch.get(0).unwrap().fields(&names), scanned);
+        }
+    }
+
+    #[test]
+    fn members_out_of_range_fall_back_to_the_scan() {
+        let (text, members) = object_with_members(&[("a", "1"), ("b", r#""x""#)], "");
+        let names = ["a", "b"];
+        let scanned = fields(text.as_bytes(), &names);
+        assert_eq!(scanned.unwrap()[1].unwrap().as_str(), Some("x"));
+        let past_the_end: Vec<u16> = members.iter().map(|&m| m + 100).collect();
+        assert_eq!(fields_indexed(text.as_bytes(), &past_the_end, &names), None);
+        let mut batch = crate::Batch::new();
+        batch.push_indexed(None, text.as_bytes(), 0, &past_the_end);
+        assert_eq!(batch.get(0).unwrap().fields(&names), scanned);
     }
 }

@@ -522,7 +522,7 @@ fn components_of_wit_0_1_0_and_0_2_0_run_in_one_chain() {
     let got = got(&scratch, "out.ndjson");
     assert!(got == want, "{}", first_difference(&got, &want));
     for (plugin, world) in [
-        ("identity.wasm", "world:    sluice:plugin/processor@0.1.0\n"),
+        ("identity.wasm", "world:    sluice:plugin/processor@0.3.0\n"),
         (
             "plane_gaps.wasm",
             "world:    sluice:plugin/keyed-processor@0.2.0\n",

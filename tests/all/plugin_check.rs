@@ -26,10 +26,10 @@ fn a_processor_is_described_and_runs() {
     let version = sluice::wasm::plugin::content_version(&std::fs::read(&file).unwrap());
     for want in [
         format!("version {version}"),
-        "world:    sluice:plugin/processor@0.1.0".to_string(),
+        "world:    sluice:plugin/processor@0.3.0".to_string(),
         "  configure: func(config: list<tuple<string, string>>) -> result<_, string>".to_string(),
         "  process: func(batch: record { values: list<u8>, value-ends: list<u32>,".to_string(),
-        "  sluice:plugin/types@0.1.0".to_string(),
+        "  sluice:plugin/types@0.3.0".to_string(),
         "verdict:  runs in this daemon".to_string(),
     ] {
         assert!(out.contains(&want), "missing {want:?} in:\n{out}");

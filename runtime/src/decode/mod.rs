@@ -109,8 +109,28 @@ impl Decoder {
     /// A reason for the dead-letter sink: the JSON error with its column, or an
     /// event time that is neither an RFC 3339 string nor a number.
     pub fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, String> {
-        if let Some(decoded) = self.decode_fast(line) {
+        self.decode_indexed(line, None)
+    }
+
+    /// [`Decoder::decode`], and when `members` is given, the line's top-level
+    /// members in it (see [`scan::scan_indexed`]; emptied first, empty when
+    /// the scanner did not decide the line alone).
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`].
+    pub fn decode_indexed<'a>(
+        &self,
+        line: &'a [u8],
+        mut members: Option<&mut Vec<u16>>,
+    ) -> Result<Decoded<'a>, String> {
+        if let Some(m) = members.as_deref_mut() {
+            m.clear();
+        }
+        if let Some(decoded) = self.decode_fast(line, members.as_deref_mut()) {
             return decoded;
+        }
+        if let Some(m) = members {
+            m.clear();
         }
         self.decode_serde(line)
     }
@@ -118,18 +138,31 @@ impl Decoder {
     /// [`Decoder::decode`] by the scanner (see `scan`): `None` when the
     /// scanner is unsure (or the line is not JSON) and serde_json decides.
     /// Allocates nothing for a key that is a string without escapes.
-    fn decode_fast<'a>(&self, line: &'a [u8]) -> Option<Result<Decoded<'a>, String>> {
+    fn decode_fast<'a>(
+        &self,
+        line: &'a [u8],
+        members: Option<&mut Vec<u16>>,
+    ) -> Option<Result<Decoded<'a>, String>> {
         std::str::from_utf8(line).ok()?;
         let (k, t) = (self.key.as_ref(), self.timestamp.as_ref());
-        let paths: [&[String]; 2] = [
-            k.map_or(&[][..], |p| &p.0[..]),
-            t.map_or(&[][..], |p| &p.0[..]),
-        ];
+        // Only the pointers set: with none, or both at the top, the scanner
+        // walks the top object alone and can list its members.
+        let mut paths: [&[String]; 2] = [&[], &[]];
+        let mut n = 0;
+        for p in [k, t].into_iter().flatten() {
+            paths[n] = &p.0[..];
+            n += 1;
+        }
         let mut found: [Option<Range<usize>>; 2] = [None, None];
-        if !scan::scan(line, &paths, &mut found) {
+        if !scan::scan_indexed(line, &paths[..n], &mut found[..n], members) {
             return None;
         }
-        let [key_at, time_at] = found;
+        let (key_at, time_at) = match (k.is_some(), t.is_some()) {
+            (true, true) => (found[0].clone(), found[1].clone()),
+            (true, false) => (found[0].clone(), None),
+            (false, true) => (None, found[0].clone()),
+            (false, false) => (None, None),
+        };
         let key = match key_at.filter(|_| k.is_some()).map(|r| &line[r]) {
             None | Some(b"null") => None,
             // A string without escapes is its own bytes.
@@ -727,7 +760,7 @@ mod tests {
         fn the_scanner_agrees_with_serde_json(line in json_like()) {
             for (key, time) in [("/k", "/t"), ("/a/0", "/a/1/k"), ("/a", "/a/b"), ("", "/0"), ("/a~1b", "/b/b")] {
                 let d = dec(key, time);
-                if let Some(fast) = d.decode_fast(line.as_bytes()) {
+                if let Some(fast) = d.decode_fast(line.as_bytes(), None) {
                     proptest::prop_assert_eq!(fast, d.decode_serde(line.as_bytes()), "{} {} {}", line, key, time);
                 }
                 let (p, q) = (Pointer::parse(key).unwrap(), Pointer::parse(time).unwrap());
@@ -752,7 +785,7 @@ mod tests {
             &br#"{"year":2013,"carrier":"UA","dep_delay":-2.5,"event_time":"2013-01-01T10:17:00.000Z","tailnum":null}"#[..],
             br#"{"carrier":"A\"A","event_time":1357035420000,"note":"caf\u00e9 \n"}"#,
         ] {
-            let fast = d.decode_fast(line).expect("the scanner answers");
+            let fast = d.decode_fast(line, None).expect("the scanner answers");
             assert_eq!(fast, d.decode_serde(line));
             assert_eq!(fast.unwrap().timestamp_ms, Some(1_357_035_420_000));
         }

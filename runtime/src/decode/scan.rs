@@ -37,6 +37,22 @@ pub const MAX_DEPTH: usize = 64;
 /// Returns `false` when the text is not JSON or holds something the scanner
 /// leaves to serde_json (see the module docs); `found` is then meaningless.
 pub fn scan(text: &[u8], paths: &[&[String]], found: &mut [Option<Range<usize>>]) -> bool {
+    scan_indexed(text, paths, found, None)
+}
+
+/// [`scan`], also appending to `members` (when given) four offsets per
+/// top-level member of the text — its name's start and end (inside the
+/// quotes) and its value's start and end, in bytes from the text's start —
+/// when the text is one JSON object shorter than 64 KiB, every path is one
+/// token, and no member name has an escape. Otherwise, and when it returns
+/// `false`, `members` is left as it was. These are what package 0.3.0 hands a
+/// guest (`wit/0.3.0/plugin.wit`, `members`), trusted as a validated record's.
+pub fn scan_indexed(
+    text: &[u8],
+    paths: &[&[String]],
+    found: &mut [Option<Range<usize>>],
+    members: Option<&mut Vec<u16>>,
+) -> bool {
     debug_assert!(paths.len() <= 32 && found.len() == paths.len());
     for f in found.iter_mut() {
         *f = None;
@@ -46,7 +62,12 @@ pub fn scan(text: &[u8], paths: &[&[String]], found: &mut [Option<Range<usize>>]
         i: 0,
         paths,
         found,
+        members: members.filter(|_| text.len() < 1 << 16),
+        members_from: 0,
     };
+    if let Some(m) = s.members.as_deref() {
+        s.members_from = m.len();
+    }
     s.ws();
     let all = if paths.len() == 32 {
         u32::MAX
@@ -59,11 +80,12 @@ pub fn scan(text: &[u8], paths: &[&[String]], found: &mut [Option<Range<usize>>]
     } else {
         s.value(all, 0)
     };
-    if scanned.is_none() {
+    s.ws();
+    if scanned.is_none() || s.i != text.len() {
+        s.drop_members();
         return false;
     }
-    s.ws();
-    s.i == text.len()
+    true
 }
 
 struct Scanner<'a, 'p> {
@@ -71,9 +93,21 @@ struct Scanner<'a, 'p> {
     i: usize,
     paths: &'a [&'p [String]],
     found: &'a mut [Option<Range<usize>>],
+    /// Where the members go ([`scan_indexed`]); `None` once the text cannot
+    /// have them.
+    members: Option<&'a mut Vec<u16>>,
+    /// `members`' length before the scan.
+    members_from: usize,
 }
 
 impl Scanner<'_, '_> {
+    /// No members for this text: those appended so far are taken back.
+    fn drop_members(&mut self) {
+        if let Some(m) = self.members.take() {
+            m.truncate(self.members_from);
+        }
+    }
+
     #[inline]
     fn ws(&mut self) {
         while let Some(&c) = self.b.get(self.i) {
@@ -273,9 +307,14 @@ impl Scanner<'_, '_> {
             }
             let name_start = self.i + 1;
             let escaped = self.string()?;
-            let name = &self.b[name_start..self.i - 1];
-            if active != 0 && escaped {
-                return None; // matching an escaped name: serde_json's job
+            let name_end = self.i - 1;
+            let name = &self.b[name_start..name_end];
+            if escaped {
+                if active != 0 {
+                    return None; // matching an escaped name: serde_json's job
+                }
+                // A guest compares names as written: this one would not match.
+                self.drop_members();
             }
             let next = select(active, |i| self.paths[i][0].as_bytes() == name);
             self.ws();
@@ -291,6 +330,15 @@ impl Scanner<'_, '_> {
                 }
                 b'-' | b'0'..=b'9' => self.number()?,
                 _ => self.value(0, 1)?,
+            }
+            if let Some(m) = self.members.as_deref_mut() {
+                // All below 64 KiB: the text is (checked at the start).
+                m.extend_from_slice(&[
+                    name_start as u16,
+                    name_end as u16,
+                    start as u16,
+                    self.i as u16,
+                ]);
             }
             for i in bits(next) {
                 self.found[i] = Some(start..self.i);
@@ -493,5 +541,80 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
         assert_eq!(found(&deep, &["/a"]), None);
         assert!(serde_json::from_str::<serde_json::Value>(&deep).is_ok());
+    }
+
+    /// `(text, members)`: an object written from `pairs` with `ws` around
+    /// every token, and its members' offsets known by construction.
+    fn object_with_members(pairs: &[(&str, &str)], ws: &str) -> (String, Vec<u16>) {
+        let mut text = format!("{ws}{{{ws}");
+        let mut members = Vec::new();
+        for (i, (key, value)) in pairs.iter().enumerate() {
+            if i > 0 {
+                text.push_str(&format!(",{ws}"));
+            }
+            text.push('"');
+            let name = text.len();
+            text.push_str(key);
+            let name_end = text.len();
+            text.push_str(&format!("\"{ws}:{ws}"));
+            let at = text.len();
+            text.push_str(value);
+            members.extend([name, name_end, at, text.len()].map(|o| o as u16));
+            text.push_str(ws);
+        }
+        text.push_str(&format!("}}{ws}"));
+        (text, members)
+    }
+
+    fn members_of(text: &str, ps: &[&str]) -> (bool, Vec<u16>) {
+        let owned = paths(ps);
+        let refs: Vec<&[String]> = owned.iter().map(Vec::as_slice).collect();
+        let mut out = vec![None; ps.len()];
+        // Appended after what is there: a caller's earlier entries stay.
+        let mut members = vec![7u16];
+        let ok = scan_indexed(text.as_bytes(), &refs, &mut out, Some(&mut members));
+        assert_eq!(members.first(), Some(&7), "{text}");
+        (ok, members[1..].to_vec())
+    }
+
+    proptest::proptest! {
+        /// The members listed are where the object was written to have them,
+        /// whatever the whitespace, duplicates or nesting.
+        #[test]
+        fn members_are_where_they_were_written(
+            picks in proptest::collection::vec((0usize..5, 0usize..9), 0..8),
+            ws in proptest::sample::select(vec!["", " ", "\n\t\r "]),
+            pointers in proptest::sample::select(vec![vec![], vec!["/carrier"], vec!["/carrier", "/t"], vec!["/t", "/x y"]]),
+        ) {
+            const KEYS: [&str; 5] = ["carrier", "t", "x y", "", "é"];
+            const VALUES: [&str; 9] = [
+                "1", "-2.5", r#""s""#, r#""e\"x""#, "null", "false", r#"[1,{"a":[]}]"#,
+                r#"{"k":"v","t":2}"#, r#""é""#,
+            ];
+            let pairs: Vec<(&str, &str)> = picks.iter().map(|&(k, v)| (KEYS[k], VALUES[v])).collect();
+            let (text, want) = object_with_members(&pairs, ws);
+            let (ok, got) = members_of(&text, &pointers);
+            proptest::prop_assert!(ok, "{}", text);
+            proptest::prop_assert_eq!(got, want, "{}", text);
+        }
+    }
+
+    #[test]
+    fn no_members_where_a_guest_could_not_use_them() {
+        let (text, want) = object_with_members(&[("a", "1"), ("b", r#"{"c":2}"#)], " ");
+        assert_eq!(members_of(&text, &["/a"]), (true, want));
+        for (text, pointers, ok) in [
+            // Not an object, not JSON, an escaped name, a nested pointer.
+            ("[1,2]", vec!["/a"], true),
+            (r#"{"a":1,}"#, vec!["/a"], false),
+            (r#"{"a":1} x"#, vec!["/a"], false),
+            (r#"{"\u0062":1,"a":2}"#, vec![], true),
+            (r#"{"b":{"c":1},"a":2}"#, vec!["/b/c"], true),
+        ] {
+            assert_eq!(members_of(text, &pointers), (ok, vec![]), "{text}");
+        }
+        // 64 KiB or more: offsets would not fit in a u16.
+        let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(1 << 16));
+        assert_eq!(members_of(&long, &["/a"]), (true, vec![]));
     }
 }

@@ -649,6 +649,24 @@ impl LineDecoder {
     /// does not fit its header or types, a line that is not syslog, a bad
     /// event time, or (`missing_timestamp = "dead-letter"`) none.
     pub fn decode<'a>(&self, spec: &SourceSpec, line: &'a [u8]) -> Result<Event<'a>, String> {
+        self.decode_indexed(spec, line, None)
+    }
+
+    /// [`LineDecoder::decode`], and for a JSON line the scanner decided
+    /// alone, its top-level members in `members` when given (see
+    /// [`crate::decode::Decoder::decode_indexed`]; emptied first).
+    ///
+    /// # Errors
+    /// As [`LineDecoder::decode`].
+    pub fn decode_indexed<'a>(
+        &self,
+        spec: &SourceSpec,
+        line: &'a [u8],
+        mut members: Option<&mut Vec<u16>>,
+    ) -> Result<Event<'a>, String> {
+        if let Some(m) = members.as_deref_mut() {
+            m.clear();
+        }
         let (decoded, value) = match spec.format {
             Format::Text => {
                 return Ok(Event {
@@ -657,7 +675,7 @@ impl LineDecoder {
                     value: None,
                 });
             }
-            Format::Json => (spec.decoder.decode(line)?, None),
+            Format::Json => (spec.decoder.decode_indexed(line, members)?, None),
             Format::Csv => {
                 let csv = spec.csv.as_ref().expect("a csv source has its CsvFormat");
                 let header = match &self.header {

@@ -290,20 +290,25 @@ fn decode_block(
     let mut rejects = Vec::new();
     // Every line of a block is a record (blank ones were left out).
     let counted = block.ends.len() as u64;
+    // The members the decoder found in a line (see `Batch::push_indexed`).
+    let mut members = Vec::new();
     for i in 0..block.ends.len() {
         let line = block.line(i);
-        match decoder.decode(spec, line) {
+        match decoder.decode_indexed(spec, line, Some(&mut members)) {
             Ok(event) => {
                 let p = router.route_at(event.key.as_deref(), block.first_seq + i as u64);
                 let chunks = &mut parts[p];
                 if chunks.last().is_some_and(Records::is_full) {
                     chunks.push(Records::with_capacity(per_chunk, bytes));
                 }
-                chunks.last_mut().expect("one at least").push(
-                    event.key.as_deref().unwrap_or_default(),
-                    event.value.as_deref().unwrap_or(line),
-                    event.timestamp_ms.unwrap_or_else(now_ms),
-                );
+                let chunk = chunks.last_mut().expect("one at least");
+                let key = event.key.as_deref().unwrap_or_default();
+                let ts = event.timestamp_ms.unwrap_or_else(now_ms);
+                match &event.value {
+                    Some(value) => chunk.push(key, value, ts),
+                    None if members.is_empty() => chunk.push(key, line, ts),
+                    None => chunk.push_indexed(key, line, ts, &members),
+                }
             }
             Err(reason) => rejects.push((i, reason)),
         }

@@ -37,6 +37,16 @@ impl Records {
         }
     }
 
+    /// [`Records::push`] of a JSON record with the top-level members the
+    /// decoder found in `value` (see [`Batch::push_indexed`]).
+    pub fn push_indexed(&mut self, key: &[u8], value: &[u8], timestamp_ms: i64, members: &[u16]) {
+        self.events
+            .push_indexed(Some(key), value, timestamp_ms, members);
+        if !self.tasks.is_empty() {
+            self.tasks.push(None);
+        }
+    }
+
     /// Appends `record` with its headers and task.
     pub fn push_record(&mut self, record: &Record) {
         self.events

@@ -19,8 +19,13 @@ use crate::wasm::compile_cache::Origin;
 use crate::wasm::plugin::{Limits, LogTags, PluginHost, content_version};
 use crate::wasm::reload::one_line;
 
-/// The world a sluice processor implements.
-pub const PROCESSOR_WORLD: &str = "sluice:plugin/processor@0.1.0";
+/// The world a sluice processor built by this SDK implements (package 0.3.0:
+/// its batches carry the members the host's decoder found).
+pub const PROCESSOR_WORLD: &str = "sluice:plugin/processor@0.3.0";
+
+/// The processor world of package 0.1.0, which components of other
+/// toolchains (Python, JavaScript, C) implement; still run.
+pub const PROCESSOR_WORLD_0_1: &str = "sluice:plugin/processor@0.1.0";
 
 /// The report of [`check`], printable as it is.
 #[derive(Debug)]
@@ -78,9 +83,14 @@ pub fn check(host: &PluginHost, path: &Path, config: &[(String, String)]) -> Rep
         .map(|(name, e)| (name.to_string(), e.ty))
         .collect();
     let world = if exports.iter().any(|(n, _)| n == "configure")
-        && exports.iter().any(|(n, _)| n == "process")
+        && let Some((_, process)) = exports.iter().find(|(n, _)| n == "process")
     {
-        PROCESSOR_WORLD.to_string()
+        // Package 0.3.0's batch is 0.1.0's with `members` and `member-ends`.
+        if item_sig(process).contains("member-ends") {
+            PROCESSOR_WORLD.to_string()
+        } else {
+            PROCESSOR_WORLD_0_1.to_string()
+        }
     } else if ["configure", "create", "accumulate", "merge", "finish"]
         .iter()
         .all(|f| exports.iter().any(|(n, _)| n == f))

@@ -50,6 +50,7 @@ mod aggregator_bindings {
     });
 }
 
+use crate::wasm::indexed::{IndexedBindings, IndexedProcessorPre};
 use crate::wasm::keyed::{KeyedBindings, KeyedProcessorPre};
 pub use aggregator_bindings::{Aggregator as AggregatorBindings, AggregatorPre};
 use bindings::sluice::plugin::{host, types};
@@ -133,6 +134,7 @@ impl PluginHost {
         linker.allow_shadowing(false);
         host::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)?;
         crate::wasm::keyed::add_to_linker(&mut linker)?;
+        crate::wasm::indexed::add_to_linker(&mut linker)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -219,20 +221,24 @@ impl PluginHost {
                     path.display()
                 )
             })?;
-        let pre = match ProcessorPre::new(pre.clone()) {
-            Ok(p) => Pre::Processor(p),
-            Err(processor_err) => match AggregatorPre::new(pre.clone()) {
-                Ok(a) => Pre::Aggregator(a),
-                Err(_) => match KeyedProcessorPre::new(pre) {
-                    Ok(k) => Pre::Keyed(k),
-                    Err(_) => {
-                        return Err(anyhow::Error::from(processor_err).context(format!(
-                            "{} is not a sluice:plugin/processor component (exports `configure` and `process`), nor a sluice:plugin/aggregator one (`configure`, `create`, `accumulate`, `merge`, `finish`), nor a sluice:plugin/keyed-processor@0.2.0 one (`configure`, `process-keyed`)",
-                            path.display()
-                        )));
-                    }
+        let pre = if let Ok(p) = IndexedProcessorPre::new(pre.clone()) {
+            Pre::Indexed(p)
+        } else {
+            match ProcessorPre::new(pre.clone()) {
+                Ok(p) => Pre::Processor(p),
+                Err(processor_err) => match AggregatorPre::new(pre.clone()) {
+                    Ok(a) => Pre::Aggregator(a),
+                    Err(_) => match KeyedProcessorPre::new(pre) {
+                        Ok(k) => Pre::Keyed(k),
+                        Err(_) => {
+                            return Err(anyhow::Error::from(processor_err).context(format!(
+                                "{} is not a sluice:plugin/processor component (exports `configure` and `process`), nor a sluice:plugin/aggregator one (`configure`, `create`, `accumulate`, `merge`, `finish`), nor a sluice:plugin/keyed-processor@0.2.0 one (`configure`, `process-keyed`)",
+                                path.display()
+                            )));
+                        }
+                    },
                 },
-            },
+            }
         };
         let name = path
             .file_stem()
@@ -309,6 +315,8 @@ impl std::fmt::Display for World {
 #[derive(Clone)]
 enum Pre {
     Processor(ProcessorPre<StoreState>),
+    /// A processor of package 0.3.0 (batches with their members).
+    Indexed(IndexedProcessorPre<StoreState>),
     Aggregator(AggregatorPre<StoreState>),
     Keyed(KeyedProcessorPre<StoreState>),
 }
@@ -316,6 +324,7 @@ enum Pre {
 /// A live instance's exports, by world.
 enum Bindings {
     Processor(ProcessorBindings),
+    Indexed(IndexedBindings),
     Aggregator(AggregatorBindings),
     Keyed(KeyedBindings),
 }
@@ -324,7 +333,7 @@ impl Plugin {
     /// The world the component implements.
     pub fn world(&self) -> World {
         match self.pre {
-            Pre::Processor(_) => World::Processor,
+            Pre::Processor(_) | Pre::Indexed(_) => World::Processor,
             Pre::Aggregator(_) => World::Aggregator,
             Pre::Keyed(_) => World::Keyed,
         }
@@ -522,6 +531,7 @@ impl Plugin {
         store.epoch_deadline_trap();
         let bindings = match &self.pre {
             Pre::Processor(pre) => pre.instantiate(&mut store).map(Bindings::Processor),
+            Pre::Indexed(pre) => pre.instantiate(&mut store).map(Bindings::Indexed),
             Pre::Aggregator(pre) => pre.instantiate(&mut store).map(Bindings::Aggregator),
             Pre::Keyed(pre) => pre.instantiate(&mut store).map(Bindings::Keyed),
         };
@@ -539,6 +549,7 @@ impl Plugin {
             .set_epoch_deadline(deadline_ticks(limits.timeout));
         let configured = match &instance.bindings {
             Bindings::Processor(b) => b.call_configure(&mut instance.store, config),
+            Bindings::Indexed(b) => b.call_configure(&mut instance.store, config),
             Bindings::Aggregator(b) => b.call_configure(&mut instance.store, config),
             Bindings::Keyed(b) => b.call_configure(&mut instance.store, config),
         };
@@ -559,7 +570,7 @@ impl Instance {
     /// The world of the component this instance runs.
     pub fn world(&self) -> World {
         match self.bindings {
-            Bindings::Processor(_) => World::Processor,
+            Bindings::Processor(_) | Bindings::Indexed(_) => World::Processor,
             Bindings::Aggregator(_) => World::Aggregator,
             Bindings::Keyed(_) => World::Keyed,
         }
@@ -623,35 +634,40 @@ impl Instance {
     /// See [`CallError`]; after an error with [`CallError::poisons_instance`] the
     /// instance must be dropped.
     pub fn process(&mut self, batch: &mut Batch) -> Result<Processed, CallError> {
-        let input = to_wit(std::mem::take(batch));
         self.stderr.clear();
         self.store.data_mut().memory.hit = false;
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.timeout));
-        let Bindings::Processor(bindings) = &self.bindings else {
-            *batch = from_wit(input).expect("the host's own batch is well-formed");
-            return Err(CallError::Malformed(format!(
-                "a {} component cannot run as a processor",
-                self.world()
-            )));
-        };
-        let result = bindings.call_process(&mut self.store, &input);
-        let n = input.value_ends.len() as u32;
-        // Give the caller its batch back (moves, no copy), e.g. to dead-letter it.
-        *batch = from_wit(input).expect("the host's own batch is well-formed");
-        let output = match result {
-            Ok(Ok(output)) => output,
-            Ok(Err(reason)) => return Err(CallError::Plugin(reason)),
-            Err(e) => {
-                return Err(classify(
-                    e,
-                    self.limits,
-                    &self.store.data().memory,
-                    &self.stderr,
-                ));
+        let result = match &self.bindings {
+            Bindings::Indexed(bindings) => {
+                crate::wasm::indexed::process(bindings, &mut self.store, batch)
+            }
+            Bindings::Processor(bindings) => {
+                // Package 0.1.0 has no members: they stay behind.
+                let input = to_wit(std::mem::take(batch));
+                let result = bindings.call_process(&mut self.store, &input);
+                let n = input.value_ends.len() as u32;
+                // Give the caller its batch back (moves, no copy), e.g. to dead-letter it.
+                *batch = from_wit(input).expect("the host's own batch is well-formed");
+                result.map(|r| r.map(|output| check_output(n, output)))
+            }
+            _ => {
+                return Err(CallError::Malformed(format!(
+                    "a {} component cannot run as a processor",
+                    self.world()
+                )));
             }
         };
-        check_output(n, output)
+        match result {
+            Ok(Ok(checked)) => checked,
+            Ok(Err(reason)) => Err(CallError::Plugin(reason)),
+            Err(e) => Err(classify(
+                e,
+                self.limits,
+                &self.store.data().memory,
+                &self.stderr,
+            )),
+        }
     }
 }
 
@@ -662,26 +678,36 @@ impl Instance {
 /// # Errors
 /// [`CallError::Malformed`], saying what disagrees.
 fn check_output(n: u32, output: types::Output) -> Result<Processed, CallError> {
-    let events = from_wit(output.events).map_err(CallError::Malformed)?;
-    let mut rejected = Vec::with_capacity(output.rejected.len());
-    let mut seen = vec![
-        false;
-        if output.rejected.is_empty() {
-            0
-        } else {
-            n as usize
-        }
-    ];
-    for r in output.rejected {
-        if r.index >= n {
+    checked_output(
+        n,
+        from_wit(output.events),
+        output.rejected.into_iter().map(|r| (r.index, r.reason)),
+    )
+}
+
+/// [`check_output`] on a processor's output of any package version: its
+/// events (the lifted batch, or why its columns disagree) and its
+/// (index, reason) rejections.
+///
+/// # Errors
+/// [`CallError::Malformed`], saying what disagrees.
+pub(crate) fn checked_output(
+    n: u32,
+    events: Result<Batch, String>,
+    rejections: impl ExactSizeIterator<Item = (u32, String)>,
+) -> Result<Processed, CallError> {
+    let events = events.map_err(CallError::Malformed)?;
+    let mut rejected = Vec::with_capacity(rejections.len());
+    let mut seen = vec![false; if rejections.len() == 0 { 0 } else { n as usize }];
+    for (index, reason) in rejections {
+        if index >= n {
             return Err(CallError::Malformed(format!(
-                "rejection of event {} in a batch of {n}",
-                r.index
+                "rejection of event {index} in a batch of {n}"
             )));
         }
         // An event refused twice is dead-lettered once, with the first reason.
-        if !std::mem::replace(&mut seen[r.index as usize], true) {
-            rejected.push((r.index, r.reason));
+        if !std::mem::replace(&mut seen[index as usize], true) {
+            rejected.push((index, reason));
         }
     }
     Ok(Processed { events, rejected })
@@ -831,6 +857,8 @@ macro_rules! batch_conversions {
                     .into_iter()
                     .map(|h| (h.index, h.name, h.value))
                     .collect(),
+                // Packages 0.1.0 and 0.2.0 carry no members.
+                ..Default::default()
             })
         }
     };
