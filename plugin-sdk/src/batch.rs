@@ -304,7 +304,7 @@ impl Batch {
     /// Appends a copy of `event` (key, value, event time, headers and
     /// members).
     pub fn push_event(&mut self, event: &Event<'_>) {
-        let members = event.batch.members_of(event.index);
+        let members = event.members();
         if members.is_empty() {
             self.push(event.key(), event.value(), event.timestamp_ms());
         } else {
@@ -572,6 +572,13 @@ impl<'a> Event<'a> {
         self.batch.timestamps[self.index]
     }
 
+    /// The top-level members the host's decoder found in the value, four
+    /// offsets each (see [`Batch::push_indexed`]); empty when it handed
+    /// none over.
+    pub(crate) fn members(&self) -> &'a [u16] {
+        self.batch.members_of(self.index)
+    }
+
     /// The headers of this event, as (name, value), in order.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
         let headers = &self.batch.headers;
@@ -592,7 +599,7 @@ impl<'a> Event<'a> {
         &self,
         names: &[&str; N],
     ) -> Option<[Option<crate::scan::Field<'a>>; N]> {
-        let members = self.batch.members_of(self.index);
+        let members = self.members();
         if !members.is_empty()
             && let Some(found) = crate::scan::fields_indexed(self.value(), members, names)
         {

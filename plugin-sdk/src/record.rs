@@ -224,7 +224,7 @@ impl<'a, const N: usize> Record<'a, N> {
         // keys are told apart from every name by their length alone.
         let lengths = names.iter().fold(0u64, |m, n| m | 1 << n.len().min(63));
         let places = record.places.as_deref_mut().expect("a record's places");
-        let outline = scan::walk(json, |m| {
+        let mut each = |m: &scan::Member<'a>| {
             // The first SPANS members' places; a record with more is never
             // spliced (see `Edit::write`), and its tags are overwritten.
             // Offsets fit: a batch holds at most 4 GiB of values.
@@ -255,7 +255,17 @@ impl<'a, const N: usize> Record<'a, N> {
             }
             count += 1;
             true
-        })
+        };
+        // The members the host's decoder found, when it handed them over
+        // (package 0.3.0): no second scan.
+        let members = event.as_ref().map_or(&[][..], Event::members);
+        let outline = match (!members.is_empty())
+            .then(|| scan::walk_members(json, members, &mut each))
+            .flatten()
+        {
+            Some(outline) => Some(outline),
+            None => scan::walk(json, &mut each),
+        }
         .ok_or_else(|| refusal(json))?;
         places.outline = outline;
         Ok(record)

@@ -62,6 +62,22 @@ impl<'a> Field<'a> {
         Field { raw, kind, escaped }
     }
 
+    /// The field of a value's text that a validating scan already accepted
+    /// (a member the host found): its kind from its first byte; `None` for
+    /// empty text.
+    #[inline]
+    pub(crate) fn of_valid(raw: &'a [u8]) -> Option<Self> {
+        let (kind, escaped) = match raw.first()? {
+            b'"' => (Kind::String, raw.contains(&b'\\')),
+            b'n' => (Kind::Null, false),
+            b't' | b'f' => (Kind::Bool, false),
+            b'[' => (Kind::Array, false),
+            b'{' => (Kind::Object, false),
+            _ => (Kind::Number, false),
+        };
+        Some(Field { raw, kind, escaped })
+    }
+
     /// The value's JSON text exactly as written in the record (a string with its
     /// quotes and escapes; no surrounding whitespace). Copying it into an output
     /// is what serde_json would write for a string without escapes
@@ -418,17 +434,52 @@ pub(crate) fn fields_indexed<'a, const N: usize>(
             return None;
         }
         let raw = json.get(usize::from(m[2])..usize::from(m[3]))?;
-        let (kind, escaped) = match raw.first()? {
-            b'"' => (Kind::String, raw.contains(&b'\\')),
-            b'n' => (Kind::Null, false),
-            b't' | b'f' => (Kind::Bool, false),
-            b'[' => (Kind::Array, false),
-            b'{' => (Kind::Object, false),
-            _ => (Kind::Number, false),
-        };
-        found[slot] = Some(Field { raw, kind, escaped });
+        found[slot] = Some(Field::of_valid(raw)?);
     }
     Some(found)
+}
+
+/// [`walk`] over the members a validating scan of `json` already found
+/// (four offsets each, see [`crate::Batch::push_indexed`]) instead of
+/// scanning it: the same members, in order, and the same outline. `None`
+/// before any call of `each` when an offset is out of place (the caller then
+/// walks), or when `each` stops.
+pub(crate) fn walk_members<'a>(
+    json: &'a [u8],
+    members: &[u16],
+    mut each: impl FnMut(&Member<'a>) -> bool,
+) -> Option<Outline> {
+    let len = json.len();
+    let fits = members.len() % 4 == 0
+        && members.chunks_exact(4).all(|m| {
+            let [ns, ne, vs, ve] = [m[0], m[1], m[2], m[3]].map(usize::from);
+            ns >= 1 && ns <= ne && ne < len && ne < vs && vs < ve && ve <= len
+        });
+    if !fits {
+        return None;
+    }
+    let mut outline = Outline::default();
+    for m in members.chunks_exact(4) {
+        let [ns, ne, vs, ve] = [m[0], m[1], m[2], m[3]].map(usize::from);
+        let member = Member {
+            key_start: ns - 1,
+            key_end: ne + 1,
+            key: &json[ns..ne],
+            key_escaped: false,
+            value: Field::of_valid(&json[vs..ve])?,
+            value_start: vs,
+            value_end: ve,
+        };
+        if outline.members == 0 {
+            outline.first = member.key_start;
+        }
+        outline.members += 1;
+        outline.last = ve;
+        if !each(&member) {
+            return None;
+        }
+    }
+    Some(outline)
 }
 
 /// Scans `json`, one JSON object, and returns the values of its top-level
@@ -1231,6 +1282,24 @@ mod tests {
             let mut batch = crate::Batch::new();
             batch.push_indexed(None, text.as_bytes(), 0, &members);
             proptest::prop_assert_eq!(batch.get(0).unwrap().fields(&names), scanned);
+            // A record read and edited from the members, as from a walk.
+            let mut plain = crate::Batch::new();
+            plain.push(None, text.as_bytes(), 0);
+            let (with, without) = (batch.get(0).unwrap(), plain.get(0).unwrap());
+            fn read(e: &crate::Event<'_>, names: &[&'static str; 5]) -> Result<(Vec<Option<Vec<u8>>>, Result<(), String>, Vec<u8>), String> {
+                e.record(names).map(|r| {
+                    let mut buf = Vec::new();
+                    let written = r
+                        .edit()
+                        .set("carrier", "X")
+                        .remove("a")
+                        .rename("dep_delay", "dd")
+                        .set("new", 1)
+                        .write(&mut buf);
+                    (r.fields().iter().map(|f| f.map(|f| f.raw().to_vec())).collect(), written, buf)
+                })
+            }
+            proptest::prop_assert_eq!(read(&with, &names), read(&without, &names), "{}", text);
         }
     }
 
