@@ -450,7 +450,7 @@ pub(crate) fn walk_members<'a>(
     mut each: impl FnMut(&Member<'a>) -> bool,
 ) -> Option<Outline> {
     let len = json.len();
-    let fits = members.len() % 4 == 0
+    let fits = members.len().is_multiple_of(4)
         && members.chunks_exact(4).all(|m| {
             let [ns, ne, vs, ve] = [m[0], m[1], m[2], m[3]].map(usize::from);
             ns >= 1 && ns <= ne && ne < len && ne < vs && vs < ve && ve <= len
@@ -1286,7 +1286,9 @@ mod tests {
             let mut plain = crate::Batch::new();
             plain.push(None, text.as_bytes(), 0);
             let (with, without) = (batch.get(0).unwrap(), plain.get(0).unwrap());
-            fn read(e: &crate::Event<'_>, names: &[&'static str; 5]) -> Result<(Vec<Option<Vec<u8>>>, Result<(), String>, Vec<u8>), String> {
+            /// The named fields' text, the edit's result and its bytes.
+            type Read = (Vec<Option<Vec<u8>>>, Result<(), String>, Vec<u8>);
+            fn read(e: &crate::Event<'_>, names: &[&'static str; 5]) -> Result<Read, String> {
                 e.record(names).map(|r| {
                     let mut buf = Vec::new();
                     let written = r
