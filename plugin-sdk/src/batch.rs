@@ -653,9 +653,15 @@ impl Output {
         }
     }
 
-    /// Passes `event` on unchanged (key, value, event time, headers).
+    /// Passes `event` on unchanged (key, value, event time, headers). Not
+    /// its members: the host drops those of an output (it trusts only its
+    /// own), so copying them would only cost guest memory.
     pub fn forward(&mut self, event: &Event<'_>) {
-        self.events.push_event(event);
+        self.events
+            .push(event.key(), event.value(), event.timestamp_ms());
+        for (name, value) in event.headers() {
+            self.events.push_header(name, value);
+        }
     }
 
     /// Emits a new event.
@@ -683,6 +689,9 @@ impl Output {
                 }
                 self.events.key_ends.push(end(self.events.keys.len()));
                 self.events.timestamps.push(timestamp_ms);
+                if !self.events.member_ends.is_empty() {
+                    self.events.member_ends.push(end(self.events.members.len()));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -926,5 +935,45 @@ mod tests {
         assert!(out.push_json(None, &bad, 4).is_err());
         assert_eq!(out.events.len(), 1);
         assert_eq!(out.events.get(0).unwrap().value(), br#"{"k":1}"#);
+    }
+
+    /// An output mixing forwarded events that had members, `push_json` and
+    /// events pushed with members keeps each event's members its own (a
+    /// break-it pass found `push_json` shifting the later ones).
+    #[test]
+    fn every_way_of_adding_keeps_members_in_step() {
+        let mut input = Batch::new();
+        // `{"a":1}`: name 2..3, value 5..6; `{"bb":"x"}`: name 2..4, value 6..9.
+        input.push_indexed(None, br#"{"a":1}"#, 0, &[2, 3, 5, 6]);
+        input.push_indexed(None, br#"{"bb":"x"}"#, 0, &[2, 4, 6, 9]);
+        let mut out = Output::new();
+        out.forward(&input.get(0).unwrap());
+        out.events.push_event(&input.get(1).unwrap());
+        out.push_json(None, &serde_json::json!({"bb": "zzzzzz", "c": 1}), 0)
+            .unwrap();
+        out.events.push(None, br#"{"bb":"y"}"#, 0);
+        // Forwarded events carry no members (the host drops an output's).
+        assert_eq!(out.events.members_of(0), &[] as &[u16]);
+        assert_eq!(out.events.members_of(1), &[2, 4, 6, 9]);
+        assert_eq!(out.events.members_of(2), &[] as &[u16]);
+        assert_eq!(out.events.members_of(3), &[] as &[u16]);
+        let bb: Vec<_> = out
+            .events
+            .iter()
+            .map(|e| e.fields(&["bb"]).unwrap()[0].map(|f| f.raw().to_vec()))
+            .collect();
+        assert_eq!(
+            bb,
+            [
+                None,
+                Some(br#""x""#.to_vec()),
+                Some(br#""zzzzzz""#.to_vec()),
+                Some(br#""y""#.to_vec())
+            ]
+        );
+        assert_eq!(
+            Batch::from_parts(out.events.clone().into_parts()).unwrap(),
+            out.events
+        );
     }
 }

@@ -1127,7 +1127,7 @@ pub fn run_plugin(
         options,
         &mut report,
         diag,
-        |line_no, key, ts, line, report, diag| {
+        |line_no, key, ts, line, _members, report, diag| {
             if key.is_none_or(<[u8]>::is_empty) {
                 // As the daemon: refused before the plugin, dead-lettered.
                 writeln!(

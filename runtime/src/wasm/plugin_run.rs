@@ -194,8 +194,14 @@ pub fn run_loaded(
         options,
         &mut report,
         diag,
-        |line_no, key, ts, line, report, diag| {
-            batch.push(key, line, ts);
+        |line_no, key, ts, line, members, report, diag| {
+            // With the members the decoder found, as the daemon's parallel
+            // decoders hand them to a package 0.3.0 processor.
+            if members.is_empty() {
+                batch.push(key, line, ts);
+            } else {
+                batch.push_indexed(key, line, ts, members);
+            }
             lines.push(line_no);
             if batch.len() >= options.batch {
                 flush(&mut batch, &mut lines, report, out, diag)?;
@@ -208,18 +214,29 @@ pub fn run_loaded(
     Ok(report)
 }
 
-/// Calls `each(line number, key, event time, line, …)` for every event of
-/// `input` (blank lines skipped, a final `\r` cut), decoded with the
-/// options' `--key`/`--timestamp`; a line that does not decode is reported on
+/// Calls `each(line number, key, event time, line, members, …)` for every
+/// event of `input` (blank lines skipped, a final `\r` cut), decoded with the
+/// options' `--key`/`--timestamp` (`members`: the line's top-level members
+/// the decoder found, see [`Decoder::decode_indexed`]; empty without
+/// `--key`/`--timestamp`); a line that does not decode is reported on
 /// `diag` and counted as skipped, not passed on.
 pub fn for_each_event<D: Write>(
     input: impl BufRead,
     options: &RunOptions,
     report: &mut RunReport,
     diag: &mut D,
-    mut each: impl FnMut(u64, Option<&[u8]>, i64, &[u8], &mut RunReport, &mut D) -> anyhow::Result<()>,
+    mut each: impl FnMut(
+        u64,
+        Option<&[u8]>,
+        i64,
+        &[u8],
+        &[u16],
+        &mut RunReport,
+        &mut D,
+    ) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut line_no = 0u64;
+    let mut members = Vec::new();
     for line in input.split(b'\n') {
         let mut line = line?;
         line_no += 1;
@@ -232,7 +249,7 @@ pub fn for_each_event<D: Write>(
         // Every line read, as the daemon's `in` (a skipped one included).
         report.records_in += 1;
         let (key, ts) = match &options.decoder {
-            Some(decoder) => match decoder.decode(&line) {
+            Some(decoder) => match decoder.decode_indexed(&line, Some(&mut members)) {
                 Ok(d) => (d.key, d.timestamp_ms.unwrap_or(0)),
                 Err(reason) => {
                     writeln!(
@@ -245,7 +262,7 @@ pub fn for_each_event<D: Write>(
             },
             None => (None, 0),
         };
-        each(line_no, key.as_deref(), ts, &line, report, diag)?;
+        each(line_no, key.as_deref(), ts, &line, &members, report, diag)?;
     }
     Ok(())
 }
