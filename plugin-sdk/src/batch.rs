@@ -683,15 +683,8 @@ impl Output {
         let start = self.events.values.len();
         match serde_json::to_writer(&mut self.events.values, value) {
             Ok(()) => {
-                self.events.value_ends.push(end(self.events.values.len()));
-                if let Some(key) = key {
-                    self.events.keys.extend_from_slice(key);
-                }
-                self.events.key_ends.push(end(self.events.keys.len()));
-                self.events.timestamps.push(timestamp_ms);
-                if !self.events.member_ends.is_empty() {
-                    self.events.member_ends.push(end(self.events.members.len()));
-                }
+                self.events
+                    .close_value(key, timestamp_ms, std::iter::empty());
                 Ok(())
             }
             Err(e) => {

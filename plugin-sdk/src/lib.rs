@@ -327,44 +327,40 @@ pub mod __private {
     use crate::{Aggregator, Batch, Config, KeyedProcessor, Processor};
     use std::sync::Mutex;
 
-    /// `log` through package 0.1.0's `host` import (aggregators).
-    fn log_v1(level: Level, message: &str) {
-        use aggregator_bindings::sluice::plugin::host::{self, Level as L};
-        let level = match level {
-            Level::Trace => L::Trace,
-            Level::Debug => L::Debug,
-            Level::Info => L::Info,
-            Level::Warn => L::Warn,
-            Level::Error => L::Error,
+    /// `fn $name(level, message)`: `log` through the `host` import of the
+    /// bindings module `$bindings` (one per WIT package version: the same
+    /// function over its own generated `Level`).
+    macro_rules! log_sink {
+        ($(#[$doc:meta])* $name:ident, $bindings:ident) => {
+            $(#[$doc])*
+            fn $name(level: Level, message: &str) {
+                use $bindings::sluice::plugin::host::{self, Level as L};
+                let level = match level {
+                    Level::Trace => L::Trace,
+                    Level::Debug => L::Debug,
+                    Level::Info => L::Info,
+                    Level::Warn => L::Warn,
+                    Level::Error => L::Error,
+                };
+                host::log(level, message);
+            }
         };
-        host::log(level, message);
     }
-
-    /// `log` through package 0.3.0's `host` import (processors).
-    fn log_v3(level: Level, message: &str) {
-        use processor_bindings::sluice::plugin::host::{self, Level as L};
-        let level = match level {
-            Level::Trace => L::Trace,
-            Level::Debug => L::Debug,
-            Level::Info => L::Info,
-            Level::Warn => L::Warn,
-            Level::Error => L::Error,
-        };
-        host::log(level, message);
-    }
-
-    /// `log` through package 0.2.0's `host` import (keyed processors).
-    fn log_v2(level: Level, message: &str) {
-        use keyed_bindings::sluice::plugin::host::{self, Level as L};
-        let level = match level {
-            Level::Trace => L::Trace,
-            Level::Debug => L::Debug,
-            Level::Info => L::Info,
-            Level::Warn => L::Warn,
-            Level::Error => L::Error,
-        };
-        host::log(level, message);
-    }
+    log_sink!(
+        /// `log` through package 0.1.0's `host` import (aggregators).
+        log_v1,
+        aggregator_bindings
+    );
+    log_sink!(
+        /// `log` through package 0.2.0's `host` import (keyed processors).
+        log_v2,
+        keyed_bindings
+    );
+    log_sink!(
+        /// `log` through package 0.3.0's `host` import (processors).
+        log_v3,
+        processor_bindings
+    );
 
     /// Builds a fresh keyed processor from the host's config pairs.
     pub fn configure_keyed<P: KeyedProcessor>(

@@ -46,18 +46,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> anyhow::Result<(
     Ok(())
 }
 
-impl host::Host for StoreState {
-    fn log(&mut self, level: host::Level, message: String) {
-        let level = match level {
-            host::Level::Trace => tracing::Level::TRACE,
-            host::Level::Debug => tracing::Level::DEBUG,
-            host::Level::Info => tracing::Level::INFO,
-            host::Level::Warn => tracing::Level::WARN,
-            host::Level::Error => tracing::Level::ERROR,
-        };
-        self.log_at(level, &message);
-    }
-}
+crate::wasm::plugin::host_log!();
 
 impl types::Host for StoreState {}
 

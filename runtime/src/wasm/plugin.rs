@@ -419,18 +419,28 @@ impl StoreState {
     }
 }
 
-impl host::Host for StoreState {
-    fn log(&mut self, level: host::Level, message: String) {
-        let level = match level {
-            host::Level::Trace => tracing::Level::TRACE,
-            host::Level::Debug => tracing::Level::DEBUG,
-            host::Level::Info => tracing::Level::INFO,
-            host::Level::Warn => tracing::Level::WARN,
-            host::Level::Error => tracing::Level::ERROR,
-        };
-        self.log_at(level, &message);
-    }
+/// `impl host::Host for StoreState` for the `host` module in scope: the
+/// same `log` for every WIT package version (each has its own generated
+/// `Level`).
+macro_rules! host_log {
+    () => {
+        impl host::Host for StoreState {
+            fn log(&mut self, level: host::Level, message: String) {
+                let level = match level {
+                    host::Level::Trace => tracing::Level::TRACE,
+                    host::Level::Debug => tracing::Level::DEBUG,
+                    host::Level::Info => tracing::Level::INFO,
+                    host::Level::Warn => tracing::Level::WARN,
+                    host::Level::Error => tracing::Level::ERROR,
+                };
+                self.log_at(level, &message);
+            }
+        }
+    };
 }
+pub(crate) use host_log;
+
+host_log!();
 
 impl types::Host for StoreState {}
 
